@@ -1,0 +1,129 @@
+//! RMSNorm, RoPE (Hugging Face rotate-half) and grouped-query causal self-attention, written with
+//! composite burn ops so that autodiff derives every gradient.
+
+use burn::prelude::*;
+use burn::tensor::activation::softmax;
+
+use crate::config::ModelConfig;
+
+/// `x * rsqrt(mean(x^2) + eps) * w`, over the last dim of `[N, d]`; `w` is `[1, d]`.
+pub fn rms_norm(x: Tensor<2>, w: &Tensor<2>, eps: f64) -> Tensor<2> {
+    let inv = (x.clone().square().mean_dim(1) + eps).sqrt().recip();
+    x * inv * w.clone()
+}
+
+/// cos/sin tables `[1, 1, T, head_dim/2]` for absolute positions `pos0..pos0+t`.
+///
+/// Computed in f32 the way transformers does (`inv_freq = 1 / theta^(2j/d)`, angle = inv_freq x pos)
+/// so that positions far from 0 round the same way.
+pub fn rope_tables(cfg: &ModelConfig, pos0: usize, t: usize, dev: &Device) -> (Tensor<4>, Tensor<4>) {
+    let half = cfg.head_dim / 2;
+    let theta = cfg.rope_theta as f32;
+    let inv: Vec<f32> = (0..half)
+        .map(|j| 1.0 / theta.powf((2 * j) as f32 / cfg.head_dim as f32))
+        .collect();
+    let mut cos = Vec::with_capacity(t * half);
+    let mut sin = Vec::with_capacity(t * half);
+    for p in pos0..pos0 + t {
+        for f in &inv {
+            let a = f * p as f32;
+            cos.push(a.cos());
+            sin.push(a.sin());
+        }
+    }
+    (
+        Tensor::from_data(TensorData::new(cos, [1, 1, t, half]), dev),
+        Tensor::from_data(TensorData::new(sin, [1, 1, t, half]), dev),
+    )
+}
+
+/// Rotate-half RoPE on `[B, H, T, hd]`.
+pub fn apply_rope(x: Tensor<4>, cos: &Tensor<4>, sin: &Tensor<4>) -> Tensor<4> {
+    let hd = x.dims()[3];
+    let x1 = x.clone().narrow(3, 0, hd / 2);
+    let x2 = x.narrow(3, hd / 2, hd / 2);
+    let a = x1.clone() * cos.clone() - x2.clone() * sin.clone();
+    let b = x2 * cos.clone() + x1 * sin.clone();
+    Tensor::cat(vec![a, b], 3)
+}
+
+/// Keys and values of earlier positions, `[B, KV, T_past, hd]`, for incremental decoding.
+#[derive(Clone, Debug, Default)]
+pub struct LayerCache {
+    pub kv: Option<(Tensor<4>, Tensor<4>)>,
+}
+
+pub struct AttnWeights<'a> {
+    pub q: &'a Tensor<2>,
+    pub k: &'a Tensor<2>,
+    pub v: &'a Tensor<2>,
+    pub o: &'a Tensor<2>,
+}
+
+/// Additive causal mask `[1, 1, t, pos0 + t]`: query i (absolute position pos0 + i) sees keys
+/// 0..=pos0 + i. A large negative number rather than -inf keeps every row finite.
+fn causal_mask(pos0: usize, t: usize, dev: &Device) -> Tensor<4> {
+    let tk = pos0 + t;
+    let mut m = vec![0f32; t * tk];
+    for i in 0..t {
+        for j in pos0 + i + 1..tk {
+            m[i * tk + j] = -1e30;
+        }
+    }
+    Tensor::from_data(TensorData::new(m, [1, 1, t, tk]), dev)
+}
+
+/// Causal GQA self-attention over `x: [B*T, d]`, returning `[B*T, d]` after `o_proj`.
+pub fn self_attention(
+    cfg: &ModelConfig,
+    w: AttnWeights<'_>,
+    x: Tensor<2>,
+    b: usize,
+    t: usize,
+    rope: &(Tensor<4>, Tensor<4>),
+    cache: Option<&mut LayerCache>,
+) -> Tensor<2> {
+    let (h, kvh, hd) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
+    let dev = x.device();
+    let proj = |wt: &Tensor<2>, heads: usize| {
+        x.clone()
+            .matmul(wt.clone().transpose())
+            .reshape([b, t, heads, hd])
+            .swap_dims(1, 2)
+    };
+    let q = apply_rope(proj(w.q, h), &rope.0, &rope.1);
+    let mut k = apply_rope(proj(w.k, kvh), &rope.0, &rope.1);
+    let mut v = proj(w.v, kvh);
+    let mut pos0 = 0;
+    if let Some(c) = cache {
+        if let Some((pk, pv)) = c.kv.take() {
+            pos0 = pk.dims()[2];
+            k = Tensor::cat(vec![pk, k], 2);
+            v = Tensor::cat(vec![pv, v], 2);
+        }
+        c.kv = Some((k.clone(), v.clone()));
+    }
+    let tk = pos0 + t;
+    if kvh != h {
+        // Query head j reads KV head j / (h / kvh), as transformers' repeat_kv does.
+        let rep = h / kvh;
+        k = k
+            .unsqueeze_dim::<5>(2)
+            .expand([b, kvh, rep, tk, hd])
+            .reshape([b, h, tk, hd]);
+        v = v
+            .unsqueeze_dim::<5>(2)
+            .expand([b, kvh, rep, tk, hd])
+            .reshape([b, h, tk, hd]);
+    }
+    let scale = 1.0 / (hd as f64).sqrt();
+    let mut scores = q.matmul(k.swap_dims(2, 3)) * scale;
+    if t > 1 {
+        scores = scores + causal_mask(pos0, t, &dev);
+    }
+    let p = softmax(scores, 3);
+    p.matmul(v)
+        .swap_dims(1, 2)
+        .reshape([b * t, h * hd])
+        .matmul(w.o.clone().transpose())
+}

@@ -1,0 +1,470 @@
+//! Hugging Face `config.json` ⇄ validated [`ModelConfig`].
+//!
+//! The raw side accepts what `transformers` writes (4.x and 5.x spellings); the validated side is
+//! the one source of truth for every shape in the model, the name map and the checkpoint writer.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+
+use crate::error::{ModelError, Result};
+
+/// How a MoE layer routes tokens to experts. Mixtral itself only knows top-k; the other modes are
+/// the BTX paper's variants and are recorded in `config.json` under the `btx_routing` key.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "mode", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Routing {
+    /// `softmax(TopK(W x))`, Mixtral's routing; `k` is `MoeConfig::top_k`.
+    TopK,
+    /// Top-1 with a per-expert capacity of `capacity_factor * tokens / experts`; overflow tokens
+    /// skip the FFN (residual only).
+    Switch { capacity_factor: f64 },
+    /// `softmax(W x)` over all experts; every expert computes every token.
+    Soft,
+    /// Gumbel-softmax sample, keep the largest entry; `tau = max(min_tau, exp(-anneal_rate * step))`;
+    /// argmax at inference; the first MoE layer routes softly.
+    SampleTop1 { anneal_rate: f64, min_tau: f64 },
+}
+
+impl Routing {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Routing::TopK => "top-k",
+            Routing::Switch { .. } => "switch",
+            Routing::Soft => "soft",
+            Routing::SampleTop1 { .. } => "sample-top1",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct MoeConfig {
+    pub num_experts: usize,
+    /// Experts per token for top-k routing (Mixtral's `num_experts_per_tok`).
+    pub top_k: usize,
+    pub routing: Routing,
+}
+
+/// The validated model shape. Every tensor shape in the crate is derived from this.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_layers: usize,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+    pub rms_norm_eps: f64,
+    pub rope_theta: f64,
+    pub max_position_embeddings: usize,
+    pub tie_word_embeddings: bool,
+    pub bos_token_id: Option<u32>,
+    pub eos_token_id: Option<u32>,
+    pub sliding_window: Option<usize>,
+    pub moe: Option<MoeConfig>,
+}
+
+impl ModelConfig {
+    /// A Llama-shaped config with the usual defaults (head_dim = hidden / heads, eps 1e-5).
+    #[allow(clippy::too_many_arguments)]
+    pub fn llama(
+        vocab_size: usize,
+        hidden_size: usize,
+        intermediate_size: usize,
+        num_layers: usize,
+        num_heads: usize,
+        num_kv_heads: usize,
+        max_position_embeddings: usize,
+    ) -> Self {
+        Self {
+            vocab_size,
+            hidden_size,
+            intermediate_size,
+            num_layers,
+            num_heads,
+            num_kv_heads,
+            head_dim: hidden_size / num_heads.max(1),
+            rms_norm_eps: 1e-5,
+            rope_theta: 10000.0,
+            max_position_embeddings,
+            tie_word_embeddings: false,
+            bos_token_id: None,
+            eos_token_id: None,
+            sliding_window: None,
+            moe: None,
+        }
+    }
+
+    pub fn is_moe(&self) -> bool {
+        self.moe.is_some()
+    }
+
+    pub fn num_experts(&self) -> usize {
+        self.moe.as_ref().map_or(1, |m| m.num_experts)
+    }
+
+    /// Checks the relations between sizes that the forward pass relies on.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |msg: String| Err(ModelError::Config { msg });
+        for (name, v) in [
+            ("vocab_size", self.vocab_size),
+            ("hidden_size", self.hidden_size),
+            ("intermediate_size", self.intermediate_size),
+            ("num_hidden_layers", self.num_layers),
+            ("num_attention_heads", self.num_heads),
+            ("num_key_value_heads", self.num_kv_heads),
+            ("head_dim", self.head_dim),
+        ] {
+            if v == 0 {
+                return bad(format!("{name} must be > 0"));
+            }
+        }
+        if self.num_heads % self.num_kv_heads != 0 {
+            return bad(format!(
+                "num_attention_heads ({}) must be a multiple of num_key_value_heads ({})",
+                self.num_heads, self.num_kv_heads
+            ));
+        }
+        if self.head_dim % 2 != 0 {
+            return bad(format!("head_dim ({}) must be even for RoPE", self.head_dim));
+        }
+        if let Some(m) = &self.moe {
+            if m.num_experts == 0 {
+                return bad("num_local_experts must be > 0".into());
+            }
+            if m.top_k == 0 || m.top_k > m.num_experts {
+                return bad(format!(
+                    "num_experts_per_tok ({}) must be in 1..={} (num_local_experts)",
+                    m.top_k, m.num_experts
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn kv_dim(&self) -> usize {
+        self.num_kv_heads * self.head_dim
+    }
+
+    pub fn q_dim(&self) -> usize {
+        self.num_heads * self.head_dim
+    }
+
+    /// Number of parameters of the whole model.
+    pub fn total_params(&self) -> usize {
+        self.param_count(self.num_experts())
+    }
+
+    /// Parameters touched by one token: only `top_k` experts per MoE layer (all of them for soft
+    /// routing).
+    pub fn active_params(&self) -> usize {
+        let active = match &self.moe {
+            None => 1,
+            Some(m) => match m.routing {
+                Routing::TopK => m.top_k,
+                Routing::Soft => m.num_experts,
+                Routing::Switch { .. } | Routing::SampleTop1 { .. } => 1,
+            },
+        };
+        self.param_count(active)
+    }
+
+    fn param_count(&self, experts: usize) -> usize {
+        let d = self.hidden_size;
+        let attn = d * self.q_dim() * 2 + d * self.kv_dim() * 2;
+        let ffn = 3 * d * self.intermediate_size * experts;
+        let router = self.moe.as_ref().map_or(0, |m| m.num_experts * d);
+        let per_layer = attn + ffn + router + 2 * d;
+        let head = if self.tie_word_embeddings {
+            0
+        } else {
+            self.vocab_size * d
+        };
+        self.vocab_size * d + self.num_layers * per_layer + d + head
+    }
+
+    /// Training FLOPs per token (forward + backward): 6 x active params that do matmuls, plus
+    /// attention scores and values (causal, so half of the T x T block), as in the PaLM appendix.
+    pub fn train_flops_per_token(&self, seq_len: usize) -> f64 {
+        let matmul_params = self.active_params() - self.vocab_size * self.hidden_size
+            + if self.tie_word_embeddings {
+                self.vocab_size * self.hidden_size
+            } else {
+                0
+            };
+        let attn = 6.0 * self.num_layers as f64 * self.q_dim() as f64 * seq_len as f64;
+        6.0 * matmul_params as f64 + attn
+    }
+
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?;
+        Self::from_hf_json(&text).map_err(|e| match e {
+            ModelError::Config { msg } => ModelError::ConfigFile {
+                path: path.to_path_buf(),
+                msg,
+            },
+            other => other,
+        })
+    }
+
+    /// Parses a Hugging Face `config.json`.
+    pub fn from_hf_json(text: &str) -> Result<Self> {
+        let v: Value = serde_json::from_str(text).map_err(|e| ModelError::Config {
+            msg: format!("not valid JSON: {e}"),
+        })?;
+        let obj = v.as_object().ok_or_else(|| ModelError::Config {
+            msg: "config.json must be a JSON object".into(),
+        })?;
+        let arch = obj
+            .get("architectures")
+            .and_then(|a| a.as_array())
+            .and_then(|a| a.first())
+            .and_then(|a| a.as_str())
+            .or_else(|| obj.get("model_type").and_then(|m| m.as_str()))
+            .unwrap_or("");
+        let is_moe = match arch {
+            "LlamaForCausalLM" | "llama" | "MistralForCausalLM" | "mistral" => false,
+            "MixtralForCausalLM" | "mixtral" => true,
+            other => {
+                return Err(ModelError::Config {
+                    msg: format!(
+                        "unsupported architecture {other:?}; btx reads LlamaForCausalLM and MixtralForCausalLM"
+                    ),
+                })
+            }
+        };
+        let usize_of = |key: &str| -> Result<Option<usize>> {
+            match obj.get(key) {
+                None | Some(Value::Null) => Ok(None),
+                Some(v) => v
+                    .as_u64()
+                    .map(|x| Some(x as usize))
+                    .ok_or_else(|| ModelError::Config {
+                        msg: format!("{key} must be a non-negative integer, found {v}"),
+                    }),
+            }
+        };
+        let need = |key: &str| -> Result<usize> {
+            usize_of(key)?.ok_or_else(|| ModelError::Config {
+                msg: format!("missing required key {key:?}"),
+            })
+        };
+        let f64_of = |v: Option<&Value>| v.and_then(|x| x.as_f64());
+        let token_id = |key: &str| -> Option<u32> {
+            match obj.get(key) {
+                Some(Value::Number(n)) => n.as_u64().map(|x| x as u32),
+                Some(Value::Array(a)) => a.first().and_then(|x| x.as_u64()).map(|x| x as u32),
+                _ => None,
+            }
+        };
+        let flag = |key: &str| obj.get(key).and_then(|x| x.as_bool()).unwrap_or(false);
+
+        if let Some(act) = obj.get("hidden_act").and_then(|a| a.as_str()) {
+            if act != "silu" {
+                return Err(ModelError::Config {
+                    msg: format!("hidden_act {act:?} is not supported (only silu / SwiGLU)"),
+                });
+            }
+        }
+        if flag("attention_bias") || flag("mlp_bias") {
+            return Err(ModelError::Config {
+                msg: "attention_bias / mlp_bias = true is not supported".into(),
+            });
+        }
+        // Rope: transformers 5 nests it in rope_parameters; 4.x has rope_theta (+ rope_scaling).
+        let rope_params = obj.get("rope_parameters").and_then(|r| r.as_object());
+        let rope_theta = f64_of(rope_params.and_then(|r| r.get("rope_theta")))
+            .or_else(|| f64_of(obj.get("rope_theta")))
+            .unwrap_or(10000.0);
+        let rope_type = rope_params
+            .and_then(|r| r.get("rope_type"))
+            .or_else(|| {
+                obj.get("rope_scaling")
+                    .and_then(|s| s.as_object())
+                    .and_then(|s| s.get("rope_type").or_else(|| s.get("type")))
+            })
+            .and_then(|t| t.as_str())
+            .unwrap_or("default");
+        if rope_type != "default" {
+            return Err(ModelError::Config {
+                msg: format!(
+                    "rope type {rope_type:?} is not supported (only the default rotate-half RoPE)"
+                ),
+            });
+        }
+
+        let hidden_size = need("hidden_size")?;
+        let num_heads = need("num_attention_heads")?;
+        let head_dim = usize_of("head_dim")?.unwrap_or(hidden_size / num_heads.max(1));
+        let moe = if is_moe {
+            let num_experts = need("num_local_experts")?;
+            let top_k = need("num_experts_per_tok")?;
+            let routing = match obj.get("btx_routing") {
+                None | Some(Value::Null) => Routing::TopK,
+                Some(r) => {
+                    serde_json::from_value(r.clone()).map_err(|e| ModelError::Config {
+                        msg: format!("btx_routing: {e}"),
+                    })?
+                }
+            };
+            Some(MoeConfig {
+                num_experts,
+                top_k,
+                routing,
+            })
+        } else {
+            None
+        };
+        let cfg = ModelConfig {
+            vocab_size: need("vocab_size")?,
+            hidden_size,
+            intermediate_size: need("intermediate_size")?,
+            num_layers: need("num_hidden_layers")?,
+            num_heads,
+            num_kv_heads: usize_of("num_key_value_heads")?.unwrap_or(num_heads),
+            head_dim,
+            rms_norm_eps: f64_of(obj.get("rms_norm_eps")).unwrap_or(1e-6),
+            rope_theta,
+            max_position_embeddings: usize_of("max_position_embeddings")?.unwrap_or(4096),
+            tie_word_embeddings: flag("tie_word_embeddings"),
+            bos_token_id: token_id("bos_token_id"),
+            eos_token_id: token_id("eos_token_id"),
+            sliding_window: usize_of("sliding_window")?,
+            moe,
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// The `config.json` that `transformers` loads as `LlamaForCausalLM` or `MixtralForCausalLM`.
+    /// Writes `rope_theta` both at top level (transformers 4.x) and in `rope_parameters` (5.x).
+    pub fn to_hf_json(&self) -> Value {
+        let mut m = Map::new();
+        let (arch, model_type) = if self.is_moe() {
+            ("MixtralForCausalLM", "mixtral")
+        } else {
+            ("LlamaForCausalLM", "llama")
+        };
+        m.insert("architectures".into(), json!([arch]));
+        m.insert("model_type".into(), json!(model_type));
+        m.insert("vocab_size".into(), json!(self.vocab_size));
+        m.insert("hidden_size".into(), json!(self.hidden_size));
+        m.insert("intermediate_size".into(), json!(self.intermediate_size));
+        m.insert("num_hidden_layers".into(), json!(self.num_layers));
+        m.insert("num_attention_heads".into(), json!(self.num_heads));
+        m.insert("num_key_value_heads".into(), json!(self.num_kv_heads));
+        m.insert("head_dim".into(), json!(self.head_dim));
+        m.insert("hidden_act".into(), json!("silu"));
+        m.insert("rms_norm_eps".into(), json!(self.rms_norm_eps));
+        m.insert("rope_theta".into(), json!(self.rope_theta));
+        m.insert(
+            "rope_parameters".into(),
+            json!({"rope_theta": self.rope_theta, "rope_type": "default"}),
+        );
+        m.insert(
+            "max_position_embeddings".into(),
+            json!(self.max_position_embeddings),
+        );
+        m.insert("tie_word_embeddings".into(), json!(self.tie_word_embeddings));
+        m.insert("attention_dropout".into(), json!(0.0));
+        m.insert("initializer_range".into(), json!(0.02));
+        m.insert("use_cache".into(), json!(true));
+        m.insert("dtype".into(), json!("float32"));
+        m.insert("torch_dtype".into(), json!("float32"));
+        m.insert("bos_token_id".into(), json!(self.bos_token_id));
+        m.insert("eos_token_id".into(), json!(self.eos_token_id));
+        if let Some(moe) = &self.moe {
+            // Mixtral only knows top-k: export the nearest setting and keep the real mode aside.
+            let k = match moe.routing {
+                Routing::TopK => moe.top_k,
+                Routing::Soft => moe.num_experts,
+                Routing::Switch { .. } | Routing::SampleTop1 { .. } => 1,
+            };
+            m.insert("num_local_experts".into(), json!(moe.num_experts));
+            m.insert("num_experts_per_tok".into(), json!(k));
+            m.insert("router_aux_loss_coef".into(), json!(0.01));
+            m.insert("router_jitter_noise".into(), json!(0.0));
+            m.insert("output_router_logits".into(), json!(false));
+            m.insert("sliding_window".into(), json!(self.sliding_window));
+            if moe.routing != Routing::TopK {
+                m.insert(
+                    "btx_routing".into(),
+                    serde_json::to_value(&moe.routing).expect("routing serialises"),
+                );
+            }
+        } else {
+            m.insert("attention_bias".into(), json!(false));
+            m.insert("mlp_bias".into(), json!(false));
+            m.insert("pretraining_tp".into(), json!(1));
+        }
+        Value::Object(m)
+    }
+
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let text = serde_json::to_string_pretty(&self.to_hf_json()).expect("json");
+        std::fs::write(path, text + "\n").map_err(|e| ModelError::io(path, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_both_rope_spellings() {
+        let base = r#"{"architectures":["LlamaForCausalLM"],"vocab_size":10,"hidden_size":8,
+            "intermediate_size":16,"num_hidden_layers":1,"num_attention_heads":2"#;
+        let a = ModelConfig::from_hf_json(&format!("{base},\"rope_theta\":5e5}}")).unwrap();
+        let b = ModelConfig::from_hf_json(&format!(
+            "{base},\"rope_parameters\":{{\"rope_theta\":5e5,\"rope_type\":\"default\"}}}}"
+        ))
+        .unwrap();
+        assert_eq!(a.rope_theta, 5e5);
+        assert_eq!(a, b);
+        assert_eq!(a.head_dim, 4);
+        assert_eq!(a.num_kv_heads, 2);
+    }
+
+    #[test]
+    fn round_trips_mixtral_with_routing_mode() {
+        let mut c = ModelConfig::llama(32, 16, 24, 2, 4, 2, 64);
+        c.moe = Some(MoeConfig {
+            num_experts: 4,
+            top_k: 2,
+            routing: Routing::Switch {
+                capacity_factor: 1.5,
+            },
+        });
+        let text = c.to_hf_json().to_string();
+        let back = ModelConfig::from_hf_json(&text).unwrap();
+        assert_eq!(back.moe.as_ref().unwrap().routing, c.moe.as_ref().unwrap().routing);
+        // Switch exports as Mixtral top-1.
+        assert_eq!(back.moe.unwrap().top_k, 1);
+    }
+
+    #[test]
+    fn rejects_bad_shapes_with_key_names() {
+        let e = ModelConfig::from_hf_json(
+            r#"{"architectures":["LlamaForCausalLM"],"vocab_size":10,"hidden_size":8,
+            "intermediate_size":16,"num_hidden_layers":1,"num_attention_heads":3,"num_key_value_heads":2}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("num_key_value_heads"), "{e}");
+        let e = ModelConfig::from_hf_json(r#"{"architectures":["GPT2LMHeadModel"]}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("GPT2LMHeadModel"), "{e}");
+    }
+
+    #[test]
+    fn param_counts_match_a_hand_count() {
+        let c = ModelConfig::llama(256, 64, 176, 2, 4, 2, 128);
+        // embed + head + per layer (q,o: 64x64; k,v: 32x64; mlp 3x64x176; 2 norms) + final norm
+        let per_layer = 2 * 64 * 64 + 2 * 32 * 64 + 3 * 64 * 176 + 2 * 64;
+        assert_eq!(c.total_params(), 2 * 256 * 64 + 2 * per_layer + 64);
+        assert_eq!(c.active_params(), c.total_params());
+    }
+}

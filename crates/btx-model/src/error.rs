@@ -1,0 +1,59 @@
+use std::path::{Path, PathBuf};
+
+use thiserror::Error;
+
+pub type Result<T, E = ModelError> = std::result::Result<T, E>;
+
+/// Everything that can go wrong reading, validating or writing a model. Each variant names the
+/// file and, where there is one, the tensor, so the user can find the culprit without a debugger.
+#[derive(Debug, Error)]
+pub enum ModelError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid model config: {msg}")]
+    Config { msg: String },
+    #[error("{path}: invalid model config: {msg}")]
+    ConfigFile { path: PathBuf, msg: String },
+    #[error("{path}: not a readable safetensors file: {msg}")]
+    Safetensors { path: PathBuf, msg: String },
+    #[error("{path}: tensor {name:?} is missing\nhint: {hint}")]
+    MissingTensor {
+        path: PathBuf,
+        name: String,
+        hint: String,
+    },
+    #[error("{path}: tensor {name:?} has shape {found:?}, expected {expected:?} (from config.json)")]
+    Shape {
+        path: PathBuf,
+        name: String,
+        expected: Vec<usize>,
+        found: Vec<usize>,
+    },
+    #[error("{path}: tensor {name:?} has dtype {dtype}, which btx cannot read (F32, F16, BF16, F64)")]
+    Dtype {
+        path: PathBuf,
+        name: String,
+        dtype: String,
+    },
+    #[error("{path}: unexpected tensor {name:?} (not part of a {arch} with this config)\nhint: is config.json the one that belongs to these weights?")]
+    UnexpectedTensor {
+        path: PathBuf,
+        name: String,
+        arch: String,
+    },
+    #[error("{msg}")]
+    Invalid { msg: String },
+}
+
+impl ModelError {
+    pub fn io(path: &Path, source: std::io::Error) -> Self {
+        ModelError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}

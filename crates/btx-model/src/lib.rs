@@ -1,0 +1,27 @@
+//! `btx-model`: a Llama / Mixtral decoder in burn whose numbers match Hugging Face transformers,
+//! with checkpoint I/O in Hugging Face's formats and names.
+
+pub mod attention;
+pub mod config;
+pub mod error;
+pub mod io;
+pub mod loss;
+pub mod model;
+pub mod moe;
+pub mod names;
+pub mod rng;
+
+pub use burn;
+pub use config::{ModelConfig, MoeConfig, Routing};
+pub use error::{ModelError, Result};
+pub use io::{HostTensor, TensorReader};
+pub use model::{ForwardOpts, ForwardOut, KvCache, Model};
+
+/// Copies a float tensor to the host as f32 values (row-major).
+pub fn to_vec<const D: usize>(t: burn::prelude::Tensor<D>) -> Vec<f32> {
+    t.into_data()
+        .try_into_vec_as::<f32>()
+        .expect("float tensor converts to f32")
+}
+pub mod compare;
+pub mod probe;

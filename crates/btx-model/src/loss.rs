@@ -1,0 +1,88 @@
+//! Losses: next-token cross-entropy, the BTX paper's load balancing, Hugging Face's Mixtral
+//! auxiliary loss (hard counts) and the router z-loss.
+
+use burn::prelude::*;
+use burn::tensor::activation::log_softmax;
+
+use crate::moe::RouterAux;
+
+/// Per-token negative log-likelihood of `targets` under `logits: [N, V]`, shape `[N]`.
+pub fn token_nll(logits: Tensor<2>, targets: &[i64]) -> Tensor<1> {
+    let dev = logits.device();
+    let n = targets.len();
+    let t = Tensor::<2, Int>::from_data(TensorData::new(targets.to_vec(), [n, 1]), &dev);
+    log_softmax(logits, 1).gather(1, t).reshape([n]).neg()
+}
+
+/// Next-token targets of a `[B, T]` id batch: position t predicts id t+1 (the HF shift), so
+/// the last position of each row has no target. Returns (row-major positions kept, targets).
+pub fn shifted_targets(ids: &[i64], b: usize, t: usize) -> (Vec<i64>, Vec<i64>) {
+    let mut pos = Vec::with_capacity(b * (t - 1));
+    let mut tgt = Vec::with_capacity(b * (t - 1));
+    for r in 0..b {
+        for c in 0..t - 1 {
+            pos.push((r * t + c) as i64);
+            tgt.push(ids[r * t + c + 1]);
+        }
+    }
+    (pos, tgt)
+}
+
+/// Mean cross-entropy of `logits[:, :-1]` against `ids[:, 1:]` — transformers' `loss`.
+pub fn lm_loss(logits: Tensor<3>, ids: &[i64]) -> Tensor<1> {
+    let [b, t, v] = logits.dims();
+    assert!(t >= 2, "a sequence needs at least 2 tokens for a next-token loss");
+    let (pos, tgt) = shifted_targets(ids, b, t);
+    let dev = logits.device();
+    let n = pos.len();
+    let rows = logits
+        .reshape([b * t, v])
+        .select(0, Tensor::from_data(TensorData::new(pos, [n]), &dev));
+    token_nll(rows, &tgt).mean()
+}
+
+/// The paper's load balancing for one layer, without alpha: `E * sum_i u_i p_i`, with `u_i` the
+/// token-mean of the sparse gate values and `p_i` the token-mean of the full softmax.
+pub fn lb_paper(aux: &RouterAux) -> Tensor<1> {
+    let e = aux.num_experts() as f64;
+    let u = aux.sparse_gates.clone().mean_dim(0);
+    let p = aux.probs.clone().mean_dim(0);
+    (u * p).sum() * e
+}
+
+/// Hugging Face's `load_balancing_loss_func` over all layers at once (their router logits are
+/// concatenated): `E * sum_i f_i P_i`, where `f_i` = (times expert i is in a token's top-k) /
+/// (tokens x layers) and `P_i` = mean full softmax over tokens x layers. Unscaled.
+pub fn hf_aux_loss(auxes: &[RouterAux]) -> Option<Tensor<1>> {
+    let first = auxes.first()?;
+    let e = first.num_experts();
+    let dev = first.logits.device();
+    let mut counts = vec![0f32; e];
+    let mut rows = 0usize;
+    let mut psum: Option<Tensor<2>> = None;
+    for a in auxes {
+        rows += a.topk_ids.len();
+        for r in &a.topk_ids {
+            for &x in r {
+                counts[x as usize] += 1.0;
+            }
+        }
+        let s = a.probs.clone().sum_dim(0);
+        psum = Some(match psum {
+            None => s,
+            Some(p) => p + s,
+        });
+    }
+    let f: Vec<f32> = counts.iter().map(|c| c / rows as f32).collect();
+    let f = Tensor::<2>::from_data(TensorData::new(f, [1, e]), &dev);
+    let p = psum.expect("at least one layer") / rows as f64;
+    Some((f * p).sum() * e as f64)
+}
+
+/// Router z-loss (ST-MoE): mean over tokens of `logsumexp(logits)^2`.
+pub fn z_loss(aux: &RouterAux) -> Tensor<1> {
+    let l = aux.logits.clone();
+    let m = l.clone().detach().max_dim(1);
+    let lse = (l - m.clone()).exp().sum_dim(1).log() + m;
+    lse.square().mean()
+}

@@ -1,0 +1,400 @@
+//! The decoder: embeddings, N x (RMSNorm → GQA attention → RMSNorm → dense or MoE SwiGLU),
+//! final norm, LM head. Parameters are named exactly as in Hugging Face checkpoints.
+
+use std::path::Path;
+
+use burn::prelude::*;
+
+use crate::attention::{rms_norm, rope_tables, self_attention, AttnWeights, LayerCache};
+use crate::config::{ModelConfig, Routing};
+use crate::error::{ModelError, Result};
+use crate::io::{write_checkpoint, HostTensor, TensorReader};
+use crate::moe::{Mlp, Moe, RouteOpts, RouterAux};
+use crate::names::{ffn_name, layer_prefix, param_specs, router_name, ParamSpec};
+use crate::rng::Rng;
+
+#[derive(Clone, Debug)]
+pub enum Ffn {
+    Dense(Mlp),
+    Moe(Moe),
+}
+
+#[derive(Clone, Debug)]
+pub struct Layer {
+    /// RMSNorm weights are kept as `[1, d]` rows so they broadcast over `[N, d]`.
+    pub input_norm: Tensor<2>,
+    pub q: Tensor<2>,
+    pub k: Tensor<2>,
+    pub v: Tensor<2>,
+    pub o: Tensor<2>,
+    pub post_norm: Tensor<2>,
+    pub ffn: Ffn,
+}
+
+#[derive(Clone, Debug)]
+pub struct Model {
+    pub cfg: ModelConfig,
+    pub embed: Tensor<2>,
+    pub layers: Vec<Layer>,
+    pub norm: Tensor<2>,
+    /// `None` when tied to the embeddings.
+    pub lm_head: Option<Tensor<2>>,
+}
+
+/// Options of one forward pass.
+#[derive(Clone, Debug, Default)]
+pub struct ForwardOpts {
+    /// Gumbel noise for sample-top1 routing while training: (seed, tau).
+    pub gumbel: Option<(u64, f64)>,
+}
+
+pub struct ForwardOut {
+    /// `[B, T, V]`.
+    pub logits: Tensor<3>,
+    /// One entry per MoE layer (empty for dense models).
+    pub routers: Vec<RouterAux>,
+}
+
+/// Per-layer key/value cache for incremental decoding.
+#[derive(Clone, Debug, Default)]
+pub struct KvCache {
+    pub layers: Vec<LayerCache>,
+}
+
+impl KvCache {
+    pub fn new(num_layers: usize) -> Self {
+        Self {
+            layers: vec![LayerCache::default(); num_layers],
+        }
+    }
+
+    /// Number of positions already cached.
+    pub fn len(&self) -> usize {
+        self.layers
+            .first()
+            .and_then(|l| l.kv.as_ref())
+            .map_or(0, |(k, _)| k.dims()[2])
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+fn tensor_from_host(t: &HostTensor, dev: &Device) -> Tensor<2> {
+    let shape = match t.shape.as_slice() {
+        [n] => [1, *n],
+        [a, b] => [*a, *b],
+        s => panic!("model parameters are 1-D or 2-D, got {s:?}"),
+    };
+    Tensor::from_data(TensorData::new(t.data.clone(), shape), dev)
+}
+
+impl Model {
+    /// Builds a model by asking `get` for every parameter (by HF spec, in checkpoint order).
+    pub fn from_fn(
+        cfg: &ModelConfig,
+        dev: &Device,
+        mut get: impl FnMut(&ParamSpec) -> Result<HostTensor>,
+    ) -> Result<Self> {
+        cfg.validate()?;
+        let specs = param_specs(cfg);
+        let mut it = specs.iter();
+        let mut next = || -> Result<Tensor<2>> {
+            let s = it.next().expect("spec order matches the model layout");
+            let t = get(s)?;
+            if t.shape != s.shape {
+                return Err(ModelError::Invalid {
+                    msg: format!(
+                        "tensor {:?}: expected shape {:?}, got {:?}",
+                        s.name, s.shape, t.shape
+                    ),
+                });
+            }
+            Ok(tensor_from_host(&t, dev))
+        };
+        let embed = next()?;
+        let mut layers = Vec::with_capacity(cfg.num_layers);
+        for _ in 0..cfg.num_layers {
+            let input_norm = next()?;
+            let (q, k, v, o) = (next()?, next()?, next()?, next()?);
+            let post_norm = next()?;
+            let mlp = |next: &mut dyn FnMut() -> Result<Tensor<2>>| -> Result<Mlp> {
+                let gate = next()?;
+                let down = next()?;
+                let up = next()?;
+                Ok(Mlp { gate, up, down })
+            };
+            let ffn = match &cfg.moe {
+                None => Ffn::Dense(mlp(&mut next)?),
+                Some(m) => {
+                    let router = next()?;
+                    let experts = (0..m.num_experts)
+                        .map(|_| mlp(&mut next))
+                        .collect::<Result<Vec<_>>>()?;
+                    Ffn::Moe(Moe { router, experts })
+                }
+            };
+            layers.push(Layer {
+                input_norm,
+                q,
+                k,
+                v,
+                o,
+                post_norm,
+                ffn,
+            });
+        }
+        let norm = next()?;
+        let lm_head = if cfg.tie_word_embeddings {
+            None
+        } else {
+            Some(next()?)
+        };
+        Ok(Self {
+            cfg: cfg.clone(),
+            embed,
+            layers,
+            norm,
+            lm_head,
+        })
+    }
+
+    /// Random init: normal(0, std) for matrices (std 0.02, output projections scaled by
+    /// 1/sqrt(2 x layers) as in GPT-2), ones for norms. Deterministic in `seed`.
+    pub fn init(cfg: &ModelConfig, seed: u64, dev: &Device) -> Result<Self> {
+        let mut rng = Rng::derive(seed, "init");
+        let out_std = 0.02 / (2.0 * cfg.num_layers as f64).sqrt();
+        Self::from_fn(cfg, dev, |s| {
+            let n = s.numel();
+            let data = if s.shape.len() == 1 {
+                vec![1.0; n]
+            } else {
+                let std = if s.name.ends_with("o_proj.weight")
+                    || s.name.ends_with("down_proj.weight")
+                    || s.name.ends_with(".w2.weight")
+                {
+                    out_std
+                } else {
+                    0.02
+                };
+                (0..n).map(|_| (rng.normal() * std) as f32).collect()
+            };
+            Ok(HostTensor::new(s.shape.clone(), data))
+        })
+    }
+
+    /// Loads `config.json` + safetensors from a Hugging Face model directory, checking every
+    /// tensor's name and shape and refusing tensors the config does not explain.
+    pub fn load(dir: &Path, dev: &Device) -> Result<Self> {
+        let cfg = ModelConfig::load(&dir.join("config.json"))?;
+        let reader = TensorReader::open(dir)?;
+        Self::load_with(&cfg, &reader, dev)
+    }
+
+    pub fn load_with(cfg: &ModelConfig, reader: &TensorReader, dev: &Device) -> Result<Self> {
+        let specs = param_specs(cfg);
+        let known: std::collections::HashSet<&str> =
+            specs.iter().map(|s| s.name.as_str()).collect();
+        for name in reader.names() {
+            // transformers may store a tied head anyway, and older checkpoints carry rotary
+            // buffers; neither is a parameter.
+            let harmless = (cfg.tie_word_embeddings && name == "lm_head.weight")
+                || name.ends_with("rotary_emb.inv_freq");
+            if !known.contains(name) && !harmless {
+                return Err(ModelError::UnexpectedTensor {
+                    path: reader.file_of(name),
+                    name: name.to_string(),
+                    arch: if cfg.is_moe() { "Mixtral" } else { "Llama" }.into(),
+                });
+            }
+        }
+        Self::from_fn(cfg, dev, |s| reader.read_expect(&s.name, &s.shape))
+    }
+
+    /// Visits every parameter with its HF name, in checkpoint order.
+    pub fn visit(&self, mut f: impl FnMut(&str, &Tensor<2>)) {
+        f("model.embed_tokens.weight", &self.embed);
+        for (l, layer) in self.layers.iter().enumerate() {
+            let p = layer_prefix(l);
+            f(&format!("{p}.input_layernorm.weight"), &layer.input_norm);
+            f(&format!("{p}.self_attn.q_proj.weight"), &layer.q);
+            f(&format!("{p}.self_attn.k_proj.weight"), &layer.k);
+            f(&format!("{p}.self_attn.v_proj.weight"), &layer.v);
+            f(&format!("{p}.self_attn.o_proj.weight"), &layer.o);
+            f(&format!("{p}.post_attention_layernorm.weight"), &layer.post_norm);
+            match &layer.ffn {
+                Ffn::Dense(m) => visit_mlp(&mut f, l, None, m),
+                Ffn::Moe(moe) => {
+                    f(&router_name(l), &moe.router);
+                    for (e, m) in moe.experts.iter().enumerate() {
+                        visit_mlp(&mut f, l, Some(e), m);
+                    }
+                }
+            }
+        }
+        f("model.norm.weight", &self.norm);
+        if let Some(h) = &self.lm_head {
+            f("lm_head.weight", h);
+        }
+    }
+
+    /// Replaces every parameter by `f(name, tensor)`, in checkpoint order.
+    pub fn map(mut self, mut f: impl FnMut(&str, Tensor<2>) -> Tensor<2>) -> Self {
+        let mut g = |name: &str, t: &mut Tensor<2>| {
+            let old = std::mem::replace(t, placeholder(t));
+            *t = f(name, old);
+        };
+        g("model.embed_tokens.weight", &mut self.embed);
+        for (l, layer) in self.layers.iter_mut().enumerate() {
+            let p = layer_prefix(l);
+            g(&format!("{p}.input_layernorm.weight"), &mut layer.input_norm);
+            g(&format!("{p}.self_attn.q_proj.weight"), &mut layer.q);
+            g(&format!("{p}.self_attn.k_proj.weight"), &mut layer.k);
+            g(&format!("{p}.self_attn.v_proj.weight"), &mut layer.v);
+            g(&format!("{p}.self_attn.o_proj.weight"), &mut layer.o);
+            g(
+                &format!("{p}.post_attention_layernorm.weight"),
+                &mut layer.post_norm,
+            );
+            match &mut layer.ffn {
+                Ffn::Dense(m) => map_mlp(&mut g, l, None, m),
+                Ffn::Moe(moe) => {
+                    g(&router_name(l), &mut moe.router);
+                    for (e, m) in moe.experts.iter_mut().enumerate() {
+                        map_mlp(&mut g, l, Some(e), m);
+                    }
+                }
+            }
+        }
+        g("model.norm.weight", &mut self.norm);
+        if let Some(h) = &mut self.lm_head {
+            g("lm_head.weight", h);
+        }
+        self
+    }
+
+    /// Moves the parameters to `dev`; on an autodiff device they become gradient leaves.
+    pub fn to_device(self, dev: &Device) -> Self {
+        let ad = dev.is_autodiff();
+        self.map(|_, t| {
+            let t = t.detach().inner().to_device(&dev.clone().inner());
+            if ad {
+                t.autodiff().require_grad()
+            } else {
+                t
+            }
+        })
+    }
+
+    /// Parameters as host tensors with HF shapes, in checkpoint order.
+    pub fn host_params(&self) -> Vec<(String, HostTensor)> {
+        let specs = param_specs(&self.cfg);
+        let mut out = Vec::with_capacity(specs.len());
+        let mut i = 0;
+        self.visit(|name, t| {
+            debug_assert_eq!(specs[i].name, name);
+            let data = crate::to_vec(t.clone());
+            out.push((name.to_string(), HostTensor::new(specs[i].shape.clone(), data)));
+            i += 1;
+        });
+        out
+    }
+
+    /// Writes `config.json` + `model.safetensors` (sharded above `max_shard_bytes`).
+    pub fn save(&self, dir: &Path, max_shard_bytes: usize) -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
+        let specs: Vec<(String, Vec<usize>)> = param_specs(&self.cfg)
+            .into_iter()
+            .map(|s| (s.name, s.shape))
+            .collect();
+        let mut tensors = Vec::with_capacity(specs.len());
+        self.visit(|_, t| tensors.push(t.clone()));
+        write_checkpoint(dir, &specs, max_shard_bytes, |i| {
+            Ok(crate::to_vec(tensors[i].clone()))
+        })?;
+        self.cfg.save(&dir.join("config.json"))
+    }
+
+    pub fn device(&self) -> Device {
+        self.embed.device()
+    }
+
+    /// Full forward over `ids: [B, T]` (row-major i64 ids). With `cache`, positions continue
+    /// after the cached ones and the new keys/values are appended.
+    pub fn forward(
+        &self,
+        ids: &[i64],
+        b: usize,
+        t: usize,
+        opts: &ForwardOpts,
+        mut cache: Option<&mut KvCache>,
+    ) -> ForwardOut {
+        let cfg = &self.cfg;
+        let dev = self.device();
+        assert_eq!(ids.len(), b * t, "ids must hold B x T values");
+        let pos0 = cache.as_ref().map_or(0, |c| c.len());
+        if let Some(w) = cfg.sliding_window {
+            assert!(
+                pos0 + t <= w,
+                "sequence of {} positions exceeds sliding_window {w}, which btx does not implement",
+                pos0 + t
+            );
+        }
+        let idx = Tensor::<1, Int>::from_data(TensorData::new(ids.to_vec(), [b * t]), &dev);
+        let mut x = self.embed.clone().select(0, idx);
+        let rope = rope_tables(cfg, pos0, t, &dev);
+        let route = cfg.moe.as_ref().map(|m| RouteOpts {
+            routing: m.routing.clone(),
+            top_k: m.top_k,
+            gumbel: match m.routing {
+                Routing::SampleTop1 { .. } => opts.gumbel,
+                _ => None,
+            },
+        });
+        let mut routers = Vec::new();
+        for (l, layer) in self.layers.iter().enumerate() {
+            let h = rms_norm(x.clone(), &layer.input_norm, cfg.rms_norm_eps);
+            let w = AttnWeights {
+                q: &layer.q,
+                k: &layer.k,
+                v: &layer.v,
+                o: &layer.o,
+            };
+            let lc = cache.as_deref_mut().map(|c| &mut c.layers[l]);
+            x = x + self_attention(cfg, w, h, b, t, &rope, lc);
+            let h = rms_norm(x.clone(), &layer.post_norm, cfg.rms_norm_eps);
+            let f = match &layer.ffn {
+                Ffn::Dense(m) => m.forward(h),
+                Ffn::Moe(moe) => {
+                    let (o, aux) = moe.forward(h, route.as_ref().expect("moe config"), l);
+                    routers.push(aux);
+                    o
+                }
+            };
+            x = x + f;
+        }
+        let x = rms_norm(x, &self.norm, cfg.rms_norm_eps);
+        let head = self.lm_head.as_ref().unwrap_or(&self.embed);
+        let logits = x
+            .matmul(head.clone().transpose())
+            .reshape([b, t, cfg.vocab_size]);
+        ForwardOut { logits, routers }
+    }
+}
+
+fn placeholder(t: &Tensor<2>) -> Tensor<2> {
+    Tensor::zeros([1, 1], &t.device())
+}
+
+fn visit_mlp(f: &mut impl FnMut(&str, &Tensor<2>), l: usize, e: Option<usize>, m: &Mlp) {
+    f(&ffn_name(l, e, 1), &m.gate);
+    f(&ffn_name(l, e, 2), &m.down);
+    f(&ffn_name(l, e, 3), &m.up);
+}
+
+fn map_mlp(g: &mut impl FnMut(&str, &mut Tensor<2>), l: usize, e: Option<usize>, m: &mut Mlp) {
+    g(&ffn_name(l, e, 1), &mut m.gate);
+    g(&ffn_name(l, e, 2), &mut m.down);
+    g(&ffn_name(l, e, 3), &mut m.up);
+}

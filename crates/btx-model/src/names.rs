@@ -1,0 +1,175 @@
+//! Hugging Face tensor names and shapes, derived from the config: the single name map used by
+//! loading, saving, gradients, freezing and merging.
+
+use crate::config::ModelConfig;
+
+/// One parameter as Hugging Face names and shapes it (`[out, in]` for linear weights).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ParamSpec {
+    pub name: String,
+    pub shape: Vec<usize>,
+}
+
+impl ParamSpec {
+    fn new(name: String, shape: &[usize]) -> Self {
+        Self {
+            name,
+            shape: shape.to_vec(),
+        }
+    }
+
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+}
+
+/// Which part of the model a parameter belongs to; merging and freezing decide by this.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ParamKind {
+    /// Feed-forward weights: dense `mlp.*` or one Mixtral expert (`experts.E.w1/w2/w3`).
+    Ffn { layer: usize, expert: Option<usize> },
+    /// The MoE router `block_sparse_moe.gate.weight`.
+    Router { layer: usize },
+    /// Everything else: embeddings, attention, norms, LM head.
+    Shared,
+}
+
+pub fn layer_prefix(layer: usize) -> String {
+    format!("model.layers.{layer}")
+}
+
+/// The name of an FFN matrix: `w` is 1 (gate), 2 (down) or 3 (up), Mixtral's numbering.
+pub fn ffn_name(layer: usize, expert: Option<usize>, w: usize) -> String {
+    let p = layer_prefix(layer);
+    match expert {
+        Some(e) => format!("{p}.block_sparse_moe.experts.{e}.w{w}.weight"),
+        None => {
+            let proj = match w {
+                1 => "gate_proj",
+                2 => "down_proj",
+                3 => "up_proj",
+                _ => panic!("w must be 1, 2 or 3"),
+            };
+            format!("{p}.mlp.{proj}.weight")
+        }
+    }
+}
+
+pub fn router_name(layer: usize) -> String {
+    format!("{}.block_sparse_moe.gate.weight", layer_prefix(layer))
+}
+
+/// Classifies an HF parameter name.
+pub fn param_kind(name: &str) -> ParamKind {
+    let Some(rest) = name.strip_prefix("model.layers.") else {
+        return ParamKind::Shared;
+    };
+    let (layer, rest) = rest.split_once('.').unwrap_or((rest, ""));
+    let Ok(layer) = layer.parse::<usize>() else {
+        return ParamKind::Shared;
+    };
+    if rest.starts_with("mlp.") {
+        return ParamKind::Ffn {
+            layer,
+            expert: None,
+        };
+    }
+    if rest == "block_sparse_moe.gate.weight" {
+        return ParamKind::Router { layer };
+    }
+    if let Some(e) = rest.strip_prefix("block_sparse_moe.experts.") {
+        let expert = e.split('.').next().and_then(|x| x.parse().ok());
+        return ParamKind::Ffn { layer, expert };
+    }
+    ParamKind::Shared
+}
+
+/// All parameters of a model with this config, in a fixed order (the order of checkpoints,
+/// optimizer state and `grad.*` outputs).
+pub fn param_specs(cfg: &ModelConfig) -> Vec<ParamSpec> {
+    let d = cfg.hidden_size;
+    let f = cfg.intermediate_size;
+    let mut v = vec![ParamSpec::new(
+        "model.embed_tokens.weight".into(),
+        &[cfg.vocab_size, d],
+    )];
+    for l in 0..cfg.num_layers {
+        let p = layer_prefix(l);
+        v.push(ParamSpec::new(format!("{p}.input_layernorm.weight"), &[d]));
+        v.push(ParamSpec::new(
+            format!("{p}.self_attn.q_proj.weight"),
+            &[cfg.q_dim(), d],
+        ));
+        v.push(ParamSpec::new(
+            format!("{p}.self_attn.k_proj.weight"),
+            &[cfg.kv_dim(), d],
+        ));
+        v.push(ParamSpec::new(
+            format!("{p}.self_attn.v_proj.weight"),
+            &[cfg.kv_dim(), d],
+        ));
+        v.push(ParamSpec::new(
+            format!("{p}.self_attn.o_proj.weight"),
+            &[d, cfg.q_dim()],
+        ));
+        v.push(ParamSpec::new(
+            format!("{p}.post_attention_layernorm.weight"),
+            &[d],
+        ));
+        match &cfg.moe {
+            None => push_ffn(&mut v, l, None, d, f),
+            Some(m) => {
+                v.push(ParamSpec::new(router_name(l), &[m.num_experts, d]));
+                for e in 0..m.num_experts {
+                    push_ffn(&mut v, l, Some(e), d, f);
+                }
+            }
+        }
+    }
+    v.push(ParamSpec::new("model.norm.weight".into(), &[d]));
+    if !cfg.tie_word_embeddings {
+        v.push(ParamSpec::new(
+            "lm_head.weight".into(),
+            &[cfg.vocab_size, d],
+        ));
+    }
+    v
+}
+
+fn push_ffn(v: &mut Vec<ParamSpec>, l: usize, e: Option<usize>, d: usize, f: usize) {
+    v.push(ParamSpec::new(ffn_name(l, e, 1), &[f, d]));
+    v.push(ParamSpec::new(ffn_name(l, e, 2), &[d, f]));
+    v.push(ParamSpec::new(ffn_name(l, e, 3), &[f, d]));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds() {
+        assert_eq!(
+            param_kind("model.layers.3.mlp.up_proj.weight"),
+            ParamKind::Ffn {
+                layer: 3,
+                expert: None
+            }
+        );
+        assert_eq!(
+            param_kind("model.layers.1.block_sparse_moe.experts.2.w3.weight"),
+            ParamKind::Ffn {
+                layer: 1,
+                expert: Some(2)
+            }
+        );
+        assert_eq!(
+            param_kind("model.layers.0.block_sparse_moe.gate.weight"),
+            ParamKind::Router { layer: 0 }
+        );
+        assert_eq!(
+            param_kind("model.layers.0.self_attn.q_proj.weight"),
+            ParamKind::Shared
+        );
+        assert_eq!(param_kind("lm_head.weight"), ParamKind::Shared);
+    }
+}
