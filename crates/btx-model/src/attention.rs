@@ -16,7 +16,12 @@ pub fn rms_norm(x: Tensor<2>, w: &Tensor<2>, eps: f64) -> Tensor<2> {
 ///
 /// Computed in f32 the way transformers does (`inv_freq = 1 / theta^(2j/d)`, angle = inv_freq x pos)
 /// so that positions far from 0 round the same way.
-pub fn rope_tables(cfg: &ModelConfig, pos0: usize, t: usize, dev: &Device) -> (Tensor<4>, Tensor<4>) {
+pub fn rope_tables(
+    cfg: &ModelConfig,
+    pos0: usize,
+    t: usize,
+    dev: &Device,
+) -> (Tensor<4>, Tensor<4>) {
     let half = cfg.head_dim / 2;
     let theta = cfg.rope_theta as f32;
     let inv: Vec<f32> = (0..half)

@@ -128,7 +128,10 @@ impl ModelConfig {
             ));
         }
         if self.head_dim % 2 != 0 {
-            return bad(format!("head_dim ({}) must be even for RoPE", self.head_dim));
+            return bad(format!(
+                "head_dim ({}) must be even for RoPE",
+                self.head_dim
+            ));
         }
         if let Some(m) = &self.moe {
             if m.num_experts == 0 {
@@ -303,11 +306,9 @@ impl ModelConfig {
             let top_k = need("num_experts_per_tok")?;
             let routing = match obj.get("btx_routing") {
                 None | Some(Value::Null) => Routing::TopK,
-                Some(r) => {
-                    serde_json::from_value(r.clone()).map_err(|e| ModelError::Config {
-                        msg: format!("btx_routing: {e}"),
-                    })?
-                }
+                Some(r) => serde_json::from_value(r.clone()).map_err(|e| ModelError::Config {
+                    msg: format!("btx_routing: {e}"),
+                })?,
             };
             Some(MoeConfig {
                 num_experts,
@@ -367,7 +368,10 @@ impl ModelConfig {
             "max_position_embeddings".into(),
             json!(self.max_position_embeddings),
         );
-        m.insert("tie_word_embeddings".into(), json!(self.tie_word_embeddings));
+        m.insert(
+            "tie_word_embeddings".into(),
+            json!(self.tie_word_embeddings),
+        );
         m.insert("attention_dropout".into(), json!(0.0));
         m.insert("initializer_range".into(), json!(0.02));
         m.insert("use_cache".into(), json!(true));
@@ -439,7 +443,10 @@ mod tests {
         });
         let text = c.to_hf_json().to_string();
         let back = ModelConfig::from_hf_json(&text).unwrap();
-        assert_eq!(back.moe.as_ref().unwrap().routing, c.moe.as_ref().unwrap().routing);
+        assert_eq!(
+            back.moe.as_ref().unwrap().routing,
+            c.moe.as_ref().unwrap().routing
+        );
         // Switch exports as Mixtral top-1.
         assert_eq!(back.moe.unwrap().top_k, 1);
     }

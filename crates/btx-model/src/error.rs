@@ -26,14 +26,18 @@ pub enum ModelError {
         name: String,
         hint: String,
     },
-    #[error("{path}: tensor {name:?} has shape {found:?}, expected {expected:?} (from config.json)")]
+    #[error(
+        "{path}: tensor {name:?} has shape {found:?}, expected {expected:?} (from config.json)"
+    )]
     Shape {
         path: PathBuf,
         name: String,
         expected: Vec<usize>,
         found: Vec<usize>,
     },
-    #[error("{path}: tensor {name:?} has dtype {dtype}, which btx cannot read (F32, F16, BF16, F64)")]
+    #[error(
+        "{path}: tensor {name:?} has dtype {dtype}, which btx cannot read (F32, F16, BF16, F64)"
+    )]
     Dtype {
         path: PathBuf,
         name: String,

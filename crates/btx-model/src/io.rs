@@ -462,9 +462,8 @@ mod tests {
     #[test]
     fn sharded_round_trip_is_bit_exact() {
         let d = tmpdir("shard");
-        let specs: Vec<(String, Vec<usize>)> = (0..5)
-            .map(|i| (format!("t{i}"), vec![3, 7 + i]))
-            .collect();
+        let specs: Vec<(String, Vec<usize>)> =
+            (0..5).map(|i| (format!("t{i}"), vec![3, 7 + i])).collect();
         let vals: Vec<Vec<f32>> = specs
             .iter()
             .enumerate()

@@ -31,7 +31,10 @@ pub fn shifted_targets(ids: &[i64], b: usize, t: usize) -> (Vec<i64>, Vec<i64>) 
 /// Mean cross-entropy of `logits[:, :-1]` against `ids[:, 1:]` — transformers' `loss`.
 pub fn lm_loss(logits: Tensor<3>, ids: &[i64]) -> Tensor<1> {
     let [b, t, v] = logits.dims();
-    assert!(t >= 2, "a sequence needs at least 2 tokens for a next-token loss");
+    assert!(
+        t >= 2,
+        "a sequence needs at least 2 tokens for a next-token loss"
+    );
     let (pos, tgt) = shifted_targets(ids, b, t);
     let dev = logits.device();
     let n = pos.len();

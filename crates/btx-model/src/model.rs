@@ -222,7 +222,10 @@ impl Model {
             f(&format!("{p}.self_attn.k_proj.weight"), &layer.k);
             f(&format!("{p}.self_attn.v_proj.weight"), &layer.v);
             f(&format!("{p}.self_attn.o_proj.weight"), &layer.o);
-            f(&format!("{p}.post_attention_layernorm.weight"), &layer.post_norm);
+            f(
+                &format!("{p}.post_attention_layernorm.weight"),
+                &layer.post_norm,
+            );
             match &layer.ffn {
                 Ffn::Dense(m) => visit_mlp(&mut f, l, None, m),
                 Ffn::Moe(moe) => {
@@ -248,7 +251,10 @@ impl Model {
         g("model.embed_tokens.weight", &mut self.embed);
         for (l, layer) in self.layers.iter_mut().enumerate() {
             let p = layer_prefix(l);
-            g(&format!("{p}.input_layernorm.weight"), &mut layer.input_norm);
+            g(
+                &format!("{p}.input_layernorm.weight"),
+                &mut layer.input_norm,
+            );
             g(&format!("{p}.self_attn.q_proj.weight"), &mut layer.q);
             g(&format!("{p}.self_attn.k_proj.weight"), &mut layer.k);
             g(&format!("{p}.self_attn.v_proj.weight"), &mut layer.v);
@@ -276,13 +282,20 @@ impl Model {
 
     /// Moves the parameters to `dev`; on an autodiff device they become gradient leaves.
     pub fn to_device(self, dev: &Device) -> Self {
+        self.to_device_with(dev, |_| true)
+    }
+
+    /// Like [`Model::to_device`], but on an autodiff device only parameters for which
+    /// `trainable(name)` holds require gradients; the rest are constants (frozen).
+    pub fn to_device_with(self, dev: &Device, trainable: impl Fn(&str) -> bool) -> Self {
         let ad = dev.is_autodiff();
-        self.map(|_, t| {
-            let t = t.detach().inner().to_device(&dev.clone().inner());
-            if ad {
-                t.autodiff().require_grad()
-            } else {
-                t
+        let base = dev.clone().inner();
+        self.map(|name, t| {
+            let t = t.inner().to_device(&base);
+            match (ad, trainable(name)) {
+                (true, true) => t.autodiff().require_grad(),
+                (true, false) => t.autodiff(),
+                (false, _) => t,
             }
         })
     }
@@ -295,7 +308,10 @@ impl Model {
         self.visit(|name, t| {
             debug_assert_eq!(specs[i].name, name);
             let data = crate::to_vec(t.clone());
-            out.push((name.to_string(), HostTensor::new(specs[i].shape.clone(), data)));
+            out.push((
+                name.to_string(),
+                HostTensor::new(specs[i].shape.clone(), data),
+            ));
             i += 1;
         });
         out

@@ -213,7 +213,9 @@ impl Moe {
                 continue;
             }
             let idx = int1(toks[ex].clone(), &dev);
-            let g = gate_flat.clone().select(0, int1(std::mem::take(&mut slots[ex]), &dev));
+            let g = gate_flat
+                .clone()
+                .select(0, int1(std::mem::take(&mut slots[ex]), &dev));
             outs.push(mlp.forward(x.clone().select(0, idx)) * g.unsqueeze_dim(1));
             out_idx.extend_from_slice(&toks[ex]);
         }

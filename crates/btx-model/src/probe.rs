@@ -69,5 +69,8 @@ pub fn probe(
 }
 
 fn scalar(name: &str, t: &Tensor<1>) -> (String, HostTensor) {
-    (name.to_string(), HostTensor::new(vec![1], to_vec(t.clone())))
+    (
+        name.to_string(),
+        HostTensor::new(vec![1], to_vec(t.clone())),
+    )
 }

@@ -82,6 +82,9 @@ mod tests {
     fn derived_streams_differ_and_repeat() {
         let a: Vec<u64> = (0..4).map(|_| Rng::derive(1, "a").next_u64()).collect();
         assert!(a.windows(2).all(|w| w[0] == w[1]));
-        assert_ne!(Rng::derive(1, "a").next_u64(), Rng::derive(1, "b").next_u64());
+        assert_ne!(
+            Rng::derive(1, "a").next_u64(),
+            Rng::derive(1, "b").next_u64()
+        );
     }
 }

@@ -10,17 +10,24 @@ use btx_model::probe::probe;
 use btx_model::{Model, TensorReader};
 
 fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../testdata/hf-tiny").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../testdata/hf-tiny")
+        .join(name)
 }
 
 fn run(name: &str) {
     let dir = fixture(name);
     let refp = dir.join("reference.safetensors");
     let reference = read_all(&refp).unwrap();
-    let (shape, ids) = TensorReader::open(&refp).unwrap().read_i64("input_ids").unwrap();
+    let (shape, ids) = TensorReader::open(&refp)
+        .unwrap()
+        .read_i64("input_ids")
+        .unwrap();
     let (b, t) = (shape[0], shape[1]);
     let dev = Device::flex().autodiff();
-    let model = Model::load(&dir.join("model"), &Device::flex()).unwrap().to_device(&dev);
+    let model = Model::load(&dir.join("model"), &Device::flex())
+        .unwrap()
+        .to_device(&dev);
     let ours = probe(&model, &ids, b, t, true, 0.01);
     let (diffs, errors) = compare_all(&ours, &reference);
     assert!(errors.is_empty(), "{errors:?}");
@@ -59,7 +66,10 @@ fn run(name: &str) {
     // Every parameter receives a non-zero gradient.
     for (n, g) in &ours {
         if n.starts_with("grad.") {
-            assert!(g.data.iter().any(|x| *x != 0.0), "{n} has an all-zero gradient");
+            assert!(
+                g.data.iter().any(|x| *x != 0.0),
+                "{n} has an all-zero gradient"
+            );
         }
     }
 }

@@ -1,0 +1,158 @@
+//! Checkpoints that never lie: each is written into a temporary directory, `DONE` is written
+//! last, everything is fsynced, and only then is the directory renamed to `step-<8 digits>`.
+//! A resume only ever reads a directory that has `DONE`.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use btx_model::io::{read_all, write_tensors};
+use btx_model::Model;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::error::{io_err, TrainError};
+use crate::optim::AdamW;
+
+pub const DONE: &str = "DONE";
+
+/// What a checkpoint stores besides weights and optimizer moments.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CheckpointState {
+    /// Completed optimizer steps.
+    pub step: usize,
+    /// AdamW's bias-correction step.
+    pub optimizer_t: u64,
+    /// The data source's cursor.
+    pub data_cursor: Value,
+    /// Tokens trained on so far.
+    pub tokens: u64,
+    /// Training wall time so far (seconds, summed over resumes).
+    pub elapsed_s: f64,
+    /// The trainer config the run was started with (a resume checks it is unchanged).
+    pub config: Value,
+}
+
+pub fn step_dir_name(step: usize) -> String {
+    format!("step-{step:08}")
+}
+
+/// Newest `step-*` directory under `dir` that has `DONE`.
+pub fn find_latest(dir: &Path) -> Option<(usize, PathBuf)> {
+    let entries = fs::read_dir(dir).ok()?;
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let step = name.strip_prefix("step-")?.parse::<usize>().ok()?;
+            let p = e.path();
+            p.join(DONE).is_file().then_some((step, p))
+        })
+        .max_by_key(|(s, _)| *s)
+}
+
+fn fsync_dir(p: &Path) {
+    // Directory fsync makes the rename durable; failure to open is harmless on odd filesystems.
+    if let Ok(f) = fs::File::open(p) {
+        let _ = f.sync_all();
+    }
+}
+
+/// Writes a file and fsyncs it.
+pub fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
+    use std::io::Write;
+    let mut f = fs::File::create(path).map_err(|e| io_err(path, e))?;
+    f.write_all(bytes).map_err(|e| io_err(path, e))?;
+    f.sync_all().map_err(|e| io_err(path, e))
+}
+
+/// Writes `dir/checkpoints/step-N` atomically and prunes all but the newest `keep`.
+pub fn save(
+    ckpt_root: &Path,
+    model: &Model,
+    opt: &AdamW,
+    state: &CheckpointState,
+    keep: usize,
+) -> Result<PathBuf, TrainError> {
+    fs::create_dir_all(ckpt_root).map_err(|e| io_err(ckpt_root, e))?;
+    let name = step_dir_name(state.step);
+    let tmp = ckpt_root.join(format!(".tmp-{name}-{}", std::process::id()));
+    if tmp.exists() {
+        fs::remove_dir_all(&tmp).map_err(|e| io_err(&tmp, e))?;
+    }
+    model.save(&tmp.join("model"), usize::MAX)?;
+    let shapes: BTreeMap<String, Vec<usize>> = btx_model::names::param_specs(&model.cfg)
+        .into_iter()
+        .map(|s| (s.name, s.shape))
+        .collect();
+    write_tensors(&tmp.join("optimizer.safetensors"), &opt.export(&shapes))?;
+    write_synced(
+        &tmp.join("state.json"),
+        serde_json::to_string_pretty(state)
+            .expect("json")
+            .as_bytes(),
+    )?;
+    write_synced(&tmp.join(DONE), b"ok\n")?;
+    fsync_dir(&tmp.join("model"));
+    fsync_dir(&tmp);
+    let fin = ckpt_root.join(&name);
+    if fin.exists() {
+        fs::remove_dir_all(&fin).map_err(|e| io_err(&fin, e))?;
+    }
+    fs::rename(&tmp, &fin).map_err(|e| io_err(&fin, e))?;
+    fsync_dir(ckpt_root);
+    prune(ckpt_root, keep.max(1));
+    Ok(fin)
+}
+
+/// Removes older complete checkpoints beyond `keep`, and leftovers of interrupted writes.
+fn prune(root: &Path, keep: usize) {
+    let Ok(entries) = fs::read_dir(root) else {
+        return;
+    };
+    let mut done = vec![];
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        if name.starts_with(".tmp-") {
+            // Another live process never writes here (one trainer per run directory).
+            let _ = fs::remove_dir_all(e.path());
+        } else if let Some(s) = name
+            .strip_prefix("step-")
+            .and_then(|s| s.parse::<usize>().ok())
+        {
+            if e.path().join(DONE).is_file() {
+                done.push((s, e.path()));
+            } else {
+                let _ = fs::remove_dir_all(e.path());
+            }
+        }
+    }
+    done.sort();
+    let n = done.len();
+    for (_, p) in done.into_iter().take(n.saturating_sub(keep)) {
+        let _ = fs::remove_dir_all(p);
+    }
+}
+
+/// Everything read back from a checkpoint.
+pub struct Loaded {
+    pub model: Model,
+    pub state: CheckpointState,
+    pub moments: std::collections::HashMap<String, btx_model::HostTensor>,
+}
+
+pub fn load(dir: &Path, dev: &btx_model::burn::prelude::Device) -> Result<Loaded, TrainError> {
+    let model = Model::load(&dir.join("model"), dev)?;
+    let sp = dir.join("state.json");
+    let text = fs::read_to_string(&sp).map_err(|e| io_err(&sp, e))?;
+    let state: CheckpointState = serde_json::from_str(&text).map_err(|e| TrainError::Corrupt {
+        path: sp.clone(),
+        msg: e.to_string(),
+    })?;
+    let moments = read_all(&dir.join("optimizer.safetensors"))?;
+    Ok(Loaded {
+        model,
+        state,
+        moments,
+    })
+}

@@ -1,0 +1,13 @@
+//! `btx-train`: the one training loop shared by every BTX stage.
+
+pub mod checkpoint;
+pub mod config;
+pub mod error;
+pub mod metrics;
+pub mod optim;
+pub mod signal;
+pub mod trainer;
+
+pub use config::{LbKind, LoopConfig, MoeLossConfig, OptimConfig, TrainerConfig};
+pub use error::TrainError;
+pub use trainer::{train, StepStats, TrainOpts, TrainOutcome, Trainer};

@@ -1,0 +1,504 @@
+//! The training loop every stage uses (seed pretraining, expert training, MoE-finetune,
+//! baselines): forward, losses, backward, accumulation, global-norm clipping, AdamW, metrics,
+//! checkpoints and resume.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use btx_data::BatchSource;
+use btx_model::burn::prelude::*;
+use btx_model::loss::{hf_aux_loss, lb_paper, lm_loss, z_loss};
+use btx_model::moe::RouterAux;
+use btx_model::names::param_specs;
+use btx_model::rng::Rng;
+use btx_model::{to_vec, ForwardOpts, Model, Routing};
+use serde_json::{json, Value};
+
+use crate::checkpoint::{self, CheckpointState};
+use crate::config::{glob_match, LbKind, TrainerConfig};
+use crate::error::{io_err, TrainError};
+use crate::metrics::{MetricsLog, Progress};
+use crate::optim::{clip_global, lr_at, AdamW};
+use crate::signal;
+
+/// How to run (not what to learn: that is [`TrainerConfig`]).
+#[derive(Clone, Debug)]
+pub struct TrainOpts {
+    /// Device to train on; autodiff is enabled on it if it is not already.
+    pub device: Device,
+    /// Continue from the newest complete checkpoint in `OUT/checkpoints`.
+    pub resume: bool,
+    /// Show a progress bar when stderr is a terminal.
+    pub progress: bool,
+    /// Label for logs and the progress bar (e.g. the stage name).
+    pub label: String,
+    /// Stop (with a checkpoint) after this many steps in this process; for tests of resume.
+    pub max_steps_this_run: Option<usize>,
+}
+
+impl Default for TrainOpts {
+    fn default() -> Self {
+        Self {
+            device: Device::flex(),
+            resume: false,
+            progress: true,
+            label: "train".into(),
+            max_steps_this_run: None,
+        }
+    }
+}
+
+/// What a finished (or stopped) run reports.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct TrainOutcome {
+    pub steps: usize,
+    pub tokens: u64,
+    pub wall_s: f64,
+    pub final_loss: f64,
+    /// True when a signal or `max_steps_this_run` stopped the run before its last step.
+    pub stopped_early: bool,
+    pub model_dir: PathBuf,
+}
+
+/// Per-step numbers, also the `metrics.jsonl` record.
+#[derive(Clone, Debug, Default)]
+pub struct StepStats {
+    pub loss: f64,
+    pub lb_loss: f64,
+    pub z_loss: f64,
+    pub total_loss: f64,
+    pub grad_norm: f64,
+    pub lr: f64,
+    /// Per MoE layer, the fraction of tokens routed to each expert.
+    pub expert_load: Vec<Vec<f64>>,
+    pub dropped_tokens: usize,
+}
+
+/// Holds the model under training and its optimizer; one [`Trainer::step`] is one optimizer
+/// update. [`train`] wraps it with data, checkpoints and logging.
+pub struct Trainer {
+    pub model: Model,
+    pub opt: AdamW,
+    pub cfg: TrainerConfig,
+    /// Completed optimizer steps.
+    pub step: usize,
+    trainable: Vec<bool>,
+    decay: Vec<bool>,
+}
+
+impl Trainer {
+    /// Puts `model` on `dev` (with autodiff) and freezes what `cfg.train.freeze` names.
+    pub fn new(model: Model, cfg: TrainerConfig, dev: &Device) -> Result<Self, TrainError> {
+        cfg.validate().map_err(TrainError::Config)?;
+        let dev = if dev.is_autodiff() {
+            dev.clone()
+        } else {
+            dev.clone().autodiff()
+        };
+        let specs = param_specs(&model.cfg);
+        for pat in &cfg.train.freeze {
+            if !specs.iter().any(|s| glob_match(pat, &s.name)) {
+                return Err(TrainError::Config(format!(
+                    "freeze pattern {pat:?} matches no parameter (names are Hugging Face's, e.g. {:?})",
+                    specs.last().map(|s| s.name.as_str()).unwrap_or("")
+                )));
+            }
+        }
+        let is_frozen = |n: &str| cfg.train.freeze.iter().any(|p| glob_match(p, n));
+        let trainable: Vec<bool> = specs.iter().map(|s| !is_frozen(&s.name)).collect();
+        let decay = specs.iter().map(|s| s.shape.len() >= 2).collect();
+        let model = model.to_device_with(&dev, |n| !is_frozen(n));
+        let opt = AdamW::new(cfg.optim.clone());
+        Ok(Self {
+            model,
+            opt,
+            cfg,
+            step: 0,
+            trainable,
+            decay,
+        })
+    }
+
+    pub fn device(&self) -> Device {
+        self.model.device()
+    }
+
+    fn forward_opts(&self, micro: usize) -> ForwardOpts {
+        let m = &self.cfg.moe;
+        let gumbel = match self.model.cfg.moe.as_ref().map(|x| &x.routing) {
+            Some(Routing::SampleTop1 { .. }) => {
+                let tau = (-m.gumbel_anneal_rate * self.step as f64)
+                    .exp()
+                    .max(m.gumbel_min_tau);
+                let seed = Rng::derive(
+                    self.cfg.train.seed,
+                    &format!("gumbel-{}-{micro}", self.step),
+                )
+                .next_u64();
+                Some((seed, tau))
+            }
+            _ => None,
+        };
+        ForwardOpts { gumbel }
+    }
+
+    /// Loss of one micro-batch and its MoE extras. Returns (total, lm, lb, z) as graph tensors
+    /// (lb/z are None for dense models) and the router outputs.
+    fn losses(
+        &self,
+        ids: &[i64],
+        b: usize,
+        t: usize,
+        micro: usize,
+    ) -> (
+        Tensor<1>,
+        Tensor<1>,
+        Option<Tensor<1>>,
+        Option<Tensor<1>>,
+        Vec<RouterAux>,
+    ) {
+        let out = self
+            .model
+            .forward(ids, b, t, &self.forward_opts(micro), None);
+        let lm = lm_loss(out.logits, ids);
+        let m = &self.cfg.moe;
+        let mut total = lm.clone();
+        let (mut lb, mut z) = (None, None);
+        if !out.routers.is_empty() {
+            let l = match m.lb_kind {
+                LbKind::Paper => Tensor::cat(out.routers.iter().map(lb_paper).collect(), 0).sum(),
+                LbKind::Hf => hf_aux_loss(&out.routers).expect("moe layers"),
+            };
+            if m.lb_coef != 0.0 {
+                total = total + l.clone() * m.lb_coef;
+            }
+            lb = Some(l);
+            let zl = Tensor::cat(out.routers.iter().map(z_loss).collect(), 0).sum();
+            if m.z_loss_coef != 0.0 {
+                total = total + zl.clone() * m.z_loss_coef;
+            }
+            z = Some(zl);
+        }
+        (total, lm, lb, z, out.routers)
+    }
+
+    /// One optimizer step over `grad_accum` micro-batches pulled from `data`.
+    pub fn step(&mut self, data: &mut dyn BatchSource) -> Result<StepStats, TrainError> {
+        let accum = self.cfg.train.grad_accum;
+        let lr = lr_at(&self.cfg.optim, self.step, self.cfg.train.steps);
+        let n_params = self.trainable.len();
+        let mut grads: Vec<Option<Tensor<2>>> = vec![None; n_params];
+        let mut st = StepStats {
+            lr,
+            ..Default::default()
+        };
+        let mut load_sum: Vec<Vec<f64>> = vec![];
+        for micro in 0..accum {
+            let batch = data.next_batch();
+            let (b, t) = (batch.batch, batch.seq);
+            let (total, lm, lb, z, routers) = self.losses(&batch.ids, b, t, micro);
+            let scalars = Tensor::cat(
+                vec![
+                    total.clone(),
+                    lm,
+                    lb.unwrap_or_else(|| total.zeros_like()),
+                    z.unwrap_or_else(|| total.zeros_like()),
+                ],
+                0,
+            );
+            let g = (total / accum as f64).backward();
+            let v = to_vec(scalars);
+            st.total_loss += v[0] as f64 / accum as f64;
+            st.loss += v[1] as f64 / accum as f64;
+            st.lb_loss += v[2] as f64 / accum as f64;
+            st.z_loss += v[3] as f64 / accum as f64;
+            let mut i = 0;
+            self.model.visit(|_, p| {
+                if let Some(gi) = p.grad(&g) {
+                    grads[i] = Some(match grads[i].take() {
+                        None => gi,
+                        Some(acc) => acc + gi,
+                    });
+                }
+                i += 1;
+            });
+            for (l, r) in routers.iter().enumerate() {
+                let n = r.assigned.len() as f64;
+                let mut c = vec![0f64; r.num_experts()];
+                for a in &r.assigned {
+                    for &e in a {
+                        c[e as usize] += 1.0 / n;
+                    }
+                }
+                if load_sum.len() <= l {
+                    load_sum.push(vec![0.0; c.len()]);
+                }
+                for (s, x) in load_sum[l].iter_mut().zip(c) {
+                    *s += x / accum as f64;
+                }
+                st.dropped_tokens += r.dropped;
+            }
+        }
+        if !st.total_loss.is_finite() {
+            return Err(TrainError::Diverged {
+                step: self.step + 1,
+                value: st.total_loss,
+            });
+        }
+        st.expert_load = load_sum;
+        st.grad_norm = clip_global(&mut grads, self.cfg.optim.clip_norm);
+        self.opt.begin_step();
+        let (trainable, decay) = (&self.trainable, &self.decay);
+        let opt = &mut self.opt;
+        let mut i = 0;
+        let model = std::mem::replace(&mut self.model, placeholder_model());
+        self.model = model.map(|name, p| {
+            let idx = i;
+            i += 1;
+            match (trainable[idx], grads[idx].take()) {
+                (true, Some(g)) => opt
+                    .update(name, p.inner(), g, lr, decay[idx])
+                    .autodiff()
+                    .require_grad(),
+                _ => p,
+            }
+        });
+        self.step += 1;
+        Ok(st)
+    }
+}
+
+/// A stand-in while the model is moved through `map` (never used for compute).
+fn placeholder_model() -> Model {
+    let cfg = btx_model::ModelConfig::llama(1, 2, 1, 0, 1, 1, 1);
+    Model {
+        cfg,
+        embed: Tensor::zeros([1, 1], &Device::flex()),
+        layers: vec![],
+        norm: Tensor::zeros([1, 1], &Device::flex()),
+        lm_head: None,
+    }
+}
+
+fn config_json(cfg: &TrainerConfig) -> Value {
+    serde_json::to_value(cfg).expect("config serialises")
+}
+
+/// Trains `init` on `data` into `out`: `out/metrics.jsonl`, `out/checkpoints/step-*`,
+/// and finally `out/model/` (HF layout). With `opts.resume`, continues from the newest complete
+/// checkpoint (then `init` is only used if there is none).
+pub fn train(
+    init: Model,
+    data: &mut dyn BatchSource,
+    cfg: &TrainerConfig,
+    out: &Path,
+    opts: &TrainOpts,
+) -> Result<TrainOutcome, TrainError> {
+    std::fs::create_dir_all(out).map_err(|e| io_err(out, e))?;
+    signal::install();
+    let ckpt_root = out.join("checkpoints");
+    let total_steps = cfg.train.steps;
+    let latest = checkpoint::find_latest(&ckpt_root);
+    let mut trainer;
+    let (mut tokens, mut elapsed) = (0u64, 0f64);
+    match latest {
+        Some((_, dir)) if opts.resume => {
+            let loaded = checkpoint::load(&dir, &Device::flex())?;
+            let saved = &loaded.state.config;
+            let now = config_json(cfg);
+            if saved != &now {
+                return Err(TrainError::ConfigChanged {
+                    dir: dir.clone(),
+                    what: describe_change(saved, &now),
+                });
+            }
+            trainer = Trainer::new(loaded.model, cfg.clone(), &opts.device)?;
+            let shapes: BTreeMap<String, [usize; 2]> = {
+                let mut m = BTreeMap::new();
+                trainer.model.visit(|n, t| {
+                    m.insert(n.to_string(), t.dims());
+                });
+                m
+            };
+            let dev = trainer.device().inner();
+            trainer
+                .opt
+                .import(loaded.state.optimizer_t, &loaded.moments, &shapes, &dev)
+                .map_err(|msg| TrainError::Corrupt {
+                    path: dir.join("optimizer.safetensors"),
+                    msg,
+                })?;
+            data.restore(&loaded.state.data_cursor)
+                .map_err(|msg| TrainError::Corrupt {
+                    path: dir.join("state.json"),
+                    msg,
+                })?;
+            trainer.step = loaded.state.step;
+            tokens = loaded.state.tokens;
+            elapsed = loaded.state.elapsed_s;
+            tracing::info!(
+                "{}: resuming from {} (step {}/{})",
+                opts.label,
+                dir.display(),
+                trainer.step,
+                total_steps
+            );
+        }
+        Some(_) => {
+            return Err(TrainError::AlreadyStarted {
+                dir: out.to_path_buf(),
+            })
+        }
+        None => {
+            trainer = Trainer::new(init, cfg.clone(), &opts.device)?;
+        }
+    }
+    let mut metrics = MetricsLog::open(&out.join("metrics.jsonl"), trainer.step)?;
+    let progress = Progress::new(&opts.label, total_steps, trainer.step, opts.progress);
+    let log_every = cfg.train.log_every.max(1);
+    let save = |tr: &Trainer, data: &dyn BatchSource, tokens: u64, elapsed: f64| {
+        let state = CheckpointState {
+            step: tr.step,
+            optimizer_t: tr.opt.t,
+            data_cursor: data.cursor(),
+            tokens,
+            elapsed_s: elapsed,
+            config: config_json(cfg),
+        };
+        checkpoint::save(
+            &ckpt_root,
+            &tr.model,
+            &tr.opt,
+            &state,
+            cfg.train.keep_checkpoints,
+        )
+    };
+    let mut last_loss = f64::NAN;
+    let mut last_saved = trainer.step;
+    let mut steps_here = 0;
+    let mut stopped_early = false;
+    while trainer.step < total_steps {
+        let t0 = Instant::now();
+        let st = trainer.step(data)?;
+        let dt = t0.elapsed().as_secs_f64();
+        elapsed += dt;
+        let step_tokens = (cfg.train.batch_size * cfg.train.seq_len * cfg.train.grad_accum) as u64;
+        tokens += step_tokens;
+        last_loss = st.loss;
+        steps_here += 1;
+        let s = trainer.step;
+        let tok_s = step_tokens as f64 / dt.max(1e-9);
+        let mut rec = json!({
+            "step": s, "loss": st.loss, "lr": st.lr, "grad_norm": st.grad_norm,
+            "tokens": tokens, "tokens_per_s": tok_s, "step_s": dt, "elapsed_s": elapsed,
+        });
+        if trainer.model.cfg.is_moe() {
+            rec["lb_loss"] = json!(st.lb_loss);
+            rec["z_loss"] = json!(st.z_loss);
+            rec["total_loss"] = json!(st.total_loss);
+            if st.dropped_tokens > 0 {
+                rec["dropped_tokens"] = json!(st.dropped_tokens);
+            }
+        }
+        let log_now = s % log_every == 0 || s == total_steps;
+        if log_now && !st.expert_load.is_empty() {
+            rec["expert_load"] = json!(st.expert_load);
+            warn_dead_experts(
+                &opts.label,
+                s,
+                &st.expert_load,
+                cfg.moe.dead_expert_threshold,
+            );
+        }
+        metrics.write(&rec)?;
+        progress.update(s, st.loss, tok_s);
+        if log_now && !progress.is_bar() {
+            tracing::info!(
+                "{} step {s}/{total_steps} loss {:.4} lr {:.2e} gnorm {:.3} {:.0} tok/s",
+                opts.label,
+                st.loss,
+                st.lr,
+                st.grad_norm,
+                tok_s
+            );
+        }
+        let every = cfg.train.checkpoint_every;
+        let stop =
+            signal::stop_requested() || opts.max_steps_this_run.is_some_and(|m| steps_here >= m);
+        if (every > 0 && s % every == 0) || s == total_steps || stop {
+            save(&trainer, &*data, tokens, elapsed)?;
+            last_saved = s;
+        }
+        if stop && s < total_steps {
+            stopped_early = true;
+            tracing::warn!("{}: stopping at step {s} (checkpoint written)", opts.label);
+            break;
+        }
+    }
+    progress.finish();
+    let model_dir = out.join("model");
+    if !stopped_early {
+        if last_saved != trainer.step {
+            save(&trainer, &*data, tokens, elapsed)?;
+        }
+        write_final_model(&trainer.model, &model_dir)?;
+    }
+    Ok(TrainOutcome {
+        steps: trainer.step,
+        tokens,
+        wall_s: elapsed,
+        final_loss: last_loss,
+        stopped_early,
+        model_dir,
+    })
+}
+
+/// `out/model/` via a temporary directory and a rename, so it is complete or absent.
+fn write_final_model(model: &Model, dir: &Path) -> Result<(), TrainError> {
+    let tmp = dir.with_extension("tmp");
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(|e| io_err(&tmp, e))?;
+    }
+    model.save(&tmp, 4 << 30)?;
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).map_err(|e| io_err(dir, e))?;
+    }
+    std::fs::rename(&tmp, dir).map_err(|e| io_err(dir, e))
+}
+
+fn warn_dead_experts(label: &str, step: usize, load: &[Vec<f64>], threshold: f64) {
+    for (l, row) in load.iter().enumerate() {
+        for (e, &f) in row.iter().enumerate() {
+            if f < threshold {
+                tracing::warn!(
+                    "{label} step {step}: expert {e} of layer {l} received {:.2}% of tokens (dead expert?)",
+                    f * 100.0
+                );
+            }
+        }
+    }
+}
+
+/// Names the first top-level key that differs between two configs.
+fn describe_change(a: &Value, b: &Value) -> String {
+    if let (Some(x), Some(y)) = (a.as_object(), b.as_object()) {
+        for (k, v) in y {
+            if x.get(k) != Some(v) {
+                if let (Some(xo), Some(vo)) = (x.get(k).and_then(|q| q.as_object()), v.as_object())
+                {
+                    for (k2, v2) in vo {
+                        if xo.get(k2) != Some(v2) {
+                            return format!(
+                                "{k}.{k2}: {} -> {v2}",
+                                xo.get(k2).map_or("unset".into(), |q| q.to_string())
+                            );
+                        }
+                    }
+                }
+                return format!("{k} changed");
+            }
+        }
+    }
+    "config differs".into()
+}
