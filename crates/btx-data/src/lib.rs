@@ -1,5 +1,16 @@
 //! `btx-data`: everything between text on disk and token batches in the trainer.
 
+pub mod builtin;
+pub mod corpus;
+pub mod error;
+pub mod mixture;
+pub mod prepare;
+pub mod shard;
 pub mod source;
+pub mod tokenizer;
 
+pub use error::{DataError, Result};
+pub use mixture::{DataDir, MixConfig, Mixture};
+pub use prepare::{prepare, DataManifest, PrepareConfig};
 pub use source::{Batch, BatchSource, FixedBatches};
+pub use tokenizer::Tok;

@@ -12,7 +12,9 @@ pub fn rms_norm(x: Tensor<2>, w: &Tensor<2>, eps: f64) -> Tensor<2> {
     x * inv * w.clone()
 }
 
-/// cos/sin tables `[1, 1, T, head_dim/2]` for absolute positions `pos0..pos0+t`.
+/// cos/sin tables for absolute positions `pos0..pos0+t`: `[1, 1, T, head_dim/2]`, or with
+/// left padding `[B, 1, T, head_dim/2]` where row b's positions start `pads[b]` later (so its
+/// first real token sits at position 0, as transformers does with `position_ids`).
 ///
 /// Computed in f32 the way transformers does (`inv_freq = 1 / theta^(2j/d)`, angle = inv_freq x pos)
 /// so that positions far from 0 round the same way.
@@ -20,6 +22,7 @@ pub fn rope_tables(
     cfg: &ModelConfig,
     pos0: usize,
     t: usize,
+    pads: Option<&[usize]>,
     dev: &Device,
 ) -> (Tensor<4>, Tensor<4>) {
     let half = cfg.head_dim / 2;
@@ -27,18 +30,24 @@ pub fn rope_tables(
     let inv: Vec<f32> = (0..half)
         .map(|j| 1.0 / theta.powf((2 * j) as f32 / cfg.head_dim as f32))
         .collect();
-    let mut cos = Vec::with_capacity(t * half);
-    let mut sin = Vec::with_capacity(t * half);
-    for p in pos0..pos0 + t {
-        for f in &inv {
-            let a = f * p as f32;
-            cos.push(a.cos());
-            sin.push(a.sin());
+    let zero = [0usize];
+    let rows = pads.unwrap_or(&zero);
+    let mut cos = Vec::with_capacity(rows.len() * t * half);
+    let mut sin = Vec::with_capacity(rows.len() * t * half);
+    for &pad in rows {
+        for p in pos0..pos0 + t {
+            let p = p.saturating_sub(pad);
+            for f in &inv {
+                let a = f * p as f32;
+                cos.push(a.cos());
+                sin.push(a.sin());
+            }
         }
     }
+    let shape = [rows.len(), 1, t, half];
     (
-        Tensor::from_data(TensorData::new(cos, [1, 1, t, half]), dev),
-        Tensor::from_data(TensorData::new(sin, [1, 1, t, half]), dev),
+        Tensor::from_data(TensorData::new(cos, shape), dev),
+        Tensor::from_data(TensorData::new(sin, shape), dev),
     )
 }
 
@@ -58,6 +67,15 @@ pub struct LayerCache {
     pub kv: Option<(Tensor<4>, Tensor<4>)>,
 }
 
+/// The batch layout of one forward: `[b, t]` tokens, their RoPE tables, left padding.
+#[derive(Clone, Copy)]
+pub struct SeqInfo<'a> {
+    pub b: usize,
+    pub t: usize,
+    pub rope: &'a (Tensor<4>, Tensor<4>),
+    pub pads: Option<&'a [usize]>,
+}
+
 pub struct AttnWeights<'a> {
     pub q: &'a Tensor<2>,
     pub k: &'a Tensor<2>,
@@ -65,17 +83,24 @@ pub struct AttnWeights<'a> {
     pub o: &'a Tensor<2>,
 }
 
-/// Additive causal mask `[1, 1, t, pos0 + t]`: query i (absolute position pos0 + i) sees keys
-/// 0..=pos0 + i. A large negative number rather than -inf keeps every row finite.
-fn causal_mask(pos0: usize, t: usize, dev: &Device) -> Tensor<4> {
+/// Additive mask `[1 or B, 1, t, pos0 + t]`: query i (absolute position pos0 + i) sees keys
+/// 0..=pos0 + i, and with left padding never the first `pads[b]` keys of row b. A large
+/// negative number rather than -inf keeps every row finite.
+fn attention_mask(pos0: usize, t: usize, pads: Option<&[usize]>, dev: &Device) -> Tensor<4> {
     let tk = pos0 + t;
-    let mut m = vec![0f32; t * tk];
-    for i in 0..t {
-        for j in pos0 + i + 1..tk {
-            m[i * tk + j] = -1e30;
+    let zero = [0usize];
+    let rows = pads.unwrap_or(&zero);
+    let mut m = vec![0f32; rows.len() * t * tk];
+    for (r, &pad) in rows.iter().enumerate() {
+        for i in 0..t {
+            for j in 0..tk {
+                if j > pos0 + i || j < pad {
+                    m[(r * t + i) * tk + j] = -1e30;
+                }
+            }
         }
     }
-    Tensor::from_data(TensorData::new(m, [1, 1, t, tk]), dev)
+    Tensor::from_data(TensorData::new(m, [rows.len(), 1, t, tk]), dev)
 }
 
 /// Causal GQA self-attention over `x: [B*T, d]`, returning `[B*T, d]` after `o_proj`.
@@ -83,11 +108,10 @@ pub fn self_attention(
     cfg: &ModelConfig,
     w: AttnWeights<'_>,
     x: Tensor<2>,
-    b: usize,
-    t: usize,
-    rope: &(Tensor<4>, Tensor<4>),
+    seq: &SeqInfo<'_>,
     cache: Option<&mut LayerCache>,
 ) -> Tensor<2> {
+    let SeqInfo { b, t, rope, pads } = *seq;
     let (h, kvh, hd) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
     let dev = x.device();
     let proj = |wt: &Tensor<2>, heads: usize| {
@@ -123,8 +147,8 @@ pub fn self_attention(
     }
     let scale = 1.0 / (hd as f64).sqrt();
     let mut scores = q.matmul(k.swap_dims(2, 3)) * scale;
-    if t > 1 {
-        scores = scores + causal_mask(pos0, t, &dev);
+    if t > 1 || pads.is_some() {
+        scores = scores + attention_mask(pos0, t, pads, &dev);
     }
     let p = softmax(scores, 3);
     p.matmul(v)

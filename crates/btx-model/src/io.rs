@@ -281,7 +281,7 @@ impl StreamWriter {
         }
         let mut h = serde_json::to_string(&Value::Object(header)).expect("json");
         // The format asks for the data to start 8-byte aligned: pad the header with spaces.
-        while (h.len() + 8) % 8 != 0 {
+        while !(h.len() + 8).is_multiple_of(8) {
             h.push(' ');
         }
         let f = File::create(path).map_err(|e| ModelError::io(path, e))?;

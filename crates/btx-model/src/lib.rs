@@ -4,18 +4,21 @@
 pub mod attention;
 pub mod config;
 pub mod error;
+pub mod generate;
 pub mod io;
 pub mod loss;
 pub mod model;
 pub mod moe;
 pub mod names;
 pub mod rng;
+pub mod spec;
 
 pub use burn;
 pub use config::{ModelConfig, MoeConfig, Routing};
 pub use error::{ModelError, Result};
 pub use io::{HostTensor, TensorReader};
 pub use model::{ForwardOpts, ForwardOut, KvCache, Model};
+pub use spec::ModelSpec;
 
 /// Copies a float tensor to the host as f32 values (row-major).
 pub fn to_vec<const D: usize>(t: burn::prelude::Tensor<D>) -> Vec<f32> {

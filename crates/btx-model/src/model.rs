@@ -5,7 +5,7 @@ use std::path::Path;
 
 use burn::prelude::*;
 
-use crate::attention::{rms_norm, rope_tables, self_attention, AttnWeights, LayerCache};
+use crate::attention::{rms_norm, rope_tables, self_attention, AttnWeights, LayerCache, SeqInfo};
 use crate::config::{ModelConfig, Routing};
 use crate::error::{ModelError, Result};
 use crate::io::{write_checkpoint, HostTensor, TensorReader};
@@ -13,6 +13,8 @@ use crate::moe::{Mlp, Moe, RouteOpts, RouterAux};
 use crate::names::{ffn_name, layer_prefix, param_specs, router_name, ParamSpec};
 use crate::rng::Rng;
 
+// One Ffn per layer: the size difference between variants costs nothing worth a Box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug)]
 pub enum Ffn {
     Dense(Mlp),
@@ -46,6 +48,9 @@ pub struct Model {
 pub struct ForwardOpts {
     /// Gumbel noise for sample-top1 routing while training: (seed, tau).
     pub gumbel: Option<(u64, f64)>,
+    /// Left padding per row (batched generation): row b's first `pads[b]` tokens are ignored
+    /// and its positions start after them.
+    pub pads: Option<Vec<usize>>,
 }
 
 pub struct ForwardOut {
@@ -359,7 +364,8 @@ impl Model {
         }
         let idx = Tensor::<1, Int>::from_data(TensorData::new(ids.to_vec(), [b * t]), &dev);
         let mut x = self.embed.clone().select(0, idx);
-        let rope = rope_tables(cfg, pos0, t, &dev);
+        let pads = opts.pads.as_deref();
+        let rope = rope_tables(cfg, pos0, t, pads, &dev);
         let route = cfg.moe.as_ref().map(|m| RouteOpts {
             routing: m.routing.clone(),
             top_k: m.top_k,
@@ -378,7 +384,13 @@ impl Model {
                 o: &layer.o,
             };
             let lc = cache.as_deref_mut().map(|c| &mut c.layers[l]);
-            x = x + self_attention(cfg, w, h, b, t, &rope, lc);
+            let seq = SeqInfo {
+                b,
+                t,
+                rope: &rope,
+                pads,
+            };
+            x = x + self_attention(cfg, w, h, &seq, lc);
             let h = rms_norm(x.clone(), &layer.post_norm, cfg.rms_norm_eps);
             let f = match &layer.ffn {
                 Ffn::Dense(m) => m.forward(h),

@@ -140,7 +140,7 @@ impl Trainer {
             }
             _ => None,
         };
-        ForwardOpts { gumbel }
+        ForwardOpts { gumbel, pads: None }
     }
 
     /// Loss of one micro-batch and its MoE extras. Returns (total, lm, lb, z) as graph tensors

@@ -1,1 +1,55 @@
-fn main() {}
+//! `btx`: Branch-Train-MiX from the command line.
+
+mod cmd;
+mod overrides;
+mod runtime;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "btx",
+    version,
+    about = "Branch-Train-MiX: mix domain-expert LLMs into one Mixtral MoE"
+)]
+struct Cli {
+    /// Worker threads for tensor ops (default: all cores, or RAYON_NUM_THREADS).
+    #[arg(long, global = true)]
+    threads: Option<usize>,
+    /// Compute device: cpu (burn flex) or cuda (needs a build with --features cuda).
+    #[arg(long, global = true, default_value = "cpu")]
+    device: String,
+    #[command(subcommand)]
+    cmd: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// One forward (and optionally backward) pass; writes logits, losses, router logits and
+    /// gradients under the names of the Hugging Face reference fixtures.
+    Forward(cmd::forward::Args),
+    /// Train a model from a TOML config (pretraining, experts, finetuning all use this loop).
+    Train(cmd::train::Args),
+    /// Generate text from a model with a KV cache.
+    Generate(cmd::generate::Args),
+}
+
+fn main() {
+    runtime::init_logging();
+    let cli = Cli::parse();
+    let result = runtime::init_threads(cli.threads).and_then(|_| {
+        let dev = runtime::device(&cli.device)?;
+        match cli.cmd {
+            Command::Forward(a) => cmd::forward::run(a, &dev),
+            Command::Train(a) => cmd::train::run(a, &dev),
+            Command::Generate(a) => cmd::generate::run(a, &dev),
+        }
+    });
+    if let Err(e) = result {
+        eprintln!("error: {e}");
+        for cause in e.chain().skip(1) {
+            eprintln!("  caused by: {cause}");
+        }
+        std::process::exit(runtime::exit_code(&e));
+    }
+}

@@ -1,0 +1,130 @@
+//! Text generation with a KV cache: batched (left-padded) prompts, greedy or temperature +
+//! nucleus (top-p) sampling, per-row stopping.
+
+use crate::model::{ForwardOpts, KvCache, Model};
+use crate::rng::Rng;
+use crate::to_vec;
+
+#[derive(Clone, Debug)]
+pub struct Sampling {
+    /// 0 = greedy (argmax).
+    pub temperature: f64,
+    /// Nucleus sampling: keep the smallest set of tokens whose probability reaches top_p.
+    pub top_p: f64,
+    pub seed: u64,
+}
+
+impl Default for Sampling {
+    fn default() -> Self {
+        Self {
+            temperature: 0.0,
+            top_p: 1.0,
+            seed: 0,
+        }
+    }
+}
+
+/// Picks the next token from one row of logits.
+pub fn sample(logits: &[f32], s: &Sampling, rng: &mut Rng) -> i64 {
+    if s.temperature <= 0.0 {
+        let mut best = 0;
+        for (i, &x) in logits.iter().enumerate() {
+            if x > logits[best] {
+                best = i;
+            }
+        }
+        return best as i64;
+    }
+    let m = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let mut p: Vec<(usize, f64)> = logits
+        .iter()
+        .enumerate()
+        .map(|(i, &x)| (i, ((x as f64 - m) / s.temperature).exp()))
+        .collect();
+    let z: f64 = p.iter().map(|x| x.1).sum();
+    p.iter_mut().for_each(|x| x.1 /= z);
+    if s.top_p < 1.0 {
+        p.sort_by(|a, b| b.1.partial_cmp(&a.1).unwrap().then(a.0.cmp(&b.0)));
+        let mut acc = 0.0;
+        let mut keep = 0;
+        for (i, x) in p.iter().enumerate() {
+            acc += x.1;
+            keep = i + 1;
+            if acc >= s.top_p {
+                break;
+            }
+        }
+        p.truncate(keep);
+        let z: f64 = p.iter().map(|x| x.1).sum();
+        p.iter_mut().for_each(|x| x.1 /= z);
+    }
+    let u = rng.uniform();
+    let mut acc = 0.0;
+    for &(i, q) in &p {
+        acc += q;
+        if u < acc {
+            return i as i64;
+        }
+    }
+    p.last().map_or(0, |x| x.0 as i64)
+}
+
+/// Continues each prompt by up to `max_new` tokens. A row stops when it produces `eos` or when
+/// `stop(row, generated_so_far)` says so. Returns only the generated ids of each row.
+pub fn generate(
+    model: &Model,
+    prompts: &[Vec<i64>],
+    max_new: usize,
+    sampling: &Sampling,
+    eos: Option<i64>,
+    mut stop: impl FnMut(usize, &[i64]) -> bool,
+) -> Vec<Vec<i64>> {
+    let b = prompts.len();
+    if b == 0 || max_new == 0 {
+        return vec![vec![]; b];
+    }
+    let len = prompts.iter().map(Vec::len).max().unwrap_or(0).max(1);
+    let pads: Vec<usize> = prompts.iter().map(|p| len - p.len()).collect();
+    let mut ids = Vec::with_capacity(b * len);
+    for p in prompts {
+        ids.extend(std::iter::repeat_n(0i64, len - p.len()));
+        ids.extend_from_slice(p);
+    }
+    let opts = ForwardOpts {
+        gumbel: None,
+        pads: pads.iter().any(|&p| p > 0).then(|| pads.clone()),
+    };
+    let v = model.cfg.vocab_size;
+    let mut cache = KvCache::new(model.cfg.num_layers);
+    let mut out: Vec<Vec<i64>> = vec![vec![]; b];
+    let mut done = vec![false; b];
+    let mut rng = Rng::derive(sampling.seed, "generate");
+    let mut input = ids;
+    let mut t = len;
+    for _ in 0..max_new {
+        let o = model.forward(&input, b, t, &opts, Some(&mut cache));
+        let last = o.logits.narrow(1, t - 1, 1).reshape([b, v]);
+        let host = to_vec(last);
+        let mut next = Vec::with_capacity(b);
+        for r in 0..b {
+            let tok = sample(&host[r * v..(r + 1) * v], sampling, &mut rng);
+            if !done[r] {
+                if Some(tok) == eos {
+                    done[r] = true;
+                } else {
+                    out[r].push(tok);
+                    if stop(r, &out[r]) {
+                        done[r] = true;
+                    }
+                }
+            }
+            next.push(tok);
+        }
+        if done.iter().all(|&d| d) {
+            break;
+        }
+        input = next;
+        t = 1;
+    }
+    out
+}

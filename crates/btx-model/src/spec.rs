@@ -1,0 +1,132 @@
+//! `[model.init]`: the shape of a freshly initialised model, as written in configs and recipes.
+//! The vocabulary size comes from the tokenizer, never from here.
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{ModelConfig, MoeConfig, Routing};
+use crate::error::Result;
+
+fn d_hidden() -> usize {
+    256
+}
+fn d_ffn() -> usize {
+    704
+}
+fn d_layers() -> usize {
+    4
+}
+fn d_heads() -> usize {
+    4
+}
+fn d_theta() -> f64 {
+    10000.0
+}
+fn d_eps() -> f64 {
+    1e-5
+}
+fn d_maxpos() -> usize {
+    2048
+}
+fn d_topk() -> usize {
+    2
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSpec {
+    /// Model width. Default 256.
+    #[serde(default = "d_hidden")]
+    pub hidden_size: usize,
+    /// SwiGLU inner width. Default 704.
+    #[serde(default = "d_ffn")]
+    pub intermediate_size: usize,
+    /// Decoder layers. Default 4.
+    #[serde(default = "d_layers")]
+    pub num_layers: usize,
+    /// Query heads. Default 4.
+    #[serde(default = "d_heads")]
+    pub num_heads: usize,
+    /// Key/value heads (GQA). Default = num_heads.
+    #[serde(default)]
+    pub num_kv_heads: Option<usize>,
+    /// Per-head width. Default hidden_size / num_heads.
+    #[serde(default)]
+    pub head_dim: Option<usize>,
+    /// RoPE base. Default 10000.
+    #[serde(default = "d_theta")]
+    pub rope_theta: f64,
+    /// Default 1e-5.
+    #[serde(default = "d_eps")]
+    pub rms_norm_eps: f64,
+    /// Share the embedding matrix with the LM head. Default false.
+    #[serde(default)]
+    pub tie_word_embeddings: bool,
+    /// Default 2048.
+    #[serde(default = "d_maxpos")]
+    pub max_position_embeddings: usize,
+    /// 0 (default) = dense Llama; otherwise a Mixtral with this many experts per layer.
+    #[serde(default)]
+    pub num_experts: usize,
+    /// Experts per token for top-k routing. Default 2.
+    #[serde(default = "d_topk")]
+    pub top_k: usize,
+    /// Routing of a MoE: `{mode = "top-k"}` (default), `{mode = "switch", capacity_factor = 1.5}`,
+    /// `{mode = "soft"}`, `{mode = "sample-top1", anneal_rate = 1e-4, min_tau = 0.5}`.
+    #[serde(default)]
+    pub routing: Option<Routing>,
+}
+
+impl Default for ModelSpec {
+    fn default() -> Self {
+        toml_default()
+    }
+}
+
+fn toml_default() -> ModelSpec {
+    ModelSpec {
+        hidden_size: d_hidden(),
+        intermediate_size: d_ffn(),
+        num_layers: d_layers(),
+        num_heads: d_heads(),
+        num_kv_heads: None,
+        head_dim: None,
+        rope_theta: d_theta(),
+        rms_norm_eps: d_eps(),
+        tie_word_embeddings: false,
+        max_position_embeddings: d_maxpos(),
+        num_experts: 0,
+        top_k: d_topk(),
+        routing: None,
+    }
+}
+
+impl ModelSpec {
+    pub fn to_config(&self, vocab_size: usize, eos: Option<u32>) -> Result<ModelConfig> {
+        let mut c = ModelConfig::llama(
+            vocab_size,
+            self.hidden_size,
+            self.intermediate_size,
+            self.num_layers,
+            self.num_heads,
+            self.num_kv_heads.unwrap_or(self.num_heads),
+            self.max_position_embeddings,
+        );
+        if let Some(h) = self.head_dim {
+            c.head_dim = h;
+        }
+        c.rope_theta = self.rope_theta;
+        c.rms_norm_eps = self.rms_norm_eps;
+        c.tie_word_embeddings = self.tie_word_embeddings;
+        c.eos_token_id = eos;
+        c.bos_token_id = eos;
+        if self.num_experts > 0 {
+            c.moe = Some(MoeConfig {
+                num_experts: self.num_experts,
+                top_k: self.top_k,
+                routing: self.routing.clone().unwrap_or(Routing::TopK),
+            });
+        }
+        c.validate()?;
+        Ok(c)
+    }
+}

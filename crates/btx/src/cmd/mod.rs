@@ -1,0 +1,3 @@
+pub mod forward;
+pub mod generate;
+pub mod train;

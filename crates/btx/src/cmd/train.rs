@@ -1,0 +1,218 @@
+//! `btx train --config FILE.toml [--set k=v ...] [--resume] --out DIR`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use btx_data::{prepare, DataDir, MixConfig, Mixture, PrepareConfig, Tok};
+use btx_model::burn::prelude::Device;
+use btx_model::{Model, ModelSpec};
+use btx_train::{train, LoopConfig, MoeLossConfig, OptimConfig, TrainOpts, TrainerConfig};
+use serde::{Deserialize, Serialize};
+
+use crate::overrides;
+use crate::runtime::EXIT_STOPPED;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Training config (TOML). See examples/tiny-train.toml.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Override a config value, e.g. --set train.steps=200 --set optim.lr=3e-4.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    sets: Vec<String>,
+    /// Continue from the newest complete checkpoint in OUT/checkpoints.
+    #[arg(long)]
+    resume: bool,
+    /// Output directory: metrics.jsonl, checkpoints/, model/.
+    #[arg(long)]
+    out: PathBuf,
+    /// Stop (with a checkpoint) after this many steps in this process.
+    #[arg(long, hide = true)]
+    max_steps_this_run: Option<usize>,
+}
+
+/// `[model]`: start from a checkpoint, or initialise a new model.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSource {
+    /// A Hugging Face model directory to continue training.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// Shape of a new model (vocabulary from the tokenizer).
+    #[serde(default)]
+    pub init: Option<ModelSpec>,
+}
+
+/// `[data]`: a prepared data directory (or a prepare to run first) and the mixture.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataSection {
+    /// A directory written by `btx data prepare`.
+    #[serde(default)]
+    pub dir: Option<PathBuf>,
+    /// Or: a prepare config, run into OUT/data before training (skipped when up to date).
+    #[serde(default)]
+    pub prepare: Option<PrepareConfig>,
+    /// Domain sampling weights (normalised); empty = all domains equally.
+    #[serde(default)]
+    pub weights: std::collections::BTreeMap<String, f64>,
+    /// `train` (default) or `val`.
+    #[serde(default)]
+    pub split: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainFile {
+    #[serde(default)]
+    pub model: ModelSource,
+    #[serde(default)]
+    pub data: DataSection,
+    #[serde(default)]
+    pub optim: OptimConfig,
+    #[serde(default)]
+    pub train: LoopConfig,
+    #[serde(default)]
+    pub moe: MoeLossConfig,
+}
+
+impl TrainFile {
+    pub fn trainer(&self) -> TrainerConfig {
+        TrainerConfig {
+            optim: self.optim.clone(),
+            train: self.train.clone(),
+            moe: self.moe.clone(),
+        }
+    }
+}
+
+/// Opens (or first prepares) the data a config names.
+pub fn resolve_data(d: &DataSection, base: &Path, out: &Path) -> Result<DataDir> {
+    let dir = match (&d.dir, &d.prepare) {
+        (Some(_), Some(_)) => bail!("[data]: give either dir or prepare, not both"),
+        (Some(dir), None) => {
+            if dir.is_absolute() {
+                dir.clone()
+            } else {
+                base.join(dir)
+            }
+        }
+        (None, Some(p)) => {
+            let dir = out.join("data");
+            prepare(p, base, &dir).context("preparing data")?;
+            dir
+        }
+        (None, None) => {
+            bail!("[data] needs dir = \"...\" (from `btx data prepare`) or a [data.prepare] table")
+        }
+    };
+    DataDir::open(&dir).map_err(Into::into)
+}
+
+/// The initial model: loaded from `path` (its tokenizer must be the data's), or initialised.
+pub fn resolve_model(m: &ModelSource, base: &Path, tok: &Tok, seed: u64) -> Result<Model> {
+    match (&m.path, &m.init) {
+        (Some(_), Some(_)) => bail!("[model]: give either path or init, not both"),
+        (Some(p), None) => {
+            let p = if p.is_absolute() {
+                p.clone()
+            } else {
+                base.join(p)
+            };
+            let model = Model::load(&p, &Device::flex())
+                .with_context(|| format!("loading {}", p.display()))?;
+            let tp = p.join("tokenizer.json");
+            if tp.exists() {
+                let mt = Tok::load(&tp)?;
+                if mt.hash() != tok.hash() {
+                    bail!(
+                        "{} was trained with a different tokenizer than the data\nhint: prepare the data with [tokenizer] path = \"{}\"",
+                        p.display(),
+                        tp.display()
+                    );
+                }
+            }
+            if model.cfg.vocab_size < tok.vocab_size() {
+                bail!(
+                    "model vocabulary ({}) is smaller than the tokenizer's ({})",
+                    model.cfg.vocab_size,
+                    tok.vocab_size()
+                );
+            }
+            Ok(model)
+        }
+        (None, spec) => {
+            let spec = spec.clone().unwrap_or_default();
+            let cfg = spec.to_config(tok.vocab_size(), Some(tok.eos_id()))?;
+            Ok(Model::init(&cfg, seed, &Device::flex())?)
+        }
+    }
+}
+
+pub fn run(a: Args, dev: &Device) -> Result<()> {
+    let (file, raw): (TrainFile, _) = overrides::load(a.config.as_deref(), &a.sets)?;
+    let base = a
+        .config
+        .as_deref()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
+    std::fs::create_dir_all(&a.out)?;
+    std::fs::write(
+        a.out.join("config.resolved.toml"),
+        toml::to_string_pretty(&raw).unwrap_or_default(),
+    )?;
+    let data = resolve_data(&file.data, &base, &a.out)?;
+    let tok = data.tokenizer()?;
+    let model = resolve_model(&file.model, &base, &tok, file.train.seed)?;
+    let cfg = file.trainer();
+    let mix = MixConfig {
+        weights: file.data.weights.clone(),
+        split: file.data.split.clone(),
+    };
+    let mut source = Mixture::new(
+        &data,
+        &mix,
+        cfg.train.batch_size,
+        cfg.train.seq_len,
+        cfg.train.seed,
+    )?;
+    tracing::info!(
+        "training {} ({:.2}M params, {:.2}M active) on {:?} for {} steps of {} tokens",
+        if model.cfg.is_moe() {
+            "a Mixtral"
+        } else {
+            "a Llama"
+        },
+        model.cfg.total_params() as f64 / 1e6,
+        model.cfg.active_params() as f64 / 1e6,
+        source.domain_names(),
+        cfg.train.steps,
+        cfg.train.batch_size * cfg.train.seq_len * cfg.train.grad_accum
+    );
+    let opts = TrainOpts {
+        device: dev.clone(),
+        resume: a.resume,
+        progress: true,
+        label: "train".into(),
+        max_steps_this_run: a.max_steps_this_run,
+    };
+    let outcome = train(model, &mut source, &cfg, &a.out, &opts)?;
+    if outcome.stopped_early {
+        eprintln!(
+            "stopped at step {}/{} with a checkpoint; continue with --resume",
+            outcome.steps, cfg.train.steps
+        );
+        std::process::exit(EXIT_STOPPED);
+    }
+    tok.save(&outcome.model_dir.join("tokenizer.json"))?;
+    println!(
+        "done: {} steps, {} tokens, final loss {:.4}, {:.1}s; model in {}",
+        outcome.steps,
+        outcome.tokens,
+        outcome.final_loss,
+        outcome.wall_s,
+        outcome.model_dir.display()
+    );
+    Ok(())
+}
