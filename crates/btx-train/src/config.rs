@@ -146,7 +146,11 @@ impl TrainerConfig {
             return Err("train.seq_len must be at least 2".into());
         }
         let o = &self.optim;
-        if o.lr.is_nan() || o.lr <= 0.0 || !(0.0..1.0).contains(&o.beta1) || !(0.0..1.0).contains(&o.beta2) {
+        if o.lr.is_nan()
+            || o.lr <= 0.0
+            || !(0.0..1.0).contains(&o.beta1)
+            || !(0.0..1.0).contains(&o.beta2)
+        {
             return Err("optim: need lr > 0 and betas in [0, 1)".into());
         }
         if !(0.0..=1.0).contains(&o.min_lr_ratio) {
