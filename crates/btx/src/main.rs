@@ -32,6 +32,14 @@ enum Command {
     Train(cmd::train::Args),
     /// Generate text from a model with a KV cache.
     Generate(cmd::generate::Args),
+    /// Evaluate a model: held-out loss per domain.
+    Eval(cmd::eval::Args),
+    /// Prepare token shards from built-in domains or corpora.
+    #[command(subcommand)]
+    Data(cmd::data::DataCmd),
+    /// Train tokenizers.
+    #[command(subcommand)]
+    Tokenizer(cmd::data::TokenizerCmd),
 }
 
 fn main() {
@@ -43,6 +51,9 @@ fn main() {
             Command::Forward(a) => cmd::forward::run(a, &dev),
             Command::Train(a) => cmd::train::run(a, &dev),
             Command::Generate(a) => cmd::generate::run(a, &dev),
+            Command::Eval(a) => cmd::eval::run(a, &dev),
+            Command::Data(c) => cmd::data::run_data(c),
+            Command::Tokenizer(c) => cmd::data::run_tokenizer(c),
         }
     });
     if let Err(e) = result {

@@ -1,3 +1,5 @@
+pub mod data;
+pub mod eval;
 pub mod forward;
 pub mod generate;
 pub mod train;

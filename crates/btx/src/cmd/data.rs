@@ -1,0 +1,119 @@
+//! `btx data prepare|info` and `btx tokenizer train`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use btx_data::corpus::{read_docs, DocSplit, Format};
+use btx_data::{prepare, DataDir, PrepareConfig, Tok};
+
+use crate::overrides;
+
+#[derive(clap::Subcommand)]
+pub enum DataCmd {
+    /// Tokenize domains (built-in generators or corpora) into token shards + task sets.
+    Prepare {
+        /// Prepare config (TOML), see examples/data-builtin.toml and examples/data-files.toml.
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
+        /// Output data directory.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Print the token counts of a prepared data directory.
+    Info { dir: PathBuf },
+}
+
+#[derive(clap::Subcommand)]
+pub enum TokenizerCmd {
+    /// Train a byte-level BPE on text files, directories, globs or JSONL.
+    Train {
+        /// Inputs (files, directories, globs).
+        #[arg(required = true)]
+        inputs: Vec<String>,
+        #[arg(long, default_value_t = 4096)]
+        vocab_size: usize,
+        #[arg(long, default_value_t = 2)]
+        min_frequency: u64,
+        /// `text` or `jsonl`.
+        #[arg(long, default_value = "text")]
+        format: String,
+        /// JSONL field with the text.
+        #[arg(long, default_value = "text")]
+        field: String,
+        /// Where to write tokenizer.json.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+pub fn run_data(cmd: DataCmd) -> Result<()> {
+    match cmd {
+        DataCmd::Prepare { config, sets, out } => {
+            let (cfg, _): (PrepareConfig, _) = overrides::load(Some(&config), &sets)?;
+            let base = config.parent().unwrap_or(Path::new(".")).to_path_buf();
+            let m = prepare(&cfg, &base, &out).context("data prepare")?;
+            print_info(&out, &m);
+            Ok(())
+        }
+        DataCmd::Info { dir } => {
+            let d = DataDir::open(&dir)?;
+            print_info(&dir, &d.manifest);
+            Ok(())
+        }
+    }
+}
+
+fn print_info(dir: &Path, m: &btx_data::DataManifest) {
+    println!(
+        "{} (tokenizer {}…, {} tokens)",
+        dir.display(),
+        &m.tokenizer_hash[..12],
+        m.vocab_size
+    );
+    println!(
+        "{:<14} {:>12} {:>8} {:>12} {:>8} {:>7}",
+        "domain", "train tok", "docs", "val tok", "docs", "tasks"
+    );
+    for (name, s) in &m.domains {
+        println!(
+            "{:<14} {:>12} {:>8} {:>12} {:>8} {:>7}",
+            name, s.train.tokens, s.train.docs, s.val.tokens, s.val.docs, s.tasks
+        );
+    }
+}
+
+pub fn run_tokenizer(cmd: TokenizerCmd) -> Result<()> {
+    match cmd {
+        TokenizerCmd::Train {
+            inputs,
+            vocab_size,
+            min_frequency,
+            format,
+            field,
+            out,
+        } => {
+            let format = match format.as_str() {
+                "text" => Format::Text,
+                "jsonl" => Format::Jsonl,
+                f => anyhow::bail!("--format {f:?}: expected text or jsonl"),
+            };
+            let docs = read_docs(&inputs, Path::new("."), format, DocSplit::File, &field)?;
+            anyhow::ensure!(!docs.is_empty(), "no text in {inputs:?}");
+            let tok = Tok::train_bpe(
+                docs.iter().map(|d| d.text.as_str()),
+                vocab_size,
+                min_frequency,
+            )?;
+            tok.save(&out)?;
+            println!(
+                "trained a {}-token byte-level BPE on {} documents: {}",
+                tok.vocab_size(),
+                docs.len(),
+                out.display()
+            );
+            Ok(())
+        }
+    }
+}
