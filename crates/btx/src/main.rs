@@ -34,6 +34,9 @@ enum Command {
     Generate(cmd::generate::Args),
     /// Evaluate a model: held-out loss per domain.
     Eval(cmd::eval::Args),
+    /// Benchmarks: train-step and decoding speed of standard presets.
+    #[command(subcommand)]
+    Bench(cmd::bench::BenchCmd),
     /// Prepare token shards from built-in domains or corpora.
     #[command(subcommand)]
     Data(cmd::data::DataCmd),
@@ -52,6 +55,7 @@ fn main() {
             Command::Train(a) => cmd::train::run(a, &dev),
             Command::Generate(a) => cmd::generate::run(a, &dev),
             Command::Eval(a) => cmd::eval::run(a, &dev),
+            Command::Bench(c) => cmd::bench::run(c, &dev),
             Command::Data(c) => cmd::data::run_data(c),
             Command::Tokenizer(c) => cmd::data::run_tokenizer(c),
         }

@@ -1,0 +1,174 @@
+//! `btx bench train|generate`: time full train steps (forward, backward, AdamW) or KV-cache
+//! decoding of the standard presets. Benchmarks only — tests never time anything.
+
+use anyhow::{bail, Result};
+use btx_data::{Batch, BatchSource, FixedBatches};
+use btx_model::burn::prelude::Device;
+use btx_model::generate::{generate, Sampling};
+use btx_model::rng::Rng;
+use btx_model::{Model, ModelConfig, ModelSpec};
+use btx_train::{Trainer, TrainerConfig};
+use serde_json::json;
+
+#[derive(clap::Subcommand)]
+pub enum BenchCmd {
+    /// Time train steps of a preset: S (5.3M Llama), MoE-S (S with 4 experts, top-2), M (33M).
+    Train {
+        #[arg(long, default_value = "S")]
+        preset: String,
+        #[arg(long, default_value_t = 10)]
+        steps: usize,
+        #[arg(long, default_value_t = 2)]
+        warmup: usize,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Time KV-cache decoding of a preset (dense and MoE).
+    Generate {
+        #[arg(long, default_value = "S")]
+        preset: String,
+        #[arg(long, default_value_t = 128)]
+        tokens: usize,
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// (model shape, batch, seq) of a preset.
+pub fn preset(name: &str) -> Result<(ModelConfig, usize, usize)> {
+    let s = |hidden, ffn, layers, heads, experts| ModelSpec {
+        hidden_size: hidden,
+        intermediate_size: ffn,
+        num_layers: layers,
+        num_heads: heads,
+        num_experts: experts,
+        top_k: 2,
+        ..Default::default()
+    };
+    let (spec, vocab, batch, seq) = match name {
+        "S" => (s(256, 704, 4, 4, 0), 4096, 8, 256),
+        "MoE-S" | "moeS" => (s(256, 704, 4, 4, 4), 4096, 8, 256),
+        "M" => (s(512, 1376, 8, 8, 0), 8192, 4, 256),
+        other => bail!("unknown preset {other:?} (S, MoE-S or M)"),
+    };
+    Ok((spec.to_config(vocab, Some(0))?, batch, seq))
+}
+
+fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+fn random_batches(vocab: usize, batch: usize, seq: usize, n: usize) -> Vec<Batch> {
+    let mut rng = Rng::new(42);
+    (0..n)
+        .map(|_| Batch {
+            ids: (0..batch * seq).map(|_| rng.below(vocab) as i64).collect(),
+            batch,
+            seq,
+            domains: vec![],
+        })
+        .collect()
+}
+
+pub fn run(cmd: BenchCmd, dev: &Device) -> Result<()> {
+    let threads = rayon::current_num_threads();
+    match cmd {
+        BenchCmd::Train {
+            preset: name,
+            steps,
+            warmup,
+            json,
+        } => {
+            let (cfg, batch, seq) = preset(&name)?;
+            let model = Model::init(&cfg, 0, &Device::flex())?;
+            let mut tc = TrainerConfig::default();
+            tc.train.steps = warmup + steps;
+            tc.train.batch_size = batch;
+            tc.train.seq_len = seq;
+            tc.optim.warmup_steps = 1;
+            let mut tr = Trainer::new(model, tc, dev)?;
+            let mut data = FixedBatches::new(random_batches(cfg.vocab_size, batch, seq, 4));
+            let mut times = vec![];
+            let mut loss = 0.0;
+            for i in 0..warmup + steps {
+                let t0 = std::time::Instant::now();
+                let st = tr.step(&mut data as &mut dyn BatchSource)?;
+                let dt = t0.elapsed().as_secs_f64();
+                loss = st.loss;
+                if i >= warmup {
+                    times.push(dt);
+                }
+            }
+            let step_s = median(&mut times);
+            let tokens = (batch * seq) as f64;
+            let flops = cfg.train_flops_per_token(seq) * tokens;
+            let r = json!({
+                "preset": name, "threads": threads, "params": cfg.total_params(),
+                "active_params": cfg.active_params(), "batch": batch, "seq": seq,
+                "step_s_median": step_s, "tokens_per_s": tokens / step_s,
+                "gflops_per_s": flops / step_s / 1e9, "peak_rss_mb": peak_rss_mb(),
+                "final_loss": loss,
+            });
+            if json {
+                println!("{r}");
+            } else {
+                println!(
+                    "train {name}: {:.2}M params ({:.2}M active), {threads} thread(s): median step {:.3}s, {:.0} tokens/s, {:.1} GFLOP/s, peak RSS {:.0} MB",
+                    cfg.total_params() as f64 / 1e6,
+                    cfg.active_params() as f64 / 1e6,
+                    step_s,
+                    tokens / step_s,
+                    flops / step_s / 1e9,
+                    peak_rss_mb()
+                );
+            }
+        }
+        BenchCmd::Generate {
+            preset: name,
+            tokens,
+            batch,
+            json,
+        } => {
+            let (cfg, _, _) = preset(&name)?;
+            let model = Model::init(&cfg, 0, dev)?;
+            let prompts: Vec<Vec<i64>> = random_batches(cfg.vocab_size, batch, 16, 1)[0]
+                .ids
+                .chunks(16)
+                .map(|c| c.to_vec())
+                .collect();
+            let s = Sampling::default();
+            let _ = generate(&model, &prompts, 8, &s, None, |_, _| false);
+            let t0 = std::time::Instant::now();
+            let out = generate(&model, &prompts, tokens, &s, None, |_, _| false);
+            let dt = t0.elapsed().as_secs_f64();
+            let n: usize = out.iter().map(Vec::len).sum();
+            let r = json!({"preset": name, "threads": threads, "batch": batch,
+                "tokens": n, "seconds": dt, "tokens_per_s": n as f64 / dt, "peak_rss_mb": peak_rss_mb()});
+            if json {
+                println!("{r}");
+            } else {
+                println!(
+                    "generate {name}: batch {batch}, {threads} thread(s): {n} tokens in {dt:.2}s = {:.1} tokens/s",
+                    n as f64 / dt
+                );
+            }
+        }
+    }
+    Ok(())
+}
