@@ -3,6 +3,8 @@
 pub mod builtin;
 pub mod corpus;
 pub mod error;
+pub mod gguf;
+pub mod gguf_import;
 pub mod mixture;
 pub mod prepare;
 pub mod shard;

@@ -34,6 +34,8 @@ enum Command {
     Generate(cmd::generate::Args),
     /// Evaluate a model: held-out loss per domain.
     Eval(cmd::eval::Args),
+    /// Import a llama.cpp GGUF file (Llama architecture) as a Hugging Face checkpoint.
+    ImportGguf(cmd::import::Args),
     /// Benchmarks: train-step and decoding speed of standard presets.
     #[command(subcommand)]
     Bench(cmd::bench::BenchCmd),
@@ -55,6 +57,7 @@ fn main() {
             Command::Train(a) => cmd::train::run(a, &dev),
             Command::Generate(a) => cmd::generate::run(a, &dev),
             Command::Eval(a) => cmd::eval::run(a, &dev),
+            Command::ImportGguf(a) => cmd::import::run(a),
             Command::Bench(c) => cmd::bench::run(c, &dev),
             Command::Data(c) => cmd::data::run_data(c),
             Command::Tokenizer(c) => cmd::data::run_tokenizer(c),

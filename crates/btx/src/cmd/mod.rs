@@ -3,4 +3,5 @@ pub mod data;
 pub mod eval;
 pub mod forward;
 pub mod generate;
+pub mod import;
 pub mod train;

@@ -1,0 +1,523 @@
+//! GGUF (llama.cpp) files: read metadata and tensors, dequantise (F32, F16, BF16, Q8_0, Q4_0,
+//! Q4_1), and write small files (used by tests to quantise their own weights).
+//!
+//! Layout (version 2/3, little-endian): magic `GGUF`, version u32, tensor count u64, metadata
+//! count u64, metadata key/values, tensor infos (name, dims with ne[0] fastest, type, offset),
+//! padding to `general.alignment` (default 32), tensor data.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use memmap2::Mmap;
+
+use crate::error::{file_err, io_err, Result};
+
+/// A metadata value.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Value {
+    U8(u8),
+    I8(i8),
+    U16(u16),
+    I16(i16),
+    U32(u32),
+    I32(i32),
+    F32(f32),
+    Bool(bool),
+    Str(String),
+    Array(Vec<Value>),
+    U64(u64),
+    I64(i64),
+    F64(f64),
+}
+
+impl Value {
+    pub fn as_u64(&self) -> Option<u64> {
+        Some(match *self {
+            Value::U8(x) => x as u64,
+            Value::I8(x) => x as u64,
+            Value::U16(x) => x as u64,
+            Value::I16(x) => x as u64,
+            Value::U32(x) => x as u64,
+            Value::I32(x) => x as u64,
+            Value::U64(x) => x,
+            Value::I64(x) => x as u64,
+            _ => return None,
+        })
+    }
+
+    pub fn as_f64(&self) -> Option<f64> {
+        match *self {
+            Value::F32(x) => Some(x as f64),
+            Value::F64(x) => Some(x),
+            _ => self.as_u64().map(|x| x as f64),
+        }
+    }
+
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Value::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    pub fn as_array(&self) -> Option<&[Value]> {
+        match self {
+            Value::Array(a) => Some(a),
+            _ => None,
+        }
+    }
+}
+
+/// ggml tensor types btx can read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GgmlType {
+    F32,
+    F16,
+    Q4_0,
+    Q4_1,
+    Q8_0,
+    Bf16,
+    Other(u32),
+}
+
+impl GgmlType {
+    pub fn from_id(id: u32) -> Self {
+        match id {
+            0 => GgmlType::F32,
+            1 => GgmlType::F16,
+            2 => GgmlType::Q4_0,
+            3 => GgmlType::Q4_1,
+            8 => GgmlType::Q8_0,
+            30 => GgmlType::Bf16,
+            x => GgmlType::Other(x),
+        }
+    }
+
+    pub fn id(self) -> u32 {
+        match self {
+            GgmlType::F32 => 0,
+            GgmlType::F16 => 1,
+            GgmlType::Q4_0 => 2,
+            GgmlType::Q4_1 => 3,
+            GgmlType::Q8_0 => 8,
+            GgmlType::Bf16 => 30,
+            GgmlType::Other(x) => x,
+        }
+    }
+
+    /// (elements per block, bytes per block).
+    fn block(self) -> Option<(usize, usize)> {
+        Some(match self {
+            GgmlType::F32 => (1, 4),
+            GgmlType::F16 | GgmlType::Bf16 => (1, 2),
+            GgmlType::Q4_0 => (32, 18),
+            GgmlType::Q4_1 => (32, 20),
+            GgmlType::Q8_0 => (32, 34),
+            GgmlType::Other(_) => return None,
+        })
+    }
+
+    pub fn byte_size(self, numel: usize) -> Option<usize> {
+        let (e, b) = self.block()?;
+        numel.is_multiple_of(e).then_some(numel / e * b)
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct TensorInfo {
+    pub name: String,
+    /// ggml dims: `dims[0]` varies fastest (for a matrix: the number of columns).
+    pub dims: Vec<usize>,
+    pub ty: GgmlType,
+    /// Byte offset into the data section.
+    pub offset: usize,
+}
+
+impl TensorInfo {
+    pub fn numel(&self) -> usize {
+        self.dims.iter().product()
+    }
+
+    /// Row-major shape (outermost first), i.e. the dims reversed: `[rows, cols]` for a matrix.
+    pub fn shape(&self) -> Vec<usize> {
+        self.dims.iter().rev().copied().collect()
+    }
+}
+
+pub struct GgufFile {
+    pub path: PathBuf,
+    pub version: u32,
+    pub meta: BTreeMap<String, Value>,
+    pub tensors: Vec<TensorInfo>,
+    mmap: Mmap,
+    data_start: usize,
+}
+
+struct Cursor<'a> {
+    b: &'a [u8],
+    pos: usize,
+    path: &'a Path,
+}
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8]> {
+        if self.pos + n > self.b.len() {
+            return Err(file_err(
+                self.path,
+                format!("truncated GGUF (wanted {n} bytes at offset {})", self.pos),
+            ));
+        }
+        let s = &self.b[self.pos..self.pos + n];
+        self.pos += n;
+        Ok(s)
+    }
+    fn u32(&mut self) -> Result<u32> {
+        Ok(u32::from_le_bytes(self.take(4)?.try_into().unwrap()))
+    }
+    fn u64(&mut self) -> Result<u64> {
+        Ok(u64::from_le_bytes(self.take(8)?.try_into().unwrap()))
+    }
+    fn string(&mut self) -> Result<String> {
+        let n = self.u64()? as usize;
+        let b = self.take(n)?;
+        Ok(String::from_utf8_lossy(b).into_owned())
+    }
+    fn value(&mut self, ty: u32) -> Result<Value> {
+        Ok(match ty {
+            0 => Value::U8(self.take(1)?[0]),
+            1 => Value::I8(self.take(1)?[0] as i8),
+            2 => Value::U16(u16::from_le_bytes(self.take(2)?.try_into().unwrap())),
+            3 => Value::I16(i16::from_le_bytes(self.take(2)?.try_into().unwrap())),
+            4 => Value::U32(self.u32()?),
+            5 => Value::I32(self.u32()? as i32),
+            6 => Value::F32(f32::from_le_bytes(self.take(4)?.try_into().unwrap())),
+            7 => Value::Bool(self.take(1)?[0] != 0),
+            8 => Value::Str(self.string()?),
+            9 => {
+                let inner = self.u32()?;
+                let n = self.u64()? as usize;
+                let mut v = Vec::with_capacity(n.min(1 << 20));
+                for _ in 0..n {
+                    v.push(self.value(inner)?);
+                }
+                Value::Array(v)
+            }
+            10 => Value::U64(self.u64()?),
+            11 => Value::I64(self.u64()? as i64),
+            12 => Value::F64(f64::from_le_bytes(self.take(8)?.try_into().unwrap())),
+            t => return Err(file_err(self.path, format!("unknown GGUF value type {t}"))),
+        })
+    }
+}
+
+impl GgufFile {
+    pub fn open(path: &Path) -> Result<Self> {
+        let f = File::open(path).map_err(|e| io_err(path, e))?;
+        // SAFETY: read-only mapping of a file btx never writes while reading.
+        let mmap = unsafe { Mmap::map(&f) }.map_err(|e| io_err(path, e))?;
+        let mut c = Cursor {
+            b: &mmap,
+            pos: 0,
+            path,
+        };
+        if c.take(4)? != b"GGUF" {
+            return Err(file_err(path, "not a GGUF file (bad magic)"));
+        }
+        let version = c.u32()?;
+        if !(2..=3).contains(&version) {
+            return Err(file_err(
+                path,
+                format!("GGUF version {version} (btx reads 2 and 3)"),
+            ));
+        }
+        let n_tensors = c.u64()? as usize;
+        let n_kv = c.u64()? as usize;
+        let mut meta = BTreeMap::new();
+        for _ in 0..n_kv {
+            let k = c.string()?;
+            let ty = c.u32()?;
+            let v = c.value(ty)?;
+            meta.insert(k, v);
+        }
+        let mut tensors = Vec::with_capacity(n_tensors);
+        for _ in 0..n_tensors {
+            let name = c.string()?;
+            let nd = c.u32()? as usize;
+            let dims = (0..nd)
+                .map(|_| c.u64().map(|x| x as usize))
+                .collect::<Result<Vec<_>>>()?;
+            let ty = GgmlType::from_id(c.u32()?);
+            let offset = c.u64()? as usize;
+            tensors.push(TensorInfo {
+                name,
+                dims,
+                ty,
+                offset,
+            });
+        }
+        let align = meta
+            .get("general.alignment")
+            .and_then(Value::as_u64)
+            .unwrap_or(32) as usize;
+        let data_start = c.pos.div_ceil(align) * align;
+        let g = Self {
+            path: path.to_path_buf(),
+            version,
+            meta,
+            tensors,
+            mmap,
+            data_start,
+        };
+        for t in &g.tensors {
+            if let Some(n) = t.ty.byte_size(t.numel()) {
+                if g.data_start + t.offset + n > g.mmap.len() {
+                    return Err(file_err(
+                        path,
+                        format!("tensor {:?} runs past the end of the file", t.name),
+                    ));
+                }
+            }
+        }
+        Ok(g)
+    }
+
+    pub fn meta_u64(&self, key: &str) -> Option<u64> {
+        self.meta.get(key).and_then(Value::as_u64)
+    }
+
+    pub fn meta_f64(&self, key: &str) -> Option<f64> {
+        self.meta.get(key).and_then(Value::as_f64)
+    }
+
+    pub fn meta_str(&self, key: &str) -> Option<&str> {
+        self.meta.get(key).and_then(Value::as_str)
+    }
+
+    pub fn tensor(&self, name: &str) -> Option<&TensorInfo> {
+        self.tensors.iter().find(|t| t.name == name)
+    }
+
+    /// Dequantises a tensor to f32 (row-major, shape [`TensorInfo::shape`]).
+    pub fn dequantize(&self, t: &TensorInfo) -> Result<Vec<f32>> {
+        let n = t.numel();
+        let size = t.ty.byte_size(n).ok_or_else(|| {
+            file_err(
+                &self.path,
+                format!(
+                    "tensor {:?} has ggml type {:?}, which btx cannot dequantise (F32, F16, BF16, Q8_0, Q4_0, Q4_1)\nhint: re-quantise with llama.cpp to Q8_0 or Q4_1",
+                    t.name, t.ty
+                ),
+            )
+        })?;
+        let start = self.data_start + t.offset;
+        Ok(dequantize(t.ty, &self.mmap[start..start + size], n))
+    }
+}
+
+fn f16(b: &[u8]) -> f32 {
+    half::f16::from_le_bytes([b[0], b[1]]).to_f32()
+}
+
+/// Dequantises `n` values of type `ty` from `b`.
+pub fn dequantize(ty: GgmlType, b: &[u8], n: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(n);
+    match ty {
+        GgmlType::F32 => out.extend(
+            b.chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap())),
+        ),
+        GgmlType::F16 => out.extend(b.chunks_exact(2).map(f16)),
+        GgmlType::Bf16 => out.extend(
+            b.chunks_exact(2)
+                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()),
+        ),
+        GgmlType::Q8_0 => {
+            for blk in b.chunks_exact(34) {
+                let d = f16(&blk[..2]);
+                out.extend(blk[2..].iter().map(|&q| d * (q as i8) as f32));
+            }
+        }
+        GgmlType::Q4_0 => {
+            for blk in b.chunks_exact(18) {
+                let d = f16(&blk[..2]);
+                let qs = &blk[2..];
+                out.extend(qs.iter().map(|&q| ((q & 0xF) as i32 - 8) as f32 * d));
+                out.extend(qs.iter().map(|&q| ((q >> 4) as i32 - 8) as f32 * d));
+            }
+        }
+        GgmlType::Q4_1 => {
+            for blk in b.chunks_exact(20) {
+                let (d, m) = (f16(&blk[..2]), f16(&blk[2..4]));
+                let qs = &blk[4..];
+                out.extend(qs.iter().map(|&q| (q & 0xF) as f32 * d + m));
+                out.extend(qs.iter().map(|&q| (q >> 4) as f32 * d + m));
+            }
+        }
+        GgmlType::Other(_) => unreachable!("checked by byte_size"),
+    }
+    out
+}
+
+/// Quantises `x` (length a multiple of 32 for block types) as ggml's reference quantisers do.
+pub fn quantize(ty: GgmlType, x: &[f32]) -> Vec<u8> {
+    let mut out = vec![];
+    let h = |v: f32| half::f16::from_f32(v).to_le_bytes();
+    match ty {
+        GgmlType::F32 => x.iter().for_each(|v| out.extend(v.to_le_bytes())),
+        GgmlType::F16 => x.iter().for_each(|v| out.extend(h(*v))),
+        GgmlType::Bf16 => x
+            .iter()
+            .for_each(|v| out.extend(half::bf16::from_f32(*v).to_le_bytes())),
+        GgmlType::Q8_0 => {
+            for blk in x.chunks(32) {
+                let amax = blk.iter().fold(0f32, |a, v| a.max(v.abs()));
+                let d = amax / 127.0;
+                let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+                out.extend(h(d));
+                out.extend(blk.iter().map(|v| (v * id).round() as i8 as u8));
+            }
+        }
+        GgmlType::Q4_0 => {
+            for blk in x.chunks(32) {
+                // ggml: d = max / -8 where max is the value of largest magnitude.
+                let max = blk
+                    .iter()
+                    .fold(0f32, |a, &v| if v.abs() > a.abs() { v } else { a });
+                let d = max / -8.0;
+                let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+                out.extend(h(d));
+                let q = |v: f32| ((v * id + 8.5) as i32).clamp(0, 15) as u8;
+                for j in 0..16 {
+                    out.push(q(blk[j]) | (q(blk[j + 16]) << 4));
+                }
+            }
+        }
+        GgmlType::Q4_1 => {
+            for blk in x.chunks(32) {
+                let min = blk.iter().cloned().fold(f32::INFINITY, f32::min);
+                let max = blk.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+                let d = (max - min) / 15.0;
+                let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+                out.extend(h(d));
+                out.extend(h(min));
+                let q = |v: f32| (((v - min) * id + 0.5) as i32).clamp(0, 15) as u8;
+                for j in 0..16 {
+                    out.push(q(blk[j]) | (q(blk[j + 16]) << 4));
+                }
+            }
+        }
+        GgmlType::Other(t) => panic!("cannot quantise to ggml type {t}"),
+    }
+    out
+}
+
+/// Writes a GGUF v3 file: metadata, then tensors given as (name, row-major shape, type, f32
+/// values to quantise).
+pub fn write(
+    path: &Path,
+    meta: &[(String, Value)],
+    tensors: &[(String, Vec<usize>, GgmlType, Vec<f32>)],
+) -> Result<()> {
+    fn string(out: &mut Vec<u8>, s: &str) {
+        out.extend((s.len() as u64).to_le_bytes());
+        out.extend(s.as_bytes());
+    }
+    fn type_id(v: &Value) -> u32 {
+        match v {
+            Value::U8(_) => 0,
+            Value::I8(_) => 1,
+            Value::U16(_) => 2,
+            Value::I16(_) => 3,
+            Value::U32(_) => 4,
+            Value::I32(_) => 5,
+            Value::F32(_) => 6,
+            Value::Bool(_) => 7,
+            Value::Str(_) => 8,
+            Value::Array(_) => 9,
+            Value::U64(_) => 10,
+            Value::I64(_) => 11,
+            Value::F64(_) => 12,
+        }
+    }
+    fn value(out: &mut Vec<u8>, v: &Value) {
+        match v {
+            Value::U8(x) => out.push(*x),
+            Value::I8(x) => out.push(*x as u8),
+            Value::U16(x) => out.extend(x.to_le_bytes()),
+            Value::I16(x) => out.extend(x.to_le_bytes()),
+            Value::U32(x) => out.extend(x.to_le_bytes()),
+            Value::I32(x) => out.extend(x.to_le_bytes()),
+            Value::F32(x) => out.extend(x.to_le_bytes()),
+            Value::Bool(x) => out.push(*x as u8),
+            Value::Str(s) => string(out, s),
+            Value::Array(a) => {
+                let inner = a.first().map_or(4, type_id);
+                out.extend(inner.to_le_bytes());
+                out.extend((a.len() as u64).to_le_bytes());
+                a.iter().for_each(|x| value(out, x));
+            }
+            Value::U64(x) => out.extend(x.to_le_bytes()),
+            Value::I64(x) => out.extend(x.to_le_bytes()),
+            Value::F64(x) => out.extend(x.to_le_bytes()),
+        }
+    }
+    const ALIGN: usize = 32;
+    let mut head = b"GGUF".to_vec();
+    head.extend(3u32.to_le_bytes());
+    head.extend((tensors.len() as u64).to_le_bytes());
+    head.extend((meta.len() as u64).to_le_bytes());
+    for (k, v) in meta {
+        string(&mut head, k);
+        head.extend(type_id(v).to_le_bytes());
+        value(&mut head, v);
+    }
+    let mut data = vec![];
+    for (name, shape, ty, vals) in tensors {
+        let q = quantize(*ty, vals);
+        string(&mut head, name);
+        head.extend((shape.len() as u32).to_le_bytes());
+        for d in shape.iter().rev() {
+            head.extend((*d as u64).to_le_bytes());
+        }
+        head.extend(ty.id().to_le_bytes());
+        head.extend((data.len() as u64).to_le_bytes());
+        data.extend(q);
+        data.resize(data.len().div_ceil(ALIGN) * ALIGN, 0);
+    }
+    head.resize(head.len().div_ceil(ALIGN) * ALIGN, 0);
+    let mut f = File::create(path).map_err(|e| io_err(path, e))?;
+    f.write_all(&head)
+        .and_then(|_| f.write_all(&data))
+        .map_err(|e| io_err(path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantisers_round_trip_within_their_step() {
+        let x: Vec<f32> = (0..64)
+            .map(|i| ((i * 37 % 64) as f32 - 30.0) * 0.013)
+            .collect();
+        for (ty, tol) in [
+            (GgmlType::F32, 0.0),
+            (GgmlType::F16, 1e-3),
+            (GgmlType::Q8_0, 0.4 / 127.0),
+            (GgmlType::Q4_1, 0.82 / 15.0),
+            (GgmlType::Q4_0, 0.4 / 8.0 + 1e-3),
+        ] {
+            let b = quantize(ty, &x);
+            assert_eq!(Some(b.len()), ty.byte_size(x.len()));
+            let y = dequantize(ty, &b, x.len());
+            let err = x
+                .iter()
+                .zip(&y)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(err <= tol, "{ty:?}: max error {err} > {tol}");
+        }
+    }
+}

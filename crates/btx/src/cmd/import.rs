@@ -1,0 +1,36 @@
+//! `btx import-gguf FILE --out DIR`: a llama.cpp GGUF (Llama architecture) → Hugging Face
+//! checkpoint (f32 safetensors, config.json, tokenizer.json).
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use btx_data::gguf_import::import_gguf;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The .gguf file.
+    file: PathBuf,
+    /// Output model directory.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let t0 = std::time::Instant::now();
+    let cfg =
+        import_gguf(&a.file, &a.out).with_context(|| format!("importing {}", a.file.display()))?;
+    println!(
+        "imported {} ({:.1}M parameters: {} layers, d {}, {} heads / {} KV heads, vocab {}, tied {}) into {} in {:.1}s",
+        a.file.display(),
+        cfg.total_params() as f64 / 1e6,
+        cfg.num_layers,
+        cfg.hidden_size,
+        cfg.num_heads,
+        cfg.num_kv_heads,
+        cfg.vocab_size,
+        cfg.tie_word_embeddings,
+        a.out.display(),
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
