@@ -91,8 +91,8 @@ pub fn generate(
         ids.extend_from_slice(p);
     }
     let opts = ForwardOpts {
-        gumbel: None,
         pads: pads.iter().any(|&p| p > 0).then(|| pads.clone()),
+        ..Default::default()
     };
     let v = model.cfg.vocab_size;
     let mut cache = KvCache::new(model.cfg.num_layers);

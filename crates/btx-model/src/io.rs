@@ -155,6 +155,27 @@ impl TensorReader {
         Ok(HostTensor::new(shape.clone(), data))
     }
 
+    /// Drops a tensor's pages from this process's resident memory (they stay in the page cache),
+    /// so streaming over many large files keeps the footprint to the tensors in flight.
+    pub fn release(&self, name: &str) {
+        if let Some((fi, _, _, range)) = self.index.get(name) {
+            let page = 4096;
+            let start = range.start.div_ceil(page) * page;
+            let end = range.end / page * page;
+            if end > start {
+                // SAFETY: a read-only private file mapping; after DONTNEED the kernel re-reads the
+                // pages from the file on the next access, so no data is lost or changed.
+                unsafe {
+                    let _ = self.files[*fi].1.unchecked_advise_range(
+                        memmap2::UncheckedAdvice::DontNeed,
+                        start,
+                        end - start,
+                    );
+                }
+            }
+        }
+    }
+
     /// Reads a tensor that must exist with the given shape.
     pub fn read_expect(&self, name: &str, shape: &[usize]) -> Result<HostTensor> {
         let found = self.shape(name).ok_or_else(|| ModelError::MissingTensor {

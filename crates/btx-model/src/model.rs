@@ -51,6 +51,9 @@ pub struct ForwardOpts {
     /// Left padding per row (batched generation): row b's first `pads[b]` tokens are ignored
     /// and its positions start after them.
     pub pads: Option<Vec<usize>>,
+    /// Keep each layer's FFN input (the post-attention RMSNorm output) in
+    /// [`ForwardOut::ffn_inputs`] (router initialisation, routing analysis).
+    pub capture_ffn_inputs: bool,
 }
 
 pub struct ForwardOut {
@@ -58,6 +61,8 @@ pub struct ForwardOut {
     pub logits: Tensor<3>,
     /// One entry per MoE layer (empty for dense models).
     pub routers: Vec<RouterAux>,
+    /// `[B*T, d]` per layer when `capture_ffn_inputs` was set.
+    pub ffn_inputs: Vec<Tensor<2>>,
 }
 
 /// Per-layer key/value cache for incremental decoding.
@@ -375,6 +380,7 @@ impl Model {
             },
         });
         let mut routers = Vec::new();
+        let mut ffn_inputs = Vec::new();
         for (l, layer) in self.layers.iter().enumerate() {
             let h = rms_norm(x.clone(), &layer.input_norm, cfg.rms_norm_eps);
             let w = AttnWeights {
@@ -392,6 +398,9 @@ impl Model {
             };
             x = x + self_attention(cfg, w, h, &seq, lc);
             let h = rms_norm(x.clone(), &layer.post_norm, cfg.rms_norm_eps);
+            if opts.capture_ffn_inputs {
+                ffn_inputs.push(h.clone().detach());
+            }
             let f = match &layer.ffn {
                 Ffn::Dense(m) => m.forward(h),
                 Ffn::Moe(moe) => {
@@ -407,7 +416,11 @@ impl Model {
         let logits = x
             .matmul(head.clone().transpose())
             .reshape([b, t, cfg.vocab_size]);
-        ForwardOut { logits, routers }
+        ForwardOut {
+            logits,
+            routers,
+            ffn_inputs,
+        }
     }
 }
 

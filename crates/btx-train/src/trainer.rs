@@ -140,7 +140,10 @@ impl Trainer {
             }
             _ => None,
         };
-        ForwardOpts { gumbel, pads: None }
+        ForwardOpts {
+            gumbel,
+            ..Default::default()
+        }
     }
 
     /// Loss of one micro-batch and its MoE extras. Returns (total, lm, lb, z) as graph tensors

@@ -1,0 +1,9 @@
+//! `btx-mix`: building MoE models from dense ones — BTX MiX (with split, blend and router
+//! initialisation), sparse upcycling, and weight averaging.
+
+pub mod error;
+pub mod merge;
+pub mod router;
+
+pub use error::{MixError, Result};
+pub use merge::{average, check_compatible, mix, upcycle, MixOptions, MixSummary, RouterInit};

@@ -1,0 +1,510 @@
+//! Merging as a streaming map over named tensors: every output tensor is computed from the
+//! same-named (or chunked) input tensors, written, and its input pages released, so memory holds
+//! a handful of tensors at a time whatever the model size.
+
+use std::path::{Path, PathBuf};
+
+use btx_model::io::{write_checkpoint, HostTensor, TensorReader};
+use btx_model::names::{ffn_name, param_kind, param_specs, ParamKind};
+use btx_model::rng::Rng;
+use btx_model::{ModelConfig, MoeConfig, Routing};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::error::{MixError, Result};
+
+/// How the new routers start.
+#[derive(Clone, Debug, PartialEq)]
+pub enum RouterInit {
+    /// Normal(0, std), deterministic in `seed`.
+    Random { std: f64, seed: u64 },
+    /// All zeros: uniform routing until the router learns.
+    Zero,
+    /// Given rows per layer (`[E, hidden]` each), e.g. from [`crate::router::domain_mean_rows`].
+    Rows(Vec<HostTensor>),
+}
+
+#[derive(Clone, Debug)]
+pub struct MixOptions {
+    /// Add the seed's FFN as the last expert (and average the seed with the experts).
+    pub generalist: bool,
+    /// Averaging weight of each mixed model (experts in order, then the seed); uniform if None.
+    pub weights: Option<Vec<f64>>,
+    pub router_init: RouterInit,
+    /// Cut each FFN into this many experts of d_ff / split (1 = off).
+    pub split: usize,
+    /// Expert n is built from the n-th chunk of every model's FFN.
+    pub blend: bool,
+    /// Experts per token (Mixtral's `num_experts_per_tok`).
+    pub top_k: usize,
+    pub routing: Routing,
+}
+
+impl Default for MixOptions {
+    fn default() -> Self {
+        Self {
+            generalist: false,
+            weights: None,
+            router_init: RouterInit::Random { std: 0.02, seed: 0 },
+            split: 1,
+            blend: false,
+            top_k: 2,
+            routing: Routing::TopK,
+        }
+    }
+}
+
+/// What a merge did (written as `mix.json` beside the model).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MixSummary {
+    pub models: Vec<PathBuf>,
+    pub weights: Vec<f64>,
+    pub num_experts: usize,
+    pub expert_intermediate_size: usize,
+    pub top_k: usize,
+    pub routing: String,
+    pub split: usize,
+    pub blend: bool,
+    pub generalist: bool,
+    pub seconds: f64,
+}
+
+/// One input model: its directory, validated config and memory-mapped weights.
+pub struct Source {
+    pub dir: PathBuf,
+    pub cfg: ModelConfig,
+    pub reader: TensorReader,
+    pub tokenizer_hash: Option<String>,
+}
+
+impl Source {
+    pub fn open(dir: &Path) -> Result<Self> {
+        let cfg = ModelConfig::load(&dir.join("config.json"))?;
+        let reader = TensorReader::open(dir)?;
+        let tp = dir.join("tokenizer.json");
+        let tokenizer_hash = std::fs::read(&tp)
+            .ok()
+            .map(|b| format!("{:x}", Sha256::digest(&b)));
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            cfg,
+            reader,
+            tokenizer_hash,
+        })
+    }
+
+    fn read(&self, name: &str, shape: &[usize]) -> Result<HostTensor> {
+        Ok(self.reader.read_expect(name, shape)?)
+    }
+}
+
+/// Refuses models that cannot be mixed, naming the model and what differs.
+pub fn check_compatible(sources: &[&Source]) -> Result<()> {
+    let first = sources[0];
+    for s in sources {
+        if s.cfg.is_moe() {
+            return Err(MixError::Incompatible {
+                msg: format!(
+                    "{} is already a MoE model; BTX mixes dense (Llama) experts",
+                    s.dir.display()
+                ),
+                hint: "pass the dense expert checkpoints".into(),
+            });
+        }
+    }
+    for s in &sources[1..] {
+        let (a, b) = (&first.cfg, &s.cfg);
+        let fields: [(&str, String, String); 10] = [
+            (
+                "vocab_size",
+                a.vocab_size.to_string(),
+                b.vocab_size.to_string(),
+            ),
+            (
+                "hidden_size",
+                a.hidden_size.to_string(),
+                b.hidden_size.to_string(),
+            ),
+            (
+                "intermediate_size",
+                a.intermediate_size.to_string(),
+                b.intermediate_size.to_string(),
+            ),
+            (
+                "num_hidden_layers",
+                a.num_layers.to_string(),
+                b.num_layers.to_string(),
+            ),
+            (
+                "num_attention_heads",
+                a.num_heads.to_string(),
+                b.num_heads.to_string(),
+            ),
+            (
+                "num_key_value_heads",
+                a.num_kv_heads.to_string(),
+                b.num_kv_heads.to_string(),
+            ),
+            ("head_dim", a.head_dim.to_string(), b.head_dim.to_string()),
+            (
+                "rope_theta",
+                a.rope_theta.to_string(),
+                b.rope_theta.to_string(),
+            ),
+            (
+                "rms_norm_eps",
+                a.rms_norm_eps.to_string(),
+                b.rms_norm_eps.to_string(),
+            ),
+            (
+                "tie_word_embeddings",
+                a.tie_word_embeddings.to_string(),
+                b.tie_word_embeddings.to_string(),
+            ),
+        ];
+        for (k, x, y) in fields {
+            if x != y {
+                return Err(MixError::Incompatible {
+                    msg: format!(
+                        "{} has {k} = {y}, but {} has {k} = {x}",
+                        s.dir.display(),
+                        first.dir.display()
+                    ),
+                    hint: "all experts must be branched from the same seed (same config.json)"
+                        .into(),
+                });
+            }
+        }
+        if first.tokenizer_hash.is_some()
+            && s.tokenizer_hash.is_some()
+            && first.tokenizer_hash != s.tokenizer_hash
+        {
+            return Err(MixError::Incompatible {
+                msg: format!(
+                    "{} and {} have different tokenizer.json files",
+                    s.dir.display(),
+                    first.dir.display()
+                ),
+                hint: "token ids would mean different things in the merged embeddings".into(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Weighted element-wise mean, accumulated in f64 so that the mean of identical tensors is
+/// exactly that tensor.
+fn weighted_mean(ts: &[HostTensor], w: &[f64]) -> Vec<f32> {
+    let n = ts[0].data.len();
+    let total: f64 = w.iter().sum();
+    (0..n)
+        .map(|i| {
+            let s: f64 = ts.iter().zip(w).map(|(t, w)| t.data[i] as f64 * w).sum();
+            (s / total) as f32
+        })
+        .collect()
+}
+
+/// Rows `[r0, r1)` of a row-major `[rows, cols]` matrix.
+fn rows(t: &HostTensor, r0: usize, r1: usize) -> Vec<f32> {
+    let c = t.shape[1];
+    t.data[r0 * c..r1 * c].to_vec()
+}
+
+/// Columns `[c0, c1)` of a row-major `[rows, cols]` matrix.
+fn cols(t: &HostTensor, c0: usize, c1: usize) -> Vec<f32> {
+    let c = t.shape[1];
+    t.data
+        .chunks_exact(c)
+        .flat_map(|r| r[c0..c1].iter().copied())
+        .collect()
+}
+
+/// Interleaves column blocks: `parts[m]` is `[rows, w]`; the result is `[rows, w * parts]`.
+fn hcat(parts: &[Vec<f32>], rows: usize) -> Vec<f32> {
+    let w = parts[0].len() / rows;
+    let mut out = Vec::with_capacity(parts.len() * parts[0].len());
+    for r in 0..rows {
+        for p in parts {
+            out.extend_from_slice(&p[r * w..(r + 1) * w]);
+        }
+    }
+    out
+}
+
+fn normalise_weights(w: Option<&Vec<f64>>, n: usize) -> Result<Vec<f64>> {
+    match w {
+        None => Ok(vec![1.0; n]),
+        Some(w) if w.len() == n && w.iter().all(|x| *x >= 0.0) && w.iter().sum::<f64>() > 0.0 => {
+            Ok(w.clone())
+        }
+        Some(w) => Err(MixError::Options(format!(
+            "weights {w:?}: need {n} non-negative values with a positive sum (one per mixed model)"
+        ))),
+    }
+}
+
+/// BTX MiX: each model's FFN becomes an expert of every layer's MoE (experts in order, the seed
+/// last with `generalist`); every other tensor is the (weighted) mean over the mixed models;
+/// routers start as `opts.router_init` says. Writes a Mixtral checkpoint to `out`.
+pub fn mix(seed: &Path, experts: &[PathBuf], opts: &MixOptions, out: &Path) -> Result<MixSummary> {
+    let t0 = std::time::Instant::now();
+    if experts.is_empty() {
+        return Err(MixError::Options("no experts to mix".into()));
+    }
+    let seed_src = Source::open(seed)?;
+    let mut sources = experts
+        .iter()
+        .map(|d| Source::open(d))
+        .collect::<Result<Vec<_>>>()?;
+    let all: Vec<&Source> = std::iter::once(&seed_src).chain(sources.iter()).collect();
+    check_compatible(&all)?;
+    if opts.generalist {
+        sources.push(seed_src);
+    }
+    let m = sources.len();
+    let w = normalise_weights(opts.weights.as_ref(), m)?;
+    let base = sources[0].cfg.clone();
+    let f = base.intermediate_size;
+    if opts.split == 0 {
+        return Err(MixError::Options("split must be >= 1".into()));
+    }
+    if opts.blend && opts.split > 1 {
+        return Err(MixError::Options(
+            "use either split or blend, not both".into(),
+        ));
+    }
+    let chunks = if opts.blend { m } else { opts.split };
+    if f % chunks != 0 {
+        return Err(MixError::Options(format!(
+            "intermediate_size {f} cannot be cut into {chunks} equal chunks"
+        )));
+    }
+    let (num_experts, expert_f) = if opts.blend {
+        (m, f)
+    } else {
+        (m * opts.split, f / opts.split)
+    };
+    if opts.top_k == 0 || opts.top_k > num_experts {
+        return Err(MixError::Options(format!(
+            "top_k {} must be in 1..={num_experts}",
+            opts.top_k
+        )));
+    }
+    let mut cfg = base.clone();
+    cfg.intermediate_size = expert_f;
+    cfg.moe = Some(MoeConfig {
+        num_experts,
+        top_k: opts.top_k,
+        routing: opts.routing.clone(),
+    });
+    if let RouterInit::Rows(r) = &opts.router_init {
+        if r.len() != cfg.num_layers || r.iter().any(|t| t.shape != [num_experts, cfg.hidden_size])
+        {
+            return Err(MixError::Options(format!(
+                "router rows must be {} tensors of [{num_experts}, {}]",
+                cfg.num_layers, cfg.hidden_size
+            )));
+        }
+    }
+    let specs: Vec<(String, Vec<usize>)> = param_specs(&cfg)
+        .into_iter()
+        .map(|s| (s.name, s.shape))
+        .collect();
+    let d = cfg.hidden_size;
+    let mut rng = match &opts.router_init {
+        RouterInit::Random { seed, .. } => Some(Rng::derive(*seed, "router-init")),
+        _ => None,
+    };
+    write_checkpoint(out, &specs, 4 << 30, |i| {
+        let (name, shape) = &specs[i];
+        let v = match param_kind(name) {
+            ParamKind::Shared => {
+                let src_shape = param_specs(&base)
+                    .into_iter()
+                    .find(|s| &s.name == name)
+                    .expect("shared tensors keep their names")
+                    .shape;
+                let ts = sources
+                    .iter()
+                    .map(|s| s.read(name, &src_shape))
+                    .collect::<Result<Vec<_>>>()
+                    .map_err(into_model_err)?;
+                sources.iter().for_each(|s| s.reader.release(name));
+                weighted_mean(&ts, &w)
+            }
+            ParamKind::Router { layer } => match &opts.router_init {
+                RouterInit::Zero => vec![0.0; num_experts * d],
+                RouterInit::Random { std, .. } => {
+                    let r = rng.as_mut().expect("rng for random init");
+                    (0..num_experts * d)
+                        .map(|_| (r.normal() * std) as f32)
+                        .collect()
+                }
+                RouterInit::Rows(rows) => rows[layer].data.clone(),
+            },
+            ParamKind::Ffn {
+                layer,
+                expert: Some(e),
+            } => {
+                let wi = name
+                    .rsplit('.')
+                    .nth(1)
+                    .and_then(|x| x.strip_prefix('w'))
+                    .and_then(|x| x.parse::<usize>().ok())
+                    .expect("w1/w2/w3");
+                expert_matrix(&sources, layer, e, wi, opts.blend, opts.split, f, d)
+                    .map_err(into_model_err)?
+            }
+            ParamKind::Ffn { expert: None, .. } => unreachable!("a Mixtral has no dense FFN"),
+        };
+        debug_assert_eq!(v.len(), shape.iter().product::<usize>());
+        Ok(v)
+    })?;
+    cfg.save(&out.join("config.json"))?;
+    copy_tokenizer(&sources[0].dir, out)?;
+    let summary = MixSummary {
+        models: sources.iter().map(|s| s.dir.clone()).collect(),
+        weights: w,
+        num_experts,
+        expert_intermediate_size: expert_f,
+        top_k: opts.top_k,
+        routing: opts.routing.name().into(),
+        split: opts.split,
+        blend: opts.blend,
+        generalist: opts.generalist,
+        seconds: t0.elapsed().as_secs_f64(),
+    };
+    write_json(&out.join("mix.json"), &summary)?;
+    Ok(summary)
+}
+
+/// One expert matrix of the output: `wi` is Mixtral's 1 (gate), 2 (down) or 3 (up).
+#[allow(clippy::too_many_arguments)]
+fn expert_matrix(
+    sources: &[Source],
+    layer: usize,
+    e: usize,
+    wi: usize,
+    blend: bool,
+    split: usize,
+    f: usize,
+    d: usize,
+) -> Result<Vec<f32>> {
+    let shape = |wi: usize| if wi == 2 { vec![d, f] } else { vec![f, d] };
+    let src_name = ffn_name(layer, None, wi);
+    let chunk = |t: &HostTensor, n: usize, of: usize| {
+        let (a, b) = (n * f / of, (n + 1) * f / of);
+        if wi == 2 {
+            cols(t, a, b)
+        } else {
+            rows(t, a, b)
+        }
+    };
+    let v = if blend {
+        let m = sources.len();
+        let parts = sources
+            .iter()
+            .map(|s| s.read(&src_name, &shape(wi)).map(|t| chunk(&t, e, m)))
+            .collect::<Result<Vec<_>>>()?;
+        if wi == 2 {
+            hcat(&parts, d)
+        } else {
+            parts.concat()
+        }
+    } else {
+        let (model, c) = (e / split, e % split);
+        let t = sources[model].read(&src_name, &shape(wi))?;
+        if split == 1 {
+            t.data
+        } else {
+            chunk(&t, c, split)
+        }
+    };
+    // The last expert reading a tensor can drop its pages.
+    let last = if blend { true } else { e % split == split - 1 };
+    if last {
+        sources.iter().for_each(|s| s.reader.release(&src_name));
+    }
+    Ok(v)
+}
+
+fn into_model_err(e: MixError) -> btx_model::ModelError {
+    match e {
+        MixError::Model(m) => m,
+        other => btx_model::ModelError::Invalid {
+            msg: other.to_string(),
+        },
+    }
+}
+
+fn copy_tokenizer(from: &Path, to: &Path) -> Result<()> {
+    let t = from.join("tokenizer.json");
+    if t.exists() {
+        std::fs::copy(&t, to.join("tokenizer.json")).map_err(|e| MixError::io(&t, e))?;
+    }
+    Ok(())
+}
+
+fn write_json<T: Serialize>(p: &Path, v: &T) -> Result<()> {
+    std::fs::write(p, serde_json::to_string_pretty(v).expect("json"))
+        .map_err(|e| MixError::io(p, e))
+}
+
+/// Sparse upcycling: `n` copies of the seed's FFN as experts, the seed's other weights, a
+/// random router.
+pub fn upcycle(seed: &Path, n: usize, opts: &MixOptions, out: &Path) -> Result<MixSummary> {
+    let copies = vec![seed.to_path_buf(); n];
+    let o = MixOptions {
+        generalist: false,
+        weights: None,
+        ..opts.clone()
+    };
+    mix(seed, &copies, &o, out)
+}
+
+/// Weight averaging ("model soup"): every tensor, FFNs included, is the weighted mean over the
+/// models. The result is a dense model like its inputs.
+pub fn average(models: &[PathBuf], weights: Option<&Vec<f64>>, out: &Path) -> Result<MixSummary> {
+    let t0 = std::time::Instant::now();
+    if models.is_empty() {
+        return Err(MixError::Options("no models to average".into()));
+    }
+    let sources = models
+        .iter()
+        .map(|d| Source::open(d))
+        .collect::<Result<Vec<_>>>()?;
+    check_compatible(&sources.iter().collect::<Vec<_>>())?;
+    let w = normalise_weights(weights, sources.len())?;
+    let cfg = sources[0].cfg.clone();
+    let specs: Vec<(String, Vec<usize>)> = param_specs(&cfg)
+        .into_iter()
+        .map(|s| (s.name, s.shape))
+        .collect();
+    write_checkpoint(out, &specs, 4 << 30, |i| {
+        let (name, shape) = &specs[i];
+        let ts = sources
+            .iter()
+            .map(|s| s.read(name, shape))
+            .collect::<Result<Vec<_>>>()
+            .map_err(into_model_err)?;
+        sources.iter().for_each(|s| s.reader.release(name));
+        Ok(weighted_mean(&ts, &w))
+    })?;
+    cfg.save(&out.join("config.json"))?;
+    copy_tokenizer(&sources[0].dir, out)?;
+    let summary = MixSummary {
+        models: models.to_vec(),
+        weights: w,
+        num_experts: 1,
+        expert_intermediate_size: cfg.intermediate_size,
+        top_k: 1,
+        routing: "dense".into(),
+        split: 1,
+        blend: false,
+        generalist: false,
+        seconds: t0.elapsed().as_secs_f64(),
+    };
+    write_json(&out.join("mix.json"), &summary)?;
+    Ok(summary)
+}

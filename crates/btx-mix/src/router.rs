@@ -1,0 +1,80 @@
+//! Router initialisation from domain statistics (beyond the paper, which does not say how BTX
+//! routers start).
+//!
+//! For each expert i with domain text, run that expert's own model over a sample of its domain
+//! and take h_i^l, the mean over tokens of the input of layer l's FFN (the post-attention RMSNorm
+//! output). With h̄^l the mean of the h_i^l over domain experts and r^l the mean of ||h_i^l||:
+//!
+//!   W^l[i] = scale * (h_i^l - h̄^l) / (||h_i^l - h̄^l|| * r^l)
+//!
+//! so a token whose FFN input looks like domain i's mean gets the logit
+//! `scale * cos(x, h_i - h̄) * ||x|| / r`, largest for expert i. Experts without domain text (the
+//! generalist seed) get a zero row: centred, the generalist is "no domain in particular".
+
+use btx_model::io::HostTensor;
+use btx_model::{to_vec, ForwardOpts, Model};
+
+/// Per-layer mean FFN input of `model` over `windows` (each a token window of equal length).
+pub fn mean_ffn_inputs(model: &Model, windows: &[Vec<i64>]) -> Vec<Vec<f64>> {
+    let l = model.cfg.num_layers;
+    let d = model.cfg.hidden_size;
+    let mut sums = vec![vec![0f64; d]; l];
+    let mut n = 0usize;
+    let opts = ForwardOpts {
+        capture_ffn_inputs: true,
+        ..Default::default()
+    };
+    for w in windows {
+        let out = model.forward(w, 1, w.len(), &opts, None);
+        for (layer, h) in out.ffn_inputs.into_iter().enumerate() {
+            let v = to_vec(h);
+            for row in v.chunks_exact(d) {
+                for (s, x) in sums[layer].iter_mut().zip(row) {
+                    *s += *x as f64;
+                }
+            }
+        }
+        n += w.len();
+    }
+    sums.iter_mut()
+        .for_each(|s| s.iter_mut().for_each(|x| *x /= n.max(1) as f64));
+    sums
+}
+
+/// Router rows per layer (`[E, d]`) from per-expert mean FFN inputs; `None` marks an expert
+/// without domain text (zero row).
+pub fn domain_mean_rows(means: &[Option<Vec<Vec<f64>>>], scale: f64) -> Vec<HostTensor> {
+    let e = means.len();
+    let have: Vec<&Vec<Vec<f64>>> = means.iter().flatten().collect();
+    let layers = have.first().map_or(0, |m| m.len());
+    let d = have.first().and_then(|m| m.first()).map_or(0, |v| v.len());
+    (0..layers)
+        .map(|l| {
+            let mut centre = vec![0f64; d];
+            for m in &have {
+                for (c, x) in centre.iter_mut().zip(&m[l]) {
+                    *c += x / have.len() as f64;
+                }
+            }
+            let norm = |v: &[f64]| v.iter().map(|x| x * x).sum::<f64>().sqrt();
+            let r = have.iter().map(|m| norm(&m[l])).sum::<f64>() / have.len().max(1) as f64;
+            let mut data = Vec::with_capacity(e * d);
+            for m in means {
+                match m {
+                    Some(m) => {
+                        let diff: Vec<f64> = m[l].iter().zip(&centre).map(|(a, b)| a - b).collect();
+                        let dn = norm(&diff);
+                        let k = if dn > 0.0 && r > 0.0 {
+                            scale / (dn * r)
+                        } else {
+                            0.0
+                        };
+                        data.extend(diff.iter().map(|x| (x * k) as f32));
+                    }
+                    None => data.extend(std::iter::repeat_n(0f32, d)),
+                }
+            }
+            HostTensor::new(vec![e, d], data)
+        })
+        .collect()
+}
