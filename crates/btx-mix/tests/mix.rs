@@ -355,7 +355,7 @@ fn incompatible_models_are_refused_with_the_reason() {
     let mut other = cfg();
     other.intermediate_size = 32;
     let bad = make(&d.join("wide"), 1, &other);
-    let e = mix(&seed, &[bad.clone()], &MixOptions::default(), &d.join("o"))
+    let e = mix(&seed, &[bad], &MixOptions::default(), &d.join("o"))
         .unwrap_err()
         .to_string();
     assert!(
