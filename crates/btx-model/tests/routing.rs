@@ -36,7 +36,10 @@ fn opts(routing: Routing, k: usize, gumbel: Option<(u64, f64)>) -> RouteOpts {
     }
 }
 
-fn variants() -> Vec<(Routing, usize, Option<(u64, f64)>)> {
+/// (routing, top_k, Gumbel noise seed and temperature).
+type Variant = (Routing, usize, Option<(u64, f64)>);
+
+fn variants() -> Vec<Variant> {
     vec![
         (Routing::TopK, 2, None),
         (Routing::TopK, 1, None),
