@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use btx_model::io::{write_checkpoint, HostTensor, TensorReader};
+use btx_model::io::{write_checkpoint_with, HostTensor, TensorReader, TensorSink};
 use btx_model::names::{ffn_name, param_kind, param_specs, ParamKind};
 use btx_model::rng::Rng;
 use btx_model::{ModelConfig, MoeConfig, Routing};
@@ -93,8 +93,30 @@ impl Source {
         })
     }
 
-    fn read(&self, name: &str, shape: &[usize]) -> Result<HostTensor> {
-        Ok(self.reader.read_expect(name, shape)?)
+    /// A tensor's f32 little-endian bytes (borrowed from the mapping for F32 files), after
+    /// checking its shape.
+    fn bytes(&self, name: &str, shape: &[usize]) -> Result<std::borrow::Cow<'_, [u8]>> {
+        let found =
+            self.reader
+                .shape(name)
+                .ok_or_else(|| btx_model::ModelError::MissingTensor {
+                    path: self.reader.file_of(name),
+                    name: name.into(),
+                    hint: format!(
+                        "{} is not a complete checkpoint for its config.json",
+                        self.dir.display()
+                    ),
+                })?;
+        if found != shape {
+            return Err(btx_model::ModelError::Shape {
+                path: self.reader.file_of(name),
+                name: name.into(),
+                expected: shape.to_vec(),
+                found: found.to_vec(),
+            }
+            .into());
+        }
+        Ok(self.reader.f32_bytes(name)?)
     }
 }
 
@@ -192,44 +214,52 @@ pub fn check_compatible(sources: &[&Source]) -> Result<()> {
     Ok(())
 }
 
-/// Weighted element-wise mean, accumulated in f64 so that the mean of identical tensors is
-/// exactly that tensor.
-fn weighted_mean(ts: &[HostTensor], w: &[f64]) -> Vec<f32> {
-    let n = ts[0].data.len();
+/// Elements per piece when streaming a mean (bounded memory whatever the tensor size).
+const PIECE: usize = 1 << 16;
+
+fn f32_at(b: &[u8], i: usize) -> f32 {
+    f32::from_le_bytes([b[4 * i], b[4 * i + 1], b[4 * i + 2], b[4 * i + 3]])
+}
+
+/// Streams the weighted element-wise mean of one tensor over the sources into `sink`,
+/// accumulated in f64 so that the mean of identical tensors is exactly that tensor.
+fn mean_into(
+    sources: &[Source],
+    name: &str,
+    shape: &[usize],
+    w: &[f64],
+    sink: &mut TensorSink<'_>,
+) -> Result<()> {
+    let bytes = sources
+        .iter()
+        .map(|s| s.bytes(name, shape))
+        .collect::<Result<Vec<_>>>()?;
+    let n: usize = shape.iter().product();
     let total: f64 = w.iter().sum();
-    (0..n)
-        .map(|i| {
-            let s: f64 = ts.iter().zip(w).map(|(t, w)| t.data[i] as f64 * w).sum();
-            (s / total) as f32
-        })
-        .collect()
-}
-
-/// Rows `[r0, r1)` of a row-major `[rows, cols]` matrix.
-fn rows(t: &HostTensor, r0: usize, r1: usize) -> Vec<f32> {
-    let c = t.shape[1];
-    t.data[r0 * c..r1 * c].to_vec()
-}
-
-/// Columns `[c0, c1)` of a row-major `[rows, cols]` matrix.
-fn cols(t: &HostTensor, c0: usize, c1: usize) -> Vec<f32> {
-    let c = t.shape[1];
-    t.data
-        .chunks_exact(c)
-        .flat_map(|r| r[c0..c1].iter().copied())
-        .collect()
-}
-
-/// Interleaves column blocks: `parts[m]` is `[rows, w]`; the result is `[rows, w * parts]`.
-fn hcat(parts: &[Vec<f32>], rows: usize) -> Vec<f32> {
-    let w = parts[0].len() / rows;
-    let mut out = Vec::with_capacity(parts.len() * parts[0].len());
-    for r in 0..rows {
-        for p in parts {
-            out.extend_from_slice(&p[r * w..(r + 1) * w]);
+    let mut acc = vec![0f64; PIECE];
+    let mut piece = vec![0f32; PIECE];
+    let mut start = 0;
+    while start < n {
+        let len = PIECE.min(n - start);
+        acc[..len].fill(0.0);
+        for (b, wi) in bytes.iter().zip(w) {
+            for (j, a) in acc[..len].iter_mut().enumerate() {
+                *a += f32_at(b, start + j) as f64 * wi;
+            }
         }
+        for (p, a) in piece[..len].iter_mut().zip(&acc[..len]) {
+            *p = (a / total) as f32;
+        }
+        sink.f32(&piece[..len])?;
+        // Drop the pages just consumed (F32 inputs are read straight from the mapping).
+        sources
+            .iter()
+            .for_each(|s| s.reader.release_part(name, 4 * start, 4 * (start + len)));
+        start += len;
     }
-    out
+    drop(bytes);
+    sources.iter().for_each(|s| s.reader.release(name));
+    Ok(())
 }
 
 fn normalise_weights(w: Option<&Vec<f64>>, n: usize) -> Result<Vec<f64>> {
@@ -316,32 +346,26 @@ pub fn mix(seed: &Path, experts: &[PathBuf], opts: &MixOptions, out: &Path) -> R
         RouterInit::Random { seed, .. } => Some(Rng::derive(*seed, "router-init")),
         _ => None,
     };
-    write_checkpoint(out, &specs, 4 << 30, |i| {
-        let (name, shape) = &specs[i];
-        let v = match param_kind(name) {
+    let base_specs: std::collections::HashMap<String, Vec<usize>> = param_specs(&base)
+        .into_iter()
+        .map(|s| (s.name, s.shape))
+        .collect();
+    write_checkpoint_with(out, &specs, 4 << 30, |i, sink| {
+        let (name, _) = &specs[i];
+        match param_kind(name) {
             ParamKind::Shared => {
-                let src_shape = param_specs(&base)
-                    .into_iter()
-                    .find(|s| &s.name == name)
-                    .expect("shared tensors keep their names")
-                    .shape;
-                let ts = sources
-                    .iter()
-                    .map(|s| s.read(name, &src_shape))
-                    .collect::<Result<Vec<_>>>()
-                    .map_err(into_model_err)?;
-                sources.iter().for_each(|s| s.reader.release(name));
-                weighted_mean(&ts, &w)
+                mean_into(&sources, name, &base_specs[name], &w, sink).map_err(into_model_err)
             }
             ParamKind::Router { layer } => match &opts.router_init {
-                RouterInit::Zero => vec![0.0; num_experts * d],
+                RouterInit::Zero => sink.f32(&vec![0.0; num_experts * d]),
                 RouterInit::Random { std, .. } => {
                     let r = rng.as_mut().expect("rng for random init");
-                    (0..num_experts * d)
+                    let v: Vec<f32> = (0..num_experts * d)
                         .map(|_| (r.normal() * std) as f32)
-                        .collect()
+                        .collect();
+                    sink.f32(&v)
                 }
-                RouterInit::Rows(rows) => rows[layer].data.clone(),
+                RouterInit::Rows(rows) => sink.f32(&rows[layer].data),
             },
             ParamKind::Ffn {
                 layer,
@@ -353,13 +377,16 @@ pub fn mix(seed: &Path, experts: &[PathBuf], opts: &MixOptions, out: &Path) -> R
                     .and_then(|x| x.strip_prefix('w'))
                     .and_then(|x| x.parse::<usize>().ok())
                     .expect("w1/w2/w3");
-                expert_matrix(&sources, layer, e, wi, opts.blend, opts.split, f, d)
-                    .map_err(into_model_err)?
+                let plan = ExpertPlan {
+                    blend: opts.blend,
+                    split: opts.split,
+                    f,
+                    d,
+                };
+                expert_into(&sources, layer, e, wi, &plan, sink).map_err(into_model_err)
             }
             ParamKind::Ffn { expert: None, .. } => unreachable!("a Mixtral has no dense FFN"),
-        };
-        debug_assert_eq!(v.len(), shape.iter().product::<usize>());
-        Ok(v)
+        }
     })?;
     cfg.save(&out.join("config.json"))?;
     copy_tokenizer(&sources[0].dir, out)?;
@@ -379,54 +406,59 @@ pub fn mix(seed: &Path, experts: &[PathBuf], opts: &MixOptions, out: &Path) -> R
     Ok(summary)
 }
 
-/// One expert matrix of the output: `wi` is Mixtral's 1 (gate), 2 (down) or 3 (up).
-#[allow(clippy::too_many_arguments)]
-fn expert_matrix(
+/// How output experts are cut from the input FFNs.
+struct ExpertPlan {
+    blend: bool,
+    split: usize,
+    /// Input d_ff and hidden size.
+    f: usize,
+    d: usize,
+}
+
+/// Streams one expert matrix of the output into `sink`, copying byte ranges of the inputs:
+/// `wi` is Mixtral's 1 (gate, `[f, d]`), 2 (down, `[d, f]`) or 3 (up, `[f, d]`). A chunk of
+/// w1/w3 is a block of rows (contiguous); a chunk of w2 is a block of columns (a slice per row).
+fn expert_into(
     sources: &[Source],
     layer: usize,
     e: usize,
     wi: usize,
-    blend: bool,
-    split: usize,
-    f: usize,
-    d: usize,
-) -> Result<Vec<f32>> {
-    let shape = |wi: usize| if wi == 2 { vec![d, f] } else { vec![f, d] };
+    p: &ExpertPlan,
+    sink: &mut TensorSink<'_>,
+) -> Result<()> {
+    let (f, d) = (p.f, p.d);
+    let shape = if wi == 2 { vec![d, f] } else { vec![f, d] };
     let src_name = ffn_name(layer, None, wi);
-    let chunk = |t: &HostTensor, n: usize, of: usize| {
-        let (a, b) = (n * f / of, (n + 1) * f / of);
-        if wi == 2 {
-            cols(t, a, b)
-        } else {
-            rows(t, a, b)
-        }
+    // (model, chunk index, chunks per FFN) for each piece of this expert, in order.
+    let pieces: Vec<(usize, usize, usize)> = if p.blend {
+        (0..sources.len()).map(|m| (m, e, sources.len())).collect()
+    } else {
+        vec![(e / p.split, e % p.split, p.split)]
     };
-    let v = if blend {
-        let m = sources.len();
-        let parts = sources
-            .iter()
-            .map(|s| s.read(&src_name, &shape(wi)).map(|t| chunk(&t, e, m)))
-            .collect::<Result<Vec<_>>>()?;
-        if wi == 2 {
-            hcat(&parts, d)
-        } else {
-            parts.concat()
+    let bytes = pieces
+        .iter()
+        .map(|(m, _, _)| sources[*m].bytes(&src_name, &shape))
+        .collect::<Result<Vec<_>>>()?;
+    let range = |c: usize, of: usize| (c * f / of, (c + 1) * f / of);
+    if wi == 2 {
+        for r in 0..d {
+            for ((_, c, of), b) in pieces.iter().zip(&bytes) {
+                let (a, z) = range(*c, *of);
+                sink.f32_le_bytes(&b[4 * (r * f + a)..4 * (r * f + z)])?;
+            }
         }
     } else {
-        let (model, c) = (e / split, e % split);
-        let t = sources[model].read(&src_name, &shape(wi))?;
-        if split == 1 {
-            t.data
-        } else {
-            chunk(&t, c, split)
+        for ((_, c, of), b) in pieces.iter().zip(&bytes) {
+            let (a, z) = range(*c, *of);
+            sink.f32_le_bytes(&b[4 * a * d..4 * z * d])?;
         }
-    };
+    }
+    drop(bytes);
     // The last expert reading a tensor can drop its pages.
-    let last = if blend { true } else { e % split == split - 1 };
-    if last {
+    if p.blend || e % p.split == p.split - 1 {
         sources.iter().for_each(|s| s.reader.release(&src_name));
     }
-    Ok(v)
+    Ok(())
 }
 
 fn into_model_err(e: MixError) -> btx_model::ModelError {
@@ -481,15 +513,9 @@ pub fn average(models: &[PathBuf], weights: Option<&Vec<f64>>, out: &Path) -> Re
         .into_iter()
         .map(|s| (s.name, s.shape))
         .collect();
-    write_checkpoint(out, &specs, 4 << 30, |i| {
+    write_checkpoint_with(out, &specs, 4 << 30, |i, sink| {
         let (name, shape) = &specs[i];
-        let ts = sources
-            .iter()
-            .map(|s| s.read(name, shape))
-            .collect::<Result<Vec<_>>>()
-            .map_err(into_model_err)?;
-        sources.iter().for_each(|s| s.reader.release(name));
-        Ok(weighted_mean(&ts, &w))
+        mean_into(&sources, name, shape, &w, sink).map_err(into_model_err)
     })?;
     cfg.save(&out.join("config.json"))?;
     copy_tokenizer(&sources[0].dir, out)?;

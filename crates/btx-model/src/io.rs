@@ -158,10 +158,17 @@ impl TensorReader {
     /// Drops a tensor's pages from this process's resident memory (they stay in the page cache),
     /// so streaming over many large files keeps the footprint to the tensors in flight.
     pub fn release(&self, name: &str) {
+        self.release_part(name, 0, usize::MAX);
+    }
+
+    /// Like [`TensorReader::release`] for bytes `from..to` of the tensor (whole pages inside).
+    pub fn release_part(&self, name: &str, from: usize, to: usize) {
         if let Some((fi, _, _, range)) = self.index.get(name) {
             let page = 4096;
-            let start = range.start.div_ceil(page) * page;
-            let end = range.end / page * page;
+            let lo = range.start + from.min(range.len());
+            let hi = range.start + to.min(range.len());
+            let start = lo.div_ceil(page) * page;
+            let end = hi / page * page;
             if end > start {
                 // SAFETY: a read-only private file mapping; after DONTNEED the kernel re-reads the
                 // pages from the file on the next access, so no data is lost or changed.
@@ -174,6 +181,31 @@ impl TensorReader {
                 }
             }
         }
+    }
+
+    /// A tensor's bytes as little-endian f32: borrowed straight from the mapping when the file
+    /// stores F32, converted otherwise.
+    pub fn f32_bytes(&self, name: &str) -> Result<std::borrow::Cow<'_, [u8]>> {
+        let (fi, dtype, _, range) =
+            self.index
+                .get(name)
+                .ok_or_else(|| ModelError::MissingTensor {
+                    path: self.file_of(name),
+                    name: name.into(),
+                    hint: "the checkpoint does not hold this tensor".into(),
+                })?;
+        let bytes = &self.files[*fi].1[range.clone()];
+        if *dtype == Dtype::F32 {
+            return Ok(std::borrow::Cow::Borrowed(bytes));
+        }
+        let v = decode_f32(bytes, *dtype).ok_or_else(|| ModelError::Dtype {
+            path: self.files[*fi].0.clone(),
+            name: name.into(),
+            dtype: format!("{dtype:?}"),
+        })?;
+        Ok(std::borrow::Cow::Owned(
+            v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        ))
     }
 
     /// Reads a tensor that must exist with the given shape.
@@ -336,6 +368,33 @@ impl StreamWriter {
         Ok(())
     }
 
+    /// Writes one f32 tensor in pieces: `fill` gets a sink and must push exactly the tensor's
+    /// number of values, in order.
+    pub fn write_f32_with(
+        &mut self,
+        name: &str,
+        numel: usize,
+        fill: impl FnOnce(&mut TensorSink<'_>) -> Result<()>,
+    ) -> Result<()> {
+        self.expect(name, OutDtype::F32, numel)?;
+        let mut sink = TensorSink {
+            out: &mut self.out,
+            path: &self.path,
+            remaining: numel,
+        };
+        fill(&mut sink)?;
+        if sink.remaining != 0 {
+            return Err(ModelError::Invalid {
+                msg: format!(
+                    "{}: tensor {name:?} is {} values short",
+                    self.path.display(),
+                    sink.remaining
+                ),
+            });
+        }
+        Ok(())
+    }
+
     pub fn write_f32(&mut self, name: &str, data: &[f32]) -> Result<()> {
         self.expect(name, OutDtype::F32, data.len())?;
         let mut buf = Vec::with_capacity(data.len() * 4);
@@ -375,6 +434,44 @@ impl StreamWriter {
             .into_inner()
             .map_err(|e| ModelError::io(&self.path, e.into_error()))?;
         f.sync_all().map_err(|e| ModelError::io(&self.path, e))
+    }
+}
+
+/// Receives one tensor's values piece by piece (see [`StreamWriter::write_f32_with`]).
+pub struct TensorSink<'a> {
+    out: &'a mut BufWriter<File>,
+    path: &'a Path,
+    remaining: usize,
+}
+
+impl TensorSink<'_> {
+    fn take(&mut self, n: usize) -> Result<()> {
+        if n > self.remaining {
+            return Err(ModelError::Invalid {
+                msg: format!("{}: tensor overflows its shape", self.path.display()),
+            });
+        }
+        self.remaining -= n;
+        Ok(())
+    }
+
+    pub fn f32(&mut self, data: &[f32]) -> Result<()> {
+        self.take(data.len())?;
+        let mut buf = Vec::with_capacity(data.len() * 4);
+        for x in data {
+            buf.extend_from_slice(&x.to_le_bytes());
+        }
+        self.out
+            .write_all(&buf)
+            .map_err(|e| ModelError::io(self.path, e))
+    }
+
+    /// Values already encoded as little-endian f32 bytes (copied through untouched).
+    pub fn f32_le_bytes(&mut self, bytes: &[u8]) -> Result<()> {
+        self.take(bytes.len() / 4)?;
+        self.out
+            .write_all(bytes)
+            .map_err(|e| ModelError::io(self.path, e))
     }
 }
 
@@ -418,6 +515,20 @@ pub fn write_checkpoint(
     max_shard_bytes: usize,
     mut produce: impl FnMut(usize) -> Result<Vec<f32>>,
 ) -> Result<()> {
+    write_checkpoint_with(dir, specs, max_shard_bytes, |i, sink| {
+        let data = produce(i)?;
+        sink.f32(&data)
+    })
+}
+
+/// Like [`write_checkpoint`], but `produce(i, sink)` pushes tensor i's values into the sink in
+/// pieces, so not even one whole tensor needs to be in memory.
+pub fn write_checkpoint_with(
+    dir: &Path,
+    specs: &[(String, Vec<usize>)],
+    max_shard_bytes: usize,
+    mut produce: impl FnMut(usize, &mut TensorSink<'_>) -> Result<()>,
+) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
     let groups = plan_shards(specs, max_shard_bytes);
     let n = groups.len();
@@ -435,9 +546,9 @@ pub fn write_checkpoint(
             .collect();
         let mut w = StreamWriter::create(&dir.join(&file), entries)?;
         for &i in g {
-            let data = produce(i)?;
-            total += data.len() * 4;
-            w.write_f32(&specs[i].0, &data)?;
+            let numel: usize = specs[i].1.iter().product();
+            total += numel * 4;
+            w.write_f32_with(&specs[i].0, numel, |sink| produce(i, sink))?;
             weight_map.insert(specs[i].0.clone(), json!(file));
         }
         w.finish()?;

@@ -34,6 +34,12 @@ enum Command {
     Generate(cmd::generate::Args),
     /// Evaluate a model: held-out loss per domain.
     Eval(cmd::eval::Args),
+    /// MiX: dense experts (+ the seed as generalist) → one Mixtral MoE checkpoint.
+    Mix(cmd::mix::MixArgs),
+    /// Sparse upcycling: N copies of the seed's FFN as experts, random router.
+    Upcycle(cmd::mix::UpcycleArgs),
+    /// Weight-average dense models ("model soup").
+    Average(cmd::mix::AverageArgs),
     /// Import a llama.cpp GGUF file (Llama architecture) as a Hugging Face checkpoint.
     ImportGguf(cmd::import::Args),
     /// Benchmarks: train-step and decoding speed of standard presets.
@@ -57,6 +63,9 @@ fn main() {
             Command::Train(a) => cmd::train::run(a, &dev),
             Command::Generate(a) => cmd::generate::run(a, &dev),
             Command::Eval(a) => cmd::eval::run(a, &dev),
+            Command::Mix(a) => cmd::mix::run_mix(a),
+            Command::Upcycle(a) => cmd::mix::run_upcycle(a),
+            Command::Average(a) => cmd::mix::run_average(a),
             Command::ImportGguf(a) => cmd::import::run(a),
             Command::Bench(c) => cmd::bench::run(c, &dev),
             Command::Data(c) => cmd::data::run_data(c),

@@ -4,4 +4,5 @@ pub mod eval;
 pub mod forward;
 pub mod generate;
 pub mod import;
+pub mod mix;
 pub mod train;
