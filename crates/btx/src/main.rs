@@ -1,8 +1,13 @@
 //! `btx`: Branch-Train-MiX from the command line.
 
 mod cmd;
+mod manifest;
 mod overrides;
+mod plan;
+mod recipe;
+mod runner;
 mod runtime;
+mod stage;
 
 use clap::{Parser, Subcommand};
 
@@ -34,6 +39,10 @@ enum Command {
     Generate(cmd::generate::Args),
     /// Evaluate a model: held-out loss per domain.
     Eval(cmd::eval::Args),
+    /// Run a whole BTX experiment from a recipe (resumable; finished stages are skipped).
+    Run(runner::Args),
+    /// Run one stage of a run directory's plan (what `btx run` executes per stage).
+    Stage(stage::Args),
     /// MiX: dense experts (+ the seed as generalist) → one Mixtral MoE checkpoint.
     Mix(cmd::mix::MixArgs),
     /// Sparse upcycling: N copies of the seed's FFN as experts, random router.
@@ -63,6 +72,8 @@ fn main() {
             Command::Train(a) => cmd::train::run(a, &dev),
             Command::Generate(a) => cmd::generate::run(a, &dev),
             Command::Eval(a) => cmd::eval::run(a, &dev),
+            Command::Run(a) => runner::run(a),
+            Command::Stage(a) => stage::run(a, &dev),
             Command::Mix(a) => cmd::mix::run_mix(a),
             Command::Upcycle(a) => cmd::mix::run_upcycle(a),
             Command::Average(a) => cmd::mix::run_average(a),

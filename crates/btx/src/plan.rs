@@ -1,0 +1,438 @@
+//! A recipe compiled into stages: a DAG of commands (`btx stage NAME --run DIR`), each with the
+//! complete configuration it runs with and a fingerprint over that configuration and its
+//! upstream fingerprints. Executors (local processes, Slurm) only ever see this plan.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use btx_model::{ModelConfig, MoeConfig};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::cmd::train::DataSection;
+use crate::recipe::{MixSpec, Recipe, TrainSpec};
+
+pub const PLAN_FILE: &str = "plan.json";
+/// Bumped when a stage's behaviour changes in a way old outputs should not survive.
+const PLAN_VERSION: &str = "btx-plan-1";
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum StageKind {
+    /// Prepare (or adopt) the token data; `tokenizer_from` names a stage whose
+    /// `model/tokenizer.json` the data must use (an imported seed).
+    Data {
+        section: DataSection,
+        base: PathBuf,
+        tokenizer_from: Option<String>,
+    },
+    /// Adopt a Hugging Face seed directory.
+    SeedCopy { path: PathBuf },
+    /// Import a GGUF seed.
+    SeedGguf { path: PathBuf },
+    /// Train a model: from another stage's `model/`, or a new one (`spec.init`).
+    Train {
+        from: Option<String>,
+        spec: TrainSpec,
+        data: String,
+    },
+    /// BTX MiX of the experts (+ the seed as generalist).
+    Mix {
+        seed: String,
+        experts: Vec<String>,
+        domains: Vec<String>,
+        spec: MixSpec,
+        data: String,
+    },
+    /// Sparse upcycling of the seed.
+    Upcycle {
+        seed: String,
+        num_experts: usize,
+        spec: MixSpec,
+    },
+    /// Weight average of dense models.
+    Average { models: Vec<String> },
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Stage {
+    /// `data`, `seed`, `expert:<domain>`, `mix:<variant>`, `finetune:<variant>`,
+    /// `upcycle`, `baseline:<name>`.
+    pub name: String,
+    /// Directory relative to the run directory.
+    pub dir: String,
+    pub deps: Vec<String>,
+    pub kind: StageKind,
+    pub fingerprint: String,
+    /// Trains a model (long, wants cores); the rest are quick.
+    pub heavy: bool,
+}
+
+/// What BTX spends, from the recipe; baselines are matched to it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Budget {
+    pub btx_tokens: u64,
+    pub btx_flops: f64,
+    pub expert_tokens: u64,
+    pub finetune_tokens: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Plan {
+    pub name: String,
+    pub stages: Vec<Stage>,
+    pub budget: Budget,
+    /// Domains with experts, in expert order.
+    pub domains: Vec<String>,
+    /// Finetune variants, the first is "the" BTX model.
+    pub variants: Vec<String>,
+    pub generalist: bool,
+}
+
+fn fingerprint(kind: &StageKind, dep_fps: &[&str]) -> String {
+    let mut h = Sha256::new();
+    h.update(PLAN_VERSION);
+    h.update(serde_json::to_string(kind).expect("json"));
+    for d in dep_fps {
+        h.update(d);
+    }
+    format!("{:x}", h.finalize())[..16].to_string()
+}
+
+/// The seed's shape, known before anything runs (for matching baseline budgets).
+fn seed_config(r: &Recipe, base: &Path) -> Result<ModelConfig> {
+    let abs = |p: &Path| {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            base.join(p)
+        }
+    };
+    if let Some(p) = &r.seed.path {
+        return ModelConfig::load(&abs(p).join("config.json"))
+            .with_context(|| format!("reading the seed's config in {}", p.display()));
+    }
+    if let Some(g) = &r.seed.gguf {
+        let f = btx_data::gguf::GgufFile::open(&abs(g))?;
+        return Ok(btx_data::gguf_import::config_from_gguf(&f)?);
+    }
+    let spec = r
+        .seed
+        .pretrain
+        .as_ref()
+        .and_then(|p| p.init.clone())
+        .context("seed pretrain needs init")?;
+    // The vocabulary comes from the tokenizer the data stage trains (or the data directory).
+    let vocab = match (&r.data.prepare, &r.data.dir) {
+        (Some(p), _) => p.tokenizer.vocab_size,
+        (None, Some(d)) => btx_data::DataDir::open(&abs(d))?.manifest.vocab_size,
+        _ => bail!("[data] needs dir or prepare"),
+    };
+    Ok(spec.to_config(vocab, None)?)
+}
+
+/// The MoE shape a mix spec produces from `seed` with `n_models` mixed models.
+pub fn moe_config(seed: &ModelConfig, n_models: usize, m: &MixSpec) -> ModelConfig {
+    let mut c = seed.clone();
+    let (e, f) = if m.blend {
+        (n_models, seed.intermediate_size)
+    } else {
+        (
+            n_models * m.split.max(1),
+            seed.intermediate_size / m.split.max(1),
+        )
+    };
+    c.intermediate_size = f;
+    c.moe = Some(MoeConfig {
+        num_experts: e,
+        top_k: m.top_k.min(e),
+        routing: m.routing.clone(),
+    });
+    c
+}
+
+impl Plan {
+    pub fn from_recipe(r: &Recipe, base: &Path) -> Result<Self> {
+        let mut stages: Vec<Stage> = vec![];
+        let mut push = |name: &str, dir: &str, deps: Vec<String>, kind: StageKind, heavy: bool| {
+            let fps: Vec<String> = deps
+                .iter()
+                .map(|d| {
+                    stages
+                        .iter()
+                        .find(|s| &s.name == d)
+                        .map(|s| s.fingerprint.clone())
+                        .expect("dependencies are planned first")
+                })
+                .collect();
+            let fp = fingerprint(&kind, &fps.iter().map(String::as_str).collect::<Vec<_>>());
+            stages.push(Stage {
+                name: name.into(),
+                dir: dir.into(),
+                deps,
+                kind,
+                fingerprint: fp,
+                heavy,
+            });
+        };
+        let abs = |p: &Path| {
+            if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                base.join(p)
+            }
+        };
+        // Seed and data: an imported seed brings its tokenizer, so it goes first; a pretrained
+        // seed needs the data (and its trained tokenizer) first.
+        let imported = r.seed.pretrain.is_none();
+        if imported {
+            let kind = match (&r.seed.path, &r.seed.gguf) {
+                (Some(p), _) => StageKind::SeedCopy { path: abs(p) },
+                (_, Some(g)) => StageKind::SeedGguf { path: abs(g) },
+                _ => unreachable!("validated"),
+            };
+            push("seed", "seed", vec![], kind, false);
+            let uses_seed_tok = r
+                .data
+                .prepare
+                .as_ref()
+                .is_some_and(|p| p.tokenizer.path.is_none());
+            push(
+                "data",
+                "data",
+                if uses_seed_tok {
+                    vec!["seed".into()]
+                } else {
+                    vec![]
+                },
+                StageKind::Data {
+                    section: r.data.clone(),
+                    base: base.to_path_buf(),
+                    tokenizer_from: uses_seed_tok.then(|| "seed".into()),
+                },
+                false,
+            );
+        } else {
+            push(
+                "data",
+                "data",
+                vec![],
+                StageKind::Data {
+                    section: r.data.clone(),
+                    base: base.to_path_buf(),
+                    tokenizer_from: None,
+                },
+                false,
+            );
+            let spec = r.seed.pretrain.clone().expect("validated");
+            push(
+                "seed",
+                "seed",
+                vec!["data".into()],
+                StageKind::Train {
+                    from: None,
+                    spec,
+                    data: "data".into(),
+                },
+                true,
+            );
+        }
+        let domains = r.experts.domains.clone();
+        let mut expert_stages = vec![];
+        for d in &domains {
+            let name = format!("expert:{d}");
+            push(
+                &name,
+                &format!("experts/{d}"),
+                vec!["seed".into(), "data".into()],
+                StageKind::Train {
+                    from: Some("seed".into()),
+                    spec: r.expert_spec(d)?,
+                    data: "data".into(),
+                },
+                true,
+            );
+            expert_stages.push(name);
+        }
+        let ft = r.finetune.spec();
+        let variants = r.variants();
+        for v in &variants {
+            let mix_name = format!("mix:{}", v.name);
+            let mut deps = vec!["seed".to_string(), "data".to_string()];
+            deps.extend(expert_stages.iter().cloned());
+            push(
+                &mix_name,
+                &format!("mix/{}", v.name),
+                deps,
+                StageKind::Mix {
+                    seed: "seed".into(),
+                    experts: expert_stages.clone(),
+                    domains: domains.clone(),
+                    spec: v.mix(&r.mix),
+                    data: "data".into(),
+                },
+                false,
+            );
+            push(
+                &format!("finetune:{}", v.name),
+                &format!("finetune/{}", v.name),
+                vec![mix_name.clone(), "data".into()],
+                StageKind::Train {
+                    from: Some(mix_name),
+                    spec: v.finetune(&ft),
+                    data: "data".into(),
+                },
+                true,
+            );
+        }
+
+        // Budgets of the primary variant, for matched baselines.
+        let seed_cfg = seed_config(r, base)?;
+        let n_models = domains.len() + r.mix.generalist as usize;
+        let primary = &variants[0];
+        let moe_cfg = moe_config(&seed_cfg, n_models, &primary.mix(&r.mix));
+        let ft_spec = primary.finetune(&ft);
+        let mut budget = Budget::default();
+        for d in &domains {
+            let s = r.expert_spec(d)?;
+            budget.expert_tokens += s.tokens();
+            budget.btx_flops += s.tokens() as f64 * seed_cfg.train_flops_per_token(s.train.seq_len);
+        }
+        budget.finetune_tokens = ft_spec.tokens();
+        budget.btx_flops +=
+            ft_spec.tokens() as f64 * moe_cfg.train_flops_per_token(ft_spec.train.seq_len);
+        budget.btx_tokens = budget.expert_tokens + budget.finetune_tokens;
+        let tps = ft.tokens_per_step().max(1);
+        let steps_for = |tokens: f64| ((tokens / tps as f64).ceil() as usize).max(1);
+        let seq = ft.train.seq_len;
+        let matched = |m: &str, cfg: &ModelConfig| match m {
+            "data" => steps_for(budget.btx_tokens as f64),
+            _ => steps_for(budget.btx_flops / cfg.train_flops_per_token(seq)),
+        };
+        let dense_list = r.baselines.dense.list();
+        for m in &dense_list {
+            let mut spec = ft.clone();
+            spec.moe = Default::default();
+            spec.train.steps = matched(m, &seed_cfg);
+            let suffix = if dense_list.len() > 1 {
+                format!("-{m}")
+            } else {
+                String::new()
+            };
+            push(
+                &format!("baseline:dense{suffix}"),
+                &format!("baselines/dense{suffix}"),
+                vec!["seed".into(), "data".into()],
+                StageKind::Train {
+                    from: Some("seed".into()),
+                    spec,
+                    data: "data".into(),
+                },
+                true,
+            );
+        }
+        let up_list = r.baselines.upcycle.list();
+        if !up_list.is_empty() {
+            let mut spec = primary.mix(&r.mix);
+            spec.router_init = "random".into();
+            let n = moe_cfg.num_experts();
+            push(
+                "upcycle",
+                "upcycle",
+                vec!["seed".into()],
+                StageKind::Upcycle {
+                    seed: "seed".into(),
+                    num_experts: n,
+                    spec: MixSpec {
+                        split: 1,
+                        blend: false,
+                        ..spec
+                    },
+                },
+                false,
+            );
+            let up_cfg = {
+                let mut c = seed_cfg.clone();
+                c.moe = Some(MoeConfig {
+                    num_experts: n,
+                    top_k: primary.mix(&r.mix).top_k.min(n),
+                    routing: primary.mix(&r.mix).routing,
+                });
+                c
+            };
+            for m in &up_list {
+                let mut spec = ft_spec.clone();
+                spec.train.freeze.clear();
+                spec.train.steps = matched(m, &up_cfg);
+                push(
+                    &format!("baseline:upcycle-{m}"),
+                    &format!("baselines/upcycle-{m}"),
+                    vec!["upcycle".into(), "data".into()],
+                    StageKind::Train {
+                        from: Some("upcycle".into()),
+                        spec,
+                        data: "data".into(),
+                    },
+                    true,
+                );
+            }
+        }
+        if r.baselines.merge_avg {
+            let mut models = expert_stages.clone();
+            let mut deps = expert_stages.clone();
+            if r.mix.generalist {
+                models.push("seed".into());
+                deps.push("seed".into());
+            }
+            push(
+                "baseline:merge-avg",
+                "baselines/merge-avg",
+                deps,
+                StageKind::Average { models },
+                false,
+            );
+        }
+        Ok(Plan {
+            name: r.name.clone(),
+            stages,
+            budget,
+            domains,
+            variants: variants.iter().map(|v| v.name.clone()).collect(),
+            generalist: r.mix.generalist,
+        })
+    }
+
+    pub fn stage(&self, name: &str) -> Result<&Stage> {
+        self.stages
+            .iter()
+            .find(|s| s.name == name)
+            .with_context(|| {
+                format!(
+                    "no stage {name:?} in the plan (stages: {})",
+                    self.stages
+                        .iter()
+                        .map(|s| s.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            })
+    }
+
+    pub fn load(run: &Path) -> Result<Self> {
+        let p = run.join(PLAN_FILE);
+        let text = std::fs::read_to_string(&p)
+            .with_context(|| format!("reading {} (is this a btx run directory?)", p.display()))?;
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", p.display()))
+    }
+
+    pub fn save(&self, run: &Path) -> Result<()> {
+        let p = run.join(PLAN_FILE);
+        std::fs::write(&p, serde_json::to_string_pretty(self)?)?;
+        Ok(())
+    }
+}
+
+/// Where a stage's model lives.
+pub fn model_dir(run: &Path, stage: &Stage) -> PathBuf {
+    run.join(&stage.dir).join("model")
+}

@@ -1,0 +1,372 @@
+//! The experiment recipe: one TOML file that describes a whole BTX run — seed, data, experts,
+//! mix, finetune variants, baselines. See examples/quick.toml for a complete one.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Result};
+use btx_model::{ModelSpec, Routing};
+use btx_train::{LoopConfig, MoeLossConfig, OptimConfig, TrainerConfig};
+use serde::{Deserialize, Serialize};
+
+use crate::cmd::train::DataSection;
+
+/// `[seed]`: where the seed model comes from (exactly one).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SeedSection {
+    /// A Hugging Face Llama directory (config.json, safetensors, tokenizer.json).
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// A llama.cpp GGUF file to import.
+    #[serde(default)]
+    pub gguf: Option<PathBuf>,
+    /// Pretrain a small seed on the recipe's data.
+    #[serde(default)]
+    pub pretrain: Option<TrainSpec>,
+}
+
+/// A training job's settings: model shape (for new models), data mixture, optimizer, loop.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainSpec {
+    /// Shape of a new model (only for pretraining).
+    #[serde(default)]
+    pub init: Option<ModelSpec>,
+    /// Domain weights; empty = all domains equally.
+    #[serde(default)]
+    pub weights: BTreeMap<String, f64>,
+    #[serde(default)]
+    pub optim: OptimConfig,
+    #[serde(default)]
+    pub train: LoopConfig,
+    #[serde(default)]
+    pub moe: MoeLossConfig,
+}
+
+impl TrainSpec {
+    pub fn trainer(&self) -> TrainerConfig {
+        TrainerConfig {
+            optim: self.optim.clone(),
+            train: self.train.clone(),
+            moe: self.moe.clone(),
+        }
+    }
+
+    /// Tokens one run of this spec trains on.
+    pub fn tokens(&self) -> u64 {
+        let t = &self.train;
+        (t.steps * t.batch_size * t.seq_len * t.grad_accum) as u64
+    }
+
+    pub fn tokens_per_step(&self) -> u64 {
+        let t = &self.train;
+        (t.batch_size * t.seq_len * t.grad_accum) as u64
+    }
+}
+
+/// `[experts]`: one expert per domain, branched from the seed and trained on that domain alone.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExpertsSection {
+    /// Domains to train experts on (names in the data directory).
+    pub domains: Vec<String>,
+    #[serde(default)]
+    pub optim: OptimConfig,
+    #[serde(default)]
+    pub train: LoopConfig,
+    /// Per-domain overrides of optim/train, e.g. `[experts.override.math.train] steps = 400`.
+    #[serde(default, rename = "override")]
+    pub overrides: BTreeMap<String, toml::Value>,
+}
+
+/// `[mix]`: how experts become one MoE.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MixSpec {
+    /// Add the seed as the last expert (the paper's "generalist"). Default true.
+    pub generalist: bool,
+    /// `random` (default), `zero` or `domain-mean`.
+    pub router_init: String,
+    /// Std of a random router. Default 0.02.
+    pub router_std: f64,
+    /// Logit scale of a domain-mean router. Default 4.
+    pub router_scale: f64,
+    /// Cut each FFN into this many experts. Default 1.
+    pub split: usize,
+    /// Build expert n from the n-th chunk of every FFN. Default false.
+    pub blend: bool,
+    /// Experts per token. Default 2.
+    pub top_k: usize,
+    /// Routing (`{mode = "top-k"}` default; switch, soft, sample-top1).
+    pub routing: Routing,
+    /// Averaging weights (experts in order, then the seed); empty = uniform.
+    pub weights: Vec<f64>,
+}
+
+impl Default for MixSpec {
+    fn default() -> Self {
+        Self {
+            generalist: true,
+            router_init: "random".into(),
+            router_std: 0.02,
+            router_scale: 4.0,
+            split: 1,
+            blend: false,
+            top_k: 2,
+            routing: Routing::TopK,
+            weights: vec![],
+        }
+    }
+}
+
+/// One MoE-finetune run: overrides of the mix and of the finetune settings.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Variant {
+    /// Name (directory `finetune/<name>`, method `btx` or `btx:<name>` in the report).
+    pub name: String,
+    #[serde(default)]
+    pub routing: Option<Routing>,
+    #[serde(default)]
+    pub top_k: Option<usize>,
+    #[serde(default)]
+    pub router_init: Option<String>,
+    #[serde(default)]
+    pub split: Option<usize>,
+    #[serde(default)]
+    pub blend: Option<bool>,
+    #[serde(default)]
+    pub lb_coef: Option<f64>,
+    #[serde(default)]
+    pub z_loss_coef: Option<f64>,
+    /// Train only the routers and the non-FFN weights.
+    #[serde(default)]
+    pub freeze_experts: bool,
+    #[serde(default)]
+    pub steps: Option<usize>,
+}
+
+impl Variant {
+    pub fn mix(&self, base: &MixSpec) -> MixSpec {
+        let mut m = base.clone();
+        if let Some(r) = &self.routing {
+            m.routing = r.clone();
+        }
+        if let Some(k) = self.top_k {
+            m.top_k = k;
+        }
+        if let Some(r) = &self.router_init {
+            m.router_init = r.clone();
+        }
+        if let Some(s) = self.split {
+            m.split = s;
+        }
+        if let Some(b) = self.blend {
+            m.blend = b;
+        }
+        m
+    }
+
+    pub fn finetune(&self, base: &TrainSpec) -> TrainSpec {
+        let mut f = base.clone();
+        if let Some(c) = self.lb_coef {
+            f.moe.lb_coef = c;
+        }
+        if let Some(c) = self.z_loss_coef {
+            f.moe.z_loss_coef = c;
+        }
+        if let Some(s) = self.steps {
+            f.train.steps = s;
+        }
+        if self.freeze_experts {
+            f.train
+                .freeze
+                .push("model.layers.*.block_sparse_moe.experts.*".into());
+        }
+        f
+    }
+}
+
+/// `[finetune]`: MoE-finetune of the mixed model on the union of the domains.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FinetuneSection {
+    /// Domain weights of the finetune mixture (the paper: math 30.16, code 40.31, wikipedia
+    /// 10.30, generalist 19.23 %).
+    #[serde(default)]
+    pub weights: BTreeMap<String, f64>,
+    #[serde(default)]
+    pub optim: OptimConfig,
+    #[serde(default)]
+    pub train: LoopConfig,
+    #[serde(default)]
+    pub moe: MoeLossConfig,
+    /// Variants to run; default one, `btx` (the paper's top-2 with load balancing).
+    #[serde(default)]
+    pub variants: Vec<Variant>,
+}
+
+impl FinetuneSection {
+    pub fn spec(&self) -> TrainSpec {
+        TrainSpec {
+            init: None,
+            weights: self.weights.clone(),
+            optim: self.optim.clone(),
+            train: self.train.clone(),
+            moe: self.moe.clone(),
+        }
+    }
+}
+
+/// How a baseline's training budget is matched to BTX's.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Matching {
+    None,
+    /// The same number of training tokens as BTX (experts + finetune).
+    #[default]
+    DataMatched,
+    /// The same training FLOPs as BTX.
+    ComputeMatched,
+    Both,
+}
+
+impl Matching {
+    pub fn list(self) -> Vec<&'static str> {
+        match self {
+            Matching::None => vec![],
+            Matching::DataMatched => vec!["data"],
+            Matching::ComputeMatched => vec!["compute"],
+            Matching::Both => vec!["data", "compute"],
+        }
+    }
+}
+
+/// `[baselines]`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BaselinesSection {
+    /// Dense continued training of the seed on the union mixture. Default data-matched.
+    pub dense: Matching,
+    /// Sparse upcycling (copies of the seed FFN, random router) trained on the union mixture.
+    /// Default both.
+    pub upcycle: Matching,
+    /// Weight average of the experts (and the seed, with a generalist). Default true.
+    pub merge_avg: bool,
+}
+
+impl Default for BaselinesSection {
+    fn default() -> Self {
+        Self {
+            dense: Matching::DataMatched,
+            upcycle: Matching::Both,
+            merge_avg: true,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Recipe {
+    /// A label for reports.
+    #[serde(default)]
+    pub name: String,
+    pub data: DataSection,
+    pub seed: SeedSection,
+    pub experts: ExpertsSection,
+    #[serde(default)]
+    pub mix: MixSpec,
+    pub finetune: FinetuneSection,
+    #[serde(default)]
+    pub baselines: BaselinesSection,
+}
+
+/// Overlays `over` onto `base` (tables merge key by key, other values replace).
+pub fn deep_merge(base: &mut toml::Value, over: &toml::Value) {
+    match (base, over) {
+        (toml::Value::Table(b), toml::Value::Table(o)) => {
+            for (k, v) in o {
+                match b.get_mut(k) {
+                    Some(bv) => deep_merge(bv, v),
+                    None => {
+                        b.insert(k.clone(), v.clone());
+                    }
+                }
+            }
+        }
+        (b, o) => *b = o.clone(),
+    }
+}
+
+impl Recipe {
+    pub fn load(path: &Path, sets: &[String]) -> Result<(Self, toml::Value)> {
+        let (r, raw): (Recipe, toml::Value) = crate::overrides::load(Some(path), sets)?;
+        r.validate()?;
+        Ok((r, raw))
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        let s = &self.seed;
+        let n = s.path.is_some() as u8 + s.gguf.is_some() as u8 + s.pretrain.is_some() as u8;
+        if n != 1 {
+            bail!("[seed] needs exactly one of path, gguf or [seed.pretrain]");
+        }
+        if let Some(p) = &s.pretrain {
+            if p.init.is_none() {
+                bail!("[seed.pretrain] needs an [seed.pretrain.init] model shape");
+            }
+        }
+        if self.experts.domains.is_empty() {
+            bail!("[experts] domains is empty");
+        }
+        for d in self.experts.overrides.keys() {
+            if !self.experts.domains.contains(d) {
+                bail!("[experts.override.{d}]: {d:?} is not one of experts.domains");
+            }
+        }
+        let mut names = std::collections::HashSet::new();
+        for v in self.variants() {
+            if v.name.is_empty() || v.name.contains(['/', ' ', ':']) {
+                bail!("finetune variant name {:?} must be non-empty, without spaces, slashes or colons", v.name);
+            }
+            if !names.insert(v.name.clone()) {
+                bail!("finetune variant {:?} is listed twice", v.name);
+            }
+        }
+        for d in &self.experts.domains {
+            self.expert_spec(d)?;
+        }
+        Ok(())
+    }
+
+    /// The finetune variants (default: one named `btx`).
+    pub fn variants(&self) -> Vec<Variant> {
+        if self.finetune.variants.is_empty() {
+            vec![Variant {
+                name: "btx".into(),
+                ..Default::default()
+            }]
+        } else {
+            self.finetune.variants.clone()
+        }
+    }
+
+    /// The training spec of one expert: the shared `[experts]` settings with its override.
+    pub fn expert_spec(&self, domain: &str) -> Result<TrainSpec> {
+        let base = TrainSpec {
+            init: None,
+            weights: [(domain.to_string(), 1.0)].into(),
+            optim: self.experts.optim.clone(),
+            train: self.experts.train.clone(),
+            moe: MoeLossConfig::default(),
+        };
+        let Some(over) = self.experts.overrides.get(domain) else {
+            return Ok(base);
+        };
+        let mut v = toml::Value::try_from(&base)?;
+        deep_merge(&mut v, over);
+        v.try_into::<TrainSpec>()
+            .map_err(|e| anyhow!("[experts.override.{domain}]: {e}"))
+    }
+}

@@ -1,0 +1,403 @@
+//! `btx run RECIPE --out DIR [--jobs N]`: compile the recipe into a plan, decide which stages
+//! are finished, stale or half-done, and hand the rest to an executor. The local executor runs
+//! each stage as a child process (`btx stage NAME --run DIR`) with its own log, up to `--jobs`
+//! at once with the cores split between them; a failed stage blocks only its dependents.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fs::OpenOptions;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::manifest;
+use crate::plan::{Plan, Stage};
+use crate::recipe::Recipe;
+use crate::runtime::EXIT_STOPPED;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The experiment recipe (TOML); see examples/quick.toml.
+    pub recipe: PathBuf,
+    /// Run directory (created; re-running continues it).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Stages to run at once (training stages share the cores).
+    #[arg(long, default_value_t = 1)]
+    pub jobs: usize,
+    /// Override a recipe value, e.g. --set experts.train.steps=100.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub sets: Vec<String>,
+    /// Only plan: write plan.json and print what would run.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// Where a stage stands before this invocation.
+#[derive(Clone, Debug, PartialEq)]
+pub enum State {
+    Done,
+    /// Started earlier with the same configuration (a trainer resumes from its checkpoint).
+    Partial,
+    Pending,
+}
+
+/// How a stage ended in this invocation.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Outcome {
+    AlreadyDone,
+    Done {
+        seconds: f64,
+    },
+    Failed {
+        code: Option<i32>,
+    },
+    /// Stopped on a signal with a checkpoint; the next run resumes it.
+    Stopped,
+    Blocked {
+        by: String,
+    },
+}
+
+/// Classifies every stage; with `wipe`, clears directories whose configuration changed.
+pub fn prepare_states(plan: &Plan, run: &Path, wipe: bool) -> Result<BTreeMap<String, State>> {
+    let mut states = BTreeMap::new();
+    for s in &plan.stages {
+        let dir = run.join(&s.dir);
+        let st = if manifest::is_done(&dir, &s.fingerprint) {
+            State::Done
+        } else {
+            let same = manifest::read_started(&dir).is_some_and(|x| x.fingerprint == s.fingerprint);
+            if wipe && dir.exists() && !same {
+                // Finished or started with another configuration: its outputs are stale.
+                std::fs::remove_dir_all(&dir)
+                    .with_context(|| format!("clearing stale stage {}", dir.display()))?;
+                tracing::info!("{}: configuration changed, redoing", s.name);
+            }
+            if same {
+                State::Partial
+            } else {
+                State::Pending
+            }
+        };
+        states.insert(s.name.clone(), st);
+    }
+    Ok(states)
+}
+
+/// Runs the stages of a plan that are not done. Implementations: local processes (here),
+/// Slurm jobs.
+pub trait Executor {
+    fn execute(
+        &mut self,
+        plan: &Plan,
+        run: &Path,
+        states: &BTreeMap<String, State>,
+    ) -> Result<BTreeMap<String, Outcome>>;
+}
+
+pub struct LocalExecutor {
+    pub jobs: usize,
+    pub total_threads: usize,
+}
+
+struct Running {
+    name: String,
+    child: Child,
+    start: Instant,
+}
+
+fn spawn_stage(run: &Path, stage: &Stage, threads: usize) -> Result<Child> {
+    let dir = run.join(&stage.dir);
+    std::fs::create_dir_all(&dir)?;
+    let log_path = dir.join("log.txt");
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .with_context(|| format!("opening {}", log_path.display()))?;
+    let exe = std::env::current_exe()?;
+    Command::new(exe)
+        .arg("--threads")
+        .arg(threads.to_string())
+        .arg("stage")
+        .arg(&stage.name)
+        .arg("--run")
+        .arg(run)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("starting stage {}", stage.name))
+}
+
+/// `step/total loss` of a training stage, from its metrics.jsonl.
+pub fn progress_of(run: &Path, stage: &Stage) -> Option<String> {
+    let text = std::fs::read_to_string(run.join(&stage.dir).join("metrics.jsonl")).ok()?;
+    let last: serde_json::Value = serde_json::from_str(text.lines().last()?).ok()?;
+    let total = match &stage.kind {
+        crate::plan::StageKind::Train { spec, .. } => spec.train.steps,
+        _ => 0,
+    };
+    Some(format!(
+        "step {}/{} loss {:.3}",
+        last["step"].as_u64()?,
+        total,
+        last["loss"].as_f64()?
+    ))
+}
+
+impl Executor for LocalExecutor {
+    fn execute(
+        &mut self,
+        plan: &Plan,
+        run: &Path,
+        states: &BTreeMap<String, State>,
+    ) -> Result<BTreeMap<String, Outcome>> {
+        let jobs = self.jobs.max(1);
+        let threads = (self.total_threads / jobs).max(1);
+        let mut outcomes: BTreeMap<String, Outcome> = BTreeMap::new();
+        let mut done: HashSet<String> = HashSet::new();
+        let mut pending: Vec<&Stage> = vec![];
+        for s in &plan.stages {
+            if states.get(&s.name) == Some(&State::Done) {
+                done.insert(s.name.clone());
+                outcomes.insert(s.name.clone(), Outcome::AlreadyDone);
+            } else {
+                pending.push(s);
+            }
+        }
+        let t0 = Instant::now();
+        let mut running: Vec<Running> = vec![];
+        let mut last_status = Instant::now();
+        let interactive = std::io::IsTerminal::is_terminal(&std::io::stderr());
+        loop {
+            // Stages whose dependency failed can never run.
+            let mut i = 0;
+            while i < pending.len() {
+                let bad = pending[i].deps.iter().find(|d| {
+                    matches!(
+                        outcomes.get(*d),
+                        Some(Outcome::Failed { .. } | Outcome::Blocked { .. } | Outcome::Stopped)
+                    )
+                });
+                if let Some(b) = bad {
+                    let s = pending.remove(i);
+                    eprintln!(
+                        "[{:>7.1}s] skipped {} (needs {b})",
+                        t0.elapsed().as_secs_f64(),
+                        s.name
+                    );
+                    outcomes.insert(s.name.clone(), Outcome::Blocked { by: b.clone() });
+                } else {
+                    i += 1;
+                }
+            }
+            while running.len() < jobs {
+                let Some(pos) = pending
+                    .iter()
+                    .position(|s| s.deps.iter().all(|d| done.contains(d)))
+                else {
+                    break;
+                };
+                let s = pending.remove(pos);
+                let resume = if states.get(&s.name) == Some(&State::Partial) {
+                    " (resuming)"
+                } else {
+                    ""
+                };
+                eprintln!(
+                    "[{:>7.1}s] started {}{resume} ({} thread{}, log {}/log.txt)",
+                    t0.elapsed().as_secs_f64(),
+                    s.name,
+                    threads,
+                    if threads == 1 { "" } else { "s" },
+                    run.join(&s.dir).display()
+                );
+                let child = spawn_stage(run, s, threads)?;
+                running.push(Running {
+                    name: s.name.clone(),
+                    child,
+                    start: Instant::now(),
+                });
+            }
+            if running.is_empty() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+            let mut i = 0;
+            while i < running.len() {
+                if let Some(status) = running[i].child.try_wait()? {
+                    let r = running.remove(i);
+                    let stage = plan.stage(&r.name)?;
+                    let secs = r.start.elapsed().as_secs_f64();
+                    let ok = status.success()
+                        && manifest::is_done(&run.join(&stage.dir), &stage.fingerprint);
+                    let outcome = if ok {
+                        done.insert(r.name.clone());
+                        Outcome::Done { seconds: secs }
+                    } else if status.code() == Some(EXIT_STOPPED) {
+                        Outcome::Stopped
+                    } else {
+                        Outcome::Failed {
+                            code: status.code(),
+                        }
+                    };
+                    let what = match &outcome {
+                        Outcome::Done { .. } => "finished".to_string(),
+                        Outcome::Stopped => "stopped with a checkpoint".to_string(),
+                        _ => format!("FAILED ({})", status),
+                    };
+                    eprintln!(
+                        "[{:>7.1}s] {what} {} in {secs:.1}s",
+                        t0.elapsed().as_secs_f64(),
+                        r.name
+                    );
+                    if matches!(outcome, Outcome::Failed { .. }) {
+                        for l in tail(&run.join(&stage.dir).join("log.txt"), 5) {
+                            eprintln!("           | {l}");
+                        }
+                    }
+                    outcomes.insert(r.name.clone(), outcome);
+                } else {
+                    i += 1;
+                }
+            }
+            let every = if interactive { 5 } else { 30 };
+            if last_status.elapsed() > Duration::from_secs(every) && !running.is_empty() {
+                last_status = Instant::now();
+                let parts: Vec<String> = running
+                    .iter()
+                    .map(|r| {
+                        let s = plan.stage(&r.name).expect("planned");
+                        match progress_of(run, s) {
+                            Some(p) => format!("{} {p}", r.name),
+                            None => r.name.clone(),
+                        }
+                    })
+                    .collect();
+                eprintln!(
+                    "[{:>7.1}s] running: {}",
+                    t0.elapsed().as_secs_f64(),
+                    parts.join("; ")
+                );
+            }
+        }
+        Ok(outcomes)
+    }
+}
+
+/// Last `n` lines of a file.
+pub fn tail(path: &Path, n: usize) -> Vec<String> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let (recipe, raw) = Recipe::load(&a.recipe, &a.sets)?;
+    let base = a
+        .recipe
+        .parent()
+        .map(|p| {
+            if p.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                p
+            }
+        })
+        .unwrap_or(Path::new("."))
+        .canonicalize()?;
+    let plan = Plan::from_recipe(&recipe, &base)?;
+    std::fs::create_dir_all(&a.out)?;
+    let out = a.out.canonicalize()?;
+    if !a.dry_run {
+        std::fs::copy(&a.recipe, out.join("recipe.toml"))?;
+        std::fs::write(
+            out.join("recipe.resolved.toml"),
+            toml::to_string_pretty(&raw)?,
+        )?;
+    }
+    if !a.dry_run {
+        plan.save(&out)?;
+    }
+    let states = prepare_states(&plan, &out, !a.dry_run)?;
+    let todo: Vec<&String> = states
+        .iter()
+        .filter(|(_, s)| **s != State::Done)
+        .map(|(n, _)| n)
+        .collect();
+    eprintln!(
+        "btx run {}: {} stages, {} to run ({} done){}",
+        a.recipe.display(),
+        plan.stages.len(),
+        todo.len(),
+        plan.stages.len() - todo.len(),
+        if a.dry_run { " [dry run]" } else { "" }
+    );
+    if a.dry_run {
+        for s in &plan.stages {
+            println!(
+                "{:<28} {:<10} {:?} deps {:?}",
+                s.name, s.fingerprint, states[&s.name], s.deps
+            );
+        }
+        return Ok(());
+    }
+    let mut exec = LocalExecutor {
+        jobs: a.jobs,
+        total_threads: rayon::current_num_threads(),
+    };
+    let outcomes = exec.execute(&plan, &out, &states)?;
+    print_summary(&plan, &out, &outcomes);
+    let failed: Vec<&String> = outcomes
+        .iter()
+        .filter(|(_, o)| !matches!(o, Outcome::Done { .. } | Outcome::AlreadyDone))
+        .map(|(n, _)| n)
+        .collect();
+    if !failed.is_empty() {
+        bail!(
+            "{} stage(s) did not finish: {}\nhint: see each stage's log.txt; `btx run` again resumes and runs only what is missing",
+            failed.len(),
+            failed.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+        );
+    }
+    eprintln!("all stages done: {}", out.display());
+    Ok(())
+}
+
+fn print_summary(plan: &Plan, run: &Path, outcomes: &BTreeMap<String, Outcome>) {
+    println!(
+        "{:<26} {:<16} {:>9} {:>12} {:>10}",
+        "stage", "state", "wall s", "tokens", "GFLOP"
+    );
+    for s in &plan.stages {
+        let m = manifest::read_manifest(&run.join(&s.dir));
+        let state = match outcomes.get(&s.name) {
+            Some(Outcome::AlreadyDone) => "done (skipped)".to_string(),
+            Some(Outcome::Done { .. }) => "done".to_string(),
+            Some(Outcome::Failed { code }) => format!(
+                "failed ({})",
+                code.map_or("signal".into(), |c| c.to_string())
+            ),
+            Some(Outcome::Stopped) => "stopped".to_string(),
+            Some(Outcome::Blocked { by }) => format!("blocked by {by}"),
+            None => "-".to_string(),
+        };
+        let (w, t, f) = m.map_or((0.0, 0, 0.0), |m| {
+            (
+                m.compute.wall_seconds,
+                m.compute.train_tokens,
+                m.compute.train_flops / 1e9,
+            )
+        });
+        println!(
+            "{:<26} {:<16} {:>9.1} {:>12} {:>10.1}",
+            s.name, state, w, t, f
+        );
+    }
+}

@@ -1,0 +1,327 @@
+//! `btx stage NAME --run DIR`: run one stage of a plan in this process. This is the unit every
+//! executor schedules: it reads only its upstream stages' outputs and writes only its own
+//! directory, finishing with `manifest.json` and `DONE`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use btx_data::{prepare, DataDir, MixConfig, Mixture};
+use btx_mix::{average, mix, upcycle, MixOptions, RouterInit};
+use btx_model::burn::prelude::Device;
+use btx_model::{Model, ModelConfig};
+use btx_train::{train, TrainOpts};
+use serde_json::json;
+
+use crate::cmd::mix::domain_mean_init;
+use crate::manifest::{self, Compute, Manifest, Started};
+use crate::plan::{model_dir, Plan, Stage, StageKind};
+use crate::recipe::MixSpec;
+use crate::runtime::EXIT_STOPPED;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Stage name, e.g. `expert:math` (see plan.json in the run directory).
+    pub name: String,
+    /// The run directory (made by `btx run`).
+    #[arg(long)]
+    pub run: PathBuf,
+}
+
+/// Root of the prepared data a data stage produced.
+pub fn data_root(run: &Path, data_stage: &Stage) -> PathBuf {
+    run.join(&data_stage.dir).join("tokens")
+}
+
+fn copy_dir_files(from: &Path, to: &Path) -> Result<()> {
+    std::fs::create_dir_all(to)?;
+    for e in std::fs::read_dir(from).with_context(|| format!("reading {}", from.display()))? {
+        let e = e?;
+        let name = e.file_name().to_string_lossy().to_string();
+        let keep = name == "config.json"
+            || name == "tokenizer.json"
+            || name.ends_with(".safetensors")
+            || name == "model.safetensors.index.json";
+        if keep && e.path().is_file() {
+            std::fs::copy(e.path(), to.join(&name))?;
+        }
+    }
+    Ok(())
+}
+
+pub fn run(a: Args, dev: &Device) -> Result<()> {
+    let plan = Plan::load(&a.run)?;
+    let stage = plan.stage(&a.name)?.clone();
+    let dir = a.run.join(&stage.dir);
+    for d in &stage.deps {
+        let ds = plan.stage(d)?;
+        if !manifest::is_done(&a.run.join(&ds.dir), &ds.fingerprint) {
+            bail!(
+                "stage {:?} needs {d:?}, which has not finished\nhint: run `btx run` on the recipe, or `btx stage {d} --run {}` first",
+                stage.name,
+                a.run.display()
+            );
+        }
+    }
+    std::fs::create_dir_all(&dir)?;
+    if let Some(s) = manifest::read_started(&dir) {
+        if s.fingerprint != stage.fingerprint {
+            bail!(
+                "{} holds a stage with another configuration (fingerprint {} vs {})\nhint: `btx run` clears stale stages; do not run `btx stage` on them by hand",
+                dir.display(),
+                s.fingerprint,
+                stage.fingerprint
+            );
+        }
+    }
+    let started = Started {
+        stage: stage.name.clone(),
+        fingerprint: stage.fingerprint.clone(),
+        started_unix: manifest::now_unix(),
+        host: std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .unwrap_or_default()
+            .trim()
+            .to_string(),
+        pid: std::process::id(),
+    };
+    std::fs::write(
+        dir.join(manifest::STARTED),
+        serde_json::to_string_pretty(&started)?,
+    )?;
+    tracing::info!(
+        "stage {} ({}) in {}",
+        stage.name,
+        stage.fingerprint,
+        dir.display()
+    );
+    let t0 = std::time::Instant::now();
+    let (mut compute, outputs) = execute(&plan, &stage, &a.run, &dir, dev)?;
+    compute.wall_seconds = compute.wall_seconds.max(t0.elapsed().as_secs_f64());
+    let inputs: BTreeMap<String, String> = stage
+        .deps
+        .iter()
+        .map(|d| {
+            (
+                d.clone(),
+                plan.stage(d)
+                    .map(|s| s.fingerprint.clone())
+                    .unwrap_or_default(),
+            )
+        })
+        .collect();
+    let m = Manifest {
+        stage: stage.name.clone(),
+        fingerprint: stage.fingerprint.clone(),
+        inputs,
+        config: serde_json::to_value(&stage.kind)?,
+        compute,
+        outputs,
+        btx_version: env!("CARGO_PKG_VERSION").into(),
+        finished_unix: manifest::now_unix(),
+    };
+    manifest::finish(&dir, &m)?;
+    tracing::info!(
+        "stage {} done in {:.1}s",
+        stage.name,
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn params_compute(cfg: &ModelConfig) -> Compute {
+    Compute {
+        total_params: cfg.total_params() as u64,
+        active_params: cfg.active_params() as u64,
+        ..Default::default()
+    }
+}
+
+fn mix_options(spec: &MixSpec, init: RouterInit, generalist: bool) -> MixOptions {
+    MixOptions {
+        generalist,
+        weights: (!spec.weights.is_empty()).then(|| spec.weights.clone()),
+        router_init: init,
+        split: spec.split,
+        blend: spec.blend,
+        top_k: spec.top_k,
+        routing: spec.routing.clone(),
+    }
+}
+
+fn simple_init(spec: &MixSpec, seed: u64) -> Result<Option<RouterInit>> {
+    Ok(match spec.router_init.as_str() {
+        "random" => Some(RouterInit::Random {
+            std: spec.router_std,
+            seed,
+        }),
+        "zero" => Some(RouterInit::Zero),
+        "domain-mean" => None,
+        other => bail!("mix.router_init {other:?}: random, zero or domain-mean"),
+    })
+}
+
+fn execute(
+    plan: &Plan,
+    stage: &Stage,
+    run: &Path,
+    dir: &Path,
+    dev: &Device,
+) -> Result<(Compute, serde_json::Value)> {
+    let model_out = dir.join("model");
+    let model_of = |name: &str| -> Result<PathBuf> { Ok(model_dir(run, plan.stage(name)?)) };
+    match &stage.kind {
+        StageKind::Data {
+            section,
+            base,
+            tokenizer_from,
+        } => {
+            let root = data_root(run, stage);
+            match (&section.dir, &section.prepare) {
+                (Some(d), None) => {
+                    let d = if d.is_absolute() {
+                        d.clone()
+                    } else {
+                        base.join(d)
+                    };
+                    DataDir::open(&d)?;
+                    let _ = std::fs::remove_file(&root);
+                    std::os::unix::fs::symlink(&d, &root).with_context(|| {
+                        format!("linking {} to {}", root.display(), d.display())
+                    })?;
+                }
+                (None, Some(p)) => {
+                    let mut p = p.clone();
+                    if let Some(from) = tokenizer_from {
+                        p.tokenizer.path = Some(model_of(from)?.join("tokenizer.json"));
+                    }
+                    prepare(&p, base, &root).context("preparing data")?;
+                }
+                _ => bail!("[data] needs exactly one of dir or prepare"),
+            }
+            let m = DataDir::open(&root)?.manifest;
+            Ok((Compute::default(), serde_json::to_value(&m.domains)?))
+        }
+        StageKind::SeedCopy { path } => {
+            let cfg = ModelConfig::load(&path.join("config.json"))?;
+            copy_dir_files(path, &model_out)?;
+            Model::load(&model_out, &Device::flex())
+                .with_context(|| format!("the seed in {} does not load", path.display()))?;
+            if !model_out.join("tokenizer.json").exists() {
+                bail!(
+                    "{} has no tokenizer.json\nhint: BTX needs the seed's tokenizer to prepare data",
+                    path.display()
+                );
+            }
+            Ok((params_compute(&cfg), json!({"source": path})))
+        }
+        StageKind::SeedGguf { path } => {
+            let cfg = btx_data::gguf_import::import_gguf(path, &model_out)?;
+            Ok((params_compute(&cfg), json!({"source": path})))
+        }
+        StageKind::Train { from, spec, data } => {
+            let data_dir = DataDir::open(&data_root(run, plan.stage(data)?))?;
+            let tok = data_dir.tokenizer()?;
+            let init = match (from, &spec.init) {
+                (Some(f), _) => Model::load(&model_of(f)?, &Device::flex())
+                    .with_context(|| format!("loading the output of {f}"))?,
+                (None, Some(shape)) => {
+                    let cfg = shape.to_config(tok.vocab_size(), Some(tok.eos_id()))?;
+                    Model::init(&cfg, spec.train.seed, &Device::flex())?
+                }
+                (None, None) => bail!("a new model needs an init shape"),
+            };
+            let cfg = init.cfg.clone();
+            let tc = spec.trainer();
+            let mix = MixConfig {
+                weights: spec.weights.clone(),
+                split: None,
+            };
+            let mut source = Mixture::new(
+                &data_dir,
+                &mix,
+                tc.train.batch_size,
+                tc.train.seq_len,
+                tc.train.seed,
+            )?;
+            let opts = TrainOpts {
+                device: dev.clone(),
+                resume: true,
+                progress: true,
+                label: stage.name.clone(),
+                max_steps_this_run: None,
+            };
+            let out = train(init, &mut source, &tc, dir, &opts)?;
+            if out.stopped_early {
+                eprintln!(
+                    "{}: stopped at step {} with a checkpoint",
+                    stage.name, out.steps
+                );
+                std::process::exit(EXIT_STOPPED);
+            }
+            tok.save(&out.model_dir.join("tokenizer.json"))?;
+            let mut c = params_compute(&cfg);
+            c.train_tokens = out.tokens;
+            c.train_flops = out.tokens as f64 * cfg.train_flops_per_token(tc.train.seq_len);
+            c.wall_seconds = out.wall_s;
+            c.tokens_per_s = out.tokens as f64 / out.wall_s.max(1e-9);
+            Ok((c, json!({"final_loss": out.final_loss, "steps": out.steps})))
+        }
+        StageKind::Mix {
+            seed,
+            experts,
+            domains,
+            spec,
+            data,
+        } => {
+            let expert_dirs = experts
+                .iter()
+                .map(|e| model_of(e))
+                .collect::<Result<Vec<_>>>()?;
+            let init = match simple_init(spec, 0)? {
+                Some(i) => i,
+                None => domain_mean_init(
+                    &expert_dirs,
+                    domains,
+                    plan.generalist,
+                    &data_root(run, plan.stage(data)?),
+                    spec.router_scale,
+                    spec.split,
+                )?,
+            };
+            let opts = mix_options(spec, init, plan.generalist);
+            let s = mix(&model_of(seed)?, &expert_dirs, &opts, &model_out)?;
+            let cfg = ModelConfig::load(&model_out.join("config.json"))?;
+            let mut c = params_compute(&cfg);
+            c.wall_seconds = s.seconds;
+            Ok((c, serde_json::to_value(&s)?))
+        }
+        StageKind::Upcycle {
+            seed,
+            num_experts,
+            spec,
+        } => {
+            let init = simple_init(spec, 1)?.context("upcycling uses a random or zero router")?;
+            let s = upcycle(
+                &model_of(seed)?,
+                *num_experts,
+                &mix_options(spec, init, false),
+                &model_out,
+            )?;
+            let cfg = ModelConfig::load(&model_out.join("config.json"))?;
+            let mut c = params_compute(&cfg);
+            c.wall_seconds = s.seconds;
+            Ok((c, serde_json::to_value(&s)?))
+        }
+        StageKind::Average { models } => {
+            let dirs = models
+                .iter()
+                .map(|m| model_of(m))
+                .collect::<Result<Vec<_>>>()?;
+            let s = average(&dirs, None, &model_out)?;
+            let cfg = ModelConfig::load(&model_out.join("config.json"))?;
+            let mut c = params_compute(&cfg);
+            c.wall_seconds = s.seconds;
+            Ok((c, serde_json::to_value(&s)?))
+        }
+    }
+}

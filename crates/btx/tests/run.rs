@@ -1,0 +1,258 @@
+//! `btx run`: the whole pipeline on a tiny recipe; finished stages are skipped, changed ones
+//! (and only those and their dependents) are redone, a killed expert does not stop its siblings
+//! and resumes from its checkpoint on the next run with the same final weights.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const RECIPE: &str = r#"
+name = "tiny"
+[data.prepare]
+seed = 1
+[data.prepare.tokenizer]
+vocab_size = 400
+[[data.prepare.domains]]
+name = "math"
+builtin = "math"
+docs = 200
+tasks = 5
+[[data.prepare.domains]]
+name = "code"
+builtin = "code"
+docs = 200
+tasks = 5
+[[data.prepare.domains]]
+name = "general"
+builtin = "general"
+docs = 200
+tasks = 5
+
+[seed.pretrain.init]
+hidden_size = 32
+intermediate_size = 64
+num_layers = 2
+num_heads = 2
+max_position_embeddings = 64
+[seed.pretrain.optim]
+warmup_steps = 2
+[seed.pretrain.train]
+steps = 10
+batch_size = 4
+seq_len = 32
+checkpoint_every = 5
+
+[experts]
+domains = ["math", "code"]
+[experts.optim]
+warmup_steps = 2
+[experts.train]
+steps = 10
+batch_size = 4
+seq_len = 32
+checkpoint_every = 2
+
+[finetune]
+weights = { math = 0.4, code = 0.4, general = 0.2 }
+[finetune.optim]
+warmup_steps = 2
+[finetune.train]
+steps = 6
+batch_size = 4
+seq_len = 32
+checkpoint_every = 3
+
+[baselines]
+dense = "data-matched"
+upcycle = "data-matched"
+merge_avg = true
+"#;
+
+fn tmp(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("btx-run-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::write(d.join("recipe.toml"), RECIPE).unwrap();
+    d
+}
+
+fn btx_run(dir: &Path, out: &str, sets: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_btx"));
+    c.args(["--threads", "2", "run"])
+        .arg(dir.join("recipe.toml"))
+        .arg("--out")
+        .arg(dir.join(out))
+        .args(["--jobs", "2"])
+        .env("BTX_LOG", "warn");
+    for s in sets {
+        c.args(["--set", s]);
+    }
+    c
+}
+
+fn ok(o: Output) -> String {
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(o.status.success(), "btx run failed:\n{text}");
+    text
+}
+
+/// When a stage last finished (its manifest's modification time).
+fn finished_at(run: &Path, stage_dir: &str) -> std::time::SystemTime {
+    std::fs::metadata(run.join(stage_dir).join("manifest.json"))
+        .and_then(|m| m.modified())
+        .expect("stage finished")
+}
+
+const STAGES: [(&str, &str); 10] = [
+    ("data", "data"),
+    ("seed", "seed"),
+    ("expert:math", "experts/math"),
+    ("expert:code", "experts/code"),
+    ("mix:btx", "mix/btx"),
+    ("finetune:btx", "finetune/btx"),
+    ("baseline:dense", "baselines/dense"),
+    ("upcycle", "upcycle"),
+    ("baseline:upcycle-data", "baselines/upcycle-data"),
+    ("baseline:merge-avg", "baselines/merge-avg"),
+];
+
+#[test]
+fn runs_skips_finished_stages_and_redoes_only_what_changed() {
+    let d = tmp("skip");
+    let run = d.join("run");
+    ok(btx_run(&d, "run", &[]).output().unwrap());
+    for (name, dir) in STAGES {
+        assert!(run.join(dir).join("DONE").is_file(), "{name} has no DONE");
+        let m: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(run.join(dir).join("manifest.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(m["stage"], name);
+    }
+    // The finetuned model is a Mixtral with 3 experts (2 domains + generalist), top-2.
+    let cfg = btx_model::ModelConfig::load(&run.join("finetune/btx/model/config.json")).unwrap();
+    assert_eq!(
+        cfg.moe.as_ref().map(|m| (m.num_experts, m.top_k)),
+        Some((3, 2))
+    );
+    // Compute accounting: the data-matched dense baseline trains on as many tokens as BTX.
+    let tokens = |dir: &str| -> u64 {
+        let m: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(run.join(dir).join("manifest.json")).unwrap(),
+        )
+        .unwrap();
+        m["compute"]["train_tokens"].as_u64().unwrap()
+    };
+    let btx = tokens("experts/math") + tokens("experts/code") + tokens("finetune/btx");
+    assert_eq!(tokens("baselines/dense"), btx);
+    assert_eq!(tokens("baselines/upcycle-data"), btx);
+
+    let before: Vec<_> = STAGES
+        .iter()
+        .map(|(_, dir)| finished_at(&run, dir))
+        .collect();
+    let text = ok(btx_run(&d, "run", &[]).output().unwrap());
+    assert!(text.contains("0 to run"), "{text}");
+    let after: Vec<_> = STAGES
+        .iter()
+        .map(|(_, dir)| finished_at(&run, dir))
+        .collect();
+    assert_eq!(before, after, "a finished stage ran again");
+
+    // Change one expert: it and everything downstream of it (or of the BTX budget) redo.
+    ok(btx_run(&d, "run", &["experts.override.math.train.steps=6"])
+        .output()
+        .unwrap());
+    let redone: Vec<&str> = STAGES
+        .iter()
+        .zip(&before)
+        .filter(|((_, dir), b)| finished_at(&run, dir) != **b)
+        .map(|((n, _), _)| *n)
+        .collect();
+    assert_eq!(
+        redone,
+        vec![
+            "expert:math",
+            "mix:btx",
+            "finetune:btx",
+            "baseline:dense",
+            "baseline:upcycle-data",
+            "baseline:merge-avg"
+        ]
+    );
+}
+
+fn read_pid(run: &Path, dir: &str) -> Option<i32> {
+    let text = std::fs::read_to_string(run.join(dir).join("stage.json")).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    v["pid"].as_i64().map(|p| p as i32)
+}
+
+#[test]
+fn a_killed_expert_does_not_stop_its_siblings_and_resumes_next_run() {
+    let d = tmp("kill");
+    let sets = ["experts.override.math.train.steps=40"];
+    // Reference: an uninterrupted run.
+    ok(btx_run(&d, "ref", &sets).output().unwrap());
+    let run = d.join("run");
+    let child = btx_run(&d, "run", &sets)
+        .env("BTX_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    let metrics = run.join("experts/math/metrics.jsonl");
+    loop {
+        let lines = std::fs::read_to_string(&metrics).map_or(0, |s| s.lines().count());
+        if lines >= 9 {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "expert:math never got going"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let pid = read_pid(&run, "experts/math").expect("stage.json has the pid");
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
+    }
+    let out = child.wait_with_output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("FAILED") && text.contains("expert:math"),
+        "{text}"
+    );
+    // The sibling finished; what needs the killed expert did not run.
+    assert!(run.join("experts/code/DONE").is_file(), "{text}");
+    assert!(!run.join("mix/btx/DONE").exists());
+    assert!(
+        run.join("baselines/dense/DONE").is_file(),
+        "independent stages still ran:\n{text}"
+    );
+    // Next run: the expert resumes from its newest checkpoint and everything completes.
+    ok(btx_run(&d, "run", &sets)
+        .env("BTX_LOG", "info")
+        .output()
+        .unwrap());
+    let log = std::fs::read_to_string(run.join("experts/math/log.txt")).unwrap();
+    assert!(log.contains("resuming from"), "{log}");
+    for dir in ["experts/math", "finetune/btx"] {
+        let a = std::fs::read(d.join("ref").join(dir).join("model/model.safetensors")).unwrap();
+        let b = std::fs::read(run.join(dir).join("model/model.safetensors")).unwrap();
+        assert!(
+            a == b,
+            "{dir}: interrupted run differs from the uninterrupted one"
+        );
+    }
+}
