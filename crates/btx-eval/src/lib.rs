@@ -1,5 +1,11 @@
-//! `btx-eval`: how good is a model on each domain.
+//! `btx-eval`: how good is a model on each domain — held-out loss, exact-match tasks,
+//! Branch-Train-Merge ensembles, routing analysis, plots and the report.
 
-pub mod loss;
+pub mod evaluate;
+pub mod lm;
+pub mod plots;
+pub mod report;
+pub mod routing;
 
-pub use loss::{domain_loss, LossResult};
+pub use evaluate::{evaluate, EvalResult, EvalSpec};
+pub use lm::{Ensemble, Lm, Weighting};

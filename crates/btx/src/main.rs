@@ -5,6 +5,7 @@ mod manifest;
 mod overrides;
 mod plan;
 mod recipe;
+mod report;
 mod runner;
 mod runtime;
 mod stage;

@@ -11,6 +11,7 @@ use sha2::{Digest, Sha256};
 
 use crate::cmd::train::DataSection;
 use crate::recipe::{MixSpec, Recipe, TrainSpec};
+use btx_eval::Weighting;
 
 pub const PLAN_FILE: &str = "plan.json";
 /// Bumped when a stage's behaviour changes in a way old outputs should not survive.
@@ -43,15 +44,28 @@ pub enum StageKind {
         domains: Vec<String>,
         spec: MixSpec,
         data: String,
+        router_seed: u64,
     },
     /// Sparse upcycling of the seed.
     Upcycle {
         seed: String,
         num_experts: usize,
         spec: MixSpec,
+        router_seed: u64,
     },
     /// Weight average of dense models.
     Average { models: Vec<String> },
+    /// Evaluate one method: a model, or an ensemble of models (BTM).
+    Eval {
+        method: String,
+        models: Vec<String>,
+        ensemble: Option<Weighting>,
+        data: String,
+        spec: btx_eval::EvalSpec,
+        routing: bool,
+    },
+    /// `report.md`, `results.json` and `plots/` at the top of the run directory.
+    Report,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -87,6 +101,7 @@ pub struct Plan {
     /// Finetune variants, the first is "the" BTX model.
     pub variants: Vec<String>,
     pub generalist: bool,
+    pub replicas: usize,
 }
 
 fn fingerprint(kind: &StageKind, dep_fps: &[&str]) -> String {
@@ -151,30 +166,60 @@ pub fn moe_config(seed: &ModelConfig, n_models: usize, m: &MixSpec) -> ModelConf
     c
 }
 
+/// The method name a stage's model is reported under.
+pub fn method_of(stage: &str, primary_variant: &str) -> String {
+    let base = stage.split('@').next().unwrap_or(stage);
+    if let Some(v) = base.strip_prefix("finetune:") {
+        return if v == primary_variant {
+            "btx".into()
+        } else {
+            format!("btx:{v}")
+        };
+    }
+    base.strip_prefix("baseline:").unwrap_or(base).to_string()
+}
+
+/// Adds stages, computing each fingerprint from its kind and its dependencies'.
+struct Builder {
+    stages: Vec<Stage>,
+}
+
+impl Builder {
+    fn push(&mut self, name: String, dir: String, deps: Vec<String>, kind: StageKind, heavy: bool) {
+        let fps: Vec<String> = deps
+            .iter()
+            .map(|d| {
+                self.stages
+                    .iter()
+                    .find(|s| &s.name == d)
+                    .map(|s| s.fingerprint.clone())
+                    .expect("dependencies are planned first")
+            })
+            .collect();
+        let fp = fingerprint(&kind, &fps.iter().map(String::as_str).collect::<Vec<_>>());
+        self.stages.push(Stage {
+            name,
+            dir,
+            deps,
+            kind,
+            fingerprint: fp,
+            heavy,
+        });
+    }
+}
+
+/// A stage name's replica suffix and directory prefix.
+fn replica_tags(r: usize) -> (String, String) {
+    if r == 0 {
+        (String::new(), String::new())
+    } else {
+        (format!("@{r}"), format!("replicas/{r}/"))
+    }
+}
+
 impl Plan {
     pub fn from_recipe(r: &Recipe, base: &Path) -> Result<Self> {
-        let mut stages: Vec<Stage> = vec![];
-        let mut push = |name: &str, dir: &str, deps: Vec<String>, kind: StageKind, heavy: bool| {
-            let fps: Vec<String> = deps
-                .iter()
-                .map(|d| {
-                    stages
-                        .iter()
-                        .find(|s| &s.name == d)
-                        .map(|s| s.fingerprint.clone())
-                        .expect("dependencies are planned first")
-                })
-                .collect();
-            let fp = fingerprint(&kind, &fps.iter().map(String::as_str).collect::<Vec<_>>());
-            stages.push(Stage {
-                name: name.into(),
-                dir: dir.into(),
-                deps,
-                kind,
-                fingerprint: fp,
-                heavy,
-            });
-        };
+        let mut b = Builder { stages: vec![] };
         let abs = |p: &Path| {
             if p.is_absolute() {
                 p.to_path_buf()
@@ -184,22 +229,21 @@ impl Plan {
         };
         // Seed and data: an imported seed brings its tokenizer, so it goes first; a pretrained
         // seed needs the data (and its trained tokenizer) first.
-        let imported = r.seed.pretrain.is_none();
-        if imported {
+        if r.seed.pretrain.is_none() {
             let kind = match (&r.seed.path, &r.seed.gguf) {
                 (Some(p), _) => StageKind::SeedCopy { path: abs(p) },
                 (_, Some(g)) => StageKind::SeedGguf { path: abs(g) },
                 _ => unreachable!("validated"),
             };
-            push("seed", "seed", vec![], kind, false);
+            b.push("seed".into(), "seed".into(), vec![], kind, false);
             let uses_seed_tok = r
                 .data
                 .prepare
                 .as_ref()
                 .is_some_and(|p| p.tokenizer.path.is_none());
-            push(
-                "data",
-                "data",
+            b.push(
+                "data".into(),
+                "data".into(),
                 if uses_seed_tok {
                     vec!["seed".into()]
                 } else {
@@ -213,9 +257,9 @@ impl Plan {
                 false,
             );
         } else {
-            push(
-                "data",
-                "data",
+            b.push(
+                "data".into(),
+                "data".into(),
                 vec![],
                 StageKind::Data {
                     section: r.data.clone(),
@@ -224,62 +268,13 @@ impl Plan {
                 },
                 false,
             );
-            let spec = r.seed.pretrain.clone().expect("validated");
-            push(
-                "seed",
-                "seed",
+            b.push(
+                "seed".into(),
+                "seed".into(),
                 vec!["data".into()],
                 StageKind::Train {
                     from: None,
-                    spec,
-                    data: "data".into(),
-                },
-                true,
-            );
-        }
-        let domains = r.experts.domains.clone();
-        let mut expert_stages = vec![];
-        for d in &domains {
-            let name = format!("expert:{d}");
-            push(
-                &name,
-                &format!("experts/{d}"),
-                vec!["seed".into(), "data".into()],
-                StageKind::Train {
-                    from: Some("seed".into()),
-                    spec: r.expert_spec(d)?,
-                    data: "data".into(),
-                },
-                true,
-            );
-            expert_stages.push(name);
-        }
-        let ft = r.finetune.spec();
-        let variants = r.variants();
-        for v in &variants {
-            let mix_name = format!("mix:{}", v.name);
-            let mut deps = vec!["seed".to_string(), "data".to_string()];
-            deps.extend(expert_stages.iter().cloned());
-            push(
-                &mix_name,
-                &format!("mix/{}", v.name),
-                deps,
-                StageKind::Mix {
-                    seed: "seed".into(),
-                    experts: expert_stages.clone(),
-                    domains: domains.clone(),
-                    spec: v.mix(&r.mix),
-                    data: "data".into(),
-                },
-                false,
-            );
-            push(
-                &format!("finetune:{}", v.name),
-                &format!("finetune/{}", v.name),
-                vec![mix_name.clone(), "data".into()],
-                StageKind::Train {
-                    from: Some(mix_name),
-                    spec: v.finetune(&ft),
+                    spec: r.seed.pretrain.clone().expect("validated"),
                     data: "data".into(),
                 },
                 true,
@@ -287,9 +282,12 @@ impl Plan {
         }
 
         // Budgets of the primary variant, for matched baselines.
+        let domains = r.experts.domains.clone();
+        let ft = r.finetune.spec();
+        let variants = r.variants();
+        let primary = &variants[0];
         let seed_cfg = seed_config(r, base)?;
         let n_models = domains.len() + r.mix.generalist as usize;
-        let primary = &variants[0];
         let moe_cfg = moe_config(&seed_cfg, n_models, &primary.mix(&r.mix));
         let ft_spec = primary.finetune(&ft);
         let mut budget = Budget::default();
@@ -309,96 +307,224 @@ impl Plan {
             "data" => steps_for(budget.btx_tokens as f64),
             _ => steps_for(budget.btx_flops / cfg.train_flops_per_token(seq)),
         };
-        let dense_list = r.baselines.dense.list();
-        for m in &dense_list {
-            let mut spec = ft.clone();
-            spec.moe = Default::default();
-            spec.train.steps = matched(m, &seed_cfg);
-            let suffix = if dense_list.len() > 1 {
-                format!("-{m}")
-            } else {
-                String::new()
-            };
-            push(
-                &format!("baseline:dense{suffix}"),
-                &format!("baselines/dense{suffix}"),
-                vec!["seed".into(), "data".into()],
-                StageKind::Train {
-                    from: Some("seed".into()),
-                    spec,
-                    data: "data".into(),
-                },
-                true,
-            );
-        }
-        let up_list = r.baselines.upcycle.list();
-        if !up_list.is_empty() {
-            let mut spec = primary.mix(&r.mix);
-            spec.router_init = "random".into();
+        let up_cfg = {
+            let mut c = seed_cfg.clone();
+            let pm = primary.mix(&r.mix);
             let n = moe_cfg.num_experts();
-            push(
-                "upcycle",
-                "upcycle",
-                vec!["seed".into()],
-                StageKind::Upcycle {
-                    seed: "seed".into(),
-                    num_experts: n,
-                    spec: MixSpec {
-                        split: 1,
-                        blend: false,
-                        ..spec
-                    },
+            c.moe = Some(MoeConfig {
+                num_experts: n,
+                top_k: pm.top_k.min(n),
+                routing: pm.routing,
+            });
+            c
+        };
+
+        let eval = |b: &mut Builder,
+                    method: &str,
+                    sfx: &str,
+                    models: Vec<String>,
+                    ensemble: Option<Weighting>| {
+            let mut deps = models.clone();
+            deps.push("data".into());
+            b.push(
+                format!("eval:{method}{sfx}"),
+                format!("eval/{}{}", method.replace(':', "-"), sfx.replace('@', "-")),
+                deps,
+                StageKind::Eval {
+                    method: method.into(),
+                    models,
+                    ensemble,
+                    data: "data".into(),
+                    spec: r.eval.spec(),
+                    routing: r.eval.routing,
                 },
                 false,
             );
-            let up_cfg = {
-                let mut c = seed_cfg.clone();
-                c.moe = Some(MoeConfig {
-                    num_experts: n,
-                    top_k: primary.mix(&r.mix).top_k.min(n),
-                    routing: primary.mix(&r.mix).routing,
-                });
-                c
+        };
+        eval(&mut b, "seed", "", vec!["seed".into()], None);
+
+        for rep in 0..r.replicas {
+            let (sfx, pre) = replica_tags(rep);
+            let reseed = |mut s: TrainSpec| {
+                s.train.seed += 1000 * rep as u64;
+                s
             };
-            for m in &up_list {
-                let mut spec = ft_spec.clone();
-                spec.train.freeze.clear();
-                spec.train.steps = matched(m, &up_cfg);
-                push(
-                    &format!("baseline:upcycle-{m}"),
-                    &format!("baselines/upcycle-{m}"),
-                    vec!["upcycle".into(), "data".into()],
+            let mut expert_stages = vec![];
+            for d in &domains {
+                let name = format!("expert:{d}{sfx}");
+                b.push(
+                    name.clone(),
+                    format!("{pre}experts/{d}"),
+                    vec!["seed".into(), "data".into()],
                     StageKind::Train {
-                        from: Some("upcycle".into()),
-                        spec,
+                        from: Some("seed".into()),
+                        spec: reseed(r.expert_spec(d)?),
                         data: "data".into(),
                     },
                     true,
                 );
+                eval(
+                    &mut b,
+                    &format!("expert:{d}"),
+                    &sfx,
+                    vec![name.clone()],
+                    None,
+                );
+                expert_stages.push(name);
             }
-        }
-        if r.baselines.merge_avg {
-            let mut models = expert_stages.clone();
-            let mut deps = expert_stages.clone();
+            for v in &variants {
+                let mix_name = format!("mix:{}{sfx}", v.name);
+                let mut deps = vec!["seed".to_string(), "data".to_string()];
+                deps.extend(expert_stages.iter().cloned());
+                b.push(
+                    mix_name.clone(),
+                    format!("{pre}mix/{}", v.name),
+                    deps,
+                    StageKind::Mix {
+                        seed: "seed".into(),
+                        experts: expert_stages.clone(),
+                        domains: domains.clone(),
+                        spec: v.mix(&r.mix),
+                        data: "data".into(),
+                        router_seed: rep as u64,
+                    },
+                    false,
+                );
+                let ft_name = format!("finetune:{}{sfx}", v.name);
+                b.push(
+                    ft_name.clone(),
+                    format!("{pre}finetune/{}", v.name),
+                    vec![mix_name.clone(), "data".into()],
+                    StageKind::Train {
+                        from: Some(mix_name),
+                        spec: reseed(v.finetune(&ft)),
+                        data: "data".into(),
+                    },
+                    true,
+                );
+                eval(
+                    &mut b,
+                    &method_of(&ft_name, &primary.name),
+                    &sfx,
+                    vec![ft_name.clone()],
+                    None,
+                );
+            }
+            let dense_list = r.baselines.dense.list();
+            for m in &dense_list {
+                let mut spec = ft.clone();
+                spec.moe = Default::default();
+                spec.train.steps = matched(m, &seed_cfg);
+                let tag = if dense_list.len() > 1 {
+                    format!("dense-{m}")
+                } else {
+                    "dense".into()
+                };
+                let name = format!("baseline:{tag}{sfx}");
+                b.push(
+                    name.clone(),
+                    format!("{pre}baselines/{tag}"),
+                    vec!["seed".into(), "data".into()],
+                    StageKind::Train {
+                        from: Some("seed".into()),
+                        spec: reseed(spec),
+                        data: "data".into(),
+                    },
+                    true,
+                );
+                eval(&mut b, &tag, &sfx, vec![name], None);
+            }
+            let up_list = r.baselines.upcycle.list();
+            if !up_list.is_empty() {
+                let mut spec = primary.mix(&r.mix);
+                spec.router_init = "random".into();
+                let up_name = format!("upcycle{sfx}");
+                b.push(
+                    up_name.clone(),
+                    format!("{pre}upcycle"),
+                    vec!["seed".into()],
+                    StageKind::Upcycle {
+                        seed: "seed".into(),
+                        num_experts: moe_cfg.num_experts(),
+                        spec: MixSpec {
+                            split: 1,
+                            blend: false,
+                            ..spec
+                        },
+                        router_seed: rep as u64,
+                    },
+                    false,
+                );
+                for m in &up_list {
+                    let mut spec = ft_spec.clone();
+                    spec.train.freeze.clear();
+                    spec.train.steps = matched(m, &up_cfg);
+                    let tag = format!("upcycle-{m}");
+                    let name = format!("baseline:{tag}{sfx}");
+                    b.push(
+                        name.clone(),
+                        format!("{pre}baselines/{tag}"),
+                        vec![up_name.clone(), "data".into()],
+                        StageKind::Train {
+                            from: Some(up_name.clone()),
+                            spec: reseed(spec),
+                            data: "data".into(),
+                        },
+                        true,
+                    );
+                    eval(&mut b, &tag, &sfx, vec![name], None);
+                }
+            }
+            let mut members = expert_stages.clone();
             if r.mix.generalist {
-                models.push("seed".into());
-                deps.push("seed".into());
+                members.push("seed".into());
             }
-            push(
-                "baseline:merge-avg",
-                "baselines/merge-avg",
-                deps,
-                StageKind::Average { models },
-                false,
-            );
+            if r.baselines.merge_avg {
+                let name = format!("baseline:merge-avg{sfx}");
+                b.push(
+                    name.clone(),
+                    format!("{pre}baselines/merge-avg"),
+                    members.clone(),
+                    StageKind::Average {
+                        models: members.clone(),
+                    },
+                    false,
+                );
+                eval(&mut b, "merge-avg", &sfx, vec![name], None);
+            }
+            if r.eval.btm {
+                for k in [1usize, 2] {
+                    eval(
+                        &mut b,
+                        &format!("btm-top{k}"),
+                        &sfx,
+                        members.clone(),
+                        Some(Weighting::Posterior { top_k: k }),
+                    );
+                }
+            }
         }
+        let evals: Vec<String> = b
+            .stages
+            .iter()
+            .filter(|s| s.name.starts_with("eval:"))
+            .map(|s| s.name.clone())
+            .collect();
+        b.push(
+            "report".into(),
+            "report".into(),
+            evals,
+            StageKind::Report,
+            false,
+        );
         Ok(Plan {
             name: r.name.clone(),
-            stages,
+            stages: b.stages,
             budget,
             domains,
             variants: variants.iter().map(|v| v.name.clone()).collect(),
             generalist: r.mix.generalist,
+            replicas: r.replicas,
         })
     }
 

@@ -266,6 +266,69 @@ impl Default for BaselinesSection {
     }
 }
 
+fn d_true() -> bool {
+    true
+}
+
+/// `[eval]`: what every method is evaluated on (see btx_eval::EvalSpec for the fields).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvalSection {
+    #[serde(default = "EvalSection::d_seq")]
+    pub seq_len: usize,
+    #[serde(default = "EvalSection::d_windows")]
+    pub windows: usize,
+    #[serde(default = "EvalSection::d_batch")]
+    pub batch: usize,
+    #[serde(default = "EvalSection::d_tasks")]
+    pub tasks: usize,
+    #[serde(default = "EvalSection::d_task_batch")]
+    pub task_batch: usize,
+    #[serde(default)]
+    pub shots: usize,
+    /// Evaluate Branch-Train-Merge ensembles (top-1 and top-2). Default true.
+    #[serde(default = "d_true")]
+    pub btm: bool,
+    /// Routing analysis of MoE models. Default true.
+    #[serde(default = "d_true")]
+    pub routing: bool,
+}
+
+impl EvalSection {
+    fn d_seq() -> usize {
+        256
+    }
+    fn d_windows() -> usize {
+        32
+    }
+    fn d_batch() -> usize {
+        8
+    }
+    fn d_tasks() -> usize {
+        100
+    }
+    fn d_task_batch() -> usize {
+        32
+    }
+
+    pub fn spec(&self) -> btx_eval::EvalSpec {
+        btx_eval::EvalSpec {
+            seq_len: self.seq_len,
+            windows: self.windows,
+            batch: self.batch,
+            tasks: self.tasks,
+            task_batch: self.task_batch,
+            shots: self.shots,
+        }
+    }
+}
+
+impl Default for EvalSection {
+    fn default() -> Self {
+        toml::from_str("").expect("defaults")
+    }
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Recipe {
@@ -280,6 +343,12 @@ pub struct Recipe {
     pub finetune: FinetuneSection,
     #[serde(default)]
     pub baselines: BaselinesSection,
+    #[serde(default)]
+    pub eval: EvalSection,
+    /// Repeat everything after the seed with this many training seeds (the report shows the
+    /// spread). Default 1.
+    #[serde(default = "Recipe::d_replicas")]
+    pub replicas: usize,
 }
 
 /// Overlays `over` onto `base` (tables merge key by key, other values replace).
@@ -300,6 +369,10 @@ pub fn deep_merge(base: &mut toml::Value, over: &toml::Value) {
 }
 
 impl Recipe {
+    fn d_replicas() -> usize {
+        1
+    }
+
     pub fn load(path: &Path, sets: &[String]) -> Result<(Self, toml::Value)> {
         let (r, raw): (Recipe, toml::Value) = crate::overrides::load(Some(path), sets)?;
         r.validate()?;
@@ -316,6 +389,9 @@ impl Recipe {
             if p.init.is_none() {
                 bail!("[seed.pretrain] needs an [seed.pretrain.init] model shape");
             }
+        }
+        if self.replicas == 0 {
+            bail!("replicas must be >= 1");
         }
         if self.experts.domains.is_empty() {
             bail!("[experts] domains is empty");

@@ -7,6 +7,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use btx_data::{prepare, DataDir, MixConfig, Mixture};
+use btx_eval::evaluate::MethodEval;
+use btx_eval::routing::analyze;
+use btx_eval::{evaluate, Ensemble};
 use btx_mix::{average, mix, upcycle, MixOptions, RouterInit};
 use btx_model::burn::prelude::Device;
 use btx_model::{Model, ModelConfig};
@@ -272,12 +275,13 @@ fn execute(
             domains,
             spec,
             data,
+            router_seed,
         } => {
             let expert_dirs = experts
                 .iter()
                 .map(|e| model_of(e))
                 .collect::<Result<Vec<_>>>()?;
-            let init = match simple_init(spec, 0)? {
+            let init = match simple_init(spec, *router_seed)? {
                 Some(i) => i,
                 None => domain_mean_init(
                     &expert_dirs,
@@ -299,8 +303,10 @@ fn execute(
             seed,
             num_experts,
             spec,
+            router_seed,
         } => {
-            let init = simple_init(spec, 1)?.context("upcycling uses a random or zero router")?;
+            let init = simple_init(spec, 1000 + router_seed)?
+                .context("upcycling uses a random or zero router")?;
             let s = upcycle(
                 &model_of(seed)?,
                 *num_experts,
@@ -311,6 +317,58 @@ fn execute(
             let mut c = params_compute(&cfg);
             c.wall_seconds = s.seconds;
             Ok((c, serde_json::to_value(&s)?))
+        }
+        StageKind::Eval {
+            method,
+            models,
+            ensemble,
+            data,
+            spec,
+            routing,
+        } => {
+            let data_dir = DataDir::open(&data_root(run, plan.stage(data)?))?;
+            let domains = data_dir.domains();
+            let loaded = models
+                .iter()
+                .map(|m| {
+                    let d = model_of(m)?;
+                    Model::load(&d, dev).with_context(|| format!("loading {}", d.display()))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let moe_model = loaded
+                .first()
+                .filter(|m| m.cfg.is_moe() && ensemble.is_none())
+                .cloned();
+            let result = match ensemble {
+                Some(w) => evaluate(&Ensemble::new(loaded, *w), &data_dir, &domains, spec)?,
+                None => evaluate(&loaded[0], &data_dir, &domains, spec)?,
+            };
+            let routing = match (moe_model, routing) {
+                (Some(m), true) => Some(analyze(
+                    &m,
+                    &data_dir,
+                    &domains,
+                    spec.seq_len,
+                    spec.windows,
+                    spec.batch,
+                    0.01,
+                )?),
+                _ => None,
+            };
+            let me = MethodEval {
+                method: method.clone(),
+                result,
+                routing,
+            };
+            std::fs::write(dir.join("eval.json"), serde_json::to_string_pretty(&me)?)?;
+            Ok((
+                Compute::default(),
+                json!({"method": method, "average": me.result.average}),
+            ))
+        }
+        StageKind::Report => {
+            crate::report::build(plan, run)?;
+            Ok((Compute::default(), json!({"report": run.join("report.md")})))
         }
         StageKind::Average { models } => {
             let dirs = models

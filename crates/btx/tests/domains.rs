@@ -70,7 +70,15 @@ fn a_model_trained_on_a_domain_is_best_on_that_domain() {
             .arg(out.join("model"))
             .arg("--data")
             .arg(&data)
-            .args(["--seq-len", "64", "--windows", "16", "--out"])
+            .args([
+                "--seq-len",
+                "64",
+                "--windows",
+                "16",
+                "--tasks",
+                "0",
+                "--out",
+            ])
             .arg(&ev)
             .output()
             .unwrap();
@@ -84,7 +92,7 @@ fn a_model_trained_on_a_domain_is_best_on_that_domain() {
         matrix.push(
             DOMAINS
                 .iter()
-                .map(|e| v["domains"][e]["loss"].as_f64().unwrap())
+                .map(|e| v["result"]["domains"][e]["loss"].as_f64().unwrap())
                 .collect::<Vec<_>>(),
         );
     }

@@ -1,65 +1,145 @@
-//! `btx eval --model DIR --data DIR --out eval.json`: held-out loss and perplexity per domain.
+//! `btx eval --model DIR [--model DIR ...] --data DIR --out eval.json`: held-out loss and
+//! perplexity per domain, task accuracy by greedy generation, routing analysis for MoE models,
+//! and Branch-Train-Merge ensembles of several models.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use btx_data::DataDir;
-use btx_eval::domain_loss;
+use btx_eval::evaluate::MethodEval;
+use btx_eval::routing::analyze;
+use btx_eval::{evaluate, Ensemble, EvalSpec, Weighting};
 use btx_model::burn::prelude::Device;
 use btx_model::Model;
-use serde_json::json;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Model directory.
-    #[arg(long)]
-    model: PathBuf,
-    /// Prepared data directory (its validation splits are used).
+    /// Model directory; several with --ensemble.
+    #[arg(long, required = true)]
+    model: Vec<PathBuf>,
+    /// Prepared data directory (validation splits and task sets).
     #[arg(long)]
     data: PathBuf,
+    /// Ensemble the models (BTM): posterior-top1, posterior-top2, ... or uniform.
+    #[arg(long)]
+    ensemble: Option<String>,
     /// Domains to evaluate (default: all in the data directory).
     #[arg(long)]
     domains: Vec<String>,
-    /// Tokens per evaluation window.
+    /// Tokens per loss window.
     #[arg(long, default_value_t = 256)]
     seq_len: usize,
-    /// Windows per domain at most.
-    #[arg(long, default_value_t = 64)]
+    /// Loss windows per domain at most.
+    #[arg(long, default_value_t = 32)]
     windows: usize,
     #[arg(long, default_value_t = 8)]
     batch: usize,
+    /// Tasks per domain at most (0: loss only).
+    #[arg(long, default_value_t = 100)]
+    tasks: usize,
+    /// Prompts generated together.
+    #[arg(long, default_value_t = 32)]
+    task_batch: usize,
+    /// k-shot: prepend k training documents of the domain to each prompt.
+    #[arg(long, default_value_t = 0)]
+    shots: usize,
+    /// Name of the method in the output.
+    #[arg(long, default_value = "model")]
+    name: String,
     /// Write the results here (JSON).
     #[arg(long)]
     out: Option<PathBuf>,
 }
 
+fn weighting(s: &str) -> Result<Weighting> {
+    if s == "uniform" {
+        return Ok(Weighting::Uniform);
+    }
+    if let Some(k) = s.strip_prefix("posterior-top") {
+        return Ok(Weighting::Posterior {
+            top_k: k.parse().context("posterior-topK needs a number")?,
+        });
+    }
+    bail!("--ensemble {s:?}: uniform or posterior-topK (e.g. posterior-top1)")
+}
+
 pub fn run(a: Args, dev: &Device) -> Result<()> {
     let data = DataDir::open(&a.data)?;
-    let model = Model::load(&a.model, dev)
-        .with_context(|| format!("loading model from {}", a.model.display()))?;
+    let models = a
+        .model
+        .iter()
+        .map(|m| Model::load(m, dev).with_context(|| format!("loading model from {}", m.display())))
+        .collect::<Result<Vec<_>>>()?;
     let domains = if a.domains.is_empty() {
         data.domains()
     } else {
         a.domains.clone()
     };
-    let mut res = BTreeMap::new();
+    let spec = EvalSpec {
+        seq_len: a.seq_len,
+        windows: a.windows,
+        batch: a.batch,
+        tasks: a.tasks,
+        task_batch: a.task_batch,
+        shots: a.shots,
+    };
+    let (result, routing) = match &a.ensemble {
+        Some(w) => (
+            evaluate(
+                &Ensemble::new(models, weighting(w)?),
+                &data,
+                &domains,
+                &spec,
+            )?,
+            None,
+        ),
+        None => {
+            if models.len() > 1 {
+                bail!("several --model need --ensemble");
+            }
+            let m = &models[0];
+            let r = evaluate(m, &data, &domains, &spec)?;
+            let routing = if m.cfg.is_moe() {
+                Some(analyze(
+                    m, &data, &domains, a.seq_len, a.windows, a.batch, 0.01,
+                )?)
+            } else {
+                None
+            };
+            (r, routing)
+        }
+    };
     println!(
         "{:<14} {:>8} {:>10} {:>9}",
-        "domain", "loss", "ppl", "tokens"
+        "domain", "loss", "ppl", "acc %"
     );
-    for d in &domains {
-        let shard = data.shard(d, "val")?;
-        let r = domain_loss(&model, &shard, a.seq_len, a.windows, a.batch);
+    for (d, e) in &result.domains {
         println!(
             "{:<14} {:>8.4} {:>10.2} {:>9}",
-            d, r.loss, r.perplexity, r.tokens
+            d,
+            e.loss,
+            e.perplexity,
+            e.accuracy
+                .map_or("-".into(), |x| format!("{:.1}", 100.0 * x))
         );
-        res.insert(d.clone(), r);
     }
+    println!(
+        "{:<14} {:>8.4} {:>10} {:>9}",
+        "average",
+        result.average.loss,
+        "",
+        result
+            .average
+            .accuracy
+            .map_or("-".into(), |x| format!("{:.1}", 100.0 * x))
+    );
     if let Some(out) = a.out {
-        let v = json!({"model": a.model, "data": a.data, "domains": res});
-        std::fs::write(&out, serde_json::to_string_pretty(&v)?)?;
+        let me = MethodEval {
+            method: a.name,
+            result,
+            routing,
+        };
+        std::fs::write(&out, serde_json::to_string_pretty(&me)?)?;
     }
     Ok(())
 }

@@ -1,0 +1,275 @@
+//! Per-domain evaluation of a model or ensemble: held-out loss / perplexity on the validation
+//! split, and exact-match accuracy on the domain's task set by greedy generation.
+
+use std::collections::BTreeMap;
+
+use btx_data::builtin::{score, Task};
+use btx_data::mixture::eval_windows;
+use btx_data::{DataDir, Tok};
+use serde::{Deserialize, Serialize};
+
+use crate::lm::Lm;
+
+fn d_seq() -> usize {
+    256
+}
+fn d_windows() -> usize {
+    32
+}
+fn d_batch() -> usize {
+    8
+}
+fn d_tasks() -> usize {
+    100
+}
+fn d_task_batch() -> usize {
+    32
+}
+
+/// `[eval]`: how much to evaluate.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvalSpec {
+    /// Tokens per loss window. Default 256.
+    #[serde(default = "d_seq")]
+    pub seq_len: usize,
+    /// Validation windows per domain at most. Default 32.
+    #[serde(default = "d_windows")]
+    pub windows: usize,
+    /// Windows per forward pass. Default 8.
+    #[serde(default = "d_batch")]
+    pub batch: usize,
+    /// Tasks per domain at most (0 = no generation). Default 100.
+    #[serde(default = "d_tasks")]
+    pub tasks: usize,
+    /// Prompts generated together. Default 32.
+    #[serde(default = "d_task_batch")]
+    pub task_batch: usize,
+    /// k-shot: prepend this many training documents of the domain to each prompt. Default 0.
+    #[serde(default)]
+    pub shots: usize,
+}
+
+impl Default for EvalSpec {
+    fn default() -> Self {
+        Self {
+            seq_len: d_seq(),
+            windows: d_windows(),
+            batch: d_batch(),
+            tasks: d_tasks(),
+            task_batch: d_task_batch(),
+            shots: 0,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DomainEval {
+    pub loss: f64,
+    pub perplexity: f64,
+    pub loss_tokens: usize,
+    /// Exact-match accuracy on the task set (None when the domain has no tasks).
+    pub accuracy: Option<f64>,
+    pub tasks: usize,
+    /// A few generations, for the report.
+    pub samples: Vec<Sample>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Sample {
+    pub prompt: String,
+    pub answer: String,
+    pub generated: String,
+    pub correct: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EvalResult {
+    pub domains: BTreeMap<String, DomainEval>,
+    /// Mean over domains of loss and (where present) accuracy.
+    pub average: Average,
+    /// Forward passes of a model this size per generated token.
+    pub forward_passes_per_token: usize,
+    pub active_params: usize,
+    pub total_params: usize,
+}
+
+/// What an eval stage writes (`eval.json`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MethodEval {
+    pub method: String,
+    pub result: EvalResult,
+    pub routing: Option<crate::routing::RoutingReport>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Average {
+    pub loss: f64,
+    pub accuracy: Option<f64>,
+}
+
+/// Mean next-token loss over windows spread over `val`.
+pub fn loss_on(lm: &dyn Lm, windows: &[Vec<i64>], batch: usize) -> (f64, usize) {
+    let mut total = 0f64;
+    let mut n = 0usize;
+    for chunk in windows.chunks(batch.max(1)) {
+        for lp in lm.target_logprobs(chunk) {
+            total -= lp.iter().map(|x| *x as f64).sum::<f64>();
+            n += lp.len();
+        }
+    }
+    (if n > 0 { total / n as f64 } else { f64::NAN }, n)
+}
+
+/// Whether a partial generation is complete enough to score.
+pub fn finished(scorer: &str, text: &str) -> bool {
+    match scorer {
+        "math" => {
+            text.contains("\nQuestion")
+                || text.contains("\n\n")
+                || text.split("####").nth(1).is_some_and(|after| {
+                    after.trim_start().contains(['\n', ' ']) && !after.trim().is_empty()
+                })
+        }
+        "first-line" => text.trim_start_matches([' ', '\t']).contains('\n'),
+        "first-word" => {
+            let t = text.trim_start();
+            !t.is_empty() && t.contains(|c: char| !(c.is_alphanumeric() || c == '-' || c == '\''))
+        }
+        _ => text.contains('\n'),
+    }
+}
+
+fn max_new_tokens(scorer: &str) -> usize {
+    match scorer {
+        "math" => 96,
+        "first-line" => 12,
+        _ => 10,
+    }
+}
+
+/// Exact-match accuracy of `lm` on `tasks` (greedy), batched.
+pub fn task_accuracy(
+    lm: &dyn Lm,
+    tok: &Tok,
+    tasks: &[Task],
+    prefix: &str,
+    batch: usize,
+    keep_samples: usize,
+) -> (f64, Vec<Sample>) {
+    let mut correct = 0usize;
+    let mut samples = vec![];
+    for chunk in tasks.chunks(batch.max(1)) {
+        let prompts: Vec<Vec<i64>> = chunk
+            .iter()
+            .map(|t| {
+                tok.encode(&format!("{prefix}{}", t.prompt))
+                    .map(|v| v.into_iter().map(i64::from).collect())
+                    .unwrap_or_default()
+            })
+            .collect();
+        let max_new = chunk
+            .iter()
+            .map(|t| max_new_tokens(&t.scorer))
+            .max()
+            .unwrap_or(16);
+        let decode = |ids: &[i64]| {
+            let u: Vec<u32> = ids.iter().map(|&x| x as u32).collect();
+            tok.decode(&u).unwrap_or_default()
+        };
+        let mut stop = |row: usize, gen: &[i64]| finished(&chunk[row].scorer, &decode(gen));
+        let outs = lm.greedy(&prompts, max_new, Some(tok.eos_id() as i64), &mut stop);
+        for (t, o) in chunk.iter().zip(outs) {
+            let text = decode(&o);
+            let ok = score(t, &text);
+            correct += ok as usize;
+            if samples.len() < keep_samples {
+                samples.push(Sample {
+                    prompt: t.prompt.clone(),
+                    answer: t.answer.clone(),
+                    generated: text,
+                    correct: ok,
+                });
+            }
+        }
+    }
+    (correct as f64 / tasks.len().max(1) as f64, samples)
+}
+
+/// k-shot prefix: the first `k` training documents of the domain, blank-line separated.
+pub fn shots_prefix(data: &DataDir, domain: &str, k: usize) -> btx_data::Result<String> {
+    if k == 0 {
+        return Ok(String::new());
+    }
+    let tok = data.tokenizer()?;
+    let s = data.shard(domain, "train")?;
+    let mut docs = vec![];
+    let mut cur = vec![];
+    let eos = tok.eos_id();
+    for i in 0..s.len() {
+        let id = s.get(i);
+        if id == eos {
+            docs.push(tok.decode(&cur)?);
+            cur.clear();
+            if docs.len() == k {
+                break;
+            }
+        } else {
+            cur.push(id);
+        }
+    }
+    Ok(docs.join("\n\n") + "\n\n")
+}
+
+/// Evaluates `lm` on every domain in `domains`.
+pub fn evaluate(
+    lm: &dyn Lm,
+    data: &DataDir,
+    domains: &[String],
+    spec: &EvalSpec,
+) -> btx_data::Result<EvalResult> {
+    let tok = data.tokenizer()?;
+    let mut out = BTreeMap::new();
+    for d in domains {
+        let val = data.shard(d, "val")?;
+        let seq = spec.seq_len.min(val.len());
+        let windows = eval_windows(&val, seq, spec.windows);
+        let (loss, n) = loss_on(lm, &windows, spec.batch);
+        let mut tasks = data.tasks(d)?;
+        tasks.truncate(spec.tasks);
+        let (accuracy, samples) = if tasks.is_empty() {
+            (None, vec![])
+        } else {
+            let prefix = shots_prefix(data, d, spec.shots)?;
+            let (a, s) = task_accuracy(lm, &tok, &tasks, &prefix, spec.task_batch, 3);
+            (Some(a), s)
+        };
+        tracing::info!(
+            "{d}: loss {loss:.4}{}",
+            accuracy.map_or(String::new(), |a| format!(", accuracy {:.1}%", 100.0 * a))
+        );
+        out.insert(
+            d.clone(),
+            DomainEval {
+                loss,
+                perplexity: loss.exp(),
+                loss_tokens: n,
+                accuracy,
+                tasks: tasks.len(),
+                samples,
+            },
+        );
+    }
+    let nd = out.len().max(1) as f64;
+    let accs: Vec<f64> = out.values().filter_map(|e| e.accuracy).collect();
+    Ok(EvalResult {
+        average: Average {
+            loss: out.values().map(|e| e.loss).sum::<f64>() / nd,
+            accuracy: (!accs.is_empty()).then(|| accs.iter().sum::<f64>() / accs.len() as f64),
+        },
+        domains: out,
+        forward_passes_per_token: lm.forward_passes(),
+        active_params: lm.active_params(),
+        total_params: lm.total_params(),
+    })
+}
