@@ -40,6 +40,8 @@ enum Command {
     Generate(cmd::generate::Args),
     /// Evaluate a model: held-out loss per domain.
     Eval(cmd::eval::Args),
+    /// The whole BTX experiment on built-in data with an embedded recipe, ending with the report.
+    Demo(cmd::demo::Args),
     /// Run a whole BTX experiment from a recipe (resumable; finished stages are skipped).
     Run(runner::Args),
     /// Run one stage of a run directory's plan (what `btx run` executes per stage).
@@ -73,6 +75,7 @@ fn main() {
             Command::Train(a) => cmd::train::run(a, &dev),
             Command::Generate(a) => cmd::generate::run(a, &dev),
             Command::Eval(a) => cmd::eval::run(a, &dev),
+            Command::Demo(a) => cmd::demo::run(a),
             Command::Run(a) => runner::run(a),
             Command::Stage(a) => stage::run(a, &dev),
             Command::Mix(a) => cmd::mix::run_mix(a),

@@ -1,0 +1,80 @@
+//! `btx demo [--out DIR] [--quick]`: the whole BTX experiment on the built-in domains with the
+//! recipe embedded in the binary, ending with the results table and the verdict.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+
+use crate::runner;
+
+/// The default demo (examples/demo.toml): ~15 minutes on 2 cores, two training seeds.
+pub const DEMO: &str = include_str!("../../../../examples/demo.toml");
+/// `--quick` (examples/quick.toml): a few minutes.
+pub const QUICK: &str = include_str!("../../../../examples/quick.toml");
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Run directory (default runs/demo, or runs/demo-quick with --quick).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// The small version: one seed, smaller models, a few minutes.
+    #[arg(long)]
+    quick: bool,
+    /// Stages at once (default: one per core).
+    #[arg(long)]
+    jobs: Option<usize>,
+    /// Override a recipe value, e.g. --set experts.train.steps=200.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    sets: Vec<String>,
+}
+
+/// The markdown of a report from its `## Results` heading up to the next section, plus the
+/// verdict section.
+fn summary(report: &str) -> String {
+    let section = |name: &str| -> String {
+        let Some(start) = report.find(name) else {
+            return String::new();
+        };
+        let rest = &report[start..];
+        let end = rest[3..].find("\n## ").map_or(rest.len(), |e| e + 3);
+        rest[..end].trim_end().to_string()
+    };
+    format!(
+        "{}\n\n{}\n",
+        section("## Results"),
+        section("## Verdict")
+    )
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let out = a.out.clone().unwrap_or_else(|| {
+        PathBuf::from(if a.quick { "runs/demo-quick" } else { "runs/demo" })
+    });
+    std::fs::create_dir_all(&out)?;
+    let recipe = out.join("demo-recipe.toml");
+    std::fs::write(&recipe, if a.quick { QUICK } else { DEMO })?;
+    let jobs = a.jobs.unwrap_or_else(|| rayon::current_num_threads().clamp(1, 4));
+    eprintln!(
+        "btx demo{}: seed pretraining, 3 domain experts + the seed as generalist, BTX top-2 with load balancing, baselines, evaluation, report -> {}",
+        if a.quick { " --quick" } else { "" },
+        out.display()
+    );
+    let t0 = std::time::Instant::now();
+    runner::run(runner::Args {
+        recipe,
+        out: out.clone(),
+        jobs,
+        sets: a.sets,
+        dry_run: false,
+    })?;
+    let report = std::fs::read_to_string(out.join("report.md"))
+        .with_context(|| format!("reading {}", out.join("report.md").display()))?;
+    println!("\n{}", summary(&report));
+    println!(
+        "demo finished in {:.1} min; full report: {} (plots in {})",
+        t0.elapsed().as_secs_f64() / 60.0,
+        out.join("report.md").display(),
+        out.join("plots").display()
+    );
+    Ok(())
+}
