@@ -107,7 +107,7 @@ fn finished_at(run: &Path, stage_dir: &str) -> std::time::SystemTime {
         .expect("stage finished")
 }
 
-const STAGES: [(&str, &str); 10] = [
+const STAGES: [(&str, &str); 11] = [
     ("data", "data"),
     ("seed", "seed"),
     ("expert:math", "experts/math"),
@@ -118,6 +118,7 @@ const STAGES: [(&str, &str); 10] = [
     ("upcycle", "upcycle"),
     ("baseline:upcycle-data", "baselines/upcycle-data"),
     ("baseline:merge-avg", "baselines/merge-avg"),
+    ("report", "report"),
 ];
 
 #[test]
@@ -151,6 +152,66 @@ fn runs_skips_finished_stages_and_redoes_only_what_changed() {
     assert_eq!(tokens("baselines/dense"), btx);
     assert_eq!(tokens("baselines/upcycle-data"), btx);
 
+    // The report: every method row filled, the schema, plots that are PNG files.
+    let results: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("results.json")).unwrap()).unwrap();
+    let methods = [
+        "seed",
+        "expert:math",
+        "expert:code",
+        "btx",
+        "dense",
+        "upcycle-data",
+        "merge-avg",
+        "btm-top1",
+        "btm-top2",
+    ];
+    for m in methods {
+        for d in ["math", "code", "general", "average"] {
+            assert!(
+                results["methods"][m][d]["loss"]
+                    .as_f64()
+                    .is_some_and(f64::is_finite),
+                "{m} {d}"
+            );
+            assert!(
+                results["methods"][m][d]["accuracy"].is_number(),
+                "{m} {d} accuracy"
+            );
+        }
+        assert!(
+            results["compute"][m]["active_params"].as_u64().unwrap() > 0,
+            "{m}"
+        );
+    }
+    assert_eq!(
+        results["compute"]["btm-top1"]["inference_forward_passes"],
+        3
+    );
+    assert_eq!(
+        results["compute"]["btx"]["train_tokens"].as_u64().unwrap(),
+        btx
+    );
+    assert!(results["routing"]["btx"]["domains"]["math"]["topk_share"].is_array());
+    assert_eq!(results["verdict"].as_array().unwrap().len(), 5);
+    let report = std::fs::read_to_string(run.join("report.md")).unwrap();
+    assert!(
+        report.contains("| btx |") && report.contains("## Verdict"),
+        "{report}"
+    );
+    if btx_eval::plots::font_available() {
+        for p in [
+            "accuracy.png",
+            "loss.png",
+            "loss_finetune.png",
+            "routing_btx.png",
+        ] {
+            let bytes = std::fs::read(run.join("plots").join(p)).unwrap();
+            assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "{p}");
+            assert!(report.contains(&format!("plots/{p}")));
+        }
+    }
+
     let before: Vec<_> = STAGES
         .iter()
         .map(|(_, dir)| finished_at(&run, dir))
@@ -181,7 +242,8 @@ fn runs_skips_finished_stages_and_redoes_only_what_changed() {
             "finetune:btx",
             "baseline:dense",
             "baseline:upcycle-data",
-            "baseline:merge-avg"
+            "baseline:merge-avg",
+            "report"
         ]
     );
 }

@@ -39,21 +39,23 @@ fn summary(report: &str) -> String {
         let end = rest[3..].find("\n## ").map_or(rest.len(), |e| e + 3);
         rest[..end].trim_end().to_string()
     };
-    format!(
-        "{}\n\n{}\n",
-        section("## Results"),
-        section("## Verdict")
-    )
+    format!("{}\n\n{}\n", section("## Results"), section("## Verdict"))
 }
 
 pub fn run(a: Args) -> Result<()> {
     let out = a.out.clone().unwrap_or_else(|| {
-        PathBuf::from(if a.quick { "runs/demo-quick" } else { "runs/demo" })
+        PathBuf::from(if a.quick {
+            "runs/demo-quick"
+        } else {
+            "runs/demo"
+        })
     });
     std::fs::create_dir_all(&out)?;
     let recipe = out.join("demo-recipe.toml");
     std::fs::write(&recipe, if a.quick { QUICK } else { DEMO })?;
-    let jobs = a.jobs.unwrap_or_else(|| rayon::current_num_threads().clamp(1, 4));
+    let jobs = a
+        .jobs
+        .unwrap_or_else(|| rayon::current_num_threads().clamp(1, 4));
     eprintln!(
         "btx demo{}: seed pretraining, 3 domain experts + the seed as generalist, BTX top-2 with load balancing, baselines, evaluation, report -> {}",
         if a.quick { " --quick" } else { "" },
