@@ -8,7 +8,9 @@ mod recipe;
 mod report;
 mod runner;
 mod runtime;
+mod slurm;
 mod stage;
+mod status;
 
 use clap::{Parser, Subcommand};
 
@@ -44,6 +46,10 @@ enum Command {
     Demo(cmd::demo::Args),
     /// Run a whole BTX experiment from a recipe (resumable; finished stages are skipped).
     Run(runner::Args),
+    /// Every stage of a run directory: state, Slurm job, elapsed time, progress, failures.
+    Status(status::Args),
+    /// Cancel what is still queued or running in a run directory.
+    Cancel(status::CancelArgs),
     /// Run one stage of a run directory's plan (what `btx run` executes per stage).
     Stage(stage::Args),
     /// MiX: dense experts (+ the seed as generalist) → one Mixtral MoE checkpoint.
@@ -77,6 +83,8 @@ fn main() {
             Command::Eval(a) => cmd::eval::run(a, &dev),
             Command::Demo(a) => cmd::demo::run(a),
             Command::Run(a) => runner::run(a),
+            Command::Status(a) => status::run(a),
+            Command::Cancel(a) => status::cancel(a),
             Command::Stage(a) => stage::run(a, &dev),
             Command::Mix(a) => cmd::mix::run_mix(a),
             Command::Upcycle(a) => cmd::mix::run_upcycle(a),

@@ -349,6 +349,9 @@ pub struct Recipe {
     /// spread). Default 1.
     #[serde(default = "Recipe::d_replicas")]
     pub replicas: usize,
+    /// Resources of the Slurm executor (`btx run --executor slurm`).
+    #[serde(default)]
+    pub slurm: crate::slurm::SlurmSection,
 }
 
 /// Overlays `over` onto `base` (tables merge key by key, other values replace).

@@ -32,6 +32,12 @@ pub struct Args {
     /// Only plan: write plan.json and print what would run.
     #[arg(long)]
     pub dry_run: bool,
+    /// `local` (child processes, default) or `slurm` (batch jobs; see the README).
+    #[arg(long, default_value = "local")]
+    pub executor: String,
+    /// With `--executor slurm`: wait until every job has ended.
+    #[arg(long)]
+    pub wait: bool,
 }
 
 /// Where a stage stands before this invocation.
@@ -58,6 +64,8 @@ pub enum Outcome {
     Blocked {
         by: String,
     },
+    /// Handed to a scheduler (Slurm) that runs it later.
+    Submitted,
 }
 
 /// Classifies every stage; with `wipe`, clears directories whose configuration changed.
@@ -156,7 +164,6 @@ impl Executor for LocalExecutor {
         states: &BTreeMap<String, State>,
     ) -> Result<BTreeMap<String, Outcome>> {
         let jobs = self.jobs.max(1);
-        let threads = (self.total_threads / jobs).max(1);
         let mut outcomes: BTreeMap<String, Outcome> = BTreeMap::new();
         let mut done: HashSet<String> = HashSet::new();
         let mut pending: Vec<&Stage> = vec![];
@@ -202,6 +209,14 @@ impl Executor for LocalExecutor {
                     break;
                 };
                 let s = pending.remove(pos);
+                // Split the cores between what runs now: a stage that starts alone (the seed)
+                // gets them all; stages that start side by side share them.
+                let ready = pending
+                    .iter()
+                    .filter(|p| p.deps.iter().all(|d| done.contains(d)))
+                    .count();
+                let sharing = (running.len() + 1 + ready).min(jobs).max(1);
+                let threads = (self.total_threads / sharing).max(1);
                 let resume = if states.get(&s.name) == Some(&State::Partial) {
                     " (resuming)"
                 } else {
@@ -348,11 +363,21 @@ pub fn run(a: Args) -> Result<()> {
         }
         return Ok(());
     }
-    let mut exec = LocalExecutor {
-        jobs: a.jobs,
-        total_threads: rayon::current_num_threads(),
+    let mut exec: Box<dyn Executor> = match a.executor.as_str() {
+        "local" => Box::new(LocalExecutor {
+            jobs: a.jobs,
+            total_threads: rayon::current_num_threads(),
+        }),
+        "slurm" => Box::new(crate::slurm::SlurmExecutor {
+            section: recipe.slurm.clone(),
+            wait: a.wait,
+        }),
+        other => bail!("--executor {other:?}: local or slurm"),
     };
     let outcomes = exec.execute(&plan, &out, &states)?;
+    if outcomes.values().any(|o| *o == Outcome::Submitted) {
+        return Ok(());
+    }
     print_summary(&plan, &out, &outcomes);
     let failed: Vec<&String> = outcomes
         .iter()
@@ -386,6 +411,7 @@ fn print_summary(plan: &Plan, run: &Path, outcomes: &BTreeMap<String, Outcome>) 
             ),
             Some(Outcome::Stopped) => "stopped".to_string(),
             Some(Outcome::Blocked { by }) => format!("blocked by {by}"),
+            Some(Outcome::Submitted) => "submitted".to_string(),
             None => "-".to_string(),
         };
         let (w, t, f) = m.map_or((0.0, 0, 0.0), |m| {

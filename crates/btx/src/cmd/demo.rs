@@ -68,6 +68,8 @@ pub fn run(a: Args) -> Result<()> {
         jobs,
         sets: a.sets,
         dry_run: false,
+        executor: "local".into(),
+        wait: false,
     })?;
     let report = std::fs::read_to_string(out.join("report.md"))
         .with_context(|| format!("reading {}", out.join("report.md").display()))?;

@@ -1,0 +1,479 @@
+//! The Slurm executor: every stage of the plan becomes a batch job that runs
+//! `btx stage NAME --run DIR` on the shared run directory. The experts of a replica form one job
+//! array; everything else is a job of its own, chained with `afterok` dependencies and
+//! `--kill-on-invalid-dep=yes`, so a failure cancels what depends on it instead of leaving it
+//! pending forever. Jobs are requeueable and get a warning signal before their time limit; the
+//! job script forwards it to btx, which checkpoints and exits 75, and the script requeues the
+//! job, which then resumes from the checkpoint.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::plan::{Plan, Stage};
+use crate::runner::{Executor, Outcome, State};
+
+/// Resources of one class of job.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Resources {
+    /// `--cpus-per-task` (btx uses them as its thread count).
+    #[serde(default = "Resources::d_cpus")]
+    pub cpus: usize,
+    /// `--mem`, e.g. "8G".
+    #[serde(default = "Resources::d_mem")]
+    pub mem: String,
+    /// `--nodes`.
+    #[serde(default = "Resources::d_nodes")]
+    pub nodes: usize,
+    /// `--gres`, e.g. "gpu:1".
+    #[serde(default)]
+    pub gres: Option<String>,
+    /// `--time`, e.g. "04:00:00" (overrides `[slurm] time`).
+    #[serde(default)]
+    pub time: Option<String>,
+    /// Extra sbatch flags for these jobs.
+    #[serde(default)]
+    pub extra: Vec<String>,
+}
+
+impl Resources {
+    fn d_cpus() -> usize {
+        1
+    }
+    fn d_mem() -> String {
+        "4G".into()
+    }
+    fn d_nodes() -> usize {
+        1
+    }
+}
+
+impl Default for Resources {
+    fn default() -> Self {
+        Self {
+            cpus: 1,
+            mem: "4G".into(),
+            nodes: 1,
+            gres: None,
+            time: None,
+            extra: vec![],
+        }
+    }
+}
+
+/// `[slurm]` of a recipe.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlurmSection {
+    /// `--partition`.
+    #[serde(default)]
+    pub partition: Option<String>,
+    /// `--account`.
+    #[serde(default)]
+    pub account: Option<String>,
+    /// Default `--time` of every job.
+    #[serde(default)]
+    pub time: Option<String>,
+    /// Extra sbatch flags for every job (e.g. "--qos=normal").
+    #[serde(default)]
+    pub extra: Vec<String>,
+    /// Seconds before the time limit at which the warning signal (USR1) arrives. Default 120.
+    #[serde(default)]
+    pub signal_seconds: Option<u64>,
+    /// The btx binary on the cluster (default: the one submitting).
+    #[serde(default)]
+    pub btx: Option<PathBuf>,
+    /// Expert tasks (the job array).
+    #[serde(default)]
+    pub experts: Option<Resources>,
+    /// Other training stages: seed pretraining, MoE-finetune, dense and upcycled baselines.
+    #[serde(default)]
+    pub train: Resources,
+    /// Everything else: data, mix, upcycle, average, eval, report.
+    #[serde(default)]
+    pub light: Resources,
+}
+
+/// `DIR/slurm/jobs.json`: the job (or array task) of each stage.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct JobTable {
+    pub jobs: BTreeMap<String, JobRef>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JobRef {
+    pub job_id: String,
+    /// Index within a job array.
+    pub array_index: Option<usize>,
+    pub submitted_unix: u64,
+}
+
+impl JobRef {
+    /// The id Slurm commands take: `123` or `123_4`.
+    pub fn id(&self) -> String {
+        match self.array_index {
+            Some(i) => format!("{}_{i}", self.job_id),
+            None => self.job_id.clone(),
+        }
+    }
+}
+
+pub fn jobs_path(run: &Path) -> PathBuf {
+    run.join("slurm").join("jobs.json")
+}
+
+pub fn load_jobs(run: &Path) -> JobTable {
+    std::fs::read_to_string(jobs_path(run))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default()
+}
+
+fn save_jobs(run: &Path, t: &JobTable) -> Result<()> {
+    std::fs::create_dir_all(run.join("slurm"))?;
+    std::fs::write(jobs_path(run), serde_json::to_string_pretty(t)?)?;
+    Ok(())
+}
+
+/// Slurm's view of a job: state (PENDING, RUNNING, COMPLETED, FAILED, CANCELLED, TIMEOUT, ...),
+/// elapsed time, exit code, reason. `None` when Slurm no longer knows the job.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct JobInfo {
+    pub state: String,
+    pub elapsed: String,
+    pub exit_code: String,
+    pub reason: String,
+}
+
+/// Asks `scontrol show job` (no accounting database needed).
+pub fn job_info(id: &str) -> Option<JobInfo> {
+    let out = Command::new("scontrol")
+        .args(["show", "job", "-o", id])
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    // For an array id like 12_3, scontrol prints the matching task only.
+    let line = text.lines().next()?;
+    let field = |k: &str| {
+        line.split_whitespace()
+            .find_map(|kv| kv.strip_prefix(&format!("{k}=")))
+            .unwrap_or("")
+            .to_string()
+    };
+    Some(JobInfo {
+        state: field("JobState"),
+        elapsed: field("RunTime"),
+        exit_code: field("ExitCode"),
+        reason: field("Reason"),
+    })
+}
+
+pub fn is_live(state: &str) -> bool {
+    matches!(
+        state,
+        "PENDING"
+            | "RUNNING"
+            | "CONFIGURING"
+            | "COMPLETING"
+            | "REQUEUED"
+            | "RESIZING"
+            | "SUSPENDED"
+    )
+}
+
+pub struct SlurmExecutor {
+    pub section: SlurmSection,
+    /// Wait until every submitted job has ended.
+    pub wait: bool,
+}
+
+/// sbatch's job script: runs the stage (picked by the array index), forwards the warning
+/// signal and SIGTERM to btx, and requeues the job when btx stopped with a checkpoint on the
+/// warning.
+fn job_script(btx: &Path, run: &Path, stages: &[(&str, PathBuf)]) -> String {
+    let q = |s: &str| format!("'{}'", s.replace('\'', "'\\''"));
+    let names = stages
+        .iter()
+        .map(|(n, _)| q(n))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let dirs = stages
+        .iter()
+        .map(|(_, d)| q(&d.display().to_string()))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let (btx, run) = (q(&btx.display().to_string()), q(&run.display().to_string()));
+    format!(
+        r#"#!/bin/bash
+# Written by `btx run --executor slurm`: one stage of a btx run directory per (array) task.
+STAGES=({names})
+DIRS=({dirs})
+I=${{SLURM_ARRAY_TASK_ID:-0}}
+STAGE=${{STAGES[$I]}}
+DIR=${{DIRS[$I]}}
+mkdir -p "$DIR"
+echo "[slurm job ${{SLURM_JOB_ID}} task ${{SLURM_ARRAY_TASK_ID:-none}} on $(hostname), restart ${{SLURM_RESTART_COUNT:-0}}] $STAGE" >> "$DIR/log.txt"
+{btx} --threads "${{SLURM_CPUS_PER_TASK:-1}}" stage "$STAGE" --run {run} >> "$DIR/log.txt" 2>&1 &
+PID=$!
+WARNED=0
+trap 'WARNED=1; kill -USR1 $PID 2>/dev/null' USR1
+trap 'kill -TERM $PID 2>/dev/null' TERM
+while true; do
+  wait $PID
+  RC=$?
+  # A trapped signal interrupts `wait`; keep waiting while btx writes its checkpoint.
+  kill -0 $PID 2>/dev/null || break
+done
+if [ "$RC" = 75 ] && [ "$WARNED" = 1 ]; then
+  echo "[slurm] $STAGE stopped at the time-limit warning with a checkpoint; requeueing" >> "$DIR/log.txt"
+  scontrol requeue "${{SLURM_ARRAY_JOB_ID:-$SLURM_JOB_ID}}${{SLURM_ARRAY_TASK_ID:+_$SLURM_ARRAY_TASK_ID}}"
+fi
+exit $RC
+"#
+    )
+}
+
+impl SlurmExecutor {
+    fn resources(&self, stage: &Stage) -> &Resources {
+        if stage.name.starts_with("expert:") {
+            self.section.experts.as_ref().unwrap_or(&self.section.train)
+        } else if stage.heavy {
+            &self.section.train
+        } else {
+            &self.section.light
+        }
+    }
+
+    fn sbatch(
+        &self,
+        run: &Path,
+        label: &str,
+        script: &str,
+        res: &Resources,
+        deps: &[String],
+        array: Option<usize>,
+    ) -> Result<String> {
+        let dir = run.join("slurm");
+        std::fs::create_dir_all(dir.join("logs"))?;
+        let path = dir.join(format!("{}.sh", label.replace([':', '@'], "-")));
+        std::fs::write(&path, script)?;
+        let mut c = Command::new("sbatch");
+        c.arg("--parsable")
+            .arg(format!("--job-name=btx-{label}"))
+            .arg(format!("--chdir={}", run.display()))
+            .arg(format!(
+                "--output={}/logs/{}-%j.out",
+                dir.display(),
+                label.replace([':', '@'], "-")
+            ))
+            .arg("--requeue")
+            .arg(format!(
+                "--signal=B:USR1@{}",
+                self.section.signal_seconds.unwrap_or(120)
+            ))
+            .arg("--kill-on-invalid-dep=yes")
+            .arg(format!("--cpus-per-task={}", res.cpus))
+            .arg(format!("--mem={}", res.mem))
+            .arg(format!("--nodes={}", res.nodes));
+        if let Some(g) = &res.gres {
+            c.arg(format!("--gres={g}"));
+        }
+        if let Some(t) = res.time.as_ref().or(self.section.time.as_ref()) {
+            c.arg(format!("--time={t}"));
+        }
+        if let Some(p) = &self.section.partition {
+            c.arg(format!("--partition={p}"));
+        }
+        if let Some(a) = &self.section.account {
+            c.arg(format!("--account={a}"));
+        }
+        if let Some(n) = array {
+            c.arg(format!("--array=0-{}", n - 1));
+        }
+        if !deps.is_empty() {
+            c.arg(format!("--dependency=afterok:{}", deps.join(":")));
+        }
+        c.args(&self.section.extra).args(&res.extra).arg(&path);
+        let out = c
+            .output()
+            .context("running sbatch (is Slurm installed and SLURM_CONF set?)")?;
+        if !out.status.success() {
+            bail!(
+                "sbatch failed for {label}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        let id = String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .to_string();
+        if id.is_empty() {
+            bail!("sbatch printed no job id for {label}");
+        }
+        Ok(id)
+    }
+}
+
+impl Executor for SlurmExecutor {
+    fn execute(
+        &mut self,
+        plan: &Plan,
+        run: &Path,
+        states: &BTreeMap<String, State>,
+    ) -> Result<BTreeMap<String, Outcome>> {
+        let btx = match &self.section.btx {
+            Some(p) => p.clone(),
+            None => std::env::current_exe()?,
+        };
+        let mut table = load_jobs(run);
+        let mut outcomes = BTreeMap::new();
+        // Stages with a job that is still pending or running keep it.
+        let mut live: BTreeMap<String, String> = BTreeMap::new();
+        for s in &plan.stages {
+            if states.get(&s.name) == Some(&State::Done) {
+                outcomes.insert(s.name.clone(), Outcome::AlreadyDone);
+                continue;
+            }
+            if let Some(j) = table.jobs.get(&s.name) {
+                if job_info(&j.id()).is_some_and(|i| is_live(&i.state)) {
+                    live.insert(s.name.clone(), j.id());
+                }
+            }
+        }
+        let already = live.len();
+        let dep_ids = |s: &Stage, live: &BTreeMap<String, String>| -> Vec<String> {
+            s.deps
+                .iter()
+                .filter(|d| states.get(*d) != Some(&State::Done))
+                .filter_map(|d| live.get(d).cloned())
+                .collect()
+        };
+        let now = crate::manifest::now_unix();
+        let mut submitted = vec![];
+        let mut i = 0;
+        while i < plan.stages.len() {
+            let s = &plan.stages[i];
+            let todo = |s: &Stage| {
+                states.get(&s.name) != Some(&State::Done) && !live.contains_key(&s.name)
+            };
+            if !todo(s) {
+                i += 1;
+                continue;
+            }
+            if s.name.starts_with("expert:") {
+                // All pending experts of this replica in one array.
+                let sfx = s
+                    .name
+                    .split('@')
+                    .nth(1)
+                    .map(|r| format!("@{r}"))
+                    .unwrap_or_default();
+                let group: Vec<&Stage> = plan
+                    .stages
+                    .iter()
+                    .filter(|x| {
+                        x.name.starts_with("expert:")
+                            && x.name
+                                .split('@')
+                                .nth(1)
+                                .map(|r| format!("@{r}"))
+                                .unwrap_or_default()
+                                == sfx
+                            && todo(x)
+                    })
+                    .collect();
+                let names: Vec<String> = group.iter().map(|x| x.name.clone()).collect();
+                let mut deps: Vec<String> = group.iter().flat_map(|x| dep_ids(x, &live)).collect();
+                deps.sort();
+                deps.dedup();
+                let res = self.resources(s).clone();
+                let pairs: Vec<(&str, PathBuf)> = group
+                    .iter()
+                    .map(|x| (x.name.as_str(), run.join(&x.dir)))
+                    .collect();
+                let script = job_script(&btx, run, &pairs);
+                let label = format!("experts{sfx}");
+                let id = self.sbatch(run, &label, &script, &res, &deps, Some(names.len()))?;
+                for (k, n) in names.iter().enumerate() {
+                    let r = JobRef {
+                        job_id: id.clone(),
+                        array_index: Some(k),
+                        submitted_unix: now,
+                    };
+                    live.insert(n.clone(), r.id());
+                    table.jobs.insert(n.clone(), r);
+                }
+                submitted.push(format!("{label} (array of {}) -> job {id}", names.len()));
+            } else {
+                let deps = dep_ids(s, &live);
+                let res = self.resources(s).clone();
+                let script = job_script(&btx, run, &[(s.name.as_str(), run.join(&s.dir))]);
+                let id = self.sbatch(run, &s.name, &script, &res, &deps, None)?;
+                let r = JobRef {
+                    job_id: id.clone(),
+                    array_index: None,
+                    submitted_unix: now,
+                };
+                live.insert(s.name.clone(), r.id());
+                table.jobs.insert(s.name.clone(), r);
+                submitted.push(format!("{} -> job {id}", s.name));
+            }
+            save_jobs(run, &table)?;
+            i += 1;
+        }
+        for l in &submitted {
+            eprintln!("submitted {l}");
+        }
+        if already > 0 {
+            eprintln!("{already} stage(s) already queued or running (kept)");
+        }
+        if submitted.is_empty() && live.is_empty() {
+            eprintln!("nothing to submit");
+        }
+        if !self.wait {
+            eprintln!("follow with `btx status {}`", run.display());
+            for name in live.keys() {
+                outcomes.insert(name.clone(), Outcome::Submitted);
+            }
+            return Ok(outcomes);
+        }
+        // Wait for every job to leave the queue, then read the outcome from the run directory.
+        loop {
+            let pending: Vec<&String> = live
+                .iter()
+                .filter(|(_, id)| job_info(id).is_some_and(|i| is_live(&i.state)))
+                .map(|(n, _)| n)
+                .collect();
+            if pending.is_empty() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(500));
+        }
+        for name in live.keys() {
+            let s = plan.stage(name)?;
+            let done = crate::manifest::is_done(&run.join(&s.dir), &s.fingerprint);
+            let o = if done {
+                Outcome::Done { seconds: 0.0 }
+            } else {
+                let info = table.jobs.get(name).and_then(|j| job_info(&j.id()));
+                match info.as_ref().map(|i| i.state.as_str()) {
+                    Some("CANCELLED") => Outcome::Blocked {
+                        by: info.map(|i| i.reason).unwrap_or_default(),
+                    },
+                    _ => Outcome::Failed { code: None },
+                }
+            };
+            outcomes.insert(name.clone(), o);
+        }
+        Ok(outcomes)
+    }
+}

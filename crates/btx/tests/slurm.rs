@@ -1,0 +1,201 @@
+//! A real Slurm: examples/quick.toml (shrunk with --set) through `btx run --executor slurm`
+//! end to end, with an expert requeued mid-training (it resumes from its checkpoint), compared
+//! with the local executor; `btx status` and `btx cancel`. Skipped, with a message, where no
+//! Slurm cluster answers (start one with `scripts/slurm-local.sh up`).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const SHRINK: [&str; 8] = [
+    "seed.pretrain.train.steps=60",
+    "experts.train.steps=30",
+    "experts.train.checkpoint_every=3",
+    "finetune.train.steps=20",
+    "eval.tasks=8",
+    "eval.windows=4",
+    "data.prepare.tokenizer.vocab_size=512",
+    "experts.override.math.train.steps=80",
+];
+
+fn slurm_available() -> bool {
+    std::env::var_os("SLURM_CONF").is_some()
+        && Command::new("sinfo")
+            .arg("-h")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+}
+
+fn recipe() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/quick.toml")
+}
+
+fn tmp(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("btx-slurm-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+fn btx(args: &[&str], run: &Path, sets: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_btx"));
+    c.args(args).arg("--out").arg(run).env("BTX_LOG", "info");
+    for s in SHRINK.iter().chain(sets) {
+        c.args(["--set", s]);
+    }
+    c
+}
+
+fn job_of(run: &Path, stage: &str) -> String {
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("slurm/jobs.json")).unwrap())
+            .unwrap();
+    let j = &v["jobs"][stage];
+    match j["array_index"].as_u64() {
+        Some(i) => format!("{}_{i}", j["job_id"].as_str().unwrap()),
+        None => j["job_id"].as_str().unwrap().to_string(),
+    }
+}
+
+fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !f() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(secs),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn lines(p: &Path) -> usize {
+    std::fs::read_to_string(p).map_or(0, |s| s.lines().count())
+}
+
+fn results(run: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(run.join("results.json")).unwrap()).unwrap()
+}
+
+fn status(run: &Path) -> Vec<serde_json::Value> {
+    let out = Command::new(env!("CARGO_BIN_EXE_btx"))
+        .args(["status", "--json"])
+        .arg(run)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn quick_recipe_through_slurm_with_a_requeued_expert_matches_the_local_run() {
+    if !slurm_available() {
+        eprintln!("SKIPPED: no Slurm cluster answers (run `scripts/slurm-local.sh up` and export SLURM_CONF)");
+        return;
+    }
+    let local = tmp("local");
+    let st = btx(&["run"], &local, &[])
+        .arg(recipe())
+        .args(["--jobs", "2"])
+        .status()
+        .unwrap();
+    assert!(st.success());
+
+    let run = tmp("slurm");
+    let out = btx(&["run"], &run, &[])
+        .arg(recipe())
+        .args(["--executor", "slurm"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Requeue the math expert in the middle of its training, as a preemption would.
+    let metrics = run.join("experts/math/metrics.jsonl");
+    wait_for("the math expert to train", 300, || lines(&metrics) >= 12);
+    let job = job_of(&run, "expert:math");
+    assert!(Command::new("scontrol")
+        .args(["requeue", &job])
+        .status()
+        .unwrap()
+        .success());
+    // Slurm delays a requeued job's start by ~2 minutes; let it go now.
+    std::thread::sleep(Duration::from_millis(500));
+    let _ = Command::new("scontrol")
+        .args(["update", &format!("JobId={job}"), "StartTime=now"])
+        .status();
+    wait_for("the report", 600, || run.join("report/DONE").is_file());
+    let log = std::fs::read_to_string(run.join("experts/math/log.txt")).unwrap();
+    assert!(
+        log.contains("restart 1") && log.contains("resuming from"),
+        "{log}"
+    );
+    // Every stage done, each with its Slurm job id; the report equals the local executor's.
+    for s in status(&run) {
+        assert_eq!(s["state"], "done", "{s}");
+        assert!(s["job"].is_string(), "{s}");
+    }
+    let (a, b) = (results(&local), results(&run));
+    assert_eq!(a["methods"], b["methods"], "Slurm and local results differ");
+    assert_eq!(a["routing"], b["routing"]);
+    // Re-running submits nothing.
+    let out = btx(&["run"], &run, &[])
+        .arg(recipe())
+        .args(["--executor", "slurm"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nothing to submit"));
+}
+
+#[test]
+fn status_shows_running_jobs_and_cancel_stops_them() {
+    if !slurm_available() {
+        eprintln!("SKIPPED: no Slurm cluster answers (run `scripts/slurm-local.sh up` and export SLURM_CONF)");
+        return;
+    }
+    let run = tmp("cancel");
+    let out = btx(
+        &["run"],
+        &run,
+        &["experts.override.math.train.steps=100000"],
+    )
+    .arg(recipe())
+    .args(["--executor", "slurm"])
+    .output()
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for("the math expert to run", 300, || {
+        lines(&run.join("experts/math/metrics.jsonl")) >= 2
+    });
+    let st = status(&run);
+    let math = st.iter().find(|s| s["stage"] == "expert:math").unwrap();
+    assert_eq!(math["state"], "running", "{math}");
+    assert!(math["progress"].as_str().unwrap().contains("/100000"));
+    let mix = st.iter().find(|s| s["stage"] == "mix:btx").unwrap();
+    assert_eq!(mix["state"], "pending");
+    let c = Command::new(env!("CARGO_BIN_EXE_btx"))
+        .arg("cancel")
+        .arg(&run)
+        .output()
+        .unwrap();
+    assert!(c.status.success());
+    wait_for("the jobs to end", 120, || {
+        status(&run)
+            .iter()
+            .all(|s| s["state"] != "running" && s["state"] != "pending")
+    });
+    let st = status(&run);
+    let state = |n: &str| st.iter().find(|s| s["stage"] == n).unwrap()["state"].clone();
+    assert_eq!(state("expert:math"), "cancelled");
+    assert_eq!(state("mix:btx"), "cancelled");
+    assert_eq!(state("data"), "done");
+}
