@@ -105,6 +105,15 @@ pub struct Verdict {
     pub evidence: String,
 }
 
+/// " (seed spread ±x)" when there are several runs to measure it, else "".
+fn noise_note(input: &ReportInput, noise: f64) -> String {
+    if input.replicas.len() > 1 {
+        format!(" (seed spread ±{noise:.3})")
+    } else {
+        String::new()
+    }
+}
+
 /// Compares BTX's average loss with another method's, taking seed noise into account.
 fn compare(input: &ReportInput, a: &str, b: &str) -> Option<(f64, f64, f64, &'static str)> {
     let la = mean_over_replicas(input, a, |m| Some(m.eval.average.loss))?;
@@ -186,7 +195,8 @@ pub fn verdicts(input: &ReportInput) -> Vec<Verdict> {
         for other in ["seed", "dense", "dense-data", "dense-compute"] {
             if let Some((a, b, noise, st)) = compare(input, "btx", other) {
                 parts.push(format!(
-                    "average loss BTX {a:.3} vs {other} {b:.3} (noise ±{noise:.3}): {st}"
+                    "average loss BTX {a:.3} vs {other} {b:.3}{}: {st}",
+                    noise_note(input, noise)
                 ));
                 statuses.push(st);
             }
@@ -219,7 +229,8 @@ pub fn verdicts(input: &ReportInput) -> Vec<Verdict> {
         for other in ["upcycle-compute", "upcycle-data", "upcycle"] {
             if let Some((a, b, noise, st)) = compare(input, "btx", other) {
                 parts.push(format!(
-                    "average loss BTX {a:.3} vs {other} {b:.3} (noise ±{noise:.3}): {st}"
+                    "average loss BTX {a:.3} vs {other} {b:.3}{}: {st}",
+                    noise_note(input, noise)
                 ));
                 statuses.push(st);
             }
@@ -257,7 +268,8 @@ pub fn verdicts(input: &ReportInput) -> Vec<Verdict> {
             ));
             if let Some((a, b, noise, s)) = compare(input, "btx", "btm-top1") {
                 parts.push(format!(
-                    "average loss BTX {a:.3} vs BTM top-1 {b:.3} (noise ±{noise:.3})"
+                    "average loss BTX {a:.3} vs BTM top-1 {b:.3}{}",
+                    noise_note(input, noise)
                 ));
                 st = match s {
                     "holds" => "holds".into(),
@@ -562,7 +574,11 @@ pub fn markdown(input: &ReportInput, verdicts: &[Verdict]) -> String {
     for v in verdicts {
         let _ = writeln!(s, "- **{}** — *{}*. {}", v.claim, v.status, v.evidence);
     }
-    s.push_str("\nA claim \"holds\" only when the difference is larger than the spread between runs with different training seeds (when there are several); \"within noise\" means it is not.\n\n");
+    if input.replicas.len() > 1 {
+        s.push_str("\nA claim \"holds\" only when the difference is larger than the spread between the runs with different training seeds; \"within noise\" means it is not.\n\n");
+    } else {
+        s.push_str("\nOne run only: differences are not checked against seed-to-seed noise (set `replicas = 2` in the recipe to measure it).\n\n");
+    }
 
     if let Some(btx) = get(ms, "btx") {
         s.push_str("## Sample generations (BTX)\n\n");
