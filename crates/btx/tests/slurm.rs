@@ -100,9 +100,13 @@ fn quick_recipe_through_slurm_with_a_requeued_expert_matches_the_local_run() {
     let st = btx(&["run"], &local, &[])
         .arg(recipe())
         .args(["--jobs", "2"])
-        .status()
+        .output()
         .unwrap();
-    assert!(st.success());
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
 
     let run = tmp("slurm");
     let out = btx(&["run"], &run, &[])
@@ -198,4 +202,41 @@ fn status_shows_running_jobs_and_cancel_stops_them() {
     assert_eq!(state("expert:math"), "cancelled");
     assert_eq!(state("mix:btx"), "cancelled");
     assert_eq!(state("data"), "done");
+}
+
+#[test]
+fn a_failed_expert_task_leaves_its_siblings_and_status_says_why() {
+    if !slurm_available() {
+        eprintln!("SKIPPED: no Slurm cluster answers (run `scripts/slurm-local.sh up` and export SLURM_CONF)");
+        return;
+    }
+    let run = tmp("fail");
+    // A learning rate the trainer refuses: the math expert fails when it starts.
+    let out = btx(&["run"], &run, &["experts.override.math.optim.lr=-1.0"])
+        .arg(recipe())
+        .args(["--executor", "slurm", "--wait"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "a failed stage must fail the run");
+    let st = status(&run);
+    let get = |n: &str| st.iter().find(|s| s["stage"] == n).unwrap().clone();
+    assert_eq!(get("expert:math")["state"], "failed");
+    let why = get("expert:math")["detail"].to_string();
+    assert!(why.contains("lr"), "status should show the failure: {why}");
+    assert_eq!(
+        get("expert:code")["state"],
+        "done",
+        "a sibling was affected"
+    );
+    assert_eq!(get("expert:knowledge")["state"], "done");
+    assert_eq!(
+        get("mix:btx")["state"],
+        "cancelled",
+        "a dependent must not stay pending"
+    );
+    assert_eq!(
+        get("baseline:dense")["state"],
+        "done",
+        "independent stages still run"
+    );
 }

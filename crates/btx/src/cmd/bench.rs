@@ -23,6 +23,29 @@ pub enum BenchCmd {
         /// Print one JSON object instead of text.
         #[arg(long)]
         json: bool,
+        /// Skip measuring the matmul floor.
+        #[arg(long)]
+        no_floor: bool,
+    },
+    /// btx and the PyTorch reference (bench/torch_reference.py) side by side, each in its own
+    /// process, same allocator environment, at each thread count.
+    Compare {
+        /// Presets, comma-separated.
+        #[arg(long, default_value = "S,MoE-S,M", value_delimiter = ',')]
+        presets: Vec<String>,
+        /// Thread counts, comma-separated.
+        #[arg(long, default_value = "1,2", value_delimiter = ',')]
+        threads: Vec<usize>,
+        #[arg(long, default_value_t = 6)]
+        steps: usize,
+        /// Python with torch.
+        #[arg(long, default_value = "python3")]
+        python: String,
+        /// The reference script.
+        #[arg(long, default_value = "bench/torch_reference.py")]
+        script: std::path::PathBuf,
+        #[arg(long)]
+        json: bool,
     },
     /// Time `btx mix` on N random f32 Llama models of ~246M parameters (the size of the
     /// mergekit-moe reference: 13 s, 5.6 GB for four such models). The mix runs as a child
@@ -96,6 +119,155 @@ fn random_batches(vocab: usize, batch: usize, seq: usize, n: usize) -> Vec<Batch
             domains: vec![],
         })
         .collect()
+}
+
+/// The matrix products of one train step (forward and backward), as (m, k, n, count).
+pub fn step_gemms(
+    cfg: &ModelConfig,
+    batch: usize,
+    seq: usize,
+) -> Vec<(usize, usize, usize, usize)> {
+    let n = batch * seq;
+    let d = cfg.hidden_size;
+    let mut g = vec![];
+    // y = x W^T with x [rows, i], W [o, i]: forward, dX, dW.
+    let linear = |g: &mut Vec<(usize, usize, usize, usize)>,
+                  rows: usize,
+                  i: usize,
+                  o: usize,
+                  count: usize| {
+        if rows == 0 {
+            return;
+        }
+        g.push((rows, i, o, count));
+        g.push((rows, o, i, count));
+        g.push((o, rows, i, count));
+    };
+    let l = cfg.num_layers;
+    linear(&mut g, n, d, cfg.q_dim(), 2 * l);
+    linear(&mut g, n, d, cfg.kv_dim(), 2 * l);
+    let (t, hd, bh) = (seq, cfg.head_dim, batch * cfg.num_heads * l);
+    // Attention as computed (full T x T): S = QK^T, O = PV; backward dP, dV, dQ, dK.
+    g.push((t, hd, t, bh));
+    g.push((t, t, hd, bh));
+    g.push((t, hd, t, bh));
+    g.push((t, t, hd, 3 * bh));
+    match &cfg.moe {
+        None => linear(&mut g, n, d, cfg.intermediate_size, 3 * l),
+        Some(m) => {
+            let active = match m.routing {
+                btx_model::Routing::TopK => m.top_k,
+                btx_model::Routing::Soft => m.num_experts,
+                _ => 1,
+            };
+            let per_expert = n * active / m.num_experts;
+            linear(
+                &mut g,
+                per_expert,
+                d,
+                cfg.intermediate_size,
+                3 * l * m.num_experts,
+            );
+            linear(&mut g, n, d, m.num_experts, l);
+        }
+    }
+    linear(&mut g, n, d, cfg.vocab_size, 1);
+    g
+}
+
+/// Seconds the matrix products of one train step take on their own (burn flex matmul,
+/// contiguous operands, median of repeats): the floor a step's time is measured against.
+pub fn matmul_floor(cfg: &ModelConfig, batch: usize, seq: usize) -> f64 {
+    use btx_model::burn::prelude::*;
+    use btx_model::burn::tensor::Distribution;
+    let dev = Device::flex();
+    let mut total = 0.0;
+    for (m, k, n, count) in step_gemms(cfg, batch, seq) {
+        let a = Tensor::<2>::random([m, k], Distribution::Default, &dev);
+        let b = Tensor::<2>::random([k, n], Distribution::Default, &dev);
+        let _ = a.clone().matmul(b.clone()).into_data();
+        let reps = ((2e8 / (2.0 * (m * k * n) as f64)).ceil() as usize).clamp(3, 200);
+        let mut ts = vec![];
+        for _ in 0..3 {
+            let t0 = std::time::Instant::now();
+            for _ in 0..reps {
+                let c = a.clone().matmul(b.clone());
+                dev.sync().ok();
+                drop(c);
+            }
+            ts.push(t0.elapsed().as_secs_f64() / reps as f64);
+        }
+        total += median(&mut ts) * count as f64;
+    }
+    total
+}
+
+/// Runs a benchmark command, returning its JSON line.
+fn run_json(mut c: std::process::Command) -> Result<serde_json::Value> {
+    let out = c.stderr(std::process::Stdio::inherit()).output()?;
+    if !out.status.success() {
+        bail!("{:?} failed", c);
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().last().unwrap_or("");
+    Ok(serde_json::from_str(line)?)
+}
+
+fn compare(
+    presets: &[String],
+    threads: &[usize],
+    steps: usize,
+    python: &str,
+    script: &std::path::Path,
+    json: bool,
+) -> Result<()> {
+    let exe = std::env::current_exe()?;
+    let mut rows = vec![];
+    for p in presets {
+        for &t in threads {
+            let mut b = std::process::Command::new(&exe);
+            b.args([
+                "--threads",
+                &t.to_string(),
+                "bench",
+                "train",
+                "--preset",
+                p,
+                "--json",
+            ])
+            .args(["--steps", &steps.to_string()]);
+            let ours = run_json(b)?;
+            let mut r = std::process::Command::new(python);
+            r.arg(script)
+                .args(["--preset", p, "--threads", &t.to_string(), "--json"])
+                .args(["--steps", &steps.to_string()]);
+            let theirs = run_json(r)?;
+            let ratio = ours["tokens_per_s"].as_f64().unwrap_or(0.0)
+                / theirs["tokens_per_s"].as_f64().unwrap_or(f64::NAN);
+            let rss = ours["peak_rss_mb"].as_f64().unwrap_or(0.0)
+                / theirs["peak_rss_mb"].as_f64().unwrap_or(f64::NAN);
+            if !json {
+                println!(
+                    "{p:<6} {t} thread(s): btx {:>6.0} tok/s ({:.3} s/step, {:.2}x floor, {:>4.0} MB) | pytorch {:>6.0} tok/s ({:.3} s/step, {:>4.0} MB) | speed {ratio:.2}x, memory {rss:.2}x",
+                    ours["tokens_per_s"].as_f64().unwrap_or(0.0),
+                    ours["step_s_median"].as_f64().unwrap_or(0.0),
+                    ours["floor_ratio"].as_f64().unwrap_or(f64::NAN),
+                    ours["peak_rss_mb"].as_f64().unwrap_or(0.0),
+                    theirs["tokens_per_s"].as_f64().unwrap_or(0.0),
+                    theirs["step_s_median"].as_f64().unwrap_or(0.0),
+                    theirs["peak_rss_mb"].as_f64().unwrap_or(0.0),
+                );
+            }
+            rows.push(
+                json!({"preset": p, "threads": t, "btx": ours, "pytorch": theirs,
+                "speed_ratio": ratio, "rss_ratio": rss}),
+            );
+        }
+    }
+    if json {
+        println!("{}", serde_json::Value::Array(rows));
+    }
+    Ok(())
 }
 
 /// A ~246M-parameter Llama: vocab 32000, d 1024, 14 layers, 16 heads, d_ff 2816, untied.
@@ -175,11 +347,20 @@ pub fn run(cmd: BenchCmd, dev: &Device) -> Result<()> {
     let threads = rayon::current_num_threads();
     match cmd {
         BenchCmd::Mix { dir, experts, json } => run_mix_bench(&dir, experts, json)?,
+        BenchCmd::Compare {
+            presets,
+            threads,
+            steps,
+            python,
+            script,
+            json,
+        } => compare(&presets, &threads, steps, &python, &script, json)?,
         BenchCmd::Train {
             preset: name,
             steps,
             warmup,
             json,
+            no_floor,
         } => {
             let (cfg, batch, seq) = preset(&name)?;
             let model = Model::init(&cfg, 0, &Device::flex())?;
@@ -202,26 +383,35 @@ pub fn run(cmd: BenchCmd, dev: &Device) -> Result<()> {
                 }
             }
             let step_s = median(&mut times);
+            let rss = peak_rss_mb();
             let tokens = (batch * seq) as f64;
             let flops = cfg.train_flops_per_token(seq) * tokens;
+            let floor = if no_floor {
+                f64::NAN
+            } else {
+                matmul_floor(&cfg, batch, seq)
+            };
             let r = json!({
-                "preset": name, "threads": threads, "params": cfg.total_params(),
+                "impl": "btx", "preset": name, "threads": threads, "params": cfg.total_params(),
                 "active_params": cfg.active_params(), "batch": batch, "seq": seq,
                 "step_s_median": step_s, "tokens_per_s": tokens / step_s,
-                "gflops_per_s": flops / step_s / 1e9, "peak_rss_mb": peak_rss_mb(),
+                "gflops_per_s": flops / step_s / 1e9, "peak_rss_mb": rss,
+                "matmul_floor_s": floor, "floor_ratio": step_s / floor,
                 "final_loss": loss,
             });
             if json {
                 println!("{r}");
             } else {
                 println!(
-                    "train {name}: {:.2}M params ({:.2}M active), {threads} thread(s): median step {:.3}s, {:.0} tokens/s, {:.1} GFLOP/s, peak RSS {:.0} MB",
+                    "train {name}: {:.2}M params ({:.2}M active), {threads} thread(s): median step {:.3}s, {:.0} tokens/s, {:.1} GFLOP/s, matmul floor {:.3}s ({:.2}x), peak RSS {:.0} MB",
                     cfg.total_params() as f64 / 1e6,
                     cfg.active_params() as f64 / 1e6,
                     step_s,
                     tokens / step_s,
                     flops / step_s / 1e9,
-                    peak_rss_mb()
+                    floor,
+                    step_s / floor,
+                    rss
                 );
             }
         }
