@@ -14,6 +14,11 @@ mod status;
 
 use clap::{Parser, Subcommand};
 
+// Training allocates and frees the same large activation buffers every step; glibc malloc hands
+// them back to the kernel and page-faults them in again each time, mimalloc keeps them.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "btx",
@@ -71,7 +76,23 @@ enum Command {
     Tokenizer(cmd::data::TokenizerCmd),
 }
 
+/// Keeps freed memory committed instead of returning it to the OS, so the next step's buffers
+/// are not page-faulted in again (measured: 59k -> 0.8k page faults and -12% step time on the S
+/// preset). `mi_option_purge_delay` is entry 15 of mimalloc's option enum (v2 and v3); the
+/// versions are pinned in Cargo.toml and its known defaults (10 ms in v2, 1000 ms in v3) are
+/// checked before anything is changed.
+fn keep_freed_memory() {
+    const PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+    // SAFETY: plain getters/setters of mimalloc's global options.
+    unsafe {
+        if matches!(libmimalloc_sys::mi_option_get(PURGE_DELAY), 10 | 1000) {
+            libmimalloc_sys::mi_option_set(PURGE_DELAY, -1);
+        }
+    }
+}
+
 fn main() {
+    keep_freed_memory();
     runtime::init_logging();
     let cli = Cli::parse();
     let result = runtime::init_threads(cli.threads).and_then(|_| {
