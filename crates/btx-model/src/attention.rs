@@ -112,6 +112,21 @@ pub fn self_attention(
     cache: Option<&mut LayerCache>,
 ) -> Tensor<2> {
     let SeqInfo { b, t, rope, pads } = *seq;
+    if cache.is_none() && pads.is_none() && crate::fused::on_flex(&x) {
+        return self_attention_fused(cfg, &w, x, b, t, rope);
+    }
+    self_attention_composite(cfg, w, x, seq, cache)
+}
+
+/// The composite reference of [`self_attention`] (burn ops only; every backend runs it).
+pub fn self_attention_composite(
+    cfg: &ModelConfig,
+    w: AttnWeights<'_>,
+    x: Tensor<2>,
+    seq: &SeqInfo<'_>,
+    cache: Option<&mut LayerCache>,
+) -> Tensor<2> {
+    let SeqInfo { b, t, rope, pads } = *seq;
     let (h, kvh, hd) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
     let dev = x.device();
     let proj = |wt: &Tensor<2>, heads: usize| {
@@ -154,5 +169,38 @@ pub fn self_attention(
     p.matmul(v)
         .swap_dims(1, 2)
         .reshape([b * t, h * hd])
+        .matmul(w.o.clone().transpose())
+}
+
+/// The flex fast path: projections stay `[B*T, heads*hd]`, RoPE is applied in the `[B, T, H, hd]`
+/// view (no transposes), and the fused kernel does masked softmax attention. Causal, no cache,
+/// no padding; the inputs must be on a flex device.
+pub fn self_attention_fused(
+    cfg: &ModelConfig,
+    w: &AttnWeights<'_>,
+    x: Tensor<2>,
+    b: usize,
+    t: usize,
+    rope: &(Tensor<4>, Tensor<4>),
+) -> Tensor<2> {
+    let (h, kvh, hd) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
+    let (cos, sin) = (
+        rope.0.clone().swap_dims(1, 2),
+        rope.1.clone().swap_dims(1, 2),
+    );
+    let project = |wt: &Tensor<2>, heads: usize, rotate: bool| {
+        let y = x.clone().matmul(wt.clone().transpose());
+        if rotate {
+            apply_rope(y.reshape([b, t, heads, hd]), &cos, &sin).reshape([b * t, heads * hd])
+        } else {
+            y
+        }
+    };
+    let q = project(w.q, h, true);
+    let k = project(w.k, kvh, true);
+    let v = project(w.v, kvh, false);
+    let dims = crate::fused::attention::Dims { b, t, h, kvh, hd };
+    crate::fused::attention::causal_attention(q, k, v, dims)
+        .expect("checked on_flex")
         .matmul(w.o.clone().transpose())
 }

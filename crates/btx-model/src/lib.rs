@@ -4,6 +4,7 @@
 pub mod attention;
 pub mod config;
 pub mod error;
+pub mod fused;
 pub mod generate;
 pub mod io;
 pub mod loss;

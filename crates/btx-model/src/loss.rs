@@ -29,18 +29,30 @@ pub fn shifted_targets(ids: &[i64], b: usize, t: usize) -> (Vec<i64>, Vec<i64>) 
 }
 
 /// Mean cross-entropy of `logits[:, :-1]` against `ids[:, 1:]` — transformers' `loss`.
+/// On the flex backend a fused kernel does it in one pass; elsewhere (and with
+/// `BTX_COMPOSITE=1`) the composite ops below.
 pub fn lm_loss(logits: Tensor<3>, ids: &[i64]) -> Tensor<1> {
     let [b, t, v] = logits.dims();
     assert!(
         t >= 2,
         "a sequence needs at least 2 tokens for a next-token loss"
     );
+    let flat = logits.reshape([b * t, v]);
+    let targets: Vec<i64> = (0..b * t)
+        .map(|i| if i % t == t - 1 { -1 } else { ids[i + 1] })
+        .collect();
+    if let Some(l) = crate::fused::cross_entropy::mean_cross_entropy(flat.clone(), &targets) {
+        return l;
+    }
+    lm_loss_composite(flat, ids, b, t)
+}
+
+/// The composite reference of [`lm_loss`] over `[B*T, V]` logits.
+pub fn lm_loss_composite(flat: Tensor<2>, ids: &[i64], b: usize, t: usize) -> Tensor<1> {
     let (pos, tgt) = shifted_targets(ids, b, t);
-    let dev = logits.device();
+    let dev = flat.device();
     let n = pos.len();
-    let rows = logits
-        .reshape([b * t, v])
-        .select(0, Tensor::from_data(TensorData::new(pos, [n]), &dev));
+    let rows = flat.select(0, Tensor::from_data(TensorData::new(pos, [n]), &dev));
     token_nll(rows, &tgt).mean()
 }
 

@@ -1,0 +1,402 @@
+//! Fused causal self-attention (grouped-query) with a handwritten backward.
+//!
+//! Layout: q `[B*T, H*hd]`, k and v `[B*T, KV*hd]`, row-major, heads as column blocks — the
+//! natural output of the projections, so no transposes are materialised. Query head h reads
+//! key/value head h / (H / KV), as transformers' `repeat_kv` does.
+//!
+//! Forward, per (batch, head), in blocks of `BLK` query rows: S = Q Kᵀ only against the keys the
+//! block can see (the upper triangle is never computed), P = softmax(S / sqrt(hd)) with a
+//! vectorised exp, O = P V. P is kept for the backward:
+//! dV = Pᵀ dO, dP = dO Vᵀ, dS = P ∘ (dP − rowsum(dO ∘ O)), dQ = dS K / sqrt(hd),
+//! dK = dSᵀ Q / sqrt(hd). The backward runs per (batch, KV head) so the query heads sharing a
+//! KV head accumulate into its dK / dV without races. Every matrix product goes to the `gemm`
+//! crate (single-threaded; rayon spreads the heads over the cores).
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::flex::FlexTensor;
+use burn::backend::{Autodiff, Flex};
+use burn::prelude::*;
+use gemm::{gemm, Parallelism};
+use rayon::prelude::*;
+
+use super::vexp::exp_sub_sum;
+
+const BLK: usize = 64;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Dims {
+    pub b: usize,
+    pub t: usize,
+    pub h: usize,
+    pub kvh: usize,
+    pub hd: usize,
+}
+
+impl Dims {
+    fn rep(&self) -> usize {
+        self.h / self.kvh
+    }
+    fn qd(&self) -> usize {
+        self.h * self.hd
+    }
+    fn kd(&self) -> usize {
+        self.kvh * self.hd
+    }
+}
+
+/// A raw pointer that rayon tasks may share; each task writes a disjoint set of elements.
+#[derive(Clone, Copy)]
+struct Ptr(*mut f32);
+// SAFETY: used only for writes to disjoint regions (documented at each use).
+unsafe impl Send for Ptr {}
+unsafe impl Sync for Ptr {}
+
+impl Ptr {
+    /// Through a method, so closures capture the `Send` wrapper, not the raw field.
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// `dst[m x n] = (acc ? dst : 0) + scale * A[m x k] B[k x n]`, with A(i, l) = a[i*a_rs + l*a_cs],
+/// B(l, j) = b[l*b_rs + j*b_cs], dst row stride `dst_rs`, column stride 1.
+#[allow(clippy::too_many_arguments)]
+unsafe fn mm(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    dst_rs: usize,
+    acc: bool,
+    a: *const f32,
+    a_rs: usize,
+    a_cs: usize,
+    b: *const f32,
+    b_rs: usize,
+    b_cs: usize,
+    scale: f32,
+) {
+    if m == 0 || n == 0 || k == 0 {
+        return;
+    }
+    gemm(
+        m,
+        n,
+        k,
+        dst,
+        1,
+        dst_rs as isize,
+        acc,
+        a,
+        a_cs as isize,
+        a_rs as isize,
+        b,
+        b_cs as isize,
+        b_rs as isize,
+        if acc { 1.0 } else { 0.0 },
+        scale,
+        false,
+        false,
+        false,
+        Parallelism::None,
+    );
+}
+
+/// Forward: returns (O `[B*T, H*hd]`, P `[B*H, T, T]`).
+pub fn forward(q: &[f32], k: &[f32], v: &[f32], d: Dims) -> (Vec<f32>, Vec<f32>) {
+    let (t, hd, qd, kd) = (d.t, d.hd, d.qd(), d.kd());
+    let scale = 1.0 / (hd as f32).sqrt();
+    let mut out = vec![0f32; d.b * t * qd];
+    let mut p = vec![0f32; d.b * d.h * t * t];
+    let op = Ptr(out.as_mut_ptr());
+    p.par_chunks_mut(t * t).enumerate().for_each(|(bh, pb)| {
+        let (bi, hi) = (bh / d.h, bh % d.h);
+        let g = hi / d.rep();
+        // SAFETY: task (b, h) writes only the head-h columns of batch b's rows of `out`, and its
+        // own P block; reads are within q/k/v bounds by construction of the offsets.
+        unsafe {
+            let qp = q.as_ptr().add(bi * t * qd + hi * hd);
+            let kp = k.as_ptr().add(bi * t * kd + g * hd);
+            let vp = v.as_ptr().add(bi * t * kd + g * hd);
+            let o = op.get().add(bi * t * qd + hi * hd);
+            let mut r0 = 0;
+            while r0 < t {
+                let rows = BLK.min(t - r0);
+                let cols = r0 + rows;
+                mm(
+                    rows,
+                    cols,
+                    hd,
+                    pb.as_mut_ptr().add(r0 * t),
+                    t,
+                    false,
+                    qp.add(r0 * qd),
+                    qd,
+                    1,
+                    kp,
+                    1,
+                    kd,
+                    scale,
+                );
+                for i in r0..r0 + rows {
+                    let row = &mut pb[i * t..(i + 1) * t];
+                    let (seen, future) = row.split_at_mut(i + 1);
+                    let m = seen.iter().fold(f32::NEG_INFINITY, |a, &x| a.max(x));
+                    let z = exp_sub_sum(seen, m);
+                    let inv = 1.0 / z;
+                    seen.iter_mut().for_each(|x| *x *= inv);
+                    future.fill(0.0);
+                }
+                mm(
+                    rows,
+                    hd,
+                    cols,
+                    o.add(r0 * qd),
+                    qd,
+                    false,
+                    pb.as_ptr().add(r0 * t),
+                    t,
+                    1,
+                    vp,
+                    kd,
+                    1,
+                    1.0,
+                );
+                r0 += rows;
+            }
+        }
+    });
+    (out, p)
+}
+
+/// Backward: returns (dQ, dK, dV) in the layouts of q, k, v.
+#[allow(clippy::too_many_arguments)]
+pub fn backward(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    o: &[f32],
+    p: &[f32],
+    dout: &[f32],
+    d: Dims,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let (t, hd, qd, kd) = (d.t, d.hd, d.qd(), d.kd());
+    let scale = 1.0 / (hd as f32).sqrt();
+    let mut dq = vec![0f32; d.b * t * qd];
+    let mut dk = vec![0f32; d.b * t * kd];
+    let mut dv = vec![0f32; d.b * t * kd];
+    let (dqp, dkp, dvp) = (
+        Ptr(dq.as_mut_ptr()),
+        Ptr(dk.as_mut_ptr()),
+        Ptr(dv.as_mut_ptr()),
+    );
+    (0..d.b * d.kvh).into_par_iter().for_each_init(
+        || (vec![0f32; t * t], vec![0f32; t]),
+        |(ds, di), bg| {
+            let (bi, g) = (bg / d.kvh, bg % d.kvh);
+            // SAFETY: task (b, g) writes the head-g columns of dK/dV and the columns of the query
+            // heads of group g in dQ, for batch b's rows only: disjoint between tasks.
+            unsafe {
+                let kp = k.as_ptr().add(bi * t * kd + g * hd);
+                let vp = v.as_ptr().add(bi * t * kd + g * hd);
+                let dkb = dkp.get().add(bi * t * kd + g * hd);
+                let dvb = dvp.get().add(bi * t * kd + g * hd);
+                for hi in g * d.rep()..(g + 1) * d.rep() {
+                    let base = bi * t * qd + hi * hd;
+                    let (qp, gp) = (q.as_ptr().add(base), dout.as_ptr().add(base));
+                    let dqb = dqp.get().add(base);
+                    let pb = &p[(bi * d.h + hi) * t * t..(bi * d.h + hi + 1) * t * t];
+                    // D_i = <dO_i, O_i>
+                    for (i, x) in di.iter_mut().enumerate() {
+                        let orow = &o[base + i * qd..base + i * qd + hd];
+                        let grow = &dout[base + i * qd..base + i * qd + hd];
+                        *x = orow.iter().zip(grow).map(|(a, b)| a * b).sum();
+                    }
+                    let mut r0 = 0;
+                    while r0 < t {
+                        let rows = BLK.min(t - r0);
+                        let cols = r0 + rows;
+                        // dP = dO Vᵀ on the visible block, then dS = P (dP - D).
+                        mm(
+                            rows,
+                            cols,
+                            hd,
+                            ds.as_mut_ptr().add(r0 * t),
+                            t,
+                            false,
+                            gp.add(r0 * qd),
+                            qd,
+                            1,
+                            vp,
+                            1,
+                            kd,
+                            1.0,
+                        );
+                        for i in r0..r0 + rows {
+                            let prow = &pb[i * t..i * t + cols];
+                            let srow = &mut ds[i * t..i * t + cols];
+                            let dii = di[i];
+                            for (s, &pp) in srow.iter_mut().zip(prow) {
+                                *s = pp * (*s - dii);
+                            }
+                        }
+                        // dQ = scale dS K
+                        mm(
+                            rows,
+                            hd,
+                            cols,
+                            dqb.add(r0 * qd),
+                            qd,
+                            false,
+                            ds.as_ptr().add(r0 * t),
+                            t,
+                            1,
+                            kp,
+                            kd,
+                            1,
+                            scale,
+                        );
+                        r0 += rows;
+                    }
+                    let mut c0 = 0;
+                    while c0 < t {
+                        let cols = BLK.min(t - c0);
+                        let n = t - c0;
+                        // dK[c0..] += scale dSᵀ Q, dV[c0..] += Pᵀ dO, over the rows that see them.
+                        mm(
+                            cols,
+                            hd,
+                            n,
+                            dkb.add(c0 * kd),
+                            kd,
+                            true,
+                            ds.as_ptr().add(c0 * t + c0),
+                            1,
+                            t,
+                            qp.add(c0 * qd),
+                            qd,
+                            1,
+                            scale,
+                        );
+                        mm(
+                            cols,
+                            hd,
+                            n,
+                            dvb.add(c0 * kd),
+                            kd,
+                            true,
+                            pb.as_ptr().add(c0 * t + c0),
+                            1,
+                            t,
+                            gp.add(c0 * qd),
+                            qd,
+                            1,
+                            1.0,
+                        );
+                        c0 += cols;
+                    }
+                }
+            }
+        },
+    );
+    (dq, dk, dv)
+}
+
+fn contiguous(t: &FlexTensor) -> FlexTensor {
+    if t.is_contiguous() {
+        t.clone()
+    } else {
+        t.to_contiguous()
+    }
+}
+
+fn slice(t: &FlexTensor) -> &[f32] {
+    t.as_slice::<f32>().expect("contiguous f32")
+}
+
+#[derive(Debug)]
+struct AttnBackward;
+
+impl Backward<Flex, 3> for AttnBackward {
+    /// (q, k, v, o, p, dims)
+    type State = (
+        FlexTensor,
+        FlexTensor,
+        FlexTensor,
+        FlexTensor,
+        FlexTensor,
+        [usize; 5],
+    );
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let (q, k, v, o, p, [b, t, h, kvh, hd]) = ops.state;
+        let d = Dims { b, t, h, kvh, hd };
+        let g = contiguous(&grads.consume::<Flex>(&ops.node));
+        let (dq, dk, dv) = backward(
+            slice(&q),
+            slice(&k),
+            slice(&v),
+            slice(&o),
+            slice(&p),
+            slice(&g),
+            d,
+        );
+        let [pq, pk, pv] = ops.parents;
+        let mk =
+            |x: Vec<f32>, cols: usize| FlexTensor::from_data(TensorData::new(x, [b * t, cols]));
+        if let Some(n) = pq {
+            grads.register::<Flex>(n.id, mk(dq, d.qd()));
+        }
+        if let Some(n) = pk {
+            grads.register::<Flex>(n.id, mk(dk, d.kd()));
+        }
+        if let Some(n) = pv {
+            grads.register::<Flex>(n.id, mk(dv, d.kd()));
+        }
+    }
+}
+
+/// Causal GQA attention of `q: [B*T, H*hd]`, `k, v: [B*T, KV*hd]` (RoPE already applied),
+/// returning `[B*T, H*hd]`; `None` when the tensors are not on a flex device.
+pub fn causal_attention(q: Tensor<2>, k: Tensor<2>, v: Tensor<2>, d: Dims) -> Option<Tensor<2>> {
+    if !super::on_flex(&q) {
+        return None;
+    }
+    let shape = [d.b * d.t, d.qd()];
+    if q.is_autodiff() {
+        let ad = |t: Tensor<2>| {
+            t.try_into_primitive::<Autodiff<Flex>>()
+                .expect("flex autodiff")
+        };
+        let (q, k, v) = (ad(q), ad(k), ad(v));
+        let (qc, kc, vc) = (
+            contiguous(q.primitive()),
+            contiguous(k.primitive()),
+            contiguous(v.primitive()),
+        );
+        let (o, p) = forward(slice(&qc), slice(&kc), slice(&vc), d);
+        let o = FlexTensor::from_data(TensorData::new(o, shape));
+        let out = match AttnBackward
+            .prepare::<NoCheckpointing>([q.node(), k.node(), v.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let p = FlexTensor::from_data(TensorData::new(p, [d.b * d.h, d.t, d.t]));
+                prep.finish((qc, kc, vc, o.clone(), p, [d.b, d.t, d.h, d.kvh, d.hd]), o)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(o),
+        };
+        Some(Tensor::from_primitive::<Autodiff<Flex>>(out))
+    } else {
+        let fl = |t: Tensor<2>| contiguous(&t.try_into_primitive::<Flex>().expect("flex tensor"));
+        let (q, k, v) = (fl(q), fl(k), fl(v));
+        let (o, _) = forward(slice(&q), slice(&k), slice(&v), d);
+        Some(Tensor::from_primitive::<Flex>(FlexTensor::from_data(
+            TensorData::new(o, shape),
+        )))
+    }
+}
