@@ -124,3 +124,35 @@ fn fused_cross_entropy_matches_composite() {
         assert_eq!(li, a);
     }
 }
+
+#[test]
+fn fused_adamw_matches_the_composite_update() {
+    use btx_model::fused::adamw::{adamw, AdamWScalars};
+    let dev = Device::flex();
+    dev.seed(3);
+    let r = |s: f64| Tensor::<2>::random([37, 129], Distribution::Normal(0.0, s), &dev);
+    let (p, g, m) = (r(1.0), r(0.1), r(0.01));
+    let v = r(0.01).abs();
+    let (lr, wd, b1, b2, eps, t) = (1e-3f64, 0.1f64, 0.9f64, 0.95f64, 1e-8f64, 3i32);
+    let (bc1, bc2s) = (1.0 - b1.powi(t), (1.0 - b2.powi(t)).sqrt());
+    let s = AdamWScalars {
+        decay: (1.0 - lr * wd) as f32,
+        one_minus_b1: (1.0 - b1) as f32,
+        b2: b2 as f32,
+        one_minus_b2: (1.0 - b2) as f32,
+        bc2_sqrt: bc2s as f32,
+        eps: eps as f32,
+        step: (lr / bc1) as f32,
+    };
+    let (pf, mf, vf) = adamw(p.clone(), g.clone(), m.clone(), v.clone(), s).expect("flex");
+    // The composite update of btx-train's AdamW.
+    let p1 = p * (1.0 - lr * wd);
+    let m1 = m.clone() + (g.clone() - m) * (1.0 - b1);
+    let v1 = v * b2 + g.clone() * g * (1.0 - b2);
+    let denom = v1.clone().sqrt() / bc2s + eps;
+    let p2 = p1 - m1.clone() / denom * (lr / bc1);
+    for (name, a, b) in [("p", pf, p2), ("m", mf, m1), ("v", vf, v1)] {
+        let e = rel_err(&to_vec(a), &to_vec(b));
+        assert!(e < 1e-6, "{name} differs by {e}");
+    }
+}

@@ -103,16 +103,41 @@ impl AdamW {
                 m: g.zeros_like(),
                 v: g.zeros_like(),
             });
+        let t = self.t as i32;
+        let bc1 = 1.0 - b1.powi(t);
+        let bc2_sqrt = (1.0 - b2.powi(t)).sqrt();
+        let decay_mul = if decay && c.weight_decay != 0.0 {
+            1.0 - lr * c.weight_decay
+        } else {
+            1.0
+        };
+        let scalars = btx_model::fused::adamw::AdamWScalars {
+            decay: decay_mul as f32,
+            one_minus_b1: (1.0 - b1) as f32,
+            b2: b2 as f32,
+            one_minus_b2: (1.0 - b2) as f32,
+            bc2_sqrt: bc2_sqrt as f32,
+            eps: c.eps as f32,
+            step: (lr / bc1) as f32,
+        };
+        if let Some((p, m, v)) = btx_model::fused::adamw::adamw(
+            p.clone(),
+            g.clone(),
+            st.m.clone(),
+            st.v.clone(),
+            scalars,
+        ) {
+            st.m = m;
+            st.v = v;
+            return p;
+        }
         let mut p = p;
-        if decay && c.weight_decay != 0.0 {
-            p = p * (1.0 - lr * c.weight_decay);
+        if decay_mul != 1.0 {
+            p = p * decay_mul;
         }
         // m.lerp_(g, 1 - b1) == m + (1 - b1) (g - m)
         let m = st.m.clone() + (g.clone() - st.m.clone()) * (1.0 - b1);
         let v = st.v.clone() * b2 + g.clone() * g * (1.0 - b2);
-        let t = self.t as i32;
-        let bc1 = 1.0 - b1.powi(t);
-        let bc2_sqrt = (1.0 - b2.powi(t)).sqrt();
         let denom = v.clone().sqrt() / bc2_sqrt + c.eps;
         let p = p - m.clone() / denom * (lr / bc1);
         st.m = m;

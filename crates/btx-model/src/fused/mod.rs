@@ -3,6 +3,7 @@
 //! back to the composite ops (the reference implementation, and what other backends run).
 //! `BTX_COMPOSITE=1` forces the composite path everywhere (for comparisons).
 
+pub mod adamw;
 pub mod attention;
 pub mod cross_entropy;
 pub mod vexp;
