@@ -8,6 +8,14 @@ use crate::config::ModelConfig;
 
 /// `x * rsqrt(mean(x^2) + eps) * w`, over the last dim of `[N, d]`; `w` is `[1, d]`.
 pub fn rms_norm(x: Tensor<2>, w: &Tensor<2>, eps: f64) -> Tensor<2> {
+    if let Some(y) = crate::fused::elementwise::rms_norm(x.clone(), w.clone(), eps) {
+        return y;
+    }
+    rms_norm_composite(x, w, eps)
+}
+
+/// The composite reference of [`rms_norm`].
+pub fn rms_norm_composite(x: Tensor<2>, w: &Tensor<2>, eps: f64) -> Tensor<2> {
     let inv = (x.clone().square().mean_dim(1) + eps).sqrt().recip();
     x * inv * w.clone()
 }

@@ -24,9 +24,13 @@ pub struct Mlp {
 
 impl Mlp {
     pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
-        let g = silu(x.clone().matmul(self.gate.clone().transpose()));
+        let g = x.clone().matmul(self.gate.clone().transpose());
         let u = x.matmul(self.up.clone().transpose());
-        (g * u).matmul(self.down.clone().transpose())
+        let h = match crate::fused::elementwise::swiglu(g.clone(), u.clone()) {
+            Some(h) => h,
+            None => silu(g) * u,
+        };
+        h.matmul(self.down.clone().transpose())
     }
 }
 

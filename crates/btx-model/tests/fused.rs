@@ -156,3 +156,44 @@ fn fused_adamw_matches_the_composite_update() {
         assert!(e < 1e-6, "{name} differs by {e}");
     }
 }
+
+#[test]
+fn fused_swiglu_and_rmsnorm_match_composite() {
+    use btx_model::attention::{rms_norm, rms_norm_composite};
+    use btx_model::burn::tensor::activation::silu;
+    use btx_model::fused::elementwise::swiglu;
+    for (i, &(n, f)) in [(1, 1), (7, 33), (300, 200), (64, 8193)].iter().enumerate() {
+        Device::flex().seed(50 + i as u64);
+        let (a, b) = (leaf([n, f], 3.0), leaf([n, f], 1.0));
+        let probe =
+            Tensor::<2>::random([n, f], Distribution::Normal(0.0, 1.0), &Device::flex()).autodiff();
+        let fused = swiglu(a.clone(), b.clone()).expect("flex");
+        let gf = (fused.clone() * probe.clone()).sum().backward();
+        let comp = silu(a.clone()) * b.clone();
+        let gc = (comp.clone() * probe.clone()).sum().backward();
+        assert!(
+            rel_err(&to_vec(fused), &to_vec(comp)) < 1e-6,
+            "swiglu case {i}"
+        );
+        for (nm, p) in [("a", &a), ("b", &b)] {
+            let e = rel_err(&to_vec(p.grad(&gf).unwrap()), &to_vec(p.grad(&gc).unwrap()));
+            assert!(e < 1e-5, "swiglu case {i}: d{nm} differs by {e}");
+        }
+        // RMSNorm over the same shapes, weight as a [1, f] row. (A width of 1 is degenerate:
+        // the output is sign(x) w and its gradient pure cancellation in both versions.)
+        if f == 1 {
+            continue;
+        }
+        let x = leaf([n, f], 2.0);
+        let w = leaf([1, f], 1.0);
+        let yf = rms_norm(x.clone(), &w, 1e-5);
+        let gf = (yf.clone() * probe.clone()).sum().backward();
+        let yc = rms_norm_composite(x.clone(), &w, 1e-5);
+        let gc = (yc.clone() * probe.clone()).sum().backward();
+        assert!(rel_err(&to_vec(yf), &to_vec(yc)) < 1e-5, "rms case {i}");
+        for (nm, p) in [("x", &x), ("w", &w)] {
+            let e = rel_err(&to_vec(p.grad(&gf).unwrap()), &to_vec(p.grad(&gc).unwrap()));
+            assert!(e < 1e-4, "rms case {i}: d{nm} differs by {e}");
+        }
+    }
+}

@@ -6,6 +6,7 @@
 pub mod adamw;
 pub mod attention;
 pub mod cross_entropy;
+pub mod elementwise;
 pub mod vexp;
 
 use burn::prelude::*;

@@ -1,0 +1,235 @@
+//! Fused element-wise kernels with handwritten backward: SwiGLU's `silu(a) * b` and RMSNorm.
+//! One pass over the data forward and one backward, split over the cores, instead of the chain
+//! of element-wise tensor ops (each its own pass and allocation) the composite versions run.
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::flex::FlexTensor;
+use burn::backend::{Autodiff, Flex};
+use burn::prelude::*;
+use rayon::prelude::*;
+
+use super::vexp::exp_sub_sum;
+
+const CHUNK: usize = 1 << 13;
+
+fn contiguous(t: &FlexTensor) -> FlexTensor {
+    if t.is_contiguous() {
+        t.clone()
+    } else {
+        t.to_contiguous()
+    }
+}
+
+fn slice(t: &FlexTensor) -> &[f32] {
+    t.as_slice::<f32>().expect("contiguous f32")
+}
+
+fn flex2(v: Vec<f32>, shape: [usize; 2]) -> FlexTensor {
+    FlexTensor::from_data(TensorData::new(v, shape))
+}
+
+/// sigmoid of a chunk into `out`, with the vectorised exp: 1 / (1 + e^-a).
+fn sigmoid_into(a: &[f32], out: &mut [f32]) {
+    for (o, x) in out.iter_mut().zip(a) {
+        *o = -x;
+    }
+    exp_sub_sum(out, 0.0);
+    for o in out.iter_mut() {
+        *o = 1.0 / (1.0 + *o);
+    }
+}
+
+fn swiglu_forward(a: &[f32], b: &[f32]) -> Vec<f32> {
+    let mut out = vec![0f32; a.len()];
+    out.par_chunks_mut(CHUNK).enumerate().for_each(|(c, o)| {
+        let s = c * CHUNK;
+        let (a, b) = (&a[s..s + o.len()], &b[s..s + o.len()]);
+        sigmoid_into(a, o);
+        for i in 0..o.len() {
+            o[i] *= a[i] * b[i];
+        }
+    });
+    out
+}
+
+#[derive(Debug)]
+struct SwigluBackward;
+
+impl Backward<Flex, 2> for SwigluBackward {
+    /// (a, b, shape)
+    type State = (FlexTensor, FlexTensor, [usize; 2]);
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let (a, b, shape) = ops.state;
+        let g = contiguous(&grads.consume::<Flex>(&ops.node));
+        let (a, b, g) = (slice(&a), slice(&b), slice(&g));
+        let n = a.len();
+        let mut da = vec![0f32; n];
+        let mut db = vec![0f32; n];
+        da.par_chunks_mut(CHUNK)
+            .zip(db.par_chunks_mut(CHUNK))
+            .enumerate()
+            .for_each(|(c, (da, db))| {
+                let s = c * CHUNK;
+                let len = da.len();
+                let (a, b, g) = (&a[s..s + len], &b[s..s + len], &g[s..s + len]);
+                sigmoid_into(a, da);
+                for i in 0..len {
+                    let sg = da[i];
+                    let silu = a[i] * sg;
+                    db[i] = g[i] * silu;
+                    // d silu / da = sig (1 + a (1 - sig))
+                    da[i] = g[i] * b[i] * sg * (1.0 + a[i] * (1.0 - sg));
+                }
+            });
+        let [pa, pb] = ops.parents;
+        if let Some(n) = pa {
+            grads.register::<Flex>(n.id, flex2(da, shape));
+        }
+        if let Some(n) = pb {
+            grads.register::<Flex>(n.id, flex2(db, shape));
+        }
+    }
+}
+
+/// `silu(a) * b` for `[N, F]` tensors; `None` off flex.
+pub fn swiglu(a: Tensor<2>, b: Tensor<2>) -> Option<Tensor<2>> {
+    if !super::on_flex(&a) {
+        return None;
+    }
+    let shape = a.dims();
+    if a.is_autodiff() {
+        let ad = |t: Tensor<2>| {
+            t.try_into_primitive::<Autodiff<Flex>>()
+                .expect("flex autodiff")
+        };
+        let (a, b) = (ad(a), ad(b));
+        let (ac, bc) = (contiguous(a.primitive()), contiguous(b.primitive()));
+        let out = flex2(swiglu_forward(slice(&ac), slice(&bc)), shape);
+        let t = match SwigluBackward
+            .prepare::<NoCheckpointing>([a.node(), b.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish((ac, bc, shape), out),
+            OpsKind::UnTracked(prep) => prep.finish(out),
+        };
+        Some(Tensor::from_primitive::<Autodiff<Flex>>(t))
+    } else {
+        let fl = |t: Tensor<2>| contiguous(&t.try_into_primitive::<Flex>().expect("flex"));
+        let (a, b) = (fl(a), fl(b));
+        let out = flex2(swiglu_forward(slice(&a), slice(&b)), shape);
+        Some(Tensor::from_primitive::<Flex>(out))
+    }
+}
+
+/// Rows per task for RMSNorm.
+const ROWS: usize = 64;
+
+/// y = x * r * w with r = 1 / sqrt(mean(x^2) + eps) per row; returns (y, r).
+fn rms_forward(x: &[f32], w: &[f32], d: usize, eps: f32) -> (Vec<f32>, Vec<f32>) {
+    let n = x.len() / d;
+    let mut y = vec![0f32; x.len()];
+    let mut r = vec![0f32; n];
+    y.par_chunks_mut(ROWS * d)
+        .zip(r.par_chunks_mut(ROWS))
+        .enumerate()
+        .for_each(|(c, (y, r))| {
+            for (j, (yr, rr)) in y.chunks_mut(d).zip(r.iter_mut()).enumerate() {
+                let row = &x[(c * ROWS + j) * d..(c * ROWS + j + 1) * d];
+                let ms = row.iter().map(|v| v * v).sum::<f32>() / d as f32;
+                *rr = 1.0 / (ms + eps).sqrt();
+                for k in 0..d {
+                    yr[k] = row[k] * *rr * w[k];
+                }
+            }
+        });
+    (y, r)
+}
+
+#[derive(Debug)]
+struct RmsBackward;
+
+impl Backward<Flex, 2> for RmsBackward {
+    /// (x, w, per-row r, shape)
+    type State = (FlexTensor, FlexTensor, Vec<f32>, [usize; 2]);
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let (x, w, r, [n, d]) = ops.state;
+        let g = contiguous(&grads.consume::<Flex>(&ops.node));
+        let (x, w, g) = (slice(&x), slice(&w), slice(&g));
+        let mut dx = vec![0f32; n * d];
+        // dx = r (g w - x r^2 mean(g w x)); dw = sum_rows g x r (per-task partial sums).
+        let dw_parts: Vec<Vec<f32>> = dx
+            .par_chunks_mut(ROWS * d)
+            .enumerate()
+            .map(|(c, dxc)| {
+                let mut dw = vec![0f32; d];
+                for (j, dxr) in dxc.chunks_mut(d).enumerate() {
+                    let i = c * ROWS + j;
+                    let (xr, gr, ri) = (&x[i * d..(i + 1) * d], &g[i * d..(i + 1) * d], r[i]);
+                    let mut dot = 0f32;
+                    for k in 0..d {
+                        dot += gr[k] * w[k] * xr[k];
+                        dw[k] += gr[k] * xr[k] * ri;
+                    }
+                    let c2 = ri * ri * dot / d as f32;
+                    for k in 0..d {
+                        dxr[k] = ri * (gr[k] * w[k] - xr[k] * c2);
+                    }
+                }
+                dw
+            })
+            .collect();
+        let mut dw = vec![0f32; d];
+        for p in &dw_parts {
+            for (a, b) in dw.iter_mut().zip(p) {
+                *a += b;
+            }
+        }
+        let [px, pw] = ops.parents;
+        if let Some(node) = px {
+            grads.register::<Flex>(node.id, flex2(dx, [n, d]));
+        }
+        if let Some(node) = pw {
+            grads.register::<Flex>(node.id, flex2(dw, [1, d]));
+        }
+    }
+}
+
+/// RMSNorm of `x: [N, d]` with weight `w: [1, d]`; `None` off flex.
+pub fn rms_norm(x: Tensor<2>, w: Tensor<2>, eps: f64) -> Option<Tensor<2>> {
+    if !super::on_flex(&x) {
+        return None;
+    }
+    let [n, d] = x.dims();
+    let eps = eps as f32;
+    if x.is_autodiff() || w.is_autodiff() {
+        let ad = |t: Tensor<2>| {
+            t.autodiff()
+                .try_into_primitive::<Autodiff<Flex>>()
+                .expect("flex autodiff")
+        };
+        let (x, w) = (ad(x), ad(w));
+        let (xc, wc) = (contiguous(x.primitive()), contiguous(w.primitive()));
+        let (y, r) = rms_forward(slice(&xc), slice(&wc), d, eps);
+        let out = flex2(y, [n, d]);
+        let t = match RmsBackward
+            .prepare::<NoCheckpointing>([x.node(), w.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish((xc, wc, r, [n, d]), out),
+            OpsKind::UnTracked(prep) => prep.finish(out),
+        };
+        Some(Tensor::from_primitive::<Autodiff<Flex>>(t))
+    } else {
+        let fl = |t: Tensor<2>| contiguous(&t.try_into_primitive::<Flex>().expect("flex"));
+        let (x, w) = (fl(x), fl(w));
+        let (y, _) = rms_forward(slice(&x), slice(&w), d, eps);
+        Some(Tensor::from_primitive::<Flex>(flex2(y, [n, d])))
+    }
+}
