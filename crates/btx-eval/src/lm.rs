@@ -9,7 +9,7 @@
 
 use btx_model::burn::prelude::*;
 use btx_model::burn::tensor::activation::log_softmax;
-use btx_model::generate::generate;
+use btx_model::generate::{generate, left_pad, Rows};
 use btx_model::{to_vec, ForwardOpts, KvCache, Model};
 
 /// A model (or ensemble) evaluation can query.
@@ -198,13 +198,7 @@ impl Lm for Ensemble {
         if b == 0 || max_new == 0 {
             return vec![vec![]; b];
         }
-        let len = prompts.iter().map(Vec::len).max().unwrap_or(1).max(1);
-        let pads: Vec<usize> = prompts.iter().map(|p| len - p.len()).collect();
-        let mut ids = Vec::with_capacity(b * len);
-        for p in prompts {
-            ids.extend(std::iter::repeat_n(0i64, len - p.len()));
-            ids.extend_from_slice(p);
-        }
+        let (ids, pads, len) = left_pad(prompts);
         let opts = ForwardOpts {
             pads: pads.iter().any(|&p| p > 0).then(|| pads.clone()),
             ..Default::default()
@@ -217,8 +211,7 @@ impl Lm for Ensemble {
             .collect();
         // loglik[row][expert]: log-likelihood of the context so far.
         let mut loglik = vec![vec![0f64; n]; b];
-        let mut out = vec![vec![]; b];
-        let mut done = vec![false; b];
+        let mut rows = Rows::new(b);
         let mut input = ids.clone();
         let mut t = len;
         for step in 0..max_new {
@@ -254,25 +247,16 @@ impl Lm for Ensemble {
                 for e in 0..n {
                     loglik[r][e] += last[e][r * v + best.0] as f64;
                 }
-                if !done[r] {
-                    if Some(tok) == eos {
-                        done[r] = true;
-                    } else {
-                        out[r].push(tok);
-                        if stop(r, &out[r]) {
-                            done[r] = true;
-                        }
-                    }
-                }
+                rows.push(r, tok, eos, stop);
                 next.push(tok);
             }
-            if done.iter().all(|&d| d) {
+            if rows.all_done() {
                 break;
             }
             input = next;
             t = 1;
         }
-        out
+        rows.out
     }
 
     fn forward_passes(&self) -> usize {

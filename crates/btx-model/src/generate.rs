@@ -69,6 +69,59 @@ pub fn sample(logits: &[f32], s: &Sampling, rng: &mut Rng) -> i64 {
     p.last().map_or(0, |x| x.0 as i64)
 }
 
+/// Left-pads prompts to a common length: (row-major ids `[B, L]` with 0 as padding, the padding
+/// of each row, L).
+pub fn left_pad(prompts: &[Vec<i64>]) -> (Vec<i64>, Vec<usize>, usize) {
+    let len = prompts.iter().map(Vec::len).max().unwrap_or(0).max(1);
+    let pads: Vec<usize> = prompts.iter().map(|p| len - p.len()).collect();
+    let mut ids = Vec::with_capacity(prompts.len() * len);
+    for p in prompts {
+        ids.extend(std::iter::repeat_n(0i64, len - p.len()));
+        ids.extend_from_slice(p);
+    }
+    (ids, pads, len)
+}
+
+/// The generated tokens of each row and which rows have stopped.
+pub struct Rows {
+    pub out: Vec<Vec<i64>>,
+    pub done: Vec<bool>,
+}
+
+impl Rows {
+    pub fn new(b: usize) -> Self {
+        Self {
+            out: vec![vec![]; b],
+            done: vec![false; b],
+        }
+    }
+
+    /// Records row `r`'s next token: EOS or `stop(r, generated)` ends the row.
+    pub fn push(
+        &mut self,
+        r: usize,
+        tok: i64,
+        eos: Option<i64>,
+        stop: &mut dyn FnMut(usize, &[i64]) -> bool,
+    ) {
+        if self.done[r] {
+            return;
+        }
+        if Some(tok) == eos {
+            self.done[r] = true;
+        } else {
+            self.out[r].push(tok);
+            if stop(r, &self.out[r]) {
+                self.done[r] = true;
+            }
+        }
+    }
+
+    pub fn all_done(&self) -> bool {
+        self.done.iter().all(|&d| d)
+    }
+}
+
 /// Continues each prompt by up to `max_new` tokens. A row stops when it produces `eos` or when
 /// `stop(row, generated_so_far)` says so. Returns only the generated ids of each row.
 pub fn generate(
@@ -83,21 +136,14 @@ pub fn generate(
     if b == 0 || max_new == 0 {
         return vec![vec![]; b];
     }
-    let len = prompts.iter().map(Vec::len).max().unwrap_or(0).max(1);
-    let pads: Vec<usize> = prompts.iter().map(|p| len - p.len()).collect();
-    let mut ids = Vec::with_capacity(b * len);
-    for p in prompts {
-        ids.extend(std::iter::repeat_n(0i64, len - p.len()));
-        ids.extend_from_slice(p);
-    }
+    let (ids, pads, len) = left_pad(prompts);
     let opts = ForwardOpts {
         pads: pads.iter().any(|&p| p > 0).then(|| pads.clone()),
         ..Default::default()
     };
     let v = model.cfg.vocab_size;
     let mut cache = KvCache::new(model.cfg.num_layers);
-    let mut out: Vec<Vec<i64>> = vec![vec![]; b];
-    let mut done = vec![false; b];
+    let mut rows = Rows::new(b);
     let mut rng = Rng::derive(sampling.seed, "generate");
     let mut input = ids;
     let mut t = len;
@@ -108,23 +154,14 @@ pub fn generate(
         let mut next = Vec::with_capacity(b);
         for r in 0..b {
             let tok = sample(&host[r * v..(r + 1) * v], sampling, &mut rng);
-            if !done[r] {
-                if Some(tok) == eos {
-                    done[r] = true;
-                } else {
-                    out[r].push(tok);
-                    if stop(r, &out[r]) {
-                        done[r] = true;
-                    }
-                }
-            }
+            rows.push(r, tok, eos, &mut stop);
             next.push(tok);
         }
-        if done.iter().all(|&d| d) {
+        if rows.all_done() {
             break;
         }
         input = next;
         t = 1;
     }
-    out
+    rows.out
 }

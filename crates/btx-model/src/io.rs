@@ -136,16 +136,26 @@ impl TensorReader {
             .unwrap_or_else(|| self.files.first().map(|f| f.0.clone()).unwrap_or_default())
     }
 
+    /// The index entry of a tensor, or an error naming the file and the tensor.
+    #[allow(clippy::type_complexity)]
+    fn entry(
+        &self,
+        name: &str,
+        hint: &str,
+    ) -> Result<&(usize, Dtype, Vec<usize>, std::ops::Range<usize>)> {
+        self.index
+            .get(name)
+            .ok_or_else(|| ModelError::MissingTensor {
+                path: self.file_of(name),
+                name: name.into(),
+                hint: hint.into(),
+            })
+    }
+
     /// Reads one tensor as f32 (F16/BF16/F64 are converted).
     pub fn read(&self, name: &str) -> Result<HostTensor> {
         let (fi, dtype, shape, range) =
-            self.index
-                .get(name)
-                .ok_or_else(|| ModelError::MissingTensor {
-                    path: self.file_of(name),
-                    name: name.into(),
-                    hint: "the checkpoint does not hold this tensor".into(),
-                })?;
+            self.entry(name, "the checkpoint does not hold this tensor")?;
         let bytes = &self.files[*fi].1[range.clone()];
         let data = decode_f32(bytes, *dtype).ok_or_else(|| ModelError::Dtype {
             path: self.files[*fi].0.clone(),
@@ -186,14 +196,7 @@ impl TensorReader {
     /// A tensor's bytes as little-endian f32: borrowed straight from the mapping when the file
     /// stores F32, converted otherwise.
     pub fn f32_bytes(&self, name: &str) -> Result<std::borrow::Cow<'_, [u8]>> {
-        let (fi, dtype, _, range) =
-            self.index
-                .get(name)
-                .ok_or_else(|| ModelError::MissingTensor {
-                    path: self.file_of(name),
-                    name: name.into(),
-                    hint: "the checkpoint does not hold this tensor".into(),
-                })?;
+        let (fi, dtype, _, range) = self.entry(name, "the checkpoint does not hold this tensor")?;
         let bytes = &self.files[*fi].1[range.clone()];
         if *dtype == Dtype::F32 {
             return Ok(std::borrow::Cow::Borrowed(bytes));
@@ -229,13 +232,7 @@ impl TensorReader {
     /// Reads an integer tensor (I64/I32/U32/...) as i64, e.g. `input_ids`.
     pub fn read_i64(&self, name: &str) -> Result<(Vec<usize>, Vec<i64>)> {
         let (fi, dtype, shape, range) =
-            self.index
-                .get(name)
-                .ok_or_else(|| ModelError::MissingTensor {
-                    path: self.file_of(name),
-                    name: name.into(),
-                    hint: "expected an integer tensor of token ids".into(),
-                })?;
+            self.entry(name, "expected an integer tensor of token ids")?;
         let b = &self.files[*fi].1[range.clone()];
         let v: Vec<i64> = match dtype {
             Dtype::I64 => b

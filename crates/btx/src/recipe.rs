@@ -295,20 +295,21 @@ pub struct EvalSection {
 }
 
 impl EvalSection {
+    // Defaults come from btx-eval's EvalSpec, the one place they are written.
     fn d_seq() -> usize {
-        256
+        btx_eval::EvalSpec::default().seq_len
     }
     fn d_windows() -> usize {
-        32
+        btx_eval::EvalSpec::default().windows
     }
     fn d_batch() -> usize {
-        8
+        btx_eval::EvalSpec::default().batch
     }
     fn d_tasks() -> usize {
-        100
+        btx_eval::EvalSpec::default().tasks
     }
     fn d_task_batch() -> usize {
-        32
+        btx_eval::EvalSpec::default().task_batch
     }
 
     pub fn spec(&self) -> btx_eval::EvalSpec {
