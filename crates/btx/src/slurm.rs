@@ -150,29 +150,72 @@ pub struct JobInfo {
 }
 
 /// Asks `scontrol show job` (no accounting database needed).
+///
+/// An array task that never started has no record of its own: Slurm keeps it folded into the
+/// array's meta record (`ArrayTaskId=1-2`), and `scontrol show job 12_1` answers "not found".
+/// Such a task has the meta record's state, also after the meta record was cancelled (then its
+/// task list is gone, `ArrayTaskId=4294967294`).
 pub fn job_info(id: &str) -> Option<JobInfo> {
-    let out = Command::new("scontrol")
-        .args(["show", "job", "-o", id])
-        .output()
-        .ok()?;
-    if !out.status.success() {
-        return None;
-    }
-    let text = String::from_utf8_lossy(&out.stdout);
-    // For an array id like 12_3, scontrol prints the matching task only.
-    let line = text.lines().next()?;
-    let field = |k: &str| {
-        line.split_whitespace()
-            .find_map(|kv| kv.strip_prefix(&format!("{k}=")))
-            .unwrap_or("")
-            .to_string()
+    let show = |id: &str| -> Option<String> {
+        let out = Command::new("scontrol")
+            .args(["show", "job", "-o", id])
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
     };
-    Some(JobInfo {
-        state: field("JobState"),
-        elapsed: field("RunTime"),
-        exit_code: field("ExitCode"),
-        reason: field("Reason"),
-    })
+    match show(id) {
+        // For an array id like 12_3, scontrol prints the matching task only.
+        Some(text) => text.lines().next().map(parse_job_line),
+        None => {
+            let (base, task) = id.split_once('_')?;
+            let task: u64 = task.parse().ok()?;
+            array_task_from_records(&show(base)?, task)
+        }
+    }
+}
+
+fn job_field<'a>(line: &'a str, k: &str) -> &'a str {
+    line.split_whitespace()
+        .find_map(|kv| kv.strip_prefix(k)?.strip_prefix('='))
+        .unwrap_or("")
+}
+
+fn parse_job_line(line: &str) -> JobInfo {
+    JobInfo {
+        state: job_field(line, "JobState").to_string(),
+        elapsed: job_field(line, "RunTime").to_string(),
+        exit_code: job_field(line, "ExitCode").to_string(),
+        reason: job_field(line, "Reason").to_string(),
+    }
+}
+
+/// Task `task`'s state from every record of its array (`scontrol show job -o BASE`).
+fn array_task_from_records(text: &str, task: u64) -> Option<JobInfo> {
+    // "1-5%2" or "1,3,7-9": the tasks a pending meta record still holds.
+    let holds = |spec: &str| {
+        let spec = spec.split('%').next().unwrap_or("");
+        spec.split(',').any(|r| match r.split_once('-') {
+            Some((a, b)) => a
+                .parse::<u64>()
+                .ok()
+                .zip(b.parse::<u64>().ok())
+                .is_some_and(|(a, b)| (a..=b).contains(&task)),
+            None => r.parse::<u64>().ok() == Some(task),
+        })
+    };
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    lines
+        .iter()
+        .find(|l| holds(job_field(l, "ArrayTaskId")))
+        .or_else(|| {
+            // A meta record emptied by scancel no longer lists its tasks (NO_VAL).
+            lines
+                .iter()
+                .find(|l| job_field(l, "ArrayTaskId") == "4294967294")
+        })
+        .map(|l| parse_job_line(l))
 }
 
 pub fn is_live(state: &str) -> bool {
@@ -475,5 +518,42 @@ impl Executor for SlurmExecutor {
             outcomes.insert(name.clone(), o);
         }
         Ok(outcomes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SPLIT: &str = "JobId=303 ArrayJobId=282 ArrayTaskId=0 JobName=btx-experts JobState=RUNNING Reason=None ExitCode=0:0 RunTime=00:00:09";
+
+    #[test]
+    fn a_pending_array_task_takes_its_meta_records_state() {
+        let text = format!("{SPLIT}\nJobId=282 ArrayJobId=282 ArrayTaskId=1-2%4 JobState=PENDING Reason=Resources ExitCode=0:0 RunTime=00:00:00");
+        let i = array_task_from_records(&text, 2).unwrap();
+        assert_eq!(
+            (i.state.as_str(), i.reason.as_str()),
+            ("PENDING", "Resources")
+        );
+        assert_eq!(array_task_from_records(&text, 0).unwrap().state, "RUNNING");
+        assert_eq!(array_task_from_records(&text, 3), None);
+    }
+
+    #[test]
+    fn a_cancelled_meta_record_cancels_its_unsplit_tasks() {
+        let text = format!("JobId=282 ArrayJobId=282 ArrayTaskId=4294967294 JobState=CANCELLED Reason=Resources ExitCode=0:0 RunTime=00:00:00\n{SPLIT}");
+        assert_eq!(
+            array_task_from_records(&text, 1).unwrap().state,
+            "CANCELLED"
+        );
+        assert_eq!(array_task_from_records(&text, 0).unwrap().state, "RUNNING");
+    }
+
+    #[test]
+    fn task_lists_with_commas_are_understood() {
+        let text = "JobId=9 ArrayJobId=9 ArrayTaskId=1,3,7-9 JobState=PENDING Reason=Dependency";
+        for (t, held) in [(1, true), (2, false), (3, true), (8, true), (10, false)] {
+            assert_eq!(array_task_from_records(text, t).is_some(), held, "task {t}");
+        }
     }
 }

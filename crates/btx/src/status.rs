@@ -107,6 +107,14 @@ pub fn stage_status(
             "failed".into()
         };
         st.elapsed = fmt_secs(manifest::now_unix().saturating_sub(sj.started_unix) as f64);
+    } else if let Some(j) = job {
+        // Slurm purges ended jobs after MinJobAge; this one ended before it ever started.
+        st.state = "failed".into();
+        st.detail.push(format!(
+            "Slurm no longer knows job {} and the stage never started (cancelled, or a \
+             dependency failed); `btx run` submits it again",
+            j.id()
+        ));
     }
     if st.state == "failed" || st.state == "stopped" {
         st.detail.extend(

@@ -192,11 +192,23 @@ fn status_shows_running_jobs_and_cancel_stops_them() {
         .output()
         .unwrap();
     assert!(c.status.success());
-    wait_for("the jobs to end", 120, || {
-        status(&run)
+    let t0 = Instant::now();
+    loop {
+        let st = status(&run);
+        let live: Vec<_> = st
             .iter()
-            .all(|s| s["state"] != "running" && s["state"] != "pending")
-    });
+            .filter(|s| s["state"] == "running" || s["state"] == "pending")
+            .collect();
+        if live.is_empty() {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(240),
+            "timed out waiting for the jobs to end; still live: {live:?}\nsqueue: {}",
+            String::from_utf8_lossy(&Command::new("squeue").arg("-a").output().unwrap().stdout)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let st = status(&run);
     let state = |n: &str| st.iter().find(|s| s["stage"] == n).unwrap()["state"].clone();
     assert_eq!(state("expert:math"), "cancelled");
