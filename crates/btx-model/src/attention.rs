@@ -180,9 +180,9 @@ pub fn self_attention_composite(
         .matmul(w.o.clone().transpose())
 }
 
-/// The flex fast path: projections stay `[B*T, heads*hd]`, RoPE is applied in the `[B, T, H, hd]`
-/// view (no transposes), and the fused kernel does masked softmax attention. Causal, no cache,
-/// no padding; the inputs must be on a flex device.
+/// The flex fast path: projections stay `[B*T, heads*hd]` (no transposes) and the fused kernel
+/// applies RoPE and does masked softmax attention. Causal, no cache, no padding; the inputs must
+/// be on a flex device.
 pub fn self_attention_fused(
     cfg: &ModelConfig,
     w: &AttnWeights<'_>,
@@ -192,23 +192,20 @@ pub fn self_attention_fused(
     rope: &(Tensor<4>, Tensor<4>),
 ) -> Tensor<2> {
     let (h, kvh, hd) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
-    let (cos, sin) = (
-        rope.0.clone().swap_dims(1, 2),
-        rope.1.clone().swap_dims(1, 2),
-    );
-    let project = |wt: &Tensor<2>, heads: usize, rotate: bool| {
-        let y = x.clone().matmul(wt.clone().transpose());
-        if rotate {
-            apply_rope(y.reshape([b, t, heads, hd]), &cos, &sin).reshape([b * t, heads * hd])
-        } else {
-            y
-        }
+    // The tables are [1, 1, T, hd/2] here (no padding), a few KB.
+    let table = crate::fused::attention::Rope {
+        cos: crate::to_vec(rope.0.clone()),
+        sin: crate::to_vec(rope.1.clone()),
     };
-    let q = project(w.q, h, true);
-    let k = project(w.k, kvh, true);
-    let v = project(w.v, kvh, false);
+    let project = |wt: &Tensor<2>| x.clone().matmul(wt.clone().transpose());
     let dims = crate::fused::attention::Dims { b, t, h, kvh, hd };
-    crate::fused::attention::causal_attention(q, k, v, dims)
-        .expect("checked on_flex")
-        .matmul(w.o.clone().transpose())
+    crate::fused::attention::causal_attention(
+        project(w.q),
+        project(w.k),
+        project(w.v),
+        dims,
+        Some(std::sync::Arc::new(table)),
+    )
+    .expect("checked on_flex")
+    .matmul(w.o.clone().transpose())
 }

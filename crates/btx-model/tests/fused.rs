@@ -143,9 +143,11 @@ fn fused_adamw_matches_the_composite_update() {
         bc2_sqrt: bc2s as f32,
         eps: eps as f32,
         step: (lr / bc1) as f32,
+        grad_scale: 0.7,
     };
     let (pf, mf, vf) = adamw(p.clone(), g.clone(), m.clone(), v.clone(), s).expect("flex");
-    // The composite update of btx-train's AdamW.
+    // The composite update of btx-train's AdamW, on the clipped gradient.
+    let g = g * 0.7;
     let p1 = p * (1.0 - lr * wd);
     let m1 = m.clone() + (g.clone() - m) * (1.0 - b1);
     let v1 = v * b2 + g.clone() * g * (1.0 - b2);
@@ -154,6 +156,24 @@ fn fused_adamw_matches_the_composite_update() {
     for (name, a, b) in [("p", pf, p2), ("m", mf, m1), ("v", vf, v1)] {
         let e = rel_err(&to_vec(a), &to_vec(b));
         assert!(e < 1e-6, "{name} differs by {e}");
+    }
+}
+
+#[test]
+fn fused_sum_of_squares_matches_composite_also_on_transposed_gradients() {
+    use btx_model::fused::adamw::sum_squares;
+    let dev = Device::flex();
+    dev.seed(4);
+    for shape in [[1, 1], [3, 5], [37, 129], [300, 257]] {
+        let g = Tensor::<2>::random(shape, Distribution::Normal(0.0, 0.1), &dev);
+        let want: f64 = to_vec(g.clone()).iter().map(|&x| (x * x) as f64).sum();
+        for t in [g.clone(), g.clone().transpose()] {
+            let got = sum_squares(&t).expect("flex");
+            assert!(
+                (got - want).abs() <= 1e-6 * want,
+                "{shape:?}: {got} vs {want}"
+            );
+        }
     }
 }
 

@@ -21,36 +21,36 @@ pub fn lr_at(o: &OptimConfig, s: usize, total: usize) -> f64 {
         + (1.0 - o.min_lr_ratio) * 0.5 * (1.0 + (std::f64::consts::PI * prog).cos()))
 }
 
-/// Global L2 norm over gradients (computed per tensor in f32, combined in f64).
+/// Global L2 norm over gradients (each tensor's sum of squares in f64 on flex, else per tensor
+/// in f32; combined in f64).
 pub fn global_norm(grads: &[Option<Tensor<2>>]) -> f64 {
-    let sq: Vec<Tensor<1>> = grads
-        .iter()
-        .flatten()
-        .map(|g| g.clone().square().sum())
-        .collect();
-    if sq.is_empty() {
-        return 0.0;
+    let mut total = 0f64;
+    let mut composite: Vec<Tensor<1>> = vec![];
+    for g in grads.iter().flatten() {
+        match btx_model::fused::adamw::sum_squares(g) {
+            Some(s) => total += s,
+            None => composite.push(g.clone().square().sum()),
+        }
     }
-    btx_model::to_vec(Tensor::cat(sq, 0))
-        .iter()
-        .map(|x| *x as f64)
-        .sum::<f64>()
-        .sqrt()
+    if !composite.is_empty() {
+        total += btx_model::to_vec(Tensor::cat(composite, 0))
+            .iter()
+            .map(|x| *x as f64)
+            .sum::<f64>();
+    }
+    total.sqrt()
 }
 
-/// Scales gradients so their global norm is at most `max_norm` (PyTorch's `clip_grad_norm_`:
-/// coefficient `max_norm / (norm + 1e-6)`, applied only when below 1). Returns the pre-clip norm.
-pub fn clip_global(grads: &mut [Option<Tensor<2>>], max_norm: f64) -> f64 {
-    let norm = global_norm(grads);
+/// PyTorch's `clip_grad_norm_` coefficient: `max_norm / (norm + 1e-6)` when that is below 1,
+/// else 1 (no clipping; also when `max_norm <= 0`).
+pub fn clip_coef(norm: f64, max_norm: f64) -> f32 {
     if max_norm > 0.0 {
         let coef = (max_norm / (norm + 1e-6)) as f32;
         if coef < 1.0 {
-            for g in grads.iter_mut().flatten() {
-                *g = g.clone() * coef;
-            }
+            return coef;
         }
     }
-    norm
+    1.0
 }
 
 /// AdamW moments of one parameter.
@@ -84,13 +84,15 @@ impl AdamW {
         self.t += 1;
     }
 
-    /// One AdamW update of parameter `p` (a non-autodiff tensor) with gradient `g`.
-    /// `decay` selects weight decay (tensors with >= 2 dims).
+    /// One AdamW update of parameter `p` (a non-autodiff tensor) with gradient `g * grad_scale`
+    /// (the clipping coefficient, 1 for none). `decay` selects weight decay (tensors with >= 2
+    /// dims).
     pub fn update(
         &mut self,
         name: &str,
         p: Tensor<2>,
         g: Tensor<2>,
+        grad_scale: f32,
         lr: f64,
         decay: bool,
     ) -> Tensor<2> {
@@ -119,6 +121,7 @@ impl AdamW {
             bc2_sqrt: bc2_sqrt as f32,
             eps: c.eps as f32,
             step: (lr / bc1) as f32,
+            grad_scale,
         };
         if let Some((p, m, v)) = btx_model::fused::adamw::adamw(
             p.clone(),
@@ -131,6 +134,7 @@ impl AdamW {
             st.v = v;
             return p;
         }
+        let g = if grad_scale != 1.0 { g * grad_scale } else { g };
         let mut p = p;
         if decay_mul != 1.0 {
             p = p * decay_mul;

@@ -19,7 +19,7 @@ use crate::checkpoint::{self, CheckpointState};
 use crate::config::{glob_match, LbKind, TrainerConfig};
 use crate::error::{io_err, TrainError};
 use crate::metrics::{MetricsLog, Progress};
-use crate::optim::{clip_global, lr_at, AdamW};
+use crate::optim::{clip_coef, global_norm, lr_at, AdamW};
 use crate::signal;
 
 /// How to run (not what to learn: that is [`TrainerConfig`]).
@@ -250,7 +250,8 @@ impl Trainer {
             });
         }
         st.expert_load = load_sum;
-        st.grad_norm = clip_global(&mut grads, self.cfg.optim.clip_norm);
+        st.grad_norm = global_norm(&grads);
+        let coef = clip_coef(st.grad_norm, self.cfg.optim.clip_norm);
         self.opt.begin_step();
         let (trainable, decay) = (&self.trainable, &self.decay);
         let opt = &mut self.opt;
@@ -261,7 +262,7 @@ impl Trainer {
             i += 1;
             match (trainable[idx], grads[idx].take()) {
                 (true, Some(g)) => opt
-                    .update(name, p.inner(), g, lr, decay[idx])
+                    .update(name, p.inner(), g, coef, lr, decay[idx])
                     .autodiff()
                     .require_grad(),
                 _ => p,

@@ -20,6 +20,9 @@ pub struct AdamWScalars {
     pub eps: f32,
     /// `lr / (1 - b1^t)`.
     pub step: f32,
+    /// Global-norm clipping coefficient applied to the gradient first (1 without clipping), as
+    /// PyTorch's in-place `grad.mul_(coef)` would.
+    pub grad_scale: f32,
 }
 
 const CHUNK: usize = 1 << 14;
@@ -64,7 +67,12 @@ pub fn adamw(
         .for_each(|(c, ((po, mo), vo))| {
             let o = c * CHUNK;
             for i in 0..po.len() {
-                let (pi, gi, mi, vi) = (ps[o + i], gs[o + i], ms[o + i], vs[o + i]);
+                let (pi, mi, vi) = (ps[o + i], ms[o + i], vs[o + i]);
+                let gi = if s.grad_scale == 1.0 {
+                    gs[o + i]
+                } else {
+                    gs[o + i] * s.grad_scale
+                };
                 let p1 = pi * s.decay;
                 let m1 = mi + (gi - mi) * s.one_minus_b1;
                 let v1 = vi * s.b2 + gi * gi * s.one_minus_b2;
@@ -78,4 +86,34 @@ pub fn adamw(
         Tensor::from_primitive::<Flex>(FlexTensor::from_data(TensorData::new(x, shape)))
     };
     Some((mk(po), mk(mo), mk(vo)))
+}
+
+/// Sum of squares of a gradient, for the global norm: f32 squares accumulated in f64 per chunk,
+/// chunks combined in order (the same number for any thread count). `None` off flex.
+pub fn sum_squares(g: &Tensor<2>) -> Option<f64> {
+    if !super::on_flex(g) || g.is_autodiff() {
+        return None;
+    }
+    let f = flex(g.clone());
+    let x = f.as_slice::<f32>()?;
+    let parts: Vec<f64> = x
+        .par_chunks(CHUNK)
+        .map(|c| {
+            // Eight f32 lanes per block of 256 (vectorises), flushed to f64.
+            let mut total = 0f64;
+            for block in c.chunks(256) {
+                let mut lanes = [0f32; 8];
+                let mut it = block.chunks_exact(8);
+                for w in &mut it {
+                    for (l, v) in lanes.iter_mut().zip(w) {
+                        *l += v * v;
+                    }
+                }
+                total += lanes.iter().map(|&l| l as f64).sum::<f64>()
+                    + it.remainder().iter().map(|&v| (v * v) as f64).sum::<f64>();
+            }
+            total
+        })
+        .collect();
+    Some(parts.iter().sum())
 }

@@ -7,7 +7,7 @@
 //! Forward, per (batch, head), in blocks of `BLK` query rows: S = Q Kᵀ only against the keys the
 //! block can see (the upper triangle is never computed), P = softmax(S / sqrt(hd)) with a
 //! vectorised exp, O = P V. P is kept for the backward:
-//! dV = Pᵀ dO, dP = dO Vᵀ, dS = P ∘ (dP − rowsum(dO ∘ O)), dQ = dS K / sqrt(hd),
+//! dV = Pᵀ dO, dP = dO Vᵀ, dS = P ∘ (dP − rowsum(P ∘ dP)), dQ = dS K / sqrt(hd),
 //! dK = dSᵀ Q / sqrt(hd). The backward runs per (batch, KV head) so the query heads sharing a
 //! KV head accumulate into its dK / dV without races. Every matrix product goes to the `gemm`
 //! crate (single-threaded; rayon spreads the heads over the cores).
@@ -58,6 +58,40 @@ impl Ptr {
     /// Through a method, so closures capture the `Send` wrapper, not the raw field.
     fn get(self) -> *mut f32 {
         self.0
+    }
+}
+
+/// RoPE tables for positions `0..T`: `cos`, `sin` as `[T, hd/2]` (rotate-half convention).
+#[derive(Clone, Debug)]
+pub struct Rope {
+    pub cos: Vec<f32>,
+    pub sin: Vec<f32>,
+}
+
+impl Rope {
+    /// Rotates every head of `x: [B*T, heads*hd]` in place: (x1, x2) -> (x1 c - x2 s, x2 c + x1 s).
+    /// `inverse` rotates by the negated angle, which is the gradient of the forward rotation.
+    fn rotate(&self, x: &mut [f32], cols: usize, d: Dims, inverse: bool) {
+        let (t, hd) = (d.t, d.hd);
+        let half = hd / 2;
+        let sign = if inverse { -1.0 } else { 1.0 };
+        x.par_chunks_mut(cols * 64)
+            .enumerate()
+            .for_each(|(c, chunk)| {
+                for (r, row) in chunk.chunks_exact_mut(cols).enumerate() {
+                    let pos = (c * 64 + r) % t;
+                    let cs = &self.cos[pos * half..(pos + 1) * half];
+                    let sn = &self.sin[pos * half..(pos + 1) * half];
+                    for head in row.chunks_exact_mut(hd) {
+                        let (x1, x2) = head.split_at_mut(half);
+                        for j in 0..half {
+                            let (a, b, c, s) = (x1[j], x2[j], cs[j], sign * sn[j]);
+                            x1[j] = a * c - b * s;
+                            x2[j] = b * c + a * s;
+                        }
+                    }
+                }
+            });
     }
 }
 
@@ -178,7 +212,6 @@ pub fn backward(
     q: &[f32],
     k: &[f32],
     v: &[f32],
-    o: &[f32],
     p: &[f32],
     dout: &[f32],
     d: Dims,
@@ -194,8 +227,8 @@ pub fn backward(
         Ptr(dv.as_mut_ptr()),
     );
     (0..d.b * d.kvh).into_par_iter().for_each_init(
-        || (vec![0f32; t * t], vec![0f32; t]),
-        |(ds, di), bg| {
+        || vec![0f32; t * t],
+        |ds, bg| {
             let (bi, g) = (bg / d.kvh, bg % d.kvh);
             // SAFETY: task (b, g) writes the head-g columns of dK/dV and the columns of the query
             // heads of group g in dQ, for batch b's rows only: disjoint between tasks.
@@ -209,12 +242,6 @@ pub fn backward(
                     let (qp, gp) = (q.as_ptr().add(base), dout.as_ptr().add(base));
                     let dqb = dqp.get().add(base);
                     let pb = &p[(bi * d.h + hi) * t * t..(bi * d.h + hi + 1) * t * t];
-                    // D_i = <dO_i, O_i>
-                    for (i, x) in di.iter_mut().enumerate() {
-                        let orow = &o[base + i * qd..base + i * qd + hd];
-                        let grow = &dout[base + i * qd..base + i * qd + hd];
-                        *x = orow.iter().zip(grow).map(|(a, b)| a * b).sum();
-                    }
                     let mut r0 = 0;
                     while r0 < t {
                         let rows = BLK.min(t - r0);
@@ -238,7 +265,9 @@ pub fn backward(
                         for i in r0..r0 + rows {
                             let prow = &pb[i * t..i * t + cols];
                             let srow = &mut ds[i * t..i * t + cols];
-                            let dii = di[i];
+                            // D_i = <P_i, dP_i> (= <dO_i, O_i>, but this way a row that sees
+                            // a single key gets exactly zero, as the composite softmax does).
+                            let dii: f32 = prow.iter().zip(srow.iter()).map(|(a, b)| a * b).sum();
                             for (s, &pp) in srow.iter_mut().zip(prow) {
                                 *s = pp * (*s - dii);
                             }
@@ -321,29 +350,26 @@ fn slice(t: &FlexTensor) -> &[f32] {
 struct AttnBackward;
 
 impl Backward<Flex, 3> for AttnBackward {
-    /// (q, k, v, o, p, dims)
+    /// (rotated q, rotated k, v, p, dims, RoPE)
     type State = (
         FlexTensor,
         FlexTensor,
         FlexTensor,
         FlexTensor,
-        FlexTensor,
         [usize; 5],
+        Option<std::sync::Arc<Rope>>,
     );
 
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let (q, k, v, o, p, [b, t, h, kvh, hd]) = ops.state;
+        let (q, k, v, p, [b, t, h, kvh, hd], rope) = ops.state;
         let d = Dims { b, t, h, kvh, hd };
         let g = contiguous(&grads.consume::<Flex>(&ops.node));
-        let (dq, dk, dv) = backward(
-            slice(&q),
-            slice(&k),
-            slice(&v),
-            slice(&o),
-            slice(&p),
-            slice(&g),
-            d,
-        );
+        let (mut dq, mut dk, dv) =
+            backward(slice(&q), slice(&k), slice(&v), slice(&p), slice(&g), d);
+        if let Some(r) = &rope {
+            r.rotate(&mut dq, d.qd(), d, true);
+            r.rotate(&mut dk, d.kd(), d, true);
+        }
         let [pq, pk, pv] = ops.parents;
         let mk =
             |x: Vec<f32>, cols: usize| FlexTensor::from_data(TensorData::new(x, [b * t, cols]));
@@ -359,13 +385,31 @@ impl Backward<Flex, 3> for AttnBackward {
     }
 }
 
-/// Causal GQA attention of `q: [B*T, H*hd]`, `k, v: [B*T, KV*hd]` (RoPE already applied),
-/// returning `[B*T, H*hd]`; `None` when the tensors are not on a flex device.
-pub fn causal_attention(q: Tensor<2>, k: Tensor<2>, v: Tensor<2>, d: Dims) -> Option<Tensor<2>> {
+/// Causal GQA attention of `q: [B*T, H*hd]`, `k, v: [B*T, KV*hd]`, returning `[B*T, H*hd]`;
+/// with `rope`, q and k are rotated first (and the rotation's gradient folded into the
+/// backward), else they must arrive rotated. `None` when the tensors are not on a flex device.
+pub fn causal_attention(
+    q: Tensor<2>,
+    k: Tensor<2>,
+    v: Tensor<2>,
+    d: Dims,
+    rope: Option<std::sync::Arc<Rope>>,
+) -> Option<Tensor<2>> {
     if !super::on_flex(&q) {
         return None;
     }
     let shape = [d.b * d.t, d.qd()];
+    // Rotated copies (fresh buffers: the inputs may be shared).
+    let rotated = |x: &FlexTensor, cols: usize| -> FlexTensor {
+        match &rope {
+            None => contiguous(x),
+            Some(r) => {
+                let mut v = slice(&contiguous(x)).to_vec();
+                r.rotate(&mut v, cols, d, false);
+                FlexTensor::from_data(TensorData::new(v, [d.b * d.t, cols]))
+            }
+        }
+    };
     if q.is_autodiff() {
         let ad = |t: Tensor<2>| {
             t.try_into_primitive::<Autodiff<Flex>>()
@@ -373,8 +417,8 @@ pub fn causal_attention(q: Tensor<2>, k: Tensor<2>, v: Tensor<2>, d: Dims) -> Op
         };
         let (q, k, v) = (ad(q), ad(k), ad(v));
         let (qc, kc, vc) = (
-            contiguous(q.primitive()),
-            contiguous(k.primitive()),
+            rotated(q.primitive(), d.qd()),
+            rotated(k.primitive(), d.kd()),
             contiguous(v.primitive()),
         );
         let (o, p) = forward(slice(&qc), slice(&kc), slice(&vc), d);
@@ -386,14 +430,16 @@ pub fn causal_attention(q: Tensor<2>, k: Tensor<2>, v: Tensor<2>, d: Dims) -> Op
         {
             OpsKind::Tracked(prep) => {
                 let p = FlexTensor::from_data(TensorData::new(p, [d.b * d.h, d.t, d.t]));
-                prep.finish((qc, kc, vc, o.clone(), p, [d.b, d.t, d.h, d.kvh, d.hd]), o)
+                let dims = [d.b, d.t, d.h, d.kvh, d.hd];
+                prep.finish((qc, kc, vc, p, dims, rope), o)
             }
             OpsKind::UnTracked(prep) => prep.finish(o),
         };
         Some(Tensor::from_primitive::<Autodiff<Flex>>(out))
     } else {
-        let fl = |t: Tensor<2>| contiguous(&t.try_into_primitive::<Flex>().expect("flex tensor"));
+        let fl = |t: Tensor<2>| t.try_into_primitive::<Flex>().expect("flex tensor");
         let (q, k, v) = (fl(q), fl(k), fl(v));
+        let (q, k, v) = (rotated(&q, d.qd()), rotated(&k, d.kd()), contiguous(&v));
         let (o, _) = forward(slice(&q), slice(&k), slice(&v), d);
         Some(Tensor::from_primitive::<Flex>(FlexTensor::from_data(
             TensorData::new(o, shape),
