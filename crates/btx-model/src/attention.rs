@@ -138,8 +138,7 @@ pub fn self_attention_composite(
     let (h, kvh, hd) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
     let dev = x.device();
     let proj = |wt: &Tensor<2>, heads: usize| {
-        x.clone()
-            .matmul(wt.clone().transpose())
+        crate::linear(x.clone(), wt)
             .reshape([b, t, heads, hd])
             .swap_dims(1, 2)
     };
@@ -174,10 +173,8 @@ pub fn self_attention_composite(
         scores = scores + attention_mask(pos0, t, pads, &dev);
     }
     let p = softmax(scores, 3);
-    p.matmul(v)
-        .swap_dims(1, 2)
-        .reshape([b * t, h * hd])
-        .matmul(w.o.clone().transpose())
+    let y = p.matmul(v).swap_dims(1, 2).reshape([b * t, h * hd]);
+    crate::linear(y, w.o)
 }
 
 /// The flex fast path: projections stay `[B*T, heads*hd]` (no transposes) and the fused kernel
@@ -197,15 +194,15 @@ pub fn self_attention_fused(
         cos: crate::to_vec(rope.0.clone()),
         sin: crate::to_vec(rope.1.clone()),
     };
-    let project = |wt: &Tensor<2>| x.clone().matmul(wt.clone().transpose());
+    let project = |wt: &Tensor<2>| crate::linear(x.clone(), wt);
     let dims = crate::fused::attention::Dims { b, t, h, kvh, hd };
-    crate::fused::attention::causal_attention(
+    let y = crate::fused::attention::causal_attention(
         project(w.q),
         project(w.k),
         project(w.v),
         dims,
         Some(std::sync::Arc::new(table)),
     )
-    .expect("checked on_flex")
-    .matmul(w.o.clone().transpose())
+    .expect("checked on_flex");
+    crate::linear(y, w.o)
 }

@@ -27,5 +27,18 @@ pub fn to_vec<const D: usize>(t: burn::prelude::Tensor<D>) -> Vec<f32> {
         .try_into_vec_as::<f32>()
         .expect("float tensor converts to f32")
 }
+
+/// A linear layer in Hugging Face's `[out, in]` layout: `x [N, in] · wᵀ`. The fused kernel on
+/// flex, the composite `matmul` elsewhere.
+pub fn linear(
+    x: burn::prelude::Tensor<2>,
+    w: &burn::prelude::Tensor<2>,
+) -> burn::prelude::Tensor<2> {
+    match fused::linear::linear(x.clone(), w.clone()) {
+        Some(y) => y,
+        None => x.matmul(w.clone().transpose()),
+    }
+}
+
 pub mod compare;
 pub mod probe;

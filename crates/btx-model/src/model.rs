@@ -413,9 +413,7 @@ impl Model {
         }
         let x = rms_norm(x, &self.norm, cfg.rms_norm_eps);
         let head = self.lm_head.as_ref().unwrap_or(&self.embed);
-        let logits = x
-            .matmul(head.clone().transpose())
-            .reshape([b, t, cfg.vocab_size]);
+        let logits = crate::linear(x, head).reshape([b, t, cfg.vocab_size]);
         ForwardOut {
             logits,
             routers,

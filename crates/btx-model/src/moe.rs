@@ -24,13 +24,13 @@ pub struct Mlp {
 
 impl Mlp {
     pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
-        let g = x.clone().matmul(self.gate.clone().transpose());
-        let u = x.matmul(self.up.clone().transpose());
+        let g = crate::linear(x.clone(), &self.gate);
+        let u = crate::linear(x, &self.up);
         let h = match crate::fused::elementwise::swiglu(g.clone(), u.clone()) {
             Some(h) => h,
             None => silu(g) * u,
         };
-        h.matmul(self.down.clone().transpose())
+        crate::linear(h, &self.down)
     }
 }
 
@@ -124,7 +124,7 @@ impl Moe {
         let dev = x.device();
         let [n, _] = x.dims();
         let e = self.num_experts();
-        let logits = x.clone().matmul(self.router.clone().transpose());
+        let logits = crate::linear(x.clone(), &self.router);
         let probs = softmax(logits.clone(), 1);
         let host: Vec<f32> = crate::to_vec(logits.clone().detach());
         let topk_ids = topk_rows(&host, e, opts.top_k.min(e));

@@ -178,6 +178,64 @@ fn fused_sum_of_squares_matches_composite_also_on_transposed_gradients() {
 }
 
 #[test]
+fn fused_linear_matches_matmul_forward_and_gradients() {
+    use btx_model::fused::linear::linear;
+    let dev = Device::flex();
+    for (i, &(m, k, n)) in [
+        (1, 1, 1),
+        (7, 33, 5),
+        (300, 257, 190),
+        (2048, 256, 704),
+        (0, 8, 4),
+    ]
+    .iter()
+    .enumerate()
+    {
+        dev.seed(70 + i as u64);
+        let x = leaf([m, k], 1.0);
+        let probe = Tensor::<2>::random([m, n], Distribution::Normal(0.0, 1.0), &dev).autodiff();
+        // Both tracked, and a frozen weight (autodiff, no gradient).
+        for frozen in [false, true] {
+            let w = if frozen {
+                Tensor::<2>::random([n, k], Distribution::Normal(0.0, 0.1), &dev).autodiff()
+            } else {
+                leaf([n, k], 0.1)
+            };
+            let yf = linear(x.clone(), w.clone()).expect("flex");
+            let yc = x.clone().matmul(w.clone().transpose());
+            let gf = (yf.clone() * probe.clone()).sum().backward();
+            let gc = (yc.clone() * probe.clone()).sum().backward();
+            let e = rel_err(&to_vec(yf), &to_vec(yc));
+            assert!(e < 1e-6, "case {i}: output differs by {e}");
+            if m == 0 {
+                continue;
+            }
+            let e = rel_err(&to_vec(x.grad(&gf).unwrap()), &to_vec(x.grad(&gc).unwrap()));
+            assert!(e < 1e-6, "case {i}: dx differs by {e}");
+            if frozen {
+                assert!(w.grad(&gf).is_none(), "a frozen weight got a gradient");
+            } else {
+                let e = rel_err(&to_vec(w.grad(&gf).unwrap()), &to_vec(w.grad(&gc).unwrap()));
+                assert!(e < 1e-6, "case {i}: dw differs by {e}");
+            }
+        }
+        // Inference (no autodiff) gives the same numbers.
+        let (xi, wi) = (
+            Tensor::<2>::random([m, k], Distribution::Normal(0.0, 1.0), &dev),
+            Tensor::<2>::random([n, k], Distribution::Normal(0.0, 1.0), &dev),
+        );
+        let e = rel_err(
+            &to_vec(linear(xi.clone(), wi.clone()).expect("flex")),
+            &to_vec(xi.matmul(wi.transpose())),
+        );
+        assert!(
+            e < 1e-6 || m == 0,
+            "case {i}: inference output differs by {e}"
+        );
+    }
+}
+
+#[test]
 fn fused_swiglu_and_rmsnorm_match_composite() {
     use btx_model::attention::{rms_norm, rms_norm_composite};
     use btx_model::burn::tensor::activation::silu;

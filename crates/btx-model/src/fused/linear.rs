@@ -1,0 +1,166 @@
+//! `y = x Wᵀ` (a linear layer in Hugging Face's `[out, in]` weight layout) with a handwritten
+//! backward: dX = dY W and dW = dYᵀ X, each one gemm call straight into a fresh buffer.
+//!
+//! The composite `x.matmul(w.transpose())` costs more than its gemm on flex: every output is
+//! allocated zeroed and then copied once more to meet the runtime alignment, and the weight
+//! gradient arrives as a transposed view that the optimizer has to copy back to `[out, in]`.
+//! Here outputs are written once, and dW is produced in the weight's own layout.
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::flex::FlexTensor;
+use burn::backend::{Autodiff, Flex};
+use burn::prelude::*;
+use gemm::{gemm, Parallelism};
+
+/// Below this many multiply-adds one core does the product (as burn-flex decides).
+const PARALLEL_MACS: usize = 192 * 192 * 192;
+
+fn contiguous(t: &FlexTensor) -> FlexTensor {
+    if t.is_contiguous() {
+        t.clone()
+    } else {
+        t.to_contiguous()
+    }
+}
+
+fn slice(t: &FlexTensor) -> &[f32] {
+    t.as_slice::<f32>().expect("contiguous f32")
+}
+
+/// A new `[m, n]` matrix `A B` (one gemm call, output written once), with
+/// A(i, l) = a[i*a_rs + l*a_cs] (`[m, k]`) and B(l, j) = b[l*b_rs + j*b_cs] (`[k, n]`).
+/// Uses every thread of the current rayon pool above a size threshold.
+#[allow(clippy::too_many_arguments)]
+pub fn product(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    a_rs: usize,
+    a_cs: usize,
+    b: &[f32],
+    b_rs: usize,
+    b_cs: usize,
+) -> Vec<f32> {
+    let len = m * n;
+    if m == 0 || n == 0 || k == 0 {
+        return vec![0.0; len];
+    }
+    assert!(
+        a.len() > (m - 1) * a_rs + (k - 1) * a_cs,
+        "lhs out of bounds"
+    );
+    assert!(
+        b.len() > (k - 1) * b_rs + (n - 1) * b_cs,
+        "rhs out of bounds"
+    );
+    let par = if m * n * k >= PARALLEL_MACS {
+        Parallelism::Rayon(0)
+    } else {
+        Parallelism::None
+    };
+    let mut out: Vec<f32> = Vec::with_capacity(len);
+    let dst = out.spare_capacity_mut().as_mut_ptr().cast::<f32>();
+    // SAFETY: the operand extents are checked above; with `read_dst = false` gemm writes every
+    // element of the `m x n` destination without reading it, so all `len` elements are
+    // initialised before `set_len`.
+    unsafe {
+        gemm(
+            m,
+            n,
+            k,
+            dst,
+            1,
+            n as isize,
+            false,
+            a.as_ptr(),
+            a_cs as isize,
+            a_rs as isize,
+            b.as_ptr(),
+            b_cs as isize,
+            b_rs as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            par,
+        );
+        out.set_len(len);
+    }
+    out
+}
+
+/// `x [m, k] · wᵀ` for `w [n, k]`.
+fn forward(x: &[f32], w: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
+    product(m, n, k, x, k, 1, w, 1, k)
+}
+
+#[derive(Debug)]
+struct LinearBackward;
+
+impl Backward<Flex, 2> for LinearBackward {
+    /// (x `[m, k]`, w `[n, k]`, [m, k, n])
+    type State = (FlexTensor, FlexTensor, [usize; 3]);
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let (x, w, [m, k, n]) = ops.state;
+        let g = contiguous(&grads.consume::<Flex>(&ops.node));
+        let g = slice(&g);
+        let [px, pw] = ops.parents;
+        if let Some(node) = px {
+            // dX [m, k] = dY [m, n] · W [n, k]
+            let dx = product(m, k, n, g, n, 1, slice(&w), k, 1);
+            grads.register::<Flex>(node.id, FlexTensor::from_data(TensorData::new(dx, [m, k])));
+        }
+        if let Some(node) = pw {
+            // dW [n, k] = dYᵀ [n, m] · X [m, k]
+            let dw = product(n, k, m, g, 1, n, slice(&x), k, 1);
+            grads.register::<Flex>(node.id, FlexTensor::from_data(TensorData::new(dw, [n, k])));
+        }
+    }
+}
+
+/// `x [m, k] · wᵀ` for `w [n, k]` on flex; `None` when the tensors are not on a flex device.
+pub fn linear(x: Tensor<2>, w: Tensor<2>) -> Option<Tensor<2>> {
+    if !super::on_flex(&x) {
+        return None;
+    }
+    let ([m, k], [n, kw]) = (x.dims(), w.dims());
+    assert_eq!(
+        k, kw,
+        "linear: x is [{m}, {k}] but the weight is [{n}, {kw}]"
+    );
+    if x.is_autodiff() || w.is_autodiff() {
+        let ad = |t: Tensor<2>| {
+            t.autodiff()
+                .try_into_primitive::<Autodiff<Flex>>()
+                .expect("flex autodiff")
+        };
+        let (x, w) = (ad(x), ad(w));
+        let (xc, wc) = (contiguous(x.primitive()), contiguous(w.primitive()));
+        let y = FlexTensor::from_data(TensorData::new(
+            forward(slice(&xc), slice(&wc), m, k, n),
+            [m, n],
+        ));
+        let t = match LinearBackward
+            .prepare::<NoCheckpointing>([x.node(), w.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish((xc, wc, [m, k, n]), y),
+            OpsKind::UnTracked(prep) => prep.finish(y),
+        };
+        Some(Tensor::from_primitive::<Autodiff<Flex>>(t))
+    } else {
+        let fl = |t: Tensor<2>| contiguous(&t.try_into_primitive::<Flex>().expect("flex"));
+        let (x, w) = (fl(x), fl(w));
+        let y = forward(slice(&x), slice(&w), m, k, n);
+        Some(Tensor::from_primitive::<Flex>(FlexTensor::from_data(
+            TensorData::new(y, [m, n]),
+        )))
+    }
+}
