@@ -57,9 +57,9 @@ pub fn adamw(
         v.as_slice::<f32>()?,
     );
     let n = ps.len();
-    let mut po = vec![0f32; n];
-    let mut mo = vec![0f32; n];
-    let mut vo = vec![0f32; n];
+    let mut po = super::zeroed(n);
+    let mut mo = super::zeroed(n);
+    let mut vo = super::zeroed(n);
     po.par_chunks_mut(CHUNK)
         .zip(mo.par_chunks_mut(CHUNK))
         .zip(vo.par_chunks_mut(CHUNK))

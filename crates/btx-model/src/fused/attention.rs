@@ -72,26 +72,41 @@ impl Rope {
     /// Rotates every head of `x: [B*T, heads*hd]` in place: (x1, x2) -> (x1 c - x2 s, x2 c + x1 s).
     /// `inverse` rotates by the negated angle, which is the gradient of the forward rotation.
     fn rotate(&self, x: &mut [f32], cols: usize, d: Dims, inverse: bool) {
+        x.par_chunks_mut(cols * 64)
+            .enumerate()
+            .for_each(|(c, chunk)| self.rotate_rows(chunk, c * 64, cols, d, inverse));
+    }
+
+    /// A rotated copy of `x` (each task copies and rotates its own rows).
+    fn rotated(&self, x: &[f32], cols: usize, d: Dims) -> Vec<f32> {
+        let mut out = super::zeroed(x.len());
+        out.par_chunks_mut(cols * 64)
+            .zip(x.par_chunks(cols * 64))
+            .enumerate()
+            .for_each(|(c, (o, x))| {
+                o.copy_from_slice(x);
+                self.rotate_rows(o, c * 64, cols, d, false);
+            });
+        out
+    }
+
+    fn rotate_rows(&self, rows: &mut [f32], first: usize, cols: usize, d: Dims, inverse: bool) {
         let (t, hd) = (d.t, d.hd);
         let half = hd / 2;
         let sign = if inverse { -1.0 } else { 1.0 };
-        x.par_chunks_mut(cols * 64)
-            .enumerate()
-            .for_each(|(c, chunk)| {
-                for (r, row) in chunk.chunks_exact_mut(cols).enumerate() {
-                    let pos = (c * 64 + r) % t;
-                    let cs = &self.cos[pos * half..(pos + 1) * half];
-                    let sn = &self.sin[pos * half..(pos + 1) * half];
-                    for head in row.chunks_exact_mut(hd) {
-                        let (x1, x2) = head.split_at_mut(half);
-                        for j in 0..half {
-                            let (a, b, c, s) = (x1[j], x2[j], cs[j], sign * sn[j]);
-                            x1[j] = a * c - b * s;
-                            x2[j] = b * c + a * s;
-                        }
-                    }
+        for (r, row) in rows.chunks_exact_mut(cols).enumerate() {
+            let pos = (first + r) % t;
+            let cs = &self.cos[pos * half..(pos + 1) * half];
+            let sn = &self.sin[pos * half..(pos + 1) * half];
+            for head in row.chunks_exact_mut(hd) {
+                let (x1, x2) = head.split_at_mut(half);
+                for j in 0..half {
+                    let (a, b, c, s) = (x1[j], x2[j], cs[j], sign * sn[j]);
+                    x1[j] = a * c - b * s;
+                    x2[j] = b * c + a * s;
                 }
-            });
+            }
+        }
     }
 }
 
@@ -143,8 +158,8 @@ unsafe fn mm(
 pub fn forward(q: &[f32], k: &[f32], v: &[f32], d: Dims) -> (Vec<f32>, Vec<f32>) {
     let (t, hd, qd, kd) = (d.t, d.hd, d.qd(), d.kd());
     let scale = 1.0 / (hd as f32).sqrt();
-    let mut out = vec![0f32; d.b * t * qd];
-    let mut p = vec![0f32; d.b * d.h * t * t];
+    let mut out = super::zeroed(d.b * t * qd);
+    let mut p = super::zeroed(d.b * d.h * t * t);
     let op = Ptr(out.as_mut_ptr());
     p.par_chunks_mut(t * t).enumerate().for_each(|(bh, pb)| {
         let (bi, hi) = (bh / d.h, bh % d.h);
@@ -218,9 +233,9 @@ pub fn backward(
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let (t, hd, qd, kd) = (d.t, d.hd, d.qd(), d.kd());
     let scale = 1.0 / (hd as f32).sqrt();
-    let mut dq = vec![0f32; d.b * t * qd];
-    let mut dk = vec![0f32; d.b * t * kd];
-    let mut dv = vec![0f32; d.b * t * kd];
+    let mut dq = super::zeroed(d.b * t * qd);
+    let mut dk = super::zeroed(d.b * t * kd);
+    let mut dv = super::zeroed(d.b * t * kd);
     let (dqp, dkp, dvp) = (
         Ptr(dq.as_mut_ptr()),
         Ptr(dk.as_mut_ptr()),
@@ -404,8 +419,7 @@ pub fn causal_attention(
         match &rope {
             None => contiguous(x),
             Some(r) => {
-                let mut v = slice(&contiguous(x)).to_vec();
-                r.rotate(&mut v, cols, d, false);
+                let v = r.rotated(slice(&contiguous(x)), cols, d);
                 FlexTensor::from_data(TensorData::new(v, [d.b * d.t, cols]))
             }
         }

@@ -70,7 +70,7 @@ impl Backward<Flex, 1> for CeBackward {
         let v = shape[shape.num_dims() - 1];
         let x = logits.as_slice::<f32>().expect("contiguous f32 logits");
         let scale = g / count.max(1) as f32;
-        let mut out = vec![0f32; x.len()];
+        let mut out = super::zeroed(x.len());
         out.par_chunks_mut(v * ROWS_PER_TASK)
             .enumerate()
             .for_each(|(c, block)| {

@@ -43,7 +43,7 @@ fn sigmoid_into(a: &[f32], out: &mut [f32]) {
 }
 
 fn swiglu_forward(a: &[f32], b: &[f32]) -> Vec<f32> {
-    let mut out = vec![0f32; a.len()];
+    let mut out = super::zeroed(a.len());
     out.par_chunks_mut(CHUNK).enumerate().for_each(|(c, o)| {
         let s = c * CHUNK;
         let (a, b) = (&a[s..s + o.len()], &b[s..s + o.len()]);
@@ -67,8 +67,8 @@ impl Backward<Flex, 2> for SwigluBackward {
         let g = contiguous(&grads.consume::<Flex>(&ops.node));
         let (a, b, g) = (slice(&a), slice(&b), slice(&g));
         let n = a.len();
-        let mut da = vec![0f32; n];
-        let mut db = vec![0f32; n];
+        let mut da = super::zeroed(n);
+        let mut db = super::zeroed(n);
         da.par_chunks_mut(CHUNK)
             .zip(db.par_chunks_mut(CHUNK))
             .enumerate()
@@ -132,8 +132,8 @@ const ROWS: usize = 64;
 /// y = x * r * w with r = 1 / sqrt(mean(x^2) + eps) per row; returns (y, r).
 fn rms_forward(x: &[f32], w: &[f32], d: usize, eps: f32) -> (Vec<f32>, Vec<f32>) {
     let n = x.len() / d;
-    let mut y = vec![0f32; x.len()];
-    let mut r = vec![0f32; n];
+    let mut y = super::zeroed(x.len());
+    let mut r = super::zeroed(n);
     y.par_chunks_mut(ROWS * d)
         .zip(r.par_chunks_mut(ROWS))
         .enumerate()
@@ -161,7 +161,7 @@ impl Backward<Flex, 2> for RmsBackward {
         let (x, w, r, [n, d]) = ops.state;
         let g = contiguous(&grads.consume::<Flex>(&ops.node));
         let (x, w, g) = (slice(&x), slice(&w), slice(&g));
-        let mut dx = vec![0f32; n * d];
+        let mut dx = super::zeroed(n * d);
         // dx = r (g w - x r^2 mean(g w x)); dw = sum_rows g x r (per-task partial sums).
         let dw_parts: Vec<Vec<f32>> = dx
             .par_chunks_mut(ROWS * d)

@@ -25,3 +25,21 @@ fn composite_forced() -> bool {
     static FORCED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *FORCED.get_or_init(|| std::env::var_os("BTX_COMPOSITE").is_some_and(|v| v != "0"))
 }
+
+/// A zero-filled buffer for a kernel's output, zeroed by all the pool's threads in the chunks
+/// they will most likely fill (`vec![0; n]` zeroes on the calling thread alone, a serial pass
+/// the other cores wait through).
+pub(crate) fn zeroed(n: usize) -> Vec<f32> {
+    use rayon::prelude::*;
+    const CHUNK: usize = 1 << 14;
+    if n < 4 * CHUNK {
+        return vec![0.0; n];
+    }
+    let mut v: Vec<f32> = Vec::with_capacity(n);
+    v.spare_capacity_mut()
+        .par_chunks_mut(CHUNK)
+        .for_each(|c| c.fill(std::mem::MaybeUninit::new(0.0)));
+    // SAFETY: every one of the n elements was initialised just above.
+    unsafe { v.set_len(n) };
+    v
+}
