@@ -57,31 +57,39 @@ pub fn adamw(
         v.as_slice::<f32>()?,
     );
     let n = ps.len();
-    let mut po = super::zeroed(n);
-    let mut mo = super::zeroed(n);
-    let mut vo = super::zeroed(n);
-    po.par_chunks_mut(CHUNK)
-        .zip(mo.par_chunks_mut(CHUNK))
-        .zip(vo.par_chunks_mut(CHUNK))
+    // Outputs are written exactly once, element by element, into uninitialised capacity: no
+    // zeroing pass over three parameter-sized buffers.
+    let (mut po, mut mo, mut vo) = (
+        Vec::<f32>::with_capacity(n),
+        Vec::<f32>::with_capacity(n),
+        Vec::<f32>::with_capacity(n),
+    );
+    po.spare_capacity_mut()[..n]
+        .par_chunks_mut(CHUNK)
+        .zip(mo.spare_capacity_mut()[..n].par_chunks_mut(CHUNK))
+        .zip(vo.spare_capacity_mut()[..n].par_chunks_mut(CHUNK))
         .enumerate()
         .for_each(|(c, ((po, mo), vo))| {
             let o = c * CHUNK;
             for i in 0..po.len() {
                 let (pi, mi, vi) = (ps[o + i], ms[o + i], vs[o + i]);
-                let gi = if s.grad_scale == 1.0 {
-                    gs[o + i]
-                } else {
-                    gs[o + i] * s.grad_scale
-                };
+                // g * 1.0 == g exactly, so the unclipped case is unchanged.
+                let gi = gs[o + i] * s.grad_scale;
                 let p1 = pi * s.decay;
                 let m1 = mi + (gi - mi) * s.one_minus_b1;
                 let v1 = vi * s.b2 + gi * gi * s.one_minus_b2;
                 let denom = v1.sqrt() / s.bc2_sqrt + s.eps;
-                po[i] = p1 - m1 / denom * s.step;
-                mo[i] = m1;
-                vo[i] = v1;
+                po[i].write(p1 - m1 / denom * s.step);
+                mo[i].write(m1);
+                vo[i].write(v1);
             }
         });
+    // SAFETY: the chunks cover 0..n and the loop above wrote every element of each.
+    unsafe {
+        po.set_len(n);
+        mo.set_len(n);
+        vo.set_len(n);
+    }
     let mk = |x: Vec<f32>| {
         Tensor::from_primitive::<Flex>(FlexTensor::from_data(TensorData::new(x, shape)))
     };

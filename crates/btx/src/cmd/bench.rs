@@ -147,11 +147,19 @@ pub fn step_gemms(
     linear(&mut g, n, d, cfg.q_dim(), 2 * l);
     linear(&mut g, n, d, cfg.kv_dim(), 2 * l);
     let (t, hd, bh) = (seq, cfg.head_dim, batch * cfg.num_heads * l);
-    // Attention as computed (full T x T): S = QK^T, O = PV; backward dP, dV, dQ, dK.
-    g.push((t, hd, t, bh));
-    g.push((t, t, hd, bh));
-    g.push((t, hd, t, bh));
-    g.push((t, t, hd, 3 * bh));
+    // Attention as the fused kernel computes it: blocks of 64 query rows against the keys they
+    // can see. Forward S = QKᵀ, O = PV; backward dP = dO Vᵀ, dQ = dS K, and per block of 64
+    // keys dK = dSᵀ Q, dV = Pᵀ dO over the rows that see them.
+    let blk = 64;
+    let mut r0 = 0;
+    while r0 < t {
+        let rows = blk.min(t - r0);
+        let cols = r0 + rows;
+        g.push((rows, hd, cols, 2 * bh));
+        g.push((rows, cols, hd, 2 * bh));
+        g.push((rows, t - r0, hd, 2 * bh));
+        r0 += rows;
+    }
     match &cfg.moe {
         None => linear(&mut g, n, d, cfg.intermediate_size, 3 * l),
         Some(m) => {
