@@ -209,30 +209,40 @@ impl Moe {
                 assigned[i].push(ex);
             }
         }
-        let gate_flat = gates.reshape([n * c]);
-        let mut outs = Vec::new();
-        let mut out_idx = Vec::new();
+        // Expert outputs, rows grouped by expert; then each row weighted by its gate value and
+        // added into its token's output.
+        let mut ys = Vec::new();
+        let mut row_tok = Vec::new();
+        let mut row_slot = Vec::new();
         for (ex, mlp) in self.experts.iter().enumerate() {
             if toks[ex].is_empty() {
                 continue;
             }
             let idx = int1(toks[ex].clone(), &dev);
-            let g = gate_flat
-                .clone()
-                .select(0, int1(std::mem::take(&mut slots[ex]), &dev));
-            outs.push(mlp.forward(x.clone().select(0, idx)) * g.unsqueeze_dim(1));
-            out_idx.extend_from_slice(&toks[ex]);
+            ys.push(mlp.forward(x.clone().select(0, idx)));
+            row_tok.extend(toks[ex].iter().map(|&t| t as usize));
+            row_slot.append(&mut slots[ex]);
         }
         let d = x.dims()[1];
-        let mut out = Tensor::<2>::zeros([n, d], &dev);
-        if !outs.is_empty() {
-            out = out.select_assign(
-                0,
-                int1(out_idx, &dev),
-                Tensor::cat(outs, 0),
-                IndexingUpdateOp::Add,
-            );
-        }
+        let out = if ys.is_empty() {
+            Tensor::<2>::zeros([n, d], &dev)
+        } else {
+            let y = Tensor::cat(ys, 0);
+            let g = gates.reshape([n * c]).select(0, int1(row_slot, &dev));
+            let routes = std::sync::Arc::new(crate::fused::moe::Routes::new(row_tok, n));
+            match crate::fused::moe::combine(y.clone(), g.clone(), routes.clone()) {
+                Some(out) => out,
+                None => {
+                    let tok: Vec<i64> = routes.tok.iter().map(|&t| t as i64).collect();
+                    Tensor::<2>::zeros([n, d], &dev).select_assign(
+                        0,
+                        int1(tok, &dev),
+                        y * g.unsqueeze_dim(1),
+                        IndexingUpdateOp::Add,
+                    )
+                }
+            }
+        };
         let aux = RouterAux {
             logits,
             probs,

@@ -236,6 +236,51 @@ fn fused_linear_matches_matmul_forward_and_gradients() {
 }
 
 #[test]
+fn fused_moe_combine_matches_gate_multiply_and_scatter_add() {
+    use btx_model::burn::tensor::{IndexingUpdateOp, Int};
+    use btx_model::fused::moe::{combine, Routes};
+    use std::sync::Arc;
+    let dev = Device::flex();
+    // (tokens, width, destination token of each row): top-2-like, a token with no rows (dropped
+    // by a capacity limit), rows of one token far apart, and a single row.
+    let cases: Vec<(usize, usize, Vec<usize>)> = vec![
+        (5, 8, vec![0, 2, 4, 1, 0, 3, 2, 4, 1]),
+        (70, 33, (0..140).map(|r| (r * 37 + r / 70) % 70).collect()),
+        (4, 3, vec![3]),
+    ];
+    for (i, (n, d, tok)) in cases.into_iter().enumerate() {
+        dev.seed(90 + i as u64);
+        let m = tok.len();
+        let y = leaf([m, d], 1.0);
+        let g = Tensor::<1>::random([m], Distribution::Normal(0.5, 0.2), &dev)
+            .autodiff()
+            .require_grad();
+        let probe = Tensor::<2>::random([n, d], Distribution::Normal(0.0, 1.0), &dev).autodiff();
+        let routes = Arc::new(Routes::new(tok.clone(), n));
+        let fused = combine(y.clone(), g.clone(), routes).expect("flex");
+        let idx: Vec<i64> = tok.iter().map(|&t| t as i64).collect();
+        let idx = Tensor::<1, Int>::from_data(TensorData::new(idx, [m]), &dev.clone().autodiff());
+        let comp = Tensor::<2>::zeros([n, d], &dev.clone().autodiff()).select_assign(
+            0,
+            idx,
+            y.clone() * g.clone().unsqueeze_dim(1),
+            IndexingUpdateOp::Add,
+        );
+        assert!(
+            rel_err(&to_vec(fused.clone()), &to_vec(comp.clone())) < 1e-6,
+            "case {i}"
+        );
+        let gf = (fused * probe.clone()).sum().backward();
+        let gc = (comp * probe).sum().backward();
+        let e = rel_err(&to_vec(y.grad(&gf).unwrap()), &to_vec(y.grad(&gc).unwrap()));
+        assert!(e < 1e-6, "case {i}: dy differs by {e}");
+        let (a, b) = (g.grad(&gf).unwrap(), g.grad(&gc).unwrap());
+        let e = rel_err(&to_vec(a), &to_vec(b));
+        assert!(e < 1e-5, "case {i}: dgate differs by {e}");
+    }
+}
+
+#[test]
 fn fused_swiglu_and_rmsnorm_match_composite() {
     use btx_model::attention::{rms_norm, rms_norm_composite};
     use btx_model::burn::tensor::activation::silu;

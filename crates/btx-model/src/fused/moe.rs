@@ -1,0 +1,175 @@
+//! The MoE combine step: `out[i] = Σ_r g[r] · y[r]` over the expert-output rows `r` routed from
+//! token `i`, with a handwritten backward (dy[r] = g[r] · dOut[i], dg[r] = <y[r], dOut[i]>).
+//!
+//! It replaces the composite chain "gate multiply, zeros, scatter-add rows" (three passes and a
+//! zero-filled allocation forward, a gather and a broadcast multiply backward, all on one core)
+//! with one pass each way, split over the cores: forward by token (each token sums its own
+//! rows, in row order, so the result does not depend on the thread count), backward by row.
+
+use std::sync::Arc;
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::flex::FlexTensor;
+use burn::backend::{Autodiff, Flex};
+use burn::prelude::*;
+use rayon::prelude::*;
+
+/// Rows per parallel task.
+const ROWS: usize = 64;
+
+/// Which expert-output rows feed each token (CSR: rows of token i are
+/// `rows[start[i]..start[i + 1]]`, ascending).
+#[derive(Debug)]
+pub struct Routes {
+    /// Destination token of each row.
+    pub tok: Vec<usize>,
+    start: Vec<usize>,
+    rows: Vec<usize>,
+}
+
+impl Routes {
+    pub fn new(tok: Vec<usize>, n: usize) -> Self {
+        let mut start = vec![0usize; n + 1];
+        for &t in &tok {
+            assert!(t < n, "row routed to token {t} of {n}");
+            start[t + 1] += 1;
+        }
+        for i in 0..n {
+            start[i + 1] += start[i];
+        }
+        let mut fill = start.clone();
+        let mut rows = vec![0usize; tok.len()];
+        for (r, &t) in tok.iter().enumerate() {
+            rows[fill[t]] = r;
+            fill[t] += 1;
+        }
+        Self { tok, start, rows }
+    }
+
+    fn tokens(&self) -> usize {
+        self.start.len() - 1
+    }
+}
+
+fn contiguous(t: &FlexTensor) -> FlexTensor {
+    if t.is_contiguous() {
+        t.clone()
+    } else {
+        t.to_contiguous()
+    }
+}
+
+fn slice(t: &FlexTensor) -> &[f32] {
+    t.as_slice::<f32>().expect("contiguous f32")
+}
+
+fn forward(y: &[f32], g: &[f32], routes: &Routes, d: usize) -> Vec<f32> {
+    let mut out = super::zeroed(routes.tokens() * d);
+    out.par_chunks_mut(ROWS * d)
+        .enumerate()
+        .for_each(|(c, chunk)| {
+            for (j, o) in chunk.chunks_exact_mut(d).enumerate() {
+                let i = c * ROWS + j;
+                for &r in &routes.rows[routes.start[i]..routes.start[i + 1]] {
+                    let (yr, gr) = (&y[r * d..(r + 1) * d], g[r]);
+                    for (a, b) in o.iter_mut().zip(yr) {
+                        *a += gr * b;
+                    }
+                }
+            }
+        });
+    out
+}
+
+#[derive(Debug)]
+struct CombineBackward;
+
+impl Backward<Flex, 2> for CombineBackward {
+    /// (y `[m, d]`, g `[m]`, routes)
+    type State = (FlexTensor, FlexTensor, Arc<Routes>);
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let (y, g, routes) = ops.state;
+        let dout = contiguous(&grads.consume::<Flex>(&ops.node));
+        let (y, g, dout) = (slice(&y), slice(&g), slice(&dout));
+        let m = routes.tok.len();
+        let d = if m == 0 { 0 } else { y.len() / m };
+        let mut dy = super::zeroed(m * d);
+        let mut dg = vec![0f32; m];
+        if d > 0 {
+            dy.par_chunks_mut(ROWS * d)
+                .zip(dg.par_chunks_mut(ROWS))
+                .enumerate()
+                .for_each(|(c, (dyc, dgc))| {
+                    for (j, (dyr, dgr)) in dyc.chunks_exact_mut(d).zip(dgc).enumerate() {
+                        let r = c * ROWS + j;
+                        let t = routes.tok[r];
+                        let (yr, gr) = (&y[r * d..(r + 1) * d], &dout[t * d..(t + 1) * d]);
+                        let mut dot = 0f32;
+                        for k in 0..d {
+                            dyr[k] = g[r] * gr[k];
+                            dot += yr[k] * gr[k];
+                        }
+                        *dgr = dot;
+                    }
+                });
+        }
+        let [py, pg] = ops.parents;
+        if let Some(node) = py {
+            grads.register::<Flex>(node.id, FlexTensor::from_data(TensorData::new(dy, [m, d])));
+        }
+        if let Some(node) = pg {
+            grads.register::<Flex>(node.id, FlexTensor::from_data(TensorData::new(dg, [m])));
+        }
+    }
+}
+
+/// `out [n, d]` with `out[i] = Σ_{r: tok[r] = i} g[r] · y[r]` for expert outputs `y [m, d]` and
+/// gate values `g [m]`; `None` off flex.
+pub fn combine(y: Tensor<2>, g: Tensor<1>, routes: Arc<Routes>) -> Option<Tensor<2>> {
+    if !super::on_flex(&y) {
+        return None;
+    }
+    let [m, d] = y.dims();
+    assert_eq!(
+        m,
+        routes.tok.len(),
+        "combine: {m} rows but {} routes",
+        routes.tok.len()
+    );
+    let shape = [routes.tokens(), d];
+    if y.is_autodiff() || g.is_autodiff() {
+        let y = y
+            .autodiff()
+            .try_into_primitive::<Autodiff<Flex>>()
+            .expect("flex autodiff");
+        let g = g
+            .autodiff()
+            .try_into_primitive::<Autodiff<Flex>>()
+            .expect("flex autodiff");
+        let (yc, gc) = (contiguous(y.primitive()), contiguous(g.primitive()));
+        let out = FlexTensor::from_data(TensorData::new(
+            forward(slice(&yc), slice(&gc), &routes, d),
+            shape,
+        ));
+        let t = match CombineBackward
+            .prepare::<NoCheckpointing>([y.node(), g.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish((yc, gc, routes), out),
+            OpsKind::UnTracked(prep) => prep.finish(out),
+        };
+        Some(Tensor::from_primitive::<Autodiff<Flex>>(t))
+    } else {
+        let y = contiguous(&y.try_into_primitive::<Flex>().expect("flex"));
+        let g = contiguous(&g.try_into_primitive::<Flex>().expect("flex"));
+        let out = forward(slice(&y), slice(&g), &routes, d);
+        Some(Tensor::from_primitive::<Flex>(FlexTensor::from_data(
+            TensorData::new(out, shape),
+        )))
+    }
+}
