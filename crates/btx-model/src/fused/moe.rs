@@ -96,7 +96,7 @@ impl Backward<Flex, 2> for CombineBackward {
         let dout = contiguous(&grads.consume::<Flex>(&ops.node));
         let (y, g, dout) = (slice(&y), slice(&g), slice(&dout));
         let m = routes.tok.len();
-        let d = if m == 0 { 0 } else { y.len() / m };
+        let d = y.len().checked_div(m).unwrap_or(0);
         let mut dy = super::zeroed(m * d);
         let mut dg = vec![0f32; m];
         if d > 0 {
