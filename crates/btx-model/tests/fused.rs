@@ -145,7 +145,20 @@ fn fused_adamw_matches_the_composite_update() {
         step: (lr / bc1) as f32,
         grad_scale: 0.7,
     };
-    let (pf, mf, vf) = adamw(p.clone(), g.clone(), m.clone(), v.clone(), s).expect("flex");
+    // Shared inputs: fresh output buffers.
+    let (pf, mf, vf) =
+        adamw(p.clone(), g.clone(), m.clone(), v.clone(), s).unwrap_or_else(|_| panic!("flex"));
+    // Sole owner of p, m, v (deep copies): updated in place, the same numbers.
+    let own = |t: &Tensor<2>| Tensor::<2>::from_data(t.to_data(), &dev);
+    let (pi, mi, vi) =
+        adamw(own(&p), g.clone(), own(&m), own(&v), s).unwrap_or_else(|_| panic!("flex"));
+    for (a, b) in [(&pf, pi), (&mf, mi), (&vf, vi)] {
+        assert_eq!(
+            to_vec(a.clone()),
+            to_vec(b),
+            "in-place and fresh updates differ"
+        );
+    }
     // The composite update of btx-train's AdamW, on the clipped gradient.
     let g = g * 0.7;
     let p1 = p * (1.0 - lr * wd);

@@ -123,18 +123,22 @@ impl AdamW {
             step: (lr / bc1) as f32,
             grad_scale,
         };
-        if let Some((p, m, v)) = btx_model::fused::adamw::adamw(
-            p.clone(),
-            g.clone(),
-            st.m.clone(),
-            st.v.clone(),
-            scalars,
-        ) {
-            st.m = m;
-            st.v = v;
-            return p;
-        }
-        let g = if grad_scale != 1.0 { g * grad_scale } else { g };
+        // Hand the moments over (not clones) so the fused update can work in place.
+        let placeholder = || Tensor::<2>::zeros([1, 1], &p.device());
+        let (m, v) = (
+            std::mem::replace(&mut st.m, placeholder()),
+            std::mem::replace(&mut st.v, placeholder()),
+        );
+        let (p, g) = match btx_model::fused::adamw::adamw(p, g, m, v, scalars) {
+            Ok((p, m, v)) => {
+                (st.m, st.v) = (m, v);
+                return p;
+            }
+            Err((p, g, m, v)) => {
+                (st.m, st.v) = (m, v);
+                (p, g)
+            }
+        };
         let mut p = p;
         if decay_mul != 1.0 {
             p = p * decay_mul;
