@@ -134,7 +134,8 @@ impl AdamW {
                 (st.m, st.v) = (m, v);
                 return p;
             }
-            Err((p, g, m, v)) => {
+            Err(inputs) => {
+                let (p, g, m, v) = *inputs;
                 (st.m, st.v) = (m, v);
                 (p, g)
             }

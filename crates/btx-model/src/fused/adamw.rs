@@ -80,9 +80,9 @@ pub fn adamw(
     m: Tensor<2>,
     v: Tensor<2>,
     s: AdamWScalars,
-) -> Result<(Tensor<2>, Tensor<2>, Tensor<2>), AdamWInputs> {
+) -> Result<(Tensor<2>, Tensor<2>, Tensor<2>), Box<AdamWInputs>> {
     if !super::on_flex(&p) || p.is_autodiff() || g.is_autodiff() || m.is_autodiff() {
-        return Err((p, g, m, v));
+        return Err(Box::new((p, g, m, v)));
     }
     let shape = p.dims();
     let prim = |t: Tensor<2>| t.try_into_primitive::<Flex>().expect("flex tensor");
