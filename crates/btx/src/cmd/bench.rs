@@ -28,7 +28,7 @@ pub enum BenchCmd {
         no_floor: bool,
     },
     /// btx and the PyTorch reference (bench/torch_reference.py) side by side, each in its own
-    /// process, same allocator environment, at each thread count.
+    /// process, at each thread count; both keep freed memory (btx: mimalloc; PyTorch: tuned glibc).
     Compare {
         /// Presets, comma-separated.
         #[arg(long, default_value = "S,MoE-S,M", value_delimiter = ',')]
@@ -44,6 +44,11 @@ pub enum BenchCmd {
         /// The reference script.
         #[arg(long, default_value = "bench/torch_reference.py")]
         script: std::path::PathBuf,
+        /// Run PyTorch with glibc malloc as it comes. By default it gets the tuned settings
+        /// (MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_, MALLOC_TOP_PAD_) that keep its
+        /// freed memory, as btx's allocator keeps its own: no page faults per step on either side.
+        #[arg(long)]
+        torch_default_malloc: bool,
         #[arg(long)]
         json: bool,
     },
@@ -219,12 +224,21 @@ fn run_json(mut c: std::process::Command) -> Result<serde_json::Value> {
     Ok(serde_json::from_str(line)?)
 }
 
+/// glibc malloc settings under which PyTorch keeps freed memory instead of returning it to the
+/// OS and faulting it back in every step (its best CPU configuration on this machine).
+const TORCH_MALLOC: [(&str, &str); 3] = [
+    ("MALLOC_MMAP_THRESHOLD_", "33554432"),
+    ("MALLOC_TRIM_THRESHOLD_", "17179869184"),
+    ("MALLOC_TOP_PAD_", "268435456"),
+];
+
 fn compare(
     presets: &[String],
     threads: &[usize],
     steps: usize,
     python: &str,
     script: &std::path::Path,
+    tuned_malloc: bool,
     json: bool,
 ) -> Result<()> {
     let exe = std::env::current_exe()?;
@@ -247,6 +261,13 @@ fn compare(
             r.arg(script)
                 .args(["--preset", p, "--threads", &t.to_string(), "--json"])
                 .args(["--steps", &steps.to_string()]);
+            if tuned_malloc {
+                for (k, v) in TORCH_MALLOC {
+                    if std::env::var_os(k).is_none() {
+                        r.env(k, v);
+                    }
+                }
+            }
             let theirs = run_json(r)?;
             let ratio = ours["tokens_per_s"].as_f64().unwrap_or(0.0)
                 / theirs["tokens_per_s"].as_f64().unwrap_or(f64::NAN);
@@ -359,8 +380,17 @@ pub fn run(cmd: BenchCmd, dev: &Device) -> Result<()> {
             steps,
             python,
             script,
+            torch_default_malloc,
             json,
-        } => compare(&presets, &threads, steps, &python, &script, json)?,
+        } => compare(
+            &presets,
+            &threads,
+            steps,
+            &python,
+            &script,
+            !torch_default_malloc,
+            json,
+        )?,
         BenchCmd::Train {
             preset: name,
             steps,
