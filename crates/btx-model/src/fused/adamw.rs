@@ -2,6 +2,7 @@
 //! writes the three results, instead of ten element-wise tensor ops. Same arithmetic, in the same
 //! order and precision, as the composite update in btx-train.
 
+use super::{contiguous, f32_slice};
 use burn::backend::flex::FlexTensor;
 use burn::backend::Flex;
 use burn::prelude::*;
@@ -28,12 +29,7 @@ pub struct AdamWScalars {
 const CHUNK: usize = 1 << 14;
 
 fn flex(t: Tensor<2>) -> FlexTensor {
-    let f = t.try_into_primitive::<Flex>().expect("flex tensor");
-    if f.is_contiguous() {
-        f
-    } else {
-        f.to_contiguous()
-    }
+    contiguous(&t.try_into_primitive::<Flex>().expect("flex tensor"))
 }
 
 impl AdamWScalars {
@@ -48,10 +44,6 @@ impl AdamWScalars {
         let denom = v1.sqrt() / self.bc2_sqrt + self.eps;
         (p1 - m1 / denom * self.step, m1, v1)
     }
-}
-
-fn f32s(t: &FlexTensor) -> &[f32] {
-    t.as_slice::<f32>().expect("contiguous f32")
 }
 
 /// A flex tensor whose buffer can be updated in place: only owner, contiguous, exactly its size.
@@ -109,16 +101,9 @@ pub fn adamw(
             Ok((mk(p), mk(m), mk(v)))
         }
         (p, m, v) => {
-            let unwrap = |r: Result<FlexTensor, FlexTensor>| {
-                let t = r.unwrap_or_else(|t| t);
-                if t.is_contiguous() {
-                    t
-                } else {
-                    t.to_contiguous()
-                }
-            };
+            let unwrap = |r: Result<FlexTensor, FlexTensor>| contiguous(&r.unwrap_or_else(|t| t));
             let (p, m, v) = (unwrap(p), unwrap(m), unwrap(v));
-            let (ps, ms, vs) = (f32s(&p), f32s(&m), f32s(&v));
+            let (ps, ms, vs) = (f32_slice(&p), f32_slice(&m), f32_slice(&v));
             let n = ps.len();
             assert!(gs.len() == n && ms.len() == n && vs.len() == n);
             // Outputs are written exactly once, element by element, into uninitialised

@@ -12,6 +12,7 @@
 //! KV head accumulate into its dK / dV without races. Every matrix product goes to the `gemm`
 //! crate (single-threaded; rayon spreads the heads over the cores).
 
+use super::{contiguous, f32_slice};
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
@@ -349,18 +350,6 @@ pub fn backward(
     (dq, dk, dv)
 }
 
-fn contiguous(t: &FlexTensor) -> FlexTensor {
-    if t.is_contiguous() {
-        t.clone()
-    } else {
-        t.to_contiguous()
-    }
-}
-
-fn slice(t: &FlexTensor) -> &[f32] {
-    t.as_slice::<f32>().expect("contiguous f32")
-}
-
 #[derive(Debug)]
 struct AttnBackward;
 
@@ -379,8 +368,14 @@ impl Backward<Flex, 3> for AttnBackward {
         let (q, k, v, p, [b, t, h, kvh, hd], rope) = ops.state;
         let d = Dims { b, t, h, kvh, hd };
         let g = contiguous(&grads.consume::<Flex>(&ops.node));
-        let (mut dq, mut dk, dv) =
-            backward(slice(&q), slice(&k), slice(&v), slice(&p), slice(&g), d);
+        let (mut dq, mut dk, dv) = backward(
+            f32_slice(&q),
+            f32_slice(&k),
+            f32_slice(&v),
+            f32_slice(&p),
+            f32_slice(&g),
+            d,
+        );
         if let Some(r) = &rope {
             r.rotate(&mut dq, d.qd(), d, true);
             r.rotate(&mut dk, d.kd(), d, true);
@@ -419,7 +414,7 @@ pub fn causal_attention(
         match &rope {
             None => contiguous(x),
             Some(r) => {
-                let v = r.rotated(slice(&contiguous(x)), cols, d);
+                let v = r.rotated(f32_slice(&contiguous(x)), cols, d);
                 FlexTensor::from_data(TensorData::new(v, [d.b * d.t, cols]))
             }
         }
@@ -435,7 +430,7 @@ pub fn causal_attention(
             rotated(k.primitive(), d.kd()),
             contiguous(v.primitive()),
         );
-        let (o, p) = forward(slice(&qc), slice(&kc), slice(&vc), d);
+        let (o, p) = forward(f32_slice(&qc), f32_slice(&kc), f32_slice(&vc), d);
         let o = FlexTensor::from_data(TensorData::new(o, shape));
         let out = match AttnBackward
             .prepare::<NoCheckpointing>([q.node(), k.node(), v.node()])
@@ -454,7 +449,7 @@ pub fn causal_attention(
         let fl = |t: Tensor<2>| t.try_into_primitive::<Flex>().expect("flex tensor");
         let (q, k, v) = (fl(q), fl(k), fl(v));
         let (q, k, v) = (rotated(&q, d.qd()), rotated(&k, d.kd()), contiguous(&v));
-        let (o, _) = forward(slice(&q), slice(&k), slice(&v), d);
+        let (o, _) = forward(f32_slice(&q), f32_slice(&k), f32_slice(&v), d);
         Some(Tensor::from_primitive::<Flex>(FlexTensor::from_data(
             TensorData::new(o, shape),
         )))

@@ -2,6 +2,7 @@
 //! and sum, log-sum-exp), with a backward that writes `(softmax - onehot) * g / count` directly —
 //! no `[M, V]` log-softmax, gather or one-hot tensors in between.
 
+use super::contiguous;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
@@ -15,14 +16,6 @@ use super::vexp::exp_sub_sum;
 
 /// Rows per rayon task (a row is a whole vocabulary, so few are enough).
 const ROWS_PER_TASK: usize = 8;
-
-fn contiguous_f32(t: &FlexTensor) -> FlexTensor {
-    if t.is_contiguous() {
-        t.clone()
-    } else {
-        t.to_contiguous()
-    }
-}
 
 /// Per-row log-sum-exp, and the summed NLL over rows with a target (`target < 0` = ignored).
 fn forward(logits: &[f32], v: usize, targets: &[i64]) -> (Vec<f32>, f64) {
@@ -105,7 +98,7 @@ pub fn mean_cross_entropy(logits: Tensor<2>, targets: &[i64]) -> Option<Tensor<1
         let p = logits
             .try_into_primitive::<Autodiff<Flex>>()
             .expect("flex autodiff tensor");
-        let x = contiguous_f32(p.primitive());
+        let x = contiguous(p.primitive());
         let (lse, nll) = forward(x.as_slice::<f32>().expect("f32 logits"), v, targets);
         let out = FlexTensor::from_data(TensorData::new(
             vec![(nll / count.max(1) as f64) as f32],
@@ -122,7 +115,7 @@ pub fn mean_cross_entropy(logits: Tensor<2>, targets: &[i64]) -> Option<Tensor<1
         Some(Tensor::from_primitive::<Autodiff<Flex>>(t))
     } else {
         let p = logits.try_into_primitive::<Flex>().expect("flex tensor");
-        let x = contiguous_f32(&p);
+        let x = contiguous(&p);
         let (_, nll) = forward(x.as_slice::<f32>().expect("f32 logits"), v, targets);
         let out = FlexTensor::from_data(TensorData::new(
             vec![(nll / count.max(1) as f64) as f32],

@@ -2,6 +2,7 @@
 //! One pass over the data forward and one backward, split over the cores, instead of the chain
 //! of element-wise tensor ops (each its own pass and allocation) the composite versions run.
 
+use super::{contiguous, f32_slice};
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
@@ -14,18 +15,6 @@ use rayon::prelude::*;
 use super::vexp::exp_sub_sum;
 
 const CHUNK: usize = 1 << 13;
-
-fn contiguous(t: &FlexTensor) -> FlexTensor {
-    if t.is_contiguous() {
-        t.clone()
-    } else {
-        t.to_contiguous()
-    }
-}
-
-fn slice(t: &FlexTensor) -> &[f32] {
-    t.as_slice::<f32>().expect("contiguous f32")
-}
 
 fn flex2(v: Vec<f32>, shape: [usize; 2]) -> FlexTensor {
     FlexTensor::from_data(TensorData::new(v, shape))
@@ -65,7 +54,7 @@ impl Backward<Flex, 2> for SwigluBackward {
     fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
         let (a, b, shape) = ops.state;
         let g = contiguous(&grads.consume::<Flex>(&ops.node));
-        let (a, b, g) = (slice(&a), slice(&b), slice(&g));
+        let (a, b, g) = (f32_slice(&a), f32_slice(&b), f32_slice(&g));
         let n = a.len();
         let mut da = super::zeroed(n);
         let mut db = super::zeroed(n);
@@ -108,7 +97,7 @@ pub fn swiglu(a: Tensor<2>, b: Tensor<2>) -> Option<Tensor<2>> {
         };
         let (a, b) = (ad(a), ad(b));
         let (ac, bc) = (contiguous(a.primitive()), contiguous(b.primitive()));
-        let out = flex2(swiglu_forward(slice(&ac), slice(&bc)), shape);
+        let out = flex2(swiglu_forward(f32_slice(&ac), f32_slice(&bc)), shape);
         let t = match SwigluBackward
             .prepare::<NoCheckpointing>([a.node(), b.node()])
             .compute_bound()
@@ -121,7 +110,7 @@ pub fn swiglu(a: Tensor<2>, b: Tensor<2>) -> Option<Tensor<2>> {
     } else {
         let fl = |t: Tensor<2>| contiguous(&t.try_into_primitive::<Flex>().expect("flex"));
         let (a, b) = (fl(a), fl(b));
-        let out = flex2(swiglu_forward(slice(&a), slice(&b)), shape);
+        let out = flex2(swiglu_forward(f32_slice(&a), f32_slice(&b)), shape);
         Some(Tensor::from_primitive::<Flex>(out))
     }
 }
@@ -160,7 +149,7 @@ impl Backward<Flex, 2> for RmsBackward {
     fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
         let (x, w, r, [n, d]) = ops.state;
         let g = contiguous(&grads.consume::<Flex>(&ops.node));
-        let (x, w, g) = (slice(&x), slice(&w), slice(&g));
+        let (x, w, g) = (f32_slice(&x), f32_slice(&w), f32_slice(&g));
         let mut dx = super::zeroed(n * d);
         // dx = r (g w - x r^2 mean(g w x)); dw = sum_rows g x r (per-task partial sums).
         let dw_parts: Vec<Vec<f32>> = dx
@@ -215,7 +204,7 @@ pub fn rms_norm(x: Tensor<2>, w: Tensor<2>, eps: f64) -> Option<Tensor<2>> {
         };
         let (x, w) = (ad(x), ad(w));
         let (xc, wc) = (contiguous(x.primitive()), contiguous(w.primitive()));
-        let (y, r) = rms_forward(slice(&xc), slice(&wc), d, eps);
+        let (y, r) = rms_forward(f32_slice(&xc), f32_slice(&wc), d, eps);
         let out = flex2(y, [n, d]);
         let t = match RmsBackward
             .prepare::<NoCheckpointing>([x.node(), w.node()])
@@ -229,7 +218,7 @@ pub fn rms_norm(x: Tensor<2>, w: Tensor<2>, eps: f64) -> Option<Tensor<2>> {
     } else {
         let fl = |t: Tensor<2>| contiguous(&t.try_into_primitive::<Flex>().expect("flex"));
         let (x, w) = (fl(x), fl(w));
-        let (y, _) = rms_forward(slice(&x), slice(&w), d, eps);
+        let (y, _) = rms_forward(f32_slice(&x), f32_slice(&w), d, eps);
         Some(Tensor::from_primitive::<Flex>(flex2(y, [n, d])))
     }
 }

@@ -6,6 +6,7 @@
 //! gradient arrives as a transposed view that the optimizer has to copy back to `[out, in]`.
 //! Here outputs are written once, and dW is produced in the weight's own layout.
 
+use super::{contiguous, f32_slice};
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
@@ -17,18 +18,6 @@ use gemm::{gemm, Parallelism};
 
 /// Below this many multiply-adds one core does the product (as burn-flex decides).
 const PARALLEL_MACS: usize = 192 * 192 * 192;
-
-fn contiguous(t: &FlexTensor) -> FlexTensor {
-    if t.is_contiguous() {
-        t.clone()
-    } else {
-        t.to_contiguous()
-    }
-}
-
-fn slice(t: &FlexTensor) -> &[f32] {
-    t.as_slice::<f32>().expect("contiguous f32")
-}
 
 /// A new `[m, n]` matrix `A B` (one gemm call, output written once), with
 /// A(i, l) = a[i*a_rs + l*a_cs] (`[m, k]`) and B(l, j) = b[l*b_rs + j*b_cs] (`[k, n]`).
@@ -109,16 +98,16 @@ impl Backward<Flex, 2> for LinearBackward {
     fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
         let (x, w, [m, k, n]) = ops.state;
         let g = contiguous(&grads.consume::<Flex>(&ops.node));
-        let g = slice(&g);
+        let g = f32_slice(&g);
         let [px, pw] = ops.parents;
         if let Some(node) = px {
             // dX [m, k] = dY [m, n] · W [n, k]
-            let dx = product(m, k, n, g, n, 1, slice(&w), k, 1);
+            let dx = product(m, k, n, g, n, 1, f32_slice(&w), k, 1);
             grads.register::<Flex>(node.id, FlexTensor::from_data(TensorData::new(dx, [m, k])));
         }
         if let Some(node) = pw {
             // dW [n, k] = dYᵀ [n, m] · X [m, k]
-            let dw = product(n, k, m, g, 1, n, slice(&x), k, 1);
+            let dw = product(n, k, m, g, 1, n, f32_slice(&x), k, 1);
             grads.register::<Flex>(node.id, FlexTensor::from_data(TensorData::new(dw, [n, k])));
         }
     }
@@ -143,7 +132,7 @@ pub fn linear(x: Tensor<2>, w: Tensor<2>) -> Option<Tensor<2>> {
         let (x, w) = (ad(x), ad(w));
         let (xc, wc) = (contiguous(x.primitive()), contiguous(w.primitive()));
         let y = FlexTensor::from_data(TensorData::new(
-            forward(slice(&xc), slice(&wc), m, k, n),
+            forward(f32_slice(&xc), f32_slice(&wc), m, k, n),
             [m, n],
         ));
         let t = match LinearBackward
@@ -158,7 +147,7 @@ pub fn linear(x: Tensor<2>, w: Tensor<2>) -> Option<Tensor<2>> {
     } else {
         let fl = |t: Tensor<2>| contiguous(&t.try_into_primitive::<Flex>().expect("flex"));
         let (x, w) = (fl(x), fl(w));
-        let y = forward(slice(&x), slice(&w), m, k, n);
+        let y = forward(f32_slice(&x), f32_slice(&w), m, k, n);
         Some(Tensor::from_primitive::<Flex>(FlexTensor::from_data(
             TensorData::new(y, [m, n]),
         )))

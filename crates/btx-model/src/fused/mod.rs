@@ -22,6 +22,20 @@ pub fn on_flex<const D: usize>(t: &Tensor<D>) -> bool {
     matches!(t.device().inner().as_dispatch(), DispatchDevice::Flex(_))
 }
 
+/// `t` itself when contiguous, else a contiguous copy (kernels read plain row-major slices).
+pub(crate) fn contiguous(t: &burn::backend::flex::FlexTensor) -> burn::backend::flex::FlexTensor {
+    if t.is_contiguous() {
+        t.clone()
+    } else {
+        t.to_contiguous()
+    }
+}
+
+/// The f32 elements of a contiguous flex tensor.
+pub(crate) fn f32_slice(t: &burn::backend::flex::FlexTensor) -> &[f32] {
+    t.as_slice::<f32>().expect("contiguous f32")
+}
+
 fn composite_forced() -> bool {
     static FORCED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *FORCED.get_or_init(|| std::env::var_os("BTX_COMPOSITE").is_some_and(|v| v != "0"))

@@ -8,6 +8,7 @@
 
 use std::sync::Arc;
 
+use super::{contiguous, f32_slice};
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
@@ -54,18 +55,6 @@ impl Routes {
     }
 }
 
-fn contiguous(t: &FlexTensor) -> FlexTensor {
-    if t.is_contiguous() {
-        t.clone()
-    } else {
-        t.to_contiguous()
-    }
-}
-
-fn slice(t: &FlexTensor) -> &[f32] {
-    t.as_slice::<f32>().expect("contiguous f32")
-}
-
 fn forward(y: &[f32], g: &[f32], routes: &Routes, d: usize) -> Vec<f32> {
     let mut out = super::zeroed(routes.tokens() * d);
     out.par_chunks_mut(ROWS * d)
@@ -94,7 +83,7 @@ impl Backward<Flex, 2> for CombineBackward {
     fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
         let (y, g, routes) = ops.state;
         let dout = contiguous(&grads.consume::<Flex>(&ops.node));
-        let (y, g, dout) = (slice(&y), slice(&g), slice(&dout));
+        let (y, g, dout) = (f32_slice(&y), f32_slice(&g), f32_slice(&dout));
         let m = routes.tok.len();
         let d = y.len().checked_div(m).unwrap_or(0);
         let mut dy = super::zeroed(m * d);
@@ -152,7 +141,7 @@ pub fn combine(y: Tensor<2>, g: Tensor<1>, routes: Arc<Routes>) -> Option<Tensor
             .expect("flex autodiff");
         let (yc, gc) = (contiguous(y.primitive()), contiguous(g.primitive()));
         let out = FlexTensor::from_data(TensorData::new(
-            forward(slice(&yc), slice(&gc), &routes, d),
+            forward(f32_slice(&yc), f32_slice(&gc), &routes, d),
             shape,
         ));
         let t = match CombineBackward
@@ -167,7 +156,7 @@ pub fn combine(y: Tensor<2>, g: Tensor<1>, routes: Arc<Routes>) -> Option<Tensor
     } else {
         let y = contiguous(&y.try_into_primitive::<Flex>().expect("flex"));
         let g = contiguous(&g.try_into_primitive::<Flex>().expect("flex"));
-        let out = forward(slice(&y), slice(&g), &routes, d);
+        let out = forward(f32_slice(&y), f32_slice(&g), &routes, d);
         Some(Tensor::from_primitive::<Flex>(FlexTensor::from_data(
             TensorData::new(out, shape),
         )))
