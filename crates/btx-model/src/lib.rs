@@ -18,7 +18,7 @@ pub use burn;
 pub use config::{ModelConfig, MoeConfig, Routing};
 pub use error::{ModelError, Result};
 pub use io::{HostTensor, TensorReader};
-pub use model::{ForwardOpts, ForwardOut, KvCache, Model};
+pub use model::{ForwardOpts, ForwardOut, KvCache, Model, Trunk};
 pub use spec::ModelSpec;
 
 /// Copies a float tensor to the host as f32 values (row-major).

@@ -38,13 +38,44 @@ pub fn lm_loss(logits: Tensor<3>, ids: &[i64]) -> Tensor<1> {
         "a sequence needs at least 2 tokens for a next-token loss"
     );
     let flat = logits.reshape([b * t, v]);
-    let targets: Vec<i64> = (0..b * t)
-        .map(|i| if i % t == t - 1 { -1 } else { ids[i + 1] })
-        .collect();
-    if let Some(l) = crate::fused::cross_entropy::mean_cross_entropy(flat.clone(), &targets) {
+    if let Some(l) =
+        crate::fused::cross_entropy::mean_cross_entropy(flat.clone(), &row_targets(ids, b, t))
+    {
         return l;
     }
     lm_loss_composite(flat, ids, b, t)
+}
+
+/// [`lm_loss`] of the output head applied to `hidden: [B*T, d]` (the final norm's output),
+/// `head: [V, d]`. On flex one fused kernel computes head, loss and their gradients block by
+/// block, so training never holds the `[B*T, V]` logits; elsewhere `lm_loss(linear(..))`.
+pub fn lm_head_loss(
+    hidden: Tensor<2>,
+    head: &Tensor<2>,
+    ids: &[i64],
+    b: usize,
+    t: usize,
+) -> Tensor<1> {
+    assert!(
+        t >= 2,
+        "a sequence needs at least 2 tokens for a next-token loss"
+    );
+    let targets = row_targets(ids, b, t);
+    if let Some(l) =
+        crate::fused::lm_head::head_cross_entropy(hidden.clone(), head.clone(), &targets)
+    {
+        return l;
+    }
+    let v = head.dims()[0];
+    lm_loss(crate::linear(hidden, head).reshape([b, t, v]), ids)
+}
+
+/// One target per row of a `[B*T, ..]` flattening: the next id, or -1 (ignored) for the last
+/// position of each sequence.
+fn row_targets(ids: &[i64], b: usize, t: usize) -> Vec<i64> {
+    (0..b * t)
+        .map(|i| if i % t == t - 1 { -1 } else { ids[i + 1] })
+        .collect()
 }
 
 /// The composite reference of [`lm_loss`] over `[B*T, V]` logits.

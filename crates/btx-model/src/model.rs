@@ -65,6 +65,14 @@ pub struct ForwardOut {
     pub ffn_inputs: Vec<Tensor<2>>,
 }
 
+/// [`Model::forward_trunk`]'s output: [`ForwardOut`] before the head.
+pub struct Trunk {
+    /// The final norm's output, `[B*T, d]`.
+    pub hidden: Tensor<2>,
+    pub routers: Vec<RouterAux>,
+    pub ffn_inputs: Vec<Tensor<2>>,
+}
+
 /// Per-layer key/value cache for incremental decoding.
 #[derive(Clone, Debug, Default)]
 pub struct KvCache {
@@ -354,8 +362,32 @@ impl Model {
         b: usize,
         t: usize,
         opts: &ForwardOpts,
-        mut cache: Option<&mut KvCache>,
+        cache: Option<&mut KvCache>,
     ) -> ForwardOut {
+        let trunk = self.forward_trunk(ids, b, t, opts, cache);
+        let logits = crate::linear(trunk.hidden, self.head()).reshape([b, t, self.cfg.vocab_size]);
+        ForwardOut {
+            logits,
+            routers: trunk.routers,
+            ffn_inputs: trunk.ffn_inputs,
+        }
+    }
+
+    /// The output head's weight `[V, d]` (the embedding when tied).
+    pub fn head(&self) -> &Tensor<2> {
+        self.lm_head.as_ref().unwrap_or(&self.embed)
+    }
+
+    /// [`Model::forward`] up to the final norm: training feeds `hidden` and [`Model::head`] to
+    /// [`crate::loss::lm_head_loss`], which never materialises the logits.
+    pub fn forward_trunk(
+        &self,
+        ids: &[i64],
+        b: usize,
+        t: usize,
+        opts: &ForwardOpts,
+        mut cache: Option<&mut KvCache>,
+    ) -> Trunk {
         let cfg = &self.cfg;
         let dev = self.device();
         assert_eq!(ids.len(), b * t, "ids must hold B x T values");
@@ -411,11 +443,8 @@ impl Model {
             };
             x = x + f;
         }
-        let x = rms_norm(x, &self.norm, cfg.rms_norm_eps);
-        let head = self.lm_head.as_ref().unwrap_or(&self.embed);
-        let logits = crate::linear(x, head).reshape([b, t, cfg.vocab_size]);
-        ForwardOut {
-            logits,
+        Trunk {
+            hidden: rms_norm(x, &self.norm, cfg.rms_norm_eps),
             routers,
             ffn_inputs,
         }

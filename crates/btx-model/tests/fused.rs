@@ -125,6 +125,106 @@ fn fused_cross_entropy_matches_composite() {
     }
 }
 
+/// Loss and gradients (dh, dw if tracked) of the fused head + cross-entropy, scaled by `k` so the
+/// backward's incoming gradient is not 1.
+fn head_loss_grads(
+    h: &Tensor<2>,
+    w: &Tensor<2>,
+    ids: &[i64],
+    b: usize,
+    t: usize,
+    k: f64,
+    fused: bool,
+) -> (f32, Vec<f32>, Option<Vec<f32>>) {
+    let l = if fused {
+        btx_model::loss::lm_head_loss(h.clone(), w, ids, b, t)
+    } else {
+        lm_loss_composite(h.clone().matmul(w.clone().transpose()), ids, b, t)
+    };
+    let g = (l.clone() * k).backward();
+    (
+        to_vec(l)[0],
+        to_vec(h.grad(&g).expect("dh")),
+        w.grad(&g).map(to_vec),
+    )
+}
+
+#[test]
+fn fused_head_cross_entropy_matches_composite() {
+    // Sizes cover one partial block, exactly one block, and several blocks with a partial last.
+    for (i, &(b, t, d, v)) in [
+        (2, 16, 24, 50),
+        (1, 2, 8, 7),
+        (3, 37, 40, 300),
+        (1, 256, 16, 33),
+        (2, 300, 16, 97),
+    ]
+    .iter()
+    .enumerate()
+    {
+        Device::flex().seed(40 + i as u64);
+        let h = leaf([b * t, d], 1.0);
+        let ids: Vec<i64> = (0..b * t).map(|j| ((j * 31 + 7) % v) as i64).collect();
+        for frozen in [false, true] {
+            let w = if frozen {
+                Tensor::<2>::random([v, d], Distribution::Normal(0.0, 0.5), &Device::flex())
+                    .autodiff()
+            } else {
+                leaf([v, d], 0.5)
+            };
+            let (lf, hf, wf) = head_loss_grads(&h, &w, &ids, b, t, 0.37, true);
+            let (lc, hc, wc) = head_loss_grads(&h, &w, &ids, b, t, 0.37, false);
+            assert!(((lf - lc) / lc).abs() < 1e-5, "case {i}: loss {lf} vs {lc}");
+            let e = rel_err(&hf, &hc);
+            assert!(e < 1e-5, "case {i}: dh differs by {e}");
+            match (wf, wc) {
+                (Some(a), Some(c)) => {
+                    let e = rel_err(&a, &c);
+                    assert!(e < 1e-5, "case {i}: dw differs by {e}");
+                }
+                (None, None) => assert!(frozen),
+                (a, _) => panic!(
+                    "case {i}: frozen={frozen} but fused dw is {:?}",
+                    a.map(|_| ())
+                ),
+            }
+            // Inference (no autodiff) gives the same loss.
+            let li = to_vec(btx_model::loss::lm_head_loss(
+                h.clone().inner(),
+                &w.clone().inner(),
+                &ids,
+                b,
+                t,
+            ))[0];
+            assert!(
+                ((li - lf) / lf).abs() < 1e-6,
+                "case {i}: inference loss {li} vs {lf}"
+            );
+        }
+    }
+}
+
+#[test]
+fn fused_head_cross_entropy_is_identical_on_one_and_two_threads() {
+    let (b, t, d, v) = (2, 300, 32, 300);
+    Device::flex().seed(9);
+    let h = leaf([b * t, d], 1.0);
+    let w = leaf([v, d], 0.5);
+    let ids: Vec<i64> = (0..b * t).map(|j| ((j * 17 + 3) % v) as i64).collect();
+    let run = |threads: usize| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap()
+            .install(|| head_loss_grads(&h, &w, &ids, b, t, 1.0, true))
+    };
+    let (l1, h1, w1) = run(1);
+    let (l2, h2, w2) = run(2);
+    assert_eq!(l1.to_bits(), l2.to_bits(), "loss {l1} vs {l2}");
+    assert!(h1 == h2, "dh differs between 1 and 2 threads");
+    assert!(w1 == w2, "dw differs between 1 and 2 threads");
+}
+
 #[test]
 fn fused_adamw_matches_the_composite_update() {
     use btx_model::fused::adamw::{adamw, AdamWScalars};

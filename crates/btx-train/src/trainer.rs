@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use btx_data::BatchSource;
 use btx_model::burn::prelude::*;
-use btx_model::loss::{hf_aux_loss, lb_paper, lm_loss, z_loss};
+use btx_model::loss::{hf_aux_loss, lb_paper, lm_head_loss, z_loss};
 use btx_model::moe::RouterAux;
 use btx_model::names::param_specs;
 use btx_model::rng::Rng;
@@ -163,8 +163,8 @@ impl Trainer {
     ) {
         let out = self
             .model
-            .forward(ids, b, t, &self.forward_opts(micro), None);
-        let lm = lm_loss(out.logits, ids);
+            .forward_trunk(ids, b, t, &self.forward_opts(micro), None);
+        let lm = lm_head_loss(out.hidden, self.model.head(), ids, b, t);
         let m = &self.cfg.moe;
         let mut total = lm.clone();
         let (mut lb, mut z) = (None, None);

@@ -35,8 +35,58 @@ pub fn product(
     b_cs: usize,
 ) -> Vec<f32> {
     let len = m * n;
-    if m == 0 || n == 0 || k == 0 {
-        return vec![0.0; len];
+    let mut out: Vec<f32> = Vec::with_capacity(len);
+    let par = m * n * k >= PARALLEL_MACS;
+    // SAFETY: `write_product` initialises all `len` elements of the spare capacity.
+    unsafe {
+        write_product(
+            out.spare_capacity_mut().as_mut_ptr().cast(),
+            [m, n, k],
+            (a, a_rs, a_cs),
+            (b, b_rs, b_cs),
+            1.0,
+            Dst::Write,
+            par,
+        );
+        out.set_len(len);
+    }
+    out
+}
+
+/// What [`write_product`] does with the destination's old contents.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Dst {
+    /// Overwrite without reading (the destination may be uninitialised).
+    Write,
+    /// Add the product to what is there.
+    Accumulate,
+}
+
+/// Writes (or adds) `beta · A B` into the `m x n` row-major `dst` (A and B as in [`product`]:
+/// slice, row stride, column stride). On the calling thread alone unless `parallel`; gemm
+/// splits only the output among threads, so the result does not depend on their number.
+///
+/// # Safety
+/// `dst` must be valid for `m * n` writes of `f32`, and initialised for `Dst::Accumulate`.
+pub(crate) unsafe fn write_product(
+    dst: *mut f32,
+    [m, n, k]: [usize; 3],
+    (a, a_rs, a_cs): (&[f32], usize, usize),
+    (b, b_rs, b_cs): (&[f32], usize, usize),
+    beta: f32,
+    mode: Dst,
+    parallel: bool,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if mode == Dst::Accumulate {
+            return;
+        }
+        // SAFETY: the caller vouches for `m * n` writable elements.
+        unsafe { std::ptr::write_bytes(dst, 0, m * n) };
+        return;
     }
     assert!(
         a.len() > (m - 1) * a_rs + (k - 1) * a_cs,
@@ -46,16 +96,14 @@ pub fn product(
         b.len() > (k - 1) * b_rs + (n - 1) * b_cs,
         "rhs out of bounds"
     );
-    let par = if m * n * k >= PARALLEL_MACS {
+    let par = if parallel {
         Parallelism::Rayon(0)
     } else {
         Parallelism::None
     };
-    let mut out: Vec<f32> = Vec::with_capacity(len);
-    let dst = out.spare_capacity_mut().as_mut_ptr().cast::<f32>();
-    // SAFETY: the operand extents are checked above; with `read_dst = false` gemm writes every
-    // element of the `m x n` destination without reading it, so all `len` elements are
-    // initialised before `set_len`.
+    let acc = mode == Dst::Accumulate;
+    // SAFETY: the operand extents are checked above and the caller vouches for `dst`; with
+    // `read_dst = false` gemm writes every element of the destination without reading it.
     unsafe {
         gemm(
             m,
@@ -64,23 +112,21 @@ pub fn product(
             dst,
             1,
             n as isize,
-            false,
+            acc,
             a.as_ptr(),
             a_cs as isize,
             a_rs as isize,
             b.as_ptr(),
             b_cs as isize,
             b_rs as isize,
-            0.0,
-            1.0,
+            if acc { 1.0 } else { 0.0 },
+            beta,
             false,
             false,
             false,
             par,
-        );
-        out.set_len(len);
-    }
-    out
+        )
+    };
 }
 
 /// `x [m, k] · wᵀ` for `w [n, k]`.

@@ -8,6 +8,7 @@ pub mod attention;
 pub mod cross_entropy;
 pub mod elementwise;
 pub mod linear;
+pub mod lm_head;
 pub mod moe;
 pub mod vexp;
 
