@@ -132,6 +132,7 @@ unsafe fn mm(
     if m == 0 || n == 0 || k == 0 {
         return;
     }
+    let _clock = super::gemm_clock::Timer::start();
     gemm(
         m,
         n,
@@ -194,7 +195,7 @@ pub fn forward(q: &[f32], k: &[f32], v: &[f32], d: Dims) -> (Vec<f32>, Vec<f32>)
                 for i in r0..r0 + rows {
                     let row = &mut pb[i * t..(i + 1) * t];
                     let (seen, future) = row.split_at_mut(i + 1);
-                    let m = seen.iter().fold(f32::NEG_INFINITY, |a, &x| a.max(x));
+                    let m = super::reduce::max(seen);
                     let z = exp_sub_sum(seen, m);
                     let inv = 1.0 / z;
                     seen.iter_mut().for_each(|x| *x *= inv);
@@ -283,7 +284,7 @@ pub fn backward(
                             let srow = &mut ds[i * t..i * t + cols];
                             // D_i = <P_i, dP_i> (= <dO_i, O_i>, but this way a row that sees
                             // a single key gets exactly zero, as the composite softmax does).
-                            let dii: f32 = prow.iter().zip(srow.iter()).map(|(a, b)| a * b).sum();
+                            let dii = super::reduce::dot(prow, srow);
                             for (s, &pp) in srow.iter_mut().zip(prow) {
                                 *s = pp * (*s - dii);
                             }

@@ -29,7 +29,7 @@ fn forward(logits: &[f32], v: usize, targets: &[i64]) -> (Vec<f32>, f64) {
             for (j, o) in out.iter_mut().enumerate() {
                 let r = c * ROWS_PER_TASK + j;
                 let row = &logits[r * v..(r + 1) * v];
-                let m = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+                let m = super::reduce::max(row);
                 buf.copy_from_slice(row);
                 let z = exp_sub_sum(&mut buf, m);
                 *o = m + z.ln();

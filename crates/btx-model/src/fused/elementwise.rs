@@ -129,7 +129,7 @@ fn rms_forward(x: &[f32], w: &[f32], d: usize, eps: f32) -> (Vec<f32>, Vec<f32>)
         .for_each(|(c, (y, r))| {
             for (j, (yr, rr)) in y.chunks_mut(d).zip(r.iter_mut()).enumerate() {
                 let row = &x[(c * ROWS + j) * d..(c * ROWS + j + 1) * d];
-                let ms = row.iter().map(|v| v * v).sum::<f32>() / d as f32;
+                let ms = super::reduce::dot(row, row) / d as f32;
                 *rr = 1.0 / (ms + eps).sqrt();
                 for k in 0..d {
                     yr[k] = row[k] * *rr * w[k];
@@ -160,9 +160,8 @@ impl Backward<Flex, 2> for RmsBackward {
                 for (j, dxr) in dxc.chunks_mut(d).enumerate() {
                     let i = c * ROWS + j;
                     let (xr, gr, ri) = (&x[i * d..(i + 1) * d], &g[i * d..(i + 1) * d], r[i]);
-                    let mut dot = 0f32;
+                    let dot = super::reduce::dot3(gr, w, xr);
                     for k in 0..d {
-                        dot += gr[k] * w[k] * xr[k];
                         dw[k] += gr[k] * xr[k] * ri;
                     }
                     let c2 = ri * ri * dot / d as f32;

@@ -90,7 +90,7 @@ impl<'a> Head<'a> {
         }
         let t = t as usize;
         let zt = row[t];
-        let m = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+        let m = super::reduce::max(row);
         let s = exp_sub_sum(row, m);
         if grad {
             let k = self.inv_count / s;

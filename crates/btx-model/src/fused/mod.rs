@@ -7,9 +7,11 @@ pub mod adamw;
 pub mod attention;
 pub mod cross_entropy;
 pub mod elementwise;
+pub mod gemm_clock;
 pub mod linear;
 pub mod lm_head;
 pub mod moe;
+pub mod reduce;
 pub mod vexp;
 
 use burn::prelude::*;

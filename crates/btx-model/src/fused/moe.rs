@@ -97,12 +97,10 @@ impl Backward<Flex, 2> for CombineBackward {
                         let r = c * ROWS + j;
                         let t = routes.tok[r];
                         let (yr, gr) = (&y[r * d..(r + 1) * d], &dout[t * d..(t + 1) * d]);
-                        let mut dot = 0f32;
-                        for k in 0..d {
-                            dyr[k] = g[r] * gr[k];
-                            dot += yr[k] * gr[k];
+                        for (o, &x) in dyr.iter_mut().zip(gr) {
+                            *o = g[r] * x;
                         }
-                        *dgr = dot;
+                        *dgr = super::reduce::dot(yr, gr);
                     }
                 });
         }
