@@ -32,16 +32,20 @@ fn sigmoid_into(a: &[f32], out: &mut [f32]) {
 }
 
 fn swiglu_forward(a: &[f32], b: &[f32]) -> Vec<f32> {
-    let mut out = super::zeroed(a.len());
-    out.par_chunks_mut(CHUNK).enumerate().for_each(|(c, o)| {
-        let s = c * CHUNK;
-        let (a, b) = (&a[s..s + o.len()], &b[s..s + o.len()]);
-        sigmoid_into(a, o);
-        for i in 0..o.len() {
-            o[i] *= a[i] * b[i];
-        }
-    });
-    out
+    let mut out = super::uninit(a.len());
+    out.par_chunks_mut(CHUNK)
+        .enumerate()
+        .for_each_init(Vec::new, |sg: &mut Vec<f32>, (c, o)| {
+            let s = c * CHUNK;
+            let (a, b) = (&a[s..s + o.len()], &b[s..s + o.len()]);
+            sg.resize(o.len(), 0.0);
+            sigmoid_into(a, sg);
+            for i in 0..o.len() {
+                o[i].write(sg[i] * a[i] * b[i]);
+            }
+        });
+    // SAFETY: the chunks cover the buffer and every element of each is written.
+    unsafe { super::assume_init(out) }
 }
 
 #[derive(Debug)]
@@ -56,24 +60,27 @@ impl Backward<Flex, 2> for SwigluBackward {
         let g = contiguous(&grads.consume::<Flex>(&ops.node));
         let (a, b, g) = (f32_slice(&a), f32_slice(&b), f32_slice(&g));
         let n = a.len();
-        let mut da = super::zeroed(n);
-        let mut db = super::zeroed(n);
+        let mut da = super::uninit(n);
+        let mut db = super::uninit(n);
         da.par_chunks_mut(CHUNK)
             .zip(db.par_chunks_mut(CHUNK))
             .enumerate()
-            .for_each(|(c, (da, db))| {
+            .for_each_init(Vec::new, |sig: &mut Vec<f32>, (c, (da, db))| {
                 let s = c * CHUNK;
                 let len = da.len();
                 let (a, b, g) = (&a[s..s + len], &b[s..s + len], &g[s..s + len]);
-                sigmoid_into(a, da);
+                sig.resize(len, 0.0);
+                sigmoid_into(a, sig);
                 for i in 0..len {
-                    let sg = da[i];
+                    let sg = sig[i];
                     let silu = a[i] * sg;
-                    db[i] = g[i] * silu;
+                    db[i].write(g[i] * silu);
                     // d silu / da = sig (1 + a (1 - sig))
-                    da[i] = g[i] * b[i] * sg * (1.0 + a[i] * (1.0 - sg));
+                    da[i].write(g[i] * b[i] * sg * (1.0 + a[i] * (1.0 - sg)));
                 }
             });
+        // SAFETY: the chunks cover both buffers and every element of each is written.
+        let (da, db) = unsafe { (super::assume_init(da), super::assume_init(db)) };
         let [pa, pb] = ops.parents;
         if let Some(n) = pa {
             grads.register::<Flex>(n.id, flex2(da, shape));
@@ -121,8 +128,8 @@ const ROWS: usize = 64;
 /// y = x * r * w with r = 1 / sqrt(mean(x^2) + eps) per row; returns (y, r).
 fn rms_forward(x: &[f32], w: &[f32], d: usize, eps: f32) -> (Vec<f32>, Vec<f32>) {
     let n = x.len() / d;
-    let mut y = super::zeroed(x.len());
-    let mut r = super::zeroed(n);
+    let mut y = super::uninit(x.len());
+    let mut r = vec![0f32; n];
     y.par_chunks_mut(ROWS * d)
         .zip(r.par_chunks_mut(ROWS))
         .enumerate()
@@ -132,11 +139,12 @@ fn rms_forward(x: &[f32], w: &[f32], d: usize, eps: f32) -> (Vec<f32>, Vec<f32>)
                 let ms = super::reduce::dot(row, row) / d as f32;
                 *rr = 1.0 / (ms + eps).sqrt();
                 for k in 0..d {
-                    yr[k] = row[k] * *rr * w[k];
+                    yr[k].write(row[k] * *rr * w[k]);
                 }
             }
         });
-    (y, r)
+    // SAFETY: the row blocks cover `y` and every element of each row is written.
+    (unsafe { super::assume_init(y) }, r)
 }
 
 #[derive(Debug)]
@@ -150,7 +158,7 @@ impl Backward<Flex, 2> for RmsBackward {
         let (x, w, r, [n, d]) = ops.state;
         let g = contiguous(&grads.consume::<Flex>(&ops.node));
         let (x, w, g) = (f32_slice(&x), f32_slice(&w), f32_slice(&g));
-        let mut dx = super::zeroed(n * d);
+        let mut dx = super::uninit(n * d);
         // dx = r (g w - x r^2 mean(g w x)); dw = sum_rows g x r (per-task partial sums).
         let dw_parts: Vec<Vec<f32>> = dx
             .par_chunks_mut(ROWS * d)
@@ -166,12 +174,14 @@ impl Backward<Flex, 2> for RmsBackward {
                     }
                     let c2 = ri * ri * dot / d as f32;
                     for k in 0..d {
-                        dxr[k] = ri * (gr[k] * w[k] - xr[k] * c2);
+                        dxr[k].write(ri * (gr[k] * w[k] - xr[k] * c2));
                     }
                 }
                 dw
             })
             .collect();
+        // SAFETY: the row blocks cover `dx` and every element of each row is written.
+        let dx = unsafe { super::assume_init(dx) };
         let mut dw = vec![0f32; d];
         for p in &dw_parts {
             for (a, b) in dw.iter_mut().zip(p) {

@@ -61,3 +61,24 @@ pub(crate) fn zeroed(n: usize) -> Vec<f32> {
     unsafe { v.set_len(n) };
     v
 }
+
+/// `n` uninitialised elements for a kernel that writes every one of them (through
+/// `MaybeUninit::write`); [`assume_init`] then turns them into the output without the zeroing
+/// pass [`zeroed`] costs.
+pub(crate) fn uninit(n: usize) -> Vec<std::mem::MaybeUninit<f32>> {
+    let mut v = Vec::with_capacity(n);
+    // SAFETY: `MaybeUninit` elements need no initialisation.
+    unsafe { v.set_len(n) };
+    v
+}
+
+/// The buffer of [`uninit`] as plain floats.
+///
+/// # Safety
+/// Every element must have been written.
+pub(crate) unsafe fn assume_init(v: Vec<std::mem::MaybeUninit<f32>>) -> Vec<f32> {
+    let mut v = std::mem::ManuallyDrop::new(v);
+    // SAFETY: same allocation, layout-compatible element type, and (per the caller) every
+    // element initialised.
+    unsafe { Vec::from_raw_parts(v.as_mut_ptr().cast::<f32>(), v.len(), v.capacity()) }
+}
