@@ -276,10 +276,11 @@ fn compare(
                 / theirs["peak_rss_mb"].as_f64().unwrap_or(f64::NAN);
             if !json {
                 println!(
-                    "{p:<6} {t} thread(s): btx {:>6.0} tok/s ({:.3} s/step, {:.2}x floor, {:>4.0} MB) | pytorch {:>6.0} tok/s ({:.3} s/step, {:>4.0} MB) | speed {ratio:.2}x, memory {rss:.2}x",
+                    "{p:<6} {t} thread(s): btx {:>6.0} tok/s ({:.3} s/step, {:.2}x floor, gemm alone {:.2}x, {:>4.0} MB) | pytorch {:>6.0} tok/s ({:.3} s/step, {:>4.0} MB) | speed {ratio:.2}x, memory {rss:.2}x",
                     ours["tokens_per_s"].as_f64().unwrap_or(0.0),
                     ours["step_s_median"].as_f64().unwrap_or(0.0),
                     ours["floor_ratio"].as_f64().unwrap_or(f64::NAN),
+                    ours["gemm_floor_ratio"].as_f64().unwrap_or(f64::NAN),
                     ours["peak_rss_mb"].as_f64().unwrap_or(0.0),
                     theirs["tokens_per_s"].as_f64().unwrap_or(0.0),
                     theirs["step_s_median"].as_f64().unwrap_or(0.0),
