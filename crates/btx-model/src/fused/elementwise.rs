@@ -12,7 +12,7 @@ use burn::backend::{Autodiff, Flex};
 use burn::prelude::*;
 use rayon::prelude::*;
 
-use super::vexp::exp_sub_sum;
+use super::vexp;
 
 const CHUNK: usize = 1 << 13;
 
@@ -20,31 +20,13 @@ fn flex2(v: Vec<f32>, shape: [usize; 2]) -> FlexTensor {
     FlexTensor::from_data(TensorData::new(v, shape))
 }
 
-/// sigmoid of a chunk into `out`, with the vectorised exp: 1 / (1 + e^-a).
-fn sigmoid_into(a: &[f32], out: &mut [f32]) {
-    for (o, x) in out.iter_mut().zip(a) {
-        *o = -x;
-    }
-    exp_sub_sum(out, 0.0);
-    for o in out.iter_mut() {
-        *o = 1.0 / (1.0 + *o);
-    }
-}
-
 fn swiglu_forward(a: &[f32], b: &[f32]) -> Vec<f32> {
     let mut out = super::uninit(a.len());
-    out.par_chunks_mut(CHUNK)
-        .enumerate()
-        .for_each_init(Vec::new, |sg: &mut Vec<f32>, (c, o)| {
-            let s = c * CHUNK;
-            let (a, b) = (&a[s..s + o.len()], &b[s..s + o.len()]);
-            sg.resize(o.len(), 0.0);
-            sigmoid_into(a, sg);
-            for i in 0..o.len() {
-                o[i].write(sg[i] * a[i] * b[i]);
-            }
-        });
-    // SAFETY: the chunks cover the buffer and every element of each is written.
+    out.par_chunks_mut(CHUNK).enumerate().for_each(|(c, o)| {
+        let s = c * CHUNK;
+        vexp::swiglu(&a[s..s + o.len()], &b[s..s + o.len()], o);
+    });
+    // SAFETY: the chunks cover the buffer and `swiglu` writes every element of each.
     unsafe { super::assume_init(out) }
 }
 
@@ -65,19 +47,9 @@ impl Backward<Flex, 2> for SwigluBackward {
         da.par_chunks_mut(CHUNK)
             .zip(db.par_chunks_mut(CHUNK))
             .enumerate()
-            .for_each_init(Vec::new, |sig: &mut Vec<f32>, (c, (da, db))| {
-                let s = c * CHUNK;
-                let len = da.len();
-                let (a, b, g) = (&a[s..s + len], &b[s..s + len], &g[s..s + len]);
-                sig.resize(len, 0.0);
-                sigmoid_into(a, sig);
-                for i in 0..len {
-                    let sg = sig[i];
-                    let silu = a[i] * sg;
-                    db[i].write(g[i] * silu);
-                    // d silu / da = sig (1 + a (1 - sig))
-                    da[i].write(g[i] * b[i] * sg * (1.0 + a[i] * (1.0 - sg)));
-                }
+            .for_each(|(c, (da, db))| {
+                let r = c * CHUNK..c * CHUNK + da.len();
+                vexp::swiglu_backward(&a[r.clone()], &b[r.clone()], &g[r], da, db);
             });
         // SAFETY: the chunks cover both buffers and every element of each is written.
         let (da, db) = unsafe { (super::assume_init(da), super::assume_init(db)) };

@@ -1,12 +1,15 @@
 //! A vectorised exp for softmax-like loops: exp(x) via range reduction (x = n ln2 + r) and a
 //! degree-6 polynomial for e^r, accurate to ~2 ulp on [-87, 88]; below that it returns 0. Eight
-//! lanes at a time with AVX2 + FMA when the CPU has them, libm otherwise.
+//! lanes at a time with AVX2 + FMA when the CPU has them, libm otherwise. Also SwiGLU forward
+//! and backward built on it, each a single pass (sigmoid in registers, never stored).
+
+use std::mem::MaybeUninit;
 
 /// In place: `x[i] = exp(x[i] - sub)`; returns the sum of the results.
 pub fn exp_sub_sum(x: &mut [f32], sub: f32) -> f32 {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+        if has_avx2_fma() {
             // SAFETY: the CPU supports the target features the function is compiled for.
             return unsafe { exp_sub_sum_avx2(x, sub) };
         }
@@ -20,6 +23,52 @@ pub fn exp_sub_sum(x: &mut [f32], sub: f32) -> f32 {
 }
 
 #[cfg(target_arch = "x86_64")]
+fn has_avx2_fma() -> bool {
+    std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+}
+
+/// `e^v` of eight lanes; 0 below -87.3, `e^88` above 88.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn exp8(v0: std::arch::x86_64::__m256) -> std::arch::x86_64::__m256 {
+    use std::arch::x86_64::*;
+    let lo = _mm256_set1_ps(-87.3);
+    let under = _mm256_cmp_ps(v0, lo, _CMP_LT_OQ);
+    let v = _mm256_min_ps(_mm256_max_ps(v0, lo), _mm256_set1_ps(88.0));
+    let k = _mm256_round_ps(
+        _mm256_mul_ps(v, _mm256_set1_ps(std::f32::consts::LOG2_E)),
+        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC,
+    );
+    // ln 2 split in a high part exact in float and a low remainder (Cody-Waite).
+    let r = _mm256_fnmadd_ps(
+        k,
+        _mm256_set1_ps(-2.121_944_4e-4),
+        _mm256_fnmadd_ps(k, _mm256_set1_ps(0.693_359_4), v),
+    );
+    // Taylor-like minimax coefficients of e^r on [-ln2/2, ln2/2].
+    let mut y = _mm256_fmadd_ps(
+        _mm256_set1_ps(1.987_569_2e-4),
+        r,
+        _mm256_set1_ps(1.398_2e-3),
+    );
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(8.333_452e-3));
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(4.166_579_6e-2));
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(0.166_666_65));
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(0.5));
+    y = _mm256_fmadd_ps(
+        y,
+        _mm256_mul_ps(r, r),
+        _mm256_add_ps(r, _mm256_set1_ps(1.0)),
+    );
+    let scale = _mm256_castsi256_ps(_mm256_slli_epi32(
+        _mm256_add_epi32(_mm256_cvtps_epi32(k), _mm256_set1_epi32(127)),
+        23,
+    ));
+    _mm256_andnot_ps(under, _mm256_mul_ps(y, scale))
+}
+
+#[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn exp_sub_sum_avx2(x: &mut [f32], sub: f32) -> f32 {
     use std::arch::x86_64::*;
@@ -27,43 +76,9 @@ unsafe fn exp_sub_sum_avx2(x: &mut [f32], sub: f32) -> f32 {
     let mut i = 0;
     let vsub = _mm256_set1_ps(sub);
     let mut acc = _mm256_setzero_ps();
-    let hi = _mm256_set1_ps(88.0);
-    let lo = _mm256_set1_ps(-87.3);
-    let log2e = _mm256_set1_ps(std::f32::consts::LOG2_E);
-    // ln 2 split in a high part exact in float and a low remainder (Cody-Waite).
-    let ln2_hi = _mm256_set1_ps(0.693_359_4);
-    let ln2_lo = _mm256_set1_ps(-2.121_944_4e-4);
-    // Taylor-like minimax coefficients of e^r on [-ln2/2, ln2/2].
-    let c = [
-        _mm256_set1_ps(1.987_569_2e-4),
-        _mm256_set1_ps(1.398_2e-3),
-        _mm256_set1_ps(8.333_452e-3),
-        _mm256_set1_ps(4.166_579_6e-2),
-        _mm256_set1_ps(0.166_666_65),
-        _mm256_set1_ps(0.5),
-    ];
-    let one = _mm256_set1_ps(1.0);
     while i + 8 <= n {
         let p = x.as_mut_ptr().add(i);
-        let v0 = _mm256_sub_ps(_mm256_loadu_ps(p), vsub);
-        let under = _mm256_cmp_ps(v0, lo, _CMP_LT_OQ);
-        let v = _mm256_min_ps(_mm256_max_ps(v0, lo), hi);
-        let k = _mm256_round_ps(
-            _mm256_mul_ps(v, log2e),
-            _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC,
-        );
-        let r = _mm256_fnmadd_ps(k, ln2_lo, _mm256_fnmadd_ps(k, ln2_hi, v));
-        let mut y = _mm256_fmadd_ps(c[0], r, c[1]);
-        y = _mm256_fmadd_ps(y, r, c[2]);
-        y = _mm256_fmadd_ps(y, r, c[3]);
-        y = _mm256_fmadd_ps(y, r, c[4]);
-        y = _mm256_fmadd_ps(y, r, c[5]);
-        y = _mm256_fmadd_ps(y, _mm256_mul_ps(r, r), _mm256_add_ps(r, one));
-        let scale = _mm256_castsi256_ps(_mm256_slli_epi32(
-            _mm256_add_epi32(_mm256_cvtps_epi32(k), _mm256_set1_epi32(127)),
-            23,
-        ));
-        let out = _mm256_andnot_ps(under, _mm256_mul_ps(y, scale));
+        let out = exp8(_mm256_sub_ps(_mm256_loadu_ps(p), vsub));
         _mm256_storeu_ps(p, out);
         acc = _mm256_add_ps(acc, out);
         i += 8;
@@ -78,6 +93,103 @@ unsafe fn exp_sub_sum_avx2(x: &mut [f32], sub: f32) -> f32 {
         i += 1;
     }
     s
+}
+
+/// SwiGLU forward, `out = silu(a) * b = sigmoid(a) (a b)`, in one pass.
+pub fn swiglu(a: &[f32], b: &[f32], out: &mut [MaybeUninit<f32>]) {
+    assert!(a.len() == b.len() && b.len() == out.len());
+    let mut i = 0;
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2_fma() {
+        // SAFETY: the CPU has the features; the kernel stays within the equal lengths.
+        i = unsafe { swiglu_avx2(a, b, out) };
+    }
+    for j in i..a.len() {
+        out[j].write(sigmoid(a[j]) * (a[j] * b[j]));
+    }
+}
+
+/// SwiGLU backward for the incoming gradient `g`: `db = g silu(a)`,
+/// `da = g b sigmoid(a) (1 + a (1 - sigmoid(a)))`, in one pass.
+pub fn swiglu_backward(
+    a: &[f32],
+    b: &[f32],
+    g: &[f32],
+    da: &mut [MaybeUninit<f32>],
+    db: &mut [MaybeUninit<f32>],
+) {
+    let n = a.len();
+    assert!(b.len() == n && g.len() == n && da.len() == n && db.len() == n);
+    let mut i = 0;
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2_fma() {
+        // SAFETY: the CPU has the features; the kernel stays within the equal lengths.
+        i = unsafe { swiglu_backward_avx2(a, b, g, da, db) };
+    }
+    for j in i..n {
+        let sg = sigmoid(a[j]);
+        db[j].write(g[j] * (a[j] * sg));
+        da[j].write(g[j] * b[j] * sg * (1.0 + a[j] * (1.0 - sg)));
+    }
+}
+
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+/// Lanes of `1 / (1 + e^-a)`.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn sigmoid8(a: std::arch::x86_64::__m256) -> std::arch::x86_64::__m256 {
+    use std::arch::x86_64::*;
+    let one = _mm256_set1_ps(1.0);
+    let e = exp8(_mm256_sub_ps(_mm256_setzero_ps(), a));
+    _mm256_div_ps(one, _mm256_add_ps(one, e))
+}
+
+/// Whole groups of eight; returns how many elements it did.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn swiglu_avx2(a: &[f32], b: &[f32], out: &mut [MaybeUninit<f32>]) -> usize {
+    use std::arch::x86_64::*;
+    let n = a.len() / 8 * 8;
+    let o = out.as_mut_ptr().cast::<f32>();
+    for i in (0..n).step_by(8) {
+        let va = _mm256_loadu_ps(a.as_ptr().add(i));
+        let vb = _mm256_loadu_ps(b.as_ptr().add(i));
+        let y = _mm256_mul_ps(sigmoid8(va), _mm256_mul_ps(va, vb));
+        _mm256_storeu_ps(o.add(i), y);
+    }
+    n
+}
+
+/// Whole groups of eight; returns how many elements it did.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn swiglu_backward_avx2(
+    a: &[f32],
+    b: &[f32],
+    g: &[f32],
+    da: &mut [MaybeUninit<f32>],
+    db: &mut [MaybeUninit<f32>],
+) -> usize {
+    use std::arch::x86_64::*;
+    let n = a.len() / 8 * 8;
+    let one = _mm256_set1_ps(1.0);
+    let (pa, pb) = (da.as_mut_ptr().cast::<f32>(), db.as_mut_ptr().cast::<f32>());
+    for i in (0..n).step_by(8) {
+        let va = _mm256_loadu_ps(a.as_ptr().add(i));
+        let vb = _mm256_loadu_ps(b.as_ptr().add(i));
+        let vg = _mm256_loadu_ps(g.as_ptr().add(i));
+        let sg = sigmoid8(va);
+        _mm256_storeu_ps(pb.add(i), _mm256_mul_ps(vg, _mm256_mul_ps(va, sg)));
+        // g b sg (1 + a (1 - sg)), multiplied left to right as the scalar form.
+        let t = _mm256_add_ps(one, _mm256_mul_ps(va, _mm256_sub_ps(one, sg)));
+        let y = _mm256_mul_ps(_mm256_mul_ps(_mm256_mul_ps(vg, vb), sg), t);
+        _mm256_storeu_ps(pa.add(i), y);
+    }
+    n
 }
 
 #[cfg(test)]
@@ -105,5 +217,40 @@ mod tests {
             );
         }
         assert!(((s as f64 - want_sum) / want_sum).abs() < 1e-5);
+    }
+
+    #[test]
+    fn swiglu_kernels_match_the_scalar_formulas() {
+        // 37 elements: four AVX2 groups and a scalar tail; inputs span saturated sigmoids.
+        let a: Vec<f32> = (0..37).map(|i| (i as f32 - 18.0) * 1.7).collect();
+        let b: Vec<f32> = (0..37).map(|i| 0.5 - (i % 7) as f32 * 0.3).collect();
+        let g: Vec<f32> = (0..37).map(|i| 1.0 + (i % 3) as f32).collect();
+        let mut out = vec![MaybeUninit::uninit(); 37];
+        let (mut da, mut db) = (out.clone(), out.clone());
+        swiglu(&a, &b, &mut out);
+        swiglu_backward(&a, &b, &g, &mut da, &mut db);
+        for i in 0..37 {
+            let sg = 1.0 / (1.0 + (-(a[i] as f64)).exp());
+            let (x, y, dy) = (a[i] as f64, b[i] as f64, g[i] as f64);
+            let want = [
+                x * sg * y,
+                dy * y * sg * (1.0 + x * (1.0 - sg)),
+                dy * x * sg,
+            ];
+            // SAFETY: all 37 elements were written above.
+            let got = unsafe {
+                [
+                    out[i].assume_init(),
+                    da[i].assume_init(),
+                    db[i].assume_init(),
+                ]
+            };
+            for (w, o) in want.iter().zip(got) {
+                assert!(
+                    (w - o as f64).abs() <= 1e-6 * (1.0 + w.abs()),
+                    "{i}: {o} vs {w}"
+                );
+            }
+        }
     }
 }
