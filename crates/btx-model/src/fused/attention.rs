@@ -80,15 +80,20 @@ impl Rope {
 
     /// A rotated copy of `x` (each task copies and rotates its own rows).
     fn rotated(&self, x: &[f32], cols: usize, d: Dims) -> Vec<f32> {
-        let mut out = super::zeroed(x.len());
+        let mut out = super::uninit(x.len());
         out.par_chunks_mut(cols * 64)
             .zip(x.par_chunks(cols * 64))
             .enumerate()
             .for_each(|(c, (o, x))| {
-                o.copy_from_slice(x);
+                for (o, &x) in o.iter_mut().zip(x) {
+                    o.write(x);
+                }
+                // SAFETY: every element of the chunk was written just above.
+                let o = unsafe { &mut *(o as *mut [std::mem::MaybeUninit<f32>] as *mut [f32]) };
                 self.rotate_rows(o, c * 64, cols, d, false);
             });
-        out
+        // SAFETY: the chunks cover the buffer and each was written whole.
+        unsafe { super::assume_init(out) }
     }
 
     fn rotate_rows(&self, rows: &mut [f32], first: usize, cols: usize, d: Dims, inverse: bool) {
@@ -160,9 +165,11 @@ unsafe fn mm(
 pub fn forward(q: &[f32], k: &[f32], v: &[f32], d: Dims) -> (Vec<f32>, Vec<f32>) {
     let (t, hd, qd, kd) = (d.t, d.hd, d.qd(), d.kd());
     let scale = 1.0 / (hd as f32).sqrt();
-    let mut out = super::zeroed(d.b * t * qd);
-    let mut p = super::zeroed(d.b * d.h * t * t);
-    let op = Ptr(out.as_mut_ptr());
+    // Both outputs are written whole: `out` by the O = P V products (every row of every head),
+    // `p` row by row (the visible part by the S = Q Kᵀ product, the rest filled with zeros).
+    let mut out = super::uninit(d.b * t * qd);
+    let mut p = super::uninit(d.b * d.h * t * t);
+    let op = Ptr(out.as_mut_ptr().cast());
     p.par_chunks_mut(t * t).enumerate().for_each(|(bh, pb)| {
         let (bi, hi) = (bh / d.h, bh % d.h);
         let g = hi / d.rep();
@@ -181,7 +188,7 @@ pub fn forward(q: &[f32], k: &[f32], v: &[f32], d: Dims) -> (Vec<f32>, Vec<f32>)
                     rows,
                     cols,
                     hd,
-                    pb.as_mut_ptr().add(r0 * t),
+                    pb.as_mut_ptr().add(r0 * t).cast(),
                     t,
                     false,
                     qp.add(r0 * qd),
@@ -193,13 +200,14 @@ pub fn forward(q: &[f32], k: &[f32], v: &[f32], d: Dims) -> (Vec<f32>, Vec<f32>)
                     scale,
                 );
                 for i in r0..r0 + rows {
-                    let row = &mut pb[i * t..(i + 1) * t];
-                    let (seen, future) = row.split_at_mut(i + 1);
+                    let (seen, future) = pb[i * t..(i + 1) * t].split_at_mut(i + 1);
+                    // The product above wrote columns 0..cols of this row, and i < cols.
+                    let seen = &mut *(seen as *mut [std::mem::MaybeUninit<f32>] as *mut [f32]);
                     let m = super::reduce::max(seen);
                     let z = exp_sub_sum(seen, m);
                     let inv = 1.0 / z;
                     seen.iter_mut().for_each(|x| *x *= inv);
-                    future.fill(0.0);
+                    future.fill(std::mem::MaybeUninit::new(0.0));
                 }
                 mm(
                     rows,
@@ -208,7 +216,7 @@ pub fn forward(q: &[f32], k: &[f32], v: &[f32], d: Dims) -> (Vec<f32>, Vec<f32>)
                     o.add(r0 * qd),
                     qd,
                     false,
-                    pb.as_ptr().add(r0 * t),
+                    pb.as_ptr().add(r0 * t).cast(),
                     t,
                     1,
                     vp,
@@ -220,7 +228,8 @@ pub fn forward(q: &[f32], k: &[f32], v: &[f32], d: Dims) -> (Vec<f32>, Vec<f32>)
             }
         }
     });
-    (out, p)
+    // SAFETY: see the comment at the allocations.
+    unsafe { (super::assume_init(out), super::assume_init(p)) }
 }
 
 /// Backward: returns (dQ, dK, dV) in the layouts of q, k, v.
@@ -235,11 +244,13 @@ pub fn backward(
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let (t, hd, qd, kd) = (d.t, d.hd, d.qd(), d.kd());
     let scale = 1.0 / (hd as f32).sqrt();
-    let mut dq = super::zeroed(d.b * t * qd);
+    // dQ is written whole (one dS K product per block of rows of every query head); dK and dV
+    // are accumulated into, so they start at zero.
+    let mut dq = super::uninit(d.b * t * qd);
     let mut dk = super::zeroed(d.b * t * kd);
     let mut dv = super::zeroed(d.b * t * kd);
     let (dqp, dkp, dvp) = (
-        Ptr(dq.as_mut_ptr()),
+        Ptr(dq.as_mut_ptr().cast()),
         Ptr(dk.as_mut_ptr()),
         Ptr(dv.as_mut_ptr()),
     );
@@ -348,7 +359,8 @@ pub fn backward(
             }
         },
     );
-    (dq, dk, dv)
+    // SAFETY: see the comment at the allocation.
+    (unsafe { super::assume_init(dq) }, dk, dv)
 }
 
 #[derive(Debug)]

@@ -65,7 +65,12 @@ pub(crate) fn zeroed(n: usize) -> Vec<f32> {
 /// `n` uninitialised elements for a kernel that writes every one of them (through
 /// `MaybeUninit::write`); [`assume_init`] then turns them into the output without the zeroing
 /// pass [`zeroed`] costs.
+/// Debug builds fill it with NaN, so that an element a kernel forgot shows up in the tests
+/// (`cargo test` without `--release`) as a NaN in its output.
 pub(crate) fn uninit(n: usize) -> Vec<std::mem::MaybeUninit<f32>> {
+    if cfg!(debug_assertions) {
+        return vec![std::mem::MaybeUninit::new(f32::NAN); n];
+    }
     let mut v = Vec::with_capacity(n);
     // SAFETY: `MaybeUninit` elements need no initialisation.
     unsafe { v.set_len(n) };

@@ -86,7 +86,7 @@ impl Backward<Flex, 2> for CombineBackward {
         let (y, g, dout) = (f32_slice(&y), f32_slice(&g), f32_slice(&dout));
         let m = routes.tok.len();
         let d = y.len().checked_div(m).unwrap_or(0);
-        let mut dy = super::zeroed(m * d);
+        let mut dy = super::uninit(m * d);
         let mut dg = vec![0f32; m];
         if d > 0 {
             dy.par_chunks_mut(ROWS * d)
@@ -98,12 +98,14 @@ impl Backward<Flex, 2> for CombineBackward {
                         let t = routes.tok[r];
                         let (yr, gr) = (&y[r * d..(r + 1) * d], &dout[t * d..(t + 1) * d]);
                         for (o, &x) in dyr.iter_mut().zip(gr) {
-                            *o = g[r] * x;
+                            o.write(g[r] * x);
                         }
                         *dgr = super::reduce::dot(yr, gr);
                     }
                 });
         }
+        // SAFETY: the row blocks cover `dy` (empty when d = 0) and every row is written whole.
+        let dy = unsafe { super::assume_init(dy) };
         let [py, pg] = ops.parents;
         if let Some(node) = py {
             grads.register::<Flex>(node.id, FlexTensor::from_data(TensorData::new(dy, [m, d])));
