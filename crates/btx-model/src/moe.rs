@@ -119,6 +119,35 @@ impl Moe {
         self.experts.len()
     }
 
+    /// Expert outputs for the rows `toks[e]` of `x`, grouped by expert in expert order:
+    /// one gather and the fused all-experts FFN on flex, else expert by expert.
+    fn experts_forward(&self, x: Tensor<2>, toks: &[Vec<i64>]) -> Tensor<2> {
+        let dev = x.device();
+        let mut bounds = vec![0usize];
+        for t in toks {
+            bounds.push(bounds.last().expect("bounds") + t.len());
+        }
+        let weights: Vec<_> = self
+            .experts
+            .iter()
+            .map(|m| (&m.gate, &m.up, &m.down))
+            .collect();
+        if crate::fused::on_flex(&x) {
+            let xg = x.clone().select(0, int1(toks.concat(), &dev));
+            if let Some(y) = crate::fused::experts::experts_ffn(xg, &bounds, &weights) {
+                return y;
+            }
+        }
+        let ys: Vec<Tensor<2>> = self
+            .experts
+            .iter()
+            .zip(toks)
+            .filter(|(_, t)| !t.is_empty())
+            .map(|(mlp, t)| mlp.forward(x.clone().select(0, int1(t.clone(), &dev))))
+            .collect();
+        Tensor::cat(ys, 0)
+    }
+
     /// `x: [N, d]` → (`[N, d]`, routing aux). `first_layer` selects soft routing for sample-top1.
     pub fn forward(&self, x: Tensor<2>, opts: &RouteOpts, layer: usize) -> (Tensor<2>, RouterAux) {
         let dev = x.device();
@@ -211,23 +240,13 @@ impl Moe {
         }
         // Expert outputs, rows grouped by expert; then each row weighted by its gate value and
         // added into its token's output.
-        let mut ys = Vec::new();
-        let mut row_tok = Vec::new();
-        let mut row_slot = Vec::new();
-        for (ex, mlp) in self.experts.iter().enumerate() {
-            if toks[ex].is_empty() {
-                continue;
-            }
-            let idx = int1(toks[ex].clone(), &dev);
-            ys.push(mlp.forward(x.clone().select(0, idx)));
-            row_tok.extend(toks[ex].iter().map(|&t| t as usize));
-            row_slot.append(&mut slots[ex]);
-        }
+        let row_tok: Vec<usize> = toks.iter().flatten().map(|&t| t as usize).collect();
+        let row_slot: Vec<i64> = slots.concat();
         let d = x.dims()[1];
-        let out = if ys.is_empty() {
+        let out = if row_tok.is_empty() {
             Tensor::<2>::zeros([n, d], &dev)
         } else {
-            let y = Tensor::cat(ys, 0);
+            let y = self.experts_forward(x.clone(), &toks);
             let g = gates.reshape([n * c]).select(0, int1(row_slot, &dev));
             let routes = std::sync::Arc::new(crate::fused::moe::Routes::new(row_tok, n));
             match crate::fused::moe::combine(y.clone(), g.clone(), routes.clone()) {

@@ -225,6 +225,101 @@ fn fused_head_cross_entropy_is_identical_on_one_and_two_threads() {
     assert!(w1 == w2, "dw differs between 1 and 2 threads");
 }
 
+/// The fused all-experts FFN and the composite per-expert path on the same rows: output,
+/// dX and every weight gradient (one expert frozen, one with no rows), on 1 and 2 threads.
+#[test]
+fn fused_experts_ffn_matches_expert_by_expert() {
+    use btx_model::fused::experts::experts_ffn;
+    use btx_model::moe::Mlp;
+    let dev = Device::flex();
+    for (case, sizes) in [vec![300, 0, 7, 513], vec![5], vec![1, 2]]
+        .iter()
+        .enumerate()
+    {
+        dev.seed(200 + case as u64);
+        let (d, f) = (24, 40);
+        let m: usize = sizes.iter().sum();
+        let x = leaf([m, d], 1.0);
+        let experts: Vec<Mlp> = (0..sizes.len())
+            .map(|e| {
+                let frozen = e == 0 && sizes.len() > 2;
+                let w = |shape| {
+                    if frozen {
+                        Tensor::<2>::random(shape, Distribution::Normal(0.0, 0.3), &dev).autodiff()
+                    } else {
+                        leaf(shape, 0.3)
+                    }
+                };
+                Mlp {
+                    gate: w([f, d]),
+                    up: w([f, d]),
+                    down: w([d, f]),
+                }
+            })
+            .collect();
+        let mut bounds = vec![0];
+        for s in sizes {
+            bounds.push(bounds.last().unwrap() + s);
+        }
+        let probe = Tensor::<2>::random([m, d], Distribution::Normal(0.0, 1.0), &dev).autodiff();
+        let params = |mlps: &[Mlp]| -> Vec<Tensor<2>> {
+            mlps.iter()
+                .flat_map(|e| [e.gate.clone(), e.up.clone(), e.down.clone()])
+                .collect()
+        };
+        let run = |fused: bool| {
+            let y = if fused {
+                let w: Vec<_> = experts.iter().map(|e| (&e.gate, &e.up, &e.down)).collect();
+                experts_ffn(x.clone(), &bounds, &w).expect("flex")
+            } else {
+                let ys: Vec<Tensor<2>> = experts
+                    .iter()
+                    .enumerate()
+                    .filter(|(e, _)| sizes[*e] > 0)
+                    .map(|(e, mlp)| mlp.forward(x.clone().slice([bounds[e]..bounds[e + 1], 0..d])))
+                    .collect();
+                Tensor::cat(ys, 0)
+            };
+            let g = (y.clone() * probe.clone()).sum().backward();
+            let grads: Vec<Option<Vec<f32>>> = std::iter::once(x.clone())
+                .chain(params(&experts))
+                .map(|p| p.grad(&g).map(to_vec))
+                .collect();
+            (to_vec(y), grads)
+        };
+        let (yc, gc) = run(false);
+        for threads in [1, 2] {
+            let (yf, gf) = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap()
+                .install(|| run(true));
+            let e = rel_err(&yf, &yc);
+            assert!(e < 1e-6, "case {case}: output differs by {e}");
+            for (i, (a, c)) in gf.iter().zip(&gc).enumerate() {
+                match (a, c) {
+                    (Some(a), Some(c)) => {
+                        let e = rel_err(a, c);
+                        assert!(e < 1e-5, "case {case}: gradient {i} differs by {e}");
+                    }
+                    // Frozen, or an expert with no rows (the composite path never runs it).
+                    (None, None) => {}
+                    (a, _) => panic!("case {case}: gradient {i}: fused {:?}", a.is_some()),
+                }
+            }
+            if threads == 1 {
+                continue;
+            }
+            let (y1, g1) = rayon::ThreadPoolBuilder::new()
+                .num_threads(1)
+                .build()
+                .unwrap()
+                .install(|| run(true));
+            assert!(y1 == yf && g1 == gf, "case {case}: 1 and 2 threads differ");
+        }
+    }
+}
+
 #[test]
 fn fused_adamw_matches_the_composite_update() {
     use btx_model::fused::adamw::{adamw, AdamWScalars};

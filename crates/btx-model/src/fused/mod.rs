@@ -7,6 +7,7 @@ pub mod adamw;
 pub mod attention;
 pub mod cross_entropy;
 pub mod elementwise;
+pub mod experts;
 pub mod gemm_clock;
 pub mod linear;
 pub mod lm_head;

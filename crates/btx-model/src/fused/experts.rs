@@ -1,0 +1,439 @@
+//! Every expert's SwiGLU FFN as one op: `y = down_e(silu(gate_e x) * up_e x)` on expert e's
+//! contiguous block of rows of `x` (rows grouped by expert, as the MoE layer gathers them).
+//!
+//! Run expert after expert, each product is a mid-size gemm (about `k N / E` rows) that the
+//! cores share, meeting inside every product. Here the work is cut into independent tasks —
+//! blocks of at most `BLOCK` rows for the forward and for dX, one task per weight gradient —
+//! each running its products on one core. Every output element is computed by one task in a
+//! fixed order, so results do not depend on the thread count.
+
+use std::mem::MaybeUninit;
+
+use super::linear::{write_product, Dst};
+use super::{contiguous, f32_slice, vexp};
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::flex::FlexTensor;
+use burn::backend::{Autodiff, Flex};
+use burn::prelude::*;
+use rayon::prelude::*;
+
+/// Rows per forward / dX task: big enough for efficient products, small enough that four
+/// experts give both cores several tasks each.
+const BLOCK: usize = 256;
+
+/// A raw pointer that tasks may share; each task writes its own rows (documented at each use).
+#[derive(Clone, Copy)]
+struct Ptr(*mut f32);
+// SAFETY: used only for writes to disjoint row ranges.
+unsafe impl Send for Ptr {}
+unsafe impl Sync for Ptr {}
+
+impl Ptr {
+    /// Row `r` of a buffer of rows `width` wide.
+    fn row(self, r: usize, width: usize) -> *mut f32 {
+        self.0.wrapping_add(r * width)
+    }
+}
+
+/// Shapes: `d` model width, `f` FFN width, `bounds[e]..bounds[e + 1]` the rows of expert e.
+#[derive(Clone, Debug)]
+struct Shapes {
+    d: usize,
+    f: usize,
+    bounds: Vec<usize>,
+}
+
+impl Shapes {
+    fn rows(&self) -> usize {
+        *self.bounds.last().expect("bounds")
+    }
+
+    /// (expert, first row, rows) of every task block.
+    fn blocks(&self) -> Vec<(usize, usize, usize)> {
+        let mut out = vec![];
+        for e in 0..self.bounds.len() - 1 {
+            let mut r = self.bounds[e];
+            while r < self.bounds[e + 1] {
+                let n = BLOCK.min(self.bounds[e + 1] - r);
+                out.push((e, r, n));
+                r += n;
+            }
+        }
+        out
+    }
+}
+
+/// Weights of expert e: (gate `[f, d]`, up `[f, d]`, down `[d, f]`).
+type Weights<'a> = Vec<(&'a [f32], &'a [f32], &'a [f32])>;
+
+fn uninit_ptr(v: &mut [MaybeUninit<f32>]) -> Ptr {
+    Ptr(v.as_mut_ptr().cast())
+}
+
+/// Returns (y `[M, d]`, g `[M, f]`, u `[M, f]`, h `[M, f]`).
+fn forward(x: &[f32], w: &Weights, s: &Shapes) -> (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>) {
+    let (d, f, m) = (s.d, s.f, s.rows());
+    let (mut y, mut g, mut u, mut h) = (
+        super::uninit(m * d),
+        super::uninit(m * f),
+        super::uninit(m * f),
+        super::uninit(m * f),
+    );
+    let (py, pg, pu, ph) = (
+        uninit_ptr(&mut y),
+        uninit_ptr(&mut g),
+        uninit_ptr(&mut u),
+        uninit_ptr(&mut h),
+    );
+    s.blocks().into_par_iter().for_each(|(e, r0, n)| {
+        let (gate, up, down) = w[e];
+        let xb = &x[r0 * d..(r0 + n) * d];
+        // SAFETY: this task alone writes rows r0..r0+n of y, g, u and h (blocks are disjoint);
+        // the products write them whole before the slices below read them.
+        unsafe {
+            let (gb, ub, hb) = (pg.row(r0, f), pu.row(r0, f), ph.row(r0, f));
+            write_product(
+                gb,
+                [n, f, d],
+                (xb, d, 1),
+                (gate, 1, d),
+                1.0,
+                Dst::Write,
+                false,
+            );
+            write_product(
+                ub,
+                [n, f, d],
+                (xb, d, 1),
+                (up, 1, d),
+                1.0,
+                Dst::Write,
+                false,
+            );
+            let (gs, us) = (
+                std::slice::from_raw_parts(gb, n * f),
+                std::slice::from_raw_parts(ub, n * f),
+            );
+            let hs = std::slice::from_raw_parts_mut(hb.cast::<MaybeUninit<f32>>(), n * f);
+            vexp::swiglu(gs, us, hs);
+            let hs = std::slice::from_raw_parts(hb, n * f);
+            let yb = py.row(r0, d);
+            write_product(
+                yb,
+                [n, d, f],
+                (hs, f, 1),
+                (down, 1, f),
+                1.0,
+                Dst::Write,
+                false,
+            );
+        }
+    });
+    // SAFETY: the blocks cover all rows and every task wrote its rows of all four whole.
+    unsafe {
+        (
+            super::assume_init(y),
+            super::assume_init(g),
+            super::assume_init(u),
+            super::assume_init(h),
+        )
+    }
+}
+
+/// What the backward needs: x, the weights, the forward's g, u, h, and the shapes.
+#[derive(Clone, Debug)]
+struct State {
+    x: FlexTensor,
+    weights: Vec<[FlexTensor; 3]>,
+    g: Vec<f32>,
+    u: Vec<f32>,
+    h: Vec<f32>,
+    shapes: Shapes,
+}
+
+/// Gradients: dX `[M, d]` and, per expert, (dGate, dUp, dDown) for the ones asked for.
+/// Per expert, (dGate, dUp, dDown) where asked for.
+type WeightGrads = Vec<[Option<Vec<f32>>; 3]>;
+
+fn backward(st: &State, dy: &[f32], want: &[[bool; 3]]) -> (Vec<f32>, WeightGrads) {
+    let s = &st.shapes;
+    let (d, f, m) = (s.d, s.f, s.rows());
+    let x = f32_slice(&st.x);
+    let w: Vec<[&[f32]; 3]> = st
+        .weights
+        .iter()
+        .map(|t| t.each_ref().map(f32_slice))
+        .collect();
+    let (mut dx, mut dg, mut du) = (
+        super::uninit(m * d),
+        super::uninit(m * f),
+        super::uninit(m * f),
+    );
+    let (pdx, pdg, pdu) = (
+        uninit_ptr(&mut dx),
+        uninit_ptr(&mut dg),
+        uninit_ptr(&mut du),
+    );
+    // Per row block: dH = dY down, (dG, dU) through SwiGLU, dX = dG gate + dU up.
+    s.blocks()
+        .into_par_iter()
+        .for_each_init(Vec::new, |dh: &mut Vec<f32>, (e, r0, n)| {
+            let [gate, up, down] = w[e];
+            let r = r0 * f..(r0 + n) * f;
+            dh.clear();
+            dh.reserve(n * f);
+            // SAFETY: this task alone writes rows r0..r0+n of dX, dG and dU; every product and
+            // `swiglu_backward` writes its destination whole before anything reads it.
+            unsafe {
+                let dyb = &dy[r0 * d..(r0 + n) * d];
+                write_product(
+                    dh.as_mut_ptr(),
+                    [n, f, d],
+                    (dyb, d, 1),
+                    (down, f, 1),
+                    1.0,
+                    Dst::Write,
+                    false,
+                );
+                dh.set_len(n * f);
+                let (gb, ub) = (pdg.row(r0, f), pdu.row(r0, f));
+                vexp::swiglu_backward(
+                    &st.g[r.clone()],
+                    &st.u[r.clone()],
+                    dh,
+                    std::slice::from_raw_parts_mut(gb.cast(), n * f),
+                    std::slice::from_raw_parts_mut(ub.cast(), n * f),
+                );
+                let (gs, us) = (
+                    std::slice::from_raw_parts(gb, n * f),
+                    std::slice::from_raw_parts(ub, n * f),
+                );
+                let xb = pdx.row(r0, d);
+                write_product(
+                    xb,
+                    [n, d, f],
+                    (gs, f, 1),
+                    (gate, d, 1),
+                    1.0,
+                    Dst::Write,
+                    false,
+                );
+                write_product(
+                    xb,
+                    [n, d, f],
+                    (us, f, 1),
+                    (up, d, 1),
+                    1.0,
+                    Dst::Accumulate,
+                    false,
+                );
+            }
+        });
+    // SAFETY: the blocks cover all rows; every task wrote its rows of all three whole.
+    let (dx, dg, du) = unsafe {
+        (
+            super::assume_init(dx),
+            super::assume_init(dg),
+            super::assume_init(du),
+        )
+    };
+    // One task per weight gradient, each over all of its expert's rows.
+    let tasks: Vec<(usize, usize)> = (0..want.len())
+        .flat_map(|e| (0..3).map(move |k| (e, k)))
+        .filter(|&(e, k)| want[e][k])
+        .collect();
+    let grads: Vec<(usize, usize, Vec<f32>)> = tasks
+        .into_par_iter()
+        .map(|(e, k)| {
+            let (r0, r1) = (s.bounds[e], s.bounds[e + 1]);
+            let n = r1 - r0;
+            let xe = &x[r0 * d..r1 * d];
+            let mut out: Vec<f32> = Vec::with_capacity(d * f);
+            // SAFETY: `write_product` initialises all `d * f` elements (zeros when n = 0).
+            unsafe {
+                let dst = out.as_mut_ptr();
+                match k {
+                    // dGate [f, d] = dGᵀ x, dUp likewise.
+                    0 => write_product(
+                        dst,
+                        [f, d, n],
+                        (&dg[r0 * f..r1 * f], 1, f),
+                        (xe, d, 1),
+                        1.0,
+                        Dst::Write,
+                        false,
+                    ),
+                    1 => write_product(
+                        dst,
+                        [f, d, n],
+                        (&du[r0 * f..r1 * f], 1, f),
+                        (xe, d, 1),
+                        1.0,
+                        Dst::Write,
+                        false,
+                    ),
+                    // dDown [d, f] = dYᵀ h
+                    _ => write_product(
+                        dst,
+                        [d, f, n],
+                        (&dy[r0 * d..r1 * d], 1, d),
+                        (&st.h[r0 * f..r1 * f], f, 1),
+                        1.0,
+                        Dst::Write,
+                        false,
+                    ),
+                }
+                out.set_len(d * f);
+            }
+            (e, k, out)
+        })
+        .collect();
+    let mut per_expert: Vec<[Option<Vec<f32>>; 3]> =
+        (0..want.len()).map(|_| [None, None, None]).collect();
+    for (e, k, g) in grads {
+        per_expert[e][k] = Some(g);
+    }
+    (dx, per_expert)
+}
+
+#[derive(Debug)]
+struct ExpertsBackward<const N: usize>;
+
+impl<const N: usize> Backward<Flex, N> for ExpertsBackward<N> {
+    type State = State;
+
+    fn backward(self, ops: Ops<Self::State, N>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let st = ops.state;
+        let dy = contiguous(&grads.consume::<Flex>(&ops.node));
+        let parents = ops.parents;
+        let e = st.weights.len();
+        // An expert that got no rows gets no gradient, as when the composite path never runs
+        // it (AdamW then leaves it alone, as PyTorch does for a parameter without .grad).
+        let b = &st.shapes.bounds;
+        let want: Vec<[bool; 3]> = (0..e)
+            .map(|i| [0, 1, 2].map(|k| parents[1 + 3 * i + k].is_some() && b[i + 1] > b[i]))
+            .collect();
+        let (dx, mut dws) = backward(&st, f32_slice(&dy), &want);
+        let (m, d, f) = (st.shapes.rows(), st.shapes.d, st.shapes.f);
+        let mut parents = parents.into_iter();
+        if let Some(node) = parents.next().flatten() {
+            grads.register::<Flex>(node.id, FlexTensor::from_data(TensorData::new(dx, [m, d])));
+        }
+        for (i, node) in parents.enumerate() {
+            let (ex, k) = (i / 3, i % 3);
+            if let (Some(node), Some(g)) = (node, dws[ex][k].take()) {
+                let shape = if k == 2 { [d, f] } else { [f, d] };
+                grads.register::<Flex>(node.id, FlexTensor::from_data(TensorData::new(g, shape)));
+            }
+        }
+    }
+}
+
+/// Expert e's SwiGLU FFN on rows `bounds[e]..bounds[e + 1]` of `x: [M, d]`, for every e;
+/// `experts[e] = (gate [f, d], up [f, d], down [d, f])`. `None` off flex or for more than 16
+/// experts (the composite per-expert path then runs).
+pub fn experts_ffn(
+    x: Tensor<2>,
+    bounds: &[usize],
+    experts: &[(&Tensor<2>, &Tensor<2>, &Tensor<2>)],
+) -> Option<Tensor<2>> {
+    macro_rules! dispatch {
+        ($($e:literal => $n:literal),*) => {
+            match experts.len() {
+                $($e => run::<$n>(x, bounds, experts),)*
+                _ => None,
+            }
+        };
+    }
+    if !super::on_flex(&x) {
+        return None;
+    }
+    dispatch!(1 => 4, 2 => 7, 3 => 10, 4 => 13, 5 => 16, 6 => 19, 7 => 22, 8 => 25,
+        9 => 28, 10 => 31, 11 => 34, 12 => 37, 13 => 40, 14 => 43, 15 => 46, 16 => 49)
+}
+
+/// [`experts_ffn`] for `N = 1 + 3 E` graph inputs.
+fn run<const N: usize>(
+    x: Tensor<2>,
+    bounds: &[usize],
+    experts: &[(&Tensor<2>, &Tensor<2>, &Tensor<2>)],
+) -> Option<Tensor<2>> {
+    let [m, d] = x.dims();
+    let f = experts[0].0.dims()[0];
+    assert_eq!(bounds.len(), experts.len() + 1, "one row range per expert");
+    assert_eq!(bounds[experts.len()], m, "the row ranges cover x");
+    let shapes = Shapes {
+        d,
+        f,
+        bounds: bounds.to_vec(),
+    };
+    let autodiff = x.is_autodiff() || experts.iter().any(|(g, _, _)| g.is_autodiff());
+    if !autodiff {
+        let fl = |t: Tensor<2>| contiguous(&t.try_into_primitive::<Flex>().expect("flex"));
+        let xc = fl(x);
+        let ws: Vec<[FlexTensor; 3]> = experts
+            .iter()
+            .map(|(g, u, dn)| [(*g).clone(), (*u).clone(), (*dn).clone()].map(fl))
+            .collect();
+        let w: Weights = ws
+            .iter()
+            .map(|[g, u, dn]| (f32_slice(g), f32_slice(u), f32_slice(dn)))
+            .collect();
+        let (y, ..) = forward(f32_slice(&xc), &w, &shapes);
+        return Some(Tensor::from_primitive::<Flex>(FlexTensor::from_data(
+            TensorData::new(y, [m, d]),
+        )));
+    }
+    let ad = |t: Tensor<2>| {
+        t.autodiff()
+            .try_into_primitive::<Autodiff<Flex>>()
+            .expect("flex autodiff")
+    };
+    let xa = ad(x);
+    let wa: Vec<_> = experts
+        .iter()
+        .map(|(g, u, dn)| [(*g).clone(), (*u).clone(), (*dn).clone()].map(ad))
+        .collect();
+    let nodes: [_; N] = std::array::from_fn(|i| {
+        if i == 0 {
+            xa.node()
+        } else {
+            wa[(i - 1) / 3][(i - 1) % 3].node()
+        }
+    });
+    let xc = contiguous(xa.primitive());
+    let ws: Vec<[FlexTensor; 3]> = wa
+        .iter()
+        .map(|t| t.each_ref().map(|t| contiguous(t.primitive())))
+        .collect();
+    let (y, g, u, h) = {
+        let w: Weights = ws
+            .iter()
+            .map(|[g, u, dn]| (f32_slice(g), f32_slice(u), f32_slice(dn)))
+            .collect();
+        forward(f32_slice(&xc), &w, &shapes)
+    };
+    let out = FlexTensor::from_data(TensorData::new(y, [m, d]));
+    let t = match ExpertsBackward::<N>
+        .prepare::<NoCheckpointing>(nodes)
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => prep.finish(
+            State {
+                x: xc,
+                weights: ws,
+                g,
+                u,
+                h,
+                shapes,
+            },
+            out,
+        ),
+        OpsKind::UnTracked(prep) => prep.finish(out),
+    };
+    Some(Tensor::from_primitive::<Autodiff<Flex>>(t))
+}
