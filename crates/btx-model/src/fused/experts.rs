@@ -20,9 +20,10 @@ use burn::backend::{Autodiff, Flex};
 use burn::prelude::*;
 use rayon::prelude::*;
 
-/// Rows per forward / dX task: big enough for efficient products, small enough that four
-/// experts give both cores several tasks each.
-const BLOCK: usize = 256;
+/// Most rows per forward / dX task; an expert's rows are split into equal blocks of at most
+/// this many. Each task repacks its expert's weights, so bigger is cheaper: on MoE-S (about
+/// 1000 rows per expert) 1024 beat 512 and 256 by 3-4% at 1 and at 2 threads.
+const BLOCK: usize = 1024;
 
 /// A raw pointer that tasks may share; each task writes its own rows (documented at each use).
 #[derive(Clone, Copy)]
@@ -55,9 +56,10 @@ impl Shapes {
     fn blocks(&self) -> Vec<(usize, usize, usize)> {
         let mut out = vec![];
         for e in 0..self.bounds.len() - 1 {
-            let mut r = self.bounds[e];
-            while r < self.bounds[e + 1] {
-                let n = BLOCK.min(self.bounds[e + 1] - r);
+            let (mut r, end) = (self.bounds[e], self.bounds[e + 1]);
+            let size = (end - r).div_ceil((end - r).div_ceil(BLOCK).max(1));
+            while r < end {
+                let n = size.min(end - r);
                 out.push((e, r, n));
                 r += n;
             }
