@@ -443,6 +443,38 @@ fn fused_linear_matches_matmul_forward_and_gradients() {
     }
 }
 
+/// The trainer's determinism across thread counts rests on gemm splitting only the output
+/// among threads: a product must come out bit-identical on 1 and on 2 threads.
+#[test]
+fn products_are_bit_identical_on_one_and_two_threads() {
+    use btx_model::fused::linear::product;
+    for &(m, k, n) in &[(300, 257, 190), (2048, 256, 704), (704, 2048, 256)] {
+        let a: Vec<f32> = (0..m * k)
+            .map(|i| ((i * 7919) % 1000) as f32 * 1e-3 - 0.5)
+            .collect();
+        let b: Vec<f32> = (0..k * n)
+            .map(|i| ((i * 104729) % 997) as f32 * 1e-3 - 0.5)
+            .collect();
+        let on = |threads: usize| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap()
+                // Row-major, and with a transposed left operand (as for weight gradients).
+                .install(|| {
+                    (
+                        product(m, n, k, &a, k, 1, &b, n, 1),
+                        product(m, n, k, &a, 1, m, &b, n, 1),
+                    )
+                })
+        };
+        assert!(
+            on(1) == on(2),
+            "[{m}x{k}]·[{k}x{n}] differs between 1 and 2 threads"
+        );
+    }
+}
+
 #[test]
 fn fused_moe_combine_matches_gate_multiply_and_scatter_add() {
     use btx_model::burn::tensor::{IndexingUpdateOp, Int};

@@ -34,9 +34,35 @@ pub fn product(
     b_rs: usize,
     b_cs: usize,
 ) -> Vec<f32> {
+    product_on(
+        m,
+        n,
+        k,
+        a,
+        a_rs,
+        a_cs,
+        b,
+        b_rs,
+        b_cs,
+        m * n * k >= PARALLEL_MACS,
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn product_on(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    a_rs: usize,
+    a_cs: usize,
+    b: &[f32],
+    b_rs: usize,
+    b_cs: usize,
+    par: bool,
+) -> Vec<f32> {
     let len = m * n;
     let mut out: Vec<f32> = Vec::with_capacity(len);
-    let par = m * n * k >= PARALLEL_MACS;
     // SAFETY: `write_product` initialises all `len` elements of the spare capacity.
     unsafe {
         write_product(
@@ -147,14 +173,48 @@ impl Backward<Flex, 2> for LinearBackward {
         let g = contiguous(&grads.consume::<Flex>(&ops.node));
         let g = f32_slice(&g);
         let [px, pw] = ops.parents;
-        if let Some(node) = px {
+        // The two products are independent: side by side, the cores meet once at the end
+        // instead of inside each product.
+        let (dx, dw) = rayon::join(
             // dX [m, k] = dY [m, n] · W [n, k]
-            let dx = product(m, k, n, g, n, 1, f32_slice(&w), k, 1);
+            || {
+                px.is_some().then(|| {
+                    product_on(
+                        m,
+                        k,
+                        n,
+                        g,
+                        n,
+                        1,
+                        f32_slice(&w),
+                        k,
+                        1,
+                        rayon::current_num_threads() > 2,
+                    )
+                })
+            },
+            // dW [n, k] = dYᵀ [n, m] · X [m, k]
+            || {
+                pw.is_some().then(|| {
+                    product_on(
+                        n,
+                        k,
+                        m,
+                        g,
+                        1,
+                        n,
+                        f32_slice(&x),
+                        k,
+                        1,
+                        rayon::current_num_threads() > 2,
+                    )
+                })
+            },
+        );
+        if let (Some(node), Some(dx)) = (px, dx) {
             grads.register::<Flex>(node.id, FlexTensor::from_data(TensorData::new(dx, [m, k])));
         }
-        if let Some(node) = pw {
-            // dW [n, k] = dYᵀ [n, m] · X [m, k]
-            let dw = product(n, k, m, g, 1, n, f32_slice(&x), k, 1);
+        if let (Some(node), Some(dw)) = (pw, dw) {
             grads.register::<Flex>(node.id, FlexTensor::from_data(TensorData::new(dw, [n, k])));
         }
     }
