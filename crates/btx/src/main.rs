@@ -95,7 +95,18 @@ fn main() {
     keep_freed_memory();
     runtime::init_logging();
     let cli = Cli::parse();
-    let result = runtime::init_threads(cli.threads).and_then(|_| {
+    let result = runtime::init_threads(cli.threads).and_then(|_| runtime::on_pool(|| run(cli)));
+    if let Err(e) = result {
+        eprintln!("error: {e}");
+        for cause in e.chain().skip(1) {
+            eprintln!("  caused by: {cause}");
+        }
+        std::process::exit(runtime::exit_code(&e));
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    {
         let dev = runtime::device(&cli.device)?;
         match cli.cmd {
             Command::Forward(a) => cmd::forward::run(a, &dev),
@@ -115,12 +126,5 @@ fn main() {
             Command::Data(c) => cmd::data::run_data(c),
             Command::Tokenizer(c) => cmd::data::run_tokenizer(c),
         }
-    });
-    if let Err(e) = result {
-        eprintln!("error: {e}");
-        for cause in e.chain().skip(1) {
-            eprintln!("  caused by: {cause}");
-        }
-        std::process::exit(runtime::exit_code(&e));
     }
 }

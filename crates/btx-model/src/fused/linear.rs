@@ -128,7 +128,7 @@ pub(crate) unsafe fn write_product(
         Parallelism::None
     };
     let acc = mode == Dst::Accumulate;
-    let _clock = super::gemm_clock::Timer::start();
+    let _clock = super::gemm_clock::Timer::start(parallel);
     // SAFETY: the operand extents are checked above and the caller vouches for `dst`; with
     // `read_dst = false` gemm writes every element of the destination without reading it.
     unsafe {
