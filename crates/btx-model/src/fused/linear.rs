@@ -34,32 +34,21 @@ pub fn product(
     b_rs: usize,
     b_cs: usize,
 ) -> Vec<f32> {
-    product_on(
-        m,
-        n,
-        k,
-        a,
-        a_rs,
-        a_cs,
-        b,
-        b_rs,
-        b_cs,
+    fresh(
+        [m, n, k],
+        (a, a_rs, a_cs),
+        (b, b_rs, b_cs),
         m * n * k >= PARALLEL_MACS,
     )
 }
 
-#[allow(clippy::too_many_arguments)]
-fn product_on(
-    m: usize,
-    n: usize,
-    k: usize,
-    a: &[f32],
-    a_rs: usize,
-    a_cs: usize,
-    b: &[f32],
-    b_rs: usize,
-    b_cs: usize,
-    par: bool,
+/// A new matrix `A B` (dimensions and operands as for [`write_product`]), spread over the pool
+/// or on one core.
+fn fresh(
+    [m, n, k]: [usize; 3],
+    a: (&[f32], usize, usize),
+    b: (&[f32], usize, usize),
+    parallel: bool,
 ) -> Vec<f32> {
     let len = m * n;
     let mut out: Vec<f32> = Vec::with_capacity(len);
@@ -68,11 +57,11 @@ fn product_on(
         write_product(
             out.spare_capacity_mut().as_mut_ptr().cast(),
             [m, n, k],
-            (a, a_rs, a_cs),
-            (b, b_rs, b_cs),
+            a,
+            b,
             1.0,
             Dst::Write,
-            par,
+            parallel,
         );
         out.set_len(len);
     }
@@ -174,41 +163,19 @@ impl Backward<Flex, 2> for LinearBackward {
         let g = f32_slice(&g);
         let [px, pw] = ops.parents;
         // The two products are independent: side by side, the cores meet once at the end
-        // instead of inside each product.
+        // instead of inside each product (with two threads each takes one product whole).
+        let spread = rayon::current_num_threads() > 2;
+        let (w, x) = (f32_slice(&w), f32_slice(&x));
         let (dx, dw) = rayon::join(
             // dX [m, k] = dY [m, n] · W [n, k]
             || {
-                px.is_some().then(|| {
-                    product_on(
-                        m,
-                        k,
-                        n,
-                        g,
-                        n,
-                        1,
-                        f32_slice(&w),
-                        k,
-                        1,
-                        rayon::current_num_threads() > 2,
-                    )
-                })
+                px.is_some()
+                    .then(|| fresh([m, k, n], (g, n, 1), (w, k, 1), spread))
             },
             // dW [n, k] = dYᵀ [n, m] · X [m, k]
             || {
-                pw.is_some().then(|| {
-                    product_on(
-                        n,
-                        k,
-                        m,
-                        g,
-                        1,
-                        n,
-                        f32_slice(&x),
-                        k,
-                        1,
-                        rayon::current_num_threads() > 2,
-                    )
-                })
+                pw.is_some()
+                    .then(|| fresh([n, k, m], (g, 1, n), (x, k, 1), spread))
             },
         );
         if let (Some(node), Some(dx)) = (px, dx) {
