@@ -12,7 +12,7 @@
 //! KV head accumulate into its dK / dV without races. Every matrix product goes to the `gemm`
 //! crate (single-threaded; rayon spreads the heads over the cores).
 
-use super::{contiguous, f32_slice};
+use super::{autodiff_flex, contiguous, f32_slice};
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
@@ -433,11 +433,7 @@ pub fn causal_attention(
         }
     };
     if q.is_autodiff() {
-        let ad = |t: Tensor<2>| {
-            t.try_into_primitive::<Autodiff<Flex>>()
-                .expect("flex autodiff")
-        };
-        let (q, k, v) = (ad(q), ad(k), ad(v));
+        let (q, k, v) = (autodiff_flex(q), autodiff_flex(k), autodiff_flex(v));
         let (qc, kc, vc) = (
             rotated(q.primitive(), d.qd()),
             rotated(k.primitive(), d.kd()),

@@ -2,7 +2,7 @@
 //! One pass over the data forward and one backward, split over the cores, instead of the chain
 //! of element-wise tensor ops (each its own pass and allocation) the composite versions run.
 
-use super::{contiguous, f32_slice};
+use super::{autodiff_flex, contiguous, f32_slice, plain_flex};
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
@@ -70,11 +70,7 @@ pub fn swiglu(a: Tensor<2>, b: Tensor<2>) -> Option<Tensor<2>> {
     }
     let shape = a.dims();
     if a.is_autodiff() {
-        let ad = |t: Tensor<2>| {
-            t.try_into_primitive::<Autodiff<Flex>>()
-                .expect("flex autodiff")
-        };
-        let (a, b) = (ad(a), ad(b));
+        let (a, b) = (autodiff_flex(a), autodiff_flex(b));
         let (ac, bc) = (contiguous(a.primitive()), contiguous(b.primitive()));
         let out = flex2(swiglu_forward(f32_slice(&ac), f32_slice(&bc)), shape);
         let t = match SwigluBackward
@@ -87,8 +83,7 @@ pub fn swiglu(a: Tensor<2>, b: Tensor<2>) -> Option<Tensor<2>> {
         };
         Some(Tensor::from_primitive::<Autodiff<Flex>>(t))
     } else {
-        let fl = |t: Tensor<2>| contiguous(&t.try_into_primitive::<Flex>().expect("flex"));
-        let (a, b) = (fl(a), fl(b));
+        let (a, b) = (plain_flex(a), plain_flex(b));
         let out = flex2(swiglu_forward(f32_slice(&a), f32_slice(&b)), shape);
         Some(Tensor::from_primitive::<Flex>(out))
     }
@@ -178,12 +173,7 @@ pub fn rms_norm(x: Tensor<2>, w: Tensor<2>, eps: f64) -> Option<Tensor<2>> {
     let [n, d] = x.dims();
     let eps = eps as f32;
     if x.is_autodiff() || w.is_autodiff() {
-        let ad = |t: Tensor<2>| {
-            t.autodiff()
-                .try_into_primitive::<Autodiff<Flex>>()
-                .expect("flex autodiff")
-        };
-        let (x, w) = (ad(x), ad(w));
+        let (x, w) = (autodiff_flex(x), autodiff_flex(w));
         let (xc, wc) = (contiguous(x.primitive()), contiguous(w.primitive()));
         let (y, r) = rms_forward(f32_slice(&xc), f32_slice(&wc), d, eps);
         let out = flex2(y, [n, d]);
@@ -197,8 +187,7 @@ pub fn rms_norm(x: Tensor<2>, w: Tensor<2>, eps: f64) -> Option<Tensor<2>> {
         };
         Some(Tensor::from_primitive::<Autodiff<Flex>>(t))
     } else {
-        let fl = |t: Tensor<2>| contiguous(&t.try_into_primitive::<Flex>().expect("flex"));
-        let (x, w) = (fl(x), fl(w));
+        let (x, w) = (plain_flex(x), plain_flex(w));
         let (y, _) = rms_forward(f32_slice(&x), f32_slice(&w), d, eps);
         Some(Tensor::from_primitive::<Flex>(flex2(y, [n, d])))
     }

@@ -10,7 +10,7 @@
 use std::mem::MaybeUninit;
 
 use super::linear::{write_product, Dst};
-use super::{contiguous, f32_slice, vexp};
+use super::{autodiff_flex, contiguous, f32_slice, plain_flex, vexp};
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
@@ -374,11 +374,10 @@ fn run<const N: usize>(
     };
     let autodiff = x.is_autodiff() || experts.iter().any(|(g, _, _)| g.is_autodiff());
     if !autodiff {
-        let fl = |t: Tensor<2>| contiguous(&t.try_into_primitive::<Flex>().expect("flex"));
-        let xc = fl(x);
+        let xc = plain_flex(x);
         let ws: Vec<[FlexTensor; 3]> = experts
             .iter()
-            .map(|(g, u, dn)| [(*g).clone(), (*u).clone(), (*dn).clone()].map(fl))
+            .map(|(g, u, dn)| [(*g).clone(), (*u).clone(), (*dn).clone()].map(plain_flex))
             .collect();
         let w: Weights = ws
             .iter()
@@ -389,15 +388,10 @@ fn run<const N: usize>(
             TensorData::new(y, [m, d]),
         )));
     }
-    let ad = |t: Tensor<2>| {
-        t.autodiff()
-            .try_into_primitive::<Autodiff<Flex>>()
-            .expect("flex autodiff")
-    };
-    let xa = ad(x);
+    let xa = autodiff_flex(x);
     let wa: Vec<_> = experts
         .iter()
-        .map(|(g, u, dn)| [(*g).clone(), (*u).clone(), (*dn).clone()].map(ad))
+        .map(|(g, u, dn)| [(*g).clone(), (*u).clone(), (*dn).clone()].map(autodiff_flex))
         .collect();
     let nodes: [_; N] = std::array::from_fn(|i| {
         if i == 0 {

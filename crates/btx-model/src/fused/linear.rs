@@ -6,7 +6,7 @@
 //! gradient arrives as a transposed view that the optimizer has to copy back to `[out, in]`.
 //! Here outputs are written once, and dW is produced in the weight's own layout.
 
-use super::{contiguous, f32_slice};
+use super::{autodiff_flex, contiguous, f32_slice, plain_flex};
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
@@ -198,12 +198,7 @@ pub fn linear(x: Tensor<2>, w: Tensor<2>) -> Option<Tensor<2>> {
         "linear: x is [{m}, {k}] but the weight is [{n}, {kw}]"
     );
     if x.is_autodiff() || w.is_autodiff() {
-        let ad = |t: Tensor<2>| {
-            t.autodiff()
-                .try_into_primitive::<Autodiff<Flex>>()
-                .expect("flex autodiff")
-        };
-        let (x, w) = (ad(x), ad(w));
+        let (x, w) = (autodiff_flex(x), autodiff_flex(w));
         let (xc, wc) = (contiguous(x.primitive()), contiguous(w.primitive()));
         let y = FlexTensor::from_data(TensorData::new(
             forward(f32_slice(&xc), f32_slice(&wc), m, k, n),
@@ -219,8 +214,7 @@ pub fn linear(x: Tensor<2>, w: Tensor<2>) -> Option<Tensor<2>> {
         };
         Some(Tensor::from_primitive::<Autodiff<Flex>>(t))
     } else {
-        let fl = |t: Tensor<2>| contiguous(&t.try_into_primitive::<Flex>().expect("flex"));
-        let (x, w) = (fl(x), fl(w));
+        let (x, w) = (plain_flex(x), plain_flex(w));
         let y = forward(f32_slice(&x), f32_slice(&w), m, k, n);
         Some(Tensor::from_primitive::<Flex>(FlexTensor::from_data(
             TensorData::new(y, [m, n]),

@@ -13,7 +13,7 @@
 
 use super::linear::{write_product, Dst};
 use super::vexp::exp_sub_sum;
-use super::{contiguous, f32_slice};
+use super::{autodiff_flex, contiguous, f32_slice, plain_flex};
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
@@ -226,12 +226,7 @@ pub fn head_cross_entropy(h: Tensor<2>, w: Tensor<2>, targets: &[i64]) -> Option
         ))
     };
     if h.is_autodiff() || w.is_autodiff() {
-        let ad = |t: Tensor<2>| {
-            t.autodiff()
-                .try_into_primitive::<Autodiff<Flex>>()
-                .expect("flex autodiff")
-        };
-        let (h, w) = (ad(h), ad(w));
+        let (h, w) = (autodiff_flex(h), autodiff_flex(w));
         let (hc, wc) = (contiguous(h.primitive()), contiguous(w.primitive()));
         let t = match HeadLossBackward
             .prepare::<NoCheckpointing>([h.node(), w.node()])
@@ -250,8 +245,7 @@ pub fn head_cross_entropy(h: Tensor<2>, w: Tensor<2>, targets: &[i64]) -> Option
         };
         Some(Tensor::from_primitive::<Autodiff<Flex>>(t))
     } else {
-        let fl = |t: Tensor<2>| contiguous(&t.try_into_primitive::<Flex>().expect("flex"));
-        let (h, w) = (fl(h), fl(w));
+        let (h, w) = (plain_flex(h), plain_flex(w));
         let nll = Head::new(&h, &w, targets, d, v).loss_only();
         Some(Tensor::from_primitive::<Flex>(scalar(nll)))
     }

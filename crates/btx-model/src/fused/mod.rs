@@ -88,3 +88,21 @@ pub(crate) unsafe fn assume_init(v: Vec<std::mem::MaybeUninit<f32>>) -> Vec<f32>
     // element initialised.
     unsafe { Vec::from_raw_parts(v.as_mut_ptr().cast::<f32>(), v.len(), v.capacity()) }
 }
+
+/// The flex autodiff primitive of `t` (a tensor off the graph joins it untracked), for ops
+/// whose inputs may mix tracked and plain tensors.
+pub(crate) fn autodiff_flex<const D: usize>(
+    t: Tensor<D>,
+) -> <burn::backend::Autodiff<burn::backend::Flex> as burn::backend::BackendTypes>::FloatTensorPrimitive{
+    t.autodiff()
+        .try_into_primitive::<burn::backend::Autodiff<burn::backend::Flex>>()
+        .expect("flex autodiff tensor")
+}
+
+/// The contiguous flex primitive of a tensor that is not on the autodiff graph.
+pub(crate) fn plain_flex<const D: usize>(t: Tensor<D>) -> burn::backend::flex::FlexTensor {
+    contiguous(
+        &t.try_into_primitive::<burn::backend::Flex>()
+            .expect("flex tensor"),
+    )
+}

@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use super::{contiguous, f32_slice};
+use super::{autodiff_flex, contiguous, f32_slice, plain_flex};
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
@@ -131,14 +131,7 @@ pub fn combine(y: Tensor<2>, g: Tensor<1>, routes: Arc<Routes>) -> Option<Tensor
     );
     let shape = [routes.tokens(), d];
     if y.is_autodiff() || g.is_autodiff() {
-        let y = y
-            .autodiff()
-            .try_into_primitive::<Autodiff<Flex>>()
-            .expect("flex autodiff");
-        let g = g
-            .autodiff()
-            .try_into_primitive::<Autodiff<Flex>>()
-            .expect("flex autodiff");
+        let (y, g) = (autodiff_flex(y), autodiff_flex(g));
         let (yc, gc) = (contiguous(y.primitive()), contiguous(g.primitive()));
         let out = FlexTensor::from_data(TensorData::new(
             forward(f32_slice(&yc), f32_slice(&gc), &routes, d),
@@ -154,8 +147,7 @@ pub fn combine(y: Tensor<2>, g: Tensor<1>, routes: Arc<Routes>) -> Option<Tensor
         };
         Some(Tensor::from_primitive::<Autodiff<Flex>>(t))
     } else {
-        let y = contiguous(&y.try_into_primitive::<Flex>().expect("flex"));
-        let g = contiguous(&g.try_into_primitive::<Flex>().expect("flex"));
+        let (y, g) = (plain_flex(y), plain_flex(g));
         let out = forward(f32_slice(&y), f32_slice(&g), &routes, d);
         Some(Tensor::from_primitive::<Flex>(FlexTensor::from_data(
             TensorData::new(out, shape),
