@@ -12,7 +12,7 @@
 //! KV head accumulate into its dK / dV without races. Every matrix product goes to the `gemm`
 //! crate (single-threaded; rayon spreads the heads over the cores).
 
-use super::{autodiff_flex, contiguous, f32_slice};
+use super::{autodiff_flex, contiguous, f32_slice, SharedPtr as Ptr};
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
@@ -45,20 +45,6 @@ impl Dims {
     }
     fn kd(&self) -> usize {
         self.kvh * self.hd
-    }
-}
-
-/// A raw pointer that rayon tasks may share; each task writes a disjoint set of elements.
-#[derive(Clone, Copy)]
-struct Ptr(*mut f32);
-// SAFETY: used only for writes to disjoint regions (documented at each use).
-unsafe impl Send for Ptr {}
-unsafe impl Sync for Ptr {}
-
-impl Ptr {
-    /// Through a method, so closures capture the `Send` wrapper, not the raw field.
-    fn get(self) -> *mut f32 {
-        self.0
     }
 }
 

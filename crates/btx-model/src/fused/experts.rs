@@ -10,7 +10,7 @@
 use std::mem::MaybeUninit;
 
 use super::linear::{write_product, Dst};
-use super::{autodiff_flex, contiguous, f32_slice, plain_flex, vexp};
+use super::{autodiff_flex, contiguous, f32_slice, plain_flex, vexp, SharedPtr as Ptr};
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
@@ -24,20 +24,6 @@ use rayon::prelude::*;
 /// this many. Each task repacks its expert's weights, so bigger is cheaper: on MoE-S (about
 /// 1000 rows per expert) 1024 beat 512 and 256 by 3-4% at 1 and at 2 threads.
 const BLOCK: usize = 1024;
-
-/// A raw pointer that tasks may share; each task writes its own rows (documented at each use).
-#[derive(Clone, Copy)]
-struct Ptr(*mut f32);
-// SAFETY: used only for writes to disjoint row ranges.
-unsafe impl Send for Ptr {}
-unsafe impl Sync for Ptr {}
-
-impl Ptr {
-    /// Row `r` of a buffer of rows `width` wide.
-    fn row(self, r: usize, width: usize) -> *mut f32 {
-        self.0.wrapping_add(r * width)
-    }
-}
 
 /// Shapes: `d` model width, `f` FFN width, `bounds[e]..bounds[e + 1]` the rows of expert e.
 #[derive(Clone, Debug)]

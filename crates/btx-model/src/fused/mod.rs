@@ -106,3 +106,23 @@ pub(crate) fn plain_flex<const D: usize>(t: Tensor<D>) -> burn::backend::flex::F
             .expect("flex tensor"),
     )
 }
+
+/// A raw output pointer that rayon tasks may share; each task writes a disjoint set of elements
+/// (documented at each use).
+#[derive(Clone, Copy)]
+pub(crate) struct SharedPtr(pub(crate) *mut f32);
+// SAFETY: used only for writes to disjoint regions.
+unsafe impl Send for SharedPtr {}
+unsafe impl Sync for SharedPtr {}
+
+impl SharedPtr {
+    /// Through a method, so closures capture the `Send` wrapper, not the raw field.
+    pub(crate) fn get(self) -> *mut f32 {
+        self.0
+    }
+
+    /// Row `r` of a buffer of rows `width` wide.
+    pub(crate) fn row(self, r: usize, width: usize) -> *mut f32 {
+        self.0.wrapping_add(r * width)
+    }
+}
