@@ -69,6 +69,49 @@ fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
     }
 }
 
+/// Slurm's state of one job (`squeue -h -o %T`), None once it has left the queue.
+fn job_state(job: &str) -> Option<String> {
+    let out = Command::new("squeue")
+        .args(["-h", "-o", "%T", "-j", job])
+        .output()
+        .ok()?;
+    let s = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    (!s.is_empty()).then_some(s)
+}
+
+/// Waits for the run's report; fails at once, saying what broke, when a stage failed or was
+/// cancelled (the report would never come).
+fn wait_for_report(run: &Path, secs: u64) {
+    let t0 = Instant::now();
+    let mut last_check = Instant::now();
+    while !run.join("report/DONE").is_file() {
+        let timed_out = t0.elapsed() > Duration::from_secs(secs);
+        if timed_out || last_check.elapsed() > Duration::from_secs(2) {
+            last_check = Instant::now();
+            let st = status(run);
+            let broken: Vec<_> = st
+                .iter()
+                .filter(|s| s["state"] == "failed" || s["state"] == "cancelled")
+                .collect();
+            if timed_out || !broken.is_empty() {
+                let math =
+                    std::fs::read_to_string(run.join("experts/math/log.txt")).unwrap_or_default();
+                let squeue = Command::new("squeue").arg("-a").output().unwrap().stdout;
+                panic!(
+                    "{} waiting for the report\nstatus: {st:#?}\nsqueue: {}\nmath log:\n{math}",
+                    if timed_out {
+                        "timed out"
+                    } else {
+                        "a stage broke"
+                    },
+                    String::from_utf8_lossy(&squeue)
+                );
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn lines(p: &Path) -> usize {
     std::fs::read_to_string(p).map_or(0, |s| s.lines().count())
 }
@@ -128,12 +171,17 @@ fn quick_recipe_through_slurm_with_a_requeued_expert_matches_the_local_run() {
         .status()
         .unwrap()
         .success());
-    // Slurm delays a requeued job's start by ~2 minutes; let it go now.
-    std::thread::sleep(Duration::from_millis(500));
+    // Slurm holds a requeued job for ~2 minutes; let it go sooner. Not at once: slurmd rejects
+    // a launch whose credential is from the same second as the requeue's revocation ("Job
+    // credential revoked"), which fails the job and, through kill_invalid_depend, the pipeline.
+    wait_for("the requeued job to be pending", 60, || {
+        job_state(&job).as_deref() == Some("PENDING")
+    });
+    std::thread::sleep(Duration::from_millis(2500));
     let _ = Command::new("scontrol")
         .args(["update", &format!("JobId={job}"), "StartTime=now"])
         .status();
-    wait_for("the report", 600, || run.join("report/DONE").is_file());
+    wait_for_report(&run, 600);
     let log = std::fs::read_to_string(run.join("experts/math/log.txt")).unwrap();
     assert!(
         log.contains("restart 1") && log.contains("resuming from"),
