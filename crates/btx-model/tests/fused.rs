@@ -151,13 +151,15 @@ fn head_loss_grads(
 
 #[test]
 fn fused_head_cross_entropy_matches_composite() {
-    // Sizes cover one partial block, exactly one block, and several blocks with a partial last.
+    // Blocks hold about 16 MB of logits: small vocabularies give one block; 20000 words give
+    // two blocks of 150 rows, 16384 words (rows padded to 16400) three of 200.
     for (i, &(b, t, d, v)) in [
         (2, 16, 24, 50),
         (1, 2, 8, 7),
         (3, 37, 40, 300),
         (1, 256, 16, 33),
-        (2, 300, 16, 97),
+        (1, 300, 8, 20000),
+        (2, 300, 8, 16384),
     ]
     .iter()
     .enumerate()
@@ -206,7 +208,8 @@ fn fused_head_cross_entropy_matches_composite() {
 
 #[test]
 fn fused_head_cross_entropy_is_identical_on_one_and_two_threads() {
-    let (b, t, d, v) = (2, 300, 32, 300);
+    // Several blocks (see above).
+    let (b, t, d, v) = (2, 300, 8, 16384);
     Device::flex().seed(9);
     let h = leaf([b * t, d], 1.0);
     let w = leaf([v, d], 0.5);
@@ -440,6 +443,46 @@ fn fused_linear_matches_matmul_forward_and_gradients() {
             e < 1e-6 || m == 0,
             "case {i}: inference output differs by {e}"
         );
+    }
+}
+
+/// The linear layer's gradients split differently on 1, 2 and 3 threads (whole products one
+/// after the other, halves of each per core, products spread over the pool): same bits.
+#[test]
+fn linear_gradients_are_bit_identical_on_one_two_and_three_threads() {
+    use btx_model::fused::linear::linear;
+    for (i, &(m, k, n)) in [(300, 257, 190), (2048, 256, 704), (15, 8, 4), (33, 17, 1)]
+        .iter()
+        .enumerate()
+    {
+        Device::flex().seed(90 + i as u64);
+        let x = leaf([m, k], 1.0);
+        let w = leaf([n, k], 0.1);
+        let probe =
+            Tensor::<2>::random([m, n], Distribution::Normal(0.0, 1.0), &Device::flex()).autodiff();
+        let on = |threads: usize| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap()
+                .install(|| {
+                    let y = linear(x.clone(), w.clone()).expect("flex");
+                    let g = (y * probe.clone()).sum().backward();
+                    (to_vec(x.grad(&g).unwrap()), to_vec(w.grad(&g).unwrap()))
+                })
+        };
+        let one = on(1);
+        for t in [2, 3] {
+            let other = on(t);
+            assert!(
+                one.0 == other.0,
+                "case {i}: dx differs between 1 and {t} threads"
+            );
+            assert!(
+                one.1 == other.1,
+                "case {i}: dw differs between 1 and {t} threads"
+            );
+        }
     }
 }
 
