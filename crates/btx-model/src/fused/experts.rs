@@ -9,7 +9,7 @@
 
 use std::mem::MaybeUninit;
 
-use super::linear::{write_product, Dst};
+use super::linear::{write_product, write_product_strided, Dst};
 use super::{autodiff_flex, contiguous, f32_slice, plain_flex, vexp, SharedPtr as Ptr};
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
@@ -38,20 +38,47 @@ impl Shapes {
         *self.bounds.last().expect("bounds")
     }
 
-    /// (expert, first row, rows) of every task block.
-    fn blocks(&self) -> Vec<(usize, usize, usize)> {
-        let mut out = vec![];
+    /// (expert, first row, rows) of the row blocks, dealt round-robin to `parts` lists. Each
+    /// expert's rows are cut into near-equal blocks of at most [`BLOCK`] rows, an even number of
+    /// them when there are at least `2 * MIN_SPLIT` rows, so that two threads get the same share
+    /// of every expert. The cut does not depend on `parts`: gemm's result for a row can depend
+    /// on how many rows share its call (a block of up to 64 rows takes another path through
+    /// gemm than a bigger one), and the trainer's results must not depend on the thread count.
+    fn blocks(&self, parts: usize) -> Vec<Vec<(usize, usize, usize)>> {
+        let mut out = vec![vec![]; parts];
+        let mut j = 0;
         for e in 0..self.bounds.len() - 1 {
-            let (mut r, end) = (self.bounds[e], self.bounds[e + 1]);
-            let size = (end - r).div_ceil((end - r).div_ceil(BLOCK).max(1));
-            while r < end {
-                let n = size.min(end - r);
-                out.push((e, r, n));
-                r += n;
+            let (r0, n) = (self.bounds[e], self.bounds[e + 1] - self.bounds[e]);
+            let count = if n >= 2 * MIN_SPLIT {
+                2 * n.div_ceil(2 * BLOCK)
+            } else {
+                n.div_ceil(BLOCK).max(1)
+            };
+            for i in 0..count {
+                let (a, b) = (n * i / count, n * (i + 1) / count);
+                if b > a {
+                    out[j % parts].push((e, r0 + a, b - a));
+                    j += 1;
+                }
             }
         }
         out
     }
+}
+
+/// Fewest rows (or columns) in a piece cut off for the other thread.
+const MIN_SPLIT: usize = 32;
+
+/// One list of work per thread of the pool; each thread takes its list whole. With whole
+/// experts or whole weight gradients as tasks picked by whichever thread was free, one core
+/// sat idle for the difference between the last tasks.
+fn parts() -> usize {
+    rayon::current_num_threads().max(1)
+}
+
+/// Column range `piece` of `pieces` near-equal ranges of `0..cols`.
+fn cols_of(piece: usize, pieces: usize, cols: usize) -> std::ops::Range<usize> {
+    cols * piece / pieces..cols * (piece + 1) / pieces
 }
 
 /// Weights of expert e: (gate `[f, d]`, up `[f, d]`, down `[d, f]`).
@@ -76,7 +103,7 @@ fn forward(x: &[f32], w: &Weights, s: &Shapes) -> (Vec<f32>, Vec<f32>, Vec<f32>,
         uninit_ptr(&mut u),
         uninit_ptr(&mut h),
     );
-    s.blocks().into_par_iter().for_each(|(e, r0, n)| {
+    let run = |&(e, r0, n): &(usize, usize, usize)| {
         let (gate, up, down) = w[e];
         let xb = &x[r0 * d..(r0 + n) * d];
         // SAFETY: this task alone writes rows r0..r0+n of y, g, u and h (blocks are disjoint);
@@ -119,7 +146,10 @@ fn forward(x: &[f32], w: &Weights, s: &Shapes) -> (Vec<f32>, Vec<f32>, Vec<f32>,
                 false,
             );
         }
-    });
+    };
+    s.blocks(parts())
+        .into_par_iter()
+        .for_each(|part| part.iter().for_each(run));
     // SAFETY: the blocks cover all rows and every task wrote its rows of all four whole.
     unsafe {
         (
@@ -166,60 +196,62 @@ fn backward(st: &State, dy: &[f32], want: &[[bool; 3]]) -> (Vec<f32>, WeightGrad
         uninit_ptr(&mut du),
     );
     // Per row block: dH = dY down, (dG, dU) through SwiGLU, dX = dG gate + dU up.
-    s.blocks()
-        .into_par_iter()
-        .for_each_init(Vec::new, |dh: &mut Vec<f32>, (e, r0, n)| {
-            let [gate, up, down] = w[e];
-            let r = r0 * f..(r0 + n) * f;
-            dh.clear();
-            dh.reserve(n * f);
-            // SAFETY: this task alone writes rows r0..r0+n of dX, dG and dU; every product and
-            // `swiglu_backward` writes its destination whole before anything reads it.
-            unsafe {
-                let dyb = &dy[r0 * d..(r0 + n) * d];
-                write_product(
-                    dh.as_mut_ptr(),
-                    [n, f, d],
-                    (dyb, d, 1),
-                    (down, f, 1),
-                    1.0,
-                    Dst::Write,
-                    false,
-                );
-                dh.set_len(n * f);
-                let (gb, ub) = (pdg.row(r0, f), pdu.row(r0, f));
-                vexp::swiglu_backward(
-                    &st.g[r.clone()],
-                    &st.u[r.clone()],
-                    dh,
-                    std::slice::from_raw_parts_mut(gb.cast(), n * f),
-                    std::slice::from_raw_parts_mut(ub.cast(), n * f),
-                );
-                let (gs, us) = (
-                    std::slice::from_raw_parts(gb, n * f),
-                    std::slice::from_raw_parts(ub, n * f),
-                );
-                let xb = pdx.row(r0, d);
-                write_product(
-                    xb,
-                    [n, d, f],
-                    (gs, f, 1),
-                    (gate, d, 1),
-                    1.0,
-                    Dst::Write,
-                    false,
-                );
-                write_product(
-                    xb,
-                    [n, d, f],
-                    (us, f, 1),
-                    (up, d, 1),
-                    1.0,
-                    Dst::Accumulate,
-                    false,
-                );
-            }
-        });
+    let run = |dh: &mut Vec<f32>, &(e, r0, n): &(usize, usize, usize)| {
+        let [gate, up, down] = w[e];
+        let r = r0 * f..(r0 + n) * f;
+        dh.clear();
+        dh.reserve(n * f);
+        // SAFETY: this task alone writes rows r0..r0+n of dX, dG and dU; every product and
+        // `swiglu_backward` writes its destination whole before anything reads it.
+        unsafe {
+            let dyb = &dy[r0 * d..(r0 + n) * d];
+            write_product(
+                dh.as_mut_ptr(),
+                [n, f, d],
+                (dyb, d, 1),
+                (down, f, 1),
+                1.0,
+                Dst::Write,
+                false,
+            );
+            dh.set_len(n * f);
+            let (gb, ub) = (pdg.row(r0, f), pdu.row(r0, f));
+            vexp::swiglu_backward(
+                &st.g[r.clone()],
+                &st.u[r.clone()],
+                dh,
+                std::slice::from_raw_parts_mut(gb.cast(), n * f),
+                std::slice::from_raw_parts_mut(ub.cast(), n * f),
+            );
+            let (gs, us) = (
+                std::slice::from_raw_parts(gb, n * f),
+                std::slice::from_raw_parts(ub, n * f),
+            );
+            let xb = pdx.row(r0, d);
+            write_product(
+                xb,
+                [n, d, f],
+                (gs, f, 1),
+                (gate, d, 1),
+                1.0,
+                Dst::Write,
+                false,
+            );
+            write_product(
+                xb,
+                [n, d, f],
+                (us, f, 1),
+                (up, d, 1),
+                1.0,
+                Dst::Accumulate,
+                false,
+            );
+        }
+    };
+    s.blocks(parts()).into_par_iter().for_each(|part| {
+        let mut dh = Vec::new();
+        part.iter().for_each(|b| run(&mut dh, b));
+    });
     // SAFETY: the blocks cover all rows; every task wrote its rows of all three whole.
     let (dx, dg, du) = unsafe {
         (
@@ -228,57 +260,70 @@ fn backward(st: &State, dy: &[f32], want: &[[bool; 3]]) -> (Vec<f32>, WeightGrad
             super::assume_init(du),
         )
     };
-    // One task per weight gradient, each over all of its expert's rows.
+    // Weight gradients, each over all of its expert's rows; every part computes its share of
+    // the columns of every one (splitting columns leaves each element's sum as it was).
     let tasks: Vec<(usize, usize)> = (0..want.len())
         .flat_map(|e| (0..3).map(move |k| (e, k)))
         .filter(|&(e, k)| want[e][k])
         .collect();
-    let grads: Vec<(usize, usize, Vec<f32>)> = tasks
-        .into_par_iter()
-        .map(|(e, k)| {
-            let (r0, r1) = (s.bounds[e], s.bounds[e + 1]);
-            let n = r1 - r0;
-            let xe = &x[r0 * d..r1 * d];
-            let mut out: Vec<f32> = Vec::with_capacity(d * f);
-            // SAFETY: `write_product` initialises all `d * f` elements (zeros when n = 0).
-            unsafe {
-                let dst = out.as_mut_ptr();
-                match k {
-                    // dGate [f, d] = dGᵀ x, dUp likewise.
-                    0 => write_product(
-                        dst,
-                        [f, d, n],
-                        (&dg[r0 * f..r1 * f], 1, f),
-                        (xe, d, 1),
-                        1.0,
-                        Dst::Write,
-                        false,
-                    ),
-                    1 => write_product(
-                        dst,
-                        [f, d, n],
-                        (&du[r0 * f..r1 * f], 1, f),
-                        (xe, d, 1),
-                        1.0,
-                        Dst::Write,
-                        false,
-                    ),
-                    // dDown [d, f] = dYᵀ h
-                    _ => write_product(
-                        dst,
-                        [d, f, n],
-                        (&dy[r0 * d..r1 * d], 1, d),
-                        (&st.h[r0 * f..r1 * f], f, 1),
-                        1.0,
-                        Dst::Write,
-                        false,
-                    ),
-                }
-                out.set_len(d * f);
-            }
-            (e, k, out)
+    let mut outs: Vec<Vec<f32>> = tasks.iter().map(|_| Vec::with_capacity(d * f)).collect();
+    let ptrs: Vec<Ptr> = outs.iter_mut().map(|o| Ptr(o.as_mut_ptr())).collect();
+    // Each gradient in two column halves (a cut that, like the row blocks, does not depend on
+    // the thread count), the pieces dealt round-robin to the threads.
+    let pieces: Vec<(usize, usize, usize)> = tasks
+        .iter()
+        .enumerate()
+        .flat_map(|(t, &(_, k))| {
+            let cols = if k == 2 { f } else { d };
+            let n = if cols >= 2 * MIN_SPLIT { 2 } else { 1 };
+            (0..n).map(move |p| (t, p, n))
         })
         .collect();
+    let parts = parts();
+    (0..parts).into_par_iter().for_each(|part| {
+        for &(t, piece, pieces) in pieces.iter().skip(part).step_by(parts) {
+            let ((e, k), dst) = (tasks[t], ptrs[t]);
+            let (r0, r1) = (s.bounds[e], s.bounds[e + 1]);
+            let n = r1 - r0;
+            // SAFETY: each piece writes its own columns of one output; together the pieces
+            // write all `d * f` elements of every output (zeros when n = 0).
+            unsafe {
+                if k < 2 {
+                    // dGate [f, d] = dGᵀ x, dUp likewise.
+                    let c = cols_of(piece, pieces, d);
+                    let dz = if k == 0 { &dg } else { &du };
+                    write_product_strided(
+                        dst.get().add(c.start),
+                        d,
+                        [f, c.len(), n],
+                        (&dz[r0 * f..r1 * f], 1, f),
+                        (&x[r0 * d + c.start..], d, 1),
+                        1.0,
+                        Dst::Write,
+                        false,
+                    );
+                } else {
+                    // dDown [d, f] = dYᵀ h
+                    let c = cols_of(piece, pieces, f);
+                    write_product_strided(
+                        dst.get().add(c.start),
+                        f,
+                        [d, c.len(), n],
+                        (&dy[r0 * d..r1 * d], 1, d),
+                        (&st.h[r0 * f + c.start..], f, 1),
+                        1.0,
+                        Dst::Write,
+                        false,
+                    );
+                }
+            }
+        }
+    });
+    let grads = tasks.into_iter().zip(outs).map(|((e, k), mut out)| {
+        // SAFETY: see above: every element written.
+        unsafe { out.set_len(d * f) };
+        (e, k, out)
+    });
     let mut per_expert: Vec<[Option<Vec<f32>>; 3]> =
         (0..want.len()).map(|_| [None, None, None]).collect();
     for (e, k, g) in grads {

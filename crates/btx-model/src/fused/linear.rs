@@ -175,55 +175,49 @@ fn forward(x: &[f32], w: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
 }
 
 /// dX `[m, k]` = dY `[m, n]` · W `[n, k]` and dW `[n, k]` = dYᵀ · X `[m, k]`.
-fn both_grads(
-    g: &[f32],
-    w: &[f32],
-    x: &[f32],
-    [m, k, n]: [usize; 3],
-) -> (Option<Vec<f32>>, Option<Vec<f32>>) {
-    let threads = rayon::current_num_threads();
-    if threads != 2 || m < 16 || k < 16 {
-        // The two products are independent: side by side, the cores meet once at the end
-        // instead of inside each product. On one core that is just one after the other.
-        let spread = threads > 2;
-        let (dx, dw) = rayon::join(
+///
+/// In two halves, side by side: one takes the top half of dX's rows and the left half of dW's
+/// columns, the other the rest. With the two whole products side by side instead, one core sat
+/// idle for their difference (dW, reducing over the long row dimension, is 5-12% slower than
+/// dX): 9 ms of idle core time per step for preset S at 2 threads. The cut depends on the
+/// shapes alone, never on the thread count: gemm's result for an element can depend on how
+/// many rows share its call (1 vs several, or up to 64 for some layouts), and the trainer's
+/// results must not depend on the thread count.
+fn both_grads(g: &[f32], w: &[f32], x: &[f32], [m, k, n]: [usize; 3]) -> (Vec<f32>, Vec<f32>) {
+    // With more than two threads each half's products spread over the pool as well.
+    let spread = rayon::current_num_threads() > 2;
+    if m < 2 * MIN_SPLIT || k < 2 * MIN_SPLIT {
+        return rayon::join(
             || fresh([m, k, n], (g, n, 1), (w, k, 1), spread),
             || fresh([n, k, m], (g, 1, n), (x, k, 1), spread),
         );
-        return (Some(dx), Some(dw));
     }
-    // Two cores: each takes half of dX's rows and half of dW's columns. Whole products side by
-    // side left one core idle for the difference (dW, reducing over the long row dimension,
-    // is 5-12% slower than dX): 9 ms of idle core time per step for preset S. The halves give
-    // the same bits as whole products: gemm's blocking of the reduction depends on its length
-    // alone (gemm-common's `kernel_params`), and splitting rows or columns leaves it alone.
     let (mh, kh) = (m / 2, k / 2);
     let mut dx: Vec<f32> = Vec::with_capacity(m * k);
     let mut dw: Vec<f32> = Vec::with_capacity(n * k);
     let (dxp, dwp) = (SharedPtr(dx.as_mut_ptr()), SharedPtr(dw.as_mut_ptr()));
     let half = |rows: std::ops::Range<usize>, cols: std::ops::Range<usize>| {
-        let (r, c) = (rows.len(), cols.len());
         // SAFETY: the halves write disjoint rows of dX and disjoint columns of dW, together
         // every element of both (capacities m*k and n*k).
         unsafe {
             write_product(
                 dxp.get().add(rows.start * k),
-                [r, k, n],
+                [rows.len(), k, n],
                 (&g[rows.start * n..], n, 1),
                 (w, k, 1),
                 1.0,
                 Dst::Write,
-                false,
+                spread,
             );
             write_product_strided(
                 dwp.get().add(cols.start),
                 k,
-                [n, c, m],
+                [n, cols.len(), m],
                 (g, 1, n),
                 (&x[cols.start..], k, 1),
                 1.0,
                 Dst::Write,
-                false,
+                spread,
             );
         }
     };
@@ -233,8 +227,11 @@ fn both_grads(
         dx.set_len(m * k);
         dw.set_len(n * k);
     }
-    (Some(dx), Some(dw))
+    (dx, dw)
 }
+
+/// Fewest rows (or columns) in a half of [`both_grads`].
+const MIN_SPLIT: usize = 32;
 
 #[derive(Debug)]
 struct LinearBackward;
@@ -250,7 +247,10 @@ impl Backward<Flex, 2> for LinearBackward {
         let [px, pw] = ops.parents;
         let (w, x) = (f32_slice(&w), f32_slice(&x));
         let (dx, dw) = match (px.is_some(), pw.is_some()) {
-            (true, true) => both_grads(g, w, x, [m, k, n]),
+            (true, true) => {
+                let (dx, dw) = both_grads(g, w, x, [m, k, n]);
+                (Some(dx), Some(dw))
+            }
             // One product: spread over the pool.
             (want_dx, want_dw) => (
                 want_dx.then(|| fresh([m, k, n], (g, n, 1), (w, k, 1), true)),

@@ -148,23 +148,36 @@ unsafe fn sigmoid8(a: std::arch::x86_64::__m256) -> std::arch::x86_64::__m256 {
     _mm256_div_ps(one, _mm256_add_ps(one, e))
 }
 
-/// Whole groups of eight; returns how many elements it did.
+/// Every element, the last partial group of eight through a padded copy, so that an element's
+/// result does not depend on where the slice starts (the trainer's results must not depend on
+/// how rows are cut among threads). Returns how many elements it did.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn swiglu_avx2(a: &[f32], b: &[f32], out: &mut [MaybeUninit<f32>]) -> usize {
     use std::arch::x86_64::*;
-    let n = a.len() / 8 * 8;
+    let len = a.len();
+    let n = len / 8 * 8;
     let o = out.as_mut_ptr().cast::<f32>();
+    let lanes = |va: __m256, vb: __m256| _mm256_mul_ps(sigmoid8(va), _mm256_mul_ps(va, vb));
     for i in (0..n).step_by(8) {
         let va = _mm256_loadu_ps(a.as_ptr().add(i));
         let vb = _mm256_loadu_ps(b.as_ptr().add(i));
-        let y = _mm256_mul_ps(sigmoid8(va), _mm256_mul_ps(va, vb));
-        _mm256_storeu_ps(o.add(i), y);
+        _mm256_storeu_ps(o.add(i), lanes(va, vb));
     }
-    n
+    if n < len {
+        let [mut ta, mut tb, mut to] = [[0f32; 8]; 3];
+        ta[..len - n].copy_from_slice(&a[n..]);
+        tb[..len - n].copy_from_slice(&b[n..]);
+        let y = lanes(_mm256_loadu_ps(ta.as_ptr()), _mm256_loadu_ps(tb.as_ptr()));
+        _mm256_storeu_ps(to.as_mut_ptr(), y);
+        std::ptr::copy_nonoverlapping(to.as_ptr(), o.add(n), len - n);
+    }
+    len
 }
 
-/// Whole groups of eight; returns how many elements it did.
+/// Every element, the last partial group of eight through a padded copy, so that an element's
+/// result does not depend on where the slice starts (the trainer's results must not depend on
+/// how rows are cut among threads). Returns how many elements it did.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn swiglu_backward_avx2(
@@ -175,21 +188,45 @@ unsafe fn swiglu_backward_avx2(
     db: &mut [MaybeUninit<f32>],
 ) -> usize {
     use std::arch::x86_64::*;
-    let n = a.len() / 8 * 8;
+    let len = a.len();
+    let n = len / 8 * 8;
     let one = _mm256_set1_ps(1.0);
     let (pa, pb) = (da.as_mut_ptr().cast::<f32>(), db.as_mut_ptr().cast::<f32>());
-    for i in (0..n).step_by(8) {
-        let va = _mm256_loadu_ps(a.as_ptr().add(i));
-        let vb = _mm256_loadu_ps(b.as_ptr().add(i));
-        let vg = _mm256_loadu_ps(g.as_ptr().add(i));
+    // (da, db) of eight lanes; da = g b sg (1 + a (1 - sg)), multiplied left to right as the
+    // scalar form.
+    let lanes = |va: __m256, vb: __m256, vg: __m256| {
         let sg = sigmoid8(va);
-        _mm256_storeu_ps(pb.add(i), _mm256_mul_ps(vg, _mm256_mul_ps(va, sg)));
-        // g b sg (1 + a (1 - sg)), multiplied left to right as the scalar form.
         let t = _mm256_add_ps(one, _mm256_mul_ps(va, _mm256_sub_ps(one, sg)));
-        let y = _mm256_mul_ps(_mm256_mul_ps(_mm256_mul_ps(vg, vb), sg), t);
-        _mm256_storeu_ps(pa.add(i), y);
+        (
+            _mm256_mul_ps(_mm256_mul_ps(_mm256_mul_ps(vg, vb), sg), t),
+            _mm256_mul_ps(vg, _mm256_mul_ps(va, sg)),
+        )
+    };
+    for i in (0..n).step_by(8) {
+        let (ya, yb) = lanes(
+            _mm256_loadu_ps(a.as_ptr().add(i)),
+            _mm256_loadu_ps(b.as_ptr().add(i)),
+            _mm256_loadu_ps(g.as_ptr().add(i)),
+        );
+        _mm256_storeu_ps(pa.add(i), ya);
+        _mm256_storeu_ps(pb.add(i), yb);
     }
-    n
+    if n < len {
+        let [mut ta, mut tb, mut tg, mut oa, mut ob] = [[0f32; 8]; 5];
+        ta[..len - n].copy_from_slice(&a[n..]);
+        tb[..len - n].copy_from_slice(&b[n..]);
+        tg[..len - n].copy_from_slice(&g[n..]);
+        let (ya, yb) = lanes(
+            _mm256_loadu_ps(ta.as_ptr()),
+            _mm256_loadu_ps(tb.as_ptr()),
+            _mm256_loadu_ps(tg.as_ptr()),
+        );
+        _mm256_storeu_ps(oa.as_mut_ptr(), ya);
+        _mm256_storeu_ps(ob.as_mut_ptr(), yb);
+        std::ptr::copy_nonoverlapping(oa.as_ptr(), pa.add(n), len - n);
+        std::ptr::copy_nonoverlapping(ob.as_ptr(), pb.add(n), len - n);
+    }
+    len
 }
 
 #[cfg(test)]
