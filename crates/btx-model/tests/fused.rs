@@ -446,10 +446,10 @@ fn fused_linear_matches_matmul_forward_and_gradients() {
     }
 }
 
-/// The linear layer's gradients split differently on 1, 2 and 3 threads (whole products one
-/// after the other, halves of each per core, products spread over the pool): same bits.
+/// The linear layer's output and gradients on 1, 2 and 3 threads (halves of each product one
+/// after the other, side by side, or themselves spread over the pool): same bits.
 #[test]
-fn linear_gradients_are_bit_identical_on_one_two_and_three_threads() {
+fn linear_layer_is_bit_identical_on_one_two_and_three_threads() {
     use btx_model::fused::linear::linear;
     for (i, &(m, k, n)) in [(300, 257, 190), (2048, 256, 704), (15, 8, 4), (33, 17, 1)]
         .iter()
@@ -467,8 +467,12 @@ fn linear_gradients_are_bit_identical_on_one_two_and_three_threads() {
                 .unwrap()
                 .install(|| {
                     let y = linear(x.clone(), w.clone()).expect("flex");
-                    let g = (y * probe.clone()).sum().backward();
-                    (to_vec(x.grad(&g).unwrap()), to_vec(w.grad(&g).unwrap()))
+                    let g = (y.clone() * probe.clone()).sum().backward();
+                    (
+                        to_vec(x.grad(&g).unwrap()),
+                        to_vec(w.grad(&g).unwrap()),
+                        to_vec(y),
+                    )
                 })
         };
         let one = on(1);
@@ -481,6 +485,10 @@ fn linear_gradients_are_bit_identical_on_one_two_and_three_threads() {
             assert!(
                 one.1 == other.1,
                 "case {i}: dw differs between 1 and {t} threads"
+            );
+            assert!(
+                one.2 == other.2,
+                "case {i}: y differs between 1 and {t} threads"
             );
         }
     }

@@ -34,38 +34,87 @@ pub fn product(
     b_rs: usize,
     b_cs: usize,
 ) -> Vec<f32> {
-    fresh(
-        [m, n, k],
-        (a, a_rs, a_cs),
-        (b, b_rs, b_cs),
-        m * n * k >= PARALLEL_MACS,
-    )
+    fresh([m, n, k], (a, a_rs, a_cs), (b, b_rs, b_cs), true)
 }
 
 /// A new matrix `A B` (dimensions and operands as for [`write_product`]), spread over the pool
-/// or on one core.
+/// as [`spread_product`] does, or on one core.
 fn fresh(
     [m, n, k]: [usize; 3],
     a: (&[f32], usize, usize),
     b: (&[f32], usize, usize),
-    parallel: bool,
+    spread: bool,
 ) -> Vec<f32> {
     let len = m * n;
     let mut out: Vec<f32> = Vec::with_capacity(len);
-    // SAFETY: `write_product` initialises all `len` elements of the spare capacity.
+    let dst = out.spare_capacity_mut().as_mut_ptr().cast();
+    // SAFETY: both initialise all `len` elements of the spare capacity.
     unsafe {
-        write_product(
-            out.spare_capacity_mut().as_mut_ptr().cast(),
-            [m, n, k],
-            a,
-            b,
-            1.0,
-            Dst::Write,
-            parallel,
-        );
+        if spread {
+            spread_product(dst, n, [m, n, k], a, b, 1.0, Dst::Write);
+        } else {
+            write_product(dst, [m, n, k], a, b, 1.0, Dst::Write, false);
+        }
         out.set_len(len);
     }
     out
+}
+
+/// [`write_product_strided`] using the pool. A product worth spreading is cut into two halves
+/// of its output columns, side by side, each on one core (or itself spread when the pool has
+/// more than two threads): faster than gemm's own two-thread split by 2-7% for preset S's
+/// forward products and 5-10% for M's. The cut depends on the shape alone, never on the
+/// thread count: gemm's result for an element can depend on how many rows or columns share
+/// its call, and the trainer's results must not depend on the thread count.
+///
+/// # Safety
+/// As for [`write_product_strided`].
+pub(crate) unsafe fn spread_product(
+    dst: *mut f32,
+    dst_rs: usize,
+    [m, n, k]: [usize; 3],
+    a: (&[f32], usize, usize),
+    (b, b_rs, b_cs): (&[f32], usize, usize),
+    beta: f32,
+    mode: Dst,
+) {
+    let big = m * n * k >= PARALLEL_MACS;
+    if !big || n < 2 * MIN_SPLIT {
+        // SAFETY: the caller's contract.
+        unsafe {
+            write_product_strided(dst, dst_rs, [m, n, k], a, (b, b_rs, b_cs), beta, mode, big)
+        };
+        return;
+    }
+    let more = rayon::current_num_threads() > 2;
+    let (h, out) = (n / 2, SharedPtr(dst));
+    // SAFETY: the halves write disjoint columns of the caller's destination.
+    rayon::join(
+        || unsafe {
+            write_product_strided(
+                out.get(),
+                dst_rs,
+                [m, h, k],
+                a,
+                (b, b_rs, b_cs),
+                beta,
+                mode,
+                more,
+            )
+        },
+        || unsafe {
+            write_product_strided(
+                out.get().add(h),
+                dst_rs,
+                [m, n - h, k],
+                a,
+                (&b[h * b_cs..], b_rs, b_cs),
+                beta,
+                mode,
+                more,
+            )
+        },
+    );
 }
 
 /// What [`write_product`] does with the destination's old contents.
@@ -188,8 +237,8 @@ fn both_grads(g: &[f32], w: &[f32], x: &[f32], [m, k, n]: [usize; 3]) -> (Vec<f3
     let spread = rayon::current_num_threads() > 2;
     if m < 2 * MIN_SPLIT || k < 2 * MIN_SPLIT {
         return rayon::join(
-            || fresh([m, k, n], (g, n, 1), (w, k, 1), spread),
-            || fresh([n, k, m], (g, 1, n), (x, k, 1), spread),
+            || fresh([m, k, n], (g, n, 1), (w, k, 1), false),
+            || fresh([n, k, m], (g, 1, n), (x, k, 1), false),
         );
     }
     let (mh, kh) = (m / 2, k / 2);

@@ -10,7 +10,7 @@
 //! only scales them by the incoming scalar. Blocks run in order (each gemm uses all threads) and
 //! per-row losses are summed serially, so results are bit-identical on any number of threads.
 
-use super::linear::{write_product, write_product_strided, Dst};
+use super::linear::{spread_product, Dst};
 use super::vexp::exp_sub_sum;
 use super::{autodiff_flex, contiguous, f32_slice, plain_flex};
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
@@ -86,18 +86,12 @@ impl<'a> Head<'a> {
     }
 
     /// Logits of `rows` rows from `r0` into `z` (row stride `ld`), every logit written.
-    fn logits<'z>(
-        &self,
-        r0: usize,
-        rows: usize,
-        z: &'z mut [f32],
-        parallel: bool,
-    ) -> &'z mut [f32] {
+    fn logits<'z>(&self, r0: usize, rows: usize, z: &'z mut [f32]) -> &'z mut [f32] {
         let (d, v, ld) = (self.d, self.v, self.ld);
         let z = &mut z[..rows * ld];
         // SAFETY: `z` holds `rows` rows of stride `ld` >= `v`.
         unsafe {
-            write_product_strided(
+            spread_product(
                 z.as_mut_ptr(),
                 ld,
                 [rows, v, d],
@@ -105,7 +99,6 @@ impl<'a> Head<'a> {
                 (self.w, 1, d),
                 1.0,
                 Dst::Write,
-                parallel,
             );
         }
         z
@@ -142,7 +135,7 @@ impl<'a> Head<'a> {
         let mut z = self.block_buffer();
         for r0 in (0..n).step_by(self.block) {
             let rows = self.block.min(n - r0);
-            self.logits(r0, rows, &mut z, true)
+            self.logits(r0, rows, &mut z)
                 .par_chunks_mut(ld)
                 .zip(&mut nll[r0..r0 + rows])
                 .zip(&self.targets[r0..r0 + rows])
@@ -161,7 +154,7 @@ impl<'a> Head<'a> {
         let mut z = self.block_buffer();
         for r0 in (0..n).step_by(self.block) {
             let rows = self.block.min(n - r0);
-            let z = self.logits(r0, rows, &mut z, true);
+            let z = self.logits(r0, rows, &mut z);
             z.par_chunks_mut(ld)
                 .zip(&mut nll[r0..r0 + rows])
                 .zip(&self.targets[r0..r0 + rows])
@@ -171,25 +164,25 @@ impl<'a> Head<'a> {
             // written here, and the blocks cover all rows before `set_len`. `dw` is written
             // whole by the first block and accumulated into by the others.
             unsafe {
-                write_product(
+                spread_product(
                     dh.as_mut_ptr().add(r0 * d),
+                    d,
                     [rows, d, v],
                     (z, ld, 1),
                     (self.w, d, 1),
                     1.0,
                     Dst::Write,
-                    true,
                 );
                 if let Some(dw) = dw.as_mut() {
                     let mode = if r0 == 0 { Dst::Write } else { Dst::Accumulate };
-                    write_product(
+                    spread_product(
                         dw.as_mut_ptr(),
+                        d,
                         [v, d, rows],
                         (z, 1, ld),
                         (hb, d, 1),
                         1.0,
                         mode,
-                        true,
                     );
                 }
             }
