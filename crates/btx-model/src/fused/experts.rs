@@ -9,7 +9,7 @@
 
 use std::mem::MaybeUninit;
 
-use super::linear::{write_product, write_product_strided, Dst};
+use super::linear::{write_product, write_product_strided, Dst, MIN_SPLIT};
 use super::{autodiff_flex, contiguous, f32_slice, plain_flex, vexp, SharedPtr as Ptr};
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
@@ -65,9 +65,6 @@ impl Shapes {
         out
     }
 }
-
-/// Fewest rows (or columns) in a piece cut off for the other thread.
-const MIN_SPLIT: usize = 32;
 
 /// One list of work per thread of the pool; each thread takes its list whole. With whole
 /// experts or whole weight gradients as tasks picked by whichever thread was free, one core

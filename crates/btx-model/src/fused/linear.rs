@@ -279,8 +279,8 @@ fn both_grads(g: &[f32], w: &[f32], x: &[f32], [m, k, n]: [usize; 3]) -> (Vec<f3
     (dx, dw)
 }
 
-/// Fewest rows (or columns) in a half of [`both_grads`].
-const MIN_SPLIT: usize = 32;
+/// Fewest rows (or columns) in a piece of a product that is cut for the cores.
+pub(crate) const MIN_SPLIT: usize = 32;
 
 #[derive(Debug)]
 struct LinearBackward;
