@@ -39,6 +39,11 @@ pub enum BenchCmd {
         threads: Vec<usize>,
         #[arg(long, default_value_t = 6)]
         steps: usize,
+        /// Repeat the whole sweep this many times and report medians over the rounds: on a
+        /// noisy machine single runs of one preset swing by ±10%, and interleaved rounds let
+        /// drift hit every preset alike (the MoE-S / S ratio compares runs minutes apart).
+        #[arg(long, default_value_t = 1)]
+        rounds: usize,
         /// Python with torch.
         #[arg(long, default_value = "python3")]
         python: String,
@@ -233,50 +238,78 @@ const TORCH_MALLOC: [(&str, &str); 3] = [
     ("MALLOC_TOP_PAD_", "268435456"),
 ];
 
+/// How long and how often `bench compare` measures.
+struct Sweep {
+    steps: usize,
+    rounds: usize,
+}
+
+/// One side-by-side measurement: btx's and PyTorch's JSON lines.
+fn measure_pair(
+    exe: &std::path::Path,
+    (python, script, tuned_malloc): (&str, &std::path::Path, bool),
+    preset: &str,
+    threads: usize,
+    steps: usize,
+) -> Result<(serde_json::Value, serde_json::Value)> {
+    let mut b = std::process::Command::new(exe);
+    b.args(["--threads", &threads.to_string(), "bench", "train"])
+        .args(["--preset", preset, "--json", "--steps", &steps.to_string()]);
+    let ours = run_json(b)?;
+    let mut r = std::process::Command::new(python);
+    r.arg(script)
+        .args([
+            "--preset",
+            preset,
+            "--threads",
+            &threads.to_string(),
+            "--json",
+        ])
+        .args(["--steps", &steps.to_string()]);
+    if tuned_malloc {
+        for (k, v) in TORCH_MALLOC {
+            if std::env::var_os(k).is_none() {
+                r.env(k, v);
+            }
+        }
+    }
+    Ok((ours, run_json(r)?))
+}
+
+/// Median over rounds of one number of the btx (`side = "btx"`) or PyTorch results.
+fn median_of(rounds: &[(serde_json::Value, serde_json::Value)], side: &str, key: &str) -> f64 {
+    let mut v: Vec<f64> = rounds
+        .iter()
+        .map(|(o, t)| {
+            let r = if side == "btx" { o } else { t };
+            r[key].as_f64().unwrap_or(f64::NAN)
+        })
+        .collect();
+    median(&mut v)
+}
+
 fn compare(
     presets: &[String],
     threads: &[usize],
-    steps: usize,
-    python: &str,
-    script: &std::path::Path,
-    tuned_malloc: bool,
+    sweep: Sweep,
+    torch: (&str, &std::path::Path, bool),
     json: bool,
 ) -> Result<()> {
     let exe = std::env::current_exe()?;
-    let mut rows = vec![];
-    for p in presets {
-        for &t in threads {
-            let mut b = std::process::Command::new(&exe);
-            b.args([
-                "--threads",
-                &t.to_string(),
-                "bench",
-                "train",
-                "--preset",
-                p,
-                "--json",
-            ])
-            .args(["--steps", &steps.to_string()]);
-            let ours = run_json(b)?;
-            let mut r = std::process::Command::new(python);
-            r.arg(script)
-                .args(["--preset", p, "--threads", &t.to_string(), "--json"])
-                .args(["--steps", &steps.to_string()]);
-            if tuned_malloc {
-                for (k, v) in TORCH_MALLOC {
-                    if std::env::var_os(k).is_none() {
-                        r.env(k, v);
-                    }
-                }
-            }
-            let theirs = run_json(r)?;
-            let ratio = ours["tokens_per_s"].as_f64().unwrap_or(0.0)
-                / theirs["tokens_per_s"].as_f64().unwrap_or(f64::NAN);
-            let rss = ours["peak_rss_mb"].as_f64().unwrap_or(0.0)
-                / theirs["peak_rss_mb"].as_f64().unwrap_or(f64::NAN);
+    let cells: Vec<(&str, usize)> = presets
+        .iter()
+        .flat_map(|p| threads.iter().map(move |&t| (p.as_str(), t)))
+        .collect();
+    let mut results: Vec<Vec<(serde_json::Value, serde_json::Value)>> = vec![vec![]; cells.len()];
+    for round in 0..sweep.rounds {
+        if sweep.rounds > 1 && !json {
+            println!("round {}/{}", round + 1, sweep.rounds);
+        }
+        for (cell, &(p, t)) in cells.iter().enumerate() {
+            let (ours, theirs) = measure_pair(&exe, torch, p, t, sweep.steps)?;
             if !json {
                 println!(
-                    "{p:<6} {t} thread(s): btx {:>6.0} tok/s ({:.3} s/step, {:.2}x floor, gemm alone {:.2}x, {:>4.0} MB) | pytorch {:>6.0} tok/s ({:.3} s/step, {:>4.0} MB) | speed {ratio:.2}x, memory {rss:.2}x",
+                    "{p:<6} {t} thread(s): btx {:>6.0} tok/s ({:.3} s/step, {:.2}x floor, gemm alone {:.2}x, {:>4.0} MB) | pytorch {:>6.0} tok/s ({:.3} s/step, {:>4.0} MB) | speed {:.2}x, memory {:.2}x",
                     ours["tokens_per_s"].as_f64().unwrap_or(0.0),
                     ours["step_s_median"].as_f64().unwrap_or(0.0),
                     ours["floor_ratio"].as_f64().unwrap_or(f64::NAN),
@@ -285,12 +318,61 @@ fn compare(
                     theirs["tokens_per_s"].as_f64().unwrap_or(0.0),
                     theirs["step_s_median"].as_f64().unwrap_or(0.0),
                     theirs["peak_rss_mb"].as_f64().unwrap_or(0.0),
+                    ours["tokens_per_s"].as_f64().unwrap_or(0.0)
+                        / theirs["tokens_per_s"].as_f64().unwrap_or(f64::NAN),
+                    ours["peak_rss_mb"].as_f64().unwrap_or(0.0)
+                        / theirs["peak_rss_mb"].as_f64().unwrap_or(f64::NAN),
                 );
             }
-            rows.push(
-                json!({"preset": p, "threads": t, "btx": ours, "pytorch": theirs,
-                "speed_ratio": ratio, "rss_ratio": rss}),
+            results[cell].push((ours, theirs));
+        }
+    }
+    let mut rows = vec![];
+    if sweep.rounds > 1 && !json {
+        println!("medians over {} rounds:", sweep.rounds);
+    }
+    for (&(p, t), rs) in cells.iter().zip(&results) {
+        let m = |side: &str, key: &str| median_of(rs, side, key);
+        let speed = m("btx", "tokens_per_s") / m("pytorch", "tokens_per_s");
+        let memory = m("btx", "peak_rss_mb") / m("pytorch", "peak_rss_mb");
+        if sweep.rounds > 1 && !json {
+            println!(
+                "{p:<6} {t} thread(s): btx {:.3} s/step, {:.2}x floor, gemm alone {:.2}x | pytorch {:.3} s/step | speed {speed:.2}x, memory {memory:.2}x",
+                m("btx", "step_s_median"),
+                m("btx", "floor_ratio"),
+                m("btx", "gemm_floor_ratio"),
+                m("pytorch", "step_s_median"),
             );
+        }
+        rows.push(json!({
+            "preset": p, "threads": t, "rounds": rs.len(),
+            "btx": rs.iter().map(|r| r.0.clone()).collect::<Vec<_>>(),
+            "pytorch": rs.iter().map(|r| r.1.clone()).collect::<Vec<_>>(),
+            "btx_step_s": m("btx", "step_s_median"), "floor_ratio": m("btx", "floor_ratio"),
+            "speed_ratio": speed, "rss_ratio": memory,
+        }));
+    }
+    // MoE-S against S: step times against active FLOPs (GFLOP/s x step = FLOPs per step).
+    for &t in threads {
+        let cell = |p: &str| cells.iter().position(|&c| c == (p, t)).map(|i| &results[i]);
+        if let (Some(s), Some(moe)) = (cell("S"), cell("MoE-S")) {
+            let step = |rs: &[(serde_json::Value, serde_json::Value)]| {
+                median_of(rs, "btx", "step_s_median")
+            };
+            // The same in every round: take the first.
+            let flops = |rs: &[(serde_json::Value, serde_json::Value)]| {
+                let b = &rs[0].0;
+                b["gflops_per_s"].as_f64().unwrap_or(f64::NAN)
+                    * b["step_s_median"].as_f64().unwrap_or(f64::NAN)
+            };
+            let (time_ratio, flop_ratio) = (step(moe) / step(s), flops(moe) / flops(s));
+            if !json {
+                println!(
+                    "MoE-S / S at {t} thread(s): step time {time_ratio:.3} (medians), active FLOPs {flop_ratio:.3}: {:.3}x the FLOP ratio",
+                    time_ratio / flop_ratio
+                );
+            }
+            rows.push(json!({"moe_over_s": {"threads": t, "step_ratio": time_ratio, "flop_ratio": flop_ratio}}));
         }
     }
     if json {
@@ -380,6 +462,7 @@ pub fn run(cmd: BenchCmd, dev: &Device) -> Result<()> {
             presets,
             threads,
             steps,
+            rounds,
             python,
             script,
             torch_default_malloc,
@@ -387,10 +470,11 @@ pub fn run(cmd: BenchCmd, dev: &Device) -> Result<()> {
         } => compare(
             &presets,
             &threads,
-            steps,
-            &python,
-            &script,
-            !torch_default_malloc,
+            Sweep {
+                steps,
+                rounds: rounds.max(1),
+            },
+            (&python, &script, !torch_default_malloc),
             json,
         )?,
         BenchCmd::Train {
