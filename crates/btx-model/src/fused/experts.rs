@@ -265,14 +265,22 @@ fn backward(st: &State, dy: &[f32], want: &[[bool; 3]]) -> (Vec<f32>, WeightGrad
         .collect();
     let mut outs: Vec<Vec<f32>> = tasks.iter().map(|_| Vec::with_capacity(d * f)).collect();
     let ptrs: Vec<Ptr> = outs.iter_mut().map(|o| Ptr(o.as_mut_ptr())).collect();
+    // Every weight gradient is `Zᵀ B` over the expert's rows: dGate [f, d] = dGᵀ x, dUp
+    // likewise, dDown [d, f] = dYᵀ h. Returns (Z, its width, B, its width).
+    let operands = |k: usize| -> (&[f32], usize, &[f32], usize) {
+        match k {
+            0 => (&dg, f, x, d),
+            1 => (&du, f, x, d),
+            _ => (dy, d, &st.h, f),
+        }
+    };
     // Each gradient in two column halves (a cut that, like the row blocks, does not depend on
     // the thread count), the pieces dealt round-robin to the threads.
     let pieces: Vec<(usize, usize, usize)> = tasks
         .iter()
         .enumerate()
         .flat_map(|(t, &(_, k))| {
-            let cols = if k == 2 { f } else { d };
-            let n = if cols >= 2 * MIN_SPLIT { 2 } else { 1 };
+            let n = if operands(k).3 >= 2 * MIN_SPLIT { 2 } else { 1 };
             (0..n).map(move |p| (t, p, n))
         })
         .collect();
@@ -281,38 +289,21 @@ fn backward(st: &State, dy: &[f32], want: &[[bool; 3]]) -> (Vec<f32>, WeightGrad
         for &(t, piece, pieces) in pieces.iter().skip(part).step_by(parts) {
             let ((e, k), dst) = (tasks[t], ptrs[t]);
             let (r0, r1) = (s.bounds[e], s.bounds[e + 1]);
-            let n = r1 - r0;
+            let (z, zw, b, bw) = operands(k);
+            let c = cols_of(piece, pieces, bw);
             // SAFETY: each piece writes its own columns of one output; together the pieces
-            // write all `d * f` elements of every output (zeros when n = 0).
+            // write all `d * f` elements of every output (zeros when the expert has no rows).
             unsafe {
-                if k < 2 {
-                    // dGate [f, d] = dGᵀ x, dUp likewise.
-                    let c = cols_of(piece, pieces, d);
-                    let dz = if k == 0 { &dg } else { &du };
-                    write_product_strided(
-                        dst.get().add(c.start),
-                        d,
-                        [f, c.len(), n],
-                        (&dz[r0 * f..r1 * f], 1, f),
-                        (&x[r0 * d + c.start..], d, 1),
-                        1.0,
-                        Dst::Write,
-                        false,
-                    );
-                } else {
-                    // dDown [d, f] = dYᵀ h
-                    let c = cols_of(piece, pieces, f);
-                    write_product_strided(
-                        dst.get().add(c.start),
-                        f,
-                        [d, c.len(), n],
-                        (&dy[r0 * d..r1 * d], 1, d),
-                        (&st.h[r0 * f + c.start..], f, 1),
-                        1.0,
-                        Dst::Write,
-                        false,
-                    );
-                }
+                write_product_strided(
+                    dst.get().add(c.start),
+                    bw,
+                    [zw, c.len(), r1 - r0],
+                    (&z[r0 * zw..r1 * zw], 1, zw),
+                    (&b[r0 * bw + c.start..], bw, 1),
+                    1.0,
+                    Dst::Write,
+                    false,
+                );
             }
         }
     });
