@@ -7,6 +7,9 @@ use burn::backend::flex::FlexTensor;
 use burn::backend::Flex;
 use burn::prelude::*;
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
+
+use super::simd::simd_fn;
 
 /// The scalars of one AdamW step (computed in f64, applied in f32 like tensor-scalar ops).
 #[derive(Clone, Copy, Debug)]
@@ -93,11 +96,7 @@ pub fn adamw(
                 .zip(ms.par_chunks_mut(CHUNK))
                 .zip(vs.par_chunks_mut(CHUNK))
                 .zip(gs.par_chunks(CHUNK))
-                .for_each(|(((ps, ms), vs), gs)| {
-                    for i in 0..ps.len() {
-                        (ps[i], ms[i], vs[i]) = s.step(ps[i], gs[i], ms[i], vs[i]);
-                    }
-                });
+                .for_each(|(((ps, ms), vs), gs)| update_in_place(s, ps, ms, vs, gs));
             Ok((mk(p), mk(m), mk(v)))
         }
         (p, m, v) => {
@@ -119,13 +118,9 @@ pub fn adamw(
                 .zip(vo.spare_capacity_mut()[..n].par_chunks_mut(CHUNK))
                 .enumerate()
                 .for_each(|(c, ((po, mo), vo))| {
-                    let o = c * CHUNK;
-                    for i in 0..po.len() {
-                        let (a, b, c) = s.step(ps[o + i], gs[o + i], ms[o + i], vs[o + i]);
-                        po[i].write(a);
-                        mo[i].write(b);
-                        vo[i].write(c);
-                    }
+                    let e = c * CHUNK..c * CHUNK + po.len();
+                    let inputs = (&ps[e.clone()], &gs[e.clone()], &ms[e.clone()], &vs[e]);
+                    update_into(s, inputs, po, mo, vo);
                 });
             // SAFETY: the chunks cover 0..n and the loop above wrote every element of each.
             unsafe {
@@ -139,6 +134,52 @@ pub fn adamw(
     }
 }
 
+simd_fn! {
+fn update_in_place(s: AdamWScalars, ps: &mut [f32], ms: &mut [f32], vs: &mut [f32], gs: &[f32]) {
+    for i in 0..ps.len() {
+        (ps[i], ms[i], vs[i]) = s.step(ps[i], gs[i], ms[i], vs[i]);
+    }
+}
+}
+
+simd_fn! {
+/// The update of `(p, g, m, v)` written into fresh buffers.
+fn update_into(
+    s: AdamWScalars,
+    inputs: (&[f32], &[f32], &[f32], &[f32]),
+    po: &mut [MaybeUninit<f32>],
+    mo: &mut [MaybeUninit<f32>],
+    vo: &mut [MaybeUninit<f32>],
+) {
+    let (ps, gs, ms, vs) = inputs;
+    for i in 0..po.len() {
+        let (a, b, c) = s.step(ps[i], gs[i], ms[i], vs[i]);
+        po[i].write(a);
+        mo[i].write(b);
+        vo[i].write(c);
+    }
+}
+}
+
+simd_fn! {
+/// Eight f32 lanes per block of 256 (vectorises), flushed to f64.
+fn sum_squares_chunk(c: &[f32]) -> f64 {
+    let mut total = 0f64;
+    for block in c.chunks(256) {
+        let mut lanes = [0f32; 8];
+        let mut it = block.chunks_exact(8);
+        for w in &mut it {
+            for (l, v) in lanes.iter_mut().zip(w) {
+                *l += v * v;
+            }
+        }
+        total += lanes.iter().map(|&l| l as f64).sum::<f64>()
+            + it.remainder().iter().map(|&v| (v * v) as f64).sum::<f64>();
+    }
+    total
+}
+}
+
 /// Sum of squares of a gradient, for the global norm: f32 squares accumulated in f64 per chunk,
 /// chunks combined in order (the same number for any thread count). `None` off flex.
 pub fn sum_squares(g: &Tensor<2>) -> Option<f64> {
@@ -147,24 +188,6 @@ pub fn sum_squares(g: &Tensor<2>) -> Option<f64> {
     }
     let f = flex(g.clone());
     let x = f.as_slice::<f32>()?;
-    let parts: Vec<f64> = x
-        .par_chunks(CHUNK)
-        .map(|c| {
-            // Eight f32 lanes per block of 256 (vectorises), flushed to f64.
-            let mut total = 0f64;
-            for block in c.chunks(256) {
-                let mut lanes = [0f32; 8];
-                let mut it = block.chunks_exact(8);
-                for w in &mut it {
-                    for (l, v) in lanes.iter_mut().zip(w) {
-                        *l += v * v;
-                    }
-                }
-                total += lanes.iter().map(|&l| l as f64).sum::<f64>()
-                    + it.remainder().iter().map(|&v| (v * v) as f64).sum::<f64>();
-            }
-            total
-        })
-        .collect();
+    let parts: Vec<f64> = x.par_chunks(CHUNK).map(sum_squares_chunk).collect();
     Some(parts.iter().sum())
 }

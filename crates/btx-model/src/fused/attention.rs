@@ -23,6 +23,7 @@ use burn::prelude::*;
 use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 
+use super::simd::simd_fn;
 use super::vexp::exp_sub_sum;
 
 const BLK: usize = 64;
@@ -83,23 +84,38 @@ impl Rope {
     }
 
     fn rotate_rows(&self, rows: &mut [f32], first: usize, cols: usize, d: Dims, inverse: bool) {
-        let (t, hd) = (d.t, d.hd);
-        let half = hd / 2;
-        let sign = if inverse { -1.0 } else { 1.0 };
-        for (r, row) in rows.chunks_exact_mut(cols).enumerate() {
-            let pos = (first + r) % t;
-            let cs = &self.cos[pos * half..(pos + 1) * half];
-            let sn = &self.sin[pos * half..(pos + 1) * half];
-            for head in row.chunks_exact_mut(hd) {
-                let (x1, x2) = head.split_at_mut(half);
-                for j in 0..half {
-                    let (a, b, c, s) = (x1[j], x2[j], cs[j], sign * sn[j]);
-                    x1[j] = a * c - b * s;
-                    x2[j] = b * c + a * s;
-                }
+        rotate_rows(&self.cos, &self.sin, rows, first, cols, d, inverse)
+    }
+}
+
+simd_fn! {
+/// Rotates rows `first..` (of `cols` columns, positions modulo `d.t`) by the tables' angles.
+fn rotate_rows(
+    cos: &[f32],
+    sin: &[f32],
+    rows: &mut [f32],
+    first: usize,
+    cols: usize,
+    d: Dims,
+    inverse: bool,
+) {
+    let (t, hd) = (d.t, d.hd);
+    let half = hd / 2;
+    let sign = if inverse { -1.0 } else { 1.0 };
+    for (r, row) in rows.chunks_exact_mut(cols).enumerate() {
+        let pos = (first + r) % t;
+        let cs = &cos[pos * half..(pos + 1) * half];
+        let sn = &sin[pos * half..(pos + 1) * half];
+        for head in row.chunks_exact_mut(hd) {
+            let (x1, x2) = head.split_at_mut(half);
+            for j in 0..half {
+                let (a, b, c, s) = (x1[j], x2[j], cs[j], sign * sn[j]);
+                x1[j] = a * c - b * s;
+                x2[j] = b * c + a * s;
             }
         }
     }
+}
 }
 
 /// `dst[m x n] = (acc ? dst : 0) + scale * A[m x k] B[k x n]`, with A(i, l) = a[i*a_rs + l*a_cs],
@@ -147,6 +163,26 @@ unsafe fn mm(
     );
 }
 
+simd_fn! {
+/// In place: a row of scores becomes softmax probabilities.
+fn softmax(row: &mut [f32]) {
+    let m = super::reduce::max(row);
+    let inv = 1.0 / exp_sub_sum(row, m);
+    row.iter_mut().for_each(|x| *x *= inv);
+}
+}
+
+simd_fn! {
+/// In place: a row of dP becomes dS = P (dP - D) with D = <P, dP> (= <dO, O>, but this way a
+/// row that sees a single key gets exactly zero, as the composite softmax does).
+fn softmax_grad(p: &[f32], dp: &mut [f32]) {
+    let d = super::reduce::dot(p, dp);
+    for (s, &pp) in dp.iter_mut().zip(p) {
+        *s = pp * (*s - d);
+    }
+}
+}
+
 /// Forward: returns (O `[B*T, H*hd]`, P `[B*H, T, T]`).
 pub fn forward(q: &[f32], k: &[f32], v: &[f32], d: Dims) -> (Vec<f32>, Vec<f32>) {
     let (t, hd, qd, kd) = (d.t, d.hd, d.qd(), d.kd());
@@ -188,11 +224,7 @@ pub fn forward(q: &[f32], k: &[f32], v: &[f32], d: Dims) -> (Vec<f32>, Vec<f32>)
                 for i in r0..r0 + rows {
                     let (seen, future) = pb[i * t..(i + 1) * t].split_at_mut(i + 1);
                     // The product above wrote columns 0..cols of this row, and i < cols.
-                    let seen = &mut *(seen as *mut [std::mem::MaybeUninit<f32>] as *mut [f32]);
-                    let m = super::reduce::max(seen);
-                    let z = exp_sub_sum(seen, m);
-                    let inv = 1.0 / z;
-                    seen.iter_mut().for_each(|x| *x *= inv);
+                    softmax(&mut *(seen as *mut [std::mem::MaybeUninit<f32>] as *mut [f32]));
                     future.fill(std::mem::MaybeUninit::new(0.0));
                 }
                 mm(
@@ -277,14 +309,7 @@ pub fn backward(
                             1.0,
                         );
                         for i in r0..r0 + rows {
-                            let prow = &pb[i * t..i * t + cols];
-                            let srow = &mut ds[i * t..i * t + cols];
-                            // D_i = <P_i, dP_i> (= <dO_i, O_i>, but this way a row that sees
-                            // a single key gets exactly zero, as the composite softmax does).
-                            let dii = super::reduce::dot(prow, srow);
-                            for (s, &pp) in srow.iter_mut().zip(prow) {
-                                *s = pp * (*s - dii);
-                            }
+                            softmax_grad(&pb[i * t..i * t + cols], &mut ds[i * t..i * t + cols]);
                         }
                         // dQ = scale dS K
                         mm(

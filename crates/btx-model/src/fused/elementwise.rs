@@ -12,7 +12,9 @@ use burn::backend::{Autodiff, Flex};
 use burn::prelude::*;
 use rayon::prelude::*;
 
+use super::simd::simd_fn;
 use super::vexp;
+use std::mem::MaybeUninit;
 
 const CHUNK: usize = 1 << 13;
 
@@ -100,18 +102,47 @@ fn rms_forward(x: &[f32], w: &[f32], d: usize, eps: f32) -> (Vec<f32>, Vec<f32>)
     y.par_chunks_mut(ROWS * d)
         .zip(r.par_chunks_mut(ROWS))
         .enumerate()
-        .for_each(|(c, (y, r))| {
-            for (j, (yr, rr)) in y.chunks_mut(d).zip(r.iter_mut()).enumerate() {
-                let row = &x[(c * ROWS + j) * d..(c * ROWS + j + 1) * d];
-                let ms = super::reduce::dot(row, row) / d as f32;
-                *rr = 1.0 / (ms + eps).sqrt();
-                for k in 0..d {
-                    yr[k].write(row[k] * *rr * w[k]);
-                }
-            }
-        });
+        .for_each(|(c, (y, r))| rms_rows(&x[c * ROWS * d..c * ROWS * d + y.len()], w, eps, y, r));
     // SAFETY: the row blocks cover `y` and every element of each row is written.
     (unsafe { super::assume_init(y) }, r)
+}
+
+simd_fn! {
+/// RMSNorm forward of the rows of `x` (each `w.len()` long) into `y`, with their `r`.
+fn rms_rows(x: &[f32], w: &[f32], eps: f32, y: &mut [MaybeUninit<f32>], r: &mut [f32]) {
+    let d = w.len();
+    for ((row, yr), rr) in x.chunks(d).zip(y.chunks_mut(d)).zip(r.iter_mut()) {
+        let ms = super::reduce::dot(row, row) / d as f32;
+        *rr = 1.0 / (ms + eps).sqrt();
+        for k in 0..d {
+            yr[k].write(row[k] * *rr * w[k]);
+        }
+    }
+}
+}
+
+simd_fn! {
+/// RMSNorm backward of a block of rows: writes `dx` and adds the rows' share of dw into `dw`.
+fn rms_back_rows(
+    x: &[f32],
+    g: &[f32],
+    r: &[f32],
+    w: &[f32],
+    dx: &mut [MaybeUninit<f32>],
+    dw: &mut [f32],
+) {
+    let d = w.len();
+    for (((xr, gr), &ri), dxr) in x.chunks(d).zip(g.chunks(d)).zip(r).zip(dx.chunks_mut(d)) {
+        let dot = super::reduce::dot3(gr, w, xr);
+        for k in 0..d {
+            dw[k] += gr[k] * xr[k] * ri;
+        }
+        let c2 = ri * ri * dot / d as f32;
+        for k in 0..d {
+            dxr[k].write(ri * (gr[k] * w[k] - xr[k] * c2));
+        }
+    }
+}
 }
 
 #[derive(Debug)]
@@ -132,18 +163,9 @@ impl Backward<Flex, 2> for RmsBackward {
             .enumerate()
             .map(|(c, dxc)| {
                 let mut dw = vec![0f32; d];
-                for (j, dxr) in dxc.chunks_mut(d).enumerate() {
-                    let i = c * ROWS + j;
-                    let (xr, gr, ri) = (&x[i * d..(i + 1) * d], &g[i * d..(i + 1) * d], r[i]);
-                    let dot = super::reduce::dot3(gr, w, xr);
-                    for k in 0..d {
-                        dw[k] += gr[k] * xr[k] * ri;
-                    }
-                    let c2 = ri * ri * dot / d as f32;
-                    for k in 0..d {
-                        dxr[k].write(ri * (gr[k] * w[k] - xr[k] * c2));
-                    }
-                }
+                let (e, rows) = (c * ROWS * d..c * ROWS * d + dxc.len(), dxc.len() / d);
+                let r = &r[c * ROWS..c * ROWS + rows];
+                rms_back_rows(&x[e.clone()], &g[e], r, w, dxc, &mut dw);
                 dw
             })
             .collect();

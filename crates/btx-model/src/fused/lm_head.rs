@@ -11,6 +11,7 @@
 //! per-row losses are summed serially, so results are bit-identical on any number of threads.
 
 use super::linear::{spread_product, Dst};
+use super::simd::simd_fn;
 use super::vexp::exp_sub_sum;
 use super::{autodiff_flex, contiguous, f32_slice, plain_flex};
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
@@ -63,6 +64,30 @@ struct Head<'a> {
     inv_count: f32,
 }
 
+simd_fn! {
+/// [`Head::loss_row`] with the count's inverse passed in.
+fn loss_row(row: &mut [f32], t: i64, grad: bool, inv_count: f32) -> f64 {
+    if t < 0 {
+        if grad {
+            row.fill(0.0);
+        }
+        return 0.0;
+    }
+    let t = t as usize;
+    let zt = row[t];
+    let m = super::reduce::max(row);
+    let s = exp_sub_sum(row, m);
+    if grad {
+        let k = inv_count / s;
+        for p in row.iter_mut() {
+            *p *= k;
+        }
+        row[t] -= inv_count;
+    }
+    (m + s.ln() - zt) as f64
+}
+}
+
 impl<'a> Head<'a> {
     fn new(h: &'a FlexTensor, w: &'a FlexTensor, targets: &'a [i64], d: usize, v: usize) -> Self {
         let count = targets.iter().filter(|t| **t >= 0).count();
@@ -107,24 +132,7 @@ impl<'a> Head<'a> {
     /// NLL of one row of logits with target `t` (negative: none, NLL 0); with `grad`, the row
     /// is replaced by its share of the mean loss's gradient (zero without a target).
     fn loss_row(&self, row: &mut [f32], t: i64, grad: bool) -> f64 {
-        if t < 0 {
-            if grad {
-                row.fill(0.0);
-            }
-            return 0.0;
-        }
-        let t = t as usize;
-        let zt = row[t];
-        let m = super::reduce::max(row);
-        let s = exp_sub_sum(row, m);
-        if grad {
-            let k = self.inv_count / s;
-            for p in row.iter_mut() {
-                *p *= k;
-            }
-            row[t] -= self.inv_count;
-        }
-        (m + s.ln() - zt) as f64
+        loss_row(row, t, grad, self.inv_count)
     }
 
     /// Summed NLL over all rows, nothing else kept.

@@ -13,6 +13,7 @@ pub mod linear;
 pub mod lm_head;
 pub mod moe;
 pub mod reduce;
+pub mod simd;
 pub mod vexp;
 
 use burn::prelude::*;

@@ -1,10 +1,14 @@
 //! Row reductions written as independent lanes so the compiler vectorises them. A plain `fold`
 //! or `sum` over f32 is one dependent chain (evaluation order and NaN rules forbid reordering),
 //! one element per add or max latency — for the softmax maxima alone that was several ms of a
-//! preset-S step. The lane split depends only on the length, never on the thread count.
+//! preset-S step. The lane split depends only on the length, never on the thread count (nor on
+//! the vector width the CPU runs them at: see `simd`).
+
+use super::simd::simd_fn;
 
 const LANES: usize = 16;
 
+simd_fn! {
 /// The largest element (NaNs ignored, as `f32::max` does); `-inf` for an empty slice.
 pub fn max(x: &[f32]) -> f32 {
     let pick = |a: f32, b: f32| if b > a { b } else { a };
@@ -19,7 +23,9 @@ pub fn max(x: &[f32]) -> f32 {
     let m = acc.iter().fold(f32::NEG_INFINITY, |a, &b| pick(a, b));
     rest.iter().fold(m, |a, &b| pick(a, b))
 }
+}
 
+simd_fn! {
 /// `sum_i a_i b_i`.
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
@@ -34,7 +40,9 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     let s: f32 = acc.iter().sum();
     s + ra.iter().zip(rb).map(|(x, y)| x * y).sum::<f32>()
 }
+}
 
+simd_fn! {
 /// `sum_i a_i b_i c_i`.
 pub fn dot3(a: &[f32], b: &[f32], c: &[f32]) -> f32 {
     assert!(a.len() == b.len() && b.len() == c.len());
@@ -57,6 +65,7 @@ pub fn dot3(a: &[f32], b: &[f32], c: &[f32]) -> f32 {
         .zip(rc)
         .map(|((x, y), z)| x * y * z)
         .sum::<f32>()
+}
 }
 
 #[cfg(test)]

@@ -1,18 +1,21 @@
 //! A vectorised exp for softmax-like loops: exp(x) via range reduction (x = n ln2 + r) and a
-//! degree-6 polynomial for e^r, accurate to ~2 ulp on [-87, 88]; below that it returns 0. Eight
-//! lanes at a time with AVX2 + FMA when the CPU has them, libm otherwise. Also SwiGLU forward
-//! and backward built on it, each a single pass (sigmoid in registers, never stored).
+//! degree-6 polynomial for e^r, accurate to ~2 ulp on [-87, 88]; below that it returns 0.
+//! Sixteen lanes at a time with AVX-512, eight with AVX2 + FMA, libm otherwise (the vector
+//! versions run the same operations, so an element's result is the same in both). Also SwiGLU
+//! forward and backward built on it, each a single pass (sigmoid in registers, never stored).
 
+use super::simd::{level, Level};
 use std::mem::MaybeUninit;
 
 /// In place: `x[i] = exp(x[i] - sub)`; returns the sum of the results.
 pub fn exp_sub_sum(x: &mut [f32], sub: f32) -> f32 {
     #[cfg(target_arch = "x86_64")]
-    {
-        if has_avx2_fma() {
-            // SAFETY: the CPU supports the target features the function is compiled for.
-            return unsafe { exp_sub_sum_avx2(x, sub) };
-        }
+    match level() {
+        // SAFETY: the CPU supports the target features the function is compiled for.
+        Level::V4 => return unsafe { avx512::exp_sub_sum(x, sub) },
+        // SAFETY: as above.
+        Level::V3 => return unsafe { exp_sub_sum_avx2(x, sub) },
+        Level::Base => {}
     }
     let mut s = 0.0;
     for v in x.iter_mut() {
@@ -20,11 +23,6 @@ pub fn exp_sub_sum(x: &mut [f32], sub: f32) -> f32 {
         s += *v;
     }
     s
-}
-
-#[cfg(target_arch = "x86_64")]
-fn has_avx2_fma() -> bool {
-    std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
 }
 
 /// `e^v` of eight lanes; 0 below -87.3, `e^88` above 88.
@@ -100,9 +98,12 @@ pub fn swiglu(a: &[f32], b: &[f32], out: &mut [MaybeUninit<f32>]) {
     assert!(a.len() == b.len() && b.len() == out.len());
     let mut i = 0;
     #[cfg(target_arch = "x86_64")]
-    if has_avx2_fma() {
+    match level() {
         // SAFETY: the CPU has the features; the kernel stays within the equal lengths.
-        i = unsafe { swiglu_avx2(a, b, out) };
+        Level::V4 => i = unsafe { avx512::swiglu(a, b, out) },
+        // SAFETY: as above.
+        Level::V3 => i = unsafe { swiglu_avx2(a, b, out) },
+        Level::Base => {}
     }
     for j in i..a.len() {
         out[j].write(sigmoid(a[j]) * (a[j] * b[j]));
@@ -122,9 +123,12 @@ pub fn swiglu_backward(
     assert!(b.len() == n && g.len() == n && da.len() == n && db.len() == n);
     let mut i = 0;
     #[cfg(target_arch = "x86_64")]
-    if has_avx2_fma() {
+    match level() {
         // SAFETY: the CPU has the features; the kernel stays within the equal lengths.
-        i = unsafe { swiglu_backward_avx2(a, b, g, da, db) };
+        Level::V4 => i = unsafe { avx512::swiglu_backward(a, b, g, da, db) },
+        // SAFETY: as above.
+        Level::V3 => i = unsafe { swiglu_backward_avx2(a, b, g, da, db) },
+        Level::Base => {}
     }
     for j in i..n {
         let sg = sigmoid(a[j]);
@@ -229,6 +233,150 @@ unsafe fn swiglu_backward_avx2(
     len
 }
 
+/// The same kernels sixteen lanes wide; partial groups through masked loads and stores, so an
+/// element's result never depends on where its slice starts.
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+    use std::mem::MaybeUninit;
+
+    /// Mask of the first `n` (< 16) lanes.
+    #[inline]
+    fn first(n: usize) -> __mmask16 {
+        ((1u32 << n) - 1) as __mmask16
+    }
+
+    /// `e^v` of sixteen lanes: `exp8`'s operations, lane for lane.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn exp16(v0: __m512) -> __m512 {
+        let lo = _mm512_set1_ps(-87.3);
+        let under = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(v0, lo);
+        let v = _mm512_min_ps(_mm512_max_ps(v0, lo), _mm512_set1_ps(88.0));
+        let k = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+            _mm512_mul_ps(v, _mm512_set1_ps(std::f32::consts::LOG2_E)),
+        );
+        let r = _mm512_fnmadd_ps(
+            k,
+            _mm512_set1_ps(-2.121_944_4e-4),
+            _mm512_fnmadd_ps(k, _mm512_set1_ps(0.693_359_4), v),
+        );
+        let mut y = _mm512_fmadd_ps(
+            _mm512_set1_ps(1.987_569_2e-4),
+            r,
+            _mm512_set1_ps(1.398_2e-3),
+        );
+        y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(8.333_452e-3));
+        y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(4.166_579_6e-2));
+        y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(0.166_666_65));
+        y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(0.5));
+        y = _mm512_fmadd_ps(
+            y,
+            _mm512_mul_ps(r, r),
+            _mm512_add_ps(r, _mm512_set1_ps(1.0)),
+        );
+        let scale = _mm512_castsi512_ps(_mm512_slli_epi32::<23>(_mm512_add_epi32(
+            _mm512_cvtps_epi32(k),
+            _mm512_set1_epi32(127),
+        )));
+        _mm512_maskz_mov_ps(!under, _mm512_mul_ps(y, scale))
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn sigmoid16(a: __m512) -> __m512 {
+        let one = _mm512_set1_ps(1.0);
+        let e = exp16(_mm512_sub_ps(_mm512_setzero_ps(), a));
+        _mm512_div_ps(one, _mm512_add_ps(one, e))
+    }
+
+    /// Masked load of `n` lanes from `p` (the rest zero).
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn load(p: *const f32, n: usize) -> __m512 {
+        if n == 16 {
+            _mm512_loadu_ps(p)
+        } else {
+            _mm512_maskz_loadu_ps(first(n), p)
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn store(p: *mut f32, v: __m512, n: usize) {
+        if n == 16 {
+            _mm512_storeu_ps(p, v)
+        } else {
+            _mm512_mask_storeu_ps(p, first(n), v)
+        }
+    }
+
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn exp_sub_sum(x: &mut [f32], sub: f32) -> f32 {
+        let vsub = _mm512_set1_ps(sub);
+        let mut acc = _mm512_setzero_ps();
+        for i in (0..x.len()).step_by(16) {
+            let n = 16.min(x.len() - i);
+            let p = x.as_mut_ptr().add(i);
+            let out = _mm512_maskz_mov_ps(first_or_all(n), exp16(_mm512_sub_ps(load(p, n), vsub)));
+            store(p, out, n);
+            acc = _mm512_add_ps(acc, out);
+        }
+        let mut lanes = [0f32; 16];
+        _mm512_storeu_ps(lanes.as_mut_ptr(), acc);
+        lanes.iter().sum()
+    }
+
+    #[inline]
+    fn first_or_all(n: usize) -> __mmask16 {
+        if n == 16 {
+            !0
+        } else {
+            first(n)
+        }
+    }
+
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn swiglu(a: &[f32], b: &[f32], out: &mut [MaybeUninit<f32>]) -> usize {
+        let o = out.as_mut_ptr().cast::<f32>();
+        for i in (0..a.len()).step_by(16) {
+            let n = 16.min(a.len() - i);
+            let (va, vb) = (load(a.as_ptr().add(i), n), load(b.as_ptr().add(i), n));
+            store(
+                o.add(i),
+                _mm512_mul_ps(sigmoid16(va), _mm512_mul_ps(va, vb)),
+                n,
+            );
+        }
+        a.len()
+    }
+
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn swiglu_backward(
+        a: &[f32],
+        b: &[f32],
+        g: &[f32],
+        da: &mut [MaybeUninit<f32>],
+        db: &mut [MaybeUninit<f32>],
+    ) -> usize {
+        let one = _mm512_set1_ps(1.0);
+        let (pa, pb) = (da.as_mut_ptr().cast::<f32>(), db.as_mut_ptr().cast::<f32>());
+        for i in (0..a.len()).step_by(16) {
+            let n = 16.min(a.len() - i);
+            let va = load(a.as_ptr().add(i), n);
+            let vb = load(b.as_ptr().add(i), n);
+            let vg = load(g.as_ptr().add(i), n);
+            // As the AVX2 kernel: da = g b sg (1 + a (1 - sg)), left to right.
+            let sg = sigmoid16(va);
+            let t = _mm512_add_ps(one, _mm512_mul_ps(va, _mm512_sub_ps(one, sg)));
+            let ya = _mm512_mul_ps(_mm512_mul_ps(_mm512_mul_ps(vg, vb), sg), t);
+            store(pa.add(i), ya, n);
+            store(pb.add(i), _mm512_mul_ps(vg, _mm512_mul_ps(va, sg)), n);
+        }
+        a.len()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -289,5 +437,58 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn the_avx512_kernels_compute_the_avx2_kernels_bits() {
+        if level() != Level::V4 {
+            eprintln!("no AVX-512 here: nothing to compare");
+            return;
+        }
+        // 45 elements: two full groups of sixteen, a partial one, inputs spanning the
+        // underflow cut-off and saturated sigmoids; offset starts check position independence.
+        let a: Vec<f32> = (0..45).map(|i| (i as f32 - 22.0) * 4.3).collect();
+        let b: Vec<f32> = (0..45).map(|i| 0.5 - (i % 7) as f32 * 0.3).collect();
+        let g: Vec<f32> = (0..45).map(|i| 1.0 + (i % 3) as f32).collect();
+        let run = |wide: bool, s: usize| {
+            let n = a.len() - s;
+            let mut out = vec![MaybeUninit::uninit(); n];
+            let (mut da, mut db) = (out.clone(), out.clone());
+            // SAFETY: the test returned above unless the CPU has AVX-512 (and so AVX2 + FMA).
+            unsafe {
+                if wide {
+                    avx512::swiglu(&a[s..], &b[s..], &mut out);
+                    avx512::swiglu_backward(&a[s..], &b[s..], &g[s..], &mut da, &mut db);
+                } else {
+                    swiglu_avx2(&a[s..], &b[s..], &mut out);
+                    swiglu_backward_avx2(&a[s..], &b[s..], &g[s..], &mut da, &mut db);
+                }
+                let bits = |v: Vec<MaybeUninit<f32>>| -> Vec<u32> {
+                    v.iter().map(|x| x.assume_init().to_bits()).collect()
+                };
+                [bits(out), bits(da), bits(db)]
+            }
+        };
+        for s in [0, 3, 16] {
+            assert_eq!(run(true, s), run(false, s), "start {s}");
+            assert_eq!(run(true, s)[0][..], run(true, 0)[0][s..], "start {s}");
+        }
+        // exp: the same bits lane for lane (AVX2 does its tail with libm, so full groups only).
+        let x: Vec<f32> = (0..48).map(|i| (i as f32 - 40.0) * 2.9).collect();
+        let (mut wide, mut narrow) = (x.clone(), x.clone());
+        // SAFETY: as above.
+        let (s16, s8) = unsafe {
+            (
+                avx512::exp_sub_sum(&mut wide, 0.7),
+                exp_sub_sum_avx2(&mut narrow, 0.7),
+            )
+        };
+        assert_eq!(wide, narrow);
+        assert!((s16 - s8).abs() <= 1e-6 * s8.abs(), "{s16} vs {s8}");
+        let mut tail = x[..37].to_vec();
+        // SAFETY: as above.
+        unsafe { avx512::exp_sub_sum(&mut tail, 0.7) };
+        assert_eq!(tail[..], wide[..37]);
     }
 }

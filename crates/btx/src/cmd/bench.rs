@@ -531,17 +531,22 @@ pub fn run(cmd: BenchCmd, dev: &Device) -> Result<()> {
             if json {
                 println!("{r}");
             } else {
+                let floor_text = if no_floor {
+                    format!("the step's own products {gemm_s:.3}s (floor not measured)")
+                } else {
+                    format!(
+                        "matmul floor {floor:.3}s ({:.2}x; the step's own products {gemm_s:.3}s = {:.2}x)",
+                        step_s / floor,
+                        gemm_s / floor
+                    )
+                };
                 println!(
-                    "train {name}: {:.2}M params ({:.2}M active), {threads} thread(s): median step {:.3}s, {:.0} tokens/s, {:.1} GFLOP/s, matmul floor {:.3}s ({:.2}x; the step's own products {:.3}s = {:.2}x), peak RSS {:.0} MB",
+                    "train {name}: {:.2}M params ({:.2}M active), {threads} thread(s): median step {:.3}s, {:.0} tokens/s, {:.1} GFLOP/s, {floor_text}, peak RSS {:.0} MB",
                     cfg.total_params() as f64 / 1e6,
                     cfg.active_params() as f64 / 1e6,
                     step_s,
                     tokens / step_s,
                     flops / step_s / 1e9,
-                    floor,
-                    step_s / floor,
-                    gemm_s,
-                    gemm_s / floor,
                     rss
                 );
             }
