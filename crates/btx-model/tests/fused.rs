@@ -235,12 +235,13 @@ fn fused_experts_ffn_matches_expert_by_expert() {
     use btx_model::fused::experts::experts_ffn;
     use btx_model::moe::Mlp;
     let dev = Device::flex();
-    for (case, sizes) in [vec![300, 0, 7, 2100], vec![5], vec![1, 2]]
+    for (case, sizes) in [vec![300, 0, 7, 2100], vec![5], vec![1, 2], vec![200, 0, 90]]
         .iter()
         .enumerate()
     {
         dev.seed(200 + case as u64);
-        let (d, f) = (24, 40);
+        // The last case: weight gradients wider than one column block (and a partial block).
+        let (d, f) = if case == 3 { (136, 300) } else { (24, 40) };
         let m: usize = sizes.iter().sum();
         let x = leaf([m, d], 1.0);
         let experts: Vec<Mlp> = (0..sizes.len())
@@ -397,6 +398,7 @@ fn fused_linear_matches_matmul_forward_and_gradients() {
         (7, 33, 5),
         (300, 257, 190),
         (2048, 256, 704),
+        (150, 704, 40),
         (0, 8, 4),
     ]
     .iter()
@@ -451,9 +453,15 @@ fn fused_linear_matches_matmul_forward_and_gradients() {
 #[test]
 fn linear_layer_is_bit_identical_on_one_two_and_three_threads() {
     use btx_model::fused::linear::linear;
-    for (i, &(m, k, n)) in [(300, 257, 190), (2048, 256, 704), (15, 8, 4), (33, 17, 1)]
-        .iter()
-        .enumerate()
+    for (i, &(m, k, n)) in [
+        (300, 257, 190),
+        (2048, 256, 704),
+        (150, 704, 40),
+        (15, 8, 4),
+        (33, 17, 1),
+    ]
+    .iter()
+    .enumerate()
     {
         Device::flex().seed(90 + i as u64);
         let x = leaf([m, k], 1.0);

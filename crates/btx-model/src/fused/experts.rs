@@ -9,7 +9,7 @@
 
 use std::mem::MaybeUninit;
 
-use super::linear::{write_product, write_product_strided, Dst, MIN_SPLIT};
+use super::linear::{weight_grad_cols, write_product, Dst, GRAD_BLOCK, MIN_SPLIT};
 use super::{autodiff_flex, contiguous, f32_slice, plain_flex, vexp, SharedPtr as Ptr};
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
@@ -71,11 +71,6 @@ impl Shapes {
 /// sat idle for the difference between the last tasks.
 fn parts() -> usize {
     rayon::current_num_threads().max(1)
-}
-
-/// Column range `piece` of `pieces` near-equal ranges of `0..cols`.
-fn cols_of(piece: usize, pieces: usize, cols: usize) -> std::ops::Range<usize> {
-    cols * piece / pieces..cols * (piece + 1) / pieces
 }
 
 /// Weights of expert e: (gate `[f, d]`, up `[f, d]`, down `[d, f]`).
@@ -274,35 +269,49 @@ fn backward(st: &State, dy: &[f32], want: &[[bool; 3]]) -> (Vec<f32>, WeightGrad
             _ => (dy, d, &st.h, f),
         }
     };
-    // Each gradient in two column halves (a cut that, like the row blocks, does not depend on
-    // the thread count), the pieces dealt round-robin to the threads.
-    let pieces: Vec<(usize, usize, usize)> = tasks
+    // Each gradient in column blocks of GRAD_BLOCK (a cut that, like the row blocks, depends on
+    // the shapes alone); the blocks shared out by their work, largest first, each to the part
+    // with the least so far (which part runs a block does not change its result).
+    let mut pieces: Vec<(usize, usize, std::ops::Range<usize>)> = tasks
         .iter()
         .enumerate()
-        .flat_map(|(t, &(_, k))| {
-            let n = if operands(k).3 >= 2 * MIN_SPLIT { 2 } else { 1 };
-            (0..n).map(move |p| (t, p, n))
+        .flat_map(|(t, &(e, k))| {
+            let (zw, bw, rows) = (operands(k).1, operands(k).3, s.bounds[e + 1] - s.bounds[e]);
+            (0..bw.div_ceil(GRAD_BLOCK).max(1)).map(move |b| {
+                let c = b * GRAD_BLOCK..((b + 1) * GRAD_BLOCK).min(bw);
+                (t, zw * c.len() * rows, c)
+            })
         })
         .collect();
-    let parts = parts();
-    (0..parts).into_par_iter().for_each(|part| {
-        for &(t, piece, pieces) in pieces.iter().skip(part).step_by(parts) {
-            let ((e, k), dst) = (tasks[t], ptrs[t]);
+    pieces.sort_by_key(|p| std::cmp::Reverse(p.1));
+    // Per part: (work so far, its pieces as (task, columns)).
+    type Part = (usize, Vec<(usize, std::ops::Range<usize>)>);
+    let mut lists: Vec<Part> = (0..parts()).map(|_| (0, vec![])).collect();
+    for (t, work, c) in pieces {
+        let least = lists
+            .iter_mut()
+            .min_by_key(|l| l.0)
+            .expect("at least one part");
+        least.0 += work;
+        least.1.push((t, c));
+    }
+    lists.par_iter().for_each(|(_, list)| {
+        for (t, c) in list {
+            let ((e, k), dst) = (tasks[*t], ptrs[*t]);
             let (r0, r1) = (s.bounds[e], s.bounds[e + 1]);
             let (z, zw, b, bw) = operands(k);
-            let c = cols_of(piece, pieces, bw);
             // SAFETY: each piece writes its own columns of one output; together the pieces
             // write all `d * f` elements of every output (zeros when the expert has no rows).
             unsafe {
-                write_product_strided(
-                    dst.get().add(c.start),
+                weight_grad_cols(
+                    dst.get(),
                     bw,
-                    [zw, c.len(), r1 - r0],
-                    (&z[r0 * zw..r1 * zw], 1, zw),
-                    (&b[r0 * bw + c.start..], bw, 1),
+                    [zw, r1 - r0],
+                    (&z[r0 * zw..r1 * zw], zw),
+                    (&b[r0 * bw..r1 * bw], bw),
+                    c.clone(),
                     1.0,
                     Dst::Write,
-                    false,
                 );
             }
         }

@@ -223,30 +223,86 @@ fn forward(x: &[f32], w: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
     product(m, n, k, x, k, 1, w, 1, k)
 }
 
+/// Width of the column blocks a weight gradient `Zᵀ B` is computed in. gemm runs that layout
+/// (transposed left operand, reduction over the long row dimension) 5-15% slower than the
+/// contiguous floor once the gradient is wider than 128 columns (widths 256-1408 over
+/// 1024-2048 rows: 2048x512 -> 512 1.13x, 2048x704 -> 256 1.09x, as two halves), and within
+/// about 2% of it in blocks of 128 (blocks of 96, 176 or 256 are 5-20% slower again).
+pub(crate) const GRAD_BLOCK: usize = 128;
+
+/// The column cut nearest `cols / 2` that falls on a [`GRAD_BLOCK`] boundary.
+pub(crate) fn grad_cut(cols: usize) -> usize {
+    ((cols + GRAD_BLOCK) / (2 * GRAD_BLOCK) * GRAD_BLOCK).min(cols)
+}
+
+/// Writes (or adds) columns `cols` of a weight gradient `dst [n, w]` (row stride `dst_rs`) =
+/// Zᵀ B over `rows` rows, with Z `[rows, n]` and B `[rows, w]` given as (slice, row stride),
+/// one core, in [`GRAD_BLOCK`] blocks aligned to column 0: where a column's block starts
+/// depends on the shape alone, never on how the columns were shared out.
+///
+/// # Safety
+/// `dst` must be valid for the written elements (initialised for `Dst::Accumulate`).
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn weight_grad_cols(
+    dst: *mut f32,
+    dst_rs: usize,
+    [n, rows]: [usize; 2],
+    (z, z_rs): (&[f32], usize),
+    (b, b_rs): (&[f32], usize),
+    cols: std::ops::Range<usize>,
+    beta: f32,
+    mode: Dst,
+) {
+    let mut c = cols.start;
+    while c < cols.end {
+        let end = ((c / GRAD_BLOCK + 1) * GRAD_BLOCK).min(cols.end);
+        // SAFETY: the caller's contract, for columns c..end.
+        unsafe {
+            write_product_strided(
+                dst.add(c),
+                dst_rs,
+                [n, end - c, rows],
+                (z, 1, z_rs),
+                // (With no rows `b` may be empty; nothing is read then.)
+                (&b[c.min(b.len())..], b_rs, 1),
+                beta,
+                mode,
+                false,
+            )
+        };
+        c = end;
+    }
+}
+
 /// dX `[m, k]` = dY `[m, n]` · W `[n, k]` and dW `[n, k]` = dYᵀ · X `[m, k]`.
 ///
-/// In two halves, side by side: one takes the top half of dX's rows and the left half of dW's
-/// columns, the other the rest. With the two whole products side by side instead, one core sat
-/// idle for their difference (dW, reducing over the long row dimension, is 5-12% slower than
-/// dX): 9 ms of idle core time per step for preset S at 2 threads. The cut depends on the
-/// shapes alone, never on the thread count: gemm's result for an element can depend on how
+/// In two parts, side by side: one takes the top rows of dX and the left columns of dW, the
+/// other the rest, with dW cut on a [`GRAD_BLOCK`] boundary and dX's rows cut to even out the
+/// work. With the two whole products side by side instead, one core sat idle for their
+/// difference (9 ms of idle core time per step for preset S at 2 threads). The cut depends on
+/// the shapes alone, never on the thread count: gemm's result for an element can depend on how
 /// many rows share its call (1 vs several, or up to 64 for some layouts), and the trainer's
 /// results must not depend on the thread count.
 fn both_grads(g: &[f32], w: &[f32], x: &[f32], [m, k, n]: [usize; 3]) -> (Vec<f32>, Vec<f32>) {
-    // With more than two threads each half's products spread over the pool as well.
+    // With more than two threads the dX parts spread over the pool as well.
     let spread = rayon::current_num_threads() > 2;
-    if m < 2 * MIN_SPLIT || k < 2 * MIN_SPLIT {
-        return rayon::join(
-            || fresh([m, k, n], (g, n, 1), (w, k, 1), false),
-            || fresh([n, k, m], (g, 1, n), (x, k, 1), false),
-        );
-    }
-    let (mh, kh) = (m / 2, k / 2);
+    let c = grad_cut(k);
+    // Rows of dX for the first part so that both do half of the 2·m·k·n multiply-adds; whole
+    // dX to one side when dW could not be cut.
+    let mr = if c == 0 || c == k || m < 2 * MIN_SPLIT {
+        if c == 0 {
+            m
+        } else {
+            0
+        }
+    } else {
+        (m * (k - c) / k / 8 * 8).clamp(MIN_SPLIT, m - MIN_SPLIT)
+    };
     let mut dx: Vec<f32> = Vec::with_capacity(m * k);
     let mut dw: Vec<f32> = Vec::with_capacity(n * k);
     let (dxp, dwp) = (SharedPtr(dx.as_mut_ptr()), SharedPtr(dw.as_mut_ptr()));
-    let half = |rows: std::ops::Range<usize>, cols: std::ops::Range<usize>| {
-        // SAFETY: the halves write disjoint rows of dX and disjoint columns of dW, together
+    let part = |rows: std::ops::Range<usize>, cols: std::ops::Range<usize>| {
+        // SAFETY: the parts write disjoint rows of dX and disjoint columns of dW, together
         // every element of both (capacities m*k and n*k).
         unsafe {
             write_product(
@@ -258,25 +314,31 @@ fn both_grads(g: &[f32], w: &[f32], x: &[f32], [m, k, n]: [usize; 3]) -> (Vec<f3
                 Dst::Write,
                 spread,
             );
-            write_product_strided(
-                dwp.get().add(cols.start),
-                k,
-                [n, cols.len(), m],
-                (g, 1, n),
-                (&x[cols.start..], k, 1),
-                1.0,
-                Dst::Write,
-                spread,
-            );
+            weight_grad_cols(dwp.get(), k, [n, m], (g, n), (x, k), cols, 1.0, Dst::Write);
         }
     };
-    rayon::join(|| half(0..mh, 0..kh), || half(mh..m, kh..k));
-    // SAFETY: both halves have written every element.
+    rayon::join(|| part(0..mr, 0..c), || part(mr..m, c..k));
+    // SAFETY: both parts have written every element.
     unsafe {
         dx.set_len(m * k);
         dw.set_len(n * k);
     }
     (dx, dw)
+}
+
+/// dW `[n, k]` = dYᵀ · X alone: its columns in two parts cut on a [`GRAD_BLOCK`] boundary.
+fn weight_grad(g: &[f32], x: &[f32], [m, k, n]: [usize; 3]) -> Vec<f32> {
+    let mut dw: Vec<f32> = Vec::with_capacity(n * k);
+    let dwp = SharedPtr(dw.as_mut_ptr());
+    let c = grad_cut(k);
+    // SAFETY: the parts write disjoint columns, together all n*k elements.
+    let part = |cols| unsafe {
+        weight_grad_cols(dwp.get(), k, [n, m], (g, n), (x, k), cols, 1.0, Dst::Write)
+    };
+    rayon::join(|| part(0..c), || part(c..k));
+    // SAFETY: see above.
+    unsafe { dw.set_len(n * k) };
+    dw
 }
 
 /// Fewest rows (or columns) in a piece of a product that is cut for the cores.
@@ -303,7 +365,7 @@ impl Backward<Flex, 2> for LinearBackward {
             // One product: spread over the pool.
             (want_dx, want_dw) => (
                 want_dx.then(|| fresh([m, k, n], (g, n, 1), (w, k, 1), true)),
-                want_dw.then(|| fresh([n, k, m], (g, 1, n), (x, k, 1), true)),
+                want_dw.then(|| weight_grad(g, x, [m, k, n])),
             ),
         };
         if let (Some(node), Some(dx)) = (px, dx) {
