@@ -139,7 +139,16 @@ unsafe fn mm(
     if m == 0 || n == 0 || k == 0 {
         return;
     }
-    let _clock = super::gemm_clock::Timer::start(false);
+    let _clock = super::gemm_clock::Timer::start(super::gemm_clock::Call {
+        m,
+        n,
+        k,
+        dst_rs,
+        a: (a_rs, a_cs),
+        b: (b_rs, b_cs),
+        acc,
+        parallel: false,
+    });
     gemm(
         m,
         n,

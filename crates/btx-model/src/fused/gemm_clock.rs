@@ -7,11 +7,105 @@
 //! pool tasks side by side on every thread (attention heads, expert blocks, the two gradients
 //! of a linear layer) and count thread time; [`GemmTime::wall_s`] divides that by the thread
 //! count, which is exact when the threads stay busy together, as they do there.
+//!
+//! With [`enable_calls`] each call is also tallied by its shape and layout ([`Call`]), and
+//! [`Call::replay`] times the same call alone on hot caches: `btx bench train --products` sets
+//! the two side by side, call by call.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::Mutex;
 use std::time::Instant;
 
 static ON: AtomicBool = AtomicBool::new(false);
+static CALLS_ON: AtomicBool = AtomicBool::new(false);
+static CALLS: Mutex<Option<HashMap<Call, (u64, u64)>>> = Mutex::new(None);
+
+/// One gemm call's shape and layout: `dst [m, n]` (row stride `dst_rs`) = A `[m, k]` B `[k, n]`
+/// with A(i, l) at `i*a_rs + l*a_cs` and B(l, j) at `l*b_rs + j*b_cs`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Call {
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub dst_rs: usize,
+    pub a: (usize, usize),
+    pub b: (usize, usize),
+    /// Added to the destination (else written).
+    pub acc: bool,
+    /// Spread over the pool by gemm itself.
+    pub parallel: bool,
+}
+
+impl Call {
+    /// Median seconds of this call run alone, repeatedly, on hot operands (fresh data).
+    pub fn replay(&self) -> f64 {
+        let extent = |rows: usize, cols: usize, (rs, cs): (usize, usize)| {
+            (rows.max(1) - 1) * rs + (cols.max(1) - 1) * cs + 1
+        };
+        let a: Vec<f32> = (0..extent(self.m, self.k, self.a))
+            .map(|i| (i % 13) as f32 * 0.01)
+            .collect();
+        let b: Vec<f32> = (0..extent(self.k, self.n, self.b))
+            .map(|i| (i % 7) as f32 * 0.01)
+            .collect();
+        let mut dst = vec![0f32; extent(self.m, self.n, (self.dst_rs, 1))];
+        let mode = if self.acc {
+            super::linear::Dst::Accumulate
+        } else {
+            super::linear::Dst::Write
+        };
+        let mut run = || {
+            // SAFETY: every buffer spans the extent its strides reach.
+            unsafe {
+                super::linear::write_product_strided(
+                    dst.as_mut_ptr(),
+                    self.dst_rs,
+                    [self.m, self.n, self.k],
+                    (&a, self.a.0, self.a.1),
+                    (&b, self.b.0, self.b.1),
+                    1.0,
+                    mode,
+                    self.parallel,
+                )
+            }
+        };
+        run();
+        let flops = 2.0 * (self.m * self.n * self.k) as f64;
+        let reps = ((5e7 / flops).ceil() as usize).clamp(3, 2000);
+        let mut ts: Vec<f64> = (0..5)
+            .map(|_| {
+                let t0 = Instant::now();
+                for _ in 0..reps {
+                    run();
+                }
+                t0.elapsed().as_secs_f64() / reps as f64
+            })
+            .collect();
+        ts.sort_by(f64::total_cmp);
+        ts[2]
+    }
+}
+
+/// Starts (or stops) tallying calls by shape; starting clears the tally.
+pub fn enable_calls(on: bool) {
+    if on {
+        *CALLS.lock().expect("tally lock") = Some(HashMap::new());
+    }
+    CALLS_ON.store(on, Relaxed);
+}
+
+/// The tally since [`enable_calls`]: per call, (count, seconds summed over its runs).
+pub fn calls() -> Vec<(Call, u64, f64)> {
+    let tally = CALLS.lock().expect("tally lock");
+    let mut v: Vec<(Call, u64, f64)> = tally
+        .iter()
+        .flatten()
+        .map(|(c, &(n, ns))| (*c, n, ns as f64 * 1e-9))
+        .collect();
+    v.sort_by(|x, y| y.2.total_cmp(&x.2));
+    v
+}
 static PARALLEL_NS: AtomicU64 = AtomicU64::new(0);
 static SERIAL_NS: AtomicU64 = AtomicU64::new(0);
 
@@ -45,21 +139,28 @@ pub fn take() -> GemmTime {
 }
 
 /// Counts the time until it is dropped (when counting is on).
-pub(crate) struct Timer(Option<(Instant, bool)>);
+pub(crate) struct Timer(Option<(Instant, Call)>);
 
 impl Timer {
-    /// For a product that spreads over the pool (`parallel`) or runs on one core.
-    pub(crate) fn start(parallel: bool) -> Self {
-        Timer(ON.load(Relaxed).then(|| (Instant::now(), parallel)))
+    /// For the call `c` (spread over the pool when `c.parallel`, else on one core).
+    pub(crate) fn start(c: Call) -> Self {
+        Timer(ON.load(Relaxed).then(|| (Instant::now(), c)))
     }
 }
 
 impl Drop for Timer {
     fn drop(&mut self) {
-        if let Some((t0, parallel)) = self.0 {
+        if let Some((t0, c)) = self.0 {
             let ns = t0.elapsed().as_nanos() as u64;
-            let counter = if parallel { &PARALLEL_NS } else { &SERIAL_NS };
+            let counter = if c.parallel { &PARALLEL_NS } else { &SERIAL_NS };
             counter.fetch_add(ns, Relaxed);
+            if CALLS_ON.load(Relaxed) {
+                if let Some(t) = CALLS.lock().expect("tally lock").as_mut() {
+                    let e = t.entry(c).or_default();
+                    e.0 += 1;
+                    e.1 += ns;
+                }
+            }
         }
     }
 }

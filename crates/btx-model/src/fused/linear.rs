@@ -190,7 +190,16 @@ pub(crate) unsafe fn write_product_strided(
         Parallelism::None
     };
     let acc = mode == Dst::Accumulate;
-    let _clock = super::gemm_clock::Timer::start(parallel);
+    let _clock = super::gemm_clock::Timer::start(super::gemm_clock::Call {
+        m,
+        n,
+        k,
+        dst_rs,
+        a: (a_rs, a_cs),
+        b: (b_rs, b_cs),
+        acc,
+        parallel,
+    });
     // SAFETY: the operand extents are checked above and the caller vouches for `dst`; with
     // `read_dst = false` gemm writes every element of the destination without reading it.
     unsafe {

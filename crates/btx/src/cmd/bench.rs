@@ -27,6 +27,10 @@ pub enum BenchCmd {
         /// Skip measuring the matmul floor.
         #[arg(long)]
         no_floor: bool,
+        /// Also list the step's matrix products by shape and layout, each against the same
+        /// call run alone on hot caches (where the step's gemm time goes).
+        #[arg(long)]
+        products: bool,
     },
     /// btx and the PyTorch reference (bench/torch_reference.py) side by side, each in its own
     /// process, at each thread count; both keep freed memory (btx: mimalloc; PyTorch: tuned glibc).
@@ -192,6 +196,40 @@ pub fn step_gemms(
     }
     linear(&mut g, n, d, cfg.vocab_size, 1);
     g
+}
+
+/// The step's products by call (shape and layout), in-step time against the same call alone.
+fn print_products(steps: usize, threads: usize) {
+    let calls = gemm_clock::calls();
+    let per_step = |x: f64| x / steps.max(1) as f64 * 1e3;
+    let mut rows: Vec<(gemm_clock::Call, f64, f64, u64)> = calls
+        .iter()
+        .map(|&(c, n, s)| (c, per_step(s), per_step(c.replay() * n as f64), n))
+        .collect();
+    rows.sort_by(|x, y| (y.1 - y.2).total_cmp(&(x.1 - x.2)));
+    let (step, alone) = rows.iter().fold((0.0, 0.0), |(a, b), r| (a + r.1, b + r.2));
+    eprintln!(
+        "products per step ({threads} thread(s); single-core calls summed over threads): {step:.1} ms in the step, {alone:.1} ms alone on hot caches ({:.3}x)",
+        step / alone
+    );
+    eprintln!("  in-step ms   alone ms  ratio  calls  m x n x k  [dst_rs; A rs,cs; B rs,cs]");
+    for (c, st, al, n) in rows.iter().take(20) {
+        eprintln!(
+            "  {st:>10.2} {al:>10.2} {:>6.3} {:>6} {} x {} x {}  [{}; {},{}; {},{}]{}{}",
+            st / al,
+            n / steps.max(1) as u64,
+            c.m,
+            c.n,
+            c.k,
+            c.dst_rs,
+            c.a.0,
+            c.a.1,
+            c.b.0,
+            c.b.1,
+            if c.acc { " acc" } else { "" },
+            if c.parallel { " spread" } else { "" },
+        );
+    }
 }
 
 /// Seconds the matrix products of one train step take on their own (one gemm call each into a
@@ -483,6 +521,7 @@ pub fn run(cmd: BenchCmd, dev: &Device) -> Result<()> {
             warmup,
             json,
             no_floor,
+            products,
         } => {
             let (cfg, batch, seq) = preset(&name)?;
             let model = Model::init(&cfg, 0, &Device::flex())?;
@@ -507,8 +546,15 @@ pub fn run(cmd: BenchCmd, dev: &Device) -> Result<()> {
                     times.push(dt);
                     gemm_times.push(gemm_clock::take().wall_s(threads));
                 }
+                if products && i + 1 == warmup {
+                    gemm_clock::enable_calls(true);
+                }
             }
             gemm_clock::enable(false);
+            gemm_clock::enable_calls(false);
+            if products {
+                print_products(steps, threads);
+            }
             let step_s = median(&mut times);
             let gemm_s = median(&mut gemm_times);
             let rss = peak_rss_mb();
