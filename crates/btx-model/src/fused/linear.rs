@@ -15,6 +15,7 @@ use burn::backend::flex::FlexTensor;
 use burn::backend::{Autodiff, Flex};
 use burn::prelude::*;
 use gemm::{gemm, Parallelism};
+use rayon::prelude::*;
 
 /// Below this many multiply-adds one core does the product (as burn-flex decides).
 const PARALLEL_MACS: usize = 192 * 192 * 192;
@@ -61,9 +62,9 @@ fn fresh(
 }
 
 /// [`write_product_strided`] using the pool. A product worth spreading is cut into two halves
-/// of its output columns, side by side, each on one core (or itself spread when the pool has
-/// more than two threads): faster than gemm's own two-thread split by 2-7% for preset S's
-/// forward products and 5-10% for M's. The cut depends on the shape alone, never on the
+/// of its output columns, side by side, each on one core, each in blocks of [`SPREAD_BLOCK`]
+/// columns (with more than two threads the blocks are shared out among them): faster than
+/// gemm's own two-thread split by 2-7% for preset S's forward products and 5-10% for M's. The cut depends on the shape alone, never on the
 /// thread count: gemm's result for an element can depend on how many rows or columns share
 /// its call, and the trainer's results must not depend on the thread count.
 ///
@@ -86,36 +87,45 @@ pub(crate) unsafe fn spread_product(
         };
         return;
     }
-    let more = rayon::current_num_threads() > 2;
     let (h, out) = (n / 2, SharedPtr(dst));
-    // SAFETY: the halves write disjoint columns of the caller's destination.
-    rayon::join(
-        || unsafe {
+    // Column blocks of SPREAD_BLOCK from the start of each half: a cut by the shape alone.
+    let blocks: Vec<(usize, usize)> = [(0, h), (h, n)]
+        .into_iter()
+        .flat_map(|(c0, c1)| {
+            (c0..c1)
+                .step_by(SPREAD_BLOCK)
+                .map(move |c| (c, (c + SPREAD_BLOCK).min(c1)))
+        })
+        .collect();
+    let block = |&(c, e): &(usize, usize)| {
+        // SAFETY: the blocks write disjoint columns of the caller's destination.
+        unsafe {
             write_product_strided(
-                out.get(),
+                out.get().add(c),
                 dst_rs,
-                [m, h, k],
+                [m, e - c, k],
                 a,
-                (b, b_rs, b_cs),
+                (&b[c * b_cs..], b_rs, b_cs),
                 beta,
                 mode,
-                more,
+                false,
             )
-        },
-        || unsafe {
-            write_product_strided(
-                out.get().add(h),
-                dst_rs,
-                [m, n - h, k],
-                a,
-                (&b[h * b_cs..], b_rs, b_cs),
-                beta,
-                mode,
-                more,
-            )
-        },
-    );
+        };
+    };
+    if rayon::current_num_threads() > 2 {
+        blocks.par_iter().for_each(block);
+    } else {
+        // One half per core (the halves' blocks are listed in order).
+        let first = blocks.iter().take_while(|b| b.0 < h).count();
+        let (l, r) = blocks.split_at(first);
+        rayon::join(|| l.iter().for_each(block), || r.iter().for_each(block));
+    }
 }
+
+/// Width of the column blocks [`spread_product`] runs each half in: gemm does the step's
+/// forward products (`x Wᵀ`, a column-major right operand) 2-10% faster in blocks of 64 output
+/// columns than in halves of 256-704 (preset M's 512- and 1408-wide outputs most).
+const SPREAD_BLOCK: usize = 64;
 
 /// What [`write_product`] does with the destination's old contents.
 #[derive(Clone, Copy, PartialEq, Eq)]
