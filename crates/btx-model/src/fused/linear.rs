@@ -1,5 +1,6 @@
 //! `y = x Wᵀ` (a linear layer in Hugging Face's `[out, in]` weight layout) with a handwritten
-//! backward: dX = dY W and dW = dYᵀ X, each one gemm call straight into a fresh buffer.
+//! backward: dX = dY W and dW = dYᵀ X, each written by gemm straight into a fresh buffer
+//! (in column blocks where gemm runs them faster: see [`GRAD_BLOCK`] and [`spread_product`]).
 //!
 //! The composite `x.matmul(w.transpose())` costs more than its gemm on flex: every output is
 //! allocated zeroed and then copied once more to meet the runtime alignment, and the weight
