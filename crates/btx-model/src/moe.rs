@@ -133,7 +133,10 @@ impl Moe {
             .map(|m| (&m.gate, &m.up, &m.down))
             .collect();
         if crate::fused::on_flex(&x) {
-            let xg = x.clone().select(0, int1(toks.concat(), &dev));
+            let rows: Vec<usize> = toks.iter().flatten().map(|&t| t as usize).collect();
+            let routes = crate::fused::moe::Routes::new(rows, x.dims()[0]);
+            let xg =
+                crate::fused::moe::gather(x.clone(), std::sync::Arc::new(routes)).expect("on flex");
             if let Some(y) = crate::fused::experts::experts_ffn(xg, &bounds, &weights) {
                 return y;
             }

@@ -154,3 +154,92 @@ pub fn combine(y: Tensor<2>, g: Tensor<1>, routes: Arc<Routes>) -> Option<Tensor
         )))
     }
 }
+
+/// Gathers the routed rows: `out[r] = x[tok[r]]`, rows in parallel.
+fn gather_forward(x: &[f32], routes: &Routes, d: usize) -> Vec<f32> {
+    let mut out = super::uninit(routes.tok.len() * d);
+    out.par_chunks_mut(ROWS * d)
+        .enumerate()
+        .for_each(|(c, chunk)| {
+            for (j, o) in chunk.chunks_exact_mut(d).enumerate() {
+                let t = routes.tok[c * ROWS + j];
+                for (a, &b) in o.iter_mut().zip(&x[t * d..(t + 1) * d]) {
+                    a.write(b);
+                }
+            }
+        });
+    // SAFETY: the row blocks cover `out` and every row is written whole.
+    unsafe { super::assume_init(out) }
+}
+
+#[derive(Debug)]
+struct GatherBackward;
+
+impl Backward<Flex, 1> for GatherBackward {
+    /// (routes, d)
+    type State = (Arc<Routes>, usize);
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let (routes, d) = ops.state;
+        let dout = contiguous(&grads.consume::<Flex>(&ops.node));
+        let dout = f32_slice(&dout);
+        let [px] = ops.parents;
+        let Some(node) = px else { return };
+        // dx[i] = Σ of the gradients of token i's rows, added in row order onto zero — the
+        // order (and so the bits) of the composite scatter-add — one token per row of work.
+        let n = routes.tokens();
+        let mut dx = super::zeroed(n * d);
+        dx.par_chunks_mut(ROWS * d.max(1))
+            .enumerate()
+            .for_each(|(c, chunk)| {
+                for (j, o) in chunk.chunks_exact_mut(d.max(1)).enumerate() {
+                    let i = c * ROWS + j;
+                    for &r in &routes.rows[routes.start[i]..routes.start[i + 1]] {
+                        for (a, &b) in o.iter_mut().zip(&dout[r * d..(r + 1) * d]) {
+                            *a += b;
+                        }
+                    }
+                }
+            });
+        grads.register::<Flex>(node.id, FlexTensor::from_data(TensorData::new(dx, [n, d])));
+    }
+}
+
+/// `out [m, d]` with `out[r] = x[tok[r]]` (the rows sent to the experts, in `routes`' row
+/// order), with the backward summing each token's row gradients; `None` off flex.
+pub fn gather(x: Tensor<2>, routes: Arc<Routes>) -> Option<Tensor<2>> {
+    if !super::on_flex(&x) {
+        return None;
+    }
+    let [n, d] = x.dims();
+    assert_eq!(
+        n,
+        routes.tokens(),
+        "gather: {n} tokens but routes for {}",
+        routes.tokens()
+    );
+    let shape = [routes.tok.len(), d];
+    if x.is_autodiff() {
+        let x = autodiff_flex(x);
+        let xc = contiguous(x.primitive());
+        let out = FlexTensor::from_data(TensorData::new(
+            gather_forward(f32_slice(&xc), &routes, d),
+            shape,
+        ));
+        let t = match GatherBackward
+            .prepare::<NoCheckpointing>([x.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish((routes, d), out),
+            OpsKind::UnTracked(prep) => prep.finish(out),
+        };
+        Some(Tensor::from_primitive::<Autodiff<Flex>>(t))
+    } else {
+        let x = plain_flex(x);
+        let out = gather_forward(f32_slice(&x), &routes, d);
+        Some(Tensor::from_primitive::<Flex>(FlexTensor::from_data(
+            TensorData::new(out, shape),
+        )))
+    }
+}
