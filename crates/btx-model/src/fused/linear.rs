@@ -65,9 +65,10 @@ fn fresh(
 /// [`write_product_strided`] using the pool. A product worth spreading is cut into two halves
 /// of its output columns, side by side, each on one core, each in blocks of [`SPREAD_BLOCK`]
 /// columns (with more than two threads the blocks are shared out among them): faster than
-/// gemm's own two-thread split by 2-7% for preset S's forward products and 5-10% for M's. The cut depends on the shape alone, never on the
-/// thread count: gemm's result for an element can depend on how many rows or columns share
-/// its call, and the trainer's results must not depend on the thread count.
+/// gemm's own two-thread split by 2-7% for preset S's forward products and 5-10% for M's. The
+/// cut depends on the shape alone, never on the thread count: gemm's result for an element can
+/// depend on how many rows or columns share its call, and the trainer's results must not
+/// depend on the thread count.
 ///
 /// # Safety
 /// As for [`write_product_strided`].
