@@ -25,35 +25,45 @@ pub fn exp_sub_sum(x: &mut [f32], sub: f32) -> f32 {
     s
 }
 
+/// The exp kernels' constants, shared so the AVX2 and AVX-512 versions stay the same
+/// computation: the range of inputs, ln 2 split in a high part exact in float and a low
+/// remainder (Cody-Waite), and the minimax coefficients of e^r on [-ln2/2, ln2/2] from the
+/// highest power down to r^2's (then e^r = 1 + r + r^2 * poly).
+const EXP_LO: f32 = -87.3;
+const EXP_HI: f32 = 88.0;
+const LN2_HI: f32 = 0.693_359_4;
+const LN2_LO: f32 = -2.121_944_4e-4;
+const EXP_POLY: [f32; 6] = [
+    1.987_569_2e-4,
+    1.398_2e-3,
+    8.333_452e-3,
+    4.166_579_6e-2,
+    0.166_666_65,
+    0.5,
+];
+
 /// `e^v` of eight lanes; 0 below -87.3, `e^88` above 88.
 #[cfg(target_arch = "x86_64")]
 #[inline]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn exp8(v0: std::arch::x86_64::__m256) -> std::arch::x86_64::__m256 {
     use std::arch::x86_64::*;
-    let lo = _mm256_set1_ps(-87.3);
+    let lo = _mm256_set1_ps(EXP_LO);
     let under = _mm256_cmp_ps(v0, lo, _CMP_LT_OQ);
-    let v = _mm256_min_ps(_mm256_max_ps(v0, lo), _mm256_set1_ps(88.0));
+    let v = _mm256_min_ps(_mm256_max_ps(v0, lo), _mm256_set1_ps(EXP_HI));
     let k = _mm256_round_ps(
         _mm256_mul_ps(v, _mm256_set1_ps(std::f32::consts::LOG2_E)),
         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC,
     );
-    // ln 2 split in a high part exact in float and a low remainder (Cody-Waite).
     let r = _mm256_fnmadd_ps(
         k,
-        _mm256_set1_ps(-2.121_944_4e-4),
-        _mm256_fnmadd_ps(k, _mm256_set1_ps(0.693_359_4), v),
+        _mm256_set1_ps(LN2_LO),
+        _mm256_fnmadd_ps(k, _mm256_set1_ps(LN2_HI), v),
     );
-    // Taylor-like minimax coefficients of e^r on [-ln2/2, ln2/2].
-    let mut y = _mm256_fmadd_ps(
-        _mm256_set1_ps(1.987_569_2e-4),
-        r,
-        _mm256_set1_ps(1.398_2e-3),
-    );
-    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(8.333_452e-3));
-    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(4.166_579_6e-2));
-    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(0.166_666_65));
-    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(0.5));
+    let mut y = _mm256_set1_ps(EXP_POLY[0]);
+    for c in &EXP_POLY[1..] {
+        y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(*c));
+    }
     y = _mm256_fmadd_ps(
         y,
         _mm256_mul_ps(r, r),
@@ -250,26 +260,22 @@ mod avx512 {
     #[inline]
     #[target_feature(enable = "avx512f")]
     fn exp16(v0: __m512) -> __m512 {
-        let lo = _mm512_set1_ps(-87.3);
+        use super::{EXP_HI, EXP_LO, EXP_POLY, LN2_HI, LN2_LO};
+        let lo = _mm512_set1_ps(EXP_LO);
         let under = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(v0, lo);
-        let v = _mm512_min_ps(_mm512_max_ps(v0, lo), _mm512_set1_ps(88.0));
+        let v = _mm512_min_ps(_mm512_max_ps(v0, lo), _mm512_set1_ps(EXP_HI));
         let k = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
             _mm512_mul_ps(v, _mm512_set1_ps(std::f32::consts::LOG2_E)),
         );
         let r = _mm512_fnmadd_ps(
             k,
-            _mm512_set1_ps(-2.121_944_4e-4),
-            _mm512_fnmadd_ps(k, _mm512_set1_ps(0.693_359_4), v),
+            _mm512_set1_ps(LN2_LO),
+            _mm512_fnmadd_ps(k, _mm512_set1_ps(LN2_HI), v),
         );
-        let mut y = _mm512_fmadd_ps(
-            _mm512_set1_ps(1.987_569_2e-4),
-            r,
-            _mm512_set1_ps(1.398_2e-3),
-        );
-        y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(8.333_452e-3));
-        y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(4.166_579_6e-2));
-        y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(0.166_666_65));
-        y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(0.5));
+        let mut y = _mm512_set1_ps(EXP_POLY[0]);
+        for c in &EXP_POLY[1..] {
+            y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(*c));
+        }
         y = _mm512_fmadd_ps(
             y,
             _mm512_mul_ps(r, r),
