@@ -8,10 +8,42 @@ use crate::config::ModelConfig;
 
 /// `x * rsqrt(mean(x^2) + eps) * w`, over the last dim of `[N, d]`; `w` is `[1, d]`.
 pub fn rms_norm(x: Tensor<2>, w: &Tensor<2>, eps: f64) -> Tensor<2> {
-    if let Some(y) = crate::fused::elementwise::rms_norm(x.clone(), w.clone(), eps) {
+    if let Some(y) = crate::fused::elementwise::rms_norm(x.clone(), w.clone(), eps, None) {
         return y;
     }
     rms_norm_composite(x, w, eps)
+}
+
+/// A pre-norm residual block's two reads of the stream `x`: its RMSNorm, and (after the block)
+/// `x + delta`. On flex the two share x's gradient (see [`crate::fused::fan_in::FanIn`]) so
+/// that burn does not add them in a serial pass; elsewhere plain composite ops.
+pub struct Residual {
+    x: Tensor<2>,
+    fan: Option<std::sync::Arc<crate::fused::fan_in::FanIn>>,
+}
+
+impl Residual {
+    /// The block's input `x` and `rms_norm(x, w)`.
+    pub fn norm(x: Tensor<2>, w: &Tensor<2>, eps: f64) -> (Self, Tensor<2>) {
+        if crate::fused::on_flex(&x) {
+            let fan = crate::fused::fan_in::FanIn::new();
+            let h = crate::fused::elementwise::rms_norm(x.clone(), w.clone(), eps, Some(&fan))
+                .expect("on flex");
+            return (Self { x, fan: Some(fan) }, h);
+        }
+        let h = rms_norm_composite(x.clone(), w, eps);
+        (Self { x, fan: None }, h)
+    }
+
+    /// `x + delta`, the block's output.
+    pub fn output(self, delta: Tensor<2>) -> Tensor<2> {
+        match &self.fan {
+            Some(fan) => {
+                crate::fused::elementwise::residual_add(self.x, delta, fan).expect("on flex")
+            }
+            None => self.x + delta,
+        }
+    }
 }
 
 /// The composite reference of [`rms_norm`].
@@ -194,15 +226,12 @@ pub fn self_attention_fused(
         cos: crate::to_vec(rope.0.clone()),
         sin: crate::to_vec(rope.1.clone()),
     };
-    let project = |wt: &Tensor<2>| crate::linear(x.clone(), wt);
+    let [q, k, v]: [Tensor<2>; 3] = crate::linears(x, &[w.q, w.k, w.v])
+        .try_into()
+        .expect("three projections");
     let dims = crate::fused::attention::Dims { b, t, h, kvh, hd };
-    let y = crate::fused::attention::causal_attention(
-        project(w.q),
-        project(w.k),
-        project(w.v),
-        dims,
-        Some(std::sync::Arc::new(table)),
-    )
-    .expect("checked on_flex");
+    let y =
+        crate::fused::attention::causal_attention(q, k, v, dims, Some(std::sync::Arc::new(table)))
+            .expect("checked on_flex");
     crate::linear(y, w.o)
 }

@@ -40,5 +40,22 @@ pub fn linear(
     }
 }
 
+/// [`linear`] of one input by several weights (q, k, v; an MLP's gate and up). On flex the
+/// input's gradient is summed inside the products' backward passes (see
+/// [`fused::fan_in::FanIn`]) rather than by burn, one serial add per extra weight.
+pub fn linears(
+    x: burn::prelude::Tensor<2>,
+    ws: &[&burn::prelude::Tensor<2>],
+) -> Vec<burn::prelude::Tensor<2>> {
+    if fused::on_flex(&x) {
+        let fan = fused::fan_in::FanIn::new();
+        return ws
+            .iter()
+            .map(|w| fused::linear::linear_shared(x.clone(), (*w).clone(), &fan).expect("on flex"))
+            .collect();
+    }
+    ws.iter().map(|w| linear(x.clone(), w)).collect()
+}
+
 pub mod compare;
 pub mod probe;

@@ -5,7 +5,9 @@ use std::path::Path;
 
 use burn::prelude::*;
 
-use crate::attention::{rms_norm, rope_tables, self_attention, AttnWeights, LayerCache, SeqInfo};
+use crate::attention::{
+    rms_norm, rope_tables, self_attention, AttnWeights, LayerCache, Residual, SeqInfo,
+};
 use crate::config::{ModelConfig, Routing};
 use crate::error::{ModelError, Result};
 use crate::io::{write_checkpoint, HostTensor, TensorReader};
@@ -414,7 +416,7 @@ impl Model {
         let mut routers = Vec::new();
         let mut ffn_inputs = Vec::new();
         for (l, layer) in self.layers.iter().enumerate() {
-            let h = rms_norm(x.clone(), &layer.input_norm, cfg.rms_norm_eps);
+            let (res, h) = Residual::norm(x, &layer.input_norm, cfg.rms_norm_eps);
             let w = AttnWeights {
                 q: &layer.q,
                 k: &layer.k,
@@ -428,8 +430,8 @@ impl Model {
                 rope: &rope,
                 pads,
             };
-            x = x + self_attention(cfg, w, h, &seq, lc);
-            let h = rms_norm(x.clone(), &layer.post_norm, cfg.rms_norm_eps);
+            x = res.output(self_attention(cfg, w, h, &seq, lc));
+            let (res, h) = Residual::norm(x, &layer.post_norm, cfg.rms_norm_eps);
             if opts.capture_ffn_inputs {
                 ffn_inputs.push(h.clone().detach());
             }
@@ -441,7 +443,7 @@ impl Model {
                     o
                 }
             };
-            x = x + f;
+            x = res.output(f);
         }
         Trunk {
             hidden: rms_norm(x, &self.norm, cfg.rms_norm_eps),

@@ -24,8 +24,9 @@ pub struct Mlp {
 
 impl Mlp {
     pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
-        let g = crate::linear(x.clone(), &self.gate);
-        let u = crate::linear(x, &self.up);
+        let [g, u]: [Tensor<2>; 2] = crate::linears(x, &[&self.gate, &self.up])
+            .try_into()
+            .expect("two projections");
         let h = match crate::fused::elementwise::swiglu(g.clone(), u.clone()) {
             Some(h) => h,
             None => silu(g) * u,

@@ -654,3 +654,111 @@ fn fused_moe_gather_matches_select_bit_for_bit() {
         assert!(df.iter().any(|&v| v != 0.0), "case {i}: no gradient at all");
     }
 }
+
+/// One input read by several projections (`linears`) and a residual block (`Residual`): the
+/// input's gradient, summed inside the ops' backward passes, against burn summing the composite
+/// versions' gradients; also a block whose input arrives from an op upstream (so the sum has to
+/// reach that op) and identical bits on 1, 2 and 3 threads.
+#[test]
+fn shared_input_gradients_match_composite_and_thread_counts() {
+    use btx_model::attention::{rms_norm_composite, Residual};
+    for (i, &(m, k, ns)) in [
+        (1, 1, &[1usize, 2][..]),
+        (37, 24, &[16, 8, 8][..]),
+        (300, 257, &[190, 64][..]),
+        (2048, 256, &[256, 128, 128][..]),
+    ]
+    .iter()
+    .enumerate()
+    {
+        Device::flex().seed(300 + i as u64);
+        let x0 = leaf([m, k], 1.0);
+        let ws: Vec<Tensor<2>> = ns.iter().map(|&n| leaf([n, k], 0.1)).collect();
+        let norm = leaf([1, k], 1.0);
+        let back = leaf([k, k], 0.1);
+        let probes: Vec<Tensor<2>> = ns
+            .iter()
+            .map(|&n| {
+                Tensor::<2>::random([m, n], Distribution::Normal(0.0, 1.0), &Device::flex())
+                    .autodiff()
+            })
+            .collect();
+        let probe_x =
+            Tensor::<2>::random([m, k], Distribution::Normal(0.0, 1.0), &Device::flex()).autodiff();
+        // x comes from an op (so its gradient flows on to x0 and `back`), then one residual
+        // block whose inner function is the projections, their outputs folded back to k columns.
+        let run = |fused: bool| {
+            let x = btx_model::linear(x0.clone(), &back);
+            let refs: Vec<&Tensor<2>> = ws.iter().collect();
+            let (ys, out) = if fused {
+                let (res, h) = Residual::norm(x, &norm, 1e-5);
+                let ys = btx_model::linears(h, &refs);
+                let delta = ys[0].clone().sum_dim(1).expand([m, k]);
+                (ys, res.output(delta))
+            } else {
+                let h = rms_norm_composite(x.clone(), &norm, 1e-5);
+                let ys: Vec<Tensor<2>> = ws
+                    .iter()
+                    .map(|w| h.clone().matmul(w.clone().transpose()))
+                    .collect();
+                let delta = ys[0].clone().sum_dim(1).expand([m, k]);
+                (ys.clone(), x + delta)
+            };
+            let mut loss = (out.clone() * probe_x.clone()).sum();
+            for (y, p) in ys.iter().zip(&probes) {
+                loss = loss + (y.clone() * p.clone()).sum();
+            }
+            let g = loss.backward();
+            let mut grads = vec![to_vec(out)];
+            for p in [&x0, &back, &norm].into_iter().chain(&ws) {
+                grads.push(to_vec(p.grad(&g).expect("gradient")));
+            }
+            grads
+        };
+        let fused = run(true);
+        let comp = run(false);
+        for (j, (f, c)) in fused.iter().zip(&comp).enumerate() {
+            let e = rel_err(f, c);
+            assert!(e < 1e-4, "case {i}: result {j} differs by {e}");
+        }
+        for t in [2, 3] {
+            let other = rayon::ThreadPoolBuilder::new()
+                .num_threads(t)
+                .build()
+                .unwrap()
+                .install(|| run(true));
+            assert!(
+                other == fused,
+                "case {i}: differs between 1 and {t} threads"
+            );
+        }
+    }
+}
+
+/// The shares are counted by what is built: a residual block's norm without its add (one
+/// consumer) still passes its gradient on, and projections of an input that needs no gradient
+/// leave the weights' gradients as they were.
+#[test]
+fn shared_input_gradients_count_the_consumers_built() {
+    use btx_model::attention::{rms_norm, Residual};
+    Device::flex().seed(400);
+    let x = leaf([8, 4], 1.0);
+    let w = leaf([1, 4], 1.0);
+    let (_res, h) = Residual::norm(x.clone(), &w, 1e-5);
+    let g = h.sum().backward();
+    let alone = rms_norm(x.clone(), &w, 1e-5).sum().backward();
+    assert_eq!(
+        to_vec(x.grad(&g).expect("the norm's gradient")),
+        to_vec(x.grad(&alone).unwrap())
+    );
+    let frozen =
+        Tensor::<2>::random([8, 4], Distribution::Normal(0.0, 1.0), &Device::flex()).autodiff();
+    let (w1, w2) = (leaf([3, 4], 0.1), leaf([5, 4], 0.1));
+    let ys = btx_model::linears(frozen.clone(), &[&w1, &w2]);
+    let g = (ys[0].clone().sum() + ys[1].clone().sum()).backward();
+    for (w, n) in [(&w1, 3), (&w2, 5)] {
+        let want = frozen.clone().sum_dim(0).expand([n, 4]);
+        let e = rel_err(&to_vec(w.grad(&g).unwrap()), &to_vec(want));
+        assert!(e < 1e-6, "weight gradient differs by {e}");
+    }
+}

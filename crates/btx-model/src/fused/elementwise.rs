@@ -2,6 +2,8 @@
 //! One pass over the data forward and one backward, split over the cores, instead of the chain
 //! of element-wise tensor ops (each its own pass and allocation) the composite versions run.
 
+use super::fan_in::FanIn;
+use super::linear::Dst;
 use super::{autodiff_flex, contiguous, f32_slice, plain_flex};
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
@@ -11,6 +13,7 @@ use burn::backend::flex::FlexTensor;
 use burn::backend::{Autodiff, Flex};
 use burn::prelude::*;
 use rayon::prelude::*;
+use std::sync::Arc;
 
 use super::simd::simd_fn;
 use super::vexp;
@@ -122,13 +125,15 @@ fn rms_rows(x: &[f32], w: &[f32], eps: f32, y: &mut [MaybeUninit<f32>], r: &mut 
 }
 
 simd_fn! {
-/// RMSNorm backward of a block of rows: writes `dx` and adds the rows' share of dw into `dw`.
+/// RMSNorm backward of a block of rows: writes `dx` (or with `acc` adds to it) and adds the
+/// rows' share of dw into `dw`.
 fn rms_back_rows(
     x: &[f32],
     g: &[f32],
     r: &[f32],
     w: &[f32],
     dx: &mut [MaybeUninit<f32>],
+    acc: bool,
     dw: &mut [f32],
 ) {
     let d = w.len();
@@ -138,8 +143,16 @@ fn rms_back_rows(
             dw[k] += gr[k] * xr[k] * ri;
         }
         let c2 = ri * ri * dot / d as f32;
-        for k in 0..d {
-            dxr[k].write(ri * (gr[k] * w[k] - xr[k] * c2));
+        if acc {
+            for k in 0..d {
+                // SAFETY: in accumulate mode the caller passes initialised elements.
+                let old = unsafe { dxr[k].assume_init() };
+                dxr[k].write(old + ri * (gr[k] * w[k] - xr[k] * c2));
+            }
+        } else {
+            for k in 0..d {
+                dxr[k].write(ri * (gr[k] * w[k] - xr[k] * c2));
+            }
         }
     }
 }
@@ -149,36 +162,56 @@ fn rms_back_rows(
 struct RmsBackward;
 
 impl Backward<Flex, 2> for RmsBackward {
-    /// (x, w, per-row r, shape)
-    type State = (FlexTensor, FlexTensor, Vec<f32>, [usize; 2]);
+    /// (x, w, per-row r, shape, the fan-in x's gradient goes to)
+    type State = (
+        FlexTensor,
+        FlexTensor,
+        Vec<f32>,
+        [usize; 2],
+        Option<Arc<FanIn>>,
+    );
 
     fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let (x, w, r, [n, d]) = ops.state;
+        let (x, w, r, [n, d], fan) = ops.state;
         let g = contiguous(&grads.consume::<Flex>(&ops.node));
         let (x, w, g) = (f32_slice(&x), f32_slice(&w), f32_slice(&g));
-        let mut dx = super::uninit(n * d);
+        let [px, pw] = ops.parents;
+        let mut dw_parts: Vec<Vec<f32>> = vec![];
         // dx = r (g w - x r^2 mean(g w x)); dw = sum_rows g x r (per-task partial sums).
-        let dw_parts: Vec<Vec<f32>> = dx
-            .par_chunks_mut(ROWS * d)
-            .enumerate()
-            .map(|(c, dxc)| {
-                let mut dw = vec![0f32; d];
-                let (e, rows) = (c * ROWS * d..c * ROWS * d + dxc.len(), dxc.len() / d);
-                let r = &r[c * ROWS..c * ROWS + rows];
-                rms_back_rows(&x[e.clone()], &g[e], r, w, dxc, &mut dw);
-                dw
-            })
-            .collect();
-        // SAFETY: the row blocks cover `dx` and every element of each row is written.
-        let dx = unsafe { super::assume_init(dx) };
+        let mut write = |dst: *mut f32, mode: Dst| {
+            // SAFETY: the FanIn (or the fresh buffer below) hands over n*d elements, initialised
+            // in accumulate mode.
+            let dx =
+                unsafe { std::slice::from_raw_parts_mut(dst.cast::<MaybeUninit<f32>>(), n * d) };
+            dw_parts = dx
+                .par_chunks_mut(ROWS * d)
+                .enumerate()
+                .map(|(c, dxc)| {
+                    let mut dw = vec![0f32; d];
+                    let (e, rows) = (c * ROWS * d..c * ROWS * d + dxc.len(), dxc.len() / d);
+                    let r = &r[c * ROWS..c * ROWS + rows];
+                    let acc = mode == Dst::Accumulate;
+                    rms_back_rows(&x[e.clone()], &g[e], r, w, dxc, acc, &mut dw);
+                    dw
+                })
+                .collect();
+        };
+        let dx = match (&px, fan.as_deref()) {
+            (Some(_), Some(fan)) => fan.add(n * d, write),
+            _ => {
+                let mut dx = super::uninit(n * d);
+                write(dx.as_mut_ptr().cast(), Dst::Write);
+                // SAFETY: the row blocks cover `dx` and every element of each row is written.
+                Some(unsafe { super::assume_init(dx) })
+            }
+        };
         let mut dw = vec![0f32; d];
         for p in &dw_parts {
             for (a, b) in dw.iter_mut().zip(p) {
                 *a += b;
             }
         }
-        let [px, pw] = ops.parents;
-        if let Some(node) = px {
+        if let (Some(node), Some(dx)) = (px, dx) {
             grads.register::<Flex>(node.id, flex2(dx, [n, d]));
         }
         if let Some(node) = pw {
@@ -187,8 +220,14 @@ impl Backward<Flex, 2> for RmsBackward {
     }
 }
 
-/// RMSNorm of `x: [N, d]` with weight `w: [1, d]`; `None` off flex.
-pub fn rms_norm(x: Tensor<2>, w: Tensor<2>, eps: f64) -> Option<Tensor<2>> {
+/// RMSNorm of `x: [N, d]` with weight `w: [1, d]`; `None` off flex. With `fan`, x's
+/// gradient is summed there (x is read by other ops built with the same [`FanIn`]).
+pub fn rms_norm(
+    x: Tensor<2>,
+    w: Tensor<2>,
+    eps: f64,
+    fan: Option<&Arc<FanIn>>,
+) -> Option<Tensor<2>> {
     if !super::on_flex(&x) {
         return None;
     }
@@ -196,6 +235,7 @@ pub fn rms_norm(x: Tensor<2>, w: Tensor<2>, eps: f64) -> Option<Tensor<2>> {
     let eps = eps as f32;
     if x.is_autodiff() || w.is_autodiff() {
         let (x, w) = (autodiff_flex(x), autodiff_flex(w));
+        let fan = fan.filter(|f| f.expect(&x));
         let (xc, wc) = (contiguous(x.primitive()), contiguous(w.primitive()));
         let (y, r) = rms_forward(f32_slice(&xc), f32_slice(&wc), d, eps);
         let out = flex2(y, [n, d]);
@@ -204,7 +244,7 @@ pub fn rms_norm(x: Tensor<2>, w: Tensor<2>, eps: f64) -> Option<Tensor<2>> {
             .compute_bound()
             .stateful()
         {
-            OpsKind::Tracked(prep) => prep.finish((xc, wc, r, [n, d]), out),
+            OpsKind::Tracked(prep) => prep.finish((xc, wc, r, [n, d], fan.cloned()), out),
             OpsKind::UnTracked(prep) => prep.finish(out),
         };
         Some(Tensor::from_primitive::<Autodiff<Flex>>(t))
@@ -212,5 +252,94 @@ pub fn rms_norm(x: Tensor<2>, w: Tensor<2>, eps: f64) -> Option<Tensor<2>> {
         let (x, w) = (plain_flex(x), plain_flex(w));
         let (y, _) = rms_forward(f32_slice(&x), f32_slice(&w), d, eps);
         Some(Tensor::from_primitive::<Flex>(flex2(y, [n, d])))
+    }
+}
+
+#[derive(Debug)]
+struct ResidualBackward;
+
+impl Backward<Flex, 2> for ResidualBackward {
+    /// (shape, the fan-in x's gradient goes to: there when x needs one)
+    type State = ([usize; 2], Option<Arc<FanIn>>);
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let (shape, fan) = ops.state;
+        let g = contiguous(&grads.consume::<Flex>(&ops.node));
+        let [px, pd] = ops.parents;
+        match (px, fan) {
+            (Some(node), Some(fan)) => {
+                let gs = f32_slice(&g);
+                if let Some(dx) = fan.add(gs.len(), |dst, mode| add_into(dst, mode, gs)) {
+                    grads.register::<Flex>(node.id, flex2(dx, shape));
+                }
+            }
+            (Some(node), None) => grads.register::<Flex>(node.id, g.clone()),
+            (None, _) => {}
+        }
+        if let Some(node) = pd {
+            grads.register::<Flex>(node.id, g);
+        }
+    }
+}
+
+/// Writes (or adds) `src` into `len = src.len()` elements at `dst`, in parallel chunks.
+fn add_into(dst: *mut f32, mode: Dst, src: &[f32]) {
+    // SAFETY: the FanIn hands over `src.len()` elements, initialised in accumulate mode.
+    let dst = unsafe { std::slice::from_raw_parts_mut(dst.cast::<MaybeUninit<f32>>(), src.len()) };
+    dst.par_chunks_mut(CHUNK)
+        .zip(src.par_chunks(CHUNK))
+        .for_each(|(d, s)| match mode {
+            Dst::Write => d.iter_mut().zip(s).for_each(|(d, &s)| {
+                d.write(s);
+            }),
+            Dst::Accumulate => d.iter_mut().zip(s).for_each(|(d, &s)| {
+                // SAFETY: initialised in accumulate mode (above).
+                let old = unsafe { d.assume_init() };
+                d.write(old + s);
+            }),
+        });
+}
+
+/// The residual connection `x + delta` (`[N, d]` each), x's gradient summed in `fan` (where
+/// the RMSNorm that also reads x adds its share inside its own kernel); `None` off flex.
+pub fn residual_add(x: Tensor<2>, delta: Tensor<2>, fan: &Arc<FanIn>) -> Option<Tensor<2>> {
+    if !super::on_flex(&x) {
+        return None;
+    }
+    let shape = x.dims();
+    assert_eq!(shape, delta.dims(), "residual_add: shapes differ");
+    let sum = |x: &[f32], d: &[f32]| {
+        let mut out = super::uninit(x.len());
+        out.par_chunks_mut(CHUNK).enumerate().for_each(|(c, o)| {
+            let s = c * CHUNK;
+            for ((o, a), b) in o.iter_mut().zip(&x[s..]).zip(&d[s..]) {
+                o.write(a + b);
+            }
+        });
+        // SAFETY: the chunks cover the buffer and each element is written.
+        flex2(unsafe { super::assume_init(out) }, shape)
+    };
+    if x.is_autodiff() || delta.is_autodiff() {
+        let (x, d) = (autodiff_flex(x), autodiff_flex(delta));
+        let fan = fan.expect(&x).then(|| fan.clone());
+        let out = sum(
+            f32_slice(&contiguous(x.primitive())),
+            f32_slice(&contiguous(d.primitive())),
+        );
+        let t = match ResidualBackward
+            .prepare::<NoCheckpointing>([x.node(), d.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish((shape, fan), out),
+            OpsKind::UnTracked(prep) => prep.finish(out),
+        };
+        Some(Tensor::from_primitive::<Autodiff<Flex>>(t))
+    } else {
+        let (x, d) = (plain_flex(x), plain_flex(delta));
+        Some(Tensor::from_primitive::<Flex>(sum(
+            f32_slice(&x),
+            f32_slice(&d),
+        )))
     }
 }

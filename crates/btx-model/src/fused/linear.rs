@@ -7,6 +7,7 @@
 //! gradient arrives as a transposed view that the optimizer has to copy back to `[out, in]`.
 //! Here outputs are written once, and dW is produced in the weight's own layout.
 
+use super::fan_in::FanIn;
 use super::{autodiff_flex, contiguous, f32_slice, plain_flex, SharedPtr};
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
@@ -17,6 +18,7 @@ use burn::backend::{Autodiff, Flex};
 use burn::prelude::*;
 use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
+use std::sync::Arc;
 
 /// Below this many multiply-adds one core does the product (as burn-flex decides).
 const PARALLEL_MACS: usize = 192 * 192 * 192;
@@ -295,7 +297,8 @@ pub(crate) unsafe fn weight_grad_cols(
     }
 }
 
-/// dX `[m, k]` = dY `[m, n]` · W `[n, k]` and dW `[n, k]` = dYᵀ · X `[m, k]`.
+/// dX `[m, k]` = dY `[m, n]` · W `[n, k]` written into (or, with `Dst::Accumulate`, added
+/// to) `dx`, and a new dW `[n, k]` = dYᵀ · X `[m, k]`.
 ///
 /// In two parts, side by side: one takes the top rows of dX and the left columns of dW, the
 /// other the rest, with dW cut on a [`GRAD_BLOCK`] boundary and dX's rows cut to even out the
@@ -304,7 +307,16 @@ pub(crate) unsafe fn weight_grad_cols(
 /// the shapes alone, never on the thread count: gemm's result for an element can depend on how
 /// many rows share its call (1 vs several, or up to 64 for some layouts), and the trainer's
 /// results must not depend on the thread count.
-fn both_grads(g: &[f32], w: &[f32], x: &[f32], [m, k, n]: [usize; 3]) -> (Vec<f32>, Vec<f32>) {
+///
+/// # Safety
+/// `dx` must be valid for `m * k` writes (initialised for `Dst::Accumulate`).
+unsafe fn both_grads(
+    g: &[f32],
+    w: &[f32],
+    x: &[f32],
+    [m, k, n]: [usize; 3],
+    (dx, dx_mode): (*mut f32, Dst),
+) -> Vec<f32> {
     // With more than two threads the dX parts spread over the pool as well.
     let spread = rayon::current_num_threads() > 2;
     let c = grad_cut(k);
@@ -319,12 +331,11 @@ fn both_grads(g: &[f32], w: &[f32], x: &[f32], [m, k, n]: [usize; 3]) -> (Vec<f3
     } else {
         (m * (k - c) / k / 8 * 8).clamp(MIN_SPLIT, m - MIN_SPLIT)
     };
-    let mut dx: Vec<f32> = Vec::with_capacity(m * k);
     let mut dw: Vec<f32> = Vec::with_capacity(n * k);
-    let (dxp, dwp) = (SharedPtr(dx.as_mut_ptr()), SharedPtr(dw.as_mut_ptr()));
+    let (dxp, dwp) = (SharedPtr(dx), SharedPtr(dw.as_mut_ptr()));
     let part = |rows: std::ops::Range<usize>, cols: std::ops::Range<usize>| {
         // SAFETY: the parts write disjoint rows of dX and disjoint columns of dW, together
-        // every element of both (capacities m*k and n*k).
+        // every element of both (the caller vouches for dX, dW has capacity n*k).
         unsafe {
             write_product(
                 dxp.get().add(rows.start * k),
@@ -332,7 +343,7 @@ fn both_grads(g: &[f32], w: &[f32], x: &[f32], [m, k, n]: [usize; 3]) -> (Vec<f3
                 (&g[rows.start * n..], n, 1),
                 (w, k, 1),
                 1.0,
-                Dst::Write,
+                dx_mode,
                 spread,
             );
             weight_grad_cols(dwp.get(), k, [n, m], (g, n), (x, k), cols, 1.0, Dst::Write);
@@ -340,11 +351,8 @@ fn both_grads(g: &[f32], w: &[f32], x: &[f32], [m, k, n]: [usize; 3]) -> (Vec<f3
     };
     rayon::join(|| part(0..mr, 0..c), || part(mr..m, c..k));
     // SAFETY: both parts have written every element.
-    unsafe {
-        dx.set_len(m * k);
-        dw.set_len(n * k);
-    }
-    (dx, dw)
+    unsafe { dw.set_len(n * k) };
+    dw
 }
 
 /// dW `[n, k]` = dYᵀ · X alone: its columns in two parts cut on a [`GRAD_BLOCK`] boundary.
@@ -368,24 +376,52 @@ pub(crate) const MIN_SPLIT: usize = 32;
 #[derive(Debug)]
 struct LinearBackward;
 
+/// Where dX goes: a fresh tensor registered with burn, or a share of a [`FanIn`].
+fn dx_into(fan: Option<&FanIn>, len: usize, write: impl FnOnce(*mut f32, Dst)) -> Option<Vec<f32>> {
+    match fan {
+        Some(fan) => fan.add(len, write),
+        None => {
+            let mut dx: Vec<f32> = Vec::with_capacity(len);
+            write(dx.as_mut_ptr(), Dst::Write);
+            // SAFETY: `write` initialised every element.
+            unsafe { dx.set_len(len) };
+            Some(dx)
+        }
+    }
+}
+
 impl Backward<Flex, 2> for LinearBackward {
-    /// (x `[m, k]`, w `[n, k]`, [m, k, n])
-    type State = (FlexTensor, FlexTensor, [usize; 3]);
+    /// (x `[m, k]`, w `[n, k]`, [m, k, n], the fan-in x's gradient goes to)
+    type State = (FlexTensor, FlexTensor, [usize; 3], Option<Arc<FanIn>>);
 
     fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let (x, w, [m, k, n]) = ops.state;
+        let (x, w, [m, k, n], fan) = ops.state;
         let g = contiguous(&grads.consume::<Flex>(&ops.node));
         let g = f32_slice(&g);
         let [px, pw] = ops.parents;
         let (w, x) = (f32_slice(&w), f32_slice(&x));
+        let fan = fan.as_deref();
         let (dx, dw) = match (px.is_some(), pw.is_some()) {
             (true, true) => {
-                let (dx, dw) = both_grads(g, w, x, [m, k, n]);
-                (Some(dx), Some(dw))
+                let mut dw = None;
+                // SAFETY: `dx_into` hands over m*k writable elements in the mode given.
+                let dx = dx_into(fan, m * k, |dst, mode| {
+                    dw = Some(unsafe { both_grads(g, w, x, [m, k, n], (dst, mode)) });
+                });
+                (dx, dw)
             }
             // One product: spread over the pool.
             (want_dx, want_dw) => (
-                want_dx.then(|| fresh([m, k, n], (g, n, 1), (w, k, 1), true)),
+                want_dx
+                    .then(|| {
+                        dx_into(fan, m * k, |dst, mode| {
+                            // SAFETY: as above; every element of dX written (or added to).
+                            unsafe {
+                                spread_product(dst, k, [m, k, n], (g, n, 1), (w, k, 1), 1.0, mode)
+                            }
+                        })
+                    })
+                    .flatten(),
                 want_dw.then(|| weight_grad(g, x, [m, k, n])),
             ),
         };
@@ -400,6 +436,16 @@ impl Backward<Flex, 2> for LinearBackward {
 
 /// `x [m, k] · wᵀ` for `w [n, k]` on flex; `None` when the tensors are not on a flex device.
 pub fn linear(x: Tensor<2>, w: Tensor<2>) -> Option<Tensor<2>> {
+    linear_into(x, w, None)
+}
+
+/// [`linear`] for one of the ops built with `fan` that read the same `x`: x's gradient is
+/// summed in `fan` (see [`FanIn`]) instead of by burn.
+pub fn linear_shared(x: Tensor<2>, w: Tensor<2>, fan: &Arc<FanIn>) -> Option<Tensor<2>> {
+    linear_into(x, w, Some(fan.clone()))
+}
+
+fn linear_into(x: Tensor<2>, w: Tensor<2>, fan: Option<Arc<FanIn>>) -> Option<Tensor<2>> {
     if !super::on_flex(&x) {
         return None;
     }
@@ -410,6 +456,7 @@ pub fn linear(x: Tensor<2>, w: Tensor<2>) -> Option<Tensor<2>> {
     );
     if x.is_autodiff() || w.is_autodiff() {
         let (x, w) = (autodiff_flex(x), autodiff_flex(w));
+        let fan = fan.filter(|f| f.expect(&x));
         let (xc, wc) = (contiguous(x.primitive()), contiguous(w.primitive()));
         let y = FlexTensor::from_data(TensorData::new(
             forward(f32_slice(&xc), f32_slice(&wc), m, k, n),
@@ -420,7 +467,7 @@ pub fn linear(x: Tensor<2>, w: Tensor<2>) -> Option<Tensor<2>> {
             .compute_bound()
             .stateful()
         {
-            OpsKind::Tracked(prep) => prep.finish((xc, wc, [m, k, n]), y),
+            OpsKind::Tracked(prep) => prep.finish((xc, wc, [m, k, n], fan), y),
             OpsKind::UnTracked(prep) => prep.finish(y),
         };
         Some(Tensor::from_primitive::<Autodiff<Flex>>(t))

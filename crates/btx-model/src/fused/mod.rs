@@ -8,6 +8,7 @@ pub mod attention;
 pub mod cross_entropy;
 pub mod elementwise;
 pub mod experts;
+pub mod fan_in;
 pub mod gemm_clock;
 pub mod linear;
 pub mod lm_head;
