@@ -122,7 +122,14 @@ impl Moe {
 
     /// Expert outputs for the rows `toks[e]` of `x`, grouped by expert in expert order:
     /// one gather and the fused all-experts FFN on flex, else expert by expert.
-    fn experts_forward(&self, x: Tensor<2>, toks: &[Vec<i64>]) -> Tensor<2> {
+    /// With `fan`, the gather shares x's gradient with the router (see
+    /// [`crate::fused::fan_in::FanIn`]).
+    fn experts_forward(
+        &self,
+        x: Tensor<2>,
+        toks: &[Vec<i64>],
+        fan: Option<&std::sync::Arc<crate::fused::fan_in::FanIn>>,
+    ) -> Tensor<2> {
         let dev = x.device();
         let mut bounds = vec![0usize];
         for t in toks {
@@ -133,14 +140,13 @@ impl Moe {
             .iter()
             .map(|m| (&m.gate, &m.up, &m.down))
             .collect();
-        if crate::fused::on_flex(&x) {
+        // (A gather whose rows went unused would leave the fan-in short.)
+        if crate::fused::on_flex(&x) && self.experts.len() <= crate::fused::experts::MAX_EXPERTS {
             let rows: Vec<usize> = toks.iter().flatten().map(|&t| t as usize).collect();
-            let routes = crate::fused::moe::Routes::new(rows, x.dims()[0]);
-            let xg =
-                crate::fused::moe::gather(x.clone(), std::sync::Arc::new(routes)).expect("on flex");
-            if let Some(y) = crate::fused::experts::experts_ffn(xg, &bounds, &weights) {
-                return y;
-            }
+            let routes = std::sync::Arc::new(crate::fused::moe::Routes::new(rows, x.dims()[0]));
+            let xg = crate::fused::moe::gather(x.clone(), routes, fan).expect("on flex");
+            return crate::fused::experts::experts_ffn(xg, &bounds, &weights)
+                .expect("fused experts on flex");
         }
         let ys: Vec<Tensor<2>> = self
             .experts
@@ -157,7 +163,13 @@ impl Moe {
         let dev = x.device();
         let [n, _] = x.dims();
         let e = self.num_experts();
-        let logits = crate::linear(x.clone(), &self.router);
+        // The router and the experts' gather both read x: one summed gradient on flex.
+        let fan = crate::fused::on_flex(&x).then(crate::fused::fan_in::FanIn::new);
+        let logits = match &fan {
+            Some(f) => crate::fused::linear::linear_shared(x.clone(), self.router.clone(), f)
+                .expect("on flex"),
+            None => crate::linear(x.clone(), &self.router),
+        };
         let probs = softmax(logits.clone(), 1);
         let host: Vec<f32> = crate::to_vec(logits.clone().detach());
         let topk_ids = topk_rows(&host, e, opts.top_k.min(e));
@@ -250,7 +262,7 @@ impl Moe {
         let out = if row_tok.is_empty() {
             Tensor::<2>::zeros([n, d], &dev)
         } else {
-            let y = self.experts_forward(x.clone(), &toks);
+            let y = self.experts_forward(x.clone(), &toks, fan.as_ref());
             let g = gates.reshape([n * c]).select(0, int1(row_slot, &dev));
             let routes = std::sync::Arc::new(crate::fused::moe::Routes::new(row_tok, n));
             match crate::fused::moe::combine(y.clone(), g.clone(), routes.clone()) {

@@ -642,7 +642,7 @@ fn fused_moe_gather_matches_select_bit_for_bit() {
         let m = tok.len();
         let x = leaf([n, d], 1.0);
         let probe = Tensor::<2>::random([m, d], Distribution::Normal(0.0, 1.0), &dev).autodiff();
-        let fused = gather(x.clone(), Arc::new(Routes::new(tok.clone(), n))).expect("flex");
+        let fused = gather(x.clone(), Arc::new(Routes::new(tok.clone(), n)), None).expect("flex");
         let idx: Vec<i64> = tok.iter().map(|&t| t as i64).collect();
         let idx = Tensor::<1, Int>::from_data(TensorData::new(idx, [m]), &dev.clone().autodiff());
         let comp = x.clone().select(0, idx);

@@ -362,9 +362,12 @@ impl<const N: usize> Backward<Flex, N> for ExpertsBackward<N> {
     }
 }
 
+/// Most experts [`experts_ffn`] takes (one graph input per weight, fixed at compile time).
+pub const MAX_EXPERTS: usize = 16;
+
 /// Expert e's SwiGLU FFN on rows `bounds[e]..bounds[e + 1]` of `x: [M, d]`, for every e;
-/// `experts[e] = (gate [f, d], up [f, d], down [d, f])`. `None` off flex or for more than 16
-/// experts (the composite per-expert path then runs).
+/// `experts[e] = (gate [f, d], up [f, d], down [d, f])`. `None` off flex or for more than
+/// [`MAX_EXPERTS`] experts (the composite per-expert path then runs).
 pub fn experts_ffn(
     x: Tensor<2>,
     bounds: &[usize],

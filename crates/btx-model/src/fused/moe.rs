@@ -8,6 +8,8 @@
 
 use std::sync::Arc;
 
+use super::fan_in::FanIn;
+use super::linear::Dst;
 use super::{autodiff_flex, contiguous, f32_slice, plain_flex};
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
@@ -17,6 +19,7 @@ use burn::backend::flex::FlexTensor;
 use burn::backend::{Autodiff, Flex};
 use burn::prelude::*;
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// Rows per parallel task.
 const ROWS: usize = 64;
@@ -176,38 +179,61 @@ fn gather_forward(x: &[f32], routes: &Routes, d: usize) -> Vec<f32> {
 struct GatherBackward;
 
 impl Backward<Flex, 1> for GatherBackward {
-    /// (routes, d)
-    type State = (Arc<Routes>, usize);
+    /// (routes, d, the fan-in x's gradient goes to)
+    type State = (Arc<Routes>, usize, Option<Arc<FanIn>>);
 
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let (routes, d) = ops.state;
+        let (routes, d, fan) = ops.state;
         let dout = contiguous(&grads.consume::<Flex>(&ops.node));
         let dout = f32_slice(&dout);
         let [px] = ops.parents;
         let Some(node) = px else { return };
-        // dx[i] = Σ of the gradients of token i's rows, added in row order onto zero — the
-        // order (and so the bits) of the composite scatter-add — one token per row of work.
+        // dx[i] = Σ of the gradients of token i's rows, added in row order onto zero (or onto
+        // what the fan-in holds) — the order, and so the bits, of the composite scatter-add —
+        // one token per row of work.
         let n = routes.tokens();
-        let mut dx = super::zeroed(n * d);
-        dx.par_chunks_mut(ROWS * d.max(1))
-            .enumerate()
-            .for_each(|(c, chunk)| {
-                for (j, o) in chunk.chunks_exact_mut(d.max(1)).enumerate() {
-                    let i = c * ROWS + j;
-                    for &r in &routes.rows[routes.start[i]..routes.start[i + 1]] {
-                        for (a, &b) in o.iter_mut().zip(&dout[r * d..(r + 1) * d]) {
-                            *a += b;
+        let write = |dst: *mut f32, mode: Dst| {
+            // SAFETY: n*d elements handed over, initialised in accumulate mode.
+            let dx =
+                unsafe { std::slice::from_raw_parts_mut(dst.cast::<MaybeUninit<f32>>(), n * d) };
+            dx.par_chunks_mut(ROWS * d.max(1))
+                .enumerate()
+                .for_each(|(c, chunk)| {
+                    if mode == Dst::Write {
+                        chunk.fill(MaybeUninit::new(0.0));
+                    }
+                    // SAFETY: initialised just above or by the caller.
+                    let chunk = unsafe { &mut *(chunk as *mut [MaybeUninit<f32>] as *mut [f32]) };
+                    for (j, o) in chunk.chunks_exact_mut(d.max(1)).enumerate() {
+                        let i = c * ROWS + j;
+                        for &r in &routes.rows[routes.start[i]..routes.start[i + 1]] {
+                            for (a, &b) in o.iter_mut().zip(&dout[r * d..(r + 1) * d]) {
+                                *a += b;
+                            }
                         }
                     }
-                }
-            });
-        grads.register::<Flex>(node.id, FlexTensor::from_data(TensorData::new(dx, [n, d])));
+                });
+        };
+        let dx = match fan {
+            Some(fan) => fan.add(n * d, write),
+            None => {
+                let mut dx: Vec<f32> = Vec::with_capacity(n * d);
+                write(dx.as_mut_ptr(), Dst::Write);
+                // SAFETY: every element written.
+                unsafe { dx.set_len(n * d) };
+                Some(dx)
+            }
+        };
+        if let Some(dx) = dx {
+            grads.register::<Flex>(node.id, FlexTensor::from_data(TensorData::new(dx, [n, d])));
+        }
     }
 }
 
 /// `out [m, d]` with `out[r] = x[tok[r]]` (the rows sent to the experts, in `routes`' row
-/// order), with the backward summing each token's row gradients; `None` off flex.
-pub fn gather(x: Tensor<2>, routes: Arc<Routes>) -> Option<Tensor<2>> {
+/// order), with the backward summing each token's row gradients; `None` off flex. With `fan`,
+/// x's gradient is summed there (x is read by other ops built with the same [`FanIn`]).
+pub fn gather(x: Tensor<2>, routes: Arc<Routes>, fan: Option<&Arc<FanIn>>) -> Option<Tensor<2>> {
     if !super::on_flex(&x) {
         return None;
     }
@@ -221,6 +247,7 @@ pub fn gather(x: Tensor<2>, routes: Arc<Routes>) -> Option<Tensor<2>> {
     let shape = [routes.tok.len(), d];
     if x.is_autodiff() {
         let x = autodiff_flex(x);
+        let fan = fan.filter(|f| f.expect(&x)).cloned();
         let xc = contiguous(x.primitive());
         let out = FlexTensor::from_data(TensorData::new(
             gather_forward(f32_slice(&xc), &routes, d),
@@ -231,7 +258,7 @@ pub fn gather(x: Tensor<2>, routes: Arc<Routes>) -> Option<Tensor<2>> {
             .compute_bound()
             .stateful()
         {
-            OpsKind::Tracked(prep) => prep.finish((routes, d), out),
+            OpsKind::Tracked(prep) => prep.finish((routes, d, fan), out),
             OpsKind::UnTracked(prep) => prep.finish(out),
         };
         Some(Tensor::from_primitive::<Autodiff<Flex>>(t))
