@@ -140,6 +140,8 @@ impl AdamW {
                 (p, g)
             }
         };
+        // The composite path (backends other than flex): the clipping coefficient too.
+        let g = if grad_scale != 1.0 { g * grad_scale } else { g };
         let mut p = p;
         if decay_mul != 1.0 {
             p = p * decay_mul;
