@@ -170,7 +170,7 @@ impl Moe {
                 .expect("on flex"),
             None => crate::linear(x.clone(), &self.router),
         };
-        let probs = softmax(logits.clone(), 1);
+        let probs = softmax_rows(logits.clone());
         let host: Vec<f32> = crate::to_vec(logits.clone().detach());
         let topk_ids = topk_rows(&host, e, opts.top_k.min(e));
 
@@ -184,7 +184,7 @@ impl Moe {
             Routing::TopK => {
                 let k = opts.top_k.min(e);
                 let ids = flat_ids(&topk_ids);
-                let g = softmax(logits.clone().gather(1, int2(ids, n, k, &dev)), 1);
+                let g = softmax_rows(logits.clone().gather(1, int2(ids, n, k, &dev)));
                 (topk_ids.clone(), g, None)
             }
             Routing::Soft => {
@@ -213,7 +213,7 @@ impl Moe {
                     let noisy: Vec<f32> = host.iter().zip(&noise).map(|(a, b)| a + b).collect();
                     let top1 = topk_rows(&noisy, e, 1);
                     let noise_t = Tensor::<2>::from_data(TensorData::new(noise, [n, e]), &dev);
-                    let y = softmax((logits.clone() + noise_t) / tau, 1);
+                    let y = softmax_rows((logits.clone() + noise_t) / tau);
                     let g = y.gather(1, int2(flat_ids(&top1), n, 1, &dev));
                     (top1, g, None)
                 }
@@ -287,6 +287,14 @@ impl Moe {
             dropped,
         };
         (out, aux)
+    }
+}
+
+/// Softmax over each row of `[N, E]`: the fused op on flex, burn's composite elsewhere.
+fn softmax_rows(x: Tensor<2>) -> Tensor<2> {
+    match crate::fused::elementwise::softmax_rows(x.clone()) {
+        Some(y) => y,
+        None => softmax(x, 1),
     }
 }
 

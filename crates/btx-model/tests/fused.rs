@@ -762,3 +762,31 @@ fn shared_input_gradients_count_the_consumers_built() {
         assert!(e < 1e-6, "weight gradient differs by {e}");
     }
 }
+
+#[test]
+fn fused_row_softmax_matches_composite() {
+    use btx_model::burn::tensor::activation::softmax;
+    use btx_model::fused::elementwise::softmax_rows;
+    for (i, &(n, e)) in [(1, 1), (5, 2), (7, 4), (300, 33), (2048, 4)]
+        .iter()
+        .enumerate()
+    {
+        Device::flex().seed(500 + i as u64);
+        let x = leaf([n, e], 3.0);
+        let probe =
+            Tensor::<2>::random([n, e], Distribution::Normal(0.0, 1.0), &Device::flex()).autodiff();
+        let yf = softmax_rows(x.clone()).expect("flex");
+        let gf = (yf.clone() * probe.clone()).sum().backward();
+        let yc = softmax(x.clone(), 1);
+        let gc = (yc.clone() * probe.clone()).sum().backward();
+        let e1 = rel_err(&to_vec(yf), &to_vec(yc));
+        assert!(e1 < 1e-6, "case {i}: output differs by {e1}");
+        let (a, c) = (to_vec(x.grad(&gf).unwrap()), to_vec(x.grad(&gc).unwrap()));
+        let e2 = rel_err(&a, &c);
+        // (A single column has a zero gradient both ways, up to rounding.)
+        assert!(
+            e2 < 1e-5 || (e == 1 && a.iter().all(|v| v.abs() < 1e-6)),
+            "case {i}: dx differs by {e2}"
+        );
+    }
+}

@@ -343,3 +343,82 @@ pub fn residual_add(x: Tensor<2>, delta: Tensor<2>, fan: &Arc<FanIn>) -> Option<
         )))
     }
 }
+
+/// Rows per task for the row softmax.
+const SOFTMAX_ROWS: usize = 256;
+
+fn softmax_forward(x: &[f32], e: usize) -> Vec<f32> {
+    let mut y = x.to_vec();
+    y.par_chunks_mut(SOFTMAX_ROWS * e).for_each(|c| {
+        for row in c.chunks_exact_mut(e) {
+            let m = super::reduce::max(row);
+            let inv = 1.0 / vexp::exp_sub_sum(row, m);
+            row.iter_mut().for_each(|v| *v *= inv);
+        }
+    });
+    y
+}
+
+#[derive(Debug)]
+struct SoftmaxBackward;
+
+impl Backward<Flex, 1> for SoftmaxBackward {
+    /// (the softmax output y, shape)
+    type State = (FlexTensor, [usize; 2]);
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let (y, [n, e]) = ops.state;
+        let g = contiguous(&grads.consume::<Flex>(&ops.node));
+        let [px] = ops.parents;
+        let Some(node) = px else { return };
+        // dx = y (dy - <y, dy>) per row.
+        let (y, g) = (f32_slice(&y), f32_slice(&g));
+        let mut dx = g.to_vec();
+        dx.par_chunks_mut(SOFTMAX_ROWS * e)
+            .zip(y.par_chunks(SOFTMAX_ROWS * e))
+            .for_each(|(d, y)| {
+                for (dr, yr) in d.chunks_exact_mut(e).zip(y.chunks_exact(e)) {
+                    let dot = super::reduce::dot(yr, dr);
+                    for (a, &b) in dr.iter_mut().zip(yr) {
+                        *a = b * (*a - dot);
+                    }
+                }
+            });
+        grads.register::<Flex>(node.id, flex2(dx, [n, e]));
+    }
+}
+
+/// Softmax over the last dim of `x: [N, E]` in one op (the router's probabilities and top-k
+/// gates: burn's composite softmax is five small ops forward and more backward, each a pass on
+/// the calling thread); `None` off flex.
+pub fn softmax_rows(x: Tensor<2>) -> Option<Tensor<2>> {
+    if !super::on_flex(&x) {
+        return None;
+    }
+    let shape = x.dims();
+    if shape[1] == 0 {
+        return None;
+    }
+    if x.is_autodiff() {
+        let x = autodiff_flex(x);
+        let y = flex2(
+            softmax_forward(f32_slice(&contiguous(x.primitive())), shape[1]),
+            shape,
+        );
+        let t = match SoftmaxBackward
+            .prepare::<NoCheckpointing>([x.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish((y.clone(), shape), y),
+            OpsKind::UnTracked(prep) => prep.finish(y),
+        };
+        Some(Tensor::from_primitive::<Autodiff<Flex>>(t))
+    } else {
+        let x = plain_flex(x);
+        Some(Tensor::from_primitive::<Flex>(flex2(
+            softmax_forward(f32_slice(&x), shape[1]),
+            shape,
+        )))
+    }
+}
