@@ -401,8 +401,21 @@ impl Model {
                 pos0 + t
             );
         }
-        let idx = Tensor::<1, Int>::from_data(TensorData::new(ids.to_vec(), [b * t]), &dev);
-        let mut x = self.embed.clone().select(0, idx);
+        let v = cfg.vocab_size;
+        if let Some(bad) = ids.iter().find(|&&i| i < 0 || i as usize >= v) {
+            panic!("token id {bad} is outside the vocabulary of {v} (HINT: the data was tokenized with another tokenizer)");
+        }
+        // The lookup as the fused row gather on flex: rows copied in parallel, and the
+        // embedding gradient summed per vocabulary row in parallel (burn's select backward
+        // zero-fills the [V, d] gradient and scatter-adds on one core), with the same bits.
+        let mut x = if crate::fused::on_flex(&self.embed) {
+            let rows = ids.iter().map(|&i| i as usize).collect();
+            let routes = std::sync::Arc::new(crate::fused::moe::Routes::new(rows, v));
+            crate::fused::moe::gather(self.embed.clone(), routes, None).expect("on flex")
+        } else {
+            let idx = Tensor::<1, Int>::from_data(TensorData::new(ids.to_vec(), [b * t]), &dev);
+            self.embed.clone().select(0, idx)
+        };
         let pads = opts.pads.as_deref();
         let rope = rope_tables(cfg, pos0, t, pads, &dev);
         let route = cfg.moe.as_ref().map(|m| RouteOpts {

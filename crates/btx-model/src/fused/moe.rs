@@ -231,7 +231,8 @@ impl Backward<Flex, 1> for GatherBackward {
 }
 
 /// `out [m, d]` with `out[r] = x[tok[r]]` (the rows sent to the experts, in `routes`' row
-/// order), with the backward summing each token's row gradients; `None` off flex. With `fan`,
+/// order; or, with x the embedding table, the token embeddings), with the backward summing
+/// each token's row gradients; `None` off flex. With `fan`,
 /// x's gradient is summed there (x is read by other ops built with the same [`FanIn`]).
 pub fn gather(x: Tensor<2>, routes: Arc<Routes>, fan: Option<&Arc<FanIn>>) -> Option<Tensor<2>> {
     if !super::on_flex(&x) {
