@@ -2,7 +2,7 @@
 //! One pass over the data forward and one backward, split over the cores, instead of the chain
 //! of element-wise tensor ops (each its own pass and allocation) the composite versions run.
 
-use super::fan_in::FanIn;
+use super::fan_in::{share, FanIn};
 use super::linear::Dst;
 use super::{autodiff_flex, contiguous, f32_slice, plain_flex};
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
@@ -178,9 +178,8 @@ impl Backward<Flex, 2> for RmsBackward {
         let [px, pw] = ops.parents;
         let mut dw_parts: Vec<Vec<f32>> = vec![];
         // dx = r (g w - x r^2 mean(g w x)); dw = sum_rows g x r (per-task partial sums).
-        let mut write = |dst: *mut f32, mode: Dst| {
-            // SAFETY: the FanIn (or the fresh buffer below) hands over n*d elements, initialised
-            // in accumulate mode.
+        let write = |dst: *mut f32, mode: Dst| {
+            // SAFETY: `share` hands over n*d elements, initialised in accumulate mode.
             let dx =
                 unsafe { std::slice::from_raw_parts_mut(dst.cast::<MaybeUninit<f32>>(), n * d) };
             dw_parts = dx
@@ -196,15 +195,8 @@ impl Backward<Flex, 2> for RmsBackward {
                 })
                 .collect();
         };
-        let dx = match (&px, fan.as_deref()) {
-            (Some(_), Some(fan)) => fan.add(n * d, write),
-            _ => {
-                let mut dx = super::uninit(n * d);
-                write(dx.as_mut_ptr().cast(), Dst::Write);
-                // SAFETY: the row blocks cover `dx` and every element of each row is written.
-                Some(unsafe { super::assume_init(dx) })
-            }
-        };
+        // (dx is computed even when x needs no gradient: dw comes from the same pass.)
+        let dx = share(fan.as_deref().filter(|_| px.is_some()), n * d, write);
         let mut dw = vec![0f32; d];
         for p in &dw_parts {
             for (a, b) in dw.iter_mut().zip(p) {

@@ -91,6 +91,25 @@ impl FanIn {
     }
 }
 
+/// One consumer's share of an input gradient: into `fan` when there is one (returning the sum
+/// to the last consumer), else into a fresh buffer. `write` as for [`FanIn::add`].
+pub(crate) fn share(
+    fan: Option<&FanIn>,
+    len: usize,
+    write: impl FnOnce(*mut f32, Dst),
+) -> Option<Vec<f32>> {
+    match fan {
+        Some(fan) => fan.add(len, write),
+        None => {
+            let mut buf: Vec<f32> = Vec::with_capacity(len);
+            write(buf.as_mut_ptr(), Dst::Write);
+            // SAFETY: `write` initialised every element.
+            unsafe { buf.set_len(len) };
+            Some(buf)
+        }
+    }
+}
+
 impl Drop for FanIn {
     /// Not a panic: burn drops graph nodes late (in a later backward pass, possibly on another
     /// thread), where a panic would point at the wrong place.

@@ -7,7 +7,7 @@
 //! gradient arrives as a transposed view that the optimizer has to copy back to `[out, in]`.
 //! Here outputs are written once, and dW is produced in the weight's own layout.
 
-use super::fan_in::FanIn;
+use super::fan_in::{share, FanIn};
 use super::{autodiff_flex, contiguous, f32_slice, plain_flex, SharedPtr};
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
@@ -376,20 +376,6 @@ pub(crate) const MIN_SPLIT: usize = 32;
 #[derive(Debug)]
 struct LinearBackward;
 
-/// Where dX goes: a fresh tensor registered with burn, or a share of a [`FanIn`].
-fn dx_into(fan: Option<&FanIn>, len: usize, write: impl FnOnce(*mut f32, Dst)) -> Option<Vec<f32>> {
-    match fan {
-        Some(fan) => fan.add(len, write),
-        None => {
-            let mut dx: Vec<f32> = Vec::with_capacity(len);
-            write(dx.as_mut_ptr(), Dst::Write);
-            // SAFETY: `write` initialised every element.
-            unsafe { dx.set_len(len) };
-            Some(dx)
-        }
-    }
-}
-
 impl Backward<Flex, 2> for LinearBackward {
     /// (x `[m, k]`, w `[n, k]`, [m, k, n], the fan-in x's gradient goes to)
     type State = (FlexTensor, FlexTensor, [usize; 3], Option<Arc<FanIn>>);
@@ -404,8 +390,8 @@ impl Backward<Flex, 2> for LinearBackward {
         let (dx, dw) = match (px.is_some(), pw.is_some()) {
             (true, true) => {
                 let mut dw = None;
-                // SAFETY: `dx_into` hands over m*k writable elements in the mode given.
-                let dx = dx_into(fan, m * k, |dst, mode| {
+                // SAFETY: `share` hands over m*k writable elements in the mode given.
+                let dx = share(fan, m * k, |dst, mode| {
                     dw = Some(unsafe { both_grads(g, w, x, [m, k, n], (dst, mode)) });
                 });
                 (dx, dw)
@@ -414,7 +400,7 @@ impl Backward<Flex, 2> for LinearBackward {
             (want_dx, want_dw) => (
                 want_dx
                     .then(|| {
-                        dx_into(fan, m * k, |dst, mode| {
+                        share(fan, m * k, |dst, mode| {
                             // SAFETY: as above; every element of dX written (or added to).
                             unsafe {
                                 spread_product(dst, k, [m, k, n], (g, n, 1), (w, k, 1), 1.0, mode)

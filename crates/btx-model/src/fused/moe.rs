@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use super::fan_in::FanIn;
+use super::fan_in::{share, FanIn};
 use super::linear::Dst;
 use super::{autodiff_flex, contiguous, f32_slice, plain_flex};
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
@@ -214,17 +214,7 @@ impl Backward<Flex, 1> for GatherBackward {
                     }
                 });
         };
-        let dx = match fan {
-            Some(fan) => fan.add(n * d, write),
-            None => {
-                let mut dx: Vec<f32> = Vec::with_capacity(n * d);
-                write(dx.as_mut_ptr(), Dst::Write);
-                // SAFETY: every element written.
-                unsafe { dx.set_len(n * d) };
-                Some(dx)
-            }
-        };
-        if let Some(dx) = dx {
+        if let Some(dx) = share(fan.as_deref(), n * d, write) {
             grads.register::<Flex>(node.id, FlexTensor::from_data(TensorData::new(dx, [n, d])));
         }
     }
