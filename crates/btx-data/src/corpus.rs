@@ -209,11 +209,8 @@ pub fn read_docs(
 mod tests {
     use super::*;
 
-    fn tmp(tag: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("btx-corpus-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        d
+    fn tmp(tag: &str) -> btx_testkit::Scratch {
+        btx_testkit::Scratch::new(&format!("corpus-{tag}"))
     }
 
     #[test]

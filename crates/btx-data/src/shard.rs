@@ -217,8 +217,7 @@ mod tests {
 
     #[test]
     fn round_trip_and_validation() {
-        let d = std::env::temp_dir().join(format!("btx-shard-{}", std::process::id()));
-        std::fs::create_dir_all(&d).unwrap();
+        let d = btx_testkit::Scratch::new("shard");
         let h = "a".repeat(64);
         for vocab in [300usize, 70_000] {
             let p = d.join(format!("s{vocab}.tok"));

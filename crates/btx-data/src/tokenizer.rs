@@ -160,7 +160,8 @@ mod tests {
         assert!(tk.encode("the cat sat").unwrap().len() < "the cat sat".len());
         assert_eq!(tk.token_to_id(EOS), Some(tk.eos_id()));
         // The hash survives a save/load.
-        let p = std::env::temp_dir().join(format!("btx-tok-{}.json", std::process::id()));
+        let d = btx_testkit::Scratch::new("tok");
+        let p = d.join("tokenizer.json");
         tk.save(&p).unwrap();
         assert_eq!(Tok::load(&p).unwrap().hash(), tk.hash());
     }

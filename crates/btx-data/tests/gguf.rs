@@ -6,12 +6,10 @@ use btx_data::gguf_import::{import_gguf, permute_rows, unpermute_rows};
 use btx_data::Tok;
 use btx_model::burn::prelude::Device;
 use btx_model::{to_vec, ForwardOpts, Model, ModelConfig};
+use btx_testkit::Scratch;
 
-fn tmp(tag: &str) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("btx-gguf-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+fn tmp(tag: &str) -> Scratch {
+    Scratch::new(&format!("gguf-{tag}"))
 }
 
 /// Vocabulary (by id) and merges of a btx-trained tokenizer, as GGUF stores them.

@@ -1,15 +1,13 @@
 //! `btx data prepare` and mixtures on data the test makes itself.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use btx_data::prepare::{split_docs, DomainConfig, TokenizerConfig};
 use btx_data::{prepare, BatchSource, DataDir, MixConfig, Mixture, PrepareConfig, Tok};
+use btx_testkit::Scratch;
 
-fn tmp(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("btx-prep-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+fn tmp(tag: &str) -> Scratch {
+    Scratch::new(&format!("prep-{tag}"))
 }
 
 fn small_builtin() -> PrepareConfig {

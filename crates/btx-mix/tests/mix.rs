@@ -9,12 +9,10 @@ use btx_mix::{average, mix, upcycle, MixOptions, RouterInit};
 use btx_model::burn::prelude::Device;
 use btx_model::io::HostTensor;
 use btx_model::{to_vec, ForwardOpts, Model, ModelConfig, Routing};
+use btx_testkit::Scratch;
 
-fn tmp(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("btx-mix-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+fn tmp(tag: &str) -> Scratch {
+    Scratch::new(&format!("mix-{tag}"))
 }
 
 fn cfg() -> ModelConfig {

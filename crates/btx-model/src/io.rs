@@ -581,11 +581,8 @@ pub fn read_all(path: &Path) -> Result<HashMap<String, HostTensor>> {
 mod tests {
     use super::*;
 
-    fn tmpdir(tag: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("btx-io-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        d
+    fn tmpdir(tag: &str) -> btx_testkit::Scratch {
+        btx_testkit::Scratch::new(&format!("io-{tag}"))
     }
 
     #[test]

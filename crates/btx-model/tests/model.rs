@@ -8,6 +8,7 @@ use btx_model::generate::{generate, Sampling};
 use btx_model::model::Ffn;
 use btx_model::moe::Moe;
 use btx_model::{to_vec, ForwardOpts, KvCache, Model, ModelConfig};
+use btx_testkit::Scratch;
 
 fn cfg(moe: bool) -> ModelConfig {
     let mut c = ModelConfig::llama(97, 32, 48, 2, 4, 2, 128);
@@ -34,10 +35,8 @@ fn max_diff(a: &[f32], b: &[f32]) -> f32 {
         .fold(0.0, f32::max)
 }
 
-fn tmp(tag: &str) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("btx-model-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    d
+fn tmp(tag: &str) -> Scratch {
+    Scratch::absent(&format!("model-{tag}"))
 }
 
 #[test]

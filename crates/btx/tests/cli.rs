@@ -1,6 +1,7 @@
 //! Command-line behaviour: config errors name the key, `btx forward` writes exactly the
 //! reference tensor names, `btx generate` runs on a trained model.
 
+use btx_testkit::Scratch;
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -14,11 +15,8 @@ fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-fn tmp(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("btx-cli-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+fn tmp(tag: &str) -> Scratch {
+    Scratch::new(&format!("cli-{tag}"))
 }
 
 #[test]

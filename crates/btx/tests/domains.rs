@@ -13,11 +13,9 @@ const DOMAINS: [&str; 4] = ["math", "code", "knowledge", "general"];
 
 #[test]
 fn a_model_trained_on_a_domain_is_best_on_that_domain() {
-    let root = std::env::temp_dir().join(format!("btx-domains-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&root);
+    let root = btx_testkit::Scratch::new("domains");
     let data = root.join("data");
     let cfg = root.join("data.toml");
-    std::fs::create_dir_all(&root).unwrap();
     let mut toml = "seed = 3\n[tokenizer]\nvocab_size = 400\n".to_string();
     for d in DOMAINS {
         toml +=

@@ -2,6 +2,7 @@
 //! checkpoint is being written) and resumed ends with weights bit-identical to an
 //! uninterrupted run; SIGTERM stops cleanly with a checkpoint and exit code 75.
 
+use btx_testkit::Scratch;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -14,10 +15,8 @@ fn example() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/tiny-train.toml")
 }
 
-fn tmp(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("btx-resume-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    d
+fn tmp(tag: &str) -> Scratch {
+    Scratch::absent(&format!("resume-{tag}"))
 }
 
 const SETS: [&str; 4] = [

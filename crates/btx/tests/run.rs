@@ -2,7 +2,8 @@
 //! (and only those and their dependents) are redone, a killed expert does not stop its siblings
 //! and resumes from its checkpoint on the next run with the same final weights.
 
-use std::path::{Path, PathBuf};
+use btx_testkit::Scratch;
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -68,10 +69,8 @@ upcycle = "data-matched"
 merge_avg = true
 "#;
 
-fn tmp(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("btx-run-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
+fn tmp(tag: &str) -> Scratch {
+    let d = Scratch::new(&format!("run-{tag}"));
     std::fs::write(d.join("recipe.toml"), RECIPE).unwrap();
     d
 }

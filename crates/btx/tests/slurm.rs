@@ -3,6 +3,7 @@
 //! with the local executor; `btx status` and `btx cancel`. Skipped, with a message, where no
 //! Slurm cluster answers (start one with `scripts/slurm-local.sh up`).
 
+use btx_testkit::Scratch;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -32,10 +33,8 @@ fn recipe() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/quick.toml")
 }
 
-fn tmp(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("btx-slurm-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    d
+fn tmp(tag: &str) -> Scratch {
+    Scratch::absent(&format!("slurm-{tag}"))
 }
 
 fn btx(args: &[&str], run: &Path, sets: &[&str]) -> Command {
