@@ -188,6 +188,10 @@ impl Trainer {
 
     /// One optimizer step over `grad_accum` micro-batches pulled from `data`.
     pub fn step(&mut self, data: &mut dyn BatchSource) -> Result<StepStats, TrainError> {
+        btx_model::fused::awake::awake(|| self.step_inner(data))
+    }
+
+    fn step_inner(&mut self, data: &mut dyn BatchSource) -> Result<StepStats, TrainError> {
         let accum = self.cfg.train.grad_accum;
         let lr = lr_at(&self.cfg.optim, self.step, self.cfg.train.steps);
         let n_params = self.trainable.len();

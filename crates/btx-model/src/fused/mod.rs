@@ -5,6 +5,7 @@
 
 pub mod adamw;
 pub mod attention;
+pub mod awake;
 pub mod cross_entropy;
 pub mod elementwise;
 pub mod experts;
