@@ -33,6 +33,8 @@ fn fused_attention_matches_composite_forward_and_gradients() {
         (2, 37, 4, 1, 16),
         (1, 70, 6, 3, 8),
         (1, 130, 2, 2, 16),
+        // Head dim 64 (four full vectors in the tile kernel), GQA, a partial last block.
+        (1, 90, 4, 2, 64),
     ]
     .iter()
     .enumerate()

@@ -9,8 +9,10 @@
 //! vectorised exp, O = P V. P is kept for the backward:
 //! dV = Pᵀ dO, dP = dO Vᵀ, dS = P ∘ (dP − rowsum(P ∘ dP)), dQ = dS K / sqrt(hd),
 //! dK = dSᵀ Q / sqrt(hd). The backward runs per (batch, KV head) so the query heads sharing a
-//! KV head accumulate into its dK / dV without races. Every matrix product goes to the `gemm`
-//! crate (single-threaded; rayon spreads the heads over the cores).
+//! KV head accumulate into its dK / dV without races. The matrix products run on one core each
+//! (rayon spreads the heads over the cores): on [`tile_mm`]'s register-tiled kernel where the
+//! CPU has AVX-512 — K and V transposed once per head for the products against Kᵀ and Vᵀ —
+//! else through the `gemm` crate.
 
 use super::{autodiff_flex, contiguous, f32_slice, SharedPtr as Ptr};
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
@@ -24,6 +26,7 @@ use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 
 use super::simd::simd_fn;
+use super::tile_mm;
 use super::vexp::exp_sub_sum;
 
 const BLK: usize = 64;
@@ -139,6 +142,7 @@ unsafe fn mm(
     if m == 0 || n == 0 || k == 0 {
         return;
     }
+    let tile = b_cs == 1 && tile_mm::available();
     let _clock = super::gemm_clock::Timer::start(super::gemm_clock::Call {
         m,
         n,
@@ -148,7 +152,23 @@ unsafe fn mm(
         b: (b_rs, b_cs),
         acc,
         parallel: false,
+        tile,
     });
+    if tile {
+        // SAFETY: the caller's contract; AVX-512 checked, B's rows contiguous.
+        unsafe {
+            tile_mm::product(
+                [m, n, k],
+                dst,
+                dst_rs,
+                acc,
+                (a, a_rs, a_cs),
+                (b, b_rs),
+                scale,
+            )
+        };
+        return;
+    }
     gemm(
         m,
         n,
@@ -170,6 +190,34 @@ unsafe fn mm(
         false,
         Parallelism::None,
     );
+}
+
+/// The right operand of a product against Xᵀ (X one head of `t` rows, row stride `rs`): the
+/// transposed copy in `scratch` when the tile kernel will run it, else X's own strides.
+/// Returns (pointer, B row stride, B column stride).
+///
+/// # Safety
+/// `x` must be valid for `t` rows of `rs` elements, of which the first `hd` are read.
+unsafe fn against_transposed(
+    x: *const f32,
+    rs: usize,
+    t: usize,
+    hd: usize,
+    scratch: &mut Vec<f32>,
+) -> (*const f32, usize, usize) {
+    if tile_mm::available() {
+        scratch.clear();
+        scratch.reserve(hd * t);
+        // SAFETY: the caller's contract; AVX-512 checked; the scratch holds hd * t elements,
+        // all written by the transpose.
+        unsafe {
+            tile_mm::transpose([t, hd], x, rs, scratch.as_mut_ptr());
+            scratch.set_len(hd * t);
+        }
+        (scratch.as_ptr(), t, 1)
+    } else {
+        (x, 1, rs)
+    }
 }
 
 simd_fn! {
@@ -201,60 +249,63 @@ pub fn forward(q: &[f32], k: &[f32], v: &[f32], d: Dims) -> (Vec<f32>, Vec<f32>)
     let mut out = super::uninit(d.b * t * qd);
     let mut p = super::uninit(d.b * d.h * t * t);
     let op = Ptr(out.as_mut_ptr().cast());
-    p.par_chunks_mut(t * t).enumerate().for_each(|(bh, pb)| {
-        let (bi, hi) = (bh / d.h, bh % d.h);
-        let g = hi / d.rep();
-        // SAFETY: task (b, h) writes only the head-h columns of batch b's rows of `out`, and its
-        // own P block; reads are within q/k/v bounds by construction of the offsets.
-        unsafe {
-            let qp = q.as_ptr().add(bi * t * qd + hi * hd);
-            let kp = k.as_ptr().add(bi * t * kd + g * hd);
-            let vp = v.as_ptr().add(bi * t * kd + g * hd);
-            let o = op.get().add(bi * t * qd + hi * hd);
-            let mut r0 = 0;
-            while r0 < t {
-                let rows = BLK.min(t - r0);
-                let cols = r0 + rows;
-                mm(
-                    rows,
-                    cols,
-                    hd,
-                    pb.as_mut_ptr().add(r0 * t).cast(),
-                    t,
-                    false,
-                    qp.add(r0 * qd),
-                    qd,
-                    1,
-                    kp,
-                    1,
-                    kd,
-                    scale,
-                );
-                for i in r0..r0 + rows {
-                    let (seen, future) = pb[i * t..(i + 1) * t].split_at_mut(i + 1);
-                    // The product above wrote columns 0..cols of this row, and i < cols.
-                    softmax(&mut *(seen as *mut [std::mem::MaybeUninit<f32>] as *mut [f32]));
-                    future.fill(std::mem::MaybeUninit::new(0.0));
+    p.par_chunks_mut(t * t)
+        .enumerate()
+        .for_each_init(Vec::new, |kt, (bh, pb)| {
+            let (bi, hi) = (bh / d.h, bh % d.h);
+            let g = hi / d.rep();
+            // SAFETY: task (b, h) writes only the head-h columns of batch b's rows of `out`, and its
+            // own P block; reads are within q/k/v bounds by construction of the offsets.
+            unsafe {
+                let qp = q.as_ptr().add(bi * t * qd + hi * hd);
+                let kp = k.as_ptr().add(bi * t * kd + g * hd);
+                let vp = v.as_ptr().add(bi * t * kd + g * hd);
+                let (kb, kb_rs, kb_cs) = against_transposed(kp, kd, t, hd, kt);
+                let o = op.get().add(bi * t * qd + hi * hd);
+                let mut r0 = 0;
+                while r0 < t {
+                    let rows = BLK.min(t - r0);
+                    let cols = r0 + rows;
+                    mm(
+                        rows,
+                        cols,
+                        hd,
+                        pb.as_mut_ptr().add(r0 * t).cast(),
+                        t,
+                        false,
+                        qp.add(r0 * qd),
+                        qd,
+                        1,
+                        kb,
+                        kb_rs,
+                        kb_cs,
+                        scale,
+                    );
+                    for i in r0..r0 + rows {
+                        let (seen, future) = pb[i * t..(i + 1) * t].split_at_mut(i + 1);
+                        // The product above wrote columns 0..cols of this row, and i < cols.
+                        softmax(&mut *(seen as *mut [std::mem::MaybeUninit<f32>] as *mut [f32]));
+                        future.fill(std::mem::MaybeUninit::new(0.0));
+                    }
+                    mm(
+                        rows,
+                        hd,
+                        cols,
+                        o.add(r0 * qd),
+                        qd,
+                        false,
+                        pb.as_ptr().add(r0 * t).cast(),
+                        t,
+                        1,
+                        vp,
+                        kd,
+                        1,
+                        1.0,
+                    );
+                    r0 += rows;
                 }
-                mm(
-                    rows,
-                    hd,
-                    cols,
-                    o.add(r0 * qd),
-                    qd,
-                    false,
-                    pb.as_ptr().add(r0 * t).cast(),
-                    t,
-                    1,
-                    vp,
-                    kd,
-                    1,
-                    1.0,
-                );
-                r0 += rows;
             }
-        }
-    });
+        });
     // SAFETY: see the comment at the allocations.
     unsafe { (super::assume_init(out), super::assume_init(p)) }
 }
@@ -282,8 +333,8 @@ pub fn backward(
         Ptr(dv.as_mut_ptr()),
     );
     (0..d.b * d.kvh).into_par_iter().for_each_init(
-        || vec![0f32; t * t],
-        |ds, bg| {
+        || (vec![0f32; t * t], Vec::new()),
+        |(ds, vt), bg| {
             let (bi, g) = (bg / d.kvh, bg % d.kvh);
             // SAFETY: task (b, g) writes the head-g columns of dK/dV and the columns of the query
             // heads of group g in dQ, for batch b's rows only: disjoint between tasks.
@@ -292,6 +343,7 @@ pub fn backward(
                 let vp = v.as_ptr().add(bi * t * kd + g * hd);
                 let dkb = dkp.get().add(bi * t * kd + g * hd);
                 let dvb = dvp.get().add(bi * t * kd + g * hd);
+                let (vb, vb_rs, vb_cs) = against_transposed(vp, kd, t, hd, vt);
                 for hi in g * d.rep()..(g + 1) * d.rep() {
                     let base = bi * t * qd + hi * hd;
                     let (qp, gp) = (q.as_ptr().add(base), dout.as_ptr().add(base));
@@ -312,9 +364,9 @@ pub fn backward(
                             gp.add(r0 * qd),
                             qd,
                             1,
-                            vp,
-                            1,
-                            kd,
+                            vb,
+                            vb_rs,
+                            vb_cs,
                             1.0,
                         );
                         for i in r0..r0 + rows {

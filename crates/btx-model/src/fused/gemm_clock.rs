@@ -1,4 +1,4 @@
-//! Time spent inside matrix products, so `btx bench train` can set a step's own gemm time against
+//! Time spent inside matrix products (gemm's and [`super::tile_mm`]'s), so `btx bench train` can set a step's own gemm time against
 //! the matmul floor and tell the products' slowdown in the step (cold operands, strided layouts,
 //! small attention blocks) from everything else. Off unless [`enable`]d; then each gemm call costs
 //! two clock reads.
@@ -35,6 +35,8 @@ pub struct Call {
     pub acc: bool,
     /// Spread over the pool by gemm itself.
     pub parallel: bool,
+    /// Run by [`super::tile_mm`] instead of gemm (B's rows contiguous: `b.1 == 1`).
+    pub tile: bool,
 }
 
 impl Call {
@@ -56,8 +58,21 @@ impl Call {
             super::linear::Dst::Write
         };
         let mut run = || {
-            // SAFETY: every buffer spans the extent its strides reach.
+            // SAFETY: every buffer spans the extent its strides reach (and a tile call was
+            // recorded only where the tile kernel is available, with contiguous B rows).
             unsafe {
+                if self.tile {
+                    super::tile_mm::product(
+                        [self.m, self.n, self.k],
+                        dst.as_mut_ptr(),
+                        self.dst_rs,
+                        self.acc,
+                        (a.as_ptr(), self.a.0, self.a.1),
+                        (b.as_ptr(), self.b.0),
+                        1.0,
+                    );
+                    return;
+                }
                 super::linear::write_product_strided(
                     dst.as_mut_ptr(),
                     self.dst_rs,

@@ -213,6 +213,7 @@ pub(crate) unsafe fn write_product_strided(
         b: (b_rs, b_cs),
         acc,
         parallel,
+        tile: false,
     });
     // SAFETY: the operand extents are checked above and the caller vouches for `dst`; with
     // `read_dst = false` gemm writes every element of the destination without reading it.

@@ -16,6 +16,7 @@ pub mod lm_head;
 pub mod moe;
 pub mod reduce;
 pub mod simd;
+pub mod tile_mm;
 pub mod vexp;
 
 use burn::prelude::*;
