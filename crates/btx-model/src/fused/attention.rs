@@ -11,7 +11,7 @@
 //! dK = dSᵀ Q / sqrt(hd). The backward runs per (batch, KV head) so the query heads sharing a
 //! KV head accumulate into its dK / dV without races. The matrix products run on one core each
 //! (rayon spreads the heads over the cores): on [`tile_mm`]'s register-tiled kernel where the
-//! CPU has AVX-512 — K and V transposed once per head for the products against Kᵀ and Vᵀ —
+//! CPU has AVX-512 — K and V transposed once per KV head for the products against Kᵀ and Vᵀ —
 //! else through the `gemm` crate.
 
 use super::{autodiff_flex, contiguous, f32_slice, SharedPtr as Ptr};
@@ -249,60 +249,67 @@ pub fn forward(q: &[f32], k: &[f32], v: &[f32], d: Dims) -> (Vec<f32>, Vec<f32>)
     let mut out = super::uninit(d.b * t * qd);
     let mut p = super::uninit(d.b * d.h * t * t);
     let op = Ptr(out.as_mut_ptr().cast());
-    p.par_chunks_mut(t * t)
+    // One task per (batch, KV head): K is transposed once for the query heads that read it,
+    // whose P blocks lie next to each other (h = g * rep + r).
+    p.par_chunks_mut(d.rep() * t * t)
         .enumerate()
-        .for_each_init(Vec::new, |kt, (bh, pb)| {
-            let (bi, hi) = (bh / d.h, bh % d.h);
-            let g = hi / d.rep();
-            // SAFETY: task (b, h) writes only the head-h columns of batch b's rows of `out`, and its
-            // own P block; reads are within q/k/v bounds by construction of the offsets.
+        .for_each_init(Vec::new, |kt, (bg, pg)| {
+            let (bi, g) = (bg / d.kvh, bg % d.kvh);
+            // SAFETY: task (b, g) writes only the columns of group g's query heads in batch b's
+            // rows of `out`, and those heads' P blocks; reads are within q/k/v bounds by
+            // construction of the offsets.
             unsafe {
-                let qp = q.as_ptr().add(bi * t * qd + hi * hd);
                 let kp = k.as_ptr().add(bi * t * kd + g * hd);
                 let vp = v.as_ptr().add(bi * t * kd + g * hd);
                 let (kb, kb_rs, kb_cs) = against_transposed(kp, kd, t, hd, kt);
-                let o = op.get().add(bi * t * qd + hi * hd);
-                let mut r0 = 0;
-                while r0 < t {
-                    let rows = BLK.min(t - r0);
-                    let cols = r0 + rows;
-                    mm(
-                        rows,
-                        cols,
-                        hd,
-                        pb.as_mut_ptr().add(r0 * t).cast(),
-                        t,
-                        false,
-                        qp.add(r0 * qd),
-                        qd,
-                        1,
-                        kb,
-                        kb_rs,
-                        kb_cs,
-                        scale,
-                    );
-                    for i in r0..r0 + rows {
-                        let (seen, future) = pb[i * t..(i + 1) * t].split_at_mut(i + 1);
-                        // The product above wrote columns 0..cols of this row, and i < cols.
-                        softmax(&mut *(seen as *mut [std::mem::MaybeUninit<f32>] as *mut [f32]));
-                        future.fill(std::mem::MaybeUninit::new(0.0));
+                for (r, pb) in pg.chunks_mut(t * t).enumerate() {
+                    let hi = g * d.rep() + r;
+                    let qp = q.as_ptr().add(bi * t * qd + hi * hd);
+                    let o = op.get().add(bi * t * qd + hi * hd);
+                    let mut r0 = 0;
+                    while r0 < t {
+                        let rows = BLK.min(t - r0);
+                        let cols = r0 + rows;
+                        mm(
+                            rows,
+                            cols,
+                            hd,
+                            pb.as_mut_ptr().add(r0 * t).cast(),
+                            t,
+                            false,
+                            qp.add(r0 * qd),
+                            qd,
+                            1,
+                            kb,
+                            kb_rs,
+                            kb_cs,
+                            scale,
+                        );
+                        for i in r0..r0 + rows {
+                            let (seen, future) = pb[i * t..(i + 1) * t].split_at_mut(i + 1);
+                            // The product above wrote columns 0..cols of this row, and i < cols.
+                            softmax(
+                                &mut *(seen as *mut [std::mem::MaybeUninit<f32>] as *mut [f32]),
+                            );
+                            future.fill(std::mem::MaybeUninit::new(0.0));
+                        }
+                        mm(
+                            rows,
+                            hd,
+                            cols,
+                            o.add(r0 * qd),
+                            qd,
+                            false,
+                            pb.as_ptr().add(r0 * t).cast(),
+                            t,
+                            1,
+                            vp,
+                            kd,
+                            1,
+                            1.0,
+                        );
+                        r0 += rows;
                     }
-                    mm(
-                        rows,
-                        hd,
-                        cols,
-                        o.add(r0 * qd),
-                        qd,
-                        false,
-                        pb.as_ptr().add(r0 * t).cast(),
-                        t,
-                        1,
-                        vp,
-                        kd,
-                        1,
-                        1.0,
-                    );
-                    r0 += rows;
                 }
             }
         });
