@@ -137,26 +137,37 @@ fn random_batches(vocab: usize, batch: usize, seq: usize, n: usize) -> Vec<Batch
 }
 
 /// The matrix products of one train step (forward and backward), as (m, k, n, count).
-pub fn step_gemms(
-    cfg: &ModelConfig,
-    batch: usize,
-    seq: usize,
-) -> Vec<(usize, usize, usize, usize)> {
+/// One kind of matrix product in a train step: `count` calls of `[m x k] [k x n]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StepProduct {
+    pub m: usize,
+    pub k: usize,
+    pub n: usize,
+    pub count: usize,
+    /// An attention block, which the step runs on the tile kernel where it can.
+    pub block: bool,
+}
+
+/// The matrix products of one train step of `cfg` (linears forward and backward, attention
+/// blocks as the fused kernel computes them, the experts' rows at their average count).
+pub fn step_gemms(cfg: &ModelConfig, batch: usize, seq: usize) -> Vec<StepProduct> {
     let n = batch * seq;
     let d = cfg.hidden_size;
     let mut g = vec![];
     // y = x W^T with x [rows, i], W [o, i]: forward, dX, dW.
-    let linear = |g: &mut Vec<(usize, usize, usize, usize)>,
-                  rows: usize,
-                  i: usize,
-                  o: usize,
-                  count: usize| {
+    let linear = |g: &mut Vec<StepProduct>, rows: usize, i: usize, o: usize, count: usize| {
         if rows == 0 {
             return;
         }
-        g.push((rows, i, o, count));
-        g.push((rows, o, i, count));
-        g.push((o, rows, i, count));
+        for (m, k, n) in [(rows, i, o), (rows, o, i), (o, rows, i)] {
+            g.push(StepProduct {
+                m,
+                k,
+                n,
+                count,
+                block: false,
+            });
+        }
     };
     let l = cfg.num_layers;
     linear(&mut g, n, d, cfg.q_dim(), 2 * l);
@@ -170,9 +181,15 @@ pub fn step_gemms(
     while r0 < t {
         let rows = blk.min(t - r0);
         let cols = r0 + rows;
-        g.push((rows, hd, cols, 2 * bh));
-        g.push((rows, cols, hd, 2 * bh));
-        g.push((rows, t - r0, hd, 2 * bh));
+        for (m, k, n) in [(rows, hd, cols), (rows, cols, hd), (rows, t - r0, hd)] {
+            g.push(StepProduct {
+                m,
+                k,
+                n,
+                count: 2 * bh,
+                block: true,
+            });
+        }
         r0 += rows;
     }
     match &cfg.moe {
@@ -232,29 +249,62 @@ fn print_products(steps: usize, threads: usize) {
     }
 }
 
-/// Seconds the matrix products of one train step take on their own (one gemm call each into a
-/// fresh output, contiguous operands, median of repeats): the floor a step's time is measured
-/// against.
+/// Seconds the matrix products of one train step take on their own (fresh output, contiguous
+/// operands, median of repeats): the floor a step's time is measured against. Each product
+/// runs as the step would run it alone: one gemm call, spread over the pool when worth it; an
+/// attention block on the faster of gemm and the tile kernel (which the step uses where the
+/// CPU has AVX-512), so that a faster kernel in the step lowers the floor with it.
 pub fn matmul_floor(cfg: &ModelConfig, batch: usize, seq: usize) -> f64 {
     use btx_model::fused::linear::product;
+    use btx_model::fused::tile_mm;
     let mut total = 0.0;
-    for (m, k, n, count) in step_gemms(cfg, batch, seq) {
+    for p in step_gemms(cfg, batch, seq) {
+        let (m, k, n) = (p.m, p.k, p.n);
         let a: Vec<f32> = (0..m * k).map(|i| (i % 13) as f32 * 0.01).collect();
         let b: Vec<f32> = (0..k * n).map(|i| (i % 7) as f32 * 0.01).collect();
-        let run = || std::hint::black_box(product(m, n, k, &a, k, 1, &b, n, 1));
-        run();
         let reps = ((2e8 / (2.0 * (m * k * n) as f64)).ceil() as usize).clamp(3, 200);
-        let mut ts = vec![];
-        for _ in 0..3 {
-            let t0 = std::time::Instant::now();
-            for _ in 0..reps {
-                drop(run());
-            }
-            ts.push(t0.elapsed().as_secs_f64() / reps as f64);
-        }
-        total += median(&mut ts) * count as f64;
+        let gemm = time_call(reps, || {
+            std::hint::black_box(product(m, n, k, &a, k, 1, &b, n, 1));
+        });
+        let best = if p.block && tile_mm::available() {
+            let mut c = vec![0f32; m * n];
+            let tile = time_call(reps, || {
+                // SAFETY: AVX-512 checked; a, b and c hold m*k, k*n and m*n elements, the
+                // row-major extents of the strides given.
+                unsafe {
+                    tile_mm::product(
+                        [m, n, k],
+                        c.as_mut_ptr(),
+                        n,
+                        false,
+                        (a.as_ptr(), k, 1),
+                        (b.as_ptr(), n),
+                        1.0,
+                    )
+                };
+                std::hint::black_box(&mut c);
+            });
+            gemm.min(tile)
+        } else {
+            gemm
+        };
+        total += best * p.count as f64;
     }
     total
+}
+
+/// Median over three rounds of the seconds per call of `run` (after one warm-up call).
+fn time_call(reps: usize, mut run: impl FnMut()) -> f64 {
+    run();
+    let mut ts = vec![];
+    for _ in 0..3 {
+        let t0 = std::time::Instant::now();
+        for _ in 0..reps {
+            run();
+        }
+        ts.push(t0.elapsed().as_secs_f64() / reps as f64);
+    }
+    median(&mut ts)
 }
 
 /// Runs a benchmark command, returning its JSON line.
