@@ -41,6 +41,18 @@ pub fn product(
     fresh([m, n, k], (a, a_rs, a_cs), (b, b_rs, b_cs), true)
 }
 
+/// [`product`] written into `dst` (`m * n` elements, overwritten) instead of a new buffer.
+pub fn product_into(
+    dst: &mut [f32],
+    [m, n, k]: [usize; 3],
+    a: (&[f32], usize, usize),
+    b: (&[f32], usize, usize),
+) {
+    assert_eq!(dst.len(), m * n, "destination size");
+    // SAFETY: `dst` holds the m * n elements written; the operands' bounds are checked inside.
+    unsafe { spread_product(dst.as_mut_ptr(), n, [m, n, k], a, b, 1.0, Dst::Write) };
+}
+
 /// A new matrix `A B` (dimensions and operands as for [`write_product`]), spread over the pool
 /// as [`spread_product`] does, or on one core.
 fn fresh(

@@ -249,40 +249,56 @@ fn print_products(steps: usize, threads: usize) {
     }
 }
 
-/// Seconds the matrix products of one train step take on their own (fresh output, contiguous
-/// operands, median of repeats): the floor a step's time is measured against. Each product
-/// runs as the step would run it alone: one gemm call, spread over the pool when worth it; an
-/// attention block on the faster of gemm and the tile kernel (which the step uses where the
-/// CPU has AVX-512), so that a faster kernel in the step lowers the floor with it.
-pub fn matmul_floor(cfg: &ModelConfig, batch: usize, seq: usize) -> f64 {
-    use btx_model::fused::linear::product;
+/// Seconds the matrix products of one train step take on their own (contiguous operands,
+/// median of repeats): the floor a step's time is measured against. Each product runs as the
+/// step would run it alone: one gemm call, spread over the pool when worth it; an attention
+/// block on the faster of gemm and the tile kernel (which the step uses where the CPU has
+/// AVX-512), so that a faster kernel in the step lowers the floor with it.
+///
+/// `Caches::Hot` repeats each call on the same operands (they stay in cache): the floor.
+/// `Caches::Cold` gives every call its own operands and output from a ring of more than twice
+/// the L3 (64 MB), so each starts with its data in memory, as a step's activations are when
+/// they outgrow the caches: what the same products cost when nothing is reused from cache.
+pub fn matmul_floor(cfg: &ModelConfig, batch: usize, seq: usize, caches: Caches) -> f64 {
+    use btx_model::fused::linear::product_into;
     use btx_model::fused::tile_mm;
     let mut total = 0.0;
     for p in step_gemms(cfg, batch, seq) {
         let (m, k, n) = (p.m, p.k, p.n);
-        let a: Vec<f32> = (0..m * k).map(|i| (i % 13) as f32 * 0.01).collect();
-        let b: Vec<f32> = (0..k * n).map(|i| (i % 7) as f32 * 0.01).collect();
+        let sets = match caches {
+            Caches::Hot => 1,
+            Caches::Cold => (RING_BYTES / (4 * (m * k + k * n + m * n))).clamp(2, 4096),
+        };
+        let fill = |len: usize, q: usize, s: usize| -> Vec<f32> {
+            (0..len).map(|i| ((i + s) % q) as f32 * 0.01).collect()
+        };
+        let a: Vec<Vec<f32>> = (0..sets).map(|s| fill(m * k, 13, s)).collect();
+        let b: Vec<Vec<f32>> = (0..sets).map(|s| fill(k * n, 7, s)).collect();
+        let mut c: Vec<Vec<f32>> = (0..sets).map(|_| vec![0f32; m * n]).collect();
         let reps = ((2e8 / (2.0 * (m * k * n) as f64)).ceil() as usize).clamp(3, 200);
-        let gemm = time_call(reps, || {
-            std::hint::black_box(product(m, n, k, &a, k, 1, &b, n, 1));
+        let calls = reps.max(sets);
+        let gemm = time_call(calls, |i| {
+            let s = i % sets;
+            product_into(&mut c[s], [m, n, k], (&a[s], k, 1), (&b[s], n, 1));
+            std::hint::black_box(&mut c[s]);
         });
         let best = if p.block && tile_mm::available() {
-            let mut c = vec![0f32; m * n];
-            let tile = time_call(reps, || {
+            let tile = time_call(calls, |i| {
+                let s = i % sets;
                 // SAFETY: AVX-512 checked; a, b and c hold m*k, k*n and m*n elements, the
                 // row-major extents of the strides given.
                 unsafe {
                     tile_mm::product(
                         [m, n, k],
-                        c.as_mut_ptr(),
+                        c[s].as_mut_ptr(),
                         n,
                         false,
-                        (a.as_ptr(), k, 1),
-                        (b.as_ptr(), n),
+                        (a[s].as_ptr(), k, 1),
+                        (b[s].as_ptr(), n),
                         1.0,
                     )
                 };
-                std::hint::black_box(&mut c);
+                std::hint::black_box(&mut c[s]);
             });
             gemm.min(tile)
         } else {
@@ -293,16 +309,28 @@ pub fn matmul_floor(cfg: &ModelConfig, batch: usize, seq: usize) -> f64 {
     total
 }
 
-/// Median over three rounds of the seconds per call of `run` (after one warm-up call).
-fn time_call(reps: usize, mut run: impl FnMut()) -> f64 {
-    run();
+/// Where [`matmul_floor`]'s operands come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Caches {
+    Hot,
+    Cold,
+}
+
+/// Bytes of operands [`Caches::Cold`] cycles through per product: twice this machine's 32 MB
+/// L3 (more than most CPUs' last-level cache a core can use).
+const RING_BYTES: usize = 64 << 20;
+
+/// Median over three rounds of the seconds per call of `run(i)`, `calls` calls a round
+/// (after one pass over them all to warm up, which also maps every page).
+fn time_call(calls: usize, mut run: impl FnMut(usize)) -> f64 {
+    (0..calls).for_each(&mut run);
     let mut ts = vec![];
     for _ in 0..3 {
         let t0 = std::time::Instant::now();
-        for _ in 0..reps {
-            run();
+        for i in 0..calls {
+            run(i);
         }
-        ts.push(t0.elapsed().as_secs_f64() / reps as f64);
+        ts.push(t0.elapsed().as_secs_f64() / calls as f64);
     }
     median(&mut ts)
 }
@@ -397,11 +425,13 @@ fn compare(
             let (ours, theirs) = measure_pair(&exe, torch, p, t, sweep.steps)?;
             if !json {
                 println!(
-                    "{p:<6} {t} thread(s): btx {:>6.0} tok/s ({:.3} s/step, {:.2}x floor, gemm alone {:.2}x, {:>4.0} MB) | pytorch {:>6.0} tok/s ({:.3} s/step, {:>4.0} MB) | speed {:.2}x, memory {:.2}x",
+                    "{p:<6} {t} thread(s): btx {:>6.0} tok/s ({:.3} s/step, {:.2}x floor, gemm alone {:.2}x, floor from memory {:.2}x, {:>4.0} MB) | pytorch {:>6.0} tok/s ({:.3} s/step, {:>4.0} MB) | speed {:.2}x, memory {:.2}x",
                     ours["tokens_per_s"].as_f64().unwrap_or(0.0),
                     ours["step_s_median"].as_f64().unwrap_or(0.0),
                     ours["floor_ratio"].as_f64().unwrap_or(f64::NAN),
                     ours["gemm_floor_ratio"].as_f64().unwrap_or(f64::NAN),
+                    ours["matmul_floor_cold_s"].as_f64().unwrap_or(f64::NAN)
+                        / ours["matmul_floor_s"].as_f64().unwrap_or(f64::NAN),
                     ours["peak_rss_mb"].as_f64().unwrap_or(0.0),
                     theirs["tokens_per_s"].as_f64().unwrap_or(0.0),
                     theirs["step_s_median"].as_f64().unwrap_or(0.0),
@@ -425,10 +455,11 @@ fn compare(
         let memory = m("btx", "peak_rss_mb") / m("pytorch", "peak_rss_mb");
         if sweep.rounds > 1 && !json {
             println!(
-                "{p:<6} {t} thread(s): btx {:.3} s/step, {:.2}x floor, gemm alone {:.2}x | pytorch {:.3} s/step | speed {speed:.2}x, memory {memory:.2}x",
+                "{p:<6} {t} thread(s): btx {:.3} s/step, {:.2}x floor, gemm alone {:.2}x, floor from memory {:.2}x | pytorch {:.3} s/step | speed {speed:.2}x, memory {memory:.2}x",
                 m("btx", "step_s_median"),
                 m("btx", "floor_ratio"),
                 m("btx", "gemm_floor_ratio"),
+                m("btx", "matmul_floor_cold_s") / m("btx", "matmul_floor_s"),
                 m("pytorch", "step_s_median"),
             );
         }
@@ -437,6 +468,7 @@ fn compare(
             "btx": rs.iter().map(|r| r.0.clone()).collect::<Vec<_>>(),
             "pytorch": rs.iter().map(|r| r.1.clone()).collect::<Vec<_>>(),
             "btx_step_s": m("btx", "step_s_median"), "floor_ratio": m("btx", "floor_ratio"),
+            "cold_floor_ratio": m("btx", "cold_floor_ratio"),
             "speed_ratio": speed, "rss_ratio": memory,
         }));
     }
@@ -610,10 +642,13 @@ pub fn run(cmd: BenchCmd, dev: &Device) -> Result<()> {
             let rss = peak_rss_mb();
             let tokens = (batch * seq) as f64;
             let flops = cfg.train_flops_per_token(seq) * tokens;
-            let floor = if no_floor {
-                f64::NAN
+            let (floor, cold) = if no_floor {
+                (f64::NAN, f64::NAN)
             } else {
-                matmul_floor(&cfg, batch, seq)
+                (
+                    matmul_floor(&cfg, batch, seq, Caches::Hot),
+                    matmul_floor(&cfg, batch, seq, Caches::Cold),
+                )
             };
             let r = json!({
                 "impl": "btx", "preset": name, "threads": threads, "params": cfg.total_params(),
@@ -622,6 +657,7 @@ pub fn run(cmd: BenchCmd, dev: &Device) -> Result<()> {
                 "gflops_per_s": flops / step_s / 1e9, "peak_rss_mb": rss,
                 "matmul_floor_s": floor, "floor_ratio": step_s / floor,
                 "gemm_s": gemm_s, "gemm_floor_ratio": gemm_s / floor,
+                "matmul_floor_cold_s": cold, "cold_floor_ratio": step_s / cold,
                 "final_loss": loss,
             });
             if json {
@@ -631,9 +667,10 @@ pub fn run(cmd: BenchCmd, dev: &Device) -> Result<()> {
                     format!("the step's own products {gemm_s:.3}s (floor not measured)")
                 } else {
                     format!(
-                        "matmul floor {floor:.3}s ({:.2}x; the step's own products {gemm_s:.3}s = {:.2}x)",
+                        "matmul floor {floor:.3}s ({:.2}x; the step's own products {gemm_s:.3}s = {:.2}x; the floor's products with operands from memory {cold:.3}s = {:.2}x)",
                         step_s / floor,
-                        gemm_s / floor
+                        gemm_s / floor,
+                        cold / floor
                     )
                 };
                 println!(
@@ -679,4 +716,42 @@ pub fn run(cmd: BenchCmd, dev: &Device) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The floor's products are the step's: the linears (attention projections, experts at
+    /// their average rows, router, LM head) forward and backward come to 6 FLOPs per token per
+    /// active matmul weight, and the attention blocks cover exactly the causal blocks of 64.
+    #[test]
+    fn step_products_match_the_model() {
+        for name in ["S", "MoE-S", "M"] {
+            let (cfg, batch, seq) = preset(name).unwrap();
+            let ps = step_gemms(&cfg, batch, seq);
+            let flops = |block: bool| -> usize {
+                ps.iter()
+                    .filter(|p| p.block == block)
+                    .map(|p| 2 * p.m * p.k * p.n * p.count)
+                    .sum()
+            };
+            let (d, l, tokens) = (cfg.hidden_size, cfg.num_layers, batch * seq);
+            let attn = d * (cfg.q_dim() + 2 * cfg.kv_dim()) + cfg.q_dim() * d;
+            let ffn = match &cfg.moe {
+                None => 3 * d * cfg.intermediate_size,
+                Some(m) => m.top_k * 3 * d * cfg.intermediate_size + d * m.num_experts,
+            };
+            let weights = l * (attn + ffn) + d * cfg.vocab_size;
+            assert_eq!(flops(false), 6 * tokens * weights, "{name}: linears");
+            // Per (batch, head, layer) and visible pair of 64-blocks: S and O forward; dP, dQ,
+            // dK and dV backward; each 2 * 64 * 64 * hd FLOPs (seq is a multiple of 64 here).
+            let nb = seq / 64;
+            let pairs = nb * (nb + 1) / 2;
+            let heads = batch * cfg.num_heads * l;
+            let want = heads * 6 * pairs * 2 * 64 * 64 * cfg.head_dim;
+            assert_eq!(flops(true), want, "{name}: attention blocks");
+            assert!(ps.iter().filter(|p| p.block).all(|p| p.m <= 64));
+        }
+    }
 }
