@@ -240,82 +240,92 @@ fn backward(st: &State, dy: &[f32], want: &[[bool; 3]]) -> (Vec<f32>, WeightGrad
             );
         }
     };
-    s.blocks(parts()).into_par_iter().for_each(|part| {
-        let mut dh = Vec::new();
-        part.iter().for_each(|b| run(&mut dh, b));
-    });
-    // SAFETY: the blocks cover all rows; every task wrote its rows of all three whole.
-    let (dx, dg, du) = unsafe {
-        (
-            super::assume_init(dx),
-            super::assume_init(dg),
-            super::assume_init(du),
-        )
+    // Every weight gradient is `Zᵀ B` over the expert's rows: dGate [f, d] = dGᵀ x, dUp
+    // likewise, dDown [d, f] = dYᵀ h. Returns (Z, its width, B, its width).
+    let operands = |k: usize| -> (*const f32, usize, &[f32], usize) {
+        match k {
+            0 => (pdg.get().cast_const(), f, x, d),
+            1 => (pdu.get().cast_const(), f, x, d),
+            _ => (dy.as_ptr(), d, &st.h, f),
+        }
     };
-    // Weight gradients, each over all of its expert's rows; every part computes its share of
-    // the columns of every one (splitting columns leaves each element's sum as it was).
     let tasks: Vec<(usize, usize)> = (0..want.len())
         .flat_map(|e| (0..3).map(move |k| (e, k)))
         .filter(|&(e, k)| want[e][k])
         .collect();
     let mut outs: Vec<Vec<f32>> = tasks.iter().map(|_| Vec::with_capacity(d * f)).collect();
     let ptrs: Vec<Ptr> = outs.iter_mut().map(|o| Ptr(o.as_mut_ptr())).collect();
-    // Every weight gradient is `Zᵀ B` over the expert's rows: dGate [f, d] = dGᵀ x, dUp
-    // likewise, dDown [d, f] = dYᵀ h. Returns (Z, its width, B, its width).
-    let operands = |k: usize| -> (&[f32], usize, &[f32], usize) {
-        match k {
-            0 => (&dg, f, x, d),
-            1 => (&du, f, x, d),
-            _ => (dy, d, &st.h, f),
-        }
-    };
-    // Each gradient in column blocks of GRAD_BLOCK (a cut that, like the row blocks, depends on
-    // the shapes alone); the blocks shared out by their work, largest first, each to the part
-    // with the least so far (which part runs a block does not change its result).
-    let mut pieces: Vec<(usize, usize, std::ops::Range<usize>)> = tasks
-        .iter()
-        .enumerate()
-        .flat_map(|(t, &(e, k))| {
-            let (zw, bw, rows) = (operands(k).1, operands(k).3, s.bounds[e + 1] - s.bounds[e]);
-            (0..bw.div_ceil(GRAD_BLOCK).max(1)).map(move |b| {
-                let c = b * GRAD_BLOCK..((b + 1) * GRAD_BLOCK).min(bw);
-                (t, zw * c.len() * rows, c)
+    let blocks = s.blocks(parts());
+    // Expert by expert: its row blocks (dH, SwiGLU, dX), then its weight gradients while the
+    // dG / dU just written are still in the last-level cache (all experts' together, ~23 MB
+    // per MoE-S layer, were back in memory by the time the gradients read them).
+    for e in 0..s.bounds.len() - 1 {
+        blocks.par_iter().for_each(|part| {
+            let mut dh = Vec::new();
+            part.iter()
+                .filter(|b| b.0 == e)
+                .for_each(|b| run(&mut dh, b));
+        });
+        // Each gradient in column blocks of GRAD_BLOCK (a cut that, like the row blocks,
+        // depends on the shapes alone); the blocks shared out by their work, largest first,
+        // each to the part with the least so far (which part runs a block does not change its
+        // result). Every part computes its share of the columns of every one (splitting
+        // columns leaves each element's sum as it was).
+        let rows = s.bounds[e + 1] - s.bounds[e];
+        let mut pieces: Vec<(usize, usize, std::ops::Range<usize>)> = tasks
+            .iter()
+            .enumerate()
+            .filter(|(_, &(te, _))| te == e)
+            .flat_map(|(t, &(_, k))| {
+                let (zw, bw) = (operands(k).1, operands(k).3);
+                (0..bw.div_ceil(GRAD_BLOCK).max(1)).map(move |b| {
+                    let c = b * GRAD_BLOCK..((b + 1) * GRAD_BLOCK).min(bw);
+                    (t, zw * c.len() * rows, c)
+                })
             })
-        })
-        .collect();
-    pieces.sort_by_key(|p| std::cmp::Reverse(p.1));
-    // Per part: (work so far, its pieces as (task, columns)).
-    type Part = (usize, Vec<(usize, std::ops::Range<usize>)>);
-    let mut lists: Vec<Part> = (0..parts()).map(|_| (0, vec![])).collect();
-    for (t, work, c) in pieces {
-        let least = lists
-            .iter_mut()
-            .min_by_key(|l| l.0)
-            .expect("at least one part");
-        least.0 += work;
-        least.1.push((t, c));
-    }
-    lists.par_iter().for_each(|(_, list)| {
-        for (t, c) in list {
-            let ((e, k), dst) = (tasks[*t], ptrs[*t]);
-            let (r0, r1) = (s.bounds[e], s.bounds[e + 1]);
-            let (z, zw, b, bw) = operands(k);
-            // SAFETY: each piece writes its own columns of one output; together the pieces
-            // write all `d * f` elements of every output (zeros when the expert has no rows).
-            unsafe {
-                weight_grad_cols(
-                    dst.get(),
-                    bw,
-                    [zw, r1 - r0],
-                    (&z[r0 * zw..r1 * zw], zw),
-                    (&b[r0 * bw..r1 * bw], bw),
-                    c.clone(),
-                    1.0,
-                    Dst::Write,
-                );
-            }
+            .collect();
+        pieces.sort_by_key(|p| std::cmp::Reverse(p.1));
+        // Per part: (work so far, its pieces as (task, columns)).
+        type Part = (usize, Vec<(usize, std::ops::Range<usize>)>);
+        let mut lists: Vec<Part> = (0..parts()).map(|_| (0, vec![])).collect();
+        for (t, work, c) in pieces {
+            let least = lists
+                .iter_mut()
+                .min_by_key(|l| l.0)
+                .expect("at least one part");
+            least.0 += work;
+            least.1.push((t, c));
         }
-    });
+        lists.par_iter().for_each(|(_, list)| {
+            for (t, c) in list {
+                let ((e, k), dst) = (tasks[*t], ptrs[*t]);
+                let (r0, r1) = (s.bounds[e], s.bounds[e + 1]);
+                let (z, zw, b, bw) = operands(k);
+                // SAFETY: each piece writes its own columns of one output; together the pieces
+                // write all `d * f` elements of every output (zeros when the expert has no
+                // rows). Z's rows r0..r1 (dG / dU written whole by this expert's row blocks
+                // above, or dY) are read only.
+                unsafe {
+                    weight_grad_cols(
+                        dst.get(),
+                        bw,
+                        [zw, r1 - r0],
+                        (
+                            std::slice::from_raw_parts(z.add(r0 * zw), (r1 - r0) * zw),
+                            zw,
+                        ),
+                        (&b[r0 * bw..r1 * bw], bw),
+                        c.clone(),
+                        1.0,
+                        Dst::Write,
+                    );
+                }
+            }
+        });
+    }
+    // SAFETY: the blocks cover all rows; every task wrote its rows of all three whole.
+    let dx = unsafe { super::assume_init(dx) };
+    drop((dg, du));
     let grads = tasks.into_iter().zip(outs).map(|((e, k), mut out)| {
         // SAFETY: see above: every element written.
         unsafe { out.set_len(d * f) };
