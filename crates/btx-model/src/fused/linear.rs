@@ -77,12 +77,13 @@ fn fresh(
 }
 
 /// [`write_product_strided`] using the pool. A product worth spreading is cut into two halves
-/// of its output columns, side by side, each on one core, each in blocks of [`SPREAD_BLOCK`]
-/// columns (with more than two threads the blocks are shared out among them): faster than
-/// gemm's own two-thread split by 2-7% for preset S's forward products and 5-10% for M's. The
-/// cut depends on the shape alone, never on the thread count: gemm's result for an element can
-/// depend on how many rows or columns share its call, and the trainer's results must not
-/// depend on the thread count.
+/// of its output columns, each in blocks of [`SPREAD_BLOCK`] columns, and the blocks are taken
+/// by whichever thread is free: faster than gemm's own two-thread split by 2-7% for preset S's
+/// forward products and 5-10% for M's, and than one fixed half per core by 1.5% on the S and
+/// MoE-S steps at two threads (interleaved A/B; a half that ran slower left the other core
+/// waiting). The cut depends on the shape alone, never on the thread count: gemm's result for
+/// an element can depend on how many rows or columns share its call, and the trainer's results
+/// must not depend on the thread count (which thread runs a block does not matter).
 ///
 /// # Safety
 /// As for [`write_product_strided`].
@@ -128,14 +129,7 @@ pub(crate) unsafe fn spread_product(
             )
         };
     };
-    if rayon::current_num_threads() > 2 {
-        blocks.par_iter().for_each(block);
-    } else {
-        // One half per core (the halves' blocks are listed in order).
-        let first = blocks.iter().take_while(|b| b.0 < h).count();
-        let (l, r) = blocks.split_at(first);
-        rayon::join(|| l.iter().for_each(block), || r.iter().for_each(block));
-    }
+    blocks.par_iter().with_max_len(1).for_each(block);
 }
 
 /// Width of the column blocks [`spread_product`] runs each half in: gemm does the step's
