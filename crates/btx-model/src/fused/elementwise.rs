@@ -54,7 +54,7 @@ impl Backward<Flex, 2> for SwigluBackward {
             .enumerate()
             .for_each(|(c, (da, db))| {
                 let r = c * CHUNK..c * CHUNK + da.len();
-                vexp::swiglu_backward(&a[r.clone()], &b[r.clone()], &g[r], da, db);
+                vexp::swiglu_backward(&a[r.clone()], &b[r.clone()], &g[r], da, db, None);
             });
         // SAFETY: the chunks cover both buffers and every element of each is written.
         let (da, db) = unsafe { (super::assume_init(da), super::assume_init(db)) };

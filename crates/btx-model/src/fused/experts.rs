@@ -110,28 +110,28 @@ fn uninit_ptr(v: &mut [MaybeUninit<f32>]) -> Ptr {
     Ptr(v.as_mut_ptr().cast())
 }
 
-/// Returns (y `[M, d]`, g `[M, f]`, u `[M, f]`, h `[M, f]`).
-fn forward(x: &[f32], w: &Weights, s: &Shapes) -> (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>) {
+/// Returns (y `[M, d]`, g `[M, f]`, u `[M, f]`). H = swiglu(g, u) lives only in its row
+/// block's scratch: the backward makes it again from g and u, which it reads anyway, instead of
+/// keeping 11.5 MB per MoE-S layer from the forward to the backward (written out to memory and
+/// read back).
+fn forward(x: &[f32], w: &Weights, s: &Shapes) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let (d, f, m) = (s.d, s.f, s.rows());
-    let (mut y, mut g, mut u, mut h) = (
+    let (mut y, mut g, mut u) = (
         super::uninit(m * d),
         super::uninit(m * f),
         super::uninit(m * f),
-        super::uninit(m * f),
     );
-    let (py, pg, pu, ph) = (
-        uninit_ptr(&mut y),
-        uninit_ptr(&mut g),
-        uninit_ptr(&mut u),
-        uninit_ptr(&mut h),
-    );
-    let run = |&(e, r0, n): &(usize, usize, usize)| {
+    let (py, pg, pu) = (uninit_ptr(&mut y), uninit_ptr(&mut g), uninit_ptr(&mut u));
+    let run = |hs: &mut Vec<f32>, &(e, r0, n): &(usize, usize, usize)| {
         let (gate, up, down) = w[e];
         let xb = &x[r0 * d..(r0 + n) * d];
-        // SAFETY: this task alone writes rows r0..r0+n of y, g, u and h (blocks are disjoint);
-        // the products write them whole before the slices below read them.
+        hs.clear();
+        hs.reserve(n * f);
+        // SAFETY: this task alone writes rows r0..r0+n of y, g and u (blocks are disjoint);
+        // the products write them whole before the slices below read them, and `swiglu`
+        // writes all n * f elements of the scratch.
         unsafe {
-            let (gb, ub, hb) = (pg.row(r0, f), pu.row(r0, f), ph.row(r0, f));
+            let (gb, ub) = (pg.row(r0, f), pu.row(r0, f));
             write_product(
                 gb,
                 [n, f, d],
@@ -154,9 +154,8 @@ fn forward(x: &[f32], w: &Weights, s: &Shapes) -> (Vec<f32>, Vec<f32>, Vec<f32>,
                 std::slice::from_raw_parts(gb, n * f),
                 std::slice::from_raw_parts(ub, n * f),
             );
-            let hs = std::slice::from_raw_parts_mut(hb.cast::<MaybeUninit<f32>>(), n * f);
-            vexp::swiglu(gs, us, hs);
-            let hs = std::slice::from_raw_parts(hb, n * f);
+            vexp::swiglu(gs, us, &mut hs.spare_capacity_mut()[..n * f]);
+            hs.set_len(n * f);
             let yb = py.row(r0, d);
             write_product(
                 yb,
@@ -169,28 +168,27 @@ fn forward(x: &[f32], w: &Weights, s: &Shapes) -> (Vec<f32>, Vec<f32>, Vec<f32>,
             );
         }
     };
-    s.blocks(parts())
-        .into_par_iter()
-        .for_each(|part| part.iter().for_each(run));
-    // SAFETY: the blocks cover all rows and every task wrote its rows of all four whole.
+    s.blocks(parts()).into_par_iter().for_each(|part| {
+        let mut hs = Vec::new();
+        part.iter().for_each(|b| run(&mut hs, b))
+    });
+    // SAFETY: the blocks cover all rows and every task wrote its rows of all three whole.
     unsafe {
         (
             super::assume_init(y),
             super::assume_init(g),
             super::assume_init(u),
-            super::assume_init(h),
         )
     }
 }
 
-/// What the backward needs: x, the weights, the forward's g, u, h, and the shapes.
+/// What the backward needs: x, the weights, the forward's g and u, and the shapes.
 #[derive(Clone, Debug)]
 struct State {
     x: FlexTensor,
     weights: Vec<[FlexTensor; 3]>,
     g: Vec<f32>,
     u: Vec<f32>,
-    h: Vec<f32>,
     shapes: Shapes,
 }
 
@@ -207,24 +205,33 @@ fn backward(st: &State, dy: &[f32], want: &[[bool; 3]]) -> (Vec<f32>, WeightGrad
         .iter()
         .map(|t| t.each_ref().map(f32_slice))
         .collect();
-    let (mut dx, mut dg, mut du) = (
+    // dG, dU and H of one expert's rows at a time (row i of expert e at i - bounds[e]): they
+    // live from its row blocks to its weight gradients, and one expert's fit in the last-level
+    // cache (~8.7 MB for MoE-S), where all rows' (~35 MB per MoE-S layer) went out to memory
+    // and back.
+    let most = s.bounds.windows(2).map(|b| b[1] - b[0]).max().unwrap_or(0);
+    let (mut dx, mut dg, mut du, mut hh) = (
         super::uninit(m * d),
-        super::uninit(m * f),
-        super::uninit(m * f),
+        super::uninit(most * f),
+        super::uninit(most * f),
+        super::uninit(most * f),
     );
-    let (pdx, pdg, pdu) = (
+    let (pdx, pdg, pdu, ph) = (
         uninit_ptr(&mut dx),
         uninit_ptr(&mut dg),
         uninit_ptr(&mut du),
+        uninit_ptr(&mut hh),
     );
-    // Per row block: dH = dY down, (dG, dU) through SwiGLU, dX = dG gate + dU up.
+    // Per row block: dH = dY down, (dG, dU, H) through SwiGLU, dX = dG gate + dU up.
     let run = |dh: &mut Vec<f32>, &(e, r0, n): &(usize, usize, usize)| {
         let [gate, up, down] = w[e];
         let r = r0 * f..(r0 + n) * f;
+        let lo = r0 - s.bounds[e];
         dh.clear();
         dh.reserve(n * f);
-        // SAFETY: this task alone writes rows r0..r0+n of dX, dG and dU; every product and
-        // `swiglu_backward` writes its destination whole before anything reads it.
+        // SAFETY: this task alone writes rows r0..r0+n of dX and rows lo..lo+n of the expert's
+        // dG, dU and H; every product and `swiglu_backward` writes its destination whole
+        // before anything reads it.
         unsafe {
             let dyb = &dy[r0 * d..(r0 + n) * d];
             write_product(
@@ -237,13 +244,14 @@ fn backward(st: &State, dy: &[f32], want: &[[bool; 3]]) -> (Vec<f32>, WeightGrad
                 false,
             );
             dh.set_len(n * f);
-            let (gb, ub) = (pdg.row(r0, f), pdu.row(r0, f));
+            let (gb, ub, hb) = (pdg.row(lo, f), pdu.row(lo, f), ph.row(lo, f));
             vexp::swiglu_backward(
                 &st.g[r.clone()],
                 &st.u[r.clone()],
                 dh,
                 std::slice::from_raw_parts_mut(gb.cast(), n * f),
                 std::slice::from_raw_parts_mut(ub.cast(), n * f),
+                Some(std::slice::from_raw_parts_mut(hb.cast(), n * f)),
             );
             let (gs, us) = (
                 std::slice::from_raw_parts(gb, n * f),
@@ -270,13 +278,15 @@ fn backward(st: &State, dy: &[f32], want: &[[bool; 3]]) -> (Vec<f32>, WeightGrad
             );
         }
     };
-    // Every weight gradient is `Zᵀ B` over the expert's rows: dGate [f, d] = dGᵀ x, dUp
-    // likewise, dDown [d, f] = dYᵀ h. Returns (Z, its width, B, its width).
-    let operands = |k: usize| -> (*const f32, usize, &[f32], usize) {
+    // Every weight gradient is `Zᵀ B` over expert e's rows: dGate [f, d] = dGᵀ x, dUp
+    // likewise, dDown [d, f] = dYᵀ h. Returns (Z, its width, B, its width), each from the
+    // expert's first row.
+    let operands = |e: usize, k: usize| -> (*const f32, usize, *const f32, usize) {
+        let r0 = s.bounds[e];
         match k {
-            0 => (pdg.get().cast_const(), f, x, d),
-            1 => (pdu.get().cast_const(), f, x, d),
-            _ => (dy.as_ptr(), d, &st.h, f),
+            0 => (pdg.get().cast_const(), f, x[r0 * d..].as_ptr(), d),
+            1 => (pdu.get().cast_const(), f, x[r0 * d..].as_ptr(), d),
+            _ => (dy[r0 * d..].as_ptr(), d, ph.get().cast_const(), f),
         }
     };
     let tasks: Vec<(usize, usize)> = (0..want.len())
@@ -289,10 +299,8 @@ fn backward(st: &State, dy: &[f32], want: &[[bool; 3]]) -> (Vec<f32>, WeightGrad
     // Each part's dH scratch, kept from expert to expert (a fresh one per expert, allocated
     // on one worker and freed on another, grew the peak RSS by 30 MB over 40 MoE-S steps).
     let mut scratch: Vec<Vec<f32>> = vec![Vec::new(); blocks.len()];
-    // Expert by expert: its row blocks (dH, SwiGLU, dX), then its weight gradients, so that the
-    // dG / dU just written can still be in the last-level cache (all experts' together, ~23 MB
-    // per MoE-S layer, cannot). Measured gain mixed, -1.6% to +1.2% per MoE-S step over A/B
-    // sets; the reasoning, not a measurement, is why it stays.
+    // Expert by expert: its row blocks (dH, SwiGLU, dX), then its weight gradients, which read
+    // the dG / dU / H those blocks wrote into the one expert's scratch.
     for e in 0..s.bounds.len() - 1 {
         blocks
             .par_iter()
@@ -308,7 +316,7 @@ fn backward(st: &State, dy: &[f32], want: &[[bool; 3]]) -> (Vec<f32>, WeightGrad
             .enumerate()
             .filter(|(_, &(te, _))| te == e)
             .flat_map(|(t, &(_, k))| {
-                let (zw, bw) = (operands(k).1, operands(k).3);
+                let (zw, bw) = (operands(e, k).1, operands(e, k).3);
                 (0..bw.div_ceil(GRAD_BLOCK).max(1)).map(move |b| {
                     let c = b * GRAD_BLOCK..((b + 1) * GRAD_BLOCK).min(bw);
                     (t, zw * c.len() * rows, c)
@@ -324,22 +332,19 @@ fn backward(st: &State, dy: &[f32], want: &[[bool; 3]]) -> (Vec<f32>, WeightGrad
         lists.par_iter().for_each(|list| {
             for (t, c) in list {
                 let ((e, k), dst) = (tasks[*t], ptrs[*t]);
-                let (r0, r1) = (s.bounds[e], s.bounds[e + 1]);
-                let (z, zw, b, bw) = operands(k);
+                let rows = s.bounds[e + 1] - s.bounds[e];
+                let (z, zw, b, bw) = operands(e, k);
                 // SAFETY: each piece writes its own columns of one output; together the pieces
                 // write all `d * f` elements of every output (zeros when the expert has no
-                // rows). Z's rows r0..r1 (dG / dU written whole by this expert's row blocks
-                // above, or dY) are read only.
+                // rows). Z and B (this expert's dG / dU / H written whole by its row blocks
+                // above, or its rows of x / dY) are read only.
                 unsafe {
                     weight_grad_cols(
                         dst.get(),
                         bw,
-                        [zw, r1 - r0],
-                        (
-                            std::slice::from_raw_parts(z.add(r0 * zw), (r1 - r0) * zw),
-                            zw,
-                        ),
-                        (&b[r0 * bw..r1 * bw], bw),
+                        [zw, rows],
+                        (std::slice::from_raw_parts(z, rows * zw), zw),
+                        (std::slice::from_raw_parts(b, rows * bw), bw),
                         c.clone(),
                         1.0,
                         Dst::Write,
@@ -348,9 +353,9 @@ fn backward(st: &State, dy: &[f32], want: &[[bool; 3]]) -> (Vec<f32>, WeightGrad
             }
         });
     }
-    // SAFETY: the blocks cover all rows; every task wrote its rows of all three whole.
+    // SAFETY: the blocks cover all rows; every task wrote its rows of dX whole.
     let dx = unsafe { super::assume_init(dx) };
-    drop((dg, du));
+    drop((dg, du, hh));
     let grads = tasks.into_iter().zip(outs).map(|((e, k), mut out)| {
         // SAFETY: see above: every element written.
         unsafe { out.set_len(d * f) };
@@ -471,7 +476,7 @@ fn run<const N: usize>(
         .iter()
         .map(|t| t.each_ref().map(|t| contiguous(t.primitive())))
         .collect();
-    let (y, g, u, h) = {
+    let (y, g, u) = {
         let w: Weights = ws
             .iter()
             .map(|[g, u, dn]| (f32_slice(g), f32_slice(u), f32_slice(dn)))
@@ -490,7 +495,6 @@ fn run<const N: usize>(
                 weights: ws,
                 g,
                 u,
-                h,
                 shapes,
             },
             out,

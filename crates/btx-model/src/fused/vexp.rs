@@ -121,29 +121,39 @@ pub fn swiglu(a: &[f32], b: &[f32], out: &mut [MaybeUninit<f32>]) {
 }
 
 /// SwiGLU backward for the incoming gradient `g`: `db = g silu(a)`,
-/// `da = g b sigmoid(a) (1 + a (1 - sigmoid(a)))`, in one pass.
+/// `da = g b sigmoid(a) (1 + a (1 - sigmoid(a)))`, in one pass; with `h`, also the forward's
+/// output again (the same bits as [`swiglu`]), for a caller that did not keep it.
 pub fn swiglu_backward(
     a: &[f32],
     b: &[f32],
     g: &[f32],
     da: &mut [MaybeUninit<f32>],
     db: &mut [MaybeUninit<f32>],
+    mut h: Option<&mut [MaybeUninit<f32>]>,
 ) {
     let n = a.len();
     assert!(b.len() == n && g.len() == n && da.len() == n && db.len() == n);
+    assert!(h.as_ref().is_none_or(|h| h.len() == n));
+    let ph = h
+        .as_mut()
+        .map_or(std::ptr::null_mut(), |h| h.as_mut_ptr().cast::<f32>());
     let mut i = 0;
     #[cfg(target_arch = "x86_64")]
     match level() {
-        // SAFETY: the CPU has the features; the kernel stays within the equal lengths.
-        Level::V4 => i = unsafe { avx512::swiglu_backward(a, b, g, da, db) },
+        // SAFETY: the CPU has the features; the kernel stays within the equal lengths (`ph`
+        // null or valid for n writes).
+        Level::V4 => i = unsafe { avx512::swiglu_backward(a, b, g, da, db, ph) },
         // SAFETY: as above.
-        Level::V3 => i = unsafe { swiglu_backward_avx2(a, b, g, da, db) },
+        Level::V3 => i = unsafe { swiglu_backward_avx2(a, b, g, da, db, ph) },
         Level::Base => {}
     }
     for j in i..n {
         let sg = sigmoid(a[j]);
         db[j].write(g[j] * (a[j] * sg));
         da[j].write(g[j] * b[j] * sg * (1.0 + a[j] * (1.0 - sg)));
+        if let Some(h) = h.as_mut() {
+            h[j].write(sg * (a[j] * b[j]));
+        }
     }
 }
 
@@ -200,45 +210,54 @@ unsafe fn swiglu_backward_avx2(
     g: &[f32],
     da: &mut [MaybeUninit<f32>],
     db: &mut [MaybeUninit<f32>],
+    ph: *mut f32,
 ) -> usize {
     use std::arch::x86_64::*;
     let len = a.len();
     let n = len / 8 * 8;
     let one = _mm256_set1_ps(1.0);
     let (pa, pb) = (da.as_mut_ptr().cast::<f32>(), db.as_mut_ptr().cast::<f32>());
-    // (da, db) of eight lanes; da = g b sg (1 + a (1 - sg)), multiplied left to right as the
-    // scalar form.
+    // (da, db, h) of eight lanes; da = g b sg (1 + a (1 - sg)), multiplied left to right as
+    // the scalar form, h as `swiglu_avx2`.
     let lanes = |va: __m256, vb: __m256, vg: __m256| {
         let sg = sigmoid8(va);
         let t = _mm256_add_ps(one, _mm256_mul_ps(va, _mm256_sub_ps(one, sg)));
         (
             _mm256_mul_ps(_mm256_mul_ps(_mm256_mul_ps(vg, vb), sg), t),
             _mm256_mul_ps(vg, _mm256_mul_ps(va, sg)),
+            _mm256_mul_ps(sg, _mm256_mul_ps(va, vb)),
         )
     };
     for i in (0..n).step_by(8) {
-        let (ya, yb) = lanes(
+        let (ya, yb, yh) = lanes(
             _mm256_loadu_ps(a.as_ptr().add(i)),
             _mm256_loadu_ps(b.as_ptr().add(i)),
             _mm256_loadu_ps(g.as_ptr().add(i)),
         );
         _mm256_storeu_ps(pa.add(i), ya);
         _mm256_storeu_ps(pb.add(i), yb);
+        if !ph.is_null() {
+            _mm256_storeu_ps(ph.add(i), yh);
+        }
     }
     if n < len {
-        let [mut ta, mut tb, mut tg, mut oa, mut ob] = [[0f32; 8]; 5];
+        let [mut ta, mut tb, mut tg, mut oa, mut ob, mut oh] = [[0f32; 8]; 6];
         ta[..len - n].copy_from_slice(&a[n..]);
         tb[..len - n].copy_from_slice(&b[n..]);
         tg[..len - n].copy_from_slice(&g[n..]);
-        let (ya, yb) = lanes(
+        let (ya, yb, yh) = lanes(
             _mm256_loadu_ps(ta.as_ptr()),
             _mm256_loadu_ps(tb.as_ptr()),
             _mm256_loadu_ps(tg.as_ptr()),
         );
         _mm256_storeu_ps(oa.as_mut_ptr(), ya);
         _mm256_storeu_ps(ob.as_mut_ptr(), yb);
+        _mm256_storeu_ps(oh.as_mut_ptr(), yh);
         std::ptr::copy_nonoverlapping(oa.as_ptr(), pa.add(n), len - n);
         std::ptr::copy_nonoverlapping(ob.as_ptr(), pb.add(n), len - n);
+        if !ph.is_null() {
+            std::ptr::copy_nonoverlapping(oh.as_ptr(), ph.add(n), len - n);
+        }
     }
     len
 }
@@ -364,6 +383,7 @@ mod avx512 {
         g: &[f32],
         da: &mut [MaybeUninit<f32>],
         db: &mut [MaybeUninit<f32>],
+        ph: *mut f32,
     ) -> usize {
         let one = _mm512_set1_ps(1.0);
         let (pa, pb) = (da.as_mut_ptr().cast::<f32>(), db.as_mut_ptr().cast::<f32>());
@@ -378,6 +398,10 @@ mod avx512 {
             let ya = _mm512_mul_ps(_mm512_mul_ps(_mm512_mul_ps(vg, vb), sg), t);
             store(pa.add(i), ya, n);
             store(pb.add(i), _mm512_mul_ps(vg, _mm512_mul_ps(va, sg)), n);
+            if !ph.is_null() {
+                // As `swiglu`.
+                store(ph.add(i), _mm512_mul_ps(sg, _mm512_mul_ps(va, vb)), n);
+            }
         }
         a.len()
     }
@@ -417,9 +441,16 @@ mod tests {
         let b: Vec<f32> = (0..37).map(|i| 0.5 - (i % 7) as f32 * 0.3).collect();
         let g: Vec<f32> = (0..37).map(|i| 1.0 + (i % 3) as f32).collect();
         let mut out = vec![MaybeUninit::uninit(); 37];
-        let (mut da, mut db) = (out.clone(), out.clone());
+        let (mut da, mut db, mut h) = (out.clone(), out.clone(), out.clone());
         swiglu(&a, &b, &mut out);
-        swiglu_backward(&a, &b, &g, &mut da, &mut db);
+        swiglu_backward(&a, &b, &g, &mut da, &mut db, Some(&mut h));
+        // SAFETY: all 37 elements of both were written.
+        let bits = |v: &[MaybeUninit<f32>]| -> Vec<u32> {
+            v.iter()
+                .map(|x| unsafe { x.assume_init() }.to_bits())
+                .collect()
+        };
+        assert_eq!(bits(&h), bits(&out), "the backward's h is the forward's");
         for i in 0..37 {
             let sg = 1.0 / (1.0 + (-(a[i] as f64)).exp());
             let (x, y, dy) = (a[i] as f64, b[i] as f64, g[i] as f64);
@@ -460,20 +491,23 @@ mod tests {
         let run = |wide: bool, s: usize| {
             let n = a.len() - s;
             let mut out = vec![MaybeUninit::uninit(); n];
-            let (mut da, mut db) = (out.clone(), out.clone());
+            let (mut da, mut db, mut h) = (out.clone(), out.clone(), out.clone());
+            let ph = h.as_mut_ptr().cast::<f32>();
             // SAFETY: the test returned above unless the CPU has AVX-512 (and so AVX2 + FMA).
             unsafe {
                 if wide {
                     avx512::swiglu(&a[s..], &b[s..], &mut out);
-                    avx512::swiglu_backward(&a[s..], &b[s..], &g[s..], &mut da, &mut db);
+                    avx512::swiglu_backward(&a[s..], &b[s..], &g[s..], &mut da, &mut db, ph);
                 } else {
                     swiglu_avx2(&a[s..], &b[s..], &mut out);
-                    swiglu_backward_avx2(&a[s..], &b[s..], &g[s..], &mut da, &mut db);
+                    swiglu_backward_avx2(&a[s..], &b[s..], &g[s..], &mut da, &mut db, ph);
                 }
                 let bits = |v: Vec<MaybeUninit<f32>>| -> Vec<u32> {
                     v.iter().map(|x| x.assume_init().to_bits()).collect()
                 };
-                [bits(out), bits(da), bits(db)]
+                let (out, h) = (bits(out), bits(h));
+                assert_eq!(h, out, "the backward's h is the forward's (start {s})");
+                [out, bits(da), bits(db)]
             }
         };
         for s in [0, 3, 16] {
