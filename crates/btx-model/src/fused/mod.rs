@@ -14,6 +14,7 @@ pub mod gemm_clock;
 pub mod linear;
 pub mod lm_head;
 pub mod moe;
+pub mod peak;
 pub mod reduce;
 pub mod simd;
 pub mod tile_mm;

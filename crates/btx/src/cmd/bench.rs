@@ -453,13 +453,15 @@ fn compare(
         let m = |side: &str, key: &str| median_of(rs, side, key);
         let speed = m("btx", "tokens_per_s") / m("pytorch", "tokens_per_s");
         let memory = m("btx", "peak_rss_mb") / m("pytorch", "peak_rss_mb");
+        let floor_at_peak = m("btx", "products_at_peak_s") / m("btx", "matmul_floor_s");
         if sweep.rounds > 1 && !json {
             println!(
-                "{p:<6} {t} thread(s): btx {:.3} s/step, {:.2}x floor, gemm alone {:.2}x, floor from memory {:.2}x | pytorch {:.3} s/step | speed {speed:.2}x, memory {memory:.2}x",
+                "{p:<6} {t} thread(s): btx {:.3} s/step, {:.2}x floor, gemm alone {:.2}x, floor from memory {:.2}x, floor at {:.0}% of the FMA peak | pytorch {:.3} s/step | speed {speed:.2}x, memory {memory:.2}x",
                 m("btx", "step_s_median"),
                 m("btx", "floor_ratio"),
                 m("btx", "gemm_floor_ratio"),
                 m("btx", "matmul_floor_cold_s") / m("btx", "matmul_floor_s"),
+                100.0 * floor_at_peak,
                 m("pytorch", "step_s_median"),
             );
         }
@@ -469,6 +471,7 @@ fn compare(
             "pytorch": rs.iter().map(|r| r.1.clone()).collect::<Vec<_>>(),
             "btx_step_s": m("btx", "step_s_median"), "floor_ratio": m("btx", "floor_ratio"),
             "cold_floor_ratio": m("btx", "cold_floor_ratio"),
+            "floor_peak_fraction": floor_at_peak,
             "speed_ratio": speed, "rss_ratio": memory,
         }));
     }
@@ -642,14 +645,22 @@ pub fn run(cmd: BenchCmd, dev: &Device) -> Result<()> {
             let rss = peak_rss_mb();
             let tokens = (batch * seq) as f64;
             let flops = cfg.train_flops_per_token(seq) * tokens;
-            let (floor, cold) = if no_floor {
-                (f64::NAN, f64::NAN)
+            let (floor, cold, peak) = if no_floor {
+                (f64::NAN, f64::NAN, f64::NAN)
             } else {
                 (
                     matmul_floor(&cfg, batch, seq, Caches::Hot),
                     matmul_floor(&cfg, batch, seq, Caches::Cold),
+                    btx_model::fused::peak::fma_gflops(0.25).unwrap_or(f64::NAN) * 1e9,
                 )
             };
+            // The floor's FLOPs at the FMA peak: how close the floor (and the step) is to what
+            // the cores can do at all.
+            let product_flops: f64 = step_gemms(&cfg, batch, seq)
+                .iter()
+                .map(|p| 2.0 * (p.m * p.k * p.n * p.count) as f64)
+                .sum();
+            let at_peak = product_flops / peak;
             let r = json!({
                 "impl": "btx", "preset": name, "threads": threads, "params": cfg.total_params(),
                 "active_params": cfg.active_params(), "batch": batch, "seq": seq,
@@ -658,6 +669,7 @@ pub fn run(cmd: BenchCmd, dev: &Device) -> Result<()> {
                 "matmul_floor_s": floor, "floor_ratio": step_s / floor,
                 "gemm_s": gemm_s, "gemm_floor_ratio": gemm_s / floor,
                 "matmul_floor_cold_s": cold, "cold_floor_ratio": step_s / cold,
+                "fma_peak_gflops": peak / 1e9, "products_at_peak_s": at_peak,
                 "final_loss": loss,
             });
             if json {
@@ -667,10 +679,13 @@ pub fn run(cmd: BenchCmd, dev: &Device) -> Result<()> {
                     format!("the step's own products {gemm_s:.3}s (floor not measured)")
                 } else {
                     format!(
-                        "matmul floor {floor:.3}s ({:.2}x; the step's own products {gemm_s:.3}s = {:.2}x; the floor's products with operands from memory {cold:.3}s = {:.2}x)",
+                        "matmul floor {floor:.3}s ({:.2}x; the step's own products {gemm_s:.3}s = {:.2}x; the floor's products with operands from memory {cold:.3}s = {:.2}x; FMA peak {:.0} GFLOP/s: the floor runs at {:.0}% of it, the whole step at {:.0}%)",
                         step_s / floor,
                         gemm_s / floor,
-                        cold / floor
+                        cold / floor,
+                        peak / 1e9,
+                        100.0 * at_peak / floor,
+                        100.0 * at_peak / step_s
                     )
                 };
                 println!(
