@@ -260,10 +260,55 @@ fn print_products(steps: usize, threads: usize) {
 /// the L3 (64 MB), so each starts with its data in memory, as a step's activations are when
 /// they outgrow the caches: what the same products cost when nothing is reused from cache.
 pub fn matmul_floor(cfg: &ModelConfig, batch: usize, seq: usize, caches: Caches) -> f64 {
-    use btx_model::fused::linear::product_into;
-    use btx_model::fused::tile_mm;
-    let mut total = 0.0;
-    for p in step_gemms(cfg, batch, seq) {
+    step_gemms(cfg, batch, seq)
+        .into_iter()
+        .map(|p| {
+            // One product's operands at a time (a cold ring is 64 MB).
+            let mut f = FloorProduct::new(p, caches);
+            let mut ts: Vec<f64> = (0..3).map(|_| f.round()).collect();
+            median(&mut ts) * p.count as f64
+        })
+        .sum()
+}
+
+/// The hot floor taken in sweeps, one round of every product each, so that it can be
+/// measured between train steps: a step and the sweep right after it see the machine in the
+/// same state. (On this shared machine both move by ±3% from run to run, mostly not together:
+/// with the floor measured after all the steps, six runs gave MoE-S ratios of 1.19-1.24.)
+pub struct HotFloor(Vec<FloorProduct>);
+
+impl HotFloor {
+    pub fn new(cfg: &ModelConfig, batch: usize, seq: usize) -> Self {
+        HotFloor(
+            step_gemms(cfg, batch, seq)
+                .into_iter()
+                .map(|p| FloorProduct::new(p, Caches::Hot))
+                .collect(),
+        )
+    }
+
+    /// Seconds of one step's products, one round of each.
+    pub fn sweep(&mut self) -> f64 {
+        self.0
+            .iter_mut()
+            .map(|f| f.round() * f.p.count as f64)
+            .sum()
+    }
+}
+
+/// One of the floor's products with its operands (`sets` of them for a cold ring), warmed up.
+pub struct FloorProduct {
+    p: StepProduct,
+    sets: usize,
+    a: Vec<Vec<f32>>,
+    b: Vec<Vec<f32>>,
+    c: Vec<Vec<f32>>,
+    /// Calls per round: enough work to time (~0.2 GFLOP), and every set at least once.
+    calls: usize,
+}
+
+impl FloorProduct {
+    fn new(p: StepProduct, caches: Caches) -> Self {
         let (m, k, n) = (p.m, p.k, p.n);
         let sets = match caches {
             Caches::Hot => 1,
@@ -272,42 +317,91 @@ pub fn matmul_floor(cfg: &ModelConfig, batch: usize, seq: usize, caches: Caches)
         let fill = |len: usize, q: usize, s: usize| -> Vec<f32> {
             (0..len).map(|i| ((i + s) % q) as f32 * 0.01).collect()
         };
-        let a: Vec<Vec<f32>> = (0..sets).map(|s| fill(m * k, 13, s)).collect();
-        let b: Vec<Vec<f32>> = (0..sets).map(|s| fill(k * n, 7, s)).collect();
-        let mut c: Vec<Vec<f32>> = (0..sets).map(|_| vec![0f32; m * n]).collect();
         let reps = ((2e8 / (2.0 * (m * k * n) as f64)).ceil() as usize).clamp(3, 200);
-        let calls = reps.max(sets);
-        let gemm = time_call(calls, |i| {
-            let s = i % sets;
-            product_into(&mut c[s], [m, n, k], (&a[s], k, 1), (&b[s], n, 1));
-            std::hint::black_box(&mut c[s]);
-        });
-        let best = if p.block && tile_mm::available() {
-            let tile = time_call(calls, |i| {
-                let s = i % sets;
-                // SAFETY: AVX-512 checked; a, b and c hold m*k, k*n and m*n elements, the
-                // row-major extents of the strides given.
-                unsafe {
-                    tile_mm::product(
-                        [m, n, k],
-                        c[s].as_mut_ptr(),
-                        n,
-                        false,
-                        (a[s].as_ptr(), k, 1),
-                        (b[s].as_ptr(), n),
-                        1.0,
-                    )
-                };
-                std::hint::black_box(&mut c[s]);
-            });
-            gemm.min(tile)
-        } else {
-            gemm
+        let mut f = FloorProduct {
+            p,
+            sets,
+            a: (0..sets).map(|s| fill(m * k, 13, s)).collect(),
+            b: (0..sets).map(|s| fill(k * n, 7, s)).collect(),
+            c: (0..sets).map(|_| vec![0f32; m * n]).collect(),
+            calls: reps.max(sets),
         };
-        total += best * p.count as f64;
+        // One pass with each kernel first: warms up and maps every page.
+        for i in 0..f.calls {
+            f.gemm(i);
+            if f.tiled() {
+                f.tile(i);
+            }
+        }
+        f
     }
-    total
+
+    /// Where the step runs this product on the tile kernel.
+    fn tiled(&self) -> bool {
+        self.p.block && btx_model::fused::tile_mm::available()
+    }
+
+    fn gemm(&mut self, i: usize) {
+        let (s, StepProduct { m, k, n, .. }) = (i % self.sets, self.p);
+        btx_model::fused::linear::product_into(
+            &mut self.c[s],
+            [m, n, k],
+            (&self.a[s], k, 1),
+            (&self.b[s], n, 1),
+        );
+        std::hint::black_box(&mut self.c[s]);
+    }
+
+    fn tile(&mut self, i: usize) {
+        let (s, StepProduct { m, k, n, .. }) = (i % self.sets, self.p);
+        // SAFETY: only called where `tiled` (AVX-512 checked); a, b and c hold m*k, k*n and
+        // m*n elements, the row-major extents of the strides given.
+        unsafe {
+            btx_model::fused::tile_mm::product(
+                [m, n, k],
+                self.c[s].as_mut_ptr(),
+                n,
+                false,
+                (self.a[s].as_ptr(), k, 1),
+                (self.b[s].as_ptr(), n),
+                1.0,
+            )
+        };
+        std::hint::black_box(&mut self.c[s]);
+    }
+
+    /// Seconds per call over one round of `calls` calls: gemm's, or the faster of gemm's
+    /// and the tile kernel's where the step uses the tile kernel. On hot caches, one untimed
+    /// call first brings the operands back (a sweep ran every other product in between).
+    fn round(&mut self) -> f64 {
+        let time = |f: &mut Self, tile: bool| {
+            let run = |f: &mut Self, i: usize| {
+                if tile {
+                    f.tile(i)
+                } else {
+                    f.gemm(i)
+                }
+            };
+            if f.sets == 1 {
+                run(f, 0);
+            }
+            let t0 = std::time::Instant::now();
+            for i in 0..f.calls {
+                run(f, i);
+            }
+            t0.elapsed().as_secs_f64() / f.calls as f64
+        };
+        let g = time(self, false);
+        if self.tiled() {
+            g.min(time(self, true))
+        } else {
+            g
+        }
+    }
 }
+
+/// Steps paired with a sweep of the hot floor each (see [`HotFloor`]).
+const FLOOR_ROUNDS: usize = 7;
 
 /// Where [`matmul_floor`]'s operands come from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -319,21 +413,6 @@ pub enum Caches {
 /// Bytes of operands [`Caches::Cold`] cycles through per product: twice this machine's 32 MB
 /// L3 (more than most CPUs' last-level cache a core can use).
 const RING_BYTES: usize = 64 << 20;
-
-/// Median over three rounds of the seconds per call of `run(i)`, `calls` calls a round
-/// (after one pass over them all to warm up, which also maps every page).
-fn time_call(calls: usize, mut run: impl FnMut(usize)) -> f64 {
-    (0..calls).for_each(&mut run);
-    let mut ts = vec![];
-    for _ in 0..3 {
-        let t0 = std::time::Instant::now();
-        for i in 0..calls {
-            run(i);
-        }
-        ts.push(t0.elapsed().as_secs_f64() / calls as f64);
-    }
-    median(&mut ts)
-}
 
 /// Runs a benchmark command, returning its JSON line.
 fn run_json(mut c: std::process::Command) -> Result<serde_json::Value> {
@@ -610,46 +689,69 @@ pub fn run(cmd: BenchCmd, dev: &Device) -> Result<()> {
         } => {
             let (cfg, batch, seq) = preset(&name)?;
             let model = Model::init(&cfg, 0, &Device::flex())?;
+            // The steps' products timed inside the step (gemm_clock) on steps of their own:
+            // the clock costs the step ~1% (measured), which the timed steps must not carry.
+            let clocked = steps.clamp(1, 5);
             let mut tc = TrainerConfig::default();
-            tc.train.steps = warmup + steps;
+            // One schedule for every phase, so that the timed steps' learning rates and losses
+            // do not depend on which phases run.
+            tc.train.steps = warmup + steps + clocked + 1 + FLOOR_ROUNDS;
             tc.train.batch_size = batch;
             tc.train.seq_len = seq;
             tc.optim.warmup_steps = 1;
             let mut tr = Trainer::new(model, tc, dev)?;
             let mut data = FixedBatches::new(random_batches(cfg.vocab_size, batch, seq, 4));
-            let mut times = vec![];
-            let mut gemm_times = vec![];
-            let mut loss = 0.0;
-            gemm_clock::enable(true);
-            for i in 0..warmup + steps {
-                gemm_clock::take();
+            let mut step = || -> Result<(f64, f64)> {
                 let t0 = std::time::Instant::now();
                 let st = tr.step(&mut data as &mut dyn BatchSource)?;
-                let dt = t0.elapsed().as_secs_f64();
-                loss = st.loss;
+                Ok((t0.elapsed().as_secs_f64(), st.loss))
+            };
+            let (mut times, mut loss) = (vec![], 0.0);
+            for i in 0..warmup + steps {
+                let (dt, l) = step()?;
                 if i >= warmup {
                     times.push(dt);
-                    gemm_times.push(gemm_clock::take().wall_s(threads));
+                    loss = l;
                 }
-                if products && i + 1 == warmup {
-                    gemm_clock::enable_calls(true);
-                }
+            }
+            let mut gemm_times = vec![];
+            gemm_clock::enable(true);
+            gemm_clock::enable_calls(products);
+            for _ in 0..clocked {
+                gemm_clock::take();
+                step()?;
+                gemm_times.push(gemm_clock::take().wall_s(threads));
             }
             gemm_clock::enable(false);
             gemm_clock::enable_calls(false);
             if products {
-                print_products(steps, threads);
+                print_products(clocked, threads);
             }
             let step_s = median(&mut times);
             let gemm_s = median(&mut gemm_times);
+            // Before the floor's operands exist.
             let rss = peak_rss_mb();
             let tokens = (batch * seq) as f64;
             let flops = cfg.train_flops_per_token(seq) * tokens;
-            let (floor, cold, peak) = if no_floor {
-                (f64::NAN, f64::NAN, f64::NAN)
+            let (floor, ratio, cold, peak) = if no_floor {
+                (f64::NAN, f64::NAN, f64::NAN, f64::NAN)
             } else {
+                // Each of FLOOR_ROUNDS more steps, then a sweep of the hot floor: the ratio is
+                // the median of each step over the floor taken right after it.
+                let mut hot = HotFloor::new(&cfg, batch, seq);
+                // The first step after the floor's operands are set up ran 2.5x slower.
+                step()?;
+                let (mut floors, mut ratios) = (vec![], vec![]);
+                for _ in 0..FLOOR_ROUNDS {
+                    let (dt, _) = step()?;
+                    let f = hot.sweep();
+                    floors.push(f);
+                    ratios.push(dt / f);
+                }
+                drop(hot);
                 (
-                    matmul_floor(&cfg, batch, seq, Caches::Hot),
+                    median(&mut floors),
+                    median(&mut ratios),
                     matmul_floor(&cfg, batch, seq, Caches::Cold),
                     btx_model::fused::peak::fma_gflops(0.25).unwrap_or(f64::NAN) * 1e9,
                 )
@@ -666,7 +768,7 @@ pub fn run(cmd: BenchCmd, dev: &Device) -> Result<()> {
                 "active_params": cfg.active_params(), "batch": batch, "seq": seq,
                 "step_s_median": step_s, "tokens_per_s": tokens / step_s,
                 "gflops_per_s": flops / step_s / 1e9, "peak_rss_mb": rss,
-                "matmul_floor_s": floor, "floor_ratio": step_s / floor,
+                "matmul_floor_s": floor, "floor_ratio": ratio,
                 "gemm_s": gemm_s, "gemm_floor_ratio": gemm_s / floor,
                 "matmul_floor_cold_s": cold, "cold_floor_ratio": step_s / cold,
                 "fma_peak_gflops": peak / 1e9, "products_at_peak_s": at_peak,
@@ -679,8 +781,8 @@ pub fn run(cmd: BenchCmd, dev: &Device) -> Result<()> {
                     format!("the step's own products {gemm_s:.3}s (floor not measured)")
                 } else {
                     format!(
-                        "matmul floor {floor:.3}s ({:.2}x; the step's own products {gemm_s:.3}s = {:.2}x; the floor's products with operands from memory {cold:.3}s = {:.2}x; FMA peak {:.0} GFLOP/s: the floor runs at {:.0}% of it, the whole step at {:.0}%)",
-                        step_s / floor,
+                        "matmul floor {floor:.3}s ({:.2}x, steps paired with the floor right after; the step's own products {gemm_s:.3}s = {:.2}x; the floor's products with operands from memory {cold:.3}s = {:.2}x; FMA peak {:.0} GFLOP/s: the floor runs at {:.0}% of it, the whole step at {:.0}%)",
+                        ratio,
                         gemm_s / floor,
                         cold / floor,
                         peak / 1e9,
