@@ -206,9 +206,9 @@ fn backward(st: &State, dy: &[f32], want: &[[bool; 3]]) -> (Vec<f32>, WeightGrad
         .map(|t| t.each_ref().map(f32_slice))
         .collect();
     // dG, dU and H of one expert's rows at a time (row i of expert e at i - bounds[e]): they
-    // live from its row blocks to its weight gradients, and one expert's fit in the last-level
-    // cache (~8.7 MB for MoE-S), where all rows' (~35 MB per MoE-S layer) went out to memory
-    // and back.
+    // live only from its row blocks to its weight gradients. One expert's (~8.7 MB for MoE-S)
+    // instead of all rows' (~35 MB per MoE-S layer): MoE-S peak RSS -65 MB; the step time was
+    // within noise, though one expert's can stay in the last-level cache.
     let most = s.bounds.windows(2).map(|b| b[1] - b[0]).max().unwrap_or(0);
     let (mut dx, mut dg, mut du, mut hh) = (
         super::uninit(m * d),

@@ -275,10 +275,10 @@ pub fn matmul_floor(cfg: &ModelConfig, batch: usize, seq: usize, caches: Caches)
 /// measured between train steps: a step and the sweep right after it see the machine in the
 /// same state. (On this shared machine both move by ±3% from run to run, mostly not together:
 /// with the floor measured after all the steps, six runs gave MoE-S ratios of 1.19-1.24.)
-pub struct HotFloor(Vec<FloorProduct>);
+struct HotFloor(Vec<FloorProduct>);
 
 impl HotFloor {
-    pub fn new(cfg: &ModelConfig, batch: usize, seq: usize) -> Self {
+    fn new(cfg: &ModelConfig, batch: usize, seq: usize) -> Self {
         HotFloor(
             step_gemms(cfg, batch, seq)
                 .into_iter()
@@ -288,7 +288,7 @@ impl HotFloor {
     }
 
     /// Seconds of one step's products, one round of each.
-    pub fn sweep(&mut self) -> f64 {
+    fn sweep(&mut self) -> f64 {
         self.0
             .iter_mut()
             .map(|f| f.round() * f.p.count as f64)
@@ -297,7 +297,7 @@ impl HotFloor {
 }
 
 /// One of the floor's products with its operands (`sets` of them for a cold ring), warmed up.
-pub struct FloorProduct {
+struct FloorProduct {
     p: StepProduct,
     sets: usize,
     a: Vec<Vec<f32>>,
