@@ -24,6 +24,8 @@ pub enum DataError {
     Tokenizer(String),
     #[error("{0}")]
     Invalid(String),
+    #[error(transparent)]
+    Model(#[from] btx_model::ModelError),
 }
 
 pub fn io_err(path: &Path, source: std::io::Error) -> DataError {

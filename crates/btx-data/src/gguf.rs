@@ -299,8 +299,18 @@ impl GgufFile {
         self.tensors.iter().find(|t| t.name == name)
     }
 
+    /// Checks that a tensor can be dequantised (known type, bytes inside the file) without
+    /// decoding it.
+    pub fn check_readable(&self, t: &TensorInfo) -> Result<()> {
+        self.raw(t).map(|_| ())
+    }
+
     /// Dequantises a tensor to f32 (row-major, shape [`TensorInfo::shape`]).
     pub fn dequantize(&self, t: &TensorInfo) -> Result<Vec<f32>> {
+        Ok(dequantize(t.ty, self.raw(t)?, t.numel()))
+    }
+
+    fn raw(&self, t: &TensorInfo) -> Result<&[u8]> {
         let n = t.numel();
         let size = t.ty.byte_size(n).ok_or_else(|| {
             file_err(
@@ -311,8 +321,19 @@ impl GgufFile {
                 ),
             )
         })?;
-        let start = self.data_start + t.offset;
-        Ok(dequantize(t.ty, &self.mmap[start..start + size], n))
+        let bytes = self.data_start
+            .checked_add(t.offset)
+            .and_then(|start| self.mmap.get(start..start.checked_add(size)?))
+            .ok_or_else(|| {
+                file_err(
+                    &self.path,
+                    format!(
+                        "tensor {:?} ({size} bytes at offset {}) runs past the end of the file ({} bytes)\nhint: the file is truncated or corrupt; download it again",
+                        t.name, t.offset, self.mmap.len()
+                    ),
+                )
+            })?;
+        Ok(bytes)
     }
 }
 

@@ -6,6 +6,7 @@ use std::path::Path;
 
 use btx_model::io::write_checkpoint;
 use btx_model::names::param_specs;
+use btx_model::outdir::{Existing, OutDir};
 use btx_model::ModelConfig;
 use serde_json::{json, Value as Json};
 
@@ -189,8 +190,10 @@ pub fn tokenizer_from_gguf(g: &GgufFile) -> Result<Tok> {
     Tok::from_json(&j.to_string())
 }
 
-/// Writes `out/{config.json, model.safetensors, tokenizer.json}` from a llama GGUF file.
-pub fn import_gguf(path: &Path, out: &Path) -> Result<ModelConfig> {
+/// Writes `out/{config.json, model.safetensors, tokenizer.json}` from a llama GGUF file. Every
+/// tensor is checked (present, shape, a type btx can dequantise, inside the file) before anything
+/// is written, and the output appears whole or not at all (see [`OutDir`]).
+pub fn import_gguf(path: &Path, out: &Path, existing: Existing) -> Result<ModelConfig> {
     let g = GgufFile::open(path)?;
     let cfg = config_from_gguf(&g)?;
     let tok = tokenizer_from_gguf(&g)?;
@@ -198,29 +201,36 @@ pub fn import_gguf(path: &Path, out: &Path) -> Result<ModelConfig> {
         .into_iter()
         .map(|s| (s.name, s.shape))
         .collect();
+    let tensor_of = |name: &str, shape: &[usize]| -> Result<&crate::gguf::TensorInfo> {
+        let gname = gguf_name(name).expect("every llama parameter has a GGUF name");
+        let t = g.tensor(&gname).ok_or_else(|| {
+            file_err(
+                path,
+                format!("tensor {gname:?} is missing (needed for {name})\nhint: is this a complete Llama GGUF?"),
+            )
+        })?;
+        if t.shape() != shape {
+            return Err(file_err(
+                path,
+                format!(
+                    "tensor {gname:?} has shape {:?}, expected {shape:?} from the file's metadata",
+                    t.shape()
+                ),
+            ));
+        }
+        Ok(t)
+    };
+    for (name, shape) in &specs {
+        g.check_readable(tensor_of(name, shape)?)?;
+    }
+    let staged = OutDir::create(out, &[path], existing)?;
+    let dir = staged.path();
     let q_suffix = ".self_attn.q_proj.weight";
     let k_suffix = ".self_attn.k_proj.weight";
-    write_checkpoint(out, &specs, 4 << 30, |i| {
+    write_checkpoint(dir, &specs, 4 << 30, |i| {
         let (name, shape) = &specs[i];
-        let gname = gguf_name(name).expect("every llama parameter has a GGUF name");
-        let t = g
-            .tensor(&gname)
-            .ok_or_else(|| btx_model::ModelError::MissingTensor {
-                path: path.to_path_buf(),
-                name: gname.clone(),
-                hint: format!("needed for {name}"),
-            })?;
-        if &t.shape() != shape {
-            return Err(btx_model::ModelError::Shape {
-                path: path.to_path_buf(),
-                name: gname,
-                expected: shape.clone(),
-                found: t.shape(),
-            });
-        }
-        let w = g
-            .dequantize(t)
-            .map_err(|e| btx_model::ModelError::Invalid { msg: e.to_string() })?;
+        let read = || -> Result<Vec<f32>> { g.dequantize(tensor_of(name, shape)?) };
+        let w = read().map_err(|e| btx_model::ModelError::Invalid { msg: e.to_string() })?;
         Ok(if name.ends_with(q_suffix) {
             unpermute_rows(&w, shape[0], shape[1], cfg.num_heads)
         } else if name.ends_with(k_suffix) {
@@ -230,8 +240,9 @@ pub fn import_gguf(path: &Path, out: &Path) -> Result<ModelConfig> {
         })
     })
     .map_err(|e| DataError::Invalid(e.to_string()))?;
-    cfg.save(&out.join("config.json"))
+    cfg.save(&dir.join("config.json"))
         .map_err(|e| DataError::Invalid(e.to_string()))?;
-    tok.save(&out.join("tokenizer.json"))?;
+    tok.save(&dir.join("tokenizer.json"))?;
+    staged.commit()?;
     Ok(cfg)
 }

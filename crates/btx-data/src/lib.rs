@@ -16,3 +16,8 @@ pub use mixture::{DataDir, MixConfig, Mixture};
 pub use prepare::{prepare, DataManifest, PrepareConfig};
 pub use source::{Batch, BatchSource, FixedBatches};
 pub use tokenizer::Tok;
+
+/// The first 12 characters of a hash, for messages (char-safe: a corrupt file can hold anything).
+pub fn short_hash(h: &str) -> String {
+    h.chars().take(12).collect()
+}

@@ -47,8 +47,53 @@ impl DataDir {
         self.root.join("tokenizer.json")
     }
 
+    /// The data's tokenizer, checked against the one the shards were made with (a swapped
+    /// `tokenizer.json` would otherwise train fine and ship a model with the wrong tokenizer).
     pub fn tokenizer(&self) -> Result<Tok> {
-        Tok::load(&self.tokenizer_path())
+        let p = self.tokenizer_path();
+        let tok = Tok::load(&p)?;
+        if tok.hash() != self.manifest.tokenizer_hash {
+            return Err(file_err(
+                &p,
+                format!(
+                    "is not the tokenizer this data was prepared with (hash {} vs {} in manifest.json)\nhint: restore the original tokenizer.json, or prepare the data again with this one",
+                    crate::short_hash(tok.hash()),
+                    crate::short_hash(&self.manifest.tokenizer_hash)
+                ),
+            ));
+        }
+        Ok(tok)
+    }
+
+    /// Checks that a model can be trained or evaluated on this data: its vocabulary holds every
+    /// token id, and the tokenizer beside it (if any) is the data's.
+    pub fn check_model(&self, model_dir: &Path, vocab_size: usize) -> Result<()> {
+        if vocab_size < self.manifest.vocab_size {
+            return Err(file_err(
+                model_dir,
+                format!(
+                    "the model's vocabulary ({vocab_size}) is smaller than the data's tokenizer ({} entries in {})\nhint: prepare the data with the model's tokenizer ([tokenizer] path = \"{}\")",
+                    self.manifest.vocab_size,
+                    self.root.display(),
+                    model_dir.join("tokenizer.json").display()
+                ),
+            ));
+        }
+        let tp = model_dir.join("tokenizer.json");
+        if tp.exists() {
+            let mt = Tok::load(&tp)?;
+            if mt.hash() != self.manifest.tokenizer_hash {
+                return Err(file_err(
+                    &tp,
+                    format!(
+                        "differs from the tokenizer the data in {} was prepared with\nhint: prepare the data with [tokenizer] path = \"{}\"",
+                        self.root.display(),
+                        tp.display()
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 
     fn check_domain(&self, domain: &str) -> Result<()> {
@@ -68,6 +113,56 @@ impl DataDir {
         let s = Shard::open(&self.root.join(domain).join(format!("{split}.tok")))?;
         s.check_tokenizer(&self.manifest.tokenizer_hash)?;
         Ok(s)
+    }
+
+    /// Reads every shard and task file and checks them against the manifest: token and document
+    /// counts, tokenizer, token ids inside the vocabulary. Returns the counts found on disk.
+    pub fn verify(&self) -> Result<BTreeMap<String, [(u64, u64); 2]>> {
+        self.tokenizer()?;
+        let mut found = BTreeMap::new();
+        for (name, stats) in &self.manifest.domains {
+            let mut counts = [(0, 0); 2];
+            for (i, (split, want)) in [("train", &stats.train), ("val", &stats.val)]
+                .into_iter()
+                .enumerate()
+            {
+                let s = self.shard(name, split)?;
+                if (s.len() as u64, s.docs()) != (want.tokens, want.docs) {
+                    return Err(file_err(
+                        &s.path,
+                        format!(
+                            "holds {} tokens / {} docs, manifest.json says {} / {}\nhint: the data dir was changed after `btx data prepare`; prepare it again",
+                            s.len(),
+                            s.docs(),
+                            want.tokens,
+                            want.docs
+                        ),
+                    ));
+                }
+                if let Some(m) = s
+                    .max_id()
+                    .filter(|&m| m as usize >= self.manifest.vocab_size)
+                {
+                    return Err(file_err(
+                        &s.path,
+                        format!(
+                            "holds token id {m}, outside the tokenizer's {} entries\nhint: the shard is corrupt; prepare the data again",
+                            self.manifest.vocab_size
+                        ),
+                    ));
+                }
+                counts[i] = (s.len() as u64, s.docs());
+            }
+            let tasks = self.tasks(name)?.len();
+            if tasks != stats.tasks {
+                return Err(file_err(
+                    &self.root.join(name).join("tasks.jsonl"),
+                    format!("holds {tasks} tasks, manifest.json says {}", stats.tasks),
+                ));
+            }
+            found.insert(name.clone(), counts);
+        }
+        Ok(found)
     }
 
     pub fn tasks(&self, domain: &str) -> Result<Vec<Task>> {

@@ -13,6 +13,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use btx_model::outdir::{Existing, OutDir};
 use btx_model::rng::Rng;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -309,12 +310,19 @@ pub fn write_tasks(path: &Path, tasks: &[Task]) -> Result<()> {
 }
 
 /// Runs a prepare into `out`. `base` resolves relative paths (the config file's directory).
-/// Skips all work when `out/manifest.json` exists with the same fingerprint.
-pub fn prepare(cfg: &PrepareConfig, base: &Path, out: &Path) -> Result<DataManifest> {
+/// Skips all work when `out/manifest.json` exists with the same fingerprint; otherwise the data
+/// dir is built beside `out` and renamed into place whole (see [`OutDir`]), so an interrupted or
+/// failed prepare leaves `out` as it was; an existing `out` is replaced only with
+/// [`Existing::Replace`].
+pub fn prepare(
+    cfg: &PrepareConfig,
+    base: &Path,
+    out: &Path,
+    existing: Existing,
+) -> Result<DataManifest> {
     cfg.validate()?;
     let fp = cfg.fingerprint();
-    let mpath = out.join(MANIFEST);
-    if let Ok(text) = std::fs::read_to_string(&mpath) {
+    if let Ok(text) = std::fs::read_to_string(out.join(MANIFEST)) {
         if let Ok(m) = serde_json::from_str::<DataManifest>(&text) {
             if m.fingerprint == fp {
                 tracing::info!("data in {} is up to date", out.display());
@@ -322,11 +330,15 @@ pub fn prepare(cfg: &PrepareConfig, base: &Path, out: &Path) -> Result<DataManif
             }
         }
     }
-    std::fs::create_dir_all(out).map_err(|e| io_err(out, e))?;
-    // A manifest is the completion marker: remove a stale one before touching anything.
-    if mpath.exists() {
-        std::fs::remove_file(&mpath).map_err(|e| io_err(&mpath, e))?;
+    let mut inputs: Vec<PathBuf> = cfg.tokenizer.path.iter().map(|p| base.join(p)).collect();
+    for d in &cfg.domains {
+        inputs.extend(d.paths.iter().map(|p| base.join(p)));
+        inputs.extend(d.tasks_file.iter().map(|p| base.join(p)));
     }
+    let inputs: Vec<&Path> = inputs.iter().map(PathBuf::as_path).collect();
+    let staged = OutDir::create(out, &inputs, existing)?;
+    let (out, final_out) = (staged.path(), out);
+    let mpath = out.join(MANIFEST);
     let mut per_domain = vec![];
     for d in &cfg.domains {
         let (docs, sources) = load_domain_docs(d, cfg.seed, base)?;
@@ -449,5 +461,7 @@ pub fn prepare(cfg: &PrepareConfig, base: &Path, out: &Path) -> Result<DataManif
     };
     std::fs::write(&mpath, serde_json::to_string_pretty(&m).expect("json"))
         .map_err(|e| io_err(&mpath, e))?;
+    staged.commit()?;
+    tracing::info!("data written to {}", final_out.display());
     Ok(m)
 }

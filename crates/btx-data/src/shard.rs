@@ -139,12 +139,12 @@ impl Shard {
         }
         let len = u64_at(16) as usize;
         let docs = u64_at(24);
-        if mmap.len() != HEADER + len * width {
+        if len.checked_mul(width).and_then(|n| n.checked_add(HEADER)) != Some(mmap.len()) {
             return Err(file_err(
                 path,
                 format!(
-                    "truncated: header says {len} tokens ({} bytes), file has {} bytes",
-                    HEADER + len * width,
+                    "truncated or corrupt: header says {len} tokens ({} bytes), file has {} bytes\nhint: re-run `btx data prepare`",
+                    (len as u128) * (width as u128) + HEADER as u128,
                     mmap.len()
                 ),
             ));
@@ -183,12 +183,18 @@ impl Shard {
                 &self.path,
                 format!(
                     "made with tokenizer {}…, but the model's tokenizer is {}…\nhint: re-run `btx data prepare` with the model's tokenizer.json",
-                    &self.hash[..12.min(self.hash.len())],
-                    &expected[..12.min(expected.len())]
+                    crate::short_hash(&self.hash),
+                    crate::short_hash(expected)
                 ),
             ));
         }
         Ok(())
+    }
+
+    /// The largest token id in the shard (a full scan; `btx data info` checks it against the
+    /// vocabulary).
+    pub fn max_id(&self) -> Option<u32> {
+        (0..self.len).map(|i| self.get(i)).max()
     }
 
     pub fn get(&self, i: usize) -> u32 {

@@ -5,6 +5,7 @@ use btx_data::gguf::{self, GgmlType, Value};
 use btx_data::gguf_import::{import_gguf, permute_rows, unpermute_rows};
 use btx_data::Tok;
 use btx_model::burn::prelude::Device;
+use btx_model::Existing;
 use btx_model::{to_vec, ForwardOpts, Model, ModelConfig};
 use btx_testkit::Scratch;
 
@@ -143,7 +144,7 @@ fn imports_a_quantised_llama_with_its_tokenizer() {
     gguf::write(&gpath, &meta, &tensors).unwrap();
 
     let out = dir.join("hf");
-    let got = import_gguf(&gpath, &out).unwrap();
+    let got = import_gguf(&gpath, &out, Existing::Refuse).unwrap();
     assert!(got.tie_word_embeddings);
     assert_eq!(got.rope_theta, 100000.0);
     assert_eq!(got.rms_norm_eps, 1e-5);
@@ -214,6 +215,54 @@ fn imports_a_quantised_llama_with_its_tokenizer() {
         assert_eq!(back_tok.encode(d).unwrap(), tok.encode(d).unwrap());
     }
     assert_eq!(back_tok.eos_id(), tok.eos_id());
+
+    // Regression (issue 17): a GGUF holding a tensor type btx cannot read, imported over an
+    // existing model, failed half-way and left that model's weights at 2 KB.
+    let mut bytes = std::fs::read(&gpath).unwrap();
+    let name = b"blk.1.ffn_down.weight";
+    let at = bytes.windows(name.len()).position(|w| w == name).unwrap() + name.len();
+    let n_dims = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+    let ty_at = at + 4 + 8 * n_dims;
+    bytes[ty_at..ty_at + 4].copy_from_slice(&12u32.to_le_bytes()); // Q4_K
+    let bad = dir.join("bad.gguf");
+    std::fs::write(&bad, &bytes).unwrap();
+    let weights = std::fs::read(out.join("model.safetensors")).unwrap();
+    let e = import_gguf(&bad, &out, Existing::Replace)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("blk.1.ffn_down.weight") && e.contains("hint"),
+        "{e}"
+    );
+    assert_eq!(
+        std::fs::read(out.join("model.safetensors")).unwrap(),
+        weights
+    );
+    assert!(import_gguf(&bad, &dir.join("new"), Existing::Refuse).is_err());
+    assert!(!dir.join("new").exists());
+    // An existing model is replaced only when asked; the output is never the input's place.
+    let e = import_gguf(&gpath, &out, Existing::Refuse)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("--force"), "{e}");
+    for o in [gpath.clone(), dir.to_path_buf()] {
+        let e = import_gguf(&gpath, &o, Existing::Replace)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("input"), "{e}");
+    }
+    assert!(gpath.is_file());
+    let leftovers = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with('.')
+        })
+        .count();
+    assert_eq!(leftovers, 0);
 }
 
 #[test]
@@ -221,7 +270,9 @@ fn unsupported_files_are_clear_errors() {
     let dir = tmp("bad");
     let p = dir.join("x.gguf");
     std::fs::write(&p, b"not a gguf").unwrap();
-    let e = import_gguf(&p, &dir.join("o")).unwrap_err().to_string();
+    let e = import_gguf(&p, &dir.join("o"), Existing::Refuse)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("x.gguf") && e.contains("magic"), "{e}");
     gguf::write(
         &p,
@@ -229,6 +280,8 @@ fn unsupported_files_are_clear_errors() {
         &[],
     )
     .unwrap();
-    let e = import_gguf(&p, &dir.join("o")).unwrap_err().to_string();
+    let e = import_gguf(&p, &dir.join("o"), Existing::Refuse)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("llama"), "{e}");
 }

@@ -4,6 +4,7 @@ use std::path::Path;
 
 use btx_data::prepare::{split_docs, DomainConfig, TokenizerConfig};
 use btx_data::{prepare, BatchSource, DataDir, MixConfig, Mixture, PrepareConfig, Tok};
+use btx_model::Existing;
 use btx_testkit::Scratch;
 
 fn tmp(tag: &str) -> Scratch {
@@ -39,7 +40,7 @@ fn decode_docs(data: &DataDir, domain: &str, split: &str) -> Vec<String> {
 fn builtin_prepare_writes_shards_that_decode_to_the_documents() {
     let out = tmp("builtin");
     let cfg = small_builtin();
-    let m = prepare(&cfg, Path::new("."), &out).unwrap();
+    let m = prepare(&cfg, Path::new("."), &out, Existing::Refuse).unwrap();
     assert_eq!(m.domains.len(), 4);
     let data = DataDir::open(&out).unwrap();
     for (name, st) in &m.domains {
@@ -70,7 +71,7 @@ fn builtin_prepare_writes_shards_that_decode_to_the_documents() {
         .modified()
         .unwrap();
     std::thread::sleep(std::time::Duration::from_millis(20));
-    prepare(&cfg, Path::new("."), &out).unwrap();
+    prepare(&cfg, Path::new("."), &out, Existing::Refuse).unwrap();
     assert_eq!(
         std::fs::metadata(out.join("manifest.json"))
             .unwrap()
@@ -94,7 +95,7 @@ fn split_is_deterministic_and_keeps_both_sides() {
 #[test]
 fn mixtures_are_deterministic_weighted_and_resume_exactly() {
     let out = tmp("mix");
-    prepare(&small_builtin(), Path::new("."), &out).unwrap();
+    prepare(&small_builtin(), Path::new("."), &out, Existing::Refuse).unwrap();
     let data = DataDir::open(&out).unwrap();
     let mix = MixConfig {
         weights: [("math".to_string(), 0.3), ("code".to_string(), 0.7)].into(),
@@ -135,7 +136,7 @@ fn bad_inputs_are_clear_errors() {
     std::fs::write(dir.join("latin1.txt"), b"line one\ncaf\xe9\n").unwrap();
     let mut cfg = small_builtin();
     cfg.domains = vec![file_domain("empty", vec!["empty.txt".into()])];
-    let e = prepare(&cfg, &dir, &dir.join("o1"))
+    let e = prepare(&cfg, &dir, &dir.join("o1"), Existing::Refuse)
         .unwrap_err()
         .to_string();
     assert!(e.contains("no documents") && e.contains("empty.txt"), "{e}");
@@ -143,20 +144,29 @@ fn bad_inputs_are_clear_errors() {
         "latin",
         vec!["ok.txt".into(), "latin1.txt".into()],
     )];
-    let e = prepare(&cfg, &dir, &dir.join("o2"))
+    let e = prepare(&cfg, &dir, &dir.join("o2"), Existing::Refuse)
         .unwrap_err()
         .to_string();
     assert!(e.contains("latin1.txt:2") && e.contains("UTF-8"), "{e}");
     cfg.domains = vec![file_domain("missing", vec!["nope/*.txt".into()])];
-    let e = prepare(&cfg, &dir, &dir.join("o3"))
+    let e = prepare(&cfg, &dir, &dir.join("o3"), Existing::Refuse)
         .unwrap_err()
         .to_string();
     assert!(e.contains("matches no files"), "{e}");
     assert!(!dir.join("o3/manifest.json").exists());
+    // Failed prepares leave no output and no staging directory behind.
+    for o in ["o1", "o2", "o3"] {
+        assert!(!dir.join(o).exists(), "{o}");
+    }
+    assert!(!std::fs::read_dir(&*dir).unwrap().any(|e| e
+        .unwrap()
+        .file_name()
+        .to_string_lossy()
+        .starts_with('.')));
 
     // A shard made with one tokenizer is refused under another.
     let out = tmp("tokmix");
-    prepare(&small_builtin(), Path::new("."), &out).unwrap();
+    prepare(&small_builtin(), Path::new("."), &out, Existing::Refuse).unwrap();
     let other =
         Tok::train_bpe(["something else entirely"].iter().cycle().take(10), 300, 1).unwrap();
     let s = btx_data::shard::Shard::open(&out.join("math/train.tok")).unwrap();
@@ -195,7 +205,7 @@ fn corpora_from_files_and_jsonl_with_a_given_tokenizer() {
         },
         domains: vec![code, facts],
     };
-    let m = prepare(&cfg, &dir, &dir.join("out")).unwrap();
+    let m = prepare(&cfg, &dir, &dir.join("out"), Existing::Refuse).unwrap();
     assert_eq!(m.tokenizer_hash, tok.hash());
     assert_eq!(m.domains["code"].train.docs + m.domains["code"].val.docs, 6);
     assert_eq!(

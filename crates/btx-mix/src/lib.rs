@@ -5,5 +5,6 @@ pub mod error;
 pub mod merge;
 pub mod router;
 
+pub use btx_model::outdir::Existing;
 pub use error::{MixError, Result};
 pub use merge::{average, check_compatible, mix, upcycle, MixOptions, MixSummary, RouterInit};

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use btx_model::io::{write_checkpoint_with, HostTensor, TensorReader, TensorSink};
 use btx_model::names::{ffn_name, param_kind, param_specs, ParamKind};
+use btx_model::outdir::{Existing, OutDir};
 use btx_model::rng::Rng;
 use btx_model::{ModelConfig, MoeConfig, Routing};
 use serde::{Deserialize, Serialize};
@@ -38,6 +39,8 @@ pub struct MixOptions {
     /// Experts per token (Mixtral's `num_experts_per_tok`).
     pub top_k: usize,
     pub routing: Routing,
+    /// What to do when `out` exists and is not empty.
+    pub existing: Existing,
 }
 
 impl Default for MixOptions {
@@ -50,6 +53,7 @@ impl Default for MixOptions {
             blend: false,
             top_k: 2,
             routing: Routing::TopK,
+            existing: Existing::Refuse,
         }
     }
 }
@@ -282,6 +286,10 @@ pub fn mix(seed: &Path, experts: &[PathBuf], opts: &MixOptions, out: &Path) -> R
     if experts.is_empty() {
         return Err(MixError::Options("no experts to mix".into()));
     }
+    let inputs: Vec<&Path> = std::iter::once(seed)
+        .chain(experts.iter().map(PathBuf::as_path))
+        .collect();
+    let staged = OutDir::create(out, &inputs, opts.existing)?;
     let seed_src = Source::open(seed)?;
     let mut sources = experts
         .iter()
@@ -350,7 +358,8 @@ pub fn mix(seed: &Path, experts: &[PathBuf], opts: &MixOptions, out: &Path) -> R
         .into_iter()
         .map(|s| (s.name, s.shape))
         .collect();
-    write_checkpoint_with(out, &specs, 4 << 30, |i, sink| {
+    let dir = staged.path();
+    write_checkpoint_with(dir, &specs, 4 << 30, |i, sink| {
         let (name, _) = &specs[i];
         match param_kind(name) {
             ParamKind::Shared => {
@@ -388,8 +397,8 @@ pub fn mix(seed: &Path, experts: &[PathBuf], opts: &MixOptions, out: &Path) -> R
             ParamKind::Ffn { expert: None, .. } => unreachable!("a Mixtral has no dense FFN"),
         }
     })?;
-    cfg.save(&out.join("config.json"))?;
-    copy_tokenizer(&sources[0].dir, out)?;
+    cfg.save(&dir.join("config.json"))?;
+    copy_tokenizer(&sources[0].dir, dir)?;
     let summary = MixSummary {
         models: sources.iter().map(|s| s.dir.clone()).collect(),
         weights: w,
@@ -402,7 +411,9 @@ pub fn mix(seed: &Path, experts: &[PathBuf], opts: &MixOptions, out: &Path) -> R
         generalist: opts.generalist,
         seconds: t0.elapsed().as_secs_f64(),
     };
-    write_json(&out.join("mix.json"), &summary)?;
+    write_json(&dir.join("mix.json"), &summary)?;
+    drop(sources);
+    staged.commit()?;
     Ok(summary)
 }
 
@@ -497,11 +508,19 @@ pub fn upcycle(seed: &Path, n: usize, opts: &MixOptions, out: &Path) -> Result<M
 
 /// Weight averaging ("model soup"): every tensor, FFNs included, is the weighted mean over the
 /// models. The result is a dense model like its inputs.
-pub fn average(models: &[PathBuf], weights: Option<&Vec<f64>>, out: &Path) -> Result<MixSummary> {
+pub fn average(
+    models: &[PathBuf],
+    weights: Option<&Vec<f64>>,
+    out: &Path,
+    existing: Existing,
+) -> Result<MixSummary> {
     let t0 = std::time::Instant::now();
     if models.is_empty() {
         return Err(MixError::Options("no models to average".into()));
     }
+    let inputs: Vec<&Path> = models.iter().map(PathBuf::as_path).collect();
+    let staged = OutDir::create(out, &inputs, existing)?;
+    let dir = staged.path();
     let sources = models
         .iter()
         .map(|d| Source::open(d))
@@ -513,12 +532,12 @@ pub fn average(models: &[PathBuf], weights: Option<&Vec<f64>>, out: &Path) -> Re
         .into_iter()
         .map(|s| (s.name, s.shape))
         .collect();
-    write_checkpoint_with(out, &specs, 4 << 30, |i, sink| {
+    write_checkpoint_with(dir, &specs, 4 << 30, |i, sink| {
         let (name, shape) = &specs[i];
         mean_into(&sources, name, shape, &w, sink).map_err(into_model_err)
     })?;
-    cfg.save(&out.join("config.json"))?;
-    copy_tokenizer(&sources[0].dir, out)?;
+    cfg.save(&dir.join("config.json"))?;
+    copy_tokenizer(&sources[0].dir, dir)?;
     let summary = MixSummary {
         models: models.to_vec(),
         weights: w,
@@ -531,6 +550,8 @@ pub fn average(models: &[PathBuf], weights: Option<&Vec<f64>>, out: &Path) -> Re
         generalist: false,
         seconds: t0.elapsed().as_secs_f64(),
     };
-    write_json(&out.join("mix.json"), &summary)?;
+    write_json(&dir.join("mix.json"), &summary)?;
+    drop(sources);
+    staged.commit()?;
     Ok(summary)
 }

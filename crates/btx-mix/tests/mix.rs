@@ -8,6 +8,7 @@ use btx_mix::router::domain_mean_rows;
 use btx_mix::{average, mix, upcycle, MixOptions, RouterInit};
 use btx_model::burn::prelude::Device;
 use btx_model::io::HostTensor;
+use btx_model::Existing;
 use btx_model::{to_vec, ForwardOpts, Model, ModelConfig, Routing};
 use btx_testkit::Scratch;
 
@@ -329,7 +330,7 @@ fn upcycling_copies_the_seed_ffn_and_averaging_makes_a_dense_soup() {
         make(&d.join("e1"), 1, &cfg()),
         make(&d.join("e2"), 2, &cfg()),
     ];
-    average(&experts, None, &d.join("soup")).unwrap();
+    average(&experts, None, &d.join("soup"), Existing::Refuse).unwrap();
     let soup = load(&d.join("soup"));
     let (a, b) = (load(&experts[0]), load(&experts[1]));
     for (name, t) in &soup {
@@ -414,4 +415,85 @@ fn domain_mean_rows_are_centred_scaled_and_zero_for_the_generalist() {
     // Layer 0: h = (1,1,0) and (3,1,0); centre (2,1,0); r = (sqrt2 + sqrt10)/2; ||diff|| = 1.
     let r = (2f64.sqrt() + 10f64.sqrt()) / 2.0;
     assert!((rows[0].data[0] as f64 + 4.0 / r).abs() < 1e-6);
+}
+
+/// Regression (issue 17): `--out` pointing at an input used to write over the input's
+/// memory-mapped weights (SIGBUS, a 0-byte model.safetensors); an existing output was rewritten
+/// silently; a failure half-way left a partial checkpoint.
+#[test]
+fn outputs_never_touch_inputs_and_replace_only_when_asked_and_whole() {
+    let d = tmp("nondestructive");
+    let seed = make(&d.join("seed"), 0, &cfg());
+    let e1 = make(&d.join("e1"), 1, &cfg());
+    let weights = |p: &Path| std::fs::read(p.join("model.safetensors")).unwrap();
+    let (seed_bytes, e1_bytes) = (weights(&seed), weights(&e1));
+    let replace = MixOptions {
+        top_k: 1,
+        existing: Existing::Replace,
+        ..Default::default()
+    };
+    for out in [seed.clone(), e1.clone(), d.to_path_buf(), seed.join("sub")] {
+        let mut errs = vec![
+            mix(&seed, std::slice::from_ref(&e1), &replace, &out).map(|_| ()),
+            average(&[seed.clone(), e1.clone()], None, &out, Existing::Replace).map(|_| ()),
+        ];
+        if out != e1 {
+            // Upcycling reads only the seed.
+            errs.push(upcycle(&seed, 2, &replace, &out).map(|_| ()));
+        }
+        for (i, e) in errs.into_iter().enumerate() {
+            let e = e
+                .map(|_| format!("call {i} succeeded"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("input") && e.contains("hint"), "{out:?}: {e}");
+        }
+    }
+    assert_eq!(weights(&seed), seed_bytes);
+    assert_eq!(weights(&e1), e1_bytes);
+
+    let out = d.join("moe");
+    let first = MixOptions {
+        top_k: 1,
+        ..Default::default()
+    };
+    mix(&seed, std::slice::from_ref(&e1), &first, &out).unwrap();
+    let made = weights(&out);
+    let e = mix(&seed, std::slice::from_ref(&e1), &first, &out)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("not empty") && e.contains("--force"), "{e}");
+    assert_eq!(weights(&out), made);
+
+    // An expert missing a tensor fails half-way through the write: the old output stays whole
+    // and no staging directory is left behind.
+    let broken = d.join("broken");
+    std::fs::create_dir_all(&broken).unwrap();
+    for f in ["config.json", "tokenizer.json"] {
+        std::fs::copy(e1.join(f), broken.join(f)).unwrap();
+    }
+    let mut tensors: Vec<(String, HostTensor)> = load(&e1).into_iter().collect();
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    tensors.retain(|(n, _)| n != "model.norm.weight");
+    btx_model::io::write_tensors(&broken.join("model.safetensors"), &tensors).unwrap();
+    let e = mix(&seed, &[broken], &replace, &out)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("model.norm.weight"), "{e}");
+    assert_eq!(weights(&out), made);
+    let left: Vec<String> = std::fs::read_dir(d.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+
+    // With replace, a new output takes the old one's place whole.
+    let other = MixOptions {
+        router_init: RouterInit::Random { std: 0.5, seed: 9 },
+        ..replace
+    };
+    mix(&seed, std::slice::from_ref(&e1), &other, &out).unwrap();
+    assert_ne!(weights(&out), made);
+    Model::load(&out, &Device::flex()).unwrap();
 }

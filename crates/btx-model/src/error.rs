@@ -51,6 +51,12 @@ pub enum ModelError {
     },
     #[error("{msg}")]
     Invalid { msg: String },
+    #[error("{path}: {msg}\nhint: {hint}")]
+    Output {
+        path: PathBuf,
+        msg: String,
+        hint: String,
+    },
 }
 
 impl ModelError {

@@ -14,6 +14,35 @@ pub struct Sampling {
     pub seed: u64,
 }
 
+impl Sampling {
+    /// Refuses settings that would sample garbage or nothing: a temperature that is not a finite
+    /// number ≥ 0, a top_p outside (0, 1].
+    pub fn validate(&self) -> Result<(), String> {
+        if !self.temperature.is_finite() || self.temperature < 0.0 {
+            return Err(format!(
+                "temperature {} must be a finite number >= 0 (0 = greedy)",
+                self.temperature
+            ));
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return Err(format!(
+                "top_p {} must be in (0, 1] (1 = off; 0.9 keeps the tokens that make up 90% of the probability)",
+                self.top_p
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// How many new tokens fit after a prompt of `prompt_len` tokens within the positions the model
+/// was built for (`max_position_embeddings`): generation never runs past them.
+pub fn room(model: &Model, prompt_len: usize) -> usize {
+    model
+        .cfg
+        .max_position_embeddings
+        .saturating_sub(prompt_len.max(1))
+}
+
 impl Default for Sampling {
     fn default() -> Self {
         Self {
@@ -122,7 +151,8 @@ impl Rows {
     }
 }
 
-/// Continues each prompt by up to `max_new` tokens. A row stops when it produces `eos` or when
+/// Continues each prompt by up to `max_new` tokens, and never past the model's
+/// `max_position_embeddings` (see [`room`]). A row stops when it produces `eos` or when
 /// `stop(row, generated_so_far)` says so. Returns only the generated ids of each row.
 pub fn generate(
     model: &Model,
@@ -137,6 +167,7 @@ pub fn generate(
         return vec![vec![]; b];
     }
     let (ids, pads, len) = left_pad(prompts);
+    let max_new = max_new.min(room(model, len));
     let opts = ForwardOpts {
         pads: pads.iter().any(|&p| p > 0).then(|| pads.clone()),
         ..Default::default()

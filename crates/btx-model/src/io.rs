@@ -472,17 +472,31 @@ impl TensorSink<'_> {
     }
 }
 
-/// Writes a whole f32 tensor set to one file (small outputs: `btx forward`, optimizer state).
+/// Writes a whole f32 tensor set to one file (small outputs: `btx forward`, optimizer state),
+/// through a temporary file beside it and a rename, so `path` is whole or as it was.
 pub fn write_tensors(path: &Path, tensors: &[(String, HostTensor)]) -> Result<()> {
     let entries = tensors
         .iter()
         .map(|(n, t)| (n.clone(), OutDtype::F32, t.shape.clone()))
         .collect();
-    let mut w = StreamWriter::create(path, entries)?;
-    for (n, t) in tensors {
-        w.write_f32(n, &t.data)?;
+    let name = path.file_name().map(|n| n.to_string_lossy().to_string());
+    let tmp = path.with_file_name(format!(
+        ".{}.partial-{}",
+        name.unwrap_or_default(),
+        std::process::id()
+    ));
+    let written = (|| {
+        let mut w = StreamWriter::create(&tmp, entries)?;
+        for (n, t) in tensors {
+            w.write_f32(n, &t.data)?;
+        }
+        w.finish()?;
+        std::fs::rename(&tmp, path).map_err(|e| ModelError::io(path, e))
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
     }
-    w.finish()
+    written
 }
 
 /// Plans the shards of a checkpoint: names grouped in order so that no shard exceeds

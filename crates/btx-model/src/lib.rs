@@ -11,6 +11,7 @@ pub mod loss;
 pub mod model;
 pub mod moe;
 pub mod names;
+pub mod outdir;
 pub mod rng;
 pub mod spec;
 
@@ -19,6 +20,7 @@ pub use config::{ModelConfig, MoeConfig, Routing};
 pub use error::{ModelError, Result};
 pub use io::{HostTensor, TensorReader};
 pub use model::{ForwardOpts, ForwardOut, KvCache, Model, Trunk};
+pub use outdir::{Existing, OutDir};
 pub use spec::ModelSpec;
 
 /// Copies a float tensor to the host as f32 values (row-major).

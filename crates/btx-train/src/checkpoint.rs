@@ -66,6 +66,24 @@ pub fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
     f.sync_all().map_err(|e| io_err(path, e))
 }
 
+/// Refuses a model holding NaN or Inf (nothing non-finite is ever written as a checkpoint or a
+/// model: resuming from it could only fail again).
+pub fn check_finite(model: &Model, dest: &Path) -> Result<(), TrainError> {
+    let mut bad = None;
+    model.visit(|name, t| {
+        if bad.is_none() && btx_model::to_vec(t.clone()).iter().any(|x| !x.is_finite()) {
+            bad = Some(name.to_string());
+        }
+    });
+    match bad {
+        Some(name) => Err(TrainError::NonFinite {
+            path: dest.to_path_buf(),
+            name,
+        }),
+        None => Ok(()),
+    }
+}
+
 /// Writes `dir/checkpoints/step-N` atomically and prunes all but the newest `keep`.
 pub fn save(
     ckpt_root: &Path,
@@ -74,8 +92,9 @@ pub fn save(
     state: &CheckpointState,
     keep: usize,
 ) -> Result<PathBuf, TrainError> {
-    fs::create_dir_all(ckpt_root).map_err(|e| io_err(ckpt_root, e))?;
     let name = step_dir_name(state.step);
+    check_finite(model, &ckpt_root.join(&name))?;
+    fs::create_dir_all(ckpt_root).map_err(|e| io_err(ckpt_root, e))?;
     let tmp = ckpt_root.join(format!(".tmp-{name}-{}", std::process::id()));
     if tmp.exists() {
         fs::remove_dir_all(&tmp).map_err(|e| io_err(&tmp, e))?;

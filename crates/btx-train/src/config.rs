@@ -64,6 +64,10 @@ pub struct LoopConfig {
     /// Parameters to freeze, as glob patterns over Hugging Face names (`*` matches any run of
     /// characters), e.g. `"model.layers.*.block_sparse_moe.experts.*"`. Default none.
     pub freeze: Vec<String>,
+    /// Stop after this many optimizer steps in a row whose loss or gradient norm is not finite
+    /// (each such step is skipped: its update is not applied and no checkpoint is written).
+    /// Default 3.
+    pub max_nonfinite_steps: usize,
 }
 
 impl Default for LoopConfig {
@@ -78,6 +82,7 @@ impl Default for LoopConfig {
             keep_checkpoints: 2,
             log_every: 10,
             freeze: vec![],
+            max_nonfinite_steps: 3,
         }
     }
 }
@@ -145,8 +150,11 @@ impl TrainerConfig {
         if t.seq_len < 2 {
             return Err("train.seq_len must be at least 2".into());
         }
+        if t.max_nonfinite_steps == 0 {
+            return Err("train.max_nonfinite_steps must be >= 1".into());
+        }
         let o = &self.optim;
-        if o.lr.is_nan()
+        if !o.lr.is_finite()
             || o.lr <= 0.0
             || !(0.0..1.0).contains(&o.beta1)
             || !(0.0..1.0).contains(&o.beta2)
@@ -159,6 +167,21 @@ impl TrainerConfig {
         Ok(())
     }
 }
+
+/// Settings a run may change when it resumes from a checkpoint: they steer the updates to come
+/// but change nothing the checkpoint holds (weights, moments, data position). Everything else
+/// must match the checkpoint's config.
+pub const RESUME_MAY_CHANGE: &[&str] = &[
+    "optim.lr",
+    "optim.warmup_steps",
+    "optim.min_lr_ratio",
+    "optim.clip_norm",
+    "train.steps",
+    "train.checkpoint_every",
+    "train.keep_checkpoints",
+    "train.log_every",
+    "train.max_nonfinite_steps",
+];
 
 /// `*`-glob match (the only wildcard freeze patterns need).
 pub fn glob_match(pattern: &str, name: &str) -> bool {

@@ -22,8 +22,15 @@ pub enum TrainError {
     ConfigChanged { dir: PathBuf, what: String },
     #[error("data: {0}")]
     Data(String),
-    #[error("loss became {value} at step {step}\nhint: lower optim.lr or set optim.clip_norm")]
-    Diverged { step: usize, value: f64 },
+    #[error("training diverged: {steps} steps in a row up to step {step} had a non-finite {what} (none was applied); the newest checkpoint is {last_good}\nhint: resume from it with a lower learning rate, e.g. `--resume --set optim.lr=...` (lr, warmup, schedule length and clipping may change on resume), or raise optim.warmup_steps")]
+    Diverged {
+        step: usize,
+        steps: usize,
+        what: String,
+        last_good: String,
+    },
+    #[error("{path}: tensor {name:?} holds a non-finite value; refusing to write it\nhint: training diverged; resume from an earlier checkpoint with a lower optim.lr")]
+    NonFinite { path: PathBuf, name: String },
 }
 
 pub fn io_err(path: &Path, source: std::io::Error) -> TrainError {

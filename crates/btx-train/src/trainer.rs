@@ -16,7 +16,7 @@ use btx_model::{to_vec, ForwardOpts, Model, Routing};
 use serde_json::{json, Value};
 
 use crate::checkpoint::{self, CheckpointState};
-use crate::config::{glob_match, LbKind, TrainerConfig};
+use crate::config::{glob_match, LbKind, TrainerConfig, RESUME_MAY_CHANGE};
 use crate::error::{io_err, TrainError};
 use crate::metrics::{MetricsLog, Progress};
 use crate::optim::{clip_coef, global_norm, lr_at, AdamW};
@@ -73,6 +73,8 @@ pub struct StepStats {
     /// Per MoE layer, the fraction of tokens routed to each expert.
     pub expert_load: Vec<Vec<f64>>,
     pub dropped_tokens: usize,
+    /// The loss or the gradient norm was not finite: the update was not applied.
+    pub skipped: bool,
 }
 
 /// Holds the model under training and its optimizer; one [`Trainer::step`] is one optimizer
@@ -247,14 +249,15 @@ impl Trainer {
                 st.dropped_tokens += r.dropped;
             }
         }
-        if !st.total_loss.is_finite() {
-            return Err(TrainError::Diverged {
-                step: self.step + 1,
-                value: st.total_loss,
-            });
-        }
         st.expert_load = load_sum;
         st.grad_norm = global_norm(&grads);
+        if !st.total_loss.is_finite() || !st.grad_norm.is_finite() {
+            // The step counts (its data is consumed and the schedule moves on) but changes
+            // nothing: weights and optimizer moments stay as they were, all finite.
+            st.skipped = true;
+            self.step += 1;
+            return Ok(st);
+        }
         let coef = clip_coef(st.grad_norm, self.cfg.optim.clip_norm);
         self.opt.begin_step();
         let (trainable, decay) = (&self.trainable, &self.decay);
@@ -315,11 +318,24 @@ pub fn train(
             let loaded = checkpoint::load(&dir, &Device::flex())?;
             let saved = &loaded.state.config;
             let now = config_json(cfg);
-            if saved != &now {
+            let changes = config_changes(saved, &now);
+            if let Some((key, old, new)) = changes
+                .iter()
+                .find(|(k, ..)| !RESUME_MAY_CHANGE.contains(&k.as_str()))
+            {
                 return Err(TrainError::ConfigChanged {
                     dir: dir.clone(),
-                    what: describe_change(saved, &now),
+                    what: format!(
+                        "{key}: {old} -> {new}; on resume only {} may change",
+                        RESUME_MAY_CHANGE.join(", ")
+                    ),
                 });
+            }
+            for (key, old, new) in &changes {
+                tracing::warn!(
+                    "{}: resuming with {key} changed: {old} -> {new}",
+                    opts.label
+                );
             }
             trainer = Trainer::new(loaded.model, cfg.clone(), &opts.device)?;
             let shapes: BTreeMap<String, [usize; 2]> = {
@@ -386,9 +402,39 @@ pub fn train(
     let mut last_saved = trainer.step;
     let mut steps_here = 0;
     let mut stopped_early = false;
+    let mut nonfinite_run = 0;
     while trainer.step < total_steps {
         let t0 = Instant::now();
         let st = trainer.step(data)?;
+        if st.skipped {
+            nonfinite_run += 1;
+            let what = if st.total_loss.is_finite() {
+                format!("gradient norm ({})", st.grad_norm)
+            } else {
+                format!("loss ({})", st.total_loss)
+            };
+            tracing::warn!(
+                "{} step {}: non-finite {what}; update skipped ({nonfinite_run} of at most {} in a row)",
+                opts.label,
+                trainer.step,
+                cfg.train.max_nonfinite_steps
+            );
+            metrics.write(&json!({"step": trainer.step, "skipped": true, "loss": st.loss, "grad_norm": st.grad_norm}))?;
+            if nonfinite_run >= cfg.train.max_nonfinite_steps {
+                progress.finish();
+                return Err(TrainError::Diverged {
+                    step: trainer.step,
+                    steps: nonfinite_run,
+                    what,
+                    last_good: checkpoint::find_latest(&ckpt_root)
+                        .map_or("none (no checkpoint was written yet)".into(), |(_, p)| {
+                            p.display().to_string()
+                        }),
+                });
+            }
+            continue;
+        }
+        nonfinite_run = 0;
         let dt = t0.elapsed().as_secs_f64();
         elapsed += dt;
         let step_tokens = (cfg.train.batch_size * cfg.train.seq_len * cfg.train.grad_accum) as u64;
@@ -462,17 +508,14 @@ pub fn train(
     })
 }
 
-/// `out/model/` via a temporary directory and a rename, so it is complete or absent.
+/// `out/model/` via a staging directory and a rename, so it is complete or absent (a trainer
+/// owns its output directory, so an older export is replaced).
 fn write_final_model(model: &Model, dir: &Path) -> Result<(), TrainError> {
-    let tmp = dir.with_extension("tmp");
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(|e| io_err(&tmp, e))?;
-    }
-    model.save(&tmp, 4 << 30)?;
-    if dir.exists() {
-        std::fs::remove_dir_all(dir).map_err(|e| io_err(dir, e))?;
-    }
-    std::fs::rename(&tmp, dir).map_err(|e| io_err(dir, e))
+    checkpoint::check_finite(model, dir)?;
+    let staged = btx_model::OutDir::create(dir, &[], btx_model::Existing::Replace)?;
+    model.save(staged.path(), 4 << 30)?;
+    staged.commit()?;
+    Ok(())
 }
 
 fn warn_dead_experts(label: &str, step: usize, load: &[Vec<f64>], threshold: f64) {
@@ -488,25 +531,32 @@ fn warn_dead_experts(label: &str, step: usize, load: &[Vec<f64>], threshold: f64
     }
 }
 
-/// Names the first top-level key that differs between two configs.
-fn describe_change(a: &Value, b: &Value) -> String {
-    if let (Some(x), Some(y)) = (a.as_object(), b.as_object()) {
-        for (k, v) in y {
-            if x.get(k) != Some(v) {
-                if let (Some(xo), Some(vo)) = (x.get(k).and_then(|q| q.as_object()), v.as_object())
-                {
-                    for (k2, v2) in vo {
-                        if xo.get(k2) != Some(v2) {
-                            return format!(
-                                "{k}.{k2}: {} -> {v2}",
-                                xo.get(k2).map_or("unset".into(), |q| q.to_string())
-                            );
-                        }
-                    }
+/// Every leaf that differs between two configs, as (dotted key, old, new).
+fn config_changes(a: &Value, b: &Value) -> Vec<(String, String, String)> {
+    fn walk(prefix: &str, a: &Value, b: &Value, out: &mut Vec<(String, String, String)>) {
+        match (a.as_object(), b.as_object()) {
+            (Some(x), Some(y)) => {
+                let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+                for k in keys {
+                    let key = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    let null = Value::Null;
+                    walk(
+                        &key,
+                        x.get(k).unwrap_or(&null),
+                        y.get(k).unwrap_or(&null),
+                        out,
+                    );
                 }
-                return format!("{k} changed");
             }
+            _ if a != b => out.push((prefix.to_string(), a.to_string(), b.to_string())),
+            _ => {}
         }
     }
-    "config differs".into()
+    let mut out = vec![];
+    walk("", a, b, &mut out);
+    out
 }

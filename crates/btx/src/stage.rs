@@ -12,7 +12,7 @@ use btx_eval::routing::analyze;
 use btx_eval::{evaluate, Ensemble};
 use btx_mix::{average, mix, upcycle, MixOptions, RouterInit};
 use btx_model::burn::prelude::Device;
-use btx_model::{Model, ModelConfig};
+use btx_model::{Existing, Model, ModelConfig};
 use btx_train::{train, TrainOpts};
 use serde_json::json;
 
@@ -148,6 +148,8 @@ fn mix_options(spec: &MixSpec, init: RouterInit, generalist: bool) -> MixOptions
         blend: spec.blend,
         top_k: spec.top_k,
         routing: spec.routing.clone(),
+        // A stage owns its directory; a retried stage replaces its own earlier output.
+        existing: Existing::Replace,
     }
 }
 
@@ -197,7 +199,7 @@ fn execute(
                     if let Some(from) = tokenizer_from {
                         p.tokenizer.path = Some(model_of(from)?.join("tokenizer.json"));
                     }
-                    prepare(&p, base, &root).context("preparing data")?;
+                    prepare(&p, base, &root, Existing::Replace).context("preparing data")?;
                 }
                 _ => bail!("[data] needs exactly one of dir or prepare"),
             }
@@ -218,15 +220,20 @@ fn execute(
             Ok((params_compute(&cfg), json!({"source": path})))
         }
         StageKind::SeedGguf { path } => {
-            let cfg = btx_data::gguf_import::import_gguf(path, &model_out)?;
+            let cfg = btx_data::gguf_import::import_gguf(path, &model_out, Existing::Replace)?;
             Ok((params_compute(&cfg), json!({"source": path})))
         }
         StageKind::Train { from, spec, data } => {
             let data_dir = DataDir::open(&data_root(run, plan.stage(data)?))?;
             let tok = data_dir.tokenizer()?;
             let init = match (from, &spec.init) {
-                (Some(f), _) => Model::load(&model_of(f)?, &Device::flex())
-                    .with_context(|| format!("loading the output of {f}"))?,
+                (Some(f), _) => {
+                    let from_dir = model_of(f)?;
+                    let m = Model::load(&from_dir, &Device::flex())
+                        .with_context(|| format!("loading the output of {f}"))?;
+                    data_dir.check_model(&from_dir, m.cfg.vocab_size)?;
+                    m
+                }
                 (None, Some(shape)) => {
                     let cfg = shape.to_config(tok.vocab_size(), Some(tok.eos_id()))?;
                     Model::init(&cfg, spec.train.seed, &Device::flex())?
@@ -332,7 +339,10 @@ fn execute(
                 .iter()
                 .map(|m| {
                     let d = model_of(m)?;
-                    Model::load(&d, dev).with_context(|| format!("loading {}", d.display()))
+                    let model =
+                        Model::load(&d, dev).with_context(|| format!("loading {}", d.display()))?;
+                    data_dir.check_model(&d, model.cfg.vocab_size)?;
+                    Ok(model)
                 })
                 .collect::<Result<Vec<_>>>()?;
             let moe_model = loaded
@@ -375,7 +385,7 @@ fn execute(
                 .iter()
                 .map(|m| model_of(m))
                 .collect::<Result<Vec<_>>>()?;
-            let s = average(&dirs, None, &model_out)?;
+            let s = average(&dirs, None, &model_out, Existing::Replace)?;
             let cfg = ModelConfig::load(&model_out.join("config.json"))?;
             let mut c = params_compute(&cfg);
             c.wall_seconds = s.seconds;

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use btx_data::corpus::{read_docs, DocSplit, Format};
 use btx_data::{prepare, DataDir, PrepareConfig, Tok};
+use btx_model::Existing;
 
 use crate::overrides;
 
@@ -17,9 +18,12 @@ pub enum DataCmd {
         config: PathBuf,
         #[arg(long = "set", value_name = "KEY=VALUE")]
         sets: Vec<String>,
-        /// Output data directory.
+        /// Output data directory (written beside it and renamed into place when complete).
         #[arg(long)]
         out: PathBuf,
+        /// Replace an existing --out that holds other data (atomically).
+        #[arg(long)]
+        force: bool,
     },
     /// Print the token counts of a prepared data directory.
     Info { dir: PathBuf },
@@ -50,15 +54,24 @@ pub enum TokenizerCmd {
 
 pub fn run_data(cmd: DataCmd) -> Result<()> {
     match cmd {
-        DataCmd::Prepare { config, sets, out } => {
+        DataCmd::Prepare {
+            config,
+            sets,
+            out,
+            force,
+        } => {
             let (cfg, _): (PrepareConfig, _) = overrides::load(Some(&config), &sets)?;
             let base = config.parent().unwrap_or(Path::new(".")).to_path_buf();
-            let m = prepare(&cfg, &base, &out).context("data prepare")?;
+            let m =
+                prepare(&cfg, &base, &out, Existing::replace_if(force)).context("data prepare")?;
             print_info(&out, &m);
             Ok(())
         }
         DataCmd::Info { dir } => {
             let d = DataDir::open(&dir)?;
+            // Counts are read from the shards, not the manifest: a corrupt dir is an error.
+            d.verify()
+                .with_context(|| format!("checking {}", dir.display()))?;
             print_info(&dir, &d.manifest);
             Ok(())
         }
@@ -69,7 +82,7 @@ fn print_info(dir: &Path, m: &btx_data::DataManifest) {
     println!(
         "{} (tokenizer {}…, {} tokens)",
         dir.display(),
-        &m.tokenizer_hash[..12],
+        btx_data::short_hash(&m.tokenizer_hash),
         m.vocab_size
     );
     println!(

@@ -70,6 +70,9 @@ pub fn run(a: Args, dev: &Device) -> Result<()> {
         .iter()
         .map(|m| Model::load(m, dev).with_context(|| format!("loading model from {}", m.display())))
         .collect::<Result<Vec<_>>>()?;
+    for (m, dir) in models.iter().zip(&a.model) {
+        data.check_model(dir, m.cfg.vocab_size)?;
+    }
     let domains = if a.domains.is_empty() {
         data.domains()
     } else {

@@ -32,6 +32,9 @@ pub struct Args {
 }
 
 pub fn run(a: Args, dev: &Device) -> Result<()> {
+    let mut inputs = vec![a.input.as_path(), a.model.as_path()];
+    inputs.extend(a.compare.as_deref());
+    btx_model::outdir::check_not_an_input(&a.out, &inputs)?;
     let (shape, ids) = TensorReader::open(&a.input)
         .and_then(|r| r.read_i64("input_ids"))
         .with_context(|| format!("reading input_ids from {}", a.input.display()))?;
@@ -39,8 +42,21 @@ pub fn run(a: Args, dev: &Device) -> Result<()> {
         bail!("input_ids must be 2-D [B, T], found shape {shape:?}");
     }
     let (b, t) = (shape[0], shape[1]);
+    if b == 0 || t < 2 {
+        bail!(
+            "{}: input_ids has shape {shape:?}; btx forward needs B >= 1 rows of T >= 2 tokens (the loss predicts each next token)\nhint: pass at least two tokens per row",
+            a.input.display()
+        );
+    }
     let model = Model::load(&a.model, dev)
         .with_context(|| format!("loading model from {}", a.model.display()))?;
+    if t > model.cfg.max_position_embeddings {
+        bail!(
+            "{}: input_ids has {t} tokens per row; the model attends to at most {} positions\nhint: cut the rows to max_position_embeddings",
+            a.input.display(),
+            model.cfg.max_position_embeddings
+        );
+    }
     let vocab = model.cfg.vocab_size as i64;
     if let Some(bad) = ids.iter().find(|&&x| x < 0 || x >= vocab) {
         bail!("input_ids holds {bad}, outside the vocabulary 0..{vocab}");

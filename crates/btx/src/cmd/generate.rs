@@ -2,10 +2,10 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use btx_data::Tok;
 use btx_model::burn::prelude::Device;
-use btx_model::generate::{generate, Sampling};
+use btx_model::generate::{generate, room, Sampling};
 use btx_model::Model;
 
 #[derive(clap::Args)]
@@ -33,6 +33,13 @@ pub struct Args {
 }
 
 pub fn run(a: Args, dev: &Device) -> Result<()> {
+    let s = Sampling {
+        temperature: a.temperature,
+        top_p: a.top_p,
+        seed: a.seed,
+    };
+    s.validate()
+        .map_err(|e| anyhow::anyhow!("{e}\nhint: e.g. --temperature 0.8 --top-p 0.95"))?;
     let tp = a
         .tokenizer
         .clone()
@@ -45,6 +52,7 @@ pub fn run(a: Args, dev: &Device) -> Result<()> {
     })?;
     let model = Model::load(&a.model, dev)
         .with_context(|| format!("loading model from {}", a.model.display()))?;
+    check_vocab(&tok, &tp, &model)?;
     let prompts: Vec<Vec<i64>> = a
         .prompt
         .iter()
@@ -53,11 +61,21 @@ pub fn run(a: Args, dev: &Device) -> Result<()> {
                 .map(|v| v.into_iter().map(i64::from).collect())
         })
         .collect::<Result<_, _>>()?;
-    let s = Sampling {
-        temperature: a.temperature,
-        top_p: a.top_p,
-        seed: a.seed,
-    };
+    let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    let room = room(&model, longest);
+    if room == 0 {
+        bail!(
+            "the longest prompt is {longest} tokens; the model attends to at most {} positions\nhint: shorten the prompt",
+            model.cfg.max_position_embeddings
+        );
+    }
+    if a.max_tokens > room {
+        tracing::warn!(
+            "--max-tokens {} capped at {room}: the model attends to {} positions and the longest prompt takes {longest}",
+            a.max_tokens,
+            model.cfg.max_position_embeddings
+        );
+    }
     let t0 = std::time::Instant::now();
     let outs = generate(
         &model,
@@ -77,5 +95,18 @@ pub fn run(a: Args, dev: &Device) -> Result<()> {
     }
     let dt = t0.elapsed().as_secs_f64();
     eprintln!("{n} tokens in {dt:.2}s ({:.1} tok/s)", n as f64 / dt);
+    Ok(())
+}
+
+/// A tokenizer whose ids reach past the model's embedding table would index out of it.
+pub fn check_vocab(tok: &Tok, tok_path: &std::path::Path, model: &Model) -> Result<()> {
+    if tok.vocab_size() > model.cfg.vocab_size {
+        bail!(
+            "{}: the tokenizer has {} entries, the model's vocabulary only {}\nhint: use the tokenizer the model was trained with (--tokenizer)",
+            tok_path.display(),
+            tok.vocab_size(),
+            model.cfg.vocab_size
+        );
+    }
     Ok(())
 }

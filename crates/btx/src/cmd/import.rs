@@ -5,20 +5,24 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use btx_data::gguf_import::import_gguf;
+use btx_model::Existing;
 
 #[derive(clap::Args)]
 pub struct Args {
     /// The .gguf file.
     file: PathBuf,
-    /// Output model directory.
+    /// Output model directory (written beside it and renamed into place when complete).
     #[arg(long)]
     out: PathBuf,
+    /// Replace an existing non-empty --out (atomically).
+    #[arg(long)]
+    force: bool,
 }
 
 pub fn run(a: Args) -> Result<()> {
     let t0 = std::time::Instant::now();
-    let cfg =
-        import_gguf(&a.file, &a.out).with_context(|| format!("importing {}", a.file.display()))?;
+    let cfg = import_gguf(&a.file, &a.out, Existing::replace_if(a.force))
+        .with_context(|| format!("importing {}", a.file.display()))?;
     println!(
         "imported {} ({:.1}M parameters: {} layers, d {}, {} heads / {} KV heads, vocab {}, tied {}) into {} in {:.1}s",
         a.file.display(),

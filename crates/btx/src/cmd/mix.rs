@@ -8,7 +8,7 @@ use btx_data::DataDir;
 use btx_mix::router::{domain_mean_rows, mean_ffn_inputs};
 use btx_mix::{average, mix, upcycle, MixOptions, RouterInit};
 use btx_model::burn::prelude::Device;
-use btx_model::{Model, Routing};
+use btx_model::{Existing, Model, Routing};
 
 /// Router and routing options shared by `mix` and `upcycle`.
 #[derive(clap::Args, Clone, Debug)]
@@ -64,8 +64,12 @@ pub struct MixArgs {
     /// The domain of each expert (same order as --experts), for domain-mean.
     #[arg(long, num_args = 1..)]
     domains: Vec<String>,
+    /// Output model directory (written beside it and renamed into place when complete).
     #[arg(long)]
     out: PathBuf,
+    /// Replace an existing non-empty --out (atomically).
+    #[arg(long)]
+    force: bool,
 }
 
 #[derive(clap::Args)]
@@ -76,8 +80,12 @@ pub struct UpcycleArgs {
     num_experts: usize,
     #[command(flatten)]
     route: RouteArgs,
+    /// Output model directory (written beside it and renamed into place when complete).
     #[arg(long)]
     out: PathBuf,
+    /// Replace an existing non-empty --out (atomically).
+    #[arg(long)]
+    force: bool,
 }
 
 #[derive(clap::Args)]
@@ -87,8 +95,12 @@ pub struct AverageArgs {
     models: Vec<PathBuf>,
     #[arg(long, value_delimiter = ',')]
     weights: Option<Vec<f64>>,
+    /// Output model directory (written beside it and renamed into place when complete).
     #[arg(long)]
     out: PathBuf,
+    /// Replace an existing non-empty --out (atomically).
+    #[arg(long)]
+    force: bool,
 }
 
 pub fn routing_of(name: &str, capacity_factor: f64) -> Result<Routing> {
@@ -180,6 +192,7 @@ pub fn run_mix(a: MixArgs) -> Result<()> {
         weights: a.weights.clone(),
         split: a.split,
         blend: a.blend,
+        existing: Existing::replace_if(a.force),
         ..options(&a.route, init)?
     };
     let s = mix(&a.seed, &a.experts, &opts, &a.out).context("mix")?;
@@ -198,7 +211,11 @@ pub fn run_mix(a: MixArgs) -> Result<()> {
 
 pub fn run_upcycle(a: UpcycleArgs) -> Result<()> {
     let init = simple_init(&a.route)?.context("upcycling supports random or zero router init")?;
-    let s = upcycle(&a.seed, a.num_experts, &options(&a.route, init)?, &a.out)?;
+    let opts = MixOptions {
+        existing: Existing::replace_if(a.force),
+        ..options(&a.route, init)?
+    };
+    let s = upcycle(&a.seed, a.num_experts, &opts, &a.out)?;
     println!(
         "upcycled {} into {} experts in {:.2}s: {}",
         a.seed.display(),
@@ -210,7 +227,12 @@ pub fn run_upcycle(a: UpcycleArgs) -> Result<()> {
 }
 
 pub fn run_average(a: AverageArgs) -> Result<()> {
-    let s = average(&a.models, a.weights.as_ref(), &a.out)?;
+    let s = average(
+        &a.models,
+        a.weights.as_ref(),
+        &a.out,
+        Existing::replace_if(a.force),
+    )?;
     println!(
         "averaged {} models in {:.2}s: {}",
         s.models.len(),

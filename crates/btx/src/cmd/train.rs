@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use btx_data::{prepare, DataDir, MixConfig, Mixture, PrepareConfig, Tok};
 use btx_model::burn::prelude::Device;
-use btx_model::{Model, ModelSpec};
+use btx_model::{Existing, Model, ModelSpec};
 use btx_train::{train, LoopConfig, MoeLossConfig, OptimConfig, TrainOpts, TrainerConfig};
 use serde::{Deserialize, Serialize};
 
@@ -99,7 +99,8 @@ pub fn resolve_data(d: &DataSection, base: &Path, out: &Path) -> Result<DataDir>
         }
         (None, Some(p)) => {
             let dir = out.join("data");
-            prepare(p, base, &dir).context("preparing data")?;
+            // The run directory owns its data dir: a changed [data.prepare] replaces it.
+            prepare(p, base, &dir, Existing::Replace).context("preparing data")?;
             dir
         }
         (None, None) => {
