@@ -1,6 +1,7 @@
 //! `btx`: Branch-Train-MiX from the command line.
 
 mod cmd;
+mod lock;
 mod manifest;
 mod overrides;
 mod plan;
@@ -113,11 +114,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Train(a) => cmd::train::run(a, &dev),
             Command::Generate(a) => cmd::generate::run(a, &dev),
             Command::Eval(a) => cmd::eval::run(a, &dev),
-            Command::Demo(a) => cmd::demo::run(a),
-            Command::Run(a) => runner::run(a),
+            Command::Demo(a) => cmd::demo::run(a, &cli.device),
+            Command::Run(a) => runner::run(a, &cli.device),
             Command::Status(a) => status::run(a),
             Command::Cancel(a) => status::cancel(a),
-            Command::Stage(a) => stage::run(a, &dev),
+            Command::Stage(a) => stage::run(a, &dev, &cli.device),
             Command::Mix(a) => cmd::mix::run_mix(a),
             Command::Upcycle(a) => cmd::mix::run_upcycle(a),
             Command::Average(a) => cmd::mix::run_average(a),

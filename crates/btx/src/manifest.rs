@@ -38,6 +38,11 @@ pub struct Manifest {
     pub outputs: Value,
     pub btx_version: String,
     pub finished_unix: u64,
+    /// Where it ran: `--device` and worker threads.
+    #[serde(default)]
+    pub device: String,
+    #[serde(default)]
+    pub threads: usize,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -47,6 +52,11 @@ pub struct Started {
     pub started_unix: u64,
     pub host: String,
     pub pid: u32,
+    /// `--device` and worker threads the stage process runs with.
+    #[serde(default)]
+    pub device: String,
+    #[serde(default)]
+    pub threads: usize,
 }
 
 pub fn now_unix() -> u64 {

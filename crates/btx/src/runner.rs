@@ -78,6 +78,15 @@ pub fn prepare_states(plan: &Plan, run: &Path, wipe: bool) -> Result<BTreeMap<St
         } else {
             let same = manifest::read_started(&dir).is_some_and(|x| x.fingerprint == s.fingerprint);
             if wipe && dir.exists() && !same {
+                if let Some(h) = crate::lock::holder(&dir) {
+                    bail!(
+                        "stage {} changed configuration but {} is still in use by {}\nhint: stop it first (`btx cancel {}`), then run again",
+                        s.name,
+                        dir.display(),
+                        h.describe(),
+                        run.display()
+                    );
+                }
                 // Finished or started with another configuration: its outputs are stale.
                 std::fs::remove_dir_all(&dir)
                     .with_context(|| format!("clearing stale stage {}", dir.display()))?;
@@ -108,6 +117,8 @@ pub trait Executor {
 pub struct LocalExecutor {
     pub jobs: usize,
     pub total_threads: usize,
+    /// `--device` of `btx run`, passed on to every stage process.
+    pub device: String,
 }
 
 struct Running {
@@ -116,7 +127,7 @@ struct Running {
     start: Instant,
 }
 
-fn spawn_stage(run: &Path, stage: &Stage, threads: usize) -> Result<Child> {
+fn spawn_stage(run: &Path, stage: &Stage, threads: usize, device: &str) -> Result<Child> {
     let dir = run.join(&stage.dir);
     std::fs::create_dir_all(&dir)?;
     let log_path = dir.join("log.txt");
@@ -126,9 +137,23 @@ fn spawn_stage(run: &Path, stage: &Stage, threads: usize) -> Result<Child> {
         .open(&log_path)
         .with_context(|| format!("opening {}", log_path.display()))?;
     let exe = std::env::current_exe()?;
-    Command::new(exe)
-        .arg("--threads")
+    let mut cmd = Command::new(exe);
+    // A stage dies with the `btx run` that started it (SIGTERM: a trainer checkpoints first),
+    // so killing the parent never leaves a trainer behind that the next run would duplicate.
+    // SAFETY: prctl is async-signal-safe and touches only the child being set up.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.arg("--threads")
         .arg(threads.to_string())
+        .arg("--device")
+        .arg(device)
         .arg("stage")
         .arg(&stage.name)
         .arg("--run")
@@ -230,7 +255,7 @@ impl Executor for LocalExecutor {
                     if threads == 1 { "" } else { "s" },
                     run.join(&s.dir).display()
                 );
-                let child = spawn_stage(run, s, threads)?;
+                let child = spawn_stage(run, s, threads, &self.device)?;
                 running.push(Running {
                     name: s.name.clone(),
                     child,
@@ -313,7 +338,8 @@ pub fn tail(path: &Path, n: usize) -> Vec<String> {
         .collect()
 }
 
-pub fn run(a: Args) -> Result<()> {
+pub fn run(a: Args, device: &str) -> Result<()> {
+    crate::runtime::device(device)?;
     let (recipe, raw) = Recipe::load(&a.recipe, &a.sets)?;
     let base = a
         .recipe
@@ -330,6 +356,9 @@ pub fn run(a: Args) -> Result<()> {
     let plan = Plan::from_recipe(&recipe, &base)?;
     std::fs::create_dir_all(&a.out)?;
     let out = a.out.canonicalize()?;
+    // One `btx run` per run directory, for as long as it runs (a dry run writes nothing but
+    // still must not read a plan half-written by another).
+    let _lock = crate::lock::DirLock::acquire(&out, "btx run")?;
     if !a.dry_run {
         std::fs::copy(&a.recipe, out.join("recipe.toml"))?;
         std::fs::write(
@@ -367,10 +396,12 @@ pub fn run(a: Args) -> Result<()> {
         "local" => Box::new(LocalExecutor {
             jobs: a.jobs,
             total_threads: rayon::current_num_threads(),
+            device: device.into(),
         }),
         "slurm" => Box::new(crate::slurm::SlurmExecutor {
             section: recipe.slurm.clone(),
             wait: a.wait,
+            device: device.into(),
         }),
         other => bail!("--executor {other:?}: local or slurm"),
     };

@@ -235,12 +235,14 @@ pub struct SlurmExecutor {
     pub section: SlurmSection,
     /// Wait until every submitted job has ended.
     pub wait: bool,
+    /// `--device` of `btx run`, passed on to every stage job.
+    pub device: String,
 }
 
 /// sbatch's job script: runs the stage (picked by the array index), forwards the warning
 /// signal and SIGTERM to btx, and requeues the job when btx stopped with a checkpoint on the
 /// warning.
-fn job_script(btx: &Path, run: &Path, stages: &[(&str, PathBuf)]) -> String {
+fn job_script(btx: &Path, run: &Path, device: &str, stages: &[(&str, PathBuf)]) -> String {
     let q = |s: &str| format!("'{}'", s.replace('\'', "'\\''"));
     let names = stages
         .iter()
@@ -253,6 +255,7 @@ fn job_script(btx: &Path, run: &Path, stages: &[(&str, PathBuf)]) -> String {
         .collect::<Vec<_>>()
         .join(" ");
     let (btx, run) = (q(&btx.display().to_string()), q(&run.display().to_string()));
+    let device = q(device);
     format!(
         r#"#!/bin/bash
 # Written by `btx run --executor slurm`: one stage of a btx run directory per (array) task.
@@ -263,7 +266,7 @@ STAGE=${{STAGES[$I]}}
 DIR=${{DIRS[$I]}}
 mkdir -p "$DIR"
 echo "[slurm job ${{SLURM_JOB_ID}} task ${{SLURM_ARRAY_TASK_ID:-none}} on $(hostname), restart ${{SLURM_RESTART_COUNT:-0}}] $STAGE" >> "$DIR/log.txt"
-{btx} --threads "${{SLURM_CPUS_PER_TASK:-1}}" stage "$STAGE" --run {run} >> "$DIR/log.txt" 2>&1 &
+{btx} --threads "${{SLURM_CPUS_PER_TASK:-1}}" --device {device} stage "$STAGE" --run {run} >> "$DIR/log.txt" 2>&1 &
 PID=$!
 WARNED=0
 trap 'WARNED=1; kill -USR1 $PID 2>/dev/null' USR1
@@ -443,7 +446,7 @@ impl Executor for SlurmExecutor {
                     .iter()
                     .map(|x| (x.name.as_str(), run.join(&x.dir)))
                     .collect();
-                let script = job_script(&btx, run, &pairs);
+                let script = job_script(&btx, run, &self.device, &pairs);
                 let label = format!("experts{sfx}");
                 let id = self.sbatch(run, &label, &script, &res, &deps, Some(names.len()))?;
                 for (k, n) in names.iter().enumerate() {
@@ -459,7 +462,7 @@ impl Executor for SlurmExecutor {
             } else {
                 let deps = dep_ids(s, &live);
                 let res = self.resources(s).clone();
-                let script = job_script(&btx, run, &[(s.name.as_str(), run.join(&s.dir))]);
+                let script = job_script(&btx, run, &self.device, &[(s.name.as_str(), run.join(&s.dir))]);
                 let id = self.sbatch(run, &s.name, &script, &res, &deps, None)?;
                 let r = JobRef {
                     job_id: id.clone(),

@@ -52,7 +52,7 @@ fn copy_dir_files(from: &Path, to: &Path) -> Result<()> {
     Ok(())
 }
 
-pub fn run(a: Args, dev: &Device) -> Result<()> {
+pub fn run(a: Args, dev: &Device, device_name: &str) -> Result<()> {
     let plan = Plan::load(&a.run)?;
     let stage = plan.stage(&a.name)?.clone();
     let dir = a.run.join(&stage.dir);
@@ -67,6 +67,8 @@ pub fn run(a: Args, dev: &Device) -> Result<()> {
         }
     }
     std::fs::create_dir_all(&dir)?;
+    // One process per stage directory: a second trainer in the same checkpoints is refused.
+    let _lock = crate::lock::DirLock::acquire(&dir, &format!("stage {}", stage.name))?;
     if let Some(s) = manifest::read_started(&dir) {
         if s.fingerprint != stage.fingerprint {
             bail!(
@@ -81,11 +83,10 @@ pub fn run(a: Args, dev: &Device) -> Result<()> {
         stage: stage.name.clone(),
         fingerprint: stage.fingerprint.clone(),
         started_unix: manifest::now_unix(),
-        host: std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .unwrap_or_default()
-            .trim()
-            .to_string(),
+        host: crate::lock::hostname(),
         pid: std::process::id(),
+        device: device_name.into(),
+        threads: rayon::current_num_threads(),
     };
     std::fs::write(
         dir.join(manifest::STARTED),
@@ -121,6 +122,8 @@ pub fn run(a: Args, dev: &Device) -> Result<()> {
         outputs,
         btx_version: env!("CARGO_PKG_VERSION").into(),
         finished_unix: manifest::now_unix(),
+        device: device_name.into(),
+        threads: rayon::current_num_threads(),
     };
     manifest::finish(&dir, &m)?;
     tracing::info!(

@@ -99,7 +99,8 @@ pub fn stage_status(
         };
     } else if let Some(sj) = &started {
         // Local run, or a Slurm job Slurm has forgotten.
-        st.state = if job.is_none() && pid_alive(sj.pid) {
+        // Running means a live process holds the stage's lock; a pid alone can be reused.
+        st.state = if crate::lock::holder(&dir).is_some() {
             "running".into()
         } else if dir.join("checkpoints").exists() {
             "stopped".into()
@@ -197,16 +198,33 @@ pub fn cancel(a: CancelArgs) -> Result<()> {
         if manifest::is_done(&dir, &s.fingerprint) {
             continue;
         }
-        if let Some(sj) = manifest::read_started(&dir) {
-            if pid_alive(sj.pid) {
-                // SAFETY: sends SIGTERM to the stage's own process.
-                unsafe {
-                    libc::kill(sj.pid as i32, libc::SIGTERM);
-                }
-                n += 1;
-                eprintln!("stopped {} (pid {})", s.name, sj.pid);
-            }
+        // Signal only a process verified to be this stage: it holds the stage's lock, on this
+        // host, under the pid stage.json names (a stale pid may belong to anyone by now).
+        let (Some(h), Some(sj)) = (crate::lock::holder(&dir), manifest::read_started(&dir)) else {
+            continue;
+        };
+        if h.host != crate::lock::hostname() {
+            eprintln!(
+                "not stopping {}: it runs on {} (pid {}); run `btx cancel` there",
+                s.name, h.host, h.pid
+            );
+            continue;
         }
+        if h.pid != sj.pid || !pid_alive(h.pid) {
+            eprintln!(
+                "not stopping {}: the lock holder ({}) is not the process stage.json names (pid {})",
+                s.name,
+                h.describe(),
+                sj.pid
+            );
+            continue;
+        }
+        // SAFETY: sends SIGTERM to the verified stage process.
+        unsafe {
+            libc::kill(h.pid as i32, libc::SIGTERM);
+        }
+        n += 1;
+        eprintln!("stopped {} (pid {})", s.name, h.pid);
     }
     eprintln!("{n} cancelled");
     Ok(())

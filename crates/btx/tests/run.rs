@@ -317,3 +317,92 @@ fn a_killed_expert_does_not_stop_its_siblings_and_resumes_next_run() {
         );
     }
 }
+
+fn status_of(run: &Path, stage: &str) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_btx"))
+        .args(["status", "--json"])
+        .arg(run)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|v| v["stage"] == stage)
+        .map(|v| v["state"].as_str().unwrap().to_string())
+        .unwrap()
+}
+
+/// Regression (issue 17): a second `btx run` on the same directory redid the data stage under
+/// the first; killing only the parent left its trainer running, and the next run started a
+/// second one in the same directory; `btx status` called dead stages running; `btx cancel`
+/// signalled whatever process had the pid in stage.json.
+#[test]
+fn one_writer_per_run_stages_die_with_their_parent_and_cancel_checks_whom_it_signals() {
+    let d = tmp("lock");
+    let run = d.join("run");
+    let sets = ["seed.pretrain.train.steps=100000"];
+    let mut parent = btx_run(&d, "run", &sets)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    while std::fs::read_to_string(run.join("seed/metrics.jsonl")).map_or(0, |s| s.lines().count())
+        < 2
+    {
+        assert!(t0.elapsed() < Duration::from_secs(120), "seed never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let second = btx_run(&d, "run", &sets).output().unwrap();
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(second.status.code(), Some(1), "{err}");
+    assert!(err.contains("in use by btx run") && err.contains("hint"), "{err}");
+    let by_hand = Command::new(env!("CARGO_BIN_EXE_btx"))
+        .args(["stage", "seed", "--run"])
+        .arg(&run)
+        .env("BTX_LOG", "warn")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&by_hand.stderr);
+    assert_eq!(by_hand.status.code(), Some(1), "{err}");
+    assert!(err.contains("in use by stage seed"), "{err}");
+    assert!(run.join("data/DONE").is_file());
+    assert_eq!(status_of(&run, "seed"), "running");
+
+    // Kill only the parent: the stage goes with it (after writing its checkpoint).
+    let seed_pid = read_pid(&run, "seed").unwrap();
+    parent.kill().unwrap();
+    parent.wait().unwrap();
+    let t0 = Instant::now();
+    while unsafe { libc::kill(seed_pid, 0) } == 0 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "the seed stage outlived its parent"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(status_of(&run, "seed"), "stopped");
+
+    // stage.json naming a live process that is not the stage: status does not call it running
+    // and cancel does not signal it.
+    let mut bystander = Command::new("sleep").arg("30").spawn().unwrap();
+    let sj = run.join("seed/stage.json");
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&sj).unwrap()).unwrap();
+    v["pid"] = serde_json::json!(bystander.id());
+    std::fs::write(&sj, v.to_string()).unwrap();
+    assert_eq!(status_of(&run, "seed"), "stopped");
+    let c = Command::new(env!("CARGO_BIN_EXE_btx"))
+        .arg("cancel")
+        .arg(&run)
+        .output()
+        .unwrap();
+    assert!(c.status.success());
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        bystander.try_wait().unwrap().is_none(),
+        "cancel killed a process that was not a stage"
+    );
+    bystander.kill().unwrap();
+    bystander.wait().unwrap();
+}

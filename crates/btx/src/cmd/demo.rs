@@ -42,7 +42,7 @@ fn summary(report: &str) -> String {
     format!("{}\n\n{}\n", section("## Results"), section("## Verdict"))
 }
 
-pub fn run(a: Args) -> Result<()> {
+pub fn run(a: Args, device: &str) -> Result<()> {
     let out = a.out.clone().unwrap_or_else(|| {
         PathBuf::from(if a.quick {
             "runs/demo-quick"
@@ -62,7 +62,8 @@ pub fn run(a: Args) -> Result<()> {
         out.display()
     );
     let t0 = std::time::Instant::now();
-    runner::run(runner::Args {
+    runner::run(
+        runner::Args {
         recipe,
         out: out.clone(),
         jobs,
@@ -70,7 +71,9 @@ pub fn run(a: Args) -> Result<()> {
         dry_run: false,
         executor: "local".into(),
         wait: false,
-    })?;
+        },
+        device,
+    )?;
     let report = std::fs::read_to_string(out.join("report.md"))
         .with_context(|| format!("reading {}", out.join("report.md").display()))?;
     println!("\n{}", summary(&report));
