@@ -133,7 +133,10 @@ mod tests {
         // flock locks belong to open file descriptions: a second open in this process
         // conflicts just as another process would.
         let e = DirLock::acquire(&d, "btx run").unwrap_err().to_string();
-        assert!(e.contains("in use by btx run") && e.contains(&format!("pid {}", std::process::id())), "{e}");
+        assert!(
+            e.contains("in use by btx run") && e.contains(&format!("pid {}", std::process::id())),
+            "{e}"
+        );
         let h = holder(&d).unwrap();
         assert_eq!(h.pid, std::process::id());
         drop(a);

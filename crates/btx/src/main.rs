@@ -1,5 +1,22 @@
 //! `btx`: Branch-Train-MiX from the command line.
 
+/// `println!` that never panics: std's macros panic when the write fails (a closed pipe, a log
+/// on a full disk), which turned error messages into panics that hid them.
+macro_rules! outln {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($t)*);
+    }};
+}
+
+/// `eprintln!` that never panics (see [`outln`]).
+macro_rules! errln {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($t)*);
+    }};
+}
+
 mod cmd;
 mod lock;
 mod manifest;
@@ -98,9 +115,9 @@ fn main() {
     let cli = Cli::parse();
     let result = runtime::init_threads(cli.threads).and_then(|_| runtime::on_pool(|| run(cli)));
     if let Err(e) = result {
-        eprintln!("error: {e}");
+        errln!("error: {e}");
         for cause in e.chain().skip(1) {
-            eprintln!("  caused by: {cause}");
+            errln!("  caused by: {cause}");
         }
         std::process::exit(runtime::exit_code(&e));
     }

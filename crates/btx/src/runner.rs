@@ -216,7 +216,7 @@ impl Executor for LocalExecutor {
                 });
                 if let Some(b) = bad {
                     let s = pending.remove(i);
-                    eprintln!(
+                    errln!(
                         "[{:>7.1}s] skipped {} (needs {b})",
                         t0.elapsed().as_secs_f64(),
                         s.name
@@ -247,7 +247,7 @@ impl Executor for LocalExecutor {
                 } else {
                     ""
                 };
-                eprintln!(
+                errln!(
                     "[{:>7.1}s] started {}{resume} ({} thread{}, log {}/log.txt)",
                     t0.elapsed().as_secs_f64(),
                     s.name,
@@ -289,14 +289,14 @@ impl Executor for LocalExecutor {
                         Outcome::Stopped => "stopped with a checkpoint".to_string(),
                         _ => format!("FAILED ({})", status),
                     };
-                    eprintln!(
+                    errln!(
                         "[{:>7.1}s] {what} {} in {secs:.1}s",
                         t0.elapsed().as_secs_f64(),
                         r.name
                     );
                     if matches!(outcome, Outcome::Failed { .. }) {
                         for l in tail(&run.join(&stage.dir).join("log.txt"), 5) {
-                            eprintln!("           | {l}");
+                            errln!("           | {l}");
                         }
                     }
                     outcomes.insert(r.name.clone(), outcome);
@@ -317,7 +317,7 @@ impl Executor for LocalExecutor {
                         }
                     })
                     .collect();
-                eprintln!(
+                errln!(
                     "[{:>7.1}s] running: {}",
                     t0.elapsed().as_secs_f64(),
                     parts.join("; ")
@@ -375,7 +375,7 @@ pub fn run(a: Args, device: &str) -> Result<()> {
         .filter(|(_, s)| **s != State::Done)
         .map(|(n, _)| n)
         .collect();
-    eprintln!(
+    errln!(
         "btx run {}: {} stages, {} to run ({} done){}",
         a.recipe.display(),
         plan.stages.len(),
@@ -385,9 +385,12 @@ pub fn run(a: Args, device: &str) -> Result<()> {
     );
     if a.dry_run {
         for s in &plan.stages {
-            println!(
+            outln!(
                 "{:<28} {:<10} {:?} deps {:?}",
-                s.name, s.fingerprint, states[&s.name], s.deps
+                s.name,
+                s.fingerprint,
+                states[&s.name],
+                s.deps
             );
         }
         return Ok(());
@@ -422,14 +425,18 @@ pub fn run(a: Args, device: &str) -> Result<()> {
             failed.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
         );
     }
-    eprintln!("all stages done: {}", out.display());
+    errln!("all stages done: {}", out.display());
     Ok(())
 }
 
 fn print_summary(plan: &Plan, run: &Path, outcomes: &BTreeMap<String, Outcome>) {
-    println!(
+    outln!(
         "{:<26} {:<16} {:>9} {:>12} {:>10}",
-        "stage", "state", "wall s", "tokens", "GFLOP"
+        "stage",
+        "state",
+        "wall s",
+        "tokens",
+        "GFLOP"
     );
     for s in &plan.stages {
         let m = manifest::read_manifest(&run.join(&s.dir));
@@ -452,9 +459,13 @@ fn print_summary(plan: &Plan, run: &Path, outcomes: &BTreeMap<String, Outcome>) 
                 m.compute.train_flops / 1e9,
             )
         });
-        println!(
+        outln!(
             "{:<26} {:<16} {:>9.1} {:>12} {:>10.1}",
-            s.name, state, w, t, f
+            s.name,
+            state,
+            w,
+            t,
+            f
         );
     }
 }

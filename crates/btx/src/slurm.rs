@@ -462,7 +462,12 @@ impl Executor for SlurmExecutor {
             } else {
                 let deps = dep_ids(s, &live);
                 let res = self.resources(s).clone();
-                let script = job_script(&btx, run, &self.device, &[(s.name.as_str(), run.join(&s.dir))]);
+                let script = job_script(
+                    &btx,
+                    run,
+                    &self.device,
+                    &[(s.name.as_str(), run.join(&s.dir))],
+                );
                 let id = self.sbatch(run, &s.name, &script, &res, &deps, None)?;
                 let r = JobRef {
                     job_id: id.clone(),
@@ -477,16 +482,16 @@ impl Executor for SlurmExecutor {
             i += 1;
         }
         for l in &submitted {
-            eprintln!("submitted {l}");
+            errln!("submitted {l}");
         }
         if already > 0 {
-            eprintln!("{already} stage(s) already queued or running (kept)");
+            errln!("{already} stage(s) already queued or running (kept)");
         }
         if submitted.is_empty() && live.is_empty() {
-            eprintln!("nothing to submit");
+            errln!("nothing to submit");
         }
         if !self.wait {
-            eprintln!("follow with `btx status {}`", run.display());
+            errln!("follow with `btx status {}`", run.display());
             for name in live.keys() {
                 outcomes.insert(name.clone(), Outcome::Submitted);
             }
@@ -558,5 +563,16 @@ mod tests {
         for (t, held) in [(1, true), (2, false), (3, true), (8, true), (10, false)] {
             assert_eq!(array_task_from_records(text, t).is_some(), held, "task {t}");
         }
+    }
+
+    #[test]
+    fn the_job_script_passes_the_device_on() {
+        let s = job_script(
+            Path::new("/opt/btx"),
+            Path::new("/runs/r"),
+            "cuda",
+            &[("seed", PathBuf::from("/runs/r/seed"))],
+        );
+        assert!(s.contains("--device 'cuda' stage \"$STAGE\""), "{s}");
     }
 }

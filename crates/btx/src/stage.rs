@@ -265,9 +265,10 @@ fn execute(
             };
             let out = train(init, &mut source, &tc, dir, &opts)?;
             if out.stopped_early {
-                eprintln!(
+                errln!(
                     "{}: stopped at step {} with a checkpoint",
-                    stage.name, out.steps
+                    stage.name,
+                    out.steps
                 );
                 std::process::exit(EXIT_STOPPED);
             }

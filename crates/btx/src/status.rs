@@ -137,16 +137,19 @@ pub fn run(a: Args) -> Result<()> {
         .collect();
     if a.json {
         for s in &all {
-            println!("{}", serde_json::to_string(s)?);
+            outln!("{}", serde_json::to_string(s)?);
         }
         return Ok(());
     }
-    println!(
+    outln!(
         "{:<26} {:<10} {:<12} {:>10}  progress",
-        "stage", "state", "job", "elapsed"
+        "stage",
+        "state",
+        "job",
+        "elapsed"
     );
     for s in &all {
-        println!(
+        outln!(
             "{:<26} {:<10} {:<12} {:>10}  {}",
             s.stage,
             s.state,
@@ -155,11 +158,11 @@ pub fn run(a: Args) -> Result<()> {
             s.progress.clone().unwrap_or_default()
         );
         for d in &s.detail {
-            println!("{:>28} {d}", "");
+            outln!("{:>28} {d}", "");
         }
     }
     let count = |x: &str| all.iter().filter(|s| s.state == x).count();
-    println!(
+    outln!(
         "{} stages: {} done, {} running, {} pending, {} failed, {} cancelled, {} stopped",
         all.len(),
         count("done"),
@@ -185,7 +188,7 @@ pub fn cancel(a: CancelArgs) -> Result<()> {
                 .unwrap_or(false);
             if ok {
                 n += 1;
-                eprintln!("cancelled {stage} (job {})", j.id());
+                errln!("cancelled {stage} (job {})", j.id());
             }
         }
     }
@@ -204,14 +207,16 @@ pub fn cancel(a: CancelArgs) -> Result<()> {
             continue;
         };
         if h.host != crate::lock::hostname() {
-            eprintln!(
+            errln!(
                 "not stopping {}: it runs on {} (pid {}); run `btx cancel` there",
-                s.name, h.host, h.pid
+                s.name,
+                h.host,
+                h.pid
             );
             continue;
         }
         if h.pid != sj.pid || !pid_alive(h.pid) {
-            eprintln!(
+            errln!(
                 "not stopping {}: the lock holder ({}) is not the process stage.json names (pid {})",
                 s.name,
                 h.describe(),
@@ -224,8 +229,8 @@ pub fn cancel(a: CancelArgs) -> Result<()> {
             libc::kill(h.pid as i32, libc::SIGTERM);
         }
         n += 1;
-        eprintln!("stopped {} (pid {})", s.name, h.pid);
+        errln!("stopped {} (pid {})", s.name, h.pid);
     }
-    eprintln!("{n} cancelled");
+    errln!("{n} cancelled");
     Ok(())
 }

@@ -350,13 +350,19 @@ fn one_writer_per_run_stages_die_with_their_parent_and_cancel_checks_whom_it_sig
     while std::fs::read_to_string(run.join("seed/metrics.jsonl")).map_or(0, |s| s.lines().count())
         < 2
     {
-        assert!(t0.elapsed() < Duration::from_secs(120), "seed never started");
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "seed never started"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     let second = btx_run(&d, "run", &sets).output().unwrap();
     let err = String::from_utf8_lossy(&second.stderr);
     assert_eq!(second.status.code(), Some(1), "{err}");
-    assert!(err.contains("in use by btx run") && err.contains("hint"), "{err}");
+    assert!(
+        err.contains("in use by btx run") && err.contains("hint"),
+        "{err}"
+    );
     let by_hand = Command::new(env!("CARGO_BIN_EXE_btx"))
         .args(["stage", "seed", "--run"])
         .arg(&run)
@@ -368,6 +374,16 @@ fn one_writer_per_run_stages_die_with_their_parent_and_cancel_checks_whom_it_sig
     assert!(err.contains("in use by stage seed"), "{err}");
     assert!(run.join("data/DONE").is_file());
     assert_eq!(status_of(&run, "seed"), "running");
+    // The device travels to the stage processes and is recorded.
+    let started: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("seed/stage.json")).unwrap())
+            .unwrap();
+    assert_eq!(started["device"], "cpu");
+    assert_eq!(started["threads"], 2);
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("data/manifest.json")).unwrap())
+            .unwrap();
+    assert_eq!(m["device"], "cpu");
 
     // Kill only the parent: the stage goes with it (after writing its checkpoint).
     let seed_pid = read_pid(&run, "seed").unwrap();

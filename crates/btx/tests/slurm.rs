@@ -1,7 +1,7 @@
 //! A real Slurm: examples/quick.toml (shrunk with --set) through `btx run --executor slurm`
 //! end to end, with an expert requeued mid-training (it resumes from its checkpoint), compared
-//! with the local executor; `btx status` and `btx cancel`. Skipped, with a message, where no
-//! Slurm cluster answers (start one with `scripts/slurm-local.sh up`).
+//! with the local executor; `btx status` and `btx cancel`. Ignored by a plain `cargo test`; run with `--ignored`
+//! where a Slurm cluster answers (start one with `scripts/slurm-local.sh up`): CI does.
 
 use btx_testkit::Scratch;
 use std::path::{Path, PathBuf};
@@ -27,6 +27,15 @@ fn slurm_available() -> bool {
             .stderr(Stdio::null())
             .status()
             .is_ok_and(|s| s.success())
+}
+
+/// These tests are `#[ignore]`d (run with `--ignored`); asked to run, they fail without Slurm
+/// rather than pass without testing anything.
+fn require_slurm() {
+    assert!(
+        slurm_available(),
+        "no Slurm cluster answers\nhint: run `eval \"$(scripts/slurm-local.sh up)\"` (as root) to start one and export SLURM_CONF"
+    );
 }
 
 fn recipe() -> PathBuf {
@@ -133,11 +142,9 @@ fn status(run: &Path) -> Vec<serde_json::Value> {
 }
 
 #[test]
+#[ignore = "needs a Slurm cluster: `scripts/slurm-local.sh up`, then `cargo test --release --test slurm -- --ignored` (CI does)"]
 fn quick_recipe_through_slurm_with_a_requeued_expert_matches_the_local_run() {
-    if !slurm_available() {
-        eprintln!("SKIPPED: no Slurm cluster answers (run `scripts/slurm-local.sh up` and export SLURM_CONF)");
-        return;
-    }
+    require_slurm();
     let local = tmp("local");
     let st = btx(&["run"], &local, &[])
         .arg(recipe())
@@ -204,11 +211,9 @@ fn quick_recipe_through_slurm_with_a_requeued_expert_matches_the_local_run() {
 }
 
 #[test]
+#[ignore = "needs a Slurm cluster: `scripts/slurm-local.sh up`, then `cargo test --release --test slurm -- --ignored` (CI does)"]
 fn status_shows_running_jobs_and_cancel_stops_them() {
-    if !slurm_available() {
-        eprintln!("SKIPPED: no Slurm cluster answers (run `scripts/slurm-local.sh up` and export SLURM_CONF)");
-        return;
-    }
+    require_slurm();
     let run = tmp("cancel");
     let out = btx(
         &["run"],
@@ -264,11 +269,9 @@ fn status_shows_running_jobs_and_cancel_stops_them() {
 }
 
 #[test]
+#[ignore = "needs a Slurm cluster: `scripts/slurm-local.sh up`, then `cargo test --release --test slurm -- --ignored` (CI does)"]
 fn a_failed_expert_task_leaves_its_siblings_and_status_says_why() {
-    if !slurm_available() {
-        eprintln!("SKIPPED: no Slurm cluster answers (run `scripts/slurm-local.sh up` and export SLURM_CONF)");
-        return;
-    }
+    require_slurm();
     let run = tmp("fail");
     // A learning rate the trainer refuses: the math expert fails when it starts.
     let out = btx(&["run"], &run, &["experts.override.math.optim.lr=-1.0"])

@@ -203,3 +203,27 @@ fn generate_validates_sampling_caps_decoding_and_checks_the_tokenizer() {
         "vocabulary",
     );
 }
+
+/// Regression (issue 17): a log on a full disk turned any error into a panic ("failed printing
+/// to stderr", exit 101) that hid it.
+#[test]
+fn a_full_disk_under_the_log_is_an_error_not_a_panic() {
+    let d = Scratch::new("trust-full");
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let st = btx()
+        .env("BTX_LOG", "info")
+        .args(["mix", "--seed"])
+        .arg(d.join("missing"))
+        .arg("--experts")
+        .arg(d.join("missing"))
+        .arg("--out")
+        .arg(d.join("o"))
+        .stdout(full.try_clone().unwrap())
+        .stderr(full)
+        .status()
+        .unwrap();
+    assert_eq!(st.code(), Some(1));
+}

@@ -116,10 +116,14 @@ impl Drop for FanIn {
     fn drop(&mut self) {
         if let Ok(st) = self.state.get_mut() {
             if st.seen != 0 && st.seen != st.expected {
-                eprintln!(
+                // Not eprintln!: it panics when stderr cannot be written (a full disk).
+                use std::io::Write as _;
+                let _ = writeln!(
+                    std::io::stderr(),
                     "btx error: a gradient fan-in got {} of its {} shares; an op sharing its \
                      input did not reach the loss, and that input's gradient was lost",
-                    st.seen, st.expected
+                    st.seen,
+                    st.expected
                 );
             }
         }

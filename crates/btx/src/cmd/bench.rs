@@ -225,13 +225,13 @@ fn print_products(steps: usize, threads: usize) {
         .collect();
     rows.sort_by(|x, y| (y.1 - y.2).total_cmp(&(x.1 - x.2)));
     let (step, alone) = rows.iter().fold((0.0, 0.0), |(a, b), r| (a + r.1, b + r.2));
-    eprintln!(
+    errln!(
         "products per step ({threads} thread(s); single-core calls summed over threads): {step:.1} ms in the step, {alone:.1} ms alone on hot caches ({:.3}x)",
         step / alone
     );
-    eprintln!("  in-step ms   alone ms  ratio  calls  m x n x k  [dst_rs; A rs,cs; B rs,cs]");
+    errln!("  in-step ms   alone ms  ratio  calls  m x n x k  [dst_rs; A rs,cs; B rs,cs]");
     for (c, st, al, n) in rows.iter().take(20) {
-        eprintln!(
+        errln!(
             "  {st:>10.2} {al:>10.2} {:>6.3} {:>6} {} x {} x {}  [{}; {},{}; {},{}]{}{}",
             st / al,
             n / steps.max(1) as u64,
@@ -498,12 +498,12 @@ fn compare(
     let mut results: Vec<Vec<(serde_json::Value, serde_json::Value)>> = vec![vec![]; cells.len()];
     for round in 0..sweep.rounds {
         if sweep.rounds > 1 && !json {
-            println!("round {}/{}", round + 1, sweep.rounds);
+            outln!("round {}/{}", round + 1, sweep.rounds);
         }
         for (cell, &(p, t)) in cells.iter().enumerate() {
             let (ours, theirs) = measure_pair(&exe, torch, p, t, sweep.steps)?;
             if !json {
-                println!(
+                outln!(
                     "{p:<6} {t} thread(s): btx {:>6.0} tok/s ({:.3} s/step, {:.2}x floor, gemm alone {:.2}x, floor from memory {:.2}x, {:>4.0} MB) | pytorch {:>6.0} tok/s ({:.3} s/step, {:>4.0} MB) | speed {:.2}x, memory {:.2}x",
                     ours["tokens_per_s"].as_f64().unwrap_or(0.0),
                     ours["step_s_median"].as_f64().unwrap_or(0.0),
@@ -526,7 +526,7 @@ fn compare(
     }
     let mut rows = vec![];
     if sweep.rounds > 1 && !json {
-        println!("medians over {} rounds:", sweep.rounds);
+        outln!("medians over {} rounds:", sweep.rounds);
     }
     for (&(p, t), rs) in cells.iter().zip(&results) {
         let m = |side: &str, key: &str| median_of(rs, side, key);
@@ -534,7 +534,7 @@ fn compare(
         let memory = m("btx", "peak_rss_mb") / m("pytorch", "peak_rss_mb");
         let floor_at_peak = m("btx", "products_at_peak_s") / m("btx", "matmul_floor_s");
         if sweep.rounds > 1 && !json {
-            println!(
+            outln!(
                 "{p:<6} {t} thread(s): btx {:.3} s/step, {:.2}x floor, gemm alone {:.2}x, floor from memory {:.2}x, floor at {:.0}% of the FMA peak | pytorch {:.3} s/step | speed {speed:.2}x, memory {memory:.2}x",
                 m("btx", "step_s_median"),
                 m("btx", "floor_ratio"),
@@ -569,7 +569,7 @@ fn compare(
             };
             let (time_ratio, flop_ratio) = (step(moe) / step(s), flops(moe) / flops(s));
             if !json {
-                println!(
+                outln!(
                     "MoE-S / S at {t} thread(s): step time {time_ratio:.3} (medians), active FLOPs {flop_ratio:.3}: {:.3}x the FLOP ratio",
                     time_ratio / flop_ratio
                 );
@@ -578,7 +578,7 @@ fn compare(
         }
     }
     if json {
-        println!("{}", serde_json::Value::Array(rows));
+        outln!("{}", serde_json::Value::Array(rows));
     }
     Ok(())
 }
@@ -612,7 +612,7 @@ fn run_mix_bench(dir: &std::path::Path, experts: usize, json: bool) -> Result<()
     for e in 0..experts {
         let p = dir.join(format!("model{e}"));
         if !p.join("config.json").exists() {
-            eprintln!(
+            errln!(
                 "creating {} ({:.0}M params)",
                 p.display(),
                 cfg.total_params() as f64 / 1e6
@@ -646,9 +646,9 @@ fn run_mix_bench(dir: &std::path::Path, experts: usize, json: bool) -> Result<()
         "input_gb": in_gb, "output_gb": out_gb, "seconds": secs, "peak_rss_mb": maxrss_mb,
         "mergekit_reference": {"seconds": 13.0, "peak_rss_mb": 5600.0}});
     if json {
-        println!("{r}");
+        outln!("{r}");
     } else {
-        println!(
+        outln!(
             "mix {experts} x {:.0}M f32 models ({in_gb:.1} GB in, {out_gb:.1} GB out): {secs:.1}s, peak RSS {maxrss_mb:.0} MB (mergekit-moe: 13 s, 5600 MB)",
             cfg.total_params() as f64 / 1e6
         );
@@ -775,7 +775,7 @@ pub fn run(cmd: BenchCmd, dev: &Device) -> Result<()> {
                 "final_loss": loss,
             });
             if json {
-                println!("{r}");
+                outln!("{r}");
             } else {
                 let floor_text = if no_floor {
                     format!("the step's own products {gemm_s:.3}s (floor not measured)")
@@ -790,7 +790,7 @@ pub fn run(cmd: BenchCmd, dev: &Device) -> Result<()> {
                         100.0 * at_peak / step_s
                     )
                 };
-                println!(
+                outln!(
                     "train {name}: {:.2}M params ({:.2}M active), {threads} thread(s): median step {:.3}s, {:.0} tokens/s, {:.1} GFLOP/s, {floor_text}, peak RSS {:.0} MB",
                     cfg.total_params() as f64 / 1e6,
                     cfg.active_params() as f64 / 1e6,
@@ -823,9 +823,9 @@ pub fn run(cmd: BenchCmd, dev: &Device) -> Result<()> {
             let r = json!({"preset": name, "threads": threads, "batch": batch,
                 "tokens": n, "seconds": dt, "tokens_per_s": n as f64 / dt, "peak_rss_mb": peak_rss_mb()});
             if json {
-                println!("{r}");
+                outln!("{r}");
             } else {
-                println!(
+                outln!(
                     "generate {name}: batch {batch}, {threads} thread(s): {n} tokens in {dt:.2}s = {:.1} tokens/s",
                     n as f64 / dt
                 );

@@ -79,20 +79,30 @@ pub fn run_data(cmd: DataCmd) -> Result<()> {
 }
 
 fn print_info(dir: &Path, m: &btx_data::DataManifest) {
-    println!(
+    outln!(
         "{} (tokenizer {}…, {} tokens)",
         dir.display(),
         btx_data::short_hash(&m.tokenizer_hash),
         m.vocab_size
     );
-    println!(
+    outln!(
         "{:<14} {:>12} {:>8} {:>12} {:>8} {:>7}",
-        "domain", "train tok", "docs", "val tok", "docs", "tasks"
+        "domain",
+        "train tok",
+        "docs",
+        "val tok",
+        "docs",
+        "tasks"
     );
     for (name, s) in &m.domains {
-        println!(
+        outln!(
             "{:<14} {:>12} {:>8} {:>12} {:>8} {:>7}",
-            name, s.train.tokens, s.train.docs, s.val.tokens, s.val.docs, s.tasks
+            name,
+            s.train.tokens,
+            s.train.docs,
+            s.val.tokens,
+            s.val.docs,
+            s.tasks
         );
     }
 }
@@ -120,7 +130,7 @@ pub fn run_tokenizer(cmd: TokenizerCmd) -> Result<()> {
                 min_frequency,
             )?;
             tok.save(&out)?;
-            println!(
+            outln!(
                 "trained a {}-token byte-level BPE on {} documents: {}",
                 tok.vocab_size(),
                 docs.len(),

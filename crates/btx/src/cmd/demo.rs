@@ -56,7 +56,7 @@ pub fn run(a: Args, device: &str) -> Result<()> {
     let jobs = a
         .jobs
         .unwrap_or_else(|| rayon::current_num_threads().clamp(1, 4));
-    eprintln!(
+    errln!(
         "btx demo{}: seed pretraining, 3 domain experts + the seed as generalist, BTX top-2 with load balancing, baselines, evaluation, report -> {}",
         if a.quick { " --quick" } else { "" },
         out.display()
@@ -64,20 +64,20 @@ pub fn run(a: Args, device: &str) -> Result<()> {
     let t0 = std::time::Instant::now();
     runner::run(
         runner::Args {
-        recipe,
-        out: out.clone(),
-        jobs,
-        sets: a.sets,
-        dry_run: false,
-        executor: "local".into(),
-        wait: false,
+            recipe,
+            out: out.clone(),
+            jobs,
+            sets: a.sets,
+            dry_run: false,
+            executor: "local".into(),
+            wait: false,
         },
         device,
     )?;
     let report = std::fs::read_to_string(out.join("report.md"))
         .with_context(|| format!("reading {}", out.join("report.md").display()))?;
-    println!("\n{}", summary(&report));
-    println!(
+    outln!("\n{}", summary(&report));
+    outln!(
         "demo finished in {:.1} min; full report: {} (plots in {})",
         t0.elapsed().as_secs_f64() / 60.0,
         out.join("report.md").display(),

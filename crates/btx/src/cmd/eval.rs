@@ -112,12 +112,15 @@ pub fn run(a: Args, dev: &Device) -> Result<()> {
             (r, routing)
         }
     };
-    println!(
+    outln!(
         "{:<14} {:>8} {:>10} {:>9}",
-        "domain", "loss", "ppl", "acc %"
+        "domain",
+        "loss",
+        "ppl",
+        "acc %"
     );
     for (d, e) in &result.domains {
-        println!(
+        outln!(
             "{:<14} {:>8.4} {:>10.2} {:>9}",
             d,
             e.loss,
@@ -126,7 +129,7 @@ pub fn run(a: Args, dev: &Device) -> Result<()> {
                 .map_or("-".into(), |x| format!("{:.1}", 100.0 * x))
         );
     }
-    println!(
+    outln!(
         "{:<14} {:>8.4} {:>10} {:>9}",
         "average",
         result.average.loss,

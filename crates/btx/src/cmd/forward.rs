@@ -68,16 +68,16 @@ pub fn run(a: Args, dev: &Device) -> Result<()> {
     };
     let outs = probe(&model, &ids, b, t, a.backward, a.lb_coef);
     write_tensors(&a.out, &outs).with_context(|| format!("writing {}", a.out.display()))?;
-    eprintln!("wrote {} tensors to {}", outs.len(), a.out.display());
+    errln!("wrote {} tensors to {}", outs.len(), a.out.display());
     if let Some(r) = a.compare {
         let reference = read_all(&r).with_context(|| format!("reading {}", r.display()))?;
         let (diffs, errors) = compare_all(&outs, &reference);
-        println!("{:<60} {:>12} {:>12}", "tensor", "max_abs", "rel_to_norm");
+        outln!("{:<60} {:>12} {:>12}", "tensor", "max_abs", "rel_to_norm");
         for d in &diffs {
-            println!("{:<60} {:>12.3e} {:>12.3e}", d.name, d.max_abs, d.rel_norm);
+            outln!("{:<60} {:>12.3e} {:>12.3e}", d.name, d.max_abs, d.rel_norm);
         }
         for e in &errors {
-            println!("{e}");
+            outln!("{e}");
         }
     }
     Ok(())

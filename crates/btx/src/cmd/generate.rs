@@ -88,13 +88,13 @@ pub fn run(a: Args, dev: &Device) -> Result<()> {
     let n: usize = outs.iter().map(Vec::len).sum();
     for (i, (p, o)) in a.prompt.iter().zip(&outs).enumerate() {
         if i > 0 {
-            println!("---");
+            outln!("---");
         }
         let ids: Vec<u32> = o.iter().map(|&x| x as u32).collect();
-        println!("{p}{}", tok.decode(&ids)?);
+        outln!("{p}{}", tok.decode(&ids)?);
     }
     let dt = t0.elapsed().as_secs_f64();
-    eprintln!("{n} tokens in {dt:.2}s ({:.1} tok/s)", n as f64 / dt);
+    errln!("{n} tokens in {dt:.2}s ({:.1} tok/s)", n as f64 / dt);
     Ok(())
 }
 

@@ -23,7 +23,7 @@ pub fn run(a: Args) -> Result<()> {
     let t0 = std::time::Instant::now();
     let cfg = import_gguf(&a.file, &a.out, Existing::replace_if(a.force))
         .with_context(|| format!("importing {}", a.file.display()))?;
-    println!(
+    outln!(
         "imported {} ({:.1}M parameters: {} layers, d {}, {} heads / {} KV heads, vocab {}, tied {}) into {} in {:.1}s",
         a.file.display(),
         cfg.total_params() as f64 / 1e6,

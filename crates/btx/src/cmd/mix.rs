@@ -196,7 +196,7 @@ pub fn run_mix(a: MixArgs) -> Result<()> {
         ..options(&a.route, init)?
     };
     let s = mix(&a.seed, &a.experts, &opts, &a.out).context("mix")?;
-    println!(
+    outln!(
         "mixed {} models into a Mixtral with {} experts (d_ff {}, top-{} {}) in {:.2}s: {}",
         s.models.len(),
         s.num_experts,
@@ -216,7 +216,7 @@ pub fn run_upcycle(a: UpcycleArgs) -> Result<()> {
         ..options(&a.route, init)?
     };
     let s = upcycle(&a.seed, a.num_experts, &opts, &a.out)?;
-    println!(
+    outln!(
         "upcycled {} into {} experts in {:.2}s: {}",
         a.seed.display(),
         s.num_experts,
@@ -233,7 +233,7 @@ pub fn run_average(a: AverageArgs) -> Result<()> {
         &a.out,
         Existing::replace_if(a.force),
     )?;
-    println!(
+    outln!(
         "averaged {} models in {:.2}s: {}",
         s.models.len(),
         s.seconds,

@@ -200,14 +200,15 @@ pub fn run(a: Args, dev: &Device) -> Result<()> {
     };
     let outcome = train(model, &mut source, &cfg, &a.out, &opts)?;
     if outcome.stopped_early {
-        eprintln!(
+        errln!(
             "stopped at step {}/{} with a checkpoint; continue with --resume",
-            outcome.steps, cfg.train.steps
+            outcome.steps,
+            cfg.train.steps
         );
         std::process::exit(EXIT_STOPPED);
     }
     tok.save(&outcome.model_dir.join("tokenizer.json"))?;
-    println!(
+    outln!(
         "done: {} steps, {} tokens, final loss {:.4}, {:.1}s; model in {}",
         outcome.steps,
         outcome.tokens,
