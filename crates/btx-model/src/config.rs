@@ -28,6 +28,24 @@ pub enum Routing {
 }
 
 impl Routing {
+    /// Refuses parameters that cannot route: a capacity factor that is not a finite number > 0,
+    /// an anneal rate < 0 or a minimum temperature <= 0 (or any NaN).
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        match *self {
+            Routing::Switch { capacity_factor } if !(capacity_factor.is_finite() && capacity_factor > 0.0) => {
+                Err(format!("switch routing needs capacity_factor > 0, got {capacity_factor}"))
+            }
+            Routing::SampleTop1 { anneal_rate, min_tau }
+                if !(anneal_rate.is_finite() && anneal_rate >= 0.0 && min_tau.is_finite() && min_tau > 0.0) =>
+            {
+                Err(format!(
+                    "sample-top1 routing needs anneal_rate >= 0 and min_tau > 0, got {anneal_rate} and {min_tau}"
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
+
     pub fn name(&self) -> &'static str {
         match self {
             Routing::TopK => "top-k",
@@ -143,6 +161,9 @@ impl ModelConfig {
                     m.top_k, m.num_experts
                 ));
             }
+            m.routing
+                .validate()
+                .map_err(|msg| ModelError::Config { msg })?;
         }
         Ok(())
     }

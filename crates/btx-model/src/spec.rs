@@ -102,6 +102,16 @@ fn toml_default() -> ModelSpec {
 
 impl ModelSpec {
     pub fn to_config(&self, vocab_size: usize, eos: Option<u32>) -> Result<ModelConfig> {
+        if self.head_dim.is_none()
+            && (self.num_heads == 0 || !self.hidden_size.is_multiple_of(self.num_heads))
+        {
+            return Err(crate::ModelError::Config {
+                msg: format!(
+                    "hidden_size {} is not a multiple of num_heads {} (set head_dim to use another head size)",
+                    self.hidden_size, self.num_heads
+                ),
+            });
+        }
         let mut c = ModelConfig::llama(
             vocab_size,
             self.hidden_size,

@@ -110,10 +110,6 @@ pub struct MoeLossConfig {
     pub z_loss_coef: f64,
     /// Warn when an expert gets less than this fraction of a layer's tokens. Default 0.01.
     pub dead_expert_threshold: f64,
-    /// Sample-top1 temperature: tau = max(min_tau, exp(-anneal_rate * step)). Defaults from the
-    /// paper: 1e-4 and 0.5. Only used when the model's routing is sample-top1.
-    pub gumbel_anneal_rate: f64,
-    pub gumbel_min_tau: f64,
 }
 
 impl Default for MoeLossConfig {
@@ -123,8 +119,6 @@ impl Default for MoeLossConfig {
             lb_kind: LbKind::Paper,
             z_loss_coef: 0.0,
             dead_expert_threshold: 0.01,
-            gumbel_anneal_rate: 1e-4,
-            gumbel_min_tau: 0.5,
         }
     }
 }

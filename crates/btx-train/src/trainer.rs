@@ -127,12 +127,14 @@ impl Trainer {
     }
 
     fn forward_opts(&self, micro: usize) -> ForwardOpts {
-        let m = &self.cfg.moe;
+        // Sample-top1's temperature schedule is the model's (config.json's btx_routing, from the
+        // recipe's `routing = {mode = "sample-top1", anneal_rate, min_tau}`): one source.
         let gumbel = match self.model.cfg.moe.as_ref().map(|x| &x.routing) {
-            Some(Routing::SampleTop1 { .. }) => {
-                let tau = (-m.gumbel_anneal_rate * self.step as f64)
-                    .exp()
-                    .max(m.gumbel_min_tau);
+            Some(Routing::SampleTop1 {
+                anneal_rate,
+                min_tau,
+            }) => {
+                let tau = (-anneal_rate * self.step as f64).exp().max(*min_tau);
                 let seed = Rng::derive(
                     self.cfg.train.seed,
                     &format!("gumbel-{}-{micro}", self.step),

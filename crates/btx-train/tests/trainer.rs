@@ -156,3 +156,29 @@ fn training_is_deterministic_and_moe_logs_expert_load() {
     assert_eq!(s1.last().unwrap().loss, s2.last().unwrap().loss);
     assert!(s1.last().unwrap().loss < s1[0].loss);
 }
+
+/// Regression (issue 17): the recipe's `routing = {mode = "sample-top1", anneal_rate, min_tau}`
+/// was recorded in config.json but never read (the trainer had temperature fields of its own).
+#[test]
+fn sample_top1_trains_with_the_models_own_temperature() {
+    let first_loss = |min_tau: f64| {
+        let mut c = cfg(true);
+        c.moe.as_mut().unwrap().top_k = 1;
+        c.moe.as_mut().unwrap().routing = Routing::SampleTop1 {
+            anneal_rate: 0.0,
+            min_tau,
+        };
+        let mut tc = TrainerConfig::default();
+        tc.train.steps = 1;
+        tc.train.batch_size = 2;
+        tc.train.seq_len = 16;
+        let m = Model::init(&c, 3, &Device::flex()).unwrap();
+        let mut t = Trainer::new(m, tc, &Device::flex()).unwrap();
+        t.step(&mut FixedBatches::new(batches(1, 2, 16, 4)))
+            .unwrap()
+            .loss
+    };
+    // tau = max(min_tau, exp(0)) = 1 and 8: the Gumbel-softmax weights differ, so do the losses.
+    assert_ne!(first_loss(0.5), first_loss(8.0));
+    assert_eq!(first_loss(0.5), first_loss(1.0));
+}

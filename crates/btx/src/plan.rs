@@ -160,7 +160,7 @@ pub fn moe_config(seed: &ModelConfig, n_models: usize, m: &MixSpec) -> ModelConf
     c.intermediate_size = f;
     c.moe = Some(MoeConfig {
         num_experts: e,
-        top_k: m.top_k.min(e),
+        top_k: m.top_k,
         routing: m.routing.clone(),
     });
     c
@@ -313,7 +313,7 @@ impl Plan {
             let n = moe_cfg.num_experts();
             c.moe = Some(MoeConfig {
                 num_experts: n,
-                top_k: pm.top_k.min(n),
+                top_k: pm.top_k,
                 routing: pm.routing,
             });
             c

@@ -379,45 +379,210 @@ impl Recipe {
 
     pub fn load(path: &Path, sets: &[String]) -> Result<(Self, toml::Value)> {
         let (r, raw): (Recipe, toml::Value) = crate::overrides::load(Some(path), sets)?;
-        r.validate()?;
+        let base = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        r.validate(base)?;
         Ok((r, raw))
     }
 
-    pub fn validate(&self) -> Result<()> {
+    /// Checks the whole recipe before anything runs, and reports every problem at once: a
+    /// mistake found after the seed trained costs hours. `base` resolves relative paths.
+    pub fn validate(&self, base: &Path) -> Result<()> {
+        let problems = self.problems(base);
+        if problems.is_empty() {
+            return Ok(());
+        }
+        bail!(
+            "the recipe has {} problem{}:\n  - {}\nhint: fix them and run again (nothing was run)",
+            problems.len(),
+            if problems.len() == 1 { "" } else { "s" },
+            problems.join("\n  - ")
+        )
+    }
+
+    fn problems(&self, base: &Path) -> Vec<String> {
+        let mut p: Vec<String> = vec![];
+        let path_of = |x: &Path| {
+            if x.is_absolute() {
+                x.to_path_buf()
+            } else {
+                base.join(x)
+            }
+        };
+        // The data: which domains exist, how large the vocabulary is.
+        if !self.data.weights.is_empty() || self.data.split.is_some() {
+            p.push("[data] weights and split are `btx train` settings; a recipe sets weights per stage ([seed.pretrain] weights, [finetune] weights) and always trains on the train split".into());
+        }
+        let (domains, vocab): (Option<Vec<String>>, usize) =
+            match (&self.data.dir, &self.data.prepare) {
+                (Some(d), None) => match btx_data::DataDir::open(&path_of(d)) {
+                    Ok(dd) => (Some(dd.domains()), dd.manifest.vocab_size),
+                    Err(e) => {
+                        p.push(format!("[data] dir: {e}"));
+                        (None, 256)
+                    }
+                },
+                (None, Some(prep)) => {
+                    if let Err(e) = prep.validate() {
+                        p.push(format!("[data.prepare]: {e}"));
+                    }
+                    (
+                        Some(prep.domains.iter().map(|d| d.name.clone()).collect()),
+                        prep.tokenizer.vocab_size.max(1),
+                    )
+                }
+                _ => {
+                    p.push("[data] needs exactly one of dir or [data.prepare]".into());
+                    (None, 256)
+                }
+            };
+        let mut check_domains = |what: &str, names: &mut dyn Iterator<Item = &String>| {
+            if let Some(known) = &domains {
+                for n in names {
+                    if !known.contains(n) {
+                        p.push(format!(
+                            "{what}: domain {n:?} is not in the data (it has {known:?})"
+                        ));
+                    }
+                }
+            }
+        };
+        check_domains("experts.domains", &mut self.experts.domains.iter());
+        check_domains("finetune.weights", &mut self.finetune.weights.keys());
+        if let Some(sp) = &self.seed.pretrain {
+            check_domains("seed.pretrain.weights", &mut sp.weights.keys());
+        }
+        // The seed.
         let s = &self.seed;
         let n = s.path.is_some() as u8 + s.gguf.is_some() as u8 + s.pretrain.is_some() as u8;
         if n != 1 {
-            bail!("[seed] needs exactly one of path, gguf or [seed.pretrain]");
+            p.push("[seed] needs exactly one of path, gguf or [seed.pretrain]".into());
         }
-        if let Some(p) = &s.pretrain {
-            if p.init.is_none() {
-                bail!("[seed.pretrain] needs an [seed.pretrain.init] model shape");
+        let mut seed_ffn = None;
+        if let Some(sp) = &s.pretrain {
+            match &sp.init {
+                None => p.push("[seed.pretrain] needs an [seed.pretrain.init] model shape".into()),
+                Some(init) => match init.to_config(vocab, None) {
+                    Ok(c) => seed_ffn = Some(c.intermediate_size),
+                    Err(e) => p.push(format!("[seed.pretrain.init]: {e}")),
+                },
+            }
+            if let Err(e) = sp.trainer().validate() {
+                p.push(format!("[seed.pretrain]: {e}"));
+            }
+        }
+        if let Some(path) = &s.path {
+            match btx_model::ModelConfig::load(&path_of(path).join("config.json")) {
+                Ok(c) => seed_ffn = Some(c.intermediate_size),
+                Err(e) => p.push(format!("[seed] path: {e}")),
+            }
+        }
+        if let Some(g) = &s.gguf {
+            if !path_of(g).is_file() {
+                p.push(format!(
+                    "[seed] gguf: {} is not a file",
+                    path_of(g).display()
+                ));
             }
         }
         if self.replicas == 0 {
-            bail!("replicas must be >= 1");
+            p.push("replicas must be >= 1".into());
         }
+        // The experts.
         if self.experts.domains.is_empty() {
-            bail!("[experts] domains is empty");
+            p.push("[experts] domains is empty".into());
+        }
+        let mut seen = std::collections::HashSet::new();
+        for d in &self.experts.domains {
+            if !seen.insert(d) {
+                p.push(format!("experts.domains lists {d:?} twice"));
+            }
+            match self.expert_spec(d) {
+                Ok(spec) => {
+                    if let Err(e) = spec.trainer().validate() {
+                        p.push(format!("expert {d}: {e}"));
+                    }
+                }
+                Err(e) => p.push(e.to_string()),
+            }
         }
         for d in self.experts.overrides.keys() {
             if !self.experts.domains.contains(d) {
-                bail!("[experts.override.{d}]: {d:?} is not one of experts.domains");
+                p.push(format!(
+                    "[experts.override.{d}]: {d:?} is not one of experts.domains"
+                ));
             }
         }
+        // Mix and finetune, per variant.
+        let models = self.experts.domains.len() + self.mix.generalist as usize;
         let mut names = std::collections::HashSet::new();
         for v in self.variants() {
+            let at = format!("finetune variant {:?}", v.name);
             if v.name.is_empty() || v.name.contains(['/', ' ', ':']) {
-                bail!("finetune variant name {:?} must be non-empty, without spaces, slashes or colons", v.name);
+                p.push(format!(
+                    "{at}: the name must be non-empty, without spaces, slashes or colons"
+                ));
             }
             if !names.insert(v.name.clone()) {
-                bail!("finetune variant {:?} is listed twice", v.name);
+                p.push(format!("{at} is listed twice"));
+            }
+            let m = v.mix(&self.mix);
+            let chunks = if m.blend { models } else { m.split };
+            let experts = if m.blend { models } else { models * m.split };
+            if m.split == 0 {
+                p.push(format!("{at}: mix.split must be >= 1"));
+            }
+            if m.blend && m.split > 1 {
+                p.push(format!("{at}: use either mix.split or mix.blend, not both"));
+            }
+            if m.top_k == 0 || m.top_k > experts {
+                p.push(format!(
+                    "{at}: top_k {} must be in 1..={experts} ({} experts{}{})",
+                    m.top_k,
+                    self.experts.domains.len(),
+                    if self.mix.generalist {
+                        " + the generalist"
+                    } else {
+                        ""
+                    },
+                    if m.split > 1 {
+                        format!(", each split in {}", m.split)
+                    } else {
+                        String::new()
+                    }
+                ));
+            }
+            if let Err(e) = m.routing.validate() {
+                p.push(format!("{at}: {e}"));
+            }
+            if !["random", "zero", "domain-mean"].contains(&m.router_init.as_str()) {
+                p.push(format!(
+                    "{at}: router_init {:?} must be random, zero or domain-mean",
+                    m.router_init
+                ));
+            }
+            if !m.weights.is_empty() && m.weights.len() != models {
+                p.push(format!(
+                    "mix.weights has {} entries for {models} mixed models (experts in order, then the seed)",
+                    m.weights.len()
+                ));
+            }
+            if let Some(f) = seed_ffn {
+                if chunks > 0 && f % chunks != 0 {
+                    p.push(format!("{at}: the seed's intermediate_size {f} cannot be cut into {chunks} equal experts"));
+                }
+            }
+            if let Err(e) = v.finetune(&self.finetune.spec()).trainer().validate() {
+                p.push(format!("{at}: {e}"));
             }
         }
-        for d in &self.experts.domains {
-            self.expert_spec(d)?;
+        let e = &self.eval;
+        if e.seq_len < 2 || e.windows == 0 || e.batch == 0 || e.task_batch == 0 {
+            p.push("[eval] needs seq_len >= 2 and windows, batch, task_batch >= 1".into());
         }
-        Ok(())
+        p
     }
 
     /// The finetune variants (default: one named `btx`).

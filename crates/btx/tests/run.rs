@@ -422,3 +422,39 @@ fn one_writer_per_run_stages_die_with_their_parent_and_cancel_checks_whom_it_sig
     bystander.kill().unwrap();
     bystander.wait().unwrap();
 }
+
+/// Regression (issue 17): unknown domains, shapes that do not divide, top_k beyond the experts,
+/// bad routing options and ignored keys passed `--dry-run` and failed hours later (or never).
+#[test]
+fn every_recipe_problem_is_reported_before_anything_runs() {
+    let d = tmp("validate");
+    let out = btx_run(
+        &d,
+        "run",
+        &[
+            "experts.domains=[\"math\", \"poetry\"]",
+            "seed.pretrain.init.hidden_size=30",
+            "seed.pretrain.init.num_heads=4",
+            "mix.top_k=9",
+            "mix.routing={mode=\"sample-top1\", anneal_rate=1e-4, min_tau=0}",
+            "data.weights={math=1.0}",
+        ],
+    )
+    .arg("--dry-run")
+    .output()
+    .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    for needle in [
+        "5 problems",
+        "\"poetry\" is not in the data",
+        "hidden_size 30 is not a multiple of num_heads 4",
+        "top_k 9 must be in 1..=3",
+        "min_tau > 0",
+        "[data] weights and split",
+        "hint",
+    ] {
+        assert!(err.contains(needle), "{needle:?} not in:\n{err}");
+    }
+    assert!(!d.join("run/plan.json").exists());
+}
