@@ -163,7 +163,7 @@ struct Cursor<'a> {
 
 impl<'a> Cursor<'a> {
     fn take(&mut self, n: usize) -> Result<&'a [u8]> {
-        if self.pos + n > self.b.len() {
+        if n > self.b.len() - self.pos {
             return Err(file_err(
                 self.path,
                 format!("truncated GGUF (wanted {n} bytes at offset {})", self.pos),
@@ -184,7 +184,7 @@ impl<'a> Cursor<'a> {
         let b = self.take(n)?;
         Ok(String::from_utf8_lossy(b).into_owned())
     }
-    fn value(&mut self, ty: u32) -> Result<Value> {
+    fn value(&mut self, ty: u32, depth: usize) -> Result<Value> {
         Ok(match ty {
             0 => Value::U8(self.take(1)?[0]),
             1 => Value::I8(self.take(1)?[0] as i8),
@@ -196,11 +196,17 @@ impl<'a> Cursor<'a> {
             7 => Value::Bool(self.take(1)?[0] != 0),
             8 => Value::Str(self.string()?),
             9 => {
+                // Arrays of arrays are legal but real files nest one level at most; a bound
+                // keeps a crafted file from recursing the stack away.
+                if depth >= 8 {
+                    return Err(file_err(self.path, "GGUF arrays nested more than 8 deep"));
+                }
                 let inner = self.u32()?;
                 let n = self.u64()? as usize;
-                let mut v = Vec::with_capacity(n.min(1 << 20));
+                // Every element takes at least one byte: no more can follow than bytes remain.
+                let mut v = Vec::with_capacity(n.min(self.b.len() - self.pos));
                 for _ in 0..n {
-                    v.push(self.value(inner)?);
+                    v.push(self.value(inner, depth + 1)?);
                 }
                 Value::Array(v)
             }
@@ -238,16 +244,33 @@ impl GgufFile {
         for _ in 0..n_kv {
             let k = c.string()?;
             let ty = c.u32()?;
-            let v = c.value(ty)?;
+            let v = c.value(ty, 0)?;
             meta.insert(k, v);
         }
-        let mut tensors = Vec::with_capacity(n_tensors);
+        // A tensor record takes at least 24 bytes: bound the allocation by what the file holds.
+        let mut tensors = Vec::with_capacity(n_tensors.min((mmap.len() - c.pos) / 24));
         for _ in 0..n_tensors {
             let name = c.string()?;
             let nd = c.u32()? as usize;
+            if nd > 8 {
+                return Err(file_err(
+                    path,
+                    format!("tensor {name:?} has {nd} dimensions (ggml has at most 4)"),
+                ));
+            }
             let dims = (0..nd)
                 .map(|_| c.u64().map(|x| x as usize))
                 .collect::<Result<Vec<_>>>()?;
+            if dims
+                .iter()
+                .try_fold(1usize, |a, &d| a.checked_mul(d))
+                .is_none()
+            {
+                return Err(file_err(
+                    path,
+                    format!("tensor {name:?} has dims {dims:?}, too many elements to address"),
+                ));
+            }
             let ty = GgmlType::from_id(c.u32()?);
             let offset = c.u64()? as usize;
             tensors.push(TensorInfo {
@@ -261,6 +284,12 @@ impl GgufFile {
             .get("general.alignment")
             .and_then(Value::as_u64)
             .unwrap_or(32) as usize;
+        if !align.is_power_of_two() || align > 1 << 20 {
+            return Err(file_err(
+                path,
+                format!("general.alignment {align} is not a power of two up to 1 MiB"),
+            ));
+        }
         let data_start = c.pos.div_ceil(align) * align;
         let g = Self {
             path: path.to_path_buf(),
@@ -272,7 +301,11 @@ impl GgufFile {
         };
         for t in &g.tensors {
             if let Some(n) = t.ty.byte_size(t.numel()) {
-                if g.data_start + t.offset + n > g.mmap.len() {
+                let end = g
+                    .data_start
+                    .checked_add(t.offset)
+                    .and_then(|s| s.checked_add(n));
+                if end.is_none_or(|e| e > g.mmap.len()) {
                     return Err(file_err(
                         path,
                         format!("tensor {:?} runs past the end of the file", t.name),

@@ -218,3 +218,56 @@ fn corpora_from_files_and_jsonl_with_a_given_tokenizer() {
     docs.sort();
     assert_eq!(docs[0], "fact number 0");
 }
+
+/// Regressions (issue 17): a data dir whose tokenizer.json was swapped trained and shipped the
+/// wrong tokenizer; a model with a smaller vocabulary or another tokenizer was evaluated on it
+/// without a word; `btx data info` printed the manifest's counts for a corrupt shard.
+#[test]
+fn a_data_dir_checks_its_tokenizer_its_shards_and_the_models_it_meets() {
+    let out = tmp("checks");
+    prepare(&small_builtin(), Path::new("."), &out, Existing::Refuse).unwrap();
+    let data = DataDir::open(&out).unwrap();
+    let found = data.verify().unwrap();
+    assert_eq!(
+        found["math"][0].0,
+        data.manifest.domains["math"].train.tokens
+    );
+
+    // Models: a vocabulary too small, or another tokenizer beside the weights.
+    let model = out.join("model");
+    std::fs::create_dir_all(&model).unwrap();
+    let vocab = data.manifest.vocab_size;
+    data.check_model(&model, vocab).unwrap();
+    let e = data.check_model(&model, vocab - 1).unwrap_err().to_string();
+    assert!(e.contains("smaller") && e.contains("hint"), "{e}");
+    let other =
+        Tok::train_bpe(["something else entirely"].iter().cycle().take(10), 300, 1).unwrap();
+    other.save(&model.join("tokenizer.json")).unwrap();
+    let e = data.check_model(&model, vocab).unwrap_err().to_string();
+    assert!(e.contains("differs") && e.contains("hint"), "{e}");
+
+    // A corrupt shard: info reads the shards, not the manifest.
+    let shard = out.join("code/val.tok");
+    let good = std::fs::read(&shard).unwrap();
+    let mut bad = good.clone();
+    bad.truncate(good.len() - 2);
+    std::fs::write(&shard, &bad).unwrap();
+    let e = data.verify().unwrap_err().to_string();
+    assert!(e.contains("val.tok") && e.contains("truncated"), "{e}");
+    let mut bad = good.clone();
+    let n = bad.len();
+    bad[n - 2..].copy_from_slice(&u16::MAX.to_le_bytes());
+    std::fs::write(&shard, &bad).unwrap();
+    let e = data.verify().unwrap_err().to_string();
+    assert!(e.contains("outside the tokenizer"), "{e}");
+    std::fs::write(&shard, &good).unwrap();
+
+    // A swapped tokenizer.json.
+    other.save(&out.join("tokenizer.json")).unwrap();
+    let e = data.tokenizer().err().unwrap().to_string();
+    assert!(
+        e.contains("not the tokenizer this data was prepared with"),
+        "{e}"
+    );
+    assert!(data.verify().is_err());
+}

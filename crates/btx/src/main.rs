@@ -1,35 +1,6 @@
 //! `btx`: Branch-Train-MiX from the command line.
 
-/// `println!` that never panics: std's macros panic when the write fails (a closed pipe, a log
-/// on a full disk), which turned error messages into panics that hid them.
-macro_rules! outln {
-    ($($t:tt)*) => {{
-        use std::io::Write as _;
-        let _ = writeln!(std::io::stdout(), $($t)*);
-    }};
-}
-
-/// `eprintln!` that never panics (see [`outln`]).
-macro_rules! errln {
-    ($($t:tt)*) => {{
-        use std::io::Write as _;
-        let _ = writeln!(std::io::stderr(), $($t)*);
-    }};
-}
-
-mod cmd;
-mod lock;
-mod manifest;
-mod overrides;
-mod plan;
-mod recipe;
-mod report;
-mod runner;
-mod runtime;
-mod slurm;
-mod stage;
-mod status;
-
+use btx::{cmd, errln, runner, runtime, stage, status};
 use clap::{Parser, Subcommand};
 
 // Training allocates and frees the same large activation buffers every step; glibc malloc hands
