@@ -119,9 +119,14 @@ impl GgmlType {
         })
     }
 
+    /// Bytes of `numel` values: None for a type btx cannot read, a count that is not a whole
+    /// number of blocks, or a size past `usize`.
     pub fn byte_size(self, numel: usize) -> Option<usize> {
         let (e, b) = self.block()?;
-        numel.is_multiple_of(e).then_some(numel / e * b)
+        numel
+            .is_multiple_of(e)
+            .then(|| (numel / e).checked_mul(b))
+            .flatten()
     }
 }
 
@@ -300,6 +305,18 @@ impl GgufFile {
             data_start,
         };
         for t in &g.tensors {
+            if t.ty.block().is_some() && t.ty.byte_size(t.numel()).is_none() {
+                return Err(file_err(
+                    path,
+                    format!(
+                        "tensor {:?} ({:?}, {} values) is not a whole number of {:?} blocks, or too large",
+                        t.name,
+                        t.dims,
+                        t.numel(),
+                        t.ty
+                    ),
+                ));
+            }
             if let Some(n) = t.ty.byte_size(t.numel()) {
                 let end = g
                     .data_start

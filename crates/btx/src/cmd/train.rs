@@ -159,6 +159,8 @@ pub fn run(a: Args, dev: &Device) -> Result<()> {
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("."));
     std::fs::create_dir_all(&a.out)?;
+    // One trainer per output directory (its checkpoints, metrics and model).
+    let _lock = crate::lock::DirLock::acquire(&a.out, "btx train")?;
     std::fs::write(
         a.out.join("config.resolved.toml"),
         toml::to_string_pretty(&raw).unwrap_or_default(),
