@@ -199,6 +199,12 @@ impl Lm for Ensemble {
             return vec![vec![]; b];
         }
         let (ids, pads, len) = left_pad(prompts);
+        // Never past the positions any of the models has (as `generate` does for one model).
+        let max_new = self
+            .models
+            .iter()
+            .map(|m| btx_model::generate::room(m, len))
+            .fold(max_new, usize::min);
         let opts = ForwardOpts {
             pads: pads.iter().any(|&p| p > 0).then(|| pads.clone()),
             ..Default::default()

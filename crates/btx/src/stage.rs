@@ -211,15 +211,17 @@ fn execute(
         }
         StageKind::SeedCopy { path } => {
             let cfg = ModelConfig::load(&path.join("config.json"))?;
-            copy_dir_files(path, &model_out)?;
-            Model::load(&model_out, &Device::flex())
-                .with_context(|| format!("the seed in {} does not load", path.display()))?;
-            if !model_out.join("tokenizer.json").exists() {
+            if !path.join("tokenizer.json").exists() {
                 bail!(
                     "{} has no tokenizer.json\nhint: BTX needs the seed's tokenizer to prepare data",
                     path.display()
                 );
             }
+            let staged = btx_model::OutDir::create(&model_out, &[path], Existing::Replace)?;
+            copy_dir_files(path, staged.path())?;
+            Model::load(staged.path(), &Device::flex())
+                .with_context(|| format!("the seed in {} does not load", path.display()))?;
+            staged.commit()?;
             Ok((params_compute(&cfg), json!({"source": path})))
         }
         StageKind::SeedGguf { path } => {
