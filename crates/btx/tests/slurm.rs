@@ -198,6 +198,20 @@ fn quick_recipe_through_slurm_with_a_requeued_expert_matches_the_local_run() {
         assert_eq!(s["state"], "done", "{s}");
         assert!(s["job"].is_string(), "{s}");
     }
+    // The device reached the jobs (issue 17: it did not) and each stage recorded it.
+    let m: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(run.join("experts/math/manifest.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(m["device"], "cpu", "{m}");
+    let script = std::fs::read_dir(run.join("slurm"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "sh"))
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .next()
+        .expect("a job script in DIR/slurm");
+    assert!(script.contains("--device 'cpu'"), "{script}");
     let (a, b) = (results(&local), results(&run));
     assert_eq!(a["methods"], b["methods"], "Slurm and local results differ");
     assert_eq!(a["routing"], b["routing"]);
@@ -273,18 +287,26 @@ fn status_shows_running_jobs_and_cancel_stops_them() {
 fn a_failed_expert_task_leaves_its_siblings_and_status_says_why() {
     require_slurm();
     let run = tmp("fail");
-    // A learning rate the trainer refuses: the math expert fails when it starts.
-    let out = btx(&["run"], &run, &["experts.override.math.optim.lr=-1.0"])
-        .arg(recipe())
-        .args(["--executor", "slurm", "--wait"])
-        .output()
-        .unwrap();
+    // A freeze pattern that matches no parameter: the recipe validates (the parameter names are
+    // known only to the trainer), and the math expert fails when it starts.
+    let out = btx(
+        &["run"],
+        &run,
+        &["experts.override.math.train.freeze=[\"model.nothing.*\"]"],
+    )
+    .arg(recipe())
+    .args(["--executor", "slurm", "--wait"])
+    .output()
+    .unwrap();
     assert!(!out.status.success(), "a failed stage must fail the run");
     let st = status(&run);
     let get = |n: &str| st.iter().find(|s| s["stage"] == n).unwrap().clone();
     assert_eq!(get("expert:math")["state"], "failed");
     let why = get("expert:math")["detail"].to_string();
-    assert!(why.contains("lr"), "status should show the failure: {why}");
+    assert!(
+        why.contains("matches no parameter"),
+        "status should show the failure: {why}"
+    );
     assert_eq!(
         get("expert:code")["state"],
         "done",
