@@ -227,3 +227,42 @@ fn a_full_disk_under_the_log_is_an_error_not_a_panic() {
         .unwrap();
     assert_eq!(st.code(), Some(1));
 }
+
+/// Regression (issue 17): a write that fails half-way (ENOSPC then; here a file-size limit,
+/// which fails writes the same way) left a partial model.safetensors without config.json.
+#[test]
+fn a_write_that_fails_half_way_leaves_no_output_behind() {
+    use std::os::unix::process::CommandExt;
+    let d = Scratch::new("trust-efbig");
+    let seed = copy_model(&d.join("seed"));
+    let out = d.join("moe");
+    let mut c = btx();
+    c.args(["mix", "--top-k", "1", "--seed"])
+        .arg(&seed)
+        .arg("--experts")
+        .arg(&seed)
+        .arg(&seed)
+        .arg("--out")
+        .arg(&out);
+    // SAFETY: setrlimit and signal are async-signal-safe; they only touch the child.
+    unsafe {
+        c.pre_exec(|| {
+            let lim = libc::rlimit {
+                rlim_cur: 64 << 10,
+                rlim_max: 64 << 10,
+            };
+            libc::setrlimit(libc::RLIMIT_FSIZE, &lim);
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            Ok(())
+        });
+    }
+    let (code, err) = run(&mut c);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("model.safetensors"), "{err}");
+    assert!(!out.exists(), "a partial output was left at {out:?}");
+    let left: Vec<_> = std::fs::read_dir(d.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left.len(), 1, "{left:?}");
+}
