@@ -460,12 +460,15 @@ impl Recipe {
         if n != 1 {
             p.push("[seed] needs exactly one of path, gguf or [seed.pretrain]".into());
         }
-        let mut seed_ffn = None;
+        let mut seed_cfg = None;
         if let Some(sp) = &s.pretrain {
             match &sp.init {
                 None => p.push("[seed.pretrain] needs an [seed.pretrain.init] model shape".into()),
                 Some(init) => match init.to_config(vocab, None) {
-                    Ok(c) => seed_ffn = Some(c.intermediate_size),
+                    Ok(c) => {
+                        p.extend(freeze_problems("seed.pretrain", &sp.train.freeze, &c));
+                        seed_cfg = Some(c);
+                    }
                     Err(e) => p.push(format!("[seed.pretrain.init]: {e}")),
                 },
             }
@@ -475,7 +478,7 @@ impl Recipe {
         }
         if let Some(path) = &s.path {
             match btx_model::ModelConfig::load(&path_of(path).join("config.json")) {
-                Ok(c) => seed_ffn = Some(c.intermediate_size),
+                Ok(c) => seed_cfg = Some(c),
                 Err(e) => p.push(format!("[seed] path: {e}")),
             }
         }
@@ -503,6 +506,13 @@ impl Recipe {
                 Ok(spec) => {
                     if let Err(e) = spec.trainer().validate() {
                         p.push(format!("expert {d}: {e}"));
+                    }
+                    if let Some(c) = &seed_cfg {
+                        p.extend(freeze_problems(
+                            &format!("expert {d}"),
+                            &spec.train.freeze,
+                            c,
+                        ));
                     }
                 }
                 Err(e) => p.push(e.to_string()),
@@ -569,12 +579,17 @@ impl Recipe {
                     m.weights.len()
                 ));
             }
-            if let Some(f) = seed_ffn {
+            let ft = v.finetune(&self.finetune.spec());
+            if let Some(c) = &seed_cfg {
+                let f = c.intermediate_size;
                 if chunks > 0 && f % chunks != 0 {
                     p.push(format!("{at}: the seed's intermediate_size {f} cannot be cut into {chunks} equal experts"));
+                } else if chunks > 0 && m.top_k >= 1 && m.top_k <= experts {
+                    let moe = crate::plan::moe_config(c, models, &m);
+                    p.extend(freeze_problems(&at, &ft.train.freeze, &moe));
                 }
             }
-            if let Err(e) = v.finetune(&self.finetune.spec()).trainer().validate() {
+            if let Err(e) = ft.trainer().validate() {
                 p.push(format!("{at}: {e}"));
             }
         }
@@ -614,4 +629,23 @@ impl Recipe {
         v.try_into::<TrainSpec>()
             .map_err(|e| anyhow!("[experts.override.{domain}]: {e}"))
     }
+}
+
+/// Freeze patterns that match no parameter of the model they will train (the trainer refuses
+/// them, but only once the stage starts).
+fn freeze_problems(at: &str, freeze: &[String], cfg: &btx_model::ModelConfig) -> Vec<String> {
+    let names: Vec<String> = btx_model::names::param_specs(cfg)
+        .into_iter()
+        .map(|s| s.name)
+        .collect();
+    freeze
+        .iter()
+        .filter(|pat| !names.iter().any(|n| btx_train::config::glob_match(pat, n)))
+        .map(|pat| {
+            format!(
+                "{at}: freeze pattern {pat:?} matches no parameter (names are Hugging Face's, e.g. {:?})",
+                names.last().map(String::as_str).unwrap_or("")
+            )
+        })
+        .collect()
 }

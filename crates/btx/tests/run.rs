@@ -457,4 +457,16 @@ fn every_recipe_problem_is_reported_before_anything_runs() {
         assert!(err.contains(needle), "{needle:?} not in:\n{err}");
     }
     assert!(!d.join("run/plan.json").exists());
+
+    // A freeze pattern that matches no parameter, caught before the seed trains.
+    let out = btx_run(&d, "run", &["experts.train.freeze=[\"model.nothing.*\"]"])
+        .arg("--dry-run")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("2 problems") && err.contains("expert math: freeze pattern"),
+        "{err}"
+    );
 }

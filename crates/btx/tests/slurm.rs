@@ -287,12 +287,15 @@ fn status_shows_running_jobs_and_cancel_stops_them() {
 fn a_failed_expert_task_leaves_its_siblings_and_status_says_why() {
     require_slurm();
     let run = tmp("fail");
-    // A freeze pattern that matches no parameter: the recipe validates (the parameter names are
-    // known only to the trainer), and the math expert fails when it starts.
+    // A learning rate that diverges: valid as configuration, the math expert fails in training
+    // (after one non-finite step).
     let out = btx(
         &["run"],
         &run,
-        &["experts.override.math.train.freeze=[\"model.nothing.*\"]"],
+        &[
+            "experts.override.math.optim.lr=1e6",
+            "experts.override.math.train.max_nonfinite_steps=1",
+        ],
     )
     .arg(recipe())
     .args(["--executor", "slurm", "--wait"])
@@ -304,7 +307,7 @@ fn a_failed_expert_task_leaves_its_siblings_and_status_says_why() {
     assert_eq!(get("expert:math")["state"], "failed");
     let why = get("expert:math")["detail"].to_string();
     assert!(
-        why.contains("matches no parameter"),
+        why.contains("diverged"),
         "status should show the failure: {why}"
     );
     assert_eq!(
