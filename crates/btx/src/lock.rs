@@ -53,10 +53,17 @@ fn try_flock(f: &File) -> std::io::Result<bool> {
         return Ok(true);
     }
     let e = std::io::Error::last_os_error();
-    if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-        Ok(false)
-    } else {
-        Err(e)
+    match e.raw_os_error() {
+        Some(libc::EWOULDBLOCK) => Ok(false),
+        // A filesystem without locks (some network mounts): run unguarded rather than not at
+        // all, and say so.
+        Some(libc::ENOLCK | libc::EOPNOTSUPP) => {
+            tracing::warn!(
+                "this filesystem does not support locks ({e}): nothing stops a second writer in this directory"
+            );
+            Ok(true)
+        }
+        _ => Err(e),
     }
 }
 
