@@ -50,6 +50,30 @@ pub struct EvalSpec {
     pub shots: usize,
 }
 
+impl EvalSpec {
+    /// Refuses sizes that evaluate nothing or evaluate wrongly: windows of fewer than two tokens
+    /// (no target), zero windows, batches or task batches, windows longer than the model
+    /// attends to.
+    pub fn validate(&self, max_positions: usize) -> Result<(), String> {
+        if self.seq_len < 2 {
+            return Err(format!(
+                "seq_len {} must be >= 2 (a window predicts its next tokens)",
+                self.seq_len
+            ));
+        }
+        if self.windows == 0 || self.batch == 0 || self.task_batch == 0 {
+            return Err("windows, batch and task_batch must be >= 1".into());
+        }
+        if self.seq_len > max_positions {
+            return Err(format!(
+                "seq_len {} is longer than the {max_positions} positions the model attends to",
+                self.seq_len
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl Default for EvalSpec {
     fn default() -> Self {
         Self {
@@ -228,6 +252,11 @@ pub fn evaluate(
     domains: &[String],
     spec: &EvalSpec,
 ) -> btx_data::Result<EvalResult> {
+    spec.validate(lm.max_positions()).map_err(|e| {
+        btx_data::DataError::Invalid(format!(
+            "eval: {e}\nhint: e.g. --seq-len 256 --windows 32 --batch 8 (recipes: [eval])"
+        ))
+    })?;
     let tok = data.tokenizer()?;
     let mut out = BTreeMap::new();
     for d in domains {
@@ -272,4 +301,41 @@ pub fn evaluate(
         active_params: lm.active_params(),
         total_params: lm.total_params(),
     })
+}
+
+#[cfg(test)]
+mod spec_tests {
+    use super::EvalSpec;
+
+    /// Regression (issue 17): `--seq-len 1`, `--batch 0`, `--windows 0` and windows longer than
+    /// the model's positions evaluated nothing, or evaluated past what the model attends to,
+    /// and exited 0.
+    #[test]
+    fn sizes_that_evaluate_nothing_or_wrongly_are_refused() {
+        let ok = EvalSpec::default();
+        assert!(ok.validate(ok.seq_len).is_ok());
+        let bad = [
+            EvalSpec {
+                seq_len: 1,
+                ..ok.clone()
+            },
+            EvalSpec {
+                batch: 0,
+                ..ok.clone()
+            },
+            EvalSpec {
+                windows: 0,
+                ..ok.clone()
+            },
+            EvalSpec {
+                task_batch: 0,
+                ..ok.clone()
+            },
+        ];
+        for s in bad {
+            assert!(s.validate(4096).is_err(), "{s:?}");
+        }
+        let e = ok.validate(ok.seq_len - 1).unwrap_err();
+        assert!(e.contains("positions"), "{e}");
+    }
 }

@@ -30,6 +30,8 @@ pub trait Lm {
     /// Parameters active per token (summed over an ensemble's members).
     fn active_params(&self) -> usize;
     fn total_params(&self) -> usize;
+    /// Positions the model attends to (the smallest over an ensemble's members).
+    fn max_positions(&self) -> usize;
 }
 
 /// `[B*T, V]` logits → per-window target log-probs.
@@ -81,6 +83,10 @@ impl Lm for Model {
 
     fn total_params(&self) -> usize {
         self.cfg.total_params()
+    }
+
+    fn max_positions(&self) -> usize {
+        self.cfg.max_position_embeddings
     }
 }
 
@@ -275,5 +281,13 @@ impl Lm for Ensemble {
 
     fn total_params(&self) -> usize {
         self.models.iter().map(|m| m.cfg.total_params()).sum()
+    }
+
+    fn max_positions(&self) -> usize {
+        self.models
+            .iter()
+            .map(|m| m.cfg.max_position_embeddings)
+            .min()
+            .unwrap_or(0)
     }
 }

@@ -593,9 +593,11 @@ impl Recipe {
                 p.push(format!("{at}: {e}"));
             }
         }
-        let e = &self.eval;
-        if e.seq_len < 2 || e.windows == 0 || e.batch == 0 || e.task_batch == 0 {
-            p.push("[eval] needs seq_len >= 2 and windows, batch, task_batch >= 1".into());
+        let positions = seed_cfg
+            .as_ref()
+            .map_or(usize::MAX, |c| c.max_position_embeddings);
+        if let Err(e) = self.eval.spec().validate(positions) {
+            p.push(format!("[eval]: {e}"));
         }
         p
     }

@@ -67,6 +67,9 @@ checkpoint_every = 3
 dense = "data-matched"
 upcycle = "data-matched"
 merge_avg = true
+
+[eval]
+seq_len = 64
 "#;
 
 fn tmp(tag: &str) -> Scratch {

@@ -56,9 +56,11 @@ fn weighting(s: &str) -> Result<Weighting> {
         return Ok(Weighting::Uniform);
     }
     if let Some(k) = s.strip_prefix("posterior-top") {
-        return Ok(Weighting::Posterior {
-            top_k: k.parse().context("posterior-topK needs a number")?,
-        });
+        let top_k: usize = k.parse().context("posterior-topK needs a number")?;
+        if top_k == 0 {
+            bail!("--ensemble {s}: K must be >= 1\nhint: posterior-top1 or posterior-top2");
+        }
+        return Ok(Weighting::Posterior { top_k });
     }
     bail!("--ensemble {s:?}: uniform or posterior-topK (e.g. posterior-top1)")
 }
