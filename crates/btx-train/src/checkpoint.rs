@@ -7,7 +7,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use btx_model::io::{read_all, write_tensors};
-use btx_model::Model;
+use btx_model::{Existing, Model, OutDir};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -51,13 +51,6 @@ pub fn find_latest(dir: &Path) -> Option<(usize, PathBuf)> {
         .max_by_key(|(s, _)| *s)
 }
 
-fn fsync_dir(p: &Path) {
-    // Directory fsync makes the rename durable; failure to open is harmless on odd filesystems.
-    if let Ok(f) = fs::File::open(p) {
-        let _ = f.sync_all();
-    }
-}
-
 /// Writes a file and fsyncs it.
 pub fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
     use std::io::Write;
@@ -94,11 +87,9 @@ pub fn save(
 ) -> Result<PathBuf, TrainError> {
     let name = step_dir_name(state.step);
     check_finite(model, &ckpt_root.join(&name))?;
-    fs::create_dir_all(ckpt_root).map_err(|e| io_err(ckpt_root, e))?;
-    let tmp = ckpt_root.join(format!(".tmp-{name}-{}", std::process::id()));
-    if tmp.exists() {
-        fs::remove_dir_all(&tmp).map_err(|e| io_err(&tmp, e))?;
-    }
+    // Written beside its final name and renamed into place whole (DONE last inside it).
+    let staged = OutDir::create(&ckpt_root.join(&name), &[], Existing::Replace)?;
+    let tmp = staged.path();
     model.save(&tmp.join("model"), usize::MAX)?;
     let shapes: BTreeMap<String, Vec<usize>> = btx_model::names::param_specs(&model.cfg)
         .into_iter()
@@ -112,14 +103,7 @@ pub fn save(
             .as_bytes(),
     )?;
     write_synced(&tmp.join(DONE), b"ok\n")?;
-    fsync_dir(&tmp.join("model"));
-    fsync_dir(&tmp);
-    let fin = ckpt_root.join(&name);
-    if fin.exists() {
-        fs::remove_dir_all(&fin).map_err(|e| io_err(&fin, e))?;
-    }
-    fs::rename(&tmp, &fin).map_err(|e| io_err(&fin, e))?;
-    fsync_dir(ckpt_root);
+    let fin = staged.commit()?;
     prune(ckpt_root, keep.max(1));
     Ok(fin)
 }
@@ -132,7 +116,7 @@ fn prune(root: &Path, keep: usize) {
     let mut done = vec![];
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().to_string();
-        if name.starts_with(".tmp-") {
+        if name.starts_with('.') {
             // Another live process never writes here (one trainer per run directory).
             let _ = fs::remove_dir_all(e.path());
         } else if let Some(s) = name

@@ -111,7 +111,13 @@ pub fn resolve_data(d: &DataSection, base: &Path, out: &Path) -> Result<DataDir>
 }
 
 /// The initial model: loaded from `path` (its tokenizer must be the data's), or initialised.
-pub fn resolve_model(m: &ModelSource, base: &Path, tok: &Tok, seed: u64) -> Result<Model> {
+pub fn resolve_model(
+    m: &ModelSource,
+    base: &Path,
+    data: &DataDir,
+    tok: &Tok,
+    seed: u64,
+) -> Result<Model> {
     match (&m.path, &m.init) {
         (Some(_), Some(_)) => bail!("[model]: give either path or init, not both"),
         (Some(p), None) => {
@@ -122,24 +128,7 @@ pub fn resolve_model(m: &ModelSource, base: &Path, tok: &Tok, seed: u64) -> Resu
             };
             let model = Model::load(&p, &Device::flex())
                 .with_context(|| format!("loading {}", p.display()))?;
-            let tp = p.join("tokenizer.json");
-            if tp.exists() {
-                let mt = Tok::load(&tp)?;
-                if mt.hash() != tok.hash() {
-                    bail!(
-                        "{} was trained with a different tokenizer than the data\nhint: prepare the data with [tokenizer] path = \"{}\"",
-                        p.display(),
-                        tp.display()
-                    );
-                }
-            }
-            if model.cfg.vocab_size < tok.vocab_size() {
-                bail!(
-                    "model vocabulary ({}) is smaller than the tokenizer's ({})",
-                    model.cfg.vocab_size,
-                    tok.vocab_size()
-                );
-            }
+            data.check_model(&p, model.cfg.vocab_size)?;
             Ok(model)
         }
         (None, spec) => {
@@ -167,7 +156,7 @@ pub fn run(a: Args, dev: &Device) -> Result<()> {
     )?;
     let data = resolve_data(&file.data, &base, &a.out)?;
     let tok = data.tokenizer()?;
-    let model = resolve_model(&file.model, &base, &tok, file.train.seed)?;
+    let model = resolve_model(&file.model, &base, &data, &tok, file.train.seed)?;
     let cfg = file.trainer();
     let mix = MixConfig {
         weights: file.data.weights.clone(),
