@@ -87,7 +87,19 @@ impl DirLock {
             .truncate(false)
             .open(&path)
             .with_context(|| format!("opening {}", path.display()))?;
-        if !try_flock(&f).with_context(|| format!("locking {}", path.display()))? {
+        // `holder` probes by taking the lock for an instant (`btx status`): retry briefly so
+        // that a probe is never mistaken for a second writer.
+        let mut got = false;
+        for attempt in 0..10 {
+            got = try_flock(&f).with_context(|| format!("locking {}", path.display()))?;
+            if got {
+                break;
+            }
+            if attempt < 9 {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+        }
+        if !got {
             let who = read_holder(&mut f)
                 .map(|h| h.describe())
                 .unwrap_or_else(|| "another process".into());
