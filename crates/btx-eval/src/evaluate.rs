@@ -97,6 +97,17 @@ pub struct DomainEval {
     pub tasks: usize,
     /// A few generations, for the report.
     pub samples: Vec<Sample>,
+    /// Mean loss of each evaluation window, in window order. Every method sees the same
+    /// windows, so the report can resample them (bootstrap) and compare methods paired.
+    #[serde(default)]
+    pub window_losses: Vec<f64>,
+    /// Whether each task was answered correctly, in task order (for accuracy intervals).
+    #[serde(default)]
+    pub task_correct: Vec<bool>,
+    /// Accuracy of always giving the task set's most common answer: the floor a model must
+    /// beat before its accuracy means anything.
+    #[serde(default)]
+    pub chance: Option<f64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -132,17 +143,35 @@ pub struct Average {
     pub accuracy: Option<f64>,
 }
 
-/// Mean next-token loss over windows spread over `val`.
-pub fn loss_on(lm: &dyn Lm, windows: &[Vec<i64>], batch: usize) -> (f64, usize) {
+/// Next-token loss over `windows`: the mean over all targets, the number of targets, and each
+/// window's own mean.
+pub fn loss_on(lm: &dyn Lm, windows: &[Vec<i64>], batch: usize) -> (f64, usize, Vec<f64>) {
     let mut total = 0f64;
     let mut n = 0usize;
+    let mut per_window = Vec::with_capacity(windows.len());
     for chunk in windows.chunks(batch.max(1)) {
         for lp in lm.target_logprobs(chunk) {
-            total -= lp.iter().map(|x| *x as f64).sum::<f64>();
+            let nll = -lp.iter().map(|x| *x as f64).sum::<f64>();
+            total += nll;
             n += lp.len();
+            per_window.push(nll / lp.len().max(1) as f64);
         }
     }
-    (if n > 0 { total / n as f64 } else { f64::NAN }, n)
+    (
+        if n > 0 { total / n as f64 } else { f64::NAN },
+        n,
+        per_window,
+    )
+}
+
+/// The share of tasks whose answer is the set's most common one (None without tasks).
+pub fn majority_answer_rate(tasks: &[Task]) -> Option<f64> {
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for t in tasks {
+        *counts.entry(t.answer.trim()).or_default() += 1;
+    }
+    let top = counts.values().max()?;
+    Some(*top as f64 / tasks.len() as f64)
 }
 
 /// Whether a partial generation is complete enough to score.
@@ -180,9 +209,10 @@ pub fn task_accuracy(
     prefix: &str,
     batch: usize,
     keep_samples: usize,
-) -> (f64, Vec<Sample>) {
+) -> (f64, Vec<Sample>, Vec<bool>) {
     let mut correct = 0usize;
     let mut samples = vec![];
+    let mut each = Vec::with_capacity(tasks.len());
     for chunk in tasks.chunks(batch.max(1)) {
         let prompts: Vec<Vec<i64>> = chunk
             .iter()
@@ -207,6 +237,7 @@ pub fn task_accuracy(
             let text = decode(&o);
             let ok = score(t, &text);
             correct += ok as usize;
+            each.push(ok);
             if samples.len() < keep_samples {
                 samples.push(Sample {
                     prompt: t.prompt.clone(),
@@ -217,7 +248,7 @@ pub fn task_accuracy(
             }
         }
     }
-    (correct as f64 / tasks.len().max(1) as f64, samples)
+    (correct as f64 / tasks.len().max(1) as f64, samples, each)
 }
 
 /// k-shot prefix: the first `k` training documents of the domain, blank-line separated.
@@ -263,15 +294,15 @@ pub fn evaluate(
         let val = data.shard(d, "val")?;
         let seq = spec.seq_len.min(val.len());
         let windows = eval_windows(&val, seq, spec.windows);
-        let (loss, n) = loss_on(lm, &windows, spec.batch);
+        let (loss, n, window_losses) = loss_on(lm, &windows, spec.batch);
         let mut tasks = data.tasks(d)?;
         tasks.truncate(spec.tasks);
-        let (accuracy, samples) = if tasks.is_empty() {
-            (None, vec![])
+        let (accuracy, samples, task_correct) = if tasks.is_empty() {
+            (None, vec![], vec![])
         } else {
             let prefix = shots_prefix(data, d, spec.shots)?;
-            let (a, s) = task_accuracy(lm, &tok, &tasks, &prefix, spec.task_batch, 3);
-            (Some(a), s)
+            let (a, s, each) = task_accuracy(lm, &tok, &tasks, &prefix, spec.task_batch, 3);
+            (Some(a), s, each)
         };
         tracing::info!(
             "{d}: loss {loss:.4}{}",
@@ -286,6 +317,9 @@ pub fn evaluate(
                 accuracy,
                 tasks: tasks.len(),
                 samples,
+                window_losses,
+                task_correct,
+                chance: majority_answer_rate(&tasks),
             },
         );
     }

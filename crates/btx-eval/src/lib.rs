@@ -2,10 +2,12 @@
 //! Branch-Train-Merge ensembles, routing analysis, plots and the report.
 
 pub mod evaluate;
+pub mod findings;
 pub mod lm;
 pub mod plots;
 pub mod report;
 pub mod routing;
+pub mod stats;
 
 pub use evaluate::{evaluate, EvalResult, EvalSpec};
 pub use lm::{Ensemble, Lm, Weighting};

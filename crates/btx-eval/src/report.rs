@@ -1,5 +1,6 @@
-//! The report of a BTX run: `results.json` (schema in the README), `report.md` with the
-//! paper-style table, compute, seed spread, routing and an honest verdict on the paper's claims.
+//! The report of a BTX run: `results.json` (schema in the README) and `report.md` — the
+//! paper-style table with 95% intervals, compute, the diagnosis, seed spread, routing and the
+//! verdict on the paper's claims (the numbers and verdicts come from `findings`).
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -8,7 +9,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::evaluate::EvalResult;
+use crate::findings::{diagnosis, Stats, Verdict};
 use crate::routing::RoutingReport;
+use crate::stats::{Estimate, DRAWS, LEVEL};
 
 /// Training and inference cost of one method.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -42,6 +45,8 @@ pub struct ReportInput {
     pub replicas: Vec<Vec<MethodResult>>,
     /// Routing analysis of each MoE method (replica 0).
     pub routing: BTreeMap<String, RoutingReport>,
+    /// Routing analysis of each MoE method in every replica (replica order).
+    pub routing_replicas: BTreeMap<String, Vec<RoutingReport>>,
     /// Expert labels of the MoE (for heatmaps).
     pub expert_labels: Vec<String>,
     /// Markdown image links (relative to the report) by caption.
@@ -52,12 +57,6 @@ pub struct ReportInput {
 
 fn get<'a>(ms: &'a [MethodResult], name: &str) -> Option<&'a MethodResult> {
     ms.iter().find(|m| m.name == name)
-}
-
-fn loss(ms: &[MethodResult], name: &str, d: &str) -> Option<f64> {
-    get(ms, name)
-        .and_then(|m| m.eval.domains.get(d))
-        .map(|e| e.loss)
 }
 
 fn avg_loss(ms: &[MethodResult], name: &str) -> Option<f64> {
@@ -82,283 +81,77 @@ fn half_range(input: &ReportInput, name: &str) -> f64 {
     (hi - lo) / 2.0
 }
 
-fn mean_over_replicas(
-    input: &ReportInput,
-    name: &str,
-    f: impl Fn(&MethodResult) -> Option<f64>,
-) -> Option<f64> {
-    let v: Vec<f64> = input
-        .replicas
-        .iter()
-        .filter_map(|r| get(r, name))
-        .filter_map(f)
-        .collect();
-    (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
-}
-
-/// One verdict line: a claim, whether it holds here, and the numbers.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Verdict {
-    pub claim: String,
-    /// `holds`, `does not hold`, `partly`, `within noise` or `not tested`.
-    pub status: String,
-    pub evidence: String,
-}
-
-/// " (seed spread ±x)" when there are several runs to measure it, else "".
-fn noise_note(input: &ReportInput, noise: f64) -> String {
-    if input.replicas.len() > 1 {
-        format!(" (seed spread ±{noise:.3})")
-    } else {
-        String::new()
+fn est_json(e: Option<Estimate>, scale: f64) -> (Value, Value) {
+    match e {
+        Some(e) => (
+            json!(e.value * scale),
+            json!([e.ci[0] * scale, e.ci[1] * scale]),
+        ),
+        None => (Value::Null, Value::Null),
     }
 }
 
-/// Compares BTX's average loss with another method's, taking seed noise into account.
-fn compare(input: &ReportInput, a: &str, b: &str) -> Option<(f64, f64, f64, &'static str)> {
-    let la = mean_over_replicas(input, a, |m| Some(m.eval.average.loss))?;
-    let lb = mean_over_replicas(input, b, |m| Some(m.eval.average.loss))?;
-    let noise = half_range(input, a).max(half_range(input, b));
-    let status = if lb - la > noise {
-        "holds"
-    } else if la - lb > noise {
-        "does not hold"
-    } else {
-        "within noise"
-    };
-    Some((la, lb, noise, status))
-}
-
-pub fn verdicts(input: &ReportInput) -> Vec<Verdict> {
-    let ms = &input.replicas[0];
-    let mut out = vec![];
-    // 1. Experts beat the seed in their domain and forget elsewhere.
-    {
-        let mut gains = vec![];
-        let mut forget = vec![];
-        let mut ok = true;
-        for d in &input.expert_domains {
-            let e = format!("expert:{d}");
-            if let (Some(s), Some(x)) = (loss(ms, "seed", d), loss(ms, &e, d)) {
-                gains.push(format!("{d} {:.3}→{:.3}", s, x));
-                ok &= x < s;
-                let others: Vec<f64> = input
-                    .domains
-                    .iter()
-                    .filter(|o| *o != d)
-                    .filter_map(|o| Some(loss(ms, &e, o)? - loss(ms, "seed", o)?))
-                    .collect();
-                if !others.is_empty() {
-                    forget.push(others.iter().sum::<f64>() / others.len() as f64);
-                }
-            }
-        }
-        let mean_forget = forget.iter().sum::<f64>() / forget.len().max(1) as f64;
-        out.push(Verdict {
-            claim: "Each expert beats the seed on its own domain and loses ground elsewhere".into(),
-            status: if gains.is_empty() {
-                "not tested".into()
-            } else if ok && mean_forget > 0.0 {
-                "holds".into()
-            } else if ok {
-                "partly".into()
-            } else {
-                "does not hold".into()
-            },
-            evidence: format!(
-                "in-domain loss seed→expert: {}; off-domain loss change of experts: {:+.3} on average",
-                gains.join(", "),
-                mean_forget
-            ),
-        });
-    }
-    // 2. BTX keeps most of the experts' gains in one model and has the best average.
-    {
-        let mut rec = vec![];
-        for d in &input.expert_domains {
-            let (Some(s), Some(x), Some(b)) = (
-                loss(ms, "seed", d),
-                loss(ms, &format!("expert:{d}"), d),
-                loss(ms, "btx", d),
-            ) else {
-                continue;
-            };
-            if s > x {
-                rec.push(format!("{d} {:.0}%", 100.0 * (s - b) / (s - x)));
-            }
-        }
-        let mut parts = vec![format!(
-            "share of each expert's in-domain gain BTX keeps: {}",
-            rec.join(", ")
-        )];
-        let mut statuses = vec![];
-        for other in ["seed", "dense", "dense-data", "dense-compute"] {
-            if let Some((a, b, noise, st)) = compare(input, "btx", other) {
-                parts.push(format!(
-                    "average loss BTX {a:.3} vs {other} {b:.3}{}: {st}",
-                    noise_note(input, noise)
-                ));
-                statuses.push(st);
-            }
-        }
-        let best = ms
-            .iter()
-            .filter(|m| !m.name.starts_with("expert:"))
-            .min_by(|a, b| {
-                a.eval
-                    .average
-                    .loss
-                    .partial_cmp(&b.eval.average.loss)
-                    .unwrap()
-            })
-            .map(|m| m.name.clone())
-            .unwrap_or_default();
-        parts.push(format!(
-            "lowest average loss among single models and ensembles: {best}"
-        ));
-        out.push(Verdict {
-            claim: "BTX recovers most of each expert's in-domain gain in one model and has the best average, ahead of the seed and of dense training at equal compute".into(),
-            status: summarise(&statuses),
-            evidence: parts.join("; "),
-        });
-    }
-    // 3. BTX beats sparse upcycling at equal compute.
-    {
-        let mut parts = vec![];
-        let mut statuses = vec![];
-        for other in ["upcycle-compute", "upcycle-data", "upcycle"] {
-            if let Some((a, b, noise, st)) = compare(input, "btx", other) {
-                parts.push(format!(
-                    "average loss BTX {a:.3} vs {other} {b:.3}{}: {st}",
-                    noise_note(input, noise)
-                ));
-                statuses.push(st);
-            }
-        }
-        out.push(Verdict {
-            claim: "BTX beats sparse upcycling at equal compute".into(),
-            status: if statuses.is_empty() {
-                "not tested".into()
-            } else {
-                statuses[0].to_string()
-            },
-            evidence: parts.join("; "),
-        });
-    }
-    // 4. BTM: strong in-domain, N models at inference, weaker on average.
-    {
-        let mut parts = vec![];
-        let mut st = "not tested".to_string();
-        if let (Some(btm), Some(_)) = (get(ms, "btm-top1"), get(ms, "btx")) {
-            let indom: Vec<String> = input
-                .expert_domains
-                .iter()
-                .filter_map(|d| {
-                    Some(format!(
-                        "{d} {:.3} (expert {:.3})",
-                        btm.eval.domains.get(d)?.loss,
-                        loss(ms, &format!("expert:{d}"), d)?
-                    ))
-                })
-                .collect();
-            parts.push(format!("BTM top-1 in-domain loss: {}", indom.join(", ")));
-            parts.push(format!(
-                "inference: BTM {} forward passes per token vs BTX 1",
-                btm.compute.inference_forward_passes
-            ));
-            if let Some((a, b, noise, s)) = compare(input, "btx", "btm-top1") {
-                parts.push(format!(
-                    "average loss BTX {a:.3} vs BTM top-1 {b:.3}{}",
-                    noise_note(input, noise)
-                ));
-                st = match s {
-                    "holds" => "holds".into(),
-                    "does not hold" => "does not hold (BTM's average is better here)".into(),
-                    other => other.into(),
-                };
-            }
-        }
-        out.push(Verdict {
-            claim: "BTM ensembles are strong in-domain but cost N models at inference and are weaker on average".into(),
-            status: st,
-            evidence: parts.join("; "),
-        });
-    }
-    // 5. Load balancing keeps experts alive; routing specialises by domain.
-    {
-        let (st, ev) = match input.routing.get("btx") {
-            None => ("not tested".to_string(), String::new()),
-            Some(r) => {
-                let mut spec = vec![];
-                let layers = r.domains.values().next().map_or(0, |d| d.top1_share.len());
-                for (i, d) in input.expert_domains.iter().enumerate() {
-                    if let Some(dr) = r.domains.get(d) {
-                        let own: f64 = (0..layers).map(|l| dr.top1_share[l][i]).sum::<f64>()
-                            / layers.max(1) as f64;
-                        spec.push(format!("{d} {:.0}%", 100.0 * own));
-                    }
-                }
-                let alive = r.dead_experts.is_empty();
-                (
-                    if alive { "holds".into() } else { "does not hold".into() },
-                    format!(
-                        "dead experts (< {:.0}% of tokens): {}; share of a domain's tokens whose top-1 is its own expert (mean over layers; uniform would be {:.0}%): {}",
-                        100.0 * r.dead_threshold,
-                        if alive { "none".to_string() } else { format!("{:?}", r.dead_experts) },
-                        100.0 / r.num_experts as f64,
-                        spec.join(", ")
-                    ),
-                )
-            }
-        };
-        out.push(Verdict {
-            claim:
-                "With load balancing every expert stays in use and routing specialises by domain"
-                    .into(),
-            status: st,
-            evidence: ev,
-        });
-    }
-    out
-}
-
-fn summarise(statuses: &[&str]) -> String {
-    if statuses.is_empty() {
-        "not tested".into()
-    } else if statuses.iter().all(|s| *s == "holds") {
-        "holds".into()
-    } else if statuses.iter().all(|s| *s == "does not hold") {
-        "does not hold".into()
-    } else if statuses.contains(&"holds") {
-        "partly".into()
-    } else {
-        "within noise".into()
-    }
-}
-
-/// `results.json`.
-pub fn results_json(input: &ReportInput, verdicts: &[Verdict]) -> Value {
+/// `results.json`. `loss` and `accuracy` are means over replicas, `*_ci` their 95% intervals.
+pub fn results_json(st: &Stats, verdicts: &[Verdict]) -> Value {
+    let input = st.input;
     let ms = &input.replicas[0];
     let mut methods = serde_json::Map::new();
     let mut compute = serde_json::Map::new();
+    let mut kept = serde_json::Map::new();
     for m in ms {
         let mut per = serde_json::Map::new();
         for (d, e) in &m.eval.domains {
+            let (loss, loss_ci) = st
+                .loss(&m.name, d)
+                .map_or((json!(e.loss), Value::Null), |x| est_json(Some(x), 1.0));
+            let (acc, acc_ci) = match st.acc(&m.name, d) {
+                Some(x) => est_json(Some(x), 1.0),
+                None => (json!(e.accuracy), Value::Null),
+            };
             per.insert(
                 d.clone(),
-                json!({"loss": e.loss, "accuracy": e.accuracy, "perplexity": e.perplexity}),
+                json!({"loss": loss, "loss_ci": loss_ci, "perplexity": loss.as_f64().map(f64::exp),
+                       "accuracy": acc, "accuracy_ci": acc_ci}),
             );
         }
+        let (loss, loss_ci) = st
+            .avg_loss(&m.name)
+            .map_or((json!(st.mean_avg_loss(&m.name)), Value::Null), |x| {
+                est_json(Some(x), 1.0)
+            });
+        let (acc, acc_ci) = est_json(st.avg_acc(&m.name), 1.0);
         per.insert(
             "average".into(),
-            json!({"loss": m.eval.average.loss, "accuracy": m.eval.average.accuracy}),
+            json!({"loss": loss, "loss_ci": loss_ci, "accuracy": acc, "accuracy_ci": acc_ci}),
         );
         methods.insert(m.name.clone(), Value::Object(per));
         compute.insert(
             m.name.clone(),
             serde_json::to_value(&m.compute).expect("json"),
         );
+        let k: serde_json::Map<String, Value> = input
+            .expert_domains
+            .iter()
+            .filter_map(|d| {
+                let e = st.gain_kept(&m.name, d)?;
+                Some((d.clone(), json!({"share": e.value, "share_ci": e.ci})))
+            })
+            .collect();
+        if !k.is_empty() && !m.name.starts_with("expert:") && m.name != "seed" {
+            kept.insert(m.name.clone(), Value::Object(k));
+        }
     }
+    let tasks: serde_json::Map<String, Value> = input
+        .domains
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            (
+                d.clone(),
+                json!({"chance": st.chance[i], "solvable": st.solvable[i]}),
+            )
+        })
+        .collect();
     let spread: serde_json::Map<String, Value> = ms
         .iter()
         .map(|m| {
@@ -384,15 +177,16 @@ pub fn results_json(input: &ReportInput, verdicts: &[Verdict]) -> Value {
         "expert_domains": input.expert_domains,
         "methods": methods,
         "compute": compute,
+        "tasks": tasks,
+        "gain_kept": kept,
+        "noise": {"method": "bootstrap over evaluation windows (loss) or task items (accuracy) and replicas",
+                  "level": LEVEL, "draws": DRAWS, "replicas": input.replicas.len()},
         "routing": input.routing,
         "replicas": input.replicas.len(),
         "seed_spread": spread,
+        "diagnosis": diagnosis(st),
         "verdict": verdicts,
     })
-}
-
-fn fmt_acc(a: Option<f64>) -> String {
-    a.map_or("–".into(), |a| format!("{:.1}", 100.0 * a))
 }
 
 fn fmt_big(x: f64) -> String {
@@ -409,39 +203,121 @@ fn fmt_big(x: f64) -> String {
     }
 }
 
+/// "1.234 ±0.012": the estimate and half its interval's width.
+fn pm(e: Option<Estimate>, scale: f64, digits: usize) -> String {
+    match e {
+        Some(e) => format!(
+            "{:.*} ±{:.*}",
+            digits,
+            e.value * scale,
+            digits,
+            (e.ci[1] - e.ci[0]) * scale / 2.0
+        ),
+        None => "–".into(),
+    }
+}
+
 /// The paper-style table (loss and accuracy per domain, average), as markdown.
-pub fn main_table(input: &ReportInput) -> String {
-    let ms = &input.replicas[0];
+pub fn main_table(st: &Stats) -> String {
+    let input = st.input;
     let mut s = String::from("| method |");
-    for d in &input.domains {
-        let _ = write!(s, " {d} loss | {d} acc % |");
+    for (i, d) in input.domains.iter().enumerate() {
+        let floor = if st.solvable[i] { "" } else { " (floor)" };
+        let _ = write!(s, " {d} loss | {d} acc %{floor} |");
     }
     s.push_str(" **avg loss** | **avg acc %** |\n|---|");
     for _ in &input.domains {
         s.push_str("---:|---:|");
     }
     s.push_str("---:|---:|\n");
-    for m in ms {
+    for m in st.methods() {
         let _ = write!(s, "| {} |", m.name);
         for d in &input.domains {
-            match m.eval.domains.get(d) {
-                Some(e) => {
-                    let _ = write!(s, " {:.3} | {} |", e.loss, fmt_acc(e.accuracy));
-                }
-                None => s.push_str(" – | – |"),
-            }
+            let loss = st
+                .loss(&m.name, d)
+                .map(|e| pm(Some(e), 1.0, 3))
+                .or_else(|| m.eval.domains.get(d).map(|e| format!("{:.3}", e.loss)))
+                .unwrap_or("–".into());
+            let _ = write!(s, " {loss} | {} |", pm(st.acc(&m.name, d), 100.0, 1));
         }
+        let avg = st
+            .avg_loss(&m.name)
+            .map(|e| pm(Some(e), 1.0, 3))
+            .or_else(|| st.mean_avg_loss(&m.name).map(|x| format!("{x:.3}")))
+            .unwrap_or("–".into());
         let _ = writeln!(
             s,
-            " **{:.3}** | **{}** |",
-            m.eval.average.loss,
-            fmt_acc(m.eval.average.accuracy)
+            " **{avg}** | **{}** |",
+            pm(st.avg_acc(&m.name), 100.0, 1)
         );
     }
     s
 }
 
-pub fn markdown(input: &ReportInput, verdicts: &[Verdict]) -> String {
+/// How much of each expert's in-domain gain every other method keeps, and the experts'
+/// forgetting.
+fn diagnosis_tables(st: &Stats) -> String {
+    let input = st.input;
+    let mut s = String::new();
+    let _ = write!(s, "| method |");
+    for d in &input.expert_domains {
+        let _ = write!(s, " {d} |");
+    }
+    s.push_str("\n|---|");
+    for _ in &input.expert_domains {
+        s.push_str("---:|");
+    }
+    s.push('\n');
+    let mut rows = 0;
+    for m in st.methods() {
+        if m.name == "seed" || m.name.starts_with("expert:") {
+            continue;
+        }
+        let cells: Vec<String> = input
+            .expert_domains
+            .iter()
+            .map(|d| {
+                st.gain_kept(&m.name, d).map_or("–".into(), |e| {
+                    format!(
+                        "{:.0}% [{:.0}, {:.0}]",
+                        100.0 * e.value,
+                        100.0 * e.ci[0],
+                        100.0 * e.ci[1]
+                    )
+                })
+            })
+            .collect();
+        let _ = writeln!(s, "| {} | {} |", m.name, cells.join(" | "));
+        rows += 1;
+    }
+    if rows == 0 {
+        return String::new();
+    }
+    let mut f = String::from(
+        "\n| expert | in-domain loss change vs seed | off-domain loss change vs seed (mean) |\n|---|---:|---:|\n",
+    );
+    for d in &input.expert_domains {
+        let e = format!("expert:{d}");
+        let others: Vec<String> = input.domains.iter().filter(|o| *o != d).cloned().collect();
+        let fmt = |x: Option<Estimate>| {
+            x.map_or("–".into(), |x| {
+                format!("{:+.3} [{:+.3}, {:+.3}]", x.value, x.ci[0], x.ci[1])
+            })
+        };
+        let _ = writeln!(
+            f,
+            "| {e} | {} | {} |",
+            fmt(st.loss_gap("seed", &e, std::slice::from_ref(d))),
+            fmt(st.loss_gap("seed", &e, &others))
+        );
+    }
+    format!(
+        "Share of each expert's in-domain loss gain over the seed (seed − expert) that a method keeps on that domain, with its 95% interval (100% = as good as the expert, 0% = as the seed, negative = worse than the seed):\n\n{s}{f}"
+    )
+}
+
+pub fn markdown(st: &Stats, verdicts: &[Verdict]) -> String {
+    let input = st.input;
     let ms = &input.replicas[0];
     let mut s = format!("# {}\n\n", input.title);
     if !input.setup.is_empty() {
@@ -452,8 +328,39 @@ pub fn markdown(input: &ReportInput, verdicts: &[Verdict]) -> String {
         s.push('\n');
     }
     s.push_str("## Results (held-out loss, lower is better; exact-match accuracy)\n\n");
-    s.push_str(&main_table(input));
-    s.push_str("\nMethods: `seed` the starting model; `expert:<d>` trained on domain d only; `dense*` continued training of the seed on the finetune mixture; `upcycle-*` sparse upcycling (copies of the seed FFN) trained on the same mixture; `btm-top1/2` Branch-Train-Merge ensembles of the experts (and the generalist seed) weighted by the domain posterior of the context; `merge-avg` the weight average of those models; `btx` Branch-Train-MiX (top-2, load balancing). `-data` = as many training tokens as BTX, `-compute` = as many training FLOPs.\n\n");
+    s.push_str(&main_table(st));
+    let _ = writeln!(
+        s,
+        "\nMeans over {} replica{}; ± is half the 95% interval (bootstrap over the evaluation windows, or task items for accuracy, and the replicas; {} draws).",
+        input.replicas.len(),
+        if input.replicas.len() == 1 { "" } else { "s" },
+        DRAWS
+    );
+    let chance: Vec<String> = input
+        .domains
+        .iter()
+        .zip(&st.chance)
+        .zip(&st.solvable)
+        .filter_map(|((d, c), ok)| {
+            Some(format!(
+                "{d} {:.0}%{}",
+                100.0 * (*c)?,
+                if *ok {
+                    ""
+                } else {
+                    " (floor: no method beats it, left out of the average accuracy)"
+                }
+            ))
+        })
+        .collect();
+    if !chance.is_empty() {
+        let _ = writeln!(
+            s,
+            "Chance level (always the task set's most common answer): {}.",
+            chance.join(", ")
+        );
+    }
+    s.push_str("\nMethods: `seed` the starting model; `expert:<d>` trained on domain d only; `dense*` continued training of the seed on the finetune mixture; `upcycle-*` sparse upcycling (copies of the seed FFN) trained on the same mixture; `btm-top1/2` Branch-Train-Merge ensembles of the experts (and the generalist seed) weighted by the domain posterior of the context; `merge-avg` the weight average of those models; `mix:<v>` the MiX before any finetuning; `btx` Branch-Train-MiX (top-2, load balancing) and `btx:<v>` its variants. `-data` = as many training tokens as BTX, `-compute` = as many training FLOPs.\n\n");
 
     s.push_str("## Compute\n\n| method | train tokens | train FLOPs | train wall s | total params | active params | inference passes/token | inference FLOPs/token |\n|---|---:|---:|---:|---:|---:|---:|---:|\n");
     for m in ms {
@@ -471,7 +378,16 @@ pub fn markdown(input: &ReportInput, verdicts: &[Verdict]) -> String {
             fmt_big(c.inference_flops_per_token)
         );
     }
-    s.push_str("\nTraining compute of a method counts what it trains after the seed: BTX = its experts + MoE-finetune; BTM and merge-avg = the experts; the seed's pretraining is shared by all and listed on its own row.\n\n");
+    s.push_str("\nTraining compute of a method counts what it trains after the seed: BTX = its experts + MoE-finetune; BTM, merge-avg and mix = the experts; the seed's pretraining is shared by all and listed on its own row.\n\n");
+
+    let diag = diagnosis(st);
+    if !diag.is_empty() {
+        s.push_str("## Diagnosis\n\n");
+        s.push_str(&diag);
+        s.push_str("\n\n");
+        s.push_str(&diagnosis_tables(st));
+        s.push('\n');
+    }
 
     if input.replicas.len() > 1 {
         let _ = writeln!(
@@ -479,7 +395,7 @@ pub fn markdown(input: &ReportInput, verdicts: &[Verdict]) -> String {
             "## Seed spread ({} runs with different training seeds)\n",
             input.replicas.len()
         );
-        s.push_str("| method | average loss per run | mean | ± half-range | average accuracy % per run |\n|---|---|---:|---:|---|\n");
+        s.push_str("| method | average loss per run | ± half-range | average accuracy % per run |\n|---|---|---:|---|\n");
         for m in ms {
             let l: Vec<String> = input
                 .replicas
@@ -491,16 +407,18 @@ pub fn markdown(input: &ReportInput, verdicts: &[Verdict]) -> String {
                 .replicas
                 .iter()
                 .filter_map(|r| get(r, &m.name))
-                .map(|x| fmt_acc(x.eval.average.accuracy))
+                .map(|x| {
+                    x.eval
+                        .average
+                        .accuracy
+                        .map_or("–".into(), |a| format!("{:.1}", 100.0 * a))
+                })
                 .collect();
-            let mean = mean_over_replicas(input, &m.name, |x| Some(x.eval.average.loss))
-                .unwrap_or(f64::NAN);
             let _ = writeln!(
                 s,
-                "| {} | {} | {:.3} | {:.3} | {} |",
+                "| {} | {} | {:.3} | {} |",
                 m.name,
                 l.join(", "),
-                mean,
                 half_range(input, &m.name),
                 a.join(", ")
             );
@@ -513,7 +431,7 @@ pub fn markdown(input: &ReportInput, verdicts: &[Verdict]) -> String {
         for (name, r) in &input.routing {
             let _ = writeln!(
                 s,
-                "**{name}** ({} experts, top-{}): share of each domain's held-out tokens routed to each expert (top-k slots), averaged over layers; router entropy in nats (max ln {} = {:.2}).\n",
+                "**{name}** ({} experts, top-{}, replica 0): share of each domain's held-out tokens routed to each expert (top-k slots), averaged over layers; router entropy in nats (max ln {} = {:.2}).\n",
                 r.num_experts,
                 r.top_k,
                 r.num_experts,
@@ -574,11 +492,15 @@ pub fn markdown(input: &ReportInput, verdicts: &[Verdict]) -> String {
     for v in verdicts {
         let _ = writeln!(s, "- **{}** — *{}*. {}", v.claim, v.status, v.evidence);
     }
-    if input.replicas.len() > 1 {
-        s.push_str("\nA claim \"holds\" only when the difference is larger than the spread between the runs with different training seeds; \"within noise\" means it is not.\n\n");
-    } else {
-        s.push_str("\nOne run only: differences are not checked against seed-to-seed noise (set `replicas = 2` in the recipe to measure it).\n\n");
-    }
+    let _ = writeln!(
+        s,
+        "\nA claim *holds* only when the 95% interval of every difference it rests on lies on the side the paper predicts, *does not hold* when one lies on the other side, and is *within noise* otherwise. The intervals cover evaluation noise (windows, task items){}.\n",
+        if input.replicas.len() > 1 {
+            " and training noise (the replicas)"
+        } else {
+            "; with one replica, training noise is not measured (set `replicas = 3` in the recipe)"
+        }
+    );
 
     if let Some(btx) = get(ms, "btx") {
         s.push_str("## Sample generations (BTX)\n\n");
@@ -607,20 +529,25 @@ pub fn markdown(input: &ReportInput, verdicts: &[Verdict]) -> String {
 mod tests {
     use super::*;
     use crate::evaluate::{Average, DomainEval};
+    use crate::findings::verdicts;
 
-    fn method(name: &str, losses: &[(&str, f64)], acc: f64) -> MethodResult {
+    fn method(name: &str, losses: &[(&str, f64)], correct: usize) -> MethodResult {
         let domains = losses
             .iter()
             .map(|(d, l)| {
+                let w: Vec<f64> = (0..16).map(|i| l + 0.05 * ((i % 4) as f64 - 1.5)).collect();
                 (
                     d.to_string(),
                     DomainEval {
                         loss: *l,
                         perplexity: l.exp(),
                         loss_tokens: 100,
-                        accuracy: Some(acc),
-                        tasks: 10,
+                        accuracy: Some(correct as f64 / 20.0),
+                        tasks: 20,
                         samples: vec![],
+                        window_losses: w,
+                        task_correct: (0..20).map(|i| i < correct).collect(),
+                        chance: Some(0.05),
                     },
                 )
             })
@@ -632,7 +559,7 @@ mod tests {
                 domains,
                 average: Average {
                     loss: avg,
-                    accuracy: Some(acc),
+                    accuracy: Some(correct as f64 / 20.0),
                 },
                 forward_passes_per_token: if name.starts_with("btm") { 3 } else { 1 },
                 active_params: 10,
@@ -644,11 +571,12 @@ mod tests {
 
     fn input() -> ReportInput {
         let ms = vec![
-            method("seed", &[("a", 2.0), ("b", 2.0)], 0.1),
-            method("expert:a", &[("a", 1.0), ("b", 2.5)], 0.2),
-            method("expert:b", &[("a", 2.5), ("b", 1.2)], 0.2),
-            method("dense", &[("a", 1.6), ("b", 1.6)], 0.3),
-            method("btx", &[("a", 1.2), ("b", 1.4)], 0.4),
+            method("seed", &[("a", 2.0), ("b", 2.0)], 2),
+            method("expert:a", &[("a", 1.0), ("b", 2.5)], 4),
+            method("expert:b", &[("a", 2.5), ("b", 1.2)], 4),
+            method("dense", &[("a", 1.6), ("b", 1.6)], 6),
+            method("mix:btx", &[("a", 1.9), ("b", 1.9)], 3),
+            method("btx", &[("a", 1.2), ("b", 1.4)], 8),
         ];
         ReportInput {
             title: "t".into(),
@@ -662,11 +590,17 @@ mod tests {
     #[test]
     fn results_json_has_the_documented_schema() {
         let i = input();
-        let v = results_json(&i, &verdicts(&i));
+        let st = Stats::new(&i);
+        let v = results_json(&st, &verdicts(&st));
         assert_eq!(v["domains"], json!(["a", "b"]));
-        for m in ["seed", "expert:a", "dense", "btx"] {
-            assert!(v["methods"][m]["a"]["loss"].is_number(), "{m}");
-            assert!(v["methods"][m]["average"]["accuracy"].is_number(), "{m}");
+        for m in ["seed", "expert:a", "dense", "btx", "mix:btx"] {
+            for d in ["a", "b", "average"] {
+                let x = &v["methods"][m][d];
+                let (l, ci) = (x["loss"].as_f64().unwrap(), &x["loss_ci"]);
+                let (lo, hi) = (ci[0].as_f64().unwrap(), ci[1].as_f64().unwrap());
+                assert!(lo <= l && l <= hi && lo < hi, "{m} {d}: {x}");
+                assert!(x["accuracy_ci"][1].is_number(), "{m} {d}: {x}");
+            }
             for k in [
                 "train_tokens",
                 "train_flops",
@@ -677,34 +611,35 @@ mod tests {
                 assert!(!v["compute"][m][k].is_null(), "{m}.{k}");
             }
         }
+        assert_eq!(v["tasks"]["a"]["chance"], json!(0.05));
+        assert_eq!(v["tasks"]["a"]["solvable"], json!(true));
+        assert!(v["gain_kept"]["btx"]["a"]["share_ci"][0].is_number());
         assert!(v["routing"].is_object());
+        assert!(v["diagnosis"].as_str().unwrap().contains("mix:btx"));
         assert_eq!(v["verdict"].as_array().unwrap().len(), 5);
+        for x in v["verdict"].as_array().unwrap() {
+            let st = x["status"].as_str().unwrap();
+            assert!(
+                ["holds", "does not hold", "within noise"].contains(&st)
+                    || st.starts_with("not tested"),
+                "{x}"
+            );
+        }
     }
 
     #[test]
-    fn verdicts_follow_the_numbers() {
+    fn markdown_shows_intervals_diagnosis_and_verdicts() {
         let i = input();
-        let v = verdicts(&i);
-        assert_eq!(v[0].status, "holds", "{:?}", v[0]);
-        assert_eq!(v[1].status, "holds", "{:?}", v[1]);
-        assert!(v[1].evidence.contains("a 80%"), "{}", v[1].evidence);
-        assert_eq!(v[2].status, "not tested");
-        // With a second run whose numbers straddle, the same comparison is within noise.
-        let mut i2 = i.clone();
-        let mut r2 = i.replicas[0].clone();
-        for m in &mut r2 {
-            if m.name == "dense" {
-                m.eval.average.loss = 1.0;
-            }
-        }
-        i2.replicas.push(r2);
-        let v2 = verdicts(&i2);
+        let st = Stats::new(&i);
+        let v = verdicts(&st);
+        let md = markdown(&st, &v);
+        assert!(md.contains("| btx | 1.200 ±"), "{md}");
         assert!(
-            v2[1].evidence.contains("within noise"),
-            "{}",
-            v2[1].evidence
+            md.contains("## Diagnosis") && md.contains("## Verdict"),
+            "{md}"
         );
-        let md = markdown(&i2, &v2);
-        assert!(md.contains("| btx |") && md.contains("Seed spread") && md.contains("Verdict"));
+        assert!(md.contains("Chance level"), "{md}");
+        // BTX (1.3) is ahead of dense (1.6) on every window: the core claim holds.
+        assert_eq!(v[1].status, "holds", "{:?}", v[1]);
     }
 }

@@ -6,10 +6,9 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use btx_eval::evaluate::MethodEval;
+use btx_eval::findings::{verdicts, Stats};
 use btx_eval::plots;
-use btx_eval::report::{
-    markdown, results_json, verdicts, MethodCompute, MethodResult, ReportInput,
-};
+use btx_eval::report::{markdown, results_json, MethodCompute, MethodResult, ReportInput};
 
 use crate::manifest::{read_manifest, Compute};
 use crate::plan::{method_of, Plan, Stage, StageKind};
@@ -57,6 +56,7 @@ fn curve(run: &Path, s: &Stage) -> Vec<(f64, f64)> {
 pub fn build(plan: &Plan, run: &Path) -> Result<()> {
     let mut replicas: Vec<Vec<MethodResult>> = vec![vec![]; plan.replicas];
     let mut routing = BTreeMap::new();
+    let mut routing_replicas: BTreeMap<String, Vec<_>> = BTreeMap::new();
     let mut domains: Vec<String> = vec![];
     for s in &plan.stages {
         let StageKind::Eval { method, models, .. } = &s.kind else {
@@ -92,10 +92,15 @@ pub fn build(plan: &Plan, run: &Path) -> Result<()> {
         c.inference_forward_passes = me.result.forward_passes_per_token;
         c.inference_flops_per_token = 2.0 * me.result.active_params as f64;
         let _ = models;
-        if rep == 0 {
-            if let Some(r) = &me.routing {
+        if let Some(r) = &me.routing {
+            if rep == 0 {
                 routing.insert(method.clone(), r.clone());
             }
+            // Stages run in replica order, so this is in replica order too.
+            routing_replicas
+                .entry(method.clone())
+                .or_default()
+                .push(r.clone());
         }
         let result = MethodResult {
             name: method.clone(),
@@ -267,15 +272,17 @@ pub fn build(plan: &Plan, run: &Path) -> Result<()> {
         expert_domains: plan.domains.clone(),
         replicas,
         routing,
+        routing_replicas,
         expert_labels,
         plots: plot_links,
         setup,
     };
-    let v = verdicts(&input);
+    let st = Stats::new(&input);
+    let v = verdicts(&st);
     std::fs::write(
         run.join("results.json"),
-        serde_json::to_string_pretty(&results_json(&input, &v))?,
+        serde_json::to_string_pretty(&results_json(&st, &v))?,
     )?;
-    std::fs::write(run.join("report.md"), markdown(&input, &v))?;
+    std::fs::write(run.join("report.md"), markdown(&st, &v))?;
     Ok(())
 }
