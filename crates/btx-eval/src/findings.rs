@@ -229,6 +229,7 @@ pub struct Verdict {
 }
 
 impl Verdict {
+    /// `untested` says why, in parentheses after "not tested", when no part could be measured.
     fn new(claim: &str, parts: &[Finding], evidence: Vec<String>, untested: &str) -> Self {
         let status = match Finding::all(parts) {
             Some(f) => f.as_str().to_string(),
@@ -265,10 +266,13 @@ fn ahead_of(st: &Stats, a: &str, others: &[&str]) -> Option<(Finding, String)> {
 
 pub fn verdicts(st: &Stats) -> Vec<Verdict> {
     let input = st.input;
-    let no_ci = if st.has_intervals() {
-        ""
-    } else {
-        " (the evaluations carry no per-window losses: re-run the eval stages)"
+    // Why a claim has nothing to rest on.
+    let why = |missing: &'static str| -> &'static str {
+        if st.has_intervals() {
+            missing
+        } else {
+            " (the evaluations carry no per-window losses: re-run the eval stages)"
+        }
     };
     let mut out = vec![];
     // 1. Experts beat the seed in their domain and forget elsewhere.
@@ -296,7 +300,7 @@ pub fn verdicts(st: &Stats) -> Vec<Verdict> {
             "Each expert beats the seed on its own domain and loses ground elsewhere",
             &parts,
             ev,
-            no_ci,
+            why(" (no expert evaluated)"),
         ));
     }
     // 2. BTX keeps most of each expert's gain in one model and is ahead of the seed and of
@@ -333,7 +337,7 @@ pub fn verdicts(st: &Stats) -> Vec<Verdict> {
                     ev.push(t);
                 }
             }
-            if !st.has("dense-compute") && st.has("dense-data") {
+            if !st.has("dense-compute") && (st.has("dense") || st.has("dense-data")) {
                 ev.push("no compute-matched dense run: compared at equal tokens".into());
             }
         }
@@ -341,7 +345,7 @@ pub fn verdicts(st: &Stats) -> Vec<Verdict> {
             "BTX recovers most of each expert's in-domain gain in one model and is ahead of the seed and of dense training at equal compute",
             &parts,
             ev,
-            no_ci,
+            why(" (no btx method)"),
         ));
     }
     // 3. BTX beats sparse upcycling at equal compute.
@@ -359,7 +363,7 @@ pub fn verdicts(st: &Stats) -> Vec<Verdict> {
             "BTX beats sparse upcycling at equal compute",
             &parts,
             ev,
-            no_ci,
+            why(" (no compute-matched upcycling baseline)"),
         ));
     }
     // 4. BTM: strong in-domain, N models at inference, weaker on average than BTX.
@@ -388,7 +392,7 @@ pub fn verdicts(st: &Stats) -> Vec<Verdict> {
             "BTM ensembles are strong in-domain but cost N models at inference and are weaker on average than BTX",
             &parts,
             ev,
-            no_ci,
+            why(" (no BTM ensemble evaluated)"),
         ));
     }
     out.push(load_balancing(st));
@@ -521,7 +525,7 @@ pub fn diagnosis(st: &Stats) -> String {
     if !gains.is_empty() {
         let f = forgets.iter().sum::<f64>() / forgets.len().max(1) as f64;
         s.push(format!(
-            "The experts gain {} nats in their own domain and lose {:.3} nats off-domain on average{}.",
+            "The experts lower their own domain's loss by {} nats; off-domain their loss changes by {:+.3} on average{}.",
             gains.join(", "),
             f,
             if f > 0.1 {
@@ -575,44 +579,54 @@ pub fn diagnosis(st: &Stats) -> String {
             -g.ci[0]
         ));
     }
-    for (a, b, what) in [
-        ("btx", "dense-compute", "dense training at equal compute"),
-        ("btx", "dense", "dense training"),
-        (
-            "btx",
-            "upcycle-compute",
-            "sparse upcycling at equal compute",
-        ),
-        ("btx", "btm-top1", "the BTM top-1 ensemble"),
+    // Differences are stated as "this − that" with the interval of that difference.
+    let diff = |a: &str, b: &str| -> Option<(Estimate, Finding)> {
+        let g = st.loss_gap(a, b, &[])?;
+        let d = Estimate {
+            value: -g.value,
+            ci: [-g.ci[1], -g.ci[0]],
+        };
+        Some((d, Finding::of_positive(&g)))
+    };
+    for (b, what) in [
+        ("dense-compute", "dense training at equal compute"),
+        ("dense", "dense training at equal tokens"),
+        ("upcycle-compute", "sparse upcycling at equal compute"),
+        ("btm-top1", "the BTM top-1 ensemble"),
     ] {
-        if st.has(a) && st.has(b) {
-            if let Some(g) = st.loss_gap(a, b, &[]) {
-                s.push(format!(
-                    "Against {what}, BTX's average loss is {} by {:.3} [{:+.3}, {:+.3}] ({}).",
-                    if g.value >= 0.0 { "lower" } else { "higher" },
-                    g.value.abs(),
-                    g.ci[0],
-                    g.ci[1],
-                    Finding::of_positive(&g).as_str()
-                ));
-            }
+        if !(st.has("btx") && st.has(b)) {
+            continue;
+        }
+        if let Some((d, f)) = diff("btx", b) {
+            s.push(format!(
+                "Against {what}: btx − {b} = {:+.4} [{:+.4}, {:+.4}] ({}).",
+                d.value,
+                d.ci[0],
+                d.ci[1],
+                match f {
+                    Finding::Holds => "BTX lower beyond noise",
+                    Finding::DoesNotHold => "BTX higher beyond noise",
+                    Finding::WithinNoise => "within noise",
+                }
+            ));
         }
     }
     for m in st.methods() {
-        let Some(v) = m.name.strip_prefix("btx:") else {
+        if !m.name.starts_with("btx:") {
             continue;
-        };
-        if let Some(g) = st.loss_gap(&m.name, "btx", &[]) {
+        }
+        if let Some((d, f)) = diff(&m.name, "btx") {
             s.push(format!(
-                "Variant {v}: average loss {} btx's by {:.3} [{:+.3}, {:+.3}] ({}).",
-                if g.value >= 0.0 { "below" } else { "above" },
-                g.value.abs(),
-                g.ci[0],
-                g.ci[1],
-                if Finding::of_positive(&g) == Finding::WithinNoise {
-                    "within noise"
-                } else {
-                    "beyond noise"
+                "Ablation {}: {} − btx = {:+.4} [{:+.4}, {:+.4}] ({}).",
+                m.name,
+                m.name,
+                d.value,
+                d.ci[0],
+                d.ci[1],
+                match f {
+                    Finding::Holds => "lower beyond noise",
+                    Finding::DoesNotHold => "higher beyond noise",
+                    Finding::WithinNoise => "within noise",
                 }
             ));
         }

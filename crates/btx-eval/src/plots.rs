@@ -5,6 +5,7 @@
 use std::path::Path;
 use std::sync::OnceLock;
 
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 use plotters::style::FontStyle;
@@ -48,26 +49,32 @@ fn heat(v: f64) -> RGBColor {
     RGBColor(c(255.0, 8.0), c(255.0, 48.0), c(255.0, 107.0))
 }
 
-/// One panel per layer: rows are domains, columns experts, colour and number the top-k share.
+/// One panel per layer: rows are domains (in `rows` order: the experts' domains first, in
+/// expert order, so own-expert cells form the diagonal), columns experts, colour and number
+/// the top-k share. Every heatmap of a report uses the same colour scale, 0..`scale_max`,
+/// drawn as a colour bar.
 pub fn routing_heatmap(
     r: &RoutingReport,
     experts: &[String],
+    rows: &[String],
+    scale_max: f64,
     title: &str,
     path: &Path,
 ) -> PlotResult {
-    let domains: Vec<&String> = r.domains.keys().collect();
+    let domains: Vec<&String> = rows.iter().filter(|d| r.domains.contains_key(*d)).collect();
     let layers = r.domains.values().next().map_or(0, |d| d.topk_share.len());
-    if layers == 0 || !font_available() {
+    if layers == 0 || domains.is_empty() || !font_available() {
         return Ok(());
     }
     let cols = layers.min(4);
-    let rows = layers.div_ceil(cols);
+    let nrows = layers.div_ceil(cols);
     let (pw, ph) = (
         90 + 70 * r.num_experts as u32,
         60 + 36 * domains.len() as u32,
     );
-    let root =
-        BitMapBackend::new(path, (pw * cols as u32, ph * rows as u32 + 40)).into_drawing_area();
+    let bar_w = 90;
+    let root = BitMapBackend::new(path, (pw * cols as u32 + bar_w, ph * nrows as u32 + 40))
+        .into_drawing_area();
     root.fill(&WHITE)?;
     let (head, body) = root.split_vertically(40);
     head.draw_text(
@@ -75,20 +82,17 @@ pub fn routing_heatmap(
         &("sans-serif", 20).into_font().color(&BLACK),
         (10, 10),
     )?;
-    let panels = body.split_evenly((rows, cols));
-    let max = r
-        .domains
-        .values()
-        .flat_map(|d| d.topk_share.iter().flatten())
-        .fold(0f64, |a, &b| a.max(b))
-        .max(1e-9);
+    let (grid, bar) = body.split_horizontally(pw * cols as u32);
+    let max = scale_max.max(1e-9);
+    colour_bar(&bar, max)?;
+    let panels = grid.split_evenly((nrows, cols));
     for (l, panel) in panels.iter().enumerate().take(layers) {
         let mut chart = ChartBuilder::on(panel)
             .caption(format!("layer {l}"), ("sans-serif", 14))
             .margin(6)
             .x_label_area_size(22)
             .y_label_area_size(80)
-            // A segmented range a..b has b - a + 1 segments.
+            // A segmented range a..b has b - a + 1 segments; rows run top to bottom.
             .build_cartesian_2d(
                 (0..r.num_experts - 1).into_segmented(),
                 (0..domains.len() - 1).into_segmented(),
@@ -97,6 +101,7 @@ pub fn routing_heatmap(
             SegmentValue::CenterOf(i) => names(*i),
             _ => String::new(),
         };
+        let top = |i: usize| domains.len() - 1 - i;
         chart
             .configure_mesh()
             .disable_mesh()
@@ -109,25 +114,29 @@ pub fn routing_heatmap(
             })
             .y_label_formatter(&|y| {
                 name(y, &|i| {
-                    domains.get(i).map(|s| s.to_string()).unwrap_or_default()
+                    domains
+                        .get(top(i))
+                        .map(|s| s.to_string())
+                        .unwrap_or_default()
                 })
             })
             .label_style(("sans-serif", 11))
             .draw()?;
         for (di, d) in domains.iter().enumerate() {
+            let y = top(di);
             for e in 0..r.num_experts {
                 let v = r.domains[*d].topk_share[l][e];
                 chart.draw_series(std::iter::once(Rectangle::new(
                     [
-                        (SegmentValue::Exact(e), SegmentValue::Exact(di)),
-                        (SegmentValue::Exact(e + 1), SegmentValue::Exact(di + 1)),
+                        (SegmentValue::Exact(e), SegmentValue::Exact(y)),
+                        (SegmentValue::Exact(e + 1), SegmentValue::Exact(y + 1)),
                     ],
                     heat(v / max).filled(),
                 )))?;
                 let color = if v / max > 0.5 { WHITE } else { BLACK };
                 chart.draw_series(std::iter::once(Text::new(
                     format!("{:.0}%", 100.0 * v),
-                    (SegmentValue::CenterOf(e), SegmentValue::CenterOf(di)),
+                    (SegmentValue::CenterOf(e), SegmentValue::CenterOf(y)),
                     ("sans-serif", 12)
                         .into_font()
                         .color(&color)
@@ -137,6 +146,42 @@ pub fn routing_heatmap(
         }
     }
     root.present()?;
+    Ok(())
+}
+
+/// A vertical colour bar for `heat`, 0 at the bottom, `max` (a share) at the top.
+fn colour_bar<DB: DrawingBackend>(
+    area: &DrawingArea<DB, plotters::coord::Shift>,
+    max: f64,
+) -> PlotResult
+where
+    DB::ErrorType: 'static,
+{
+    let (w, h) = area.dim_in_pixel();
+    let (x0, x1) = (10i32, 26i32);
+    let (y0, y1) = (30i32, h as i32 - 30);
+    let steps = 64;
+    for i in 0..steps {
+        let a = y1 - (y1 - y0) * i / steps;
+        let b = y1 - (y1 - y0) * (i + 1) / steps;
+        area.draw(&Rectangle::new(
+            [(x0, b), (x1, a)],
+            heat((i as f64 + 0.5) / steps as f64).filled(),
+        ))?;
+    }
+    area.draw(&Rectangle::new([(x0, y0), (x1, y1)], BLACK.stroke_width(1)))?;
+    for k in 0..=4 {
+        let y = y1 - (y1 - y0) * k / 4;
+        area.draw_text(
+            &format!("{:.0}%", 100.0 * max * k as f64 / 4.0),
+            &("sans-serif", 11)
+                .into_font()
+                .color(&BLACK)
+                .pos(Pos::new(HPos::Left, VPos::Center)),
+            (x1 + 4, y),
+        )?;
+    }
+    let _ = w;
     Ok(())
 }
 
@@ -157,6 +202,31 @@ const PALETTE: [RGBColor; 14] = [
     RGBColor(174, 199, 232),
 ];
 
+/// Colour of series i: the palette, then hues around the wheel.
+fn colour(i: usize) -> RGBColor {
+    if i < PALETTE.len() {
+        return PALETTE[i];
+    }
+    let h = (i as f64 * 0.618_033_988_75).fract() * 6.0;
+    let x = (1.0 - (h % 2.0 - 1.0).abs()) * 200.0;
+    let (r, g, b) = match h as u32 {
+        0 => (200.0, x, 0.0),
+        1 => (x, 200.0, 0.0),
+        2 => (0.0, 200.0, x),
+        3 => (0.0, x, 200.0),
+        4 => (x, 0.0, 200.0),
+        _ => (200.0, 0.0, x),
+    };
+    RGBColor(r as u8, g as u8, b as u8)
+}
+
+/// The axis range that shows `lo..hi` with a margin, instead of starting at zero (where
+/// differences of a few hundredths vanish).
+fn zoomed(lo: f64, hi: f64) -> (f64, f64) {
+    let span = (hi - lo).max(1e-6);
+    (lo - 0.08 * span, hi + 0.08 * span)
+}
+
 /// Exponential moving average (the raw per-step loss of small batches is noisy).
 fn smooth(s: &[(f64, f64)], alpha: f64) -> Vec<(f64, f64)> {
     let mut out = Vec::with_capacity(s.len());
@@ -172,8 +242,14 @@ fn smooth(s: &[(f64, f64)], alpha: f64) -> Vec<(f64, f64)> {
     out
 }
 
-/// Loss against step, one line per series (smoothed with an EMA of 0.1).
-pub fn loss_curves(series: &[(String, Vec<(f64, f64)>)], title: &str, path: &Path) -> PlotResult {
+/// Loss against `xlabel` (steps, or training FLOPs), one line per series (smoothed with an
+/// EMA of 0.1).
+pub fn loss_curves(
+    series: &[(String, Vec<(f64, f64)>)],
+    title: &str,
+    xlabel: &str,
+    path: &Path,
+) -> PlotResult {
     let series: Vec<(String, Vec<(f64, f64)>)> = series
         .iter()
         .map(|(n, s)| (n.clone(), smooth(s, 0.1)))
@@ -183,6 +259,11 @@ pub fn loss_curves(series: &[(String, Vec<(f64, f64)>)], title: &str, path: &Pat
     if pts.is_empty() || !font_available() {
         return Ok(());
     }
+    let xmin = pts
+        .iter()
+        .map(|p| p.0)
+        .fold(f64::INFINITY, f64::min)
+        .min(0.0);
     let xmax = pts.iter().map(|p| p.0).fold(1.0, f64::max);
     let ymin = pts
         .iter()
@@ -197,15 +278,16 @@ pub fn loss_curves(series: &[(String, Vec<(f64, f64)>)], title: &str, path: &Pat
         .margin(12)
         .x_label_area_size(36)
         .y_label_area_size(50)
-        .build_cartesian_2d(0.0..xmax, ymin * 0.95..ymax * 1.02)?;
+        .build_cartesian_2d(xmin..xmax, ymin * 0.95..ymax * 1.02)?;
     chart
         .configure_mesh()
-        .x_desc("step")
+        .x_desc(xlabel)
+        .x_label_formatter(&|x| short(*x))
         .y_desc("training loss (EMA)")
         .label_style(("sans-serif", 12))
         .draw()?;
     for (i, (name, s)) in series.iter().enumerate() {
-        let c = PALETTE[i % PALETTE.len()];
+        let c = colour(i);
         chart
             .draw_series(LineSeries::new(s.iter().copied(), c.stroke_width(2)))?
             .label(name.clone())
@@ -221,25 +303,81 @@ pub fn loss_curves(series: &[(String, Vec<(f64, f64)>)], title: &str, path: &Pat
     Ok(())
 }
 
-/// Grouped bars: for each domain (group), one bar per method.
+/// 1234567 → "1.23M": axis labels for FLOPs.
+fn short(x: f64) -> String {
+    let a = x.abs();
+    if a >= 1e12 {
+        format!("{:.1}T", x / 1e12)
+    } else if a >= 1e9 {
+        format!("{:.1}G", x / 1e9)
+    } else if a >= 1e6 {
+        format!("{:.1}M", x / 1e6)
+    } else if a >= 1e3 {
+        format!("{:.1}k", x / 1e3)
+    } else {
+        format!("{x:.0}")
+    }
+}
+
+/// A value with its 95% interval.
+pub type WithCi = (f64, [f64; 2]);
+
+/// Draws an error bar (vertical line with caps) in data coordinates.
+fn error_bar<DB: DrawingBackend>(
+    chart: &mut ChartContext<'_, DB, Cartesian2d<RangedCoordf64, RangedCoordf64>>,
+    x: f64,
+    cap: f64,
+    ci: [f64; 2],
+) -> PlotResult
+where
+    DB::ErrorType: 'static,
+{
+    let style = BLACK.stroke_width(1);
+    chart.draw_series(std::iter::once(PathElement::new(
+        vec![(x, ci[0]), (x, ci[1])],
+        style,
+    )))?;
+    for y in ci {
+        chart.draw_series(std::iter::once(PathElement::new(
+            vec![(x - cap, y), (x + cap, y)],
+            style,
+        )))?;
+    }
+    Ok(())
+}
+
+/// Grouped bars: for each domain (group), one bar per method, with its 95% interval. With
+/// `from_zero` the axis starts at 0 (accuracy); otherwise it is zoomed to the data (loss).
+#[allow(clippy::too_many_arguments)]
 pub fn grouped_bars(
     methods: &[String],
     groups: &[String],
-    values: &[Vec<Option<f64>>],
+    values: &[Vec<Option<WithCi>>],
     title: &str,
     ylabel: &str,
+    from_zero: bool,
     path: &Path,
 ) -> PlotResult {
     if methods.is_empty() || groups.is_empty() || !font_available() {
         return Ok(());
     }
-    let ymax = values
+    let all: Vec<&WithCi> = values.iter().flatten().flatten().collect();
+    if all.is_empty() {
+        return Ok(());
+    }
+    let lo = all
         .iter()
-        .flatten()
-        .flatten()
-        .fold(0f64, |a, &b| a.max(b))
-        .max(1e-6)
-        * 1.1;
+        .map(|v| v.1[0].min(v.0))
+        .fold(f64::INFINITY, f64::min);
+    let hi = all
+        .iter()
+        .map(|v| v.1[1].max(v.0))
+        .fold(f64::NEG_INFINITY, f64::max);
+    let (ymin, ymax) = if from_zero {
+        (0.0, (hi * 1.1).max(1e-6))
+    } else {
+        zoomed(lo, hi)
+    };
     let m = methods.len();
     let width = (groups.len() * (m + 1)) as f64;
     let root = BitMapBackend::new(path, (1100, 560)).into_drawing_area();
@@ -250,7 +388,7 @@ pub fn grouped_bars(
         .margin(12)
         .x_label_area_size(36)
         .y_label_area_size(54)
-        .build_cartesian_2d(0.0..width, 0.0..ymax)?;
+        .build_cartesian_2d(0.0..width, ymin..ymax)?;
     chart
         .configure_mesh()
         .disable_x_mesh()
@@ -260,7 +398,7 @@ pub fn grouped_bars(
         .draw()?;
     for (gi, g) in groups.iter().enumerate() {
         let centre = (gi * (m + 1)) as f64 + 0.5 + m as f64 * 0.45;
-        let (px, py) = chart.backend_coord(&(centre, 0.0));
+        let (px, py) = chart.backend_coord(&(centre, ymin));
         main.draw_text(
             g,
             &("sans-serif", 13)
@@ -272,23 +410,90 @@ pub fn grouped_bars(
     }
     for (gi, _) in groups.iter().enumerate() {
         for (mi, _) in methods.iter().enumerate() {
-            if let Some(v) = values[mi][gi] {
+            if let Some((v, ci)) = values[mi][gi] {
                 let x0 = (gi * (m + 1) + mi) as f64 + 0.5;
                 chart.draw_series(std::iter::once(Rectangle::new(
-                    [(x0, 0.0), (x0 + 0.9, v)],
-                    PALETTE[mi % PALETTE.len()].filled(),
+                    [(x0, ymin), (x0 + 0.9, v)],
+                    colour(mi).filled(),
                 )))?;
+                error_bar(&mut chart, x0 + 0.45, 0.2, ci)?;
             }
         }
     }
     for (mi, name) in methods.iter().enumerate() {
         let y = 40 + 22 * mi as i32;
-        legend.draw(&Rectangle::new(
-            [(8, y), (24, y + 14)],
-            PALETTE[mi % PALETTE.len()].filled(),
-        ))?;
+        legend.draw(&Rectangle::new([(8, y), (24, y + 14)], colour(mi).filled()))?;
         legend.draw_text(name, &("sans-serif", 13).into_font().color(&BLACK), (30, y))?;
     }
+    root.present()?;
+    Ok(())
+}
+
+/// The paper's view: average held-out loss (with its 95% interval) against the training
+/// FLOPs a method spent after the seed, one line per method (one point per budget).
+pub fn loss_vs_flops(
+    series: &[(String, Vec<(f64, WithCi)>)],
+    title: &str,
+    path: &Path,
+) -> PlotResult {
+    let pts: Vec<&(f64, WithCi)> = series.iter().flat_map(|s| s.1.iter()).collect();
+    if pts.is_empty() || !font_available() {
+        return Ok(());
+    }
+    let (x_lo, x_hi) = pts
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| {
+            (a.min(p.0), b.max(p.0))
+        });
+    let (xmin, xmax) = zoomed(x_lo, x_hi);
+    let lo = pts.iter().map(|p| p.1 .1[0]).fold(f64::INFINITY, f64::min);
+    let hi = pts
+        .iter()
+        .map(|p| p.1 .1[1])
+        .fold(f64::NEG_INFINITY, f64::max);
+    let (ymin, ymax) = zoomed(lo, hi);
+    let root = BitMapBackend::new(path, (1000, 560)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(56)
+        .build_cartesian_2d(xmin..xmax, ymin..ymax)?;
+    chart
+        .configure_mesh()
+        .x_desc("training FLOPs after the seed")
+        .x_label_formatter(&|x| short(*x))
+        .y_desc("average held-out loss")
+        .label_style(("sans-serif", 12))
+        .draw()?;
+    let cap = (xmax - xmin) * 0.006;
+    for (i, (name, s)) in series.iter().enumerate() {
+        let c = colour(i);
+        let mut s = s.clone();
+        s.sort_by(|a, b| a.0.total_cmp(&b.0));
+        for &(x, (_, ci)) in &s {
+            error_bar(&mut chart, x, cap, ci)?;
+        }
+        chart.draw_series(LineSeries::new(
+            s.iter().map(|&(x, (y, _))| (x, y)),
+            c.stroke_width(2),
+        ))?;
+        chart
+            .draw_series(
+                s.iter()
+                    .map(|&(x, (y, _))| Circle::new((x, y), 5, c.filled())),
+            )?
+            .label(name.clone())
+            .legend(move |(x, y)| Circle::new((x + 8, y), 5, c.filled()));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 12))
+        .draw()?;
     root.present()?;
     Ok(())
 }

@@ -7,4 +7,6 @@ pub mod router;
 
 pub use btx_model::outdir::Existing;
 pub use error::{MixError, Result};
-pub use merge::{average, check_compatible, mix, upcycle, MixOptions, MixSummary, RouterInit};
+pub use merge::{
+    average, check_compatible, mix, upcycle, MixOptions, MixSummary, NonFfn, RouterInit,
+};

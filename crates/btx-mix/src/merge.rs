@@ -39,8 +39,41 @@ pub struct MixOptions {
     /// Experts per token (Mixtral's `num_experts_per_tok`).
     pub top_k: usize,
     pub routing: Routing,
+    /// Where every tensor outside the FFNs comes from.
+    pub non_ffn: NonFfn,
     /// What to do when `out` exists and is not empty.
     pub existing: Existing,
+}
+
+/// Where a MiX takes the weights outside the FFNs (attention, norms, embeddings) from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NonFfn {
+    /// The (weighted) mean over the mixed models: the paper's MiX.
+    #[default]
+    Average,
+    /// The seed's, as they were before branching (an ablation: do averaged attention weights of
+    /// experts that drifted apart cost more than the experts' own attention gained?).
+    Seed,
+}
+
+impl NonFfn {
+    pub fn name(self) -> &'static str {
+        match self {
+            NonFfn::Average => "average",
+            NonFfn::Seed => "seed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "average" => Ok(NonFfn::Average),
+            "seed" => Ok(NonFfn::Seed),
+            o => Err(MixError::Options(format!(
+                "non-FFN source {o:?}: average or seed"
+            ))),
+        }
+    }
 }
 
 impl Default for MixOptions {
@@ -53,6 +86,7 @@ impl Default for MixOptions {
             blend: false,
             top_k: 2,
             routing: Routing::TopK,
+            non_ffn: NonFfn::Average,
             existing: Existing::Refuse,
         }
     }
@@ -70,6 +104,9 @@ pub struct MixSummary {
     pub split: usize,
     pub blend: bool,
     pub generalist: bool,
+    /// `average` or `seed` (see [`NonFfn`]).
+    #[serde(default)]
+    pub non_ffn: NonFfn,
     pub seconds: f64,
 }
 
@@ -291,6 +328,11 @@ pub fn mix(seed: &Path, experts: &[PathBuf], opts: &MixOptions, out: &Path) -> R
         .collect();
     let staged = OutDir::create(out, &inputs, opts.existing)?;
     let seed_src = Source::open(seed)?;
+    // The seed once more, alone, when it is the source of the non-FFN weights.
+    let non_ffn_src = match opts.non_ffn {
+        NonFfn::Average => None,
+        NonFfn::Seed => Some(vec![Source::open(seed)?]),
+    };
     let mut sources = experts
         .iter()
         .map(|d| Source::open(d))
@@ -362,9 +404,11 @@ pub fn mix(seed: &Path, experts: &[PathBuf], opts: &MixOptions, out: &Path) -> R
     write_checkpoint_with(dir, &specs, 4 << 30, |i, sink| {
         let (name, _) = &specs[i];
         match param_kind(name) {
-            ParamKind::Shared => {
-                mean_into(&sources, name, &base_specs[name], &w, sink).map_err(into_model_err)
+            ParamKind::Shared => match &non_ffn_src {
+                None => mean_into(&sources, name, &base_specs[name], &w, sink),
+                Some(seed) => mean_into(seed, name, &base_specs[name], &[1.0], sink),
             }
+            .map_err(into_model_err),
             ParamKind::Router { layer } => match &opts.router_init {
                 RouterInit::Zero => sink.f32(&vec![0.0; num_experts * d]),
                 RouterInit::Random { std, .. } => {
@@ -409,6 +453,7 @@ pub fn mix(seed: &Path, experts: &[PathBuf], opts: &MixOptions, out: &Path) -> R
         split: opts.split,
         blend: opts.blend,
         generalist: opts.generalist,
+        non_ffn: opts.non_ffn,
         seconds: t0.elapsed().as_secs_f64(),
     };
     write_json(&dir.join("mix.json"), &summary)?;
@@ -548,6 +593,7 @@ pub fn average(
         split: 1,
         blend: false,
         generalist: false,
+        non_ffn: NonFfn::Average,
         seconds: t0.elapsed().as_secs_f64(),
     };
     write_json(&dir.join("mix.json"), &summary)?;

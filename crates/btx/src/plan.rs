@@ -2,6 +2,7 @@
 //! complete configuration it runs with and a fingerprint over that configuration and its
 //! upstream fingerprints. Executors (local processes, Slurm) only ever see this plan.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -10,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::cmd::train::DataSection;
-use crate::recipe::{MixSpec, Recipe, TrainSpec};
+use crate::recipe::{ExpertTraining, MixSpec, Recipe, TrainSpec};
 use btx_eval::Weighting;
 
 pub const PLAN_FILE: &str = "plan.json";
@@ -164,6 +165,20 @@ pub fn moe_config(seed: &ModelConfig, n_models: usize, m: &MixSpec) -> ModelConf
         routing: m.routing.clone(),
     });
     c
+}
+
+/// Every parameter outside the FFNs (what an FFN-only expert freezes), by exact name.
+fn non_ffn_params(cfg: &ModelConfig) -> Vec<String> {
+    btx_model::names::param_specs(cfg)
+        .into_iter()
+        .map(|s| s.name)
+        .filter(|n| !n.contains(".mlp."))
+        .collect()
+}
+
+/// `experts/`, `expert-ffns/`: the directory of a family of expert stages.
+fn plural(prefix: &str) -> String {
+    format!("{prefix}s")
 }
 
 /// The method name a stage's model is reported under.
@@ -349,47 +364,91 @@ impl Plan {
                 s.train.seed += 1000 * rep as u64;
                 s
             };
-            let mut expert_stages = vec![];
-            for d in &domains {
-                let name = format!("expert:{d}{sfx}");
-                b.push(
-                    name.clone(),
-                    format!("{pre}experts/{d}"),
-                    vec!["seed".into(), "data".into()],
-                    StageKind::Train {
-                        from: Some("seed".into()),
-                        spec: reseed(r.expert_spec(d)?),
-                        data: "data".into(),
-                    },
-                    true,
-                );
-                eval(
-                    &mut b,
-                    &format!("expert:{d}"),
-                    &sfx,
-                    vec![name.clone()],
-                    None,
-                );
-                expert_stages.push(name);
+            // The experts: fully trained ones always (BTM, merge-avg and most variants use
+            // them), FFN-only ones when a variant asks for them.
+            let mut experts_of: BTreeMap<ExpertTraining, Vec<String>> = BTreeMap::new();
+            let mut kinds = vec![ExpertTraining::Full];
+            if variants
+                .iter()
+                .any(|v| v.experts == ExpertTraining::FfnOnly)
+            {
+                kinds.push(ExpertTraining::FfnOnly);
             }
+            for kind in kinds {
+                let prefix = kind.stage_prefix();
+                let mut names = vec![];
+                for d in &domains {
+                    let name = format!("{prefix}:{d}{sfx}");
+                    let mut spec = r.expert_spec(d)?;
+                    if kind == ExpertTraining::FfnOnly {
+                        spec.train.freeze.extend(non_ffn_params(&seed_cfg));
+                    }
+                    b.push(
+                        name.clone(),
+                        format!("{pre}{}/{d}", plural(prefix)),
+                        vec!["seed".into(), "data".into()],
+                        StageKind::Train {
+                            from: Some("seed".into()),
+                            spec: reseed(spec),
+                            data: "data".into(),
+                        },
+                        true,
+                    );
+                    eval(
+                        &mut b,
+                        &format!("{prefix}:{d}"),
+                        &sfx,
+                        vec![name.clone()],
+                        None,
+                    );
+                    names.push(name);
+                }
+                experts_of.insert(kind, names);
+            }
+            let expert_stages = experts_of[&ExpertTraining::Full].clone();
+            // Variants that differ only in their finetune share one MiX (and its evaluation).
+            let mut mixes: Vec<(ExpertTraining, MixSpec, String)> = vec![];
             for v in &variants {
-                let mix_name = format!("mix:{}{sfx}", v.name);
-                let mut deps = vec!["seed".to_string(), "data".to_string()];
-                deps.extend(expert_stages.iter().cloned());
-                b.push(
-                    mix_name.clone(),
-                    format!("{pre}mix/{}", v.name),
-                    deps,
-                    StageKind::Mix {
-                        seed: "seed".into(),
-                        experts: expert_stages.clone(),
-                        domains: domains.clone(),
-                        spec: v.mix(&r.mix),
-                        data: "data".into(),
-                        router_seed: rep as u64,
-                    },
-                    false,
-                );
+                let spec = v.mix(&r.mix);
+                let shared = mixes
+                    .iter()
+                    .find(|(k, m, _)| *k == v.experts && *m == spec)
+                    .map(|x| x.2.clone());
+                let mix_name = match shared {
+                    Some(name) => name,
+                    None => {
+                        let mix_name = format!("mix:{}{sfx}", v.name);
+                        let mixed = experts_of[&v.experts].clone();
+                        let mut deps = vec!["seed".to_string(), "data".to_string()];
+                        deps.extend(mixed.iter().cloned());
+                        b.push(
+                            mix_name.clone(),
+                            format!("{pre}mix/{}", v.name),
+                            deps,
+                            StageKind::Mix {
+                                seed: "seed".into(),
+                                experts: mixed,
+                                domains: domains.clone(),
+                                spec: spec.clone(),
+                                data: "data".into(),
+                                router_seed: rep as u64,
+                            },
+                            false,
+                        );
+                        if r.eval.mix {
+                            // The MiX before any finetuning: what the finetune starts from.
+                            eval(
+                                &mut b,
+                                &format!("mix:{}", v.name),
+                                &sfx,
+                                vec![mix_name.clone()],
+                                None,
+                            );
+                        }
+                        mixes.push((v.experts, spec, mix_name.clone()));
+                        mix_name
+                    }
+                };
                 let ft_name = format!("finetune:{}{sfx}", v.name);
                 b.push(
                     ft_name.clone(),
@@ -415,10 +474,11 @@ impl Plan {
                 let mut spec = ft.clone();
                 spec.moe = Default::default();
                 spec.train.steps = matched(m, &seed_cfg);
-                let tag = if dense_list.len() > 1 {
-                    format!("dense-{m}")
+                // A lone data-matched run is plain `dense`; a compute-matched one always says so.
+                let tag = if dense_list.len() == 1 && *m == "data" {
+                    "dense".to_string()
                 } else {
-                    "dense".into()
+                    format!("dense-{m}")
                 };
                 let name = format!("baseline:{tag}{sfx}");
                 b.push(
@@ -526,6 +586,20 @@ impl Plan {
             generalist: r.mix.generalist,
             replicas: r.replicas,
         })
+    }
+
+    /// The MiX stage a finetune variant starts from (variants with the same MiX share one).
+    pub fn mix_of(&self, variant: &str, sfx: &str) -> Option<&Stage> {
+        let ft = self
+            .stages
+            .iter()
+            .find(|s| s.name == format!("finetune:{variant}{sfx}"))?;
+        match &ft.kind {
+            StageKind::Train {
+                from: Some(from), ..
+            } => self.stages.iter().find(|s| &s.name == from),
+            _ => None,
+        }
     }
 
     pub fn stage(&self, name: &str) -> Result<&Stage> {

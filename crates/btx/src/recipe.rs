@@ -102,6 +102,8 @@ pub struct MixSpec {
     pub routing: Routing,
     /// Averaging weights (experts in order, then the seed); empty = uniform.
     pub weights: Vec<f64>,
+    /// Weights outside the FFNs: `average` (default, the paper) or `seed` (the seed's own).
+    pub non_ffn: btx_mix::NonFfn,
 }
 
 impl Default for MixSpec {
@@ -116,6 +118,33 @@ impl Default for MixSpec {
             top_k: 2,
             routing: Routing::TopK,
             weights: vec![],
+            non_ffn: btx_mix::NonFfn::Average,
+        }
+    }
+}
+
+/// How the experts a variant mixes were trained.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum ExpertTraining {
+    /// Every weight trains (the paper).
+    #[default]
+    Full,
+    /// Only the FFNs train; attention, norms and embeddings stay the seed's. The MiX then
+    /// averages identical non-FFN weights (the coordination FlexOlmo relies on). These experts
+    /// are trained once per replica (stages `expert-ffn:<domain>`) and shared by every variant
+    /// that asks for them.
+    FfnOnly,
+}
+
+impl ExpertTraining {
+    /// The stage (and method) prefix of these experts.
+    pub fn stage_prefix(self) -> &'static str {
+        match self {
+            ExpertTraining::Full => "expert",
+            ExpertTraining::FfnOnly => "expert-ffn",
         }
     }
 }
@@ -136,6 +165,12 @@ pub struct Variant {
     pub split: Option<usize>,
     #[serde(default)]
     pub blend: Option<bool>,
+    /// `average` or `seed`: where the MiX takes the non-FFN weights from.
+    #[serde(default)]
+    pub non_ffn: Option<btx_mix::NonFfn>,
+    /// `full` (default) or `ffn-only`: which experts this variant mixes (see [`ExpertTraining`]).
+    #[serde(default)]
+    pub experts: ExpertTraining,
     #[serde(default)]
     pub lb_coef: Option<f64>,
     #[serde(default)]
@@ -164,6 +199,9 @@ impl Variant {
         }
         if let Some(b) = self.blend {
             m.blend = b;
+        }
+        if let Some(n) = self.non_ffn {
+            m.non_ffn = n;
         }
         m
     }
@@ -289,6 +327,9 @@ pub struct EvalSection {
     /// Evaluate Branch-Train-Merge ensembles (top-1 and top-2). Default true.
     #[serde(default = "d_true")]
     pub btm: bool,
+    /// Evaluate each variant's MiX before finetuning (method `mix:<variant>`). Default true.
+    #[serde(default = "d_true")]
+    pub mix: bool,
     /// Routing analysis of MoE models. Default true.
     #[serde(default = "d_true")]
     pub routing: bool,

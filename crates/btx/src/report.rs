@@ -22,6 +22,16 @@ fn compute_of(run: &Path, s: &Stage) -> Compute {
 /// Training stages that make up a method (after the shared seed), for one replica suffix.
 fn training_stages<'a>(plan: &'a Plan, method: &str, sfx: &str) -> Vec<&'a Stage> {
     let find = |n: &str| plan.stages.iter().find(|s| s.name == n);
+    // The experts a variant's MiX is made of (full or FFN-only).
+    let mixed = |v: &str| -> Vec<&'a Stage> {
+        let mix = find(&format!("mix:{v}{sfx}")).or_else(|| plan.mix_of(v, sfx));
+        match mix.map(|s| &s.kind) {
+            Some(StageKind::Mix { experts, .. }) => {
+                experts.iter().filter_map(|e| find(e)).collect()
+            }
+            _ => vec![],
+        }
+    };
     let experts: Vec<&Stage> = plan
         .domains
         .iter()
@@ -29,10 +39,13 @@ fn training_stages<'a>(plan: &'a Plan, method: &str, sfx: &str) -> Vec<&'a Stage
         .collect();
     match method {
         "seed" => find("seed").into_iter().collect(),
-        m if m.starts_with("expert:") => find(&format!("{m}{sfx}")).into_iter().collect(),
+        m if m.starts_with("expert:") || m.starts_with("expert-ffn:") => {
+            find(&format!("{m}{sfx}")).into_iter().collect()
+        }
+        m if m.starts_with("mix:") => mixed(&m["mix:".len()..]),
         m if m == "btx" || m.starts_with("btx:") => {
             let v = m.strip_prefix("btx:").unwrap_or(&plan.variants[0]);
-            let mut s = experts;
+            let mut s = mixed(v);
             s.extend(find(&format!("finetune:{v}{sfx}")));
             s
         }
@@ -122,119 +135,28 @@ pub fn build(plan: &Plan, run: &Path) -> Result<()> {
     }
     let plots_dir = run.join("plots");
     std::fs::create_dir_all(&plots_dir)?;
-    let mut plot_links = vec![];
-    let primary = &replicas[0];
     let title = if plan.name.is_empty() {
         "BTX report".to_string()
     } else {
         format!("BTX report: {}", plan.name)
     };
-    // Accuracy and loss per domain per method.
-    let names: Vec<String> = primary.iter().map(|m| m.name.clone()).collect();
-    let accs: Vec<Vec<Option<f64>>> = primary
-        .iter()
-        .map(|m| {
-            domains
-                .iter()
-                .map(|d| {
-                    m.eval
-                        .domains
-                        .get(d)
-                        .and_then(|e| e.accuracy)
-                        .map(|a| 100.0 * a)
-                })
-                .collect()
-        })
-        .collect();
-    let losses: Vec<Vec<Option<f64>>> = primary
-        .iter()
-        .map(|m| {
-            domains
-                .iter()
-                .map(|d| m.eval.domains.get(d).map(|e| e.loss))
-                .collect()
-        })
-        .collect();
-    let mut try_plot =
-        |file: &str, caption: &str, r: Result<(), Box<dyn std::error::Error>>| match r {
-            Ok(()) if plots_dir.join(file).exists() => {
-                plot_links.push((caption.to_string(), format!("plots/{file}")));
-            }
-            Ok(()) => {}
-            Err(e) => tracing::warn!("plot {file}: {e}"),
-        };
-    try_plot(
-        "accuracy.png",
-        "Task accuracy per domain and method",
-        plots::grouped_bars(
-            &names,
-            &domains,
-            &accs,
-            "Exact-match accuracy (%)",
-            "accuracy %",
-            &plots_dir.join("accuracy.png"),
-        ),
-    );
-    try_plot(
-        "loss.png",
-        "Held-out loss per domain and method",
-        plots::grouped_bars(
-            &names,
-            &domains,
-            &losses,
-            "Held-out loss (lower is better)",
-            "loss (nats/token)",
-            &plots_dir.join("loss.png"),
-        ),
-    );
-    let mut branch = vec![];
-    let mut final_stage = vec![];
-    for s in &plan.stages {
-        if s.name.contains('@') || !matches!(s.kind, StageKind::Train { .. }) {
-            continue;
-        }
-        let c = curve(run, s);
-        if c.is_empty() {
-            continue;
-        }
-        if s.name == "seed" || s.name.starts_with("expert:") {
-            branch.push((s.name.clone(), c));
-        } else {
-            final_stage.push((method_of(&s.name, &plan.variants[0]), c));
-        }
-    }
-    try_plot(
-        "loss_branch_train.png",
-        "Training loss: seed pretraining and expert training",
-        plots::loss_curves(
-            &branch,
-            "Seed and experts (each on its own data)",
-            &plots_dir.join("loss_branch_train.png"),
-        ),
-    );
-    try_plot(
-        "loss_finetune.png",
-        "Training loss: MoE-finetune and baselines (on the finetune mixture)",
-        plots::loss_curves(
-            &final_stage,
-            "MoE-finetune and baselines",
-            &plots_dir.join("loss_finetune.png"),
-        ),
-    );
-    for (name, r) in &routing {
-        let file = format!("routing_{}.png", name.replace(':', "-"));
-        try_plot(
-            &file,
-            &format!("Routing of {name}: share of each domain's tokens per expert and layer"),
-            plots::routing_heatmap(
-                r,
-                &expert_labels,
-                &format!("{name}: top-{} routing share", r.top_k),
-                &plots_dir.join(&file),
-            ),
-        );
-    }
-    if plot_links.is_empty() && !plots::font_available() {
+    let mut input = ReportInput {
+        title,
+        domains: domains.clone(),
+        expert_domains: plan.domains.clone(),
+        replicas,
+        routing,
+        routing_replicas,
+        expert_labels: expert_labels.clone(),
+        plots: vec![],
+        setup: vec![],
+    };
+    let plot_links = {
+        let st = Stats::new(&input);
+        draw_plots(plan, run, &st, &plots_dir, &expert_labels)
+    };
+    input.plots = plot_links;
+    if input.plots.is_empty() && !plots::font_available() {
         tracing::warn!("no plots: no TrueType font found (set BTX_FONT)");
     }
     let seed_stage = plan.stages.iter().find(|s| s.name == "seed");
@@ -259,24 +181,14 @@ pub fn build(plan: &Plan, run: &Path) -> Result<()> {
         plan.budget.btx_tokens,
         plan.budget.btx_flops
     ));
-    setup.push(format!("domains evaluated: {}", domains.join(", ")));
+    setup.push(format!("domains evaluated: {}", input.domains.join(", ")));
     if plan.replicas > 1 {
         setup.push(format!(
             "{} replicas: everything after the seed repeated with different training seeds; tables show the first, the spread section all",
             plan.replicas
         ));
     }
-    let input = ReportInput {
-        title,
-        domains: domains.clone(),
-        expert_domains: plan.domains.clone(),
-        replicas,
-        routing,
-        routing_replicas,
-        expert_labels,
-        plots: plot_links,
-        setup,
-    };
+    input.setup = setup;
     let st = Stats::new(&input);
     let v = verdicts(&st);
     std::fs::write(
@@ -285,4 +197,195 @@ pub fn build(plan: &Plan, run: &Path) -> Result<()> {
     )?;
     std::fs::write(run.join("report.md"), markdown(&st, &v))?;
     Ok(())
+}
+
+/// What each expert of a MoE method is, for heatmap columns: the domain experts (and the
+/// generalist) for a MiX, their chunks when split, blends, and plain copies for upcycling.
+fn expert_names(plan: &Plan, method: &str, labels: &[String], n: usize) -> Vec<String> {
+    if method.starts_with("upcycle") {
+        return (0..n).map(|i| format!("copy {i}")).collect();
+    }
+    let variant = method
+        .strip_prefix("btx:")
+        .or_else(|| method.strip_prefix("mix:"))
+        .unwrap_or(&plan.variants[0]);
+    let spec = plan.mix_of(variant, "").and_then(|s| match &s.kind {
+        StageKind::Mix { spec, .. } => Some(spec),
+        _ => None,
+    });
+    match spec {
+        Some(m) if m.blend => (0..n).map(|i| format!("blend {i}")).collect(),
+        Some(m) if m.split > 1 => (0..n)
+            .map(|i| {
+                let model = labels.get(i / m.split).cloned().unwrap_or_default();
+                format!("{model}.{}", i % m.split)
+            })
+            .collect(),
+        _ => labels.to_vec(),
+    }
+}
+
+/// Writes every plot; returns (caption, link) of those written.
+fn draw_plots(
+    plan: &Plan,
+    run: &Path,
+    st: &Stats,
+    dir: &Path,
+    labels: &[String],
+) -> Vec<(String, String)> {
+    let input = st.input;
+    let mut links = vec![];
+    let mut try_plot =
+        |file: &str, caption: &str, r: Result<(), Box<dyn std::error::Error>>| match r {
+            Ok(()) if dir.join(file).exists() => {
+                links.push((caption.to_string(), format!("plots/{file}")));
+            }
+            Ok(()) => {}
+            Err(e) => tracing::warn!("plot {file}: {e}"),
+        };
+    let names: Vec<String> = st.methods().map(|m| m.name.clone()).collect();
+    let per_domain = |f: &dyn Fn(&str, &str) -> Option<btx_eval::stats::Estimate>, scale: f64| {
+        names
+            .iter()
+            .map(|m| {
+                input
+                    .domains
+                    .iter()
+                    .map(|d| f(m, d).map(|e| (scale * e.value, [scale * e.ci[0], scale * e.ci[1]])))
+                    .collect::<Vec<_>>()
+            })
+            .collect::<Vec<_>>()
+    };
+    try_plot(
+        "accuracy.png",
+        "Task accuracy per domain and method (95% intervals)",
+        plots::grouped_bars(
+            &names,
+            &input.domains,
+            &per_domain(&|m, d| st.acc(m, d), 100.0),
+            "Exact-match accuracy (%)",
+            "accuracy %",
+            true,
+            &dir.join("accuracy.png"),
+        ),
+    );
+    try_plot(
+        "loss.png",
+        "Held-out loss per domain and method (95% intervals; the axis is zoomed to the data)",
+        plots::grouped_bars(
+            &names,
+            &input.domains,
+            &per_domain(&|m, d| st.loss(m, d), 1.0),
+            "Held-out loss (lower is better)",
+            "loss (nats/token)",
+            false,
+            &dir.join("loss.png"),
+        ),
+    );
+    // Average loss against the training FLOPs each method spent after the seed.
+    let points: Vec<(String, Vec<(f64, plots::WithCi)>)> = st
+        .methods()
+        .filter(|m| m.name != "seed" && !m.name.starts_with("expert"))
+        .filter_map(|m| {
+            let e = st.avg_loss(&m.name)?;
+            Some((
+                m.name.clone(),
+                vec![(m.compute.train_flops, (e.value, e.ci))],
+            ))
+        })
+        .collect();
+    try_plot(
+        "loss_vs_flops.png",
+        "Average held-out loss against training FLOPs after the seed (95% intervals)",
+        plots::loss_vs_flops(
+            &points,
+            "Average loss vs training compute",
+            &dir.join("loss_vs_flops.png"),
+        ),
+    );
+    // Training curves of replica 0: the branches on their own steps; the final stages on the
+    // FLOPs their method has spent so far (BTX's finetune starts after its experts' FLOPs).
+    let mut branch = vec![];
+    let mut final_stage = vec![];
+    for s in &plan.stages {
+        if s.name.contains('@') || !matches!(s.kind, StageKind::Train { .. }) {
+            continue;
+        }
+        let c = curve(run, s);
+        if c.is_empty() {
+            continue;
+        }
+        if s.name == "seed" || s.name.starts_with("expert") {
+            branch.push((s.name.clone(), c));
+            continue;
+        }
+        let method = method_of(&s.name, &plan.variants[0]);
+        let stages = training_stages(plan, &method, "");
+        let before: f64 = stages
+            .iter()
+            .filter(|t| t.name != s.name)
+            .map(|t| compute_of(run, t).train_flops)
+            .sum();
+        let own = compute_of(run, s);
+        let last = c.last().map_or(1.0, |p| p.0).max(1.0);
+        let per_step = own.train_flops / last;
+        final_stage.push((
+            method,
+            c.into_iter()
+                .map(|(step, l)| (before + step * per_step, l))
+                .collect(),
+        ));
+    }
+    try_plot(
+        "loss_branch_train.png",
+        "Training loss: seed pretraining and expert training",
+        plots::loss_curves(
+            &branch,
+            "Seed and experts (each on its own data)",
+            "step",
+            &dir.join("loss_branch_train.png"),
+        ),
+    );
+    try_plot(
+        "loss_finetune.png",
+        "Training loss on the finetune mixture against the FLOPs each method has spent after the seed (BTX's curve starts after its experts)",
+        plots::loss_curves(
+            &final_stage,
+            "MoE-finetune and baselines",
+            "training FLOPs after the seed",
+            &dir.join("loss_finetune.png"),
+        ),
+    );
+    // Routing heatmaps on one colour scale; rows in expert order so the diagonal is each
+    // domain's own expert.
+    let mut rows: Vec<String> = input.expert_domains.clone();
+    rows.extend(
+        input
+            .domains
+            .iter()
+            .filter(|d| !input.expert_domains.contains(d))
+            .cloned(),
+    );
+    let scale = input
+        .routing
+        .values()
+        .flat_map(|r| r.domains.values())
+        .flat_map(|d| d.topk_share.iter().flatten())
+        .fold(0f64, |a, &b| a.max(b));
+    for (name, r) in &input.routing {
+        let file = format!("routing_{}.png", name.replace(':', "-"));
+        try_plot(
+            &file,
+            &format!("Routing of {name}: share of each domain's tokens per expert and layer (one colour scale for every heatmap)"),
+            plots::routing_heatmap(
+                r,
+                &expert_names(plan, name, labels, r.num_experts),
+                &rows,
+                scale,
+                &format!("{name}: top-{} routing share", r.top_k),
+                &dir.join(&file),
+            ),
+        );
+    }
+    links
 }

@@ -151,6 +151,7 @@ fn mix_options(spec: &MixSpec, init: RouterInit, generalist: bool) -> MixOptions
         blend: spec.blend,
         top_k: spec.top_k,
         routing: spec.routing.clone(),
+        non_ffn: spec.non_ffn,
         // A stage owns its directory; a retried stage replaces its own earlier output.
         existing: Existing::Replace,
     }

@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 
 use crate::runner;
 
-/// The default demo (examples/demo.toml): ~15 minutes on 2 cores, two training seeds.
+/// The default demo (examples/demo.toml): under 10 minutes on 2 cores.
 pub const DEMO: &str = include_str!("../../../../examples/demo.toml");
 /// `--quick` (examples/quick.toml): a few minutes.
 pub const QUICK: &str = include_str!("../../../../examples/quick.toml");
@@ -28,8 +28,8 @@ pub struct Args {
     sets: Vec<String>,
 }
 
-/// The markdown of a report from its `## Results` heading up to the next section, plus the
-/// verdict section.
+/// The markdown of a report from its `## Results` heading up to the next section, the
+/// diagnosis paragraph and the verdict section.
 fn summary(report: &str) -> String {
     let section = |name: &str| -> String {
         let Some(start) = report.find(name) else {
@@ -39,7 +39,17 @@ fn summary(report: &str) -> String {
         let end = rest[3..].find("\n## ").map_or(rest.len(), |e| e + 3);
         rest[..end].trim_end().to_string()
     };
-    format!("{}\n\n{}\n", section("## Results"), section("## Verdict"))
+    // The diagnosis' first paragraph (its tables stay in the report).
+    let diagnosis = section("## Diagnosis")
+        .split("\n\n")
+        .take(2)
+        .collect::<Vec<_>>()
+        .join("\n\n");
+    format!(
+        "{}\n\n{diagnosis}\n\n{}\n",
+        section("## Results"),
+        section("## Verdict")
+    )
 }
 
 pub fn run(a: Args, device: &str) -> Result<()> {

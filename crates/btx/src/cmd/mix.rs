@@ -56,6 +56,10 @@ pub struct MixArgs {
     /// Expert n built from the n-th chunk of every model's FFN.
     #[arg(long)]
     blend: bool,
+    /// Where the weights outside the FFNs come from: `average` (the mean over the mixed
+    /// models, the paper's MiX) or `seed` (the seed's own).
+    #[arg(long, default_value = "average")]
+    non_ffn: String,
     #[command(flatten)]
     route: RouteArgs,
     /// Prepared data for --router-init domain-mean.
@@ -192,6 +196,7 @@ pub fn run_mix(a: MixArgs) -> Result<()> {
         weights: a.weights.clone(),
         split: a.split,
         blend: a.blend,
+        non_ffn: btx_mix::NonFfn::parse(&a.non_ffn)?,
         existing: Existing::replace_if(a.force),
         ..options(&a.route, init)?
     };
