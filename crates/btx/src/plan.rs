@@ -86,10 +86,110 @@ pub struct Stage {
 /// What BTX spends, from the recipe; baselines are matched to it.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Budget {
+    /// The factor on every step count after the seed (recipe `budgets`).
+    #[serde(default = "one")]
+    pub scale: f64,
     pub btx_tokens: u64,
     pub btx_flops: f64,
     pub expert_tokens: u64,
+    #[serde(default)]
+    pub expert_flops: f64,
     pub finetune_tokens: u64,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+/// A family of expert stages: how they train, and the factor on their step count (for a
+/// variant that gives the finetune another share of the budget), in thousandths.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Family {
+    training: ExpertTraining,
+    factor_permille: u32,
+}
+
+impl Family {
+    fn new(training: ExpertTraining, factor: f64) -> Self {
+        Self {
+            training,
+            factor_permille: (factor * 1000.0).round().max(1.0) as u32,
+        }
+    }
+
+    fn factor(&self) -> f64 {
+        self.factor_permille as f64 / 1000.0
+    }
+
+    /// Stage (and method) prefix: `expert`, `expert-ffn`, `expert-x0.620`, ...
+    fn prefix(&self) -> String {
+        let base = self.training.stage_prefix();
+        if self.factor_permille == 1000 {
+            base.to_string()
+        } else {
+            format!("{base}-x{:.3}", self.factor())
+        }
+    }
+
+    /// Directory: `experts`, `expert-ffns`, `experts-x0.620`, ...
+    fn dir(&self) -> String {
+        let base = format!("{}s", self.training.stage_prefix());
+        if self.factor_permille == 1000 {
+            base
+        } else {
+            format!("{base}-x{:.3}", self.factor())
+        }
+    }
+}
+
+/// `spec` with its step count multiplied by `f` (at least one step; warmup at most half).
+fn scaled(mut spec: TrainSpec, f: f64) -> TrainSpec {
+    if f != 1.0 {
+        spec.train.steps = ((spec.train.steps as f64 * f).round() as usize).max(1);
+        spec.optim.warmup_steps = spec.optim.warmup_steps.min(spec.train.steps / 2);
+    }
+    spec
+}
+
+/// The budget whose results are the report's main tables: 1.0 when listed, else the largest.
+pub fn primary_budget(budgets: &[f64]) -> f64 {
+    if budgets.contains(&1.0) {
+        1.0
+    } else {
+        budgets.iter().copied().fold(f64::NAN, f64::max)
+    }
+}
+
+/// A budget's stage-name tag and directory prefix (none for the primary budget).
+pub fn budget_tags(scale: f64, primary: f64) -> (String, String) {
+    if scale == primary {
+        (String::new(), String::new())
+    } else {
+        (format!("#x{scale}"), format!("budgets/x{scale}/"))
+    }
+}
+
+/// The budget tag (`#x0.5`, or "" for the primary budget) and replica of a stage name.
+pub fn tags_of(stage: &str) -> (String, usize) {
+    let (head, rep) = match stage.split_once('@') {
+        Some((h, r)) => (h, r.parse().unwrap_or(0)),
+        None => (stage, 0),
+    };
+    let budget = head
+        .find('#')
+        .map_or(String::new(), |i| head[i..].to_string());
+    (budget, rep)
+}
+
+/// The family and the budget-and-replica suffix of an expert stage (`expert-ffn:math#x0.5@1`
+/// → (`expert-ffn`, `#x0.5@1`)); None for other stages.
+pub fn expert_group(stage: &str) -> Option<(String, String)> {
+    let (family, rest) = stage.split_once(':')?;
+    if !family.starts_with("expert") {
+        return None;
+    }
+    let cut = rest.find(['#', '@']).unwrap_or(rest.len());
+    Some((family.to_string(), rest[cut..].to_string()))
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -99,6 +199,9 @@ pub struct Plan {
     pub budget: Budget,
     /// Domains with experts, in expert order.
     pub domains: Vec<String>,
+    /// Every budget of the recipe (the primary one is `budget`).
+    #[serde(default)]
+    pub budgets: Vec<Budget>,
     /// Finetune variants, the first is "the" BTX model.
     pub variants: Vec<String>,
     pub generalist: bool,
@@ -176,14 +279,9 @@ fn non_ffn_params(cfg: &ModelConfig) -> Vec<String> {
         .collect()
 }
 
-/// `experts/`, `expert-ffns/`: the directory of a family of expert stages.
-fn plural(prefix: &str) -> String {
-    format!("{prefix}s")
-}
-
 /// The method name a stage's model is reported under.
 pub fn method_of(stage: &str, primary_variant: &str) -> String {
-    let base = stage.split('@').next().unwrap_or(stage);
+    let base = stage.split(['@', '#']).next().unwrap_or(stage);
     if let Some(v) = base.strip_prefix("finetune:") {
         return if v == primary_variant {
             "btx".into()
@@ -305,20 +403,29 @@ impl Plan {
         let n_models = domains.len() + r.mix.generalist as usize;
         let moe_cfg = moe_config(&seed_cfg, n_models, &primary.mix(&r.mix));
         let ft_spec = primary.finetune(&ft);
-        let mut budget = Budget::default();
-        for d in &domains {
-            let s = r.expert_spec(d)?;
-            budget.expert_tokens += s.tokens();
-            budget.btx_flops += s.tokens() as f64 * seed_cfg.train_flops_per_token(s.train.seq_len);
-        }
-        budget.finetune_tokens = ft_spec.tokens();
-        budget.btx_flops +=
-            ft_spec.tokens() as f64 * moe_cfg.train_flops_per_token(ft_spec.train.seq_len);
-        budget.btx_tokens = budget.expert_tokens + budget.finetune_tokens;
+        // What BTX spends at a budget scale (the primary variant), for matched baselines.
+        let budget_at = |scale: f64| -> Result<Budget> {
+            let mut budget = Budget {
+                scale,
+                ..Budget::default()
+            };
+            for d in &domains {
+                let s = scaled(r.expert_spec(d)?, scale);
+                budget.expert_tokens += s.tokens();
+                budget.expert_flops +=
+                    s.tokens() as f64 * seed_cfg.train_flops_per_token(s.train.seq_len);
+            }
+            let f = scaled(ft_spec.clone(), scale);
+            budget.finetune_tokens = f.tokens();
+            budget.btx_flops = budget.expert_flops
+                + f.tokens() as f64 * moe_cfg.train_flops_per_token(f.train.seq_len);
+            budget.btx_tokens = budget.expert_tokens + budget.finetune_tokens;
+            Ok(budget)
+        };
         let tps = ft.tokens_per_step().max(1);
         let steps_for = |tokens: f64| ((tokens / tps as f64).ceil() as usize).max(1);
         let seq = ft.train.seq_len;
-        let matched = |m: &str, cfg: &ModelConfig| match m {
+        let matched = |budget: &Budget, m: &str, cfg: &ModelConfig| match m {
             "data" => steps_for(budget.btx_tokens as f64),
             _ => steps_for(budget.btx_flops / cfg.train_flops_per_token(seq)),
         };
@@ -343,7 +450,11 @@ impl Plan {
             deps.push("data".into());
             b.push(
                 format!("eval:{method}{sfx}"),
-                format!("eval/{}{}", method.replace(':', "-"), sfx.replace('@', "-")),
+                format!(
+                    "eval/{}{}",
+                    method.replace(':', "-"),
+                    sfx.replace(['@', '#'], "-")
+                ),
                 deps,
                 StageKind::Eval {
                     method: method.into(),
@@ -358,34 +469,172 @@ impl Plan {
         };
         eval(&mut b, "seed", "", vec!["seed".into()], None);
 
-        for rep in 0..r.replicas {
-            let (sfx, pre) = replica_tags(rep);
-            let reseed = |mut s: TrainSpec| {
-                s.train.seed += 1000 * rep as u64;
-                s
-            };
-            // The experts: fully trained ones always (BTM, merge-avg and most variants use
-            // them), FFN-only ones when a variant asks for them.
-            let mut experts_of: BTreeMap<ExpertTraining, Vec<String>> = BTreeMap::new();
-            let mut kinds = vec![ExpertTraining::Full];
-            if variants
-                .iter()
-                .any(|v| v.experts == ExpertTraining::FfnOnly)
-            {
-                kinds.push(ExpertTraining::FfnOnly);
+        // A variant's finetune at a budget scale: its steps scaled, or, with a finetune share,
+        // the steps that spend that share of the primary variant's budget.
+        let finetune_spec = |v: &crate::recipe::Variant, scale: f64| -> TrainSpec {
+            let mut f = scaled(v.finetune(&ft), scale);
+            if let Some(share) = v.finetune_share {
+                let cfg = moe_config(&seed_cfg, n_models, &v.mix(&r.mix));
+                let per_step =
+                    f.tokens_per_step() as f64 * cfg.train_flops_per_token(f.train.seq_len);
+                let total = budget_at(scale).map_or(0.0, |b| b.btx_flops);
+                f.train.steps = ((share * total / per_step).round() as usize).max(1);
+                f.optim.warmup_steps = f.optim.warmup_steps.min(f.train.steps / 2);
             }
-            for kind in kinds {
-                let prefix = kind.stage_prefix();
-                let mut names = vec![];
-                for d in &domains {
-                    let name = format!("{prefix}:{d}{sfx}");
-                    let mut spec = r.expert_spec(d)?;
-                    if kind == ExpertTraining::FfnOnly {
-                        spec.train.freeze.extend(non_ffn_params(&seed_cfg));
+            f
+        };
+        let primary_scale = primary_budget(&r.budgets);
+        let mut budgets = vec![];
+        for &scale in &r.budgets {
+            let budget = budget_at(scale)?;
+            budgets.push(budget.clone());
+            let (btag, bdir) = budget_tags(scale, primary_scale);
+            for rep in 0..r.replicas {
+                let (rsfx, rpre) = replica_tags(rep);
+                let (sfx, pre) = (format!("{btag}{rsfx}"), format!("{bdir}{rpre}"));
+                let reseed = |mut s: TrainSpec| {
+                    s.train.seed += 1000 * rep as u64;
+                    s
+                };
+                // The experts: fully trained ones always (BTM, merge-avg and most variants use
+                // them), FFN-only ones when a variant asks for them, and ones with fewer or more
+                // steps for a variant that gives the finetune another share of the budget.
+                // The variants beyond the first are ablations: they run at the primary budget
+                // only (the budget sweep is for BTX against its baselines).
+                let variants: &[crate::recipe::Variant] = if scale == primary_scale {
+                    &variants
+                } else {
+                    &variants[..1]
+                };
+                let family = |v: &crate::recipe::Variant| -> Result<Family> {
+                    let factor = match v.finetune_share {
+                        None => 1.0,
+                        Some(share) => (1.0 - share) * budget.btx_flops / budget.expert_flops,
+                    };
+                    Ok(Family::new(v.experts, factor))
+                };
+                let mut families = vec![Family::new(ExpertTraining::Full, 1.0)];
+                for v in variants {
+                    let f = family(v)?;
+                    if !families.contains(&f) {
+                        families.push(f);
                     }
+                }
+                let mut experts_of: BTreeMap<Family, Vec<String>> = BTreeMap::new();
+                for fam in families {
+                    let prefix = fam.prefix();
+                    let mut names = vec![];
+                    for d in &domains {
+                        let name = format!("{prefix}:{d}{sfx}");
+                        let mut spec = scaled(r.expert_spec(d)?, scale * fam.factor());
+                        if fam.training == ExpertTraining::FfnOnly {
+                            spec.train.freeze.extend(non_ffn_params(&seed_cfg));
+                        }
+                        b.push(
+                            name.clone(),
+                            format!("{pre}{}/{d}", fam.dir()),
+                            vec!["seed".into(), "data".into()],
+                            StageKind::Train {
+                                from: Some("seed".into()),
+                                spec: reseed(spec),
+                                data: "data".into(),
+                            },
+                            true,
+                        );
+                        // Rescaled experts only serve their variant's MiX: not evaluated alone.
+                        if fam.factor_permille == 1000 {
+                            eval(
+                                &mut b,
+                                &format!("{prefix}:{d}"),
+                                &sfx,
+                                vec![name.clone()],
+                                None,
+                            );
+                        }
+                        names.push(name);
+                    }
+                    experts_of.insert(fam, names);
+                }
+                let expert_stages = experts_of[&Family::new(ExpertTraining::Full, 1.0)].clone();
+                // Variants that differ only in their finetune share one MiX (and its evaluation).
+                let mut mixes: Vec<(Family, MixSpec, String)> = vec![];
+                for v in variants {
+                    let spec = v.mix(&r.mix);
+                    let fam = family(v)?;
+                    let shared = mixes
+                        .iter()
+                        .find(|(k, m, _)| *k == fam && *m == spec)
+                        .map(|x| x.2.clone());
+                    let mix_name = match shared {
+                        Some(name) => name,
+                        None => {
+                            let mix_name = format!("mix:{}{sfx}", v.name);
+                            let mixed = experts_of[&fam].clone();
+                            let mut deps = vec!["seed".to_string(), "data".to_string()];
+                            deps.extend(mixed.iter().cloned());
+                            b.push(
+                                mix_name.clone(),
+                                format!("{pre}mix/{}", v.name),
+                                deps,
+                                StageKind::Mix {
+                                    seed: "seed".into(),
+                                    experts: mixed,
+                                    domains: domains.clone(),
+                                    spec: spec.clone(),
+                                    data: "data".into(),
+                                    router_seed: rep as u64,
+                                },
+                                false,
+                            );
+                            if r.eval.mix {
+                                // The MiX before any finetuning: what the finetune starts from.
+                                eval(
+                                    &mut b,
+                                    &format!("mix:{}", v.name),
+                                    &sfx,
+                                    vec![mix_name.clone()],
+                                    None,
+                                );
+                            }
+                            mixes.push((fam, spec, mix_name.clone()));
+                            mix_name
+                        }
+                    };
+                    let ft_name = format!("finetune:{}{sfx}", v.name);
+                    b.push(
+                        ft_name.clone(),
+                        format!("{pre}finetune/{}", v.name),
+                        vec![mix_name.clone(), "data".into()],
+                        StageKind::Train {
+                            from: Some(mix_name),
+                            spec: reseed(finetune_spec(v, scale)),
+                            data: "data".into(),
+                        },
+                        true,
+                    );
+                    eval(
+                        &mut b,
+                        &method_of(&ft_name, &primary.name),
+                        &sfx,
+                        vec![ft_name.clone()],
+                        None,
+                    );
+                }
+                let dense_list = r.baselines.dense.list();
+                for m in &dense_list {
+                    let mut spec = ft.clone();
+                    spec.moe = Default::default();
+                    spec.train.steps = matched(&budget, m, &seed_cfg);
+                    // A lone data-matched run is plain `dense`; a compute-matched one always says so.
+                    let tag = if dense_list.len() == 1 && *m == "data" {
+                        "dense".to_string()
+                    } else {
+                        format!("dense-{m}")
+                    };
+                    let name = format!("baseline:{tag}{sfx}");
                     b.push(
                         name.clone(),
-                        format!("{pre}{}/{d}", plural(prefix)),
+                        format!("{pre}baselines/{tag}"),
                         vec!["seed".into(), "data".into()],
                         StageKind::Train {
                             from: Some("seed".into()),
@@ -394,173 +643,76 @@ impl Plan {
                         },
                         true,
                     );
-                    eval(
-                        &mut b,
-                        &format!("{prefix}:{d}"),
-                        &sfx,
-                        vec![name.clone()],
-                        None,
-                    );
-                    names.push(name);
-                }
-                experts_of.insert(kind, names);
-            }
-            let expert_stages = experts_of[&ExpertTraining::Full].clone();
-            // Variants that differ only in their finetune share one MiX (and its evaluation).
-            let mut mixes: Vec<(ExpertTraining, MixSpec, String)> = vec![];
-            for v in &variants {
-                let spec = v.mix(&r.mix);
-                let shared = mixes
-                    .iter()
-                    .find(|(k, m, _)| *k == v.experts && *m == spec)
-                    .map(|x| x.2.clone());
-                let mix_name = match shared {
-                    Some(name) => name,
-                    None => {
-                        let mix_name = format!("mix:{}{sfx}", v.name);
-                        let mixed = experts_of[&v.experts].clone();
-                        let mut deps = vec!["seed".to_string(), "data".to_string()];
-                        deps.extend(mixed.iter().cloned());
-                        b.push(
-                            mix_name.clone(),
-                            format!("{pre}mix/{}", v.name),
-                            deps,
-                            StageKind::Mix {
-                                seed: "seed".into(),
-                                experts: mixed,
-                                domains: domains.clone(),
-                                spec: spec.clone(),
-                                data: "data".into(),
-                                router_seed: rep as u64,
-                            },
-                            false,
-                        );
-                        if r.eval.mix {
-                            // The MiX before any finetuning: what the finetune starts from.
-                            eval(
-                                &mut b,
-                                &format!("mix:{}", v.name),
-                                &sfx,
-                                vec![mix_name.clone()],
-                                None,
-                            );
-                        }
-                        mixes.push((v.experts, spec, mix_name.clone()));
-                        mix_name
-                    }
-                };
-                let ft_name = format!("finetune:{}{sfx}", v.name);
-                b.push(
-                    ft_name.clone(),
-                    format!("{pre}finetune/{}", v.name),
-                    vec![mix_name.clone(), "data".into()],
-                    StageKind::Train {
-                        from: Some(mix_name),
-                        spec: reseed(v.finetune(&ft)),
-                        data: "data".into(),
-                    },
-                    true,
-                );
-                eval(
-                    &mut b,
-                    &method_of(&ft_name, &primary.name),
-                    &sfx,
-                    vec![ft_name.clone()],
-                    None,
-                );
-            }
-            let dense_list = r.baselines.dense.list();
-            for m in &dense_list {
-                let mut spec = ft.clone();
-                spec.moe = Default::default();
-                spec.train.steps = matched(m, &seed_cfg);
-                // A lone data-matched run is plain `dense`; a compute-matched one always says so.
-                let tag = if dense_list.len() == 1 && *m == "data" {
-                    "dense".to_string()
-                } else {
-                    format!("dense-{m}")
-                };
-                let name = format!("baseline:{tag}{sfx}");
-                b.push(
-                    name.clone(),
-                    format!("{pre}baselines/{tag}"),
-                    vec!["seed".into(), "data".into()],
-                    StageKind::Train {
-                        from: Some("seed".into()),
-                        spec: reseed(spec),
-                        data: "data".into(),
-                    },
-                    true,
-                );
-                eval(&mut b, &tag, &sfx, vec![name], None);
-            }
-            let up_list = r.baselines.upcycle.list();
-            if !up_list.is_empty() {
-                let mut spec = primary.mix(&r.mix);
-                spec.router_init = "random".into();
-                let up_name = format!("upcycle{sfx}");
-                b.push(
-                    up_name.clone(),
-                    format!("{pre}upcycle"),
-                    vec!["seed".into()],
-                    StageKind::Upcycle {
-                        seed: "seed".into(),
-                        num_experts: moe_cfg.num_experts(),
-                        spec: MixSpec {
-                            split: 1,
-                            blend: false,
-                            ..spec
-                        },
-                        router_seed: rep as u64,
-                    },
-                    false,
-                );
-                for m in &up_list {
-                    let mut spec = ft_spec.clone();
-                    spec.train.freeze.clear();
-                    spec.train.steps = matched(m, &up_cfg);
-                    let tag = format!("upcycle-{m}");
-                    let name = format!("baseline:{tag}{sfx}");
-                    b.push(
-                        name.clone(),
-                        format!("{pre}baselines/{tag}"),
-                        vec![up_name.clone(), "data".into()],
-                        StageKind::Train {
-                            from: Some(up_name.clone()),
-                            spec: reseed(spec),
-                            data: "data".into(),
-                        },
-                        true,
-                    );
                     eval(&mut b, &tag, &sfx, vec![name], None);
                 }
-            }
-            let mut members = expert_stages.clone();
-            if r.mix.generalist {
-                members.push("seed".into());
-            }
-            if r.baselines.merge_avg {
-                let name = format!("baseline:merge-avg{sfx}");
-                b.push(
-                    name.clone(),
-                    format!("{pre}baselines/merge-avg"),
-                    members.clone(),
-                    StageKind::Average {
-                        models: members.clone(),
-                    },
-                    false,
-                );
-                eval(&mut b, "merge-avg", &sfx, vec![name], None);
-            }
-            if r.eval.btm {
-                for k in [1usize, 2] {
-                    eval(
-                        &mut b,
-                        &format!("btm-top{k}"),
-                        &sfx,
-                        members.clone(),
-                        Some(Weighting::Posterior { top_k: k }),
+                let up_list = r.baselines.upcycle.list();
+                if !up_list.is_empty() {
+                    let mut spec = primary.mix(&r.mix);
+                    spec.router_init = "random".into();
+                    let up_name = format!("upcycle{sfx}");
+                    b.push(
+                        up_name.clone(),
+                        format!("{pre}upcycle"),
+                        vec!["seed".into()],
+                        StageKind::Upcycle {
+                            seed: "seed".into(),
+                            num_experts: moe_cfg.num_experts(),
+                            spec: MixSpec {
+                                split: 1,
+                                blend: false,
+                                ..spec
+                            },
+                            router_seed: rep as u64,
+                        },
+                        false,
                     );
+                    for m in &up_list {
+                        let mut spec = ft_spec.clone();
+                        spec.train.freeze.clear();
+                        spec.train.steps = matched(&budget, m, &up_cfg);
+                        let tag = format!("upcycle-{m}");
+                        let name = format!("baseline:{tag}{sfx}");
+                        b.push(
+                            name.clone(),
+                            format!("{pre}baselines/{tag}"),
+                            vec![up_name.clone(), "data".into()],
+                            StageKind::Train {
+                                from: Some(up_name.clone()),
+                                spec: reseed(spec),
+                                data: "data".into(),
+                            },
+                            true,
+                        );
+                        eval(&mut b, &tag, &sfx, vec![name], None);
+                    }
+                }
+                let mut members = expert_stages.clone();
+                if r.mix.generalist {
+                    members.push("seed".into());
+                }
+                if r.baselines.merge_avg {
+                    let name = format!("baseline:merge-avg{sfx}");
+                    b.push(
+                        name.clone(),
+                        format!("{pre}baselines/merge-avg"),
+                        members.clone(),
+                        StageKind::Average {
+                            models: members.clone(),
+                        },
+                        false,
+                    );
+                    eval(&mut b, "merge-avg", &sfx, vec![name], None);
+                }
+                if r.eval.btm {
+                    for k in [1usize, 2] {
+                        eval(
+                            &mut b,
+                            &format!("btm-top{k}"),
+                            &sfx,
+                            members.clone(),
+                            Some(Weighting::Posterior { top_k: k }),
+                        );
+                    }
                 }
             }
         }
@@ -577,10 +729,16 @@ impl Plan {
             StageKind::Report,
             false,
         );
+        let budget = budgets
+            .iter()
+            .find(|x| x.scale == primary_scale)
+            .cloned()
+            .unwrap_or_default();
         Ok(Plan {
             name: r.name.clone(),
             stages: b.stages,
             budget,
+            budgets,
             domains,
             variants: variants.iter().map(|v| v.name.clone()).collect(),
             generalist: r.mix.generalist,

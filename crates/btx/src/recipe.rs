@@ -180,6 +180,11 @@ pub struct Variant {
     pub freeze_experts: bool,
     #[serde(default)]
     pub steps: Option<usize>,
+    /// The share of BTX's training FLOPs (the first variant's: experts + finetune) this
+    /// variant spends on the MoE-finetune; its experts get the rest (their steps rescaled,
+    /// stages `expert-x<factor>:<domain>`). Sweeping it asks how to split a fixed budget.
+    #[serde(default)]
+    pub finetune_share: Option<f64>,
 }
 
 impl Variant {
@@ -391,6 +396,12 @@ pub struct Recipe {
     /// spread). Default 1.
     #[serde(default = "Recipe::d_replicas")]
     pub replicas: usize,
+    /// Total budgets: everything after the seed runs once per factor, with every expert and
+    /// finetune step count multiplied by it (baselines matched per budget); the report draws
+    /// loss against training FLOPs across them. 1.0 (or else the largest) is the main table.
+    /// Default [1.0].
+    #[serde(default = "Recipe::d_budgets")]
+    pub budgets: Vec<f64>,
     /// Resources of the Slurm executor (`btx run --executor slurm`).
     #[serde(default)]
     pub slurm: crate::slurm::SlurmSection,
@@ -416,6 +427,10 @@ pub fn deep_merge(base: &mut toml::Value, over: &toml::Value) {
 impl Recipe {
     fn d_replicas() -> usize {
         1
+    }
+
+    fn d_budgets() -> Vec<f64> {
+        vec![1.0]
     }
 
     pub fn load(path: &Path, sets: &[String]) -> Result<(Self, toml::Value)> {
@@ -534,6 +549,18 @@ impl Recipe {
         if self.replicas == 0 {
             p.push("replicas must be >= 1".into());
         }
+        if self.budgets.is_empty() || self.budgets.iter().any(|b| !(b.is_finite() && *b > 0.0)) {
+            p.push(format!(
+                "budgets {:?} must be a non-empty list of factors > 0",
+                self.budgets
+            ));
+        }
+        let mut sorted = self.budgets.clone();
+        sorted.sort_by(f64::total_cmp);
+        sorted.dedup();
+        if sorted.len() != self.budgets.len() {
+            p.push(format!("budgets {:?} lists a factor twice", self.budgets));
+        }
         // The experts.
         if self.experts.domains.is_empty() {
             p.push("[experts] domains is empty".into());
@@ -578,6 +605,16 @@ impl Recipe {
             }
             if !names.insert(v.name.clone()) {
                 p.push(format!("{at} is listed twice"));
+            }
+            if let Some(share) = v.finetune_share {
+                if !(share > 0.0 && share < 1.0) {
+                    p.push(format!("{at}: finetune_share {share} must be in (0, 1)"));
+                }
+                if v.steps.is_some() {
+                    p.push(format!(
+                        "{at}: set either steps or finetune_share, not both"
+                    ));
+                }
             }
             let m = v.mix(&self.mix);
             let chunks = if m.blend { models } else { m.split };

@@ -67,7 +67,15 @@ fn curve(run: &Path, s: &Stage) -> Vec<(f64, f64)> {
 }
 
 pub fn build(plan: &Plan, run: &Path) -> Result<()> {
-    let mut replicas: Vec<Vec<MethodResult>> = vec![vec![]; plan.replicas];
+    // Results by budget tag ("" = the primary budget), then replica.
+    let mut by_budget: BTreeMap<String, Vec<Vec<MethodResult>>> = BTreeMap::new();
+    for b in &plan.budgets {
+        let tag = crate::plan::budget_tags(b.scale, plan.budget.scale).0;
+        by_budget.insert(tag, vec![vec![]; plan.replicas]);
+    }
+    by_budget
+        .entry(String::new())
+        .or_insert_with(|| vec![vec![]; plan.replicas]);
     let mut routing = BTreeMap::new();
     let mut routing_replicas: BTreeMap<String, Vec<_>> = BTreeMap::new();
     let mut domains: Vec<String> = vec![];
@@ -82,17 +90,9 @@ pub fn build(plan: &Plan, run: &Path) -> Result<()> {
         if domains.is_empty() {
             domains = me.result.domains.keys().cloned().collect();
         }
-        let rep: usize = s
-            .name
-            .split('@')
-            .nth(1)
-            .and_then(|x| x.parse().ok())
-            .unwrap_or(0);
-        let sfx = if rep == 0 {
-            String::new()
-        } else {
-            format!("@{rep}")
-        };
+        let (btag, rep) = crate::plan::tags_of(&s.name);
+        // The stage is `eval:<method><budget tag><replica tag>`.
+        let sfx = s.name["eval:".len() + method.len()..].to_string();
         let mut c = MethodCompute::default();
         for t in training_stages(plan, method, &sfx) {
             let x = compute_of(run, t);
@@ -105,7 +105,7 @@ pub fn build(plan: &Plan, run: &Path) -> Result<()> {
         c.inference_forward_passes = me.result.forward_passes_per_token;
         c.inference_flops_per_token = 2.0 * me.result.active_params as f64;
         let _ = models;
-        if let Some(r) = &me.routing {
+        if let Some(r) = me.routing.as_ref().filter(|_| btag.is_empty()) {
             if rep == 0 {
                 routing.insert(method.clone(), r.clone());
             }
@@ -121,14 +121,36 @@ pub fn build(plan: &Plan, run: &Path) -> Result<()> {
             compute: c,
         };
         if method == "seed" {
-            // The seed is shared by every replica.
-            for r in replicas.iter_mut() {
+            // The seed is shared by every budget and replica.
+            for r in by_budget.values_mut().flatten() {
                 r.push(result.clone());
             }
         } else {
-            replicas[rep].push(result);
+            by_budget
+                .get_mut(&btag)
+                .context("a budget tag the plan does not have")?[rep]
+                .push(result);
         }
     }
+    let replicas = by_budget.remove("").unwrap_or_default();
+    // The other budgets, for the loss-vs-FLOPs view.
+    let other_inputs: Vec<(f64, ReportInput)> = plan
+        .budgets
+        .iter()
+        .filter_map(|b| {
+            let tag = crate::plan::budget_tags(b.scale, plan.budget.scale).0;
+            let reps = by_budget.remove(&tag)?;
+            Some((
+                b.scale,
+                ReportInput {
+                    domains: domains.clone(),
+                    expert_domains: plan.domains.clone(),
+                    replicas: reps,
+                    ..Default::default()
+                },
+            ))
+        })
+        .collect();
     let mut expert_labels: Vec<String> = plan.domains.clone();
     if plan.generalist {
         expert_labels.push("generalist".into());
@@ -151,11 +173,18 @@ pub fn build(plan: &Plan, run: &Path) -> Result<()> {
         plots: vec![],
         setup: vec![],
     };
-    let plot_links = {
+    let others: Vec<(f64, Stats)> = other_inputs
+        .iter()
+        .map(|(scale, i)| (*scale, Stats::new(i)))
+        .collect();
+    let curves = {
         let st = Stats::new(&input);
-        draw_plots(plan, run, &st, &plots_dir, &expert_labels)
+        let mut all: Vec<(f64, &Stats)> = vec![(plan.budget.scale, &st)];
+        all.extend(others.iter().map(|(s, x)| (*s, x)));
+        let curves = budget_curves(&all);
+        input.plots = draw_plots(plan, run, &st, &curves, &plots_dir, &expert_labels);
+        curves
     };
-    input.plots = plot_links;
     if input.plots.is_empty() && !plots::font_available() {
         tracing::warn!("no plots: no TrueType font found (set BTX_FONT)");
     }
@@ -191,12 +220,58 @@ pub fn build(plan: &Plan, run: &Path) -> Result<()> {
     input.setup = setup;
     let st = Stats::new(&input);
     let v = verdicts(&st);
+    let mut results = results_json(&st, &v);
+    results["budgets"] = serde_json::to_value(&curves)?;
     std::fs::write(
         run.join("results.json"),
-        serde_json::to_string_pretty(&results_json(&st, &v))?,
+        serde_json::to_string_pretty(&results)?,
     )?;
     std::fs::write(run.join("report.md"), markdown(&st, &v))?;
     Ok(())
+}
+
+/// One method's average loss at every budget.
+#[derive(serde::Serialize)]
+struct BudgetCurve {
+    method: String,
+    points: Vec<BudgetPoint>,
+}
+
+#[derive(serde::Serialize)]
+struct BudgetPoint {
+    scale: f64,
+    train_flops: f64,
+    loss: f64,
+    loss_ci: [f64; 2],
+}
+
+/// Average loss (with its interval) against training FLOPs after the seed, per method and
+/// budget; the seed and single experts are left out (they are not candidates).
+fn budget_curves(all: &[(f64, &Stats)]) -> Vec<BudgetCurve> {
+    let Some((_, primary)) = all.first() else {
+        return vec![];
+    };
+    primary
+        .methods()
+        .filter(|m| m.name != "seed" && !m.name.starts_with("expert"))
+        .map(|m| BudgetCurve {
+            method: m.name.clone(),
+            points: all
+                .iter()
+                .filter_map(|(scale, st)| {
+                    let x = st.methods().find(|x| x.name == m.name)?;
+                    let e = st.avg_loss(&m.name)?;
+                    Some(BudgetPoint {
+                        scale: *scale,
+                        train_flops: x.compute.train_flops,
+                        loss: e.value,
+                        loss_ci: e.ci,
+                    })
+                })
+                .collect(),
+        })
+        .filter(|c| !c.points.is_empty())
+        .collect()
 }
 
 /// What each expert of a MoE method is, for heatmap columns: the domain experts (and the
@@ -230,6 +305,7 @@ fn draw_plots(
     plan: &Plan,
     run: &Path,
     st: &Stats,
+    curves: &[BudgetCurve],
     dir: &Path,
     labels: &[String],
 ) -> Vec<(String, String)> {
@@ -283,15 +359,16 @@ fn draw_plots(
         ),
     );
     // Average loss against the training FLOPs each method spent after the seed.
-    let points: Vec<(String, Vec<(f64, plots::WithCi)>)> = st
-        .methods()
-        .filter(|m| m.name != "seed" && !m.name.starts_with("expert"))
-        .filter_map(|m| {
-            let e = st.avg_loss(&m.name)?;
-            Some((
-                m.name.clone(),
-                vec![(m.compute.train_flops, (e.value, e.ci))],
-            ))
+    let points: Vec<(String, Vec<(f64, plots::WithCi)>)> = curves
+        .iter()
+        .map(|c| {
+            (
+                c.method.clone(),
+                c.points
+                    .iter()
+                    .map(|p| (p.train_flops, (p.loss, p.loss_ci)))
+                    .collect(),
+            )
         })
         .collect();
     try_plot(

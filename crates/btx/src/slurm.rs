@@ -288,7 +288,7 @@ exit $RC
 
 impl SlurmExecutor {
     fn resources(&self, stage: &Stage) -> &Resources {
-        if stage.name.starts_with("expert:") {
+        if crate::plan::expert_group(&stage.name).is_some() {
             self.section.experts.as_ref().unwrap_or(&self.section.train)
         } else if stage.heavy {
             &self.section.train
@@ -308,7 +308,7 @@ impl SlurmExecutor {
     ) -> Result<String> {
         let dir = run.join("slurm");
         std::fs::create_dir_all(dir.join("logs"))?;
-        let path = dir.join(format!("{}.sh", label.replace([':', '@'], "-")));
+        let path = dir.join(format!("{}.sh", label.replace([':', '@', '#'], "-")));
         std::fs::write(&path, script)?;
         let mut c = Command::new("sbatch");
         c.arg("--parsable")
@@ -317,7 +317,7 @@ impl SlurmExecutor {
             .arg(format!(
                 "--output={}/logs/{}-%j.out",
                 dir.display(),
-                label.replace([':', '@'], "-")
+                label.replace([':', '@', '#'], "-")
             ))
             .arg("--requeue")
             .arg(format!(
@@ -415,26 +415,14 @@ impl Executor for SlurmExecutor {
                 i += 1;
                 continue;
             }
-            if s.name.starts_with("expert:") {
-                // All pending experts of this replica in one array.
-                let sfx = s
-                    .name
-                    .split('@')
-                    .nth(1)
-                    .map(|r| format!("@{r}"))
-                    .unwrap_or_default();
+            if let Some(key) = crate::plan::expert_group(&s.name) {
+                // All pending experts of this family, budget and replica in one array.
+                let sfx = format!("{}{}", &key.0["expert".len()..], key.1);
                 let group: Vec<&Stage> = plan
                     .stages
                     .iter()
                     .filter(|x| {
-                        x.name.starts_with("expert:")
-                            && x.name
-                                .split('@')
-                                .nth(1)
-                                .map(|r| format!("@{r}"))
-                                .unwrap_or_default()
-                                == sfx
-                            && todo(x)
+                        crate::plan::expert_group(&x.name).as_ref() == Some(&key) && todo(x)
                     })
                     .collect();
                 let names: Vec<String> = group.iter().map(|x| x.name.clone()).collect();

@@ -176,8 +176,14 @@ fn runs_skips_finished_stages_and_redoes_only_what_changed() {
                     .is_some_and(f64::is_finite),
                 "{m} {d}"
             );
+            // The average accuracy leaves out task sets no method beats chance on (none here
+            // may be solvable at this size: then there is no average).
+            let solvable = ["math", "code", "general"]
+                .iter()
+                .any(|x| results["tasks"][x]["solvable"] == true);
             assert!(
-                results["methods"][m][d]["accuracy"].is_number(),
+                results["methods"][m][d]["accuracy"].is_number()
+                    || (d == "average" && !solvable),
                 "{m} {d} accuracy"
             );
         }

@@ -1,6 +1,7 @@
 //! The study's code paths on a tiny budget (issue 18): the MiX evaluated before finetuning,
-//! the ablations (no load balancing, non-FFN weights from the seed, FFN-only experts), two
-//! replicas, and a report whose every number carries its 95% interval.
+//! the ablations (no load balancing, non-FFN weights from the seed, FFN-only experts, another
+//! share of the budget for the finetune), two budgets, two replicas, and a report whose every
+//! number carries its 95% interval.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -12,6 +13,7 @@ use btx_testkit::Scratch;
 const RECIPE: &str = r#"
 name = "tiny-study"
 replicas = 2
+budgets = [0.5, 1.0]
 [data.prepare]
 seed = 1
 [data.prepare.tokenizer]
@@ -76,6 +78,9 @@ non_ffn = "seed"
 [[finetune.variants]]
 name = "ffn-only"
 experts = "ffn-only"
+[[finetune.variants]]
+name = "ft-half"
+finetune_share = 0.5
 
 [baselines]
 dense = "compute-matched"
@@ -219,6 +224,46 @@ fn diagnosis_runs_and_every_number_has_its_interval() {
         verdicts[4]
     );
     assert!(results["diagnosis"].as_str().unwrap().contains("mix:btx"));
+
+    // Budgets: the half budget ran in its own directories, with half the steps; the report
+    // has both points of every method, the smaller budget at fewer FLOPs.
+    assert!(run.join("budgets/x0.5/experts/math/DONE").is_file());
+    assert!(run
+        .join("budgets/x0.5/replicas/1/finetune/btx/DONE")
+        .is_file());
+    let curves = results["budgets"].as_array().unwrap();
+    let btx = curves.iter().find(|c| c["method"] == "btx").unwrap();
+    let pts = btx["points"].as_array().unwrap();
+    assert_eq!(pts.len(), 2, "{btx}");
+    let flops = |scale: f64| {
+        pts.iter().find(|p| p["scale"] == scale).unwrap()["train_flops"]
+            .as_f64()
+            .unwrap()
+    };
+    assert!((flops(0.5) / flops(1.0) - 0.5).abs() < 0.05, "{btx}");
+    // The finetune-share variant spends about the same FLOPs as btx, half of them finetuning
+    // (step counts are whole numbers: a tiny budget lands near, not on, the target).
+    let c = |m: &str| results["compute"][m]["train_flops"].as_f64().unwrap();
+    assert!(
+        (c("btx:ft-half") / c("btx") - 1.0).abs() < 0.2,
+        "{} vs {}",
+        c("btx:ft-half"),
+        c("btx")
+    );
+    let ft_flops = |dir: &str| -> f64 {
+        let m: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(run.join(dir).join("manifest.json")).unwrap(),
+        )
+        .unwrap();
+        m["compute"]["train_flops"].as_f64().unwrap()
+    };
+    let share = ft_flops("finetune/ft-half") / c("btx:ft-half");
+    assert!((share - 0.5).abs() < 0.15, "finetune share {share}");
+    assert!(std::fs::read_dir(&run).unwrap().any(|e| e
+        .unwrap()
+        .file_name()
+        .to_string_lossy()
+        .starts_with("experts-x")));
     let report = std::fs::read_to_string(run.join("report.md")).unwrap();
     assert!(
         report.contains("## Diagnosis") && report.contains(" ±"),
