@@ -570,14 +570,35 @@ pub fn diagnosis(st: &Stats) -> String {
             .as_ref()
             .and_then(|m| st.loss_gap("btx", m, &[])),
     ) {
+        let avg = |m: &str| {
+            st.avg_loss(m)
+                .map_or("?".into(), |e| format!("{:.3}", e.value))
+        };
         s.push(format!(
-            "The MoE-finetune moves the average loss from the MiX's {} by {:+.3} [{:+.3}, {:+.3}].",
-            st.avg_loss(mix)
-                .map_or("?".into(), |e| format!("{:.3}", e.value)),
+            "The MiX before finetuning ({mix}) has an average loss of {} against the seed's {}; the MoE-finetune takes it to btx's {} (btx − {mix} = {:+.4} [{:+.4}, {:+.4}]).",
+            avg(mix),
+            avg("seed"),
+            avg("btx"),
             -g.value,
             -g.ci[1],
             -g.ci[0]
         ));
+    }
+    // The other MiXes (non-FFN weights from the seed, FFN-only experts, ...): how much of the
+    // gains each keeps before any finetuning, against the paper's MiX.
+    let other_mixes: Vec<String> = st
+        .methods()
+        .filter(|m| m.name.starts_with("mix:") && Some(&m.name) != primary_mix.as_ref())
+        .filter_map(|m| Some(format!("{} {:.0}%", m.name, 100.0 * mean_kept(&m.name)?)))
+        .collect();
+    if let (Some(mix), false) = (&primary_mix, other_mixes.is_empty()) {
+        if let Some(k) = mean_kept(mix) {
+            s.push(format!(
+                "Before finetuning, the share of the gains kept is {mix} {:.0}% against {}.",
+                100.0 * k,
+                other_mixes.join(", ")
+            ));
+        }
     }
     // Differences are stated as "this − that" with the interval of that difference.
     let diff = |a: &str, b: &str| -> Option<(Estimate, Finding)> {

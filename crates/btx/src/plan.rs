@@ -794,3 +794,73 @@ impl Plan {
 pub fn model_dir(run: &Path, stage: &Stage) -> PathBuf {
     run.join(&stage.dir).join("model")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// examples/study.toml compiles into the study it promises: three budgets of three
+    /// replicas, the ablations at the base budget only, one family of experts per kind of
+    /// variant, and baselines matched to each budget.
+    #[test]
+    fn the_study_recipe_plans_budgets_replicas_and_ablations() {
+        let r: Recipe = toml::from_str(include_str!("../../../examples/study.toml")).unwrap();
+        let plan = Plan::from_recipe(&r, Path::new("examples")).unwrap();
+        let names: Vec<&str> = plan.stages.iter().map(|s| s.name.as_str()).collect();
+        let has = |n: &str| names.contains(&n);
+        assert_eq!(plan.budgets.len(), 3);
+        assert_eq!(plan.budget.scale, 1.0);
+        for sfx in ["", "@1", "@2", "#x0.5", "#x2@2"] {
+            for s in [
+                "expert:code",
+                "finetune:btx",
+                "baseline:dense-compute",
+                "eval:btm-top1",
+            ] {
+                assert!(has(&format!("{s}{sfx}")), "{s}{sfx}");
+            }
+        }
+        for v in [
+            "no-lb",
+            "domain-mean",
+            "seed-non-ffn",
+            "ffn-only",
+            "ft10",
+            "ft50",
+        ] {
+            assert!(has(&format!("finetune:{v}@2")), "{v}");
+            assert!(
+                !has(&format!("finetune:{v}#x2")),
+                "{v} runs at the base budget only"
+            );
+        }
+        assert!(has("expert-ffn:math@1") && !has("expert-ffn:math#x0.5"));
+        // no-lb shares btx's MiX; seed-non-ffn and domain-mean have their own.
+        assert!(!has("mix:no-lb") && has("mix:seed-non-ffn") && has("mix:domain-mean"));
+        assert!(has("eval:mix:btx@1"));
+        // The finetune-share variants train rescaled experts: more for ft10, fewer for ft50.
+        let steps = |n: &str| match &plan.stage(n).unwrap().kind {
+            StageKind::Train { spec, .. } => spec.train.steps,
+            _ => unreachable!(),
+        };
+        let fam = |v: &str| match &plan.mix_of(v, "").unwrap().kind {
+            StageKind::Mix { experts, .. } => experts[0].clone(),
+            _ => unreachable!(),
+        };
+        assert!(steps(&fam("ft10")) > steps("expert:code"));
+        assert!(steps(&fam("ft50")) < steps("expert:code"));
+        assert!(steps("finetune:ft10") < steps("finetune:btx"));
+        assert!(steps("finetune:ft50") > steps("finetune:btx"));
+        // Budgets scale every step count after the seed, baselines included.
+        assert_eq!(steps("expert:code#x2"), 2 * steps("expert:code"));
+        assert_eq!(steps("finetune:btx#x0.5"), steps("finetune:btx") / 2);
+        let dense = steps("baseline:dense-compute");
+        assert!((steps("baseline:dense-compute#x2") as f64 / dense as f64 - 2.0).abs() < 0.02);
+        // The stage directories of the three budgets do not collide.
+        let mut dirs: Vec<&str> = plan.stages.iter().map(|s| s.dir.as_str()).collect();
+        dirs.sort();
+        let n = dirs.len();
+        dirs.dedup();
+        assert_eq!(dirs.len(), n);
+    }
+}

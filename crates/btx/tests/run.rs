@@ -182,8 +182,7 @@ fn runs_skips_finished_stages_and_redoes_only_what_changed() {
                 .iter()
                 .any(|x| results["tasks"][x]["solvable"] == true);
             assert!(
-                results["methods"][m][d]["accuracy"].is_number()
-                    || (d == "average" && !solvable),
+                results["methods"][m][d]["accuracy"].is_number() || (d == "average" && !solvable),
                 "{m} {d} accuracy"
             );
         }
