@@ -529,7 +529,7 @@ pub fn diagnosis(st: &Stats) -> String {
             gains.join(", "),
             f,
             if f > 0.1 {
-                " (heavy forgetting: their attention and embeddings drift apart, which averaging them at the MiX pays for)"
+                " (heavy forgetting)"
             } else {
                 ""
             }

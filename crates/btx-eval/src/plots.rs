@@ -10,6 +10,7 @@ use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 use plotters::style::FontStyle;
 
+use crate::report::fmt_big;
 use crate::routing::RoutingReport;
 
 const FONT_PATHS: [&str; 6] = [
@@ -282,7 +283,7 @@ pub fn loss_curves(
     chart
         .configure_mesh()
         .x_desc(xlabel)
-        .x_label_formatter(&|x| short(*x))
+        .x_label_formatter(&|x| fmt_big(*x))
         .y_desc("training loss (EMA)")
         .label_style(("sans-serif", 12))
         .draw()?;
@@ -293,30 +294,16 @@ pub fn loss_curves(
             .label(name.clone())
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(2)));
     }
+    // Training curves fall from the upper left: the lower left is where they are not.
     chart
         .configure_series_labels()
+        .position(SeriesLabelPosition::LowerLeft)
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
         .label_font(("sans-serif", 12))
         .draw()?;
     root.present()?;
     Ok(())
-}
-
-/// 1234567 → "1.23M": axis labels for FLOPs.
-fn short(x: f64) -> String {
-    let a = x.abs();
-    if a >= 1e12 {
-        format!("{:.1}T", x / 1e12)
-    } else if a >= 1e9 {
-        format!("{:.1}G", x / 1e9)
-    } else if a >= 1e6 {
-        format!("{:.1}M", x / 1e6)
-    } else if a >= 1e3 {
-        format!("{:.1}k", x / 1e3)
-    } else {
-        format!("{x:.0}")
-    }
 }
 
 /// A value with its 95% interval.
@@ -463,7 +450,7 @@ pub fn loss_vs_flops(
     chart
         .configure_mesh()
         .x_desc("training FLOPs after the seed")
-        .x_label_formatter(&|x| short(*x))
+        .x_label_formatter(&|x| fmt_big(*x))
         .y_desc("average held-out loss")
         .label_style(("sans-serif", 12))
         .draw()?;

@@ -189,7 +189,8 @@ pub fn results_json(st: &Stats, verdicts: &[Verdict]) -> Value {
     })
 }
 
-fn fmt_big(x: f64) -> String {
+/// 1234567 → "1.23M": counts and FLOPs in tables and on axes.
+pub(crate) fn fmt_big(x: f64) -> String {
     if x >= 1e12 {
         format!("{:.2}T", x / 1e12)
     } else if x >= 1e9 {
@@ -222,7 +223,12 @@ pub fn main_table(st: &Stats) -> String {
     let input = st.input;
     let mut s = String::from("| method |");
     for (i, d) in input.domains.iter().enumerate() {
-        let floor = if st.solvable[i] { "" } else { " (floor)" };
+        // Only a domain with tasks can be at the floor.
+        let floor = if st.chance[i].is_some() && !st.solvable[i] {
+            " (floor)"
+        } else {
+            ""
+        };
         let _ = write!(s, " {d} loss | {d} acc %{floor} |");
     }
     s.push_str(" **avg loss** | **avg acc %** |\n|---|");

@@ -322,7 +322,7 @@ fn a_failed_expert_task_leaves_its_siblings_and_status_says_why() {
         "a dependent must not stay pending"
     );
     assert_eq!(
-        get("baseline:dense")["state"],
+        get("baseline:dense-compute")["state"],
         "done",
         "independent stages still run"
     );
