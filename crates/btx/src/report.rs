@@ -213,7 +213,7 @@ pub fn build(plan: &Plan, run: &Path) -> Result<()> {
     setup.push(format!("domains evaluated: {}", input.domains.join(", ")));
     if plan.replicas > 1 {
         setup.push(format!(
-            "{} replicas: everything after the seed repeated with different training seeds; tables show the first, the spread section all",
+            "{} replicas: everything after the seed repeated with different training seeds; tables show means over them with 95% intervals, the seed-spread section each run, routing tables the first",
             plan.replicas
         ));
     }
