@@ -9,7 +9,7 @@ use crate::runner;
 
 /// The default demo (examples/demo.toml): under 10 minutes on 2 cores.
 pub const DEMO: &str = include_str!("../../../../examples/demo.toml");
-/// `--quick` (examples/quick.toml): a few minutes.
+/// `--quick` (examples/quick.toml): about a minute, one replica.
 pub const QUICK: &str = include_str!("../../../../examples/quick.toml");
 
 #[derive(clap::Args)]
@@ -17,7 +17,7 @@ pub struct Args {
     /// Run directory (default runs/demo, or runs/demo-quick with --quick).
     #[arg(long)]
     out: Option<PathBuf>,
-    /// The small version: one seed, smaller models, a few minutes.
+    /// The small version: one replica, a smaller budget, about a minute.
     #[arg(long)]
     quick: bool,
     /// Stages at once (default: one per core).
@@ -67,7 +67,7 @@ pub fn run(a: Args, device: &str) -> Result<()> {
         .jobs
         .unwrap_or_else(|| rayon::current_num_threads().clamp(1, 4));
     errln!(
-        "btx demo{}: seed pretraining, 3 domain experts + the seed as generalist, BTX top-2 with load balancing, baselines, evaluation, report -> {}",
+        "btx demo{}: seed pretraining, 3 domain experts + the seed as generalist, the MiX, BTX top-2 with load balancing and its controls, baselines at equal FLOPs, evaluation with 95% intervals, report -> {}",
         if a.quick { " --quick" } else { "" },
         out.display()
     );
