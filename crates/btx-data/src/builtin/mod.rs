@@ -1,9 +1,10 @@
 //! The built-in domains: deterministic generators of training text and held-out exact-match
 //! tasks, so that the whole BTX pipeline runs with no downloads.
 //!
-//! - `math`: multi-step arithmetic word problems with a worked solution and `#### <answer>`.
-//! - `code`: small Python-like programs ending in an assertion whose value needs the program
-//!   to be executed; the task is to complete the value.
+//! - `math`: arithmetic word problems at three levels (a quantity read off the question, one
+//!   step, two steps) with a worked solution and `#### <answer>`.
+//! - `code`: small Python-like programs ending in an assertion, at three levels (a variable read
+//!   back, one operation, programs that must be executed); the task is to complete the value.
 //! - `knowledge`: a generated world of people and their facts, stated in several phrasings;
 //!   the task asks questions about facts seen in training, in a phrasing not seen for them.
 //! - `general`: narrative and descriptive English from a template grammar; the task is to
