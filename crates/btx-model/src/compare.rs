@@ -52,6 +52,22 @@ impl Diff {
     }
 }
 
+impl Diff {
+    /// Whether this diff is within the tolerance btx holds itself to against transformers
+    /// (the parity tests, `btx forward --compare`, `btx selftest`): logits and router logits
+    /// 1e-4 max-abs, every gradient 1e-3 relative to its norm, scalar losses 1e-5 relative.
+    /// One rule for every device: a GPU build meets the CPU's tolerances or it fails.
+    pub fn within_parity(&self) -> bool {
+        match self.name.as_str() {
+            "logits" => self.max_abs <= 1e-4,
+            n if n.starts_with("router_logits.") => self.max_abs <= 1e-4,
+            n if n.starts_with("grad.") => self.rel_norm <= 1e-3,
+            // lm_loss, total_loss, hf_aux_loss, lb_paper_per_layer
+            _ => self.rel_max <= 1e-5,
+        }
+    }
+}
+
 /// Diffs of every reference tensor that `ours` also has (skipping inputs such as `input_ids`).
 /// Missing tensors are reported as errors.
 pub fn compare_all(

@@ -3,6 +3,7 @@
 pub mod checkpoint;
 pub mod config;
 pub mod error;
+pub mod golden;
 pub mod metrics;
 pub mod optim;
 pub mod signal;

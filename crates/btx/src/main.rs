@@ -54,6 +54,9 @@ enum Command {
     Average(cmd::mix::AverageArgs),
     /// Import a llama.cpp GGUF file (Llama architecture) as a Hugging Face checkpoint.
     ImportGguf(cmd::import::Args),
+    /// Check this build on this device against the transformers fixtures and the golden
+    /// PyTorch training run, at the CPU tests' tolerances.
+    Selftest(cmd::selftest::Args),
     /// Benchmarks: train-step and decoding speed of standard presets.
     #[command(subcommand)]
     Bench(cmd::bench::BenchCmd),
@@ -112,6 +115,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Average(a) => cmd::mix::run_average(a),
             Command::ImportGguf(a) => cmd::import::run(a),
             Command::Bench(c) => cmd::bench::run(c, &dev),
+            Command::Selftest(a) => cmd::selftest::run(a, &dev, &cli.device),
             Command::Data(c) => cmd::data::run_data(c),
             Command::Tokenizer(c) => cmd::data::run_tokenizer(c),
         }

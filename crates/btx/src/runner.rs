@@ -38,6 +38,13 @@ pub struct Args {
     /// With `--executor slurm`: wait until every job has ended.
     #[arg(long)]
     pub wait: bool,
+    /// With `--device cuda` and the local executor: the GPUs to spread stages over, as a count
+    /// (`4` = GPUs 0-3) or a list of ids (`0,2,5`). Each stage process sees one GPU
+    /// (`CUDA_VISIBLE_DEVICES`), the least busy; with `--jobs` = the GPU count the experts
+    /// train at once, one GPU each. Default: CUDA_VISIBLE_DEVICES, else every GPU nvidia-smi
+    /// lists, else GPU 0.
+    #[arg(long, value_name = "N|IDS")]
+    pub gpus: Option<String>,
 }
 
 /// Where a stage stands before this invocation.
@@ -119,15 +126,74 @@ pub struct LocalExecutor {
     pub total_threads: usize,
     /// `--device` of `btx run`, passed on to every stage process.
     pub device: String,
+    /// GPU ids to spread stages over (empty on the CPU).
+    pub gpus: Vec<String>,
 }
 
 struct Running {
     name: String,
     child: Child,
     start: Instant,
+    /// Index into `LocalExecutor::gpus`.
+    gpu: Option<usize>,
 }
 
-fn spawn_stage(run: &Path, stage: &Stage, threads: usize, device: &str) -> Result<Child> {
+/// The GPUs of `--gpus` (a count or a list of ids), else of CUDA_VISIBLE_DEVICES, else every GPU
+/// `nvidia-smi -L` lists, else GPU 0.
+pub fn gpu_ids(arg: Option<&str>) -> Result<Vec<String>> {
+    let list = |v: &str| -> Vec<String> {
+        v.split(',')
+            .map(|x| x.trim().to_string())
+            .filter(|x| !x.is_empty())
+            .collect()
+    };
+    if let Some(a) = arg {
+        let ids = match a.trim().parse::<usize>() {
+            Ok(0) => bail!(
+                "--gpus 0: give at least one GPU\nhint: --gpus 2 (GPUs 0 and 1) or --gpus 0,3"
+            ),
+            Ok(n) if !a.contains(',') => (0..n).map(|i| i.to_string()).collect(),
+            _ => list(a),
+        };
+        if ids.is_empty() {
+            bail!("--gpus {a:?} names no GPU\nhint: --gpus 2 (GPUs 0 and 1) or --gpus 0,3");
+        }
+        return Ok(ids);
+    }
+    if let Ok(v) = std::env::var("CUDA_VISIBLE_DEVICES") {
+        let ids = list(&v);
+        if !ids.is_empty() {
+            return Ok(ids);
+        }
+    }
+    let listed = Command::new("nvidia-smi")
+        .arg("-L")
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .filter(|l| l.starts_with("GPU "))
+                .count()
+        })
+        .unwrap_or(0);
+    Ok((0..listed.max(1)).map(|i| i.to_string()).collect())
+}
+
+/// The GPU (index into the list) a new stage goes to: the one running the fewest stages, the
+/// lowest index among equals.
+fn least_busy(gpus: usize, running: &[Running]) -> Option<usize> {
+    (0..gpus).min_by_key(|&g| running.iter().filter(|r| r.gpu == Some(g)).count())
+}
+
+fn spawn_stage(
+    run: &Path,
+    stage: &Stage,
+    threads: usize,
+    device: &str,
+    gpu: Option<&str>,
+) -> Result<Child> {
     let dir = run.join(&stage.dir);
     std::fs::create_dir_all(&dir)?;
     let log_path = dir.join("log.txt");
@@ -149,6 +215,9 @@ fn spawn_stage(run: &Path, stage: &Stage, threads: usize, device: &str) -> Resul
             }
             Ok(())
         });
+    }
+    if let Some(g) = gpu {
+        cmd.env("CUDA_VISIBLE_DEVICES", g);
     }
     cmd.arg("--threads")
         .arg(threads.to_string())
@@ -247,19 +316,30 @@ impl Executor for LocalExecutor {
                 } else {
                     ""
                 };
+                let gpu = least_busy(self.gpus.len(), &running);
+                let on = gpu
+                    .map(|g| format!(" on GPU {}", self.gpus[g]))
+                    .unwrap_or_default();
                 errln!(
-                    "[{:>7.1}s] started {}{resume} ({} thread{}, log {}/log.txt)",
+                    "[{:>7.1}s] started {}{resume}{on} ({} thread{}, log {}/log.txt)",
                     t0.elapsed().as_secs_f64(),
                     s.name,
                     threads,
                     if threads == 1 { "" } else { "s" },
                     run.join(&s.dir).display()
                 );
-                let child = spawn_stage(run, s, threads, &self.device)?;
+                let child = spawn_stage(
+                    run,
+                    s,
+                    threads,
+                    &self.device,
+                    gpu.map(|g| self.gpus[g].as_str()),
+                )?;
                 running.push(Running {
                     name: s.name.clone(),
                     child,
                     start: Instant::now(),
+                    gpu,
                 });
             }
             if running.is_empty() {
@@ -340,6 +420,11 @@ pub fn tail(path: &Path, n: usize) -> Vec<String> {
 
 pub fn run(a: Args, device: &str) -> Result<()> {
     crate::runtime::device(device)?;
+    if a.gpus.is_some() && (device != "cuda" || a.executor != "local") {
+        bail!(
+            "--gpus spreads local stages over GPUs: it needs --device cuda and the local executor\nhint: on Slurm, ask for GPUs per stage in the recipe ([slurm.experts] / [slurm.train] gres = \"gpu:1\")"
+        );
+    }
     let (recipe, raw) = Recipe::load(&a.recipe, &a.sets)?;
     let base = a
         .recipe
@@ -400,6 +485,11 @@ pub fn run(a: Args, device: &str) -> Result<()> {
             jobs: a.jobs,
             total_threads: rayon::current_num_threads(),
             device: device.into(),
+            gpus: if device == "cuda" {
+                gpu_ids(a.gpus.as_deref())?
+            } else {
+                vec![]
+            },
         }),
         "slurm" => Box::new(crate::slurm::SlurmExecutor {
             section: recipe.slurm.clone(),
@@ -467,5 +557,36 @@ fn print_summary(plan: &Plan, run: &Path, outcomes: &BTreeMap<String, Outcome>) 
             t,
             f
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gpus_are_a_count_or_a_list_and_stages_go_to_the_least_busy() {
+        assert_eq!(gpu_ids(Some("3")).unwrap(), ["0", "1", "2"]);
+        assert_eq!(gpu_ids(Some("0,5")).unwrap(), ["0", "5"]);
+        assert_eq!(gpu_ids(Some("7,")).unwrap(), ["7"]);
+        assert!(gpu_ids(Some("0")).is_err());
+        assert!(gpu_ids(Some(",")).is_err());
+        let child = || Command::new("true").spawn().unwrap();
+        let on = |gpu| Running {
+            name: String::new(),
+            child: child(),
+            start: Instant::now(),
+            gpu,
+        };
+        assert_eq!(least_busy(0, &[]), None);
+        assert_eq!(least_busy(2, &[]), Some(0));
+        let mut r = vec![on(Some(0))];
+        assert_eq!(least_busy(2, &r), Some(1));
+        r.push(on(Some(1)));
+        r.push(on(Some(0)));
+        assert_eq!(least_busy(2, &r), Some(1));
+        for mut x in r {
+            x.child.wait().unwrap();
+        }
     }
 }

@@ -3,9 +3,44 @@
 use anyhow::{bail, Result};
 use btx_model::burn::prelude::Device;
 
+/// btx's own crates, the targets a bare level in `BTX_LOG` applies to.
+const OWN_CRATES: [&str; 7] = [
+    "btx",
+    "btx_data",
+    "btx_eval",
+    "btx_mix",
+    "btx_model",
+    "btx_train",
+    "btx_testkit",
+];
+
+/// The log filter for a `BTX_LOG` value: btx's crates at info, every dependency at warn. A bare
+/// level (`debug`) sets btx's crates only; `target=level` directives (`cubecl=info`) are kept as
+/// written, so a dependency logs more only when asked by name. Dependencies are held at warn
+/// because some are loud at info: cubecl prints ~600k lines of LLVM IR per CUDA process.
+pub fn log_filter(env: Option<&str>) -> String {
+    let mut own = "info".to_string();
+    let mut extra = vec![];
+    for d in env.unwrap_or("").split(',').map(str::trim) {
+        if d.is_empty() {
+            continue;
+        }
+        if d.contains('=') {
+            extra.push(d.to_string());
+        } else {
+            own = d.to_string();
+        }
+    }
+    let mut f = vec!["warn".to_string()];
+    f.extend(OWN_CRATES.iter().map(|c| format!("{c}={own}")));
+    f.extend(extra);
+    f.join(",")
+}
+
 pub fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("BTX_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let env = std::env::var("BTX_LOG").ok();
+    let filter = tracing_subscriber::EnvFilter::try_new(log_filter(env.as_deref()))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(log_filter(None)));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -39,9 +74,19 @@ pub fn device(name: &str) -> Result<Device> {
         "cuda" => Ok(Device::cuda(0)),
         #[cfg(not(feature = "cuda"))]
         "cuda" => bail!(
-            "this btx was built without CUDA\nhint: rebuild with `cargo build --release --features cuda` (needs network to fetch LLVM)"
+            "this btx was built without CUDA\nhint: build one with `scripts/build-cuda.sh` (Debian 12: LLVM from apt, no other download), then use target/cuda/btx"
         ),
         other => bail!("unknown device {other:?} (cpu or cuda)"),
+    }
+}
+
+/// Where a process computes, as stage.json, manifest.json and `btx status` show it: `cpu`, or
+/// `cuda` with the GPUs it was given (`cuda:3` when `CUDA_VISIBLE_DEVICES=3`, as `btx run
+/// --gpus` and Slurm's `--gres` set it).
+pub fn device_label(device: &str) -> String {
+    match (device, std::env::var("CUDA_VISIBLE_DEVICES")) {
+        ("cuda", Ok(v)) if !v.trim().is_empty() => format!("cuda:{}", v.trim()),
+        (d, _) => d.to_string(),
     }
 }
 
@@ -51,4 +96,35 @@ pub const EXIT_STOPPED: i32 = 75;
 
 pub fn exit_code(_e: &anyhow::Error) -> i32 {
     1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tracing_subscriber::EnvFilter;
+
+    #[test]
+    fn dependencies_log_warnings_unless_named() {
+        let f = log_filter(None);
+        assert!(f.starts_with("warn,"), "{f}");
+        assert!(
+            f.contains("btx_model=info") && f.contains("btx=info"),
+            "{f}"
+        );
+        let f = log_filter(Some("debug"));
+        assert!(
+            f.starts_with("warn,") && f.contains("btx_eval=debug"),
+            "{f}"
+        );
+        assert!(!f.contains("info"), "{f}");
+        let f = log_filter(Some("warn, cubecl=info"));
+        assert!(
+            f.contains("btx_mix=warn") && f.ends_with(",cubecl=info"),
+            "{f}"
+        );
+        for v in [None, Some("debug"), Some("cubecl_cuda=trace,error")] {
+            let f = log_filter(v);
+            EnvFilter::try_new(&f).unwrap_or_else(|e| panic!("{f}: {e}"));
+        }
+    }
 }

@@ -85,7 +85,7 @@ pub fn run(a: Args, dev: &Device, device_name: &str) -> Result<()> {
         started_unix: manifest::now_unix(),
         host: crate::lock::hostname(),
         pid: std::process::id(),
-        device: device_name.into(),
+        device: crate::runtime::device_label(device_name),
         threads: rayon::current_num_threads(),
     };
     std::fs::write(
@@ -122,7 +122,7 @@ pub fn run(a: Args, dev: &Device, device_name: &str) -> Result<()> {
         outputs,
         btx_version: env!("CARGO_PKG_VERSION").into(),
         finished_unix: manifest::now_unix(),
-        device: device_name.into(),
+        device: crate::runtime::device_label(device_name),
         threads: rayon::current_num_threads(),
     };
     manifest::finish(&dir, &m)?;

@@ -34,6 +34,8 @@ pub struct StageStatus {
     pub state: String,
     pub job: Option<String>,
     pub elapsed: String,
+    /// Where it ran or runs (`cpu`, `cuda:3`), from stage.json / manifest.json.
+    pub device: Option<String>,
     pub progress: Option<String>,
     /// Why it is pending or failed (Slurm reason, last log lines).
     pub detail: Vec<String>,
@@ -64,18 +66,26 @@ pub fn stage_status(
         state: "pending".into(),
         job: job.map(|j| j.id()),
         elapsed: String::new(),
+        device: None,
         progress,
         detail: vec![],
     };
     let _ = plan;
     if manifest::is_done(&dir, &s.fingerprint) {
         st.state = "done".into();
-        st.elapsed = manifest::read_manifest(&dir)
+        let m = manifest::read_manifest(&dir);
+        st.elapsed = m
+            .as_ref()
             .map(|m| fmt_secs(m.compute.wall_seconds))
             .unwrap_or_default();
+        st.device = m.map(|m| m.device).filter(|d| !d.is_empty());
         return st;
     }
     let started = manifest::read_started(&dir).filter(|x| x.fingerprint == s.fingerprint);
+    st.device = started
+        .as_ref()
+        .map(|x| x.device.clone())
+        .filter(|d| !d.is_empty());
     if let Some(i) = &info {
         st.elapsed = i.elapsed.clone();
         st.state = match i.state.as_str() {
@@ -142,18 +152,20 @@ pub fn run(a: Args) -> Result<()> {
         return Ok(());
     }
     outln!(
-        "{:<26} {:<10} {:<12} {:>10}  progress",
+        "{:<26} {:<10} {:<12} {:<8} {:>10}  progress",
         "stage",
         "state",
         "job",
+        "device",
         "elapsed"
     );
     for s in &all {
         outln!(
-            "{:<26} {:<10} {:<12} {:>10}  {}",
+            "{:<26} {:<10} {:<12} {:<8} {:>10}  {}",
             s.stage,
             s.state,
             s.job.clone().unwrap_or_else(|| "-".into()),
+            s.device.clone().unwrap_or_else(|| "-".into()),
             s.elapsed,
             s.progress.clone().unwrap_or_default()
         );

@@ -105,3 +105,57 @@ fn generate_runs_on_a_freshly_trained_model() {
         "{text}"
     );
 }
+
+/// `btx selftest` (what scripts/gpu-check.sh runs on a GPU): the repository's fixtures pass on
+/// the CPU, and a model that computes something else (RoPE at another base) fails by name.
+#[test]
+fn selftest_passes_the_fixtures_and_fails_a_model_that_differs() {
+    let out = btx()
+        .args(["selftest", "--testdata"])
+        .arg(repo().join("testdata"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("6 parity fixtures, 1 golden"), "{text}");
+    assert!(
+        text.contains("hf-tiny/mixtral") && text.contains("PASS"),
+        "{text}"
+    );
+
+    let d = tmp("selftest");
+    let src = repo().join("testdata/hf-tiny/llama");
+    let fx = d.join("llama-rope");
+    std::fs::create_dir_all(fx.join("model")).unwrap();
+    std::fs::copy(
+        src.join("reference.safetensors"),
+        fx.join("reference.safetensors"),
+    )
+    .unwrap();
+    std::fs::copy(
+        src.join("model/model.safetensors"),
+        fx.join("model/model.safetensors"),
+    )
+    .unwrap();
+    let cfg = std::fs::read_to_string(src.join("model/config.json")).unwrap();
+    assert!(cfg.contains("\"rope_theta\": 10000.0"));
+    std::fs::write(
+        fx.join("model/config.json"),
+        cfg.replace("\"rope_theta\": 10000.0", "\"rope_theta\": 500.0"),
+    )
+    .unwrap();
+    let out = btx()
+        .args(["selftest", "--testdata"])
+        .arg(d.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{text}{err}");
+    assert!(text.contains("FAIL llama-rope: logits"), "{text}");
+    assert!(err.contains("outside the tolerances on cpu"), "{err}");
+}

@@ -326,7 +326,7 @@ fn a_killed_expert_does_not_stop_its_siblings_and_resumes_next_run() {
     }
 }
 
-fn status_of(run: &Path, stage: &str) -> String {
+fn status_json(run: &Path, stage: &str) -> serde_json::Value {
     let out = Command::new(env!("CARGO_BIN_EXE_btx"))
         .args(["status", "--json"])
         .arg(run)
@@ -336,8 +336,14 @@ fn status_of(run: &Path, stage: &str) -> String {
         .lines()
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
         .find(|v| v["stage"] == stage)
-        .map(|v| v["state"].as_str().unwrap().to_string())
         .unwrap()
+}
+
+fn status_of(run: &Path, stage: &str) -> String {
+    status_json(run, stage)["state"]
+        .as_str()
+        .unwrap()
+        .to_string()
 }
 
 /// Regression (issue 17): a second `btx run` on the same directory redid the data stage under
@@ -388,6 +394,9 @@ fn one_writer_per_run_stages_die_with_their_parent_and_cancel_checks_whom_it_sig
             .unwrap();
     assert_eq!(started["device"], "cpu");
     assert_eq!(started["threads"], 2);
+    // `btx status` says where each stage runs (on a GPU: `cuda:<id>`).
+    assert_eq!(status_json(&run, "seed")["device"], "cpu");
+    assert_eq!(status_json(&run, "data")["device"], "cpu");
     let m: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(run.join("data/manifest.json")).unwrap())
             .unwrap();

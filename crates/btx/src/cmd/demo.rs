@@ -81,6 +81,7 @@ pub fn run(a: Args, device: &str) -> Result<()> {
             dry_run: false,
             executor: "local".into(),
             wait: false,
+            gpus: None,
         },
         device,
     )?;

@@ -6,4 +6,5 @@ pub mod forward;
 pub mod generate;
 pub mod import;
 pub mod mix;
+pub mod selftest;
 pub mod train;
