@@ -114,7 +114,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Upcycle(a) => cmd::mix::run_upcycle(a),
             Command::Average(a) => cmd::mix::run_average(a),
             Command::ImportGguf(a) => cmd::import::run(a),
-            Command::Bench(c) => cmd::bench::run(c, &dev),
+            Command::Bench(c) => cmd::bench::run(c, &dev, &cli.device),
             Command::Selftest(a) => cmd::selftest::run(a, &dev, &cli.device),
             Command::Data(c) => cmd::data::run_data(c),
             Command::Tokenizer(c) => cmd::data::run_tokenizer(c),

@@ -13,7 +13,8 @@ use serde_json::json;
 
 #[derive(clap::Subcommand)]
 pub enum BenchCmd {
-    /// Time train steps of a preset: S (5.3M Llama), MoE-S (S with 4 experts, top-2), M (33M).
+    /// Time train steps of a preset: S (5.3M Llama), MoE-S (S with 4 experts, top-2), M (33M);
+    /// GPU-sized: SmolLM2 (the SmolLM2-135M shape at seq 2048) and MoE-SmolLM2 (4 experts, top-2).
     Train {
         #[arg(long, default_value = "S")]
         preset: String,
@@ -31,13 +32,19 @@ pub enum BenchCmd {
         /// call run alone on hot caches (where the step's gemm time goes).
         #[arg(long)]
         products: bool,
+        /// The device's peak TFLOP/s in this precision, to print MFU (model FLOPs utilisation).
+        #[arg(long)]
+        peak_tflops: Option<f64>,
     },
     /// btx and the PyTorch reference (bench/torch_reference.py) side by side, each in its own
     /// process, at each thread count; both keep freed memory (btx: mimalloc; PyTorch: tuned glibc).
     Compare {
-        /// Presets, comma-separated.
+        /// Presets, comma-separated (on a GPU add SmolLM2,MoE-SmolLM2).
         #[arg(long, default_value = "S,MoE-S,M", value_delimiter = ',')]
         presets: Vec<String>,
+        /// The device's peak TFLOP/s in f32, to print MFU on both sides.
+        #[arg(long)]
+        peak_tflops: Option<f64>,
         /// Thread counts, comma-separated.
         #[arg(long, default_value = "1,2", value_delimiter = ',')]
         threads: Vec<usize>,
@@ -102,7 +109,17 @@ pub fn preset(name: &str) -> Result<(ModelConfig, usize, usize)> {
         "S" => (s(256, 704, 4, 4, 0), 4096, 8, 256),
         "MoE-S" | "moeS" => (s(256, 704, 4, 4, 4), 4096, 8, 256),
         "M" => (s(512, 1376, 8, 8, 0), 8192, 4, 256),
-        other => bail!("unknown preset {other:?} (S, MoE-S or M)"),
+        "SmolLM2" | "MoE-SmolLM2" => {
+            let experts = if name == "SmolLM2" { 0 } else { 4 };
+            let spec = ModelSpec {
+                num_kv_heads: Some(3),
+                tie_word_embeddings: true,
+                max_position_embeddings: 2048,
+                ..s(576, 1536, 30, 9, experts)
+            };
+            (spec, 49152, 8, 2048)
+        }
+        other => bail!("unknown preset {other:?} (S, MoE-S, M, SmolLM2 or MoE-SmolLM2)"),
     };
     Ok((spec.to_config(vocab, Some(0))?, batch, seq))
 }
@@ -433,42 +450,59 @@ const TORCH_MALLOC: [(&str, &str); 3] = [
     ("MALLOC_TOP_PAD_", "268435456"),
 ];
 
-/// How long and how often `bench compare` measures.
+/// How long, how often and where `bench compare` measures.
 struct Sweep {
     steps: usize,
     rounds: usize,
+    /// `cpu` or `cuda`: both sides run there; on `cuda` PyTorch also runs `torch.compile`d.
+    device: String,
+    peak_tflops: Option<f64>,
 }
 
-/// One side-by-side measurement: btx's and PyTorch's JSON lines.
+/// One side-by-side measurement: btx's and PyTorch's JSON lines (on a GPU, PyTorch's eager
+/// line carries the `torch.compile` one under "compiled").
 fn measure_pair(
     exe: &std::path::Path,
     (python, script, tuned_malloc): (&str, &std::path::Path, bool),
     preset: &str,
     threads: usize,
-    steps: usize,
+    sweep: &Sweep,
 ) -> Result<(serde_json::Value, serde_json::Value)> {
+    let steps = sweep.steps.to_string();
+    let peak = sweep.peak_tflops.map(|p| p.to_string());
     let mut b = std::process::Command::new(exe);
-    b.args(["--threads", &threads.to_string(), "bench", "train"])
-        .args(["--preset", preset, "--json", "--steps", &steps.to_string()]);
+    b.args(["--threads", &threads.to_string(), "--device", &sweep.device])
+        .args(["bench", "train"])
+        .args(["--preset", preset, "--json", "--steps", &steps]);
+    if let Some(p) = &peak {
+        b.args(["--peak-tflops", p]);
+    }
     let ours = run_json(b)?;
-    let mut r = std::process::Command::new(python);
-    r.arg(script)
-        .args([
-            "--preset",
-            preset,
-            "--threads",
-            &threads.to_string(),
-            "--json",
-        ])
-        .args(["--steps", &steps.to_string()]);
-    if tuned_malloc {
-        for (k, v) in TORCH_MALLOC {
-            if std::env::var_os(k).is_none() {
-                r.env(k, v);
+    let torch = |compile: bool| {
+        let mut r = std::process::Command::new(python);
+        r.arg(script)
+            .args(["--preset", preset, "--threads", &threads.to_string()])
+            .args(["--device", &sweep.device, "--json", "--steps", &steps]);
+        if compile {
+            r.arg("--compile");
+        }
+        if let Some(p) = &peak {
+            r.args(["--peak-tflops", p]);
+        }
+        if tuned_malloc {
+            for (k, v) in TORCH_MALLOC {
+                if std::env::var_os(k).is_none() {
+                    r.env(k, v);
+                }
             }
         }
+        run_json(r)
+    };
+    let mut theirs = torch(false)?;
+    if sweep.device == "cuda" {
+        theirs["compiled"] = torch(true)?;
     }
-    Ok((ours, run_json(r)?))
+    Ok((ours, theirs))
 }
 
 /// Median over rounds of one number of the btx (`side = "btx"`) or PyTorch results.
@@ -501,8 +535,27 @@ fn compare(
             outln!("round {}/{}", round + 1, sweep.rounds);
         }
         for (cell, &(p, t)) in cells.iter().enumerate() {
-            let (ours, theirs) = measure_pair(&exe, torch, p, t, sweep.steps)?;
-            if !json {
+            let (ours, theirs) = measure_pair(&exe, torch, p, t, &sweep)?;
+            if !json && sweep.device == "cuda" {
+                let tps = |v: &serde_json::Value| v["tokens_per_s"].as_f64().unwrap_or(f64::NAN);
+                let mfu = |v: &serde_json::Value| {
+                    v["mfu"]
+                        .as_f64()
+                        .map_or(String::new(), |m| format!(", MFU {:.1}%", 100.0 * m))
+                };
+                let compiled = &theirs["compiled"];
+                outln!(
+                    "{p:<11} cuda: btx {:>8.0} tok/s{} | pytorch eager {:>8.0} tok/s{} | torch.compile {:>8.0} tok/s{} | btx / eager {:.2}x, btx / compile {:.2}x",
+                    tps(&ours),
+                    mfu(&ours),
+                    tps(&theirs),
+                    mfu(&theirs),
+                    tps(compiled),
+                    mfu(compiled),
+                    tps(&ours) / tps(&theirs),
+                    tps(&ours) / tps(compiled),
+                );
+            } else if !json {
                 outln!(
                     "{p:<6} {t} thread(s): btx {:>6.0} tok/s ({:.3} s/step, {:.2}x floor, gemm alone {:.2}x, floor from memory {:.2}x, {:>4.0} MB) | pytorch {:>6.0} tok/s ({:.3} s/step, {:>4.0} MB) | speed {:.2}x, memory {:.2}x",
                     ours["tokens_per_s"].as_f64().unwrap_or(0.0),
@@ -531,6 +584,15 @@ fn compare(
     for (&(p, t), rs) in cells.iter().zip(&results) {
         let m = |side: &str, key: &str| median_of(rs, side, key);
         let speed = m("btx", "tokens_per_s") / m("pytorch", "tokens_per_s");
+        let mut compiled: Vec<f64> = rs
+            .iter()
+            .filter_map(|r| r.1["compiled"]["tokens_per_s"].as_f64())
+            .collect();
+        let speed_vs_compile = if compiled.is_empty() {
+            f64::NAN
+        } else {
+            m("btx", "tokens_per_s") / median(&mut compiled)
+        };
         let memory = m("btx", "peak_rss_mb") / m("pytorch", "peak_rss_mb");
         let floor_at_peak = m("btx", "products_at_peak_s") / m("btx", "matmul_floor_s");
         if sweep.rounds > 1 && !json {
@@ -552,6 +614,7 @@ fn compare(
             "cold_floor_ratio": m("btx", "cold_floor_ratio"),
             "floor_peak_fraction": floor_at_peak,
             "speed_ratio": speed, "rss_ratio": memory,
+            "speed_ratio_vs_compile": speed_vs_compile,
         }));
     }
     // MoE-S against S: step times against active FLOPs (GFLOP/s x step = FLOPs per step).
@@ -656,7 +719,7 @@ fn run_mix_bench(dir: &std::path::Path, experts: usize, json: bool) -> Result<()
     Ok(())
 }
 
-pub fn run(cmd: BenchCmd, dev: &Device) -> Result<()> {
+pub fn run(cmd: BenchCmd, dev: &Device, device: &str) -> Result<()> {
     let threads = rayon::current_num_threads();
     match cmd {
         BenchCmd::Mix { dir, experts, json } => run_mix_bench(&dir, experts, json)?,
@@ -669,12 +732,15 @@ pub fn run(cmd: BenchCmd, dev: &Device) -> Result<()> {
             script,
             torch_default_malloc,
             json,
+            peak_tflops,
         } => compare(
             &presets,
             &threads,
             Sweep {
                 steps,
                 rounds: rounds.max(1),
+                device: device.to_string(),
+                peak_tflops,
             },
             (&python, &script, !torch_default_malloc),
             json,
@@ -686,7 +752,12 @@ pub fn run(cmd: BenchCmd, dev: &Device) -> Result<()> {
             json,
             no_floor,
             products,
+            peak_tflops,
         } => {
+            // The matmul floor and the product clock are the CPU kernels' instruments.
+            let on_gpu = device != "cpu" && device != "flex";
+            let no_floor = no_floor || on_gpu;
+            let products = products && !on_gpu;
             let (cfg, batch, seq) = preset(&name)?;
             let model = Model::init(&cfg, 0, &Device::flex())?;
             // The steps' products timed inside the step (gemm_clock) on steps of their own:
@@ -772,7 +843,9 @@ pub fn run(cmd: BenchCmd, dev: &Device) -> Result<()> {
                 "gemm_s": gemm_s, "gemm_floor_ratio": gemm_s / floor,
                 "matmul_floor_cold_s": cold, "cold_floor_ratio": step_s / cold,
                 "fma_peak_gflops": peak / 1e9, "products_at_peak_s": at_peak,
-                "final_loss": loss,
+                "final_loss": loss, "device": device,
+                "tflops_per_s": flops / step_s / 1e12,
+                "mfu": peak_tflops.map(|p| flops / step_s / (p * 1e12)),
             });
             if json {
                 outln!("{r}");
@@ -790,8 +863,11 @@ pub fn run(cmd: BenchCmd, dev: &Device) -> Result<()> {
                         100.0 * at_peak / step_s
                     )
                 };
+                let mfu = peak_tflops.map_or(String::new(), |p| {
+                    format!(" (MFU {:.1}%)", 100.0 * flops / step_s / (p * 1e12))
+                });
                 outln!(
-                    "train {name}: {:.2}M params ({:.2}M active), {threads} thread(s): median step {:.3}s, {:.0} tokens/s, {:.1} GFLOP/s, {floor_text}, peak RSS {:.0} MB",
+                    "train {name} on {device}: {:.2}M params ({:.2}M active), {threads} thread(s): median step {:.3}s, {:.0} tokens/s, {:.1} GFLOP/s{mfu}, {floor_text}, peak RSS {:.0} MB",
                     cfg.total_params() as f64 / 1e6,
                     cfg.active_params() as f64 / 1e6,
                     step_s,
@@ -870,5 +946,27 @@ mod tests {
             assert_eq!(flops(true), want, "{name}: attention blocks");
             assert!(ps.iter().filter(|p| p.block).all(|p| p.m <= 64));
         }
+    }
+}
+
+#[cfg(test)]
+mod preset_tests {
+    use super::preset;
+
+    /// The GPU-sized preset is SmolLM2-135M's shape (134.5M parameters, tied embeddings, GQA
+    /// 9:3, seq 2048), as bench/torch_reference.py builds it.
+    #[test]
+    fn the_gpu_preset_has_the_smollm2_135m_shape() {
+        let (c, batch, seq) = preset("SmolLM2").unwrap();
+        assert_eq!((batch, seq), (8, 2048));
+        assert_eq!((c.num_heads, c.num_kv_heads, c.num_layers), (9, 3, 30));
+        assert!(c.tie_word_embeddings);
+        assert_eq!(c.total_params(), 134_515_008);
+        let (m, _, _) = preset("MoE-SmolLM2").unwrap();
+        assert_eq!(
+            m.moe.as_ref().map(|x| (x.num_experts, x.top_k)),
+            Some((4, 2))
+        );
+        assert!(preset("XL").is_err());
     }
 }
