@@ -91,7 +91,9 @@ for d in bin lib include; do
         ln -s "$LLVM/$d" "$BUNDLE/$d"
     fi
 done
-touch "$BUNDLE/.tracel-llvm-installed"
+# Created once: the bundler's build script reruns when the marker changes, and with it every
+# crate above cubecl-llvm (a touch on each run cost a 10-minute rebuild).
+[ -e "$BUNDLE/.tracel-llvm-installed" ] || touch "$BUNDLE/.tracel-llvm-installed"
 say "LLVM for cubecl: $BUNDLE -> $LLVM ($("$BUNDLE/bin/llvm-config" --version))"
 
 [ "$mode" = setup ] && exit 0

@@ -99,7 +99,17 @@ fn main() {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     {
-        let dev = runtime::device(&cli.device)?;
+        // Commands that only hand the device on check its name; the others open it.
+        let hands_on = matches!(
+            cli.cmd,
+            Command::Run(_) | Command::Demo(_) | Command::Status(_) | Command::Cancel(_)
+        );
+        let dev = if hands_on {
+            runtime::check_device_name(&cli.device)?;
+            btx_model::burn::prelude::Device::flex()
+        } else {
+            runtime::device(&cli.device)?
+        };
         match cli.cmd {
             Command::Forward(a) => cmd::forward::run(a, &dev),
             Command::Train(a) => cmd::train::run(a, &dev),

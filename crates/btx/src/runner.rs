@@ -419,7 +419,13 @@ pub fn tail(path: &Path, n: usize) -> Vec<String> {
 }
 
 pub fn run(a: Args, device: &str) -> Result<()> {
-    crate::runtime::device(device)?;
+    // Local stages run here: open the device now, so that a missing GPU is one error up front.
+    // Slurm stages run elsewhere: this node may have none.
+    if a.executor == "local" {
+        crate::runtime::device(device)?;
+    } else {
+        crate::runtime::check_device_name(device)?;
+    }
     if a.gpus.is_some() && (device != "cuda" || a.executor != "local") {
         bail!(
             "--gpus spreads local stages over GPUs: it needs --device cuda and the local executor\nhint: on Slurm, ask for GPUs per stage in the recipe ([slurm.experts] / [slurm.train] gres = \"gpu:1\")"

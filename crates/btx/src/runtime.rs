@@ -67,16 +67,89 @@ pub fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     rayon::scope(|_| f())
 }
 
+/// The compute device for `name`, checked to be usable: on `cuda`, a driver and a GPU must be
+/// there (cubecl would otherwise panic in a worker thread at the first kernel).
 pub fn device(name: &str) -> Result<Device> {
+    check_device_name(name)?;
     match name {
-        "cpu" | "flex" => Ok(Device::flex()),
         #[cfg(feature = "cuda")]
-        "cuda" => Ok(Device::cuda(0)),
+        "cuda" => {
+            cuda::check()?;
+            Ok(Device::cuda(0))
+        }
+        _ => Ok(Device::flex()),
+    }
+}
+
+/// Whether `name` is a device this build has, without touching it (for commands that only
+/// hand the device on, e.g. `btx run --executor slurm` on a head node with no GPU).
+pub fn check_device_name(name: &str) -> Result<()> {
+    match name {
+        "cpu" | "flex" => Ok(()),
+        #[cfg(feature = "cuda")]
+        "cuda" => Ok(()),
         #[cfg(not(feature = "cuda"))]
         "cuda" => bail!(
             "this btx was built without CUDA\nhint: build one with `scripts/build-cuda.sh` (Debian 12: LLVM from apt, no other download), then use target/cuda/btx"
         ),
         other => bail!("unknown device {other:?} (cpu or cuda)"),
+    }
+}
+
+#[cfg(feature = "cuda")]
+mod cuda {
+    use anyhow::{bail, Result};
+
+    /// Loads the NVIDIA driver the way cudarc will and asks it for GPUs; checks that the
+    /// kernels' math library (libdevice) is where cubecl looks for it.
+    pub fn check() -> Result<()> {
+        type Init = unsafe extern "C" fn(u32) -> i32;
+        type Count = unsafe extern "C" fn(*mut i32) -> i32;
+        // SAFETY: dlopen/dlsym get NUL-terminated names; cuInit and cuDeviceGetCount have these
+        // C signatures in every CUDA driver API version; the library stays loaded (cudarc
+        // loads the same one), so the function pointers stay valid.
+        let (init_rc, count_rc, n) = unsafe {
+            let mut lib = std::ptr::null_mut();
+            for name in [c"libcuda.so.1", c"libcuda.so"] {
+                lib = libc::dlopen(name.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL);
+                if !lib.is_null() {
+                    break;
+                }
+            }
+            if lib.is_null() {
+                bail!("--device cuda: no NVIDIA driver on this machine (libcuda.so.1 not found)\nhint: run on a machine with an NVIDIA GPU and its driver, or use --device cpu");
+            }
+            let init = libc::dlsym(lib, c"cuInit".as_ptr());
+            let count = libc::dlsym(lib, c"cuDeviceGetCount".as_ptr());
+            if init.is_null() || count.is_null() {
+                bail!("--device cuda: libcuda.so.1 has no cuInit/cuDeviceGetCount\nhint: reinstall the NVIDIA driver");
+            }
+            let init: Init = std::mem::transmute::<*mut libc::c_void, Init>(init);
+            let count: Count = std::mem::transmute::<*mut libc::c_void, Count>(count);
+            let init_rc = init(0);
+            let mut n = 0i32;
+            let count_rc = if init_rc == 0 { count(&mut n) } else { 0 };
+            (init_rc, count_rc, n)
+        };
+        if init_rc != 0 || count_rc != 0 || n == 0 {
+            let visible = std::env::var("CUDA_VISIBLE_DEVICES").unwrap_or_else(|_| "unset".into());
+            bail!("--device cuda: the NVIDIA driver sees no usable GPU (cuInit {init_rc}, cuDeviceGetCount {count_rc}, {n} GPUs; CUDA_VISIBLE_DEVICES {visible})\nhint: check nvidia-smi, and that CUDA_VISIBLE_DEVICES names GPUs that exist");
+        }
+        // cubecl's search: $CUDA_PATH, else these roots.
+        let roots: Vec<std::path::PathBuf> = match std::env::var("CUDA_PATH") {
+            Ok(p) => vec![p.into()],
+            Err(_) => ["/usr/local/cuda", "/opt/cuda", "/usr/lib/cuda", "/usr"]
+                .iter()
+                .map(Into::into)
+                .collect(),
+        };
+        if !roots
+            .iter()
+            .any(|r| r.join("nvvm/libdevice/libdevice.10.bc").is_file())
+        {
+            bail!("--device cuda: libdevice.10.bc (the GPU kernels' math library) is not in {}\nhint: set CUDA_PATH to a CUDA toolkit, or to the nvidia/cuda_nvcc directory of the PyPI wheel nvidia-cuda-nvcc-cu12 (it holds nvvm/libdevice)", roots.iter().map(|r| format!("{}/nvvm/libdevice", r.display())).collect::<Vec<_>>().join(", "));
+        }
+        Ok(())
     }
 }
 
