@@ -262,9 +262,10 @@ impl FinetuneSection {
     }
 }
 
-/// How a baseline's training budget is matched to BTX's.
+/// How a baseline's training budget is matched to BTX's. Written as a string; `false` means
+/// "none" (so that `upcycle = false` reads as it looks).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
+#[serde(rename_all = "kebab-case", try_from = "MatchingRaw")]
 pub enum Matching {
     None,
     /// The same number of training tokens as BTX (experts + finetune).
@@ -273,6 +274,33 @@ pub enum Matching {
     /// The same training FLOPs as BTX.
     ComputeMatched,
     Both,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum MatchingRaw {
+    Flag(bool),
+    Name(String),
+}
+
+impl TryFrom<MatchingRaw> for Matching {
+    type Error = String;
+    fn try_from(r: MatchingRaw) -> Result<Self, String> {
+        const NAMES: &str = "\"none\", \"data-matched\", \"compute-matched\" or \"both\"";
+        match r {
+            MatchingRaw::Flag(false) => Ok(Matching::None),
+            MatchingRaw::Flag(true) => Err(format!(
+                "true does not say how to match the budget: use {NAMES}"
+            )),
+            MatchingRaw::Name(n) => match n.as_str() {
+                "none" => Ok(Matching::None),
+                "data-matched" => Ok(Matching::DataMatched),
+                "compute-matched" => Ok(Matching::ComputeMatched),
+                "both" => Ok(Matching::Both),
+                other => Err(format!("unknown matching {other:?}: use {NAMES}")),
+            },
+        }
+    }
 }
 
 impl Matching {
@@ -728,4 +756,30 @@ fn freeze_problems(at: &str, freeze: &[String], cfg: &btx_model::ModelConfig) ->
             )
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_baseline_can_be_switched_off_with_false_and_bad_matchings_are_named() {
+        let b: BaselinesSection =
+            toml::from_str("upcycle = false\ndense = \"compute-matched\"").unwrap();
+        assert_eq!(
+            (b.upcycle, b.dense),
+            (Matching::None, Matching::ComputeMatched)
+        );
+        let e = toml::from_str::<BaselinesSection>("dense = true")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("true does not say how") && e.contains("both"),
+            "{e}"
+        );
+        let e = toml::from_str::<BaselinesSection>("dense = \"compute\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown matching \"compute\""), "{e}");
+    }
 }
