@@ -87,7 +87,7 @@ step selftest-cpu 120 "$BTX" --device cpu selftest --testdata testdata
 
 # 2. The pipeline on the GPU.
 rm -rf "$OUT/run"
-step run-quick 300 "$BTX" --device cuda run examples/quick.toml --out "$OUT/run" --jobs 2 --gpus 1
+step run-quick 300 "$BTX" --device cuda run examples/quick.toml --out "$OUT/run" --jobs 2
 "$BTX" status "$OUT/run" >"$OUT/run-status.txt" 2>&1
 awk 'NR == 1 || /^(seed|expert:|mix:|finetune:btx |report)/' "$OUT/run-status.txt" | sed 's/^/    /' | tee -a "$SUMMARY"
 if [ -f "$OUT/run/report.md" ]; then

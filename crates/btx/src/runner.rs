@@ -141,30 +141,14 @@ struct Running {
 /// The GPUs of `--gpus` (a count or a list of ids), else of CUDA_VISIBLE_DEVICES, else every GPU
 /// `nvidia-smi -L` lists, else GPU 0.
 pub fn gpu_ids(arg: Option<&str>) -> Result<Vec<String>> {
-    let list = |v: &str| -> Vec<String> {
-        v.split(',')
-            .map(|x| x.trim().to_string())
-            .filter(|x| !x.is_empty())
-            .collect()
-    };
-    if let Some(a) = arg {
-        let ids = match a.trim().parse::<usize>() {
-            Ok(0) => bail!(
-                "--gpus 0: give at least one GPU\nhint: --gpus 2 (GPUs 0 and 1) or --gpus 0,3"
-            ),
-            Ok(n) if !a.contains(',') => (0..n).map(|i| i.to_string()).collect(),
-            _ => list(a),
-        };
-        if ids.is_empty() {
-            bail!("--gpus {a:?} names no GPU\nhint: --gpus 2 (GPUs 0 and 1) or --gpus 0,3");
-        }
+    let visible = std::env::var("CUDA_VISIBLE_DEVICES")
+        .map(|v| id_list(&v))
+        .unwrap_or_default();
+    if let Some(ids) = gpus_given(arg, &visible)? {
         return Ok(ids);
     }
-    if let Ok(v) = std::env::var("CUDA_VISIBLE_DEVICES") {
-        let ids = list(&v);
-        if !ids.is_empty() {
-            return Ok(ids);
-        }
+    if !visible.is_empty() {
+        return Ok(visible);
     }
     let listed = Command::new("nvidia-smi")
         .arg("-L")
@@ -179,6 +163,34 @@ pub fn gpu_ids(arg: Option<&str>) -> Result<Vec<String>> {
         })
         .unwrap_or(0);
     Ok((0..listed.max(1)).map(|i| i.to_string()).collect())
+}
+
+fn id_list(v: &str) -> Vec<String> {
+    v.split(',')
+        .map(|x| x.trim().to_string())
+        .filter(|x| !x.is_empty())
+        .collect()
+}
+
+/// The GPUs `--gpus` names, given the outer CUDA_VISIBLE_DEVICES (`visible`, maybe empty): a
+/// count within it takes its first entries (ids or UUIDs: GPU 0 of this process is its first
+/// entry, not physical GPU 0); otherwise a count means GPUs 0..N, a list is taken as written.
+fn gpus_given(arg: Option<&str>, visible: &[String]) -> Result<Option<Vec<String>>> {
+    let Some(a) = arg else {
+        return Ok(None);
+    };
+    let ids = match a.trim().parse::<usize>() {
+        Ok(0) => {
+            bail!("--gpus 0: give at least one GPU\nhint: --gpus 2 (GPUs 0 and 1) or --gpus 0,3")
+        }
+        Ok(n) if !a.contains(',') && n <= visible.len() => visible[..n].to_vec(),
+        Ok(n) if !a.contains(',') => (0..n).map(|i| i.to_string()).collect(),
+        _ => id_list(a),
+    };
+    if ids.is_empty() {
+        bail!("--gpus {a:?} names no GPU\nhint: --gpus 2 (GPUs 0 and 1) or --gpus 0,3");
+    }
+    Ok(Some(ids))
 }
 
 /// The GPU (index into the list) a new stage goes to: the one running the fewest stages, the
@@ -572,11 +584,19 @@ mod tests {
 
     #[test]
     fn gpus_are_a_count_or_a_list_and_stages_go_to_the_least_busy() {
-        assert_eq!(gpu_ids(Some("3")).unwrap(), ["0", "1", "2"]);
-        assert_eq!(gpu_ids(Some("0,5")).unwrap(), ["0", "5"]);
-        assert_eq!(gpu_ids(Some("7,")).unwrap(), ["7"]);
-        assert!(gpu_ids(Some("0")).is_err());
-        assert!(gpu_ids(Some(",")).is_err());
+        let given = |a, v: &[&str]| {
+            let v: Vec<String> = v.iter().map(|x| x.to_string()).collect();
+            gpus_given(Some(a), &v).map(|x| x.unwrap())
+        };
+        assert_eq!(given("3", &[]).unwrap(), ["0", "1", "2"]);
+        assert_eq!(given("0,5", &[]).unwrap(), ["0", "5"]);
+        assert_eq!(given("7,", &[]).unwrap(), ["7"]);
+        // Inside an outer CUDA_VISIBLE_DEVICES a count takes its first entries.
+        assert_eq!(given("2", &["4", "6", "7"]).unwrap(), ["4", "6"]);
+        assert_eq!(given("1", &["GPU-ab12"]).unwrap(), ["GPU-ab12"]);
+        assert!(given("0", &[]).is_err());
+        assert!(given(",", &[]).is_err());
+        assert_eq!(gpus_given(None, &[]).unwrap(), None);
         let child = || Command::new("true").spawn().unwrap();
         let on = |gpu| Running {
             name: String::new(),
