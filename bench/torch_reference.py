@@ -161,6 +161,10 @@ def main():
                     help="the device's peak in this precision, to print MFU")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
+    if a.compile:
+        # torch.compile compiles on the first steps, and the MoE's data-dependent expert sizes
+        # recompile until the shapes are marked dynamic: keep those steps out of the timing.
+        a.warmup = max(a.warmup, 5)
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     if a.device == "cuda":
