@@ -18,7 +18,7 @@ struct Cli {
     /// Worker threads for tensor ops (default: all cores, or RAYON_NUM_THREADS).
     #[arg(long, global = true)]
     threads: Option<usize>,
-    /// Compute device: cpu (burn flex) or cuda (needs a build with --features cuda).
+    /// Compute device: cpu (burn flex) or cuda (a build from scripts/build-cuda.sh).
     #[arg(long, global = true, default_value = "cpu")]
     device: String,
     #[command(subcommand)]
