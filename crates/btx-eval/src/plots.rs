@@ -295,14 +295,26 @@ pub fn loss_curves(
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(2)));
     }
     // Training curves fall from the upper left: the lower left is where they are not.
+    legend(&mut chart, SeriesLabelPosition::LowerLeft)?;
+    root.present()?;
+    Ok(())
+}
+
+/// The legend of a line chart, on a translucent box at `position`.
+fn legend<'a, DB: DrawingBackend + 'a>(
+    chart: &mut ChartContext<'a, DB, Cartesian2d<RangedCoordf64, RangedCoordf64>>,
+    position: SeriesLabelPosition,
+) -> PlotResult
+where
+    DB::ErrorType: 'static,
+{
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::LowerLeft)
+        .position(position)
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
         .label_font(("sans-serif", 12))
         .draw()?;
-    root.present()?;
     Ok(())
 }
 
@@ -474,13 +486,7 @@ pub fn loss_vs_flops(
             .label(name.clone())
             .legend(move |(x, y)| Circle::new((x + 8, y), 5, c.filled()));
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .label_font(("sans-serif", 12))
-        .draw()?;
+    legend(&mut chart, SeriesLabelPosition::UpperRight)?;
     root.present()?;
     Ok(())
 }

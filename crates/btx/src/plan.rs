@@ -298,6 +298,22 @@ struct Builder {
 }
 
 impl Builder {
+    /// A training stage that continues `from` on the prepared data (experts, finetunes,
+    /// baselines).
+    fn train_from(&mut self, name: String, dir: String, from: String, spec: TrainSpec) {
+        self.push(
+            name,
+            dir,
+            vec![from.clone(), "data".into()],
+            StageKind::Train {
+                from: Some(from),
+                spec,
+                data: "data".into(),
+            },
+            true,
+        );
+    }
+
     fn push(&mut self, name: String, dir: String, deps: Vec<String>, kind: StageKind, heavy: bool) {
         let fps: Vec<String> = deps
             .iter()
@@ -530,16 +546,11 @@ impl Plan {
                         if fam.training == ExpertTraining::FfnOnly {
                             spec.train.freeze.extend(non_ffn_params(&seed_cfg));
                         }
-                        b.push(
+                        b.train_from(
                             name.clone(),
                             format!("{pre}{}/{d}", fam.dir()),
-                            vec!["seed".into(), "data".into()],
-                            StageKind::Train {
-                                from: Some("seed".into()),
-                                spec: reseed(spec),
-                                data: "data".into(),
-                            },
-                            true,
+                            "seed".into(),
+                            reseed(spec),
                         );
                         // Rescaled experts only serve their variant's MiX: not evaluated alone.
                         if fam.factor_permille == 1000 {
@@ -601,16 +612,11 @@ impl Plan {
                         }
                     };
                     let ft_name = format!("finetune:{}{sfx}", v.name);
-                    b.push(
+                    b.train_from(
                         ft_name.clone(),
                         format!("{pre}finetune/{}", v.name),
-                        vec![mix_name.clone(), "data".into()],
-                        StageKind::Train {
-                            from: Some(mix_name),
-                            spec: reseed(finetune_spec(v, scale)),
-                            data: "data".into(),
-                        },
-                        true,
+                        mix_name,
+                        reseed(finetune_spec(v, scale)),
                     );
                     eval(
                         &mut b,
@@ -632,16 +638,11 @@ impl Plan {
                         format!("dense-{m}")
                     };
                     let name = format!("baseline:{tag}{sfx}");
-                    b.push(
+                    b.train_from(
                         name.clone(),
                         format!("{pre}baselines/{tag}"),
-                        vec!["seed".into(), "data".into()],
-                        StageKind::Train {
-                            from: Some("seed".into()),
-                            spec: reseed(spec),
-                            data: "data".into(),
-                        },
-                        true,
+                        "seed".into(),
+                        reseed(spec),
                     );
                     eval(&mut b, &tag, &sfx, vec![name], None);
                 }
@@ -672,16 +673,11 @@ impl Plan {
                         spec.train.steps = matched(&budget, m, &up_cfg);
                         let tag = format!("upcycle-{m}");
                         let name = format!("baseline:{tag}{sfx}");
-                        b.push(
+                        b.train_from(
                             name.clone(),
                             format!("{pre}baselines/{tag}"),
-                            vec![up_name.clone(), "data".into()],
-                            StageKind::Train {
-                                from: Some(up_name.clone()),
-                                spec: reseed(spec),
-                                data: "data".into(),
-                            },
-                            true,
+                            up_name.clone(),
+                            reseed(spec),
                         );
                         eval(&mut b, &tag, &sfx, vec![name], None);
                     }

@@ -9,6 +9,12 @@ fn btx() -> Command {
     c
 }
 
+/// Runs `c` and fails the test with its stderr unless it succeeded.
+fn ok(c: &mut Command) {
+    let o = c.output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
 const DOMAINS: [&str; 4] = ["math", "code", "knowledge", "general"];
 
 #[test]
@@ -22,18 +28,11 @@ fn a_model_trained_on_a_domain_is_best_on_that_domain() {
             &format!("[[domains]]\nname = \"{d}\"\nbuiltin = \"{d}\"\ndocs = 400\ntasks = 10\n");
     }
     std::fs::write(&cfg, toml).unwrap();
-    let st = btx()
+    ok(btx()
         .args(["data", "prepare", "--config"])
         .arg(&cfg)
         .arg("--out")
-        .arg(&data)
-        .output()
-        .unwrap();
-    assert!(
-        st.status.success(),
-        "{}",
-        String::from_utf8_lossy(&st.stderr)
-    );
+        .arg(&data));
     let train_cfg = root.join("train.toml");
     std::fs::write(
         &train_cfg,
@@ -49,21 +48,14 @@ fn a_model_trained_on_a_domain_is_best_on_that_domain() {
     let mut matrix = vec![];
     for d in DOMAINS {
         let out = root.join(format!("m-{d}"));
-        let st = btx()
+        ok(btx()
             .args(["--threads", "2", "train", "--config"])
             .arg(&train_cfg)
             .args(["--set", &format!("data.weights.{d}=1.0")])
             .arg("--out")
-            .arg(&out)
-            .output()
-            .unwrap();
-        assert!(
-            st.status.success(),
-            "{}",
-            String::from_utf8_lossy(&st.stderr)
-        );
+            .arg(&out));
         let ev = out.join("eval.json");
-        let st = btx()
+        ok(btx()
             .args(["eval", "--model"])
             .arg(out.join("model"))
             .arg("--data")
@@ -77,14 +69,7 @@ fn a_model_trained_on_a_domain_is_best_on_that_domain() {
                 "0",
                 "--out",
             ])
-            .arg(&ev)
-            .output()
-            .unwrap();
-        assert!(
-            st.status.success(),
-            "{}",
-            String::from_utf8_lossy(&st.stderr)
-        );
+            .arg(&ev));
         let v: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(&ev).unwrap()).unwrap();
         matrix.push(
@@ -120,7 +105,7 @@ fn a_model_trained_on_a_domain_is_best_on_that_domain() {
 fn the_demo_seed_is_above_chance_and_below_the_ceiling_on_every_task_set() {
     let root = btx_testkit::Scratch::new("calibration");
     let out = root.join("demo");
-    let st = btx()
+    ok(btx()
         .args(["demo", "--jobs", "2", "--out"])
         .arg(&out)
         .args([
@@ -132,14 +117,7 @@ fn the_demo_seed_is_above_chance_and_below_the_ceiling_on_every_task_set() {
             "finetune.train.steps=2",
             "--set",
             "eval.windows=2",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        st.status.success(),
-        "{}",
-        String::from_utf8_lossy(&st.stderr)
-    );
+        ]));
     let r: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
     for d in DOMAINS {
