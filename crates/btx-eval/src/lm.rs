@@ -9,7 +9,7 @@
 
 use btx_model::burn::prelude::*;
 use btx_model::burn::tensor::activation::log_softmax;
-use btx_model::generate::{generate, left_pad, Rows};
+use btx_model::generate::{generate, left_pad, Active, Rows};
 use btx_model::{to_vec, ForwardOpts, KvCache, Model};
 
 /// A model (or ensemble) evaluation can query.
@@ -211,10 +211,6 @@ impl Lm for Ensemble {
             .iter()
             .map(|m| btx_model::generate::room(m, len))
             .fold(max_new, usize::min);
-        let opts = ForwardOpts {
-            pads: pads.iter().any(|&p| p > 0).then(|| pads.clone()),
-            ..Default::default()
-        };
         let v = self.models[0].cfg.vocab_size;
         let mut caches: Vec<KvCache> = self
             .models
@@ -224,40 +220,49 @@ impl Lm for Ensemble {
         // loglik[row][expert]: log-likelihood of the context so far.
         let mut loglik = vec![vec![0f64; n]; b];
         let mut rows = Rows::new(b);
+        let mut active = Active::new(pads.clone());
         let mut input = ids.clone();
         let mut t = len;
+        let mut lp = vec![0f64; n];
         for step in 0..max_new {
+            let nb = active.rows.len();
+            let opts = active.opts();
             // Per expert, the log-softmax of the last position of each row.
             let mut last: Vec<Vec<f32>> = Vec::with_capacity(n);
             for (e, m) in self.models.iter().enumerate() {
-                let o = m.forward(&input, b, t, &opts, Some(&mut caches[e]));
-                let lp = log_softmax(o.logits, 2);
                 if step == 0 {
+                    let o = m.forward(&input, nb, t, &opts, Some(&mut caches[e]));
+                    let all_lp = log_softmax(o.logits, 2);
                     // The prompt's own likelihood under this expert (pads excluded).
-                    let all = to_vec(lp.clone());
-                    for r in 0..b {
+                    let all = to_vec(all_lp.clone());
+                    for r in 0..nb {
                         for i in pads[r]..len - 1 {
                             let tok = ids[r * len + i + 1] as usize;
                             loglik[r][e] += all[(r * len + i) * v + tok] as f64;
                         }
                     }
+                    last.push(to_vec(all_lp.narrow(1, t - 1, 1).reshape([nb, v])));
+                } else {
+                    let logits = m.next_logits(&input, nb, t, &opts, Some(&mut caches[e]));
+                    last.push(to_vec(log_softmax(logits, 1)));
                 }
-                last.push(to_vec(lp.narrow(1, t - 1, 1).reshape([b, v])));
             }
-            let mut next = Vec::with_capacity(b);
-            for r in 0..b {
+            let mut next = Vec::with_capacity(nb);
+            for (i, &r) in active.rows.iter().enumerate() {
                 let w = self.weights(&loglik[r]);
                 let mut best = (0usize, f64::NEG_INFINITY);
                 for tok in 0..v {
-                    let lp: Vec<f64> = (0..n).map(|e| last[e][r * v + tok] as f64).collect();
+                    for (e, x) in lp.iter_mut().enumerate() {
+                        *x = last[e][i * v + tok] as f64;
+                    }
                     let s = logsumexp_weighted(&w, &lp);
                     if s > best.1 {
                         best = (tok, s);
                     }
                 }
                 let tok = best.0 as i64;
-                for e in 0..n {
-                    loglik[r][e] += last[e][r * v + best.0] as f64;
+                for (e, ll) in loglik[r].iter_mut().enumerate() {
+                    *ll += last[e][i * v + best.0] as f64;
                 }
                 rows.push(r, tok, eos, stop);
                 next.push(tok);
@@ -265,7 +270,7 @@ impl Lm for Ensemble {
             if rows.all_done() {
                 break;
             }
-            input = next;
+            input = active.retain(&rows.done, next, &mut caches);
             t = 1;
         }
         rows.out

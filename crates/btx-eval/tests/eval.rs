@@ -93,6 +93,20 @@ fn a_one_model_ensemble_generates_like_the_model() {
 }
 
 #[test]
+fn ensemble_rows_that_stop_leave_the_batch_without_changing_the_others() {
+    // Stopped rows leave the batch (their caches and likelihoods too): the others continue as
+    // they would alone.
+    let ens = Ensemble::new(models(3), Weighting::Posterior { top_k: 2 });
+    let prompts = vec![vec![1, 2, 3, 4, 5], vec![6, 7], vec![8, 9, 10]];
+    let limit = [3, 1, usize::MAX];
+    let both = ens.greedy(&prompts, 7, None, &mut |r, g| g.len() >= limit[r]);
+    for (r, p) in prompts.iter().enumerate() {
+        let alone = ens.greedy(std::slice::from_ref(p), 7, None, &mut |_, _| false);
+        assert_eq!(both[r], alone[0][..limit[r].min(7)], "row {r}");
+    }
+}
+
+#[test]
 fn routing_counts_shares_and_dead_experts() {
     let dev = Device::flex();
     // 4 tokens, 3 experts, top-2: token i's top-k ids given explicitly.

@@ -151,6 +151,49 @@ impl Rows {
     }
 }
 
+/// The rows of a batched generation still running: their indices into the prompts and their
+/// left padding. Stopped rows leave the batch and every KV cache, so the rest do not pay for
+/// them (a task set's short answers would otherwise wait on its longest).
+pub struct Active {
+    pub rows: Vec<usize>,
+    pub pads: Vec<usize>,
+}
+
+impl Active {
+    pub fn new(pads: Vec<usize>) -> Self {
+        Self {
+            rows: (0..pads.len()).collect(),
+            pads,
+        }
+    }
+
+    /// The forward options of the batch as it is now.
+    pub fn opts(&self) -> ForwardOpts {
+        ForwardOpts {
+            pads: self.pads.iter().any(|&p| p > 0).then(|| self.pads.clone()),
+            ..Default::default()
+        }
+    }
+
+    /// Removes the rows that `done` (indexed by prompt) says have stopped, from the batch, from
+    /// `caches` and from `next` (this step's tokens, one per active row); returns what is left
+    /// of `next`.
+    pub fn retain(&mut self, done: &[bool], next: Vec<i64>, caches: &mut [KvCache]) -> Vec<i64> {
+        let keep: Vec<usize> = (0..self.rows.len())
+            .filter(|&i| !done[self.rows[i]])
+            .collect();
+        if keep.len() == self.rows.len() {
+            return next;
+        }
+        for c in caches {
+            c.keep_rows(&keep);
+        }
+        self.pads = keep.iter().map(|&i| self.pads[i]).collect();
+        self.rows = keep.iter().map(|&i| self.rows[i]).collect();
+        keep.iter().map(|&i| next[i]).collect()
+    }
+}
+
 /// Continues each prompt by up to `max_new` tokens, and never past the model's
 /// `max_position_embeddings` (see [`room`]). A row stops when it produces `eos` or when
 /// `stop(row, generated_so_far)` says so. Returns only the generated ids of each row.
@@ -168,30 +211,26 @@ pub fn generate(
     }
     let (ids, pads, len) = left_pad(prompts);
     let max_new = max_new.min(room(model, len));
-    let opts = ForwardOpts {
-        pads: pads.iter().any(|&p| p > 0).then(|| pads.clone()),
-        ..Default::default()
-    };
     let v = model.cfg.vocab_size;
     let mut cache = KvCache::new(model.cfg.num_layers);
     let mut rows = Rows::new(b);
     let mut rng = Rng::derive(sampling.seed, "generate");
+    let mut active = Active::new(pads);
     let mut input = ids;
     let mut t = len;
     for _ in 0..max_new {
-        let o = model.forward(&input, b, t, &opts, Some(&mut cache));
-        let last = o.logits.narrow(1, t - 1, 1).reshape([b, v]);
-        let host = to_vec(last);
-        let mut next = Vec::with_capacity(b);
-        for r in 0..b {
-            let tok = sample(&host[r * v..(r + 1) * v], sampling, &mut rng);
+        let n = active.rows.len();
+        let host = to_vec(model.next_logits(&input, n, t, &active.opts(), Some(&mut cache)));
+        let mut next = Vec::with_capacity(n);
+        for (i, &r) in active.rows.iter().enumerate() {
+            let tok = sample(&host[i * v..(i + 1) * v], sampling, &mut rng);
             rows.push(r, tok, eos, &mut stop);
             next.push(tok);
         }
         if rows.all_done() {
             break;
         }
-        input = next;
+        input = active.retain(&rows.done, next, std::slice::from_mut(&mut cache));
         t = 1;
     }
     rows.out

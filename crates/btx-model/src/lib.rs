@@ -42,6 +42,15 @@ pub fn linear(
     }
 }
 
+/// Softmax over each row of `[N, E]`: the fused op on flex (a vectorised exp that takes a
+/// masked score to 0 without libm's slow underflow path), burn's composite elsewhere.
+pub fn softmax_rows(x: burn::prelude::Tensor<2>) -> burn::prelude::Tensor<2> {
+    match fused::elementwise::softmax_rows(x.clone()) {
+        Some(y) => y,
+        None => burn::tensor::activation::softmax(x, 1),
+    }
+}
+
 /// [`linear`] of one input by several weights (q, k, v; an MLP's gate and up). On flex the
 /// input's gradient is summed inside the products' backward passes (see
 /// [`fused::fan_in::FanIn`]) rather than by burn, one serial add per extra weight.

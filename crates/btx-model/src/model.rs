@@ -99,6 +99,20 @@ impl KvCache {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// Keeps only the batch rows `rows` (in that order): generation drops the rows that have
+    /// stopped, so that the rest do not pay for them.
+    pub fn keep_rows(&mut self, rows: &[usize]) {
+        for l in &mut self.layers {
+            if let Some((k, v)) = l.kv.take() {
+                let idx = Tensor::<1, Int>::from_data(
+                    TensorData::new(rows.iter().map(|&r| r as i64).collect(), [rows.len()]),
+                    &k.device(),
+                );
+                l.kv = Some((k.select(0, idx.clone()), v.select(0, idx)));
+            }
+        }
+    }
 }
 
 fn tensor_from_host(t: &HostTensor, dev: &Device) -> Tensor<2> {
@@ -373,6 +387,26 @@ impl Model {
             routers: trunk.routers,
             ffn_inputs: trunk.ffn_inputs,
         }
+    }
+
+    /// The logits of each row's last position, `[B, V]`: what generation needs (the head on
+    /// every prompt position would be a fifth of a small model's prefill, thrown away).
+    pub fn next_logits(
+        &self,
+        ids: &[i64],
+        b: usize,
+        t: usize,
+        opts: &ForwardOpts,
+        cache: Option<&mut KvCache>,
+    ) -> Tensor<2> {
+        let trunk = self.forward_trunk(ids, b, t, opts, cache);
+        let d = self.cfg.hidden_size;
+        let last = trunk
+            .hidden
+            .reshape([b, t, d])
+            .narrow(1, t - 1, 1)
+            .reshape([b, d]);
+        crate::linear(last, self.head())
     }
 
     /// The output head's weight `[V, d]` (the embedding when tied).

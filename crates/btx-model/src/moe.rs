@@ -5,7 +5,9 @@
 //! taken from the router's scores inside the graph, so the router stays differentiable.
 
 use burn::prelude::*;
-use burn::tensor::activation::{silu, softmax};
+use burn::tensor::activation::silu;
+
+use crate::softmax_rows;
 use burn::tensor::IndexingUpdateOp;
 
 use crate::config::Routing;
@@ -287,14 +289,6 @@ impl Moe {
             dropped,
         };
         (out, aux)
-    }
-}
-
-/// Softmax over each row of `[N, E]`: the fused op on flex, burn's composite elsewhere.
-fn softmax_rows(x: Tensor<2>) -> Tensor<2> {
-    match crate::fused::elementwise::softmax_rows(x.clone()) {
-        Some(y) => y,
-        None => softmax(x, 1),
     }
 }
 

@@ -83,6 +83,25 @@ fn left_padding_is_invisible() {
 }
 
 #[test]
+fn rows_that_stop_leave_the_batch_without_changing_the_others() {
+    // Generation drops stopped rows from the batch (and their KV cache): the rows that go on
+    // must continue exactly as they would alone, with and without padding.
+    for moe in [false, true] {
+        let m = Model::init(&cfg(moe), 2, &Device::flex()).unwrap();
+        let prompts = [ids(9, 1), ids(5, 2), ids(7, 3)];
+        let s = Sampling::default();
+        // Row 1 stops after two tokens, row 0 after four, row 2 runs to the end.
+        let limit = [4, 2, usize::MAX];
+        let both = generate(&m, &prompts, 8, &s, None, |r, g| g.len() >= limit[r]);
+        for (r, p) in prompts.iter().enumerate() {
+            let alone = generate(&m, std::slice::from_ref(p), 8, &s, None, |_, _| false);
+            let want = &alone[0][..limit[r].min(8)];
+            assert_eq!(both[r], want, "moe={moe} row {r}");
+        }
+    }
+}
+
+#[test]
 fn identical_experts_equal_the_dense_model() {
     let dense = Model::init(&cfg(false), 5, &Device::flex()).unwrap();
     let mut c = dense.cfg.clone();
