@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 
 use crate::evaluate::DomainEval;
 use crate::report::{MethodResult, ReportInput};
+use crate::routing::{RoutingReport, WindowShares};
 use crate::stats::{Bootstrap, Estimate, Finding, Obs};
 
 /// Fixed so the same evaluations always give the same report.
@@ -400,7 +401,7 @@ pub fn verdicts(st: &Stats) -> Vec<Verdict> {
 }
 
 /// The smallest share of tokens any expert gets in any layer, over all domains' tokens.
-fn min_share(r: &crate::routing::RoutingReport) -> f64 {
+fn min_share(r: &RoutingReport) -> f64 {
     let layers = r.domains.values().next().map_or(0, |d| d.topk_share.len());
     let total: usize = r.domains.values().map(|d| d.tokens).sum();
     let mut min = f64::INFINITY;
@@ -420,7 +421,7 @@ fn min_share(r: &crate::routing::RoutingReport) -> f64 {
 
 /// Mean over layers and expert domains of the share of a domain's tokens whose top-1 expert is
 /// its own.
-pub fn own_share(r: &crate::routing::RoutingReport, expert_domains: &[String]) -> Option<f64> {
+pub fn own_share(r: &RoutingReport, expert_domains: &[String]) -> Option<f64> {
     let mut v = vec![];
     for (i, d) in expert_domains.iter().enumerate() {
         let dr = r.domains.get(d)?;
@@ -430,9 +431,94 @@ pub fn own_share(r: &crate::routing::RoutingReport, expert_domains: &[String]) -
     (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
 }
 
+/// Routing statistics resampled like losses: over replicas and the evaluation windows the
+/// routing analysis recorded one by one (every MoE method saw the same windows, so the draws
+/// pair methods).
+struct RoutingBoot<'a> {
+    boot: Bootstrap,
+    domains: &'a [String],
+    expert_domains: &'a [String],
+}
+
+impl<'a> RoutingBoot<'a> {
+    /// None when the analyses carry no per-window shares (evaluated before they were recorded).
+    fn new(input: &'a ReportInput, reps: &[RoutingReport]) -> Option<Self> {
+        let counts: Vec<usize> = input
+            .domains
+            .iter()
+            .map(|d| reps.first()?.domains.get(d).map(|x| x.windows.len()))
+            .collect::<Option<_>>()?;
+        if counts.contains(&0) {
+            return None;
+        }
+        Some(Self {
+            boot: Bootstrap::new(reps.len(), &counts, BOOTSTRAP_SEED),
+            domains: &input.domains,
+            expert_domains: &input.expert_domains,
+        })
+    }
+
+    /// One replica's windows of every domain, checked against the draw's shape.
+    fn windows<'r>(
+        &self,
+        reps: &'r [RoutingReport],
+        r: usize,
+        units: &[Vec<usize>],
+    ) -> Option<Vec<&'r [WindowShares]>> {
+        let rep = reps.get(r)?;
+        let ws: Vec<&[WindowShares]> = self
+            .domains
+            .iter()
+            .map(|d| rep.domains.get(d).map(|x| x.windows.as_slice()))
+            .collect::<Option<_>>()?;
+        let fits = ws
+            .iter()
+            .zip(units)
+            .all(|(w, u)| !u.is_empty() && w.len() == u.len());
+        (fits && units.len() == ws.len()).then_some(ws)
+    }
+
+    /// [`min_share`] of replica `r` on the drawn windows, pooled over domains as
+    /// [`min_share`] pools their tokens (windows are the same length; a domain with a short
+    /// validation split has fewer).
+    fn min_share(&self, reps: &[RoutingReport], r: usize, units: &[Vec<usize>]) -> Option<f64> {
+        let ws = self.windows(reps, r, units)?;
+        let layers = ws.first()?.first()?.topk.len();
+        let experts = reps.get(r)?.num_experts;
+        let n: usize = units.iter().map(Vec::len).sum();
+        let mut min = f64::INFINITY;
+        for l in 0..layers {
+            for e in 0..experts {
+                let mut s = 0.0;
+                for (w, u) in ws.iter().zip(units) {
+                    s += u.iter().map(|&i| w[i].topk[l][e]).sum::<f64>();
+                }
+                min = min.min(s / n as f64);
+            }
+        }
+        Some(min)
+    }
+
+    /// [`own_share`] of replica `r` on the drawn windows.
+    fn own_share(&self, reps: &[RoutingReport], r: usize, units: &[Vec<usize>]) -> Option<f64> {
+        let ws = self.windows(reps, r, units)?;
+        let mut total = 0.0;
+        for (i, d) in self.expert_domains.iter().enumerate() {
+            let k = self.domains.iter().position(|x| x == d)?;
+            let own = |w: &WindowShares| {
+                w.top1.iter().map(|l| l[i]).sum::<f64>() / w.top1.len().max(1) as f64
+            };
+            total += units[k].iter().map(|&j| own(&ws[k][j])).sum::<f64>() / units[k].len() as f64;
+        }
+        (!self.expert_domains.is_empty()).then(|| total / self.expert_domains.len() as f64)
+    }
+}
+
 /// 5. Load balancing keeps every expert in use (against a run without it) and routing
-///    specialises by domain. Routing has no per-window samples: the noise estimate is the
-///    replicas, so the claim needs at least two and holds only when every replica agrees.
+///    specialises by domain. Three intervals over replicas and evaluation windows: the
+///    smallest expert's share of tokens is above the dead-expert threshold, and above the
+///    run without load balancing; the share of a domain's tokens whose top-1 expert is its own
+///    is above uniform.
 fn load_balancing(st: &Stats) -> Verdict {
     let claim = "Load balancing keeps every expert in use (against the same run without it) and routing specialises by domain";
     let input = st.input;
@@ -440,13 +526,14 @@ fn load_balancing(st: &Stats) -> Verdict {
         input.routing_replicas.get("btx"),
         input.routing_replicas.get("btx:no-lb"),
     );
-    let Some(with) = with else {
+    let Some(with) = with.filter(|w| !w.is_empty()) else {
         return Verdict::new(claim, &[], vec![], " (no routing analysis of btx)");
     };
     let mut ev = vec![];
     let mins: Vec<f64> = with.iter().map(min_share).collect();
     let dead = with.iter().filter(|r| !r.dead_experts.is_empty()).count();
     let uniform = 1.0 / with[0].num_experts as f64;
+    let threshold = with[0].dead_threshold;
     let own: Vec<f64> = with
         .iter()
         .filter_map(|r| own_share(r, &input.expert_domains))
@@ -466,34 +553,66 @@ fn load_balancing(st: &Stats) -> Verdict {
             " (no run without load balancing: add a finetune variant named no-lb with lb_coef = 0)",
         );
     };
-    if with.len() < 2 {
+    ev.push(format!(
+        "btx:no-lb: smallest expert share per replica {}",
+        pcts(&without.iter().map(min_share).collect::<Vec<_>>())
+    ));
+    let Some(rb) = RoutingBoot::new(input, with) else {
         return Verdict::new(
             claim,
             &[],
             ev,
-            " (one replica: no noise estimate for routing; set replicas >= 2)",
+            " (these evaluations carry no per-window routing: re-run the eval stages for intervals)",
         );
-    }
-    let mins_without: Vec<f64> = without.iter().map(min_share).collect();
-    ev.push(format!(
-        "btx:no-lb: smallest expert share per replica {}",
-        pcts(&mins_without)
-    ));
-    let agree = |f: &dyn Fn(usize) -> bool| -> Finding {
-        let n = with.len().min(without.len());
-        let yes = (0..n).filter(|&i| f(i)).count();
-        if yes == n {
-            Finding::Holds
-        } else if yes == 0 {
-            Finding::DoesNotHold
-        } else {
-            Finding::WithinNoise
-        }
     };
+    let smallest = rb
+        .boot
+        .estimate(|x| Some(x.per_replica(|r, u| rb.min_share(with, r, u))? - threshold));
+    let gap = rb.boot.estimate(|x| {
+        Some(
+            x.per_replica(|r, u| rb.min_share(with, r, u))?
+                - x.per_replica(|r, u| rb.min_share(without, r, u))?,
+        )
+    });
+    let specialised = rb
+        .boot
+        .estimate(|x| Some(x.per_replica(|r, u| rb.own_share(with, r, u))? - uniform));
+    let (Some(smallest), Some(gap), Some(specialised)) = (smallest, gap, specialised) else {
+        return Verdict::new(
+            claim,
+            &[],
+            ev,
+            " (btx and btx:no-lb were analysed on different windows or replicas: no paired interval)",
+        );
+    };
+    let pt = |e: &Estimate, add: f64| {
+        format!(
+            "{:.1}% [{:.1}, {:.1}]",
+            100.0 * (e.value + add),
+            100.0 * (e.ci[0] + add),
+            100.0 * (e.ci[1] + add)
+        )
+    };
+    ev.push(format!(
+        "smallest expert share (mean over replicas) {} against the dead-expert threshold {:.0}%",
+        pt(&smallest, threshold),
+        100.0 * threshold
+    ));
+    ev.push(format!(
+        "btx − btx:no-lb smallest share {:+.1} points [{:+.1}, {:+.1}]",
+        100.0 * gap.value,
+        100.0 * gap.ci[0],
+        100.0 * gap.ci[1]
+    ));
+    ev.push(format!(
+        "own-expert top-1 share {} against uniform {:.0}%",
+        pt(&specialised, uniform),
+        100.0 * uniform
+    ));
     let parts = [
-        agree(&|i| with[i].dead_experts.is_empty()),
-        agree(&|i| mins[i] > mins_without[i]),
-        agree(&|i| own.get(i).is_some_and(|&o| o > uniform)),
+        Finding::of_positive(&smallest),
+        Finding::of_positive(&gap),
+        Finding::of_positive(&specialised),
     ];
     Verdict::new(claim, &parts, ev, "")
 }
@@ -767,5 +886,82 @@ mod tests {
         let k = st.gain_kept("btx", "a").unwrap();
         assert!((k.value - 0.5).abs() < 2e-3, "{k}");
         assert!(diagnosis(&st).contains("btx 50%"), "{}", diagnosis(&st));
+    }
+
+    /// Routing of two replicas over domains a, b (one layer, experts a and b): `share(d, w)`
+    /// is the share of expert a among domain d's tokens in window w (top-1 and top-k alike).
+    fn routed(share: impl Fn(usize, usize) -> f64, per_window: bool) -> Vec<RoutingReport> {
+        use crate::routing::DomainRouting;
+        (0..2)
+            .map(|_| {
+                let mut r = RoutingReport {
+                    num_experts: 2,
+                    top_k: 1,
+                    dead_threshold: 0.01,
+                    ..Default::default()
+                };
+                for (d, name) in ["a", "b"].iter().enumerate() {
+                    let ws: Vec<WindowShares> = (0..16)
+                        .map(|w| {
+                            let p = vec![vec![share(d, w), 1.0 - share(d, w)]];
+                            WindowShares {
+                                top1: p.clone(),
+                                topk: p,
+                            }
+                        })
+                        .collect();
+                    let mean = ws.iter().map(|w| w.top1[0][0]).sum::<f64>() / 16.0;
+                    let whole = vec![vec![mean, 1.0 - mean]];
+                    r.domains.insert(
+                        name.to_string(),
+                        DomainRouting {
+                            top1_share: whole.clone(),
+                            topk_share: whole,
+                            entropy: vec![0.5],
+                            tokens: 16 * 8,
+                            windows: if per_window { ws } else { vec![] },
+                        },
+                    );
+                }
+                r
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_load_balancing_claim_rests_on_intervals() {
+        let wobble = |w: usize| 0.02 * ((w % 3) as f64 - 1.0);
+        // With load balancing: each domain's tokens mostly go to its own expert, both experts
+        // get half the tokens overall.
+        let balanced = routed(|d, w| if d == 0 { 0.7 } else { 0.3 } + wobble(w), true);
+        // Without: expert a takes 95% of everything.
+        let collapsed = routed(|_, w| 0.95 + wobble(w) / 4.0, true);
+        let verdict = |with: Vec<RoutingReport>, without: Vec<RoutingReport>| {
+            let mut i = input(0.0);
+            i.routing_replicas.insert("btx".into(), with);
+            i.routing_replicas.insert("btx:no-lb".into(), without);
+            load_balancing(&Stats::new(&i))
+        };
+        let v = verdict(balanced.clone(), collapsed);
+        assert_eq!(v.status, "holds", "{v:?}");
+        assert!(
+            v.evidence.contains("smallest share +44.8 points ["),
+            "{}",
+            v.evidence
+        );
+        // The same routing with and without: the gap is exactly zero, within noise.
+        let v = verdict(balanced.clone(), balanced.clone());
+        assert_eq!(v.status, "within noise", "{v:?}");
+        // Expert b starves with load balancing too: the smallest share is below the
+        // dead-expert threshold beyond noise.
+        let starved = routed(|_, w| 0.995 + wobble(w) / 10.0, true);
+        let v = verdict(starved, routed(|_, _| 1.0, true));
+        assert_eq!(v.status, "does not hold", "{v:?}");
+        // Analyses without per-window shares give no verdict.
+        let v = verdict(
+            routed(|d, _| [0.7, 0.3][d], false),
+            routed(|_, _| 0.9, false),
+        );
+        assert!(v.status.starts_with("not tested"), "{v:?}");
     }
 }

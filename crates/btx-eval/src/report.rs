@@ -181,7 +181,12 @@ pub fn results_json(st: &Stats, verdicts: &[Verdict]) -> Value {
         "gain_kept": kept,
         "noise": {"method": "bootstrap over evaluation windows (loss) or task items (accuracy) and replicas",
                   "level": LEVEL, "draws": DRAWS, "replicas": input.replicas.len()},
-        "routing": input.routing,
+        // The shares without their per-window breakdown (the bootstrap's input, in eval.json).
+        "routing": input.routing.iter().map(|(m, r)| {
+            let mut r = r.clone();
+            r.domains.values_mut().for_each(|d| d.windows.clear());
+            (m.clone(), r)
+        }).collect::<BTreeMap<_, _>>(),
         "replicas": input.replicas.len(),
         "seed_spread": spread,
         "diagnosis": diagnosis(st),

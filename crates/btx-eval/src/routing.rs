@@ -18,6 +18,38 @@ pub struct DomainRouting {
     /// `[layer]`: mean over tokens of the entropy (nats) of the router's full softmax.
     pub entropy: Vec<f64>,
     pub tokens: usize,
+    /// The same shares per evaluation window (the loss windows, in order): the units the
+    /// report's bootstrap resamples for the load-balancing claim's intervals.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub windows: Vec<WindowShares>,
+}
+
+/// One window's routing: `[layer][expert]` shares of its tokens.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct WindowShares {
+    pub top1: Vec<Vec<f64>>,
+    pub topk: Vec<Vec<f64>>,
+}
+
+impl WindowShares {
+    /// The shares of the tokens `rows` (one window of a batch) in every layer.
+    pub fn of(routers: &[RouterAux], rows: std::ops::Range<usize>) -> Self {
+        let n = rows.len().max(1) as f64;
+        let mut w = Self::default();
+        for r in routers {
+            let e = r.num_experts();
+            let (mut top1, mut topk) = (vec![0.0; e], vec![0.0; e]);
+            for ids in &r.topk_ids[rows.clone()] {
+                top1[ids[0] as usize] += 1.0 / n;
+                for &x in ids {
+                    topk[x as usize] += 1.0 / (n * ids.len() as f64);
+                }
+            }
+            w.top1.push(top1);
+            w.topk.push(topk);
+        }
+        w
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -96,6 +128,10 @@ pub fn analyze(
             let ids: Vec<i64> = chunk.iter().flatten().copied().collect();
             let out = model.forward(&ids, chunk.len(), seq, &ForwardOpts::default(), None);
             accumulate(&mut acc, &out.routers);
+            for w in 0..chunk.len() {
+                acc.windows
+                    .push(WindowShares::of(&out.routers, w * seq..(w + 1) * seq));
+            }
         }
         normalise(&mut acc);
         report.domains.insert(d.clone(), acc);

@@ -40,6 +40,17 @@ impl Draw {
         Some(total / self.reps.len() as f64)
     }
 
+    /// Mean over the drawn replicas of `f(replica, units)`, for a statistic that is not a mean
+    /// of units (a minimum over experts): `f` computes it within one replica on the drawn
+    /// units (`units[d]`: the drawn unit indices of domain d).
+    pub fn per_replica(&self, f: impl Fn(usize, &[Vec<usize>]) -> Option<f64>) -> Option<f64> {
+        let mut total = 0.0;
+        for &r in &self.reps {
+            total += f(r, &self.units)?;
+        }
+        Some(total / self.reps.len() as f64)
+    }
+
     /// Mean over `domains` of [`Draw::mean`].
     pub fn mean_over(&self, obs: &Obs, domains: &[usize]) -> Option<f64> {
         if domains.is_empty() {
