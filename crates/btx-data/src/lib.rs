@@ -1,6 +1,7 @@
 //! `btx-data`: everything between text on disk and token batches in the trainer.
 
 pub mod builtin;
+pub mod cloze;
 pub mod corpus;
 pub mod error;
 pub mod gguf;

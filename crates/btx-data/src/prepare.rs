@@ -105,6 +105,15 @@ pub struct DomainConfig {
     /// A JSONL task set for this domain ({"prompt", "answer", "scorer"} per line).
     #[serde(default)]
     pub tasks_file: Option<PathBuf>,
+    /// Files without a task set: make this many cloze tasks from the domain's validation
+    /// documents (the word that ends a sentence or line, given up to 300 characters before
+    /// it; see `cloze`). Default 0 (none). ~1,200 measure an accuracy to about ±3 points.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cloze: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// The whole `btx data prepare` config.
@@ -144,6 +153,7 @@ impl PrepareConfig {
                     field: default_field(),
                     split: DocSplit::File,
                     tasks_file: None,
+                    cloze: 0,
                 })
                 .collect(),
         }
@@ -189,6 +199,13 @@ impl PrepareConfig {
                     )))
                 }
                 (None, false) => {}
+            }
+            if d.cloze > 0 && (d.builtin.is_some() || d.tasks_file.is_some()) {
+                return Err(DataError::Invalid(format!(
+                    "domain {:?}: cloze makes a task set for files without one; it has {}\nhint: drop cloze, or the tasks_file",
+                    d.name,
+                    if d.builtin.is_some() { "the built-in domain's tasks" } else { "a tasks_file" }
+                )));
             }
         }
         if !(0.0..1.0).contains(&self.val_fraction) {
@@ -425,6 +442,25 @@ pub fn prepare(
                     .collect::<Vec<_>>()
                     .join("\n");
                 builtin::tasks(b, cfg.seed, d.tasks, &train_text).expect("validated builtin")
+            }
+            (None, None) if d.cloze > 0 => {
+                let val: Vec<&str> = docs
+                    .iter()
+                    .zip(&is_val)
+                    .filter(|(_, v)| **v)
+                    .map(|(d, _)| d.text.as_str())
+                    .collect();
+                let tasks = crate::cloze::cloze_tasks(&val, d.cloze, cfg.seed, &d.name);
+                if tasks.len() < d.cloze {
+                    tracing::warn!(
+                        "domain {}: {} cloze tasks asked, its {} validation documents hold {}",
+                        d.name,
+                        d.cloze,
+                        val.len(),
+                        tasks.len()
+                    );
+                }
+                tasks
             }
             (None, None) => vec![],
         };

@@ -219,6 +219,45 @@ fn corpora_from_files_and_jsonl_with_a_given_tokenizer() {
     assert_eq!(docs[0], "fact number 0");
 }
 
+#[test]
+fn cloze_tasks_come_from_the_validation_documents_only() {
+    let dir = tmp("cloze");
+    std::fs::create_dir_all(dir.join("docs")).unwrap();
+    for i in 0..20 {
+        let text = format!(
+            "Story {i}. The keeper of lighthouse number {i} climbed the stairs every night \
+             to light the lamp, and the ships of the bay passed safely beside the rocks. \
+             In the morning keeper {i} wrote the weather down in the logbook.\n"
+        );
+        std::fs::write(dir.join(format!("docs/d{i}.txt")), text).unwrap();
+    }
+    let mut d = file_domain("stories", vec!["docs".into()]);
+    d.cloze = 50;
+    let mut cfg = small_builtin();
+    cfg.val_fraction = 0.25;
+    cfg.domains = vec![d.clone()];
+    let m = prepare(&cfg, &dir, &dir.join("out"), Existing::Refuse).unwrap();
+    let data = DataDir::open(&dir.join("out")).unwrap();
+    let val = decode_docs(&data, "stories", "val");
+    let train = decode_docs(&data, "stories", "train");
+    let tasks = data.tasks("stories").unwrap();
+    // Two sentence-final words with context ("rocks", "logbook") per validation document.
+    assert_eq!(tasks.len(), 2 * val.len(), "{tasks:?}");
+    assert_eq!(m.domains["stories"].tasks, tasks.len());
+    for t in &tasks {
+        assert!(val.iter().any(|v| v.contains(&t.prompt)), "{t:?}");
+        assert!(!train.iter().any(|v| v.contains(&t.prompt)), "{t:?}");
+        assert!(["rocks", "logbook"].contains(&t.answer.as_str()), "{t:?}");
+    }
+    // Cloze is for files without a task set.
+    d.tasks_file = Some("tasks.jsonl".into());
+    cfg.domains = vec![d];
+    let e = prepare(&cfg, &dir, &dir.join("out2"), Existing::Refuse)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("cloze") && e.contains("hint"), "{e}");
+}
+
 /// Regressions (issue 17): a data dir whose tokenizer.json was swapped trained and shipped the
 /// wrong tokenizer; a model with a smaller vocabulary or another tokenizer was evaluated on it
 /// without a word; `btx data info` printed the manifest's counts for a corrupt shard.

@@ -28,11 +28,12 @@ name = "code"
 builtin = "code"
 docs = 200
 tasks = 8
+# A corpus without a task set: cloze items from its validation documents, as the study's
+# real corpora get them.
 [[data.prepare.domains]]
 name = "general"
-builtin = "general"
-docs = 200
-tasks = 8
+paths = ["general"]
+cloze = 8
 
 [seed.pretrain.init]
 hidden_size = 32
@@ -105,6 +106,17 @@ fn tensors(dir: &Path) -> HashMap<String, Vec<f32>> {
 fn diagnosis_runs_and_every_number_has_its_interval() {
     let d = Scratch::new("study");
     std::fs::write(d.join("recipe.toml"), RECIPE).unwrap();
+    std::fs::create_dir_all(d.join("general")).unwrap();
+    let (who, what) = (["miller", "sailor", "weaver"], ["bread", "rope", "cloth"]);
+    for i in 0..60 {
+        let text = format!(
+            "On day {i} the {w} of the village rose early and went down to the market with a \
+             basket. There the {w} sold {t} to every neighbour who passed by the stall.\n",
+            w = who[i % 3],
+            t = what[i % 3],
+        );
+        std::fs::write(d.join(format!("general/doc{i}.txt")), text).unwrap();
+    }
     let run = d.join("run");
     let o = Command::new(env!("CARGO_BIN_EXE_btx"))
         .args(["--threads", "2", "run"])
@@ -184,6 +196,10 @@ fn diagnosis_runs_and_every_number_has_its_interval() {
         }
     }
     assert_eq!(results["replicas"], 2);
+    // The cloze items were made and scored: a chance level, an accuracy with its interval.
+    assert!(results["tasks"]["general"]["chance"].as_f64().unwrap() > 0.0);
+    let acc = &results["methods"]["btx"]["general"];
+    assert!(acc["accuracy_ci"].as_array().is_some(), "{acc}");
     // The MiX and the FFN-only variant count the experts they were made of.
     let tokens = |dir: &str| -> u64 {
         let m: serde_json::Value = serde_json::from_str(
