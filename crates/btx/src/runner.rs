@@ -29,7 +29,7 @@ pub struct Args {
     /// Override a recipe value, e.g. --set experts.train.steps=100.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub sets: Vec<String>,
-    /// Only plan: write plan.json and print what would run.
+    /// Only plan: print the stages and their states; run nothing.
     #[arg(long)]
     pub dry_run: bool,
     /// `local` (child processes, default) or `slurm` (batch jobs; see the README).

@@ -16,6 +16,7 @@ pub enum DataCmd {
         /// Prepare config (TOML), see examples/data-builtin.toml and examples/data-files.toml.
         #[arg(long)]
         config: PathBuf,
+        /// Override a config value, e.g. --set val_fraction=0.02 --set tokenizer.vocab_size=4096.
         #[arg(long = "set", value_name = "KEY=VALUE")]
         sets: Vec<String>,
         /// Output data directory (written beside it and renamed into place when complete).
