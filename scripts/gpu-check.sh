@@ -6,7 +6,8 @@
 #                                    # target/cuda/btx, else target/cuda/btx.xz unpacked here
 #   OUT=dir scripts/gpu-check.sh     # where logs and summary.txt go (default /tmp/btx-gpu-check)
 #   PEAK_TFLOPS=67 ...               # the GPU's f32 peak for MFU (default: H100/H200 67)
-#   SKIP_BENCH=1 ...                 # parity and the pipeline only
+#   PEAK_BF16_TFLOPS=989 ...         # the bf16 dense peak for MFU (default: H100/H200 989)
+#   SKIP_BENCH=1 ...                 # parity and the pipeline only (no speed, no bf16)
 #
 # 1. parity: `btx --device cuda selftest` — every transformers fixture (logits, losses, router
 #    logits, every gradient) and the golden PyTorch training run, at the CPU tests' tolerances;
@@ -15,6 +16,9 @@
 #    then `btx status` (which GPU each stage used).
 # 3. speed: `btx bench compare --device cuda` — btx against PyTorch eager and torch.compile
 #    (f32, no TF32 on either side) on the CPU presets and the SmolLM2-135M shape.
+# 4. bf16 mixed precision: examples/tiny-train.toml for 1,000 steps in f32 and in bf16 (the two
+#    loss curves: metrics.jsonl of each), and `bench compare --precision bf16` on the SmolLM2
+#    shapes (PyTorch under torch.autocast bf16).
 # Prints a summary; exits non-zero when a check failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -99,6 +103,19 @@ if [ -z "${SKIP_BENCH:-}" ]; then
     step bench 330 "$BTX" --device cuda bench compare --presets S,MoE-S,M,SmolLM2,MoE-SmolLM2 \
         --threads 1 --steps 6 --peak-tflops "$PEAK"
     grep -E "cuda:" "$OUT/bench.log" | sed 's/^/    /' | tee -a "$SUMMARY"
+fi
+
+# 4. bf16 mixed precision: the loss curve against f32, and the speed.
+if [ -z "${SKIP_BENCH:-}" ]; then
+    for p in f32 bf16; do
+        rm -rf "$OUT/curve-$p"
+        step "curve-$p" 150 "$BTX" --device cuda train --config examples/tiny-train.toml \
+            --set train.steps=1000 --set train.log_every=50 --set train.precision=$p --out "$OUT/curve-$p"
+        tail -n 1 "$OUT/curve-$p/metrics.jsonl" 2>/dev/null | sed "s/^/    $p final: /" | tee -a "$SUMMARY"
+    done
+    step bench-bf16 200 "$BTX" --device cuda bench compare --presets SmolLM2,MoE-SmolLM2 \
+        --threads 1 --steps 6 --precision bf16 --peak-tflops "${PEAK_BF16_TFLOPS:-989}"
+    grep -E "cuda:" "$OUT/bench-bf16.log" | sed 's/^/    /' | tee -a "$SUMMARY"
 fi
 
 say "total $(($(date +%s) - t_start))s; logs in $OUT"

@@ -199,14 +199,16 @@ pub fn self_attention_composite(
             .reshape([b, h, tk, hd]);
     }
     let scale = 1.0 / (hd as f64).sqrt();
-    let mut scores = q.matmul(k.swap_dims(2, 3)) * scale;
+    let mut scores = crate::precision::matmul(q, k.swap_dims(2, 3)) * scale;
     if t > 1 || pads.is_some() {
         scores = scores + attention_mask(pos0, t, pads, &dev);
     }
     // Rows of scores through the fused softmax: masked entries (every padded or future key)
     // sent libm's exp down its underflow path, a fifth of batched generation's time.
     let p = crate::softmax_rows(scores.reshape([b * h * t, tk])).reshape([b, h, t, tk]);
-    let y = p.matmul(v).swap_dims(1, 2).reshape([b * t, h * hd]);
+    let y = crate::precision::matmul(p, v)
+        .swap_dims(1, 2)
+        .reshape([b * t, h * hd]);
     crate::linear(y, w.o)
 }
 

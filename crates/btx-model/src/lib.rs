@@ -12,6 +12,7 @@ pub mod model;
 pub mod moe;
 pub mod names;
 pub mod outdir;
+pub mod precision;
 pub mod rng;
 pub mod spec;
 
@@ -31,14 +32,14 @@ pub fn to_vec<const D: usize>(t: burn::prelude::Tensor<D>) -> Vec<f32> {
 }
 
 /// A linear layer in Hugging Face's `[out, in]` layout: `x [N, in] · wᵀ`. The fused kernel on
-/// flex, the composite `matmul` elsewhere.
+/// flex, the composite `matmul` elsewhere (in the process's [`precision`]).
 pub fn linear(
     x: burn::prelude::Tensor<2>,
     w: &burn::prelude::Tensor<2>,
 ) -> burn::prelude::Tensor<2> {
     match fused::linear::linear(x.clone(), w.clone()) {
         Some(y) => y,
-        None => x.matmul(w.clone().transpose()),
+        None => precision::matmul(x, w.clone().transpose()),
     }
 }
 

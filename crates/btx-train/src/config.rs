@@ -1,6 +1,7 @@
 //! The trainer's part of the config tree. Every field has a documented default; unknown keys are
 //! rejected by name.
 
+use btx_model::precision::Precision;
 use serde::{Deserialize, Serialize};
 
 /// `[optim]`: AdamW with decoupled weight decay, linear warmup, cosine decay to a floor.
@@ -68,6 +69,10 @@ pub struct LoopConfig {
     /// (each such step is skipped: its update is not applied and no checkpoint is written).
     /// Default 3.
     pub max_nonfinite_steps: usize,
+    /// The matmuls' precision: `f32` (default) or `bf16` (mixed precision: bf16 operands, f32
+    /// products, master weights and optimizer state; see `btx_model::precision`).
+    #[serde(skip_serializing_if = "Precision::is_f32")]
+    pub precision: Precision,
 }
 
 impl Default for LoopConfig {
@@ -83,6 +88,7 @@ impl Default for LoopConfig {
             log_every: 10,
             freeze: vec![],
             max_nonfinite_steps: 3,
+            precision: Precision::F32,
         }
     }
 }

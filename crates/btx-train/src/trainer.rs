@@ -111,6 +111,8 @@ impl Trainer {
         let trainable: Vec<bool> = specs.iter().map(|s| !is_frozen(&s.name)).collect();
         let decay = specs.iter().map(|s| s.shape.len() >= 2).collect();
         let model = model.to_device_with(&dev, |n| !is_frozen(n));
+        // One training run per process: its matmul precision is the process's.
+        btx_model::precision::set(cfg.train.precision);
         let opt = AdamW::new(cfg.optim.clone());
         Ok(Self {
             model,

@@ -25,7 +25,9 @@ use burn::prelude::*;
 /// True when `t` lives on a flex device (with or without autodiff) and fused kernels are on.
 pub fn on_flex<const D: usize>(t: &Tensor<D>) -> bool {
     use burn::backend::DispatchDevice;
-    if composite_forced() {
+    // bf16 matmuls: the composite ops, which every backend runs in bf16 (the kernels here are
+    // f32 only).
+    if composite_forced() || !crate::precision::current().is_f32() {
         return false;
     }
     matches!(t.device().inner().as_dispatch(), DispatchDevice::Flex(_))

@@ -6,6 +6,7 @@ use btx_data::{Batch, BatchSource, FixedBatches};
 use btx_model::burn::prelude::Device;
 use btx_model::fused::gemm_clock;
 use btx_model::generate::{generate, Sampling};
+use btx_model::precision::Precision;
 use btx_model::rng::Rng;
 use btx_model::{Model, ModelConfig, ModelSpec};
 use btx_train::{Trainer, TrainerConfig};
@@ -35,6 +36,9 @@ pub enum BenchCmd {
         /// The device's peak TFLOP/s in this precision, to print MFU (model FLOPs utilisation).
         #[arg(long)]
         peak_tflops: Option<f64>,
+        /// The matmuls' precision: f32, or bf16 (mixed precision, `[train] precision`).
+        #[arg(long, default_value = "f32")]
+        precision: String,
     },
     /// btx and the PyTorch reference (bench/torch_reference.py) side by side, each in its own
     /// process, at each thread count; both keep freed memory (btx: mimalloc; PyTorch: tuned glibc).
@@ -66,6 +70,10 @@ pub enum BenchCmd {
         /// freed memory, as btx's allocator keeps its own: no page faults per step on either side.
         #[arg(long)]
         torch_default_malloc: bool,
+        /// The matmuls' precision on both sides: f32, or bf16 (btx `[train] precision`,
+        /// PyTorch `torch.autocast`). Give --peak-tflops in the same precision.
+        #[arg(long, default_value = "f32")]
+        precision: String,
         #[arg(long)]
         json: bool,
     },
@@ -92,6 +100,15 @@ pub enum BenchCmd {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// `--precision f32|bf16`.
+fn parse_precision(s: &str) -> Result<Precision> {
+    match s.to_lowercase().as_str() {
+        "f32" => Ok(Precision::F32),
+        "bf16" => Ok(Precision::Bf16),
+        _ => bail!("--precision {s:?}: f32 or bf16\nhint: bf16 is mixed precision (bf16 matmuls, f32 weights)"),
+    }
 }
 
 /// (model shape, batch, seq) of a preset.
@@ -457,6 +474,8 @@ struct Sweep {
     /// `cpu` or `cuda`: both sides run there; on `cuda` PyTorch also runs `torch.compile`d.
     device: String,
     peak_tflops: Option<f64>,
+    /// `f32` or `bf16`, on both sides.
+    precision: String,
 }
 
 /// One side-by-side measurement: btx's and PyTorch's JSON lines (on a GPU, PyTorch's eager
@@ -473,7 +492,8 @@ fn measure_pair(
     let mut b = std::process::Command::new(exe);
     b.args(["--threads", &threads.to_string(), "--device", &sweep.device])
         .args(["bench", "train"])
-        .args(["--preset", preset, "--json", "--steps", &steps]);
+        .args(["--preset", preset, "--json", "--steps", &steps])
+        .args(["--precision", &sweep.precision]);
     if let Some(p) = &peak {
         b.args(["--peak-tflops", p]);
     }
@@ -482,7 +502,8 @@ fn measure_pair(
         let mut r = std::process::Command::new(python);
         r.arg(script)
             .args(["--preset", preset, "--threads", &threads.to_string()])
-            .args(["--device", &sweep.device, "--json", "--steps", &steps]);
+            .args(["--device", &sweep.device, "--json", "--steps", &steps])
+            .args(["--dtype", &sweep.precision]);
         if compile {
             r.arg("--compile");
         }
@@ -733,6 +754,7 @@ pub fn run(cmd: BenchCmd, dev: &Device, device: &str) -> Result<()> {
             torch_default_malloc,
             json,
             peak_tflops,
+            precision,
         } => compare(
             &presets,
             &threads,
@@ -741,6 +763,7 @@ pub fn run(cmd: BenchCmd, dev: &Device, device: &str) -> Result<()> {
                 rounds: rounds.max(1),
                 device: device.to_string(),
                 peak_tflops,
+                precision: parse_precision(&precision).map(|_| precision.to_lowercase())?,
             },
             (&python, &script, !torch_default_malloc),
             json,
@@ -753,11 +776,14 @@ pub fn run(cmd: BenchCmd, dev: &Device, device: &str) -> Result<()> {
             no_floor,
             products,
             peak_tflops,
+            precision,
         } => {
-            // The matmul floor and the product clock are the CPU kernels' instruments.
+            let precision = parse_precision(&precision)?;
+            // The matmul floor and the product clock are the CPU kernels' instruments (f32).
             let on_gpu = device != "cpu" && device != "flex";
-            let no_floor = no_floor || on_gpu;
-            let products = products && !on_gpu;
+            let fused = !on_gpu && precision.is_f32();
+            let no_floor = no_floor || !fused;
+            let products = products && fused;
             let (cfg, batch, seq) = preset(&name)?;
             let model = Model::init(&cfg, 0, &Device::flex())?;
             // The steps' products timed inside the step (gemm_clock) on steps of their own:
@@ -770,6 +796,7 @@ pub fn run(cmd: BenchCmd, dev: &Device, device: &str) -> Result<()> {
             tc.train.batch_size = batch;
             tc.train.seq_len = seq;
             tc.optim.warmup_steps = 1;
+            tc.train.precision = precision;
             let mut tr = Trainer::new(model, tc, dev)?;
             let mut data = FixedBatches::new(random_batches(cfg.vocab_size, batch, seq, 4));
             let mut step = || -> Result<(f64, f64)> {
@@ -844,6 +871,7 @@ pub fn run(cmd: BenchCmd, dev: &Device, device: &str) -> Result<()> {
                 "matmul_floor_cold_s": cold, "cold_floor_ratio": step_s / cold,
                 "fma_peak_gflops": peak / 1e9, "products_at_peak_s": at_peak,
                 "final_loss": loss, "device": device,
+                "precision": precision,
                 "tflops_per_s": flops / step_s / 1e12,
                 "mfu": peak_tflops.map(|p| flops / step_s / (p * 1e12)),
             });
