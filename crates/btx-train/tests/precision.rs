@@ -3,25 +3,14 @@
 //! bf16's rounding, and is not the f32 run. Its own test binary: the precision is a process
 //! setting.
 
+mod tiny;
+
 use btx_data::{Batch, FixedBatches};
 use btx_model::burn::prelude::Device;
-use btx_model::config::{MoeConfig, Routing};
 use btx_model::precision::{self, Precision};
 use btx_model::rng::Rng;
-use btx_model::{to_vec, ForwardOpts, Model, ModelConfig};
+use btx_model::{to_vec, ForwardOpts, Model};
 use btx_train::{Trainer, TrainerConfig};
-
-fn cfg(moe: bool) -> ModelConfig {
-    let mut c = ModelConfig::llama(61, 32, 48, 2, 4, 2, 64);
-    if moe {
-        c.moe = Some(MoeConfig {
-            num_experts: 4,
-            top_k: 2,
-            routing: Routing::TopK,
-        });
-    }
-    c
-}
 
 fn batches(n: usize) -> Vec<Batch> {
     let mut r = Rng::new(5);
@@ -43,7 +32,7 @@ fn run(moe: bool, p: Precision) -> Vec<f64> {
     tc.train.precision = p;
     tc.optim.warmup_steps = 1;
     tc.optim.lr = 1e-2;
-    let m = Model::init(&cfg(moe), 3, &Device::flex()).unwrap();
+    let m = Model::init(&tiny::cfg(moe), 3, &Device::flex()).unwrap();
     let mut t = Trainer::new(m, tc, &Device::flex()).unwrap();
     let mut d = FixedBatches::new(batches(3));
     (0..25).map(|_| t.step(&mut d).unwrap().loss).collect()
@@ -96,7 +85,7 @@ fn bf16_training_follows_the_f32_run_within_bf16_rounding() {
     }
 
     // One forward: the logits move by bf16's rounding, no more.
-    let m = Model::init(&cfg(true), 9, &Device::flex()).unwrap();
+    let m = Model::init(&tiny::cfg(true), 9, &Device::flex()).unwrap();
     let ids: Vec<i64> = batches(1)[0].ids.clone();
     let logits = |p| {
         precision::set(p);

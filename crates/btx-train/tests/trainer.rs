@@ -1,24 +1,14 @@
 //! Trainer properties: gradient accumulation averages exactly, frozen parameters stay
 //! bit-identical, training is deterministic, and a MoE trains with load balancing.
 
+mod tiny;
+
 use btx_data::{Batch, FixedBatches};
 use btx_model::burn::prelude::Device;
-use btx_model::config::{MoeConfig, Routing};
+use btx_model::config::Routing;
 use btx_model::rng::Rng;
-use btx_model::{Model, ModelConfig};
+use btx_model::Model;
 use btx_train::{Trainer, TrainerConfig};
-
-fn cfg(moe: bool) -> ModelConfig {
-    let mut c = ModelConfig::llama(61, 32, 48, 2, 4, 2, 64);
-    if moe {
-        c.moe = Some(MoeConfig {
-            num_experts: 4,
-            top_k: 2,
-            routing: Routing::TopK,
-        });
-    }
-    c
-}
 
 fn batches(n: usize, b: usize, t: usize, seed: u64) -> Vec<Batch> {
     let mut r = Rng::new(seed);
@@ -40,7 +30,7 @@ fn trainer(moe: bool, steps: usize, accum: usize, b: usize) -> Trainer {
     tc.train.seq_len = 16;
     tc.optim.warmup_steps = 1;
     tc.optim.lr = 1e-2;
-    let m = Model::init(&cfg(moe), 3, &Device::flex()).unwrap();
+    let m = Model::init(&tiny::cfg(moe), 3, &Device::flex()).unwrap();
     Trainer::new(m, tc, &Device::flex()).unwrap()
 }
 
@@ -100,7 +90,7 @@ fn frozen_experts_stay_bit_identical_and_the_rest_trains() {
     tc.train.seq_len = 16;
     tc.optim.warmup_steps = 1;
     tc.train.freeze = vec!["model.layers.*.block_sparse_moe.experts.*".into()];
-    let m = Model::init(&cfg(true), 3, &Device::flex()).unwrap();
+    let m = Model::init(&tiny::cfg(true), 3, &Device::flex()).unwrap();
     let before = m.host_params();
     let mut t = Trainer::new(m, tc, &Device::flex()).unwrap();
     let mut d = FixedBatches::new(batches(4, 2, 16, 2));
@@ -126,7 +116,7 @@ fn frozen_experts_stay_bit_identical_and_the_rest_trains() {
     // A pattern that matches nothing is a config error, not a silent no-op.
     let mut tc = TrainerConfig::default();
     tc.train.freeze = vec!["model.layers.*.mlp.nothing".into()];
-    let m = Model::init(&cfg(false), 3, &Device::flex()).unwrap();
+    let m = Model::init(&tiny::cfg(false), 3, &Device::flex()).unwrap();
     let e = Trainer::new(m, tc, &Device::flex())
         .err()
         .unwrap()
@@ -162,7 +152,7 @@ fn training_is_deterministic_and_moe_logs_expert_load() {
 #[test]
 fn sample_top1_trains_with_the_models_own_temperature() {
     let first_loss = |min_tau: f64| {
-        let mut c = cfg(true);
+        let mut c = tiny::cfg(true);
         c.moe.as_mut().unwrap().top_k = 1;
         c.moe.as_mut().unwrap().routing = Routing::SampleTop1 {
             anneal_rate: 0.0,
