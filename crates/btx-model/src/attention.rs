@@ -100,10 +100,22 @@ pub fn apply_rope(x: Tensor<4>, cos: &Tensor<4>, sin: &Tensor<4>) -> Tensor<4> {
     Tensor::cat(vec![a, b], 3)
 }
 
-/// Keys and values of earlier positions, `[B, KV, T_past, hd]`, for incremental decoding.
+/// Keys and values of earlier positions, `[B, KV, T_past, hd]`, for incremental decoding: one
+/// slot per key/value projection of the layer (one, or one per attention expert).
 #[derive(Clone, Debug, Default)]
 pub struct LayerCache {
-    pub kv: Option<(Tensor<4>, Tensor<4>)>,
+    pub kv: Vec<(Tensor<4>, Tensor<4>)>,
+}
+
+impl LayerCache {
+    /// Positions already cached.
+    pub fn len(&self) -> usize {
+        self.kv.first().map_or(0, |(k, _)| k.dims()[2])
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// The batch layout of one forward: `[b, t]` tokens, their RoPE tables, left padding.
@@ -165,26 +177,59 @@ pub fn self_attention_composite(
     seq: &SeqInfo<'_>,
     cache: Option<&mut LayerCache>,
 ) -> Tensor<2> {
-    let SeqInfo { b, t, rope, pads } = *seq;
-    let (h, kvh, hd) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
-    let dev = x.device();
-    let proj = |wt: &Tensor<2>, heads: usize| {
-        crate::linear(x.clone(), wt)
-            .reshape([b, t, heads, hd])
-            .swap_dims(1, 2)
-    };
-    let q = apply_rope(proj(w.q, h), &rope.0, &rope.1);
-    let mut k = apply_rope(proj(w.k, kvh), &rope.0, &rope.1);
-    let mut v = proj(w.v, kvh);
+    let q = crate::linear(x.clone(), w.q);
+    let kv = cached_kv(
+        cfg,
+        crate::linear(x.clone(), w.k),
+        crate::linear(x, w.v),
+        seq,
+        cache.map(|c| (c, 0)),
+    );
+    let y = attend_composite(cfg, q, kv, seq);
+    crate::linear(y, w.o)
+}
+
+/// The keys (RoPE applied) and values of this forward's projections `[B*T, KV*hd]`, after the
+/// cached ones of slot `slot` (which then holds them): `([B, KV, T_past + T, hd]` twice, T_past).
+pub fn cached_kv(
+    cfg: &ModelConfig,
+    k: Tensor<2>,
+    v: Tensor<2>,
+    seq: &SeqInfo<'_>,
+    cache: Option<(&mut LayerCache, usize)>,
+) -> (Tensor<4>, Tensor<4>, usize) {
+    let SeqInfo { b, t, rope, .. } = *seq;
+    let (kvh, hd) = (cfg.num_kv_heads, cfg.head_dim);
+    let heads = |x: Tensor<2>| x.reshape([b, t, kvh, hd]).swap_dims(1, 2);
+    let mut k = apply_rope(heads(k), &rope.0, &rope.1);
+    let mut v = heads(v);
     let mut pos0 = 0;
-    if let Some(c) = cache {
-        if let Some((pk, pv)) = c.kv.take() {
+    if let Some((c, slot)) = cache {
+        if let Some((pk, pv)) = c.kv.get(slot).cloned() {
             pos0 = pk.dims()[2];
             k = Tensor::cat(vec![pk, k], 2);
             v = Tensor::cat(vec![pv, v], 2);
+            c.kv[slot] = (k.clone(), v.clone());
+        } else {
+            assert_eq!(slot, c.kv.len(), "cache slots fill in order");
+            c.kv.push((k.clone(), v.clone()));
         }
-        c.kv = Some((k.clone(), v.clone()));
     }
+    (k, v, pos0)
+}
+
+/// Causal attention of the query projection `q: [B*T, H*hd]` over keys and values from
+/// [`cached_kv`]; returns `[B*T, H*hd]` (before the output projection).
+pub fn attend_composite(
+    cfg: &ModelConfig,
+    q: Tensor<2>,
+    (mut k, mut v, pos0): (Tensor<4>, Tensor<4>, usize),
+    seq: &SeqInfo<'_>,
+) -> Tensor<2> {
+    let SeqInfo { b, t, rope, pads } = *seq;
+    let (h, kvh, hd) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
+    let dev = q.device();
+    let q = apply_rope(q.reshape([b, t, h, hd]).swap_dims(1, 2), &rope.0, &rope.1);
     let tk = pos0 + t;
     if kvh != h {
         // Query head j reads KV head j / (h / kvh), as transformers' repeat_kv does.
@@ -206,10 +251,9 @@ pub fn self_attention_composite(
     // Rows of scores through the fused softmax: masked entries (every padded or future key)
     // sent libm's exp down its underflow path, a fifth of batched generation's time.
     let p = crate::softmax_rows(scores.reshape([b * h * t, tk])).reshape([b, h, t, tk]);
-    let y = crate::precision::matmul(p, v)
+    crate::precision::matmul(p, v)
         .swap_dims(1, 2)
-        .reshape([b * t, h * hd]);
-    crate::linear(y, w.o)
+        .reshape([b * t, h * hd])
 }
 
 /// The flex fast path: projections stay `[B*T, heads*hd]` (no transposes) and the fused kernel
@@ -223,18 +267,36 @@ pub fn self_attention_fused(
     t: usize,
     rope: &(Tensor<4>, Tensor<4>),
 ) -> Tensor<2> {
-    let (h, kvh, hd) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
-    // The tables are [1, 1, T, hd/2] here (no padding), a few KB.
-    let table = crate::fused::attention::Rope {
-        cos: crate::to_vec(rope.0.clone()),
-        sin: crate::to_vec(rope.1.clone()),
-    };
+    let table = rope_table(rope);
     let [q, k, v]: [Tensor<2>; 3] = crate::linears(x, &[w.q, w.k, w.v])
         .try_into()
         .expect("three projections");
-    let dims = crate::fused::attention::Dims { b, t, h, kvh, hd };
-    let y =
-        crate::fused::attention::causal_attention(q, k, v, dims, Some(std::sync::Arc::new(table)))
-            .expect("checked on_flex");
+    let y = attend_fused(cfg, q, k, v, b, t, &table);
     crate::linear(y, w.o)
+}
+
+/// The RoPE tables of a forward without padding (`[1, 1, T, hd/2]`, a few KB) as the fused
+/// kernel reads them.
+pub fn rope_table(rope: &(Tensor<4>, Tensor<4>)) -> std::sync::Arc<crate::fused::attention::Rope> {
+    std::sync::Arc::new(crate::fused::attention::Rope {
+        cos: crate::to_vec(rope.0.clone()),
+        sin: crate::to_vec(rope.1.clone()),
+    })
+}
+
+/// The fused kernel's causal attention of projections `[B*T, heads*hd]` (flex only, no cache,
+/// no padding); returns `[B*T, H*hd]` before the output projection.
+pub fn attend_fused(
+    cfg: &ModelConfig,
+    q: Tensor<2>,
+    k: Tensor<2>,
+    v: Tensor<2>,
+    b: usize,
+    t: usize,
+    table: &std::sync::Arc<crate::fused::attention::Rope>,
+) -> Tensor<2> {
+    let (h, kvh, hd) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
+    let dims = crate::fused::attention::Dims { b, t, h, kvh, hd };
+    crate::fused::attention::causal_attention(q, k, v, dims, Some(table.clone()))
+        .expect("checked on_flex")
 }

@@ -56,6 +56,33 @@ impl Routing {
     }
 }
 
+/// BAM's attention experts (Branch-Attend-Mix, beyond Mixtral): every layer's attention is a
+/// soft mixture of `num_experts` attention blocks weighted by a per-layer router; with
+/// `shared_kv` the experts share one key/value projection (and one KV cache) and keep their own
+/// query and output projections. Recorded in `config.json` under `btx_attention_experts`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttnExpertsConfig {
+    pub num_experts: usize,
+    pub shared_kv: bool,
+}
+
+impl AttnExpertsConfig {
+    /// Key/value projections per layer: one when shared, else one per expert.
+    pub fn kv_sets(&self) -> usize {
+        if self.shared_kv {
+            1
+        } else {
+            self.num_experts
+        }
+    }
+}
+
+/// The architecture name of a model with attention experts: btx's own layout (docs/formats.md),
+/// which `transformers` does not load.
+pub const BTX_MOA_ARCH: &str = "BtxMoaForCausalLM";
+pub const BTX_MOA_TYPE: &str = "btx_moa";
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct MoeConfig {
     pub num_experts: usize,
@@ -82,6 +109,12 @@ pub struct ModelConfig {
     pub eos_token_id: Option<u32>,
     pub sliding_window: Option<usize>,
     pub moe: Option<MoeConfig>,
+    /// Attention experts (BAM); `None` is the usual single attention block.
+    pub attn_experts: Option<AttnExpertsConfig>,
+    /// What each FFN expert was made from, in expert order (`btx_experts`: the experts'
+    /// domains, then `generalist`): what `btx prune-experts --drop` and `--without-expert` name.
+    /// Empty when unknown (a Mixtral from elsewhere).
+    pub expert_labels: Vec<String>,
 }
 
 impl ModelConfig {
@@ -112,6 +145,8 @@ impl ModelConfig {
             eos_token_id: None,
             sliding_window: None,
             moe: None,
+            attn_experts: None,
+            expert_labels: vec![],
         }
     }
 
@@ -165,7 +200,99 @@ impl ModelConfig {
                 .validate()
                 .map_err(|msg| ModelError::Config { msg })?;
         }
+        if let Some(a) = &self.attn_experts {
+            if a.num_experts == 0 {
+                return bad("btx_attention_experts.num_experts must be > 0".into());
+            }
+        }
+        if !self.expert_labels.is_empty() && self.expert_labels.len() != self.num_experts() {
+            return bad(format!(
+                "btx_experts names {} experts but the model has {}",
+                self.expert_labels.len(),
+                self.num_experts()
+            ));
+        }
         Ok(())
+    }
+
+    /// The experts named by `names` (labels from `btx_experts`, or expert numbers), sorted and
+    /// deduplicated; a name matches every expert carrying that label (the chunks of a split FFN).
+    pub fn expert_indices(&self, names: &[String]) -> Result<Vec<usize>> {
+        let n = self.num_experts();
+        if self.moe.is_none() {
+            return Err(ModelError::Config {
+                msg: "a dense model has no experts to remove".into(),
+            });
+        }
+        let mut out = vec![];
+        for name in names {
+            let hits: Vec<usize> = match name.parse::<usize>() {
+                Ok(i) if i < n => vec![i],
+                _ => (0..n)
+                    .filter(|&i| self.expert_labels.get(i) == Some(name))
+                    .collect(),
+            };
+            if hits.is_empty() {
+                let known = if self.expert_labels.is_empty() {
+                    format!(
+                        "this model names none (no btx_experts in config.json): use numbers 0..{n}"
+                    )
+                } else {
+                    format!("it has {:?} (or numbers 0..{n})", self.expert_labels)
+                };
+                return Err(ModelError::Config {
+                    msg: format!("no expert {name:?}: {known}"),
+                });
+            }
+            out.extend(hits);
+        }
+        out.sort_unstable();
+        out.dedup();
+        Ok(out)
+    }
+
+    /// The config once the experts `drop` are removed (FFN experts, and attention experts,
+    /// which follow the same order): top-k keeps at most the experts left.
+    pub fn without_experts(&self, drop: &[usize]) -> Result<Self> {
+        let n = self.num_experts();
+        let left = n - drop.iter().filter(|&&i| i < n).count();
+        if left == 0 {
+            return Err(ModelError::Config {
+                msg: format!("removing {drop:?} would leave no expert of {n}"),
+            });
+        }
+        if let Some(a) = &self.attn_experts {
+            if a.num_experts != n {
+                return Err(ModelError::Config {
+                    msg: format!(
+                        "{} attention experts do not pair with {n} FFN experts, so an expert cannot be removed from both",
+                        a.num_experts
+                    ),
+                });
+            }
+        }
+        let mut c = self.clone();
+        if let Some(m) = &mut c.moe {
+            m.num_experts = left;
+            m.top_k = m.top_k.min(left);
+        }
+        if let Some(a) = &mut c.attn_experts {
+            a.num_experts = left;
+        }
+        if !c.expert_labels.is_empty() {
+            c.expert_labels = (0..n)
+                .filter(|i| !drop.contains(i))
+                .map(|i| self.expert_labels[i].clone())
+                .collect();
+        }
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Floats of KV cache per token (all layers): keys and values of every KV projection.
+    pub fn kv_cache_floats_per_token(&self) -> usize {
+        let sets = self.attn_experts.map_or(1, |a| a.kv_sets());
+        2 * self.num_layers * sets * self.kv_dim()
     }
 
     pub fn kv_dim(&self) -> usize {
@@ -197,7 +324,13 @@ impl ModelConfig {
 
     fn param_count(&self, experts: usize) -> usize {
         let d = self.hidden_size;
-        let attn = d * self.q_dim() * 2 + d * self.kv_dim() * 2;
+        // Attention experts route softly: every one of them is active for every token.
+        let attn = match &self.attn_experts {
+            None => d * self.q_dim() * 2 + d * self.kv_dim() * 2,
+            Some(a) => {
+                a.num_experts * (d * self.q_dim() * 2 + d) + a.kv_sets() * d * self.kv_dim() * 2
+            }
+        };
         let ffn = 3 * d * self.intermediate_size * experts;
         let router = self.moe.as_ref().map_or(0, |m| m.num_experts * d);
         let per_layer = attn + ffn + router + 2 * d;
@@ -218,7 +351,11 @@ impl ModelConfig {
             } else {
                 0
             };
-        let attn = 6.0 * self.num_layers as f64 * self.q_dim() as f64 * seq_len as f64;
+        let attn = 6.0
+            * self.num_layers as f64
+            * self.q_dim() as f64
+            * seq_len as f64
+            * self.attn_experts.map_or(1, |a| a.num_experts) as f64;
         6.0 * matmul_params as f64 + attn
     }
 
@@ -251,10 +388,11 @@ impl ModelConfig {
         let is_moe = match arch {
             "LlamaForCausalLM" | "llama" | "MistralForCausalLM" | "mistral" => false,
             "MixtralForCausalLM" | "mixtral" => true,
+            BTX_MOA_ARCH | BTX_MOA_TYPE => obj.contains_key("num_local_experts"),
             other => {
                 return Err(ModelError::Config {
                     msg: format!(
-                        "unsupported architecture {other:?}; btx reads LlamaForCausalLM and MixtralForCausalLM"
+                        "unsupported architecture {other:?}; btx reads LlamaForCausalLM, MixtralForCausalLM and its own {BTX_MOA_ARCH}"
                     ),
                 })
             }
@@ -339,6 +477,27 @@ impl ModelConfig {
         } else {
             None
         };
+        let attn_experts = match obj.get("btx_attention_experts") {
+            None | Some(Value::Null) => None,
+            Some(a) => Some(
+                serde_json::from_value(a.clone()).map_err(|e| ModelError::Config {
+                    msg: format!("btx_attention_experts: {e}"),
+                })?,
+            ),
+        };
+        if attn_experts.is_some() != matches!(arch, BTX_MOA_ARCH | BTX_MOA_TYPE) {
+            return Err(ModelError::Config {
+                msg: format!(
+                    "btx_attention_experts goes with architecture {BTX_MOA_ARCH} (found {arch:?})"
+                ),
+            });
+        }
+        let expert_labels = match obj.get("btx_experts") {
+            None | Some(Value::Null) => vec![],
+            Some(l) => serde_json::from_value(l.clone()).map_err(|e| ModelError::Config {
+                msg: format!("btx_experts must be a list of names: {e}"),
+            })?,
+        };
         let cfg = ModelConfig {
             vocab_size: need("vocab_size")?,
             hidden_size,
@@ -355,6 +514,8 @@ impl ModelConfig {
             eos_token_id: token_id("eos_token_id"),
             sliding_window: usize_of("sliding_window")?,
             moe,
+            attn_experts,
+            expert_labels,
         };
         cfg.validate()?;
         Ok(cfg)
@@ -364,7 +525,9 @@ impl ModelConfig {
     /// Writes `rope_theta` both at top level (transformers 4.x) and in `rope_parameters` (5.x).
     pub fn to_hf_json(&self) -> Value {
         let mut m = Map::new();
-        let (arch, model_type) = if self.is_moe() {
+        let (arch, model_type) = if self.attn_experts.is_some() {
+            (BTX_MOA_ARCH, BTX_MOA_TYPE)
+        } else if self.is_moe() {
             ("MixtralForCausalLM", "mixtral")
         } else {
             ("LlamaForCausalLM", "llama")
@@ -417,6 +580,15 @@ impl ModelConfig {
                 m.insert(
                     "btx_routing".into(),
                     serde_json::to_value(&moe.routing).expect("routing serialises"),
+                );
+            }
+            if !self.expert_labels.is_empty() {
+                m.insert("btx_experts".into(), json!(self.expert_labels));
+            }
+            if let Some(a) = &self.attn_experts {
+                m.insert(
+                    "btx_attention_experts".into(),
+                    serde_json::to_value(a).expect("attention experts serialise"),
                 );
             }
         } else {

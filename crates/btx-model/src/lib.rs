@@ -8,6 +8,7 @@ pub mod fused;
 pub mod generate;
 pub mod io;
 pub mod loss;
+pub mod moa;
 pub mod model;
 pub mod moe;
 pub mod names;
@@ -17,7 +18,7 @@ pub mod rng;
 pub mod spec;
 
 pub use burn;
-pub use config::{ModelConfig, MoeConfig, Routing};
+pub use config::{AttnExpertsConfig, ModelConfig, MoeConfig, Routing};
 pub use error::{ModelError, Result};
 pub use io::{HostTensor, TensorReader};
 pub use model::{ForwardOpts, ForwardOut, KvCache, Model, Trunk};

@@ -11,8 +11,11 @@ use crate::attention::{
 use crate::config::{ModelConfig, Routing};
 use crate::error::{ModelError, Result};
 use crate::io::{write_checkpoint, HostTensor, TensorReader};
+use crate::moa::{AttnRouterAux, MoA};
 use crate::moe::{Mlp, Moe, RouteOpts, RouterAux};
-use crate::names::{ffn_name, layer_prefix, param_specs, router_name, ParamSpec};
+use crate::names::{
+    attn_name, attn_router_name, ffn_name, layer_prefix, param_specs, router_name, ParamSpec,
+};
 use crate::rng::Rng;
 
 // One Ffn per layer: the size difference between variants costs nothing worth a Box.
@@ -23,14 +26,24 @@ pub enum Ffn {
     Moe(Moe),
 }
 
+/// A layer's attention: Llama's one block, or attention experts (BAM).
+#[allow(clippy::large_enum_variant)]
+#[derive(Clone, Debug)]
+pub enum Attn {
+    Dense {
+        q: Tensor<2>,
+        k: Tensor<2>,
+        v: Tensor<2>,
+        o: Tensor<2>,
+    },
+    Experts(MoA),
+}
+
 #[derive(Clone, Debug)]
 pub struct Layer {
     /// RMSNorm weights are kept as `[1, d]` rows so they broadcast over `[N, d]`.
     pub input_norm: Tensor<2>,
-    pub q: Tensor<2>,
-    pub k: Tensor<2>,
-    pub v: Tensor<2>,
-    pub o: Tensor<2>,
+    pub attn: Attn,
     pub post_norm: Tensor<2>,
     pub ffn: Ffn,
 }
@@ -65,6 +78,8 @@ pub struct ForwardOut {
     pub routers: Vec<RouterAux>,
     /// `[B*T, d]` per layer when `capture_ffn_inputs` was set.
     pub ffn_inputs: Vec<Tensor<2>>,
+    /// One entry per layer with attention experts (empty otherwise).
+    pub attn_routers: Vec<AttnRouterAux>,
 }
 
 /// [`Model::forward_trunk`]'s output: [`ForwardOut`] before the head.
@@ -73,6 +88,7 @@ pub struct Trunk {
     pub hidden: Tensor<2>,
     pub routers: Vec<RouterAux>,
     pub ffn_inputs: Vec<Tensor<2>>,
+    pub attn_routers: Vec<AttnRouterAux>,
 }
 
 /// Per-layer key/value cache for incremental decoding.
@@ -90,10 +106,7 @@ impl KvCache {
 
     /// Number of positions already cached.
     pub fn len(&self) -> usize {
-        self.layers
-            .first()
-            .and_then(|l| l.kv.as_ref())
-            .map_or(0, |(k, _)| k.dims()[2])
+        self.layers.first().map_or(0, LayerCache::len)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -104,12 +117,13 @@ impl KvCache {
     /// stopped, so that the rest do not pay for them.
     pub fn keep_rows(&mut self, rows: &[usize]) {
         for l in &mut self.layers {
-            if let Some((k, v)) = l.kv.take() {
+            for (k, v) in &mut l.kv {
                 let idx = Tensor::<1, Int>::from_data(
                     TensorData::new(rows.iter().map(|&r| r as i64).collect(), [rows.len()]),
                     &k.device(),
                 );
-                l.kv = Some((k.select(0, idx.clone()), v.select(0, idx)));
+                *k = k.clone().select(0, idx.clone());
+                *v = v.clone().select(0, idx);
             }
         }
     }
@@ -151,7 +165,31 @@ impl Model {
         let mut layers = Vec::with_capacity(cfg.num_layers);
         for _ in 0..cfg.num_layers {
             let input_norm = next()?;
-            let (q, k, v, o) = (next()?, next()?, next()?, next()?);
+            let attn = match &cfg.attn_experts {
+                None => {
+                    let (q, k, v, o) = (next()?, next()?, next()?, next()?);
+                    Attn::Dense { q, k, v, o }
+                }
+                // In param_specs' order: router, shared K/V, then each expert's projections.
+                Some(a) => {
+                    let router = next()?;
+                    let (mut k, mut v) = (vec![], vec![]);
+                    if a.shared_kv {
+                        k.push(next()?);
+                        v.push(next()?);
+                    }
+                    let (mut q, mut o) = (vec![], vec![]);
+                    for _ in 0..a.num_experts {
+                        q.push(next()?);
+                        if !a.shared_kv {
+                            k.push(next()?);
+                            v.push(next()?);
+                        }
+                        o.push(next()?);
+                    }
+                    Attn::Experts(MoA { router, q, k, v, o })
+                }
+            };
             let post_norm = next()?;
             let mlp = |next: &mut dyn FnMut() -> Result<Tensor<2>>| -> Result<Mlp> {
                 let gate = next()?;
@@ -171,10 +209,7 @@ impl Model {
             };
             layers.push(Layer {
                 input_norm,
-                q,
-                k,
-                v,
-                o,
+                attn,
                 post_norm,
                 ffn,
             });
@@ -252,10 +287,29 @@ impl Model {
         for (l, layer) in self.layers.iter().enumerate() {
             let p = layer_prefix(l);
             f(&format!("{p}.input_layernorm.weight"), &layer.input_norm);
-            f(&format!("{p}.self_attn.q_proj.weight"), &layer.q);
-            f(&format!("{p}.self_attn.k_proj.weight"), &layer.k);
-            f(&format!("{p}.self_attn.v_proj.weight"), &layer.v);
-            f(&format!("{p}.self_attn.o_proj.weight"), &layer.o);
+            match &layer.attn {
+                Attn::Dense { q, k, v, o } => {
+                    for (proj, t) in [("q_proj", q), ("k_proj", k), ("v_proj", v), ("o_proj", o)] {
+                        f(&attn_name(l, None, proj), t);
+                    }
+                }
+                Attn::Experts(m) => {
+                    f(&attn_router_name(l), &m.router);
+                    let shared = m.k.len() != m.q.len();
+                    if shared {
+                        f(&attn_name(l, None, "k_proj"), &m.k[0]);
+                        f(&attn_name(l, None, "v_proj"), &m.v[0]);
+                    }
+                    for e in 0..m.num_experts() {
+                        f(&attn_name(l, Some(e), "q_proj"), &m.q[e]);
+                        if !shared {
+                            f(&attn_name(l, Some(e), "k_proj"), &m.k[e]);
+                            f(&attn_name(l, Some(e), "v_proj"), &m.v[e]);
+                        }
+                        f(&attn_name(l, Some(e), "o_proj"), &m.o[e]);
+                    }
+                }
+            }
             f(
                 &format!("{p}.post_attention_layernorm.weight"),
                 &layer.post_norm,
@@ -289,10 +343,29 @@ impl Model {
                 &format!("{p}.input_layernorm.weight"),
                 &mut layer.input_norm,
             );
-            g(&format!("{p}.self_attn.q_proj.weight"), &mut layer.q);
-            g(&format!("{p}.self_attn.k_proj.weight"), &mut layer.k);
-            g(&format!("{p}.self_attn.v_proj.weight"), &mut layer.v);
-            g(&format!("{p}.self_attn.o_proj.weight"), &mut layer.o);
+            match &mut layer.attn {
+                Attn::Dense { q, k, v, o } => {
+                    for (proj, t) in [("q_proj", q), ("k_proj", k), ("v_proj", v), ("o_proj", o)] {
+                        g(&attn_name(l, None, proj), t);
+                    }
+                }
+                Attn::Experts(m) => {
+                    g(&attn_router_name(l), &mut m.router);
+                    let shared = m.k.len() != m.q.len();
+                    if shared {
+                        g(&attn_name(l, None, "k_proj"), &mut m.k[0]);
+                        g(&attn_name(l, None, "v_proj"), &mut m.v[0]);
+                    }
+                    for e in 0..m.q.len() {
+                        g(&attn_name(l, Some(e), "q_proj"), &mut m.q[e]);
+                        if !shared {
+                            g(&attn_name(l, Some(e), "k_proj"), &mut m.k[e]);
+                            g(&attn_name(l, Some(e), "v_proj"), &mut m.v[e]);
+                        }
+                        g(&attn_name(l, Some(e), "o_proj"), &mut m.o[e]);
+                    }
+                }
+            }
             g(
                 &format!("{p}.post_attention_layernorm.weight"),
                 &mut layer.post_norm,
@@ -312,6 +385,36 @@ impl Model {
             g("lm_head.weight", h);
         }
         self
+    }
+
+    /// The model without the experts `drop` (indices from [`ModelConfig::expert_indices`]):
+    /// their FFNs, attention experts and router rows are gone, every other weight is unchanged,
+    /// so the experts left compute what they computed before and the routers' softmax (and
+    /// top-k) renormalises over them.
+    pub fn without_experts(&self, drop: &[usize]) -> Result<Self> {
+        let cfg = self.cfg.without_experts(drop)?;
+        let keep: Vec<usize> = (0..self.cfg.num_experts())
+            .filter(|i| !drop.contains(i))
+            .collect();
+        let rows = |t: &Tensor<2>| {
+            let idx = Tensor::<1, Int>::from_data(
+                TensorData::new(keep.iter().map(|&i| i as i64).collect(), [keep.len()]),
+                &t.device(),
+            );
+            t.clone().select(0, idx)
+        };
+        let mut m = self.clone();
+        m.cfg = cfg;
+        for layer in &mut m.layers {
+            if let Ffn::Moe(moe) = &mut layer.ffn {
+                moe.router = rows(&moe.router);
+                moe.experts = keep.iter().map(|&i| moe.experts[i].clone()).collect();
+            }
+            if let Attn::Experts(moa) = &mut layer.attn {
+                *moa = moa.keep(&keep);
+            }
+        }
+        Ok(m)
     }
 
     /// Moves the parameters to `dev`; on an autodiff device they become gradient leaves.
@@ -386,6 +489,7 @@ impl Model {
             logits,
             routers: trunk.routers,
             ffn_inputs: trunk.ffn_inputs,
+            attn_routers: trunk.attn_routers,
         }
     }
 
@@ -461,15 +565,10 @@ impl Model {
             },
         });
         let mut routers = Vec::new();
+        let mut attn_routers = Vec::new();
         let mut ffn_inputs = Vec::new();
         for (l, layer) in self.layers.iter().enumerate() {
             let (res, h) = Residual::norm(x, &layer.input_norm, cfg.rms_norm_eps);
-            let w = AttnWeights {
-                q: &layer.q,
-                k: &layer.k,
-                v: &layer.v,
-                o: &layer.o,
-            };
             let lc = cache.as_deref_mut().map(|c| &mut c.layers[l]);
             let seq = SeqInfo {
                 b,
@@ -477,7 +576,17 @@ impl Model {
                 rope: &rope,
                 pads,
             };
-            x = res.output(self_attention(cfg, w, h, &seq, lc));
+            let a = match &layer.attn {
+                Attn::Dense { q, k, v, o } => {
+                    self_attention(cfg, AttnWeights { q, k, v, o }, h, &seq, lc)
+                }
+                Attn::Experts(m) => {
+                    let (a, aux) = m.forward(cfg, h, &seq, lc);
+                    attn_routers.push(aux);
+                    a
+                }
+            };
+            x = res.output(a);
             let (res, h) = Residual::norm(x, &layer.post_norm, cfg.rms_norm_eps);
             if opts.capture_ffn_inputs {
                 ffn_inputs.push(h.clone().detach());
@@ -496,6 +605,7 @@ impl Model {
             hidden: rms_norm(x, &self.norm, cfg.rms_norm_eps),
             routers,
             ffn_inputs,
+            attn_routers,
         }
     }
 }

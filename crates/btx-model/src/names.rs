@@ -30,6 +30,15 @@ pub enum ParamKind {
     Ffn { layer: usize, expert: Option<usize> },
     /// The MoE router `block_sparse_moe.gate.weight`.
     Router { layer: usize },
+    /// One attention expert's projection (`self_attn.experts.E.{q,k,v,o}_proj.weight`); `proj`
+    /// is the dense model's name of the same matrix (`q_proj` ...).
+    AttnExpert {
+        layer: usize,
+        expert: usize,
+        proj: &'static str,
+    },
+    /// The attention experts' router `self_attn.router.weight`.
+    AttnRouter { layer: usize },
     /// Everything else: embeddings, attention, norms, LM head.
     Shared,
 }
@@ -59,6 +68,22 @@ pub fn router_name(layer: usize) -> String {
     format!("{}.block_sparse_moe.gate.weight", layer_prefix(layer))
 }
 
+/// A dense attention projection (`proj` is `q_proj`, `k_proj`, `v_proj` or `o_proj`), or with
+/// `expert` that attention expert's own.
+pub fn attn_name(layer: usize, expert: Option<usize>, proj: &str) -> String {
+    let p = layer_prefix(layer);
+    match expert {
+        Some(e) => format!("{p}.self_attn.experts.{e}.{proj}.weight"),
+        None => format!("{p}.self_attn.{proj}.weight"),
+    }
+}
+
+pub fn attn_router_name(layer: usize) -> String {
+    format!("{}.self_attn.router.weight", layer_prefix(layer))
+}
+
+const ATTN_PROJS: [&str; 4] = ["q_proj", "k_proj", "v_proj", "o_proj"];
+
 /// Classifies an HF parameter name.
 pub fn param_kind(name: &str) -> ParamKind {
     let Some(rest) = name.strip_prefix("model.layers.") else {
@@ -76,6 +101,23 @@ pub fn param_kind(name: &str) -> ParamKind {
     }
     if rest == "block_sparse_moe.gate.weight" {
         return ParamKind::Router { layer };
+    }
+    if rest == "self_attn.router.weight" {
+        return ParamKind::AttnRouter { layer };
+    }
+    if let Some(e) = rest.strip_prefix("self_attn.experts.") {
+        let mut parts = e.split('.');
+        let expert = parts.next().and_then(|x| x.parse().ok());
+        let proj = parts
+            .next()
+            .and_then(|p| ATTN_PROJS.iter().find(|&&q| q == p));
+        if let (Some(expert), Some(proj)) = (expert, proj) {
+            return ParamKind::AttnExpert {
+                layer,
+                expert,
+                proj,
+            };
+        }
     }
     if let Some(e) = rest.strip_prefix("block_sparse_moe.experts.") {
         let expert = e.split('.').next().and_then(|x| x.parse().ok());
@@ -96,22 +138,35 @@ pub fn param_specs(cfg: &ModelConfig) -> Vec<ParamSpec> {
     for l in 0..cfg.num_layers {
         let p = layer_prefix(l);
         v.push(ParamSpec::new(format!("{p}.input_layernorm.weight"), &[d]));
-        v.push(ParamSpec::new(
-            format!("{p}.self_attn.q_proj.weight"),
-            &[cfg.q_dim(), d],
-        ));
-        v.push(ParamSpec::new(
-            format!("{p}.self_attn.k_proj.weight"),
-            &[cfg.kv_dim(), d],
-        ));
-        v.push(ParamSpec::new(
-            format!("{p}.self_attn.v_proj.weight"),
-            &[cfg.kv_dim(), d],
-        ));
-        v.push(ParamSpec::new(
-            format!("{p}.self_attn.o_proj.weight"),
-            &[d, cfg.q_dim()],
-        ));
+        let shape = |proj: &str| match proj {
+            "k_proj" | "v_proj" => [cfg.kv_dim(), d],
+            "o_proj" => [d, cfg.q_dim()],
+            _ => [cfg.q_dim(), d],
+        };
+        match &cfg.attn_experts {
+            None => {
+                for proj in ATTN_PROJS {
+                    v.push(ParamSpec::new(attn_name(l, None, proj), &shape(proj)));
+                }
+            }
+            // The router, the shared K/V (if any), then each expert's own projections.
+            Some(a) => {
+                v.push(ParamSpec::new(attn_router_name(l), &[a.num_experts, d]));
+                if a.shared_kv {
+                    for proj in ["k_proj", "v_proj"] {
+                        v.push(ParamSpec::new(attn_name(l, None, proj), &shape(proj)));
+                    }
+                }
+                for e in 0..a.num_experts {
+                    for proj in ATTN_PROJS {
+                        if a.shared_kv && matches!(proj, "k_proj" | "v_proj") {
+                            continue;
+                        }
+                        v.push(ParamSpec::new(attn_name(l, Some(e), proj), &shape(proj)));
+                    }
+                }
+            }
+        }
         v.push(ParamSpec::new(
             format!("{p}.post_attention_layernorm.weight"),
             &[d],
@@ -171,5 +226,22 @@ mod tests {
             ParamKind::Shared
         );
         assert_eq!(param_kind("lm_head.weight"), ParamKind::Shared);
+        assert_eq!(
+            param_kind("model.layers.2.self_attn.experts.1.o_proj.weight"),
+            ParamKind::AttnExpert {
+                layer: 2,
+                expert: 1,
+                proj: "o_proj"
+            }
+        );
+        assert_eq!(
+            param_kind("model.layers.2.self_attn.router.weight"),
+            ParamKind::AttnRouter { layer: 2 }
+        );
+        // Shared keys/values of the shared-KV variant are averaged like any dense weight.
+        assert_eq!(
+            param_kind("model.layers.2.self_attn.k_proj.weight"),
+            ParamKind::Shared
+        );
     }
 }
