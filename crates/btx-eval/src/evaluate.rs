@@ -137,6 +137,17 @@ pub struct MethodEval {
     pub routing: Option<crate::routing::RoutingReport>,
 }
 
+/// What an opt-out stage writes (`optout.json`): a BTX model's held-out loss, whole and with
+/// each expert removed (FlexOlmo's opt-out: its FFN, attention expert and router rows gone),
+/// on the same windows, so that the cost of removing one is a paired difference per window.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OptOutEval {
+    pub method: String,
+    pub full: EvalResult,
+    /// (expert label, the model without that expert), in expert order.
+    pub removed: Vec<(String, EvalResult)>,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Average {
     pub loss: f64,

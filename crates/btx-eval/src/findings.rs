@@ -920,6 +920,7 @@ mod tests {
                             entropy: vec![0.5],
                             tokens: 16 * 8,
                             windows: if per_window { ws } else { vec![] },
+                            ..Default::default()
                         },
                     );
                 }

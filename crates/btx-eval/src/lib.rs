@@ -4,6 +4,7 @@
 pub mod evaluate;
 pub mod findings;
 pub mod lm;
+pub mod optout;
 pub mod plots;
 pub mod report;
 pub mod routing;

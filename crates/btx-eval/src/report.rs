@@ -53,6 +53,8 @@ pub struct ReportInput {
     pub plots: Vec<(String, String)>,
     /// Free-form lines for the setup section.
     pub setup: Vec<String>,
+    /// Opt-out evaluations of each finetuned BTX method, in replica order.
+    pub opt_out: BTreeMap<String, Vec<crate::evaluate::OptOutEval>>,
 }
 
 fn get<'a>(ms: &'a [MethodResult], name: &str) -> Option<&'a MethodResult> {
@@ -475,6 +477,41 @@ pub fn markdown(st: &Stats, verdicts: &[Verdict]) -> String {
                 let ent: f64 = dr.entropy.iter().sum::<f64>() / layers as f64;
                 let _ = writeln!(s, " {ent:.2} |");
             }
+            if r.domains.values().any(|dr| !dr.attn_share.is_empty()) {
+                let _ = writeln!(
+                    s,
+                    "\nAttention experts: mean weight the attention router gives each attention expert (soft: all run), averaged over layers; entropy in nats.\n"
+                );
+                let _ = write!(s, "| domain |");
+                for e in 0..r.num_experts {
+                    let label = input
+                        .expert_labels
+                        .get(e)
+                        .cloned()
+                        .unwrap_or(format!("e{e}"));
+                    let _ = write!(s, " {label} |");
+                }
+                s.push_str(" entropy |\n|---|");
+                for _ in 0..r.num_experts {
+                    s.push_str("---:|");
+                }
+                s.push_str("---:|\n");
+                for (d, dr) in &r.domains {
+                    let layers = dr.attn_share.len().max(1);
+                    let _ = write!(s, "| {d} |");
+                    for e in 0..r.num_experts {
+                        let v: f64 = dr
+                            .attn_share
+                            .iter()
+                            .map(|l| l.get(e).copied().unwrap_or(0.0))
+                            .sum::<f64>()
+                            / layers as f64;
+                        let _ = write!(s, " {:.0}% |", 100.0 * v);
+                    }
+                    let ent: f64 = dr.attn_entropy.iter().sum::<f64>() / layers as f64;
+                    let _ = writeln!(s, " {ent:.2} |");
+                }
+            }
             let _ = writeln!(
                 s,
                 "\nDead experts (< {:.0}% of tokens in a layer): {}\n",
@@ -491,6 +528,8 @@ pub fn markdown(st: &Stats, verdicts: &[Verdict]) -> String {
             );
         }
     }
+
+    s.push_str(&crate::optout::section(&input.opt_out, &input.domains));
 
     if !input.plots.is_empty() {
         s.push_str("## Plots\n\n");

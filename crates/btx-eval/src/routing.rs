@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use btx_data::mixture::eval_windows;
 use btx_data::DataDir;
+use btx_model::moa::AttnRouterAux;
 use btx_model::moe::RouterAux;
 use btx_model::{to_vec, ForwardOpts, Model};
 use serde::{Deserialize, Serialize};
@@ -18,6 +19,13 @@ pub struct DomainRouting {
     /// `[layer]`: mean over tokens of the entropy (nats) of the router's full softmax.
     pub entropy: Vec<f64>,
     pub tokens: usize,
+    /// Attention experts (BAM), `[layer][expert]`: the mean weight the attention router gives
+    /// each attention expert (soft routing: every expert runs, weighted; sums to 1 per layer).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attn_share: Vec<Vec<f64>>,
+    /// `[layer]`: mean entropy (nats) of the attention router's weights.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attn_entropy: Vec<f64>,
     /// The same shares per evaluation window (the loss windows, in order): the units the
     /// report's bootstrap resamples for the load-balancing claim's intervals.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -62,6 +70,29 @@ pub struct RoutingReport {
     pub dead_threshold: f64,
 }
 
+/// Sums of one batch's attention-router weights and entropies, accumulated into `acc`
+/// (normalised by [`normalise`] with the FFN routers' token count).
+pub fn accumulate_attention(acc: &mut DomainRouting, routers: &[AttnRouterAux]) {
+    for (l, r) in routers.iter().enumerate() {
+        let e = r.probs.dims()[1];
+        if acc.attn_share.len() <= l {
+            acc.attn_share.push(vec![0.0; e]);
+            acc.attn_entropy.push(0.0);
+        }
+        let p = to_vec(r.probs.clone());
+        for row in p.chunks_exact(e) {
+            for (s, x) in acc.attn_share[l].iter_mut().zip(row) {
+                *s += *x as f64;
+            }
+            acc.attn_entropy[l] -= row
+                .iter()
+                .filter(|x| **x > 0.0)
+                .map(|x| *x as f64 * (*x as f64).ln())
+                .sum::<f64>();
+        }
+    }
+}
+
 /// Counts of one batch's routing, accumulated into `acc`.
 pub fn accumulate(acc: &mut DomainRouting, routers: &[RouterAux]) {
     for (l, r) in routers.iter().enumerate() {
@@ -97,6 +128,10 @@ pub fn normalise(acc: &mut DomainRouting) {
         acc.topk_share[l].iter_mut().for_each(|x| *x /= n);
         acc.entropy[l] /= n;
     }
+    for l in 0..acc.attn_share.len() {
+        acc.attn_share[l].iter_mut().for_each(|x| *x /= n);
+        acc.attn_entropy[l] /= n;
+    }
 }
 
 /// Routing statistics of `model` on each domain's validation windows.
@@ -128,6 +163,7 @@ pub fn analyze(
             let ids: Vec<i64> = chunk.iter().flatten().copied().collect();
             let out = model.forward(&ids, chunk.len(), seq, &ForwardOpts::default(), None);
             accumulate(&mut acc, &out.routers);
+            accumulate_attention(&mut acc, &out.attn_routers);
             for w in 0..chunk.len() {
                 acc.windows
                     .push(WindowShares::of(&out.routers, w * seq..(w + 1) * seq));

@@ -8,5 +8,5 @@ pub mod router;
 pub use btx_model::outdir::Existing;
 pub use error::{MixError, Result};
 pub use merge::{
-    average, check_compatible, mix, upcycle, MixOptions, MixSummary, NonFfn, RouterInit,
+    average, check_compatible, mix, upcycle, AttnMix, MixOptions, MixSummary, NonFfn, RouterInit,
 };

@@ -5,10 +5,10 @@
 use std::path::{Path, PathBuf};
 
 use btx_model::io::{write_checkpoint_with, HostTensor, TensorReader, TensorSink};
-use btx_model::names::{ffn_name, param_kind, param_specs, ParamKind};
+use btx_model::names::{attn_name, ffn_name, param_kind, param_specs, ParamKind};
 use btx_model::outdir::{Existing, OutDir};
 use btx_model::rng::Rng;
-use btx_model::{ModelConfig, MoeConfig, Routing};
+use btx_model::{AttnExpertsConfig, ModelConfig, MoeConfig, Routing};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -41,8 +41,53 @@ pub struct MixOptions {
     pub routing: Routing,
     /// Where every tensor outside the FFNs comes from.
     pub non_ffn: NonFfn,
+    /// What becomes of the experts' attention (see [`AttnMix`]).
+    pub attention: AttnMix,
+    /// A name per expert model (in order), recorded as `btx_experts`; `None` takes the
+    /// directories' names. The seed as generalist is always `generalist`.
+    pub labels: Option<Vec<String>>,
     /// What to do when `out` exists and is not empty.
     pub existing: Existing,
+}
+
+/// What a MiX does with the mixed models' attention.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AttnMix {
+    /// Averaged like every other non-FFN weight (the paper).
+    #[default]
+    Average,
+    /// Each model's attention becomes an attention expert, mixed softly by a new router per
+    /// layer (BAM). Not a Mixtral: written in btx's own layout.
+    Experts,
+    /// Attention experts with their keys and values averaged and shared (per-expert queries and
+    /// outputs; one model's KV cache).
+    ExpertsSharedKv,
+}
+
+impl AttnMix {
+    pub fn name(self) -> &'static str {
+        match self {
+            AttnMix::Average => "average",
+            AttnMix::Experts => "experts",
+            AttnMix::ExpertsSharedKv => "experts-shared-kv",
+        }
+    }
+
+    pub fn is_average(&self) -> bool {
+        *self == AttnMix::Average
+    }
+
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "average" => Ok(AttnMix::Average),
+            "experts" => Ok(AttnMix::Experts),
+            "experts-shared-kv" => Ok(AttnMix::ExpertsSharedKv),
+            o => Err(MixError::Options(format!(
+                "attention {o:?}: average, experts or experts-shared-kv"
+            ))),
+        }
+    }
 }
 
 /// Where a MiX takes the weights outside the FFNs (attention, norms, embeddings) from.
@@ -87,6 +132,8 @@ impl Default for MixOptions {
             top_k: 2,
             routing: Routing::TopK,
             non_ffn: NonFfn::Average,
+            attention: AttnMix::Average,
+            labels: None,
             existing: Existing::Refuse,
         }
     }
@@ -107,6 +154,12 @@ pub struct MixSummary {
     /// `average` or `seed` (see [`NonFfn`]).
     #[serde(default)]
     pub non_ffn: NonFfn,
+    /// What became of the attention (see [`AttnMix`]).
+    #[serde(default)]
+    pub attention: AttnMix,
+    /// The experts' names (`btx_experts`).
+    #[serde(default)]
+    pub labels: Vec<String>,
     pub seconds: f64,
 }
 
@@ -378,6 +431,25 @@ pub fn mix(seed: &Path, experts: &[PathBuf], opts: &MixOptions, out: &Path) -> R
         top_k: opts.top_k,
         routing: opts.routing.clone(),
     });
+    if opts.attention != AttnMix::Average {
+        if opts.split != 1 || opts.blend {
+            return Err(MixError::Options(format!(
+                "attention = {} pairs one attention expert with each mixed model's FFN: it cannot be combined with split or blend",
+                opts.attention.name()
+            )));
+        }
+        if opts.non_ffn == NonFfn::Seed {
+            return Err(MixError::Options(format!(
+                "attention = {} takes each expert's own attention; non_ffn = seed would take the seed's",
+                opts.attention.name()
+            )));
+        }
+        cfg.attn_experts = Some(AttnExpertsConfig {
+            num_experts: m,
+            shared_kv: opts.attention == AttnMix::ExpertsSharedKv,
+        });
+    }
+    cfg.expert_labels = expert_labels(experts, opts, num_experts)?;
     if let RouterInit::Rows(r) = &opts.router_init {
         if r.len() != cfg.num_layers || r.iter().any(|t| t.shape != [num_experts, cfg.hidden_size])
         {
@@ -394,6 +466,11 @@ pub fn mix(seed: &Path, experts: &[PathBuf], opts: &MixOptions, out: &Path) -> R
     let d = cfg.hidden_size;
     let mut rng = match &opts.router_init {
         RouterInit::Random { seed, .. } => Some(Rng::derive(*seed, "router-init")),
+        _ => None,
+    };
+    // Its own stream, so that adding attention experts leaves the FFN routers' draws alone.
+    let mut attn_rng = match &opts.router_init {
+        RouterInit::Random { seed, .. } => Some(Rng::derive(*seed, "attn-router-init")),
         _ => None,
     };
     let base_specs: std::collections::HashMap<String, Vec<usize>> = param_specs(&base)
@@ -439,6 +516,32 @@ pub fn mix(seed: &Path, experts: &[PathBuf], opts: &MixOptions, out: &Path) -> R
                 expert_into(&sources, layer, e, wi, &plan, sink).map_err(into_model_err)
             }
             ParamKind::Ffn { expert: None, .. } => unreachable!("a Mixtral has no dense FFN"),
+            // Expert e's attention is mixed model e's, unchanged.
+            ParamKind::AttnExpert {
+                layer,
+                expert,
+                proj,
+            } => {
+                let src = attn_name(layer, None, proj);
+                mean_into(
+                    &sources[expert..=expert],
+                    &src,
+                    &base_specs[&src],
+                    &[1.0],
+                    sink,
+                )
+                .map_err(into_model_err)
+            }
+            // Domain-mean rows are statistics of the FFN inputs; the attention router then
+            // starts uniform (every attention expert weighted 1/E).
+            ParamKind::AttnRouter { .. } => match &opts.router_init {
+                RouterInit::Random { std, .. } => {
+                    let r = attn_rng.as_mut().expect("rng for random init");
+                    let v: Vec<f32> = (0..m * d).map(|_| (r.normal() * std) as f32).collect();
+                    sink.f32(&v)
+                }
+                RouterInit::Zero | RouterInit::Rows(_) => sink.f32(&vec![0.0; m * d]),
+            },
         }
     })?;
     cfg.save(&dir.join("config.json"))?;
@@ -454,12 +557,55 @@ pub fn mix(seed: &Path, experts: &[PathBuf], opts: &MixOptions, out: &Path) -> R
         blend: opts.blend,
         generalist: opts.generalist,
         non_ffn: opts.non_ffn,
+        attention: opts.attention,
+        labels: cfg.expert_labels.clone(),
         seconds: t0.elapsed().as_secs_f64(),
     };
     write_json(&dir.join("mix.json"), &summary)?;
     drop(sources);
     staged.commit()?;
     Ok(summary)
+}
+
+/// `btx_experts`: one name per output expert. Split experts carry their model's name (dropping
+/// it drops every chunk); blended experts hold every model and are named `blend-N`.
+fn expert_labels(
+    experts: &[PathBuf],
+    opts: &MixOptions,
+    num_experts: usize,
+) -> Result<Vec<String>> {
+    if opts.blend {
+        return Ok((0..num_experts).map(|i| format!("blend-{i}")).collect());
+    }
+    let mut names: Vec<String> = match &opts.labels {
+        Some(l) if l.len() == experts.len() => l.clone(),
+        Some(l) => {
+            return Err(MixError::Options(format!(
+                "{} expert names for {} experts",
+                l.len(),
+                experts.len()
+            )))
+        }
+        None => experts
+            .iter()
+            .map(|p| {
+                p.file_name()
+                    .map_or(String::new(), |n| n.to_string_lossy().into_owned())
+            })
+            .collect(),
+    };
+    let unique = names.iter().collect::<std::collections::HashSet<_>>().len() == names.len();
+    if opts.labels.is_none() && (!unique || names.iter().any(|n| n.is_empty() || n == "generalist"))
+    {
+        names = (0..experts.len()).map(|i| format!("expert-{i}")).collect();
+    }
+    if opts.generalist {
+        names.push("generalist".into());
+    }
+    Ok(names
+        .iter()
+        .flat_map(|n| std::iter::repeat_n(n.clone(), opts.split))
+        .collect())
 }
 
 /// How output experts are cut from the input FFNs.
@@ -546,6 +692,7 @@ pub fn upcycle(seed: &Path, n: usize, opts: &MixOptions, out: &Path) -> Result<M
     let o = MixOptions {
         generalist: false,
         weights: None,
+        labels: Some((0..n).map(|i| format!("copy-{i}")).collect()),
         ..opts.clone()
     };
     mix(seed, &copies, &o, out)
@@ -594,6 +741,8 @@ pub fn average(
         blend: false,
         generalist: false,
         non_ffn: NonFfn::Average,
+        attention: AttnMix::Average,
+        labels: vec![],
         seconds: t0.elapsed().as_secs_f64(),
     };
     write_json(&dir.join("mix.json"), &summary)?;

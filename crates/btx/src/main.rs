@@ -52,6 +52,10 @@ enum Command {
     Upcycle(cmd::mix::UpcycleArgs),
     /// Weight-average dense models ("model soup").
     Average(cmd::mix::AverageArgs),
+    /// Remove experts (and their router rows) from a BTX model: FlexOlmo's opt-out.
+    PruneExperts(cmd::experts::PruneArgs),
+    /// Write a model in a given format (hf-mixtral for transformers, or btx's own layout).
+    Export(cmd::experts::ExportArgs),
     /// Import a llama.cpp GGUF file (Llama architecture) as a Hugging Face checkpoint.
     ImportGguf(cmd::import::Args),
     /// Check this build on this device against the transformers fixtures and the golden
@@ -123,6 +127,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Mix(a) => cmd::mix::run_mix(a),
             Command::Upcycle(a) => cmd::mix::run_upcycle(a),
             Command::Average(a) => cmd::mix::run_average(a),
+            Command::PruneExperts(a) => cmd::experts::run_prune(a),
+            Command::Export(a) => cmd::experts::run_export(a),
             Command::ImportGguf(a) => cmd::import::run(a),
             Command::Bench(c) => cmd::bench::run(c, &dev, &cli.device),
             Command::Selftest(a) => cmd::selftest::run(a, &dev, &cli.device),

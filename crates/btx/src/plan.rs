@@ -65,6 +65,14 @@ pub enum StageKind {
         spec: btx_eval::EvalSpec,
         routing: bool,
     },
+    /// The opt-out cost of a BTX model: its held-out loss with each expert removed
+    /// (`optout.json`; loss only, no tasks).
+    OptOut {
+        method: String,
+        model: String,
+        data: String,
+        spec: btx_eval::EvalSpec,
+    },
     /// `report.md`, `results.json` and `plots/` at the top of the run directory.
     Report,
 }
@@ -267,15 +275,30 @@ pub fn moe_config(seed: &ModelConfig, n_models: usize, m: &MixSpec) -> ModelConf
         top_k: m.top_k,
         routing: m.routing.clone(),
     });
+    if !m.attention.is_average() {
+        c.attn_experts = Some(btx_model::AttnExpertsConfig {
+            num_experts: n_models,
+            shared_kv: m.attention == btx_mix::AttnMix::ExpertsSharedKv,
+        });
+    }
     c
 }
 
-/// Every parameter outside the FFNs (what an FFN-only expert freezes), by exact name.
-fn non_ffn_params(cfg: &ModelConfig) -> Vec<String> {
+/// What an expert of this training keeps frozen at the seed's, by exact name: everything
+/// outside the FFNs (FFN-only), or the attention, embeddings and head (anchored).
+fn frozen_params(cfg: &ModelConfig, training: ExpertTraining) -> Vec<String> {
     btx_model::names::param_specs(cfg)
         .into_iter()
         .map(|s| s.name)
-        .filter(|n| !n.contains(".mlp."))
+        .filter(|n| match training {
+            ExpertTraining::Full => false,
+            ExpertTraining::FfnOnly => !n.contains(".mlp."),
+            ExpertTraining::Anchored => {
+                n.contains(".self_attn.")
+                    || n == "model.embed_tokens.weight"
+                    || n == "lm_head.weight"
+            }
+        })
         .collect()
 }
 
@@ -489,6 +512,15 @@ impl Plan {
         // the steps that spend that share of the primary variant's budget.
         let finetune_spec = |v: &crate::recipe::Variant, scale: f64| -> TrainSpec {
             let mut f = scaled(v.finetune(&ft), scale);
+            if v.compute_matched {
+                // The same experts as the primary variant; the finetune gets what is left.
+                let cfg = moe_config(&seed_cfg, n_models, &v.mix(&r.mix));
+                let per_step =
+                    f.tokens_per_step() as f64 * cfg.train_flops_per_token(f.train.seq_len);
+                let left = budget_at(scale).map_or(0.0, |b| b.btx_flops - b.expert_flops);
+                f.train.steps = ((left / per_step).round() as usize).max(1);
+                f.optim.warmup_steps = f.optim.warmup_steps.min(f.train.steps / 2);
+            }
             if let Some(share) = v.finetune_share {
                 let cfg = moe_config(&seed_cfg, n_models, &v.mix(&r.mix));
                 let per_step =
@@ -543,9 +575,9 @@ impl Plan {
                     for d in &domains {
                         let name = format!("{prefix}:{d}{sfx}");
                         let mut spec = scaled(r.expert_spec(d)?, scale * fam.factor());
-                        if fam.training == ExpertTraining::FfnOnly {
-                            spec.train.freeze.extend(non_ffn_params(&seed_cfg));
-                        }
+                        spec.train
+                            .freeze
+                            .extend(frozen_params(&seed_cfg, fam.training));
                         b.train_from(
                             name.clone(),
                             format!("{pre}{}/{d}", fam.dir()),
@@ -618,13 +650,26 @@ impl Plan {
                         mix_name,
                         reseed(finetune_spec(v, scale)),
                     );
-                    eval(
-                        &mut b,
-                        &method_of(&ft_name, &primary.name),
-                        &sfx,
-                        vec![ft_name.clone()],
-                        None,
-                    );
+                    let method = method_of(&ft_name, &primary.name);
+                    eval(&mut b, &method, &sfx, vec![ft_name.clone()], None);
+                    if scale == primary_scale && r.eval.opt_out {
+                        let spec = btx_eval::EvalSpec {
+                            tasks: 0,
+                            ..r.eval.spec()
+                        };
+                        b.push(
+                            format!("opt-out:{method}{sfx}"),
+                            format!("{pre}opt-out/{}", v.name),
+                            vec![ft_name.clone(), "data".into()],
+                            StageKind::OptOut {
+                                method,
+                                model: ft_name.clone(),
+                                data: "data".into(),
+                                spec,
+                            },
+                            false,
+                        );
+                    }
                 }
                 let dense_list = r.baselines.dense.list();
                 for m in &dense_list {
@@ -715,7 +760,7 @@ impl Plan {
         let evals: Vec<String> = b
             .stages
             .iter()
-            .filter(|s| s.name.starts_with("eval:"))
+            .filter(|s| s.name.starts_with("eval:") || s.name.starts_with("opt-out:"))
             .map(|s| s.name.clone())
             .collect();
         b.push(

@@ -104,6 +104,11 @@ pub struct MixSpec {
     pub weights: Vec<f64>,
     /// Weights outside the FFNs: `average` (default, the paper) or `seed` (the seed's own).
     pub non_ffn: btx_mix::NonFfn,
+    /// The experts' attention: `average` (default, the paper), `experts` (BAM's attention
+    /// experts) or `experts-shared-kv` (attention experts sharing averaged keys and values).
+    /// Not serialised when `average`, so that earlier runs' stage fingerprints stay.
+    #[serde(skip_serializing_if = "btx_mix::AttnMix::is_average")]
+    pub attention: btx_mix::AttnMix,
 }
 
 impl Default for MixSpec {
@@ -119,6 +124,7 @@ impl Default for MixSpec {
             routing: Routing::TopK,
             weights: vec![],
             non_ffn: btx_mix::NonFfn::Average,
+            attention: btx_mix::AttnMix::Average,
         }
     }
 }
@@ -137,6 +143,10 @@ pub enum ExpertTraining {
     /// are trained once per replica (stages `expert-ffn:<domain>`) and shared by every variant
     /// that asks for them.
     FfnOnly,
+    /// Attention, embeddings and the LM head stay the seed's (FlexOlmo's shared anchor); the
+    /// FFNs and norms train. With `attention = "experts"` the anchored attention experts start
+    /// identical; averaged, the attention is exactly the seed's. Stages `expert-anchored:<domain>`.
+    Anchored,
 }
 
 impl ExpertTraining {
@@ -145,6 +155,7 @@ impl ExpertTraining {
         match self {
             ExpertTraining::Full => "expert",
             ExpertTraining::FfnOnly => "expert-ffn",
+            ExpertTraining::Anchored => "expert-anchored",
         }
     }
 }
@@ -168,7 +179,11 @@ pub struct Variant {
     /// `average` or `seed`: where the MiX takes the non-FFN weights from.
     #[serde(default)]
     pub non_ffn: Option<btx_mix::NonFfn>,
-    /// `full` (default) or `ffn-only`: which experts this variant mixes (see [`ExpertTraining`]).
+    /// `average`, `experts` or `experts-shared-kv`: the MiX's attention (see [`MixSpec`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attention: Option<btx_mix::AttnMix>,
+    /// `full` (default), `ffn-only` or `anchored`: which experts this variant mixes (see
+    /// [`ExpertTraining`]).
     #[serde(default)]
     pub experts: ExpertTraining,
     #[serde(default)]
@@ -185,6 +200,11 @@ pub struct Variant {
     /// stages `expert-x<factor>:<domain>`). Sweeping it asks how to split a fixed budget.
     #[serde(default)]
     pub finetune_share: Option<f64>,
+    /// Finetune for as many steps as spend the first variant's training FLOPs (experts +
+    /// finetune): for a variant whose MoE costs more per token (attention experts), so that it
+    /// is compared at equal compute rather than equal steps.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub compute_matched: bool,
 }
 
 impl Variant {
@@ -207,6 +227,9 @@ impl Variant {
         }
         if let Some(n) = self.non_ffn {
             m.non_ffn = n;
+        }
+        if let Some(a) = self.attention {
+            m.attention = a;
         }
         m
     }
@@ -366,6 +389,10 @@ pub struct EvalSection {
     /// Routing analysis of MoE models. Default true.
     #[serde(default = "d_true")]
     pub routing: bool,
+    /// The opt-out cost of every finetuned BTX model: held-out loss with each expert removed
+    /// (`btx prune-experts`), at the main budget. Default true.
+    #[serde(default = "d_true")]
+    pub opt_out: bool,
 }
 
 impl EvalSection {
@@ -644,6 +671,11 @@ impl Recipe {
                     ));
                 }
             }
+            if v.compute_matched && (v.steps.is_some() || v.finetune_share.is_some()) {
+                p.push(format!(
+                    "{at}: compute_matched chooses the finetune's steps: drop steps and finetune_share"
+                ));
+            }
             let m = v.mix(&self.mix);
             let chunks = if m.blend { models } else { m.split };
             let experts = if m.blend { models } else { models * m.split };
@@ -652,6 +684,20 @@ impl Recipe {
             }
             if m.blend && m.split > 1 {
                 p.push(format!("{at}: use either mix.split or mix.blend, not both"));
+            }
+            if !m.attention.is_average() {
+                if m.split != 1 || m.blend {
+                    p.push(format!(
+                        "{at}: attention = {:?} pairs one attention expert with each mixed model: it cannot go with split or blend",
+                        m.attention.name()
+                    ));
+                }
+                if m.non_ffn == btx_mix::NonFfn::Seed {
+                    p.push(format!(
+                        "{at}: attention = {:?} takes each expert's own attention, non_ffn = \"seed\" the seed's: choose one",
+                        m.attention.name()
+                    ));
+                }
             }
             if m.top_k == 0 || m.top_k > experts {
                 p.push(format!(

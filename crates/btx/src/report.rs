@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use btx_eval::evaluate::MethodEval;
+use btx_eval::evaluate::{MethodEval, OptOutEval};
 use btx_eval::findings::{verdicts, Stats};
 use btx_eval::plots;
 use btx_eval::report::{markdown, results_json, MethodCompute, MethodResult, ReportInput};
@@ -39,7 +39,10 @@ fn training_stages<'a>(plan: &'a Plan, method: &str, sfx: &str) -> Vec<&'a Stage
         .collect();
     match method {
         "seed" => find("seed").into_iter().collect(),
-        m if m.starts_with("expert:") || m.starts_with("expert-ffn:") => {
+        m if ["expert:", "expert-ffn:", "expert-anchored:"]
+            .iter()
+            .any(|p| m.starts_with(p)) =>
+        {
             find(&format!("{m}{sfx}")).into_iter().collect()
         }
         m if m.starts_with("mix:") => mixed(&m["mix:".len()..]),
@@ -52,6 +55,25 @@ fn training_stages<'a>(plan: &'a Plan, method: &str, sfx: &str) -> Vec<&'a Stage
         m if m.starts_with("btm-") || m == "merge-avg" => experts,
         m => find(&format!("baseline:{m}{sfx}")).into_iter().collect(),
     }
+}
+
+/// The opt-out evaluations at the main budget, by method, in replica order.
+fn opt_outs(plan: &Plan, run: &Path) -> Result<BTreeMap<String, Vec<OptOutEval>>> {
+    let mut out: BTreeMap<String, Vec<OptOutEval>> = BTreeMap::new();
+    for s in &plan.stages {
+        let StageKind::OptOut { method, .. } = &s.kind else {
+            continue;
+        };
+        if !crate::plan::tags_of(&s.name).0.is_empty() {
+            continue;
+        }
+        let p = run.join(&s.dir).join("optout.json");
+        let o: OptOutEval = serde_json::from_str(
+            &std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?,
+        )?;
+        out.entry(method.clone()).or_default().push(o);
+    }
+    Ok(out)
 }
 
 /// Loss curve (step, loss) from a training stage's metrics.jsonl.
@@ -172,6 +194,7 @@ pub fn build(plan: &Plan, run: &Path) -> Result<()> {
         expert_labels: expert_labels.clone(),
         plots: vec![],
         setup: vec![],
+        opt_out: opt_outs(plan, run)?,
     };
     let others: Vec<(f64, Stats)> = other_inputs
         .iter()
@@ -222,6 +245,9 @@ pub fn build(plan: &Plan, run: &Path) -> Result<()> {
     let v = verdicts(&st);
     let mut results = results_json(&st, &v);
     results["budgets"] = serde_json::to_value(&curves)?;
+    if !st.input.opt_out.is_empty() {
+        results["opt_out"] = btx_eval::optout::json(&st.input.opt_out, &st.input.domains);
+    }
     std::fs::write(
         run.join("results.json"),
         serde_json::to_string_pretty(&results)?,

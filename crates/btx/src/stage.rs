@@ -142,7 +142,12 @@ fn params_compute(cfg: &ModelConfig) -> Compute {
     }
 }
 
-fn mix_options(spec: &MixSpec, init: RouterInit, generalist: bool) -> MixOptions {
+fn mix_options(
+    spec: &MixSpec,
+    init: RouterInit,
+    generalist: bool,
+    labels: Option<Vec<String>>,
+) -> MixOptions {
     MixOptions {
         generalist,
         weights: (!spec.weights.is_empty()).then(|| spec.weights.clone()),
@@ -152,6 +157,8 @@ fn mix_options(spec: &MixSpec, init: RouterInit, generalist: bool) -> MixOptions
         top_k: spec.top_k,
         routing: spec.routing.clone(),
         non_ffn: spec.non_ffn,
+        attention: spec.attention,
+        labels,
         // A stage owns its directory; a retried stage replaces its own earlier output.
         existing: Existing::Replace,
     }
@@ -306,7 +313,7 @@ fn execute(
                     spec.split,
                 )?,
             };
-            let opts = mix_options(spec, init, plan.generalist);
+            let opts = mix_options(spec, init, plan.generalist, Some(domains.clone()));
             let s = mix(&model_of(seed)?, &expert_dirs, &opts, &model_out)?;
             let cfg = ModelConfig::load(&model_out.join("config.json"))?;
             let mut c = params_compute(&cfg);
@@ -324,7 +331,7 @@ fn execute(
             let s = upcycle(
                 &model_of(seed)?,
                 *num_experts,
-                &mix_options(spec, init, false),
+                &mix_options(spec, init, false, None),
                 &model_out,
             )?;
             let cfg = ModelConfig::load(&model_out.join("config.json"))?;
@@ -381,6 +388,47 @@ fn execute(
             Ok((
                 Compute::default(),
                 json!({"method": method, "average": me.result.average}),
+            ))
+        }
+        StageKind::OptOut {
+            method,
+            model,
+            data,
+            spec,
+        } => {
+            let data_dir = DataDir::open(&data_root(run, plan.stage(data)?))?;
+            let domains = data_dir.domains();
+            let d = model_of(model)?;
+            let m = Model::load(&d, dev).with_context(|| format!("loading {}", d.display()))?;
+            let full = evaluate(&m, &data_dir, &domains, spec)?;
+            let mut labels = m.cfg.expert_labels.clone();
+            labels.dedup();
+            let mut removed = vec![];
+            if m.cfg.num_experts() > 1 {
+                for l in &labels {
+                    let idx = m.cfg.expert_indices(std::slice::from_ref(l))?;
+                    if idx.len() == m.cfg.num_experts() {
+                        continue;
+                    }
+                    let without = m.without_experts(&idx)?;
+                    tracing::info!("{method} without {l}");
+                    removed.push((l.clone(), evaluate(&without, &data_dir, &domains, spec)?));
+                }
+            }
+            let o = btx_eval::evaluate::OptOutEval {
+                method: method.clone(),
+                full,
+                removed,
+            };
+            std::fs::write(dir.join("optout.json"), serde_json::to_string_pretty(&o)?)?;
+            let cost: serde_json::Map<String, serde_json::Value> = o
+                .removed
+                .iter()
+                .map(|(l, r)| (l.clone(), json!(r.average.loss - o.full.average.loss)))
+                .collect();
+            Ok((
+                Compute::default(),
+                json!({"method": method, "average_loss_increase": cost}),
             ))
         }
         StageKind::Report => {

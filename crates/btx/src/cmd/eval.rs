@@ -49,6 +49,8 @@ pub struct Args {
     /// Write the results here (JSON).
     #[arg(long)]
     out: Option<PathBuf>,
+    #[command(flatten)]
+    without: super::experts::Without,
 }
 
 fn weighting(s: &str) -> Result<Weighting> {
@@ -70,7 +72,11 @@ pub fn run(a: Args, dev: &Device) -> Result<()> {
     let models = a
         .model
         .iter()
-        .map(|m| Model::load(m, dev).with_context(|| format!("loading model from {}", m.display())))
+        .map(|m| {
+            let model = Model::load(m, dev)
+                .with_context(|| format!("loading model from {}", m.display()))?;
+            a.without.apply(model)
+        })
         .collect::<Result<Vec<_>>>()?;
     for (m, dir) in models.iter().zip(&a.model) {
         data.check_model(dir, m.cfg.vocab_size)?;

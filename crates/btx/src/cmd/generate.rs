@@ -30,6 +30,8 @@ pub struct Args {
     /// tokenizer.json to use (default: the model directory's).
     #[arg(long)]
     tokenizer: Option<PathBuf>,
+    #[command(flatten)]
+    without: super::experts::Without,
 }
 
 pub fn run(a: Args, dev: &Device) -> Result<()> {
@@ -52,6 +54,7 @@ pub fn run(a: Args, dev: &Device) -> Result<()> {
     })?;
     let model = Model::load(&a.model, dev)
         .with_context(|| format!("loading model from {}", a.model.display()))?;
+    let model = a.without.apply(model)?;
     check_vocab(&tok, &tp, &model)?;
     let prompts: Vec<Vec<i64>> = a
         .prompt

@@ -60,12 +60,20 @@ pub struct MixArgs {
     /// models, the paper's MiX) or `seed` (the seed's own).
     #[arg(long, default_value = "average")]
     non_ffn: String,
+    /// The experts' attention: `average` (the paper's MiX, a Mixtral), `experts` (each model's
+    /// attention becomes an attention expert, BAM) or `experts-shared-kv` (attention experts
+    /// with averaged, shared keys and values). Attention experts are written in btx's own
+    /// layout (README: "Attention experts"), which transformers does not load.
+    #[arg(long, default_value = "average")]
+    attention: String,
     #[command(flatten)]
     route: RouteArgs,
     /// Prepared data for --router-init domain-mean.
     #[arg(long)]
     domain_data: Option<PathBuf>,
-    /// The domain of each expert (same order as --experts), for domain-mean.
+    /// The domain of each expert (same order as --experts): its name in config.json
+    /// (`btx_experts`, what --without-expert and prune-experts take) and, for domain-mean, the
+    /// data it is measured on. Default: the directories' names.
     #[arg(long, num_args = 1..)]
     domains: Vec<String>,
     /// Output model directory (written beside it and renamed into place when complete).
@@ -197,14 +205,21 @@ pub fn run_mix(a: MixArgs) -> Result<()> {
         split: a.split,
         blend: a.blend,
         non_ffn: btx_mix::NonFfn::parse(&a.non_ffn)?,
+        attention: btx_mix::AttnMix::parse(&a.attention)?,
+        labels: (!a.domains.is_empty()).then(|| a.domains.clone()),
         existing: Existing::replace_if(a.force),
         ..options(&a.route, init)?
     };
     let s = mix(&a.seed, &a.experts, &opts, &a.out).context("mix")?;
     outln!(
-        "mixed {} models into a Mixtral with {} experts (d_ff {}, top-{} {}) in {:.2}s: {}",
+        "mixed {} models into {} with {} experts {:?} (d_ff {}, top-{} {}) in {:.2}s: {}",
         s.models.len(),
+        match s.attention {
+            btx_mix::AttnMix::Average => "a Mixtral".to_string(),
+            other => format!("a btx MoA model (attention: {})", other.name()),
+        },
         s.num_experts,
+        s.labels,
         s.expert_intermediate_size,
         s.top_k,
         s.routing,

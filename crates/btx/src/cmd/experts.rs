@@ -1,0 +1,166 @@
+//! Removing experts (FlexOlmo's opt-out): `btx prune-experts` writes a model without them,
+//! `--without-expert` (eval, generate) drops them in memory. Either way the experts' FFNs,
+//! attention experts and router rows go; every other weight stays, so the experts left compute
+//! what they did and the routers renormalise over them. And `btx export`: a model in the
+//! format a user asks for, refused where that format cannot hold it.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use btx_model::burn::prelude::Device;
+use btx_model::{Existing, Model, OutDir};
+use serde_json::json;
+
+/// The label the MiX gives the seed's FFN (`btx_experts`).
+const GENERALIST: &str = "generalist";
+
+/// `--without-expert NAME ...` for commands that load a model.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct Without {
+    /// Run without this expert: a name from the model's `btx_experts` (e.g. math) or an expert
+    /// number; repeat for several. Its FFN expert, attention expert and router rows are removed.
+    #[arg(long = "without-expert")]
+    pub names: Vec<String>,
+    /// Allow removing the generalist (the seed's FFN, what the model falls back on for text
+    /// outside every expert's domain).
+    #[arg(long)]
+    pub allow_generalist: bool,
+}
+
+impl Without {
+    pub fn apply(&self, m: Model) -> Result<Model> {
+        if self.names.is_empty() {
+            return Ok(m);
+        }
+        remove(m, &self.names, self.allow_generalist)
+    }
+}
+
+/// `m` without the experts `names`; the generalist only with `allow_generalist`.
+pub fn remove(m: Model, names: &[String], allow_generalist: bool) -> Result<Model> {
+    let idx = m.cfg.expert_indices(names)?;
+    let label = |i: usize| m.cfg.expert_labels.get(i).cloned().unwrap_or(i.to_string());
+    if !allow_generalist && idx.iter().any(|&i| label(i) == GENERALIST) {
+        bail!(
+            "refusing to remove the generalist: it is the seed's FFN, what the model falls back on for text outside every expert's domain\nhint: pass --allow-generalist if that is what you want"
+        );
+    }
+    let dropped: Vec<String> = idx.iter().map(|&i| label(i)).collect();
+    let out = m.without_experts(&idx)?;
+    tracing::info!(
+        "removed expert(s) {:?}; left: {:?} (top-{})",
+        dropped,
+        out.cfg.expert_labels,
+        out.cfg.moe.as_ref().map_or(0, |x| x.top_k)
+    );
+    Ok(out)
+}
+
+#[derive(clap::Args)]
+pub struct PruneArgs {
+    /// A BTX model directory (a MiX or a finetuned one).
+    #[arg(long)]
+    model: PathBuf,
+    /// Experts to remove: names from the model's `btx_experts` or expert numbers.
+    #[arg(long, num_args = 1.., required = true)]
+    drop: Vec<String>,
+    /// Allow removing the generalist.
+    #[arg(long)]
+    allow_generalist: bool,
+    /// Output model directory (written beside it and renamed into place when complete).
+    #[arg(long)]
+    out: PathBuf,
+    /// Replace an existing non-empty --out (atomically).
+    #[arg(long)]
+    force: bool,
+}
+
+pub fn run_prune(a: PruneArgs) -> Result<()> {
+    let m = Model::load(&a.model, &Device::flex())
+        .with_context(|| format!("loading model from {}", a.model.display()))?;
+    let before = m.cfg.expert_labels.clone();
+    let pruned = remove(m, &a.drop, a.allow_generalist)?;
+    let staged = OutDir::create(&a.out, &[&a.model], Existing::replace_if(a.force))?;
+    pruned.save(staged.path(), 4 << 30)?;
+    copy_tokenizer(&a.model, staged.path())?;
+    let summary = json!({
+        "source": a.model,
+        "dropped": a.drop,
+        "experts_before": before,
+        "experts_after": pruned.cfg.expert_labels,
+    });
+    std::fs::write(
+        staged.path().join("prune.json"),
+        serde_json::to_string_pretty(&summary)?,
+    )?;
+    staged.commit()?;
+    outln!(
+        "removed {:?}: {} experts left {:?}: {}",
+        a.drop,
+        pruned.cfg.num_experts(),
+        pruned.cfg.expert_labels,
+        a.out.display()
+    );
+    Ok(())
+}
+
+#[derive(clap::Args)]
+pub struct ExportArgs {
+    /// The model directory to export.
+    #[arg(long)]
+    model: PathBuf,
+    /// `hf-mixtral`: what transformers loads (LlamaForCausalLM or MixtralForCausalLM); `btx`:
+    /// btx's own layout, which also holds attention experts.
+    #[arg(long, default_value = "hf-mixtral")]
+    format: String,
+    /// Output model directory (written beside it and renamed into place when complete).
+    #[arg(long)]
+    out: PathBuf,
+    /// Replace an existing non-empty --out (atomically).
+    #[arg(long)]
+    force: bool,
+}
+
+pub fn run_export(a: ExportArgs) -> Result<()> {
+    if !["hf-mixtral", "btx"].contains(&a.format.as_str()) {
+        bail!(
+            "--format {:?}: hf-mixtral or btx\nhint: hf-mixtral is what transformers loads",
+            a.format
+        );
+    }
+    let m = Model::load(&a.model, &Device::flex())
+        .with_context(|| format!("loading model from {}", a.model.display()))?;
+    if a.format == "hf-mixtral" {
+        if let Some(att) = &m.cfg.attn_experts {
+            bail!(
+                "{} has {} attention experts{} (BAM), which a Mixtral cannot hold: transformers has no attention experts\nhint: the nearest exportable model mixes the same experts with attention = \"average\" (the paper's MiX: `btx mix --attention average`, or the run's `btx` variant); or keep this one in btx's layout with --format btx (btx eval and generate read it)",
+                a.model.display(),
+                att.num_experts,
+                if att.shared_kv { " sharing keys and values" } else { "" }
+            );
+        }
+    }
+    let staged = OutDir::create(&a.out, &[&a.model], Existing::replace_if(a.force))?;
+    m.save(staged.path(), 4 << 30)?;
+    copy_tokenizer(&a.model, staged.path())?;
+    staged.commit()?;
+    outln!(
+        "exported {} as {} ({}): {}",
+        a.model.display(),
+        a.format,
+        m.cfg.to_hf_json()["architectures"][0]
+            .as_str()
+            .unwrap_or("?"),
+        a.out.display()
+    );
+    Ok(())
+}
+
+fn copy_tokenizer(from: &std::path::Path, to: &std::path::Path) -> Result<()> {
+    let t = from.join("tokenizer.json");
+    if t.exists() {
+        std::fs::copy(&t, to.join("tokenizer.json"))
+            .with_context(|| format!("copying {}", t.display()))?;
+    }
+    Ok(())
+}
