@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use btx_mix::router::domain_mean_rows;
-use btx_mix::{average, mix, upcycle, MixOptions, RouterInit};
+use btx_mix::{average, mix, upcycle, AttnMix, MixOptions, RouterInit};
 use btx_model::burn::prelude::Device;
 use btx_model::io::HostTensor;
 use btx_model::Existing;
@@ -269,13 +269,22 @@ fn blend_builds_expert_n_from_the_nth_chunk_of_every_ffn() {
 fn mixing_identical_copies_of_the_seed_gives_the_seeds_logits() {
     let d = tmp("identity");
     let seed = make(&d.join("seed"), 5, &cfg());
-    for (n, generalist, k) in [(3, true, 2), (4, false, 2), (2, false, 1)] {
+    let cases = [
+        (3, true, 2, AttnMix::Average),
+        (4, false, 2, AttnMix::Average),
+        (2, false, 1, AttnMix::Average),
+        // Attention experts that are identical copies: the soft mixture is the seed's attention.
+        (3, true, 2, AttnMix::Experts),
+        (2, false, 1, AttnMix::ExpertsSharedKv),
+    ];
+    for (n, generalist, k, attention) in cases {
         let copies = vec![seed.clone(); n];
-        let out = d.join(format!("m{n}{generalist}"));
+        let out = d.join(format!("m{n}{generalist}{}", attention.name()));
         let opts = MixOptions {
             generalist,
             top_k: k,
             router_init: RouterInit::Random { std: 1.0, seed: 3 },
+            attention,
             ..Default::default()
         };
         mix(&seed, &copies, &opts, &out).unwrap();
@@ -284,9 +293,22 @@ fn mixing_identical_copies_of_the_seed_gives_the_seeds_logits() {
         // Every shared tensor is bit-identical to the seed's (f64 accumulation).
         let (ps, pm) = (load(&seed), load(&out));
         for (name, t) in &ps {
-            if !name.contains(".mlp.") {
+            if !name.contains(".mlp.")
+                && (attention == AttnMix::Average || !name.contains("self_attn"))
+            {
                 assert_eq!(t.data, pm[name].data, "{name}");
             }
+        }
+        if attention != AttnMix::Average {
+            let q = "model.layers.1.self_attn.q_proj.weight";
+            let eq = "model.layers.1.self_attn.experts.1.q_proj.weight";
+            assert_eq!(ps[q].data, pm[eq].data);
+            assert_eq!(
+                moe.cfg.attn_experts.unwrap().num_experts,
+                n + generalist as usize
+            );
+            // Copies from one directory get numbered names (their directory names clash).
+            assert_eq!(moe.cfg.expert_labels[0], "expert-0");
         }
         let ids: Vec<i64> = (0..24).map(|i| (i * 13 + 1) % 50).collect();
         let a = to_vec(
@@ -304,7 +326,11 @@ fn mixing_identical_copies_of_the_seed_gives_the_seeds_logits() {
             .map(|(x, y)| (x - y).abs())
             .fold(0f32, f32::max);
         // The gates of a token sum to 1 up to float rounding; nothing else differs.
-        assert!(diff < 2e-6, "{n} copies: logits differ by {diff}");
+        assert!(
+            diff < 2e-6,
+            "{n} copies, attention {}: logits differ by {diff}",
+            attention.name()
+        );
     }
 }
 
@@ -496,4 +522,38 @@ fn outputs_never_touch_inputs_and_replace_only_when_asked_and_whole() {
     mix(&seed, std::slice::from_ref(&e1), &other, &out).unwrap();
     assert_ne!(weights(&out), made);
     Model::load(&out, &Device::flex()).unwrap();
+}
+
+#[test]
+fn attention_experts_refuse_what_cannot_pair_one_per_model() {
+    let d = tmp("attn-refuse");
+    let seed = make(&d.join("seed"), 1, &cfg());
+    let e = make(&d.join("math"), 2, &cfg());
+    for (split, non_ffn, what) in [
+        (2, btx_mix::NonFfn::Average, "split"),
+        (1, btx_mix::NonFfn::Seed, "non_ffn = seed"),
+    ] {
+        let opts = MixOptions {
+            split,
+            non_ffn,
+            top_k: 1,
+            attention: AttnMix::Experts,
+            ..Default::default()
+        };
+        let out = d.join(format!("out{split}"));
+        let err = mix(&seed, std::slice::from_ref(&e), &opts, &out)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(what) && err.contains("attention"), "{err}");
+        assert!(!out.exists());
+    }
+    // Labels default to the directories' names, the seed as generalist last.
+    let opts = MixOptions {
+        generalist: true,
+        top_k: 1,
+        ..Default::default()
+    };
+    mix(&seed, &[e], &opts, &d.join("ok")).unwrap();
+    let c = ModelConfig::load(&d.join("ok/config.json")).unwrap();
+    assert_eq!(c.expert_labels, ["math", "generalist"]);
 }
