@@ -21,8 +21,13 @@ pub enum RouterInit {
     Random { std: f64, seed: u64 },
     /// All zeros: uniform routing until the router learns.
     Zero,
-    /// Given rows per layer (`[E, hidden]` each), e.g. from [`crate::router::domain_mean_rows`].
-    Rows(Vec<HostTensor>),
+    /// Given rows per layer (`[E, hidden]` each), e.g. from [`crate::router::domain_mean_rows`]:
+    /// for the MoE routers, and for attention experts' routers (`[models, hidden]`; empty: they
+    /// start at zero, a uniform mixture).
+    Rows {
+        ffn: Vec<HostTensor>,
+        attn: Vec<HostTensor>,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -450,7 +455,16 @@ pub fn mix(seed: &Path, experts: &[PathBuf], opts: &MixOptions, out: &Path) -> R
         });
     }
     cfg.expert_labels = expert_labels(experts, opts, num_experts)?;
-    if let RouterInit::Rows(r) = &opts.router_init {
+    if let RouterInit::Rows { ffn: r, attn } = &opts.router_init {
+        if !attn.is_empty()
+            && (attn.len() != cfg.num_layers
+                || attn.iter().any(|t| t.shape != [m, cfg.hidden_size]))
+        {
+            return Err(MixError::Options(format!(
+                "attention router rows must be {} tensors of [{m}, {}]",
+                cfg.num_layers, cfg.hidden_size
+            )));
+        }
         if r.len() != cfg.num_layers || r.iter().any(|t| t.shape != [num_experts, cfg.hidden_size])
         {
             return Err(MixError::Options(format!(
@@ -495,7 +509,7 @@ pub fn mix(seed: &Path, experts: &[PathBuf], opts: &MixOptions, out: &Path) -> R
                         .collect();
                     sink.f32(&v)
                 }
-                RouterInit::Rows(rows) => sink.f32(&rows[layer].data),
+                RouterInit::Rows { ffn, .. } => sink.f32(&ffn[layer].data),
             },
             ParamKind::Ffn {
                 layer,
@@ -532,15 +546,15 @@ pub fn mix(seed: &Path, experts: &[PathBuf], opts: &MixOptions, out: &Path) -> R
                 )
                 .map_err(into_model_err)
             }
-            // Domain-mean rows are statistics of the FFN inputs; the attention router then
-            // starts uniform (every attention expert weighted 1/E).
-            ParamKind::AttnRouter { .. } => match &opts.router_init {
+            ParamKind::AttnRouter { layer } => match &opts.router_init {
                 RouterInit::Random { std, .. } => {
                     let r = attn_rng.as_mut().expect("rng for random init");
                     let v: Vec<f32> = (0..m * d).map(|_| (r.normal() * std) as f32).collect();
                     sink.f32(&v)
                 }
-                RouterInit::Zero | RouterInit::Rows(_) => sink.f32(&vec![0.0; m * d]),
+                RouterInit::Rows { attn, .. } if !attn.is_empty() => sink.f32(&attn[layer].data),
+                // No rows for them: a uniform mixture (every attention expert weighted 1/E).
+                RouterInit::Zero | RouterInit::Rows { .. } => sink.f32(&vec![0.0; m * d]),
             },
         }
     })?;

@@ -3,7 +3,7 @@
 //!
 //! For each expert i with domain text, run that expert's own model over a sample of its domain
 //! and take h_i^l, the mean over tokens of the input of layer l's FFN (the post-attention RMSNorm
-//! output). With h̄^l the mean of the h_i^l over domain experts and r^l the mean of ||h_i^l||:
+//! output; for attention experts' routers, of layer l's attention). With h̄^l the mean of the h_i^l over domain experts and r^l the mean of ||h_i^l||:
 //!
 //!   W^l[i] = scale * (h_i^l - h̄^l) / (||h_i^l - h̄^l|| * r^l)
 //!
@@ -14,19 +14,28 @@
 use btx_model::io::HostTensor;
 use btx_model::{to_vec, ForwardOpts, Model};
 
-/// Per-layer mean FFN input of `model` over `windows` (each a token window of equal length).
-pub fn mean_ffn_inputs(model: &Model, windows: &[Vec<i64>]) -> Vec<Vec<f64>> {
+/// Per-layer mean inputs of a model's routers over a sample of text.
+pub struct BlockInputs {
+    /// `[layer][d]`: mean attention input (the input RMSNorm output; an attention router's).
+    pub attn: Vec<Vec<f64>>,
+    /// `[layer][d]`: mean FFN input (the post-attention RMSNorm output; the MoE router's).
+    pub ffn: Vec<Vec<f64>>,
+}
+
+/// Per-layer mean attention and FFN inputs of `model` over `windows` (token windows of equal
+/// length).
+pub fn mean_inputs(model: &Model, windows: &[Vec<i64>]) -> BlockInputs {
     let l = model.cfg.num_layers;
     let d = model.cfg.hidden_size;
-    let mut sums = vec![vec![0f64; d]; l];
+    let mut attn = vec![vec![0f64; d]; l];
+    let mut ffn = vec![vec![0f64; d]; l];
     let mut n = 0usize;
     let opts = ForwardOpts {
-        capture_ffn_inputs: true,
+        capture_inputs: true,
         ..Default::default()
     };
-    for w in windows {
-        let out = model.forward(w, 1, w.len(), &opts, None);
-        for (layer, h) in out.ffn_inputs.into_iter().enumerate() {
+    let add = |sums: &mut Vec<Vec<f64>>, hs: Vec<btx_model::burn::prelude::Tensor<2>>| {
+        for (layer, h) in hs.into_iter().enumerate() {
             let v = to_vec(h);
             for row in v.chunks_exact(d) {
                 for (s, x) in sums[layer].iter_mut().zip(row) {
@@ -34,11 +43,17 @@ pub fn mean_ffn_inputs(model: &Model, windows: &[Vec<i64>]) -> Vec<Vec<f64>> {
                 }
             }
         }
+    };
+    for w in windows {
+        let out = model.forward(w, 1, w.len(), &opts, None);
+        add(&mut attn, out.attn_inputs);
+        add(&mut ffn, out.ffn_inputs);
         n += w.len();
     }
-    sums.iter_mut()
-        .for_each(|s| s.iter_mut().for_each(|x| *x /= n.max(1) as f64));
-    sums
+    for s in attn.iter_mut().chain(ffn.iter_mut()) {
+        s.iter_mut().for_each(|x| *x /= n.max(1) as f64);
+    }
+    BlockInputs { attn, ffn }
 }
 
 /// Router rows per layer (`[E, d]`) from per-expert mean FFN inputs; `None` marks an expert

@@ -67,8 +67,9 @@ pub struct ForwardOpts {
     /// and its positions start after them.
     pub pads: Option<Vec<usize>>,
     /// Keep each layer's FFN input (the post-attention RMSNorm output) in
-    /// [`ForwardOut::ffn_inputs`] (router initialisation, routing analysis).
-    pub capture_ffn_inputs: bool,
+    /// [`ForwardOut::ffn_inputs`] and its attention input in [`ForwardOut::attn_inputs`]
+    /// (router initialisation).
+    pub capture_inputs: bool,
 }
 
 pub struct ForwardOut {
@@ -76,8 +77,11 @@ pub struct ForwardOut {
     pub logits: Tensor<3>,
     /// One entry per MoE layer (empty for dense models).
     pub routers: Vec<RouterAux>,
-    /// `[B*T, d]` per layer when `capture_ffn_inputs` was set.
+    /// `[B*T, d]` per layer when `capture_inputs` was set.
     pub ffn_inputs: Vec<Tensor<2>>,
+    /// `[B*T, d]` per layer when `capture_inputs` was set: the attention's input (the input
+    /// RMSNorm output), what an attention router reads.
+    pub attn_inputs: Vec<Tensor<2>>,
     /// One entry per layer with attention experts (empty otherwise).
     pub attn_routers: Vec<AttnRouterAux>,
 }
@@ -88,6 +92,7 @@ pub struct Trunk {
     pub hidden: Tensor<2>,
     pub routers: Vec<RouterAux>,
     pub ffn_inputs: Vec<Tensor<2>>,
+    pub attn_inputs: Vec<Tensor<2>>,
     pub attn_routers: Vec<AttnRouterAux>,
 }
 
@@ -489,6 +494,7 @@ impl Model {
             logits,
             routers: trunk.routers,
             ffn_inputs: trunk.ffn_inputs,
+            attn_inputs: trunk.attn_inputs,
             attn_routers: trunk.attn_routers,
         }
     }
@@ -567,8 +573,12 @@ impl Model {
         let mut routers = Vec::new();
         let mut attn_routers = Vec::new();
         let mut ffn_inputs = Vec::new();
+        let mut attn_inputs = Vec::new();
         for (l, layer) in self.layers.iter().enumerate() {
             let (res, h) = Residual::norm(x, &layer.input_norm, cfg.rms_norm_eps);
+            if opts.capture_inputs {
+                attn_inputs.push(h.clone().detach());
+            }
             let lc = cache.as_deref_mut().map(|c| &mut c.layers[l]);
             let seq = SeqInfo {
                 b,
@@ -588,7 +598,7 @@ impl Model {
             };
             x = res.output(a);
             let (res, h) = Residual::norm(x, &layer.post_norm, cfg.rms_norm_eps);
-            if opts.capture_ffn_inputs {
+            if opts.capture_inputs {
                 ffn_inputs.push(h.clone().detach());
             }
             let f = match &layer.ffn {
@@ -605,6 +615,7 @@ impl Model {
             hidden: rms_norm(x, &self.norm, cfg.rms_norm_eps),
             routers,
             ffn_inputs,
+            attn_inputs,
             attn_routers,
         }
     }

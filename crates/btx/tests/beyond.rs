@@ -71,6 +71,7 @@ compute_matched = true
 [[finetune.variants]]
 name = "bam-shared-kv"
 attention = "experts-shared-kv"
+router_init = "domain-mean"
 compute_matched = true
 [[finetune.variants]]
 name = "anchored"
@@ -161,6 +162,15 @@ fn attention_experts_anchored_experts_and_opt_out_through_the_pipeline() {
     let k = "model.layers.0.self_attn.k_proj.weight";
     assert!(kv.contains_key(k) && kv[k] != math[k] && kv[k] != seed[k]);
     assert!(!kv.contains_key("model.layers.0.self_attn.experts.0.k_proj.weight"));
+    // Domain-mean routers: the attention router's rows come from each expert's mean attention
+    // input (the generalist's row is zero), not from the FFN router's.
+    let r = &kv["model.layers.0.self_attn.router.weight"];
+    let row = |i: usize| &r[i * 32..(i + 1) * 32];
+    assert!(row(0).iter().any(|x| *x != 0.0) && row(2).iter().all(|x| *x == 0.0));
+    assert_ne!(r, &kv["model.layers.0.block_sparse_moe.gate.weight"]);
+    assert!(bam["model.layers.0.self_attn.router.weight"]
+        .iter()
+        .any(|x| *x != 0.0));
 
     // Anchored experts: attention, embeddings and head are the seed's, bit for bit; the FFNs
     // and norms trained.

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use btx_data::mixture::eval_windows;
 use btx_data::DataDir;
-use btx_mix::router::{domain_mean_rows, mean_ffn_inputs};
+use btx_mix::router::{domain_mean_rows, mean_inputs};
 use btx_mix::{average, mix, upcycle, MixOptions, RouterInit};
 use btx_model::burn::prelude::Device;
 use btx_model::{Existing, Model, Routing};
@@ -128,7 +128,8 @@ pub fn routing_of(name: &str, capacity_factor: f64) -> Result<Routing> {
     })
 }
 
-/// Router rows from each expert's mean FFN input on a sample of its domain (see btx_mix::router).
+/// Router rows from each expert's mean FFN input on a sample of its domain, and for attention
+/// experts' routers from its mean attention input (see btx_mix::router).
 pub fn domain_mean_init(
     experts: &[PathBuf],
     domains: &[String],
@@ -145,19 +146,24 @@ pub fn domain_mean_init(
         );
     }
     let data = DataDir::open(data)?;
-    let mut means = vec![];
+    let (mut ffn, mut attn) = (vec![], vec![]);
     for (e, d) in experts.iter().zip(domains) {
         let model = Model::load(e, &Device::flex())?;
         let shard = data.shard(d, "train")?;
         let windows = eval_windows(&shard, 128, 16);
-        let m = Some(mean_ffn_inputs(&model, &windows));
+        let m = mean_inputs(&model, &windows);
         // Split experts share their model's row (each chunk of the FFN sees the same inputs).
-        means.extend(std::iter::repeat_n(m, split));
+        ffn.extend(std::iter::repeat_n(Some(m.ffn), split));
+        attn.push(Some(m.attn));
     }
     if generalist {
-        means.extend(std::iter::repeat_n(None, split));
+        ffn.extend(std::iter::repeat_n(None, split));
+        attn.push(None);
     }
-    Ok(RouterInit::Rows(domain_mean_rows(&means, scale)))
+    Ok(RouterInit::Rows {
+        ffn: domain_mean_rows(&ffn, scale),
+        attn: domain_mean_rows(&attn, scale),
+    })
 }
 
 fn options(r: &RouteArgs, init: RouterInit) -> Result<MixOptions> {
