@@ -289,6 +289,14 @@ impl ModelConfig {
         Ok(c)
     }
 
+    /// Inference FLOPs of one token at `context` positions: 2 per active matmul weight (the
+    /// embedding lookup is not a matmul; a tied head is) plus the attention products (QK^T and
+    /// PV, 2 x q_dim x context each, per layer and per attention expert).
+    pub fn infer_flops_per_token(&self, context: usize) -> f64 {
+        // Training counts a causal window of T (mean context T/2) at three passes.
+        self.train_flops_per_token(2 * context) / 3.0
+    }
+
     /// Floats of KV cache per token (all layers): keys and values of every KV projection.
     pub fn kv_cache_floats_per_token(&self) -> usize {
         let sets = self.attn_experts.map_or(1, |a| a.kv_sets());

@@ -216,6 +216,25 @@ pub struct Plan {
     pub replicas: usize,
 }
 
+impl Plan {
+    /// The labels of a MiX's `n` experts in this plan (the domains, then `generalist`, each
+    /// repeated for a split FFN); empty when `n` does not fit that layout (blended experts).
+    pub fn expert_labels(&self, n: usize) -> Vec<String> {
+        let mut models = self.domains.clone();
+        if self.generalist {
+            models.push("generalist".into());
+        }
+        if models.is_empty() || !n.is_multiple_of(models.len()) {
+            return vec![];
+        }
+        let split = n / models.len();
+        models
+            .iter()
+            .flat_map(|m| std::iter::repeat_n(m.clone(), split))
+            .collect()
+    }
+}
+
 fn fingerprint(kind: &StageKind, dep_fps: &[&str]) -> String {
     let mut h = Sha256::new();
     h.update(PLAN_VERSION);

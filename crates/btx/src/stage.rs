@@ -399,7 +399,11 @@ fn execute(
             let data_dir = DataDir::open(&data_root(run, plan.stage(data)?))?;
             let domains = data_dir.domains();
             let d = model_of(model)?;
-            let m = Model::load(&d, dev).with_context(|| format!("loading {}", d.display()))?;
+            let mut m = Model::load(&d, dev).with_context(|| format!("loading {}", d.display()))?;
+            if m.cfg.expert_labels.is_empty() {
+                // A MiX from before btx_experts: the plan knows the expert order.
+                m.cfg.expert_labels = plan.expert_labels(m.cfg.num_experts());
+            }
             let full = evaluate(&m, &data_dir, &domains, spec)?;
             let mut labels = m.cfg.expert_labels.clone();
             labels.dedup();

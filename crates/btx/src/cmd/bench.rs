@@ -1,7 +1,7 @@
 //! `btx bench train|generate`: time full train steps (forward, backward, AdamW) or KV-cache
 //! decoding of the standard presets. Benchmarks only — tests never time anything.
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use btx_data::{Batch, BatchSource, FixedBatches};
 use btx_model::burn::prelude::Device;
 use btx_model::fused::gemm_clock;
@@ -93,6 +93,10 @@ pub enum BenchCmd {
     Generate {
         #[arg(long, default_value = "S")]
         preset: String,
+        /// Decode with this model directory instead of a random preset (prints its costs:
+        /// parameters, FLOPs and KV cache per token).
+        #[arg(long)]
+        model: Option<std::path::PathBuf>,
         #[arg(long, default_value_t = 128)]
         tokens: usize,
         #[arg(long, default_value_t = 1)]
@@ -913,12 +917,25 @@ pub fn run(cmd: BenchCmd, dev: &Device, device: &str) -> Result<()> {
         }
         BenchCmd::Generate {
             preset: name,
+            model: dir,
             tokens,
             batch,
             json,
         } => {
-            let (cfg, _, _) = preset(&name)?;
-            let model = Model::init(&cfg, 0, dev)?;
+            let (model, name) = match &dir {
+                Some(d) => (
+                    Model::load(d, dev).with_context(|| format!("loading {}", d.display()))?,
+                    d.display().to_string(),
+                ),
+                None => (Model::init(&preset(&name)?.0, 0, dev)?, name),
+            };
+            let cfg = model.cfg.clone();
+            if tokens + 16 > cfg.max_position_embeddings {
+                bail!(
+                    "--tokens {tokens} after a 16-token prompt exceeds the model's {} positions\nhint: fewer --tokens",
+                    cfg.max_position_embeddings
+                );
+            }
             let prompts: Vec<Vec<i64>> = random_batches(cfg.vocab_size, batch, 16, 1)[0]
                 .ids
                 .chunks(16)
@@ -930,14 +947,25 @@ pub fn run(cmd: BenchCmd, dev: &Device, device: &str) -> Result<()> {
             let out = generate(&model, &prompts, tokens, &s, None, |_, _| false);
             let dt = t0.elapsed().as_secs_f64();
             let n: usize = out.iter().map(Vec::len).sum();
+            let ctx = 16 + tokens / 2;
             let r = json!({"preset": name, "threads": threads, "batch": batch,
-                "tokens": n, "seconds": dt, "tokens_per_s": n as f64 / dt, "peak_rss_mb": peak_rss_mb()});
+                "tokens": n, "seconds": dt, "tokens_per_s": n as f64 / dt, "peak_rss_mb": peak_rss_mb(),
+                "total_params": cfg.total_params(), "active_params": cfg.active_params(),
+                "flops_per_token": cfg.infer_flops_per_token(ctx), "mean_context": ctx,
+                "kv_cache_bytes_per_token": 4 * cfg.kv_cache_floats_per_token()});
             if json {
                 outln!("{r}");
             } else {
                 outln!(
                     "generate {name}: batch {batch}, {threads} thread(s): {n} tokens in {dt:.2}s = {:.1} tokens/s",
                     n as f64 / dt
+                );
+                outln!(
+                    "  {:.3}M parameters ({:.3}M active), {:.2} MFLOPs per token at context {ctx}, KV cache {} bytes per token",
+                    cfg.total_params() as f64 / 1e6,
+                    cfg.active_params() as f64 / 1e6,
+                    cfg.infer_flops_per_token(ctx) / 1e6,
+                    4 * cfg.kv_cache_floats_per_token()
                 );
             }
         }
