@@ -1,7 +1,8 @@
-//! Attention experts (BAM) train and resume: every attention expert and its router gets
-//! gradients, the loss falls, and a run stopped halfway and resumed from its checkpoint ends
-//! bit-identical to one that ran straight through (both the per-expert and the shared-KV
-//! variant).
+//! Beyond the paper, in the trainer: attention experts (BAM) train and resume — every attention
+//! expert and its router gets gradients, and a run stopped halfway and resumed from its
+//! checkpoint ends bit-identical to one that ran straight through (both the per-expert and the
+//! shared-KV variant); anchored experts (attention, embeddings and head frozen) resume
+//! bit-exactly with the anchor untouched.
 
 use btx_data::{Batch, FixedBatches};
 use btx_model::burn::prelude::Device;
@@ -104,4 +105,45 @@ fn attention_experts_train_and_resume_bit_exactly() {
             "shared_kv={shared_kv}: resumed run differs"
         );
     }
+}
+
+#[test]
+fn anchored_experts_resume_bit_exactly_with_the_anchor_untouched() {
+    let mut c = ModelConfig::llama(61, 32, 48, 2, 4, 2, 64);
+    c.tie_word_embeddings = false;
+    let init = Model::init(&c, 4, &Device::flex()).unwrap();
+    let mut tc = config();
+    // What the planner freezes for `experts = "anchored"`.
+    tc.train.freeze = vec![
+        "model.layers.*.self_attn.*".into(),
+        "model.embed_tokens.weight".into(),
+        "lm_head.weight".into(),
+    ];
+    let straight = Scratch::new("anchored-straight");
+    train(
+        init.clone(),
+        &mut data(),
+        &tc,
+        &straight,
+        &opts(false, None),
+    )
+    .unwrap();
+    let a = Model::load(&straight.join("model"), &Device::flex()).unwrap();
+    for ((n, before), (_, after)) in bits(&init).iter().zip(bits(&a)) {
+        let anchor =
+            n.contains(".self_attn.") || n.contains("embed_tokens") || n == "lm_head.weight";
+        assert_eq!(before == &after, anchor, "{n}");
+    }
+    let halves = Scratch::new("anchored-halves");
+    train(
+        init.clone(),
+        &mut data(),
+        &tc,
+        &halves,
+        &opts(false, Some(3)),
+    )
+    .unwrap();
+    train(init, &mut data(), &tc, &halves, &opts(true, None)).unwrap();
+    let b = Model::load(&halves.join("model"), &Device::flex()).unwrap();
+    assert!(bits(&a) == bits(&b), "the resumed anchored run differs");
 }
