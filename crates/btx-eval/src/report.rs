@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 
 use crate::evaluate::EvalResult;
 use crate::findings::{diagnosis, Stats, Verdict};
-use crate::routing::RoutingReport;
+use crate::routing::{DomainRouting, RoutingReport};
 use crate::stats::{Estimate, DRAWS, LEVEL};
 
 /// Training and inference cost of one method.
@@ -223,6 +223,32 @@ fn pm(e: Option<Estimate>, scale: f64, digits: usize) -> String {
         ),
         None => "–".into(),
     }
+}
+
+/// A routing table: one row per domain (its share per expert, in percent, and an entropy).
+fn share_table(input: &ReportInput, experts: usize, rows: &[(&str, Vec<f64>, f64)]) -> String {
+    let mut s = String::from("| domain |");
+    for e in 0..experts {
+        let label = input
+            .expert_labels
+            .get(e)
+            .cloned()
+            .unwrap_or(format!("e{e}"));
+        let _ = write!(s, " {label} |");
+    }
+    s.push_str(" entropy |\n|---|");
+    for _ in 0..experts {
+        s.push_str("---:|");
+    }
+    s.push_str("---:|\n");
+    for (d, per, ent) in rows {
+        let _ = write!(s, "| {d} |");
+        for v in per {
+            let _ = write!(s, " {:.0}% |", 100.0 * v);
+        }
+        let _ = writeln!(s, " {ent:.2} |");
+    }
+    s
 }
 
 /// The paper-style table (loss and accuracy per domain, average), as markdown.
@@ -450,67 +476,41 @@ pub fn markdown(st: &Stats, verdicts: &[Verdict]) -> String {
                 r.num_experts,
                 (r.num_experts as f64).ln()
             );
-            let _ = write!(s, "| domain |");
-            for e in 0..r.num_experts {
-                let _ = write!(
-                    s,
-                    " {} |",
-                    input
-                        .expert_labels
-                        .get(e)
-                        .cloned()
-                        .unwrap_or(format!("e{e}"))
-                );
-            }
-            s.push_str(" entropy |\n|---|");
-            for _ in 0..r.num_experts {
-                s.push_str("---:|");
-            }
-            s.push_str("---:|\n");
-            for (d, dr) in &r.domains {
-                let layers = dr.topk_share.len().max(1);
-                let _ = write!(s, "| {d} |");
-                for e in 0..r.num_experts {
-                    let v: f64 = dr.topk_share.iter().map(|l| l[e]).sum::<f64>() / layers as f64;
-                    let _ = write!(s, " {:.0}% |", 100.0 * v);
-                }
-                let ent: f64 = dr.entropy.iter().sum::<f64>() / layers as f64;
-                let _ = writeln!(s, " {ent:.2} |");
-            }
+            // The FFN routers' top-k shares, and the attention routers' mean weights.
+            let rows = |shares: fn(&DomainRouting) -> (&Vec<Vec<f64>>, &Vec<f64>)| {
+                r.domains
+                    .iter()
+                    .map(|(d, dr)| {
+                        let (share, ent) = shares(dr);
+                        let layers = share.len().max(1) as f64;
+                        let per: Vec<f64> = (0..r.num_experts)
+                            .map(|e| {
+                                share
+                                    .iter()
+                                    .map(|l| l.get(e).copied().unwrap_or(0.0))
+                                    .sum::<f64>()
+                                    / layers
+                            })
+                            .collect();
+                        (d.as_str(), per, ent.iter().sum::<f64>() / layers)
+                    })
+                    .collect::<Vec<_>>()
+            };
+            s.push_str(&share_table(
+                input,
+                r.num_experts,
+                &rows(|dr| (&dr.topk_share, &dr.entropy)),
+            ));
             if r.domains.values().any(|dr| !dr.attn_share.is_empty()) {
                 let _ = writeln!(
                     s,
                     "\nAttention experts: mean weight the attention router gives each attention expert (soft: all run), averaged over layers; entropy in nats.\n"
                 );
-                let _ = write!(s, "| domain |");
-                for e in 0..r.num_experts {
-                    let label = input
-                        .expert_labels
-                        .get(e)
-                        .cloned()
-                        .unwrap_or(format!("e{e}"));
-                    let _ = write!(s, " {label} |");
-                }
-                s.push_str(" entropy |\n|---|");
-                for _ in 0..r.num_experts {
-                    s.push_str("---:|");
-                }
-                s.push_str("---:|\n");
-                for (d, dr) in &r.domains {
-                    let layers = dr.attn_share.len().max(1);
-                    let _ = write!(s, "| {d} |");
-                    for e in 0..r.num_experts {
-                        let v: f64 = dr
-                            .attn_share
-                            .iter()
-                            .map(|l| l.get(e).copied().unwrap_or(0.0))
-                            .sum::<f64>()
-                            / layers as f64;
-                        let _ = write!(s, " {:.0}% |", 100.0 * v);
-                    }
-                    let ent: f64 = dr.attn_entropy.iter().sum::<f64>() / layers as f64;
-                    let _ = writeln!(s, " {ent:.2} |");
-                }
+                s.push_str(&share_table(
+                    input,
+                    r.num_experts,
+                    &rows(|dr| (&dr.attn_share, &dr.attn_entropy)),
+                ));
             }
             let _ = writeln!(
                 s,

@@ -10,7 +10,7 @@ use btx_model::moa::MoA;
 use btx_model::model::{Attn, Ffn};
 use btx_model::moe::Moe;
 use btx_model::{to_vec, ForwardOpts, KvCache, Model, ModelConfig};
-use btx_testkit::Scratch;
+use btx_testkit::{max_diff, Scratch};
 
 const E: usize = 3;
 
@@ -24,13 +24,6 @@ fn ids(n: usize, seed: i64) -> Vec<i64> {
     (0..n as i64).map(|i| (i * 37 + seed * 11) % 97).collect()
 }
 
-fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-}
-
 fn random(shape: [usize; 2], std: f64) -> Tensor<2> {
     Tensor::<2>::random(
         shape,
@@ -39,11 +32,8 @@ fn random(shape: [usize; 2], std: f64) -> Tensor<2> {
     )
 }
 
-/// `dense` with every FFN as E identical experts and every attention as E identical attention
-/// experts (keys/values shared or not), routers random (large, so that routing is far from
-/// uniform and a wrong weighting would show).
-fn identical_experts(dense: &Model, shared_kv: bool) -> Model {
-    let mut c = dense.cfg.clone();
+/// `cfg` with E FFN experts (top-2) and E attention experts, labelled.
+fn with_experts(mut c: ModelConfig, shared_kv: bool) -> ModelConfig {
     c.moe = Some(MoeConfig {
         num_experts: E,
         top_k: 2,
@@ -54,8 +44,15 @@ fn identical_experts(dense: &Model, shared_kv: bool) -> Model {
         shared_kv,
     });
     c.expert_labels = vec!["code".into(), "math".into(), "generalist".into()];
+    c
+}
+
+/// `dense` with every FFN as E identical experts and every attention as E identical attention
+/// experts (keys/values shared or not), routers random (large, so that routing is far from
+/// uniform and a wrong weighting would show).
+fn identical_experts(dense: &Model, shared_kv: bool) -> Model {
     let mut m = dense.clone();
-    m.cfg = c;
+    m.cfg = with_experts(dense.cfg.clone(), shared_kv);
     for layer in &mut m.layers {
         let Ffn::Dense(mlp) = layer.ffn.clone() else {
             unreachable!()
@@ -81,17 +78,7 @@ fn identical_experts(dense: &Model, shared_kv: bool) -> Model {
 
 /// A model with attention experts whose experts all differ.
 fn distinct_experts(shared_kv: bool, seed: u64) -> Model {
-    let mut c = dense_cfg();
-    c.moe = Some(MoeConfig {
-        num_experts: E,
-        top_k: 2,
-        routing: Routing::TopK,
-    });
-    c.attn_experts = Some(AttnExpertsConfig {
-        num_experts: E,
-        shared_kv,
-    });
-    c.expert_labels = vec!["code".into(), "math".into(), "generalist".into()];
+    let c = with_experts(dense_cfg(), shared_kv);
     let mut m = Model::init(&c, seed, &Device::flex()).unwrap();
     // Init draws routers with std 0.02: make the routing decisive.
     for layer in &mut m.layers {

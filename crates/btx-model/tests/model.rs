@@ -8,7 +8,7 @@ use btx_model::generate::{generate, Sampling};
 use btx_model::model::Ffn;
 use btx_model::moe::Moe;
 use btx_model::{to_vec, ForwardOpts, KvCache, Model, ModelConfig};
-use btx_testkit::Scratch;
+use btx_testkit::{max_diff, Scratch};
 
 fn cfg(moe: bool) -> ModelConfig {
     let mut c = ModelConfig::llama(97, 32, 48, 2, 4, 2, 128);
@@ -26,13 +26,6 @@ fn cfg(moe: bool) -> ModelConfig {
 
 fn ids(n: usize, seed: i64) -> Vec<i64> {
     (0..n as i64).map(|i| (i * 37 + seed * 11) % 97).collect()
-}
-
-fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
 }
 
 fn tmp(tag: &str) -> Scratch {
