@@ -225,6 +225,10 @@ fn pm(e: Option<Estimate>, scale: f64, digits: usize) -> String {
     }
 }
 
+/// Which shares of a domain's routing a table shows: `[layer][expert]` shares and `[layer]`
+/// entropies.
+type Shares = fn(&DomainRouting) -> (&Vec<Vec<f64>>, &Vec<f64>);
+
 /// A routing table: one row per domain (its share per expert, in percent, and an entropy).
 fn share_table(input: &ReportInput, experts: usize, rows: &[(&str, Vec<f64>, f64)]) -> String {
     let mut s = String::from("| domain |");
@@ -477,7 +481,7 @@ pub fn markdown(st: &Stats, verdicts: &[Verdict]) -> String {
                 (r.num_experts as f64).ln()
             );
             // The FFN routers' top-k shares, and the attention routers' mean weights.
-            let rows = |shares: fn(&DomainRouting) -> (&Vec<Vec<f64>>, &Vec<f64>)| {
+            let rows = |shares: Shares| {
                 r.domains
                     .iter()
                     .map(|(d, dr)| {
