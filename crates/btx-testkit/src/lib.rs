@@ -64,6 +64,15 @@ impl AsRef<OsStr> for Scratch {
     }
 }
 
+/// The largest absolute difference between two equally long slices (what parity tests print).
+pub fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "compared slices differ in length");
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -92,13 +101,4 @@ mod tests {
         let a = Scratch::absent("testkit-absent");
         assert!(!a.exists());
     }
-}
-
-/// The largest absolute difference between two equally long slices (what parity tests print).
-pub fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len(), "compared slices differ in length");
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
 }
