@@ -14,6 +14,8 @@
 #    the same on the CPU beside it for comparison.
 # 2. pipeline: `btx run examples/quick.toml --device cuda` end to end (every stage on the GPU),
 #    then `btx status` (which GPU each stage used).
+#    Then attention experts (BAM, both variants) mixed from that run's experts: held-out loss on
+#    cuda against the CPU, and batched generation without an expert.
 # 3. speed: `btx bench compare --device cuda` — btx against PyTorch eager and torch.compile
 #    (f32, no TF32 on either side) on the CPU presets and the SmolLM2-135M shape.
 # 4. bf16 mixed precision: examples/tiny-train.toml for 1,000 steps in f32 and in bf16 (the two
@@ -96,6 +98,24 @@ step run-quick 300 "$BTX" --device cuda run examples/quick.toml --out "$OUT/run"
 awk 'NR == 1 || /^(seed|expert:|mix:|finetune:btx |report)/' "$OUT/run-status.txt" | sed 's/^/    /' | tee -a "$SUMMARY"
 if [ -f "$OUT/run/report.md" ]; then
     grep -A3 "avg loss" "$OUT/run/report.md" | head -4 | sed 's/^/    /' >>"$SUMMARY"
+fi
+
+# 2b. Attention experts (BAM) on the GPU: the quick run's experts mixed with attention experts
+# (per-expert and shared K/V), held-out loss on cuda against the CPU (both read the same model),
+# and generation without an expert (prune-experts' in-memory form) with the per-expert KV cache.
+if [ -d "$OUT/run/experts/math/model" ]; then
+    for att in experts experts-shared-kv; do
+        step "mix-$att" 60 "$BTX" mix --seed "$OUT/run/seed/model" \
+            --experts "$OUT/run/experts/math/model" "$OUT/run/experts/code/model" "$OUT/run/experts/knowledge/model" \
+            --domains math code knowledge --generalist --attention "$att" --out "$OUT/bam-$att" --force
+        for dev in cuda cpu; do
+            step "bam-$att-eval-$dev" 120 "$BTX" --device "$dev" eval --model "$OUT/bam-$att" \
+                --data "$OUT/run/data/tokens" --seq-len 128 --windows 16 --tasks 0
+        done
+        grep -E "^average" "$OUT/bam-$att-eval-cuda.log" "$OUT/bam-$att-eval-cpu.log" | sed 's/^/    /' | tee -a "$SUMMARY"
+        step "bam-$att-generate-cuda" 60 "$BTX" --device cuda generate --model "$OUT/bam-$att" \
+            --prompt "12 + 7 =" --prompt "def add(a, b):" --max-tokens 16 --without-expert math
+    done
 fi
 
 # 3. Speed against PyTorch on the same GPU.
