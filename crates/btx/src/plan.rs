@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::cmd::train::DataSection;
-use crate::recipe::{ExpertTraining, MixSpec, Recipe, TrainSpec};
+use crate::recipe::{Anchor, ExpertTraining, MixSpec, Recipe, TrainSpec};
 use btx_eval::Weighting;
 
 pub const PLAN_FILE: &str = "plan.json";
@@ -114,6 +114,8 @@ fn one() -> f64 {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 struct Family {
     training: ExpertTraining,
+    /// The anchored groups (anchored experts only).
+    anchor: Option<Anchor>,
     factor_permille: u32,
 }
 
@@ -121,8 +123,29 @@ impl Family {
     fn new(training: ExpertTraining, factor: f64) -> Self {
         Self {
             training,
+            anchor: (training == ExpertTraining::Anchored).then_some(Anchor::DEFAULT),
             factor_permille: (factor * 1000.0).round().max(1.0) as u32,
         }
+    }
+
+    fn of(v: &crate::recipe::Variant, factor: f64) -> Self {
+        Self {
+            anchor: v.anchor(),
+            ..Self::new(v.experts, factor)
+        }
+    }
+
+    /// `-<groups>` for anchored experts with other than the default anchor, else empty.
+    fn anchor_tag(&self) -> String {
+        match self.anchor {
+            Some(a) if a != Anchor::DEFAULT => format!("-{}", a.groups().join("-")),
+            _ => String::new(),
+        }
+    }
+
+    /// `expert`, `expert-ffn`, `expert-anchored` or `expert-anchored-<groups>`.
+    fn base(&self) -> String {
+        format!("{}{}", self.training.stage_prefix(), self.anchor_tag())
     }
 
     fn factor(&self) -> f64 {
@@ -131,17 +154,17 @@ impl Family {
 
     /// Stage (and method) prefix: `expert`, `expert-ffn`, `expert-x0.620`, ...
     fn prefix(&self) -> String {
-        let base = self.training.stage_prefix();
+        let base = self.base();
         if self.factor_permille == 1000 {
-            base.to_string()
+            base
         } else {
             format!("{base}-x{:.3}", self.factor())
         }
     }
 
-    /// Directory: `experts`, `expert-ffns`, `experts-x0.620`, ...
+    /// Directory: `experts`, `expert-ffns`, `expert-anchoreds[-<groups>]`, `experts-x0.620`, ...
     fn dir(&self) -> String {
-        let base = format!("{}s", self.training.stage_prefix());
+        let base = format!("{}s{}", self.training.stage_prefix(), self.anchor_tag());
         if self.factor_permille == 1000 {
             base
         } else {
@@ -303,20 +326,16 @@ pub fn moe_config(seed: &ModelConfig, n_models: usize, m: &MixSpec) -> ModelConf
     c
 }
 
-/// What an expert of this training keeps frozen at the seed's, by exact name: everything
-/// outside the FFNs (FFN-only), or the attention, embeddings and head (anchored).
-fn frozen_params(cfg: &ModelConfig, training: ExpertTraining) -> Vec<String> {
+/// What an expert of this family keeps frozen at the seed's, by exact name: everything outside
+/// the FFNs (FFN-only), or its anchored groups.
+fn frozen_params(cfg: &ModelConfig, fam: &Family) -> Vec<String> {
     btx_model::names::param_specs(cfg)
         .into_iter()
         .map(|s| s.name)
-        .filter(|n| match training {
-            ExpertTraining::Full => false,
-            ExpertTraining::FfnOnly => !n.contains(".mlp."),
-            ExpertTraining::Anchored => {
-                n.contains(".self_attn.")
-                    || n == "model.embed_tokens.weight"
-                    || n == "lm_head.weight"
-            }
+        .filter(|n| match (fam.training, fam.anchor) {
+            (ExpertTraining::FfnOnly, _) => !n.contains(".mlp."),
+            (ExpertTraining::Anchored, Some(a)) => a.holds(n),
+            _ => false,
         })
         .collect()
 }
@@ -578,7 +597,7 @@ impl Plan {
                         None => 1.0,
                         Some(share) => (1.0 - share) * budget.btx_flops / budget.expert_flops,
                     };
-                    Ok(Family::new(v.experts, factor))
+                    Ok(Family::of(v, factor))
                 };
                 let mut families = vec![Family::new(ExpertTraining::Full, 1.0)];
                 for v in variants {
@@ -594,9 +613,7 @@ impl Plan {
                     for d in &domains {
                         let name = format!("{prefix}:{d}{sfx}");
                         let mut spec = scaled(r.expert_spec(d)?, scale * fam.factor());
-                        spec.train
-                            .freeze
-                            .extend(frozen_params(&seed_cfg, fam.training));
+                        spec.train.freeze.extend(frozen_params(&seed_cfg, &fam));
                         b.train_from(
                             name.clone(),
                             format!("{pre}{}/{d}", fam.dir()),
@@ -922,5 +939,69 @@ mod tests {
         let n = dirs.len();
         dirs.dedup();
         assert_eq!(dirs.len(), n);
+        // Beyond the paper: BAM at BTX's FLOPs runs fewer finetune steps; anchored experts
+        // freeze FlexOlmo's anchor; every finetuned model has an opt-out stage at the base
+        // budget only.
+        assert!(steps("finetune:bam") < steps("finetune:btx"));
+        assert!(has("opt-out:btx@2") && has("opt-out:btx:anchored") && !has("opt-out:btx#x2"));
+        let frozen = |n: &str| match &plan.stage(n).unwrap().kind {
+            StageKind::Train { spec, .. } => spec.train.freeze.clone(),
+            _ => unreachable!(),
+        };
+        let f = frozen("expert-anchored:math");
+        assert!(f.contains(&"model.layers.0.self_attn.q_proj.weight".to_string()));
+        assert!(f.contains(&"model.embed_tokens.weight".to_string()));
+        assert!(
+            !f.iter().any(|n| n.contains("norm") || n.contains(".mlp.")),
+            "{f:?}"
+        );
+    }
+
+    /// A variant chooses what its anchored experts freeze; bad choices are refused up front.
+    #[test]
+    fn anchored_experts_freeze_the_chosen_groups() {
+        let base: toml::Value =
+            toml::from_str(include_str!("../../../examples/quick.toml")).unwrap();
+        let with = |variant: &str| -> Recipe {
+            let mut v = base.clone();
+            let extra: toml::Value = toml::from_str(&format!(
+                "[[finetune.variants]]\nname = \"btx\"\n[[finetune.variants]]\nname = \"a\"\n{variant}"
+            ))
+            .unwrap();
+            crate::recipe::deep_merge(&mut v, &extra);
+            v.try_into().unwrap()
+        };
+        let r = with("experts = \"anchored\"\nanchor = [\"attention\", \"norms\"]");
+        r.validate(Path::new("examples")).unwrap();
+        let plan = Plan::from_recipe(&r, Path::new("examples")).unwrap();
+        let s = plan.stage("expert-anchored-attention-norms:math").unwrap();
+        assert_eq!(s.dir, "expert-anchoreds-attention-norms/math");
+        let StageKind::Train { spec, .. } = &s.kind else {
+            unreachable!()
+        };
+        let f = &spec.train.freeze;
+        assert!(f.iter().any(|n| n.ends_with("input_layernorm.weight")));
+        assert!(f.iter().any(|n| n.contains(".self_attn.")));
+        assert!(
+            !f.iter().any(|n| n.contains("embed") || n.contains(".mlp.")),
+            "{f:?}"
+        );
+        for (variant, want) in [
+            (
+                "experts = \"anchored\"\nanchor = [\"ffn\"]",
+                "anchor group \"ffn\"",
+            ),
+            ("experts = \"anchored\"\nanchor = []", "at least one group"),
+            (
+                "anchor = [\"attention\"]",
+                "anchor goes with experts = \"anchored\"",
+            ),
+        ] {
+            let e = with(variant)
+                .validate(Path::new("examples"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(want), "{variant}: {e}");
+        }
     }
 }

@@ -143,10 +143,54 @@ pub enum ExpertTraining {
     /// are trained once per replica (stages `expert-ffn:<domain>`) and shared by every variant
     /// that asks for them.
     FfnOnly,
-    /// Attention, embeddings and the LM head stay the seed's (FlexOlmo's shared anchor); the
-    /// FFNs and norms train. With `attention = "experts"` the anchored attention experts start
-    /// identical; averaged, the attention is exactly the seed's. Stages `expert-anchored:<domain>`.
+    /// A chosen set of weights stays the seed's (the variant's `anchor`; default attention,
+    /// embeddings and LM head: FlexOlmo's shared anchor); the rest trains. Averaged, anchored
+    /// weights are exactly the seed's. Stages `expert-anchored:<domain>` (default anchor) or
+    /// `expert-anchored-<groups>:<domain>`.
     Anchored,
+}
+
+/// The weight groups an anchored expert may keep frozen, in the order of [`Anchor`]'s bits.
+pub const ANCHOR_GROUPS: [&str; 4] = ["attention", "embeddings", "head", "norms"];
+
+/// A set of [`ANCHOR_GROUPS`] as a bit mask (bit i = group i).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Anchor(pub u8);
+
+impl Anchor {
+    /// FlexOlmo's: attention, embeddings and head.
+    pub const DEFAULT: Anchor = Anchor(0b0111);
+
+    pub fn parse(groups: &[String]) -> Result<Self, String> {
+        let mut m = 0u8;
+        for g in groups {
+            let i = ANCHOR_GROUPS
+                .iter()
+                .position(|x| x == g)
+                .ok_or_else(|| format!("anchor group {g:?}: one of {ANCHOR_GROUPS:?}"))?;
+            m |= 1 << i;
+        }
+        if m == 0 {
+            return Err("anchor must name at least one group (or use experts = \"full\")".into());
+        }
+        Ok(Anchor(m))
+    }
+
+    pub fn groups(self) -> Vec<&'static str> {
+        (0..ANCHOR_GROUPS.len())
+            .filter(|i| self.0 & (1 << i) != 0)
+            .map(|i| ANCHOR_GROUPS[i])
+            .collect()
+    }
+
+    /// Whether the parameter `name` is in one of the anchored groups.
+    pub fn holds(self, name: &str) -> bool {
+        let is = |g: &str| self.groups().contains(&g);
+        (is("attention") && name.contains(".self_attn."))
+            || (is("embeddings") && name == "model.embed_tokens.weight")
+            || (is("head") && name == "lm_head.weight")
+            || (is("norms") && name.ends_with("norm.weight"))
+    }
 }
 
 impl ExpertTraining {
@@ -186,6 +230,10 @@ pub struct Variant {
     /// [`ExpertTraining`]).
     #[serde(default)]
     pub experts: ExpertTraining,
+    /// With `experts = "anchored"`: the groups frozen at the seed's while the experts train,
+    /// from `attention`, `embeddings`, `head`, `norms` (default the first three).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anchor: Option<Vec<String>>,
     #[serde(default)]
     pub lb_coef: Option<f64>,
     #[serde(default)]
@@ -208,6 +256,16 @@ pub struct Variant {
 }
 
 impl Variant {
+    /// The anchored groups of this variant's experts (None unless `experts = "anchored"`).
+    pub fn anchor(&self) -> Option<Anchor> {
+        (self.experts == ExpertTraining::Anchored).then(|| {
+            self.anchor
+                .as_ref()
+                .and_then(|a| Anchor::parse(a).ok())
+                .unwrap_or(Anchor::DEFAULT)
+        })
+    }
+
     pub fn mix(&self, base: &MixSpec) -> MixSpec {
         let mut m = base.clone();
         if let Some(r) = &self.routing {
@@ -669,6 +727,13 @@ impl Recipe {
                     p.push(format!(
                         "{at}: set either steps or finetune_share, not both"
                     ));
+                }
+            }
+            if let Some(a) = &v.anchor {
+                if v.experts != ExpertTraining::Anchored {
+                    p.push(format!("{at}: anchor goes with experts = \"anchored\""));
+                } else if let Err(e) = Anchor::parse(a) {
+                    p.push(format!("{at}: {e}"));
                 }
             }
             if v.compute_matched && (v.steps.is_some() || v.finetune_share.is_some()) {

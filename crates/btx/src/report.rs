@@ -39,10 +39,9 @@ fn training_stages<'a>(plan: &'a Plan, method: &str, sfx: &str) -> Vec<&'a Stage
         .collect();
     match method {
         "seed" => find("seed").into_iter().collect(),
-        m if ["expert:", "expert-ffn:", "expert-anchored:"]
-            .iter()
-            .any(|p| m.starts_with(p)) =>
-        {
+        // Expert families (`expert`, `expert-ffn`, `expert-anchored[-<groups>]`); rescaled
+        // ones (`expert-x<f>`) are not evaluated alone.
+        m if m.starts_with("expert") && m.contains(':') => {
             find(&format!("{m}{sfx}")).into_iter().collect()
         }
         m if m.starts_with("mix:") => mixed(&m["mix:".len()..]),
