@@ -115,6 +115,7 @@ fn sigterm_checkpoints_and_exits_75_then_resumes() {
         assert!(child.try_wait().unwrap().is_none(), "finished too early");
         std::thread::sleep(Duration::from_millis(1));
     }
+    // SAFETY: kill(2) on our own child's pid; no memory is involved.
     unsafe {
         libc::kill(child.id() as i32, libc::SIGTERM);
     }

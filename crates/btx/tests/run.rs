@@ -288,6 +288,7 @@ fn a_killed_expert_does_not_stop_its_siblings_and_resumes_next_run() {
         std::thread::sleep(Duration::from_millis(2));
     }
     let pid = read_pid(&run, "experts/math").expect("stage.json has the pid");
+    // SAFETY: kill(2) on the stage process's pid; no memory is involved.
     unsafe {
         libc::kill(pid, libc::SIGKILL);
     }
@@ -407,6 +408,7 @@ fn one_writer_per_run_stages_die_with_their_parent_and_cancel_checks_whom_it_sig
     parent.kill().unwrap();
     parent.wait().unwrap();
     let t0 = Instant::now();
+    // SAFETY: kill(2) with signal 0 only asks whether the pid exists.
     while unsafe { libc::kill(seed_pid, 0) } == 0 {
         assert!(
             t0.elapsed() < Duration::from_secs(60),

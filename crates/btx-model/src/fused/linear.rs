@@ -397,8 +397,8 @@ impl Backward<Flex, 2> for LinearBackward {
         let (dx, dw) = match (px.is_some(), pw.is_some()) {
             (true, true) => {
                 let mut dw = None;
-                // SAFETY: `share` hands over m*k writable elements in the mode given.
                 let dx = share(fan, m * k, |dst, mode| {
+                    // SAFETY: `share` hands over m*k writable elements in the mode given.
                     dw = Some(unsafe { both_grads(g, w, x, [m, k, n], (dst, mode)) });
                 });
                 (dx, dw)

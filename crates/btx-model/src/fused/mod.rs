@@ -118,8 +118,10 @@ pub(crate) fn plain_flex<const D: usize>(t: Tensor<D>) -> burn::backend::flex::F
 /// (documented at each use).
 #[derive(Clone, Copy)]
 pub(crate) struct SharedPtr(pub(crate) *mut f32);
-// SAFETY: used only for writes to disjoint regions.
+// SAFETY: used only for writes to disjoint regions (each use says which), so no two threads
+// touch the same element.
 unsafe impl Send for SharedPtr {}
+// SAFETY: as for Send: shared references only ever write disjoint elements.
 unsafe impl Sync for SharedPtr {}
 
 impl SharedPtr {

@@ -444,9 +444,9 @@ mod tests {
         let (mut da, mut db, mut h) = (out.clone(), out.clone(), out.clone());
         swiglu(&a, &b, &mut out);
         swiglu_backward(&a, &b, &g, &mut da, &mut db, Some(&mut h));
-        // SAFETY: all 37 elements of both were written.
         let bits = |v: &[MaybeUninit<f32>]| -> Vec<u32> {
             v.iter()
+                // SAFETY: all 37 elements of each buffer were written above.
                 .map(|x| unsafe { x.assume_init() }.to_bits())
                 .collect()
         };
