@@ -100,17 +100,17 @@ pub fn apply_rope(x: Tensor<4>, cos: &Tensor<4>, sin: &Tensor<4>) -> Tensor<4> {
     Tensor::cat(vec![a, b], 3)
 }
 
-/// Keys and values of earlier positions, `[B, KV, T_past, hd]`, for incremental decoding: one
-/// slot per key/value projection of the layer (one, or one per attention expert).
+/// Keys and values of earlier positions, `[B, KV, T_past, hd]`, for incremental decoding
+/// (attention experts: every expert's KV heads stacked, or the shared ones).
 #[derive(Clone, Debug, Default)]
 pub struct LayerCache {
-    pub kv: Vec<(Tensor<4>, Tensor<4>)>,
+    pub kv: Option<(Tensor<4>, Tensor<4>)>,
 }
 
 impl LayerCache {
     /// Positions already cached.
     pub fn len(&self) -> usize {
-        self.kv.first().map_or(0, |(k, _)| k.dims()[2])
+        self.kv.as_ref().map_or(0, |(k, _)| k.dims()[2])
     }
 
     pub fn is_empty(&self) -> bool {
@@ -183,20 +183,20 @@ pub fn self_attention_composite(
         crate::linear(x.clone(), w.k),
         crate::linear(x, w.v),
         seq,
-        cache.map(|c| (c, 0)),
+        cache,
     );
     let y = attend_composite(cfg, q, kv, seq);
     crate::linear(y, w.o)
 }
 
 /// The keys (RoPE applied) and values of this forward's projections `[B*T, KV*hd]`, after the
-/// cached ones of slot `slot` (which then holds them): `([B, KV, T_past + T, hd]` twice, T_past).
+/// cached ones (which the cache then holds): (`[B, KV, T_past + T, hd]` twice, T_past).
 pub fn cached_kv(
     cfg: &ModelConfig,
     k: Tensor<2>,
     v: Tensor<2>,
     seq: &SeqInfo<'_>,
-    cache: Option<(&mut LayerCache, usize)>,
+    cache: Option<&mut LayerCache>,
 ) -> (Tensor<4>, Tensor<4>, usize) {
     let SeqInfo { b, t, rope, .. } = *seq;
     let (kvh, hd) = (cfg.num_kv_heads, cfg.head_dim);
@@ -204,16 +204,13 @@ pub fn cached_kv(
     let mut k = apply_rope(heads(k), &rope.0, &rope.1);
     let mut v = heads(v);
     let mut pos0 = 0;
-    if let Some((c, slot)) = cache {
-        if let Some((pk, pv)) = c.kv.get(slot).cloned() {
+    if let Some(c) = cache {
+        if let Some((pk, pv)) = c.kv.take() {
             pos0 = pk.dims()[2];
             k = Tensor::cat(vec![pk, k], 2);
             v = Tensor::cat(vec![pv, v], 2);
-            c.kv[slot] = (k.clone(), v.clone());
-        } else {
-            assert_eq!(slot, c.kv.len(), "cache slots fill in order");
-            c.kv.push((k.clone(), v.clone()));
         }
+        c.kv = Some((k.clone(), v.clone()));
     }
     (k, v, pos0)
 }

@@ -35,74 +35,77 @@ impl MoA {
         self.q.len()
     }
 
-    /// The key/value projection expert `e` reads.
-    fn kv_of(&self, e: usize) -> usize {
-        if self.k.len() == self.q.len() {
-            e
-        } else {
-            0
-        }
-    }
-
-    /// `x: [B*T, d]` (the input norm's output) → `[B*T, d]`. With a cache, each KV projection
-    /// keeps its own slot.
+    /// `x: [B*T, d]` (the input norm's output) → `[B*T, d]`.
+    ///
+    /// The experts run as one attention over stacked heads: expert e's query heads are heads
+    /// `e*H..(e+1)*H` of a wider attention whose KV heads are every expert's (or the shared
+    /// ones, repeated per expert after the cache, so the cache holds one set), one output
+    /// projection over the gate-weighted concatenation. The same arithmetic as E separate
+    /// attentions summed, in a few large ops instead of many small ones (decoding is bound by
+    /// op count). The cache holds the stacked (or the shared) keys and values.
     pub fn forward(
         &self,
         cfg: &ModelConfig,
         x: Tensor<2>,
         seq: &SeqInfo<'_>,
-        mut cache: Option<&mut LayerCache>,
+        cache: Option<&mut LayerCache>,
     ) -> (Tensor<2>, AttnRouterAux) {
         let e = self.num_experts();
         let kv_sets = self.k.len();
-        // Every projection of x (router, keys, values, queries) in one call: on flex they share
-        // x's gradient in one pass.
-        let mut ws: Vec<&Tensor<2>> = vec![&self.router];
-        ws.extend(self.k.iter());
-        ws.extend(self.v.iter());
-        ws.extend(self.q.iter());
-        let mut proj = crate::linears(x.clone(), &ws).into_iter();
-        let logits = proj.next().expect("router");
-        let ks: Vec<Tensor<2>> = proj.by_ref().take(kv_sets).collect();
-        let vs: Vec<Tensor<2>> = proj.by_ref().take(kv_sets).collect();
-        let qs: Vec<Tensor<2>> = proj.collect();
-        let probs = crate::softmax_rows(logits);
-        let fused = cache.is_none() && seq.pads.is_none() && crate::fused::on_flex(&x);
-        let ys: Vec<Tensor<2>> = if fused {
-            let table = rope_table(seq.rope);
-            qs.into_iter()
-                .enumerate()
-                .map(|(i, q)| {
-                    let s = self.kv_of(i);
-                    attend_fused(cfg, q, ks[s].clone(), vs[s].clone(), seq.b, seq.t, &table)
-                })
-                .collect()
-        } else {
-            let kvs: Vec<_> = ks
-                .into_iter()
-                .zip(vs)
-                .enumerate()
-                .map(|(s, (k, v))| cached_kv(cfg, k, v, seq, cache.as_deref_mut().map(|c| (c, s))))
-                .collect();
-            qs.into_iter()
-                .enumerate()
-                .map(|(i, q)| attend_composite(cfg, q, kvs[self.kv_of(i)].clone(), seq))
-                .collect()
+        let shared = kv_sets != e;
+        let [n, _] = x.dims();
+        let cat = |ws: &[Tensor<2>], dim: usize| {
+            if ws.len() == 1 {
+                ws[0].clone()
+            } else {
+                Tensor::cat(ws.to_vec(), dim)
+            }
         };
-        let mut out: Option<Tensor<2>> = None;
-        for (i, y) in ys.into_iter().enumerate() {
-            let gate = probs.clone().narrow(1, i, 1);
-            let yi = crate::linear(y, &self.o[i]) * gate;
-            out = Some(match out {
-                None => yi,
-                Some(acc) => acc + yi,
-            });
-        }
-        debug_assert_eq!(e, self.o.len());
-        (
-            out.expect("at least one attention expert"),
-            AttnRouterAux { probs },
-        )
+        let (wq, wk, wv, wo) = (
+            cat(&self.q, 0),
+            cat(&self.k, 0),
+            cat(&self.v, 0),
+            cat(&self.o, 1),
+        );
+        // Every projection of x in one call: on flex they share x's gradient in one pass.
+        let [logits, k, v, q]: [Tensor<2>; 4] =
+            crate::linears(x.clone(), &[&self.router, &wk, &wv, &wq])
+                .try_into()
+                .expect("four projections");
+        let probs = crate::softmax_rows(logits);
+        // The stacked attention: E x H query heads over E x KV heads.
+        let mut wide = cfg.clone();
+        wide.num_heads = e * cfg.num_heads;
+        wide.num_kv_heads = e * cfg.num_kv_heads;
+        let repeat = |t: Tensor<2>| {
+            if shared && e > 1 {
+                Tensor::cat(vec![t; e], 1)
+            } else {
+                t
+            }
+        };
+        let y = if cache.is_none() && seq.pads.is_none() && crate::fused::on_flex(&x) {
+            let table = rope_table(seq.rope);
+            attend_fused(&wide, q, repeat(k), repeat(v), seq.b, seq.t, &table)
+        } else {
+            // Cache what the projections give (one model's K/V when shared), repeat after.
+            let own = if shared { cfg } else { &wide };
+            let (k, v, pos0) = cached_kv(own, k, v, seq, cache);
+            let (k, v) = if shared && e > 1 {
+                (Tensor::cat(vec![k; e], 1), Tensor::cat(vec![v; e], 1))
+            } else {
+                (k, v)
+            };
+            attend_composite(&wide, q, (k, v, pos0), seq)
+        };
+        // Each expert's block of y weighted by its gate, then one output projection.
+        let qd = cfg.q_dim();
+        let gates = probs
+            .clone()
+            .unsqueeze_dim::<3>(2)
+            .expand([n, e, qd])
+            .reshape([n, e * qd]);
+        (crate::linear(y * gates, &wo), AttnRouterAux { probs })
     }
 
     /// Keeps only the experts `keep` (in that order) and their router rows.

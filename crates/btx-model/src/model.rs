@@ -122,13 +122,12 @@ impl KvCache {
     /// stopped, so that the rest do not pay for them.
     pub fn keep_rows(&mut self, rows: &[usize]) {
         for l in &mut self.layers {
-            for (k, v) in &mut l.kv {
+            if let Some((k, v)) = l.kv.take() {
                 let idx = Tensor::<1, Int>::from_data(
                     TensorData::new(rows.iter().map(|&r| r as i64).collect(), [rows.len()]),
                     &k.device(),
                 );
-                *k = k.clone().select(0, idx.clone());
-                *v = v.clone().select(0, idx);
+                l.kv = Some((k.select(0, idx.clone()), v.select(0, idx)));
             }
         }
     }

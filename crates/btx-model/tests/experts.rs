@@ -1,6 +1,6 @@
 //! Attention experts (BAM) and expert removal: identical attention experts reproduce the dense
 //! model (both variants, training path and cached/padded generation path), KV-cache decoding
-//! equals a full forward with one cache slot per KV projection, checkpoints round-trip, and a
+//! equals a full forward with the experts' (or the shared) KV heads cached, checkpoints round-trip, and a
 //! removed expert's weights and router rows are gone while the others are untouched.
 
 use btx_model::burn::prelude::*;
@@ -138,8 +138,12 @@ fn attention_experts_decode_with_a_cache_per_kv_projection() {
             inc.extend(to_vec(step.logits));
         }
         assert_eq!(cache.len(), 12);
-        let slots = if shared_kv { 1 } else { E };
-        assert!(cache.layers.iter().all(|l| l.kv.len() == slots));
+        // Every expert's KV heads stacked in one cache, or the shared ones once.
+        let heads = if shared_kv { 2 } else { 2 * E };
+        assert!(cache
+            .layers
+            .iter()
+            .all(|l| l.kv.as_ref().unwrap().0.dims()[1] == heads));
         let d = max_diff(&full, &inc);
         assert!(
             d < 1e-4,
@@ -266,4 +270,63 @@ fn attention_experts_cost_what_the_config_says() {
         c.kv_cache_floats_per_token(),
         dense.kv_cache_floats_per_token()
     );
+}
+
+/// The stacked attention is BAM's definition, `sum_e softmax(R x)_e * Attn_e(x)`, computed
+/// expert by expert with the dense attention: distinct experts, both variants, on the fused
+/// (training) path and the cached composite path.
+#[test]
+fn attention_experts_compute_the_gate_weighted_sum_of_their_attentions() {
+    use btx_model::attention::{
+        rope_tables, self_attention_composite, AttnWeights, LayerCache, SeqInfo,
+    };
+    let cfg = dense_cfg();
+    let (b, t, d) = (2, 7, 32);
+    let dev = Device::flex();
+    let rope = rope_tables(&cfg, 0, t, None, &dev);
+    let seq = SeqInfo {
+        b,
+        t,
+        rope: &rope,
+        pads: None,
+    };
+    let x = random([b * t, d], 1.0);
+    for shared_kv in [false, true] {
+        let kv = if shared_kv { 1 } else { E };
+        let moa = MoA {
+            router: random([E, d], 1.0),
+            q: (0..E).map(|_| random([cfg.q_dim(), d], 0.2)).collect(),
+            k: (0..kv).map(|_| random([cfg.kv_dim(), d], 0.2)).collect(),
+            v: (0..kv).map(|_| random([cfg.kv_dim(), d], 0.2)).collect(),
+            o: (0..E).map(|_| random([d, cfg.q_dim()], 0.2)).collect(),
+        };
+        let probs = to_vec(btx_model::softmax_rows(btx_model::linear(
+            x.clone(),
+            &moa.router,
+        )));
+        let mut want = vec![0f32; b * t * d];
+        for e in 0..E {
+            let s = if shared_kv { 0 } else { e };
+            let w = AttnWeights {
+                q: &moa.q[e],
+                k: &moa.k[s],
+                v: &moa.v[s],
+                o: &moa.o[e],
+            };
+            let y = to_vec(self_attention_composite(&cfg, w, x.clone(), &seq, None));
+            for (i, out) in want.iter_mut().enumerate() {
+                *out += probs[(i / d) * E + e] * y[i];
+            }
+        }
+        let (fused, _) = moa.forward(&cfg, x.clone(), &seq, None);
+        let mut cache = LayerCache::default();
+        let (cached, _) = moa.forward(&cfg, x.clone(), &seq, Some(&mut cache));
+        for (path, got) in [("fused", fused), ("cached", cached)] {
+            let diff = max_diff(&want, &to_vec(got));
+            assert!(
+                diff < 1e-5,
+                "shared_kv={shared_kv}, {path}: differs from the definition by {diff}"
+            );
+        }
+    }
 }
