@@ -21,6 +21,10 @@ pub struct MoA {
     pub k: Vec<Tensor<2>>,
     pub v: Vec<Tensor<2>>,
     pub o: Vec<Tensor<2>>,
+    /// The stacked q, k, v and o of [`MoA::forward`], kept between inference calls (decoding
+    /// would otherwise copy every expert's weights once per token); never used on an autodiff
+    /// device, where each step's weights are new, and reset by [`crate::Model::map`].
+    stacked: std::sync::OnceLock<[Tensor<2>; 4]>,
 }
 
 /// What the attention router did on one forward (for the routing analysis).
@@ -31,6 +35,46 @@ pub struct AttnRouterAux {
 }
 
 impl MoA {
+    pub fn new(
+        router: Tensor<2>,
+        q: Vec<Tensor<2>>,
+        k: Vec<Tensor<2>>,
+        v: Vec<Tensor<2>>,
+        o: Vec<Tensor<2>>,
+    ) -> Self {
+        Self {
+            router,
+            q,
+            k,
+            v,
+            o,
+            stacked: Default::default(),
+        }
+    }
+
+    /// Forgets the stacked weights (after the weights changed).
+    pub fn reset_stacked(&mut self) {
+        self.stacked = Default::default();
+    }
+
+    /// Every expert's q, k and v projections stacked by rows, and the o projections by
+    /// columns.
+    fn stack(&self) -> [Tensor<2>; 4] {
+        let cat = |ws: &[Tensor<2>], dim: usize| {
+            if ws.len() == 1 {
+                ws[0].clone()
+            } else {
+                Tensor::cat(ws.to_vec(), dim)
+            }
+        };
+        [
+            cat(&self.q, 0),
+            cat(&self.k, 0),
+            cat(&self.v, 0),
+            cat(&self.o, 1),
+        ]
+    }
+
     pub fn num_experts(&self) -> usize {
         self.q.len()
     }
@@ -38,8 +82,8 @@ impl MoA {
     /// `x: [B*T, d]` (the input norm's output) → `[B*T, d]`.
     ///
     /// The experts run as one attention over stacked heads: expert e's query heads are heads
-    /// `e*H..(e+1)*H` of a wider attention whose KV heads are every expert's (or the shared
-    /// ones, repeated per expert after the cache, so the cache holds one set), one output
+    /// `e*H..(e+1)*H` of a wider attention whose KV heads are every expert's (with shared keys
+    /// and values, each KV group takes every expert's query heads of that group), one output
     /// projection over the gate-weighted concatenation. The same arithmetic as E separate
     /// attentions summed, in a few large ops instead of many small ones (decoding is bound by
     /// op count). The cache holds the stacked (or the shared) keys and values.
@@ -54,52 +98,45 @@ impl MoA {
         let kv_sets = self.k.len();
         let shared = kv_sets != e;
         let [n, _] = x.dims();
-        let cat = |ws: &[Tensor<2>], dim: usize| {
-            if ws.len() == 1 {
-                ws[0].clone()
-            } else {
-                Tensor::cat(ws.to_vec(), dim)
-            }
+        let [wq, wk, wv, wo] = if self.router.device().is_autodiff() {
+            self.stack()
+        } else {
+            self.stacked.get_or_init(|| self.stack()).clone()
         };
-        let (wq, wk, wv, wo) = (
-            cat(&self.q, 0),
-            cat(&self.k, 0),
-            cat(&self.v, 0),
-            cat(&self.o, 1),
-        );
         // Every projection of x in one call: on flex they share x's gradient in one pass.
         let [logits, k, v, q]: [Tensor<2>; 4] =
             crate::linears(x.clone(), &[&self.router, &wk, &wv, &wq])
                 .try_into()
                 .expect("four projections");
         let probs = crate::softmax_rows(logits);
-        // The stacked attention: E x H query heads over E x KV heads.
+        // The stacked attention: E x H query heads over E x KV heads, or with shared keys and
+        // values over the KV heads alone, every expert's query heads of a KV group joining
+        // that group (GQA with E times the group size): nothing repeated, one model's cache.
         let mut wide = cfg.clone();
         wide.num_heads = e * cfg.num_heads;
-        wide.num_kv_heads = e * cfg.num_kv_heads;
-        let repeat = |t: Tensor<2>| {
+        wide.num_kv_heads = if shared { kv_sets } else { e } * cfg.num_kv_heads;
+        let qd = cfg.q_dim();
+        let group = qd / cfg.num_kv_heads;
+        // Query columns expert-major [E, KV, group] <-> KV-major [KV, E, group].
+        let regroup = |t: Tensor<2>, from: [usize; 2]| {
             if shared && e > 1 {
-                Tensor::cat(vec![t; e], 1)
+                t.reshape([n, from[0], from[1], group])
+                    .swap_dims(1, 2)
+                    .reshape([n, e * qd])
             } else {
                 t
             }
         };
+        let q = regroup(q, [e, cfg.num_kv_heads]);
         let y = if cache.is_none() && seq.pads.is_none() && crate::fused::on_flex(&x) {
             let table = rope_table(seq.rope);
-            attend_fused(&wide, q, repeat(k), repeat(v), seq.b, seq.t, &table)
+            attend_fused(&wide, q, k, v, seq.b, seq.t, &table)
         } else {
-            // Cache what the projections give (one model's K/V when shared), repeat after.
-            let own = if shared { cfg } else { &wide };
-            let (k, v, pos0) = cached_kv(own, k, v, seq, cache);
-            let (k, v) = if shared && e > 1 {
-                (Tensor::cat(vec![k; e], 1), Tensor::cat(vec![v; e], 1))
-            } else {
-                (k, v)
-            };
-            attend_composite(&wide, q, (k, v, pos0), seq)
+            let kv = cached_kv(&wide, k, v, seq, cache);
+            attend_composite(&wide, q, kv, seq)
         };
+        let y = regroup(y, [cfg.num_kv_heads, e]);
         // Each expert's block of y weighted by its gate, then one output projection.
-        let qd = cfg.q_dim();
         let gates = probs
             .clone()
             .unsqueeze_dim::<3>(2)
@@ -116,20 +153,13 @@ impl MoA {
             TensorData::new(keep.iter().map(|&i| i as i64).collect(), [keep.len()]),
             &self.router.device(),
         );
-        Self {
-            router: self.router.clone().select(0, idx),
-            q: pick(&self.q),
-            k: if shared {
-                self.k.clone()
-            } else {
-                pick(&self.k)
-            },
-            v: if shared {
-                self.v.clone()
-            } else {
-                pick(&self.v)
-            },
-            o: pick(&self.o),
-        }
+        let kv = |v: &Vec<Tensor<2>>| if shared { v.clone() } else { pick(v) };
+        Self::new(
+            self.router.clone().select(0, idx),
+            pick(&self.q),
+            kv(&self.k),
+            kv(&self.v),
+            pick(&self.o),
+        )
     }
 }

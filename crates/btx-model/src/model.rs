@@ -191,7 +191,7 @@ impl Model {
                         }
                         o.push(next()?);
                     }
-                    Attn::Experts(MoA { router, q, k, v, o })
+                    Attn::Experts(MoA::new(router, q, k, v, o))
                 }
             };
             let post_norm = next()?;
@@ -354,6 +354,7 @@ impl Model {
                     }
                 }
                 Attn::Experts(m) => {
+                    m.reset_stacked();
                     g(&attn_router_name(l), &mut m.router);
                     let shared = m.k.len() != m.q.len();
                     if shared {

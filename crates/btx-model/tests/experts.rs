@@ -65,13 +65,13 @@ fn identical_experts(dense: &Model, shared_kv: bool) -> Model {
             unreachable!()
         };
         let kv = if shared_kv { 1 } else { E };
-        layer.attn = Attn::Experts(MoA {
-            router: random([E, 32], 1.0),
-            q: vec![q; E],
-            k: vec![k; kv],
-            v: vec![v; kv],
-            o: vec![o; E],
-        });
+        layer.attn = Attn::Experts(MoA::new(
+            random([E, 32], 1.0),
+            vec![q; E],
+            vec![k; kv],
+            vec![v; kv],
+            vec![o; E],
+        ));
     }
     m
 }
@@ -293,13 +293,13 @@ fn attention_experts_compute_the_gate_weighted_sum_of_their_attentions() {
     let x = random([b * t, d], 1.0);
     for shared_kv in [false, true] {
         let kv = if shared_kv { 1 } else { E };
-        let moa = MoA {
-            router: random([E, d], 1.0),
-            q: (0..E).map(|_| random([cfg.q_dim(), d], 0.2)).collect(),
-            k: (0..kv).map(|_| random([cfg.kv_dim(), d], 0.2)).collect(),
-            v: (0..kv).map(|_| random([cfg.kv_dim(), d], 0.2)).collect(),
-            o: (0..E).map(|_| random([d, cfg.q_dim()], 0.2)).collect(),
-        };
+        let moa = MoA::new(
+            random([E, d], 1.0),
+            (0..E).map(|_| random([cfg.q_dim(), d], 0.2)).collect(),
+            (0..kv).map(|_| random([cfg.kv_dim(), d], 0.2)).collect(),
+            (0..kv).map(|_| random([cfg.kv_dim(), d], 0.2)).collect(),
+            (0..E).map(|_| random([d, cfg.q_dim()], 0.2)).collect(),
+        );
         let probs = to_vec(btx_model::softmax_rows(btx_model::linear(
             x.clone(),
             &moa.router,
@@ -329,4 +329,20 @@ fn attention_experts_compute_the_gate_weighted_sum_of_their_attentions() {
             );
         }
     }
+}
+
+/// Inference keeps the experts' stacked weights between calls; a weight update (every update
+/// goes through `Model::map`) must not leave them stale.
+#[test]
+fn changed_weights_are_never_read_from_the_stacked_cache() {
+    let m = distinct_experts(false, 6);
+    let fresh = m.clone();
+    let x = ids(8, 2);
+    let fwd = |m: &Model| to_vec(m.forward(&x, 1, 8, &ForwardOpts::default(), None).logits);
+    let before = fwd(&m);
+    let halve = |n: &str, t: Tensor<2>| if n.contains("o_proj") { t * 0.5 } else { t };
+    let (m, fresh) = (m.map(halve), fresh.map(halve));
+    let (a, b) = (fwd(&m), fwd(&fresh));
+    assert_eq!(a, b);
+    assert_ne!(a, before);
 }
