@@ -4,10 +4,10 @@
 //! shared-KV variant); anchored experts (attention, embeddings and head frozen) resume
 //! bit-exactly with the anchor untouched.
 
-use btx_data::{Batch, FixedBatches};
+mod tiny;
+
 use btx_model::burn::prelude::Device;
 use btx_model::config::{AttnExpertsConfig, MoeConfig, Routing};
-use btx_model::rng::Rng;
 use btx_model::{Model, ModelConfig};
 use btx_testkit::Scratch;
 use btx_train::{train, TrainOpts, TrainerConfig};
@@ -26,18 +26,8 @@ fn cfg(shared_kv: bool) -> ModelConfig {
     c
 }
 
-fn data() -> FixedBatches {
-    let mut r = Rng::new(5);
-    FixedBatches::new(
-        (0..6)
-            .map(|_| Batch {
-                ids: (0..2 * 16).map(|_| r.below(61) as i64).collect(),
-                batch: 2,
-                seq: 16,
-                domains: vec![],
-            })
-            .collect(),
-    )
+fn data() -> btx_data::FixedBatches {
+    tiny::batches(6)
 }
 
 fn config() -> TrainerConfig {

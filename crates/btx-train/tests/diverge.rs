@@ -4,26 +4,16 @@
 //! checkpoint as the newest, nothing non-finite is written, and the learning rate may change on
 //! resume.
 
-use btx_data::{Batch, FixedBatches};
+mod tiny;
+
 use btx_model::burn::prelude::Device;
-use btx_model::rng::Rng;
 use btx_model::{Model, ModelConfig};
 use btx_testkit::Scratch;
 use btx_train::checkpoint::{find_latest, load};
 use btx_train::{train, TrainError, TrainOpts, TrainerConfig};
 
-fn data() -> FixedBatches {
-    let mut r = Rng::new(5);
-    FixedBatches::new(
-        (0..4)
-            .map(|_| Batch {
-                ids: (0..2 * 16).map(|_| r.below(61) as i64).collect(),
-                batch: 2,
-                seq: 16,
-                domains: vec![],
-            })
-            .collect(),
-    )
+fn data() -> btx_data::FixedBatches {
+    tiny::batches(4)
 }
 
 fn config(lr: f64, steps: usize) -> TrainerConfig {
