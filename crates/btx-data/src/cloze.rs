@@ -5,7 +5,7 @@
 //! sentences — enough items for a tight interval, where hand-made task sets have a few dozen.
 
 use crate::builtin::Task;
-use btx_model::rng::Rng;
+use btx_core::rng::Rng;
 
 /// Characters of context before the answer, at most (cut back to a whitespace boundary).
 pub const CONTEXT_CHARS: usize = 300;

@@ -25,7 +25,7 @@ pub enum DataError {
     #[error("{0}")]
     Invalid(String),
     #[error(transparent)]
-    Model(#[from] btx_model::ModelError),
+    Output(#[from] btx_core::outdir::OutputError),
 }
 
 pub fn io_err(path: &Path, source: std::io::Error) -> DataError {

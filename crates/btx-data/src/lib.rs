@@ -5,7 +5,6 @@ pub mod cloze;
 pub mod corpus;
 pub mod error;
 pub mod gguf;
-pub mod gguf_import;
 pub mod mixture;
 pub mod prepare;
 pub mod shard;

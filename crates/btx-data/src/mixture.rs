@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use btx_model::rng::Rng;
+use btx_core::rng::Rng;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 

@@ -13,8 +13,8 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use btx_model::outdir::{Existing, OutDir};
-use btx_model::rng::Rng;
+use btx_core::outdir::{Existing, OutDir};
+use btx_core::rng::Rng;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 

@@ -2,9 +2,9 @@
 
 use std::path::Path;
 
+use btx_core::outdir::Existing;
 use btx_data::prepare::{split_docs, DomainConfig, TokenizerConfig};
 use btx_data::{prepare, BatchSource, DataDir, MixConfig, Mixture, PrepareConfig, Tok};
-use btx_model::Existing;
 use btx_testkit::Scratch;
 
 fn tmp(tag: &str) -> Scratch {

@@ -7,7 +7,7 @@
 //! one method's loss, or the difference between two methods (paired) — is recomputed on it.
 //! The interval is the percentile interval of those recomputations.
 
-use btx_model::rng::Rng;
+use btx_core::rng::Rng;
 
 /// Bootstrap draws per interval.
 pub const DRAWS: usize = 2000;

@@ -8,6 +8,8 @@ pub type Result<T, E = MixError> = std::result::Result<T, E>;
 pub enum MixError {
     #[error(transparent)]
     Model(#[from] btx_model::ModelError),
+    #[error(transparent)]
+    Output(#[from] btx_core::outdir::OutputError),
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,

@@ -5,7 +5,7 @@ pub mod error;
 pub mod merge;
 pub mod router;
 
-pub use btx_model::outdir::Existing;
+pub use btx_core::outdir::Existing;
 pub use error::{MixError, Result};
 pub use merge::{
     average, check_compatible, mix, upcycle, AttnMix, MixOptions, MixSummary, NonFfn, RouterInit,

@@ -4,10 +4,10 @@
 
 use std::path::{Path, PathBuf};
 
+use btx_core::outdir::{Existing, OutDir};
+use btx_core::rng::Rng;
 use btx_model::io::{write_checkpoint_with, HostTensor, TensorReader, TensorSink};
 use btx_model::names::{attn_name, ffn_name, param_kind, param_specs, ParamKind};
-use btx_model::outdir::{Existing, OutDir};
-use btx_model::rng::Rng;
 use btx_model::{AttnExpertsConfig, ModelConfig, MoeConfig, Routing};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};

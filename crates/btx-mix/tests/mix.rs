@@ -4,11 +4,11 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use btx_core::outdir::Existing;
 use btx_mix::router::domain_mean_rows;
 use btx_mix::{average, mix, upcycle, AttnMix, MixOptions, RouterInit};
 use btx_model::burn::prelude::Device;
 use btx_model::io::HostTensor;
-use btx_model::Existing;
 use btx_model::{to_vec, ForwardOpts, Model, ModelConfig, Routing};
 use btx_testkit::Scratch;
 

@@ -51,12 +51,8 @@ pub enum ModelError {
     },
     #[error("{msg}")]
     Invalid { msg: String },
-    #[error("{path}: {msg}\nhint: {hint}")]
-    Output {
-        path: PathBuf,
-        msg: String,
-        hint: String,
-    },
+    #[error(transparent)]
+    Output(#[from] btx_core::outdir::OutputError),
 }
 
 impl ModelError {

@@ -2,8 +2,8 @@
 //! nucleus (top-p) sampling, per-row stopping.
 
 use crate::model::{ForwardOpts, KvCache, Model};
-use crate::rng::Rng;
 use crate::to_vec;
+use btx_core::rng::Rng;
 
 #[derive(Clone, Debug)]
 pub struct Sampling {

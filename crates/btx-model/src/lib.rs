@@ -12,9 +12,7 @@ pub mod moa;
 pub mod model;
 pub mod moe;
 pub mod names;
-pub mod outdir;
 pub mod precision;
-pub mod rng;
 pub mod spec;
 
 pub use burn;
@@ -22,7 +20,6 @@ pub use config::{AttnExpertsConfig, ModelConfig, MoeConfig, Routing};
 pub use error::{ModelError, Result};
 pub use io::{HostTensor, TensorReader};
 pub use model::{ForwardOpts, ForwardOut, KvCache, Model, Trunk};
-pub use outdir::{Existing, OutDir};
 pub use spec::ModelSpec;
 
 /// Copies a float tensor to the host as f32 values (row-major).

@@ -16,7 +16,7 @@ use crate::moe::{Mlp, Moe, RouteOpts, RouterAux};
 use crate::names::{
     attn_name, attn_router_name, ffn_name, layer_prefix, param_specs, router_name, ParamSpec,
 };
-use crate::rng::Rng;
+use btx_core::rng::Rng;
 
 // One Ffn per layer: the size difference between variants costs nothing worth a Box.
 #[allow(clippy::large_enum_variant)]

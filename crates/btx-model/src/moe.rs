@@ -11,7 +11,7 @@ use crate::softmax_rows;
 use burn::tensor::IndexingUpdateOp;
 
 use crate::config::Routing;
-use crate::rng::Rng;
+use btx_core::rng::Rng;
 
 /// A SwiGLU FFN in Hugging Face layout (`[out, in]` weights): `down(silu(gate x) * up x)`.
 #[derive(Clone, Debug)]

@@ -6,8 +6,9 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use btx_core::outdir::{Existing, OutDir};
 use btx_model::io::{read_all, write_tensors};
-use btx_model::{Existing, Model, OutDir};
+use btx_model::Model;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 

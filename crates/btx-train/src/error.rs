@@ -12,6 +12,8 @@ pub enum TrainError {
     },
     #[error(transparent)]
     Model(#[from] btx_model::ModelError),
+    #[error(transparent)]
+    Output(#[from] btx_core::outdir::OutputError),
     #[error("invalid training config: {0}")]
     Config(String),
     #[error("{path}: {msg}")]

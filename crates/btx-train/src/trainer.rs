@@ -6,12 +6,12 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use btx_core::rng::Rng;
 use btx_data::BatchSource;
 use btx_model::burn::prelude::*;
 use btx_model::loss::{hf_aux_loss, lb_paper, lm_head_loss, z_loss};
 use btx_model::moe::RouterAux;
 use btx_model::names::param_specs;
-use btx_model::rng::Rng;
 use btx_model::{to_vec, ForwardOpts, Model, Routing};
 use serde_json::{json, Value};
 
@@ -516,7 +516,7 @@ pub fn train(
 /// owns its output directory, so an older export is replaced).
 fn write_final_model(model: &Model, dir: &Path) -> Result<(), TrainError> {
     checkpoint::check_finite(model, dir)?;
-    let staged = btx_model::OutDir::create(dir, &[], btx_model::Existing::Replace)?;
+    let staged = btx_core::outdir::OutDir::create(dir, &[], btx_core::outdir::Existing::Replace)?;
     model.save(staged.path(), 4 << 30)?;
     staged.commit()?;
     Ok(())

@@ -5,10 +5,10 @@
 
 mod tiny;
 
+use btx_core::rng::Rng;
 use btx_data::{Batch, FixedBatches};
 use btx_model::burn::prelude::Device;
 use btx_model::precision::{self, Precision};
-use btx_model::rng::Rng;
 use btx_model::{to_vec, ForwardOpts, Model};
 use btx_train::{Trainer, TrainerConfig};
 

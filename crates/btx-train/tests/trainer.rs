@@ -3,10 +3,10 @@
 
 mod tiny;
 
+use btx_core::rng::Rng;
 use btx_data::{Batch, FixedBatches};
 use btx_model::burn::prelude::Device;
 use btx_model::config::Routing;
-use btx_model::rng::Rng;
 use btx_model::Model;
 use btx_train::{Trainer, TrainerConfig};
 

@@ -22,6 +22,7 @@ macro_rules! errln {
 }
 
 pub mod cmd;
+pub mod gguf_import;
 pub mod lock;
 pub mod manifest;
 pub mod overrides;

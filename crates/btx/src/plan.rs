@@ -283,7 +283,7 @@ fn seed_config(r: &Recipe, base: &Path) -> Result<ModelConfig> {
     }
     if let Some(g) = &r.seed.gguf {
         let f = btx_data::gguf::GgufFile::open(&abs(g))?;
-        return Ok(btx_data::gguf_import::config_from_gguf(&f)?);
+        return Ok(crate::gguf_import::config_from_gguf(&f)?);
     }
     let spec = r
         .seed

@@ -6,13 +6,14 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use btx_core::outdir::Existing;
 use btx_data::{prepare, DataDir, MixConfig, Mixture};
 use btx_eval::evaluate::MethodEval;
 use btx_eval::routing::analyze;
 use btx_eval::{evaluate, Ensemble};
 use btx_mix::{average, mix, upcycle, MixOptions, RouterInit};
 use btx_model::burn::prelude::Device;
-use btx_model::{Existing, Model, ModelConfig};
+use btx_model::{Model, ModelConfig};
 use btx_train::{train, TrainOpts};
 use serde_json::json;
 
@@ -225,7 +226,7 @@ fn execute(
                     path.display()
                 );
             }
-            let staged = btx_model::OutDir::create(&model_out, &[path], Existing::Replace)?;
+            let staged = btx_core::outdir::OutDir::create(&model_out, &[path], Existing::Replace)?;
             copy_dir_files(path, staged.path())?;
             Model::load(staged.path(), &Device::flex())
                 .with_context(|| format!("the seed in {} does not load", path.display()))?;
@@ -233,7 +234,7 @@ fn execute(
             Ok((params_compute(&cfg), json!({"source": path})))
         }
         StageKind::SeedGguf { path } => {
-            let cfg = btx_data::gguf_import::import_gguf(path, &model_out, Existing::Replace)?;
+            let cfg = crate::gguf_import::import_gguf(path, &model_out, Existing::Replace)?;
             Ok((params_compute(&cfg), json!({"source": path})))
         }
         StageKind::Train { from, spec, data } => {

@@ -8,7 +8,7 @@
 //! with room for its code expert to gain (measured in the README).
 
 use super::{pick, range, Task};
-use btx_model::rng::Rng;
+use btx_core::rng::Rng;
 
 const VARS: [&str; 12] = [
     "a", "b", "c", "x", "y", "z", "n", "m", "k", "total", "count", "value",

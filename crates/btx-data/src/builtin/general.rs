@@ -8,7 +8,7 @@
 
 use super::words::{capitalize, pronoun, NAMES};
 use super::{pick, Task};
-use btx_model::rng::Rng;
+use btx_core::rng::Rng;
 
 const OBJECTS: [&str; 40] = [
     "lantern",

@@ -4,7 +4,7 @@
 //! about the other three quarters, whose facts training only ever states declaratively.
 
 use super::{pick, Task};
-use btx_model::rng::Rng;
+use btx_core::rng::Rng;
 
 const SYL_A: [&str; 16] = [
     "Al", "Bri", "Cor", "Dal", "El", "Fen", "Gar", "Hal", "Is", "Jor", "Kel", "Lor", "Mar", "Nor",

@@ -8,7 +8,7 @@
 
 use super::words::{capitalize, pronoun, NAMES};
 use super::{pick, range, Task};
-use btx_model::rng::Rng;
+use btx_core::rng::Rng;
 
 const ITEMS: [(&str, &str); 12] = [
     ("apple", "apples"),

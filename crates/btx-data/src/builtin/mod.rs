@@ -16,7 +16,7 @@ mod knowledge;
 mod math;
 mod words;
 
-use btx_model::rng::Rng;
+use btx_core::rng::Rng;
 use serde::{Deserialize, Serialize};
 
 /// One held-out exact-match task.

@@ -1,9 +1,9 @@
 //! The tiny model the trainer tests train: vocab 61, d 32, 2 layers, 4 heads (2 KV), and with
 //! `moe` four experts, top-2; and fixed random batches for it. Shared by the trainer's tests.
 
+use btx_core::rng::Rng;
 use btx_data::{Batch, FixedBatches};
 use btx_model::config::{MoeConfig, Routing};
-use btx_model::rng::Rng;
 use btx_model::ModelConfig;
 
 #[allow(dead_code)] // not every test binary that includes this module uses it

@@ -2,12 +2,12 @@
 //! decoding of the standard presets. Benchmarks only — tests never time anything.
 
 use anyhow::{bail, Context, Result};
+use btx_core::rng::Rng;
 use btx_data::{Batch, BatchSource, FixedBatches};
 use btx_model::burn::prelude::Device;
 use btx_model::fused::gemm_clock;
 use btx_model::generate::{generate, Sampling};
 use btx_model::precision::Precision;
-use btx_model::rng::Rng;
 use btx_model::{Model, ModelConfig, ModelSpec};
 use btx_train::{Trainer, TrainerConfig};
 use serde_json::json;

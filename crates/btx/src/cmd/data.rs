@@ -3,9 +3,9 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
+use btx_core::outdir::Existing;
 use btx_data::corpus::{read_docs, DocSplit, Format};
 use btx_data::{prepare, DataDir, PrepareConfig, Tok};
-use btx_model::Existing;
 
 use crate::overrides;
 

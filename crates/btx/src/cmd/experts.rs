@@ -7,8 +7,9 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
+use btx_core::outdir::{Existing, OutDir};
 use btx_model::burn::prelude::Device;
-use btx_model::{Existing, Model, OutDir};
+use btx_model::Model;
 use serde_json::json;
 
 /// The label the MiX gives the seed's FFN (`btx_experts`).

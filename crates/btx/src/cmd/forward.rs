@@ -34,7 +34,7 @@ pub struct Args {
 pub fn run(a: Args, dev: &Device) -> Result<()> {
     let mut inputs = vec![a.input.as_path(), a.model.as_path()];
     inputs.extend(a.compare.as_deref());
-    btx_model::outdir::check_not_an_input(&a.out, &inputs)?;
+    btx_core::outdir::check_not_an_input(&a.out, &inputs)?;
     let (shape, ids) = TensorReader::open(&a.input)
         .and_then(|r| r.read_i64("input_ids"))
         .with_context(|| format!("reading input_ids from {}", a.input.display()))?;

@@ -3,9 +3,9 @@
 
 use std::path::PathBuf;
 
+use crate::gguf_import::import_gguf;
 use anyhow::{Context, Result};
-use btx_data::gguf_import::import_gguf;
-use btx_model::Existing;
+use btx_core::outdir::Existing;
 
 #[derive(clap::Args)]
 pub struct Args {

@@ -3,12 +3,13 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use btx_core::outdir::Existing;
 use btx_data::mixture::eval_windows;
 use btx_data::DataDir;
 use btx_mix::router::{domain_mean_rows, mean_inputs};
 use btx_mix::{average, mix, upcycle, MixOptions, RouterInit};
 use btx_model::burn::prelude::Device;
-use btx_model::{Existing, Model, Routing};
+use btx_model::{Model, Routing};
 
 /// Router and routing options shared by `mix` and `upcycle`.
 #[derive(clap::Args, Clone, Debug)]

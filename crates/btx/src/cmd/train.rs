@@ -3,9 +3,10 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use btx_core::outdir::Existing;
 use btx_data::{prepare, DataDir, MixConfig, Mixture, PrepareConfig, Tok};
 use btx_model::burn::prelude::Device;
-use btx_model::{Existing, Model, ModelSpec};
+use btx_model::{Model, ModelSpec};
 use btx_train::{train, LoopConfig, MoeLossConfig, OptimConfig, TrainOpts, TrainerConfig};
 use serde::{Deserialize, Serialize};
 

@@ -11,7 +11,33 @@
 use std::fs;
 use std::path::{Component, Path, PathBuf};
 
-use crate::error::{ModelError, Result};
+/// Why an output directory could not be made: the target, what is wrong, and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum OutputError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {msg}\nhint: {hint}")]
+    Refused {
+        path: PathBuf,
+        msg: String,
+        hint: String,
+    },
+}
+
+impl OutputError {
+    pub fn io(path: &Path, source: std::io::Error) -> Self {
+        OutputError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+pub type Result<T, E = OutputError> = std::result::Result<T, E>;
 
 /// What to do with a target that already exists and is not empty.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -95,7 +121,7 @@ pub fn check_not_an_input(target: &Path, inputs: &[&Path]) -> Result<()> {
         } else {
             continue;
         };
-        return Err(ModelError::Output {
+        return Err(OutputError::Refused {
             path: target.to_path_buf(),
             msg: format!("the output {how} the input {}", input.display()),
             hint: "choose an --out that is none of the inputs, nor inside or above one".into(),
@@ -115,14 +141,14 @@ impl OutDir {
         let meta = fs::symlink_metadata(target);
         if let Ok(m) = &meta {
             if !m.is_dir() {
-                return Err(ModelError::Output {
+                return Err(OutputError::Refused {
                     path: target.to_path_buf(),
                     msg: "exists and is not a directory".into(),
                     hint: "choose another --out".into(),
                 });
             }
             if existing == Existing::Refuse && !is_empty_dir(target) {
-                return Err(ModelError::Output {
+                return Err(OutputError::Refused {
                     path: target.to_path_buf(),
                     msg: "exists and is not empty".into(),
                     hint: "choose a new --out, or pass --force to replace it (the old contents stay until the new ones are complete)".into(),
@@ -131,7 +157,7 @@ impl OutDir {
         }
         let name = target
             .file_name()
-            .ok_or_else(|| ModelError::Output {
+            .ok_or_else(|| OutputError::Refused {
                 path: target.to_path_buf(),
                 msg: "has no directory name".into(),
                 hint: "name a directory, e.g. --out out/model".into(),
@@ -142,12 +168,12 @@ impl OutDir {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
         };
-        fs::create_dir_all(&parent).map_err(|e| ModelError::io(&parent, e))?;
+        fs::create_dir_all(&parent).map_err(|e| OutputError::io(&parent, e))?;
         let staging = parent.join(format!(".{name}.partial-{}", std::process::id()));
         if staging.exists() {
-            fs::remove_dir_all(&staging).map_err(|e| ModelError::io(&staging, e))?;
+            fs::remove_dir_all(&staging).map_err(|e| OutputError::io(&staging, e))?;
         }
-        fs::create_dir(&staging).map_err(|e| ModelError::io(&staging, e))?;
+        fs::create_dir(&staging).map_err(|e| OutputError::io(&staging, e))?;
         Ok(Self {
             target: target.to_path_buf(),
             staging,
@@ -177,19 +203,20 @@ impl OutDir {
                 let _ = fs::remove_dir_all(&self.staging);
             } else {
                 let old = self.staging.with_extension("old");
-                fs::rename(&self.target, &old).map_err(|e| ModelError::io(&self.target, e))?;
+                fs::rename(&self.target, &old).map_err(|e| OutputError::io(&self.target, e))?;
                 if let Err(e) = fs::rename(&self.staging, &self.target) {
                     let _ = fs::rename(&old, &self.target);
-                    return Err(ModelError::io(&self.target, e));
+                    return Err(OutputError::io(&self.target, e));
                 }
                 self.committed = true;
                 let _ = fs::remove_dir_all(&old);
             }
         } else {
             if occupied {
-                fs::remove_dir(&self.target).map_err(|e| ModelError::io(&self.target, e))?;
+                fs::remove_dir(&self.target).map_err(|e| OutputError::io(&self.target, e))?;
             }
-            fs::rename(&self.staging, &self.target).map_err(|e| ModelError::io(&self.target, e))?;
+            fs::rename(&self.staging, &self.target)
+                .map_err(|e| OutputError::io(&self.target, e))?;
             self.committed = true;
         }
         if let Some(p) = parent {
@@ -209,16 +236,16 @@ impl Drop for OutDir {
 
 /// Fsyncs every file and directory under `dir` (writers that fsync themselves make this cheap).
 pub fn sync_tree(dir: &Path) -> Result<()> {
-    for e in fs::read_dir(dir).map_err(|e| ModelError::io(dir, e))? {
-        let e = e.map_err(|e| ModelError::io(dir, e))?;
+    for e in fs::read_dir(dir).map_err(|e| OutputError::io(dir, e))? {
+        let e = e.map_err(|e| OutputError::io(dir, e))?;
         let p = e.path();
-        let ft = e.file_type().map_err(|e| ModelError::io(&p, e))?;
+        let ft = e.file_type().map_err(|e| OutputError::io(&p, e))?;
         if ft.is_dir() {
             sync_tree(&p)?;
         } else if ft.is_file() {
             fs::File::open(&p)
                 .and_then(|f| f.sync_all())
-                .map_err(|e| ModelError::io(&p, e))?;
+                .map_err(|e| OutputError::io(&p, e))?;
         }
     }
     fsync_dir(dir);

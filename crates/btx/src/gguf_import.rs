@@ -4,15 +4,15 @@
 
 use std::path::Path;
 
+use btx_core::outdir::{Existing, OutDir};
 use btx_model::io::write_checkpoint;
 use btx_model::names::param_specs;
-use btx_model::outdir::{Existing, OutDir};
 use btx_model::ModelConfig;
 use serde_json::{json, Value as Json};
 
-use crate::error::{file_err, DataError, Result};
-use crate::gguf::{GgufFile, Value};
-use crate::tokenizer::Tok;
+use btx_data::error::{file_err, DataError, Result};
+use btx_data::gguf::{GgufFile, Value};
+use btx_data::Tok;
 
 /// The GGUF tensor that holds an HF parameter.
 fn gguf_name(hf: &str) -> Option<String> {
@@ -201,7 +201,7 @@ pub fn import_gguf(path: &Path, out: &Path, existing: Existing) -> Result<ModelC
         .into_iter()
         .map(|s| (s.name, s.shape))
         .collect();
-    let tensor_of = |name: &str, shape: &[usize]| -> Result<&crate::gguf::TensorInfo> {
+    let tensor_of = |name: &str, shape: &[usize]| -> Result<&btx_data::gguf::TensorInfo> {
         let gname = gguf_name(name).expect("every llama parameter has a GGUF name");
         let t = g.tensor(&gname).ok_or_else(|| {
             file_err(
