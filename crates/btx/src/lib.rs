@@ -22,6 +22,7 @@ macro_rules! errln {
 }
 
 pub mod cmd;
+pub mod executor;
 pub mod gguf_import;
 pub mod lock;
 pub mod manifest;
@@ -31,6 +32,7 @@ pub mod recipe;
 pub mod report;
 pub mod runner;
 pub mod runtime;
+pub mod sections;
 pub mod slurm;
 pub mod stage;
 pub mod status;

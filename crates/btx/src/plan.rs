@@ -10,8 +10,8 @@ use btx_model::{ModelConfig, MoeConfig};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::cmd::train::DataSection;
 use crate::recipe::{Anchor, ExpertTraining, MixSpec, Recipe, TrainSpec};
+use crate::sections::DataSection;
 use btx_eval::Weighting;
 
 pub const PLAN_FILE: &str = "plan.json";
@@ -300,32 +300,6 @@ fn seed_config(r: &Recipe, base: &Path) -> Result<ModelConfig> {
     Ok(spec.to_config(vocab, None)?)
 }
 
-/// The MoE shape a mix spec produces from `seed` with `n_models` mixed models.
-pub fn moe_config(seed: &ModelConfig, n_models: usize, m: &MixSpec) -> ModelConfig {
-    let mut c = seed.clone();
-    let (e, f) = if m.blend {
-        (n_models, seed.intermediate_size)
-    } else {
-        (
-            n_models * m.split.max(1),
-            seed.intermediate_size / m.split.max(1),
-        )
-    };
-    c.intermediate_size = f;
-    c.moe = Some(MoeConfig {
-        num_experts: e,
-        top_k: m.top_k,
-        routing: m.routing.clone(),
-    });
-    if !m.attention.is_average() {
-        c.attn_experts = Some(btx_model::AttnExpertsConfig {
-            num_experts: n_models,
-            shared_kv: m.attention == btx_mix::AttnMix::ExpertsSharedKv,
-        });
-    }
-    c
-}
-
 /// What an expert of this family keeps frozen at the seed's, by exact name: everything outside
 /// the FFNs (FFN-only), or its anchored groups.
 fn frozen_params(cfg: &ModelConfig, fam: &Family) -> Vec<String> {
@@ -478,7 +452,7 @@ impl Plan {
         let primary = &variants[0];
         let seed_cfg = seed_config(r, base)?;
         let n_models = domains.len() + r.mix.generalist as usize;
-        let moe_cfg = moe_config(&seed_cfg, n_models, &primary.mix(&r.mix));
+        let moe_cfg = primary.mix(&r.mix).moe_config(&seed_cfg, n_models);
         let ft_spec = primary.finetune(&ft);
         // What BTX spends at a budget scale (the primary variant), for matched baselines.
         let budget_at = |scale: f64| -> Result<Budget> {
@@ -552,7 +526,7 @@ impl Plan {
             let mut f = scaled(v.finetune(&ft), scale);
             if v.compute_matched {
                 // The same experts as the primary variant; the finetune gets what is left.
-                let cfg = moe_config(&seed_cfg, n_models, &v.mix(&r.mix));
+                let cfg = v.mix(&r.mix).moe_config(&seed_cfg, n_models);
                 let per_step =
                     f.tokens_per_step() as f64 * cfg.train_flops_per_token(f.train.seq_len);
                 let left = budget_at(scale).map_or(0.0, |b| b.btx_flops - b.expert_flops);
@@ -560,7 +534,7 @@ impl Plan {
                 f.optim.warmup_steps = f.optim.warmup_steps.min(f.train.steps / 2);
             }
             if let Some(share) = v.finetune_share {
-                let cfg = moe_config(&seed_cfg, n_models, &v.mix(&r.mix));
+                let cfg = v.mix(&r.mix).moe_config(&seed_cfg, n_models);
                 let per_step =
                     f.tokens_per_step() as f64 * cfg.train_flops_per_token(f.train.seq_len);
                 let total = budget_at(scale).map_or(0.0, |b| b.btx_flops);

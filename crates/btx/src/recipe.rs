@@ -9,7 +9,7 @@ use btx_model::{ModelSpec, Routing};
 use btx_train::{LoopConfig, MoeLossConfig, OptimConfig, TrainerConfig};
 use serde::{Deserialize, Serialize};
 
-use crate::cmd::train::DataSection;
+use crate::sections::DataSection;
 
 /// `[seed]`: where the seed model comes from (exactly one).
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -109,6 +109,39 @@ pub struct MixSpec {
     /// Not serialised when `average`, so that earlier runs' stage fingerprints stay.
     #[serde(skip_serializing_if = "btx_mix::AttnMix::is_average")]
     pub attention: btx_mix::AttnMix,
+}
+
+impl MixSpec {
+    /// The MoE shape a mix spec produces from `seed` with `n_models` mixed models.
+    pub fn moe_config(
+        &self,
+        seed: &btx_model::ModelConfig,
+        n_models: usize,
+    ) -> btx_model::ModelConfig {
+        let m = self;
+        let mut c = seed.clone();
+        let (e, f) = if m.blend {
+            (n_models, seed.intermediate_size)
+        } else {
+            (
+                n_models * m.split.max(1),
+                seed.intermediate_size / m.split.max(1),
+            )
+        };
+        c.intermediate_size = f;
+        c.moe = Some(btx_model::MoeConfig {
+            num_experts: e,
+            top_k: m.top_k,
+            routing: m.routing.clone(),
+        });
+        if !m.attention.is_average() {
+            c.attn_experts = Some(btx_model::AttnExpertsConfig {
+                num_experts: n_models,
+                shared_kv: m.attention == btx_mix::AttnMix::ExpertsSharedKv,
+            });
+        }
+        c
+    }
 }
 
 impl Default for MixSpec {
@@ -517,7 +550,7 @@ pub struct Recipe {
     pub budgets: Vec<f64>,
     /// Resources of the Slurm executor (`btx run --executor slurm`).
     #[serde(default)]
-    pub slurm: crate::slurm::SlurmSection,
+    pub slurm: crate::sections::SlurmSection,
 }
 
 /// Overlays `over` onto `base` (tables merge key by key, other values replace).
@@ -802,7 +835,7 @@ impl Recipe {
                 if chunks > 0 && f % chunks != 0 {
                     p.push(format!("{at}: the seed's intermediate_size {f} cannot be cut into {chunks} equal experts"));
                 } else if chunks > 0 && m.top_k >= 1 && m.top_k <= experts {
-                    let moe = crate::plan::moe_config(c, models, &m);
+                    let moe = m.moe_config(c, models);
                     p.extend(freeze_problems(&at, &ft.train.freeze, &moe));
                 }
             }

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+use crate::executor::{Executor, Outcome, State};
 use crate::manifest;
 use crate::plan::{Plan, Stage};
 use crate::recipe::Recipe;
@@ -47,34 +48,6 @@ pub struct Args {
     pub gpus: Option<String>,
 }
 
-/// Where a stage stands before this invocation.
-#[derive(Clone, Debug, PartialEq)]
-pub enum State {
-    Done,
-    /// Started earlier with the same configuration (a trainer resumes from its checkpoint).
-    Partial,
-    Pending,
-}
-
-/// How a stage ended in this invocation.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Outcome {
-    AlreadyDone,
-    Done {
-        seconds: f64,
-    },
-    Failed {
-        code: Option<i32>,
-    },
-    /// Stopped on a signal with a checkpoint; the next run resumes it.
-    Stopped,
-    Blocked {
-        by: String,
-    },
-    /// Handed to a scheduler (Slurm) that runs it later.
-    Submitted,
-}
-
 /// Classifies every stage; with `wipe`, clears directories whose configuration changed.
 pub fn prepare_states(plan: &Plan, run: &Path, wipe: bool) -> Result<BTreeMap<String, State>> {
     let mut states = BTreeMap::new();
@@ -108,17 +81,6 @@ pub fn prepare_states(plan: &Plan, run: &Path, wipe: bool) -> Result<BTreeMap<St
         states.insert(s.name.clone(), st);
     }
     Ok(states)
-}
-
-/// Runs the stages of a plan that are not done. Implementations: local processes (here),
-/// Slurm jobs.
-pub trait Executor {
-    fn execute(
-        &mut self,
-        plan: &Plan,
-        run: &Path,
-        states: &BTreeMap<String, State>,
-    ) -> Result<BTreeMap<String, Outcome>>;
 }
 
 pub struct LocalExecutor {

@@ -1,10 +1,11 @@
 //! `btx train --config FILE.toml [--set k=v ...] [--resume] --out DIR`.
 
+use crate::sections::DataSection;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use btx_core::outdir::Existing;
-use btx_data::{prepare, DataDir, MixConfig, Mixture, PrepareConfig, Tok};
+use btx_data::{prepare, DataDir, MixConfig, Mixture, Tok};
 use btx_model::burn::prelude::Device;
 use btx_model::{Model, ModelSpec};
 use btx_train::{train, LoopConfig, MoeLossConfig, OptimConfig, TrainOpts, TrainerConfig};
@@ -42,24 +43,6 @@ pub struct ModelSource {
     /// Shape of a new model (vocabulary from the tokenizer).
     #[serde(default)]
     pub init: Option<ModelSpec>,
-}
-
-/// `[data]`: a prepared data directory (or a prepare to run first) and the mixture.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DataSection {
-    /// A directory written by `btx data prepare`.
-    #[serde(default)]
-    pub dir: Option<PathBuf>,
-    /// Or: a prepare config, run into OUT/data before training (skipped when up to date).
-    #[serde(default)]
-    pub prepare: Option<PrepareConfig>,
-    /// Domain sampling weights (normalised); empty = all domains equally.
-    #[serde(default)]
-    pub weights: std::collections::BTreeMap<String, f64>,
-    /// `train` (default) or `val`.
-    #[serde(default)]
-    pub split: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]

@@ -1,0 +1,48 @@
+//! What an executor is: something that runs the stages of a plan that are not done and says how
+//! each ended. Two implement it: local processes (`runner`) and Slurm jobs (`slurm`).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::Result;
+
+use crate::plan::Plan;
+
+/// Where a stage stands before this invocation.
+#[derive(Clone, Debug, PartialEq)]
+pub enum State {
+    Done,
+    /// Started earlier with the same configuration (a trainer resumes from its checkpoint).
+    Partial,
+    Pending,
+}
+
+/// How a stage ended in this invocation.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Outcome {
+    AlreadyDone,
+    Done {
+        seconds: f64,
+    },
+    Failed {
+        code: Option<i32>,
+    },
+    /// Stopped on a signal with a checkpoint; the next run resumes it.
+    Stopped,
+    Blocked {
+        by: String,
+    },
+    /// Handed to a scheduler (Slurm) that runs it later.
+    Submitted,
+}
+
+/// Runs the stages of a plan that are not done. Implementations: local processes (here),
+/// Slurm jobs.
+pub trait Executor {
+    fn execute(
+        &mut self,
+        plan: &Plan,
+        run: &Path,
+        states: &BTreeMap<String, State>,
+    ) -> Result<BTreeMap<String, Outcome>>;
+}
