@@ -4,9 +4,9 @@
 pub mod error;
 pub mod merge;
 pub mod router;
+pub mod spec;
 
 pub use btx_core::outdir::Existing;
 pub use error::{MixError, Result};
-pub use merge::{
-    average, check_compatible, mix, upcycle, AttnMix, MixOptions, MixSummary, NonFfn, RouterInit,
-};
+pub use merge::{average, check_compatible, mix, upcycle, MixSummary};
+pub use spec::{AttnMix, ExpertShape, MixOptions, MixSpec, NonFfn, RouterInit, RouterInitKind};

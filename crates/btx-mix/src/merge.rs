@@ -6,143 +6,14 @@ use std::path::{Path, PathBuf};
 
 use btx_core::outdir::{Existing, OutDir};
 use btx_core::rng::Rng;
-use btx_model::io::{write_checkpoint_with, HostTensor, TensorReader, TensorSink};
+use btx_model::io::{write_checkpoint_with, TensorReader, TensorSink};
 use btx_model::names::{attn_name, ffn_name, param_kind, param_specs, ParamKind};
-use btx_model::{AttnExpertsConfig, ModelConfig, MoeConfig, Routing};
+use btx_model::ModelConfig;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::error::{MixError, Result};
-
-/// How the new routers start.
-#[derive(Clone, Debug, PartialEq)]
-pub enum RouterInit {
-    /// Normal(0, std), deterministic in `seed`.
-    Random { std: f64, seed: u64 },
-    /// All zeros: uniform routing until the router learns.
-    Zero,
-    /// Given rows per layer (`[E, hidden]` each), e.g. from [`crate::router::domain_mean_rows`]:
-    /// for the MoE routers, and for attention experts' routers (`[models, hidden]`; empty: they
-    /// start at zero, a uniform mixture).
-    Rows {
-        ffn: Vec<HostTensor>,
-        attn: Vec<HostTensor>,
-    },
-}
-
-#[derive(Clone, Debug)]
-pub struct MixOptions {
-    /// Add the seed's FFN as the last expert (and average the seed with the experts).
-    pub generalist: bool,
-    /// Averaging weight of each mixed model (experts in order, then the seed); uniform if None.
-    pub weights: Option<Vec<f64>>,
-    pub router_init: RouterInit,
-    /// Cut each FFN into this many experts of d_ff / split (1 = off).
-    pub split: usize,
-    /// Expert n is built from the n-th chunk of every model's FFN.
-    pub blend: bool,
-    /// Experts per token (Mixtral's `num_experts_per_tok`).
-    pub top_k: usize,
-    pub routing: Routing,
-    /// Where every tensor outside the FFNs comes from.
-    pub non_ffn: NonFfn,
-    /// What becomes of the experts' attention (see [`AttnMix`]).
-    pub attention: AttnMix,
-    /// A name per expert model (in order), recorded as `btx_experts`; `None` takes the
-    /// directories' names. The seed as generalist is always `generalist`.
-    pub labels: Option<Vec<String>>,
-    /// What to do when `out` exists and is not empty.
-    pub existing: Existing,
-}
-
-/// What a MiX does with the mixed models' attention.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum AttnMix {
-    /// Averaged like every other non-FFN weight (the paper).
-    #[default]
-    Average,
-    /// Each model's attention becomes an attention expert, mixed softly by a new router per
-    /// layer (BAM). Not a Mixtral: written in btx's own layout.
-    Experts,
-    /// Attention experts with their keys and values averaged and shared (per-expert queries and
-    /// outputs; one model's KV cache).
-    ExpertsSharedKv,
-}
-
-impl AttnMix {
-    pub fn name(self) -> &'static str {
-        match self {
-            AttnMix::Average => "average",
-            AttnMix::Experts => "experts",
-            AttnMix::ExpertsSharedKv => "experts-shared-kv",
-        }
-    }
-
-    pub fn is_average(&self) -> bool {
-        *self == AttnMix::Average
-    }
-
-    pub fn parse(s: &str) -> Result<Self> {
-        match s {
-            "average" => Ok(AttnMix::Average),
-            "experts" => Ok(AttnMix::Experts),
-            "experts-shared-kv" => Ok(AttnMix::ExpertsSharedKv),
-            o => Err(MixError::Options(format!(
-                "attention {o:?}: average, experts or experts-shared-kv"
-            ))),
-        }
-    }
-}
-
-/// Where a MiX takes the weights outside the FFNs (attention, norms, embeddings) from.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum NonFfn {
-    /// The (weighted) mean over the mixed models: the paper's MiX.
-    #[default]
-    Average,
-    /// The seed's, as they were before branching (an ablation: do averaged attention weights of
-    /// experts that drifted apart cost more than the experts' own attention gained?).
-    Seed,
-}
-
-impl NonFfn {
-    pub fn name(self) -> &'static str {
-        match self {
-            NonFfn::Average => "average",
-            NonFfn::Seed => "seed",
-        }
-    }
-
-    pub fn parse(s: &str) -> Result<Self> {
-        match s {
-            "average" => Ok(NonFfn::Average),
-            "seed" => Ok(NonFfn::Seed),
-            o => Err(MixError::Options(format!(
-                "non-FFN source {o:?}: average or seed"
-            ))),
-        }
-    }
-}
-
-impl Default for MixOptions {
-    fn default() -> Self {
-        Self {
-            generalist: false,
-            weights: None,
-            router_init: RouterInit::Random { std: 0.02, seed: 0 },
-            split: 1,
-            blend: false,
-            top_k: 2,
-            routing: Routing::TopK,
-            non_ffn: NonFfn::Average,
-            attention: AttnMix::Average,
-            labels: None,
-            existing: Existing::Refuse,
-        }
-    }
-}
+use crate::spec::{AttnMix, MixOptions, NonFfn, RouterInit};
 
 /// What a merge did (written as `mix.json` beside the model).
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -387,7 +258,7 @@ pub fn mix(seed: &Path, experts: &[PathBuf], opts: &MixOptions, out: &Path) -> R
     let staged = OutDir::create(out, &inputs, opts.existing)?;
     let seed_src = Source::open(seed)?;
     // The seed once more, alone, when it is the source of the non-FFN weights.
-    let non_ffn_src = match opts.non_ffn {
+    let non_ffn_src = match opts.spec.non_ffn {
         NonFfn::Average => None,
         NonFfn::Seed => Some(vec![Source::open(seed)?]),
     };
@@ -397,63 +268,16 @@ pub fn mix(seed: &Path, experts: &[PathBuf], opts: &MixOptions, out: &Path) -> R
         .collect::<Result<Vec<_>>>()?;
     let all: Vec<&Source> = std::iter::once(&seed_src).chain(sources.iter()).collect();
     check_compatible(&all)?;
-    if opts.generalist {
+    if opts.spec.generalist {
         sources.push(seed_src);
     }
     let m = sources.len();
-    let w = normalise_weights(opts.weights.as_ref(), m)?;
+    let spec = &opts.spec;
     let base = sources[0].cfg.clone();
     let f = base.intermediate_size;
-    if opts.split == 0 {
-        return Err(MixError::Options("split must be >= 1".into()));
-    }
-    if opts.blend && opts.split > 1 {
-        return Err(MixError::Options(
-            "use either split or blend, not both".into(),
-        ));
-    }
-    let chunks = if opts.blend { m } else { opts.split };
-    if f % chunks != 0 {
-        return Err(MixError::Options(format!(
-            "intermediate_size {f} cannot be cut into {chunks} equal chunks"
-        )));
-    }
-    let (num_experts, expert_f) = if opts.blend {
-        (m, f)
-    } else {
-        (m * opts.split, f / opts.split)
-    };
-    if opts.top_k == 0 || opts.top_k > num_experts {
-        return Err(MixError::Options(format!(
-            "top_k {} must be in 1..={num_experts}",
-            opts.top_k
-        )));
-    }
-    let mut cfg = base.clone();
-    cfg.intermediate_size = expert_f;
-    cfg.moe = Some(MoeConfig {
-        num_experts,
-        top_k: opts.top_k,
-        routing: opts.routing.clone(),
-    });
-    if opts.attention != AttnMix::Average {
-        if opts.split != 1 || opts.blend {
-            return Err(MixError::Options(format!(
-                "attention = {} pairs one attention expert with each mixed model's FFN: it cannot be combined with split or blend",
-                opts.attention.name()
-            )));
-        }
-        if opts.non_ffn == NonFfn::Seed {
-            return Err(MixError::Options(format!(
-                "attention = {} takes each expert's own attention; non_ffn = seed would take the seed's",
-                opts.attention.name()
-            )));
-        }
-        cfg.attn_experts = Some(AttnExpertsConfig {
-            num_experts: m,
-            shared_kv: opts.attention == AttnMix::ExpertsSharedKv,
-        });
-    }
+    let mut cfg = spec.resolve(&base, m)?;
+    let w = spec.weights_for(m);
+    let (num_experts, expert_f) = (cfg.num_experts(), cfg.intermediate_size);
     cfg.expert_labels = expert_labels(experts, opts, num_experts)?;
     if let RouterInit::Rows { ffn: r, attn } = &opts.router_init {
         if !attn.is_empty()
@@ -522,8 +346,8 @@ pub fn mix(seed: &Path, experts: &[PathBuf], opts: &MixOptions, out: &Path) -> R
                     .and_then(|x| x.parse::<usize>().ok())
                     .expect("w1/w2/w3");
                 let plan = ExpertPlan {
-                    blend: opts.blend,
-                    split: opts.split,
+                    blend: spec.blend,
+                    split: spec.split,
                     f,
                     d,
                 };
@@ -565,13 +389,13 @@ pub fn mix(seed: &Path, experts: &[PathBuf], opts: &MixOptions, out: &Path) -> R
         weights: w,
         num_experts,
         expert_intermediate_size: expert_f,
-        top_k: opts.top_k,
-        routing: opts.routing.name().into(),
-        split: opts.split,
-        blend: opts.blend,
-        generalist: opts.generalist,
-        non_ffn: opts.non_ffn,
-        attention: opts.attention,
+        top_k: spec.top_k,
+        routing: spec.routing.name().into(),
+        split: spec.split,
+        blend: spec.blend,
+        generalist: spec.generalist,
+        non_ffn: spec.non_ffn,
+        attention: spec.attention,
         labels: cfg.expert_labels.clone(),
         seconds: t0.elapsed().as_secs_f64(),
     };
@@ -588,7 +412,7 @@ fn expert_labels(
     opts: &MixOptions,
     num_experts: usize,
 ) -> Result<Vec<String>> {
-    if opts.blend {
+    if opts.spec.blend {
         return Ok((0..num_experts).map(|i| format!("blend-{i}")).collect());
     }
     let mut names: Vec<String> = match &opts.labels {
@@ -613,12 +437,12 @@ fn expert_labels(
     {
         names = (0..experts.len()).map(|i| format!("expert-{i}")).collect();
     }
-    if opts.generalist {
+    if opts.spec.generalist {
         names.push("generalist".into());
     }
     Ok(names
         .iter()
-        .flat_map(|n| std::iter::repeat_n(n.clone(), opts.split))
+        .flat_map(|n| std::iter::repeat_n(n.clone(), opts.spec.split))
         .collect())
 }
 
@@ -704,8 +528,11 @@ fn write_json<T: Serialize>(p: &Path, v: &T) -> Result<()> {
 pub fn upcycle(seed: &Path, n: usize, opts: &MixOptions, out: &Path) -> Result<MixSummary> {
     let copies = vec![seed.to_path_buf(); n];
     let o = MixOptions {
-        generalist: false,
-        weights: None,
+        spec: crate::MixSpec {
+            generalist: false,
+            weights: vec![],
+            ..opts.spec.clone()
+        },
         labels: Some((0..n).map(|i| format!("copy-{i}")).collect()),
         ..opts.clone()
     };

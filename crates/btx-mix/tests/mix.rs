@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use btx_core::outdir::Existing;
 use btx_mix::router::domain_mean_rows;
-use btx_mix::{average, mix, upcycle, AttnMix, MixOptions, RouterInit};
+use btx_mix::{average, mix, upcycle, AttnMix, MixOptions, MixSpec, RouterInit};
 use btx_model::burn::prelude::Device;
 use btx_model::io::HostTensor;
 use btx_model::{to_vec, ForwardOpts, Model, ModelConfig, Routing};
@@ -59,7 +59,10 @@ fn averages_shared_tensors_and_orders_experts() {
         .map(|i| make(&d.join(format!("e{i}")), i, &cfg()))
         .collect();
     let opts = MixOptions {
-        generalist: true,
+        spec: MixSpec {
+            generalist: true,
+            ..MixOptions::default().spec
+        },
         router_init: RouterInit::Zero,
         ..Default::default()
     };
@@ -104,7 +107,10 @@ fn averages_shared_tensors_and_orders_experts() {
     // Weighted averaging, without the generalist.
     let out2 = d.join("weighted");
     let opts = MixOptions {
-        weights: Some(vec![1.0, 0.0, 3.0]),
+        spec: MixSpec {
+            weights: vec![1.0, 0.0, 3.0],
+            ..MixOptions::default().spec
+        },
         ..Default::default()
     };
     mix(&seed, &experts, &opts, &out2).unwrap();
@@ -155,8 +161,11 @@ fn split_cuts_each_ffn_into_chunks_that_sum_to_it() {
         make(&d.join("e2"), 2, &cfg()),
     ];
     let opts = MixOptions {
-        split: 2,
-        top_k: 4,
+        spec: MixSpec {
+            split: 2,
+            top_k: 4,
+            ..MixOptions::default().spec
+        },
         router_init: RouterInit::Zero,
         ..Default::default()
     };
@@ -185,10 +194,13 @@ fn split_cuts_each_ffn_into_chunks_that_sum_to_it() {
     // of the 4 experts weighted 1/4) gives half the seed's FFN; doubling w2 restores the seed.
     let copies = vec![seed.clone(), seed.clone()];
     let o = MixOptions {
-        split: 2,
-        top_k: 4,
+        spec: MixSpec {
+            split: 2,
+            top_k: 4,
+            routing: Routing::Soft,
+            ..MixOptions::default().spec
+        },
         router_init: RouterInit::Zero,
-        routing: Routing::Soft,
         ..Default::default()
     };
     mix(&seed, &copies, &o, &d.join("copies")).unwrap();
@@ -222,7 +234,10 @@ fn blend_builds_expert_n_from_the_nth_chunk_of_every_ffn() {
         make(&d.join("e2"), 2, &cfg()),
     ];
     let opts = MixOptions {
-        blend: true,
+        spec: MixSpec {
+            blend: true,
+            ..MixOptions::default().spec
+        },
         router_init: RouterInit::Zero,
         ..Default::default()
     };
@@ -256,8 +271,11 @@ fn blend_builds_expert_n_from_the_nth_chunk_of_every_ffn() {
         &seed,
         &experts,
         &MixOptions {
-            blend: true,
-            split: 2,
+            spec: MixSpec {
+                blend: true,
+                split: 2,
+                ..MixOptions::default().spec
+            },
             ..Default::default()
         },
         &d.join("x")
@@ -281,10 +299,13 @@ fn mixing_identical_copies_of_the_seed_gives_the_seeds_logits() {
         let copies = vec![seed.clone(); n];
         let out = d.join(format!("m{n}{generalist}{}", attention.name()));
         let opts = MixOptions {
-            generalist,
-            top_k: k,
+            spec: MixSpec {
+                generalist,
+                top_k: k,
+                attention,
+                ..MixOptions::default().spec
+            },
             router_init: RouterInit::Random { std: 1.0, seed: 3 },
-            attention,
             ..Default::default()
         };
         mix(&seed, &copies, &opts, &out).unwrap();
@@ -414,7 +435,10 @@ fn incompatible_models_are_refused_with_the_reason() {
         &seed,
         &[e1],
         &MixOptions {
-            top_k: 3,
+            spec: MixSpec {
+                top_k: 3,
+                ..MixOptions::default().spec
+            },
             ..Default::default()
         },
         &d.join("o"),
@@ -454,7 +478,10 @@ fn outputs_never_touch_inputs_and_replace_only_when_asked_and_whole() {
     let weights = |p: &Path| std::fs::read(p.join("model.safetensors")).unwrap();
     let (seed_bytes, e1_bytes) = (weights(&seed), weights(&e1));
     let replace = MixOptions {
-        top_k: 1,
+        spec: MixSpec {
+            top_k: 1,
+            ..MixOptions::default().spec
+        },
         existing: Existing::Replace,
         ..Default::default()
     };
@@ -480,7 +507,10 @@ fn outputs_never_touch_inputs_and_replace_only_when_asked_and_whole() {
 
     let out = d.join("moe");
     let first = MixOptions {
-        top_k: 1,
+        spec: MixSpec {
+            top_k: 1,
+            ..MixOptions::default().spec
+        },
         ..Default::default()
     };
     mix(&seed, std::slice::from_ref(&e1), &first, &out).unwrap();
@@ -531,13 +561,16 @@ fn attention_experts_refuse_what_cannot_pair_one_per_model() {
     let e = make(&d.join("math"), 2, &cfg());
     for (split, non_ffn, what) in [
         (2, btx_mix::NonFfn::Average, "split"),
-        (1, btx_mix::NonFfn::Seed, "non_ffn = seed"),
+        (1, btx_mix::NonFfn::Seed, "non_ffn = \"seed\""),
     ] {
         let opts = MixOptions {
-            split,
-            non_ffn,
-            top_k: 1,
-            attention: AttnMix::Experts,
+            spec: MixSpec {
+                split,
+                non_ffn,
+                top_k: 1,
+                attention: AttnMix::Experts,
+                ..MixOptions::default().spec
+            },
             ..Default::default()
         };
         let out = d.join(format!("out{split}"));
@@ -549,8 +582,11 @@ fn attention_experts_refuse_what_cannot_pair_one_per_model() {
     }
     // Labels default to the directories' names, the seed as generalist last.
     let opts = MixOptions {
-        generalist: true,
-        top_k: 1,
+        spec: MixSpec {
+            generalist: true,
+            top_k: 1,
+            ..MixOptions::default().spec
+        },
         ..Default::default()
     };
     mix(&seed, &[e], &opts, &d.join("ok")).unwrap();

@@ -16,7 +16,7 @@ pub mod precision;
 pub mod spec;
 
 pub use burn;
-pub use config::{AttnExpertsConfig, ModelConfig, MoeConfig, Routing};
+pub use config::{AttnExpertsConfig, ModelConfig, MoeConfig, Routing, DEFAULT_TOP_K};
 pub use error::{ModelError, Result};
 pub use io::{HostTensor, TensorReader};
 pub use model::{ForwardOpts, ForwardOut, KvCache, Model, Trunk};

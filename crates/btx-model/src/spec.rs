@@ -28,7 +28,7 @@ fn d_maxpos() -> usize {
     2048
 }
 fn d_topk() -> usize {
-    2
+    crate::config::DEFAULT_TOP_K
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -24,6 +24,7 @@ macro_rules! errln {
 pub mod cmd;
 pub mod executor;
 pub mod gguf_import;
+pub mod jobs;
 pub mod lock;
 pub mod manifest;
 pub mod overrides;

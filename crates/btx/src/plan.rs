@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use btx_model::{ModelConfig, MoeConfig};
+use btx_model::ModelConfig;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -452,7 +452,12 @@ impl Plan {
         let primary = &variants[0];
         let seed_cfg = seed_config(r, base)?;
         let n_models = domains.len() + r.mix.generalist as usize;
-        let moe_cfg = primary.mix(&r.mix).moe_config(&seed_cfg, n_models);
+        // Each variant's MoE, resolved by the same rule the merge uses (names are unique).
+        let moe_of = variants
+            .iter()
+            .map(|v| Ok((v.name.clone(), v.mix(&r.mix).resolve(&seed_cfg, n_models)?)))
+            .collect::<Result<std::collections::HashMap<String, ModelConfig>>>()?;
+        let moe_cfg = moe_of[&primary.name].clone();
         let ft_spec = primary.finetune(&ft);
         // What BTX spends at a budget scale (the primary variant), for matched baselines.
         let budget_at = |scale: f64| -> Result<Budget> {
@@ -480,17 +485,22 @@ impl Plan {
             "data" => steps_for(budget.btx_tokens as f64),
             _ => steps_for(budget.btx_flops / cfg.train_flops_per_token(seq)),
         };
-        let up_cfg = {
-            let mut c = seed_cfg.clone();
-            let pm = primary.mix(&r.mix);
-            let n = moe_cfg.num_experts();
-            c.moe = Some(MoeConfig {
-                num_experts: n,
-                top_k: pm.top_k,
-                routing: pm.routing,
-            });
-            c
+        // Sparse upcycling: as many copies of the seed's FFN as the primary MoE has experts,
+        // routed like it, with a fresh random router.
+        // (The stage records the spec with the primary's generalist and weights, which upcycling
+        // ignores: kept so that earlier runs' upcycle stages keep their fingerprints.)
+        let up_spec = MixSpec {
+            router_init: btx_mix::RouterInitKind::Random,
+            split: 1,
+            blend: false,
+            ..primary.mix(&r.mix)
         };
+        let up_cfg = MixSpec {
+            generalist: false,
+            weights: vec![],
+            ..up_spec.clone()
+        }
+        .resolve(&seed_cfg, moe_cfg.num_experts())?;
 
         let eval = |b: &mut Builder,
                     method: &str,
@@ -526,7 +536,7 @@ impl Plan {
             let mut f = scaled(v.finetune(&ft), scale);
             if v.compute_matched {
                 // The same experts as the primary variant; the finetune gets what is left.
-                let cfg = v.mix(&r.mix).moe_config(&seed_cfg, n_models);
+                let cfg = &moe_of[&v.name];
                 let per_step =
                     f.tokens_per_step() as f64 * cfg.train_flops_per_token(f.train.seq_len);
                 let left = budget_at(scale).map_or(0.0, |b| b.btx_flops - b.expert_flops);
@@ -534,7 +544,7 @@ impl Plan {
                 f.optim.warmup_steps = f.optim.warmup_steps.min(f.train.steps / 2);
             }
             if let Some(share) = v.finetune_share {
-                let cfg = v.mix(&r.mix).moe_config(&seed_cfg, n_models);
+                let cfg = &moe_of[&v.name];
                 let per_step =
                     f.tokens_per_step() as f64 * cfg.train_flops_per_token(f.train.seq_len);
                 let total = budget_at(scale).map_or(0.0, |b| b.btx_flops);
@@ -703,8 +713,6 @@ impl Plan {
                 }
                 let up_list = r.baselines.upcycle.list();
                 if !up_list.is_empty() {
-                    let mut spec = primary.mix(&r.mix);
-                    spec.router_init = "random".into();
                     let up_name = format!("upcycle{sfx}");
                     b.push(
                         up_name.clone(),
@@ -713,11 +721,7 @@ impl Plan {
                         StageKind::Upcycle {
                             seed: "seed".into(),
                             num_experts: moe_cfg.num_experts(),
-                            spec: MixSpec {
-                                split: 1,
-                                blend: false,
-                                ..spec
-                            },
+                            spec: up_spec.clone(),
                             router_seed: rep as u64,
                         },
                         false,

@@ -80,87 +80,7 @@ pub struct ExpertsSection {
     pub overrides: BTreeMap<String, toml::Value>,
 }
 
-/// `[mix]`: how experts become one MoE.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct MixSpec {
-    /// Add the seed as the last expert (the paper's "generalist"). Default true.
-    pub generalist: bool,
-    /// `random` (default), `zero` or `domain-mean`.
-    pub router_init: String,
-    /// Std of a random router. Default 0.02.
-    pub router_std: f64,
-    /// Logit scale of a domain-mean router. Default 4.
-    pub router_scale: f64,
-    /// Cut each FFN into this many experts. Default 1.
-    pub split: usize,
-    /// Build expert n from the n-th chunk of every FFN. Default false.
-    pub blend: bool,
-    /// Experts per token. Default 2.
-    pub top_k: usize,
-    /// Routing (`{mode = "top-k"}` default; switch, soft, sample-top1).
-    pub routing: Routing,
-    /// Averaging weights (experts in order, then the seed); empty = uniform.
-    pub weights: Vec<f64>,
-    /// Weights outside the FFNs: `average` (default, the paper) or `seed` (the seed's own).
-    pub non_ffn: btx_mix::NonFfn,
-    /// The experts' attention: `average` (default, the paper), `experts` (BAM's attention
-    /// experts) or `experts-shared-kv` (attention experts sharing averaged keys and values).
-    /// Not serialised when `average`, so that earlier runs' stage fingerprints stay.
-    #[serde(skip_serializing_if = "btx_mix::AttnMix::is_average")]
-    pub attention: btx_mix::AttnMix,
-}
-
-impl MixSpec {
-    /// The MoE shape a mix spec produces from `seed` with `n_models` mixed models.
-    pub fn moe_config(
-        &self,
-        seed: &btx_model::ModelConfig,
-        n_models: usize,
-    ) -> btx_model::ModelConfig {
-        let m = self;
-        let mut c = seed.clone();
-        let (e, f) = if m.blend {
-            (n_models, seed.intermediate_size)
-        } else {
-            (
-                n_models * m.split.max(1),
-                seed.intermediate_size / m.split.max(1),
-            )
-        };
-        c.intermediate_size = f;
-        c.moe = Some(btx_model::MoeConfig {
-            num_experts: e,
-            top_k: m.top_k,
-            routing: m.routing.clone(),
-        });
-        if !m.attention.is_average() {
-            c.attn_experts = Some(btx_model::AttnExpertsConfig {
-                num_experts: n_models,
-                shared_kv: m.attention == btx_mix::AttnMix::ExpertsSharedKv,
-            });
-        }
-        c
-    }
-}
-
-impl Default for MixSpec {
-    fn default() -> Self {
-        Self {
-            generalist: true,
-            router_init: "random".into(),
-            router_std: 0.02,
-            router_scale: 4.0,
-            split: 1,
-            blend: false,
-            top_k: 2,
-            routing: Routing::TopK,
-            weights: vec![],
-            non_ffn: btx_mix::NonFfn::Average,
-            attention: btx_mix::AttnMix::Average,
-        }
-    }
-}
+pub use btx_mix::MixSpec;
 
 /// How the experts a variant mixes were trained.
 #[derive(
@@ -248,7 +168,7 @@ pub struct Variant {
     #[serde(default)]
     pub top_k: Option<usize>,
     #[serde(default)]
-    pub router_init: Option<String>,
+    pub router_init: Option<btx_mix::RouterInitKind>,
     #[serde(default)]
     pub split: Option<usize>,
     #[serde(default)]
@@ -307,8 +227,8 @@ impl Variant {
         if let Some(k) = self.top_k {
             m.top_k = k;
         }
-        if let Some(r) = &self.router_init {
-            m.router_init = r.clone();
+        if let Some(r) = self.router_init {
+            m.router_init = r;
         }
         if let Some(s) = self.split {
             m.split = s;
@@ -775,69 +695,12 @@ impl Recipe {
                 ));
             }
             let m = v.mix(&self.mix);
-            let chunks = if m.blend { models } else { m.split };
-            let experts = if m.blend { models } else { models * m.split };
-            if m.split == 0 {
-                p.push(format!("{at}: mix.split must be >= 1"));
-            }
-            if m.blend && m.split > 1 {
-                p.push(format!("{at}: use either mix.split or mix.blend, not both"));
-            }
-            if !m.attention.is_average() {
-                if m.split != 1 || m.blend {
-                    p.push(format!(
-                        "{at}: attention = {:?} pairs one attention expert with each mixed model: it cannot go with split or blend",
-                        m.attention.name()
-                    ));
-                }
-                if m.non_ffn == btx_mix::NonFfn::Seed {
-                    p.push(format!(
-                        "{at}: attention = {:?} takes each expert's own attention, non_ffn = \"seed\" the seed's: choose one",
-                        m.attention.name()
-                    ));
-                }
-            }
-            if m.top_k == 0 || m.top_k > experts {
-                p.push(format!(
-                    "{at}: top_k {} must be in 1..={experts} ({} experts{}{})",
-                    m.top_k,
-                    self.experts.domains.len(),
-                    if self.mix.generalist {
-                        " + the generalist"
-                    } else {
-                        ""
-                    },
-                    if m.split > 1 {
-                        format!(", each split in {}", m.split)
-                    } else {
-                        String::new()
-                    }
-                ));
-            }
-            if let Err(e) = m.routing.validate() {
-                p.push(format!("{at}: {e}"));
-            }
-            if !["random", "zero", "domain-mean"].contains(&m.router_init.as_str()) {
-                p.push(format!(
-                    "{at}: router_init {:?} must be random, zero or domain-mean",
-                    m.router_init
-                ));
-            }
-            if !m.weights.is_empty() && m.weights.len() != models {
-                p.push(format!(
-                    "mix.weights has {} entries for {models} mixed models (experts in order, then the seed)",
-                    m.weights.len()
-                ));
-            }
+            let mix_problems = m.problems(models, seed_cfg.as_ref().map(|c| c.intermediate_size));
+            p.extend(mix_problems.iter().map(|e| format!("{at}: {e}")));
             let ft = v.finetune(&self.finetune.spec());
-            if let Some(c) = &seed_cfg {
-                let f = c.intermediate_size;
-                if chunks > 0 && f % chunks != 0 {
-                    p.push(format!("{at}: the seed's intermediate_size {f} cannot be cut into {chunks} equal experts"));
-                } else if chunks > 0 && m.top_k >= 1 && m.top_k <= experts {
-                    let moe = m.moe_config(c, models);
-                    p.extend(freeze_problems(&at, &ft.train.freeze, &moe));
-                }
+            // (resolve refuses a spec with problems: those are listed above.)
+            if let Some(Ok(moe)) = seed_cfg.as_ref().map(|c| m.resolve(c, models)) {
+                p.extend(freeze_problems(&at, &ft.train.freeze, &moe));
             }
             if let Err(e) = ft.trainer().validate() {
                 p.push(format!("{at}: {e}"));

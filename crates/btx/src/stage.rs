@@ -7,20 +7,17 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use btx_core::outdir::Existing;
-use btx_data::{prepare, DataDir, MixConfig, Mixture};
-use btx_eval::evaluate::MethodEval;
-use btx_eval::routing::analyze;
-use btx_eval::{evaluate, Ensemble};
-use btx_mix::{average, mix, upcycle, MixOptions, RouterInit};
+use btx_data::{prepare, DataDir, MixConfig};
+use btx_mix::average;
 use btx_model::burn::prelude::Device;
 use btx_model::{Model, ModelConfig};
-use btx_train::{train, TrainOpts};
+use btx_train::TrainOpts;
 use serde_json::json;
 
-use crate::cmd::mix::domain_mean_init;
+use crate::jobs;
+use crate::jobs::mix::MixJob;
 use crate::manifest::{self, Compute, Manifest, Started};
 use crate::plan::{model_dir, Plan, Stage, StageKind};
-use crate::recipe::MixSpec;
 use crate::runtime::EXIT_STOPPED;
 
 #[derive(clap::Args)]
@@ -143,40 +140,6 @@ fn params_compute(cfg: &ModelConfig) -> Compute {
     }
 }
 
-fn mix_options(
-    spec: &MixSpec,
-    init: RouterInit,
-    generalist: bool,
-    labels: Option<Vec<String>>,
-) -> MixOptions {
-    MixOptions {
-        generalist,
-        weights: (!spec.weights.is_empty()).then(|| spec.weights.clone()),
-        router_init: init,
-        split: spec.split,
-        blend: spec.blend,
-        top_k: spec.top_k,
-        routing: spec.routing.clone(),
-        non_ffn: spec.non_ffn,
-        attention: spec.attention,
-        labels,
-        // A stage owns its directory; a retried stage replaces its own earlier output.
-        existing: Existing::Replace,
-    }
-}
-
-fn simple_init(spec: &MixSpec, seed: u64) -> Result<Option<RouterInit>> {
-    Ok(match spec.router_init.as_str() {
-        "random" => Some(RouterInit::Random {
-            std: spec.router_std,
-            seed,
-        }),
-        "zero" => Some(RouterInit::Zero),
-        "domain-mean" => None,
-        other => bail!("mix.router_init {other:?}: random, zero or domain-mean"),
-    })
-}
-
 fn execute(
     plan: &Plan,
     stage: &Stage,
@@ -239,34 +202,22 @@ fn execute(
         }
         StageKind::Train { from, spec, data } => {
             let data_dir = DataDir::open(&data_root(run, plan.stage(data)?))?;
-            let tok = data_dir.tokenizer()?;
-            let init = match (from, &spec.init) {
-                (Some(f), _) => {
-                    let from_dir = model_of(f)?;
-                    let m = Model::load(&from_dir, &Device::flex())
-                        .with_context(|| format!("loading the output of {f}"))?;
-                    data_dir.check_model(&from_dir, m.cfg.vocab_size)?;
-                    m
-                }
-                (None, Some(shape)) => {
-                    let cfg = shape.to_config(tok.vocab_size(), Some(tok.eos_id()))?;
-                    Model::init(&cfg, spec.train.seed, &Device::flex())?
-                }
-                (None, None) => bail!("a new model needs an init shape"),
-            };
+            let from_dir = from.as_deref().map(&model_of).transpose()?;
+            if from_dir.is_none() && spec.init.is_none() {
+                bail!("a new model needs an init shape");
+            }
+            let init = jobs::train::initial_model(
+                from_dir.as_deref(),
+                spec.init.as_ref(),
+                &data_dir,
+                spec.train.seed,
+            )?;
             let cfg = init.cfg.clone();
             let tc = spec.trainer();
             let mix = MixConfig {
                 weights: spec.weights.clone(),
                 split: None,
             };
-            let mut source = Mixture::new(
-                &data_dir,
-                &mix,
-                tc.train.batch_size,
-                tc.train.seq_len,
-                tc.train.seed,
-            )?;
             let opts = TrainOpts {
                 device: dev.clone(),
                 resume: true,
@@ -274,7 +225,7 @@ fn execute(
                 label: stage.name.clone(),
                 max_steps_this_run: None,
             };
-            let out = train(init, &mut source, &tc, dir, &opts)?;
+            let out = jobs::train::train(init, &data_dir, &mix, &tc, dir, &opts)?;
             if out.stopped_early {
                 errln!(
                     "{}: stopped at step {} with a checkpoint",
@@ -283,7 +234,6 @@ fn execute(
                 );
                 std::process::exit(EXIT_STOPPED);
             }
-            tok.save(&out.model_dir.join("tokenizer.json"))?;
             let mut c = params_compute(&cfg);
             c.train_tokens = out.tokens;
             c.train_flops = out.tokens as f64 * cfg.train_flops_per_token(tc.train.seq_len);
@@ -303,19 +253,17 @@ fn execute(
                 .iter()
                 .map(|e| model_of(e))
                 .collect::<Result<Vec<_>>>()?;
-            let init = match simple_init(spec, *router_seed)? {
-                Some(i) => i,
-                None => domain_mean_init(
-                    &expert_dirs,
-                    domains,
-                    plan.generalist,
-                    &data_root(run, plan.stage(data)?),
-                    spec.router_scale,
-                    spec.split,
-                )?,
-            };
-            let opts = mix_options(spec, init, plan.generalist, Some(domains.clone()));
-            let s = mix(&model_of(seed)?, &expert_dirs, &opts, &model_out)?;
+            let s = jobs::mix::mix(&MixJob {
+                seed: &model_of(seed)?,
+                experts: &expert_dirs,
+                spec,
+                domains: Some(domains),
+                domain_data: Some(&data_root(run, plan.stage(data)?)),
+                router_seed: *router_seed,
+                // A stage owns its directory; a retried stage replaces its own earlier output.
+                existing: Existing::Replace,
+                out: &model_out,
+            })?;
             let cfg = ModelConfig::load(&model_out.join("config.json"))?;
             let mut c = params_compute(&cfg);
             c.wall_seconds = s.seconds;
@@ -327,12 +275,12 @@ fn execute(
             spec,
             router_seed,
         } => {
-            let init = simple_init(spec, 1000 + router_seed)?
-                .context("upcycling uses a random or zero router")?;
-            let s = upcycle(
+            let s = jobs::mix::upcycle(
                 &model_of(seed)?,
                 *num_experts,
-                &mix_options(spec, init, false, None),
+                spec,
+                1000 + router_seed,
+                Existing::Replace,
                 &model_out,
             )?;
             let cfg = ModelConfig::load(&model_out.join("config.json"))?;
@@ -349,42 +297,19 @@ fn execute(
             routing,
         } => {
             let data_dir = DataDir::open(&data_root(run, plan.stage(data)?))?;
-            let domains = data_dir.domains();
             let loaded = models
                 .iter()
-                .map(|m| {
-                    let d = model_of(m)?;
-                    let model =
-                        Model::load(&d, dev).with_context(|| format!("loading {}", d.display()))?;
-                    data_dir.check_model(&d, model.cfg.vocab_size)?;
-                    Ok(model)
-                })
+                .map(|m| jobs::eval::load(&model_of(m)?, &data_dir, dev))
                 .collect::<Result<Vec<_>>>()?;
-            let moe_model = loaded
-                .first()
-                .filter(|m| m.cfg.is_moe() && ensemble.is_none())
-                .cloned();
-            let result = match ensemble {
-                Some(w) => evaluate(&Ensemble::new(loaded, *w), &data_dir, &domains, spec)?,
-                None => evaluate(&loaded[0], &data_dir, &domains, spec)?,
-            };
-            let routing = match (moe_model, routing) {
-                (Some(m), true) => Some(analyze(
-                    &m,
-                    &data_dir,
-                    &domains,
-                    spec.seq_len,
-                    spec.windows,
-                    spec.batch,
-                    0.01,
-                )?),
-                _ => None,
-            };
-            let me = MethodEval {
-                method: method.clone(),
-                result,
-                routing,
-            };
+            let me = jobs::eval::eval(
+                method,
+                loaded,
+                *ensemble,
+                &data_dir,
+                &data_dir.domains(),
+                spec,
+                *routing,
+            )?;
             std::fs::write(dir.join("eval.json"), serde_json::to_string_pretty(&me)?)?;
             Ok((
                 Compute::default(),
@@ -405,26 +330,7 @@ fn execute(
                 // A MiX from before btx_experts: the plan knows the expert order.
                 m.cfg.expert_labels = plan.expert_labels(m.cfg.num_experts());
             }
-            let full = evaluate(&m, &data_dir, &domains, spec)?;
-            let mut labels = m.cfg.expert_labels.clone();
-            labels.dedup();
-            let mut removed = vec![];
-            if m.cfg.num_experts() > 1 {
-                for l in &labels {
-                    let idx = m.cfg.expert_indices(std::slice::from_ref(l))?;
-                    if idx.len() == m.cfg.num_experts() {
-                        continue;
-                    }
-                    let without = m.without_experts(&idx)?;
-                    tracing::info!("{method} without {l}");
-                    removed.push((l.clone(), evaluate(&without, &data_dir, &domains, spec)?));
-                }
-            }
-            let o = btx_eval::evaluate::OptOutEval {
-                method: method.clone(),
-                full,
-                removed,
-            };
+            let o = jobs::eval::opt_out(method, &m, &data_dir, &domains, spec)?;
             std::fs::write(dir.join("optout.json"), serde_json::to_string_pretty(&o)?)?;
             let cost: serde_json::Map<String, serde_json::Value> = o
                 .removed

@@ -6,11 +6,10 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use btx_data::DataDir;
-use btx_eval::evaluate::MethodEval;
-use btx_eval::routing::analyze;
-use btx_eval::{evaluate, Ensemble, EvalSpec, Weighting};
+use btx_eval::{EvalSpec, Weighting};
 use btx_model::burn::prelude::Device;
-use btx_model::Model;
+
+use crate::jobs;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -72,15 +71,8 @@ pub fn run(a: Args, dev: &Device) -> Result<()> {
     let models = a
         .model
         .iter()
-        .map(|m| {
-            let model = Model::load(m, dev)
-                .with_context(|| format!("loading model from {}", m.display()))?;
-            a.without.apply(model)
-        })
+        .map(|m| a.without.apply(jobs::eval::load(m, &data, dev)?))
         .collect::<Result<Vec<_>>>()?;
-    for (m, dir) in models.iter().zip(&a.model) {
-        data.check_model(dir, m.cfg.vocab_size)?;
-    }
     let domains = if a.domains.is_empty() {
         data.domains()
     } else {
@@ -94,32 +86,12 @@ pub fn run(a: Args, dev: &Device) -> Result<()> {
         task_batch: a.task_batch,
         shots: a.shots,
     };
-    let (result, routing) = match &a.ensemble {
-        Some(w) => (
-            evaluate(
-                &Ensemble::new(models, weighting(w)?),
-                &data,
-                &domains,
-                &spec,
-            )?,
-            None,
-        ),
-        None => {
-            if models.len() > 1 {
-                bail!("several --model need --ensemble");
-            }
-            let m = &models[0];
-            let r = evaluate(m, &data, &domains, &spec)?;
-            let routing = if m.cfg.is_moe() {
-                Some(analyze(
-                    m, &data, &domains, a.seq_len, a.windows, a.batch, 0.01,
-                )?)
-            } else {
-                None
-            };
-            (r, routing)
-        }
-    };
+    if a.ensemble.is_none() && models.len() > 1 {
+        bail!("several --model need --ensemble");
+    }
+    let ensemble = a.ensemble.as_deref().map(weighting).transpose()?;
+    let me = jobs::eval::eval(&a.name, models, ensemble, &data, &domains, &spec, true)?;
+    let result = &me.result;
     outln!(
         "{:<14} {:>8} {:>10} {:>9}",
         "domain",
@@ -148,11 +120,6 @@ pub fn run(a: Args, dev: &Device) -> Result<()> {
             .map_or("-".into(), |x| format!("{:.1}", 100.0 * x))
     );
     if let Some(out) = a.out {
-        let me = MethodEval {
-            method: a.name,
-            result,
-            routing,
-        };
         std::fs::write(&out, serde_json::to_string_pretty(&me)?)?;
     }
     Ok(())

@@ -1,33 +1,31 @@
 //! `btx mix`, `btx upcycle`, `btx average`: build MoE (or averaged) checkpoints from dense ones.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
 use btx_core::outdir::Existing;
-use btx_data::mixture::eval_windows;
-use btx_data::DataDir;
-use btx_mix::router::{domain_mean_rows, mean_inputs};
-use btx_mix::{average, mix, upcycle, MixOptions, RouterInit};
-use btx_model::burn::prelude::Device;
-use btx_model::{Model, Routing};
+use btx_mix::{average, AttnMix, MixSpec, NonFfn, RouterInitKind};
+use btx_model::Routing;
 
-/// Router and routing options shared by `mix` and `upcycle`.
+use crate::jobs::mix::{self as job, MixJob};
+
+/// Router and routing options shared by `mix` and `upcycle` (defaults: [`MixSpec`]'s).
 #[derive(clap::Args, Clone, Debug)]
 pub struct RouteArgs {
     /// Router initialisation: random, zero or domain-mean (needs --domain-data and --domains).
-    #[arg(long, default_value = "random")]
-    pub router_init: String,
+    #[arg(long, default_value_t = MixSpec::default().router_init)]
+    pub router_init: RouterInitKind,
     /// Std of a random router.
-    #[arg(long, default_value_t = 0.02)]
+    #[arg(long, default_value_t = MixSpec::default().router_std)]
     pub router_std: f64,
     /// Seed of a random router.
     #[arg(long, default_value_t = 0)]
     pub router_seed: u64,
     /// Logit scale of a domain-mean router.
-    #[arg(long, default_value_t = 4.0)]
+    #[arg(long, default_value_t = MixSpec::default().router_scale)]
     pub router_scale: f64,
     /// Experts per token.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = MixSpec::default().top_k)]
     pub top_k: usize,
     /// top-k, switch, soft or sample-top1 (recorded in config.json as btx_routing).
     #[arg(long, default_value = "top-k")]
@@ -35,6 +33,21 @@ pub struct RouteArgs {
     /// Switch capacity factor.
     #[arg(long, default_value_t = 1.5)]
     pub capacity_factor: f64,
+}
+
+impl RouteArgs {
+    /// These flags over `base`.
+    fn spec(&self, base: MixSpec) -> Result<MixSpec> {
+        Ok(MixSpec {
+            router_init: self.router_init,
+            router_std: self.router_std,
+            router_scale: self.router_scale,
+            top_k: self.top_k,
+            routing: Routing::from_name(&self.routing, self.capacity_factor)
+                .map_err(anyhow::Error::msg)?,
+            ..base
+        })
+    }
 }
 
 #[derive(clap::Args)]
@@ -52,21 +65,21 @@ pub struct MixArgs {
     #[arg(long, value_delimiter = ',')]
     weights: Option<Vec<f64>>,
     /// Cut each FFN into C experts of d_ff / C.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = MixSpec::default().split)]
     split: usize,
     /// Expert n built from the n-th chunk of every model's FFN.
     #[arg(long)]
     blend: bool,
     /// Where the weights outside the FFNs come from: `average` (the mean over the mixed
     /// models, the paper's MiX) or `seed` (the seed's own).
-    #[arg(long, default_value = "average")]
-    non_ffn: String,
+    #[arg(long, default_value_t = NonFfn::Average)]
+    non_ffn: NonFfn,
     /// The experts' attention: `average` (the paper's MiX, a Mixtral), `experts` (each model's
     /// attention becomes an attention expert, BAM) or `experts-shared-kv` (attention experts
     /// with averaged, shared keys and values). Attention experts are written in btx's own
     /// layout (README: "Attention experts"), which transformers does not load.
-    #[arg(long, default_value = "average")]
-    attention: String,
+    #[arg(long, default_value_t = AttnMix::Average)]
+    attention: AttnMix,
     #[command(flatten)]
     route: RouteArgs,
     /// Prepared data for --router-init domain-mean.
@@ -116,113 +129,32 @@ pub struct AverageArgs {
     force: bool,
 }
 
-pub fn routing_of(name: &str, capacity_factor: f64) -> Result<Routing> {
-    Ok(match name {
-        "top-k" | "topk" => Routing::TopK,
-        "switch" => Routing::Switch { capacity_factor },
-        "soft" => Routing::Soft,
-        "sample-top1" => Routing::SampleTop1 {
-            anneal_rate: 1e-4,
-            min_tau: 0.5,
-        },
-        other => bail!("unknown routing {other:?} (top-k, switch, soft, sample-top1)"),
-    })
-}
-
-/// Router rows from each expert's mean FFN input on a sample of its domain, and for attention
-/// experts' routers from its mean attention input (see btx_mix::router).
-pub fn domain_mean_init(
-    experts: &[PathBuf],
-    domains: &[String],
-    generalist: bool,
-    data: &Path,
-    scale: f64,
-    split: usize,
-) -> Result<RouterInit> {
-    if domains.len() != experts.len() {
-        bail!(
-            "domain-mean router init needs one domain per expert ({} experts, {} domains)",
-            experts.len(),
-            domains.len()
-        );
-    }
-    let data = DataDir::open(data)?;
-    let (mut ffn, mut attn) = (vec![], vec![]);
-    for (e, d) in experts.iter().zip(domains) {
-        let model = Model::load(e, &Device::flex())?;
-        let shard = data.shard(d, "train")?;
-        let windows = eval_windows(&shard, 128, 16);
-        let m = mean_inputs(&model, &windows);
-        // Split experts share their model's row (each chunk of the FFN sees the same inputs).
-        ffn.extend(std::iter::repeat_n(Some(m.ffn), split));
-        attn.push(Some(m.attn));
-    }
-    if generalist {
-        ffn.extend(std::iter::repeat_n(None, split));
-        attn.push(None);
-    }
-    Ok(RouterInit::Rows {
-        ffn: domain_mean_rows(&ffn, scale),
-        attn: domain_mean_rows(&attn, scale),
-    })
-}
-
-fn options(r: &RouteArgs, init: RouterInit) -> Result<MixOptions> {
-    Ok(MixOptions {
-        router_init: init,
-        top_k: r.top_k,
-        routing: routing_of(&r.routing, r.capacity_factor)?,
-        ..Default::default()
-    })
-}
-
-fn simple_init(r: &RouteArgs) -> Result<Option<RouterInit>> {
-    Ok(match r.router_init.as_str() {
-        "random" => Some(RouterInit::Random {
-            std: r.router_std,
-            seed: r.router_seed,
-        }),
-        "zero" => Some(RouterInit::Zero),
-        "domain-mean" => None,
-        other => bail!("--router-init {other:?}: random, zero or domain-mean"),
-    })
-}
-
 pub fn run_mix(a: MixArgs) -> Result<()> {
-    let init = match simple_init(&a.route)? {
-        Some(i) => i,
-        None => {
-            let data = a
-                .domain_data
-                .as_ref()
-                .context("--router-init domain-mean needs --domain-data DIR")?;
-            domain_mean_init(
-                &a.experts,
-                &a.domains,
-                a.generalist,
-                data,
-                a.route.router_scale,
-                a.split,
-            )?
-        }
-    };
-    let opts = MixOptions {
+    let spec = a.route.spec(MixSpec {
+        // `btx mix` mixes exactly the models it is given unless asked for the generalist.
         generalist: a.generalist,
-        weights: a.weights.clone(),
+        weights: a.weights.clone().unwrap_or_default(),
         split: a.split,
         blend: a.blend,
-        non_ffn: btx_mix::NonFfn::parse(&a.non_ffn)?,
-        attention: btx_mix::AttnMix::parse(&a.attention)?,
-        labels: (!a.domains.is_empty()).then(|| a.domains.clone()),
+        non_ffn: a.non_ffn,
+        attention: a.attention,
+        ..MixSpec::default()
+    })?;
+    let s = job::mix(&MixJob {
+        seed: &a.seed,
+        experts: &a.experts,
+        spec: &spec,
+        domains: (!a.domains.is_empty()).then_some(a.domains.as_slice()),
+        domain_data: a.domain_data.as_deref(),
+        router_seed: a.route.router_seed,
         existing: Existing::replace_if(a.force),
-        ..options(&a.route, init)?
-    };
-    let s = mix(&a.seed, &a.experts, &opts, &a.out).context("mix")?;
+        out: &a.out,
+    })?;
     outln!(
         "mixed {} models into {} with {} experts {:?} (d_ff {}, top-{} {}) in {:.2}s: {}",
         s.models.len(),
         match s.attention {
-            btx_mix::AttnMix::Average => "a Mixtral".to_string(),
+            AttnMix::Average => "a Mixtral".to_string(),
             other => format!("a btx MoA model (attention: {})", other.name()),
         },
         s.num_experts,
@@ -237,12 +169,18 @@ pub fn run_mix(a: MixArgs) -> Result<()> {
 }
 
 pub fn run_upcycle(a: UpcycleArgs) -> Result<()> {
-    let init = simple_init(&a.route)?.context("upcycling supports random or zero router init")?;
-    let opts = MixOptions {
-        existing: Existing::replace_if(a.force),
-        ..options(&a.route, init)?
-    };
-    let s = upcycle(&a.seed, a.num_experts, &opts, &a.out)?;
+    let spec = a.route.spec(MixSpec {
+        generalist: false,
+        ..MixSpec::default()
+    })?;
+    let s = job::upcycle(
+        &a.seed,
+        a.num_experts,
+        &spec,
+        a.route.router_seed,
+        Existing::replace_if(a.force),
+        &a.out,
+    )?;
     outln!(
         "upcycled {} into {} experts in {:.2}s: {}",
         a.seed.display(),

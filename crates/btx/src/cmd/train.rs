@@ -5,12 +5,13 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use btx_core::outdir::Existing;
-use btx_data::{prepare, DataDir, MixConfig, Mixture, Tok};
+use btx_data::{prepare, DataDir, MixConfig};
 use btx_model::burn::prelude::Device;
 use btx_model::{Model, ModelSpec};
-use btx_train::{train, LoopConfig, MoeLossConfig, OptimConfig, TrainOpts, TrainerConfig};
+use btx_train::{LoopConfig, MoeLossConfig, OptimConfig, TrainOpts, TrainerConfig};
 use serde::{Deserialize, Serialize};
 
+use crate::jobs;
 use crate::overrides;
 use crate::runtime::EXIT_STOPPED;
 
@@ -95,32 +96,18 @@ pub fn resolve_data(d: &DataSection, base: &Path, out: &Path) -> Result<DataDir>
 }
 
 /// The initial model: loaded from `path` (its tokenizer must be the data's), or initialised.
-pub fn resolve_model(
-    m: &ModelSource,
-    base: &Path,
-    data: &DataDir,
-    tok: &Tok,
-    seed: u64,
-) -> Result<Model> {
-    match (&m.path, &m.init) {
-        (Some(_), Some(_)) => bail!("[model]: give either path or init, not both"),
-        (Some(p), None) => {
-            let p = if p.is_absolute() {
-                p.clone()
-            } else {
-                base.join(p)
-            };
-            let model = Model::load(&p, &Device::flex())
-                .with_context(|| format!("loading {}", p.display()))?;
-            data.check_model(&p, model.cfg.vocab_size)?;
-            Ok(model)
-        }
-        (None, spec) => {
-            let spec = spec.clone().unwrap_or_default();
-            let cfg = spec.to_config(tok.vocab_size(), Some(tok.eos_id()))?;
-            Ok(Model::init(&cfg, seed, &Device::flex())?)
-        }
+pub fn resolve_model(m: &ModelSource, base: &Path, data: &DataDir, seed: u64) -> Result<Model> {
+    if m.path.is_some() && m.init.is_some() {
+        bail!("[model]: give either path or init, not both");
     }
+    let path = m.path.as_ref().map(|p| {
+        if p.is_absolute() {
+            p.clone()
+        } else {
+            base.join(p)
+        }
+    });
+    jobs::train::initial_model(path.as_deref(), m.init.as_ref(), data, seed)
 }
 
 pub fn run(a: Args, dev: &Device) -> Result<()> {
@@ -139,33 +126,12 @@ pub fn run(a: Args, dev: &Device) -> Result<()> {
         toml::to_string_pretty(&raw).unwrap_or_default(),
     )?;
     let data = resolve_data(&file.data, &base, &a.out)?;
-    let tok = data.tokenizer()?;
-    let model = resolve_model(&file.model, &base, &data, &tok, file.train.seed)?;
+    let model = resolve_model(&file.model, &base, &data, file.train.seed)?;
     let cfg = file.trainer();
     let mix = MixConfig {
         weights: file.data.weights.clone(),
         split: file.data.split.clone(),
     };
-    let mut source = Mixture::new(
-        &data,
-        &mix,
-        cfg.train.batch_size,
-        cfg.train.seq_len,
-        cfg.train.seed,
-    )?;
-    tracing::info!(
-        "training {} ({:.2}M params, {:.2}M active) on {:?} for {} steps of {} tokens",
-        if model.cfg.is_moe() {
-            "a Mixtral"
-        } else {
-            "a Llama"
-        },
-        model.cfg.total_params() as f64 / 1e6,
-        model.cfg.active_params() as f64 / 1e6,
-        source.domain_names(),
-        cfg.train.steps,
-        cfg.train.batch_size * cfg.train.seq_len * cfg.train.grad_accum
-    );
     let opts = TrainOpts {
         device: dev.clone(),
         resume: a.resume,
@@ -173,7 +139,7 @@ pub fn run(a: Args, dev: &Device) -> Result<()> {
         label: "train".into(),
         max_steps_this_run: a.max_steps_this_run,
     };
-    let outcome = train(model, &mut source, &cfg, &a.out, &opts)?;
+    let outcome = jobs::train::train(model, &data, &mix, &cfg, &a.out, &opts)?;
     if outcome.stopped_early {
         errln!(
             "stopped at step {}/{} with a checkpoint; continue with --resume",
@@ -182,7 +148,6 @@ pub fn run(a: Args, dev: &Device) -> Result<()> {
         );
         std::process::exit(EXIT_STOPPED);
     }
-    tok.save(&outcome.model_dir.join("tokenizer.json"))?;
     outln!(
         "done: {} steps, {} tokens, final loss {:.4}, {:.1}s; model in {}",
         outcome.steps,

@@ -1,0 +1,98 @@
+//! Evaluating a model, or a BTM ensemble of models: `btx eval` and the pipeline's eval stages.
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use btx_data::DataDir;
+use btx_eval::evaluate::MethodEval;
+use btx_eval::routing::analyze;
+use btx_eval::{evaluate, Ensemble, EvalSpec, Weighting};
+use btx_model::burn::prelude::Device;
+use btx_model::Model;
+
+/// Share of tokens below which the routing analysis calls an expert dead.
+const DEAD_SHARE: f64 = 0.01;
+
+/// Loads a model for evaluation on `data`, checking that they share a tokenizer.
+pub fn load(dir: &Path, data: &DataDir, dev: &Device) -> Result<Model> {
+    let model = Model::load(dir, dev).with_context(|| format!("loading {}", dir.display()))?;
+    data.check_model(dir, model.cfg.vocab_size)?;
+    Ok(model)
+}
+
+/// Held-out loss (and task accuracy) of `models` on `domains`: one model alone, or several as
+/// an ensemble weighted as `ensemble` says. With `routing`, a MoE model alone also gets its
+/// routing analysed.
+pub fn eval(
+    method: &str,
+    models: Vec<Model>,
+    ensemble: Option<Weighting>,
+    data: &DataDir,
+    domains: &[String],
+    spec: &EvalSpec,
+    routing: bool,
+) -> Result<MethodEval> {
+    let (result, routing) = match ensemble {
+        Some(w) => (
+            evaluate(&Ensemble::new(models, w), data, domains, spec)?,
+            None,
+        ),
+        None => {
+            if models.len() != 1 {
+                bail!("{} models need an ensemble weighting", models.len());
+            }
+            let m = &models[0];
+            let r = evaluate(m, data, domains, spec)?;
+            let routing = if routing && m.cfg.is_moe() {
+                Some(analyze(
+                    m,
+                    data,
+                    domains,
+                    spec.seq_len,
+                    spec.windows,
+                    spec.batch,
+                    DEAD_SHARE,
+                )?)
+            } else {
+                None
+            };
+            (r, routing)
+        }
+    };
+    Ok(MethodEval {
+        method: method.into(),
+        result,
+        routing,
+    })
+}
+
+/// The opt-out cost of a BTX model: its evaluation whole, then without each expert label in
+/// turn (FFN and attention experts alike; a label that holds every expert is skipped).
+pub fn opt_out(
+    method: &str,
+    m: &Model,
+    data: &DataDir,
+    domains: &[String],
+    spec: &EvalSpec,
+) -> Result<btx_eval::evaluate::OptOutEval> {
+    let full = evaluate(m, data, domains, spec)?;
+    let mut labels = m.cfg.expert_labels.clone();
+    labels.dedup();
+    let mut removed = vec![];
+    if m.cfg.num_experts() > 1 {
+        for l in &labels {
+            let idx = m.cfg.expert_indices(std::slice::from_ref(l))?;
+            if idx.len() == m.cfg.num_experts() {
+                continue;
+            }
+            let without = m.without_experts(&idx)?;
+            tracing::info!("{method} without {l}");
+            removed.push((l.clone(), evaluate(&without, data, domains, spec)?));
+        }
+    }
+    Ok(btx_eval::evaluate::OptOutEval {
+        method: method.into(),
+        full,
+        removed,
+    })
+}

@@ -1,0 +1,113 @@
+//! MiX and sparse upcycling, with their router starts.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use btx_core::outdir::Existing;
+use btx_data::mixture::eval_windows;
+use btx_data::DataDir;
+use btx_mix::router::{domain_mean_rows, mean_inputs};
+use btx_mix::{MixOptions, MixSpec, MixSummary, RouterInit};
+use btx_model::burn::prelude::Device;
+use btx_model::Model;
+
+/// A MiX to run: the models, the spec, and what a router start or the output needs.
+pub struct MixJob<'a> {
+    pub seed: &'a Path,
+    /// Expert model directories, in expert order.
+    pub experts: &'a [PathBuf],
+    pub spec: &'a MixSpec,
+    /// The experts' domains, in the same order: their names in `config.json` (`btx_experts`)
+    /// and, for a `domain-mean` router, the data each is measured on. `None`: the directories'
+    /// names, and no domain-mean.
+    pub domains: Option<&'a [String]>,
+    /// Prepared data for a `domain-mean` router.
+    pub domain_data: Option<&'a Path>,
+    /// Seed of a random router.
+    pub router_seed: u64,
+    pub existing: Existing,
+    pub out: &'a Path,
+}
+
+/// BTX's MiX (see [`btx_mix::mix`]), its routers started as the spec says.
+pub fn mix(j: &MixJob) -> Result<MixSummary> {
+    let router_init = match j.spec.simple_router_init(j.router_seed) {
+        Some(i) => i,
+        None => {
+            let data = j.domain_data.context(
+                "router_init domain-mean needs prepared domain data (--domain-data DIR)",
+            )?;
+            let domains = j
+                .domains
+                .context("router_init domain-mean needs the experts' domains (--domains)")?;
+            domain_mean_init(j.experts, domains, j.spec, data)?
+        }
+    };
+    let opts = MixOptions {
+        spec: j.spec.clone(),
+        router_init,
+        labels: j.domains.map(<[String]>::to_vec),
+        existing: j.existing,
+    };
+    btx_mix::mix(j.seed, j.experts, &opts, j.out).context("mix")
+}
+
+/// Sparse upcycling (see [`btx_mix::upcycle`]): `n` copies of the seed's FFN, routed as the
+/// spec says, from a random (seeded `router_seed`) or zero router.
+pub fn upcycle(
+    seed: &Path,
+    n: usize,
+    spec: &MixSpec,
+    router_seed: u64,
+    existing: Existing,
+    out: &Path,
+) -> Result<MixSummary> {
+    let router_init = spec.simple_router_init(router_seed).context(
+        "upcycling starts from a random or zero router (domain-mean needs experts trained on domains)",
+    )?;
+    let opts = MixOptions {
+        spec: spec.clone(),
+        router_init,
+        labels: None,
+        existing,
+    };
+    Ok(btx_mix::upcycle(seed, n, &opts, out)?)
+}
+
+/// Router rows from each expert's mean FFN input on a sample of its domain, and for attention
+/// experts' routers from its mean attention input (see btx_mix::router). The generalist (the
+/// seed, with `spec.generalist`) gets no row of its own: it starts at zero.
+pub fn domain_mean_init(
+    experts: &[PathBuf],
+    domains: &[String],
+    spec: &MixSpec,
+    data: &Path,
+) -> Result<RouterInit> {
+    if domains.len() != experts.len() {
+        bail!(
+            "domain-mean router init needs one domain per expert ({} experts, {} domains)",
+            experts.len(),
+            domains.len()
+        );
+    }
+    let split = spec.split.max(1);
+    let data = DataDir::open(data)?;
+    let (mut ffn, mut attn) = (vec![], vec![]);
+    for (e, d) in experts.iter().zip(domains) {
+        let model = Model::load(e, &Device::flex())?;
+        let shard = data.shard(d, "train")?;
+        let windows = eval_windows(&shard, 128, 16);
+        let m = mean_inputs(&model, &windows);
+        // Split experts share their model's row (each chunk of the FFN sees the same inputs).
+        ffn.extend(std::iter::repeat_n(Some(m.ffn), split));
+        attn.push(Some(m.attn));
+    }
+    if spec.generalist {
+        ffn.extend(std::iter::repeat_n(None, split));
+        attn.push(None);
+    }
+    Ok(RouterInit::Rows {
+        ffn: domain_mean_rows(&ffn, spec.router_scale),
+        attn: domain_mean_rows(&attn, spec.router_scale),
+    })
+}
