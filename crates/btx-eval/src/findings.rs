@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use crate::evaluate::DomainEval;
-use crate::report::{MethodResult, ReportInput};
+use crate::input::{MethodResult, ReportInput};
 use crate::routing::{RoutingReport, WindowShares};
 use crate::stats::{Bootstrap, Estimate, Finding, Obs};
 
@@ -778,7 +778,7 @@ pub fn diagnosis(st: &Stats) -> String {
 mod tests {
     use super::*;
     use crate::evaluate::{Average, EvalResult};
-    use crate::report::MethodCompute;
+    use crate::input::MethodCompute;
 
     /// A method whose windows on domain d have losses `base[d] + wiggle` (the same wiggle for
     /// every method, as windows of one text are alike in difficulty for all models).

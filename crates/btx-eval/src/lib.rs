@@ -3,6 +3,7 @@
 
 pub mod evaluate;
 pub mod findings;
+pub mod input;
 pub mod lm;
 pub mod optout;
 pub mod plots;

@@ -1,5 +1,6 @@
 //! `btx-train`: the one training loop shared by every BTX stage.
 
+pub mod adamw;
 pub mod checkpoint;
 pub mod config;
 pub mod error;

@@ -27,7 +27,7 @@ pub fn global_norm(grads: &[Option<Tensor<2>>]) -> f64 {
     let mut total = 0f64;
     let mut composite: Vec<Tensor<1>> = vec![];
     for g in grads.iter().flatten() {
-        match btx_model::fused::adamw::sum_squares(g) {
+        match crate::adamw::sum_squares(g) {
             Some(s) => total += s,
             None => composite.push(g.clone().square().sum()),
         }
@@ -113,7 +113,7 @@ impl AdamW {
         } else {
             1.0
         };
-        let scalars = btx_model::fused::adamw::AdamWScalars {
+        let scalars = crate::adamw::AdamWScalars {
             decay: decay_mul as f32,
             one_minus_b1: (1.0 - b1) as f32,
             b2: b2 as f32,
@@ -129,7 +129,7 @@ impl AdamW {
             std::mem::replace(&mut st.m, placeholder()),
             std::mem::replace(&mut st.v, placeholder()),
         );
-        let (p, g) = match btx_model::fused::adamw::adamw(p, g, m, v, scalars) {
+        let (p, g) = match crate::adamw::adamw(p, g, m, v, scalars) {
             Ok((p, m, v)) => {
                 (st.m, st.v) = (m, v);
                 return p;

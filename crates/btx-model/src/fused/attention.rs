@@ -25,9 +25,9 @@ use burn::prelude::*;
 use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 
-use super::simd::simd_fn;
-use super::tile_mm;
-use super::vexp::exp_sub_sum;
+use super::kernels::simd::simd_fn;
+use super::kernels::tile_mm;
+use super::kernels::vexp::exp_sub_sum;
 
 const BLK: usize = 64;
 
@@ -143,7 +143,7 @@ unsafe fn mm(
         return;
     }
     let tile = b_cs == 1 && tile_mm::available();
-    let _clock = super::gemm_clock::Timer::start(super::gemm_clock::Call {
+    let _clock = super::instrument::gemm_clock::Timer::start(super::instrument::gemm_clock::Call {
         m,
         n,
         k,
@@ -223,7 +223,7 @@ unsafe fn against_transposed(
 simd_fn! {
 /// In place: a row of scores becomes softmax probabilities.
 fn softmax(row: &mut [f32]) {
-    let m = super::reduce::max(row);
+    let m = super::kernels::reduce::max(row);
     let inv = 1.0 / exp_sub_sum(row, m);
     row.iter_mut().for_each(|x| *x *= inv);
 }
@@ -233,7 +233,7 @@ simd_fn! {
 /// In place: a row of dP becomes dS = P (dP - D) with D = <P, dP> (= <dO, O>, but this way a
 /// row that sees a single key gets exactly zero, as the composite softmax does).
 fn softmax_grad(p: &[f32], dp: &mut [f32]) {
-    let d = super::reduce::dot(p, dp);
+    let d = super::kernels::reduce::dot(p, dp);
     for (s, &pp) in dp.iter_mut().zip(p) {
         *s = pp * (*s - d);
     }

@@ -3,7 +3,7 @@
 //! of element-wise tensor ops (each its own pass and allocation) the composite versions run.
 
 use super::fan_in::{share, FanIn};
-use super::linear::Dst;
+use super::kernels::gemm::Dst;
 use super::{autodiff_flex, contiguous, f32_slice, plain_flex};
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
@@ -15,8 +15,8 @@ use burn::prelude::*;
 use rayon::prelude::*;
 use std::sync::Arc;
 
-use super::simd::simd_fn;
-use super::vexp;
+use super::kernels::simd::simd_fn;
+use super::kernels::vexp;
 use std::mem::MaybeUninit;
 
 const CHUNK: usize = 1 << 13;
@@ -115,7 +115,7 @@ simd_fn! {
 fn rms_rows(x: &[f32], w: &[f32], eps: f32, y: &mut [MaybeUninit<f32>], r: &mut [f32]) {
     let d = w.len();
     for ((row, yr), rr) in x.chunks(d).zip(y.chunks_mut(d)).zip(r.iter_mut()) {
-        let ms = super::reduce::dot(row, row) / d as f32;
+        let ms = super::kernels::reduce::dot(row, row) / d as f32;
         *rr = 1.0 / (ms + eps).sqrt();
         for k in 0..d {
             yr[k].write(row[k] * *rr * w[k]);
@@ -138,7 +138,7 @@ fn rms_back_rows(
 ) {
     let d = w.len();
     for (((xr, gr), &ri), dxr) in x.chunks(d).zip(g.chunks(d)).zip(r).zip(dx.chunks_mut(d)) {
-        let dot = super::reduce::dot3(gr, w, xr);
+        let dot = super::kernels::reduce::dot3(gr, w, xr);
         for k in 0..d {
             dw[k] += gr[k] * xr[k] * ri;
         }
@@ -343,7 +343,7 @@ fn softmax_forward(x: &[f32], e: usize) -> Vec<f32> {
     let mut y = x.to_vec();
     y.par_chunks_mut(SOFTMAX_ROWS * e).for_each(|c| {
         for row in c.chunks_exact_mut(e) {
-            let m = super::reduce::max(row);
+            let m = super::kernels::reduce::max(row);
             let inv = 1.0 / vexp::exp_sub_sum(row, m);
             row.iter_mut().for_each(|v| *v *= inv);
         }
@@ -370,7 +370,7 @@ impl Backward<Flex, 1> for SoftmaxBackward {
             .zip(y.par_chunks(SOFTMAX_ROWS * e))
             .for_each(|(d, y)| {
                 for (dr, yr) in d.chunks_exact_mut(e).zip(y.chunks_exact(e)) {
-                    let dot = super::reduce::dot(yr, dr);
+                    let dot = super::kernels::reduce::dot(yr, dr);
                     for (a, &b) in dr.iter_mut().zip(yr) {
                         *a = b * (*a - dot);
                     }

@@ -9,8 +9,9 @@
 
 use std::mem::MaybeUninit;
 
-use super::linear::{weight_grad_cols, write_product, Dst, GRAD_BLOCK, MIN_SPLIT};
-use super::{autodiff_flex, contiguous, f32_slice, plain_flex, vexp, SharedPtr as Ptr};
+use super::kernels::gemm::{weight_grad_cols, write_product, Dst, GRAD_BLOCK, MIN_SPLIT};
+use super::kernels::vexp;
+use super::{autodiff_flex, contiguous, f32_slice, plain_flex, SharedPtr as Ptr};
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;

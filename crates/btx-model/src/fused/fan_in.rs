@@ -16,7 +16,7 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::{Autodiff, Flex};
 
-use super::linear::Dst;
+use super::kernels::gemm::Dst;
 
 /// The summed input gradient of a tensor read by several ops built with this `FanIn`.
 ///

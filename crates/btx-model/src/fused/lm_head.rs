@@ -10,9 +10,9 @@
 //! only scales them by the incoming scalar. Blocks run in order (each gemm uses all threads) and
 //! per-row losses are summed serially, so results are bit-identical on any number of threads.
 
-use super::linear::{spread_product, Dst};
-use super::simd::simd_fn;
-use super::vexp::exp_sub_sum;
+use super::kernels::gemm::{spread_product, Dst};
+use super::kernels::simd::simd_fn;
+use super::kernels::vexp::exp_sub_sum;
 use super::{autodiff_flex, contiguous, f32_slice, plain_flex};
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
@@ -75,7 +75,7 @@ fn loss_row(row: &mut [f32], t: i64, grad: bool, inv_count: f32) -> f64 {
     }
     let t = t as usize;
     let zt = row[t];
-    let m = super::reduce::max(row);
+    let m = super::kernels::reduce::max(row);
     let s = exp_sub_sum(row, m);
     if grad {
         let k = inv_count / s;

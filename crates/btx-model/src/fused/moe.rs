@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 use super::fan_in::{share, FanIn};
-use super::linear::Dst;
+use super::kernels::gemm::Dst;
 use super::{autodiff_flex, contiguous, f32_slice, plain_flex};
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
@@ -103,7 +103,7 @@ impl Backward<Flex, 2> for CombineBackward {
                         for (o, &x) in dyr.iter_mut().zip(gr) {
                             o.write(g[r] * x);
                         }
-                        *dgr = super::reduce::dot(yr, gr);
+                        *dgr = super::kernels::reduce::dot(yr, gr);
                     }
                 });
         }

@@ -72,6 +72,8 @@ fn detect() -> Level {
 
 /// Defines `fn name(args) -> ret { body }` compiled for each [`Level`] and dispatched at run
 /// time. The body must not use `self`; arguments are passed by value to the chosen version.
+/// Exported for kernels outside this crate (btx-train's fused AdamW).
+#[macro_export]
 macro_rules! simd_fn {
     ($(#[$attr:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
         $(#[$attr])*
@@ -92,19 +94,19 @@ macro_rules! simd_fn {
                 unsafe fn v3($($arg: $ty),*) $(-> $ret)? {
                     body($($arg),*)
                 }
-                match $crate::fused::simd::level() {
+                match $crate::fused::kernels::simd::level() {
                     // SAFETY: `level` reports only instruction sets this CPU has.
-                    $crate::fused::simd::Level::V4 => return unsafe { v4($($arg),*) },
+                    $crate::fused::kernels::simd::Level::V4 => return unsafe { v4($($arg),*) },
                     // SAFETY: as above.
-                    $crate::fused::simd::Level::V3 => return unsafe { v3($($arg),*) },
-                    $crate::fused::simd::Level::Base => {}
+                    $crate::fused::kernels::simd::Level::V3 => return unsafe { v3($($arg),*) },
+                    $crate::fused::kernels::simd::Level::Base => {}
                 }
             }
             body($($arg),*)
         }
     };
 }
-pub(crate) use simd_fn;
+pub use crate::simd_fn;
 
 #[cfg(test)]
 mod tests {

@@ -1,4 +1,4 @@
-//! Time spent inside matrix products (gemm's and [`super::tile_mm`]'s), so `btx bench train` can set a step's own gemm time against
+//! Time spent inside matrix products (gemm's and the tile kernel's), so `btx bench train` can set a step's own gemm time against
 //! the matmul floor and tell the products' slowdown in the step (cold operands, strided layouts,
 //! small attention blocks) from everything else. Off unless [`enable`]d; then each gemm call costs
 //! two clock reads.
@@ -8,9 +8,9 @@
 //! of a linear layer) and count thread time; [`GemmTime::wall_s`] divides that by the thread
 //! count, which is exact when the threads stay busy together, as they do there.
 //!
-//! With [`enable_calls`] each call is also tallied by its shape and layout ([`Call`]), and
-//! [`Call::replay`] times the same call alone on hot caches: `btx bench train --products` sets
-//! the two side by side, call by call.
+//! With [`enable_calls`] each call is also tallied by its shape and layout ([`Call`]); `btx
+//! bench train --products` replays each alone on hot caches and sets the two side by side, call
+//! by call. A leaf module: the kernels it times import it, it imports none of them.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -35,71 +35,8 @@ pub struct Call {
     pub acc: bool,
     /// Spread over the pool by gemm itself.
     pub parallel: bool,
-    /// Run by [`super::tile_mm`] instead of gemm (B's rows contiguous: `b.1 == 1`).
+    /// Run by the AVX-512 tile kernel instead of gemm (B's rows contiguous: `b.1 == 1`).
     pub tile: bool,
-}
-
-impl Call {
-    /// Median seconds of this call run alone, repeatedly, on hot operands (fresh data).
-    pub fn replay(&self) -> f64 {
-        let extent = |rows: usize, cols: usize, (rs, cs): (usize, usize)| {
-            (rows.max(1) - 1) * rs + (cols.max(1) - 1) * cs + 1
-        };
-        let a: Vec<f32> = (0..extent(self.m, self.k, self.a))
-            .map(|i| (i % 13) as f32 * 0.01)
-            .collect();
-        let b: Vec<f32> = (0..extent(self.k, self.n, self.b))
-            .map(|i| (i % 7) as f32 * 0.01)
-            .collect();
-        let mut dst = vec![0f32; extent(self.m, self.n, (self.dst_rs, 1))];
-        let mode = if self.acc {
-            super::linear::Dst::Accumulate
-        } else {
-            super::linear::Dst::Write
-        };
-        let mut run = || {
-            // SAFETY: every buffer spans the extent its strides reach (and a tile call was
-            // recorded only where the tile kernel is available, with contiguous B rows).
-            unsafe {
-                if self.tile {
-                    super::tile_mm::product(
-                        [self.m, self.n, self.k],
-                        dst.as_mut_ptr(),
-                        self.dst_rs,
-                        self.acc,
-                        (a.as_ptr(), self.a.0, self.a.1),
-                        (b.as_ptr(), self.b.0),
-                        1.0,
-                    );
-                    return;
-                }
-                super::linear::write_product_strided(
-                    dst.as_mut_ptr(),
-                    self.dst_rs,
-                    [self.m, self.n, self.k],
-                    (&a, self.a.0, self.a.1),
-                    (&b, self.b.0, self.b.1),
-                    1.0,
-                    mode,
-                    self.parallel,
-                )
-            }
-        };
-        run();
-        let flops = 2.0 * (self.m * self.n * self.k) as f64;
-        let reps = ((5e7 / flops).ceil() as usize).clamp(3, 2000);
-        let mut ts: Vec<f64> = (0..5)
-            .map(|_| {
-                let t0 = Instant::now();
-                for _ in 0..reps {
-                    run();
-                }
-                t0.elapsed().as_secs_f64() / reps as f64
-            })
-            .collect();
-        ts.sort_by(f64::total_cmp);
-        ts[2]
-    }
 }
 
 /// Starts (or stops) tallying calls by shape; starting clears the tally.
