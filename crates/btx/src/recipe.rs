@@ -664,9 +664,10 @@ impl Recipe {
         let mut names = std::collections::HashSet::new();
         for v in self.variants() {
             let at = format!("finetune variant {:?}", v.name);
-            if v.name.is_empty() || v.name.contains(['/', ' ', ':']) {
+            // (`#` and `@` start a stage name's budget and replica tags: see plan::names.)
+            if v.name.is_empty() || v.name.contains(['/', ' ', ':', '#', '@']) {
                 p.push(format!(
-                    "{at}: the name must be non-empty, without spaces, slashes or colons"
+                    "{at}: the name must be non-empty, without spaces, slashes, colons, # or @"
                 ));
             }
             if !names.insert(v.name.clone()) {

@@ -11,7 +11,7 @@ use btx_eval::plots;
 use btx_eval::report::{markdown, results_json, MethodCompute, MethodResult, ReportInput};
 
 use crate::manifest::{read_manifest, Compute};
-use crate::plan::{method_of, Plan, Stage, StageKind};
+use crate::plan::{method_of, names, Plan, Stage, StageKind};
 
 fn compute_of(run: &Path, s: &Stage) -> Compute {
     read_manifest(&run.join(&s.dir))
@@ -24,7 +24,7 @@ fn training_stages<'a>(plan: &'a Plan, method: &str, sfx: &str) -> Vec<&'a Stage
     let find = |n: &str| plan.stages.iter().find(|s| s.name == n);
     // The experts a variant's MiX is made of (full or FFN-only).
     let mixed = |v: &str| -> Vec<&'a Stage> {
-        let mix = find(&format!("mix:{v}{sfx}")).or_else(|| plan.mix_of(v, sfx));
+        let mix = find(&names::mix(v, sfx)).or_else(|| plan.mix_of(v, sfx));
         match mix.map(|s| &s.kind) {
             Some(StageKind::Mix { experts, .. }) => {
                 experts.iter().filter_map(|e| find(e)).collect()
@@ -32,28 +32,32 @@ fn training_stages<'a>(plan: &'a Plan, method: &str, sfx: &str) -> Vec<&'a Stage
             _ => vec![],
         }
     };
-    let experts: Vec<&Stage> = plan
-        .domains
-        .iter()
-        .filter_map(|d| find(&format!("expert:{d}{sfx}")))
-        .collect();
-    match method {
-        "seed" => find("seed").into_iter().collect(),
-        // Expert families (`expert`, `expert-ffn`, `expert-anchored[-<groups>]`); rescaled
-        // ones (`expert-x<f>`) are not evaluated alone.
-        m if m.starts_with("expert") && m.contains(':') => {
-            find(&format!("{m}{sfx}")).into_iter().collect()
-        }
-        m if m.starts_with("mix:") => mixed(&m["mix:".len()..]),
-        m if m == "btx" || m.starts_with("btx:") => {
-            let v = m.strip_prefix("btx:").unwrap_or(&plan.variants[0]);
-            let mut s = mixed(v);
-            s.extend(find(&format!("finetune:{v}{sfx}")));
-            s
-        }
-        m if m.starts_with("btm-") || m == "merge-avg" => experts,
-        m => find(&format!("baseline:{m}{sfx}")).into_iter().collect(),
+    let experts = || -> Vec<&Stage> {
+        plan.domains
+            .iter()
+            .filter_map(|d| find(&names::expert("expert", d, sfx)))
+            .collect()
+    };
+    if method == names::SEED {
+        return find(names::SEED).into_iter().collect();
     }
+    // Expert families (`expert`, `expert-ffn`, `expert-anchored[-<groups>]`); rescaled ones
+    // (`expert-x<f>`) are not evaluated alone.
+    if names::expert_domain(method).is_some() {
+        return find(&format!("{method}{sfx}")).into_iter().collect();
+    }
+    if let Some(v) = names::mix_variant(method) {
+        return mixed(v);
+    }
+    if let Some(v) = names::btx_variant(method, &plan.variants[0]) {
+        let mut s = mixed(v);
+        s.extend(find(&names::finetune(v, sfx)));
+        return s;
+    }
+    if method.starts_with("btm-") || method == "merge-avg" {
+        return experts();
+    }
+    find(&names::baseline(method, sfx)).into_iter().collect()
 }
 
 /// The opt-out evaluations at the main budget, by method, in replica order.
@@ -112,8 +116,7 @@ pub fn build(plan: &Plan, run: &Path) -> Result<()> {
             domains = me.result.domains.keys().cloned().collect();
         }
         let (btag, rep) = crate::plan::tags_of(&s.name);
-        // The stage is `eval:<method><budget tag><replica tag>`.
-        let sfx = s.name["eval:".len() + method.len()..].to_string();
+        let sfx = names::suffix(&s.name).to_string();
         let mut c = MethodCompute::default();
         for t in training_stages(plan, method, &sfx) {
             let x = compute_of(run, t);
@@ -141,7 +144,7 @@ pub fn build(plan: &Plan, run: &Path) -> Result<()> {
             eval: me.result,
             compute: c,
         };
-        if method == "seed" {
+        if method == names::SEED {
             // The seed is shared by every budget and replica.
             for r in by_budget.values_mut().flatten() {
                 r.push(result.clone());
@@ -210,7 +213,7 @@ pub fn build(plan: &Plan, run: &Path) -> Result<()> {
     if input.plots.is_empty() && !plots::font_available() {
         tracing::warn!("no plots: no TrueType font found (set BTX_FONT)");
     }
-    let seed_stage = plan.stages.iter().find(|s| s.name == "seed");
+    let seed_stage = plan.stages.iter().find(|s| s.name == names::SEED);
     let mut setup = vec![];
     if let Some(s) = seed_stage {
         let c = compute_of(run, s);
@@ -278,7 +281,7 @@ fn budget_curves(all: &[(f64, &Stats)]) -> Vec<BudgetCurve> {
     };
     primary
         .methods()
-        .filter(|m| m.name != "seed" && !m.name.starts_with("expert"))
+        .filter(|m| !names::is_seed_or_expert(&m.name))
         .map(|m| BudgetCurve {
             method: m.name.clone(),
             points: all
@@ -305,9 +308,8 @@ fn expert_names(plan: &Plan, method: &str, labels: &[String], n: usize) -> Vec<S
     if method.starts_with("upcycle") {
         return (0..n).map(|i| format!("copy {i}")).collect();
     }
-    let variant = method
-        .strip_prefix("btx:")
-        .or_else(|| method.strip_prefix("mix:"))
+    let variant = names::mix_variant(method)
+        .or_else(|| names::btx_variant(method, &plan.variants[0]))
         .unwrap_or(&plan.variants[0]);
     let spec = plan.mix_of(variant, "").and_then(|s| match &s.kind {
         StageKind::Mix { spec, .. } => Some(spec),
@@ -417,7 +419,7 @@ fn draw_plots(
         if c.is_empty() {
             continue;
         }
-        if s.name == "seed" || s.name.starts_with("expert") {
+        if names::is_seed_or_expert(&s.name) {
             branch.push((s.name.clone(), c));
             continue;
         }

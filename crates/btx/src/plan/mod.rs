@@ -1,0 +1,345 @@
+//! A recipe compiled into stages: a DAG of commands (`btx stage NAME --run DIR`), each with the
+//! complete configuration it runs with and a fingerprint over that configuration and its
+//! upstream fingerprints. Executors (local processes, Slurm) only ever see this plan.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::recipe::{MixSpec, TrainSpec};
+use crate::sections::DataSection;
+use btx_eval::Weighting;
+
+mod build;
+mod builder;
+mod family;
+pub mod names;
+
+pub use names::{budget_tags, expert_group, method_of, primary_budget, tags_of};
+
+pub const PLAN_FILE: &str = "plan.json";
+/// Bumped when a stage's behaviour changes in a way old outputs should not survive.
+const PLAN_VERSION: &str = "btx-plan-1";
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum StageKind {
+    /// Prepare (or adopt) the token data; `tokenizer_from` names a stage whose
+    /// `model/tokenizer.json` the data must use (an imported seed).
+    Data {
+        section: DataSection,
+        base: PathBuf,
+        tokenizer_from: Option<String>,
+    },
+    /// Adopt a Hugging Face seed directory.
+    SeedCopy { path: PathBuf },
+    /// Import a GGUF seed.
+    SeedGguf { path: PathBuf },
+    /// Train a model: from another stage's `model/`, or a new one (`spec.init`).
+    Train {
+        from: Option<String>,
+        spec: TrainSpec,
+        data: String,
+    },
+    /// BTX MiX of the experts (+ the seed as generalist).
+    Mix {
+        seed: String,
+        experts: Vec<String>,
+        domains: Vec<String>,
+        spec: MixSpec,
+        data: String,
+        router_seed: u64,
+    },
+    /// Sparse upcycling of the seed.
+    Upcycle {
+        seed: String,
+        num_experts: usize,
+        spec: MixSpec,
+        router_seed: u64,
+    },
+    /// Weight average of dense models.
+    Average { models: Vec<String> },
+    /// Evaluate one method: a model, or an ensemble of models (BTM).
+    Eval {
+        method: String,
+        models: Vec<String>,
+        ensemble: Option<Weighting>,
+        data: String,
+        spec: btx_eval::EvalSpec,
+        routing: bool,
+    },
+    /// The opt-out cost of a BTX model: its held-out loss with each expert removed
+    /// (`optout.json`; loss only, no tasks).
+    OptOut {
+        method: String,
+        model: String,
+        data: String,
+        spec: btx_eval::EvalSpec,
+    },
+    /// `report.md`, `results.json` and `plots/` at the top of the run directory.
+    Report,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Stage {
+    /// `data`, `seed`, `expert:<domain>`, `mix:<variant>`, `finetune:<variant>`,
+    /// `upcycle`, `baseline:<name>`.
+    pub name: String,
+    /// Directory relative to the run directory.
+    pub dir: String,
+    pub deps: Vec<String>,
+    pub kind: StageKind,
+    pub fingerprint: String,
+    /// Trains a model (long, wants cores); the rest are quick.
+    pub heavy: bool,
+}
+
+/// What BTX spends, from the recipe; baselines are matched to it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Budget {
+    /// The factor on every step count after the seed (recipe `budgets`).
+    #[serde(default = "one")]
+    pub scale: f64,
+    pub btx_tokens: u64,
+    pub btx_flops: f64,
+    pub expert_tokens: u64,
+    #[serde(default)]
+    pub expert_flops: f64,
+    pub finetune_tokens: u64,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Plan {
+    pub name: String,
+    pub stages: Vec<Stage>,
+    pub budget: Budget,
+    /// Domains with experts, in expert order.
+    pub domains: Vec<String>,
+    /// Every budget of the recipe (the primary one is `budget`).
+    #[serde(default)]
+    pub budgets: Vec<Budget>,
+    /// Finetune variants, the first is "the" BTX model.
+    pub variants: Vec<String>,
+    pub generalist: bool,
+    pub replicas: usize,
+}
+
+impl Plan {
+    /// The labels of a MiX's `n` experts in this plan (the domains, then `generalist`, each
+    /// repeated for a split FFN); empty when `n` does not fit that layout (blended experts).
+    pub fn expert_labels(&self, n: usize) -> Vec<String> {
+        let mut models = self.domains.clone();
+        if self.generalist {
+            models.push("generalist".into());
+        }
+        if models.is_empty() || !n.is_multiple_of(models.len()) {
+            return vec![];
+        }
+        let split = n / models.len();
+        models
+            .iter()
+            .flat_map(|m| std::iter::repeat_n(m.clone(), split))
+            .collect()
+    }
+}
+
+fn fingerprint(kind: &StageKind, dep_fps: &[&str]) -> String {
+    let mut h = Sha256::new();
+    h.update(PLAN_VERSION);
+    h.update(serde_json::to_string(kind).expect("json"));
+    for d in dep_fps {
+        h.update(d);
+    }
+    format!("{:x}", h.finalize())[..16].to_string()
+}
+
+impl Plan {
+    /// The MiX stage a finetune variant starts from (variants with the same MiX share one).
+    pub fn mix_of(&self, variant: &str, sfx: &str) -> Option<&Stage> {
+        let ft = self
+            .stages
+            .iter()
+            .find(|s| s.name == names::finetune(variant, sfx))?;
+        match &ft.kind {
+            StageKind::Train {
+                from: Some(from), ..
+            } => self.stages.iter().find(|s| &s.name == from),
+            _ => None,
+        }
+    }
+
+    pub fn stage(&self, name: &str) -> Result<&Stage> {
+        self.stages
+            .iter()
+            .find(|s| s.name == name)
+            .with_context(|| {
+                format!(
+                    "no stage {name:?} in the plan (stages: {})",
+                    self.stages
+                        .iter()
+                        .map(|s| s.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            })
+    }
+
+    pub fn load(run: &Path) -> Result<Self> {
+        let p = run.join(PLAN_FILE);
+        let text = std::fs::read_to_string(&p)
+            .with_context(|| format!("reading {} (is this a btx run directory?)", p.display()))?;
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", p.display()))
+    }
+
+    pub fn save(&self, run: &Path) -> Result<()> {
+        let p = run.join(PLAN_FILE);
+        std::fs::write(&p, serde_json::to_string_pretty(self)?)?;
+        Ok(())
+    }
+}
+
+/// Where a stage's model lives.
+pub fn model_dir(run: &Path, stage: &Stage) -> PathBuf {
+    run.join(&stage.dir).join("model")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::recipe::Recipe;
+
+    /// examples/study.toml compiles into the study it promises: three budgets of three
+    /// replicas, the ablations at the base budget only, one family of experts per kind of
+    /// variant, and baselines matched to each budget.
+    #[test]
+    fn the_study_recipe_plans_budgets_replicas_and_ablations() {
+        let r: Recipe = toml::from_str(include_str!("../../../../examples/study.toml")).unwrap();
+        let plan = Plan::from_recipe(&r, Path::new("examples")).unwrap();
+        let names: Vec<&str> = plan.stages.iter().map(|s| s.name.as_str()).collect();
+        let has = |n: &str| names.contains(&n);
+        assert_eq!(plan.budgets.len(), 3);
+        assert_eq!(plan.budget.scale, 1.0);
+        for sfx in ["", "@1", "@2", "#x0.5", "#x2@2"] {
+            for s in [
+                "expert:code",
+                "finetune:btx",
+                "baseline:dense-compute",
+                "eval:btm-top1",
+            ] {
+                assert!(has(&format!("{s}{sfx}")), "{s}{sfx}");
+            }
+        }
+        for v in [
+            "no-lb",
+            "domain-mean",
+            "seed-non-ffn",
+            "ffn-only",
+            "ft10",
+            "ft50",
+        ] {
+            assert!(has(&format!("finetune:{v}@2")), "{v}");
+            assert!(
+                !has(&format!("finetune:{v}#x2")),
+                "{v} runs at the base budget only"
+            );
+        }
+        assert!(has("expert-ffn:math@1") && !has("expert-ffn:math#x0.5"));
+        // no-lb shares btx's MiX; seed-non-ffn and domain-mean have their own.
+        assert!(!has("mix:no-lb") && has("mix:seed-non-ffn") && has("mix:domain-mean"));
+        assert!(has("eval:mix:btx@1"));
+        // The finetune-share variants train rescaled experts: more for ft10, fewer for ft50.
+        let steps = |n: &str| match &plan.stage(n).unwrap().kind {
+            StageKind::Train { spec, .. } => spec.train.steps,
+            _ => unreachable!(),
+        };
+        let fam = |v: &str| match &plan.mix_of(v, "").unwrap().kind {
+            StageKind::Mix { experts, .. } => experts[0].clone(),
+            _ => unreachable!(),
+        };
+        assert!(steps(&fam("ft10")) > steps("expert:code"));
+        assert!(steps(&fam("ft50")) < steps("expert:code"));
+        assert!(steps("finetune:ft10") < steps("finetune:btx"));
+        assert!(steps("finetune:ft50") > steps("finetune:btx"));
+        // Budgets scale every step count after the seed, baselines included.
+        assert_eq!(steps("expert:code#x2"), 2 * steps("expert:code"));
+        assert_eq!(steps("finetune:btx#x0.5"), steps("finetune:btx") / 2);
+        let dense = steps("baseline:dense-compute");
+        assert!((steps("baseline:dense-compute#x2") as f64 / dense as f64 - 2.0).abs() < 0.02);
+        // The stage directories of the three budgets do not collide.
+        let mut dirs: Vec<&str> = plan.stages.iter().map(|s| s.dir.as_str()).collect();
+        dirs.sort();
+        let n = dirs.len();
+        dirs.dedup();
+        assert_eq!(dirs.len(), n);
+        // Beyond the paper: BAM at BTX's FLOPs runs fewer finetune steps; anchored experts
+        // freeze FlexOlmo's anchor; every finetuned model has an opt-out stage at the base
+        // budget only.
+        assert!(steps("finetune:bam") < steps("finetune:btx"));
+        assert!(has("opt-out:btx@2") && has("opt-out:btx:anchored") && !has("opt-out:btx#x2"));
+        let frozen = |n: &str| match &plan.stage(n).unwrap().kind {
+            StageKind::Train { spec, .. } => spec.train.freeze.clone(),
+            _ => unreachable!(),
+        };
+        let f = frozen("expert-anchored:math");
+        assert!(f.contains(&"model.layers.0.self_attn.q_proj.weight".to_string()));
+        assert!(f.contains(&"model.embed_tokens.weight".to_string()));
+        assert!(
+            !f.iter().any(|n| n.contains("norm") || n.contains(".mlp.")),
+            "{f:?}"
+        );
+    }
+
+    /// A variant chooses what its anchored experts freeze; bad choices are refused up front.
+    #[test]
+    fn anchored_experts_freeze_the_chosen_groups() {
+        let base: toml::Value =
+            toml::from_str(include_str!("../../../../examples/quick.toml")).unwrap();
+        let with = |variant: &str| -> Recipe {
+            let mut v = base.clone();
+            let extra: toml::Value = toml::from_str(&format!(
+                "[[finetune.variants]]\nname = \"btx\"\n[[finetune.variants]]\nname = \"a\"\n{variant}"
+            ))
+            .unwrap();
+            crate::recipe::deep_merge(&mut v, &extra);
+            v.try_into().unwrap()
+        };
+        let r = with("experts = \"anchored\"\nanchor = [\"attention\", \"norms\"]");
+        r.validate(Path::new("examples")).unwrap();
+        let plan = Plan::from_recipe(&r, Path::new("examples")).unwrap();
+        let s = plan.stage("expert-anchored-attention-norms:math").unwrap();
+        assert_eq!(s.dir, "expert-anchoreds-attention-norms/math");
+        let StageKind::Train { spec, .. } = &s.kind else {
+            unreachable!()
+        };
+        let f = &spec.train.freeze;
+        assert!(f.iter().any(|n| n.ends_with("input_layernorm.weight")));
+        assert!(f.iter().any(|n| n.contains(".self_attn.")));
+        assert!(
+            !f.iter().any(|n| n.contains("embed") || n.contains(".mlp.")),
+            "{f:?}"
+        );
+        for (variant, want) in [
+            (
+                "experts = \"anchored\"\nanchor = [\"ffn\"]",
+                "anchor group \"ffn\"",
+            ),
+            ("experts = \"anchored\"\nanchor = []", "at least one group"),
+            (
+                "anchor = [\"attention\"]",
+                "anchor goes with experts = \"anchored\"",
+            ),
+        ] {
+            let e = with(variant)
+                .validate(Path::new("examples"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(want), "{variant}: {e}");
+        }
+    }
+}
