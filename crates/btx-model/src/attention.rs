@@ -1,55 +1,11 @@
-//! RMSNorm, RoPE (Hugging Face rotate-half) and grouped-query causal self-attention, written with
-//! composite burn ops so that autodiff derives every gradient.
+//! RoPE (Hugging Face rotate-half) and grouped-query causal self-attention, written with
+//! composite burn ops so that autodiff derives every gradient (the fused kernel on flex).
+//! RMSNorm and the residual stream are in [`crate::ops`].
 
 use burn::prelude::*;
 
 use crate::config::ModelConfig;
-
-/// `x * rsqrt(mean(x^2) + eps) * w`, over the last dim of `[N, d]`; `w` is `[1, d]`.
-pub fn rms_norm(x: Tensor<2>, w: &Tensor<2>, eps: f64) -> Tensor<2> {
-    if let Some(y) = crate::fused::elementwise::rms_norm(x.clone(), w.clone(), eps, None) {
-        return y;
-    }
-    rms_norm_composite(x, w, eps)
-}
-
-/// A pre-norm residual block's two reads of the stream `x`: its RMSNorm, and (after the block)
-/// `x + delta`. On flex the two share x's gradient (see [`crate::fused::fan_in::FanIn`]) so
-/// that burn does not add them in a serial pass; elsewhere plain composite ops.
-pub struct Residual {
-    x: Tensor<2>,
-    fan: Option<std::sync::Arc<crate::fused::fan_in::FanIn>>,
-}
-
-impl Residual {
-    /// The block's input `x` and `rms_norm(x, w)`.
-    pub fn norm(x: Tensor<2>, w: &Tensor<2>, eps: f64) -> (Self, Tensor<2>) {
-        if crate::fused::on_flex(&x) {
-            let fan = crate::fused::fan_in::FanIn::new();
-            let h = crate::fused::elementwise::rms_norm(x.clone(), w.clone(), eps, Some(&fan))
-                .expect("on flex");
-            return (Self { x, fan: Some(fan) }, h);
-        }
-        let h = rms_norm_composite(x.clone(), w, eps);
-        (Self { x, fan: None }, h)
-    }
-
-    /// `x + delta`, the block's output.
-    pub fn output(self, delta: Tensor<2>) -> Tensor<2> {
-        match &self.fan {
-            Some(fan) => {
-                crate::fused::elementwise::residual_add(self.x, delta, fan).expect("on flex")
-            }
-            None => self.x + delta,
-        }
-    }
-}
-
-/// The composite reference of [`rms_norm`].
-pub fn rms_norm_composite(x: Tensor<2>, w: &Tensor<2>, eps: f64) -> Tensor<2> {
-    let inv = (x.clone().square().mean_dim(1) + eps).sqrt().recip();
-    x * inv * w.clone()
-}
+pub use crate::ops::{rms_norm, rms_norm_composite, Residual};
 
 /// cos/sin tables for absolute positions `pos0..pos0+t`: `[1, 1, T, head_dim/2]`, or with
 /// left padding `[B, 1, T, head_dim/2]` where row b's positions start `pads[b]` later (so its

@@ -5,10 +5,9 @@
 //! taken from the router's scores inside the graph, so the router stays differentiable.
 
 use burn::prelude::*;
-use burn::tensor::activation::silu;
+use burn::tensor::IndexingUpdateOp;
 
 use crate::softmax_rows;
-use burn::tensor::IndexingUpdateOp;
 
 use crate::config::Routing;
 use btx_core::rng::Rng;
@@ -29,11 +28,7 @@ impl Mlp {
         let [g, u]: [Tensor<2>; 2] = crate::linears(x, &[&self.gate, &self.up])
             .try_into()
             .expect("two projections");
-        let h = match crate::fused::elementwise::swiglu(g.clone(), u.clone()) {
-            Some(h) => h,
-            None => silu(g) * u,
-        };
-        crate::linear(h, &self.down)
+        crate::ops::linear(crate::ops::swiglu(g, u), &self.down)
     }
 }
 
@@ -267,18 +262,7 @@ impl Moe {
             let y = self.experts_forward(x.clone(), &toks, fan.as_ref());
             let g = gates.reshape([n * c]).select(0, int1(row_slot, &dev));
             let routes = std::sync::Arc::new(crate::fused::moe::Routes::new(row_tok, n));
-            match crate::fused::moe::combine(y.clone(), g.clone(), routes.clone()) {
-                Some(out) => out,
-                None => {
-                    let tok: Vec<i64> = routes.tok.iter().map(|&t| t as i64).collect();
-                    Tensor::<2>::zeros([n, d], &dev).select_assign(
-                        0,
-                        int1(tok, &dev),
-                        y * g.unsqueeze_dim(1),
-                        IndexingUpdateOp::Add,
-                    )
-                }
-            }
+            crate::ops::combine(y, g, routes)
         };
         let aux = RouterAux {
             logits,

@@ -53,7 +53,8 @@ impl Routes {
         Self { tok, start, rows }
     }
 
-    fn tokens(&self) -> usize {
+    /// The number of tokens rows are routed to.
+    pub fn tokens(&self) -> usize {
         self.start.len() - 1
     }
 }
