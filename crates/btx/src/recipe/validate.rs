@@ -1,0 +1,236 @@
+//! Every problem of a recipe, found before anything runs and reported at once.
+
+use std::path::Path;
+
+use anyhow::{bail, Result};
+
+use super::variant::{Anchor, ExpertTraining};
+use super::Recipe;
+
+impl Recipe {
+    /// Checks the whole recipe before anything runs, and reports every problem at once: a
+    /// mistake found after the seed trained costs hours. `base` resolves relative paths.
+    pub fn validate(&self, base: &Path) -> Result<()> {
+        let problems = self.problems(base);
+        if problems.is_empty() {
+            return Ok(());
+        }
+        bail!(
+            "the recipe has {} problem{}:\n  - {}\nhint: fix them and run again (nothing was run)",
+            problems.len(),
+            if problems.len() == 1 { "" } else { "s" },
+            problems.join("\n  - ")
+        )
+    }
+
+    fn problems(&self, base: &Path) -> Vec<String> {
+        let mut p: Vec<String> = vec![];
+        let path_of = |x: &Path| {
+            if x.is_absolute() {
+                x.to_path_buf()
+            } else {
+                base.join(x)
+            }
+        };
+        // The data: which domains exist, how large the vocabulary is.
+        if !self.data.weights.is_empty() || self.data.split.is_some() {
+            p.push("[data] weights and split are `btx train` settings; a recipe sets weights per stage ([seed.pretrain] weights, [finetune] weights) and always trains on the train split".into());
+        }
+        let (domains, vocab): (Option<Vec<String>>, usize) =
+            match (&self.data.dir, &self.data.prepare) {
+                (Some(d), None) => match btx_data::DataDir::open(&path_of(d)) {
+                    Ok(dd) => (Some(dd.domains()), dd.manifest.vocab_size),
+                    Err(e) => {
+                        p.push(format!("[data] dir: {e}"));
+                        (None, 256)
+                    }
+                },
+                (None, Some(prep)) => {
+                    if let Err(e) = prep.validate() {
+                        p.push(format!("[data.prepare]: {e}"));
+                    }
+                    (
+                        Some(prep.domains.iter().map(|d| d.name.clone()).collect()),
+                        prep.tokenizer.vocab_size.max(1),
+                    )
+                }
+                _ => {
+                    p.push("[data] needs exactly one of dir or [data.prepare]".into());
+                    (None, 256)
+                }
+            };
+        let mut check_domains = |what: &str, names: &mut dyn Iterator<Item = &String>| {
+            if let Some(known) = &domains {
+                for n in names {
+                    if !known.contains(n) {
+                        p.push(format!(
+                            "{what}: domain {n:?} is not in the data (it has {known:?})"
+                        ));
+                    }
+                }
+            }
+        };
+        check_domains("experts.domains", &mut self.experts.domains.iter());
+        check_domains("finetune.weights", &mut self.finetune.weights.keys());
+        if let Some(sp) = &self.seed.pretrain {
+            check_domains("seed.pretrain.weights", &mut sp.weights.keys());
+        }
+        // The seed.
+        let s = &self.seed;
+        let n = s.path.is_some() as u8 + s.gguf.is_some() as u8 + s.pretrain.is_some() as u8;
+        if n != 1 {
+            p.push("[seed] needs exactly one of path, gguf or [seed.pretrain]".into());
+        }
+        let mut seed_cfg = None;
+        if let Some(sp) = &s.pretrain {
+            match &sp.init {
+                None => p.push("[seed.pretrain] needs an [seed.pretrain.init] model shape".into()),
+                Some(init) => match init.to_config(vocab, None) {
+                    Ok(c) => {
+                        p.extend(freeze_problems("seed.pretrain", &sp.train.freeze, &c));
+                        seed_cfg = Some(c);
+                    }
+                    Err(e) => p.push(format!("[seed.pretrain.init]: {e}")),
+                },
+            }
+            if let Err(e) = sp.trainer().validate() {
+                p.push(format!("[seed.pretrain]: {e}"));
+            }
+        }
+        if let Some(path) = &s.path {
+            match btx_model::ModelConfig::load(&path_of(path).join("config.json")) {
+                Ok(c) => seed_cfg = Some(c),
+                Err(e) => p.push(format!("[seed] path: {e}")),
+            }
+        }
+        if let Some(g) = &s.gguf {
+            if !path_of(g).is_file() {
+                p.push(format!(
+                    "[seed] gguf: {} is not a file",
+                    path_of(g).display()
+                ));
+            }
+        }
+        if self.replicas == 0 {
+            p.push("replicas must be >= 1".into());
+        }
+        if self.budgets.is_empty() || self.budgets.iter().any(|b| !(b.is_finite() && *b > 0.0)) {
+            p.push(format!(
+                "budgets {:?} must be a non-empty list of factors > 0",
+                self.budgets
+            ));
+        }
+        let mut sorted = self.budgets.clone();
+        sorted.sort_by(f64::total_cmp);
+        sorted.dedup();
+        if sorted.len() != self.budgets.len() {
+            p.push(format!("budgets {:?} lists a factor twice", self.budgets));
+        }
+        // The experts.
+        if self.experts.domains.is_empty() {
+            p.push("[experts] domains is empty".into());
+        }
+        let mut seen = std::collections::HashSet::new();
+        for d in &self.experts.domains {
+            if !seen.insert(d) {
+                p.push(format!("experts.domains lists {d:?} twice"));
+            }
+            match self.expert_spec(d) {
+                Ok(spec) => {
+                    if let Err(e) = spec.trainer().validate() {
+                        p.push(format!("expert {d}: {e}"));
+                    }
+                    if let Some(c) = &seed_cfg {
+                        p.extend(freeze_problems(
+                            &format!("expert {d}"),
+                            &spec.train.freeze,
+                            c,
+                        ));
+                    }
+                }
+                Err(e) => p.push(e.to_string()),
+            }
+        }
+        for d in self.experts.overrides.keys() {
+            if !self.experts.domains.contains(d) {
+                p.push(format!(
+                    "[experts.override.{d}]: {d:?} is not one of experts.domains"
+                ));
+            }
+        }
+        // Mix and finetune, per variant.
+        let models = self.experts.domains.len() + self.mix.generalist as usize;
+        let mut names = std::collections::HashSet::new();
+        for v in self.variants() {
+            let at = format!("finetune variant {:?}", v.name);
+            // (`#` and `@` start a stage name's budget and replica tags: see plan::names.)
+            if v.name.is_empty() || v.name.contains(['/', ' ', ':', '#', '@']) {
+                p.push(format!(
+                    "{at}: the name must be non-empty, without spaces, slashes, colons, # or @"
+                ));
+            }
+            if !names.insert(v.name.clone()) {
+                p.push(format!("{at} is listed twice"));
+            }
+            if let Some(share) = v.finetune_share {
+                if !(share > 0.0 && share < 1.0) {
+                    p.push(format!("{at}: finetune_share {share} must be in (0, 1)"));
+                }
+                if v.steps.is_some() {
+                    p.push(format!(
+                        "{at}: set either steps or finetune_share, not both"
+                    ));
+                }
+            }
+            if let Some(a) = &v.anchor {
+                if v.experts != ExpertTraining::Anchored {
+                    p.push(format!("{at}: anchor goes with experts = \"anchored\""));
+                } else if let Err(e) = Anchor::parse(a) {
+                    p.push(format!("{at}: {e}"));
+                }
+            }
+            if v.compute_matched && (v.steps.is_some() || v.finetune_share.is_some()) {
+                p.push(format!(
+                    "{at}: compute_matched chooses the finetune's steps: drop steps and finetune_share"
+                ));
+            }
+            let m = v.mix(&self.mix);
+            let mix_problems = m.problems(models, seed_cfg.as_ref().map(|c| c.intermediate_size));
+            p.extend(mix_problems.iter().map(|e| format!("{at}: {e}")));
+            let ft = v.finetune(&self.finetune.spec());
+            // (resolve refuses a spec with problems: those are listed above.)
+            if let Some(Ok(moe)) = seed_cfg.as_ref().map(|c| m.resolve(c, models)) {
+                p.extend(freeze_problems(&at, &ft.train.freeze, &moe));
+            }
+            if let Err(e) = ft.trainer().validate() {
+                p.push(format!("{at}: {e}"));
+            }
+        }
+        let positions = seed_cfg
+            .as_ref()
+            .map_or(usize::MAX, |c| c.max_position_embeddings);
+        if let Err(e) = self.eval.spec().validate(positions) {
+            p.push(format!("[eval]: {e}"));
+        }
+        p
+    }
+}
+
+/// Freeze patterns that match no parameter of the model they will train (the trainer refuses
+/// them, but only once the stage starts).
+fn freeze_problems(at: &str, freeze: &[String], cfg: &btx_model::ModelConfig) -> Vec<String> {
+    let names: Vec<String> = btx_model::names::param_specs(cfg)
+        .into_iter()
+        .map(|s| s.name)
+        .collect();
+    freeze
+        .iter()
+        .filter(|pat| !names.iter().any(|n| btx_train::config::glob_match(pat, n)))
+        .map(|pat| {
+            format!(
+                "{at}: freeze pattern {pat:?} matches no parameter (names are Hugging Face's, e.g. {:?})",
+                names.last().map(String::as_str).unwrap_or("")
+            )
+        })
+        .collect()
+}
