@@ -1,7 +1,8 @@
 //! Text generation with a KV cache: batched (left-padded) prompts, greedy or temperature +
 //! nucleus (top-p) sampling, per-row stopping.
 
-use crate::model::{ForwardOpts, KvCache, Model};
+use crate::model::forward::{ForwardOpts, KvCache};
+use crate::model::Model;
 use crate::to_vec;
 use btx_core::rng::Rng;
 

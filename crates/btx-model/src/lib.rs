@@ -20,7 +20,8 @@ pub use burn;
 pub use config::{AttnExpertsConfig, ModelConfig, MoeConfig, Routing, DEFAULT_TOP_K};
 pub use error::{ModelError, Result};
 pub use io::{HostTensor, TensorReader};
-pub use model::{ForwardOpts, ForwardOut, KvCache, Model, Trunk};
+pub use model::forward::{ForwardOpts, ForwardOut, KvCache, Trunk};
+pub use model::Model;
 pub use ops::{linear, linears, softmax_rows};
 pub use spec::ModelSpec;
 

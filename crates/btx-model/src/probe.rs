@@ -6,7 +6,8 @@ use burn::prelude::*;
 
 use crate::io::HostTensor;
 use crate::loss::{hf_aux_loss, lb_paper, lm_loss};
-use crate::model::{ForwardOpts, Model};
+use crate::model::forward::ForwardOpts;
+use crate::model::Model;
 use crate::names::param_specs;
 use crate::to_vec;
 
