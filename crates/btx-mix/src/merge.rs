@@ -4,15 +4,16 @@
 
 use std::path::{Path, PathBuf};
 
-use btx_core::outdir::{Existing, OutDir};
+use btx_core::outdir::OutDir;
 use btx_core::rng::Rng;
-use btx_model::io::{write_checkpoint_with, TensorReader, TensorSink};
+use btx_model::io::{write_checkpoint_with, TensorSink};
 use btx_model::names::{attn_name, ffn_name, param_kind, param_specs, ParamKind};
-use btx_model::ModelConfig;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use crate::error::{MixError, Result};
+use crate::source::{
+    check_compatible, copy_tokenizer, into_model_err, mean_into, write_json, Source,
+};
 use crate::spec::{AttnMix, MixOptions, NonFfn, RouterInit};
 
 /// What a merge did (written as `mix.json` beside the model).
@@ -37,211 +38,6 @@ pub struct MixSummary {
     #[serde(default)]
     pub labels: Vec<String>,
     pub seconds: f64,
-}
-
-/// One input model: its directory, validated config and memory-mapped weights.
-pub struct Source {
-    pub dir: PathBuf,
-    pub cfg: ModelConfig,
-    pub reader: TensorReader,
-    pub tokenizer_hash: Option<String>,
-}
-
-impl Source {
-    pub fn open(dir: &Path) -> Result<Self> {
-        let cfg = ModelConfig::load(&dir.join("config.json"))?;
-        let reader = TensorReader::open(dir)?;
-        let tp = dir.join("tokenizer.json");
-        let tokenizer_hash = std::fs::read(&tp)
-            .ok()
-            .map(|b| format!("{:x}", Sha256::digest(&b)));
-        Ok(Self {
-            dir: dir.to_path_buf(),
-            cfg,
-            reader,
-            tokenizer_hash,
-        })
-    }
-
-    /// A tensor's f32 little-endian bytes (borrowed from the mapping for F32 files), after
-    /// checking its shape.
-    fn bytes(&self, name: &str, shape: &[usize]) -> Result<std::borrow::Cow<'_, [u8]>> {
-        let found =
-            self.reader
-                .shape(name)
-                .ok_or_else(|| btx_model::ModelError::MissingTensor {
-                    path: self.reader.file_of(name),
-                    name: name.into(),
-                    hint: format!(
-                        "{} is not a complete checkpoint for its config.json",
-                        self.dir.display()
-                    ),
-                })?;
-        if found != shape {
-            return Err(btx_model::ModelError::Shape {
-                path: self.reader.file_of(name),
-                name: name.into(),
-                expected: shape.to_vec(),
-                found: found.to_vec(),
-            }
-            .into());
-        }
-        Ok(self.reader.f32_bytes(name)?)
-    }
-}
-
-/// Refuses models that cannot be mixed, naming the model and what differs.
-pub fn check_compatible(sources: &[&Source]) -> Result<()> {
-    let first = sources[0];
-    for s in sources {
-        if s.cfg.is_moe() {
-            return Err(MixError::Incompatible {
-                msg: format!(
-                    "{} is already a MoE model; BTX mixes dense (Llama) experts",
-                    s.dir.display()
-                ),
-                hint: "pass the dense expert checkpoints".into(),
-            });
-        }
-    }
-    for s in &sources[1..] {
-        let (a, b) = (&first.cfg, &s.cfg);
-        let fields: [(&str, String, String); 10] = [
-            (
-                "vocab_size",
-                a.vocab_size.to_string(),
-                b.vocab_size.to_string(),
-            ),
-            (
-                "hidden_size",
-                a.hidden_size.to_string(),
-                b.hidden_size.to_string(),
-            ),
-            (
-                "intermediate_size",
-                a.intermediate_size.to_string(),
-                b.intermediate_size.to_string(),
-            ),
-            (
-                "num_hidden_layers",
-                a.num_layers.to_string(),
-                b.num_layers.to_string(),
-            ),
-            (
-                "num_attention_heads",
-                a.num_heads.to_string(),
-                b.num_heads.to_string(),
-            ),
-            (
-                "num_key_value_heads",
-                a.num_kv_heads.to_string(),
-                b.num_kv_heads.to_string(),
-            ),
-            ("head_dim", a.head_dim.to_string(), b.head_dim.to_string()),
-            (
-                "rope_theta",
-                a.rope_theta.to_string(),
-                b.rope_theta.to_string(),
-            ),
-            (
-                "rms_norm_eps",
-                a.rms_norm_eps.to_string(),
-                b.rms_norm_eps.to_string(),
-            ),
-            (
-                "tie_word_embeddings",
-                a.tie_word_embeddings.to_string(),
-                b.tie_word_embeddings.to_string(),
-            ),
-        ];
-        for (k, x, y) in fields {
-            if x != y {
-                return Err(MixError::Incompatible {
-                    msg: format!(
-                        "{} has {k} = {y}, but {} has {k} = {x}",
-                        s.dir.display(),
-                        first.dir.display()
-                    ),
-                    hint: "all experts must be branched from the same seed (same config.json)"
-                        .into(),
-                });
-            }
-        }
-        if first.tokenizer_hash.is_some()
-            && s.tokenizer_hash.is_some()
-            && first.tokenizer_hash != s.tokenizer_hash
-        {
-            return Err(MixError::Incompatible {
-                msg: format!(
-                    "{} and {} have different tokenizer.json files",
-                    s.dir.display(),
-                    first.dir.display()
-                ),
-                hint: "token ids would mean different things in the merged embeddings".into(),
-            });
-        }
-    }
-    Ok(())
-}
-
-/// Elements per piece when streaming a mean (bounded memory whatever the tensor size).
-const PIECE: usize = 1 << 16;
-
-fn f32_at(b: &[u8], i: usize) -> f32 {
-    f32::from_le_bytes([b[4 * i], b[4 * i + 1], b[4 * i + 2], b[4 * i + 3]])
-}
-
-/// Streams the weighted element-wise mean of one tensor over the sources into `sink`,
-/// accumulated in f64 so that the mean of identical tensors is exactly that tensor.
-fn mean_into(
-    sources: &[Source],
-    name: &str,
-    shape: &[usize],
-    w: &[f64],
-    sink: &mut TensorSink<'_>,
-) -> Result<()> {
-    let bytes = sources
-        .iter()
-        .map(|s| s.bytes(name, shape))
-        .collect::<Result<Vec<_>>>()?;
-    let n: usize = shape.iter().product();
-    let total: f64 = w.iter().sum();
-    let mut acc = vec![0f64; PIECE];
-    let mut piece = vec![0f32; PIECE];
-    let mut start = 0;
-    while start < n {
-        let len = PIECE.min(n - start);
-        acc[..len].fill(0.0);
-        for (b, wi) in bytes.iter().zip(w) {
-            for (j, a) in acc[..len].iter_mut().enumerate() {
-                *a += f32_at(b, start + j) as f64 * wi;
-            }
-        }
-        for (p, a) in piece[..len].iter_mut().zip(&acc[..len]) {
-            *p = (a / total) as f32;
-        }
-        sink.f32(&piece[..len])?;
-        // Drop the pages just consumed (F32 inputs are read straight from the mapping).
-        sources
-            .iter()
-            .for_each(|s| s.reader.release_part(name, 4 * start, 4 * (start + len)));
-        start += len;
-    }
-    drop(bytes);
-    sources.iter().for_each(|s| s.reader.release(name));
-    Ok(())
-}
-
-fn normalise_weights(w: Option<&Vec<f64>>, n: usize) -> Result<Vec<f64>> {
-    match w {
-        None => Ok(vec![1.0; n]),
-        Some(w) if w.len() == n && w.iter().all(|x| *x >= 0.0) && w.iter().sum::<f64>() > 0.0 => {
-            Ok(w.clone())
-        }
-        Some(w) => Err(MixError::Options(format!(
-            "weights {w:?}: need {n} non-negative values with a positive sum (one per mixed model)"
-        ))),
-    }
 }
 
 /// BTX MiX: each model's FFN becomes an expert of every layer's MoE (experts in order, the seed
@@ -501,28 +297,6 @@ fn expert_into(
     Ok(())
 }
 
-fn into_model_err(e: MixError) -> btx_model::ModelError {
-    match e {
-        MixError::Model(m) => m,
-        other => btx_model::ModelError::Invalid {
-            msg: other.to_string(),
-        },
-    }
-}
-
-fn copy_tokenizer(from: &Path, to: &Path) -> Result<()> {
-    let t = from.join("tokenizer.json");
-    if t.exists() {
-        std::fs::copy(&t, to.join("tokenizer.json")).map_err(|e| MixError::io(&t, e))?;
-    }
-    Ok(())
-}
-
-fn write_json<T: Serialize>(p: &Path, v: &T) -> Result<()> {
-    std::fs::write(p, serde_json::to_string_pretty(v).expect("json"))
-        .map_err(|e| MixError::io(p, e))
-}
-
 /// Sparse upcycling: `n` copies of the seed's FFN as experts, the seed's other weights, a
 /// random router.
 pub fn upcycle(seed: &Path, n: usize, opts: &MixOptions, out: &Path) -> Result<MixSummary> {
@@ -537,57 +311,4 @@ pub fn upcycle(seed: &Path, n: usize, opts: &MixOptions, out: &Path) -> Result<M
         ..opts.clone()
     };
     mix(seed, &copies, &o, out)
-}
-
-/// Weight averaging ("model soup"): every tensor, FFNs included, is the weighted mean over the
-/// models. The result is a dense model like its inputs.
-pub fn average(
-    models: &[PathBuf],
-    weights: Option<&Vec<f64>>,
-    out: &Path,
-    existing: Existing,
-) -> Result<MixSummary> {
-    let t0 = std::time::Instant::now();
-    if models.is_empty() {
-        return Err(MixError::Options("no models to average".into()));
-    }
-    let inputs: Vec<&Path> = models.iter().map(PathBuf::as_path).collect();
-    let staged = OutDir::create(out, &inputs, existing)?;
-    let dir = staged.path();
-    let sources = models
-        .iter()
-        .map(|d| Source::open(d))
-        .collect::<Result<Vec<_>>>()?;
-    check_compatible(&sources.iter().collect::<Vec<_>>())?;
-    let w = normalise_weights(weights, sources.len())?;
-    let cfg = sources[0].cfg.clone();
-    let specs: Vec<(String, Vec<usize>)> = param_specs(&cfg)
-        .into_iter()
-        .map(|s| (s.name, s.shape))
-        .collect();
-    write_checkpoint_with(dir, &specs, 4 << 30, |i, sink| {
-        let (name, shape) = &specs[i];
-        mean_into(&sources, name, shape, &w, sink).map_err(into_model_err)
-    })?;
-    cfg.save(&dir.join("config.json"))?;
-    copy_tokenizer(&sources[0].dir, dir)?;
-    let summary = MixSummary {
-        models: models.to_vec(),
-        weights: w,
-        num_experts: 1,
-        expert_intermediate_size: cfg.intermediate_size,
-        top_k: 1,
-        routing: "dense".into(),
-        split: 1,
-        blend: false,
-        generalist: false,
-        non_ffn: NonFfn::Average,
-        attention: AttnMix::Average,
-        labels: vec![],
-        seconds: t0.elapsed().as_secs_f64(),
-    };
-    write_json(&dir.join("mix.json"), &summary)?;
-    drop(sources);
-    staged.commit()?;
-    Ok(summary)
 }

@@ -1,0 +1,227 @@
+//! The mixed models as sources of named tensors: opened and memory-mapped, checked to be
+//! mixable with one another, and averaged tensor by tensor in pieces (so memory holds a handful
+//! of tensors whatever the model size); the small file helpers every merge shares.
+
+use std::path::{Path, PathBuf};
+
+use btx_model::io::{TensorReader, TensorSink};
+use btx_model::ModelConfig;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::error::{MixError, Result};
+
+/// One input model: its directory, validated config and memory-mapped weights.
+pub struct Source {
+    pub dir: PathBuf,
+    pub cfg: ModelConfig,
+    pub reader: TensorReader,
+    pub tokenizer_hash: Option<String>,
+}
+
+impl Source {
+    pub fn open(dir: &Path) -> Result<Self> {
+        let cfg = ModelConfig::load(&dir.join("config.json"))?;
+        let reader = TensorReader::open(dir)?;
+        let tp = dir.join("tokenizer.json");
+        let tokenizer_hash = std::fs::read(&tp)
+            .ok()
+            .map(|b| format!("{:x}", Sha256::digest(&b)));
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            cfg,
+            reader,
+            tokenizer_hash,
+        })
+    }
+
+    /// A tensor's f32 little-endian bytes (borrowed from the mapping for F32 files), after
+    /// checking its shape.
+    pub(crate) fn bytes(&self, name: &str, shape: &[usize]) -> Result<std::borrow::Cow<'_, [u8]>> {
+        let found =
+            self.reader
+                .shape(name)
+                .ok_or_else(|| btx_model::ModelError::MissingTensor {
+                    path: self.reader.file_of(name),
+                    name: name.into(),
+                    hint: format!(
+                        "{} is not a complete checkpoint for its config.json",
+                        self.dir.display()
+                    ),
+                })?;
+        if found != shape {
+            return Err(btx_model::ModelError::Shape {
+                path: self.reader.file_of(name),
+                name: name.into(),
+                expected: shape.to_vec(),
+                found: found.to_vec(),
+            }
+            .into());
+        }
+        Ok(self.reader.f32_bytes(name)?)
+    }
+}
+
+/// Refuses models that cannot be mixed, naming the model and what differs.
+pub fn check_compatible(sources: &[&Source]) -> Result<()> {
+    let first = sources[0];
+    for s in sources {
+        if s.cfg.is_moe() {
+            return Err(MixError::Incompatible {
+                msg: format!(
+                    "{} is already a MoE model; BTX mixes dense (Llama) experts",
+                    s.dir.display()
+                ),
+                hint: "pass the dense expert checkpoints".into(),
+            });
+        }
+    }
+    for s in &sources[1..] {
+        let (a, b) = (&first.cfg, &s.cfg);
+        let fields: [(&str, String, String); 10] = [
+            (
+                "vocab_size",
+                a.vocab_size.to_string(),
+                b.vocab_size.to_string(),
+            ),
+            (
+                "hidden_size",
+                a.hidden_size.to_string(),
+                b.hidden_size.to_string(),
+            ),
+            (
+                "intermediate_size",
+                a.intermediate_size.to_string(),
+                b.intermediate_size.to_string(),
+            ),
+            (
+                "num_hidden_layers",
+                a.num_layers.to_string(),
+                b.num_layers.to_string(),
+            ),
+            (
+                "num_attention_heads",
+                a.num_heads.to_string(),
+                b.num_heads.to_string(),
+            ),
+            (
+                "num_key_value_heads",
+                a.num_kv_heads.to_string(),
+                b.num_kv_heads.to_string(),
+            ),
+            ("head_dim", a.head_dim.to_string(), b.head_dim.to_string()),
+            (
+                "rope_theta",
+                a.rope_theta.to_string(),
+                b.rope_theta.to_string(),
+            ),
+            (
+                "rms_norm_eps",
+                a.rms_norm_eps.to_string(),
+                b.rms_norm_eps.to_string(),
+            ),
+            (
+                "tie_word_embeddings",
+                a.tie_word_embeddings.to_string(),
+                b.tie_word_embeddings.to_string(),
+            ),
+        ];
+        for (k, x, y) in fields {
+            if x != y {
+                return Err(MixError::Incompatible {
+                    msg: format!(
+                        "{} has {k} = {y}, but {} has {k} = {x}",
+                        s.dir.display(),
+                        first.dir.display()
+                    ),
+                    hint: "all experts must be branched from the same seed (same config.json)"
+                        .into(),
+                });
+            }
+        }
+        if first.tokenizer_hash.is_some()
+            && s.tokenizer_hash.is_some()
+            && first.tokenizer_hash != s.tokenizer_hash
+        {
+            return Err(MixError::Incompatible {
+                msg: format!(
+                    "{} and {} have different tokenizer.json files",
+                    s.dir.display(),
+                    first.dir.display()
+                ),
+                hint: "token ids would mean different things in the merged embeddings".into(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Elements per piece when streaming a mean (bounded memory whatever the tensor size).
+pub(crate) const PIECE: usize = 1 << 16;
+
+pub(crate) fn f32_at(b: &[u8], i: usize) -> f32 {
+    f32::from_le_bytes([b[4 * i], b[4 * i + 1], b[4 * i + 2], b[4 * i + 3]])
+}
+
+/// Streams the weighted element-wise mean of one tensor over the sources into `sink`,
+/// accumulated in f64 so that the mean of identical tensors is exactly that tensor.
+pub(crate) fn mean_into(
+    sources: &[Source],
+    name: &str,
+    shape: &[usize],
+    w: &[f64],
+    sink: &mut TensorSink<'_>,
+) -> Result<()> {
+    let bytes = sources
+        .iter()
+        .map(|s| s.bytes(name, shape))
+        .collect::<Result<Vec<_>>>()?;
+    let n: usize = shape.iter().product();
+    let total: f64 = w.iter().sum();
+    let mut acc = vec![0f64; PIECE];
+    let mut piece = vec![0f32; PIECE];
+    let mut start = 0;
+    while start < n {
+        let len = PIECE.min(n - start);
+        acc[..len].fill(0.0);
+        for (b, wi) in bytes.iter().zip(w) {
+            for (j, a) in acc[..len].iter_mut().enumerate() {
+                *a += f32_at(b, start + j) as f64 * wi;
+            }
+        }
+        for (p, a) in piece[..len].iter_mut().zip(&acc[..len]) {
+            *p = (a / total) as f32;
+        }
+        sink.f32(&piece[..len])?;
+        // Drop the pages just consumed (F32 inputs are read straight from the mapping).
+        sources
+            .iter()
+            .for_each(|s| s.reader.release_part(name, 4 * start, 4 * (start + len)));
+        start += len;
+    }
+    drop(bytes);
+    sources.iter().for_each(|s| s.reader.release(name));
+    Ok(())
+}
+
+pub(crate) fn into_model_err(e: MixError) -> btx_model::ModelError {
+    match e {
+        MixError::Model(m) => m,
+        other => btx_model::ModelError::Invalid {
+            msg: other.to_string(),
+        },
+    }
+}
+
+pub(crate) fn copy_tokenizer(from: &Path, to: &Path) -> Result<()> {
+    let t = from.join("tokenizer.json");
+    if t.exists() {
+        std::fs::copy(&t, to.join("tokenizer.json")).map_err(|e| MixError::io(&t, e))?;
+    }
+    Ok(())
+}
+
+pub(crate) fn write_json<T: Serialize>(p: &Path, v: &T) -> Result<()> {
+    std::fs::write(p, serde_json::to_string_pretty(v).expect("json"))
+        .map_err(|e| MixError::io(p, e))
+}

@@ -1,0 +1,302 @@
+//! Writing safetensors as a stream: the header is computed from the shapes up front and tensors
+//! are appended as they are produced, so a writer never holds more than one tensor; checkpoints
+//! are cut into shards with an index.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use serde_json::{json, Value};
+
+use super::tensor::{HostTensor, INDEX_FILE, SINGLE_FILE};
+use crate::error::{ModelError, Result};
+
+/// Element types the writer emits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutDtype {
+    F32,
+    I64,
+}
+
+impl OutDtype {
+    fn name(self) -> &'static str {
+        match self {
+            OutDtype::F32 => "F32",
+            OutDtype::I64 => "I64",
+        }
+    }
+    fn size(self) -> usize {
+        match self {
+            OutDtype::F32 => 4,
+            OutDtype::I64 => 8,
+        }
+    }
+}
+
+/// Writes one safetensors file whose tensor list is known in advance; tensors must then be
+/// written in exactly that order. Nothing but the current tensor is held in memory.
+pub struct StreamWriter {
+    path: PathBuf,
+    out: BufWriter<File>,
+    entries: Vec<(String, OutDtype, Vec<usize>)>,
+    next: usize,
+}
+
+impl StreamWriter {
+    pub fn create(path: &Path, entries: Vec<(String, OutDtype, Vec<usize>)>) -> Result<Self> {
+        let mut header = serde_json::Map::new();
+        header.insert("__metadata__".into(), json!({"format": "pt"}));
+        let mut off = 0usize;
+        for (name, dt, shape) in &entries {
+            let n = shape.iter().product::<usize>() * dt.size();
+            header.insert(
+                name.clone(),
+                json!({"dtype": dt.name(), "shape": shape, "data_offsets": [off, off + n]}),
+            );
+            off += n;
+        }
+        let mut h = serde_json::to_string(&Value::Object(header)).expect("json");
+        // The format asks for the data to start 8-byte aligned: pad the header with spaces.
+        while !(h.len() + 8).is_multiple_of(8) {
+            h.push(' ');
+        }
+        let f = File::create(path).map_err(|e| ModelError::io(path, e))?;
+        let mut out = BufWriter::with_capacity(1 << 20, f);
+        out.write_all(&(h.len() as u64).to_le_bytes())
+            .and_then(|_| out.write_all(h.as_bytes()))
+            .map_err(|e| ModelError::io(path, e))?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            out,
+            entries,
+            next: 0,
+        })
+    }
+
+    fn expect(&mut self, name: &str, dt: OutDtype, numel: usize) -> Result<()> {
+        let Some((n, d, shape)) = self.entries.get(self.next) else {
+            return Err(ModelError::Invalid {
+                msg: format!("{}: extra tensor {name:?} written", self.path.display()),
+            });
+        };
+        if n != name || *d != dt || shape.iter().product::<usize>() != numel {
+            return Err(ModelError::Invalid {
+                msg: format!(
+                    "{}: expected tensor {n:?} ({d:?}, {shape:?}) next, got {name:?} ({dt:?}, {numel} values)",
+                    self.path.display()
+                ),
+            });
+        }
+        self.next += 1;
+        Ok(())
+    }
+
+    /// Writes one f32 tensor in pieces: `fill` gets a sink and must push exactly the tensor's
+    /// number of values, in order.
+    pub fn write_f32_with(
+        &mut self,
+        name: &str,
+        numel: usize,
+        fill: impl FnOnce(&mut TensorSink<'_>) -> Result<()>,
+    ) -> Result<()> {
+        self.expect(name, OutDtype::F32, numel)?;
+        let mut sink = TensorSink {
+            out: &mut self.out,
+            path: &self.path,
+            remaining: numel,
+        };
+        fill(&mut sink)?;
+        if sink.remaining != 0 {
+            return Err(ModelError::Invalid {
+                msg: format!(
+                    "{}: tensor {name:?} is {} values short",
+                    self.path.display(),
+                    sink.remaining
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    pub fn write_f32(&mut self, name: &str, data: &[f32]) -> Result<()> {
+        self.expect(name, OutDtype::F32, data.len())?;
+        let mut buf = Vec::with_capacity(data.len() * 4);
+        for x in data {
+            buf.extend_from_slice(&x.to_le_bytes());
+        }
+        self.out
+            .write_all(&buf)
+            .map_err(|e| ModelError::io(&self.path, e))
+    }
+
+    pub fn write_i64(&mut self, name: &str, data: &[i64]) -> Result<()> {
+        self.expect(name, OutDtype::I64, data.len())?;
+        let mut buf = Vec::with_capacity(data.len() * 8);
+        for x in data {
+            buf.extend_from_slice(&x.to_le_bytes());
+        }
+        self.out
+            .write_all(&buf)
+            .map_err(|e| ModelError::io(&self.path, e))
+    }
+
+    /// Flushes and fsyncs; errors if not every announced tensor was written.
+    pub fn finish(self) -> Result<()> {
+        if self.next != self.entries.len() {
+            return Err(ModelError::Invalid {
+                msg: format!(
+                    "{}: only {} of {} tensors were written",
+                    self.path.display(),
+                    self.next,
+                    self.entries.len()
+                ),
+            });
+        }
+        let f = self
+            .out
+            .into_inner()
+            .map_err(|e| ModelError::io(&self.path, e.into_error()))?;
+        f.sync_all().map_err(|e| ModelError::io(&self.path, e))
+    }
+}
+
+/// Receives one tensor's values piece by piece (see [`StreamWriter::write_f32_with`]).
+pub struct TensorSink<'a> {
+    out: &'a mut BufWriter<File>,
+    path: &'a Path,
+    remaining: usize,
+}
+
+impl TensorSink<'_> {
+    fn take(&mut self, n: usize) -> Result<()> {
+        if n > self.remaining {
+            return Err(ModelError::Invalid {
+                msg: format!("{}: tensor overflows its shape", self.path.display()),
+            });
+        }
+        self.remaining -= n;
+        Ok(())
+    }
+
+    pub fn f32(&mut self, data: &[f32]) -> Result<()> {
+        self.take(data.len())?;
+        let mut buf = Vec::with_capacity(data.len() * 4);
+        for x in data {
+            buf.extend_from_slice(&x.to_le_bytes());
+        }
+        self.out
+            .write_all(&buf)
+            .map_err(|e| ModelError::io(self.path, e))
+    }
+
+    /// Values already encoded as little-endian f32 bytes (copied through untouched).
+    pub fn f32_le_bytes(&mut self, bytes: &[u8]) -> Result<()> {
+        self.take(bytes.len() / 4)?;
+        self.out
+            .write_all(bytes)
+            .map_err(|e| ModelError::io(self.path, e))
+    }
+}
+
+/// Writes a whole f32 tensor set to one file (small outputs: `btx forward`, optimizer state),
+/// through a temporary file beside it and a rename, so `path` is whole or as it was.
+pub fn write_tensors(path: &Path, tensors: &[(String, HostTensor)]) -> Result<()> {
+    let entries = tensors
+        .iter()
+        .map(|(n, t)| (n.clone(), OutDtype::F32, t.shape.clone()))
+        .collect();
+    let name = path.file_name().map(|n| n.to_string_lossy().to_string());
+    let tmp = path.with_file_name(format!(
+        ".{}.partial-{}",
+        name.unwrap_or_default(),
+        std::process::id()
+    ));
+    let written = (|| {
+        let mut w = StreamWriter::create(&tmp, entries)?;
+        for (n, t) in tensors {
+            w.write_f32(n, &t.data)?;
+        }
+        w.finish()?;
+        std::fs::rename(&tmp, path).map_err(|e| ModelError::io(path, e))
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
+}
+
+/// Plans the shards of a checkpoint: names grouped in order so that no shard exceeds
+/// `max_shard_bytes` (a single larger tensor gets a shard of its own). One group means one
+/// `model.safetensors` without an index.
+pub fn plan_shards(specs: &[(String, Vec<usize>)], max_shard_bytes: usize) -> Vec<Vec<usize>> {
+    let mut groups: Vec<Vec<usize>> = vec![vec![]];
+    let mut cur = 0usize;
+    for (i, (_, shape)) in specs.iter().enumerate() {
+        let n = shape.iter().product::<usize>() * 4;
+        if cur > 0 && cur + n > max_shard_bytes {
+            groups.push(vec![]);
+            cur = 0;
+        }
+        groups.last_mut().unwrap().push(i);
+        cur += n;
+    }
+    groups
+}
+
+/// Streams a checkpoint into `dir`: `produce(i)` is called once per spec, in order, and must
+/// return that tensor's values. Writes `model.safetensors`, or shards plus the index when the
+/// total exceeds `max_shard_bytes`.
+pub fn write_checkpoint(
+    dir: &Path,
+    specs: &[(String, Vec<usize>)],
+    max_shard_bytes: usize,
+    mut produce: impl FnMut(usize) -> Result<Vec<f32>>,
+) -> Result<()> {
+    write_checkpoint_with(dir, specs, max_shard_bytes, |i, sink| {
+        let data = produce(i)?;
+        sink.f32(&data)
+    })
+}
+
+/// Like [`write_checkpoint`], but `produce(i, sink)` pushes tensor i's values into the sink in
+/// pieces, so not even one whole tensor needs to be in memory.
+pub fn write_checkpoint_with(
+    dir: &Path,
+    specs: &[(String, Vec<usize>)],
+    max_shard_bytes: usize,
+    mut produce: impl FnMut(usize, &mut TensorSink<'_>) -> Result<()>,
+) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
+    let groups = plan_shards(specs, max_shard_bytes);
+    let n = groups.len();
+    let mut weight_map = serde_json::Map::new();
+    let mut total = 0usize;
+    for (gi, g) in groups.iter().enumerate() {
+        let file = if n == 1 {
+            SINGLE_FILE.to_string()
+        } else {
+            format!("model-{:05}-of-{:05}.safetensors", gi + 1, n)
+        };
+        let entries = g
+            .iter()
+            .map(|&i| (specs[i].0.clone(), OutDtype::F32, specs[i].1.clone()))
+            .collect();
+        let mut w = StreamWriter::create(&dir.join(&file), entries)?;
+        for &i in g {
+            let numel: usize = specs[i].1.iter().product();
+            total += numel * 4;
+            w.write_f32_with(&specs[i].0, numel, |sink| produce(i, sink))?;
+            weight_map.insert(specs[i].0.clone(), json!(file));
+        }
+        w.finish()?;
+    }
+    let index = dir.join(INDEX_FILE);
+    if n > 1 {
+        let v = json!({"metadata": {"total_size": total}, "weight_map": weight_map});
+        std::fs::write(&index, serde_json::to_string_pretty(&v).expect("json"))
+            .map_err(|e| ModelError::io(&index, e))?;
+    } else if index.exists() {
+        std::fs::remove_file(&index).map_err(|e| ModelError::io(&index, e))?;
+    }
+    Ok(())
+}
