@@ -7,9 +7,11 @@ pub mod error;
 pub mod golden;
 pub mod metrics;
 pub mod optim;
+pub mod run;
 pub mod signal;
 pub mod trainer;
 
 pub use config::{LbKind, LoopConfig, MoeLossConfig, OptimConfig, TrainerConfig};
 pub use error::TrainError;
-pub use trainer::{train, StepStats, TrainOpts, TrainOutcome, Trainer};
+pub use run::{train, TrainOpts, TrainOutcome};
+pub use trainer::{StepStats, Trainer};
