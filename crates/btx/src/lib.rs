@@ -25,6 +25,7 @@ pub mod cmd;
 pub mod executor;
 pub mod gguf_import;
 pub mod jobs;
+pub mod local;
 pub mod lock;
 pub mod manifest;
 pub mod overrides;

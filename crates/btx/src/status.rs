@@ -2,13 +2,12 @@
 //! directory (stage.json, manifest.json, DONE, metrics.jsonl, log.txt) and, for Slurm runs,
 //! `scontrol` (no accounting database needed).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 
 use crate::manifest;
 use crate::plan::{Plan, Stage};
-use crate::runner::{progress_of, tail};
 use crate::slurm::{is_live, job_info, load_jobs, JobInfo};
 
 #[derive(clap::Args)]
@@ -245,4 +244,30 @@ pub fn cancel(a: CancelArgs) -> Result<()> {
     }
     errln!("{n} cancelled");
     Ok(())
+}
+
+/// `step/total loss` of a training stage, from its metrics.jsonl.
+pub fn progress_of(run: &Path, stage: &Stage) -> Option<String> {
+    let text = std::fs::read_to_string(run.join(&stage.dir).join("metrics.jsonl")).ok()?;
+    let last: serde_json::Value = serde_json::from_str(text.lines().last()?).ok()?;
+    let total = match &stage.kind {
+        crate::plan::StageKind::Train { spec, .. } => spec.train.steps,
+        _ => 0,
+    };
+    Some(format!(
+        "step {}/{} loss {:.3}",
+        last["step"].as_u64()?,
+        total,
+        last["loss"].as_f64()?
+    ))
+}
+
+/// Last `n` lines of a file.
+pub fn tail(path: &Path, n: usize) -> Vec<String> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
 }
