@@ -2,169 +2,19 @@
 //! paper-style table with 95% intervals, compute, the diagnosis, seed spread, routing and the
 //! verdict on the paper's claims (the numbers and verdicts come from `findings`).
 
-use std::collections::BTreeMap;
 use std::fmt::Write;
 
-use serde_json::{json, Value};
-
 use crate::findings::{diagnosis, Stats, Verdict};
+
+mod common;
+mod json;
+
 pub use crate::input::{MethodCompute, MethodResult, ReportInput};
 use crate::routing::DomainRouting;
-use crate::stats::{Estimate, DRAWS, LEVEL};
-
-fn get<'a>(ms: &'a [MethodResult], name: &str) -> Option<&'a MethodResult> {
-    ms.iter().find(|m| m.name == name)
-}
-
-fn avg_loss(ms: &[MethodResult], name: &str) -> Option<f64> {
-    get(ms, name).map(|m| m.eval.average.loss)
-}
-
-/// Half the spread (max - min) of a method's average loss over replicas; 0 with one replica.
-fn half_range(input: &ReportInput, name: &str) -> f64 {
-    let v: Vec<f64> = input
-        .replicas
-        .iter()
-        .filter_map(|r| avg_loss(r, name))
-        .collect();
-    if v.len() < 2 {
-        return 0.0;
-    }
-    let (lo, hi) = v
-        .iter()
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| {
-            (a.min(x), b.max(x))
-        });
-    (hi - lo) / 2.0
-}
-
-fn est_json(e: Option<Estimate>, scale: f64) -> (Value, Value) {
-    match e {
-        Some(e) => (
-            json!(e.value * scale),
-            json!([e.ci[0] * scale, e.ci[1] * scale]),
-        ),
-        None => (Value::Null, Value::Null),
-    }
-}
-
-/// `results.json`. `loss` and `accuracy` are means over replicas, `*_ci` their 95% intervals.
-pub fn results_json(st: &Stats, verdicts: &[Verdict]) -> Value {
-    let input = st.input;
-    let ms = &input.replicas[0];
-    let mut methods = serde_json::Map::new();
-    let mut compute = serde_json::Map::new();
-    let mut kept = serde_json::Map::new();
-    for m in ms {
-        let mut per = serde_json::Map::new();
-        for (d, e) in &m.eval.domains {
-            let (loss, loss_ci) = st
-                .loss(&m.name, d)
-                .map_or((json!(e.loss), Value::Null), |x| est_json(Some(x), 1.0));
-            let (acc, acc_ci) = match st.acc(&m.name, d) {
-                Some(x) => est_json(Some(x), 1.0),
-                None => (json!(e.accuracy), Value::Null),
-            };
-            per.insert(
-                d.clone(),
-                json!({"loss": loss, "loss_ci": loss_ci, "perplexity": loss.as_f64().map(f64::exp),
-                       "accuracy": acc, "accuracy_ci": acc_ci}),
-            );
-        }
-        let (loss, loss_ci) = st
-            .avg_loss(&m.name)
-            .map_or((json!(st.mean_avg_loss(&m.name)), Value::Null), |x| {
-                est_json(Some(x), 1.0)
-            });
-        let (acc, acc_ci) = est_json(st.avg_acc(&m.name), 1.0);
-        per.insert(
-            "average".into(),
-            json!({"loss": loss, "loss_ci": loss_ci, "accuracy": acc, "accuracy_ci": acc_ci}),
-        );
-        methods.insert(m.name.clone(), Value::Object(per));
-        compute.insert(
-            m.name.clone(),
-            serde_json::to_value(&m.compute).expect("json"),
-        );
-        let k: serde_json::Map<String, Value> = input
-            .expert_domains
-            .iter()
-            .filter_map(|d| {
-                let e = st.gain_kept(&m.name, d)?;
-                Some((d.clone(), json!({"share": e.value, "share_ci": e.ci})))
-            })
-            .collect();
-        if !k.is_empty() && !m.name.starts_with("expert:") && m.name != "seed" {
-            kept.insert(m.name.clone(), Value::Object(k));
-        }
-    }
-    let tasks: serde_json::Map<String, Value> = input
-        .domains
-        .iter()
-        .enumerate()
-        .map(|(i, d)| {
-            (
-                d.clone(),
-                json!({"chance": st.chance[i], "solvable": st.solvable[i]}),
-            )
-        })
-        .collect();
-    let spread: serde_json::Map<String, Value> = ms
-        .iter()
-        .map(|m| {
-            let losses: Vec<f64> = input
-                .replicas
-                .iter()
-                .filter_map(|r| avg_loss(r, &m.name))
-                .collect();
-            let accs: Vec<f64> = input
-                .replicas
-                .iter()
-                .filter_map(|r| get(r, &m.name).and_then(|x| x.eval.average.accuracy))
-                .collect();
-            (
-                m.name.clone(),
-                json!({"average_loss": losses, "average_accuracy": accs}),
-            )
-        })
-        .collect();
-    json!({
-        "title": input.title,
-        "domains": input.domains,
-        "expert_domains": input.expert_domains,
-        "methods": methods,
-        "compute": compute,
-        "tasks": tasks,
-        "gain_kept": kept,
-        "noise": {"method": "bootstrap over evaluation windows (loss) or task items (accuracy) and replicas",
-                  "level": LEVEL, "draws": DRAWS, "replicas": input.replicas.len()},
-        // The shares without their per-window breakdown (the bootstrap's input, in eval.json).
-        "routing": input.routing.iter().map(|(m, r)| {
-            let mut r = r.clone();
-            r.domains.values_mut().for_each(|d| d.windows.clear());
-            (m.clone(), r)
-        }).collect::<BTreeMap<_, _>>(),
-        "replicas": input.replicas.len(),
-        "seed_spread": spread,
-        "diagnosis": diagnosis(st),
-        "verdict": verdicts,
-    })
-}
-
-/// 1234567 → "1.23M": counts and FLOPs in tables and on axes.
-pub(crate) fn fmt_big(x: f64) -> String {
-    if x >= 1e12 {
-        format!("{:.2}T", x / 1e12)
-    } else if x >= 1e9 {
-        format!("{:.2}G", x / 1e9)
-    } else if x >= 1e6 {
-        format!("{:.2}M", x / 1e6)
-    } else if x >= 1e3 {
-        format!("{:.1}k", x / 1e3)
-    } else {
-        format!("{x:.0}")
-    }
-}
+use crate::stats::{Estimate, DRAWS};
+pub(crate) use common::fmt_big;
+use common::{avg_loss, get, half_range};
+pub use json::results_json;
 
 /// "1.234 ±0.012": the estimate and half its interval's width.
 fn pm(e: Option<Estimate>, scale: f64, digits: usize) -> String {
@@ -539,6 +389,8 @@ mod tests {
     use super::*;
     use crate::evaluate::{Average, DomainEval, EvalResult};
     use crate::findings::verdicts;
+    use serde_json::json;
+    use std::collections::BTreeMap;
 
     fn method(name: &str, losses: &[(&str, f64)], correct: usize) -> MethodResult {
         let domains = losses
