@@ -2,6 +2,7 @@
 //! tile product, the pool's keep-awake loop, and the buffers they write. Plain `f32` slices and
 //! pointers only (no burn types), so each can be tested and benchmarked alone.
 
+pub mod attention;
 pub mod awake;
 pub mod gemm;
 pub mod reduce;
