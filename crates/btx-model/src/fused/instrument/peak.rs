@@ -51,6 +51,8 @@ mod x86 {
     /// current cores (4 x 2), so the ports, not the chains, are the limit.
     const CHAINS: usize = 12;
 
+    /// # Safety
+    /// The CPU must support AVX-512F (`simd::level()` is `V4`).
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn chains16(iters: usize) -> f64 {
         let mut acc = [_mm512_set1_ps(0.0); CHAINS];
@@ -65,6 +67,8 @@ mod x86 {
         (iters * CHAINS * 16 * 2) as f64
     }
 
+    /// # Safety
+    /// The CPU must support AVX2 and FMA (`simd::level()` says so before any call).
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn chains8(iters: usize) -> f64 {
         let mut acc = [_mm256_set1_ps(0.0); CHAINS];

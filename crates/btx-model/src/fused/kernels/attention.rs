@@ -116,6 +116,11 @@ fn rotate_rows(
 
 /// `dst[m x n] = (acc ? dst : 0) + scale * A[m x k] B[k x n]`, with A(i, l) = a[i*a_rs + l*a_cs],
 /// B(l, j) = b[l*b_rs + j*b_cs], dst row stride `dst_rs`, column stride 1.
+///
+/// # Safety
+/// `dst` must be valid for writes of `m` rows of `n` floats `dst_rs` apart (initialised when
+/// `acc`), `a` and `b` for reads of the extents their strides reach; on the AVX-512 path
+/// `b_cs` must be 1 (B's rows contiguous).
 #[allow(clippy::too_many_arguments)]
 unsafe fn mm(
     m: usize,

@@ -84,11 +84,15 @@ macro_rules! simd_fn {
             fn body($($arg: $ty),*) $(-> $ret)? $body
             #[cfg(target_arch = "x86_64")]
             {
+                /// # Safety
+                /// Called only when `level()` reports AVX-512 (`V4`).
                 #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")]
                 #[allow(clippy::too_many_arguments)]
                 unsafe fn v4($($arg: $ty),*) $(-> $ret)? {
                     body($($arg),*)
                 }
+                /// # Safety
+                /// Called only when `level()` reports AVX2 and FMA (`V3`).
                 #[target_feature(enable = "avx2,fma")]
                 #[allow(clippy::too_many_arguments)]
                 unsafe fn v3($($arg: $ty),*) $(-> $ret)? {

@@ -94,6 +94,11 @@ mod x86 {
     }
 
     /// R rows x V vectors of output, accumulated in registers over l = 0..k.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F (`simd::level()` is `V4`).
+    /// Every pointer of `t` must be valid for the rows, columns and strides it describes
+    /// (R rows of A and C, the masked columns of B and C, k steps).
     #[target_feature(enable = "avx512f")]
     #[inline]
     unsafe fn tile<const R: usize, const V: usize>(t: Tile) {
@@ -126,6 +131,10 @@ mod x86 {
     }
 
     /// `tile::<R, V>` for a run-time row count `r <= MR`.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F (`simd::level()` is `V4`).
+    /// As for `tile`, with `r` rows.
     #[target_feature(enable = "avx512f")]
     unsafe fn rows<const V: usize>(r: usize, t: Tile) {
         match r {
@@ -141,6 +150,11 @@ mod x86 {
     /// In 16 x 16 blocks transposed in registers (unpack, then two rounds of 128-bit lane
     /// shuffles): 16 loads and 16 stores of whole lines per block. A scalar loop wrote every
     /// element to another cache line (2% of a MoE-S step), and 16-row gathers were no faster.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F (`simd::level()` is `V4`).
+    /// `x` must be valid for reads of `rows` rows of `cols` floats `rs` apart, and `out` for
+    /// writes of `cols * rows` floats.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn transpose(
         [rows, cols]: [usize; 2],
@@ -203,6 +217,10 @@ mod x86 {
         }
     }
 
+    /// # Safety
+    /// The CPU must support AVX-512F (`simd::level()` is `V4`).
+    /// As for [`super::product`]: `dst` valid for `m` rows of `n` floats `dst_rs` apart
+    /// (initialised when `acc`), `a` and `b` for the extents their strides reach.
     #[target_feature(enable = "avx512f")]
     #[allow(clippy::too_many_arguments)]
     pub(super) unsafe fn product(

@@ -43,6 +43,9 @@ const EXP_POLY: [f32; 6] = [
 ];
 
 /// `e^v` of eight lanes; 0 below -87.3, `e^88` above 88.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA (`simd::level()` says so before any call).
 #[cfg(target_arch = "x86_64")]
 #[inline]
 #[target_feature(enable = "avx2,fma")]
@@ -76,6 +79,8 @@ unsafe fn exp8(v0: std::arch::x86_64::__m256) -> std::arch::x86_64::__m256 {
     _mm256_andnot_ps(under, _mm256_mul_ps(y, scale))
 }
 
+/// # Safety
+/// The CPU must support AVX2 and FMA (`simd::level()` says so before any call).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn exp_sub_sum_avx2(x: &mut [f32], sub: f32) -> f32 {
@@ -162,6 +167,9 @@ fn sigmoid(x: f32) -> f32 {
 }
 
 /// Lanes of `1 / (1 + e^-a)`.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA (`simd::level()` says so before any call).
 #[cfg(target_arch = "x86_64")]
 #[inline]
 #[target_feature(enable = "avx2,fma")]
@@ -175,6 +183,10 @@ unsafe fn sigmoid8(a: std::arch::x86_64::__m256) -> std::arch::x86_64::__m256 {
 /// Every element, the last partial group of eight through a padded copy, so that an element's
 /// result does not depend on where the slice starts (the trainer's results must not depend on
 /// how rows are cut among threads). Returns how many elements it did.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA (`simd::level()` says so before any call).
+/// `b` and `out` must be at least as long as `a` (they are read and written through raw pointers).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn swiglu_avx2(a: &[f32], b: &[f32], out: &mut [MaybeUninit<f32>]) -> usize {
@@ -202,6 +214,11 @@ unsafe fn swiglu_avx2(a: &[f32], b: &[f32], out: &mut [MaybeUninit<f32>]) -> usi
 /// Every element, the last partial group of eight through a padded copy, so that an element's
 /// result does not depend on where the slice starts (the trainer's results must not depend on
 /// how rows are cut among threads). Returns how many elements it did.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA (`simd::level()` says so before any call).
+/// `b`, `g`, `da` and `db` must be at least as long as `a`, and `ph` valid for writes of
+/// `a.len()` floats (or null when the product is not wanted).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn swiglu_backward_avx2(
@@ -316,6 +333,10 @@ mod avx512 {
     }
 
     /// Masked load of `n` lanes from `p` (the rest zero).
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F (`simd::level()` is `V4`).
+    /// `p` must be valid for reads of `n` (at most 16) floats.
     #[inline]
     #[target_feature(enable = "avx512f")]
     unsafe fn load(p: *const f32, n: usize) -> __m512 {
@@ -326,6 +347,9 @@ mod avx512 {
         }
     }
 
+    /// # Safety
+    /// The CPU must support AVX-512F (`simd::level()` is `V4`).
+    /// `p` must be valid for writes of `n` (at most 16) floats.
     #[inline]
     #[target_feature(enable = "avx512f")]
     unsafe fn store(p: *mut f32, v: __m512, n: usize) {
@@ -336,6 +360,8 @@ mod avx512 {
         }
     }
 
+    /// # Safety
+    /// The CPU must support AVX-512F (`simd::level()` is `V4`).
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn exp_sub_sum(x: &mut [f32], sub: f32) -> f32 {
         let vsub = _mm512_set1_ps(sub);
@@ -361,6 +387,9 @@ mod avx512 {
         }
     }
 
+    /// # Safety
+    /// The CPU must support AVX-512F (`simd::level()` is `V4`).
+    /// `b` and `out` must be at least as long as `a`.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn swiglu(a: &[f32], b: &[f32], out: &mut [MaybeUninit<f32>]) -> usize {
         let o = out.as_mut_ptr().cast::<f32>();
@@ -376,6 +405,10 @@ mod avx512 {
         a.len()
     }
 
+    /// # Safety
+    /// The CPU must support AVX-512F (`simd::level()` is `V4`).
+    /// As for the AVX2 version: `b`, `g`, `da`, `db` at least as long as `a`, `ph` valid for
+    /// `a.len()` floats or null.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn swiglu_backward(
         a: &[f32],
