@@ -53,6 +53,7 @@ macro_rules! named_enum {
 
 /// How a MiX starts its routers (the recipe's `router_init`, `--router-init`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "kebab-case")]
 pub enum RouterInitKind {
     /// Normal(0, `router_std`).
@@ -68,6 +69,7 @@ named_enum!(RouterInitKind, "router_init", Random => "random", Zero => "zero", D
 
 /// What a MiX does with the mixed models' attention.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "kebab-case")]
 pub enum AttnMix {
     /// Averaged like every other non-FFN weight (the paper).
@@ -90,6 +92,7 @@ impl AttnMix {
 
 /// Where a MiX takes the weights outside the FFNs (attention, norms, embeddings) from.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "kebab-case")]
 pub enum NonFfn {
     /// The (weighted) mean over the mixed models: the paper's MiX.

@@ -13,7 +13,7 @@ use crate::jobs::mix::{self as job, MixJob};
 #[derive(clap::Args, Clone, Debug)]
 pub struct RouteArgs {
     /// Router initialisation: random, zero or domain-mean (needs --domain-data and --domains).
-    #[arg(long, default_value_t = MixSpec::default().router_init)]
+    #[arg(long, value_enum, default_value_t = MixSpec::default().router_init)]
     pub router_init: RouterInitKind,
     /// Std of a random router.
     #[arg(long, default_value_t = MixSpec::default().router_std)]
@@ -72,13 +72,13 @@ pub struct MixArgs {
     blend: bool,
     /// Where the weights outside the FFNs come from: `average` (the mean over the mixed
     /// models, the paper's MiX) or `seed` (the seed's own).
-    #[arg(long, default_value_t = NonFfn::Average)]
+    #[arg(long, value_enum, default_value_t = NonFfn::Average)]
     non_ffn: NonFfn,
     /// The experts' attention: `average` (the paper's MiX, a Mixtral), `experts` (each model's
     /// attention becomes an attention expert, BAM) or `experts-shared-kv` (attention experts
     /// with averaged, shared keys and values). Attention experts are written in btx's own
     /// layout (README: "Attention experts"), which transformers does not load.
-    #[arg(long, default_value_t = AttnMix::Average)]
+    #[arg(long, value_enum, default_value_t = AttnMix::Average)]
     attention: AttnMix,
     #[command(flatten)]
     route: RouteArgs,

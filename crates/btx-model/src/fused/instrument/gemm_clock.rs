@@ -1,7 +1,8 @@
 //! Time spent inside matrix products (gemm's and the tile kernel's), so `btx bench train` can set a step's own gemm time against
 //! the matmul floor and tell the products' slowdown in the step (cold operands, strided layouts,
-//! small attention blocks) from everything else. Off unless [`enable`]d; then each gemm call costs
-//! two clock reads.
+//! small attention blocks) from everything else. Compiled in with the `gemm-clock` feature (the
+//! btx binary has it), and even then off unless [`enable`]d; on, each gemm call costs two clock
+//! reads.
 //!
 //! A product that spreads over the pool counts its wall time. Single-core products run as
 //! pool tasks side by side on every thread (attention heads, expert blocks, the two gradients
@@ -95,8 +96,16 @@ pub(crate) struct Timer(Option<(Instant, Call)>);
 
 impl Timer {
     /// For the call `c` (spread over the pool when `c.parallel`, else on one core).
+    #[cfg(feature = "gemm-clock")]
     pub(crate) fn start(c: Call) -> Self {
         Timer(ON.load(Relaxed).then(|| (Instant::now(), c)))
+    }
+
+    /// Without the `gemm-clock` feature nothing is timed (and [`take`] reads zeros).
+    #[cfg(not(feature = "gemm-clock"))]
+    #[inline(always)]
+    pub(crate) fn start(_: Call) -> Self {
+        Timer(None)
     }
 }
 
