@@ -149,23 +149,20 @@ impl<'a> Planner<'a> {
         }
     }
 
-    /// A variant's finetune at a budget scale: its steps scaled, or, with a finetune share,
-    /// the steps that spend that share of the primary variant's budget.
-    fn finetune_spec(&self, v: &Variant, scale: f64) -> TrainSpec {
-        let mut f = scaled(v.finetune(&self.ft), scale);
+    /// A variant's finetune at a budget: its steps scaled, or, with a finetune share, the
+    /// steps that spend that share of the primary variant's budget.
+    fn finetune_spec(&self, v: &Variant, budget: &Budget) -> TrainSpec {
+        let mut f = scaled(v.finetune(&self.ft), budget.scale);
         let cfg = &self.moe_of[&v.name];
         let per_step = f.tokens_per_step() as f64 * cfg.train_flops_per_token(f.train.seq_len);
         if v.compute_matched {
             // The same experts as the primary variant; the finetune gets what is left.
-            let left = self
-                .budget_at(scale)
-                .map_or(0.0, |b| b.btx_flops - b.expert_flops);
+            let left = budget.btx_flops - budget.expert_flops;
             f.train.steps = ((left / per_step).round() as usize).max(1);
             f.optim.warmup_steps = f.optim.warmup_steps.min(f.train.steps / 2);
         }
         if let Some(share) = v.finetune_share {
-            let total = self.budget_at(scale).map_or(0.0, |b| b.btx_flops);
-            f.train.steps = ((share * total / per_step).round() as usize).max(1);
+            f.train.steps = ((share * budget.btx_flops / per_step).round() as usize).max(1);
             f.optim.warmup_steps = f.optim.warmup_steps.min(f.train.steps / 2);
         }
         f
@@ -380,7 +377,7 @@ impl<'a> Planner<'a> {
                 }
             };
             let ft_name = names::finetune(&v.name, sfx);
-            let ft_spec = at.reseed(self.finetune_spec(v, at.scale));
+            let ft_spec = at.reseed(self.finetune_spec(v, &at.budget));
             self.b.train_from(
                 ft_name.clone(),
                 format!("{}finetune/{}", at.pre, v.name),

@@ -103,14 +103,11 @@ pub fn budget_tags(scale: f64, primary: f64) -> (String, String) {
 
 /// The budget tag (`#x0.5`, or "" for the primary budget) and replica of a stage name.
 pub fn tags_of(stage: &str) -> (String, usize) {
-    let (head, rep) = match stage.split_once('@') {
-        Some((h, r)) => (h, r.parse().unwrap_or(0)),
-        None => (stage, 0),
+    let (budget, rep) = match suffix(stage).split_once('@') {
+        Some((b, r)) => (b, r.parse().unwrap_or(0)),
+        None => (suffix(stage), 0),
     };
-    let budget = head
-        .find('#')
-        .map_or(String::new(), |i| head[i..].to_string());
-    (budget, rep)
+    (budget.to_string(), rep)
 }
 
 /// The family and the budget-and-replica suffix of an expert stage (`expert-ffn:math#x0.5@1`
@@ -120,8 +117,7 @@ pub fn expert_group(stage: &str) -> Option<(String, String)> {
     if !family.starts_with("expert") {
         return None;
     }
-    let cut = rest.find(['#', '@']).unwrap_or(rest.len());
-    Some((family.to_string(), rest[cut..].to_string()))
+    Some((family.to_string(), suffix(rest).to_string()))
 }
 
 /// The method name a stage's model is reported under.

@@ -10,7 +10,7 @@ use btx_model::ModelConfig;
 
 /// The middle of `v` (sorted in place; the upper middle for an even count).
 pub(super) fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v.sort_by(f64::total_cmp);
     v[v.len() / 2]
 }
 
