@@ -2,5 +2,7 @@
 //! is the same everywhere) and output directories that appear whole or not at all. A leaf: it
 //! depends on no other btx crate.
 
+pub mod atomic;
 pub mod outdir;
+pub mod record;
 pub mod rng;

@@ -135,9 +135,12 @@ fn is_empty_dir(p: &Path) -> bool {
 }
 
 impl OutDir {
-    /// Starts writing `target`, after checking it against `inputs` and `existing`.
+    /// Starts writing `target`, after checking it against `inputs` and `existing`. A target
+    /// that is a symlink to a directory is written where the link points (the link stays).
     pub fn create(target: &Path, inputs: &[&Path], existing: Existing) -> Result<Self> {
         check_not_an_input(target, inputs)?;
+        let target = follow_dir_link(target)?;
+        let target = target.as_path();
         let meta = fs::symlink_metadata(target);
         if let Ok(m) = &meta {
             if !m.is_dir() {
@@ -169,7 +172,8 @@ impl OutDir {
             _ => PathBuf::from("."),
         };
         fs::create_dir_all(&parent).map_err(|e| OutputError::io(&parent, e))?;
-        let staging = parent.join(format!(".{name}.partial-{}", std::process::id()));
+        sweep_leftovers(target);
+        let staging = parent.join(leftover_name(&name, "partial"));
         if staging.exists() {
             fs::remove_dir_all(&staging).map_err(|e| OutputError::io(&staging, e))?;
         }
@@ -194,36 +198,45 @@ impl OutDir {
     /// atomically where the filesystem can (renameat2 RENAME_EXCHANGE), then removed.
     pub fn commit(mut self) -> Result<PathBuf> {
         sync_tree(&self.staging)?;
-        let parent = self.staging.parent().map(Path::to_path_buf);
-        let occupied = fs::symlink_metadata(&self.target).is_ok();
-        if occupied && !is_empty_dir(&self.target) {
-            if exchange(&self.staging, &self.target).is_ok() {
-                // The staging path now holds the old contents.
-                self.committed = true;
-                let _ = fs::remove_dir_all(&self.staging);
-            } else {
-                let old = self.staging.with_extension("old");
-                fs::rename(&self.target, &old).map_err(|e| OutputError::io(&self.target, e))?;
-                if let Err(e) = fs::rename(&self.staging, &self.target) {
-                    let _ = fs::rename(&old, &self.target);
-                    return Err(OutputError::io(&self.target, e));
-                }
-                self.committed = true;
-                let _ = fs::remove_dir_all(&old);
-            }
-        } else {
-            if occupied {
-                fs::remove_dir(&self.target).map_err(|e| OutputError::io(&self.target, e))?;
-            }
-            fs::rename(&self.staging, &self.target)
-                .map_err(|e| OutputError::io(&self.target, e))?;
-            self.committed = true;
-        }
-        if let Some(p) = parent {
-            fsync_dir(&p);
-        }
+        move_into_place(&self.staging, &self.target)?;
+        self.committed = true;
         Ok(self.target.clone())
     }
+}
+
+/// Moves the complete directory `from` to `to` (same filesystem), replacing what `to` holds:
+/// swapped atomically where the filesystem can (renameat2 RENAME_EXCHANGE), else renamed aside
+/// first; the old contents are removed afterwards. On failure `to` is as it was.
+pub fn move_into_place(from: &Path, to: &Path) -> Result<()> {
+    let occupied = fs::symlink_metadata(to).is_ok();
+    if occupied && !is_empty_dir(to) {
+        if exchange(from, to).is_ok() {
+            // `from` now holds the old contents.
+            let _ = fs::remove_dir_all(from);
+        } else {
+            let name = to.file_name().unwrap_or_default().to_string_lossy();
+            let old = from.with_file_name(leftover_name(&name, "old"));
+            fs::rename(to, &old).map_err(|e| OutputError::io(to, e))?;
+            if let Err(e) = fs::rename(from, to) {
+                let _ = fs::rename(&old, to);
+                return Err(OutputError::io(to, e));
+            }
+            let _ = fs::remove_dir_all(&old);
+        }
+    } else {
+        if occupied {
+            fs::remove_dir(to).map_err(|e| OutputError::io(to, e))?;
+        }
+        fs::rename(from, to).map_err(|e| OutputError::io(to, e))?;
+    }
+    if let Some(p) = to.parent() {
+        fsync_dir(if p.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            p
+        });
+    }
+    Ok(())
 }
 
 impl Drop for OutDir {
@@ -231,6 +244,120 @@ impl Drop for OutDir {
         if !self.committed {
             let _ = fs::remove_dir_all(&self.staging);
         }
+    }
+}
+
+/// This host's name as it appears in leftover names (characters other than letters, digits
+/// and `-` become `_`, so the name parses back unambiguously).
+pub fn host_tag() -> String {
+    let h = fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let t: String = h
+        .trim()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if t.is_empty() {
+        "localhost".into()
+    } else {
+        t
+    }
+}
+
+/// The hidden name this process uses beside `name` for `kind` (`partial`: a directory being
+/// written; `old`: the replaced one; `tmp`: a file being written): `.NAME.KIND-HOST-PID`.
+pub fn leftover_name(name: &str, kind: &str) -> String {
+    format!(".{name}.{kind}-{}-{}", host_tag(), std::process::id())
+}
+
+/// Whether `pid` names a live process on this host (EPERM: it exists, under another user).
+fn pid_alive(pid: u32) -> bool {
+    if pid == 0 || pid > i32::MAX as u32 {
+        return false;
+    }
+    // SAFETY: signal 0 only asks whether the process exists.
+    let rc = unsafe { libc::kill(pid as i32, 0) };
+    rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+/// Removes what killed writers of `target` left beside it: `.NAME.{partial,old,tmp}-HOST-PID`
+/// of this host whose pid is no longer alive (and the older `.NAME.partial-PID` spelling, which
+/// had no host: taken as this host's). Another host's leftovers, and live writers', are kept:
+/// on a shared filesystem they may be another machine's work in progress. Best effort.
+pub fn sweep_leftovers(target: &Path) {
+    let (Some(name), Some(parent)) = (target.file_name(), target.parent()) else {
+        return;
+    };
+    let parent = if parent.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        parent
+    };
+    let prefix = format!(".{}.", name.to_string_lossy());
+    let host = host_tag();
+    let Ok(entries) = fs::read_dir(parent) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let fname = e.file_name().to_string_lossy().to_string();
+        let Some(rest) = fname.strip_prefix(&prefix) else {
+            continue;
+        };
+        let Some((kind, tail)) = rest.split_once('-') else {
+            continue;
+        };
+        if !matches!(kind, "partial" | "old" | "tmp") {
+            continue;
+        }
+        // `HOST-PID` (host may itself hold dashes), or a bare `PID`.
+        let (h, pid) = match tail.rsplit_once('-') {
+            Some((h, p)) => (h, p),
+            None => (host.as_str(), tail),
+        };
+        let Ok(pid) = pid.parse::<u32>() else {
+            continue;
+        };
+        if h != host || pid_alive(pid) {
+            continue;
+        }
+        let p = e.path();
+        let removed = if e.file_type().is_ok_and(|t| t.is_dir()) {
+            fs::remove_dir_all(&p)
+        } else {
+            fs::remove_file(&p)
+        };
+        if removed.is_ok() {
+            tracing::info!("removed {} (left by a writer that was killed)", p.display());
+        }
+    }
+}
+
+/// `p` itself, or where it points when it is a symlink to a directory (writing through the
+/// link, not over it); a link to nothing is refused by name.
+fn follow_dir_link(p: &Path) -> Result<PathBuf> {
+    match fs::symlink_metadata(p) {
+        Ok(m) if m.file_type().is_symlink() => match fs::metadata(p) {
+            Ok(t) if t.is_dir() => fs::canonicalize(p).map_err(|e| OutputError::io(p, e)),
+            Ok(_) => Err(OutputError::Refused {
+                path: p.to_path_buf(),
+                msg: "is a symlink to something that is not a directory".into(),
+                hint: "choose another --out".into(),
+            }),
+            Err(_) => Err(OutputError::Refused {
+                path: p.to_path_buf(),
+                msg: format!(
+                    "is a symlink to {}, which does not exist",
+                    fs::read_link(p).unwrap_or_default().display()
+                ),
+                hint: "create the directory it points to, or choose another --out".into(),
+            }),
+        },
+        _ => Ok(p.to_path_buf()),
     }
 }
 
@@ -329,5 +456,73 @@ mod tests {
         assert_eq!(fs::read(out.join("b")).unwrap(), b"2");
         // Only `in` and `out` remain: no staging or old directories.
         assert_eq!(fs::read_dir(d.path()).unwrap().count(), 2);
+    }
+
+    /// A killed writer's staging directory (this host, dead pid) goes when the next writer of
+    /// the same target starts; a live writer's, another host's and other targets' stay.
+    #[test]
+    fn dead_writers_leftovers_are_swept_live_ones_kept() {
+        let d = btx_testkit::Scratch::new("sweep");
+        // A pid that is surely dead: a child that has been reaped.
+        let mut c = std::process::Command::new("true").spawn().unwrap();
+        let dead = c.id();
+        c.wait().unwrap();
+        let me = std::process::id();
+        let host = host_tag();
+        let mk = |n: &str| {
+            fs::create_dir_all(d.join(n)).unwrap();
+            fs::write(d.join(n).join("model.safetensors"), b"half").unwrap();
+        };
+        let dead_new = format!(".out.partial-{host}-{dead}");
+        let dead_old = format!(".out.partial-{dead}");
+        let dead_tmp = format!(".out.tmp-{host}-{dead}");
+        let live = format!(".out.partial-{host}-{me}");
+        let other_host = format!(".out.partial-elsewhere-{dead}");
+        let other_target = format!(".other.partial-{host}-{dead}");
+        // pid 1 is always alive.
+        let alive = format!(".out.partial-{host}-1");
+        for n in [
+            &dead_new,
+            &dead_old,
+            &live,
+            &other_host,
+            &other_target,
+            &alive,
+        ] {
+            mk(n);
+        }
+        fs::write(d.join(&dead_tmp), b"x").unwrap();
+        let w = OutDir::create(&d.join("out"), &[], Existing::Refuse).unwrap();
+        for n in [&dead_new, &dead_old, &dead_tmp] {
+            assert!(!d.join(n).exists(), "{n} should be swept");
+        }
+        // Our own pid's name is the staging directory itself, made afresh.
+        assert_eq!(w.path(), d.join(&live));
+        for n in [&other_host, &other_target, &alive] {
+            assert!(d.join(n).exists(), "{n} should be kept");
+        }
+        w.commit().unwrap();
+    }
+
+    /// `--out` that is a symlink to a directory is written through the link; a dangling link
+    /// is refused with what it points to.
+    #[test]
+    fn a_symlinked_directory_is_written_through() {
+        let d = btx_testkit::Scratch::new("outlink");
+        fs::create_dir_all(d.join("real")).unwrap();
+        std::os::unix::fs::symlink(d.join("real"), d.join("link")).unwrap();
+        let w = OutDir::create(&d.join("link"), &[], Existing::Refuse).unwrap();
+        fs::write(w.path().join("a"), b"1").unwrap();
+        w.commit().unwrap();
+        assert!(fs::symlink_metadata(d.join("link"))
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert_eq!(fs::read(d.join("real/a")).unwrap(), b"1");
+        std::os::unix::fs::symlink(d.join("nowhere"), d.join("dangling")).unwrap();
+        let e = OutDir::create(&d.join("dangling"), &[], Existing::Refuse)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("does not exist") && e.contains("nowhere"), "{e}");
     }
 }

@@ -59,10 +59,16 @@ pub fn expand_paths(patterns: &[String], base: &Path) -> Result<Vec<PathBuf>> {
         } else if full.is_file() {
             out.push(full.clone());
         } else {
-            return Err(file_err(&full, "no such file or directory"));
+            return Err(file_err(
+                &full,
+                "no such file or directory\nhint: corpus paths are relative to the config file",
+            ));
         }
         if out.len() == before {
-            return Err(file_err(&full, "matches no files"));
+            return Err(file_err(
+                &full,
+                "matches no files\nhint: corpus paths and globs are relative to the config file",
+            ));
         }
     }
     Ok(out)

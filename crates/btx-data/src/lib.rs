@@ -5,6 +5,7 @@ pub mod cloze;
 pub mod corpus;
 pub mod error;
 pub mod gguf;
+pub mod inputs;
 pub mod mixture;
 pub mod prepare;
 pub mod shard;

@@ -95,7 +95,7 @@ impl Tok {
     }
 
     pub fn save(&self, path: &Path) -> Result<()> {
-        std::fs::write(path, &self.json).map_err(|e| io_err(path, e))
+        btx_core::atomic::write_file(path, self.json.as_bytes()).map_err(Into::into)
     }
 
     pub fn json(&self) -> &str {

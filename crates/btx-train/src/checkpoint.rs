@@ -1,17 +1,20 @@
 //! Checkpoints that never lie: each is written into a temporary directory, `DONE` is written
-//! last, everything is fsynced, and only then is the directory renamed to `step-<8 digits>`.
-//! A resume only ever reads a directory that has `DONE`.
+//! last (a record of every file beside it: size and edge hash), everything is fsynced, and only
+//! then is the directory renamed to `step-<8 digits>`. A resume only ever reads a directory that
+//! has `DONE` and still holds what it records.
 
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
 use btx_core::outdir::{Existing, OutDir};
+use btx_core::record::OutputRecord;
 use btx_model::io::{read_all, write_tensors};
 use btx_model::Model;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::config::{TrainerConfig, RESUME_MAY_CHANGE};
 use crate::error::{io_err, TrainError};
 use crate::optim::AdamW;
 
@@ -38,10 +41,31 @@ pub fn step_dir_name(step: usize) -> String {
     format!("step-{step:08}")
 }
 
-/// Newest `step-*` directory under `dir` that has `DONE`.
+/// What a checkpoint's `DONE` records: every file beside it (size and edge hash).
+const PARTS: [&str; 3] = ["model", "optimizer.safetensors", "state.json"];
+
+/// Whether the checkpoint in `dir` holds what its `DONE` promises: `None` when it does (or when
+/// its `DONE` predates records: `ok`), else what is wrong.
+pub fn problem(dir: &Path) -> Option<String> {
+    let text = match fs::read_to_string(dir.join(DONE)) {
+        Ok(t) => t,
+        Err(e) => return Some(format!("{DONE}: {e}")),
+    };
+    if text.trim() == "ok" {
+        return None;
+    }
+    match serde_json::from_str::<OutputRecord>(&text) {
+        Ok(r) => r.verify(dir),
+        Err(e) => Some(format!("{DONE} is not a record of its files ({e})")),
+    }
+}
+
+/// Newest `step-*` directory under `dir` that has `DONE` and holds what it promises; a newer
+/// one that does not (a file truncated or removed since) is passed over with a warning, so a
+/// resume falls back to the checkpoint before it instead of failing on it forever.
 pub fn find_latest(dir: &Path) -> Option<(usize, PathBuf)> {
     let entries = fs::read_dir(dir).ok()?;
-    entries
+    let mut done: Vec<(usize, PathBuf)> = entries
         .flatten()
         .filter_map(|e| {
             let name = e.file_name().into_string().ok()?;
@@ -49,7 +73,18 @@ pub fn find_latest(dir: &Path) -> Option<(usize, PathBuf)> {
             let p = e.path();
             p.join(DONE).is_file().then_some((step, p))
         })
-        .max_by_key(|(s, _)| *s)
+        .collect();
+    done.sort_by_key(|d| std::cmp::Reverse(d.0));
+    done.into_iter().find(|(_, p)| match problem(p) {
+        None => true,
+        Some(why) => {
+            tracing::warn!(
+                "checkpoint {} is broken ({why}); passing over it",
+                p.display()
+            );
+            false
+        }
+    })
 }
 
 /// Writes a file and fsyncs it.
@@ -103,7 +138,13 @@ pub fn save(
             .expect("json")
             .as_bytes(),
     )?;
-    write_synced(&tmp.join(DONE), b"ok\n")?;
+    let record = OutputRecord::of(tmp, &PARTS.map(String::from))?;
+    write_synced(
+        &tmp.join(DONE),
+        serde_json::to_string_pretty(&record)
+            .expect("json")
+            .as_bytes(),
+    )?;
     let fin = staged.commit()?;
     prune(ckpt_root, keep.max(1));
     Ok(fin)
@@ -124,7 +165,8 @@ fn prune(root: &Path, keep: usize) {
             .strip_prefix("step-")
             .and_then(|s| s.parse::<usize>().ok())
         {
-            if e.path().join(DONE).is_file() {
+            // A checkpoint that no longer holds what its DONE records is no checkpoint.
+            if e.path().join(DONE).is_file() && problem(&e.path()).is_none() {
                 done.push((s, e.path()));
             } else {
                 let _ = fs::remove_dir_all(e.path());
@@ -159,4 +201,73 @@ pub fn load(dir: &Path, dev: &btx_model::burn::prelude::Device) -> Result<Loaded
         state,
         moments,
     })
+}
+
+/// The run state of the checkpoint in `dir` (its `state.json`), without reading its tensors:
+/// what a command checks before it writes anything.
+pub fn read_state(dir: &Path) -> Result<CheckpointState, TrainError> {
+    let sp = dir.join("state.json");
+    let text = fs::read_to_string(&sp).map_err(|e| io_err(&sp, e))?;
+    serde_json::from_str(&text).map_err(|e| TrainError::Corrupt {
+        path: sp,
+        msg: e.to_string(),
+    })
+}
+
+/// A trainer config as a checkpoint records it.
+pub fn config_json(cfg: &TrainerConfig) -> Value {
+    serde_json::to_value(cfg).expect("config serialises")
+}
+
+/// The settings that differ between the checkpoint in `dir` (its `state`) and `cfg`, as
+/// (dotted key, old, new); refused when one of them is outside [`RESUME_MAY_CHANGE`].
+pub fn resume_changes(
+    dir: &Path,
+    state: &CheckpointState,
+    cfg: &TrainerConfig,
+) -> Result<Vec<(String, String, String)>, TrainError> {
+    let changes = config_changes(&state.config, &config_json(cfg));
+    if let Some((key, old, new)) = changes
+        .iter()
+        .find(|(k, ..)| !RESUME_MAY_CHANGE.contains(&k.as_str()))
+    {
+        return Err(TrainError::ConfigChanged {
+            dir: dir.to_path_buf(),
+            what: format!(
+                "{key}: {old} -> {new}; on resume only {} may change",
+                RESUME_MAY_CHANGE.join(", ")
+            ),
+        });
+    }
+    Ok(changes)
+}
+
+/// Every leaf that differs between two configs, as (dotted key, old, new).
+fn config_changes(a: &Value, b: &Value) -> Vec<(String, String, String)> {
+    fn walk(prefix: &str, a: &Value, b: &Value, out: &mut Vec<(String, String, String)>) {
+        match (a.as_object(), b.as_object()) {
+            (Some(x), Some(y)) => {
+                let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+                for k in keys {
+                    let key = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    let null = Value::Null;
+                    walk(
+                        &key,
+                        x.get(k).unwrap_or(&null),
+                        y.get(k).unwrap_or(&null),
+                        out,
+                    );
+                }
+            }
+            _ if a != b => out.push((prefix.to_string(), a.to_string(), b.to_string())),
+            _ => {}
+        }
+    }
+    let mut out = vec![];
+    walk("", a, b, &mut out);
+    out
 }

@@ -8,10 +8,10 @@ use std::time::Instant;
 use btx_data::BatchSource;
 use btx_model::burn::prelude::*;
 use btx_model::Model;
-use serde_json::{json, Value};
+use serde_json::json;
 
 use crate::checkpoint::{self, CheckpointState};
-use crate::config::{TrainerConfig, RESUME_MAY_CHANGE};
+use crate::config::TrainerConfig;
 use crate::error::{io_err, TrainError};
 use crate::metrics::{MetricsLog, Progress};
 use crate::signal;
@@ -56,10 +56,6 @@ pub struct TrainOutcome {
     pub model_dir: PathBuf,
 }
 
-fn config_json(cfg: &TrainerConfig) -> Value {
-    serde_json::to_value(cfg).expect("config serialises")
-}
-
 /// Trains `init` on `data` into `out`: `out/metrics.jsonl`, `out/checkpoints/step-*`,
 /// and finally `out/model/` (HF layout). With `opts.resume`, continues from the newest complete
 /// checkpoint (then `init` is only used if there is none).
@@ -80,21 +76,7 @@ pub fn train(
     match latest {
         Some((_, dir)) if opts.resume => {
             let loaded = checkpoint::load(&dir, &Device::flex())?;
-            let saved = &loaded.state.config;
-            let now = config_json(cfg);
-            let changes = config_changes(saved, &now);
-            if let Some((key, old, new)) = changes
-                .iter()
-                .find(|(k, ..)| !RESUME_MAY_CHANGE.contains(&k.as_str()))
-            {
-                return Err(TrainError::ConfigChanged {
-                    dir: dir.clone(),
-                    what: format!(
-                        "{key}: {old} -> {new}; on resume only {} may change",
-                        RESUME_MAY_CHANGE.join(", ")
-                    ),
-                });
-            }
+            let changes = checkpoint::resume_changes(&dir, &loaded.state, cfg)?;
             for (key, old, new) in &changes {
                 tracing::warn!(
                     "{}: resuming with {key} changed: {old} -> {new}",
@@ -152,7 +134,7 @@ pub fn train(
             data_cursor: data.cursor(),
             tokens,
             elapsed_s: elapsed,
-            config: config_json(cfg),
+            config: checkpoint::config_json(cfg),
         };
         checkpoint::save(
             &ckpt_root,
@@ -293,34 +275,4 @@ fn warn_dead_experts(label: &str, step: usize, load: &[Vec<f64>], threshold: f64
             }
         }
     }
-}
-
-/// Every leaf that differs between two configs, as (dotted key, old, new).
-fn config_changes(a: &Value, b: &Value) -> Vec<(String, String, String)> {
-    fn walk(prefix: &str, a: &Value, b: &Value, out: &mut Vec<(String, String, String)>) {
-        match (a.as_object(), b.as_object()) {
-            (Some(x), Some(y)) => {
-                let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
-                for k in keys {
-                    let key = if prefix.is_empty() {
-                        k.clone()
-                    } else {
-                        format!("{prefix}.{k}")
-                    };
-                    let null = Value::Null;
-                    walk(
-                        &key,
-                        x.get(k).unwrap_or(&null),
-                        y.get(k).unwrap_or(&null),
-                        out,
-                    );
-                }
-            }
-            _ if a != b => out.push((prefix.to_string(), a.to_string(), b.to_string())),
-            _ => {}
-        }
-    }
-    let mut out = vec![];
-    walk("", a, b, &mut out);
-    out
 }

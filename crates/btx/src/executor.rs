@@ -15,6 +15,12 @@ pub enum State {
     /// Started earlier with the same configuration (a trainer resumes from its checkpoint).
     Partial,
     Pending,
+    /// Has a DONE that no longer holds (an output missing or changed, or an input changed since
+    /// it ran): the stage process clears it and runs it again.
+    Redo(String),
+    /// Has a DONE that holds, but something upstream is redone first: the stage process checks
+    /// it again then, and runs it only if what it read changed.
+    Recheck(String),
 }
 
 /// How a stage ended in this invocation.

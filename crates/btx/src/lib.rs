@@ -31,6 +31,7 @@ pub mod manifest;
 pub mod overrides;
 pub mod plan;
 pub mod recipe;
+pub mod record;
 pub mod report;
 pub mod runner;
 pub mod runtime;

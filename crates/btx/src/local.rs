@@ -102,7 +102,7 @@ fn spawn_stage(
     gpu: Option<&str>,
 ) -> Result<Child> {
     let dir = run.join(&stage.dir);
-    std::fs::create_dir_all(&dir)?;
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let log_path = dir.join("log.txt");
     let log = OpenOptions::new()
         .create(true)
@@ -202,10 +202,13 @@ impl Executor for LocalExecutor {
                     .count();
                 let sharing = (running.len() + 1 + ready).min(jobs).max(1);
                 let threads = (self.total_threads / sharing).max(1);
-                let resume = if states.get(&s.name) == Some(&State::Partial) {
-                    " (resuming)"
-                } else {
-                    ""
+                let resume = match states.get(&s.name) {
+                    Some(State::Partial) => " (resuming)".to_string(),
+                    Some(State::Redo(why)) => format!(" (redoing: {why})"),
+                    Some(State::Recheck(_)) => {
+                        " (re-checking: something upstream was redone)".into()
+                    }
+                    _ => String::new(),
                 };
                 let gpu = least_busy(self.gpus.len(), &running);
                 let on = gpu
@@ -243,8 +246,7 @@ impl Executor for LocalExecutor {
                     let r = running.remove(i);
                     let stage = plan.stage(&r.name)?;
                     let secs = r.start.elapsed().as_secs_f64();
-                    let ok = status.success()
-                        && manifest::is_done(&run.join(&stage.dir), &stage.fingerprint);
+                    let ok = status.success() && manifest::check(plan, run, stage).is_done();
                     let outcome = if ok {
                         done.insert(r.name.clone());
                         Outcome::Done { seconds: secs }

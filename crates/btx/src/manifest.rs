@@ -1,10 +1,15 @@
 //! Per-stage bookkeeping in the run directory: `stage.json` (written when a stage starts: its
-//! fingerprint), `manifest.json` (written when it finishes: config, inputs, compute) and `DONE`
-//! (written last). A stage without `DONE` is not finished.
+//! fingerprint), `manifest.json` (written when it finishes: config, inputs, compute, and the
+//! record of its output files and of what it read; see `record.rs`) and `DONE` (written last).
+//! A stage without `DONE` is not finished; a stage with `DONE` is finished only if [`check`]
+//! says so: its files are what DONE recorded, and what it read is still upstream.
 
 use std::path::Path;
 
 use anyhow::{Context, Result};
+
+use crate::plan::{Plan, Stage};
+use crate::record::{self, OutputRecord};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -43,6 +48,13 @@ pub struct Manifest {
     pub device: String,
     #[serde(default)]
     pub threads: usize,
+    /// Every output file (size and edge hash); `None` in manifests of btx versions before
+    /// output records, whose files cannot be checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files: Option<OutputRecord>,
+    /// Stage name -> digest of what this stage read of it (see `record::reads`).
+    #[serde(default)]
+    pub reads: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -76,17 +88,97 @@ pub fn read_started(dir: &Path) -> Option<Started> {
     serde_json::from_str(&text).ok()
 }
 
-/// Finished with exactly this fingerprint.
-pub fn is_done(dir: &Path, fingerprint: &str) -> bool {
-    dir.join(DONE).is_file() && read_manifest(dir).is_some_and(|m| m.fingerprint == fingerprint)
+/// Whether a stage is finished, after looking.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Verdict {
+    /// DONE, this fingerprint, every output as recorded, every input as read.
+    Done,
+    /// DONE from a btx that kept no output record: the files cannot be checked.
+    Unrecorded,
+    /// No DONE, or DONE for another configuration.
+    NotDone,
+    /// DONE, but an output is missing or changed (what, in words).
+    Broken(String),
+    /// DONE, but an upstream stage's outputs changed since this stage read them.
+    Stale(String),
 }
 
-/// Writes `manifest.json`, then `DONE`.
+impl Verdict {
+    /// Finished as far as anyone can tell: checked, or from before records existed.
+    pub fn is_done(&self) -> bool {
+        matches!(self, Verdict::Done | Verdict::Unrecorded)
+    }
+
+    /// Why a stage that has DONE must be redone, if it must.
+    pub fn redo_reason(&self) -> Option<&str> {
+        match self {
+            Verdict::Broken(w) | Verdict::Stale(w) => Some(w),
+            _ => None,
+        }
+    }
+}
+
+/// Checks a stage's DONE against its files and its inputs (see the module's doc).
+pub fn check(plan: &Plan, run: &Path, stage: &Stage) -> Verdict {
+    let dir = run.join(&stage.dir);
+    if !dir.join(DONE).is_file() {
+        return Verdict::NotDone;
+    }
+    let Some(m) = read_manifest(&dir) else {
+        return Verdict::Broken(format!("{}/{MANIFEST} is missing or unreadable", stage.dir));
+    };
+    if m.fingerprint != stage.fingerprint {
+        return Verdict::NotDone;
+    }
+    let Some(files) = &m.files else {
+        return Verdict::Unrecorded;
+    };
+    if let Some(problem) = files.verify(run) {
+        return Verdict::Broken(problem);
+    }
+    for (up, full) in record::reads(plan, stage) {
+        let now = read_manifest(&run.join(&up.dir))
+            .filter(|u| u.fingerprint == up.fingerprint)
+            .map(|u| record::digest_of(up, u.files.as_ref(), full));
+        if now.is_some() && m.reads.get(&up.name) != now.as_ref() {
+            return Verdict::Stale(format!("{} changed since this stage read it", up.name));
+        }
+    }
+    Verdict::Done
+}
+
+/// What `stage` reads of its upstream stages now: recorded in its manifest when it finishes.
+pub fn reads_now(
+    plan: &Plan,
+    run: &Path,
+    stage: &Stage,
+) -> std::collections::BTreeMap<String, String> {
+    record::reads(plan, stage)
+        .into_iter()
+        .filter_map(|(up, full)| {
+            let m = read_manifest(&run.join(&up.dir))?;
+            Some((
+                up.name.clone(),
+                record::digest_of(up, m.files.as_ref(), full),
+            ))
+        })
+        .collect()
+}
+
+/// Writes `stage.json` (atomically).
+pub fn start(dir: &Path, s: &Started) -> Result<()> {
+    let p = dir.join(STARTED);
+    btx_core::atomic::write_file(&p, serde_json::to_string_pretty(s)?.as_bytes())?;
+    Ok(())
+}
+
+/// Writes `manifest.json`, then `DONE`, each atomically.
 pub fn finish(dir: &Path, m: &Manifest) -> Result<()> {
     let p = dir.join(MANIFEST);
-    std::fs::write(&p, serde_json::to_string_pretty(m)?)
+    btx_core::atomic::write_file(&p, serde_json::to_string_pretty(m)?.as_bytes())
         .with_context(|| format!("writing {}", p.display()))?;
     let d = dir.join(DONE);
-    std::fs::write(&d, b"ok\n").with_context(|| format!("writing {}", d.display()))?;
+    btx_core::atomic::write_file(&d, b"ok\n")
+        .with_context(|| format!("writing {}", d.display()))?;
     Ok(())
 }

@@ -66,23 +66,30 @@ fn parse_value(raw: &str) -> Value {
 
 /// Reads a TOML file (or starts empty with `None`), applies overrides, deserialises.
 pub fn load<T: DeserializeOwned>(path: Option<&Path>, sets: &[String]) -> Result<(T, Value)> {
-    let mut root = match path {
+    match path {
         Some(p) => {
             let text = std::fs::read_to_string(p)
                 .with_context(|| format!("reading config {}", p.display()))?;
-            text.parse::<toml::Table>()
-                .map(Value::Table)
-                .with_context(|| format!("{} is not valid TOML", p.display()))?
+            load_str(&text, &p.display().to_string(), sets)
         }
-        None => Value::Table(Default::default()),
-    };
+        None => load_str("", "the config", sets),
+    }
+}
+
+/// [`load`] of a config held in memory (`what` names it in errors).
+pub fn load_str<T: DeserializeOwned>(
+    text: &str,
+    what: &str,
+    sets: &[String],
+) -> Result<(T, Value)> {
+    let mut root = text
+        .parse::<toml::Table>()
+        .map(Value::Table)
+        .with_context(|| format!("{what} is not valid TOML"))?;
     for s in sets {
         apply(&mut root, s)?;
     }
-    let cfg = T::deserialize(root.clone()).map_err(|e| {
-        let what = path.map_or("the config".to_string(), |p| p.display().to_string());
-        anyhow!("{what}: {e}")
-    })?;
+    let cfg = T::deserialize(root.clone()).map_err(|e| anyhow!("{what}: {e}"))?;
     Ok((cfg, root))
 }
 

@@ -179,8 +179,15 @@ pub fn build(plan: &Plan, run: &Path) -> Result<()> {
     if plan.generalist {
         expert_labels.push("generalist".into());
     }
-    let plots_dir = run.join("plots");
-    std::fs::create_dir_all(&plots_dir)?;
+    // Everything is written beside its target and moved into place only once all of it is
+    // complete: a failing run (a full disk, a plot that cannot be written) leaves the previous
+    // report as it was.
+    let plots_out = btx_core::outdir::OutDir::create(
+        &run.join("plots"),
+        &[],
+        btx_core::outdir::Existing::Replace,
+    )?;
+    let plots_dir = plots_out.path().to_path_buf();
     let title = if plan.name.is_empty() {
         "BTX report".to_string()
     } else {
@@ -207,7 +214,7 @@ pub fn build(plan: &Plan, run: &Path) -> Result<()> {
         let mut all: Vec<(f64, &Stats)> = vec![(plan.budget.scale, &st)];
         all.extend(others.iter().map(|(s, x)| (*s, x)));
         let curves = budget_curves(&all);
-        input.plots = draw_plots(plan, run, &st, &curves, &plots_dir, &expert_labels);
+        input.plots = draw_plots(plan, run, &st, &curves, &plots_dir, &expert_labels)?;
         curves
     };
     if input.plots.is_empty() && !plots::font_available() {
@@ -250,11 +257,11 @@ pub fn build(plan: &Plan, run: &Path) -> Result<()> {
     if !st.input.opt_out.is_empty() {
         results["opt_out"] = btx_eval::optout::json(&st.input.opt_out, &st.input.domains);
     }
-    std::fs::write(
-        run.join("results.json"),
-        serde_json::to_string_pretty(&results)?,
-    )?;
-    std::fs::write(run.join("report.md"), markdown(&st, &v))?;
+    let results = serde_json::to_string_pretty(&results)?;
+    let md = markdown(&st, &v);
+    plots_out.commit()?;
+    btx_core::atomic::write_file(&run.join("results.json"), results.as_bytes())?;
+    btx_core::atomic::write_file(&run.join("report.md"), md.as_bytes())?;
     Ok(())
 }
 
@@ -335,16 +342,26 @@ fn draw_plots(
     curves: &[BudgetCurve],
     dir: &Path,
     labels: &[String],
-) -> Vec<(String, String)> {
+) -> Result<Vec<(String, String)>> {
     let input = st.input;
     let mut links = vec![];
+    let mut failed: Option<anyhow::Error> = None;
+    // A plot that cannot be written fails the report (a full disk must not leave a report
+    // that links to a cut-off image); one with nothing to draw, or no font, is left out.
     let mut try_plot =
         |file: &str, caption: &str, r: Result<(), Box<dyn std::error::Error>>| match r {
             Ok(()) if dir.join(file).exists() => {
                 links.push((caption.to_string(), format!("plots/{file}")));
             }
             Ok(()) => {}
-            Err(e) => tracing::warn!("plot {file}: {e}"),
+            Err(e) => {
+                if failed.is_none() {
+                    failed = Some(anyhow::anyhow!(
+                        "writing plot {}: {e}",
+                        dir.join(file).display()
+                    ));
+                }
+            }
         };
     let names: Vec<String> = st.methods().map(|m| m.name.clone()).collect();
     let per_domain = |f: &dyn Fn(&str, &str) -> Option<btx_eval::stats::Estimate>, scale: f64| {
@@ -491,5 +508,8 @@ fn draw_plots(
             ),
         );
     }
-    links
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(links),
+    }
 }

@@ -43,39 +43,64 @@ pub struct Args {
     pub gpus: Option<String>,
 }
 
-/// Classifies every stage; with `wipe`, clears directories whose configuration changed.
-pub fn prepare_states(plan: &Plan, run: &Path, wipe: bool) -> Result<BTreeMap<String, State>> {
-    let mut states = BTreeMap::new();
+/// A stage whose configuration changed (its name, its directory), cleared before the run.
+pub type Stale = (String, PathBuf);
+
+/// Classifies every stage, after checking each DONE (see `manifest::check`). Stages come in
+/// dependency order. Also returns the directories of stages whose configuration changed (to
+/// clear before running); refuses, before anything is written, when one is in use.
+pub fn prepare_states(plan: &Plan, run: &Path) -> Result<(BTreeMap<String, State>, Vec<Stale>)> {
+    let mut states: BTreeMap<String, State> = BTreeMap::new();
+    let mut stale = vec![];
     for s in &plan.stages {
         let dir = run.join(&s.dir);
-        let st = if manifest::is_done(&dir, &s.fingerprint) {
-            State::Done
-        } else {
-            let same = manifest::read_started(&dir).is_some_and(|x| x.fingerprint == s.fingerprint);
-            if wipe && dir.exists() && !same {
-                if let Some(h) = crate::lock::holder(&dir) {
-                    bail!(
-                        "stage {} changed configuration but {} is still in use by {}\nhint: stop it first (`btx cancel {}`), then run again",
-                        s.name,
-                        dir.display(),
-                        h.describe(),
-                        run.display()
-                    );
-                }
-                // Finished or started with another configuration: its outputs are stale.
-                std::fs::remove_dir_all(&dir)
-                    .with_context(|| format!("clearing stale stage {}", dir.display()))?;
-                tracing::info!("{}: configuration changed, redoing", s.name);
+        let verdict = manifest::check(plan, run, s);
+        let upstream = crate::record::reads(plan, s)
+            .into_iter()
+            .find(|(up, _)| states.get(&up.name).is_some_and(|st| *st != State::Done))
+            .map(|(up, _)| up.name.clone());
+        let st = match (&verdict, upstream) {
+            (v, None) if v.is_done() => State::Done,
+            (v, Some(up)) if v.is_done() => State::Recheck(format!("{up} runs first")),
+            (v, _) if v.redo_reason().is_some() => {
+                State::Redo(v.redo_reason().unwrap_or_default().to_string())
             }
-            if same {
-                State::Partial
-            } else {
-                State::Pending
+            _ => {
+                let same =
+                    manifest::read_started(&dir).is_some_and(|x| x.fingerprint == s.fingerprint);
+                if dir.exists() && !same {
+                    if let Some(h) = crate::lock::holder(&dir) {
+                        bail!(
+                            "stage {} changed configuration but {} is still in use by {}\nhint: stop it first (`btx cancel {}`), then run again",
+                            s.name,
+                            dir.display(),
+                            h.describe(),
+                            run.display()
+                        );
+                    }
+                    // Finished or started with another configuration: its outputs are stale.
+                    stale.push((s.name.clone(), dir));
+                }
+                if same {
+                    State::Partial
+                } else {
+                    State::Pending
+                }
             }
         };
         states.insert(s.name.clone(), st);
     }
-    Ok(states)
+    Ok((states, stale))
+}
+
+/// Clears the directories of stages whose configuration changed.
+fn clear_stale(stale: &[Stale]) -> Result<()> {
+    for (name, dir) in stale {
+        std::fs::remove_dir_all(dir)
+            .with_context(|| format!("clearing stale stage {}", dir.display()))?;
+        tracing::info!("{name}: configuration changed, redoing");
+    }
+    Ok(())
 }
 
 pub fn run(a: Args, device: &str) -> Result<()> {
@@ -105,47 +130,55 @@ pub fn run(a: Args, device: &str) -> Result<()> {
         .unwrap_or(Path::new("."))
         .canonicalize()?;
     let plan = Plan::from_recipe(&recipe, &base)?;
-    std::fs::create_dir_all(&a.out)?;
-    let out = a.out.canonicalize()?;
-    // One `btx run` per run directory, for as long as it runs (a dry run writes nothing but
-    // still must not read a plan half-written by another).
+    if a.dry_run {
+        // A dry run writes nothing and takes no lock: it reads what is there (plan.json and
+        // every manifest are replaced atomically, so it never sees one half-written).
+        let states = if a.out.is_dir() {
+            prepare_states(&plan, &a.out)?.0
+        } else {
+            plan.stages
+                .iter()
+                .map(|s| (s.name.clone(), State::Pending))
+                .collect()
+        };
+        return print_dry_run(&a, &plan, &states);
+    }
+    if std::fs::symlink_metadata(&a.out).is_ok_and(|m| !m.is_dir() && !a.out.is_dir()) {
+        bail!(
+            "{} exists and is not a directory\nhint: choose another --out",
+            a.out.display()
+        );
+    }
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    let out = a
+        .out
+        .canonicalize()
+        .with_context(|| format!("resolving {}", a.out.display()))?;
+    // One `btx run` per run directory, for as long as it runs.
     let _lock = crate::lock::DirLock::acquire(&out, "btx run")?;
-    if !a.dry_run {
-        std::fs::copy(&a.recipe, out.join("recipe.toml"))?;
-        std::fs::write(
-            out.join("recipe.resolved.toml"),
-            toml::to_string_pretty(&raw)?,
-        )?;
+    let (states, stale) = prepare_states(&plan, &out)?;
+    let recipe_text =
+        std::fs::read(&a.recipe).with_context(|| format!("reading {}", a.recipe.display()))?;
+    btx_core::atomic::write_file(&out.join("recipe.toml"), &recipe_text)?;
+    btx_core::atomic::write_file(
+        &out.join("recipe.resolved.toml"),
+        toml::to_string_pretty(&raw)?.as_bytes(),
+    )?;
+    plan.save(&out)?;
+    clear_stale(&stale)?;
+    for (name, st) in &states {
+        if let State::Redo(why) = st {
+            tracing::warn!("{name}: {why}; redoing it");
+        }
     }
-    if !a.dry_run {
-        plan.save(&out)?;
-    }
-    let states = prepare_states(&plan, &out, !a.dry_run)?;
-    let todo: Vec<&String> = states
-        .iter()
-        .filter(|(_, s)| **s != State::Done)
-        .map(|(n, _)| n)
-        .collect();
+    let todo = states.values().filter(|s| **s != State::Done).count();
     errln!(
-        "btx run {}: {} stages, {} to run ({} done){}",
+        "btx run {}: {} stages, {} to run ({} done)",
         a.recipe.display(),
         plan.stages.len(),
-        todo.len(),
-        plan.stages.len() - todo.len(),
-        if a.dry_run { " [dry run]" } else { "" }
+        todo,
+        plan.stages.len() - todo,
     );
-    if a.dry_run {
-        for s in &plan.stages {
-            outln!(
-                "{:<28} {:<10} {:?} deps {:?}",
-                s.name,
-                s.fingerprint,
-                states[&s.name],
-                s.deps
-            );
-        }
-        return Ok(());
-    }
     let mut exec: Box<dyn Executor> = match a.executor.as_str() {
         "local" => Box::new(LocalExecutor {
             jobs: a.jobs,
@@ -182,6 +215,27 @@ pub fn run(a: Args, device: &str) -> Result<()> {
         );
     }
     errln!("all stages done: {}", out.display());
+    Ok(())
+}
+
+fn print_dry_run(a: &Args, plan: &Plan, states: &BTreeMap<String, State>) -> Result<()> {
+    let todo = states.values().filter(|s| **s != State::Done).count();
+    errln!(
+        "btx run {}: {} stages, {} to run ({} done) [dry run]",
+        a.recipe.display(),
+        plan.stages.len(),
+        todo,
+        plan.stages.len() - todo,
+    );
+    for s in &plan.stages {
+        outln!(
+            "{:<28} {:<10} {:?} deps {:?}",
+            s.name,
+            s.fingerprint,
+            states[&s.name],
+            s.deps
+        );
+    }
     Ok(())
 }
 

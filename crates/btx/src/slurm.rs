@@ -53,8 +53,9 @@ pub fn load_jobs(run: &Path) -> JobTable {
 }
 
 fn save_jobs(run: &Path, t: &JobTable) -> Result<()> {
-    std::fs::create_dir_all(run.join("slurm"))?;
-    std::fs::write(jobs_path(run), serde_json::to_string_pretty(t)?)?;
+    let dir = run.join("slurm");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    btx_core::atomic::write_file(&jobs_path(run), serde_json::to_string_pretty(t)?.as_bytes())?;
     Ok(())
 }
 
@@ -226,9 +227,10 @@ impl SlurmExecutor {
         array: Option<usize>,
     ) -> Result<String> {
         let dir = run.join("slurm");
-        std::fs::create_dir_all(dir.join("logs"))?;
+        std::fs::create_dir_all(dir.join("logs"))
+            .with_context(|| format!("creating {}", dir.join("logs").display()))?;
         let path = dir.join(format!("{}.sh", label.replace([':', '@', '#'], "-")));
-        std::fs::write(&path, script)?;
+        btx_core::atomic::write_file(&path, script.as_bytes())?;
         let mut c = Command::new("sbatch");
         c.arg("--parsable")
             .arg(format!("--job-name=btx-{label}"))
@@ -418,7 +420,7 @@ impl Executor for SlurmExecutor {
         }
         for name in live.keys() {
             let s = plan.stage(name)?;
-            let done = crate::manifest::is_done(&run.join(&s.dir), &s.fingerprint);
+            let done = crate::manifest::check(plan, run, s).is_done();
             let o = if done {
                 Outcome::Done { seconds: 0.0 }
             } else {

@@ -35,7 +35,7 @@ pub fn data_root(run: &Path, data_stage: &Stage) -> PathBuf {
 }
 
 fn copy_dir_files(from: &Path, to: &Path) -> Result<()> {
-    std::fs::create_dir_all(to)?;
+    std::fs::create_dir_all(to).with_context(|| format!("creating {}", to.display()))?;
     for e in std::fs::read_dir(from).with_context(|| format!("reading {}", from.display()))? {
         let e = e?;
         let name = e.file_name().to_string_lossy().to_string();
@@ -44,7 +44,8 @@ fn copy_dir_files(from: &Path, to: &Path) -> Result<()> {
             || name.ends_with(".safetensors")
             || name == "model.safetensors.index.json";
         if keep && e.path().is_file() {
-            std::fs::copy(e.path(), to.join(&name))?;
+            std::fs::copy(e.path(), to.join(&name))
+                .with_context(|| format!("copying {} to {}", e.path().display(), to.display()))?;
         }
     }
     Ok(())
@@ -56,17 +57,38 @@ pub fn run(a: Args, dev: &Device, device_name: &str) -> Result<()> {
     let dir = a.run.join(&stage.dir);
     for d in &stage.deps {
         let ds = plan.stage(d)?;
-        if !manifest::is_done(&a.run.join(&ds.dir), &ds.fingerprint) {
-            bail!(
-                "stage {:?} needs {d:?}, which has not finished\nhint: run `btx run` on the recipe, or `btx stage {d} --run {}` first",
-                stage.name,
-                a.run.display()
-            );
-        }
+        let why = match manifest::check(&plan, &a.run, ds) {
+            v if v.is_done() => continue,
+            manifest::Verdict::Broken(w) | manifest::Verdict::Stale(w) => {
+                format!("whose DONE no longer holds: {w}")
+            }
+            _ => "which has not finished".to_string(),
+        };
+        bail!(
+            "stage {:?} needs {d:?}, {why}\nhint: run `btx run` on the recipe (it redoes what is missing), or `btx stage {d} --run {}` first",
+            stage.name,
+            a.run.display()
+        );
     }
-    std::fs::create_dir_all(&dir)?;
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     // One process per stage directory: a second trainer in the same checkpoints is refused.
     let _lock = crate::lock::DirLock::acquire(&dir, &format!("stage {}", stage.name))?;
+    match manifest::check(&plan, &a.run, &stage) {
+        v if v.is_done() => {
+            // Scheduled because something upstream was redone; it came out the same.
+            errln!(
+                "stage {} is already done (its outputs and what it read are unchanged)",
+                stage.name
+            );
+            return Ok(());
+        }
+        v => {
+            if let Some(why) = v.redo_reason() {
+                tracing::warn!("stage {}: {why}; redoing it", stage.name);
+                clear_stage_dir(&dir)?;
+            }
+        }
+    }
     if let Some(s) = manifest::read_started(&dir) {
         if s.fingerprint != stage.fingerprint {
             bail!(
@@ -86,16 +108,15 @@ pub fn run(a: Args, dev: &Device, device_name: &str) -> Result<()> {
         device: crate::runtime::device_label(device_name),
         threads: rayon::current_num_threads(),
     };
-    std::fs::write(
-        dir.join(manifest::STARTED),
-        serde_json::to_string_pretty(&started)?,
-    )?;
+    manifest::start(&dir, &started)?;
     tracing::info!(
         "stage {} ({}) in {}",
         stage.name,
         stage.fingerprint,
         dir.display()
     );
+    // What this stage reads, as it is now (its dependencies are checked above).
+    let reads = manifest::reads_now(&plan, &a.run, &stage);
     let t0 = std::time::Instant::now();
     let (mut compute, outputs) = execute(&plan, &stage, &a.run, &dir, dev)?;
     compute.wall_seconds = compute.wall_seconds.max(t0.elapsed().as_secs_f64());
@@ -111,6 +132,7 @@ pub fn run(a: Args, dev: &Device, device_name: &str) -> Result<()> {
             )
         })
         .collect();
+    let files = crate::record::OutputRecord::of(&a.run, &crate::record::outputs(&stage).0)?;
     let m = Manifest {
         stage: stage.name.clone(),
         fingerprint: stage.fingerprint.clone(),
@@ -122,6 +144,8 @@ pub fn run(a: Args, dev: &Device, device_name: &str) -> Result<()> {
         finished_unix: manifest::now_unix(),
         device: crate::runtime::device_label(device_name),
         threads: rayon::current_num_threads(),
+        files: Some(files),
+        reads,
     };
     manifest::finish(&dir, &m)?;
     tracing::info!(
@@ -129,6 +153,26 @@ pub fn run(a: Args, dev: &Device, device_name: &str) -> Result<()> {
         stage.name,
         t0.elapsed().as_secs_f64()
     );
+    Ok(())
+}
+
+/// Empties a stage directory whose DONE no longer holds, except its lock (held by this
+/// process) and its log (which keeps the history, this redo included).
+fn clear_stage_dir(dir: &Path) -> Result<()> {
+    for e in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let e = e?;
+        let name = e.file_name();
+        if name == crate::lock::LOCK || name == "log.txt" {
+            continue;
+        }
+        let p = e.path();
+        let r = if e.file_type()?.is_dir() {
+            std::fs::remove_dir_all(&p)
+        } else {
+            std::fs::remove_file(&p)
+        };
+        r.with_context(|| format!("clearing {}", p.display()))?;
+    }
     Ok(())
 }
 
@@ -163,7 +207,11 @@ fn execute(
                     } else {
                         base.join(d)
                     };
-                    DataDir::open(&d)?;
+                    // Adopted as it is: every shard is read and checked against its manifest
+                    // once here, since the stages after this one trust it.
+                    DataDir::open(&d)?
+                        .verify()
+                        .with_context(|| format!("[data] dir {}", d.display()))?;
                     let _ = std::fs::remove_file(&root);
                     std::os::unix::fs::symlink(&d, &root).with_context(|| {
                         format!("linking {} to {}", root.display(), d.display())
@@ -310,7 +358,10 @@ fn execute(
                 spec,
                 *routing,
             )?;
-            std::fs::write(dir.join("eval.json"), serde_json::to_string_pretty(&me)?)?;
+            btx_core::atomic::write_file(
+                &dir.join("eval.json"),
+                serde_json::to_string_pretty(&me)?.as_bytes(),
+            )?;
             Ok((
                 Compute::default(),
                 json!({"method": method, "average": me.result.average}),
@@ -331,7 +382,10 @@ fn execute(
                 m.cfg.expert_labels = plan.expert_labels(m.cfg.num_experts());
             }
             let o = jobs::eval::opt_out(method, &m, &data_dir, &domains, spec)?;
-            std::fs::write(dir.join("optout.json"), serde_json::to_string_pretty(&o)?)?;
+            btx_core::atomic::write_file(
+                &dir.join("optout.json"),
+                serde_json::to_string_pretty(&o)?.as_bytes(),
+            )?;
             let cost: serde_json::Map<String, serde_json::Value> = o
                 .removed
                 .iter()

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 
 use crate::manifest;
 use crate::plan::{Plan, Stage};
@@ -23,13 +23,18 @@ pub struct Args {
 pub struct CancelArgs {
     /// The run directory.
     pub run: PathBuf,
+    /// Seconds to wait for each stopped process to exit (a trainer writes a checkpoint first).
+    #[arg(long, default_value_t = 120)]
+    pub wait: u64,
 }
 
 /// One stage as `btx status` sees it.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct StageStatus {
     pub stage: String,
-    /// pending, running, done, failed, cancelled, stopped (checkpointed, will resume).
+    /// pending, running, suspended (SIGSTOP), done, broken (DONE but an output is missing or
+    /// changed), stale (DONE but an input changed since), failed, cancelled, stopped
+    /// (checkpointed, will resume).
     pub state: String,
     pub job: Option<String>,
     pub elapsed: String,
@@ -42,7 +47,15 @@ pub struct StageStatus {
 
 fn pid_alive(pid: u32) -> bool {
     // SAFETY: signal 0 only checks that the process exists.
-    unsafe { libc::kill(pid as i32, 0) == 0 }
+    pid > 0 && unsafe { libc::kill(pid as i32, 0) == 0 }
+}
+
+/// The state letter of a process of this host (`R`, `S`, `T` stopped, `Z` zombie, ...), from
+/// /proc/PID/stat; `None` when there is no such process.
+pub fn proc_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // "pid (comm) S ...": comm may hold spaces and parentheses, so read after the last ')'.
+    stat.rsplit_once(')')?.1.trim_start().chars().next()
 }
 
 fn fmt_secs(s: f64) -> String {
@@ -69,15 +82,32 @@ pub fn stage_status(
         progress,
         detail: vec![],
     };
-    let _ = plan;
-    if manifest::is_done(&dir, &s.fingerprint) {
-        st.state = "done".into();
+    let verdict = manifest::check(plan, run, s);
+    if verdict.is_done() || verdict.redo_reason().is_some() {
         let m = manifest::read_manifest(&dir);
         st.elapsed = m
             .as_ref()
             .map(|m| fmt_secs(m.compute.wall_seconds))
             .unwrap_or_default();
         st.device = m.map(|m| m.device).filter(|d| !d.is_empty());
+        st.state = match &verdict {
+            manifest::Verdict::Broken(w) => {
+                st.detail
+                    .push(format!("{w}; `btx run` redoes it (and what depends on it)"));
+                "broken".into()
+            }
+            manifest::Verdict::Stale(w) => {
+                st.detail.push(format!("{w}; `btx run` redoes it"));
+                "stale".into()
+            }
+            manifest::Verdict::Unrecorded => {
+                st.detail.push(
+                    "finished by an older btx that kept no record of its files: not checked".into(),
+                );
+                "done".into()
+            }
+            _ => "done".into(),
+        };
         return st;
     }
     let started = manifest::read_started(&dir).filter(|x| x.fingerprint == s.fingerprint);
@@ -109,8 +139,19 @@ pub fn stage_status(
     } else if let Some(sj) = &started {
         // Local run, or a Slurm job Slurm has forgotten.
         // Running means a live process holds the stage's lock; a pid alone can be reused.
-        st.state = if crate::lock::holder(&dir).is_some() {
-            "running".into()
+        let holder = crate::lock::holder(&dir);
+        st.state = if let Some(h) = &holder {
+            if h.host == crate::lock::hostname() && proc_state(h.pid) == Some('T') {
+                st.detail.push(format!(
+                    "pid {} is suspended (SIGSTOP or Ctrl-Z): `kill -CONT {}` lets it go on, `btx cancel {}` ends it",
+                    h.pid,
+                    h.pid,
+                    run.display()
+                ));
+                "suspended".into()
+            } else {
+                "running".into()
+            }
         } else if dir.join("checkpoints").exists() {
             "stopped".into()
         } else {
@@ -173,7 +214,7 @@ pub fn run(a: Args) -> Result<()> {
         }
     }
     let count = |x: &str| all.iter().filter(|s| s.state == x).count();
-    outln!(
+    let mut summary = format!(
         "{} stages: {} done, {} running, {} pending, {} failed, {} cancelled, {} stopped",
         all.len(),
         count("done"),
@@ -183,7 +224,21 @@ pub fn run(a: Args) -> Result<()> {
         count("cancelled"),
         count("stopped")
     );
+    for extra in ["suspended", "broken", "stale"] {
+        if count(extra) > 0 {
+            summary.push_str(&format!(", {} {extra}", count(extra)));
+        }
+    }
+    outln!("{summary}");
     Ok(())
+}
+
+/// A local process `btx cancel` stops: what it is, its pid, and the directory whose lock it
+/// holds (it is gone when the lock is free).
+struct Target {
+    what: String,
+    pid: u32,
+    dir: PathBuf,
 }
 
 pub fn cancel(a: CancelArgs) -> Result<()> {
@@ -203,46 +258,96 @@ pub fn cancel(a: CancelArgs) -> Result<()> {
             }
         }
     }
-    // Local runs: stop running stage processes (they checkpoint and exit).
+    let me = crate::lock::hostname();
+    let mut targets: Vec<Target> = vec![];
+    let mut left: Vec<String> = vec![];
+    // The `btx run` (or `btx demo`) driving a local run first, so that it starts nothing new.
+    if let Some(h) = crate::lock::holder(&a.run) {
+        if h.host != me {
+            left.push(format!(
+                "{} runs on {} (pid {}): run `btx cancel` there",
+                h.what, h.host, h.pid
+            ));
+        } else if h.pid != std::process::id() && pid_alive(h.pid) {
+            targets.push(Target {
+                what: h.what.clone(),
+                pid: h.pid,
+                dir: a.run.clone(),
+            });
+        }
+    }
+    // Local stage processes (a trainer writes a checkpoint and exits).
     for s in &plan.stages {
         if jobs.jobs.contains_key(&s.name) {
             continue;
         }
         let dir = a.run.join(&s.dir);
-        if manifest::is_done(&dir, &s.fingerprint) {
-            continue;
-        }
         // Signal only a process verified to be this stage: it holds the stage's lock, on this
         // host, under the pid stage.json names (a stale pid may belong to anyone by now).
         let (Some(h), Some(sj)) = (crate::lock::holder(&dir), manifest::read_started(&dir)) else {
             continue;
         };
-        if h.host != crate::lock::hostname() {
-            errln!(
-                "not stopping {}: it runs on {} (pid {}); run `btx cancel` there",
-                s.name,
-                h.host,
-                h.pid
-            );
+        if h.host != me {
+            left.push(format!(
+                "{} runs on {} (pid {}): run `btx cancel` there",
+                s.name, h.host, h.pid
+            ));
             continue;
         }
         if h.pid != sj.pid || !pid_alive(h.pid) {
-            errln!(
-                "not stopping {}: the lock holder ({}) is not the process stage.json names (pid {})",
+            left.push(format!(
+                "{}: the lock holder ({}) is not the process stage.json names (pid {}); not signalled",
                 s.name,
                 h.describe(),
                 sj.pid
-            );
+            ));
             continue;
         }
-        // SAFETY: sends SIGTERM to the verified stage process.
+        targets.push(Target {
+            what: s.name.clone(),
+            pid: h.pid,
+            dir,
+        });
+    }
+    for t in &targets {
+        // SAFETY: signals a process verified above. SIGCONT after SIGTERM: a suspended
+        // (SIGSTOP, Ctrl-Z) process only acts on the SIGTERM once it runs again.
         unsafe {
-            libc::kill(h.pid as i32, libc::SIGTERM);
+            libc::kill(t.pid as i32, libc::SIGTERM);
+            libc::kill(t.pid as i32, libc::SIGCONT);
         }
-        n += 1;
-        errln!("stopped {} (pid {})", s.name, h.pid);
+    }
+    // Gone means the lock it held is free: checked, not assumed.
+    let alive = |t: &Target| crate::lock::holder(&t.dir).is_some_and(|h| h.pid == t.pid);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(a.wait);
+    while targets.iter().any(alive) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    for t in &targets {
+        if alive(t) {
+            left.push(format!(
+                "{} (pid {}) is still running {}s after SIGTERM{}",
+                t.what,
+                t.pid,
+                a.wait,
+                match proc_state(t.pid) {
+                    Some('T') => " and is suspended again",
+                    Some('D') => " in uninterruptible I/O",
+                    _ => "",
+                }
+            ));
+        } else {
+            n += 1;
+            errln!("stopped {} (pid {})", t.what, t.pid);
+        }
     }
     errln!("{n} cancelled");
+    if !left.is_empty() {
+        bail!(
+            "not everything was stopped:\n  - {}\nhint: a trainer writes its checkpoint before it exits: wait and run `btx cancel` again (`--wait SECS` waits longer), or `kill -9 PID` (it loses the steps since its last checkpoint)",
+            left.join("\n  - ")
+        );
+    }
     Ok(())
 }
 

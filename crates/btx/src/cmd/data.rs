@@ -63,6 +63,8 @@ pub fn run_data(cmd: DataCmd) -> Result<()> {
         } => {
             let (cfg, _): (PrepareConfig, _) = overrides::load(Some(&config), &sets)?;
             let base = config.parent().unwrap_or(Path::new(".")).to_path_buf();
+            cfg.validate().context("data prepare")?;
+            cfg.check_inputs(&base).context("data prepare")?;
             let m =
                 prepare(&cfg, &base, &out, Existing::replace_if(force)).context("data prepare")?;
             print_info(&out, &m);
@@ -123,6 +125,15 @@ pub fn run_tokenizer(cmd: TokenizerCmd) -> Result<()> {
                 "jsonl" => Format::Jsonl,
                 f => anyhow::bail!("--format {f:?}: expected text or jsonl"),
             };
+            let files = btx_data::corpus::expand_paths(&inputs, Path::new("."))?;
+            let files: Vec<&Path> = files.iter().map(|p| p.as_path()).collect();
+            btx_core::outdir::check_not_an_input(&out, &files)?;
+            if out.is_dir() {
+                anyhow::bail!(
+                    "{} is a directory\nhint: --out names the tokenizer.json file to write",
+                    out.display()
+                );
+            }
             let docs = read_docs(&inputs, Path::new("."), format, DocSplit::File, &field)?;
             anyhow::ensure!(!docs.is_empty(), "no text in {inputs:?}");
             let tok = Tok::train_bpe(

@@ -60,9 +60,20 @@ pub fn run(a: Args, device: &str) -> Result<()> {
             "runs/demo"
         })
     });
-    std::fs::create_dir_all(&out)?;
+    let text = if a.quick { QUICK } else { DEMO };
+    // The recipe and its overrides are checked before anything is written.
+    let (r, _): (crate::recipe::Recipe, _) =
+        crate::overrides::load_str(text, "the demo recipe", &a.sets)?;
+    r.validate(std::path::Path::new("."))?;
+    if std::fs::symlink_metadata(&out).is_ok() && !out.is_dir() {
+        anyhow::bail!(
+            "{} exists and is not a directory\nhint: choose another --out",
+            out.display()
+        );
+    }
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let recipe = out.join("demo-recipe.toml");
-    std::fs::write(&recipe, if a.quick { QUICK } else { DEMO })?;
+    btx_core::atomic::write_file(&recipe, text.as_bytes())?;
     let jobs = a
         .jobs
         .unwrap_or_else(|| rayon::current_num_threads().clamp(1, 4));

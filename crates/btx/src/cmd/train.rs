@@ -3,7 +3,7 @@
 use crate::sections::DataSection;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use btx_core::outdir::Existing;
 use btx_data::{prepare, DataDir, MixConfig};
 use btx_model::burn::prelude::Device;
@@ -71,28 +71,68 @@ impl TrainFile {
     }
 }
 
-/// Opens (or first prepares) the data a config names.
-pub fn resolve_data(d: &DataSection, base: &Path, out: &Path) -> Result<DataDir> {
-    let dir = match (&d.dir, &d.prepare) {
+/// Where a `btx train` gets its data: a prepared directory (`[data] dir`, or `OUT/data` already
+/// prepared from this very `[data.prepare]`), or a prepare still to run.
+enum DataSource {
+    Ready(DataDir),
+    Prepare(btx_data::PrepareConfig),
+}
+
+fn abs(base: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
+    }
+}
+
+/// Decides where the data comes from, refusing what cannot work before anything is written.
+/// `resuming`: OUT holds checkpoints that will be continued, so `OUT/data` must stay theirs.
+fn data_source(d: &DataSection, base: &Path, out: &Path, resuming: bool) -> Result<DataSource> {
+    match (&d.dir, &d.prepare) {
         (Some(_), Some(_)) => bail!("[data]: give either dir or prepare, not both"),
-        (Some(dir), None) => {
-            if dir.is_absolute() {
-                dir.clone()
-            } else {
-                base.join(dir)
-            }
-        }
+        (Some(dir), None) => Ok(DataSource::Ready(DataDir::open(&abs(base, dir))?)),
         (None, Some(p)) => {
+            p.validate().context("[data.prepare]")?;
+            p.check_inputs(base).context("[data.prepare]")?;
             let dir = out.join("data");
-            // The run directory owns its data dir: a changed [data.prepare] replaces it.
-            prepare(p, base, &dir, Existing::Replace).context("preparing data")?;
-            dir
+            if let Ok(dd) = DataDir::open(&dir) {
+                if dd.manifest.fingerprint == p.fingerprint() {
+                    return Ok(DataSource::Ready(dd));
+                }
+                if resuming {
+                    bail!(
+                        "{} was prepared from another [data.prepare] than this config's, and the checkpoints' data position belongs to it\nhint: resume with the original [data.prepare], or start a fresh --out",
+                        dir.display()
+                    );
+                }
+            }
+            Ok(DataSource::Prepare(p.clone()))
         }
         (None, None) => {
             bail!("[data] needs dir = \"...\" (from `btx data prepare`) or a [data.prepare] table")
         }
-    };
-    DataDir::open(&dir).map_err(Into::into)
+    }
+}
+
+/// A directory this command made or staged, removed again unless kept: a refused command
+/// leaves `--out` as it found it.
+struct Undo {
+    path: Option<PathBuf>,
+}
+
+impl Undo {
+    fn keep(mut self) {
+        self.path = None;
+    }
+}
+
+impl Drop for Undo {
+    fn drop(&mut self) {
+        if let Some(p) = self.path.take() {
+            let _ = std::fs::remove_dir_all(p);
+        }
+    }
 }
 
 /// The initial model: loaded from `path` (its tokenizer must be the data's), or initialised.
@@ -100,13 +140,7 @@ pub fn resolve_model(m: &ModelSource, base: &Path, data: &DataDir, seed: u64) ->
     if m.path.is_some() && m.init.is_some() {
         bail!("[model]: give either path or init, not both");
     }
-    let path = m.path.as_ref().map(|p| {
-        if p.is_absolute() {
-            p.clone()
-        } else {
-            base.join(p)
-        }
-    });
+    let path = m.path.as_ref().map(|p| abs(base, p));
     jobs::train::initial_model(path.as_deref(), m.init.as_ref(), data, seed)
 }
 
@@ -118,16 +152,66 @@ pub fn run(a: Args, dev: &Device) -> Result<()> {
         .and_then(Path::parent)
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("."));
-    std::fs::create_dir_all(&a.out)?;
-    // One trainer per output directory (its checkpoints, metrics and model).
-    let _lock = crate::lock::DirLock::acquire(&a.out, "btx train")?;
-    std::fs::write(
-        a.out.join("config.resolved.toml"),
-        toml::to_string_pretty(&raw).unwrap_or_default(),
-    )?;
-    let data = resolve_data(&file.data, &base, &a.out)?;
-    let model = resolve_model(&file.model, &base, &data, file.train.seed)?;
     let cfg = file.trainer();
+    // Every check that can refuse runs before the first write to --out.
+    cfg.validate().map_err(|e| {
+        anyhow!("invalid training config: {e}\nhint: fix it in the config file or with --set")
+    })?;
+    if file.model.path.is_some() && file.model.init.is_some() {
+        bail!("[model]: give either path or init, not both");
+    }
+    if std::fs::symlink_metadata(&a.out).is_ok() && !a.out.is_dir() {
+        bail!(
+            "{} exists and is not a directory\nhint: choose another --out",
+            a.out.display()
+        );
+    }
+    let made_out = Undo {
+        path: (!a.out.exists()).then(|| a.out.clone()),
+    };
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    // One trainer per output directory (its checkpoints, metrics and model).
+    let lock = crate::lock::DirLock::acquire(&a.out, "btx train")?;
+    let latest = btx_train::checkpoint::find_latest(&a.out.join("checkpoints"));
+    match (&latest, a.resume) {
+        (Some(_), false) => {
+            return Err(btx_train::error::TrainError::AlreadyStarted { dir: a.out.clone() }.into())
+        }
+        (Some((_, dir)), true) => {
+            let state = btx_train::checkpoint::read_state(dir)?;
+            btx_train::checkpoint::resume_changes(dir, &state, &cfg)?;
+        }
+        (None, _) => {}
+    }
+    let (data, staged) = match data_source(&file.data, &base, &a.out, latest.is_some())? {
+        DataSource::Ready(d) => (d, None),
+        DataSource::Prepare(p) => {
+            // Prepared beside OUT/data and moved there only once everything else checks.
+            let next = a
+                .out
+                .join(btx_core::outdir::leftover_name("data", "partial"));
+            let undo = Undo {
+                path: Some(next.clone()),
+            };
+            prepare(&p, &base, &next, Existing::Replace).context("preparing data")?;
+            (DataDir::open(&next)?, Some(undo))
+        }
+    };
+    let model = resolve_model(&file.model, &base, &data, file.train.seed)?;
+    let data = match staged {
+        Some(undo) => {
+            let dir = a.out.join("data");
+            btx_core::outdir::move_into_place(&data.root, &dir)?;
+            undo.keep();
+            DataDir::open(&dir)?
+        }
+        None => data,
+    };
+    made_out.keep();
+    btx_core::atomic::write_file(
+        &a.out.join("config.resolved.toml"),
+        toml::to_string_pretty(&raw).unwrap_or_default().as_bytes(),
+    )?;
     let mix = MixConfig {
         weights: file.data.weights.clone(),
         split: file.data.split.clone(),
@@ -140,6 +224,7 @@ pub fn run(a: Args, dev: &Device) -> Result<()> {
         max_steps_this_run: a.max_steps_this_run,
     };
     let outcome = jobs::train::train(model, &data, &mix, &cfg, &a.out, &opts)?;
+    drop(lock);
     if outcome.stopped_early {
         errln!(
             "stopped at step {}/{} with a checkpoint; continue with --resume",

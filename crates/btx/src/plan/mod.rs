@@ -199,7 +199,7 @@ impl Plan {
 
     pub fn save(&self, run: &Path) -> Result<()> {
         let p = run.join(PLAN_FILE);
-        std::fs::write(&p, serde_json::to_string_pretty(self)?)?;
+        btx_core::atomic::write_file(&p, serde_json::to_string_pretty(self)?.as_bytes())?;
         Ok(())
     }
 }

@@ -49,6 +49,9 @@ impl Recipe {
                     if let Err(e) = prep.validate() {
                         p.push(format!("[data.prepare]: {e}"));
                     }
+                    if let Err(e) = prep.check_inputs(base) {
+                        p.push(format!("[data.prepare]: {e}"));
+                    }
                     (
                         Some(prep.domains.iter().map(|d| d.name.clone()).collect()),
                         prep.tokenizer.vocab_size.max(1),
@@ -98,8 +101,20 @@ impl Recipe {
             }
         }
         if let Some(path) = &s.path {
-            match btx_model::ModelConfig::load(&path_of(path).join("config.json")) {
-                Ok(c) => seed_cfg = Some(c),
+            let dir = path_of(path);
+            match btx_model::ModelConfig::load(&dir.join("config.json")) {
+                Ok(c) => {
+                    if let Err(e) = check_weights(&dir, &c) {
+                        p.push(format!("[seed] path: {e}"));
+                    }
+                    if !dir.join("tokenizer.json").is_file() {
+                        p.push(format!(
+                            "[seed] path: {} has no tokenizer.json (BTX prepares the data with the seed's tokenizer)",
+                            dir.display()
+                        ));
+                    }
+                    seed_cfg = Some(c);
+                }
                 Err(e) => p.push(format!("[seed] path: {e}")),
             }
         }
@@ -214,6 +229,30 @@ impl Recipe {
         }
         p
     }
+}
+
+/// The seed's safetensors, from their headers only: readable, whole (a truncated file's
+/// header no longer matches its length), and holding every tensor config.json implies with its
+/// shape. Loading the weights themselves is the seed stage's work.
+fn check_weights(dir: &Path, cfg: &btx_model::ModelConfig) -> Result<()> {
+    let reader = btx_model::io::TensorReader::open(dir)?;
+    for spec in btx_model::names::param_specs(cfg) {
+        match reader.shape(&spec.name) {
+            None => bail!(
+                "{}: tensor {:?} is missing (config.json implies it)",
+                dir.display(),
+                spec.name
+            ),
+            Some(s) if s != spec.shape.as_slice() => bail!(
+                "{}: tensor {:?} has shape {s:?}, config.json implies {:?}",
+                reader.file_of(&spec.name).display(),
+                spec.name,
+                spec.shape
+            ),
+            Some(_) => {}
+        }
+    }
+    Ok(())
 }
 
 /// Freeze patterns that match no parameter of the model they will train (the trainer refuses

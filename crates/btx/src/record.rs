@@ -1,0 +1,58 @@
+//! What a pipeline stage promises, and what it read: the output files each stage kind records
+//! in its `manifest.json` (a [`OutputRecord`], checked before DONE is believed; see
+//! `manifest::check`) and, for each stage whose outputs it read, a digest of that part.
+
+use crate::plan::{Plan, Stage, StageKind};
+pub use btx_core::record::OutputRecord;
+
+/// A stage's outputs, relative to the run directory: everything it promises (checked before
+/// DONE is believed), and the part its dependents read (what their record of it covers, so a
+/// redone stage whose model came out bit-identical does not force its dependents to redo).
+pub fn outputs(stage: &Stage) -> (Vec<String>, Vec<String>) {
+    let at = |f: &str| format!("{}/{f}", stage.dir);
+    match &stage.kind {
+        StageKind::Data { .. } => (vec![at("tokens")], vec![at("tokens")]),
+        StageKind::SeedCopy { .. }
+        | StageKind::SeedGguf { .. }
+        | StageKind::Mix { .. }
+        | StageKind::Upcycle { .. }
+        | StageKind::Average { .. } => (vec![at("model")], vec![at("model")]),
+        // The loss curve is the report's; a redone trainer's timings differ, its model need not.
+        StageKind::Train { .. } => (vec![at("model"), at("metrics.jsonl")], vec![at("model")]),
+        StageKind::Eval { .. } => (vec![at("eval.json")], vec![at("eval.json")]),
+        StageKind::OptOut { .. } => (vec![at("optout.json")], vec![at("optout.json")]),
+        StageKind::Report => (REPORT_FILES.iter().map(|s| s.to_string()).collect(), vec![]),
+    }
+}
+
+/// What the report stage writes at the top of the run directory.
+pub const REPORT_FILES: [&str; 3] = ["report.md", "results.json", "plots"];
+
+/// The stages whose outputs `stage` reads, and whether it reads all of them (`true`: the
+/// report, which also reads every stage's manifest and loss curve) or only what they hand on.
+pub fn reads<'a>(plan: &'a Plan, stage: &Stage) -> Vec<(&'a Stage, bool)> {
+    match stage.kind {
+        StageKind::Report => plan
+            .stages
+            .iter()
+            .filter(|s| s.name != stage.name)
+            .map(|s| (s, true))
+            .collect(),
+        _ => stage
+            .deps
+            .iter()
+            .filter_map(|d| plan.stages.iter().find(|s| &s.name == d))
+            .map(|s| (s, false))
+            .collect(),
+    }
+}
+
+/// What `stage` records of `upstream`'s outputs, from `upstream`'s manifest.
+pub fn digest_of(upstream: &Stage, record: Option<&OutputRecord>, full: bool) -> String {
+    match record {
+        // Finished by a btx that kept no record: nothing to compare but the fingerprint.
+        None => format!("unrecorded:{}", upstream.fingerprint),
+        Some(r) if full => r.digest(&[]),
+        Some(r) => r.digest(&outputs(upstream).1),
+    }
+}

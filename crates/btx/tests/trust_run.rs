@@ -1,0 +1,489 @@
+//! Issue 28 (trust, second pass), the run directory: a DONE is believed only after its files
+//! are looked at; a broken stage is redone and what read it re-checked; a refused command leaves
+//! its `--out` as it was; `btx cancel` ends what it says it ended; the report is replaced whole
+//! or not at all; a dry run writes nothing and takes no lock.
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+
+use btx_testkit::Scratch;
+
+const TINY: &str = include_str!("../../../testdata/recipes/tiny.toml");
+
+fn btx() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_btx"));
+    c.env("BTX_LOG", "warn").args(["--threads", "2"]);
+    c
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn ok(c: &mut Command) -> String {
+    let o = c.output().unwrap();
+    let t = text(&o);
+    assert!(o.status.success(), "btx failed:\n{t}");
+    t
+}
+
+/// A clear refusal: exit code 1, a message holding `needle`, a hint, no panic.
+fn refused(c: &mut Command, needle: &str) -> String {
+    let o = c.output().unwrap();
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{t}");
+    assert!(t.contains(needle), "wanted {needle:?} in:\n{t}");
+    assert!(t.contains("hint"), "no hint in:\n{t}");
+    assert!(!t.contains("panicked"), "{t}");
+    t
+}
+
+fn recipe(d: &Path, extra: &str) -> PathBuf {
+    let p = d.join("recipe.toml");
+    std::fs::write(&p, format!("{TINY}\n{extra}")).unwrap();
+    p
+}
+
+fn run_cmd(recipe: &Path, out: &Path) -> Command {
+    let mut c = btx();
+    c.arg("run").arg(recipe).arg("--out").arg(out);
+    c
+}
+
+fn finished_at(run: &Path, dir: &str) -> SystemTime {
+    std::fs::metadata(run.join(dir).join("manifest.json"))
+        .and_then(|m| m.modified())
+        .unwrap_or_else(|e| panic!("{dir}: {e}"))
+}
+
+fn status(run: &Path) -> Vec<serde_json::Value> {
+    let o = btx().args(["status", "--json"]).arg(run).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn state_of(run: &Path, stage: &str) -> serde_json::Value {
+    status(run)
+        .into_iter()
+        .find(|s| s["stage"] == stage)
+        .unwrap_or_else(|| panic!("no stage {stage}"))
+}
+
+/// Every file under `dir` with a hash of its bytes and its modification time (to show that a
+/// refused command changed nothing). The lock file is left out: taking the lock records who
+/// holds it, which is how a second writer learns whom to wait for.
+fn snapshot(dir: &Path) -> Vec<(PathBuf, u64, SystemTime)> {
+    use std::hash::{Hash, Hasher};
+    let mut out = vec![];
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        for e in std::fs::read_dir(&p).unwrap() {
+            let e = e.unwrap();
+            let q = e.path();
+            if e.file_type().unwrap().is_dir() {
+                stack.push(q);
+            } else if e.file_name() != ".lock" {
+                let m = std::fs::metadata(&q).unwrap().modified().unwrap();
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                std::fs::read(&q).unwrap().hash(&mut h);
+                out.push((q.strip_prefix(dir).unwrap().to_path_buf(), h.finish(), m));
+            }
+        }
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+/// Regression (issue 28, item 1): a removed or truncated output of a finished stage was
+/// believed (`btx status` said done, `btx run` "all stages done"), later stages failed on it,
+/// and no re-run repaired it.
+#[test]
+fn a_broken_stage_is_seen_redone_and_only_what_changed_downstream_redoes() {
+    let d = Scratch::new("trust-done");
+    let r = recipe(&d, "");
+    let run = d.join("run");
+    ok(&mut run_cmd(&r, &run));
+    let model = run.join("experts/math/model/model.safetensors");
+    let good = std::fs::read(&model).unwrap();
+    let mix_done = finished_at(&run, "mix/btx");
+    let report_done = finished_at(&run, "report");
+
+    // Truncated: status names the file and the sizes; a stage that reads it refuses by name.
+    std::fs::write(&model, &good[..100]).unwrap();
+    let s = state_of(&run, "expert:math");
+    assert_eq!(s["state"], "broken", "{s}");
+    let detail = s["detail"].to_string();
+    assert!(
+        detail.contains("model.safetensors has 100 bytes") && detail.contains("btx run"),
+        "{detail}"
+    );
+    refused(
+        btx().args(["stage", "mix:btx", "--run"]).arg(&run),
+        "model.safetensors has 100 bytes",
+    );
+    // `btx run` redoes it; the retrained expert is bit-identical, so the MiX that read it is
+    // checked and kept, while the report (which reads the expert's loss curve and timings,
+    // which a retrain changes) is redone.
+    let t = ok(&mut run_cmd(&r, &run));
+    assert!(t.contains("all stages done"), "{t}");
+    assert_eq!(std::fs::read(&model).unwrap(), good);
+    assert_eq!(finished_at(&run, "mix/btx"), mix_done, "the MiX was redone");
+    assert_ne!(
+        finished_at(&run, "report"),
+        report_done,
+        "the report is stale"
+    );
+    assert!(status(&run).iter().all(|s| s["state"] == "done"));
+
+    // Removed, in the seed and in the data: the same repair, nothing else changes.
+    std::fs::remove_file(run.join("seed/model/model.safetensors")).unwrap();
+    let shard = run.join("data/tokens/math/val.tok");
+    let mut bytes = std::fs::read(&shard).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&shard, &bytes).unwrap();
+    assert!(state_of(&run, "seed")["detail"]
+        .to_string()
+        .contains("seed/model/model.safetensors is missing"));
+    assert!(state_of(&run, "data")["detail"]
+        .to_string()
+        .contains("differs from what DONE recorded"));
+    let t = ok(&mut run_cmd(&r, &run));
+    assert!(t.contains("redoing"), "{t}");
+    assert_eq!(finished_at(&run, "mix/btx"), mix_done);
+    assert!(status(&run).iter().all(|s| s["state"] == "done"));
+    let t = ok(run_cmd(&r, &run).arg("--dry-run"));
+    assert!(t.contains(" 0 to run"), "{t}");
+
+    // A DONE without its manifest is not believed either.
+    std::fs::remove_file(run.join("eval/btx/manifest.json")).unwrap();
+    assert_eq!(state_of(&run, "eval:btx")["state"], "broken");
+    ok(&mut run_cmd(&r, &run));
+    assert_eq!(state_of(&run, "eval:btx")["state"], "done");
+}
+
+/// Regression (issue 28, items 7 and 3): the report was written in place (a full disk left
+/// results.json empty and the plots cut off, plot write errors were warnings), and a failing
+/// re-run destroyed the previous good report.
+#[test]
+fn a_report_that_cannot_be_written_fails_and_keeps_the_last_good_one() {
+    let d = Scratch::new("trust-report");
+    let r = recipe(&d, "");
+    let run = d.join("run");
+    ok(&mut run_cmd(&r, &run));
+    let keep = |run: &Path| {
+        ["report.md", "results.json"]
+            .iter()
+            .map(|f| std::fs::read(run.join(f)).unwrap())
+            .collect::<Vec<_>>()
+    };
+    let before = keep(&run);
+    let plots_before = std::fs::read_dir(run.join("plots")).unwrap().count();
+    // Writes over 4 KiB fail (EFBIG, as on a full disk): results.json and every plot are larger.
+    let mut c = btx();
+    c.args(["stage", "report", "--run"]).arg(&run);
+    // SAFETY: setrlimit and signal are async-signal-safe and only touch the child.
+    unsafe {
+        c.pre_exec(|| {
+            let lim = libc::rlimit {
+                rlim_cur: 4 << 10,
+                rlim_max: 4 << 10,
+            };
+            libc::setrlimit(libc::RLIMIT_FSIZE, &lim);
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            Ok(())
+        });
+    }
+    std::fs::remove_file(run.join("report/DONE")).unwrap();
+    let o = c.output().unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert_eq!(
+        keep(&run),
+        before,
+        "a failing report changed the last good one"
+    );
+    assert_eq!(
+        std::fs::read_dir(run.join("plots")).unwrap().count(),
+        plots_before
+    );
+    let leftovers: Vec<String> = std::fs::read_dir(&run)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .filter(|n| n.starts_with('.') && n != ".lock")
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    // A plots path that cannot be a directory fails the stage too, by name.
+    std::fs::remove_dir_all(run.join("plots")).unwrap();
+    std::fs::write(run.join("plots"), b"not a directory").unwrap();
+    let o = btx()
+        .args(["stage", "report", "--run"])
+        .arg(&run)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("plots"), "{}", text(&o));
+    assert_eq!(keep(&run), before);
+    std::fs::remove_file(run.join("plots")).unwrap();
+    ok(&mut run_cmd(&r, &run));
+    assert!(run.join("report/DONE").is_file());
+}
+
+fn train_config(d: &Path, steps: usize, batch: usize) -> PathBuf {
+    let p = d.join("train.toml");
+    std::fs::write(
+        &p,
+        format!(
+            r#"
+[model.init]
+hidden_size = 16
+intermediate_size = 32
+num_layers = 1
+num_heads = 2
+max_position_embeddings = 64
+[data.prepare]
+[data.prepare.tokenizer]
+vocab_size = 300
+[[data.prepare.domains]]
+name = "math"
+builtin = "math"
+docs = 100
+[optim]
+warmup_steps = 1
+[train]
+steps = {steps}
+batch_size = {batch}
+seq_len = 16
+checkpoint_every = 2
+"#
+        ),
+    )
+    .unwrap();
+    p
+}
+
+/// Regression (issue 28, items 3 and 12): `btx train` into a directory holding checkpoints,
+/// without `--resume` and with another config, refused only after rewriting OUT/data and
+/// config.resolved.toml; a missing corpus was found only when the data was prepared.
+#[test]
+fn a_refused_train_leaves_its_out_as_it_was() {
+    let d = Scratch::new("trust-train");
+    let out = d.join("out");
+    let cfg = train_config(&d, 4, 2);
+    // Stopped after 2 of 4 steps, with a checkpoint (exit 75: "resume me").
+    let o = btx()
+        .args(["train", "--config"])
+        .arg(&cfg)
+        .arg("--out")
+        .arg(&out)
+        .args(["--max-steps-this-run", "2"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(75), "{}", text(&o));
+    assert!(out.join("checkpoints").is_dir());
+    let before = snapshot(&out);
+    // Another data config, no --resume: refused, nothing touched.
+    let other = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("vocab_size = 300", "vocab_size = 280");
+    std::fs::write(&cfg, other).unwrap();
+    refused(
+        btx()
+            .args(["train", "--config"])
+            .arg(&cfg)
+            .arg("--out")
+            .arg(&out),
+        "already holds checkpoints",
+    );
+    assert_eq!(snapshot(&out), before);
+    // --resume with a changed data prepare: its checkpoints' data position belongs to the old.
+    refused(
+        btx()
+            .args(["train", "--resume", "--config"])
+            .arg(&cfg)
+            .arg("--out")
+            .arg(&out),
+        "another [data.prepare]",
+    );
+    assert_eq!(snapshot(&out), before);
+    // --resume with a changed batch size: refused by the checkpoint's config.
+    let cfg = train_config(&d, 4, 3);
+    refused(
+        btx()
+            .args(["train", "--resume", "--config"])
+            .arg(&cfg)
+            .arg("--out")
+            .arg(&out),
+        "train.batch_size: 2 -> 3",
+    );
+    assert_eq!(snapshot(&out), before);
+    // A bad value: refused before the output directory is even made.
+    let fresh = d.join("fresh");
+    refused(
+        btx()
+            .args(["train", "--config"])
+            .arg(&cfg)
+            .args(["--set", "optim.lr=-1", "--out"])
+            .arg(&fresh),
+        "lr",
+    );
+    // A missing corpus, likewise.
+    let bad = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("builtin = \"math\"", "paths = [\"corpus/missing.txt\"]");
+    std::fs::write(&cfg, bad).unwrap();
+    refused(
+        btx()
+            .args(["train", "--config"])
+            .arg(&cfg)
+            .arg("--out")
+            .arg(&fresh),
+        "corpus/missing.txt",
+    );
+    assert!(!fresh.exists(), "a refused train made {fresh:?}");
+    // The original config resumes and finishes.
+    let cfg = train_config(&d, 4, 2);
+    ok(btx()
+        .args(["train", "--resume", "--config"])
+        .arg(&cfg)
+        .arg("--out")
+        .arg(&out));
+    assert!(out.join("model/model.safetensors").is_file());
+}
+
+/// Regression (issue 28, item 12): a recipe naming a missing corpus file or task file was
+/// refused only when its data stage ran; `--dry-run` took the run lock and made `--out`.
+#[test]
+fn recipe_inputs_are_checked_up_front_and_a_dry_run_writes_nothing() {
+    let d = Scratch::new("trust-recipe");
+    std::fs::create_dir_all(d.join("corpus")).unwrap();
+    std::fs::write(d.join("corpus/a.txt"), "one two three\n\nfour five\n").unwrap();
+    let r = recipe(
+        &d,
+        r#"
+[[data.prepare.domains]]
+name = "prose"
+paths = ["corpus/a.txt", "corpus/missing/*.txt"]
+tasks_file = "tasks/prose.jsonl"
+"#,
+    );
+    let out = d.join("run");
+    let t = refused(run_cmd(&r, &out).arg("--dry-run"), "corpus/missing");
+    assert!(!out.exists(), "{t}");
+    refused(&mut run_cmd(&r, &out), "corpus/missing");
+    assert!(!out.exists());
+    // A dry run of a valid recipe on a run directory someone else holds: it reads, it does not
+    // wait for or take the lock, and it writes nothing.
+    let r = recipe(&d, "");
+    ok(&mut run_cmd(&r, &out));
+    let before = snapshot(&out);
+    let lock = std::fs::OpenOptions::new()
+        .write(true)
+        .open(out.join(".lock"))
+        .unwrap();
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&lock);
+    // SAFETY: flock on a descriptor this test owns.
+    let rc = unsafe { libc::flock(fd, libc::LOCK_EX) };
+    assert_eq!(rc, 0);
+    let t = ok(run_cmd(&r, &out).arg("--dry-run"));
+    assert!(t.contains(" 0 to run"), "{t}");
+    assert_eq!(snapshot(&out), before);
+    let fresh = d.join("never");
+    ok(run_cmd(&r, &fresh).arg("--dry-run"));
+    assert!(!fresh.exists());
+}
+
+/// Regression (issue 28, item 6, and "a stopped stage shown as running"): `btx cancel` on a
+/// suspended (SIGSTOP) stage printed "1 cancelled" and exited 0 while the process kept the lock.
+#[test]
+fn cancel_ends_a_suspended_stage_and_says_so_only_when_it_is_gone() {
+    let d = Scratch::new("trust-cancel");
+    let r = recipe(&d, "");
+    let out = d.join("run");
+    let mut parent = run_cmd(&r, &out)
+        .args(["--set", "seed.pretrain.train.steps=1000000"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    while std::fs::read_to_string(out.join("seed/metrics.jsonl")).map_or(0, |s| s.lines().count())
+        < 2
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "seed never started"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let sj: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("seed/stage.json")).unwrap())
+            .unwrap();
+    let pid = sj["pid"].as_i64().unwrap() as i32;
+    // SAFETY: kill(2) on the stage process this test started.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    std::thread::sleep(Duration::from_millis(200));
+    let s = state_of(&out, "seed");
+    assert_eq!(s["state"], "suspended", "{s}");
+    assert!(s["detail"].to_string().contains("kill -CONT"), "{s}");
+    let t = ok(btx().arg("cancel").arg(&out));
+    assert!(t.contains("stopped seed") && t.contains("cancelled"), "{t}");
+    // Gone, both of them, and the locks are free: a new run may start at once. (Reaped only
+    // once its parent waits: a zombie is gone too.)
+    // SAFETY: signal 0 only asks whether the pid exists.
+    let exists = unsafe { libc::kill(pid, 0) } == 0;
+    let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|s| s.rsplit_once(')').unwrap().1.trim_start().starts_with('Z'));
+    assert!(!exists || zombie, "the stage process survived cancel");
+    let st = parent.wait().unwrap();
+    assert!(!st.success());
+    assert_eq!(state_of(&out, "seed")["state"], "stopped");
+}
+
+/// Issue 28 in the same spirit: a checkpoint's DONE was believed without looking, so a newest
+/// checkpoint whose model was truncated since failed every resume, for ever. Its DONE now
+/// records its files; a broken one is passed over and the run resumes from the one before,
+/// ending bit-identical to an uninterrupted run.
+#[test]
+fn a_broken_newest_checkpoint_is_passed_over_on_resume() {
+    let d = Scratch::new("trust-ckpt");
+    let cfg = train_config(&d, 6, 2);
+    let train = |out: &Path, extra: &[&str]| {
+        let mut c = btx();
+        c.env("BTX_LOG", "warn")
+            .args(["train", "--config"])
+            .arg(&cfg)
+            .arg("--out")
+            .arg(out)
+            .args(extra);
+        c.output().unwrap()
+    };
+    let reference = d.join("ref");
+    assert!(train(&reference, &[]).status.success());
+    let out = d.join("out");
+    let o = train(&out, &["--max-steps-this-run", "4"]);
+    assert_eq!(o.status.code(), Some(75), "{}", text(&o));
+    let newest = out.join("checkpoints/step-00000004/model/model.safetensors");
+    let bytes = std::fs::read(&newest).unwrap();
+    std::fs::write(&newest, &bytes[..bytes.len() / 2]).unwrap();
+    let o = train(&out, &["--resume"]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(
+        t.contains("step-00000004") && t.contains("passing over it"),
+        "{t}"
+    );
+    assert_eq!(
+        std::fs::read(out.join("model/model.safetensors")).unwrap(),
+        std::fs::read(reference.join("model/model.safetensors")).unwrap(),
+        "resumed from step 2, the run should end where an uninterrupted one does"
+    );
+}
