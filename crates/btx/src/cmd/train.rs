@@ -122,6 +122,7 @@ struct Undo {
 }
 
 impl Undo {
+    /// Keeps the directory: the command went ahead.
     fn keep(mut self) {
         self.path = None;
     }
@@ -186,15 +187,19 @@ pub fn run(a: Args, dev: &Device) -> Result<()> {
     let (data, staged) = match data_source(&file.data, &base, &a.out, latest.is_some())? {
         DataSource::Ready(d) => (d, None),
         DataSource::Prepare(p) => {
-            // Prepared beside OUT/data and moved there only once everything else checks.
+            // Prepared into a hidden directory beside OUT/data (named as a leftover of it, so
+            // that a killed train's is swept by the next) and moved to OUT/data only once
+            // everything else checks.
+            btx_core::outdir::sweep_leftovers(&a.out.join("data"));
             let next = a
                 .out
                 .join(btx_core::outdir::leftover_name("data", "partial"));
             let undo = Undo {
                 path: Some(next.clone()),
             };
-            prepare(&p, &base, &next, Existing::Replace).context("preparing data")?;
-            (DataDir::open(&next)?, Some(undo))
+            let staged = next.join("data");
+            prepare(&p, &base, &staged, Existing::Replace).context("preparing data")?;
+            (DataDir::open(&staged)?, Some(undo))
         }
     };
     let model = resolve_model(&file.model, &base, &data, file.train.seed)?;
@@ -202,7 +207,8 @@ pub fn run(a: Args, dev: &Device) -> Result<()> {
         Some(undo) => {
             let dir = a.out.join("data");
             btx_core::outdir::move_into_place(&data.root, &dir)?;
-            undo.keep();
+            // (the now empty staging directory goes with `undo`)
+            drop(undo);
             DataDir::open(&dir)?
         }
         None => data,

@@ -192,9 +192,19 @@ impl Plan {
 
     pub fn load(run: &Path) -> Result<Self> {
         let p = run.join(PLAN_FILE);
-        let text = std::fs::read_to_string(&p)
-            .with_context(|| format!("reading {} (is this a btx run directory?)", p.display()))?;
-        serde_json::from_str(&text).with_context(|| format!("parsing {}", p.display()))
+        let text = std::fs::read_to_string(&p).with_context(|| {
+            format!(
+                "reading {}\nhint: is {} a run directory made by `btx run`?",
+                p.display(),
+                run.display()
+            )
+        })?;
+        serde_json::from_str(&text).with_context(|| {
+            format!(
+                "{} is not a plan this btx can read\nhint: `btx run` on the recipe writes it again",
+                p.display()
+            )
+        })
     }
 
     pub fn save(&self, run: &Path) -> Result<()> {
