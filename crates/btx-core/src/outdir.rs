@@ -14,7 +14,7 @@ use std::path::{Component, Path, PathBuf};
 /// Why an output directory could not be made: the target, what is wrong, and what to do.
 #[derive(Debug, thiserror::Error)]
 pub enum OutputError {
-    #[error("{path}: {source}")]
+    #[error("{path}: {source}{}", io_hint(.source))]
     Io {
         path: PathBuf,
         #[source]
@@ -26,6 +26,21 @@ pub enum OutputError {
         msg: String,
         hint: String,
     },
+}
+
+/// What to do about the write errors a user can fix, as a hint line (empty for others).
+pub fn io_hint(e: &std::io::Error) -> &'static str {
+    match e.raw_os_error() {
+        Some(libc::EROFS) => "\nhint: the filesystem is read-only: choose an --out on a writable one",
+        Some(libc::EACCES | libc::EPERM) => {
+            "\nhint: no permission to write there: choose another --out, or fix its permissions"
+        }
+        Some(libc::ENOSPC | libc::EDQUOT) => {
+            "\nhint: the disk (or quota) is full: free space, or choose an --out elsewhere; nothing was left half-written"
+        }
+        Some(libc::EFBIG) => "\nhint: the file is larger than this process may write (ulimit -f)",
+        _ => "",
+    }
 }
 
 impl OutputError {

@@ -89,7 +89,9 @@ pub fn load_str<T: DeserializeOwned>(
     for s in sets {
         apply(&mut root, s)?;
     }
-    let cfg = T::deserialize(root.clone()).map_err(|e| anyhow!("{what}: {e}"))?;
+    let cfg = T::deserialize(root.clone()).map_err(|e| {
+        anyhow!("{what}: {e}\nhint: keys are checked by name; see the examples/ configs and the README for each section's keys")
+    })?;
     Ok((cfg, root))
 }
 

@@ -270,6 +270,17 @@ checkpoint_every = 2
     p
 }
 
+/// `btx train --config CFG --out OUT EXTRA...`.
+fn train(cfg: &Path, out: &Path, extra: &[&str]) -> Command {
+    let mut c = btx();
+    c.args(["train", "--config"])
+        .arg(cfg)
+        .arg("--out")
+        .arg(out)
+        .args(extra);
+    c
+}
+
 /// Regression (issue 28, items 3 and 12): `btx train` into a directory holding checkpoints,
 /// without `--resume` and with another config, refused only after rewriting OUT/data and
 /// config.resolved.toml; a missing corpus was found only when the data was prepared.
@@ -279,12 +290,7 @@ fn a_refused_train_leaves_its_out_as_it_was() {
     let out = d.join("out");
     let cfg = train_config(&d, 4, 2);
     // Stopped after 2 of 4 steps, with a checkpoint (exit 75: "resume me").
-    let o = btx()
-        .args(["train", "--config"])
-        .arg(&cfg)
-        .arg("--out")
-        .arg(&out)
-        .args(["--max-steps-this-run", "2"])
+    let o = train(&cfg, &out, &["--max-steps-this-run", "2"])
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(75), "{}", text(&o));
@@ -295,67 +301,34 @@ fn a_refused_train_leaves_its_out_as_it_was() {
         .unwrap()
         .replace("vocab_size = 300", "vocab_size = 280");
     std::fs::write(&cfg, other).unwrap();
-    refused(
-        btx()
-            .args(["train", "--config"])
-            .arg(&cfg)
-            .arg("--out")
-            .arg(&out),
-        "already holds checkpoints",
-    );
+    refused(&mut train(&cfg, &out, &[]), "already holds checkpoints");
     assert_eq!(snapshot(&out), before);
     // --resume with a changed data prepare: its checkpoints' data position belongs to the old.
     refused(
-        btx()
-            .args(["train", "--resume", "--config"])
-            .arg(&cfg)
-            .arg("--out")
-            .arg(&out),
+        &mut train(&cfg, &out, &["--resume"]),
         "another [data.prepare]",
     );
     assert_eq!(snapshot(&out), before);
     // --resume with a changed batch size: refused by the checkpoint's config.
     let cfg = train_config(&d, 4, 3);
     refused(
-        btx()
-            .args(["train", "--resume", "--config"])
-            .arg(&cfg)
-            .arg("--out")
-            .arg(&out),
+        &mut train(&cfg, &out, &["--resume"]),
         "train.batch_size: 2 -> 3",
     );
     assert_eq!(snapshot(&out), before);
     // A bad value: refused before the output directory is even made.
     let fresh = d.join("fresh");
-    refused(
-        btx()
-            .args(["train", "--config"])
-            .arg(&cfg)
-            .args(["--set", "optim.lr=-1", "--out"])
-            .arg(&fresh),
-        "lr",
-    );
+    refused(&mut train(&cfg, &fresh, &["--set", "optim.lr=-1"]), "lr");
     // A missing corpus, likewise.
     let bad = std::fs::read_to_string(&cfg)
         .unwrap()
         .replace("builtin = \"math\"", "paths = [\"corpus/missing.txt\"]");
     std::fs::write(&cfg, bad).unwrap();
-    refused(
-        btx()
-            .args(["train", "--config"])
-            .arg(&cfg)
-            .arg("--out")
-            .arg(&fresh),
-        "corpus/missing.txt",
-    );
+    refused(&mut train(&cfg, &fresh, &[]), "corpus/missing.txt");
     assert!(!fresh.exists(), "a refused train made {fresh:?}");
     // The original config resumes and finishes.
     let cfg = train_config(&d, 4, 2);
-    ok(btx()
-        .args(["train", "--resume", "--config"])
-        .arg(&cfg)
-        .arg("--out")
-        .arg(&out));
+    ok(&mut train(&cfg, &out, &["--resume"]));
     assert!(out.join("model/model.safetensors").is_file());
 }
 
@@ -456,25 +429,16 @@ fn cancel_ends_a_suspended_stage_and_says_so_only_when_it_is_gone() {
 fn a_broken_newest_checkpoint_is_passed_over_on_resume() {
     let d = Scratch::new("trust-ckpt");
     let cfg = train_config(&d, 6, 2);
-    let train = |out: &Path, extra: &[&str]| {
-        let mut c = btx();
-        c.env("BTX_LOG", "warn")
-            .args(["train", "--config"])
-            .arg(&cfg)
-            .arg("--out")
-            .arg(out)
-            .args(extra);
-        c.output().unwrap()
-    };
+    let run = |out: &Path, extra: &[&str]| train(&cfg, out, extra).output().unwrap();
     let reference = d.join("ref");
-    assert!(train(&reference, &[]).status.success());
+    assert!(run(&reference, &[]).status.success());
     let out = d.join("out");
-    let o = train(&out, &["--max-steps-this-run", "4"]);
+    let o = run(&out, &["--max-steps-this-run", "4"]);
     assert_eq!(o.status.code(), Some(75), "{}", text(&o));
     let newest = out.join("checkpoints/step-00000004/model/model.safetensors");
     let bytes = std::fs::read(&newest).unwrap();
     std::fs::write(&newest, &bytes[..bytes.len() / 2]).unwrap();
-    let o = train(&out, &["--resume"]);
+    let o = run(&out, &["--resume"]);
     let t = text(&o);
     assert!(o.status.success(), "{t}");
     assert!(

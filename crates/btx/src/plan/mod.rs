@@ -180,7 +180,7 @@ impl Plan {
             .find(|s| s.name == name)
             .with_context(|| {
                 format!(
-                    "no stage {name:?} in the plan (stages: {})",
+                    "no stage {name:?} in the plan (stages: {})\nhint: `btx status` on the run directory lists them",
                     self.stages
                         .iter()
                         .map(|s| s.name.as_str())
