@@ -29,19 +29,33 @@ pub fn outputs(stage: &Stage) -> (Vec<String>, Vec<String>) {
 pub const REPORT_FILES: [&str; 3] = ["report.md", "results.json", "plots"];
 
 /// The stages whose outputs `stage` reads, and whether it reads all of them (`true`: the
-/// report, which also reads every stage's manifest and loss curve) or only what they hand on.
+/// report, which also reads the manifests and loss curves of every stage upstream of it) or
+/// only what they hand on (its direct dependencies).
 pub fn reads<'a>(plan: &'a Plan, stage: &Stage) -> Vec<(&'a Stage, bool)> {
+    let find = |n: &str| plan.stages.iter().find(|s| s.name == n);
     match stage.kind {
-        StageKind::Report => plan
-            .stages
-            .iter()
-            .filter(|s| s.name != stage.name)
-            .map(|s| (s, true))
-            .collect(),
+        StageKind::Report => {
+            // Everything upstream, in plan order: never a stage that may still be running
+            // beside it.
+            let mut seen = std::collections::BTreeSet::new();
+            let mut todo: Vec<&str> = stage.deps.iter().map(String::as_str).collect();
+            while let Some(n) = todo.pop() {
+                if seen.insert(n.to_string()) {
+                    if let Some(s) = find(n) {
+                        todo.extend(s.deps.iter().map(String::as_str));
+                    }
+                }
+            }
+            plan.stages
+                .iter()
+                .filter(|s| seen.contains(&s.name))
+                .map(|s| (s, true))
+                .collect()
+        }
         _ => stage
             .deps
             .iter()
-            .filter_map(|d| plan.stages.iter().find(|s| &s.name == d))
+            .filter_map(|d| find(d))
             .map(|s| (s, false))
             .collect(),
     }
