@@ -155,10 +155,22 @@ impl OutDir {
     pub fn create(target: &Path, inputs: &[&Path], existing: Existing) -> Result<Self> {
         check_not_an_input(target, inputs)?;
         let target = follow_dir_link(target)?;
-        let target = target.as_path();
+        Self::start(&target, existing, false)
+    }
+
+    /// [`OutDir::create`] for an output its writer owns outright (a pipeline stage's report,
+    /// plots, model): whatever is at `target` is replaced, a symlink included, never written
+    /// through (a link planted there must not send the write, and the removal of the old
+    /// contents, somewhere else).
+    pub fn create_owned(target: &Path, inputs: &[&Path]) -> Result<Self> {
+        check_not_an_input(target, inputs)?;
+        Self::start(target, Existing::Replace, true)
+    }
+
+    fn start(target: &Path, existing: Existing, owned: bool) -> Result<Self> {
         let meta = fs::symlink_metadata(target);
         if let Ok(m) = &meta {
-            if !m.is_dir() {
+            if !m.is_dir() && !owned {
                 return Err(OutputError::Refused {
                     path: target.to_path_buf(),
                     msg: "exists and is not a directory".into(),
@@ -226,8 +238,8 @@ pub fn move_into_place(from: &Path, to: &Path) -> Result<()> {
     let occupied = fs::symlink_metadata(to).is_ok();
     if occupied && !is_empty_dir(to) {
         if exchange(from, to).is_ok() {
-            // `from` now holds the old contents.
-            let _ = fs::remove_dir_all(from);
+            // `from` now holds the old contents (a directory, or a file or link swapped out).
+            remove_any(from);
         } else {
             let name = to.file_name().unwrap_or_default().to_string_lossy();
             let old = from.with_file_name(leftover_name(&name, "old"));
@@ -236,11 +248,17 @@ pub fn move_into_place(from: &Path, to: &Path) -> Result<()> {
                 let _ = fs::rename(&old, to);
                 return Err(OutputError::io(to, e));
             }
-            let _ = fs::remove_dir_all(&old);
+            remove_any(&old);
         }
     } else {
         if occupied {
-            fs::remove_dir(to).map_err(|e| OutputError::io(to, e))?;
+            // An empty directory, or a link to one: removed, never followed.
+            if fs::symlink_metadata(to).is_ok_and(|m| m.is_dir()) {
+                fs::remove_dir(to)
+            } else {
+                fs::remove_file(to)
+            }
+            .map_err(|e| OutputError::io(to, e))?;
         }
         fs::rename(from, to).map_err(|e| OutputError::io(to, e))?;
     }
@@ -252,6 +270,15 @@ pub fn move_into_place(from: &Path, to: &Path) -> Result<()> {
         });
     }
     Ok(())
+}
+
+/// Removes a directory tree, a file or a link (the link itself), best effort.
+fn remove_any(p: &Path) {
+    let _ = if fs::symlink_metadata(p).is_ok_and(|m| m.is_dir()) {
+        fs::remove_dir_all(p)
+    } else {
+        fs::remove_file(p)
+    };
 }
 
 impl Drop for OutDir {

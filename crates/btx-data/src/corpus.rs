@@ -61,13 +61,13 @@ pub fn expand_paths(patterns: &[String], base: &Path) -> Result<Vec<PathBuf>> {
         } else {
             return Err(file_err(
                 &full,
-                "no such file or directory\nhint: corpus paths are relative to the config file",
+                "no such file or directory\nhint: relative paths start at the config file's directory (on the command line: the current one)",
             ));
         }
         if out.len() == before {
             return Err(file_err(
                 &full,
-                "matches no files\nhint: corpus paths and globs are relative to the config file",
+                "matches no files\nhint: relative paths and globs start at the config file's directory (on the command line: the current one)",
             ));
         }
     }

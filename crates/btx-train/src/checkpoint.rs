@@ -43,28 +43,48 @@ pub fn step_dir_name(step: usize) -> String {
 
 /// What a checkpoint's `DONE` records: every file beside it (size and edge hash).
 const PARTS: [&str; 3] = ["model", "optimizer.safetensors", "state.json"];
+/// Files a checkpoint cannot be without (besides the model's weights, whole or sharded).
+const REQUIRED: [&str; 3] = ["model/config.json", "optimizer.safetensors", "state.json"];
 
-/// Whether the checkpoint in `dir` holds what its `DONE` promises: `None` when it does (or when
-/// its `DONE` predates records: `ok`), else what is wrong.
+/// Whether the checkpoint in `dir` holds what its `DONE` promises: `None` when it does, else
+/// what is wrong. A `DONE` that records its files has each of them checked, and must record
+/// every file a checkpoint needs; an older `ok` is taken as far as the files are there.
 pub fn problem(dir: &Path) -> Option<String> {
     let text = match fs::read_to_string(dir.join(DONE)) {
         Ok(t) => t,
         Err(e) => return Some(format!("{DONE}: {e}")),
     };
+    let weights = [
+        "model/model.safetensors",
+        "model/model.safetensors.index.json",
+    ];
     if text.trim() == "ok" {
+        if let Some(f) = REQUIRED.iter().find(|f| !dir.join(f).is_file()) {
+            return Some(format!("{f} is missing"));
+        }
+        if !weights.iter().any(|f| dir.join(f).is_file()) {
+            return Some("model/model.safetensors is missing".into());
+        }
         return None;
     }
-    match serde_json::from_str::<OutputRecord>(&text) {
-        Ok(r) => r.verify(dir),
-        Err(e) => Some(format!("{DONE} is not a record of its files ({e})")),
+    let record = match serde_json::from_str::<OutputRecord>(&text) {
+        Ok(r) => r,
+        Err(e) => return Some(format!("{DONE} is not a record of its files ({e})")),
+    };
+    if let Some(f) = REQUIRED.iter().find(|f| !record.files.contains_key(**f)) {
+        return Some(format!("{DONE} does not record {f}"));
     }
+    if !weights.iter().any(|f| record.files.contains_key(*f)) {
+        return Some(format!("{DONE} does not record the model's weights"));
+    }
+    record.verify(dir)
 }
 
-/// Newest `step-*` directory under `dir` that has `DONE` and holds what it promises; a newer
-/// one that does not (a file truncated or removed since) is passed over with a warning, so a
-/// resume falls back to the checkpoint before it instead of failing on it forever.
-pub fn find_latest(dir: &Path) -> Option<(usize, PathBuf)> {
-    let entries = fs::read_dir(dir).ok()?;
+/// The `step-*` directories under `dir` that have `DONE`, newest first.
+fn finished(dir: &Path) -> Vec<(usize, PathBuf)> {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return vec![];
+    };
     let mut done: Vec<(usize, PathBuf)> = entries
         .flatten()
         .filter_map(|e| {
@@ -75,16 +95,46 @@ pub fn find_latest(dir: &Path) -> Option<(usize, PathBuf)> {
         })
         .collect();
     done.sort_by_key(|d| std::cmp::Reverse(d.0));
-    done.into_iter().find(|(_, p)| match problem(p) {
+    done
+}
+
+fn pass_over(p: &Path, why: &str) {
+    tracing::warn!(
+        "checkpoint {} is broken ({why}); passing over it",
+        p.display()
+    );
+}
+
+/// Newest `step-*` directory under `dir` that has `DONE` and holds what it promises; a newer
+/// one that does not (a file truncated or removed since) is passed over with a warning, so a
+/// resume falls back to the checkpoint before it instead of failing on it forever.
+pub fn find_latest(dir: &Path) -> Option<(usize, PathBuf)> {
+    finished(dir).into_iter().find(|(_, p)| match problem(p) {
         None => true,
         Some(why) => {
-            tracing::warn!(
-                "checkpoint {} is broken ({why}); passing over it",
-                p.display()
-            );
+            pass_over(p, &why);
             false
         }
     })
+}
+
+/// The newest checkpoint under `dir` that holds what its `DONE` promises and loads, read back;
+/// newer ones that do not are passed over with a warning.
+pub fn load_latest(
+    dir: &Path,
+    dev: &btx_model::burn::prelude::Device,
+) -> Option<(PathBuf, Loaded)> {
+    for (_, p) in finished(dir) {
+        if let Some(why) = problem(&p) {
+            pass_over(&p, &why);
+            continue;
+        }
+        match load(&p, dev) {
+            Ok(l) => return Some((p, l)),
+            Err(e) => pass_over(&p, &e.to_string()),
+        }
+    }
+    None
 }
 
 /// Writes a file and fsyncs it.

@@ -1,7 +1,7 @@
 //! `metrics.jsonl` (one JSON object per optimizer step) and the progress display: an indicatif
 //! bar on a terminal, plain log lines otherwise.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -14,29 +14,42 @@ use crate::error::{io_err, TrainError};
 pub struct MetricsLog {
     path: PathBuf,
     file: File,
+    /// The loss of the last record kept when the log was opened (the step a resume starts at).
+    resumed_loss: Option<f64>,
 }
 
 impl MetricsLog {
     /// Opens `path` for appending, first dropping records of steps after `keep_upto` (they were
-    /// written after the checkpoint a resume starts from and will be produced again).
+    /// written after the checkpoint a resume starts from and will be produced again); the
+    /// rewrite is atomic, so a kill during it loses no record.
     pub fn open(path: &Path, keep_upto: usize) -> Result<Self, TrainError> {
+        let mut resumed_loss = None;
         if path.exists() {
             let f = File::open(path).map_err(|e| io_err(path, e))?;
-            let kept: Vec<String> = BufReader::new(f)
+            let kept: Vec<(String, Value)> = BufReader::new(f)
                 .lines()
                 .map_while(Result::ok)
-                .filter(|l| {
-                    serde_json::from_str::<Value>(l)
-                        .ok()
-                        .and_then(|v| v.get("step").and_then(|s| s.as_u64()))
-                        .is_some_and(|s| s as usize <= keep_upto)
+                .filter_map(|l| {
+                    let v = serde_json::from_str::<Value>(&l).ok()?;
+                    let step = v.get("step").and_then(|s| s.as_u64())? as usize;
+                    (step <= keep_upto).then_some((l, v))
                 })
                 .collect();
-            let mut text = kept.join("\n");
+            resumed_loss = kept
+                .iter()
+                .rev()
+                .find(|(_, v)| v["skipped"] != true)
+                .filter(|(_, v)| v["step"].as_u64() == Some(keep_upto as u64))
+                .and_then(|(_, v)| v["loss"].as_f64());
+            let mut text = kept
+                .iter()
+                .map(|(l, _)| l.as_str())
+                .collect::<Vec<_>>()
+                .join("\n");
             if !text.is_empty() {
                 text.push('\n');
             }
-            fs::write(path, text).map_err(|e| io_err(path, e))?;
+            btx_core::atomic::write_file(path, text.as_bytes())?;
         }
         let file = OpenOptions::new()
             .create(true)
@@ -46,7 +59,13 @@ impl MetricsLog {
         Ok(Self {
             path: path.to_path_buf(),
             file,
+            resumed_loss,
         })
+    }
+
+    /// The loss recorded for the step the log was kept up to, if a record of it survived.
+    pub fn resumed_loss(&self) -> Option<f64> {
+        self.resumed_loss
     }
 
     pub fn write(&mut self, record: &Value) -> Result<(), TrainError> {

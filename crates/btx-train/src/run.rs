@@ -70,18 +70,30 @@ pub fn train(
     signal::install();
     let ckpt_root = out.join("checkpoints");
     let total_steps = cfg.train.steps;
-    let latest = checkpoint::find_latest(&ckpt_root);
+    let latest = if opts.resume {
+        checkpoint::load_latest(&ckpt_root, &Device::flex()).map(Some)
+    } else {
+        checkpoint::find_latest(&ckpt_root).map(|_| None)
+    };
     let mut trainer;
     let (mut tokens, mut elapsed) = (0u64, 0f64);
     match latest {
-        Some((_, dir)) if opts.resume => {
-            let loaded = checkpoint::load(&dir, &Device::flex())?;
+        Some(Some((dir, loaded))) => {
             let changes = checkpoint::resume_changes(&dir, &loaded.state, cfg)?;
             for (key, old, new) in &changes {
                 tracing::warn!(
                     "{}: resuming with {key} changed: {old} -> {new}",
                     opts.label
                 );
+            }
+            if loaded.state.step > total_steps {
+                return Err(TrainError::ConfigChanged {
+                    dir: dir.clone(),
+                    what: format!(
+                        "the checkpoint is at step {}, beyond train.steps {total_steps}; resume with train.steps >= {}",
+                        loaded.state.step, loaded.state.step
+                    ),
+                });
             }
             trainer = Trainer::new(loaded.model, cfg.clone(), &opts.device)?;
             let shapes: BTreeMap<String, [usize; 2]> = {
@@ -115,7 +127,7 @@ pub fn train(
                 total_steps
             );
         }
-        Some(_) => {
+        Some(None) => {
             return Err(TrainError::AlreadyStarted {
                 dir: out.to_path_buf(),
             })
@@ -144,7 +156,9 @@ pub fn train(
             cfg.train.keep_checkpoints,
         )
     };
-    let mut last_loss = f64::NAN;
+    // A resume that has no step left to take (a finished run resumed) reports the loss its log
+    // recorded for the last step, not NaN.
+    let mut last_loss = metrics.resumed_loss().unwrap_or(f64::NAN);
     let mut last_saved = trainer.step;
     let mut steps_here = 0;
     let mut stopped_early = false;

@@ -97,6 +97,12 @@ fn main() {
         for cause in e.chain().skip(1) {
             errln!("  caused by: {cause}");
         }
+        // Every error ends with what to do; the generic one only where nothing better was said.
+        if !e.chain().any(|c| c.to_string().contains("hint:")) {
+            errln!(
+                "hint: `btx <command> --help` describes each option; the README each config key"
+            );
+        }
         std::process::exit(runtime::exit_code(&e));
     }
 }

@@ -131,8 +131,15 @@ pub fn check(plan: &Plan, run: &Path, stage: &Stage) -> Verdict {
         return Verdict::NotDone;
     }
     let Some(files) = &m.files else {
-        return Verdict::Unrecorded;
+        // No record to check against: at least what the stage cannot be without must be there.
+        return match record::missing_required(stage, |f| run.join(f).is_file()) {
+            Some(f) => Verdict::Broken(format!("{f} is missing")),
+            None => Verdict::Unrecorded,
+        };
     };
+    if let Some(f) = record::missing_required(stage, |f| files.files.contains_key(f)) {
+        return Verdict::Broken(format!("DONE does not record {f}, which the stage writes"));
+    }
     if let Some(problem) = files.verify(run) {
         return Verdict::Broken(problem);
     }

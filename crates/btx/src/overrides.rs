@@ -12,11 +12,13 @@ use toml::Value;
 pub fn apply(root: &mut Value, set: &str) -> Result<()> {
     let (path, raw) = set
         .split_once('=')
-        .ok_or_else(|| anyhow!("--set {set:?}: expected key.path=value"))?;
+        .ok_or_else(|| {
+            anyhow!("--set {set:?}: expected key.path=value\nhint: e.g. --set train.steps=100 or --set data.prepare.domains.0.docs=300")
+        })?;
     let value = parse_value(raw.trim());
     let keys: Vec<&str> = path.trim().split('.').collect();
     if keys.iter().any(|k| k.is_empty()) {
-        bail!("--set {set:?}: empty key in {path:?}");
+        bail!("--set {set:?}: empty key in {path:?}\nhint: keys are joined by single dots, e.g. optim.lr");
     }
     let mut cur = root;
     for k in &keys[..keys.len() - 1] {
@@ -28,7 +30,7 @@ pub fn apply(root: &mut Value, set: &str) -> Result<()> {
                 })?;
                 let n = a.len();
                 a.get_mut(i).ok_or_else(|| {
-                    anyhow!("--set {set:?}: index {i} out of range (array has {n})")
+                    anyhow!("--set {set:?}: index {i} out of range (array has {n})\nhint: arrays of tables are indexed from 0")
                 })?
             }
             Value::Table(t) => t
@@ -48,7 +50,7 @@ pub fn apply(root: &mut Value, set: &str) -> Result<()> {
                 .map_err(|_| anyhow!("--set {set:?}: {last:?} indexes an array"))?;
             let n = a.len();
             *a.get_mut(i).ok_or_else(|| {
-                anyhow!("--set {set:?}: index {i} out of range (array has {n})")
+                anyhow!("--set {set:?}: index {i} out of range (array has {n})\nhint: arrays of tables are indexed from 0")
             })? = value;
         }
         _ => bail!("--set {set:?}: parent of the last key is not a table"),
@@ -68,8 +70,12 @@ fn parse_value(raw: &str) -> Value {
 pub fn load<T: DeserializeOwned>(path: Option<&Path>, sets: &[String]) -> Result<(T, Value)> {
     match path {
         Some(p) => {
-            let text = std::fs::read_to_string(p)
-                .with_context(|| format!("reading config {}", p.display()))?;
+            let text = std::fs::read_to_string(p).with_context(|| {
+                format!(
+                    "reading config {}\nhint: check the path (examples/ holds configs to start from)",
+                    p.display()
+                )
+            })?;
             load_str(&text, &p.display().to_string(), sets)
         }
         None => load_str("", "the config", sets),
@@ -89,10 +95,35 @@ pub fn load_str<T: DeserializeOwned>(
     for s in sets {
         apply(&mut root, s)?;
     }
+    if let Some(key) = non_finite(&root, "") {
+        bail!(
+            "{what}: {key} is not a finite number\nhint: every number in a config is finite (nan and inf would reach the weights as NaN)"
+        );
+    }
     let cfg = T::deserialize(root.clone()).map_err(|e| {
-        anyhow!("{what}: {e}\nhint: keys are checked by name; see the examples/ configs and the README for each section's keys")
+        anyhow!("{what}: {e}\nhint: check the key's name and its value's type against the examples/ configs and the README (unknown keys are refused by name)")
     })?;
     Ok((cfg, root))
+}
+
+/// The dotted key of the first float in `v` that is NaN or infinite.
+fn non_finite(v: &Value, at: &str) -> Option<String> {
+    let key = |k: &str| {
+        if at.is_empty() {
+            k.to_string()
+        } else {
+            format!("{at}.{k}")
+        }
+    };
+    match v {
+        Value::Float(f) if !f.is_finite() => Some(at.to_string()),
+        Value::Table(t) => t.iter().find_map(|(k, x)| non_finite(x, &key(k))),
+        Value::Array(a) => a
+            .iter()
+            .enumerate()
+            .find_map(|(i, x)| non_finite(x, &key(&i.to_string()))),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -117,5 +148,26 @@ mod tests {
         assert_eq!(v["name"].as_str(), Some("hello world"));
         assert_eq!(v["list"].as_array().unwrap().len(), 2);
         assert!(apply(&mut v, "novalue").is_err());
+    }
+
+    #[test]
+    fn non_finite_numbers_are_refused_by_key() {
+        #[derive(serde::Deserialize)]
+        struct Any {
+            #[allow(dead_code)]
+            a: toml::Table,
+        }
+        for set in ["a.w.math=nan", "a.x=inf", "a.list=[1.0, -inf]"] {
+            let e = load_str::<Any>("[a]\nx = 1.0\n", "c.toml", &[set.into()])
+                .err()
+                .unwrap()
+                .to_string();
+            let key = set.split('=').next().unwrap();
+            assert!(
+                e.contains("not a finite number") && e.contains("hint"),
+                "{e}"
+            );
+            assert!(e.contains(key.trim_end_matches(".math")), "{set}: {e}");
+        }
     }
 }

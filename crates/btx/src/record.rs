@@ -25,6 +25,42 @@ pub fn outputs(stage: &Stage) -> (Vec<String>, Vec<String>) {
     }
 }
 
+/// Files a finished stage cannot be without, relative to the run directory: each entry lists
+/// alternatives (a model's weights whole or sharded). A record that leaves one out, or a
+/// manifest from before records whose stage lacks one, is not believed either.
+pub fn required(stage: &Stage) -> Vec<Vec<String>> {
+    let at = |f: &str| format!("{}/{f}", stage.dir);
+    match &stage.kind {
+        StageKind::Data { .. } => vec![
+            vec![at("tokens/manifest.json")],
+            vec![at("tokens/tokenizer.json")],
+        ],
+        StageKind::SeedCopy { .. }
+        | StageKind::SeedGguf { .. }
+        | StageKind::Mix { .. }
+        | StageKind::Upcycle { .. }
+        | StageKind::Average { .. }
+        | StageKind::Train { .. } => vec![
+            vec![at("model/config.json")],
+            vec![
+                at("model/model.safetensors"),
+                at("model/model.safetensors.index.json"),
+            ],
+        ],
+        StageKind::Eval { .. } => vec![vec![at("eval.json")]],
+        StageKind::OptOut { .. } => vec![vec![at("optout.json")]],
+        StageKind::Report => vec![vec!["report.md".into()], vec!["results.json".into()]],
+    }
+}
+
+/// The first required file (see [`required`]) that `has` says is absent, if any.
+pub fn missing_required(stage: &Stage, has: impl Fn(&str) -> bool) -> Option<String> {
+    required(stage)
+        .into_iter()
+        .find(|alts| !alts.iter().any(|f| has(f)))
+        .map(|alts| alts[0].clone())
+}
+
 /// What the report stage writes at the top of the run directory.
 pub const REPORT_FILES: [&str; 3] = ["report.md", "results.json", "plots"];
 

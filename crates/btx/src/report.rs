@@ -182,11 +182,9 @@ pub fn build(plan: &Plan, run: &Path) -> Result<()> {
     // Everything is written beside its target and moved into place only once all of it is
     // complete: a failing run (a full disk, a plot that cannot be written) leaves the previous
     // report as it was.
-    let plots_out = btx_core::outdir::OutDir::create(
-        &run.join("plots"),
-        &[],
-        btx_core::outdir::Existing::Replace,
-    )?;
+    // The report owns these names: whatever is there (a link included) is replaced, never
+    // written through.
+    let plots_out = btx_core::outdir::OutDir::create_owned(&run.join("plots"), &[])?;
     let plots_dir = plots_out.path().to_path_buf();
     let title = if plan.name.is_empty() {
         "BTX report".to_string()
@@ -260,8 +258,14 @@ pub fn build(plan: &Plan, run: &Path) -> Result<()> {
     let results = serde_json::to_string_pretty(&results)?;
     let md = markdown(&st, &v);
     plots_out.commit()?;
-    btx_core::atomic::write_file(&run.join("results.json"), results.as_bytes())?;
-    btx_core::atomic::write_file(&run.join("report.md"), md.as_bytes())?;
+    for (file, text) in [("results.json", &results), ("report.md", &md)] {
+        let p = run.join(file);
+        // A directory in the report's place (a file rename cannot replace one) goes first.
+        if std::fs::symlink_metadata(&p).is_ok_and(|m| m.is_dir()) {
+            std::fs::remove_dir_all(&p).with_context(|| format!("replacing {}", p.display()))?;
+        }
+        btx_core::atomic::write_file(&p, text.as_bytes())?;
+    }
     Ok(())
 }
 

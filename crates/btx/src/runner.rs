@@ -68,7 +68,7 @@ pub fn prepare_states(plan: &Plan, run: &Path) -> Result<(BTreeMap<String, State
             _ => {
                 let same =
                     manifest::read_started(&dir).is_some_and(|x| x.fingerprint == s.fingerprint);
-                if dir.exists() && !same {
+                if std::fs::symlink_metadata(&dir).is_ok() && !same {
                     if let Some(h) = crate::lock::holder(&dir) {
                         bail!(
                             "stage {} changed configuration but {} is still in use by {}\nhint: stop it first (`btx cancel {}`), then run again",
@@ -96,8 +96,14 @@ pub fn prepare_states(plan: &Plan, run: &Path) -> Result<(BTreeMap<String, State
 /// Clears the directories of stages whose configuration changed.
 fn clear_stale(stale: &[Stale]) -> Result<()> {
     for (name, dir) in stale {
-        std::fs::remove_dir_all(dir)
-            .with_context(|| format!("clearing stale stage {}", dir.display()))?;
+        // A directory is cleared; a file or a link in its place is removed (never followed).
+        let is_dir = std::fs::symlink_metadata(dir).is_ok_and(|m| m.is_dir());
+        if is_dir {
+            std::fs::remove_dir_all(dir)
+        } else {
+            std::fs::remove_file(dir)
+        }
+        .with_context(|| format!("clearing stale stage {}", dir.display()))?;
         tracing::info!("{name}: configuration changed, redoing");
     }
     Ok(())
@@ -130,6 +136,39 @@ pub fn run(a: Args, device: &str) -> Result<()> {
         .unwrap_or(Path::new("."))
         .canonicalize()?;
     let plan = Plan::from_recipe(&recipe, &base)?;
+    // Everything that can refuse is checked before the first write (the executor and what it
+    // needs included: a refused run must not have cleared a stage).
+    let mut exec: Box<dyn Executor> = match a.executor.as_str() {
+        "local" => Box::new(LocalExecutor {
+            jobs: a.jobs,
+            total_threads: rayon::current_num_threads(),
+            device: device.into(),
+            gpus: if device == "cuda" {
+                gpu_ids(a.gpus.as_deref())?
+            } else {
+                vec![]
+            },
+        }),
+        "slurm" => {
+            if !a.dry_run {
+                crate::slurm::check_installed()?;
+            }
+            Box::new(crate::slurm::SlurmExecutor {
+                section: recipe.slurm.clone(),
+                wait: a.wait,
+                device: device.into(),
+            })
+        }
+        other => bail!(
+            "--executor {other:?} is not an executor\nhint: --executor local (child processes, the default) or slurm (batch jobs)"
+        ),
+    };
+    if std::fs::symlink_metadata(&a.out).is_ok() && !a.out.is_dir() {
+        bail!(
+            "{} exists and is not a directory\nhint: choose another --out",
+            a.out.display()
+        );
+    }
     if a.dry_run {
         // A dry run writes nothing and takes no lock: it reads what is there (plan.json and
         // every manifest are replaced atomically, so it never sees one half-written).
@@ -142,12 +181,6 @@ pub fn run(a: Args, device: &str) -> Result<()> {
                 .collect()
         };
         return print_dry_run(&a, &plan, &states);
-    }
-    if std::fs::symlink_metadata(&a.out).is_ok_and(|m| !m.is_dir() && !a.out.is_dir()) {
-        bail!(
-            "{} exists and is not a directory\nhint: choose another --out",
-            a.out.display()
-        );
     }
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     let out = a
@@ -179,24 +212,6 @@ pub fn run(a: Args, device: &str) -> Result<()> {
         todo,
         plan.stages.len() - todo,
     );
-    let mut exec: Box<dyn Executor> = match a.executor.as_str() {
-        "local" => Box::new(LocalExecutor {
-            jobs: a.jobs,
-            total_threads: rayon::current_num_threads(),
-            device: device.into(),
-            gpus: if device == "cuda" {
-                gpu_ids(a.gpus.as_deref())?
-            } else {
-                vec![]
-            },
-        }),
-        "slurm" => Box::new(crate::slurm::SlurmExecutor {
-            section: recipe.slurm.clone(),
-            wait: a.wait,
-            device: device.into(),
-        }),
-        other => bail!("--executor {other:?}: local or slurm"),
-    };
     let outcomes = exec.execute(&plan, &out, &states)?;
     if outcomes.values().any(|o| *o == Outcome::Submitted) {
         return Ok(());

@@ -159,6 +159,20 @@ pub struct SlurmExecutor {
     pub device: String,
 }
 
+/// Refuses a Slurm run where `sbatch` cannot be run, before anything is written.
+pub fn check_installed() -> Result<()> {
+    match Command::new("sbatch").arg("--version").output() {
+        Ok(o) if o.status.success() => Ok(()),
+        Ok(o) => bail!(
+            "`sbatch --version` failed: {}\nhint: check that Slurm is installed and SLURM_CONF points at its config",
+            String::from_utf8_lossy(&o.stderr).trim()
+        ),
+        Err(e) => bail!(
+            "--executor slurm needs sbatch, which cannot be run here ({e})\nhint: run on a Slurm login node, or use --executor local"
+        ),
+    }
+}
+
 /// sbatch's job script: runs the stage (picked by the array index), forwards the warning
 /// signal and SIGTERM to btx, and requeues the job when btx stopped with a checkpoint on the
 /// warning.

@@ -171,6 +171,71 @@ fn a_broken_stage_is_seen_redone_and_only_what_changed_downstream_redoes() {
     assert_eq!(state_of(&run, "eval:btx")["state"], "done");
 }
 
+/// Found by probing in the spirit of issue 28: a `btx run` refused for its executor cleared the
+/// stages whose configuration changed first; a manifest whose record was cut down was believed;
+/// a stage directory replaced by a file could not be cleared; `--dry-run` planned onto a file.
+#[test]
+fn odd_states_are_repaired_and_refusals_come_before_any_write() {
+    let d = Scratch::new("trust-odd");
+    let r = recipe(&d, "");
+    let run = d.join("run");
+    ok(&mut run_cmd(&r, &run));
+    let before = snapshot(&run);
+    refused(
+        run_cmd(&r, &run).args(["--executor", "bogus", "--set", "experts.train.steps=5"]),
+        "not an executor",
+    );
+    assert_eq!(
+        snapshot(&run),
+        before,
+        "a refused run changed its directory"
+    );
+    // Values that would make NaN, or a mixture that cannot be drawn, are refused up front.
+    for (set, want) in [
+        (
+            "finetune.weights.math=nan",
+            "finetune.weights.math is not a finite number",
+        ),
+        ("finetune.weights.math=-1", "weights must be >= 0"),
+        (
+            "mix.router_std=inf",
+            "mix.router_std is not a finite number",
+        ),
+    ] {
+        refused(run_cmd(&r, &run).args(["--set", set]), want);
+        assert_eq!(snapshot(&run), before, "{set}");
+    }
+    refused(
+        run_cmd(&r, &d.join("recipe.toml")).arg("--dry-run"),
+        "exists and is not a directory",
+    );
+
+    // A record with the model left out, and the model gone: not believed.
+    let m = run.join("seed/manifest.json");
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&m).unwrap()).unwrap();
+    v["files"]["files"]
+        .as_object_mut()
+        .unwrap()
+        .retain(|k, _| !k.ends_with("model.safetensors"));
+    std::fs::write(&m, v.to_string()).unwrap();
+    std::fs::remove_file(run.join("seed/model/model.safetensors")).unwrap();
+    let s = state_of(&run, "seed");
+    assert_eq!(s["state"], "broken", "{s}");
+    assert!(s["detail"].to_string().contains("does not record"), "{s}");
+    // Without any record (a manifest from before them), a missing model is seen as well.
+    v.as_object_mut().unwrap().remove("files");
+    std::fs::write(&m, v.to_string()).unwrap();
+    assert_eq!(state_of(&run, "seed")["state"], "broken");
+    // A stage directory that became a file.
+    std::fs::remove_dir_all(run.join("experts/math")).unwrap();
+    std::fs::write(run.join("experts/math"), b"x").unwrap();
+    let t = ok(&mut run_cmd(&r, &run));
+    assert!(t.contains("all stages done"), "{t}");
+    assert!(status(&run).iter().all(|s| s["state"] == "done"));
+    assert!(run.join("experts/math/DONE").is_file());
+}
+
 /// Regression (issue 28, items 7 and 3): the report was written in place (a full disk left
 /// results.json empty and the plots cut off, plot write errors were warnings), and a failing
 /// re-run destroyed the previous good report.
@@ -221,20 +286,29 @@ fn a_report_that_cannot_be_written_fails_and_keeps_the_last_good_one() {
         .filter(|n| n.starts_with('.') && n != ".lock")
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
-    // A plots path that cannot be a directory fails the stage too, by name.
+    // The report owns `plots`: a file, or a link planted in its place, is replaced (the link
+    // itself, never what it points to), and the stage can always be redone.
     std::fs::remove_dir_all(run.join("plots")).unwrap();
     std::fs::write(run.join("plots"), b"not a directory").unwrap();
-    let o = btx()
-        .args(["stage", "report", "--run"])
-        .arg(&run)
-        .output()
-        .unwrap();
-    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
-    assert!(text(&o).contains("plots"), "{}", text(&o));
-    assert_eq!(keep(&run), before);
-    std::fs::remove_file(run.join("plots")).unwrap();
+    // (The failed attempt above left the report without its DONE: it is redone.)
+    assert!(!run.join("report/DONE").exists());
     ok(&mut run_cmd(&r, &run));
-    assert!(run.join("report/DONE").is_file());
+    assert!(run.join("plots").is_dir() && run.join("report/DONE").is_file());
+    let outside = d.join("mine");
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::write(outside.join("keep.txt"), b"mine").unwrap();
+    std::fs::remove_dir_all(run.join("plots")).unwrap();
+    std::os::unix::fs::symlink(&outside, run.join("plots")).unwrap();
+    std::fs::remove_file(run.join("results.json")).unwrap();
+    std::fs::create_dir_all(run.join("results.json")).unwrap();
+    ok(&mut run_cmd(&r, &run));
+    assert_eq!(std::fs::read(outside.join("keep.txt")).unwrap(), b"mine");
+    assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 1);
+    assert!(!std::fs::symlink_metadata(run.join("plots"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert!(run.join("results.json").is_file());
 }
 
 fn train_config(d: &Path, steps: usize, batch: usize) -> PathBuf {
@@ -326,8 +400,37 @@ fn a_refused_train_leaves_its_out_as_it_was() {
     std::fs::write(&cfg, bad).unwrap();
     refused(&mut train(&cfg, &fresh, &[]), "corpus/missing.txt");
     assert!(!fresh.exists(), "a refused train made {fresh:?}");
-    // The original config resumes and finishes.
+    // A checkpoint beyond train.steps, or a model other than the checkpoint's, is refused.
     let cfg = train_config(&d, 4, 2);
+    refused(
+        &mut train(&cfg, &out, &["--resume", "--set", "train.steps=1"]),
+        "beyond train.steps 1",
+    );
+    refused(
+        &mut train(
+            &cfg,
+            &out,
+            &["--resume", "--set", "model.init.num_layers=2"],
+        ),
+        "num_hidden_layers: 1 -> 2",
+    );
+    // (A command-line value out of range is clap's usage error: exit code 2.)
+    let o = train(&cfg, &out, &["--max-steps-this-run", "0"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("0 is not in 1"), "{}", text(&o));
+    assert_eq!(snapshot(&out), before);
+    // A directory no trainer wrote (here: a run directory) is not trained into.
+    let foreign = d.join("foreign");
+    std::fs::create_dir_all(foreign.join("model")).unwrap();
+    std::fs::write(foreign.join("model/notes.txt"), b"mine").unwrap();
+    refused(&mut train(&cfg, &foreign, &[]), "no `btx train` wrote it");
+    assert_eq!(
+        std::fs::read(foreign.join("model/notes.txt")).unwrap(),
+        b"mine"
+    );
+    // The original config resumes and finishes.
     ok(&mut train(&cfg, &out, &["--resume"]));
     assert!(out.join("model/model.safetensors").is_file());
 }

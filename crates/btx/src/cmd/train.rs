@@ -30,8 +30,8 @@ pub struct Args {
     #[arg(long)]
     out: PathBuf,
     /// Stop (with a checkpoint) after this many steps in this process.
-    #[arg(long, hide = true)]
-    max_steps_this_run: Option<usize>,
+    #[arg(long, hide = true, value_parser = clap::value_parser!(u64).range(1..))]
+    max_steps_this_run: Option<u64>,
 }
 
 /// `[model]`: start from a checkpoint, or initialise a new model.
@@ -115,6 +115,59 @@ fn data_source(d: &DataSection, base: &Path, out: &Path, resuming: bool) -> Resu
     }
 }
 
+/// Refuses an `--out` that holds files no `btx train` wrote: a trainer replaces its own
+/// `data/`, `model/` and `metrics.jsonl`, and must not replace anyone else's.
+fn check_out_is_a_trainers(out: &Path) -> Result<()> {
+    if out.join("config.resolved.toml").is_file() {
+        return Ok(());
+    }
+    let foreign: Vec<String> = std::fs::read_dir(out)
+        .with_context(|| format!("reading {}", out.display()))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        // (the lock, and what a killed trainer may have left while writing)
+        .filter(|n| {
+            n != crate::lock::LOCK
+                && !(n.starts_with('.')
+                    && [".partial-", ".tmp-", ".old-"]
+                        .iter()
+                        .any(|k| n.contains(k)))
+        })
+        .collect();
+    if !foreign.is_empty() {
+        bail!(
+            "{} is not empty and no `btx train` wrote it (it holds {}): training would replace what is there\nhint: choose a new or empty --out",
+            out.display(),
+            foreign.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// The first `config.json` keys in which two models differ, as `key: a -> b`.
+fn config_difference(a: &btx_model::ModelConfig, b: &btx_model::ModelConfig) -> Option<String> {
+    let (x, y) = (a.to_hf_json(), b.to_hf_json());
+    let (Some(x), Some(y)) = (x.as_object(), y.as_object()) else {
+        return (a != b).then(|| "config.json".to_string());
+    };
+    let diffs: Vec<String> = x
+        .keys()
+        .chain(y.keys())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .filter(|k| x.get(*k) != y.get(*k))
+        .map(|k| {
+            let show = |v: Option<&serde_json::Value>| v.map_or("-".to_string(), |v| v.to_string());
+            format!("{k}: {} -> {}", show(x.get(k)), show(y.get(k)))
+        })
+        .collect();
+    if diffs.is_empty() {
+        (a != b).then(|| "config.json".to_string())
+    } else {
+        Some(diffs.join(", "))
+    }
+}
+
 /// A directory this command made or staged, removed again unless kept: a refused command
 /// leaves `--out` as it found it.
 struct Undo {
@@ -173,17 +226,26 @@ pub fn run(a: Args, dev: &Device) -> Result<()> {
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     // One trainer per output directory (its checkpoints, metrics and model).
     let lock = crate::lock::DirLock::acquire(&a.out, "btx train")?;
+    check_out_is_a_trainers(&a.out)?;
     let latest = btx_train::checkpoint::find_latest(&a.out.join("checkpoints"));
-    match (&latest, a.resume) {
+    let resumed_from = match (&latest, a.resume) {
         (Some(_), false) => {
             return Err(btx_train::error::TrainError::AlreadyStarted { dir: a.out.clone() }.into())
         }
-        (Some((_, dir)), true) => {
+        (Some((step, dir)), true) => {
             let state = btx_train::checkpoint::read_state(dir)?;
             btx_train::checkpoint::resume_changes(dir, &state, &cfg)?;
+            if *step > cfg.train.steps {
+                bail!(
+                    "{}: the newest checkpoint is at step {step}, beyond train.steps {}\nhint: resume with train.steps >= {step}",
+                    dir.display(),
+                    cfg.train.steps
+                );
+            }
+            Some(dir.clone())
         }
-        (None, _) => {}
-    }
+        (None, _) => None,
+    };
     let (data, staged) = match data_source(&file.data, &base, &a.out, latest.is_some())? {
         DataSource::Ready(d) => (d, None),
         DataSource::Prepare(p) => {
@@ -203,6 +265,17 @@ pub fn run(a: Args, dev: &Device) -> Result<()> {
         }
     };
     let model = resolve_model(&file.model, &base, &data, file.train.seed)?;
+    if let Some(dir) = &resumed_from {
+        // The checkpoint's weights are what a resume trains: a config that describes another
+        // model is another run, not this one continued.
+        let saved = btx_model::ModelConfig::load(&dir.join("model/config.json"))?;
+        if let Some(diff) = config_difference(&saved, &model.cfg) {
+            bail!(
+                "{}: the checkpoint holds another model than [model] describes ({diff})\nhint: resume with the original [model], or start a fresh --out",
+                dir.display()
+            );
+        }
+    }
     let data = match staged {
         Some(undo) => {
             let dir = a.out.join("data");
@@ -227,7 +300,7 @@ pub fn run(a: Args, dev: &Device) -> Result<()> {
         resume: a.resume,
         progress: true,
         label: "train".into(),
-        max_steps_this_run: a.max_steps_this_run,
+        max_steps_this_run: a.max_steps_this_run.map(|n| n as usize),
     };
     let outcome = jobs::train::train(model, &data, &mix, &cfg, &a.out, &opts)?;
     drop(lock);

@@ -1,5 +1,6 @@
 //! Every problem of a recipe, found before anything runs and reported at once.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::{bail, Result};
@@ -62,6 +63,21 @@ impl Recipe {
                     (None, 256)
                 }
             };
+        // Mixture weights: finite (the config reader refuses nan and inf), >= 0, some > 0.
+        let mut weights: Vec<(&str, &BTreeMap<String, f64>)> =
+            vec![("finetune.weights", &self.finetune.weights)];
+        if let Some(sp) = &self.seed.pretrain {
+            weights.push(("seed.pretrain.weights", &sp.weights));
+        }
+        for (what, w) in weights {
+            if let Some((d, x)) = w.iter().find(|(_, x)| **x < 0.0) {
+                p.push(format!("{what}: {d} = {x}; weights must be >= 0"));
+            } else if !w.is_empty() && w.values().sum::<f64>() <= 0.0 {
+                p.push(format!(
+                    "{what}: the weights sum to 0; give some domain a weight > 0"
+                ));
+            }
+        }
         let mut check_domains = |what: &str, names: &mut dyn Iterator<Item = &String>| {
             if let Some(known) = &domains {
                 for n in names {
