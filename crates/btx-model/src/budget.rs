@@ -87,3 +87,36 @@ pub fn check_fits(estimate: f64, total: u64, what: &str, hint: &str) -> Result<(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ModelSpec;
+
+    /// The estimates grow with the batch as the code's allocations do, stay small for the demo
+    /// shapes, and refuse what no machine holds without allocating any of it.
+    #[test]
+    fn estimates_refuse_only_what_cannot_fit() {
+        let s = ModelSpec::default().to_config(4096, Some(0)).unwrap();
+        let demo = train_step_bytes(&s, 8, 256, s.total_params());
+        // Preset S: 4 x 10M floats of weights and optimizer state, ~100 MB of activations.
+        assert!(
+            demo > 4.0 * 4.0 * s.total_params() as f64 && demo < 1e9,
+            "{demo}"
+        );
+        let huge = train_step_bytes(&s, 100_000_000, 256, s.total_params());
+        assert!(huge > 1e15, "{huge}");
+        assert!(check_fits(demo, 8 << 30, "x", "y").is_ok());
+        let e = check_fits(huge, 8 << 30, "a step", "lower it")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("8.0 GiB") && e.contains("\nhint: lower it"),
+            "{e}"
+        );
+        // Evaluation holds the [B*T, V] logits twice.
+        let ev = eval_forward_bytes(&s, 8, 256);
+        assert!(ev > 2.0 * 8.0 * 256.0 * 4096.0 * 4.0, "{ev}");
+        assert!(machine_memory().is_none_or(|m| m > 0));
+    }
+}

@@ -298,3 +298,22 @@ fn model_init_values_are_checked_by_key() {
         assert!(e.contains(needle), "{needle:?} not in {e}");
     }
 }
+
+/// A checkpoint holding a NaN weight loaded, and every evaluation of it reported NaN (or
+/// generated from NaN logits) with exit 0. Refused at load, naming the tensor.
+#[test]
+fn a_checkpoint_with_a_non_finite_weight_is_refused_at_load() {
+    let c = ModelConfig::llama(32, 16, 24, 1, 2, 2, 64);
+    let m = Model::init(&c, 3, &Device::flex()).unwrap();
+    let d = Scratch::new("trust-nan");
+    let mut params = m.host_params();
+    params[3].1.data[2] = f32::NAN;
+    let name = params[3].0.clone();
+    write_tensors(&d.join("model.safetensors"), &params).unwrap();
+    c.save(&d.join("config.json")).unwrap();
+    let e = Model::load(&d, &Device::flex()).unwrap_err().to_string();
+    assert!(
+        e.contains(&name) && e.contains("non-finite") && e.contains("\nhint: "),
+        "{e}"
+    );
+}

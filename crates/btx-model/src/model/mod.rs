@@ -273,7 +273,23 @@ impl Model {
 
     pub fn load_with(cfg: &ModelConfig, reader: &TensorReader, dev: &Device) -> Result<Self> {
         check_tensors(cfg, reader)?;
-        Self::from_fn(cfg, dev, |s| reader.read_expect(&s.name, &s.shape))
+        Self::from_fn(cfg, dev, |s| {
+            let t = reader.read_expect(&s.name, &s.shape)?;
+            // A NaN or infinite weight makes every logit downstream NaN: refuse the file
+            // rather than report NaN losses or generate from NaN logits with exit 0.
+            if let Some(i) = t.data.iter().position(|x| !x.is_finite()) {
+                return Err(ModelError::refused(
+                    format!(
+                        "{}: tensor {:?} holds a non-finite value ({} at flat index {i})",
+                        reader.file_of(&s.name).display(),
+                        s.name,
+                        t.data[i]
+                    ),
+                    "the checkpoint is corrupt or comes from a diverged run; use an earlier checkpoint",
+                ));
+            }
+            Ok(t)
+        })
     }
 
     /// Visits every parameter with its HF name, in checkpoint order.
