@@ -322,6 +322,12 @@ fn expert_into(
         .iter()
         .map(|(m, _, _)| sources[*m].bytes(&src_name, &shape))
         .collect::<Result<Vec<_>>>()?;
+    for ((m, _, _), b) in pieces.iter().zip(&bytes) {
+        if let Some(i) = (0..b.len() / 4).find(|&i| !crate::source::f32_at(b, i).is_finite()) {
+            let x = crate::source::f32_at(b, i);
+            return Err(crate::source::non_finite(&sources[*m], &src_name, i, x));
+        }
+    }
     let range = |c: usize, of: usize| (c * f / of, (c + 1) * f / of);
     if wi == 2 {
         for r in 0..d {

@@ -220,9 +220,14 @@ pub(crate) fn mean_into(
     while start < n {
         let len = PIECE.min(n - start);
         acc[..len].fill(0.0);
-        for (b, wi) in bytes.iter().zip(w) {
+        for ((b, wi), src) in bytes.iter().zip(w).zip(sources) {
             for (j, a) in acc[..len].iter_mut().enumerate() {
-                *a += f32_at(b, start + j) as f64 * wi;
+                let x = f32_at(b, start + j);
+                // A NaN or infinite weight in one model would poison the merged tensor.
+                if !x.is_finite() {
+                    return Err(non_finite(src, name, start + j, x));
+                }
+                *a += x as f64 * wi;
             }
         }
         for (p, a) in piece[..len].iter_mut().zip(&acc[..len]) {
@@ -238,6 +243,18 @@ pub(crate) fn mean_into(
     drop(bytes);
     sources.iter().for_each(|s| s.reader.release(name));
     Ok(())
+}
+
+/// The refusal of a source tensor holding `x` (NaN or infinite) at flat index `i`.
+pub(crate) fn non_finite(src: &Source, name: &str, i: usize, x: f32) -> MixError {
+    MixError::Incompatible {
+        msg: format!(
+            "{}: tensor {name:?} holds a non-finite value ({x} at flat index {i})",
+            src.reader.file_of(name).display()
+        ),
+        hint: "the checkpoint is corrupt or comes from a diverged run; mix an earlier checkpoint"
+            .into(),
+    }
 }
 
 pub(crate) fn into_model_err(e: MixError) -> btx_model::ModelError {

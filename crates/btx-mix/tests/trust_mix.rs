@@ -228,3 +228,30 @@ fn router_initialisation_refuses_windows_past_the_sliding_window() {
         .to_string()
         .contains("vocabulary"));
 }
+
+/// A NaN in one expert's weights went into the merged model unnoticed.
+#[test]
+fn a_source_with_a_non_finite_weight_is_refused() {
+    let d = Scratch::new("trust-mix-nan");
+    let seed = make(&d.join("seed"), 0, &cfg());
+    let a = make(&d.join("a"), 1, &cfg());
+    let mut params = Model::init(&cfg(), 1, &Device::flex())
+        .unwrap()
+        .host_params();
+    for (name, t) in &mut params {
+        if name.ends_with("mlp.up_proj.weight") || name.ends_with("self_attn.q_proj.weight") {
+            t.data[7] = f32::INFINITY;
+        }
+    }
+    btx_model::io::write_tensors(&a.join("model.safetensors"), &params).unwrap();
+    for generalist in [false, true] {
+        let out = d.join("out");
+        let mut o = opts(None, generalist);
+        o.spec.top_k = 1;
+        let e = mix(&seed, std::slice::from_ref(&a), &o, &out)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("non-finite") && e.contains("\nhint: "), "{e}");
+        assert!(!out.exists());
+    }
+}
