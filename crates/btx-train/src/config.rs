@@ -160,6 +160,17 @@ impl TrainerConfig {
                 t.seq_len
             ));
         }
+        // Tokens per step are counted in a usize: a product that overflows would wrap.
+        if t.batch_size
+            .checked_mul(t.seq_len)
+            .and_then(|x| x.checked_mul(t.grad_accum))
+            .is_none()
+        {
+            return Err(format!(
+                "train.batch_size {} x train.seq_len {} x train.grad_accum {} tokens per step is beyond counting",
+                t.batch_size, t.seq_len, t.grad_accum
+            ));
+        }
         let o = &self.optim;
         let m = &self.moe;
         let finite = |key: &str, v: f64, ok: bool, want: &str| {
