@@ -165,15 +165,26 @@ impl PrepareConfig {
         }
         let mut names = std::collections::HashSet::new();
         for d in &self.domains {
-            if d.name.is_empty() || d.name.contains(['/', '\\', ' ', ':']) {
+            // A domain's name is a directory, part of stage names (where `#` and `@` mark
+            // tags) and an expert's name (where a number would read as a position).
+            if d.name.is_empty()
+                || d.name.contains(['/', '\\', ':', '#', '@'])
+                || d.name.chars().any(|c| c.is_whitespace() || c.is_control())
+            {
                 return Err(DataError::Invalid(format!(
-                    "domain name {:?} must be non-empty, without spaces, slashes or colons",
+                    "domain name {:?} must be non-empty, without spaces, slashes, colons, '#' or '@'\nhint: e.g. name = \"math\"",
                     d.name
+                )));
+            }
+            if d.name.parse::<i128>().is_ok() {
+                return Err(DataError::Invalid(format!(
+                    "domain name {:?} is a number; domains name experts, and expert numbers are positions\nhint: give it a word, e.g. \"domain-{}\"",
+                    d.name, d.name
                 )));
             }
             if !names.insert(&d.name) {
                 return Err(DataError::Invalid(format!(
-                    "domain {:?} is listed twice",
+                    "domain {:?} is listed twice\nhint: each [[domains]] needs its own name",
                     d.name
                 )));
             }
@@ -500,4 +511,27 @@ pub fn prepare(
     staged.commit()?;
     tracing::info!("data written to {}", final_out.display());
     Ok(m)
+}
+
+#[cfg(test)]
+mod trust_tests {
+    use super::*;
+
+    /// Issue 28: a domain named "1" became an expert that `--drop 1` confused with position 1;
+    /// `#` and `@` in a name collide with the tags of stage names. Refused by name.
+    #[test]
+    fn domain_names_are_words_without_tag_characters() {
+        for bad in ["1", "-3", "0", "ma#th", "co@de", "tab\tbed", "line\nbreak"] {
+            let mut c = PrepareConfig::builtin(10, 1, 300, 0);
+            c.domains[0].name = bad.into();
+            let e = c.validate().unwrap_err().to_string();
+            assert!(
+                e.contains(&format!("{bad:?}")) && e.contains("\nhint: "),
+                "{bad:?}: {e}"
+            );
+        }
+        let mut c = PrepareConfig::builtin(10, 1, 300, 0);
+        c.domains[0].name = "math-2".into();
+        c.validate().unwrap();
+    }
 }

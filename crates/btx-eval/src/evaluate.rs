@@ -287,18 +287,120 @@ pub fn shots_prefix(data: &DataDir, domain: &str, k: usize) -> btx_data::Result<
     Ok(docs.join("\n\n") + "\n\n")
 }
 
-/// Evaluates `lm` on every domain in `domains`.
+fn refused(msg: String) -> btx_data::DataError {
+    btx_data::DataError::Invalid(msg)
+}
+
+/// Everything that can refuse an evaluation of `lm` on `domains`, checked before the first
+/// forward pass (an evaluation of several domains is long; a refusal after the first would
+/// waste it): the sizes, the positions the windows and task prompts need, an ensemble's
+/// vocabularies, validation splits long enough for a loss, and the memory of a batch.
+fn preflight(
+    lm: &dyn Lm,
+    data: &DataDir,
+    domains: &[String],
+    spec: &EvalSpec,
+) -> btx_data::Result<()> {
+    let cfgs = lm.configs();
+    if cfgs.is_empty() {
+        return Err(refused(
+            "eval: an ensemble of no models\nhint: pass at least one --model".into(),
+        ));
+    }
+    let hint = "e.g. --seq-len 256 --windows 32 --batch 8 (recipes: [eval])";
+    spec.validate(usize::MAX)
+        .map_err(|e| refused(format!("eval: {e}\nhint: {hint}")))?;
+    for c in &cfgs {
+        c.check_positions(
+            spec.seq_len,
+            &format!("eval seq_len {}", spec.seq_len),
+            "lower --seq-len (recipes: [eval] seq_len)",
+        )
+        .map_err(|e| refused(format!("eval: {e}")))?;
+    }
+    spec.validate(lm.max_positions())
+        .map_err(|e| refused(format!("eval: {e}\nhint: {hint}")))?;
+    if cfgs.windows(2).any(|w| w[0].vocab_size != w[1].vocab_size) {
+        let v: Vec<usize> = cfgs.iter().map(|c| c.vocab_size).collect();
+        return Err(refused(format!(
+            "eval: the ensemble's models have different vocabularies {v:?}, so their next-token distributions cannot be mixed\nhint: ensemble models that share a tokenizer"
+        )));
+    }
+    let tok = data.tokenizer()?;
+    let weights: f64 = cfgs.iter().map(|c| 4.0 * c.total_params() as f64).sum();
+    for d in domains {
+        let val = data.shard(d, "val")?;
+        if val.len() < 2 {
+            return Err(refused(format!(
+                "eval: domain {d:?}: the validation split holds {} token(s); a held-out loss needs at least 2\nhint: prepare the data with a larger val_fraction (or more documents)",
+                val.len()
+            )));
+        }
+        let seq = spec.seq_len.min(val.len());
+        let n_windows = (val.len() / seq).min(spec.windows);
+        // The members of an ensemble run one after another: all weights, one member's pass.
+        let batch = spec.batch.min(n_windows).max(1);
+        let pass = cfgs
+            .iter()
+            .map(|c| {
+                btx_model::budget::eval_forward_bytes(c, batch, seq) - 4.0 * c.total_params() as f64
+            })
+            .fold(0.0, f64::max);
+        match btx_model::budget::machine_memory() {
+            Some(total) => btx_model::budget::check_fits(
+                weights + pass,
+                total,
+                &format!("evaluating domain {d:?} in batches of {batch} windows of {seq} tokens"),
+                "lower --batch (recipes: [eval] batch) or --seq-len",
+            )
+            .map_err(|e| refused(format!("eval: {e}")))?,
+            None => tracing::debug!(
+                "cannot read MemTotal from /proc/meminfo: the evaluation's memory is not checked"
+            ),
+        }
+        let mut tasks = data.tasks(d)?;
+        tasks.truncate(spec.tasks);
+        if tasks.is_empty() {
+            continue;
+        }
+        // A prompt with no room for one new token would be scored on an empty answer.
+        let prefix = shots_prefix(data, d, spec.shots)?;
+        for (i, t) in tasks.iter().enumerate() {
+            let n = tok.encode(&format!("{prefix}{}", t.prompt))?.len();
+            if n == 0 {
+                return Err(refused(format!(
+                    "eval: domain {d:?} task {i}: the prompt is empty, so there is nothing to continue\nhint: fix the domain's tasks file"
+                )));
+            }
+            for c in &cfgs {
+                c.check_positions(
+                    n + 1,
+                    &format!(
+                        "eval: domain {d:?} task {i}: a prompt of {n} tokens{} and one answer token",
+                        if spec.shots > 0 {
+                            format!(" ({} shots)", spec.shots)
+                        } else {
+                            String::new()
+                        }
+                    ),
+                    "use fewer --shots (recipes: [eval] shots), or --tasks 0 for the loss alone",
+                )
+                .map_err(|e| refused(e.to_string()))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Evaluates `lm` on every domain in `domains`. A loss that is not a finite number (a model
+/// whose logits overflow, NaN weights) is an error naming the domain, never a row of NaN.
 pub fn evaluate(
     lm: &dyn Lm,
     data: &DataDir,
     domains: &[String],
     spec: &EvalSpec,
 ) -> btx_data::Result<EvalResult> {
-    spec.validate(lm.max_positions()).map_err(|e| {
-        btx_data::DataError::Invalid(format!(
-            "eval: {e}\nhint: e.g. --seq-len 256 --windows 32 --batch 8 (recipes: [eval])"
-        ))
-    })?;
+    preflight(lm, data, domains, spec)?;
     let tok = data.tokenizer()?;
     let mut out = BTreeMap::new();
     for d in domains {
@@ -306,6 +408,11 @@ pub fn evaluate(
         let seq = spec.seq_len.min(val.len());
         let windows = eval_windows(&val, seq, spec.windows);
         let (loss, n, window_losses) = loss_on(lm, &windows, spec.batch);
+        if !loss.is_finite() {
+            return Err(refused(format!(
+                "eval: domain {d:?}: the held-out loss is {loss} over {n} tokens, not a finite number\nhint: the model's logits are not finite (NaN or overflowing weights, or a config value such as rms_norm_eps that makes them so); check it with btx forward"
+            )));
+        }
         let mut tasks = data.tasks(d)?;
         tasks.truncate(spec.tasks);
         let (accuracy, samples, task_correct) = if tasks.is_empty() {

@@ -10,7 +10,7 @@
 use btx_model::burn::prelude::*;
 use btx_model::burn::tensor::activation::log_softmax;
 use btx_model::generate::{generate, left_pad, Active, Rows};
-use btx_model::{to_vec, ForwardOpts, KvCache, Model};
+use btx_model::{to_vec, ForwardOpts, KvCache, Model, ModelConfig};
 
 /// A model (or ensemble) evaluation can query.
 pub trait Lm {
@@ -30,8 +30,12 @@ pub trait Lm {
     /// Parameters active per token (summed over an ensemble's members).
     fn active_params(&self) -> usize;
     fn total_params(&self) -> usize;
-    /// Positions the model attends to (the smallest over an ensemble's members).
+    /// Positions the model computes as transformers does (the smallest over an ensemble's
+    /// members; see `ModelConfig::max_positions`).
     fn max_positions(&self) -> usize;
+    /// The configs of the model or of every member of an ensemble, for the checks evaluation
+    /// makes before its first forward pass.
+    fn configs(&self) -> Vec<&ModelConfig>;
 }
 
 /// `[B*T, V]` logits → per-window target log-probs.
@@ -86,7 +90,11 @@ impl Lm for Model {
     }
 
     fn max_positions(&self) -> usize {
-        self.cfg.max_position_embeddings
+        self.cfg.max_positions()
+    }
+
+    fn configs(&self) -> Vec<&ModelConfig> {
+        vec![&self.cfg]
     }
 }
 
@@ -131,7 +139,8 @@ impl Ensemble {
                     .map(|(l, p)| l + p)
                     .collect();
                 let mut order: Vec<usize> = (0..n).collect();
-                order.sort_by(|&a, &b| score[b].partial_cmp(&score[a]).unwrap().then(a.cmp(&b)));
+                // total_cmp: a NaN score (NaN logits) must reach the loss check, not panic.
+                order.sort_by(|&a, &b| score[b].total_cmp(&score[a]).then(a.cmp(&b)));
                 let keep = &order[..top_k.clamp(1, n)];
                 let m = keep
                     .iter()
@@ -291,8 +300,12 @@ impl Lm for Ensemble {
     fn max_positions(&self) -> usize {
         self.models
             .iter()
-            .map(|m| m.cfg.max_position_embeddings)
+            .map(|m| m.cfg.max_positions())
             .min()
             .unwrap_or(0)
+    }
+
+    fn configs(&self) -> Vec<&ModelConfig> {
+        self.models.iter().map(|m| &m.cfg).collect()
     }
 }

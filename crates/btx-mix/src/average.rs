@@ -17,11 +17,16 @@ use crate::spec::{AttnMix, NonFfn};
 fn normalise_weights(w: Option<&Vec<f64>>, n: usize) -> Result<Vec<f64>> {
     match w {
         None => Ok(vec![1.0; n]),
-        Some(w) if w.len() == n && w.iter().all(|x| *x >= 0.0) && w.iter().sum::<f64>() > 0.0 => {
+        // Finite: an infinite weight makes every mean inf / inf = NaN.
+        Some(w)
+            if w.len() == n
+                && w.iter().all(|x| x.is_finite() && *x >= 0.0)
+                && w.iter().sum::<f64>() > 0.0 =>
+        {
             Ok(w.clone())
         }
         Some(w) => Err(MixError::Options(format!(
-            "weights {w:?}: need {n} non-negative values with a positive sum (one per mixed model)"
+            "weights {w:?}: need {n} finite non-negative values with a positive sum (one per mixed model)"
         ))),
     }
 }
@@ -39,14 +44,16 @@ pub fn average(
         return Err(MixError::Options("no models to average".into()));
     }
     let inputs: Vec<&Path> = models.iter().map(PathBuf::as_path).collect();
-    let staged = OutDir::create(out, &inputs, existing)?;
-    let dir = staged.path();
+    btx_core::outdir::check_not_an_input(out, &inputs)?;
+    let w = normalise_weights(weights, models.len())?;
     let sources = models
         .iter()
         .map(|d| Source::open(d))
         .collect::<Result<Vec<_>>>()?;
     check_compatible(&sources.iter().collect::<Vec<_>>())?;
-    let w = normalise_weights(weights, sources.len())?;
+    // Every check above refuses before anything is written.
+    let staged = OutDir::create(out, &inputs, existing)?;
+    let dir = staged.path();
     let cfg = sources[0].cfg.clone();
     let specs: Vec<(String, Vec<usize>)> = param_specs(&cfg)
         .into_iter()

@@ -11,6 +11,6 @@ pub mod spec;
 pub use average::average;
 pub use btx_core::outdir::Existing;
 pub use error::{MixError, Result};
-pub use merge::{mix, upcycle, MixSummary};
+pub use merge::{check_expert_names, mix, upcycle, MixSummary};
 pub use source::check_compatible;
 pub use spec::{AttnMix, ExpertShape, MixOptions, MixSpec, NonFfn, RouterInit, RouterInitKind};

@@ -51,7 +51,7 @@ pub fn mix(seed: &Path, experts: &[PathBuf], opts: &MixOptions, out: &Path) -> R
     let inputs: Vec<&Path> = std::iter::once(seed)
         .chain(experts.iter().map(PathBuf::as_path))
         .collect();
-    let staged = OutDir::create(out, &inputs, opts.existing)?;
+    btx_core::outdir::check_not_an_input(out, &inputs)?;
     let seed_src = Source::open(seed)?;
     // The seed once more, alone, when it is the source of the non-FFN weights.
     let non_ffn_src = match opts.spec.non_ffn {
@@ -111,6 +111,8 @@ pub fn mix(seed: &Path, experts: &[PathBuf], opts: &MixOptions, out: &Path) -> R
         .into_iter()
         .map(|s| (s.name, s.shape))
         .collect();
+    // Every check above refuses before anything is written.
+    let staged = OutDir::create(out, &inputs, opts.existing)?;
     let dir = staged.path();
     write_checkpoint_with(dir, &specs, 4 << 30, |i, sink| {
         let (name, _) = &specs[i];
@@ -201,6 +203,44 @@ pub fn mix(seed: &Path, experts: &[PathBuf], opts: &MixOptions, out: &Path) -> R
     Ok(summary)
 }
 
+/// Refuses expert names that `--drop`/`--without-expert` could not tell apart or would read
+/// as something else: each must be a name ([`btx_model::expert_name_problem`]: never a number,
+/// which reads as a position), used once, and not `generalist` when the MiX adds the
+/// generalist under that name. Every place names enter a MiX (`btx mix --domains`, a recipe's
+/// domains) checks them here.
+pub fn check_expert_names(names: &[String], generalist: bool) -> Result<()> {
+    let bad = |msg: String, hint: &str| {
+        Err(MixError::Model(btx_model::ModelError::ExpertName {
+            msg,
+            hint: hint.into(),
+        }))
+    };
+    let mut seen = std::collections::HashSet::new();
+    for n in names {
+        if let Some(p) = btx_model::expert_name_problem(n) {
+            return bad(
+                format!("expert name {n:?}: {p}"),
+                "name each expert after its domain, e.g. math, code",
+            );
+        }
+        if !seen.insert(n) {
+            return bad(
+                format!("expert name {n:?} is given twice ({names:?})"),
+                "each expert needs its own name: prune-experts and --without-expert remove experts by name",
+            );
+        }
+        if generalist && n == btx_model::GENERALIST {
+            return bad(
+                format!(
+                    "expert name {n:?} is the name of the generalist, which this MiX adds as its last expert"
+                ),
+                "rename that domain, or mix without the generalist",
+            );
+        }
+    }
+    Ok(())
+}
+
 /// `btx_experts`: one name per output expert. Split experts carry their model's name (dropping
 /// it drops every chunk); blended experts hold every model and are named `blend-N`.
 fn expert_labels(
@@ -208,33 +248,40 @@ fn expert_labels(
     opts: &MixOptions,
     num_experts: usize,
 ) -> Result<Vec<String>> {
-    if opts.spec.blend {
-        return Ok((0..num_experts).map(|i| format!("blend-{i}")).collect());
-    }
-    let mut names: Vec<String> = match &opts.labels {
-        Some(l) if l.len() == experts.len() => l.clone(),
-        Some(l) => {
+    if let Some(l) = &opts.labels {
+        if l.len() != experts.len() {
             return Err(MixError::Options(format!(
                 "{} expert names for {} experts",
                 l.len(),
                 experts.len()
-            )))
+            )));
         }
-        None => experts
-            .iter()
-            .map(|p| {
-                p.file_name()
-                    .map_or(String::new(), |n| n.to_string_lossy().into_owned())
-            })
-            .collect(),
-    };
-    let unique = names.iter().collect::<std::collections::HashSet<_>>().len() == names.len();
-    if opts.labels.is_none() && (!unique || names.iter().any(|n| n.is_empty() || n == "generalist"))
-    {
-        names = (0..experts.len()).map(|i| format!("expert-{i}")).collect();
+        check_expert_names(l, opts.spec.generalist)?;
     }
+    if opts.spec.blend {
+        return Ok((0..num_experts).map(|i| format!("blend-{i}")).collect());
+    }
+    let names: Vec<String> = match &opts.labels {
+        Some(l) => l.clone(),
+        // The directories' names where they make good names; else plain numbered ones.
+        None => {
+            let dirs: Vec<String> = experts
+                .iter()
+                .map(|p| {
+                    p.file_name()
+                        .map_or(String::new(), |n| n.to_string_lossy().into_owned())
+                })
+                .collect();
+            if check_expert_names(&dirs, true).is_ok() {
+                dirs
+            } else {
+                (0..experts.len()).map(|i| format!("expert-{i}")).collect()
+            }
+        }
+    };
+    let mut names = names;
     if opts.spec.generalist {
-        names.push("generalist".into());
+        names.push(btx_model::GENERALIST.into());
     }
     Ok(names
         .iter()
@@ -275,6 +322,12 @@ fn expert_into(
         .iter()
         .map(|(m, _, _)| sources[*m].bytes(&src_name, &shape))
         .collect::<Result<Vec<_>>>()?;
+    for ((m, _, _), b) in pieces.iter().zip(&bytes) {
+        if let Some(i) = (0..b.len() / 4).find(|&i| !crate::source::f32_at(b, i).is_finite()) {
+            let x = crate::source::f32_at(b, i);
+            return Err(crate::source::non_finite(&sources[*m], &src_name, i, x));
+        }
+    }
     let range = |c: usize, of: usize| (c * f / of, (c + 1) * f / of);
     if wi == 2 {
         for r in 0..d {

@@ -23,8 +23,23 @@ pub struct BlockInputs {
 }
 
 /// Per-layer mean attention and FFN inputs of `model` over `windows` (token windows of equal
-/// length).
-pub fn mean_inputs(model: &Model, windows: &[Vec<i64>]) -> BlockInputs {
+/// length). Refuses, before the first forward pass, a window the model cannot compute as
+/// transformers does (past its sliding window or its positions) and token ids outside its
+/// vocabulary.
+pub fn mean_inputs(model: &Model, windows: &[Vec<i64>]) -> crate::Result<BlockInputs> {
+    let v = model.cfg.vocab_size;
+    for w in windows {
+        model.cfg.check_positions(
+            w.len(),
+            &format!("a router-initialisation window of {} tokens", w.len()),
+            "use shorter windows",
+        )?;
+        if let Some(bad) = w.iter().find(|&&i| i < 0 || i as usize >= v) {
+            return Err(crate::MixError::Options(format!(
+                "router initialisation: token id {bad} is outside the model's vocabulary of {v} (the domain data was tokenized with another tokenizer)"
+            )));
+        }
+    }
     let l = model.cfg.num_layers;
     let d = model.cfg.hidden_size;
     let mut attn = vec![vec![0f64; d]; l];
@@ -53,7 +68,7 @@ pub fn mean_inputs(model: &Model, windows: &[Vec<i64>]) -> BlockInputs {
     for s in attn.iter_mut().chain(ffn.iter_mut()) {
         s.iter_mut().for_each(|x| *x /= n.max(1) as f64);
     }
-    BlockInputs { attn, ffn }
+    Ok(BlockInputs { attn, ffn })
 }
 
 /// Router rows per layer (`[E, d]`) from per-expert mean FFN inputs; `None` marks an expert

@@ -23,6 +23,9 @@ impl Source {
     pub fn open(dir: &Path) -> Result<Self> {
         let cfg = ModelConfig::load(&dir.join("config.json"))?;
         let reader = TensorReader::open(dir)?;
+        // What loading the model refuses, a merge refuses too: tensors the config does not
+        // explain, and a stored head that a tied config would silently replace.
+        btx_model::model::check_tensors(&cfg, &reader)?;
         let tp = dir.join("tokenizer.json");
         let tokenizer_hash = std::fs::read(&tp)
             .ok()
@@ -62,11 +65,16 @@ impl Source {
     }
 }
 
-/// Refuses models that cannot be mixed, naming the model and what differs.
+/// Refuses models that cannot be mixed, naming the models and what differs. The output takes
+/// the first model's config, so every field that the others could hold differently must agree:
+/// the shapes (the tensors are averaged element by element), the math (norm eps, RoPE base, the
+/// window, the tied head), what the config promises (positions, special tokens, training-time
+/// noise). None may differ legitimately: the inputs are dense models of one seed, so they have
+/// no experts (moe, attention experts) and no expert names.
 pub fn check_compatible(sources: &[&Source]) -> Result<()> {
     let first = sources[0];
     for s in sources {
-        if s.cfg.is_moe() {
+        if s.cfg.is_moe() || s.cfg.attn_experts.is_some() {
             return Err(MixError::Incompatible {
                 msg: format!(
                     "{} is already a MoE model; BTX mixes dense (Llama) experts",
@@ -77,67 +85,15 @@ pub fn check_compatible(sources: &[&Source]) -> Result<()> {
         }
     }
     for s in &sources[1..] {
-        let (a, b) = (&first.cfg, &s.cfg);
-        let fields: [(&str, String, String); 10] = [
-            (
-                "vocab_size",
-                a.vocab_size.to_string(),
-                b.vocab_size.to_string(),
-            ),
-            (
-                "hidden_size",
-                a.hidden_size.to_string(),
-                b.hidden_size.to_string(),
-            ),
-            (
-                "intermediate_size",
-                a.intermediate_size.to_string(),
-                b.intermediate_size.to_string(),
-            ),
-            (
-                "num_hidden_layers",
-                a.num_layers.to_string(),
-                b.num_layers.to_string(),
-            ),
-            (
-                "num_attention_heads",
-                a.num_heads.to_string(),
-                b.num_heads.to_string(),
-            ),
-            (
-                "num_key_value_heads",
-                a.num_kv_heads.to_string(),
-                b.num_kv_heads.to_string(),
-            ),
-            ("head_dim", a.head_dim.to_string(), b.head_dim.to_string()),
-            (
-                "rope_theta",
-                a.rope_theta.to_string(),
-                b.rope_theta.to_string(),
-            ),
-            (
-                "rms_norm_eps",
-                a.rms_norm_eps.to_string(),
-                b.rms_norm_eps.to_string(),
-            ),
-            (
-                "tie_word_embeddings",
-                a.tie_word_embeddings.to_string(),
-                b.tie_word_embeddings.to_string(),
-            ),
-        ];
-        for (k, x, y) in fields {
-            if x != y {
-                return Err(MixError::Incompatible {
-                    msg: format!(
-                        "{} has {k} = {y}, but {} has {k} = {x}",
-                        s.dir.display(),
-                        first.dir.display()
-                    ),
-                    hint: "all experts must be branched from the same seed (same config.json)"
-                        .into(),
-                });
-            }
+        if let Some((k, x, y)) = config_difference(&first.cfg, &s.cfg) {
+            return Err(MixError::Incompatible {
+                msg: format!(
+                    "{} has {k} = {y}, but {} has {k} = {x}",
+                    s.dir.display(),
+                    first.dir.display()
+                ),
+                hint: "all experts must be branched from the same seed (same config.json)".into(),
+            });
         }
         if first.tokenizer_hash.is_some()
             && s.tokenizer_hash.is_some()
@@ -154,6 +110,86 @@ pub fn check_compatible(sources: &[&Source]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The first field (its config.json key and both values) in which two dense configs differ.
+fn config_difference(a: &ModelConfig, b: &ModelConfig) -> Option<(&'static str, String, String)> {
+    // Destructured without `..`: a new field fails to compile here until it is compared (or
+    // listed below as one that cannot differ between dense inputs).
+    let ModelConfig {
+        vocab_size,
+        hidden_size,
+        intermediate_size,
+        num_layers,
+        num_heads,
+        num_kv_heads,
+        head_dim,
+        rms_norm_eps,
+        rope_theta,
+        max_position_embeddings,
+        tie_word_embeddings,
+        bos_token_id,
+        eos_token_id,
+        sliding_window,
+        attention_dropout,
+        router_jitter_noise,
+        // Dense inputs (checked above): no experts, so nothing to compare.
+        moe: _,
+        attn_experts: _,
+        expert_labels: _,
+    } = a;
+    // As config.json writes them (null for none; floats in their shortest exact form, so
+    // equal text means the same number).
+    fn show<T: serde::Serialize>(x: &T) -> String {
+        serde_json::to_string(x).unwrap_or_default()
+    }
+    let fields: [(&str, String, String); 16] = [
+        ("vocab_size", show(vocab_size), show(&b.vocab_size)),
+        ("hidden_size", show(hidden_size), show(&b.hidden_size)),
+        (
+            "intermediate_size",
+            show(intermediate_size),
+            show(&b.intermediate_size),
+        ),
+        ("num_hidden_layers", show(num_layers), show(&b.num_layers)),
+        ("num_attention_heads", show(num_heads), show(&b.num_heads)),
+        (
+            "num_key_value_heads",
+            show(num_kv_heads),
+            show(&b.num_kv_heads),
+        ),
+        ("head_dim", show(head_dim), show(&b.head_dim)),
+        ("rms_norm_eps", show(rms_norm_eps), show(&b.rms_norm_eps)),
+        ("rope_theta", show(rope_theta), show(&b.rope_theta)),
+        (
+            "max_position_embeddings",
+            show(max_position_embeddings),
+            show(&b.max_position_embeddings),
+        ),
+        (
+            "tie_word_embeddings",
+            show(tie_word_embeddings),
+            show(&b.tie_word_embeddings),
+        ),
+        ("bos_token_id", show(bos_token_id), show(&b.bos_token_id)),
+        ("eos_token_id", show(eos_token_id), show(&b.eos_token_id)),
+        (
+            "sliding_window",
+            show(sliding_window),
+            show(&b.sliding_window),
+        ),
+        (
+            "attention_dropout",
+            show(attention_dropout),
+            show(&b.attention_dropout),
+        ),
+        (
+            "router_jitter_noise",
+            show(router_jitter_noise),
+            show(&b.router_jitter_noise),
+        ),
+    ];
+    fields.into_iter().find(|(_, x, y)| x != y)
 }
 
 /// Elements per piece when streaming a mean (bounded memory whatever the tensor size).
@@ -184,9 +220,14 @@ pub(crate) fn mean_into(
     while start < n {
         let len = PIECE.min(n - start);
         acc[..len].fill(0.0);
-        for (b, wi) in bytes.iter().zip(w) {
+        for ((b, wi), src) in bytes.iter().zip(w).zip(sources) {
             for (j, a) in acc[..len].iter_mut().enumerate() {
-                *a += f32_at(b, start + j) as f64 * wi;
+                let x = f32_at(b, start + j);
+                // A NaN or infinite weight in one model would poison the merged tensor.
+                if !x.is_finite() {
+                    return Err(non_finite(src, name, start + j, x));
+                }
+                *a += x as f64 * wi;
             }
         }
         for (p, a) in piece[..len].iter_mut().zip(&acc[..len]) {
@@ -202,6 +243,18 @@ pub(crate) fn mean_into(
     drop(bytes);
     sources.iter().for_each(|s| s.reader.release(name));
     Ok(())
+}
+
+/// The refusal of a source tensor holding `x` (NaN or infinite) at flat index `i`.
+pub(crate) fn non_finite(src: &Source, name: &str, i: usize, x: f32) -> MixError {
+    MixError::Incompatible {
+        msg: format!(
+            "{}: tensor {name:?} holds a non-finite value ({x} at flat index {i})",
+            src.reader.file_of(name).display()
+        ),
+        hint: "the checkpoint is corrupt or comes from a diverged run; mix an earlier checkpoint"
+            .into(),
+    }
 }
 
 pub(crate) fn into_model_err(e: MixError) -> btx_model::ModelError {

@@ -199,6 +199,16 @@ impl MixSpec {
         if let Err(e) = self.routing.validate() {
             p.push(e);
         }
+        // A NaN or infinite scale makes every router weight NaN; a negative one points a
+        // domain-mean router away from its domain.
+        for (key, v) in [
+            ("router_std", self.router_std),
+            ("router_scale", self.router_scale),
+        ] {
+            if !(v.is_finite() && v >= 0.0) {
+                p.push(format!("{key} must be a finite number >= 0, got {v}"));
+            }
+        }
         if !self.attention.is_average() {
             if self.split != 1 || self.blend {
                 p.push(format!(
@@ -215,11 +225,11 @@ impl MixSpec {
         }
         if !self.weights.is_empty()
             && (self.weights.len() != n_models
-                || self.weights.iter().any(|w| w.is_nan() || *w < 0.0)
+                || self.weights.iter().any(|w| !w.is_finite() || *w < 0.0)
                 || self.weights.iter().sum::<f64>() <= 0.0)
         {
             p.push(format!(
-                "weights {:?}: need {n_models} non-negative values with a positive sum (experts in order, then the seed)",
+                "weights {:?}: need {n_models} finite non-negative values with a positive sum (experts in order, then the seed)",
                 self.weights
             ));
         }

@@ -51,11 +51,26 @@ pub enum ModelError {
     },
     #[error("{msg}")]
     Invalid { msg: String },
+    /// A request btx cannot compute exactly or at all (a sequence past the sliding window, a
+    /// step larger than the machine's memory, a stored head that contradicts a tied one).
+    #[error("{msg}\nhint: {hint}")]
+    Refused { msg: String, hint: String },
+    /// An expert name the user gave (on the command line, in a recipe) that names no expert or
+    /// cannot be a name; not a fault of the model's config.
+    #[error("{msg}\nhint: {hint}")]
+    ExpertName { msg: String, hint: String },
     #[error(transparent)]
     Output(#[from] btx_core::outdir::OutputError),
 }
 
 impl ModelError {
+    pub fn refused(msg: impl Into<String>, hint: impl Into<String>) -> Self {
+        ModelError::Refused {
+            msg: msg.into(),
+            hint: hint.into(),
+        }
+    }
+
     pub fn io(path: &Path, source: std::io::Error) -> Self {
         ModelError::Io {
             path: path.to_path_buf(),

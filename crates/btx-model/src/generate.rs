@@ -35,13 +35,18 @@ impl Sampling {
     }
 }
 
-/// How many new tokens fit after a prompt of `prompt_len` tokens within the positions the model
-/// was built for (`max_position_embeddings`): generation never runs past them.
+/// How many new tokens fit after a prompt of `prompt_len` tokens within the positions btx
+/// computes as transformers does ([`crate::ModelConfig::max_positions`]: the model's
+/// `max_position_embeddings`, and its `sliding_window`, which btx does not implement):
+/// generation never runs past them.
 pub fn room(model: &Model, prompt_len: usize) -> usize {
-    model
-        .cfg
-        .max_position_embeddings
-        .saturating_sub(prompt_len.max(1))
+    model.cfg.max_positions().saturating_sub(prompt_len.max(1))
+}
+
+/// Positions the forward passes of a generation use: the prompt, then each new token but the
+/// last (which is sampled, never fed back).
+pub fn positions_used(prompt_len: usize, max_new: usize) -> usize {
+    prompt_len + max_new.saturating_sub(1)
 }
 
 impl Default for Sampling {
@@ -74,7 +79,8 @@ pub fn sample(logits: &[f32], s: &Sampling, rng: &mut Rng) -> i64 {
     let z: f64 = p.iter().map(|x| x.1).sum();
     p.iter_mut().for_each(|x| x.1 /= z);
     if s.top_p < 1.0 {
-        p.sort_by(|a, b| b.1.partial_cmp(&a.1).unwrap().then(a.0.cmp(&b.0)));
+        // total_cmp: NaN logits (a broken model) must not panic the sort.
+        p.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
         let mut acc = 0.0;
         let mut keep = 0;
         for (i, x) in p.iter().enumerate() {

@@ -2,6 +2,7 @@
 //! with checkpoint I/O in Hugging Face's formats and names.
 
 pub mod attention;
+pub mod budget;
 pub mod config;
 pub mod error;
 pub mod fused;
@@ -17,7 +18,10 @@ pub mod precision;
 pub mod spec;
 
 pub use burn;
-pub use config::{AttnExpertsConfig, ModelConfig, MoeConfig, Routing, DEFAULT_TOP_K};
+pub use config::{
+    expert_name_problem, AttnExpertsConfig, ModelConfig, MoeConfig, Routing, DEFAULT_TOP_K,
+    GENERALIST,
+};
 pub use error::{ModelError, Result};
 pub use io::{HostTensor, TensorReader};
 pub use model::forward::{ForwardOpts, ForwardOut, KvCache, Trunk};

@@ -101,7 +101,63 @@ fn toml_default() -> ModelSpec {
 }
 
 impl ModelSpec {
+    /// Every value of `[model.init]` that cannot make a model, named by its key.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |msg: String| {
+            Err(crate::ModelError::Config {
+                msg: format!("[model.init] {msg}"),
+            })
+        };
+        for (key, v) in [
+            ("hidden_size", self.hidden_size),
+            ("intermediate_size", self.intermediate_size),
+            ("num_layers", self.num_layers),
+            ("num_heads", self.num_heads),
+            ("max_position_embeddings", self.max_position_embeddings),
+        ] {
+            if v == 0 {
+                return bad(format!("{key} must be > 0"));
+            }
+        }
+        for (key, v) in [
+            ("num_kv_heads", self.num_kv_heads),
+            ("head_dim", self.head_dim),
+        ] {
+            if v == Some(0) {
+                return bad(format!("{key} must be > 0"));
+            }
+        }
+        for (key, v, default) in [
+            ("rms_norm_eps", self.rms_norm_eps, d_eps()),
+            ("rope_theta", self.rope_theta, d_theta()),
+        ] {
+            if !(v.is_finite() && v > 0.0) {
+                return bad(format!(
+                    "{key} must be a finite number > 0, got {v}\nhint: the default is {default:e}"
+                ));
+            }
+        }
+        if self.num_experts == 0 && self.routing.is_some() {
+            return bad(
+                "routing is set but num_experts is 0 (a dense model does not route)\nhint: set num_experts, or drop routing".into(),
+            );
+        }
+        if self.num_experts > 0 && (self.top_k == 0 || self.top_k > self.num_experts) {
+            return bad(format!(
+                "top_k {} must be in 1..={} (num_experts)",
+                self.top_k, self.num_experts
+            ));
+        }
+        if let Some(r) = &self.routing {
+            if let Err(e) = r.validate() {
+                return bad(format!("routing: {e}"));
+            }
+        }
+        Ok(())
+    }
+
     pub fn to_config(&self, vocab_size: usize, eos: Option<u32>) -> Result<ModelConfig> {
+        self.validate()?;
         if self.head_dim.is_none()
             && (self.num_heads == 0 || !self.hidden_size.is_multiple_of(self.num_heads))
         {

@@ -139,30 +139,141 @@ pub struct TrainerConfig {
 }
 
 impl TrainerConfig {
+    /// Every value that cannot train, or would train into NaN, refused with its key: an eps of
+    /// 0 divides by zero where a moment is 0, a negative weight decay grows the weights, a
+    /// non-finite clip norm or coefficient poisons every update.
     pub fn validate(&self) -> Result<(), String> {
         let t = &self.train;
-        if t.steps == 0 {
-            return Err("train.steps must be > 0".into());
-        }
-        if t.batch_size == 0 || t.grad_accum == 0 {
-            return Err("train.batch_size and train.grad_accum must be > 0".into());
+        for (key, v) in [
+            ("train.steps", t.steps),
+            ("train.batch_size", t.batch_size),
+            ("train.grad_accum", t.grad_accum),
+            ("train.max_nonfinite_steps", t.max_nonfinite_steps),
+        ] {
+            if v == 0 {
+                return Err(format!("{key} must be > 0, got 0"));
+            }
         }
         if t.seq_len < 2 {
-            return Err("train.seq_len must be at least 2".into());
+            return Err(format!(
+                "train.seq_len must be at least 2 (a sequence predicts its next tokens), got {}",
+                t.seq_len
+            ));
         }
-        if t.max_nonfinite_steps == 0 {
-            return Err("train.max_nonfinite_steps must be >= 1".into());
+        // Tokens per step are counted in a usize: a product that overflows would wrap.
+        if t.batch_size
+            .checked_mul(t.seq_len)
+            .and_then(|x| x.checked_mul(t.grad_accum))
+            .is_none()
+        {
+            return Err(format!(
+                "train.batch_size {} x train.seq_len {} x train.grad_accum {} tokens per step is beyond counting",
+                t.batch_size, t.seq_len, t.grad_accum
+            ));
         }
         let o = &self.optim;
-        if !o.lr.is_finite()
-            || o.lr <= 0.0
-            || !(0.0..1.0).contains(&o.beta1)
-            || !(0.0..1.0).contains(&o.beta2)
-        {
-            return Err("optim: need lr > 0 and betas in [0, 1)".into());
-        }
-        if !(0.0..=1.0).contains(&o.min_lr_ratio) {
-            return Err("optim.min_lr_ratio must be in [0, 1]".into());
+        let m = &self.moe;
+        let finite = |key: &str, v: f64, ok: bool, want: &str| {
+            if v.is_finite() && ok {
+                Ok(())
+            } else {
+                Err(format!("{key} must be {want}, got {v}"))
+            }
+        };
+        finite("optim.lr", o.lr, o.lr > 0.0, "a finite number > 0")?;
+        finite(
+            "optim.beta1",
+            o.beta1,
+            (0.0..1.0).contains(&o.beta1),
+            "in [0, 1)",
+        )?;
+        finite(
+            "optim.beta2",
+            o.beta2,
+            (0.0..1.0).contains(&o.beta2),
+            "in [0, 1)",
+        )?;
+        finite("optim.eps", o.eps, o.eps > 0.0, "a finite number > 0")?;
+        finite(
+            "optim.weight_decay",
+            o.weight_decay,
+            o.weight_decay >= 0.0,
+            "a finite number >= 0",
+        )?;
+        finite(
+            "optim.min_lr_ratio",
+            o.min_lr_ratio,
+            (0.0..=1.0).contains(&o.min_lr_ratio),
+            "in [0, 1]",
+        )?;
+        finite(
+            "optim.clip_norm",
+            o.clip_norm,
+            o.clip_norm >= 0.0,
+            "a finite number >= 0 (0 disables clipping)",
+        )?;
+        finite(
+            "moe.lb_coef",
+            m.lb_coef,
+            m.lb_coef >= 0.0,
+            "a finite number >= 0",
+        )?;
+        finite(
+            "moe.z_loss_coef",
+            m.z_loss_coef,
+            m.z_loss_coef >= 0.0,
+            "a finite number >= 0",
+        )?;
+        finite(
+            "moe.dead_expert_threshold",
+            m.dead_expert_threshold,
+            (0.0..=1.0).contains(&m.dead_expert_threshold),
+            "in [0, 1] (a share of a layer's tokens)",
+        )?;
+        Ok(())
+    }
+
+    /// Parameters of a model of `cfg` that this config trains (the rest are frozen).
+    pub fn trainable_params(&self, cfg: &btx_model::ModelConfig) -> usize {
+        btx_model::names::param_specs(cfg)
+            .iter()
+            .filter(|s| !self.train.freeze.iter().any(|p| glob_match(p, &s.name)))
+            .map(|s| s.numel())
+            .sum()
+    }
+
+    /// What must hold before a run of this config trains a model of `model` writes anything:
+    /// the config's own values, sequences within the positions btx computes as transformers
+    /// does, no training-time noise btx does not implement, and a step that fits in the
+    /// machine's memory.
+    pub fn preflight(&self, model: &btx_model::ModelConfig) -> Result<(), crate::TrainError> {
+        self.validate().map_err(crate::TrainError::Config)?;
+        let t = &self.train;
+        model.check_positions(
+            t.seq_len,
+            &format!("train.seq_len {}", t.seq_len),
+            "lower train.seq_len",
+        )?;
+        model.check_trainable()?;
+        let bytes = btx_model::budget::train_step_bytes(
+            model,
+            t.batch_size,
+            t.seq_len,
+            self.trainable_params(model),
+        );
+        match btx_model::budget::machine_memory() {
+            Some(total) => btx_model::budget::check_fits(
+                bytes,
+                total,
+                &format!(
+                    "a training step of train.batch_size {} x train.seq_len {}",
+                    t.batch_size, t.seq_len
+                ),
+                "lower train.batch_size or train.seq_len; train.grad_accum keeps the tokens per step with smaller micro-batches",
+            )?,
+            None => tracing::debug!(
+                "cannot read MemTotal from /proc/meminfo: the step's memory ({bytes:.3e} bytes) is not checked"
+            ),
         }
         Ok(())
     }

@@ -14,7 +14,7 @@ pub enum TrainError {
     Model(#[from] btx_model::ModelError),
     #[error(transparent)]
     Output(#[from] btx_core::outdir::OutputError),
-    #[error("invalid training config: {0}")]
+    #[error("invalid training config: {0}\nhint: change it in the run's config ([optim], [train], [moe]) or with --set KEY=VALUE")]
     Config(String),
     #[error("{path}: {msg}")]
     Corrupt { path: PathBuf, msg: String },

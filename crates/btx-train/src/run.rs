@@ -66,6 +66,8 @@ pub fn train(
     out: &Path,
     opts: &TrainOpts,
 ) -> Result<TrainOutcome, TrainError> {
+    // Everything that can refuse the run refuses it before anything is written.
+    cfg.preflight(&init.cfg)?;
     std::fs::create_dir_all(out).map_err(|e| io_err(out, e))?;
     signal::install();
     let ckpt_root = out.join("checkpoints");

@@ -46,6 +46,7 @@ impl Trainer {
     /// Puts `model` on `dev` (with autodiff) and freezes what `cfg.train.freeze` names.
     pub fn new(model: Model, cfg: TrainerConfig, dev: &Device) -> Result<Self, TrainError> {
         cfg.validate().map_err(TrainError::Config)?;
+        model.cfg.check_trainable()?;
         let dev = if dev.is_autodiff() {
             dev.clone()
         } else {
@@ -163,6 +164,25 @@ impl Trainer {
         for micro in 0..accum {
             let batch = data.next_batch();
             let (b, t) = (batch.batch, batch.seq);
+            // What the forward pass asserts, as errors: a batch it cannot compute exactly or
+            // at all ends the run with a message, not a panic.
+            self.model.cfg.check_positions(
+                t,
+                &format!("a training batch of {t} tokens per row"),
+                "lower train.seq_len",
+            )?;
+            if t < 2 || batch.ids.len() != b * t {
+                return Err(TrainError::Data(format!(
+                    "a batch of {} ids is not {b} rows of {t} >= 2 tokens",
+                    batch.ids.len()
+                )));
+            }
+            let v = self.model.cfg.vocab_size;
+            if let Some(bad) = batch.ids.iter().find(|&&i| i < 0 || i as usize >= v) {
+                return Err(TrainError::Data(format!(
+                    "token id {bad} is outside the model's vocabulary of {v}\nhint: the data was tokenized with another tokenizer than the model's"
+                )));
+            }
             let (total, lm, lb, z, routers) = self.losses(&batch.ids, b, t, micro);
             let scalars = Tensor::cat(
                 vec![

@@ -6,8 +6,60 @@ use std::path::Path;
 
 use serde_json::{json, Map, Value};
 
-use super::{ModelConfig, MoeConfig, Routing, BTX_MOA_ARCH, BTX_MOA_TYPE};
+use super::{ModelConfig, MoeConfig, Routing, BTX_MOA_ARCH, BTX_MOA_TYPE, DEFAULT_TOP_K};
 use crate::error::{ModelError, Result};
+
+/// The model families btx reads, as transformers tells them apart (by `model_type`, or the
+/// class in `architectures`): their configs default differently.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Family {
+    Llama,
+    Mistral,
+    Mixtral,
+    BtxMoa,
+}
+
+impl Family {
+    fn of(name: &str) -> Option<Self> {
+        Some(match name {
+            "LlamaForCausalLM" | "llama" => Family::Llama,
+            "MistralForCausalLM" | "mistral" => Family::Mistral,
+            "MixtralForCausalLM" | "mixtral" => Family::Mixtral,
+            BTX_MOA_ARCH | BTX_MOA_TYPE => Family::BtxMoa,
+            _ => return None,
+        })
+    }
+
+    // transformers' defaults (LlamaConfig, MistralConfig, MixtralConfig; 4.x and 5.x agree).
+    fn default_rope_theta(self) -> f64 {
+        match self {
+            Family::Mixtral => 1e6,
+            _ => 10000.0,
+        }
+    }
+
+    fn default_rms_norm_eps(self) -> f64 {
+        match self {
+            Family::Mixtral => 1e-5,
+            _ => 1e-6,
+        }
+    }
+
+    fn default_max_positions(self) -> usize {
+        match self {
+            Family::Mistral | Family::Mixtral => 4096 * 32,
+            Family::Llama | Family::BtxMoa => 2048,
+        }
+    }
+
+    /// `None`: as many as the query heads.
+    fn default_kv_heads(self) -> Option<usize> {
+        match self {
+            Family::Mistral | Family::Mixtral => Some(8),
+            Family::Llama | Family::BtxMoa => None,
+        }
+    }
+}
 
 impl ModelConfig {
     pub fn load(path: &Path) -> Result<Self> {
@@ -21,7 +73,10 @@ impl ModelConfig {
         })
     }
 
-    /// Parses a Hugging Face `config.json`.
+    /// Parses a Hugging Face `config.json` as transformers reads it for the architecture it
+    /// names: its defaults for missing keys (they differ between Llama, Mistral and Mixtral),
+    /// and a refusal by name for every key that would change the logits in a way btx does not
+    /// implement. Keys transformers ignores for that architecture are ignored here too.
     pub fn from_hf_json(text: &str) -> Result<Self> {
         let v: Value = serde_json::from_str(text).map_err(|e| ModelError::Config {
             msg: format!("not valid JSON: {e}"),
@@ -29,96 +84,231 @@ impl ModelConfig {
         let obj = v.as_object().ok_or_else(|| ModelError::Config {
             msg: "config.json must be a JSON object".into(),
         })?;
-        let arch = obj
-            .get("architectures")
-            .and_then(|a| a.as_array())
-            .and_then(|a| a.first())
-            .and_then(|a| a.as_str())
-            .or_else(|| obj.get("model_type").and_then(|m| m.as_str()))
-            .unwrap_or("");
-        let is_moe = match arch {
-            "LlamaForCausalLM" | "llama" | "MistralForCausalLM" | "mistral" => false,
-            "MixtralForCausalLM" | "mixtral" => true,
-            BTX_MOA_ARCH | BTX_MOA_TYPE => obj.contains_key("num_local_experts"),
-            other => {
-                return Err(ModelError::Config {
-                    msg: format!(
-                        "unsupported architecture {other:?}; btx reads LlamaForCausalLM, MixtralForCausalLM and its own {BTX_MOA_ARCH}"
-                    ),
-                })
-            }
-        };
+        let cfg_err = |msg: String| ModelError::Config { msg };
+        let present = |key: &str| obj.get(key).filter(|v| !v.is_null());
         let usize_of = |key: &str| -> Result<Option<usize>> {
-            match obj.get(key) {
-                None | Some(Value::Null) => Ok(None),
-                Some(v) => v
-                    .as_u64()
-                    .map(|x| Some(x as usize))
-                    .ok_or_else(|| ModelError::Config {
-                        msg: format!("{key} must be a non-negative integer, found {v}"),
-                    }),
+            match present(key) {
+                None => Ok(None),
+                Some(v) => v.as_u64().map(|x| Some(x as usize)).ok_or_else(|| {
+                    cfg_err(format!("{key} must be a non-negative integer, found {v}"))
+                }),
             }
         };
         let need = |key: &str| -> Result<usize> {
-            usize_of(key)?.ok_or_else(|| ModelError::Config {
-                msg: format!("missing required key {key:?}"),
-            })
+            usize_of(key)?.ok_or_else(|| cfg_err(format!("missing required key {key:?}")))
         };
-        let f64_of = |v: Option<&Value>| v.and_then(|x| x.as_f64());
-        let token_id = |key: &str| -> Option<u32> {
-            match obj.get(key) {
-                Some(Value::Number(n)) => n.as_u64().map(|x| x as u32),
-                Some(Value::Array(a)) => a.first().and_then(|x| x.as_u64()).map(|x| x as u32),
-                _ => None,
+        // A value of the wrong type is an error, never the default: `"rms_norm_eps": "1e-5"`
+        // silently read as 1e-6 would be a wrong number.
+        let f64_in = |m: &Map<String, Value>, key: &str, at: &str| -> Result<Option<f64>> {
+            match m.get(key).filter(|v| !v.is_null()) {
+                None => Ok(None),
+                Some(v) => v
+                    .as_f64()
+                    .map(Some)
+                    .ok_or_else(|| cfg_err(format!("{at}{key} must be a number, found {v}"))),
             }
         };
-        let flag = |key: &str| obj.get(key).and_then(|x| x.as_bool()).unwrap_or(false);
+        let f64_of = |key: &str| f64_in(obj, key, "");
+        let bool_of = |key: &str| -> Result<Option<bool>> {
+            match present(key) {
+                None => Ok(None),
+                Some(v) => v
+                    .as_bool()
+                    .map(Some)
+                    .ok_or_else(|| cfg_err(format!("{key} must be true or false, found {v}"))),
+            }
+        };
+        let str_of = |key: &str| -> Result<Option<&str>> {
+            match present(key) {
+                None => Ok(None),
+                Some(v) => v
+                    .as_str()
+                    .map(Some)
+                    .ok_or_else(|| cfg_err(format!("{key} must be a string, found {v}"))),
+            }
+        };
+        let token_id = |key: &str| -> Result<Option<u32>> {
+            let one = |x: &Value| {
+                x.as_u64()
+                    .filter(|&i| i <= u32::MAX as u64)
+                    .map(|i| i as u32)
+            };
+            match present(key) {
+                None => Ok(None),
+                Some(Value::Array(a)) if a.iter().all(|x| one(x).is_some()) => {
+                    Ok(a.first().and_then(one))
+                }
+                Some(x) => one(x).map(Some).ok_or_else(|| {
+                    cfg_err(format!(
+                        "{key} must be a token id or a list of them, found {x}"
+                    ))
+                }),
+            }
+        };
 
-        if let Some(act) = obj.get("hidden_act").and_then(|a| a.as_str()) {
-            if act != "silu" {
-                return Err(ModelError::Config {
-                    msg: format!("hidden_act {act:?} is not supported (only silu / SwiGLU)"),
-                });
+        // transformers' AutoModel picks the class from model_type; `architectures` names it
+        // too. Both must mean the same family, or the file means two different models.
+        let arch_name = match present("architectures") {
+            None => None,
+            Some(Value::Array(a)) if a.is_empty() => None,
+            Some(a) => Some(
+                a.as_array()
+                    .and_then(|a| a.first())
+                    .and_then(|a| a.as_str())
+                    .ok_or_else(|| {
+                        cfg_err(format!(
+                            "architectures must be a list of class names, found {a}"
+                        ))
+                    })?,
+            ),
+        };
+        let model_type = str_of("model_type")?;
+        let unsupported = |other: &str| {
+            cfg_err(format!(
+                "unsupported architecture {other:?}; btx reads LlamaForCausalLM, MistralForCausalLM, MixtralForCausalLM and its own {BTX_MOA_ARCH}"
+            ))
+        };
+        let family = match (arch_name, model_type) {
+            (None, None) => return Err(unsupported("")),
+            (Some(a), None) => Family::of(a).ok_or_else(|| unsupported(a))?,
+            (None, Some(t)) => Family::of(t).ok_or_else(|| unsupported(t))?,
+            (Some(a), Some(t)) => {
+                let fa = Family::of(a).ok_or_else(|| unsupported(a))?;
+                let ft = Family::of(t).ok_or_else(|| unsupported(t))?;
+                if fa != ft {
+                    return Err(cfg_err(format!(
+                        "architectures names {a:?} but model_type is {t:?}: transformers would build a {t} model\nhint: make the two agree"
+                    )));
+                }
+                fa
+            }
+        };
+        let is_moe = match family {
+            Family::Llama | Family::Mistral => false,
+            Family::Mixtral => true,
+            Family::BtxMoa => obj.contains_key("num_local_experts"),
+        };
+
+        if let Some(act) = str_of("hidden_act")? {
+            // transformers' ACT2FN maps both names to SiLU.
+            if act != "silu" && act != "swish" {
+                return Err(cfg_err(format!(
+                    "hidden_act {act:?} is not supported (only silu / SwiGLU)"
+                )));
             }
         }
-        if flag("attention_bias") || flag("mlp_bias") {
-            return Err(ModelError::Config {
-                msg: "attention_bias / mlp_bias = true is not supported".into(),
-            });
+        // Llama has biases when asked; Mistral's and Mixtral's projections never do, whatever
+        // the keys say (transformers ignores them there).
+        if matches!(family, Family::Llama | Family::BtxMoa) {
+            for key in ["attention_bias", "mlp_bias"] {
+                if bool_of(key)? == Some(true) {
+                    return Err(cfg_err(format!(
+                        "{key} = true is not supported (btx's projections have no bias)"
+                    )));
+                }
+            }
+        }
+        if present("quantization_config").is_some() {
+            return Err(cfg_err(
+                "quantization_config: btx reads unquantized float checkpoints only\nhint: use the unquantized model".into(),
+            ));
         }
         // Rope: transformers 5 nests it in rope_parameters; 4.x has rope_theta (+ rope_scaling).
-        let rope_params = obj.get("rope_parameters").and_then(|r| r.as_object());
-        let rope_theta = f64_of(rope_params.and_then(|r| r.get("rope_theta")))
-            .or_else(|| f64_of(obj.get("rope_theta")))
-            .unwrap_or(10000.0);
-        let rope_type = rope_params
-            .and_then(|r| r.get("rope_type"))
-            .or_else(|| {
-                obj.get("rope_scaling")
-                    .and_then(|s| s.as_object())
-                    .and_then(|s| s.get("rope_type").or_else(|| s.get("type")))
-            })
-            .and_then(|t| t.as_str())
-            .unwrap_or("default");
-        if rope_type != "default" {
-            return Err(ModelError::Config {
-                msg: format!(
-                    "rope type {rope_type:?} is not supported (only the default rotate-half RoPE)"
-                ),
-            });
+        let rope_params = match present("rope_parameters") {
+            None => None,
+            Some(Value::Object(m)) => Some(m),
+            Some(other) => {
+                return Err(cfg_err(format!(
+                    "rope_parameters must be an object, found {other}"
+                )))
+            }
+        };
+        let rope_scaling = match present("rope_scaling") {
+            None => None,
+            Some(Value::Object(m)) => Some(m),
+            Some(other) => {
+                return Err(cfg_err(format!(
+                    "rope_scaling must be an object or null, found {other}"
+                )))
+            }
+        };
+        if let Some(r) = rope_params {
+            if let Some((k, _)) = r.iter().find(|(_, v)| v.is_object()) {
+                return Err(cfg_err(format!(
+                    "rope_parameters.{k}: RoPE per layer type is not supported (only one default RoPE)"
+                )));
+            }
+        }
+        for (key, m) in [
+            ("rope_parameters", rope_params),
+            ("rope_scaling", rope_scaling),
+        ] {
+            let Some(m) = m else { continue };
+            let t = m.get("rope_type").or_else(|| m.get("type"));
+            match t {
+                None | Some(Value::Null) => {}
+                Some(Value::String(t)) if t == "default" => {}
+                Some(t) => {
+                    return Err(cfg_err(format!(
+                        "{key}: rope type {t} is not supported (only the default rotate-half RoPE)"
+                    )))
+                }
+            }
+        }
+        // A partial rotary factor rotates only part of each head: not implemented.
+        for (at, m) in [("", Some(obj)), ("rope_parameters.", rope_params)] {
+            let Some(m) = m else { continue };
+            if let Some(f) = f64_in(m, "partial_rotary_factor", at)? {
+                if f != 1.0 {
+                    return Err(cfg_err(format!(
+                        "{at}partial_rotary_factor = {f} is not supported (btx rotates whole heads)"
+                    )));
+                }
+            }
+        }
+        let theta_nested = match rope_params {
+            Some(r) => f64_in(r, "rope_theta", "rope_parameters.")?,
+            None => None,
+        };
+        let theta_top = f64_of("rope_theta")?;
+        if let (Some(a), Some(b)) = (theta_nested, theta_top) {
+            if a != b {
+                return Err(cfg_err(format!(
+                    "rope_parameters.rope_theta = {a} but rope_theta = {b}\nhint: make the two agree (transformers 4 reads rope_theta, 5 reads rope_parameters)"
+                )));
+            }
+        }
+        let rope_theta = theta_nested
+            .or(theta_top)
+            .unwrap_or(family.default_rope_theta());
+        if !is_moe && present("btx_routing").is_some() {
+            return Err(cfg_err(
+                "btx_routing is set but the model has no experts (no num_local_experts)".into(),
+            ));
         }
 
         let hidden_size = need("hidden_size")?;
         let num_heads = need("num_attention_heads")?;
         let head_dim = usize_of("head_dim")?.unwrap_or(hidden_size / num_heads.max(1));
+        // Missing and null differ: a missing key takes the architecture's default (8 for
+        // Mistral and Mixtral), null means "as many as the query heads".
+        let num_kv_heads = match obj.get("num_key_value_heads") {
+            None => family.default_kv_heads().unwrap_or(num_heads),
+            Some(_) => usize_of("num_key_value_heads")?.unwrap_or(num_heads),
+        };
+        // Llama does not read sliding_window; Mistral's default window is 4096 (null: none).
+        let sliding_window = match family {
+            Family::Llama => None,
+            Family::Mistral if !obj.contains_key("sliding_window") => Some(4096),
+            Family::Mistral | Family::Mixtral | Family::BtxMoa => usize_of("sliding_window")?,
+        };
         let moe = if is_moe {
-            let num_experts = need("num_local_experts")?;
-            let top_k = need("num_experts_per_tok")?;
-            let routing = match obj.get("btx_routing") {
-                None | Some(Value::Null) => Routing::TopK,
-                Some(r) => serde_json::from_value(r.clone()).map_err(|e| ModelError::Config {
-                    msg: format!("btx_routing: {e}"),
-                })?,
+            let num_experts = usize_of("num_local_experts")?.unwrap_or(8);
+            let top_k = usize_of("num_experts_per_tok")?.unwrap_or(DEFAULT_TOP_K);
+            let routing = match present("btx_routing") {
+                None => Routing::TopK,
+                Some(r) => serde_json::from_value(r.clone())
+                    .map_err(|e| cfg_err(format!("btx_routing: {e}")))?,
             };
             Some(MoeConfig {
                 num_experts,
@@ -128,26 +318,23 @@ impl ModelConfig {
         } else {
             None
         };
-        let attn_experts = match obj.get("btx_attention_experts") {
-            None | Some(Value::Null) => None,
+        let attn_experts = match present("btx_attention_experts") {
+            None => None,
             Some(a) => Some(
-                serde_json::from_value(a.clone()).map_err(|e| ModelError::Config {
-                    msg: format!("btx_attention_experts: {e}"),
-                })?,
+                serde_json::from_value(a.clone())
+                    .map_err(|e| cfg_err(format!("btx_attention_experts: {e}")))?,
             ),
         };
-        if attn_experts.is_some() != matches!(arch, BTX_MOA_ARCH | BTX_MOA_TYPE) {
-            return Err(ModelError::Config {
-                msg: format!(
-                    "btx_attention_experts goes with architecture {BTX_MOA_ARCH} (found {arch:?})"
-                ),
-            });
+        if attn_experts.is_some() != (family == Family::BtxMoa) {
+            return Err(cfg_err(format!(
+                "btx_attention_experts goes with architecture {BTX_MOA_ARCH} (found {:?})",
+                arch_name.or(model_type).unwrap_or("")
+            )));
         }
-        let expert_labels = match obj.get("btx_experts") {
-            None | Some(Value::Null) => vec![],
-            Some(l) => serde_json::from_value(l.clone()).map_err(|e| ModelError::Config {
-                msg: format!("btx_experts must be a list of names: {e}"),
-            })?,
+        let expert_labels = match present("btx_experts") {
+            None => vec![],
+            Some(l) => serde_json::from_value(l.clone())
+                .map_err(|e| cfg_err(format!("btx_experts must be a list of names: {e}")))?,
         };
         let cfg = ModelConfig {
             vocab_size: need("vocab_size")?,
@@ -155,15 +342,23 @@ impl ModelConfig {
             intermediate_size: need("intermediate_size")?,
             num_layers: need("num_hidden_layers")?,
             num_heads,
-            num_kv_heads: usize_of("num_key_value_heads")?.unwrap_or(num_heads),
+            num_kv_heads,
             head_dim,
-            rms_norm_eps: f64_of(obj.get("rms_norm_eps")).unwrap_or(1e-6),
+            rms_norm_eps: f64_of("rms_norm_eps")?.unwrap_or(family.default_rms_norm_eps()),
             rope_theta,
-            max_position_embeddings: usize_of("max_position_embeddings")?.unwrap_or(4096),
-            tie_word_embeddings: flag("tie_word_embeddings"),
-            bos_token_id: token_id("bos_token_id"),
-            eos_token_id: token_id("eos_token_id"),
-            sliding_window: usize_of("sliding_window")?,
+            max_position_embeddings: usize_of("max_position_embeddings")?
+                .unwrap_or(family.default_max_positions()),
+            tie_word_embeddings: bool_of("tie_word_embeddings")?.unwrap_or(false),
+            bos_token_id: token_id("bos_token_id")?,
+            eos_token_id: token_id("eos_token_id")?,
+            sliding_window,
+            attention_dropout: f64_of("attention_dropout")?.unwrap_or(0.0),
+            // Only Mixtral's router reads it.
+            router_jitter_noise: if is_moe {
+                f64_of("router_jitter_noise")?.unwrap_or(0.0)
+            } else {
+                0.0
+            },
             moe,
             attn_experts,
             expert_labels,
@@ -176,10 +371,14 @@ impl ModelConfig {
     /// Writes `rope_theta` both at top level (transformers 4.x) and in `rope_parameters` (5.x).
     pub fn to_hf_json(&self) -> Value {
         let mut m = Map::new();
+        // A dense model with a sliding window is a Mistral: transformers' Llama ignores the key,
+        // and would attend past the window.
         let (arch, model_type) = if self.attn_experts.is_some() {
             (BTX_MOA_ARCH, BTX_MOA_TYPE)
         } else if self.is_moe() {
             ("MixtralForCausalLM", "mixtral")
+        } else if self.sliding_window.is_some() {
+            ("MistralForCausalLM", "mistral")
         } else {
             ("LlamaForCausalLM", "llama")
         };
@@ -207,7 +406,7 @@ impl ModelConfig {
             "tie_word_embeddings".into(),
             json!(self.tie_word_embeddings),
         );
-        m.insert("attention_dropout".into(), json!(0.0));
+        m.insert("attention_dropout".into(), json!(self.attention_dropout));
         m.insert("initializer_range".into(), json!(0.02));
         m.insert("use_cache".into(), json!(true));
         m.insert("dtype".into(), json!("float32"));
@@ -224,9 +423,11 @@ impl ModelConfig {
             m.insert("num_local_experts".into(), json!(moe.num_experts));
             m.insert("num_experts_per_tok".into(), json!(k));
             m.insert("router_aux_loss_coef".into(), json!(0.01));
-            m.insert("router_jitter_noise".into(), json!(0.0));
+            m.insert(
+                "router_jitter_noise".into(),
+                json!(self.router_jitter_noise),
+            );
             m.insert("output_router_logits".into(), json!(false));
-            m.insert("sliding_window".into(), json!(self.sliding_window));
             if moe.routing != Routing::TopK {
                 m.insert(
                     "btx_routing".into(),
@@ -242,10 +443,14 @@ impl ModelConfig {
                     serde_json::to_value(a).expect("attention experts serialise"),
                 );
             }
-        } else {
+        } else if model_type == "llama" {
             m.insert("attention_bias".into(), json!(false));
             m.insert("mlp_bias".into(), json!(false));
             m.insert("pretraining_tp".into(), json!(1));
+        }
+        if model_type != "llama" {
+            // Written even when null: a Mistral without the key would get a 4096 window.
+            m.insert("sliding_window".into(), json!(self.sliding_window));
         }
         Value::Object(m)
     }

@@ -102,6 +102,10 @@ impl AttnExpertsConfig {
 pub const BTX_MOA_ARCH: &str = "BtxMoaForCausalLM";
 pub const BTX_MOA_TYPE: &str = "btx_moa";
 
+/// The label of the seed's FFN when a MiX adds it as an expert (`btx_experts`); no domain may
+/// take the name in a MiX that adds the generalist.
+pub const GENERALIST: &str = "generalist";
+
 /// Experts per token when nothing says otherwise (Mixtral's, and the paper's).
 pub const DEFAULT_TOP_K: usize = 2;
 
@@ -113,6 +117,25 @@ pub struct MoeConfig {
     /// Experts per token for top-k routing (Mixtral's `num_experts_per_tok`).
     pub top_k: usize,
     pub routing: Routing,
+}
+
+/// Why `name` cannot name an expert (in `btx_experts`, `btx mix --domains`, a recipe's
+/// domains), if it cannot: a name is non-empty, without whitespace or control characters, and
+/// never an integer, which `--drop`/`--without-expert` would otherwise have to guess between
+/// a name and a position.
+pub fn expert_name_problem(name: &str) -> Option<String> {
+    if name.is_empty() {
+        return Some("an expert name must not be empty".into());
+    }
+    if name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Some("an expert name must not contain spaces or control characters".into());
+    }
+    if name.parse::<i128>().is_ok() {
+        return Some(
+            "an expert name must not be a number (numbers address experts by position)".into(),
+        );
+    }
+    None
 }
 
 /// The validated model shape. Every tensor shape in the crate is derived from this.
@@ -131,7 +154,17 @@ pub struct ModelConfig {
     pub tie_word_embeddings: bool,
     pub bos_token_id: Option<u32>,
     pub eos_token_id: Option<u32>,
+    /// Keys beyond this window are masked by transformers (Mistral, Mixtral); btx does not
+    /// implement the window and refuses longer sequences (see [`ModelConfig::check_positions`]).
     pub sliding_window: Option<usize>,
+    /// Dropout on the attention probabilities while training (`attention_dropout`). It changes
+    /// nothing at evaluation; btx's trainer does not implement it, so it refuses to train a
+    /// model with a non-zero value rather than train it without (see
+    /// [`ModelConfig::check_trainable`]).
+    pub attention_dropout: f64,
+    /// Mixtral's multiplicative noise on the router input while training
+    /// (`router_jitter_noise`): likewise inert at evaluation and refused by the trainer.
+    pub router_jitter_noise: f64,
     pub moe: Option<MoeConfig>,
     /// Attention experts (BAM); `None` is the usual single attention block.
     pub attn_experts: Option<AttnExpertsConfig>,
@@ -168,6 +201,8 @@ impl ModelConfig {
             bos_token_id: None,
             eos_token_id: None,
             sliding_window: None,
+            attention_dropout: 0.0,
+            router_jitter_noise: 0.0,
             moe: None,
             attn_experts: None,
             expert_labels: vec![],
@@ -196,6 +231,54 @@ impl ModelConfig {
         ] {
             if v == 0 {
                 return bad(format!("{name} must be > 0"));
+            }
+        }
+        // Values that make NaN or nonsense without failing anything on the way: a negative eps
+        // makes RMSNorm divide by the root of a negative number, theta <= 0 makes RoPE's
+        // frequencies NaN or infinite.
+        for (name, v) in [
+            ("rms_norm_eps", self.rms_norm_eps),
+            ("rope_theta", self.rope_theta),
+        ] {
+            if !(v.is_finite() && v > 0.0) {
+                return bad(format!(
+                    "{name} must be a finite number > 0, got {v}\nhint: transformers' default is {}",
+                    if name == "rms_norm_eps" { "1e-6" } else { "10000.0" }
+                ));
+            }
+        }
+        if self.max_position_embeddings == 0 {
+            return bad("max_position_embeddings must be > 0".into());
+        }
+        if self.sliding_window == Some(0) {
+            return bad(
+                "sliding_window must be > 0\nhint: null (or no key, for Mixtral) means no window"
+                    .into(),
+            );
+        }
+        if !(self.attention_dropout.is_finite() && (0.0..=1.0).contains(&self.attention_dropout)) {
+            return bad(format!(
+                "attention_dropout must be in [0, 1], got {}",
+                self.attention_dropout
+            ));
+        }
+        if !(self.router_jitter_noise.is_finite() && self.router_jitter_noise >= 0.0) {
+            return bad(format!(
+                "router_jitter_noise must be a finite number >= 0, got {}",
+                self.router_jitter_noise
+            ));
+        }
+        for (name, id) in [
+            ("bos_token_id", self.bos_token_id),
+            ("eos_token_id", self.eos_token_id),
+        ] {
+            if let Some(id) = id {
+                if id as usize >= self.vocab_size {
+                    return bad(format!(
+                        "{name} {id} is outside the vocabulary 0..{}\nhint: is vocab_size right for this tokenizer?",
+                        self.vocab_size
+                    ));
+                }
             }
         }
         if !self.num_heads.is_multiple_of(self.num_kv_heads) {
@@ -236,37 +319,131 @@ impl ModelConfig {
                 self.num_experts()
             ));
         }
+        // Names are what `--drop` and `--without-expert` match, so each must be a name (never
+        // a number, which would read as a position) and mean one expert. A name repeated in
+        // one run is the chunks of one split FFN; the same name again later is a duplicate.
+        let mut seen = std::collections::HashSet::new();
+        for (i, l) in self.expert_labels.iter().enumerate() {
+            if let Some(p) = expert_name_problem(l) {
+                return bad(format!(
+                    "btx_experts[{i}] {l:?}: {p}\nhint: rename it in config.json (e.g. \"expert-{i}\"), or remove btx_experts to address the experts by number"
+                ));
+            }
+            if i > 0 && self.expert_labels[i - 1] == *l {
+                continue;
+            }
+            if !seen.insert(l) {
+                return bad(format!(
+                    "btx_experts names {l:?} for two different experts ({:?})\nhint: give each expert its own name in config.json",
+                    self.expert_labels
+                ));
+            }
+        }
         Ok(())
     }
 
-    /// The experts named by `names` (labels from `btx_experts`, or expert numbers), sorted and
-    /// deduplicated; a name matches every expert carrying that label (the chunks of a split FFN).
+    /// The positions btx computes as transformers does: at most `max_position_embeddings`,
+    /// and at most `sliding_window` where config.json sets one (btx does not implement the
+    /// window; within it, the window masks nothing).
+    pub fn max_positions(&self) -> usize {
+        self.sliding_window
+            .map_or(self.max_position_embeddings, |w| {
+                w.min(self.max_position_embeddings)
+            })
+    }
+
+    /// Refuses a sequence of `n` positions that btx cannot compute as transformers does: past
+    /// `sliding_window` (where transformers masks keys btx would attend to) or past
+    /// `max_position_embeddings`. `what` names the request in the message (e.g.
+    /// "train.seq_len"), `hint` says what to change.
+    pub fn check_positions(&self, n: usize, what: &str, hint: &str) -> Result<()> {
+        if let Some(w) = self.sliding_window {
+            if n > w {
+                return Err(ModelError::refused(
+                    format!(
+                        "{what} needs {n} positions, more than the model's sliding_window of {w}, which btx does not implement (past it, transformers masks keys that btx would attend to)"
+                    ),
+                    hint,
+                ));
+            }
+        }
+        if n > self.max_position_embeddings {
+            return Err(ModelError::refused(
+                format!(
+                    "{what} needs {n} positions, more than the model's max_position_embeddings of {}",
+                    self.max_position_embeddings
+                ),
+                hint,
+            ));
+        }
+        Ok(())
+    }
+
+    /// Refuses to train what btx's trainer would train differently from what config.json
+    /// asks: dropout on the attention probabilities and Mixtral's router jitter are
+    /// training-time noise btx does not implement (neither changes an evaluation).
+    pub fn check_trainable(&self) -> Result<()> {
+        for (key, v) in [
+            ("attention_dropout", self.attention_dropout),
+            ("router_jitter_noise", self.router_jitter_noise),
+        ] {
+            if v != 0.0 {
+                return Err(ModelError::refused(
+                    format!(
+                        "config.json has {key} = {v}, training-time noise that btx's trainer does not implement"
+                    ),
+                    format!("set {key} to 0.0 in the model's config.json to train without it"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The experts named by `names`, sorted and deduplicated; a name matches every expert
+    /// carrying that label (the chunks of a split FFN). A model with `btx_experts` is addressed
+    /// by those names only; numbers are positions only where no name could be meant (a model
+    /// without labels, e.g. a Mixtral from elsewhere).
     pub fn expert_indices(&self, names: &[String]) -> Result<Vec<usize>> {
         let n = self.num_experts();
         if self.moe.is_none() {
-            return Err(ModelError::Config {
-                msg: "a dense model has no experts to remove".into(),
+            return Err(ModelError::ExpertName {
+                msg: "a dense model has no experts to name".into(),
+                hint: "name the experts of a MoE model (from btx mix, or finetuned from one)"
+                    .into(),
             });
         }
         let mut out = vec![];
         for name in names {
-            let hits: Vec<usize> = match name.parse::<usize>() {
-                Ok(i) if i < n => vec![i],
-                _ => (0..n)
-                    .filter(|&i| self.expert_labels.get(i) == Some(name))
-                    .collect(),
+            let hits: Vec<usize> = if self.expert_labels.is_empty() {
+                match name.parse::<usize>() {
+                    Ok(i) if i < n => vec![i],
+                    _ => vec![],
+                }
+            } else {
+                (0..n).filter(|&i| self.expert_labels[i] == *name).collect()
             };
             if hits.is_empty() {
-                let known = if self.expert_labels.is_empty() {
-                    format!(
-                        "this model names none (no btx_experts in config.json): use numbers 0..{n}"
+                let (msg, hint) = if self.expert_labels.is_empty() {
+                    (
+                        format!(
+                            "no expert {name:?}: this model names none (no btx_experts in config.json)"
+                        ),
+                        format!("address its experts by number, 0 to {}", n - 1),
                     )
                 } else {
-                    format!("it has {:?} (or numbers 0..{n})", self.expert_labels)
+                    let mut known = self.expert_labels.clone();
+                    known.dedup();
+                    (
+                        format!("no expert {name:?}: the model's experts are {known:?}"),
+                        if name.parse::<i128>().is_ok() {
+                            "a model whose experts have names is addressed by name, never by number"
+                                .to_string()
+                        } else {
+                            "use one of those names".to_string()
+                        },
+                    )
                 };
-                return Err(ModelError::Config {
-                    msg: format!("no expert {name:?}: {known}"),
-                });
+                return Err(ModelError::ExpertName { msg, hint });
             }
             out.extend(hits);
         }
@@ -281,8 +458,9 @@ impl ModelConfig {
         let n = self.num_experts();
         let left = n - drop.iter().filter(|&&i| i < n).count();
         if left == 0 {
-            return Err(ModelError::Config {
-                msg: format!("removing {drop:?} would leave no expert of {n}"),
+            return Err(ModelError::ExpertName {
+                msg: format!("removing experts {drop:?} would leave none of the {n}"),
+                hint: "keep at least one expert".into(),
             });
         }
         if let Some(a) = &self.attn_experts {

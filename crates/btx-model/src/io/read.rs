@@ -78,10 +78,20 @@ impl TensorReader {
             let base = 8 + n;
             for (name, info) in meta.tensors() {
                 let (a, b) = info.data_offsets;
-                index.insert(
+                let prev = index.insert(
                     name.clone(),
                     (fi, info.dtype, info.shape.clone(), base + a..base + b),
                 );
+                // Two shards holding one name: which one a reader takes is arbitrary.
+                if let Some((other, ..)) = prev {
+                    return Err(ModelError::Safetensors {
+                        path: p.clone(),
+                        msg: format!(
+                            "tensor {name:?} is also in {}; a checkpoint holds each tensor once",
+                            paths[other].display()
+                        ),
+                    });
+                }
             }
             files.push((p.clone(), mmap));
         }
@@ -135,6 +145,29 @@ impl TensorReader {
             dtype: format!("{dtype:?}"),
         })?;
         Ok(HostTensor::new(shape.clone(), data))
+    }
+
+    /// Elements `from..to` of a tensor as f32 (decoded like [`TensorReader::read`]), so that a
+    /// large tensor can be streamed in pieces with bounded memory.
+    pub fn read_f32_range(&self, name: &str, from: usize, to: usize) -> Result<Vec<f32>> {
+        let (fi, dtype, _, range) = self.entry(name, "the checkpoint does not hold this tensor")?;
+        let size = (dtype.bitsize() / 8).max(1);
+        let bytes = &self.files[*fi].1[range.clone()];
+        let n = bytes.len() / size;
+        let (from, to) = (from.min(n), to.min(n).max(from.min(n)));
+        decode_f32(&bytes[from * size..to * size], *dtype).ok_or_else(|| ModelError::Dtype {
+            path: self.files[*fi].0.clone(),
+            name: name.into(),
+            dtype: format!("{dtype:?}"),
+        })
+    }
+
+    /// Like [`TensorReader::release_part`] for elements `from..to` (in the tensor's own dtype).
+    pub fn release_elems(&self, name: &str, from: usize, to: usize) {
+        if let Some((_, dtype, _, _)) = self.index.get(name) {
+            let size = (dtype.bitsize() / 8).max(1);
+            self.release_part(name, from * size, to * size);
+        }
     }
 
     /// Drops a tensor's pages from this process's resident memory (they stay in the page cache),

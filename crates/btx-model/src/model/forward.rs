@@ -147,6 +147,8 @@ impl Model {
         let dev = self.device();
         assert_eq!(ids.len(), b * t, "ids must hold B x T values");
         let pos0 = cache.as_ref().map_or(0, |c| c.len());
+        // An invariant, not input checking: every entry point refuses longer sequences first
+        // (ModelConfig::check_positions; generation stops at generate::room).
         if let Some(w) = cfg.sliding_window {
             assert!(
                 pos0 + t <= w,

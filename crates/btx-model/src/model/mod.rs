@@ -57,6 +57,88 @@ pub struct Model {
     pub lm_head: Option<Tensor<2>>,
 }
 
+/// Refuses checkpoints whose tensors the config does not explain: a name no parameter has, or
+/// (with `tie_word_embeddings`) a stored `lm_head.weight` that differs from the embeddings.
+/// Every reader of a checkpoint (loading, mixing, averaging) runs it.
+pub fn check_tensors(cfg: &ModelConfig, reader: &TensorReader) -> Result<()> {
+    let specs = param_specs(cfg);
+    let known: std::collections::HashSet<&str> = specs.iter().map(|s| s.name.as_str()).collect();
+    for name in reader.names() {
+        // Older checkpoints carry rotary buffers, which are not parameters; a tied head that
+        // transformers saved anyway is checked below.
+        let harmless = (cfg.tie_word_embeddings && name == "lm_head.weight")
+            || name.ends_with("rotary_emb.inv_freq");
+        if !known.contains(name) && !harmless {
+            return Err(ModelError::UnexpectedTensor {
+                path: reader.file_of(name),
+                name: name.to_string(),
+                arch: if cfg.is_moe() { "Mixtral" } else { "Llama" }.into(),
+            });
+        }
+    }
+    if cfg.tie_word_embeddings && reader.contains("lm_head.weight") {
+        check_tied_head(cfg, reader)?;
+    }
+    Ok(())
+}
+
+/// Elements per piece when comparing a stored head with the embeddings (bounded memory).
+const HEAD_PIECE: usize = 1 << 16;
+
+/// A config that ties the head to the embeddings over a file that also stores `lm_head.weight`:
+/// many checkpoints save both, identical, and that is accepted; a different head is refused,
+/// because btx would use the embeddings where transformers uses the stored head, and the logits
+/// would differ. Streams both tensors in pieces, releasing their pages as it goes.
+fn check_tied_head(cfg: &ModelConfig, reader: &TensorReader) -> Result<()> {
+    let (head, embed) = ("lm_head.weight", "model.embed_tokens.weight");
+    let shape = [cfg.vocab_size, cfg.hidden_size];
+    let found = reader.shape(head).unwrap_or_default();
+    if found != shape {
+        return Err(ModelError::Shape {
+            path: reader.file_of(head),
+            name: head.into(),
+            expected: shape.to_vec(),
+            found: found.to_vec(),
+        });
+    }
+    // The embeddings' own shape is checked when they are read; a mismatch here is theirs.
+    if reader.shape(embed) != Some(&shape[..]) {
+        return Ok(());
+    }
+    let n = shape[0] * shape[1];
+    let mut max_abs = 0f64;
+    let mut differ = 0usize;
+    let mut start = 0;
+    while start < n {
+        let end = (start + HEAD_PIECE).min(n);
+        let a = reader.read_f32_range(head, start, end)?;
+        let b = reader.read_f32_range(embed, start, end)?;
+        for (x, y) in a.iter().zip(&b) {
+            // Equal bits, or equal values (+0 and -0 give the same logits).
+            if x.to_bits() != y.to_bits() && x != y {
+                differ += 1;
+                let d = (*x as f64 - *y as f64).abs();
+                max_abs = if d.is_nan() { f64::NAN } else { max_abs.max(d) };
+            }
+        }
+        reader.release_elems(head, start, end);
+        reader.release_elems(embed, start, end);
+        start = end;
+    }
+    reader.release(head);
+    reader.release(embed);
+    if differ > 0 {
+        return Err(ModelError::refused(
+            format!(
+                "{}: config.json ties the output head to the embeddings (tie_word_embeddings = true), but the file also holds an lm_head.weight that differs from model.embed_tokens.weight ({differ} of {n} values, max abs difference {max_abs:e}); transformers would use the stored head, btx the embeddings",
+                reader.file_of(head).display()
+            ),
+            "set tie_word_embeddings to false in config.json to use the stored head, or remove lm_head.weight from the checkpoint to tie",
+        ));
+    }
+    Ok(())
+}
+
 fn tensor_from_host(t: &HostTensor, dev: &Device) -> Tensor<2> {
     let shape = match t.shape.as_slice() {
         [n] => [1, *n],
@@ -190,23 +272,24 @@ impl Model {
     }
 
     pub fn load_with(cfg: &ModelConfig, reader: &TensorReader, dev: &Device) -> Result<Self> {
-        let specs = param_specs(cfg);
-        let known: std::collections::HashSet<&str> =
-            specs.iter().map(|s| s.name.as_str()).collect();
-        for name in reader.names() {
-            // transformers may store a tied head anyway, and older checkpoints carry rotary
-            // buffers; neither is a parameter.
-            let harmless = (cfg.tie_word_embeddings && name == "lm_head.weight")
-                || name.ends_with("rotary_emb.inv_freq");
-            if !known.contains(name) && !harmless {
-                return Err(ModelError::UnexpectedTensor {
-                    path: reader.file_of(name),
-                    name: name.to_string(),
-                    arch: if cfg.is_moe() { "Mixtral" } else { "Llama" }.into(),
-                });
+        check_tensors(cfg, reader)?;
+        Self::from_fn(cfg, dev, |s| {
+            let t = reader.read_expect(&s.name, &s.shape)?;
+            // A NaN or infinite weight makes every logit downstream NaN: refuse the file
+            // rather than report NaN losses or generate from NaN logits with exit 0.
+            if let Some(i) = t.data.iter().position(|x| !x.is_finite()) {
+                return Err(ModelError::refused(
+                    format!(
+                        "{}: tensor {:?} holds a non-finite value ({} at flat index {i})",
+                        reader.file_of(&s.name).display(),
+                        s.name,
+                        t.data[i]
+                    ),
+                    "the checkpoint is corrupt or comes from a diverged run; use an earlier checkpoint",
+                ));
             }
-        }
-        Self::from_fn(cfg, dev, |s| reader.read_expect(&s.name, &s.shape))
+            Ok(t)
+        })
     }
 
     /// Visits every parameter with its HF name, in checkpoint order.

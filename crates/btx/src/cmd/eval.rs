@@ -67,6 +67,26 @@ fn weighting(s: &str) -> Result<Weighting> {
 }
 
 pub fn run(a: Args, dev: &Device) -> Result<()> {
+    // The output is written last: refuse one that cannot be written before evaluating.
+    if let Some(out) = &a.out {
+        let mut inputs: Vec<&std::path::Path> = a.model.iter().map(PathBuf::as_path).collect();
+        inputs.push(&a.data);
+        btx_core::outdir::check_not_an_input(out, &inputs)?;
+        if out.is_dir() {
+            bail!(
+                "--out {} is a directory\nhint: name a file, e.g. --out eval.json",
+                out.display()
+            );
+        }
+        let parent = out.parent().filter(|p| !p.as_os_str().is_empty());
+        if let Some(p) = parent.filter(|p| !p.is_dir()) {
+            bail!(
+                "--out {}: the directory {} does not exist\nhint: create it first, or write elsewhere",
+                out.display(),
+                p.display()
+            );
+        }
+    }
     let data = DataDir::open(&a.data)?;
     let models = a
         .model

@@ -12,8 +12,7 @@ use btx_model::burn::prelude::Device;
 use btx_model::Model;
 use serde_json::json;
 
-/// The label the MiX gives the seed's FFN (`btx_experts`).
-const GENERALIST: &str = "generalist";
+use btx_model::GENERALIST;
 
 /// `--without-expert NAME ...` for commands that load a model.
 #[derive(clap::Args, Clone, Debug, Default)]

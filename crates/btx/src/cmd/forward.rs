@@ -50,12 +50,28 @@ pub fn run(a: Args, dev: &Device) -> Result<()> {
     }
     let model = Model::load(&a.model, dev)
         .with_context(|| format!("loading model from {}", a.model.display()))?;
-    if t > model.cfg.max_position_embeddings {
-        bail!(
-            "{}: input_ids has {t} tokens per row; the model attends to at most {} positions\nhint: cut the rows to max_position_embeddings",
-            a.input.display(),
-            model.cfg.max_position_embeddings
-        );
+    model.cfg.check_positions(
+        t,
+        &format!("{}: input_ids of {t} tokens per row", a.input.display()),
+        "cut the rows to the positions the model computes",
+    )?;
+    // Logits (and with --backward every activation) of all rows at once: refuse what cannot
+    // fit before computing any of it.
+    let bytes = if a.backward {
+        btx_model::budget::train_step_bytes(&model.cfg, b, t, model.cfg.total_params())
+    } else {
+        btx_model::budget::eval_forward_bytes(&model.cfg, b, t)
+    };
+    if let Some(total) = btx_model::budget::machine_memory() {
+        btx_model::budget::check_fits(
+            bytes,
+            total,
+            &format!(
+                "{}: a forward pass over {b} rows of {t} tokens",
+                a.input.display()
+            ),
+            "pass fewer rows at a time",
+        )?;
     }
     let vocab = model.cfg.vocab_size as i64;
     if let Some(bad) = ids.iter().find(|&&x| x < 0 || x >= vocab) {

@@ -64,15 +64,37 @@ pub fn run(a: Args, dev: &Device) -> Result<()> {
                 .map(|v| v.into_iter().map(i64::from).collect())
         })
         .collect::<Result<_, _>>()?;
+    if let Some(i) = prompts.iter().position(Vec::is_empty) {
+        bail!(
+            "--prompt {:?} encodes to no tokens: there is nothing to continue\nhint: give a prompt with some text",
+            a.prompt[i]
+        );
+    }
     let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
     let room = room(&model, longest);
+    let limit = model.cfg.max_positions();
+    // The binding limit: a sliding window btx does not implement refuses what would pass it;
+    // max_position_embeddings caps the generation (as it always has).
+    let window = model
+        .cfg
+        .sliding_window
+        .filter(|&w| w < model.cfg.max_position_embeddings);
+    let which = match window {
+        Some(w) => format!("its sliding_window of {w}, which btx does not implement"),
+        None => format!("max_position_embeddings {limit}"),
+    };
     if room == 0 {
         bail!(
-            "the longest prompt is {longest} tokens; the model attends to at most {} positions\nhint: shorten the prompt",
-            model.cfg.max_position_embeddings
+            "the longest prompt is {longest} tokens; the model computes at most {limit} positions ({which})\nhint: shorten the prompt"
         );
     }
     if a.max_tokens > room {
+        if window.is_some() {
+            bail!(
+                "--max-tokens {} after a prompt of {longest} tokens runs past the model's {which}\nhint: --max-tokens {room} or fewer, or a shorter prompt",
+                a.max_tokens
+            );
+        }
         tracing::warn!(
             "--max-tokens {} capped at {room}: the model attends to {} positions and the longest prompt takes {longest}",
             a.max_tokens,

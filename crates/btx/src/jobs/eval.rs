@@ -34,7 +34,8 @@ pub fn eval(
 ) -> Result<MethodEval> {
     let (result, routing) = match ensemble {
         Some(w) => (
-            evaluate(&Ensemble::new(models, w), data, domains, spec)?,
+            evaluate(&Ensemble::new(models, w), data, domains, spec)
+                .with_context(|| format!("evaluating {method}"))?,
             None,
         ),
         None => {
@@ -42,7 +43,8 @@ pub fn eval(
                 bail!("{} models need an ensemble weighting", models.len());
             }
             let m = &models[0];
-            let r = evaluate(m, data, domains, spec)?;
+            let r =
+                evaluate(m, data, domains, spec).with_context(|| format!("evaluating {method}"))?;
             let routing = if routing && m.cfg.is_moe() {
                 Some(analyze(
                     m,
@@ -75,7 +77,7 @@ pub fn opt_out(
     domains: &[String],
     spec: &EvalSpec,
 ) -> Result<btx_eval::evaluate::OptOutEval> {
-    let full = evaluate(m, data, domains, spec)?;
+    let full = evaluate(m, data, domains, spec).with_context(|| format!("evaluating {method}"))?;
     let mut labels = m.cfg.expert_labels.clone();
     labels.dedup();
     let mut removed = vec![];
@@ -87,7 +89,11 @@ pub fn opt_out(
             }
             let without = m.without_experts(&idx)?;
             tracing::info!("{method} without {l}");
-            removed.push((l.clone(), evaluate(&without, data, domains, spec)?));
+            removed.push((
+                l.clone(),
+                evaluate(&without, data, domains, spec)
+                    .with_context(|| format!("evaluating {method} without {l}"))?,
+            ));
         }
     }
     Ok(btx_eval::evaluate::OptOutEval {

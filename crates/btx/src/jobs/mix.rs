@@ -31,6 +31,17 @@ pub struct MixJob<'a> {
 
 /// BTX's MiX (see [`btx_mix::mix`]), its routers started as the spec says.
 pub fn mix(j: &MixJob) -> Result<MixSummary> {
+    // Names first: a domain-mean router loads every expert before the merge would refuse them.
+    if let Some(d) = j.domains {
+        if d.len() != j.experts.len() {
+            bail!(
+                "{} domains for {} experts\nhint: give one --domains name per --experts model, in the same order",
+                d.len(),
+                j.experts.len()
+            );
+        }
+        btx_mix::check_expert_names(d, j.spec.generalist)?;
+    }
     let router_init = match j.spec.simple_router_init(j.router_seed) {
         Some(i) => i,
         None => {
@@ -94,10 +105,13 @@ pub fn domain_mean_init(
     let data = DataDir::open(data)?;
     let (mut ffn, mut attn) = (vec![], vec![]);
     for (e, d) in experts.iter().zip(domains) {
-        let model = Model::load(e, &Device::flex())?;
+        let model =
+            Model::load(e, &Device::flex()).with_context(|| format!("loading {}", e.display()))?;
+        data.check_model(e, model.cfg.vocab_size)?;
         let shard = data.shard(d, "train")?;
-        let windows = eval_windows(&shard, 128, 16);
-        let m = mean_inputs(&model, &windows);
+        // Windows of 128 tokens, or as many as the model computes exactly (its window).
+        let windows = eval_windows(&shard, 128.min(model.cfg.max_positions()), 16);
+        let m = mean_inputs(&model, &windows)?;
         // Split experts share their model's row (each chunk of the FFN sees the same inputs).
         ffn.extend(std::iter::repeat_n(Some(m.ffn), split));
         attn.push(Some(m.attn));
