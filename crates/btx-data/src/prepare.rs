@@ -353,11 +353,35 @@ pub fn prepare(
     if let Ok(text) = std::fs::read_to_string(out.join(MANIFEST)) {
         if let Ok(m) = serde_json::from_str::<DataManifest>(&text) {
             if m.fingerprint == fp {
-                tracing::info!("data in {} is up to date", out.display());
-                return Ok(m);
+                // Up to date by its manifest: believed only once every shard, task file and
+                // the tokenizer are read back and match it; else it is prepared again (a data
+                // dir is derived entirely from its config, so replacing a damaged one is safe).
+                match crate::DataDir::open(out).and_then(|d| d.verify()) {
+                    Ok(_) => {
+                        tracing::info!("data in {} is up to date", out.display());
+                        return Ok(m);
+                    }
+                    Err(e) => {
+                        tracing::warn!(
+                            "data in {} is damaged ({e}); preparing it again",
+                            out.display()
+                        );
+                        return prepare_into(cfg, base, out, Existing::Replace, fp);
+                    }
+                }
             }
         }
     }
+    prepare_into(cfg, base, out, existing, fp)
+}
+
+fn prepare_into(
+    cfg: &PrepareConfig,
+    base: &Path,
+    out: &Path,
+    existing: Existing,
+    fp: String,
+) -> Result<DataManifest> {
     let mut inputs: Vec<PathBuf> = cfg.tokenizer.path.iter().map(|p| base.join(p)).collect();
     for d in &cfg.domains {
         inputs.extend(d.paths.iter().map(|p| base.join(p)));

@@ -8,17 +8,17 @@ pub type Result<T, E = ModelError> = std::result::Result<T, E>;
 /// file and, where there is one, the tensor, so the user can find the culprit without a debugger.
 #[derive(Debug, Error)]
 pub enum ModelError {
-    #[error("{path}: {source}")]
+    #[error("{path}: {source}{}", btx_core::outdir::io_hint(.source))]
     Io {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("invalid model config: {msg}")]
+    #[error("invalid model config: {msg}{}", config_hint(.msg))]
     Config { msg: String },
-    #[error("{path}: invalid model config: {msg}")]
+    #[error("{path}: invalid model config: {msg}{}", config_hint(.msg))]
     ConfigFile { path: PathBuf, msg: String },
-    #[error("{path}: not a readable safetensors file: {msg}")]
+    #[error("{path}: not a readable safetensors file: {msg}\nhint: the file is damaged or cut short (an interrupted download or copy?); fetch or write it again")]
     Safetensors { path: PathBuf, msg: String },
     #[error("{path}: tensor {name:?} is missing\nhint: {hint}")]
     MissingTensor {
@@ -61,6 +61,15 @@ pub enum ModelError {
     ExpertName { msg: String, hint: String },
     #[error(transparent)]
     Output(#[from] btx_core::outdir::OutputError),
+}
+
+/// A hint for a config error whose message carries none.
+fn config_hint(msg: &str) -> &'static str {
+    if msg.contains("hint:") {
+        ""
+    } else {
+        "\nhint: config.json must describe these weights as transformers reads them; fix the key named above"
+    }
 }
 
 impl ModelError {

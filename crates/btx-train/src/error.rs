@@ -4,7 +4,7 @@ use thiserror::Error;
 
 #[derive(Debug, Error)]
 pub enum TrainError {
-    #[error("{path}: {source}")]
+    #[error("{path}: {source}{}", btx_core::outdir::io_hint(.source))]
     Io {
         path: PathBuf,
         #[source]
@@ -16,7 +16,7 @@ pub enum TrainError {
     Output(#[from] btx_core::outdir::OutputError),
     #[error("invalid training config: {0}\nhint: change it in the run's config ([optim], [train], [moe]) or with --set KEY=VALUE")]
     Config(String),
-    #[error("{path}: {msg}")]
+    #[error("{path}: {msg}\nhint: the checkpoint is damaged; remove it and resume from the one before (or start a fresh --out)")]
     Corrupt { path: PathBuf, msg: String },
     #[error("{dir} already holds checkpoints of a run\nhint: pass --resume to continue it, or choose a fresh --out")]
     AlreadyStarted { dir: PathBuf },

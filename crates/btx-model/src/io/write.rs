@@ -206,10 +206,10 @@ pub fn write_tensors(path: &Path, tensors: &[(String, HostTensor)]) -> Result<()
         .map(|(n, t)| (n.clone(), OutDtype::F32, t.shape.clone()))
         .collect();
     let name = path.file_name().map(|n| n.to_string_lossy().to_string());
-    let tmp = path.with_file_name(format!(
-        ".{}.partial-{}",
-        name.unwrap_or_default(),
-        std::process::id()
+    btx_core::outdir::sweep_leftovers(path);
+    let tmp = path.with_file_name(btx_core::outdir::leftover_name(
+        &name.unwrap_or_default(),
+        "tmp",
     ));
     let written = (|| {
         let mut w = StreamWriter::create(&tmp, entries)?;

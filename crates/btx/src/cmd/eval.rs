@@ -140,7 +140,7 @@ pub fn run(a: Args, dev: &Device) -> Result<()> {
             .map_or("-".into(), |x| format!("{:.1}", 100.0 * x))
     );
     if let Some(out) = a.out {
-        std::fs::write(&out, serde_json::to_string_pretty(&me)?)?;
+        btx_core::atomic::write_file(&out, serde_json::to_string_pretty(&me)?.as_bytes())?;
     }
     Ok(())
 }

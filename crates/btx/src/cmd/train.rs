@@ -98,7 +98,18 @@ fn data_source(d: &DataSection, base: &Path, out: &Path, resuming: bool) -> Resu
             let dir = out.join("data");
             if let Ok(dd) = DataDir::open(&dir) {
                 if dd.manifest.fingerprint == p.fingerprint() {
-                    return Ok(DataSource::Ready(dd));
+                    // Its manifest is believed once its shards are read back and match it;
+                    // damaged data is prepared again (the same config makes the same data).
+                    match dd.verify() {
+                        Ok(_) => return Ok(DataSource::Ready(dd)),
+                        Err(e) => {
+                            tracing::warn!(
+                                "{} is damaged ({e}); preparing it again",
+                                dir.display()
+                            );
+                            return Ok(DataSource::Prepare(p.clone()));
+                        }
+                    }
                 }
                 if resuming {
                     bail!(
@@ -111,6 +122,21 @@ fn data_source(d: &DataSection, base: &Path, out: &Path, resuming: bool) -> Resu
         }
         (None, None) => {
             bail!("[data] needs dir = \"...\" (from `btx data prepare`) or a [data.prepare] table")
+        }
+    }
+}
+
+/// The config of the model a run starts from, without loading or initialising its weights.
+fn model_shape(m: &ModelSource, base: &Path, data: &DataDir) -> Result<btx_model::ModelConfig> {
+    match &m.path {
+        Some(p) => {
+            let p = abs(base, p);
+            Ok(btx_model::ModelConfig::load(&p.join("config.json"))?)
+        }
+        None => {
+            let tok = data.tokenizer()?;
+            let spec = m.init.clone().unwrap_or_default();
+            Ok(spec.to_config(tok.vocab_size(), Some(tok.eos_id()))?)
         }
     }
 }
@@ -264,6 +290,10 @@ pub fn run(a: Args, dev: &Device) -> Result<()> {
             (DataDir::open(&staged)?, Some(undo))
         }
     };
+    // The model's shape, checked against the run (positions, training settings it cannot
+    // honour, the memory of a step) before a weight is allocated.
+    let shape = model_shape(&file.model, &base, &data)?;
+    cfg.preflight(&shape)?;
     let model = resolve_model(&file.model, &base, &data, file.train.seed)?;
     if let Some(dir) = &resumed_from {
         // The checkpoint's weights are what a resume trains: a config that describes another

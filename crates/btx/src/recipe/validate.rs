@@ -16,6 +16,11 @@ impl Recipe {
         if problems.is_empty() {
             return Ok(());
         }
+        // (A problem's own hint stays on its line; the list ends with one for all.)
+        let problems: Vec<String> = problems
+            .iter()
+            .map(|p| p.replace("\nhint: ", "; "))
+            .collect();
         bail!(
             "the recipe has {} problem{}:\n  - {}\nhint: fix them and run again (nothing was run)",
             problems.len(),
@@ -112,7 +117,7 @@ impl Recipe {
                     Err(e) => p.push(format!("[seed.pretrain.init]: {e}")),
                 },
             }
-            if let Err(e) = sp.trainer().validate() {
+            if let Err(e) = preflight(&sp.trainer(), seed_cfg.as_ref()) {
                 p.push(format!("[seed.pretrain]: {e}"));
             }
         }
@@ -168,7 +173,7 @@ impl Recipe {
             }
             match self.expert_spec(d) {
                 Ok(spec) => {
-                    if let Err(e) = spec.trainer().validate() {
+                    if let Err(e) = preflight(&spec.trainer(), seed_cfg.as_ref()) {
                         p.push(format!("expert {d}: {e}"));
                     }
                     if let Some(c) = &seed_cfg {
@@ -181,6 +186,9 @@ impl Recipe {
                 }
                 Err(e) => p.push(e.to_string()),
             }
+        }
+        if let Err(e) = btx_mix::check_expert_names(&self.experts.domains, self.mix.generalist) {
+            p.push(format!("experts.domains: {e}"));
         }
         for d in self.experts.overrides.keys() {
             if !self.experts.domains.contains(d) {
@@ -230,20 +238,32 @@ impl Recipe {
             p.extend(mix_problems.iter().map(|e| format!("{at}: {e}")));
             let ft = v.finetune(&self.finetune.spec());
             // (resolve refuses a spec with problems: those are listed above.)
-            if let Some(Ok(moe)) = seed_cfg.as_ref().map(|c| m.resolve(c, models)) {
-                p.extend(freeze_problems(&at, &ft.train.freeze, &moe));
+            let moe = seed_cfg.as_ref().and_then(|c| m.resolve(c, models).ok());
+            if let Some(moe) = &moe {
+                p.extend(freeze_problems(&at, &ft.train.freeze, moe));
             }
-            if let Err(e) = ft.trainer().validate() {
+            if let Err(e) = preflight(&ft.trainer(), moe.as_ref()) {
                 p.push(format!("{at}: {e}"));
             }
         }
-        let positions = seed_cfg
-            .as_ref()
-            .map_or(usize::MAX, |c| c.max_position_embeddings);
+        let positions = seed_cfg.as_ref().map_or(usize::MAX, |c| c.max_positions());
         if let Err(e) = self.eval.spec().validate(positions) {
             p.push(format!("[eval]: {e}"));
         }
         p
+    }
+}
+
+/// A training spec's checks: everything the trainer refuses before it starts (positions,
+/// settings it cannot honour, the memory of a step) when the model's shape is known, else the
+/// settings alone.
+fn preflight(
+    t: &btx_train::TrainerConfig,
+    model: Option<&btx_model::ModelConfig>,
+) -> std::result::Result<(), String> {
+    match model {
+        Some(m) => t.preflight(m).map_err(|e| e.to_string()),
+        None => t.validate(),
     }
 }
 
