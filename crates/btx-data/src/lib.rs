@@ -13,7 +13,7 @@ pub mod source;
 pub mod tokenizer;
 
 pub use error::{DataError, Result};
-pub use mixture::{DataDir, MixConfig, Mixture};
+pub use mixture::{prepare_verified, DataDir, MixConfig, Mixture};
 pub use prepare::{prepare, DataManifest, PrepareConfig};
 pub use source::{Batch, BatchSource, FixedBatches};
 pub use tokenizer::Tok;

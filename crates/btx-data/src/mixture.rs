@@ -15,6 +15,38 @@ use crate::shard::Shard;
 use crate::source::{Batch, BatchSource};
 use crate::tokenizer::Tok;
 
+/// [`crate::prepare()`], believing an up-to-date `out` only once its shards, task files and
+/// tokenizer are read back and match its manifest ([`DataDir::verify`]): damaged data is
+/// prepared again (a data directory is derived entirely from its config, so replacing it loses
+/// nothing).
+pub fn prepare_verified(
+    cfg: &crate::PrepareConfig,
+    base: &Path,
+    out: &Path,
+    existing: btx_core::outdir::Existing,
+) -> Result<DataManifest> {
+    if let Ok(d) = DataDir::open(out) {
+        if d.manifest.fingerprint == cfg.fingerprint() {
+            match d.verify() {
+                Ok(_) => return Ok(d.manifest),
+                Err(e) => {
+                    tracing::warn!(
+                        "data in {} is damaged ({e}); preparing it again",
+                        out.display()
+                    );
+                    return crate::prepare::prepare_fresh(
+                        cfg,
+                        base,
+                        out,
+                        btx_core::outdir::Existing::Replace,
+                    );
+                }
+            }
+        }
+    }
+    crate::prepare(cfg, base, out, existing)
+}
+
 /// A directory written by `btx data prepare`.
 pub struct DataDir {
     pub root: PathBuf,

@@ -353,35 +353,24 @@ pub fn prepare(
     if let Ok(text) = std::fs::read_to_string(out.join(MANIFEST)) {
         if let Ok(m) = serde_json::from_str::<DataManifest>(&text) {
             if m.fingerprint == fp {
-                // Up to date by its manifest: believed only once every shard, task file and
-                // the tokenizer are read back and match it; else it is prepared again (a data
-                // dir is derived entirely from its config, so replacing a damaged one is safe).
-                match crate::DataDir::open(out).and_then(|d| d.verify()) {
-                    Ok(_) => {
-                        tracing::info!("data in {} is up to date", out.display());
-                        return Ok(m);
-                    }
-                    Err(e) => {
-                        tracing::warn!(
-                            "data in {} is damaged ({e}); preparing it again",
-                            out.display()
-                        );
-                        return prepare_into(cfg, base, out, Existing::Replace, fp);
-                    }
-                }
+                // (Believed by its manifest: `mixture::prepare_verified` reads it back first.)
+                tracing::info!("data in {} is up to date", out.display());
+                return Ok(m);
             }
         }
     }
-    prepare_into(cfg, base, out, existing, fp)
+    prepare_fresh(cfg, base, out, existing)
 }
 
-fn prepare_into(
+/// [`prepare`] without its shortcut: prepares even when `out`'s manifest says it is up to date.
+pub fn prepare_fresh(
     cfg: &PrepareConfig,
     base: &Path,
     out: &Path,
     existing: Existing,
-    fp: String,
 ) -> Result<DataManifest> {
+    cfg.validate()?;
+    let fp = cfg.fingerprint();
     let mut inputs: Vec<PathBuf> = cfg.tokenizer.path.iter().map(|p| base.join(p)).collect();
     for d in &cfg.domains {
         inputs.extend(d.paths.iter().map(|p| base.join(p)));

@@ -310,3 +310,23 @@ fn a_data_dir_checks_its_tokenizer_its_shards_and_the_models_it_meets() {
     );
     assert!(data.verify().is_err());
 }
+
+/// Issue 28: a prepared directory whose manifest matched was "up to date" whatever its shards
+/// held, so a truncated shard was recorded into a new DONE and failed every run after it.
+/// `prepare_verified` reads it back first and prepares damaged data again, identically.
+#[test]
+fn damaged_prepared_data_is_prepared_again() {
+    let d = tmp("damaged");
+    let out = d.join("data");
+    let cfg = small_builtin();
+    prepare(&cfg, Path::new("."), &out, Existing::Refuse).unwrap();
+    let shard = out.join("math/train.tok");
+    let good = std::fs::read(&shard).unwrap();
+    std::fs::write(&shard, &good[..good.len() / 2]).unwrap();
+    // The plain shortcut believes the manifest; the verified one does not.
+    prepare(&cfg, Path::new("."), &out, Existing::Refuse).unwrap();
+    assert!(DataDir::open(&out).unwrap().verify().is_err());
+    btx_data::prepare_verified(&cfg, Path::new("."), &out, Existing::Refuse).unwrap();
+    DataDir::open(&out).unwrap().verify().unwrap();
+    assert_eq!(std::fs::read(&shard).unwrap(), good);
+}

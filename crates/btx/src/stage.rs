@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use btx_core::outdir::Existing;
-use btx_data::{prepare, DataDir, MixConfig};
+use btx_data::{DataDir, MixConfig};
 use btx_mix::average;
 use btx_model::burn::prelude::Device;
 use btx_model::{Model, ModelConfig};
@@ -222,7 +222,8 @@ fn execute(
                     if let Some(from) = tokenizer_from {
                         p.tokenizer.path = Some(model_of(from)?.join("tokenizer.json"));
                     }
-                    prepare(&p, base, &root, Existing::Replace).context("preparing data")?;
+                    btx_data::prepare_verified(&p, base, &root, Existing::Replace)
+                        .context("preparing data")?;
                 }
                 _ => bail!("[data] needs exactly one of dir or prepare"),
             }

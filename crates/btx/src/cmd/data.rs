@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use btx_core::outdir::Existing;
 use btx_data::corpus::{read_docs, DocSplit, Format};
-use btx_data::{prepare, DataDir, PrepareConfig, Tok};
+use btx_data::{DataDir, PrepareConfig, Tok};
 
 use crate::overrides;
 
@@ -65,8 +65,8 @@ pub fn run_data(cmd: DataCmd) -> Result<()> {
             let base = config.parent().unwrap_or(Path::new(".")).to_path_buf();
             cfg.validate().context("data prepare")?;
             cfg.check_inputs(&base).context("data prepare")?;
-            let m =
-                prepare(&cfg, &base, &out, Existing::replace_if(force)).context("data prepare")?;
+            let m = btx_data::prepare_verified(&cfg, &base, &out, Existing::replace_if(force))
+                .context("data prepare")?;
             print_info(&out, &m);
             Ok(())
         }
