@@ -94,7 +94,12 @@ pub struct DomainEval {
     pub loss_tokens: usize,
     /// Exact-match accuracy on the task set (None when the domain has no tasks).
     pub accuracy: Option<f64>,
+    /// Tasks scored.
     pub tasks: usize,
+    /// Tasks left out because their prompt leaves no room for an answer within the model's
+    /// positions (scoring them on an empty answer would count what does not fit as wrong).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub tasks_unfit: usize,
     /// A few generations, for the report.
     pub samples: Vec<Sample>,
     /// Mean loss of each evaluation window, in window order. Every method sees the same
@@ -262,6 +267,30 @@ pub fn task_accuracy(
     (correct as f64 / tasks.len().max(1) as f64, samples, each)
 }
 
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
+/// The tasks whose prompt (after `prefix`) leaves room for at least one answer token within
+/// `positions`, in order, and how many were left out. Every model of a comparison has the same
+/// positions (they share a seed), so every method is scored on the same tasks.
+pub fn fitting_tasks(
+    tasks: Vec<Task>,
+    tok: &Tok,
+    prefix: &str,
+    positions: usize,
+) -> btx_data::Result<(Vec<Task>, usize)> {
+    let n = tasks.len();
+    let mut keep = Vec::with_capacity(n);
+    for t in tasks {
+        if tok.encode(&format!("{prefix}{}", t.prompt))?.len() < positions {
+            keep.push(t);
+        }
+    }
+    let unfit = n - keep.len();
+    Ok((keep, unfit))
+}
+
 /// k-shot prefix: the first `k` training documents of the domain, blank-line separated.
 pub fn shots_prefix(data: &DataDir, domain: &str, k: usize) -> btx_data::Result<String> {
     if k == 0 {
@@ -363,29 +392,15 @@ fn preflight(
         if tasks.is_empty() {
             continue;
         }
-        // A prompt with no room for one new token would be scored on an empty answer.
+        // An empty prompt has nothing to continue (a bad tasks file). A prompt with no room for
+        // one new token is left out of the accuracy (see `fitting_tasks`), not scored on an
+        // empty answer.
         let prefix = shots_prefix(data, d, spec.shots)?;
         for (i, t) in tasks.iter().enumerate() {
-            let n = tok.encode(&format!("{prefix}{}", t.prompt))?.len();
-            if n == 0 {
+            if tok.encode(&format!("{prefix}{}", t.prompt))?.is_empty() {
                 return Err(refused(format!(
                     "eval: domain {d:?} task {i}: the prompt is empty, so there is nothing to continue\nhint: fix the domain's tasks file"
                 )));
-            }
-            for c in &cfgs {
-                c.check_positions(
-                    n + 1,
-                    &format!(
-                        "eval: domain {d:?} task {i}: a prompt of {n} tokens{} and one answer token",
-                        if spec.shots > 0 {
-                            format!(" ({} shots)", spec.shots)
-                        } else {
-                            String::new()
-                        }
-                    ),
-                    "use fewer --shots (recipes: [eval] shots), or --tasks 0 for the loss alone",
-                )
-                .map_err(|e| refused(e.to_string()))?;
             }
         }
     }
@@ -415,10 +430,18 @@ pub fn evaluate(
         }
         let mut tasks = data.tasks(d)?;
         tasks.truncate(spec.tasks);
+        let prefix = shots_prefix(data, d, spec.shots)?;
+        let (tasks, unfit) = fitting_tasks(tasks, &tok, &prefix, lm.max_positions())?;
+        if unfit > 0 {
+            tracing::warn!(
+                "{d}: {unfit} task prompt(s){} leave no room for an answer within the model's {} positions; they are left out of the accuracy (use fewer shots, or a model with more positions)",
+                if spec.shots > 0 { format!(" with {} shots", spec.shots) } else { String::new() },
+                lm.max_positions()
+            );
+        }
         let (accuracy, samples, task_correct) = if tasks.is_empty() {
             (None, vec![], vec![])
         } else {
-            let prefix = shots_prefix(data, d, spec.shots)?;
             let (a, s, each) = task_accuracy(lm, &tok, &tasks, &prefix, spec.task_batch, 3);
             (Some(a), s, each)
         };
@@ -434,6 +457,7 @@ pub fn evaluate(
                 loss_tokens: n,
                 accuracy,
                 tasks: tasks.len(),
+                tasks_unfit: unfit,
                 samples,
                 window_losses,
                 task_correct,
@@ -489,5 +513,36 @@ mod spec_tests {
         }
         let e = ok.validate(ok.seq_len - 1).unwrap_err();
         assert!(e.contains("positions"), "{e}");
+    }
+}
+
+#[cfg(test)]
+mod fit_tests {
+    use super::*;
+
+    /// A task whose prompt leaves no room for an answer within the model's positions is left
+    /// out and counted (it was scored as a wrong, empty answer), the others kept in order.
+    #[test]
+    fn prompts_without_room_for_an_answer_are_left_out_and_counted() {
+        let docs = btx_data::builtin::docs("general", 0, 100).unwrap();
+        let tok = Tok::train_bpe(docs.iter(), 300, 2).unwrap();
+        let task = |p: &str| Task {
+            prompt: p.into(),
+            answer: "x".into(),
+            scorer: "exact".into(),
+        };
+        let long = "word ".repeat(200);
+        let tasks = vec![task("a b"), task(&long), task("c d")];
+        let n = |p: &str| tok.encode(p).unwrap().len();
+        let positions = n("a b").max(n("c d")) + 1;
+        let (kept, unfit) = fitting_tasks(tasks, &tok, "", positions).unwrap();
+        assert_eq!(unfit, 1);
+        assert_eq!(
+            kept.iter().map(|t| t.prompt.as_str()).collect::<Vec<_>>(),
+            ["a b", "c d"]
+        );
+        // With no room at all, nothing is kept.
+        let (kept, unfit) = fitting_tasks(vec![task("a b")], &tok, "", n("a b")).unwrap();
+        assert!(kept.is_empty() && unfit == 1);
     }
 }

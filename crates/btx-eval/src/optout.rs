@@ -216,6 +216,7 @@ mod tests {
                             loss_tokens: w.len(),
                             accuracy: None,
                             tasks: 0,
+                            tasks_unfit: 0,
                             samples: vec![],
                             window_losses: w.clone(),
                             task_correct: vec![],

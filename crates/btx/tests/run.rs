@@ -34,7 +34,7 @@ hidden_size = 32
 intermediate_size = 64
 num_layers = 2
 num_heads = 2
-max_position_embeddings = 64
+max_position_embeddings = 256
 [seed.pretrain.optim]
 warmup_steps = 2
 [seed.pretrain.train]

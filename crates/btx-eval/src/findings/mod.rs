@@ -38,6 +38,7 @@ mod tests {
                         loss_tokens: 32 * 63,
                         accuracy: Some(0.0),
                         tasks: 10,
+                        tasks_unfit: 0,
                         samples: vec![],
                         window_losses: w,
                         task_correct: vec![false; 10],

@@ -208,6 +208,28 @@ pub fn markdown(st: &Stats, verdicts: &[Verdict]) -> String {
             chance.join(", ")
         );
     }
+    // Tasks whose prompt does not fit the models' positions are not scored: say how many.
+    let unfit: Vec<String> = input
+        .domains
+        .iter()
+        .filter_map(|d| {
+            let n = input
+                .replicas
+                .iter()
+                .flatten()
+                .filter_map(|m| m.eval.domains.get(d))
+                .map(|e| e.tasks_unfit)
+                .max()?;
+            (n > 0).then(|| format!("{d} {n}"))
+        })
+        .collect();
+    if !unfit.is_empty() {
+        let _ = writeln!(
+            s,
+            "Task prompts left out because they leave no room for an answer within the models' positions (not scored): {}.",
+            unfit.join(", ")
+        );
+    }
     s.push_str("\nMethods: `seed` the starting model; `expert:<d>` trained on domain d only; `dense*` continued training of the seed on the finetune mixture; `upcycle-*` sparse upcycling (copies of the seed FFN) trained on the same mixture; `btm-top1/2` Branch-Train-Merge ensembles of the experts (and the generalist seed) weighted by the domain posterior of the context; `merge-avg` the weight average of those models; `mix:<v>` the MiX before any finetuning; `btx` Branch-Train-MiX (top-2, load balancing) and `btx:<v>` its variants. `-data` = as many training tokens as BTX, `-compute` = as many training FLOPs.\n\n");
 
     s.push_str("## Compute\n\n| method | train tokens | train FLOPs | train wall s | total params | active params | inference passes/token | inference FLOPs/token |\n|---|---:|---:|---:|---:|---:|---:|---:|\n");
@@ -405,6 +427,7 @@ mod tests {
                         loss_tokens: 100,
                         accuracy: Some(correct as f64 / 20.0),
                         tasks: 20,
+                        tasks_unfit: 0,
                         samples: vec![],
                         window_losses: w,
                         task_correct: (0..20).map(|i| i < correct).collect(),
