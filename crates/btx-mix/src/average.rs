@@ -21,6 +21,8 @@ fn normalise_weights(w: Option<&Vec<f64>>, n: usize) -> Result<Vec<f64>> {
         Some(w)
             if w.len() == n
                 && w.iter().all(|x| x.is_finite() && *x >= 0.0)
+                // (The sum too: 1e308 + 1e308 is inf, and every weight / inf is 0.)
+                && w.iter().sum::<f64>().is_finite()
                 && w.iter().sum::<f64>() > 0.0 =>
         {
             Ok(w.clone())

@@ -205,8 +205,7 @@ pub fn mix(seed: &Path, experts: &[PathBuf], opts: &MixOptions, out: &Path) -> R
 
 /// Refuses expert names that `--drop`/`--without-expert` could not tell apart or would read
 /// as something else: each must be a name ([`btx_model::expert_name_problem`]: never a number,
-/// which reads as a position), used once, and not `generalist` when the MiX adds the
-/// generalist under that name. Every place names enter a MiX (`btx mix --domains`, a recipe's
+/// which reads as a position), used once, and never `generalist` (reserved for the seed's FFN). Every place names enter a MiX (`btx mix --domains`, a recipe's
 /// domains) checks them here.
 pub fn check_expert_names(names: &[String], generalist: bool) -> Result<()> {
     let bad = |msg: String, hint: &str| {
@@ -229,12 +228,19 @@ pub fn check_expert_names(names: &[String], generalist: bool) -> Result<()> {
                 "each expert needs its own name: prune-experts and --without-expert remove experts by name",
             );
         }
-        if generalist && n == btx_model::GENERALIST {
+        // Reserved with or without the generalist: prune-experts and --without-expert take an
+        // expert called `generalist` for the seed's FFN.
+        if n == btx_model::GENERALIST {
             return bad(
                 format!(
-                    "expert name {n:?} is the name of the generalist, which this MiX adds as its last expert"
+                    "expert name {n:?} is reserved for the generalist (the seed's FFN{})",
+                    if generalist {
+                        ", which this MiX adds as its last expert"
+                    } else {
+                        ""
+                    }
                 ),
-                "rename that domain, or mix without the generalist",
+                "rename that domain",
             );
         }
     }

@@ -226,6 +226,7 @@ impl MixSpec {
         if !self.weights.is_empty()
             && (self.weights.len() != n_models
                 || self.weights.iter().any(|w| !w.is_finite() || *w < 0.0)
+                || !self.weights.iter().sum::<f64>().is_finite()
                 || self.weights.iter().sum::<f64>() <= 0.0)
         {
             p.push(format!(

@@ -102,3 +102,36 @@ mod tests {
         assert!(!a.exists());
     }
 }
+
+/// Writes an F32 safetensors file of `(name, shape, values)` as given, NaN and Inf included:
+/// btx's own writers refuse non-finite values, and tests of what a reader does with a file
+/// made elsewhere need one that holds them.
+pub fn write_raw_f32_safetensors(path: &Path, tensors: &[(&str, Vec<usize>, Vec<f32>)]) {
+    let mut header = String::from("{");
+    let mut off = 0usize;
+    for (i, (name, shape, data)) in tensors.iter().enumerate() {
+        assert_eq!(shape.iter().product::<usize>(), data.len(), "{name}");
+        let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+        if i > 0 {
+            header.push(',');
+        }
+        header.push_str(&format!(
+            "\"{name}\":{{\"dtype\":\"F32\",\"shape\":[{}],\"data_offsets\":[{off},{}]}}",
+            dims.join(","),
+            off + 4 * data.len()
+        ));
+        off += 4 * data.len();
+    }
+    header.push('}');
+    while !(header.len() + 8).is_multiple_of(8) {
+        header.push(' ');
+    }
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(header.as_bytes());
+    for (_, _, data) in tensors {
+        for x in data {
+            bytes.extend_from_slice(&x.to_le_bytes());
+        }
+    }
+    std::fs::write(path, bytes).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+}

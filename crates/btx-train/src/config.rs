@@ -193,7 +193,14 @@ impl TrainerConfig {
             (0.0..1.0).contains(&o.beta2),
             "in [0, 1)",
         )?;
-        finite("optim.eps", o.eps, o.eps > 0.0, "a finite number > 0")?;
+        // The optimizer computes in f32: an eps that rounds to 0 (or to a subnormal) there
+        // divides by zero on the first step.
+        finite(
+            "optim.eps",
+            o.eps,
+            o.eps > 0.0 && (o.eps as f32) >= f32::MIN_POSITIVE,
+            "a finite number > 0 that f32 holds (>= 1.2e-38)",
+        )?;
         finite(
             "optim.weight_decay",
             o.weight_decay,
@@ -235,6 +242,11 @@ impl TrainerConfig {
 
     /// Parameters of a model of `cfg` that this config trains (the rest are frozen).
     pub fn trainable_params(&self, cfg: &btx_model::ModelConfig) -> usize {
+        if self.train.freeze.is_empty() {
+            // (By arithmetic: listing the parameters of an absurd config would itself exhaust
+            // the memory its check is there to protect.)
+            return cfg.total_params();
+        }
         btx_model::names::param_specs(cfg)
             .iter()
             .filter(|s| !self.train.freeze.iter().any(|p| glob_match(p, &s.name)))
@@ -255,6 +267,27 @@ impl TrainerConfig {
             "lower train.seq_len",
         )?;
         model.check_trainable()?;
+        if let Some(total) = btx_model::budget::machine_memory() {
+            // The weights, a gradient and AdamW's two moments for each, before any activation:
+            // a model that cannot fit needs another hint than a batch that cannot.
+            let state = 4.0 * 4.0 * model.total_params() as f64;
+            btx_model::budget::check_fits(
+                state,
+                total,
+                &format!(
+                    "training a model of {:.3e} parameters (weights, gradients and AdamW moments)",
+                    model.total_params() as f64
+                ),
+                "the model itself is too large for this machine: choose a smaller model (or freeze most of it with train.freeze)",
+            )
+            .or_else(|e| {
+                if t.freeze.is_empty() {
+                    Err(e)
+                } else {
+                    Ok(())
+                }
+            })?;
+        }
         let bytes = btx_model::budget::train_step_bytes(
             model,
             t.batch_size,

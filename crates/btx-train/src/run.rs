@@ -168,6 +168,17 @@ pub fn train(
     while trainer.step < total_steps {
         let t0 = Instant::now();
         let st = trainer.step(data)?;
+        if st.interrupted {
+            save(&trainer, &*data, tokens, elapsed)?;
+            stopped_early = true;
+            tracing::warn!(
+                "{}: stopping within step {} (abandoned; checkpoint of step {} written)",
+                opts.label,
+                trainer.step + 1,
+                trainer.step
+            );
+            break;
+        }
         if st.skipped {
             nonfinite_run += 1;
             let what = if st.total_loss.is_finite() {
@@ -253,6 +264,19 @@ pub fn train(
         }
     }
     progress.finish();
+    if nonfinite_run > 0 && !stopped_early {
+        // The run ended on skipped steps (fewer than max_nonfinite_steps of them): what it
+        // would call its final model is not what its last steps trained.
+        return Err(TrainError::Diverged {
+            step: trainer.step,
+            steps: nonfinite_run,
+            what: "loss or gradient norm".into(),
+            last_good: checkpoint::find_latest(&ckpt_root)
+                .map_or("none (no checkpoint was written yet)".into(), |(_, p)| {
+                    p.display().to_string()
+                }),
+        });
+    }
     let model_dir = out.join("model");
     if !stopped_early {
         if last_saved != trainer.step {

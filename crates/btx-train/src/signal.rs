@@ -27,3 +27,8 @@ pub fn stop_requested() -> bool {
 pub fn request_stop() {
     STOP.store(true, Ordering::SeqCst);
 }
+
+/// For tests: forget a stop asked for earlier in this process.
+pub fn clear_stop() {
+    STOP.store(false, Ordering::SeqCst);
+}

@@ -28,6 +28,10 @@ pub struct StepStats {
     pub dropped_tokens: usize,
     /// The loss or the gradient norm was not finite: the update was not applied.
     pub skipped: bool,
+    /// A stop was asked for (SIGTERM, ...) between two micro-batches: the step was abandoned,
+    /// nothing changed and the data source is back where the step began, so a checkpoint
+    /// written now resumes exactly.
+    pub interrupted: bool,
 }
 
 /// Holds the model under training and its optimizer; one [`Trainer::step`] is one optimizer
@@ -161,7 +165,17 @@ impl Trainer {
             ..Default::default()
         };
         let mut load_sum: Vec<Vec<f64>> = vec![];
+        // Where the step begins, for a stop in its middle (a step of many micro-batches can
+        // take longer than a scheduler waits after its warning).
+        let cursor = (accum > 1).then(|| data.cursor());
         for micro in 0..accum {
+            if micro > 0 && crate::signal::stop_requested() {
+                if let Some(c) = &cursor {
+                    data.restore(c).map_err(TrainError::Data)?;
+                }
+                st.interrupted = true;
+                return Ok(st);
+            }
             let batch = data.next_batch();
             let (b, t) = (batch.batch, batch.seq);
             // What the forward pass asserts, as errors: a batch it cannot compute exactly or

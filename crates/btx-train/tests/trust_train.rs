@@ -31,12 +31,17 @@ fn opts() -> TrainOpts {
 #[test]
 fn values_that_make_nan_are_refused_by_key() {
     type Change = fn(&mut TrainerConfig);
-    let cases: [(Change, &str); 10] = [
+    let cases: [(Change, &str); 11] = [
         (
             |c| c.optim.eps = 0.0,
-            "optim.eps must be a finite number > 0, got 0",
+            "optim.eps must be a finite number > 0 that f32 holds",
         ),
         (|c| c.optim.eps = f64::NAN, "optim.eps"),
+        // 1e-300 is > 0 as an f64 but 0 in the f32 the optimizer divides by.
+        (
+            |c| c.optim.eps = 1e-300,
+            "optim.eps must be a finite number > 0 that f32 holds",
+        ),
         (
             |c| c.optim.weight_decay = -0.1,
             "optim.weight_decay must be a finite number >= 0, got -0.1",
@@ -143,4 +148,23 @@ fn training_noise_btx_does_not_implement_is_refused() {
         .to_string();
     assert!(e.contains("router_jitter_noise = 0.01"), "{e}");
     assert!(!d.exists());
+}
+
+/// A model that cannot fit is refused by arithmetic, at once and with its own hint (listing the
+/// parameters of 1e8 layers used to take gigabytes before the batch's check, whose hint was
+/// to lower the batch).
+#[test]
+fn a_model_larger_than_the_machine_is_refused_at_once() {
+    if btx_model::budget::machine_memory().is_none() {
+        panic!("this test needs /proc/meminfo");
+    }
+    let mut m = btx_model::ModelConfig::llama(61, 32, 48, 2, 4, 2, 512);
+    m.num_layers = 100_000_000;
+    let t0 = std::time::Instant::now();
+    let e = TrainerConfig::default()
+        .preflight(&m)
+        .unwrap_err()
+        .to_string();
+    assert!(t0.elapsed().as_secs_f64() < 1.0);
+    assert!(e.contains("the model itself is too large"), "{e}");
 }

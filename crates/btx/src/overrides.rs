@@ -101,6 +101,8 @@ pub fn load_str<T: DeserializeOwned>(
         );
     }
     let cfg = T::deserialize(root.clone()).map_err(|e| {
+        // toml's message spans lines ("...\nin `optim`\n"): one line, then the hint.
+        let e = e.to_string().split_whitespace().collect::<Vec<_>>().join(" ");
         anyhow!("{what}: {e}\nhint: check the key's name and its value's type against the examples/ configs and the README (unknown keys are refused by name)")
     })?;
     Ok((cfg, root))

@@ -554,3 +554,109 @@ fn a_broken_newest_checkpoint_is_passed_over_on_resume() {
         "resumed from step 2, the run should end where an uninterrupted one does"
     );
 }
+
+/// Found by probing in the spirit of issue 28: settings that overflow (a router std of 1e300,
+/// mixing weights whose sum is past f32's range, a finite weight so large that the logits
+/// overflow) wrote models or outputs holding Inf/NaN with exit 0. Nothing non-finite is
+/// written, and the `--out` does not appear.
+#[test]
+fn nothing_non_finite_is_written_whatever_the_settings() {
+    let d = Scratch::new("trust-finite");
+    let model =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../testdata/hf-tiny/llama/model");
+    let out = d.join("o");
+    for args in [
+        vec!["mix", "--router-std", "1e300"],
+        vec!["upcycle", "--num-experts", "2", "--router-std", "1e300"],
+    ] {
+        let mut c = btx();
+        c.args(&args).arg("--seed").arg(&model);
+        if args[0] == "mix" {
+            c.arg("--experts").arg(&model).arg(&model);
+        }
+        let t = refused(c.arg("--out").arg(&out), "non-finite");
+        assert!(!out.exists(), "{args:?}: {t}");
+    }
+    // Weights whose sum is past f64's range (each weight / inf = 0).
+    let t = refused(
+        btx()
+            .args(["average", "--weights", "1e308,1e308", "--models"])
+            .arg(&model)
+            .arg(&model)
+            .arg("--out")
+            .arg(&out),
+        "finite non-negative values",
+    );
+    assert!(!out.exists(), "{t}");
+
+    // A finite weight of 3e38 overflows the logits: `btx forward` writes none of them.
+    let big = d.join("big");
+    std::fs::create_dir_all(&big).unwrap();
+    std::fs::copy(model.join("config.json"), big.join("config.json")).unwrap();
+    let m = btx_model::Model::load(&model, &btx_model::burn::prelude::Device::flex()).unwrap();
+    let mut params = m.host_params();
+    for (name, t) in &mut params {
+        if name.ends_with("mlp.up_proj.weight") {
+            t.data.iter_mut().for_each(|x| *x = 3e38 * x.signum());
+        }
+    }
+    let raw: Vec<(&str, Vec<usize>, Vec<f32>)> = params
+        .iter()
+        .map(|(n, t)| (n.as_str(), t.shape.clone(), t.data.clone()))
+        .collect();
+    btx_testkit::write_raw_f32_safetensors(&big.join("model.safetensors"), &raw);
+    let ids = d.join("ids.safetensors");
+    let mut w = btx_model::io::StreamWriter::create(
+        &ids,
+        vec![("input_ids".into(), btx_model::io::OutDtype::I64, vec![1, 4])],
+    )
+    .unwrap();
+    w.write_i64("input_ids", &[1, 2, 3, 4]).unwrap();
+    w.finish().unwrap();
+    let fwd = d.join("fwd.safetensors");
+    refused(
+        btx()
+            .args(["forward", "--model"])
+            .arg(&big)
+            .arg("--input")
+            .arg(&ids)
+            .arg("--out")
+            .arg(&fwd),
+        "non-finite",
+    );
+    assert!(!fwd.exists());
+}
+
+/// Found by probing: `btx export --format hf-mixtral` of a switch (or sample-top1) model wrote a
+/// Mixtral that transformers runs as plain top-1, with other logits, and said nothing.
+#[test]
+fn an_export_transformers_would_compute_differently_is_refused_unless_accepted() {
+    let d = Scratch::new("trust-export");
+    let model =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../testdata/hf-tiny/llama/model");
+    let sw = d.join("switch");
+    ok(btx()
+        .args(["mix", "--routing", "switch", "--seed"])
+        .arg(&model)
+        .arg("--experts")
+        .arg(&model)
+        .arg(&model)
+        .arg("--out")
+        .arg(&sw));
+    let out = d.join("hf");
+    refused(
+        btx()
+            .args(["export", "--model"])
+            .arg(&sw)
+            .arg("--out")
+            .arg(&out),
+        "transformers' Mixtral does not compute",
+    );
+    assert!(!out.exists());
+    ok(btx()
+        .args(["export", "--allow-routing-change", "--model"])
+        .arg(&sw)
+        .arg("--out")
+        .arg(&out));
+    assert!(out.join("config.json").is_file());
+}

@@ -103,6 +103,7 @@ impl StreamWriter {
         let mut sink = TensorSink {
             out: &mut self.out,
             path: &self.path,
+            name,
             remaining: numel,
         };
         fill(&mut sink)?;
@@ -120,6 +121,7 @@ impl StreamWriter {
 
     pub fn write_f32(&mut self, name: &str, data: &[f32]) -> Result<()> {
         self.expect(name, OutDtype::F32, data.len())?;
+        finite(&self.path, name, data.iter().copied())?;
         let mut buf = Vec::with_capacity(data.len() * 4);
         for x in data {
             buf.extend_from_slice(&x.to_le_bytes());
@@ -160,10 +162,35 @@ impl StreamWriter {
     }
 }
 
+/// Refuses a non-finite value: nothing btx writes (a model, a checkpoint, `btx forward`'s
+/// outputs) may hold NaN or Inf, whichever computation made it (an overflowing router scale, a
+/// weighted sum past f32's range, a model whose logits overflow).
+fn finite(path: &Path, name: &str, values: impl Iterator<Item = f32>) -> Result<()> {
+    let mut bad = 0usize;
+    let mut first = None;
+    for (i, x) in values.enumerate() {
+        if !x.is_finite() {
+            bad += 1;
+            first.get_or_insert((i, x));
+        }
+    }
+    match first {
+        None => Ok(()),
+        Some((i, x)) => Err(ModelError::refused(
+            format!(
+                "{}: tensor {name:?} holds {bad} non-finite value(s) (first: {x} at {i}); refusing to write it",
+                path.display()
+            ),
+            "the computation that made it overflowed or divided by zero: check the values it was given (weights, scales, router settings)",
+        )),
+    }
+}
+
 /// Receives one tensor's values piece by piece (see [`StreamWriter::write_f32_with`]).
 pub struct TensorSink<'a> {
     out: &'a mut BufWriter<File>,
     path: &'a Path,
+    name: &'a str,
     remaining: usize,
 }
 
@@ -180,6 +207,7 @@ impl TensorSink<'_> {
 
     pub fn f32(&mut self, data: &[f32]) -> Result<()> {
         self.take(data.len())?;
+        finite(self.path, self.name, data.iter().copied())?;
         let mut buf = Vec::with_capacity(data.len() * 4);
         for x in data {
             buf.extend_from_slice(&x.to_le_bytes());
@@ -192,6 +220,13 @@ impl TensorSink<'_> {
     /// Values already encoded as little-endian f32 bytes (copied through untouched).
     pub fn f32_le_bytes(&mut self, bytes: &[u8]) -> Result<()> {
         self.take(bytes.len() / 4)?;
+        finite(
+            self.path,
+            self.name,
+            bytes
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+        )?;
         self.out
             .write_all(bytes)
             .map_err(|e| ModelError::io(self.path, e))

@@ -119,6 +119,11 @@ pub struct ExportArgs {
     /// Replace an existing non-empty --out (atomically).
     #[arg(long)]
     force: bool,
+    /// With hf-mixtral: export a switch or sample-top1 model as plain Mixtral top-1 even though
+    /// transformers then computes other logits (the gate is 1 instead of p_i, no capacity
+    /// limit; sample-top1's soft first layer becomes top-1). Without it such a model is refused.
+    #[arg(long)]
+    allow_routing_change: bool,
 }
 
 pub fn run_export(a: ExportArgs) -> Result<()> {
@@ -138,6 +143,21 @@ pub fn run_export(a: ExportArgs) -> Result<()> {
                 att.num_experts,
                 if att.shared_kv { " sharing keys and values" } else { "" }
             );
+        }
+    }
+    if a.format == "hf-mixtral" && !a.allow_routing_change {
+        if let Some(moe) = &m.cfg.moe {
+            use btx_model::Routing;
+            if matches!(
+                moe.routing,
+                Routing::Switch { .. } | Routing::SampleTop1 { .. }
+            ) {
+                bail!(
+                    "{} routes with {}, which transformers' Mixtral does not compute: it would run the export as plain top-1 and give other logits\nhint: the exact export is a top-k model (mix or finetune with routing = \"top-k\"); --allow-routing-change exports this one anyway as Mixtral top-1 (see the README's routing table for what differs)",
+                    a.model.display(),
+                    moe.routing.name()
+                );
+            }
         }
     }
     let staged = OutDir::create(&a.out, &[&a.model], Existing::replace_if(a.force))?;
