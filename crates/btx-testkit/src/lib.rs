@@ -73,36 +73,6 @@ pub fn max_diff(a: &[f32], b: &[f32]) -> f32 {
         .fold(0.0, f32::max)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn removed_on_drop_and_kept_on_panic() {
-        let kept;
-        {
-            let s = Scratch::new("testkit-drop");
-            std::fs::write(s.join("f"), b"x").unwrap();
-            kept = s.path().to_path_buf();
-            assert!(kept.join("f").exists());
-        }
-        assert!(!kept.exists(), "dropped scratch dir should be gone");
-
-        let panicked = std::panic::catch_unwind(|| {
-            let s = Scratch::new("testkit-panic");
-            std::fs::write(s.join("f"), b"x").unwrap();
-            panic!("test failure");
-        });
-        assert!(panicked.is_err());
-        let left = std::env::temp_dir().join(format!("btx-testkit-panic-{}", std::process::id()));
-        assert!(left.join("f").exists(), "a failing test's dir is kept");
-        std::fs::remove_dir_all(left).unwrap();
-
-        let a = Scratch::absent("testkit-absent");
-        assert!(!a.exists());
-    }
-}
-
 /// Writes an F32 safetensors file of `(name, shape, values)` as given, NaN and Inf included:
 /// btx's own writers refuse non-finite values, and tests of what a reader does with a file
 /// made elsewhere need one that holds them.
@@ -134,4 +104,34 @@ pub fn write_raw_f32_safetensors(path: &Path, tensors: &[(&str, Vec<usize>, Vec<
         }
     }
     std::fs::write(path, bytes).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn removed_on_drop_and_kept_on_panic() {
+        let kept;
+        {
+            let s = Scratch::new("testkit-drop");
+            std::fs::write(s.join("f"), b"x").unwrap();
+            kept = s.path().to_path_buf();
+            assert!(kept.join("f").exists());
+        }
+        assert!(!kept.exists(), "dropped scratch dir should be gone");
+
+        let panicked = std::panic::catch_unwind(|| {
+            let s = Scratch::new("testkit-panic");
+            std::fs::write(s.join("f"), b"x").unwrap();
+            panic!("test failure");
+        });
+        assert!(panicked.is_err());
+        let left = std::env::temp_dir().join(format!("btx-testkit-panic-{}", std::process::id()));
+        assert!(left.join("f").exists(), "a failing test's dir is kept");
+        std::fs::remove_dir_all(left).unwrap();
+
+        let a = Scratch::absent("testkit-absent");
+        assert!(!a.exists());
+    }
 }
