@@ -1,7 +1,11 @@
 //! Trust, third pass (adversarial probe): RoPE parameters resolved as transformers 4.x and 5.x
-//! both read them or refused where they would not agree.
+//! both read them or refused where they would not agree; the weights file transformers loads
+//! when a directory holds both layouts; shard indexes that cannot be followed refused by name.
 
-use btx_model::ModelConfig;
+use btx_model::burn::prelude::*;
+use btx_model::io::{write_checkpoint, write_tensors, OutDtype, StreamWriter, TensorReader};
+use btx_model::{Model, ModelConfig, ModelError};
+use btx_testkit::Scratch;
 
 fn llama_json(extra: &str) -> String {
     format!(
@@ -172,4 +176,154 @@ fn the_transformers_fixtures_keep_their_rope_base() {
         let c = ModelConfig::load(&root.join(dir).join("model/config.json")).unwrap();
         assert_eq!(c.rope_theta, want, "{dir}");
     }
+}
+
+fn small() -> ModelConfig {
+    ModelConfig::llama(32, 16, 24, 1, 2, 2, 64)
+}
+
+/// A directory with model.safetensors and model.safetensors.index.json: transformers loads the
+/// single file, btx read the shards. Now btx reads the single file too (and says so), and a
+/// sharded save removes a stale single file, which would otherwise be read instead.
+#[test]
+fn a_single_file_beside_an_index_is_what_is_read() {
+    let d = Scratch::new("trust2-both");
+    let shards = Model::init(&small(), 1, &Device::flex()).unwrap();
+    shards.save(&d, 4096).unwrap();
+    assert!(d.join("model.safetensors.index.json").exists());
+    let single = Model::init(&small(), 2, &Device::flex()).unwrap();
+    write_tensors(&d.join("model.safetensors"), &single.host_params()).unwrap();
+    let back = Model::load(&d, &Device::flex()).unwrap();
+    assert_eq!(back.host_params(), single.host_params());
+
+    // Saving shards over it leaves only the shards.
+    shards.save(&d, 4096).unwrap();
+    assert!(!d.join("model.safetensors").exists());
+    let back = Model::load(&d, &Device::flex()).unwrap();
+    assert_eq!(back.host_params(), shards.host_params());
+}
+
+/// transformers loads the file `transformers_weights` names; btx ignored the key.
+#[test]
+fn transformers_weights_naming_another_file_is_refused() {
+    let e = err(&llama_json(
+        r#","transformers_weights":"other.safetensors""#,
+    ));
+    assert!(
+        e.contains("transformers_weights = \"other.safetensors\"") && e.contains("\nhint: "),
+        "{e}"
+    );
+    for ok in [
+        r#","transformers_weights":null"#,
+        r#","transformers_weights":"model.safetensors""#,
+    ] {
+        ModelConfig::from_hf_json(&llama_json(ok)).unwrap();
+    }
+}
+
+fn write_index(dir: &std::path::Path, json: &str) {
+    std::fs::write(dir.join("model.safetensors.index.json"), json).unwrap();
+}
+
+/// Indexes that cannot be followed: each is refused as the index, by name, with a hint; before,
+/// an empty weight_map read as "<empty path>: tensor ... is missing", a tensor in two shards as
+/// a damaged file, a missing shard as a bare "No such file".
+#[test]
+fn shard_indexes_that_cannot_be_followed_are_refused_by_name() {
+    let d = Scratch::new("trust2-index");
+    let specs = vec![("a".to_string(), vec![2]), ("b".to_string(), vec![2])];
+    write_checkpoint(&d, &specs, 8, |_| Ok(vec![1.0, 2.0])).unwrap();
+    let index = d.join("model.safetensors.index.json");
+    let shard1 = "model-00001-of-00002.safetensors";
+    let shard2 = "model-00002-of-00002.safetensors";
+    assert!(TensorReader::open(&d).is_ok());
+    let open_err = || TensorReader::open(&d).err().expect("refused");
+    let check = |e: ModelError, needles: &[&str]| {
+        let s = e.to_string();
+        for n in needles {
+            assert!(s.contains(n), "{n:?} not in {s}");
+        }
+        assert!(!s.contains("is missing"), "{s}");
+        assert_eq!(s.matches("\nhint: ").count(), 1, "{s}");
+    };
+
+    write_index(&d, r#"{"weight_map":{}}"#);
+    let e = open_err();
+    assert!(matches!(e, ModelError::Index { .. }), "{e:?}");
+    check(
+        e,
+        &[&index.display().to_string(), "\"weight_map\" is empty"],
+    );
+
+    write_index(&d, r#"{"weight_map":{"a":1}}"#);
+    check(
+        open_err(),
+        &["weight_map[\"a\"] must name a shard file, found 1"],
+    );
+    write_index(&d, r#"{"weight_map":{"a":null}}"#);
+    check(open_err(), &["weight_map[\"a\"] must name a shard file"]);
+    write_index(&d, r#"{"metadata":{}}"#);
+    check(open_err(), &["no \"weight_map\""]);
+    write_index(&d, "{\"weight_map\":");
+    check(open_err(), &["not a valid shard index"]);
+
+    // A shard that is not there.
+    write_index(
+        &d,
+        &format!(r#"{{"weight_map":{{"a":"{shard1}","b":"model-00009-of-00009.safetensors"}}}}"#),
+    );
+    check(
+        open_err(),
+        &[
+            "names the shard \"model-00009-of-00009.safetensors\", which is not in",
+            "incomplete download",
+        ],
+    );
+
+    // The same tensor in two shards.
+    let mut w =
+        StreamWriter::create(&d.join(shard2), vec![("a".into(), OutDtype::F32, vec![2])]).unwrap();
+    w.write_f32("a", &[3.0, 4.0]).unwrap();
+    w.finish().unwrap();
+    write_index(
+        &d,
+        &format!(r#"{{"weight_map":{{"a":"{shard1}","b":"{shard2}"}}}}"#),
+    );
+    let e = open_err();
+    assert!(matches!(e, ModelError::DuplicateTensor { .. }), "{e:?}");
+    let s = e.to_string();
+    assert!(!s.contains("not a readable safetensors"), "{s}");
+    check(e, &["tensor \"a\" is also in", "shards overlap"]);
+}
+
+/// Reading token ids from a float tensor said "dtype F32 (expected an integer type), which btx
+/// cannot read (F32, F16, BF16, F64)"; a float weight stored as integers now says what is read.
+#[test]
+fn dtype_errors_say_what_is_read_there() {
+    let d = Scratch::new("trust2-dtype");
+    let p = d.join("x.safetensors");
+    let mut w = StreamWriter::create(
+        &p,
+        vec![
+            ("f".into(), OutDtype::F32, vec![2]),
+            ("i".into(), OutDtype::I64, vec![2]),
+        ],
+    )
+    .unwrap();
+    w.write_f32("f", &[1.0, 2.0]).unwrap();
+    w.write_i64("i", &[1, 2]).unwrap();
+    w.finish().unwrap();
+    let r = TensorReader::open(&p).unwrap();
+    let e = r.read_i64("f").unwrap_err().to_string();
+    assert!(
+        e.contains("has dtype F32, but btx reads token ids as integers")
+            && e.contains("\nhint: ")
+            && !e.contains("F16"),
+        "{e}"
+    );
+    let e = r.read("i").unwrap_err().to_string();
+    assert!(
+        e.contains("has dtype I64, but btx reads floats") && e.contains("\nhint: "),
+        "{e}"
+    );
 }

@@ -340,6 +340,21 @@ impl ModelConfig {
                 "quantization_config: btx reads unquantized float checkpoints only\nhint: use the unquantized model".into(),
             ));
         }
+        // transformers (`_get_resolved_checkpoint_files`, assumed from its source) loads the
+        // weights from the file this key names instead of model.safetensors; btx reads
+        // model.safetensors (or the index's shards), so only that default name is accepted.
+        match obj.get("transformers_weights") {
+            None | Some(Value::Null) => {}
+            Some(Value::String(f)) if f == crate::io::SINGLE_FILE => {}
+            Some(v) => {
+                return Err(cfg_err(format!(
+                    "transformers_weights = {v}: transformers loads the weights from that file, btx reads {} (or the shards {} lists)\nhint: rename the weights file to {} and remove transformers_weights",
+                    crate::io::SINGLE_FILE,
+                    crate::io::INDEX_FILE,
+                    crate::io::SINGLE_FILE
+                )))
+            }
+        }
         // A partial rotary factor rotates only part of each head: not implemented. (Inside
         // rope_parameters or rope_scaling it is checked by rope_theta().)
         if let Some(f) = f64_of("partial_rotary_factor")? {
