@@ -1,6 +1,9 @@
 //! Trust, third pass (adversarial probe): RoPE parameters resolved as transformers 4.x and 5.x
 //! both read them or refused where they would not agree; the weights file transformers loads
-//! when a directory holds both layouts; shard indexes that cannot be followed refused by name.
+//! when a directory holds both layouts; pad_token_id as the embedding's padding_idx (its row
+//! gets no gradient from the lookup); shard indexes that cannot be followed refused by name.
+
+mod pad;
 
 use btx_model::burn::prelude::*;
 use btx_model::io::{write_checkpoint, write_tensors, OutDtype, StreamWriter, TensorReader};
@@ -175,6 +178,7 @@ fn the_transformers_fixtures_keep_their_rope_base() {
     ] {
         let c = ModelConfig::load(&root.join(dir).join("model/config.json")).unwrap();
         assert_eq!(c.rope_theta, want, "{dir}");
+        assert_eq!(c.pad_token_id, None, "{dir}");
     }
 }
 
@@ -219,6 +223,87 @@ fn transformers_weights_naming_another_file_is_refused() {
     ] {
         ModelConfig::from_hf_json(&llama_json(ok)).unwrap();
     }
+}
+
+/// pad_token_id was not read. transformers builds nn.Embedding(vocab, d, padding_idx=pad):
+/// outside the vocabulary it fails to build, so btx refuses it by name; inside, it is kept and
+/// written back. A list of eos ids had only its first id checked.
+#[test]
+fn pad_token_id_is_read_checked_and_written_back() {
+    let c = ModelConfig::from_hf_json(&llama_json(r#","pad_token_id":2"#)).unwrap();
+    assert_eq!(c.pad_token_id, Some(2));
+    assert_eq!(
+        ModelConfig::from_hf_json(&c.to_hf_json().to_string()).unwrap(),
+        c
+    );
+    assert_eq!(
+        ModelConfig::from_hf_json(&llama_json(r#","pad_token_id":null"#))
+            .unwrap()
+            .pad_token_id,
+        None
+    );
+    for (extra, needle) in [
+        (
+            r#","pad_token_id":10"#,
+            "pad_token_id 10 is outside the vocabulary 0..10",
+        ),
+        (r#","pad_token_id":-1"#, "pad_token_id -1 is negative"),
+        (r#","pad_token_id":-11"#, "pad_token_id -11 is outside"),
+        (
+            r#","pad_token_id":[1,2]"#,
+            "pad_token_id must be one token id",
+        ),
+        (
+            r#","pad_token_id":"2""#,
+            "pad_token_id must be one token id",
+        ),
+        (r#","eos_token_id":[2,12]"#, "eos_token_id[1] 12 is outside"),
+        (r#","bos_token_id":[1,10]"#, "bos_token_id[1] 10 is outside"),
+    ] {
+        let e = err(&llama_json(extra));
+        assert!(e.contains(needle), "{extra}: {needle:?} not in {e}");
+        assert!(e.contains("\nhint: "), "{extra}: {e}");
+    }
+    // -1 is row vocab_size - 1 to torch: the hint names that row.
+    assert!(err(&llama_json(r#","pad_token_id":-1"#)).contains("pad_token_id (9)"));
+    let c = ModelConfig::from_hf_json(&llama_json(r#","eos_token_id":[2,9]"#)).unwrap();
+    assert_eq!(c.eos_token_id, Some(2));
+}
+
+/// The forward is unchanged by pad_token_id (no autodiff, so no masking at all).
+#[test]
+fn pad_token_id_leaves_the_forward_unchanged() {
+    let m = Model::init(&pad::cfg(false), 7, &Device::flex()).unwrap();
+    let opts = Default::default();
+    let a = m.forward(&pad::IDS, 2, 6, &opts, None).logits;
+    let b = pad::with_pad(&m, Some(pad::PAD as u32))
+        .forward(&pad::IDS, 2, 6, &opts, None)
+        .logits;
+    assert_eq!(
+        btx_model::to_vec(a)
+            .iter()
+            .map(|x| x.to_bits())
+            .collect::<Vec<_>>(),
+        btx_model::to_vec(b)
+            .iter()
+            .map(|x| x.to_bits())
+            .collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn the_lookup_gives_the_pad_row_no_gradient() {
+    pad::untied_pad_row_gets_no_gradient();
+}
+
+#[test]
+fn a_tied_pad_row_gets_the_heads_gradient_only() {
+    pad::tied_pad_row_gets_the_heads_gradient_only();
+}
+
+#[test]
+fn a_batch_without_the_pad_id_trains_as_before() {
+    pad::a_batch_without_the_pad_id_is_unchanged();
 }
 
 fn write_index(dir: &std::path::Path, json: &str) {

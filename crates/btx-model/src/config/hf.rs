@@ -254,7 +254,9 @@ impl ModelConfig {
                     .ok_or_else(|| cfg_err(format!("{key} must be a string, found {v}"))),
             }
         };
-        let token_id = |key: &str| -> Result<Option<u32>> {
+        // Every id of a list is checked against the vocabulary (below), not only the first,
+        // which is the one btx keeps.
+        let token_ids = |key: &str| -> Result<Option<Vec<u32>>> {
             let one = |x: &Value| {
                 x.as_u64()
                     .filter(|&i| i <= u32::MAX as u64)
@@ -263,16 +265,15 @@ impl ModelConfig {
             match present(key) {
                 None => Ok(None),
                 Some(Value::Array(a)) if a.iter().all(|x| one(x).is_some()) => {
-                    Ok(a.first().and_then(one))
+                    Ok(Some(a.iter().filter_map(one).collect()))
                 }
-                Some(x) => one(x).map(Some).ok_or_else(|| {
+                Some(x) => one(x).map(|i| Some(vec![i])).ok_or_else(|| {
                     cfg_err(format!(
                         "{key} must be a token id or a list of them, found {x}"
                     ))
                 }),
             }
         };
-
         // transformers' AutoModel picks the class from model_type; `architectures` names it
         // too. Both must mean the same family, or the file means two different models.
         let arch_name = match present("architectures") {
@@ -420,8 +421,54 @@ impl ModelConfig {
             Some(l) => serde_json::from_value(l.clone())
                 .map_err(|e| cfg_err(format!("btx_experts must be a list of names: {e}")))?,
         };
+        let vocab_size = need("vocab_size")?;
+        let token_id = |key: &str| -> Result<Option<u32>> {
+            let Some(ids) = token_ids(key)? else {
+                return Ok(None);
+            };
+            if ids.len() > 1 {
+                if let Some((i, id)) = ids
+                    .iter()
+                    .enumerate()
+                    .find(|(_, &id)| id as usize >= vocab_size)
+                {
+                    return Err(cfg_err(format!(
+                        "{key}[{i}] {id} is outside the vocabulary 0..{vocab_size}\nhint: is vocab_size right for this tokenizer?"
+                    )));
+                }
+            }
+            // A single id is range-checked by validate(), with the others.
+            Ok(ids.first().copied())
+        };
+        // transformers passes pad_token_id to nn.Embedding as padding_idx: one index, never a
+        // list. torch takes a negative one as counted from the end (vocab_size + id); btx keeps
+        // ids as they index the table, so it asks for that spelling instead of guessing.
+        let pad_token_id = match present("pad_token_id") {
+            None => None,
+            Some(v) => match v.as_i64() {
+                Some(i) if i < 0 && vocab_size as i64 + i >= 0 => {
+                    return Err(cfg_err(format!(
+                        "pad_token_id {i} is negative: transformers' nn.Embedding takes it as row {} of the vocabulary of {vocab_size}\nhint: write that row as pad_token_id ({}), or null for no padding token",
+                        vocab_size as i64 + i,
+                        vocab_size as i64 + i
+                    )))
+                }
+                Some(i) if i < 0 => {
+                    return Err(cfg_err(format!(
+                        "pad_token_id {i} is outside the vocabulary of {vocab_size} (transformers cannot build nn.Embedding with this padding_idx)\nhint: set pad_token_id to a token of the vocabulary, or null"
+                    )))
+                }
+                Some(i) if i <= u32::MAX as i64 => Some(i as u32),
+                _ => {
+                    return Err(cfg_err(format!(
+                        "pad_token_id must be one token id (or null), found {v}"
+                    )))
+                }
+            },
+        };
+
         let cfg = ModelConfig {
-            vocab_size: need("vocab_size")?,
+            vocab_size,
             hidden_size,
             intermediate_size: need("intermediate_size")?,
             num_layers: need("num_hidden_layers")?,
@@ -435,6 +482,7 @@ impl ModelConfig {
             tie_word_embeddings: bool_of("tie_word_embeddings")?.unwrap_or(false),
             bos_token_id: token_id("bos_token_id")?,
             eos_token_id: token_id("eos_token_id")?,
+            pad_token_id,
             sliding_window,
             attention_dropout: f64_of("attention_dropout")?.unwrap_or(0.0),
             // Only Mixtral's router reads it.
@@ -497,6 +545,7 @@ impl ModelConfig {
         m.insert("torch_dtype".into(), json!("float32"));
         m.insert("bos_token_id".into(), json!(self.bos_token_id));
         m.insert("eos_token_id".into(), json!(self.eos_token_id));
+        m.insert("pad_token_id".into(), json!(self.pad_token_id));
         if let Some(moe) = &self.moe {
             // Mixtral only knows top-k: export the nearest setting and keep the real mode aside.
             let k = match moe.routing {
