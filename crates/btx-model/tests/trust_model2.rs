@@ -1,11 +1,13 @@
 //! Trust, third pass (adversarial probe): RoPE parameters resolved as transformers 4.x and 5.x
 //! both read them or refused where they would not agree; the weights file transformers loads
 //! when a directory holds both layouts; pad_token_id as the embedding's padding_idx (its row
-//! gets no gradient from the lookup); shard indexes that cannot be followed refused by name.
+//! gets no gradient from the lookup); shard indexes that cannot be followed refused by name;
+//! generation's room counts the positions it uses.
 
 mod pad;
 
 use btx_model::burn::prelude::*;
+use btx_model::generate::{generate, room, Sampling};
 use btx_model::io::{write_checkpoint, write_tensors, OutDtype, StreamWriter, TensorReader};
 use btx_model::{Model, ModelConfig, ModelError};
 use btx_testkit::Scratch;
@@ -411,4 +413,33 @@ fn dtype_errors_say_what_is_read_there() {
         e.contains("has dtype I64, but btx reads floats") && e.contains("\nhint: "),
         "{e}"
     );
+}
+
+/// Generation feeds back every new token but the last, so `max_new` tokens after a prompt of
+/// n use n + max_new - 1 positions; `room` counted one fewer (a prompt of 6 in a window of 8
+/// was allowed 2 tokens where 3 fit).
+#[test]
+fn generation_room_counts_the_positions_it_uses() {
+    let mut c = small();
+    c.sliding_window = Some(8);
+    let m = Model::init(&c, 1, &Device::flex()).unwrap();
+    let prompt = vec![1i64, 2, 3, 4, 5, 6];
+    assert_eq!(room(&m, 6), 3);
+    assert_eq!(room(&m, 8), 1);
+    assert_eq!(room(&m, 9), 0);
+    // All three are generated, within the window (forward asserts it).
+    let out = generate(&m, &[prompt], 20, &Sampling::default(), None, |_, _| false);
+    assert_eq!(out[0].len(), 3);
+    // max_position_embeddings likewise.
+    let m = Model::init(
+        &ModelConfig::llama(32, 16, 24, 1, 2, 2, 8),
+        1,
+        &Device::flex(),
+    )
+    .unwrap();
+    assert_eq!(room(&m, 8), 1);
+    let out = generate(&m, &[vec![1; 8]], 5, &Sampling::default(), None, |_, _| {
+        false
+    });
+    assert_eq!(out[0].len(), 1);
 }
