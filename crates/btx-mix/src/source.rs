@@ -130,6 +130,7 @@ fn config_difference(a: &ModelConfig, b: &ModelConfig) -> Option<(&'static str, 
         tie_word_embeddings,
         bos_token_id,
         eos_token_id,
+        pad_token_id,
         sliding_window,
         attention_dropout,
         router_jitter_noise,
@@ -143,7 +144,7 @@ fn config_difference(a: &ModelConfig, b: &ModelConfig) -> Option<(&'static str, 
     fn show<T: serde::Serialize>(x: &T) -> String {
         serde_json::to_string(x).unwrap_or_default()
     }
-    let fields: [(&str, String, String); 16] = [
+    let fields: [(&str, String, String); 17] = [
         ("vocab_size", show(vocab_size), show(&b.vocab_size)),
         ("hidden_size", show(hidden_size), show(&b.hidden_size)),
         (
@@ -173,6 +174,8 @@ fn config_difference(a: &ModelConfig, b: &ModelConfig) -> Option<(&'static str, 
         ),
         ("bos_token_id", show(bos_token_id), show(&b.bos_token_id)),
         ("eos_token_id", show(eos_token_id), show(&b.eos_token_id)),
+        // The embedding's padding_idx: which row the lookup trains.
+        ("pad_token_id", show(pad_token_id), show(&b.pad_token_id)),
         (
             "sliding_window",
             show(sliding_window),

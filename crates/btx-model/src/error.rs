@@ -35,13 +35,32 @@ pub enum ModelError {
         expected: Vec<usize>,
         found: Vec<usize>,
     },
+    /// A tensor stored in a dtype that the reader asked for cannot be: `expected` says what it
+    /// reads there (floats for weights, integers for token ids).
     #[error(
-        "{path}: tensor {name:?} has dtype {dtype}, which btx cannot read (F32, F16, BF16, F64)"
+        "{path}: tensor {name:?} has dtype {dtype}, but btx reads {expected} there\nhint: {hint}"
     )]
     Dtype {
         path: PathBuf,
         name: String,
         dtype: String,
+        expected: String,
+        hint: String,
+    },
+    /// A sharded checkpoint's `model.safetensors.index.json` that cannot be followed: not JSON,
+    /// no or an empty `weight_map`, a value that is not a file name, a shard that is not there.
+    #[error("{path}: {msg}\nhint: {hint}")]
+    Index {
+        path: PathBuf,
+        msg: String,
+        hint: String,
+    },
+    /// One tensor name in two shards: which one a reader takes would be arbitrary.
+    #[error("{path}: tensor {name:?} is also in {other}; a checkpoint holds each tensor once\nhint: the shards overlap (two checkpoints written into one directory, or an index that lists another checkpoint's shards); keep the shards of one checkpoint and the index that names them")]
+    DuplicateTensor {
+        path: PathBuf,
+        other: PathBuf,
+        name: String,
     },
     #[error("{path}: unexpected tensor {name:?} (not part of a {arch} with this config)\nhint: is config.json the one that belongs to these weights?")]
     UnexpectedTensor {

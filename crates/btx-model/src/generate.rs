@@ -38,9 +38,11 @@ impl Sampling {
 /// How many new tokens fit after a prompt of `prompt_len` tokens within the positions btx
 /// computes as transformers does ([`crate::ModelConfig::max_positions`]: the model's
 /// `max_position_embeddings`, and its `sliding_window`, which btx does not implement):
-/// generation never runs past them.
+/// generation never runs past them. The last new token is sampled and never fed back, so
+/// `max_new` tokens use `prompt_len + max_new - 1` positions ([`positions_used`]): a prompt
+/// that fills every position still has room for one.
 pub fn room(model: &Model, prompt_len: usize) -> usize {
-    model.cfg.max_positions().saturating_sub(prompt_len.max(1))
+    (model.cfg.max_positions() + 1).saturating_sub(prompt_len.max(1))
 }
 
 /// Positions the forward passes of a generation use: the prompt, then each new token but the

@@ -61,6 +61,133 @@ impl Family {
     }
 }
 
+/// RoPE's base as transformers reads `config.json`, or why btx refuses the file.
+///
+/// What this relies on (transformers' source, not run here):
+/// - transformers 5 (`RotaryEmbeddingConfigMixin.convert_rope_params_to_dict` and
+///   `standardize_rope_params`): `rope_parameters = rope_scaling or rope_parameters` (a
+///   non-empty `rope_scaling` replaces `rope_parameters` whole), then
+///   `setdefault("rope_theta", <top-level rope_theta, else the class default>)` and
+///   `setdefault("rope_type", <its "type", else "default">)`; the rotary embedding then builds
+///   `ROPE_INIT_FUNCTIONS[rope_type]` unless it is "default" (a null type fails there).
+/// - transformers 4.x: RoPE's base is the top-level `rope_theta` (else the class default); the
+///   type is `rope_scaling.get("rope_type", rope_scaling.get("type"))` when `rope_scaling` is
+///   a dict (a dict without a type fails in `ROPE_INIT_FUNCTIONS`), and the config copies a
+///   legacy `type` over `rope_type`; `rope_parameters` is an unknown key, ignored.
+///
+/// So: a file in 4.x's spelling (top-level `rope_theta`, `rope_scaling`) is read as both read
+/// it; a file with `rope_parameters` is one only transformers 5 writes and is read as 5 reads
+/// it (btx's own writer adds an equal top-level `rope_theta` for 4.x); every file on which the
+/// two would disagree, or which either cannot build, is refused by name.
+fn rope_theta(obj: &Map<String, Value>, family: Family) -> std::result::Result<f64, String> {
+    let object = |key: &str| match obj.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Object(m)) => Ok(Some(m)),
+        Some(other) => Err(format!("{key} must be an object or null, found {other}")),
+    };
+    let top = theta_in(obj, "", family)?;
+    let default = family.default_rope_theta();
+    let (key, m) = match (object("rope_parameters")?, object("rope_scaling")?) {
+        (None, None) => return Ok(top.unwrap_or(default)),
+        (Some(m), None) => ("rope_parameters", m),
+        (None, Some(m)) => ("rope_scaling", m),
+        (Some(_), Some(_)) => {
+            return Err(
+                "rope_scaling and rope_parameters are both set: transformers 5 reads rope_scaling in place of rope_parameters, transformers 4.x reads rope_scaling and top-level rope_theta and ignores rope_parameters\nhint: keep one: rope_parameters (as transformers 5 writes it), or rope_scaling with rope_theta at top level (as 4.x writes it)"
+                    .into(),
+            )
+        }
+    };
+    if let Some((k, _)) = m.iter().find(|(_, v)| v.is_object()) {
+        return Err(format!(
+            "{key}.{k}: RoPE per layer type is not supported (only one default RoPE)"
+        ));
+    }
+    let t = match (m.get("rope_type"), m.get("type")) {
+        (Some(Value::Null), _) | (_, Some(Value::Null)) => {
+            return Err(format!(
+                "{key} has a null rope type, from which transformers cannot build RoPE\nhint: write \"rope_type\": \"default\" (the plain rotate-half RoPE)"
+            ))
+        }
+        (Some(a), Some(b)) if a != b => {
+            return Err(format!(
+                "{key} gives the rope type twice, as rope_type {a} and type {b}: transformers 5 reads rope_type, transformers 4.x copies type over it\nhint: keep rope_type only"
+            ))
+        }
+        (Some(t), _) | (None, Some(t)) => Some(t),
+        (None, None) => None,
+    };
+    match t {
+        Some(Value::String(t)) if t == "default" => {}
+        None if key == "rope_parameters" => {}
+        None => {
+            return Err(
+                "rope_scaling names no rope type: transformers 4.x cannot build RoPE from it (transformers 5 takes the default)\nhint: remove rope_scaling (or set it to null) for the default RoPE, or write \"rope_type\": \"default\" in it"
+                    .into(),
+            )
+        }
+        Some(t) => {
+            return Err(format!(
+                "{key}: rope type {t} is not supported (only the default rotate-half RoPE)"
+            ))
+        }
+    }
+    // transformers 5 reads a partial rotary factor from the chosen dict (4.x from the top
+    // level only); either way btx rotates whole heads, so anything but 1 is refused.
+    match m.get("partial_rotary_factor") {
+        None | Some(Value::Null) => {}
+        Some(v) if v.as_f64() == Some(1.0) => {}
+        Some(v) => {
+            return Err(format!(
+                "{key}.partial_rotary_factor = {v} is not supported (btx rotates whole heads)"
+            ))
+        }
+    }
+    let nested = theta_in(m, &format!("{key}."), family)?;
+    if key == "rope_scaling" {
+        // transformers 5 takes RoPE's base from rope_scaling, 4.x from the top level only.
+        return match (nested, top) {
+            (Some(a), b) if Some(a) != b => Err(format!(
+                "rope_scaling.rope_theta = {a} but {}: transformers 5 takes RoPE's base from rope_scaling, transformers 4.x from the top-level rope_theta only\nhint: move it to the top-level rope_theta and out of rope_scaling",
+                match b {
+                    Some(b) => format!("rope_theta = {b}"),
+                    None => format!("there is no top-level rope_theta (the default is {default})"),
+                }
+            )),
+            _ => Ok(top.unwrap_or(default)),
+        };
+    }
+    if let (Some(a), Some(b)) = (nested, top) {
+        if a != b {
+            return Err(format!(
+                "rope_parameters.rope_theta = {a} but rope_theta = {b}\nhint: make the two agree (transformers 4 reads rope_theta, 5 reads rope_parameters)"
+            ));
+        }
+    }
+    Ok(nested.or(top).unwrap_or(default))
+}
+
+/// `rope_theta` in `m` (`at` prefixes its key in messages). A theta given as null reaches
+/// transformers' RoPE as None, which it cannot raise to a power: refused rather than read as
+/// the default.
+fn theta_in(
+    m: &Map<String, Value>,
+    at: &str,
+    family: Family,
+) -> std::result::Result<Option<f64>, String> {
+    match m.get("rope_theta") {
+        None => Ok(None),
+        Some(Value::Null) => Err(format!(
+            "{at}rope_theta is null, from which transformers cannot build RoPE\nhint: remove the key for the architecture's default ({}), or give RoPE's base as a number",
+            family.default_rope_theta()
+        )),
+        Some(v) => v
+            .as_f64()
+            .map(Some)
+            .ok_or_else(|| format!("{at}rope_theta must be a number, found {v}")),
+    }
+}
+
 impl ModelConfig {
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?;
@@ -127,7 +254,9 @@ impl ModelConfig {
                     .ok_or_else(|| cfg_err(format!("{key} must be a string, found {v}"))),
             }
         };
-        let token_id = |key: &str| -> Result<Option<u32>> {
+        // Every id of a list is checked against the vocabulary (below), not only the first,
+        // which is the one btx keeps.
+        let token_ids = |key: &str| -> Result<Option<Vec<u32>>> {
             let one = |x: &Value| {
                 x.as_u64()
                     .filter(|&i| i <= u32::MAX as u64)
@@ -136,16 +265,15 @@ impl ModelConfig {
             match present(key) {
                 None => Ok(None),
                 Some(Value::Array(a)) if a.iter().all(|x| one(x).is_some()) => {
-                    Ok(a.first().and_then(one))
+                    Ok(Some(a.iter().filter_map(one).collect()))
                 }
-                Some(x) => one(x).map(Some).ok_or_else(|| {
+                Some(x) => one(x).map(|i| Some(vec![i])).ok_or_else(|| {
                     cfg_err(format!(
                         "{key} must be a token id or a list of them, found {x}"
                     ))
                 }),
             }
         };
-
         // transformers' AutoModel picks the class from model_type; `architectures` names it
         // too. Both must mean the same family, or the file means two different models.
         let arch_name = match present("architectures") {
@@ -213,74 +341,31 @@ impl ModelConfig {
                 "quantization_config: btx reads unquantized float checkpoints only\nhint: use the unquantized model".into(),
             ));
         }
-        // Rope: transformers 5 nests it in rope_parameters; 4.x has rope_theta (+ rope_scaling).
-        let rope_params = match present("rope_parameters") {
-            None => None,
-            Some(Value::Object(m)) => Some(m),
-            Some(other) => {
+        // transformers (`_get_resolved_checkpoint_files`, assumed from its source) loads the
+        // weights from the file this key names instead of model.safetensors; btx reads
+        // model.safetensors (or the index's shards), so only that default name is accepted.
+        match obj.get("transformers_weights") {
+            None | Some(Value::Null) => {}
+            Some(Value::String(f)) if f == crate::io::SINGLE_FILE => {}
+            Some(v) => {
                 return Err(cfg_err(format!(
-                    "rope_parameters must be an object, found {other}"
+                    "transformers_weights = {v}: transformers loads the weights from that file, btx reads {} (or the shards {} lists)\nhint: rename the weights file to {} and remove transformers_weights",
+                    crate::io::SINGLE_FILE,
+                    crate::io::INDEX_FILE,
+                    crate::io::SINGLE_FILE
                 )))
             }
-        };
-        let rope_scaling = match present("rope_scaling") {
-            None => None,
-            Some(Value::Object(m)) => Some(m),
-            Some(other) => {
+        }
+        // A partial rotary factor rotates only part of each head: not implemented. (Inside
+        // rope_parameters or rope_scaling it is checked by rope_theta().)
+        if let Some(f) = f64_of("partial_rotary_factor")? {
+            if f != 1.0 {
                 return Err(cfg_err(format!(
-                    "rope_scaling must be an object or null, found {other}"
-                )))
-            }
-        };
-        if let Some(r) = rope_params {
-            if let Some((k, _)) = r.iter().find(|(_, v)| v.is_object()) {
-                return Err(cfg_err(format!(
-                    "rope_parameters.{k}: RoPE per layer type is not supported (only one default RoPE)"
+                    "partial_rotary_factor = {f} is not supported (btx rotates whole heads)"
                 )));
             }
         }
-        for (key, m) in [
-            ("rope_parameters", rope_params),
-            ("rope_scaling", rope_scaling),
-        ] {
-            let Some(m) = m else { continue };
-            let t = m.get("rope_type").or_else(|| m.get("type"));
-            match t {
-                None | Some(Value::Null) => {}
-                Some(Value::String(t)) if t == "default" => {}
-                Some(t) => {
-                    return Err(cfg_err(format!(
-                        "{key}: rope type {t} is not supported (only the default rotate-half RoPE)"
-                    )))
-                }
-            }
-        }
-        // A partial rotary factor rotates only part of each head: not implemented.
-        for (at, m) in [("", Some(obj)), ("rope_parameters.", rope_params)] {
-            let Some(m) = m else { continue };
-            if let Some(f) = f64_in(m, "partial_rotary_factor", at)? {
-                if f != 1.0 {
-                    return Err(cfg_err(format!(
-                        "{at}partial_rotary_factor = {f} is not supported (btx rotates whole heads)"
-                    )));
-                }
-            }
-        }
-        let theta_nested = match rope_params {
-            Some(r) => f64_in(r, "rope_theta", "rope_parameters.")?,
-            None => None,
-        };
-        let theta_top = f64_of("rope_theta")?;
-        if let (Some(a), Some(b)) = (theta_nested, theta_top) {
-            if a != b {
-                return Err(cfg_err(format!(
-                    "rope_parameters.rope_theta = {a} but rope_theta = {b}\nhint: make the two agree (transformers 4 reads rope_theta, 5 reads rope_parameters)"
-                )));
-            }
-        }
-        let rope_theta = theta_nested
-            .or(theta_top)
-            .unwrap_or(family.default_rope_theta());
+        let rope_theta = rope_theta(obj, family).map_err(cfg_err)?;
         if !is_moe && present("btx_routing").is_some() {
             return Err(cfg_err(
                 "btx_routing is set but the model has no experts (no num_local_experts)".into(),
@@ -336,8 +421,54 @@ impl ModelConfig {
             Some(l) => serde_json::from_value(l.clone())
                 .map_err(|e| cfg_err(format!("btx_experts must be a list of names: {e}")))?,
         };
+        let vocab_size = need("vocab_size")?;
+        let token_id = |key: &str| -> Result<Option<u32>> {
+            let Some(ids) = token_ids(key)? else {
+                return Ok(None);
+            };
+            if ids.len() > 1 {
+                if let Some((i, id)) = ids
+                    .iter()
+                    .enumerate()
+                    .find(|(_, &id)| id as usize >= vocab_size)
+                {
+                    return Err(cfg_err(format!(
+                        "{key}[{i}] {id} is outside the vocabulary 0..{vocab_size}\nhint: is vocab_size right for this tokenizer?"
+                    )));
+                }
+            }
+            // A single id is range-checked by validate(), with the others.
+            Ok(ids.first().copied())
+        };
+        // transformers passes pad_token_id to nn.Embedding as padding_idx: one index, never a
+        // list. torch takes a negative one as counted from the end (vocab_size + id); btx keeps
+        // ids as they index the table, so it asks for that spelling instead of guessing.
+        let pad_token_id = match present("pad_token_id") {
+            None => None,
+            Some(v) => match v.as_i64() {
+                Some(i) if i < 0 && vocab_size as i64 + i >= 0 => {
+                    return Err(cfg_err(format!(
+                        "pad_token_id {i} is negative: transformers' nn.Embedding takes it as row {} of the vocabulary of {vocab_size}\nhint: write that row as pad_token_id ({}), or null for no padding token",
+                        vocab_size as i64 + i,
+                        vocab_size as i64 + i
+                    )))
+                }
+                Some(i) if i < 0 => {
+                    return Err(cfg_err(format!(
+                        "pad_token_id {i} is outside the vocabulary of {vocab_size} (transformers cannot build nn.Embedding with this padding_idx)\nhint: set pad_token_id to a token of the vocabulary, or null"
+                    )))
+                }
+                Some(i) if i <= u32::MAX as i64 => Some(i as u32),
+                _ => {
+                    return Err(cfg_err(format!(
+                        "pad_token_id must be one token id (or null), found {v}"
+                    )))
+                }
+            },
+        };
+
         let cfg = ModelConfig {
-            vocab_size: need("vocab_size")?,
+            vocab_size,
             hidden_size,
             intermediate_size: need("intermediate_size")?,
             num_layers: need("num_hidden_layers")?,
@@ -351,6 +482,7 @@ impl ModelConfig {
             tie_word_embeddings: bool_of("tie_word_embeddings")?.unwrap_or(false),
             bos_token_id: token_id("bos_token_id")?,
             eos_token_id: token_id("eos_token_id")?,
+            pad_token_id,
             sliding_window,
             attention_dropout: f64_of("attention_dropout")?.unwrap_or(0.0),
             // Only Mixtral's router reads it.
@@ -413,6 +545,7 @@ impl ModelConfig {
         m.insert("torch_dtype".into(), json!("float32"));
         m.insert("bos_token_id".into(), json!(self.bos_token_id));
         m.insert("eos_token_id".into(), json!(self.eos_token_id));
+        m.insert("pad_token_id".into(), json!(self.pad_token_id));
         if let Some(moe) = &self.moe {
             // Mixtral only knows top-k: export the nearest setting and keep the real mode aside.
             let k = match moe.routing {

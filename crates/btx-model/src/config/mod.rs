@@ -154,6 +154,11 @@ pub struct ModelConfig {
     pub tie_word_embeddings: bool,
     pub bos_token_id: Option<u32>,
     pub eos_token_id: Option<u32>,
+    /// `pad_token_id`: transformers' Llama, Mistral and Mixtral build their embedding as
+    /// `nn.Embedding(vocab, hidden, padding_idx=pad_token_id)`. That leaves the forward as it is
+    /// but makes the lookup's gradient of that row zero (F.embedding's backward skips
+    /// `padding_idx`), which btx's forward reproduces ([`crate::Model::embed_lookup`]).
+    pub pad_token_id: Option<u32>,
     /// Keys beyond this window are masked by transformers (Mistral, Mixtral); btx does not
     /// implement the window and refuses longer sequences (see [`ModelConfig::check_positions`]).
     pub sliding_window: Option<usize>,
@@ -200,6 +205,7 @@ impl ModelConfig {
             tie_word_embeddings: false,
             bos_token_id: None,
             eos_token_id: None,
+            pad_token_id: None,
             sliding_window: None,
             attention_dropout: 0.0,
             router_jitter_noise: 0.0,
@@ -271,11 +277,19 @@ impl ModelConfig {
         for (name, id) in [
             ("bos_token_id", self.bos_token_id),
             ("eos_token_id", self.eos_token_id),
+            ("pad_token_id", self.pad_token_id),
         ] {
             if let Some(id) = id {
                 if id as usize >= self.vocab_size {
+                    // The pad id is the embedding's padding_idx in transformers, which fails to
+                    // build the model with one outside the table.
+                    let also = if name == "pad_token_id" {
+                        " (transformers cannot build nn.Embedding with this padding_idx)"
+                    } else {
+                        ""
+                    };
                     return bad(format!(
-                        "{name} {id} is outside the vocabulary 0..{}\nhint: is vocab_size right for this tokenizer?",
+                        "{name} {id} is outside the vocabulary 0..{}{also}\nhint: is vocab_size right for this tokenizer?",
                         self.vocab_size
                     ));
                 }

@@ -180,11 +180,11 @@ fn gather_forward(x: &[f32], routes: &Routes, d: usize) -> Vec<f32> {
 struct GatherBackward;
 
 impl Backward<Flex, 1> for GatherBackward {
-    /// (routes, d, the fan-in x's gradient goes to)
-    type State = (Arc<Routes>, usize, Option<Arc<FanIn>>);
+    /// (routes, d, the fan-in x's gradient goes to, the row of x that gets no gradient)
+    type State = (Arc<Routes>, usize, Option<Arc<FanIn>>, Option<usize>);
 
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let (routes, d, fan) = ops.state;
+        let (routes, d, fan, skip) = ops.state;
         let dout = contiguous(&grads.consume::<Flex>(&ops.node));
         let dout = f32_slice(&dout);
         let [px] = ops.parents;
@@ -207,6 +207,10 @@ impl Backward<Flex, 1> for GatherBackward {
                     let chunk = unsafe { &mut *(chunk as *mut [MaybeUninit<f32>] as *mut [f32]) };
                     for (j, o) in chunk.chunks_exact_mut(d.max(1)).enumerate() {
                         let i = c * ROWS + j;
+                        // The skipped row keeps what it holds: zero, or the fan-in's sum.
+                        if skip == Some(i) {
+                            continue;
+                        }
                         for &r in &routes.rows[routes.start[i]..routes.start[i + 1]] {
                             for (a, &b) in o.iter_mut().zip(&dout[r * d..(r + 1) * d]) {
                                 *a += b;
@@ -226,6 +230,18 @@ impl Backward<Flex, 1> for GatherBackward {
 /// each token's row gradients; `None` off flex. With `fan`,
 /// x's gradient is summed there (x is read by other ops built with the same [`FanIn`]).
 pub fn gather(x: Tensor<2>, routes: Arc<Routes>, fan: Option<&Arc<FanIn>>) -> Option<Tensor<2>> {
+    gather_skipping(x, routes, fan, None)
+}
+
+/// [`gather`] whose backward gives row `skip` of x no gradient (the rows gathered from it
+/// still pass theirs nowhere): an embedding lookup with a `padding_idx`, whose backward in
+/// torch (`embedding_dense_backward`) skips that index. The forward is [`gather`]'s.
+pub fn gather_skipping(
+    x: Tensor<2>,
+    routes: Arc<Routes>,
+    fan: Option<&Arc<FanIn>>,
+    skip: Option<usize>,
+) -> Option<Tensor<2>> {
     if !super::on_flex(&x) {
         return None;
     }
@@ -250,7 +266,7 @@ pub fn gather(x: Tensor<2>, routes: Arc<Routes>, fan: Option<&Arc<FanIn>>) -> Op
             .compute_bound()
             .stateful()
         {
-            OpsKind::Tracked(prep) => prep.finish((routes, d, fan), out),
+            OpsKind::Tracked(prep) => prep.finish((routes, d, fan, skip), out),
             OpsKind::UnTracked(prep) => prep.finish(out),
         };
         Some(Tensor::from_primitive::<Autodiff<Flex>>(t))

@@ -21,37 +21,30 @@ pub struct TensorReader {
 
 impl TensorReader {
     /// Opens a model directory (sharded or not) or a single `.safetensors` file.
+    ///
+    /// In a directory, `model.safetensors` is read when it is there, and the index only
+    /// otherwise: transformers' `from_pretrained` looks for the single file first (assumed from
+    /// its `_get_resolved_checkpoint_files`), so with both present it loads the single file and
+    /// btx must read the same weights. The index it then ignores is reported on stderr.
     pub fn open(path: &Path) -> Result<Self> {
         if path.is_file() {
             return Self::open_files(&[path.to_path_buf()]);
         }
-        let index_path = path.join(INDEX_FILE);
-        if index_path.exists() {
-            let text =
-                std::fs::read_to_string(&index_path).map_err(|e| ModelError::io(&index_path, e))?;
-            let v: Value = serde_json::from_str(&text).map_err(|e| ModelError::Safetensors {
-                path: index_path.clone(),
-                msg: e.to_string(),
-            })?;
-            let map = v
-                .get("weight_map")
-                .and_then(|m| m.as_object())
-                .ok_or_else(|| ModelError::Safetensors {
-                    path: index_path.clone(),
-                    msg: "no \"weight_map\" object".into(),
-                })?;
-            let mut shards: Vec<String> = map
-                .values()
-                .filter_map(|f| f.as_str().map(str::to_string))
-                .collect();
-            shards.sort();
-            shards.dedup();
-            let files: Vec<PathBuf> = shards.iter().map(|s| path.join(s)).collect();
-            return Self::open_files(&files);
-        }
         let single = path.join(SINGLE_FILE);
-        if single.exists() {
+        let index_path = path.join(INDEX_FILE);
+        if single.is_file() {
+            if index_path.is_file() {
+                // btx-model has no logger of its own (no new dependency); stderr is where the
+                // btx binary's warnings go too.
+                eprintln!(
+                    "warning: {} holds both {SINGLE_FILE} and {INDEX_FILE}; reading {SINGLE_FILE} and ignoring the index and its shards, as transformers does",
+                    path.display()
+                );
+            }
             return Self::open_files(&[single]);
+        }
+        if index_path.is_file() {
+            return Self::open_index(path, &index_path);
         }
         Err(ModelError::io(
             &single,
@@ -60,6 +53,54 @@ impl TensorReader {
                 format!("neither {SINGLE_FILE} nor {INDEX_FILE} found"),
             ),
         ))
+    }
+
+    /// The shards `index_path` lists in `dir`, each checked to be there, then opened.
+    fn open_index(dir: &Path, index_path: &Path) -> Result<Self> {
+        let bad = |msg: String, hint: &str| ModelError::Index {
+            path: index_path.to_path_buf(),
+            msg,
+            hint: hint.into(),
+        };
+        let damaged = "the index is damaged or cut short (an interrupted download or copy?); fetch it again with the shards it belongs to";
+        let text =
+            std::fs::read_to_string(index_path).map_err(|e| ModelError::io(index_path, e))?;
+        let v: Value = serde_json::from_str(&text)
+            .map_err(|e| bad(format!("not a valid shard index: {e}"), damaged))?;
+        let map = v
+            .get("weight_map")
+            .and_then(|m| m.as_object())
+            .ok_or_else(|| bad("no \"weight_map\" object".into(), damaged))?;
+        // An empty map would open no file at all, and every tensor would then be reported
+        // missing from a file with an empty name.
+        if map.is_empty() {
+            return Err(bad(
+                "\"weight_map\" is empty: the index names no tensor and no shard".into(),
+                damaged,
+            ));
+        }
+        let mut shards = Vec::with_capacity(map.len());
+        for (name, f) in map {
+            match f.as_str() {
+                Some(f) if !f.is_empty() => shards.push(f),
+                _ => {
+                    return Err(bad(
+                        format!("weight_map[{name:?}] must name a shard file, found {f}"),
+                        damaged,
+                    ))
+                }
+            }
+        }
+        shards.sort_unstable();
+        shards.dedup();
+        let files: Vec<PathBuf> = shards.iter().map(|s| dir.join(s)).collect();
+        if let Some((s, _)) = shards.iter().zip(&files).find(|(_, p)| !p.is_file()) {
+            return Err(bad(
+                format!("names the shard {s:?}, which is not in {}", dir.display()),
+                "the index names a file that is not there (an incomplete download or copy?); fetch the missing shards again",
+            ));
+        }
+        Self::open_files(&files)
     }
 
     fn open_files(paths: &[PathBuf]) -> Result<Self> {
@@ -84,12 +125,10 @@ impl TensorReader {
                 );
                 // Two shards holding one name: which one a reader takes is arbitrary.
                 if let Some((other, ..)) = prev {
-                    return Err(ModelError::Safetensors {
+                    return Err(ModelError::DuplicateTensor {
                         path: p.clone(),
-                        msg: format!(
-                            "tensor {name:?} is also in {}; a checkpoint holds each tensor once",
-                            paths[other].display()
-                        ),
+                        other: paths[other].clone(),
+                        name: name.clone(),
                     });
                 }
             }
@@ -139,11 +178,8 @@ impl TensorReader {
         let (fi, dtype, shape, range) =
             self.entry(name, "the checkpoint does not hold this tensor")?;
         let bytes = &self.files[*fi].1[range.clone()];
-        let data = decode_f32(bytes, *dtype).ok_or_else(|| ModelError::Dtype {
-            path: self.files[*fi].0.clone(),
-            name: name.into(),
-            dtype: format!("{dtype:?}"),
-        })?;
+        let data = decode_f32(bytes, *dtype)
+            .ok_or_else(|| float_dtype_error(&self.files[*fi].0, name, *dtype))?;
         Ok(HostTensor::new(shape.clone(), data))
     }
 
@@ -155,11 +191,8 @@ impl TensorReader {
         let bytes = &self.files[*fi].1[range.clone()];
         let n = bytes.len() / size;
         let (from, to) = (from.min(n), to.min(n).max(from.min(n)));
-        decode_f32(&bytes[from * size..to * size], *dtype).ok_or_else(|| ModelError::Dtype {
-            path: self.files[*fi].0.clone(),
-            name: name.into(),
-            dtype: format!("{dtype:?}"),
-        })
+        decode_f32(&bytes[from * size..to * size], *dtype)
+            .ok_or_else(|| float_dtype_error(&self.files[*fi].0, name, *dtype))
     }
 
     /// Like [`TensorReader::release_part`] for elements `from..to` (in the tensor's own dtype).
@@ -206,11 +239,8 @@ impl TensorReader {
         if *dtype == Dtype::F32 {
             return Ok(std::borrow::Cow::Borrowed(bytes));
         }
-        let v = decode_f32(bytes, *dtype).ok_or_else(|| ModelError::Dtype {
-            path: self.files[*fi].0.clone(),
-            name: name.into(),
-            dtype: format!("{dtype:?}"),
-        })?;
+        let v = decode_f32(bytes, *dtype)
+            .ok_or_else(|| float_dtype_error(&self.files[*fi].0, name, *dtype))?;
         Ok(std::borrow::Cow::Owned(
             v.iter().flat_map(|x| x.to_le_bytes()).collect(),
         ))
@@ -260,11 +290,25 @@ impl TensorReader {
                 return Err(ModelError::Dtype {
                     path: self.files[*fi].0.clone(),
                     name: name.into(),
-                    dtype: format!("{other:?} (expected an integer type)"),
+                    dtype: format!("{other:?}"),
+                    expected: "token ids as integers (I64, I32, U32 or U16)".into(),
+                    hint: "store the token ids as an integer tensor (e.g. torch.int64)".into(),
                 })
             }
         };
         Ok((shape.clone(), v))
+    }
+}
+
+/// A weight stored in a dtype btx does not decode (integers, quantized or 8-bit floats).
+fn float_dtype_error(path: &Path, name: &str, dtype: Dtype) -> ModelError {
+    ModelError::Dtype {
+        path: path.to_path_buf(),
+        name: name.into(),
+        dtype: format!("{dtype:?}"),
+        expected: "floats (F32, F16, BF16 or F64)".into(),
+        hint: "convert the checkpoint to F32, F16 or BF16 (btx reads unquantized float weights)"
+            .into(),
     }
 }
 

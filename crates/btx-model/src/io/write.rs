@@ -327,6 +327,13 @@ pub fn write_checkpoint_with(
     }
     let index = dir.join(INDEX_FILE);
     if n > 1 {
+        // A model.safetensors left by an earlier write would be read instead of these shards
+        // (transformers, and so btx, read the single file first). Removed before the index is
+        // written, so that no moment has both.
+        let single = dir.join(SINGLE_FILE);
+        if single.exists() {
+            std::fs::remove_file(&single).map_err(|e| ModelError::io(&single, e))?;
+        }
         let v = json!({"metadata": {"total_size": total}, "weight_map": weight_map});
         std::fs::write(&index, serde_json::to_string_pretty(&v).expect("json"))
             .map_err(|e| ModelError::io(&index, e))?;

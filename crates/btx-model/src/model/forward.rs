@@ -128,6 +128,46 @@ impl Model {
         crate::linear(last, self.head())
     }
 
+    /// The token embeddings of `ids` (in range), `[ids.len(), d]`.
+    ///
+    /// With `pad_token_id` set, the lookup's gradient of that row is zero, as transformers'
+    /// `nn.Embedding(..., padding_idx=pad_token_id)` makes it (F.embedding's backward skips
+    /// `padding_idx`); the forward is unchanged, and a tied head's gradient still reaches the
+    /// row (only the lookup's part is dropped). Only a batch that holds the pad id on the
+    /// autodiff graph takes the masked path: other batches cost what they did.
+    pub fn embed_lookup(&self, ids: &[i64]) -> Tensor<2> {
+        let v = self.cfg.vocab_size;
+        let pad = self
+            .cfg
+            .pad_token_id
+            .map(|p| p as i64)
+            .filter(|p| self.embed.is_autodiff() && ids.contains(p));
+        // The lookup as the fused row gather on flex: rows copied in parallel, and the
+        // embedding gradient summed per vocabulary row in parallel (burn's select backward
+        // zero-fills the [V, d] gradient and scatter-adds on one core), with the same bits;
+        // its backward skips the pad row itself.
+        if crate::fused::on_flex(&self.embed) {
+            let rows = ids.iter().map(|&i| i as usize).collect();
+            let routes = std::sync::Arc::new(crate::fused::moe::Routes::new(rows, v));
+            let skip = pad.map(|p| p as usize);
+            return crate::fused::moe::gather_skipping(self.embed.clone(), routes, None, skip)
+                .expect("on flex");
+        }
+        let dev = self.device();
+        let n = ids.len();
+        let idx = Tensor::<1, Int>::from_data(TensorData::new(ids.to_vec(), [n]), &dev);
+        let x = self.embed.clone().select(0, idx.clone());
+        let Some(pad) = pad else { return x };
+        // Off flex: the rows at pad positions are taken from the detached table, the others
+        // from the tracked one. Values are unchanged (x·1 + x·0 and x·0 + x·1), and the
+        // lookup's gradient reaches only the rows of non-pad positions.
+        let is_pad: Vec<f32> = ids.iter().map(|&i| f32::from(i == pad)).collect();
+        let is_pad = Tensor::<2>::from_data(TensorData::new(is_pad, [n, 1]), &dev);
+        let keep = is_pad.clone().neg().add_scalar(1.0);
+        let fixed = self.embed.clone().detach().select(0, idx);
+        x * keep + fixed * is_pad
+    }
+
     /// The output head's weight `[V, d]` (the embedding when tied).
     pub fn head(&self) -> &Tensor<2> {
         self.lm_head.as_ref().unwrap_or(&self.embed)
@@ -160,17 +200,7 @@ impl Model {
         if let Some(bad) = ids.iter().find(|&&i| i < 0 || i as usize >= v) {
             panic!("token id {bad} is outside the vocabulary of {v} (HINT: the data was tokenized with another tokenizer)");
         }
-        // The lookup as the fused row gather on flex: rows copied in parallel, and the
-        // embedding gradient summed per vocabulary row in parallel (burn's select backward
-        // zero-fills the [V, d] gradient and scatter-adds on one core), with the same bits.
-        let mut x = if crate::fused::on_flex(&self.embed) {
-            let rows = ids.iter().map(|&i| i as usize).collect();
-            let routes = std::sync::Arc::new(crate::fused::moe::Routes::new(rows, v));
-            crate::fused::moe::gather(self.embed.clone(), routes, None).expect("on flex")
-        } else {
-            let idx = Tensor::<1, Int>::from_data(TensorData::new(ids.to_vec(), [b * t]), &dev);
-            self.embed.clone().select(0, idx)
-        };
+        let mut x = self.embed_lookup(ids);
         let pads = opts.pads.as_deref();
         let rope = rope_tables(cfg, pos0, t, pads, &dev);
         let route = cfg.moe.as_ref().map(|m| RouteOpts {

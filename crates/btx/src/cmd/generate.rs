@@ -46,6 +46,16 @@ pub fn run(a: Args, dev: &Device) -> Result<()> {
         .tokenizer
         .clone()
         .unwrap_or_else(|| a.model.join("tokenizer.json"));
+    // A missing file is the usual mistake (a typo, a model directory without one): said with
+    // what to do, rather than as a bare "No such file" from deep in the loader.
+    if !tp.is_file() {
+        let hint = if a.tokenizer.is_some() {
+            "--tokenizer must name a tokenizer.json file"
+        } else {
+            "the model directory has no tokenizer.json: pass the one the model was trained with as --tokenizer PATH"
+        };
+        bail!("{}: no tokenizer file there\nhint: {hint}", tp.display());
+    }
     let tok = Tok::load(&tp).with_context(|| {
         format!(
             "loading tokenizer {} (use --tokenizer to point at one)",
@@ -80,8 +90,8 @@ pub fn run(a: Args, dev: &Device) -> Result<()> {
         .sliding_window
         .filter(|&w| w < model.cfg.max_position_embeddings);
     let which = match window {
-        Some(w) => format!("its sliding_window of {w}, which btx does not implement"),
-        None => format!("max_position_embeddings {limit}"),
+        Some(w) => format!("sliding_window of {w}, which btx does not implement"),
+        None => format!("max_position_embeddings of {limit}"),
     };
     if room == 0 {
         bail!(
@@ -96,7 +106,7 @@ pub fn run(a: Args, dev: &Device) -> Result<()> {
             );
         }
         tracing::warn!(
-            "--max-tokens {} capped at {room}: the model attends to {} positions and the longest prompt takes {longest}",
+            "--max-tokens {} capped at {room}: the model attends to {} positions, the longest prompt takes {longest}, and the last new token takes none (it is never fed back)",
             a.max_tokens,
             model.cfg.max_position_embeddings
         );
