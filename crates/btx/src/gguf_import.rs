@@ -331,6 +331,18 @@ pub fn config_from_gguf(g: &GgufFile) -> Result<ModelConfig> {
     }
     check_keys(g)?;
     let layers = m.need_uint("llama.block_count")?;
+    // A llama layer is 9 tensors of the file: a count past what it holds can only be wrong, and
+    // believed it would have btx list (and allocate for) billions of layers before any check.
+    if layers == 0 || layers.saturating_mul(9) > g.tensors.len() {
+        return Err(refuse(
+            g,
+            format!(
+                "metadata llama.block_count is {layers}, but the file holds {} tensors (a llama layer has 9)",
+                g.tensors.len()
+            ),
+            HINT_RECONVERT,
+        ));
+    }
     let hidden = m.need_uint("llama.embedding_length")?;
     let heads = m
         .per_layer("llama.attention.head_count", layers)?

@@ -428,6 +428,12 @@ fn metadata_that_changes_the_math_is_refused_by_key() {
             "llama.block_count",
             vec![("llama.block_count", Value::I32(-2))],
         ),
+        // Believed, this made btx list 4 billion layers' tensors before checking any.
+        (
+            "llama.block_count",
+            vec![("llama.block_count", u(4_000_000_000))],
+        ),
+        ("llama.block_count", vec![("llama.block_count", u(0))]),
         (
             "llama.attention.head_count_kv",
             vec![("llama.attention.head_count_kv", f(2.0))],
@@ -900,4 +906,53 @@ fn the_cli_exits_1_with_the_reason_and_a_hint() {
     // The model imported first is still there, whole.
     Tok::load(&out.join("tokenizer.json")).unwrap();
     assert!(out.join("model.safetensors").is_file());
+}
+
+/// Bytes of a valid file changed at random, in the header and the data: every result is an
+/// import or an error with a hint, never a panic (or an allocation the file cannot back).
+#[test]
+fn mutated_files_never_panic() {
+    let dir = tmp("mutate");
+    let good = base().write(&dir.join("good.gguf"));
+    let bytes = std::fs::read(&good).unwrap();
+    let mut state = 0x2545f4914f6cdd1du64;
+    let mut next = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let p = dir.join("m.gguf");
+    let (mut ok, mut refused) = (0, 0);
+    for round in 0..1500 {
+        let mut b = bytes.clone();
+        for _ in 0..1 + next() % 3 {
+            // Mostly the header (sizes, counts, types, names), sometimes the data.
+            let at = if next() % 4 == 0 {
+                next() as usize % b.len()
+            } else {
+                next() as usize % 8192
+            };
+            b[at] = match next() % 4 {
+                0 => 0xff,
+                1 => 0,
+                _ => next() as u8,
+            };
+        }
+        std::fs::write(&p, &b).unwrap();
+        let out = dir.join(format!("o{round}"));
+        match import_gguf(&p, &out, Existing::Refuse) {
+            Ok(_) => {
+                ok += 1;
+                std::fs::remove_dir_all(&out).unwrap();
+            }
+            Err(e) => {
+                let e = e.to_string();
+                assert!(e.contains("hint: "), "round {round}: {e}");
+                assert!(!out.exists(), "round {round}: {e}");
+                refused += 1;
+            }
+        }
+    }
+    assert!(ok > 50 && refused > 500, "ok {ok}, refused {refused}");
 }
