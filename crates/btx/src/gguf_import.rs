@@ -719,8 +719,9 @@ pub fn tokenizer_from_gguf(g: &GgufFile) -> Result<Tok> {
 }
 
 /// Tensors llama.cpp's llama graph uses that btx has no place for, but which are provably
-/// inert at the value given: a `rope_freqs.weight` of all ones (llama.cpp divides each RoPE
-/// angle by its factor, and x / 1.0 is x exactly, in its CPU and CUDA kernels alike), and
+/// inert at the value given: a `rope_freqs.weight` of all ones (llama.cpp's RoPE divides each
+/// angle by its factor; x / 1.0, like x * (1 / 1.0), is x exactly in IEEE arithmetic, so no
+/// kernel can make it differ from RoPE without factors), and
 /// all-zero biases of the projections (adding +0.0 changes at most the sign of a zero, which
 /// no later sum, product, exp or RMS norm can tell). Returns (expected shape, neutral value, what
 /// a non-neutral one would be), or None for a tensor that is not one of these.
