@@ -33,24 +33,30 @@ pub enum Value {
 }
 
 impl Value {
+    /// The value as an unsigned integer: None for a non-integer and for a negative signed one
+    /// (casting would turn -1 into 2^64 - 1, a size nobody meant).
     pub fn as_u64(&self) -> Option<u64> {
-        Some(match *self {
-            Value::U8(x) => x as u64,
-            Value::I8(x) => x as u64,
-            Value::U16(x) => x as u64,
-            Value::I16(x) => x as u64,
-            Value::U32(x) => x as u64,
-            Value::I32(x) => x as u64,
-            Value::U64(x) => x,
-            Value::I64(x) => x as u64,
-            _ => return None,
-        })
+        match *self {
+            Value::U8(x) => Some(x as u64),
+            Value::I8(x) => u64::try_from(x).ok(),
+            Value::U16(x) => Some(x as u64),
+            Value::I16(x) => u64::try_from(x).ok(),
+            Value::U32(x) => Some(x as u64),
+            Value::I32(x) => u64::try_from(x).ok(),
+            Value::U64(x) => Some(x),
+            Value::I64(x) => u64::try_from(x).ok(),
+            _ => None,
+        }
     }
 
     pub fn as_f64(&self) -> Option<f64> {
         match *self {
             Value::F32(x) => Some(x as f64),
             Value::F64(x) => Some(x),
+            Value::I8(x) => Some(x as f64),
+            Value::I16(x) => Some(x as f64),
+            Value::I32(x) => Some(x as f64),
+            Value::I64(x) => Some(x as f64),
             _ => self.as_u64().map(|x| x as f64),
         }
     }
@@ -160,19 +166,28 @@ pub struct GgufFile {
     data_start: usize,
 }
 
+/// What to do about a file that ends early or holds bytes that cannot be a GGUF.
+const DAMAGED: &str = "\nhint: the file is damaged or cut short; download it again, or convert the model again with llama.cpp's convert_hf_to_gguf.py";
+
 struct Cursor<'a> {
     b: &'a [u8],
     pos: usize,
     path: &'a Path,
+    /// What is being read, for the message when it fails ("the header", "metadata KEY", ...).
+    what: String,
 }
 
 impl<'a> Cursor<'a> {
+    fn err(&self, msg: impl std::fmt::Display) -> crate::error::DataError {
+        file_err(self.path, format!("{msg} (in {}){DAMAGED}", self.what))
+    }
     fn take(&mut self, n: usize) -> Result<&'a [u8]> {
         if n > self.b.len() - self.pos {
-            return Err(file_err(
-                self.path,
-                format!("truncated GGUF (wanted {n} bytes at offset {})", self.pos),
-            ));
+            return Err(self.err(format_args!(
+                "truncated GGUF: wanted {n} bytes at offset {}, the file has {}",
+                self.pos,
+                self.b.len()
+            )));
         }
         let s = &self.b[self.pos..self.pos + n];
         self.pos += n;
@@ -185,9 +200,13 @@ impl<'a> Cursor<'a> {
         Ok(u64::from_le_bytes(self.take(8)?.try_into().unwrap()))
     }
     fn string(&mut self) -> Result<String> {
+        let at = self.pos;
         let n = self.u64()? as usize;
         let b = self.take(n)?;
-        Ok(String::from_utf8_lossy(b).into_owned())
+        // Not lossy: a token or tensor name with replacement characters would be another name
+        // (another vocabulary entry, a tensor that is not found) without any error.
+        String::from_utf8(b.to_vec())
+            .map_err(|_| self.err(format_args!("the string at offset {at} is not valid UTF-8")))
     }
     fn value(&mut self, ty: u32, depth: usize) -> Result<Value> {
         Ok(match ty {
@@ -204,7 +223,7 @@ impl<'a> Cursor<'a> {
                 // Arrays of arrays are legal but real files nest one level at most; a bound
                 // keeps a crafted file from recursing the stack away.
                 if depth >= 8 {
-                    return Err(file_err(self.path, "GGUF arrays nested more than 8 deep"));
+                    return Err(self.err("GGUF arrays nested more than 8 deep"));
                 }
                 let inner = self.u32()?;
                 let n = self.u64()? as usize;
@@ -218,13 +237,20 @@ impl<'a> Cursor<'a> {
             10 => Value::U64(self.u64()?),
             11 => Value::I64(self.u64()? as i64),
             12 => Value::F64(f64::from_le_bytes(self.take(8)?.try_into().unwrap())),
-            t => return Err(file_err(self.path, format!("unknown GGUF value type {t}"))),
+            t => return Err(self.err(format_args!("unknown GGUF value type {t}"))),
         })
     }
 }
 
 impl GgufFile {
     pub fn open(path: &Path) -> Result<Self> {
+        // A directory opens on Linux and then fails to map with "No such device": say what it is.
+        if path.is_dir() {
+            return Err(file_err(
+                path,
+                "is a directory, not a GGUF file\nhint: give the .gguf file itself (a Hugging Face model directory is a seed through [seed] path, not import-gguf)",
+            ));
+        }
         let f = File::open(path).map_err(|e| io_err(path, e))?;
         // SAFETY: read-only mapping of a file btx never writes while reading.
         let mmap = unsafe { Mmap::map(&f) }.map_err(|e| io_err(path, e))?;
@@ -232,36 +258,55 @@ impl GgufFile {
             b: &mmap,
             pos: 0,
             path,
+            what: "the header".into(),
         };
-        if c.take(4)? != b"GGUF" {
-            return Err(file_err(path, "not a GGUF file (bad magic)"));
+        let magic = c.take(4)?;
+        if magic != b"GGUF" {
+            return Err(file_err(
+                path,
+                format!(
+                    "not a GGUF file (bad magic: it starts with {:?}, not \"GGUF\")\nhint: btx import-gguf reads llama.cpp GGUF files; convert the model with llama.cpp's convert_hf_to_gguf.py, or use a Hugging Face model directory as the seed ([seed] path)",
+                    String::from_utf8_lossy(magic)
+                ),
+            ));
         }
         let version = c.u32()?;
         if !(2..=3).contains(&version) {
             return Err(file_err(
                 path,
-                format!("GGUF version {version} (btx reads 2 and 3)"),
+                format!("GGUF version {version} (btx reads 2 and 3)\nhint: convert the model again with a current llama.cpp, which writes version 3"),
             ));
         }
         let n_tensors = c.u64()? as usize;
         let n_kv = c.u64()? as usize;
         let mut meta = BTreeMap::new();
-        for _ in 0..n_kv {
+        for i in 0..n_kv {
+            c.what = format!("metadata entry {i} of {n_kv}");
             let k = c.string()?;
+            c.what = format!("metadata {k}");
             let ty = c.u32()?;
             let v = c.value(ty, 0)?;
-            meta.insert(k, v);
-        }
-        // A tensor record takes at least 24 bytes: bound the allocation by what the file holds.
-        let mut tensors = Vec::with_capacity(n_tensors.min((mmap.len() - c.pos) / 24));
-        for _ in 0..n_tensors {
-            let name = c.string()?;
-            let nd = c.u32()? as usize;
-            if nd > 8 {
+            // llama.cpp refuses a key given twice; keeping either one would be a guess.
+            if meta.insert(k.clone(), v).is_some() {
                 return Err(file_err(
                     path,
-                    format!("tensor {name:?} has {nd} dimensions (ggml has at most 4)"),
+                    format!("metadata {k} appears twice{DAMAGED}"),
                 ));
+            }
+        }
+        // A tensor record takes at least 24 bytes: bound the allocation by what the file holds.
+        let mut tensors: Vec<TensorInfo> =
+            Vec::with_capacity(n_tensors.min((mmap.len() - c.pos) / 24));
+        let mut names = std::collections::HashSet::new();
+        for i in 0..n_tensors {
+            c.what = format!("tensor record {i} of {n_tensors}");
+            let name = c.string()?;
+            c.what = format!("the record of tensor {name:?}");
+            let nd = c.u32()? as usize;
+            if nd > 8 {
+                return Err(c.err(format_args!(
+                    "tensor {name:?} has {nd} dimensions (ggml has at most 4)"
+                )));
             }
             let dims = (0..nd)
                 .map(|_| c.u64().map(|x| x as usize))
@@ -271,13 +316,18 @@ impl GgufFile {
                 .try_fold(1usize, |a, &d| a.checked_mul(d))
                 .is_none()
             {
-                return Err(file_err(
-                    path,
-                    format!("tensor {name:?} has dims {dims:?}, too many elements to address"),
-                ));
+                return Err(c.err(format_args!(
+                    "tensor {name:?} has dims {dims:?}, too many elements to address"
+                )));
             }
             let ty = GgmlType::from_id(c.u32()?);
             let offset = c.u64()? as usize;
+            if !names.insert(name.clone()) {
+                return Err(file_err(
+                    path,
+                    format!("tensor {name:?} appears twice{DAMAGED}"),
+                ));
+            }
             tensors.push(TensorInfo {
                 name,
                 dims,
@@ -285,14 +335,17 @@ impl GgufFile {
                 offset,
             });
         }
-        let align = meta
-            .get("general.alignment")
-            .and_then(Value::as_u64)
-            .unwrap_or(32) as usize;
+        let align = match meta.get("general.alignment") {
+            None => 32,
+            Some(v) => v.as_u64().unwrap_or(0) as usize,
+        };
         if !align.is_power_of_two() || align > 1 << 20 {
             return Err(file_err(
                 path,
-                format!("general.alignment {align} is not a power of two up to 1 MiB"),
+                format!(
+                    "general.alignment {:?} is not a power of two up to 1 MiB{DAMAGED}",
+                    meta.get("general.alignment")
+                ),
             ));
         }
         let data_start = c.pos.div_ceil(align) * align;
@@ -305,17 +358,19 @@ impl GgufFile {
             data_start,
         };
         for t in &g.tensors {
-            if t.ty.block().is_some() && t.ty.byte_size(t.numel()).is_none() {
-                return Err(file_err(
-                    path,
-                    format!(
-                        "tensor {:?} ({:?}, {} values) is not a whole number of {:?} blocks, or too large",
-                        t.name,
-                        t.dims,
-                        t.numel(),
-                        t.ty
-                    ),
-                ));
+            if let Some((e, _)) = t.ty.block() {
+                // ggml stores each row as whole blocks (and refuses a file whose rows are not):
+                // a row of 48 values in 32-value blocks has no layout to read it by.
+                let row = t.dims.first().copied().unwrap_or(1);
+                if !row.is_multiple_of(e) || t.ty.byte_size(t.numel()).is_none() {
+                    return Err(file_err(
+                        path,
+                        format!(
+                            "tensor {:?} ({:?}, dims {:?}) has rows of {row} values, not a whole number of {e}-value blocks{DAMAGED}",
+                            t.name, t.ty, t.dims
+                        ),
+                    ));
+                }
             }
             if let Some(n) = t.ty.byte_size(t.numel()) {
                 let end = g
@@ -325,7 +380,12 @@ impl GgufFile {
                 if end.is_none_or(|e| e > g.mmap.len()) {
                     return Err(file_err(
                         path,
-                        format!("tensor {:?} runs past the end of the file", t.name),
+                        format!(
+                            "tensor {:?} ({n} bytes at offset {}) runs past the end of the file ({} bytes){DAMAGED}",
+                            t.name,
+                            t.offset,
+                            g.mmap.len()
+                        ),
                     ));
                 }
             }
@@ -360,6 +420,12 @@ impl GgufFile {
         Ok(dequantize(t.ty, self.raw(t)?, t.numel()))
     }
 
+    /// The index of the first value of `t` that dequantises to NaN or ±infinity, without
+    /// dequantising it (see [`first_non_finite`]).
+    pub fn first_non_finite(&self, t: &TensorInfo) -> Result<Option<usize>> {
+        Ok(first_non_finite(t.ty, self.raw(t)?))
+    }
+
     fn raw(&self, t: &TensorInfo) -> Result<&[u8]> {
         let n = t.numel();
         let size = t.ty.byte_size(n).ok_or_else(|| {
@@ -389,6 +455,37 @@ impl GgufFile {
 
 fn f16(b: &[u8]) -> f32 {
     half::f16::from_le_bytes([b[0], b[1]]).to_f32()
+}
+
+/// The index of the first value that [`dequantize`] would make NaN or ±infinity, reading only
+/// what decides it: every value of a float type, and only the f16 scales of a block type. A
+/// block's quants are small integers (|q| <= 128, <= 15 for Q4), and an f16 is at most 65504,
+/// so `d * q` and `d * q + m` are finite exactly when `d` (and `m`) are; a non-finite scale makes
+/// every value of its block non-finite (0 * inf is NaN), so the block's first index is the answer.
+pub fn first_non_finite(ty: GgmlType, b: &[u8]) -> Option<usize> {
+    let f16_bad = |c: &[u8]| !f16(c).is_finite();
+    match ty {
+        GgmlType::F32 => b
+            .chunks_exact(4)
+            .position(|c| !f32::from_le_bytes(c.try_into().unwrap()).is_finite()),
+        GgmlType::F16 => b.chunks_exact(2).position(f16_bad),
+        GgmlType::Bf16 => b
+            .chunks_exact(2)
+            .position(|c| !half::bf16::from_le_bytes([c[0], c[1]]).to_f32().is_finite()),
+        GgmlType::Q8_0 => b
+            .chunks_exact(34)
+            .position(|k| f16_bad(&k[..2]))
+            .map(|i| i * 32),
+        GgmlType::Q4_0 => b
+            .chunks_exact(18)
+            .position(|k| f16_bad(&k[..2]))
+            .map(|i| i * 32),
+        GgmlType::Q4_1 => b
+            .chunks_exact(20)
+            .position(|k| f16_bad(&k[..2]) || f16_bad(&k[2..4]))
+            .map(|i| i * 32),
+        GgmlType::Other(_) => unreachable!("checked by byte_size"),
+    }
 }
 
 /// Dequantises `n` values of type `ty` from `b`.
@@ -567,6 +664,57 @@ pub fn write(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The scan that decides finiteness without dequantising agrees with dequantising, on bytes
+    /// where NaN and infinite f16/f32/bf16 values (and scales) are common.
+    #[test]
+    fn first_non_finite_agrees_with_dequantize() {
+        let mut state = 0x9e3779b97f4a7c15u64;
+        let mut byte = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            // Half the bytes all ones: exponents of all ones (NaN/inf) turn up often.
+            if state.is_multiple_of(2) {
+                0xff
+            } else {
+                (state >> 8) as u8
+            }
+        };
+        let mut seen = [0usize; 2];
+        for ty in [
+            GgmlType::F32,
+            GgmlType::F16,
+            GgmlType::Bf16,
+            GgmlType::Q8_0,
+            GgmlType::Q4_0,
+            GgmlType::Q4_1,
+        ] {
+            for _ in 0..400 {
+                let n = 64;
+                let size = ty.byte_size(n).unwrap();
+                let mut b: Vec<u8> = (0..size).map(|_| byte()).collect();
+                // Many cases all finite: clear the top bits that make NaN/inf, sometimes.
+                if b[0].is_multiple_of(3) {
+                    for x in b.iter_mut() {
+                        *x &= 0x3b;
+                    }
+                }
+                let want = dequantize(ty, &b, n).iter().position(|v| !v.is_finite());
+                assert_eq!(first_non_finite(ty, &b), want, "{ty:?} {b:?}");
+                seen[want.is_some() as usize] += 1;
+            }
+        }
+        assert!(seen[0] > 100 && seen[1] > 100, "{seen:?}");
+    }
+
+    #[test]
+    fn negative_integers_are_not_sizes() {
+        assert_eq!(Value::I32(-1).as_u64(), None);
+        assert_eq!(Value::I64(-5).as_u64(), None);
+        assert_eq!(Value::I8(7).as_u64(), Some(7));
+        assert_eq!(Value::I32(-2).as_f64(), Some(-2.0));
+    }
 
     #[test]
     fn quantisers_round_trip_within_their_step() {

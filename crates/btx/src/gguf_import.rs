@@ -1,6 +1,13 @@
 //! GGUF Llama → Hugging Face checkpoint: dequantised f32 weights under HF names (with the Q/K
 //! row permutation that llama.cpp's converter applies for its RoPE undone), `config.json`, and a
 //! `tokenizer.json` rebuilt from the GGUF vocabulary and merges.
+//!
+//! The import is exact or refused: btx must compute what llama.cpp computes from the same file.
+//! So every `llama.*` key is either implemented, known to be informational, or known to be
+//! inert at the value given (anything else is refused by name, unknown keys included); every
+//! tensor is mapped or provably inert (all-ones RoPE factors, all-zero biases); the tokenizer
+//! splits text with llama.cpp's pre-tokenizer for `tokenizer.ggml.pre` or is refused; and no
+//! NaN or infinite weight is written. All of it is checked before the first write.
 
 use std::path::Path;
 
@@ -74,125 +81,700 @@ pub fn permute_rows(w: &[f32], rows: usize, cols: usize, n_head: usize) -> Vec<f
     out
 }
 
-/// The model shape from GGUF metadata (architecture `llama`).
+/// `hint:` for a file btx cannot import exactly because of what the model computes.
+const HINT_UNSUPPORTED: &str = "btx imports plain dense Llama GGUFs exactly or not at all; if the model has a Hugging Face checkpoint, use that as the seed ([seed] path), where btx checks config.json key by key";
+
+/// `hint:` for a file that is not what llama.cpp's converter writes for a Llama.
+const HINT_RECONVERT: &str = "the file is not what llama.cpp's convert_hf_to_gguf.py writes for a Llama; convert the model again with a current llama.cpp";
+
+/// `hint:` for a key llama.cpp cannot load the model without.
+const HINT_MISSING: &str = "llama.cpp's convert_hf_to_gguf.py writes this key for every Llama, and llama.cpp cannot load the model without it; convert the model again with a current llama.cpp";
+
+fn refuse(g: &GgufFile, msg: impl std::fmt::Display, hint: &str) -> DataError {
+    file_err(&g.path, format!("{msg}\nhint: {hint}"))
+}
+
+/// Metadata read with its type checked: a key that is present with a value of the wrong kind is
+/// refused by name, never taken as absent (which would silently use the default; llama.cpp
+/// refuses such a file too).
+struct Meta<'a>(&'a GgufFile);
+
+impl<'a> Meta<'a> {
+    fn bad(&self, key: &str, v: &Value, want: &str) -> DataError {
+        refuse(
+            self.0,
+            format!("metadata {key} is {}, expected {want}", show(v)),
+            HINT_RECONVERT,
+        )
+    }
+
+    /// An integer that llama.cpp reads as a u32.
+    fn uint(&self, key: &str) -> Result<Option<usize>> {
+        match self.0.meta.get(key) {
+            None => Ok(None),
+            Some(v) => match v.as_u64() {
+                Some(x) if x <= u32::MAX as u64 => Ok(Some(x as usize)),
+                _ => Err(self.bad(key, v, "an integer from 0 to 2^32 - 1")),
+            },
+        }
+    }
+
+    fn need_uint(&self, key: &str) -> Result<usize> {
+        self.uint(key)?.ok_or_else(|| self.missing(key))
+    }
+
+    fn missing(&self, key: &str) -> DataError {
+        refuse(
+            self.0,
+            format!("metadata {key} is missing, and btx will not guess it"),
+            HINT_MISSING,
+        )
+    }
+
+    /// A per-layer count (llama.cpp's `get_key_or_arr`): one integer, or an array with one per
+    /// layer, which btx accepts only when every layer has the same value.
+    fn per_layer(&self, key: &str, layers: usize) -> Result<Option<usize>> {
+        let Some(Value::Array(a)) = self.0.meta.get(key) else {
+            return self.uint(key);
+        };
+        let vals: Vec<Option<u64>> = a.iter().map(Value::as_u64).collect();
+        if a.len() != layers || vals.iter().any(|v| v.is_none_or(|x| x > u32::MAX as u64)) {
+            return Err(refuse(
+                self.0,
+                format!(
+                    "metadata {key} is an array of {} values, expected {layers} integers (one per layer)",
+                    a.len()
+                ),
+                HINT_RECONVERT,
+            ));
+        }
+        if vals.windows(2).any(|w| w[0] != w[1]) {
+            return Err(refuse(
+                self.0,
+                format!(
+                    "metadata {key} differs between layers ({:?}); btx models have the same shape in every layer",
+                    vals.iter().map(|v| v.unwrap()).collect::<Vec<_>>()
+                ),
+                HINT_UNSUPPORTED,
+            ));
+        }
+        Ok(vals.first().map(|v| v.unwrap() as usize))
+    }
+
+    fn float(&self, key: &str) -> Result<Option<f64>> {
+        match self.0.meta.get(key) {
+            None => Ok(None),
+            Some(v) => v
+                .as_f64()
+                .map(Some)
+                .ok_or_else(|| self.bad(key, v, "a number")),
+        }
+    }
+
+    fn string(&self, key: &str) -> Result<Option<&'a str>> {
+        match self.0.meta.get(key) {
+            None => Ok(None),
+            Some(v) => v
+                .as_str()
+                .map(Some)
+                .ok_or_else(|| self.bad(key, v, "a string")),
+        }
+    }
+
+    fn boolean(&self, key: &str) -> Result<Option<bool>> {
+        match self.0.meta.get(key) {
+            None => Ok(None),
+            Some(Value::Bool(b)) => Ok(Some(*b)),
+            Some(v) => Err(self.bad(key, v, "true or false")),
+        }
+    }
+}
+
+/// A metadata value for a message: its type and value, cut short (an array of 128k tokens is
+/// no help in an error).
+fn show(v: &Value) -> String {
+    let s = match v {
+        Value::Array(a) => format!("an array of {} values ({:?}...)", a.len(), a.first()),
+        v => format!("{v:?}"),
+    };
+    match s.char_indices().nth(80) {
+        Some((i, _)) => format!("{}...", &s[..i]),
+        None => s,
+    }
+}
+
+/// `llama.*` keys that [`config_from_gguf`] reads and implements (or checks against the shape).
+const LLAMA_KEYS_READ: &[&str] = &[
+    "context_length",
+    "embedding_length",
+    "block_count",
+    "feed_forward_length",
+    "attention.head_count",
+    "attention.head_count_kv",
+    "attention.layer_norm_rms_epsilon",
+    "attention.key_length",
+    "attention.value_length",
+    "rope.freq_base",
+    "rope.dimension_count",
+    "rope.scaling.type",
+    "rope.scaling.factor",
+    "rope.scale_linear",
+];
+
+/// `llama.*` keys that do not enter what llama.cpp computes for a llama model btx accepts:
+/// `vocab_size` only names the model size; `rope.scaling.finetuned` is recorded and never used;
+/// `rope.scaling.original_context_length` only enters YaRN's frequency ramp (ext_factor is 0
+/// unless the scaling type is yarn, which is refused); `tensor_data_layout` labels how an old
+/// converter laid out Q/K, which llama.cpp's llama graph never reads.
+const LLAMA_KEYS_INFORMATIONAL: &[&str] = &[
+    "vocab_size",
+    "rope.scaling.finetuned",
+    "rope.scaling.original_context_length",
+    "tensor_data_layout",
+];
+
+#[derive(Clone, Copy)]
+enum Neutral {
+    Num(f64),
+    Bool(bool),
+}
+
+/// `llama.*` keys (from llama.cpp's llama-arch key list) that change the computation unless they
+/// hold the value listed, at which the model computes exactly what btx does. Any other value is
+/// refused; so is any `llama.*` key in none of these lists, since btx cannot know what it does.
+const LLAMA_KEYS_NEUTRAL: &[(&str, Neutral, &str)] = &[
+    ("expert_count", Neutral::Num(0.0), "a mixture-of-experts FFN (Mixtral-style), and btx imports dense Llama GGUFs only"),
+    ("expert_used_count", Neutral::Num(0.0), "a mixture-of-experts FFN (Mixtral-style), and btx imports dense Llama GGUFs only"),
+    ("expert_shared_count", Neutral::Num(0.0), "shared experts, and btx imports dense Llama GGUFs only"),
+    ("expert_group_count", Neutral::Num(0.0), "grouped expert routing, and btx imports dense Llama GGUFs only"),
+    ("expert_group_used_count", Neutral::Num(0.0), "grouped expert routing, and btx imports dense Llama GGUFs only"),
+    ("attention.sliding_window", Neutral::Num(0.0), "sliding-window attention: llama.cpp attends to every earlier position of a llama model while the model was made to mask keys past the window, and btx will not pick one of the two"),
+    ("rope.scaling.attn_factor", Neutral::Num(1.0), "a factor on RoPE's cos/sin (llama.cpp multiplies its attention factor by it), which btx does not implement"),
+    ("attention.clamp_kqv", Neutral::Num(0.0), "clamping of Q, K and V, which btx does not implement"),
+    ("attention.max_alibi_bias", Neutral::Num(0.0), "ALiBi position biases, which btx does not implement"),
+    ("attention.scale", Neutral::Num(0.0), "an attention scale other than 1/sqrt(head_dim), which btx does not implement"),
+    ("attention.causal", Neutral::Bool(true), "non-causal attention, which btx does not implement"),
+    ("logit_scale", Neutral::Num(1.0), "a scale on the logits, which btx does not implement"),
+    ("embedding_scale", Neutral::Num(1.0), "a scale on the token embeddings, which btx does not implement"),
+    ("residual_scale", Neutral::Num(1.0), "a scale on the residual branches, which btx does not implement"),
+    ("attn_logit_softcapping", Neutral::Num(0.0), "soft-capping of the attention scores, which btx does not implement"),
+    ("final_logit_softcapping", Neutral::Num(0.0), "soft-capping of the logits, which btx does not implement"),
+    ("use_parallel_residual", Neutral::Bool(false), "parallel attention and FFN residuals, which btx does not implement"),
+];
+
+/// Refuses every file-level and `llama.*` key that would make llama.cpp compute something other
+/// than the dense Llama btx builds. Keys of other namespaces (`general.*` aside from those below,
+/// `quantize.*`, another architecture's) are not read by llama.cpp for a llama model.
+fn check_keys(g: &GgufFile) -> Result<()> {
+    let m = Meta(g);
+    if let Some(t) = m.string("general.type")? {
+        if t != "model" {
+            return Err(refuse(
+                g,
+                format!("general.type is {t:?}: not a model (an adapter needs its base model, and btx does not apply one)"),
+                "give the GGUF of the whole model",
+            ));
+        }
+    }
+    if let Some(n) = m.uint("split.count")? {
+        if n > 1 {
+            return Err(refuse(
+                g,
+                format!("split.count is {n}: this file holds one part of a model split over {n} files"),
+                "merge the parts into one file with llama.cpp's `llama-gguf-split --merge` and import that",
+            ));
+        }
+    }
+    for (key, v) in &g.meta {
+        let Some(rest) = key.strip_prefix("llama.") else {
+            continue;
+        };
+        if LLAMA_KEYS_READ.contains(&rest) || LLAMA_KEYS_INFORMATIONAL.contains(&rest) {
+            continue;
+        }
+        let Some((_, neutral, what)) = LLAMA_KEYS_NEUTRAL.iter().find(|(k, ..)| *k == rest) else {
+            return Err(refuse(
+                g,
+                format!("metadata {key} is not supported: btx does not know what it changes in the model's computation, so it cannot import the model exactly"),
+                HINT_UNSUPPORTED,
+            ));
+        };
+        let ok = match (neutral, v) {
+            (Neutral::Num(x), v) => v.as_f64() == Some(*x),
+            (Neutral::Bool(b), Value::Bool(y)) => b == y,
+            _ => false,
+        };
+        if !ok {
+            return Err(refuse(
+                g,
+                format!("metadata {key} = {} means {what}", show(v)),
+                HINT_UNSUPPORTED,
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The model shape from GGUF metadata (architecture `llama`), after refusing every key that
+/// would make llama.cpp compute another model than this shape under btx's Llama.
 pub fn config_from_gguf(g: &GgufFile) -> Result<ModelConfig> {
-    let arch = g.meta_str("general.architecture").unwrap_or("");
+    let m = Meta(g);
+    let arch = m
+        .string("general.architecture")?
+        .ok_or_else(|| m.missing("general.architecture"))?;
     if arch != "llama" {
-        return Err(file_err(
-            &g.path,
-            format!("general.architecture is {arch:?}; btx imports llama GGUF files"),
+        return Err(refuse(
+            g,
+            format!("general.architecture is {arch:?}; btx imports llama GGUFs"),
+            "btx builds Llama-shaped models; a model of another architecture cannot be imported",
         ));
     }
-    let need = |k: &str| {
-        g.meta_u64(&format!("llama.{k}"))
-            .map(|x| x as usize)
-            .ok_or_else(|| file_err(&g.path, format!("metadata llama.{k} is missing")))
-    };
-    let hidden = need("embedding_length")?;
-    let heads = need("attention.head_count")?;
-    let emb = g
-        .tensor("token_embd.weight")
-        .ok_or_else(|| file_err(&g.path, "no token_embd.weight tensor"))?;
-    let vocab = emb.shape()[0];
-    let mut c = ModelConfig::llama(
-        vocab,
-        hidden,
-        need("feed_forward_length")?,
-        need("block_count")?,
-        heads,
-        g.meta_u64("llama.attention.head_count_kv")
-            .map_or(heads, |x| x as usize),
-        g.meta_u64("llama.context_length")
-            .map_or(2048, |x| x as usize),
-    );
-    if let Some(k) = g.meta_u64("llama.attention.key_length") {
-        c.head_dim = k as usize;
+    check_keys(g)?;
+    let layers = m.need_uint("llama.block_count")?;
+    // A llama layer is 9 tensors of the file: a count past what it holds can only be wrong, and
+    // believed it would have btx list (and allocate for) billions of layers before any check.
+    if layers == 0 || layers.saturating_mul(9) > g.tensors.len() {
+        return Err(refuse(
+            g,
+            format!(
+                "metadata llama.block_count is {layers}, but the file holds {} tensors (a llama layer has 9)",
+                g.tensors.len()
+            ),
+            HINT_RECONVERT,
+        ));
     }
-    c.rms_norm_eps = g
-        .meta_f64("llama.attention.layer_norm_rms_epsilon")
-        .unwrap_or(1e-5);
+    let hidden = m.need_uint("llama.embedding_length")?;
+    let heads = m
+        .per_layer("llama.attention.head_count", layers)?
+        .ok_or_else(|| m.missing("llama.attention.head_count"))?;
+    if heads == 0 {
+        return Err(refuse(
+            g,
+            "metadata llama.attention.head_count is 0",
+            HINT_RECONVERT,
+        ));
+    }
+    // llama.cpp's defaults where a key is absent: as many KV heads as heads, heads of
+    // embedding_length / head_count values, RoPE over the whole key head, theta 10000.
+    let kv_heads = m
+        .per_layer("llama.attention.head_count_kv", layers)?
+        .unwrap_or(heads);
+    let ff = m
+        .per_layer("llama.feed_forward_length", layers)?
+        .ok_or_else(|| m.missing("llama.feed_forward_length"))?;
+    let key_len = m
+        .uint("llama.attention.key_length")?
+        .unwrap_or(hidden / heads);
+    // llama.cpp's value default is embedding_length / head_count, not key_length, and its
+    // llama graph asserts the two are equal.
+    let value_len = m
+        .uint("llama.attention.value_length")?
+        .unwrap_or(hidden / heads);
+    if value_len != key_len {
+        return Err(refuse(
+            g,
+            format!("value heads of {value_len} (llama.attention.value_length, default embedding_length / head_count) differ from key heads of {key_len} (llama.attention.key_length); btx's heads have one size"),
+            HINT_UNSUPPORTED,
+        ));
+    }
+    let rot = m.uint("llama.rope.dimension_count")?.unwrap_or(key_len);
+    if rot != key_len {
+        return Err(refuse(
+            g,
+            format!("llama.rope.dimension_count is {rot}, but heads have {key_len} values: partial RoPE, which btx does not implement (and llama.cpp refuses for llama models)"),
+            HINT_UNSUPPORTED,
+        ));
+    }
+    // llama.cpp: the scaling type defaults to linear, the factor comes from
+    // rope.scaling.factor or else the older rope.scale_linear, and 0 means none; type none
+    // never scales, whatever the factor.
+    let scaling = m.string("llama.rope.scaling.type")?.unwrap_or("linear");
+    let factor_key = if g.meta.contains_key("llama.rope.scaling.factor") {
+        "llama.rope.scaling.factor"
+    } else {
+        "llama.rope.scale_linear"
+    };
+    let factor = m.float(factor_key)?.unwrap_or(0.0);
+    match scaling {
+        "none" => {}
+        "linear" if factor == 0.0 || factor == 1.0 => {}
+        "linear" => {
+            return Err(refuse(
+                g,
+                format!("{factor_key} is {factor}: linear RoPE scaling (positions divided by {factor}), which btx does not implement"),
+                HINT_UNSUPPORTED,
+            ))
+        }
+        other => {
+            return Err(refuse(
+                g,
+                format!("llama.rope.scaling.type is {other:?}: RoPE scaling btx does not implement (only none, or linear with factor 1)"),
+                HINT_UNSUPPORTED,
+            ))
+        }
+    }
+    let eps = m
+        .float("llama.attention.layer_norm_rms_epsilon")?
+        .ok_or_else(|| m.missing("llama.attention.layer_norm_rms_epsilon"))?;
+    let theta = m.float("llama.rope.freq_base")?.unwrap_or(10000.0);
+    // Named by their GGUF keys here rather than by config.json's names in validate().
+    for (key, v) in [
+        ("llama.attention.layer_norm_rms_epsilon", eps),
+        ("llama.rope.freq_base", theta),
+    ] {
+        if !(v.is_finite() && v > 0.0) {
+            return Err(refuse(
+                g,
+                format!("metadata {key} is {v}, not a finite number > 0"),
+                HINT_RECONVERT,
+            ));
+        }
+    }
+    let ctx = m.need_uint("llama.context_length")?;
+    let emb = g.tensor("token_embd.weight").ok_or_else(|| {
+        refuse(
+            g,
+            "no token_embd.weight tensor",
+            "is this a complete Llama GGUF? (a file of llama.cpp's split format holds part of the tensors)",
+        )
+    })?;
+    let vocab = match emb.shape()[..] {
+        [v, h] if h == hidden => v,
+        _ => {
+            return Err(refuse(
+                g,
+                format!(
+                    "tensor token_embd.weight has shape {:?}, expected [vocabulary, {hidden}] (llama.embedding_length)",
+                    emb.shape()
+                ),
+                HINT_RECONVERT,
+            ))
+        }
+    };
+    // llama.cpp sizes the embeddings and the output by the token list; a model whose rows
+    // disagree with its vocabulary is one it refuses to load.
+    if let Some(v) = g.meta.get("tokenizer.ggml.tokens") {
+        let n = v.as_array().map_or(0, <[Value]>::len);
+        if n != vocab {
+            return Err(refuse(
+                g,
+                format!(
+                    "tokenizer.ggml.tokens has {n} tokens but token_embd.weight has {vocab} rows"
+                ),
+                HINT_RECONVERT,
+            ));
+        }
+    }
+    let mut c = ModelConfig::llama(vocab, hidden, ff, layers, heads, kv_heads, ctx);
+    c.head_dim = key_len;
     // GGUF stores f32 metadata; round through f32 text so 1e-5 stays 1e-5, not 9.99999974e-6.
-    c.rms_norm_eps = format!("{}", c.rms_norm_eps as f32)
-        .parse()
-        .unwrap_or(c.rms_norm_eps);
-    c.rope_theta = g.meta_f64("llama.rope.freq_base").unwrap_or(10000.0);
+    c.rms_norm_eps = format!("{}", eps as f32).parse().unwrap_or(eps);
+    c.rope_theta = theta;
     c.tie_word_embeddings = g.tensor("output.weight").is_none();
-    c.bos_token_id = g.meta_u64("tokenizer.ggml.bos_token_id").map(|x| x as u32);
-    c.eos_token_id = g.meta_u64("tokenizer.ggml.eos_token_id").map(|x| x as u32);
-    c.validate().map_err(|e| file_err(&g.path, e.to_string()))?;
+    for key in ["tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id"] {
+        if let Some(id) = m.uint(key)?.filter(|&id| id >= vocab) {
+            return Err(refuse(
+                g,
+                format!("metadata {key} is {id}, outside the vocabulary of {vocab} tokens"),
+                HINT_RECONVERT,
+            ));
+        }
+    }
+    c.bos_token_id = m.uint("tokenizer.ggml.bos_token_id")?.map(|x| x as u32);
+    c.eos_token_id = m.uint("tokenizer.ggml.eos_token_id")?.map(|x| x as u32);
+    c.validate()
+        .map_err(|e| refuse(g, e.to_string().replace("\nhint: ", "; "), HINT_RECONVERT))?;
     Ok(c)
 }
 
-/// `tokenizer.json` for a GGUF `gpt2`-type (byte-level BPE) vocabulary.
+/// llama.cpp's regex for its `llama3` pre-tokenizer: Llama 3's, with `(?i:'s|...)` spelt out as
+/// ASCII classes (case-insensitive matching would also take e.g. U+017F for `s`).
+const LLAMA3_SPLIT: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// The `tokenizers` pre-tokenizer that splits text as llama.cpp's pre-tokenizer `pre` does, whether
+/// llama.cpp's BPE takes a whole word found in the vocabulary without merging (`ignore_merges`),
+/// and whether it adds BOS when no `add_bos_token` says. None for the types btx cannot reproduce.
+fn pre_tokenizer(pre: &str) -> Option<(Json, bool, bool)> {
+    // GPT-2's regex, as ByteLevel applies it (the same as llama.cpp's gpt2 split).
+    let gpt2 = json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true});
+    let llama3 = json!({"type": "Sequence", "pretokenizers": [
+        {"type": "Split", "pattern": {"Regex": LLAMA3_SPLIT}, "behavior": "Isolated", "invert": false},
+        {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": false}]});
+    Some(match pre {
+        "gpt-2" | "phi-2" | "mpt" | "olmo" => (gpt2, false, false),
+        "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "pixtral" => (llama3, true, true),
+        "dbrx" | "smaug-bpe" => (llama3, false, false),
+        // llama.cpp splits every \p{N} off first, then applies GPT-2's regex.
+        "starcoder" | "refact" | "smollm" | "command-r" | "codeshell" | "exaone" | "minerva-7b" => {
+            (
+                json!({"type": "Sequence", "pretokenizers": [
+                {"type": "Digits", "individual_digits": true}, gpt2]}),
+                false,
+                false,
+            )
+        }
+        _ => return None,
+    })
+}
+
+/// `tokenizer.json` for a GGUF `gpt2`-type (byte-level BPE) vocabulary, splitting text as
+/// llama.cpp does for the file's `tokenizer.ggml.pre`; anything that would make it tokenise
+/// differently from llama.cpp is refused by key.
 pub fn tokenizer_from_gguf(g: &GgufFile) -> Result<Tok> {
-    let model = g.meta_str("tokenizer.ggml.model").unwrap_or("");
+    let m = Meta(g);
+    let model = m.string("tokenizer.ggml.model")?.unwrap_or("");
     if model != "gpt2" {
-        return Err(file_err(
-            &g.path,
+        return Err(refuse(
+            g,
             format!("tokenizer.ggml.model is {model:?}; btx rebuilds byte-level BPE (\"gpt2\") tokenizers only"),
+            "a SentencePiece (\"llama\") vocabulary cannot be imported from GGUF; use the model's Hugging Face checkpoint as the seed ([seed] path)",
         ));
     }
+    let pre_name = m.string("tokenizer.ggml.pre")?.ok_or_else(|| {
+        refuse(
+            g,
+            "metadata tokenizer.ggml.pre is missing: llama.cpp then splits text with its \"default\" pre-tokenizer (and warns that generation quality will be degraded), which btx does not reproduce",
+            HINT_RECONVERT,
+        )
+    })?;
+    let (pre, ignore_merges, bos_default) = pre_tokenizer(pre_name).ok_or_else(|| {
+        refuse(
+            g,
+            format!("tokenizer.ggml.pre is {pre_name:?}, a pre-tokenizer btx does not reproduce exactly (it does gpt-2, llama-bpe/llama3, smollm/starcoder and their aliases)"),
+            HINT_UNSUPPORTED,
+        )
+    })?;
     let strs = |key: &str| -> Result<Vec<String>> {
-        g.meta
-            .get(key)
-            .and_then(Value::as_array)
-            .ok_or_else(|| file_err(&g.path, format!("metadata {key} is missing")))?
-            .iter()
-            .map(|v| {
+        let a = match g.meta.get(key) {
+            None => return Err(m.missing(key)),
+            Some(v) => v
+                .as_array()
+                .ok_or_else(|| m.bad(key, v, "an array of strings"))?,
+        };
+        a.iter()
+            .enumerate()
+            .map(|(i, v)| {
                 v.as_str()
                     .map(str::to_string)
-                    .ok_or_else(|| file_err(&g.path, format!("{key} holds a non-string")))
+                    .ok_or_else(|| m.bad(&format!("{key}[{i}]"), v, "a string"))
             })
             .collect()
     };
     let tokens = strs("tokenizer.ggml.tokens")?;
     let merges = strs("tokenizer.ggml.merges")?;
-    let types: Vec<u64> = g
-        .meta
-        .get("tokenizer.ggml.token_type")
-        .and_then(Value::as_array)
-        .map(|a| a.iter().map(|v| v.as_u64().unwrap_or(1)).collect())
-        .unwrap_or_else(|| vec![1; tokens.len()]);
+    // Token types (llama.cpp): 1 normal, 2 unknown, 3 control, 4 user-defined, 5 unused,
+    // 6 byte (SentencePiece only).
+    let types: Vec<u64> = match g.meta.get("tokenizer.ggml.token_type") {
+        None => vec![1; tokens.len()],
+        Some(v) => {
+            let a = v
+                .as_array()
+                .filter(|a| a.len() == tokens.len())
+                .ok_or_else(|| {
+                    m.bad(
+                        "tokenizer.ggml.token_type",
+                        v,
+                        &format!("one type per token ({} values)", tokens.len()),
+                    )
+                })?;
+            a.iter()
+                .enumerate()
+                .map(|(i, v)| match v.as_u64() {
+                    Some(t @ 1..=5) => Ok(t),
+                    _ => Err(refuse(
+                        g,
+                        format!("tokenizer.ggml.token_type[{i}] ({:?}) is {v:?}, not a type a BPE vocabulary has (1 normal, 2 unknown, 3 control, 4 user-defined, 5 unused)", tokens[i]),
+                        HINT_RECONVERT,
+                    )),
+                })
+                .collect::<Result<_>>()?
+        }
+    };
     let mut vocab = serde_json::Map::new();
     let mut added = vec![];
     for (i, t) in tokens.iter().enumerate() {
-        vocab.insert(t.clone(), json!(i));
-        // 3 = control, 4 = user-defined: matched as whole special tokens.
-        if matches!(types.get(i), Some(3) | Some(4)) {
+        if let Some(j) = vocab.insert(t.clone(), json!(i)) {
+            return Err(refuse(
+                g,
+                format!("tokenizer.ggml.tokens holds {t:?} twice (ids {j} and {i}): text could map to either"),
+                HINT_RECONVERT,
+            ));
+        }
+        // Control and unknown tokens are llama.cpp's special tokens; user-defined ones are
+        // matched in text as a whole but are not special.
+        if matches!(types[i], 2..=4) {
             added.push(
                 json!({"id": i, "content": t, "single_word": false, "lstrip": false,
-                "rstrip": false, "normalized": false, "special": true}),
+                "rstrip": false, "normalized": false, "special": types[i] != 4}),
             );
         }
     }
+    // llama.cpp splits a merge at its first space after the first byte (a merge's left part
+    // may itself be a space).
     let merges: Vec<Json> = merges
         .iter()
-        .map(|m| {
-            let (a, b) = m.split_once(' ').unwrap_or((m.as_str(), ""));
-            json!([a, b])
+        .enumerate()
+        .map(|(i, mg)| {
+            let at = mg.bytes().skip(1).position(|b| b == b' ').map(|p| p + 1);
+            match at {
+                Some(p) => Ok(json!([&mg[..p], &mg[p + 1..]])),
+                None => Err(refuse(
+                    g,
+                    format!(
+                        "tokenizer.ggml.merges[{i}] is {mg:?}, not two tokens separated by a space"
+                    ),
+                    HINT_RECONVERT,
+                )),
+            }
         })
-        .collect();
-    let byte_level = json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true});
-    // llama.cpp's pre-tokenizer names; "smollm" (and the like) split digits one by one first.
-    let pre = match g.meta_str("tokenizer.ggml.pre").unwrap_or("default") {
-        "smollm" | "starcoder" | "refact" | "deepseek-coder" => json!({"type": "Sequence",
-            "pretokenizers": [{"type": "Digits", "individual_digits": true}, byte_level]}),
-        _ => byte_level,
+        .collect::<Result<_>>()?;
+    // BOS/EOS that llama.cpp adds when it tokenises a prompt. btx itself never adds special
+    // tokens (its data and evals separate documents by EOS), as for any Hugging Face tokenizer;
+    // the template makes tokenizer.json say what llama.cpp does, for whoever else uses it.
+    let add_bos = m
+        .boolean("tokenizer.ggml.add_bos_token")?
+        .unwrap_or(bos_default);
+    let add_eos = m.boolean("tokenizer.ggml.add_eos_token")?.unwrap_or(false);
+    if m.boolean("tokenizer.ggml.add_sep_token")? == Some(true) {
+        return Err(refuse(
+            g,
+            "tokenizer.ggml.add_sep_token is true: llama.cpp appends a separator token, which btx's tokenizer does not reproduce",
+            HINT_UNSUPPORTED,
+        ));
+    }
+    let special = |flag: &str, key: &str| -> Result<Option<(u32, String)>> {
+        let id = m.uint(key)?.ok_or_else(|| {
+            refuse(
+                g,
+                format!("{flag} is true but {key} is missing (llama.cpp would then add token 11)"),
+                HINT_RECONVERT,
+            )
+        })?;
+        let t = tokens.get(id).ok_or_else(|| {
+            refuse(
+                g,
+                format!("{key} is {id}, outside the {} tokens", tokens.len()),
+                HINT_RECONVERT,
+            )
+        })?;
+        Ok(Some((id as u32, t.clone())))
+    };
+    let bos = if add_bos {
+        special(
+            "tokenizer.ggml.add_bos_token",
+            "tokenizer.ggml.bos_token_id",
+        )?
+    } else {
+        None
+    };
+    let eos = if add_eos {
+        special(
+            "tokenizer.ggml.add_eos_token",
+            "tokenizer.ggml.eos_token_id",
+        )?
+    } else {
+        None
+    };
+    let post = if bos.is_none() && eos.is_none() {
+        Json::Null
+    } else {
+        let mut special_tokens = serde_json::Map::new();
+        let piece = |seq: &str, type_id: u32| {
+            let mut v = vec![];
+            if let Some((_, t)) = &bos {
+                v.push(json!({"SpecialToken": {"id": t, "type_id": type_id}}));
+            }
+            v.push(json!({"Sequence": {"id": seq, "type_id": type_id}}));
+            if let Some((_, t)) = &eos {
+                v.push(json!({"SpecialToken": {"id": t, "type_id": type_id}}));
+            }
+            v
+        };
+        for (id, t) in bos.iter().chain(eos.iter()) {
+            special_tokens.insert(t.clone(), json!({"id": t, "ids": [id], "tokens": [t]}));
+        }
+        let mut pair = piece("A", 0);
+        pair.extend(piece("B", 1));
+        json!({"type": "TemplateProcessing", "single": piece("A", 0), "pair": pair,
+            "special_tokens": special_tokens})
     };
     let j = json!({
         "version": "1.0", "truncation": null, "padding": null, "added_tokens": added,
-        "normalizer": null, "pre_tokenizer": pre, "post_processor": null,
+        "normalizer": null, "pre_tokenizer": pre, "post_processor": post,
         "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
         "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
             "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false,
-            "ignore_merges": false, "vocab": vocab, "merges": merges}
+            "ignore_merges": ignore_merges, "vocab": vocab, "merges": merges}
     });
-    Tok::from_json(&j.to_string())
+    Tok::from_json(&j.to_string()).map_err(|e| {
+        refuse(
+            g,
+            format!(
+                "the GGUF vocabulary (tokenizer.ggml.*) does not make a tokenizer: {}",
+                e.to_string().replace('\n', "; ")
+            ),
+            HINT_RECONVERT,
+        )
+    })
+}
+
+/// Tensors llama.cpp's llama graph uses that btx has no place for, but which are provably
+/// inert at the value given: a `rope_freqs.weight` of all ones (llama.cpp's RoPE divides each
+/// angle by its factor; x / 1.0, like x * (1 / 1.0), is x exactly in IEEE arithmetic, so no
+/// kernel can make it differ from RoPE without factors), and
+/// all-zero biases of the projections (adding +0.0 changes at most the sign of a zero, which
+/// no later sum, product, exp or RMS norm can tell). Returns (expected shape, neutral value, what
+/// a non-neutral one would be), or None for a tensor that is not one of these.
+fn inert_tensor(name: &str, cfg: &ModelConfig) -> Option<(Vec<usize>, f32, &'static str)> {
+    if name == "rope_freqs.weight" {
+        return Some((
+            vec![cfg.head_dim / 2],
+            1.0,
+            "RoPE frequency factors (Llama 3.1-style rope scaling), which btx does not implement",
+        ));
+    }
+    let (ls, rest) = name.strip_prefix("blk.")?.split_once('.')?;
+    // Only the names llama.cpp looks up: "blk.01" or a layer past the last is not one.
+    let l: usize = ls.parse().ok()?;
+    if l.to_string() != ls || l >= cfg.num_layers {
+        return None;
+    }
+    let rows = match rest {
+        "attn_q.bias" => cfg.q_dim(),
+        "attn_k.bias" | "attn_v.bias" => cfg.kv_dim(),
+        "attn_output.bias" | "ffn_down.bias" => cfg.hidden_size,
+        "ffn_gate.bias" | "ffn_up.bias" => cfg.intermediate_size,
+        _ => return None,
+    };
+    Some((
+        vec![rows],
+        0.0,
+        "a bias, which btx's projections do not have",
+    ))
+}
+
+/// What an unmapped tensor is, for the refusal.
+fn unmapped_what(name: &str) -> &'static str {
+    let base = name.rsplit_once('.').map_or(name, |x| x.0);
+    let base = base.rsplit('.').next().unwrap_or(base);
+    if base.contains("exps") || base.contains("shexp") || base == "ffn_gate_inp" {
+        "a mixture-of-experts tensor, and btx imports dense Llama GGUFs only"
+    } else if base == "attn_qkv" {
+        "fused Q/K/V, which btx does not split"
+    } else if base.starts_with("rope_factors") {
+        "LongRoPE factors, which btx does not implement"
+    } else if name.starts_with("blk.") {
+        "a tensor btx's Llama layer has no place for (or of a layer past llama.block_count), which llama.cpp would use"
+    } else {
+        "a tensor btx's Llama has no place for, which llama.cpp would use"
+    }
 }
 
 /// Writes `out/{config.json, model.safetensors, tokenizer.json}` from a llama GGUF file. Every
-/// tensor is checked (present, shape, a type btx can dequantise, inside the file) before anything
-/// is written, and the output appears whole or not at all (see [`OutDir`]).
+/// metadata key and tensor is checked before anything is written: the keys and tensors must
+/// describe exactly the dense Llama btx builds (anything else is refused by name), and every
+/// tensor must be present, of the right shape, of a type btx can dequantise, inside the file and
+/// finite. The output appears whole or not at all (see [`OutDir`]).
 pub fn import_gguf(path: &Path, out: &Path, existing: Existing) -> Result<ModelConfig> {
     let g = GgufFile::open(path)?;
     let cfg = config_from_gguf(&g)?;
@@ -201,27 +783,88 @@ pub fn import_gguf(path: &Path, out: &Path, existing: Existing) -> Result<ModelC
         .into_iter()
         .map(|s| (s.name, s.shape))
         .collect();
+    let mapped: std::collections::HashSet<String> = specs
+        .iter()
+        .map(|(n, _)| gguf_name(n).expect("every llama parameter has a GGUF name"))
+        .collect();
+    // llama.cpp refuses a file with a tensor its graph does not load, and uses every one it
+    // loads: a tensor btx does not map would be a part of the model left out.
+    let mut unmapped = vec![];
+    for t in &g.tensors {
+        if mapped.contains(&t.name) {
+            continue;
+        }
+        match inert_tensor(&t.name, &cfg) {
+            Some((shape, neutral, what)) => {
+                if t.shape() != shape {
+                    return Err(refuse(
+                        &g,
+                        format!(
+                            "tensor {:?} has shape {:?}, expected {shape:?}",
+                            t.name,
+                            t.shape()
+                        ),
+                        HINT_RECONVERT,
+                    ));
+                }
+                let v = g.dequantize(t)?;
+                if let Some(x) = v.iter().find(|&&x| x != neutral) {
+                    return Err(refuse(
+                        &g,
+                        format!(
+                            "tensor {:?} is not supported: it holds {what} (it has {x}; only all {neutral} changes nothing)",
+                            t.name
+                        ),
+                        HINT_UNSUPPORTED,
+                    ));
+                }
+            }
+            None => unmapped.push(&t.name),
+        }
+    }
+    if let Some(first) = unmapped.first() {
+        let more = match unmapped.len() {
+            1 => String::new(),
+            n => format!(" (and {} more tensors btx does not map)", n - 1),
+        };
+        return Err(refuse(
+            &g,
+            format!(
+                "tensor {first:?} is not supported: {}{more}",
+                unmapped_what(first)
+            ),
+            HINT_UNSUPPORTED,
+        ));
+    }
     let tensor_of = |name: &str, shape: &[usize]| -> Result<&btx_data::gguf::TensorInfo> {
         let gname = gguf_name(name).expect("every llama parameter has a GGUF name");
         let t = g.tensor(&gname).ok_or_else(|| {
-            file_err(
-                path,
-                format!("tensor {gname:?} is missing (needed for {name})\nhint: is this a complete Llama GGUF?"),
+            refuse(
+                &g,
+                format!("tensor {gname:?} is missing (needed for {name})"),
+                "is this a complete Llama GGUF? (a file of llama.cpp's split format holds part of the tensors)",
             )
         })?;
         if t.shape() != shape {
-            return Err(file_err(
-                path,
+            return Err(refuse(
+                &g,
                 format!(
                     "tensor {gname:?} has shape {:?}, expected {shape:?} from the file's metadata",
                     t.shape()
                 ),
+                HINT_RECONVERT,
             ));
         }
         Ok(t)
     };
     for (name, shape) in &specs {
-        g.check_readable(tensor_of(name, shape)?)?;
+        let t = tensor_of(name, shape)?;
+        g.check_readable(t)?;
+        // Found here, before the first write, from the bytes that decide it (see
+        // first_non_finite): btx never writes a model it would refuse to run.
+        if let Some(i) = g.first_non_finite(t)? {
+            return Err(non_finite(&g, &t.name, i, t.numel()));
+        }
     }
     let staged = OutDir::create(out, &[path], existing)?;
     let dir = staged.path();
@@ -229,7 +872,17 @@ pub fn import_gguf(path: &Path, out: &Path, existing: Existing) -> Result<ModelC
     let k_suffix = ".self_attn.k_proj.weight";
     write_checkpoint(dir, &specs, 4 << 30, |i| {
         let (name, shape) = &specs[i];
-        let read = || -> Result<Vec<f32>> { g.dequantize(tensor_of(name, shape)?) };
+        let read = || -> Result<Vec<f32>> {
+            let t = tensor_of(name, shape)?;
+            let w = g.dequantize(t)?;
+            // Checked above already; kept because it costs one pass over values about to be
+            // written, and a non-finite model must never appear (an error here leaves only the
+            // staging directory, which OutDir removes).
+            if let Some(i) = w.iter().position(|x| !x.is_finite()) {
+                return Err(non_finite(&g, &t.name, i, w.len()));
+            }
+            Ok(w)
+        };
         let w = read().map_err(|e| btx_model::ModelError::Invalid { msg: e.to_string() })?;
         Ok(if name.ends_with(q_suffix) {
             unpermute_rows(&w, shape[0], shape[1], cfg.num_heads)
@@ -245,4 +898,12 @@ pub fn import_gguf(path: &Path, out: &Path, existing: Existing) -> Result<ModelC
     tok.save(&dir.join("tokenizer.json"))?;
     staged.commit()?;
     Ok(cfg)
+}
+
+fn non_finite(g: &GgufFile, tensor: &str, i: usize, n: usize) -> DataError {
+    refuse(
+        g,
+        format!("tensor {tensor:?} holds a non-finite value (NaN or infinity) at element {i} of {n}"),
+        "the model itself is broken (a diverged training run or a damaged conversion); btx never writes a model with NaN or infinite weights: use another copy or quantisation of it",
+    )
 }

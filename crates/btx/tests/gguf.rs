@@ -114,6 +114,8 @@ fn imports_a_quantised_llama_with_its_tokenizer() {
             Value::F32(1e-5),
         ),
         ("tokenizer.ggml.model".into(), s("gpt2")),
+        // btx's trained tokenizers split with GPT-2's regex: llama.cpp's "gpt-2".
+        ("tokenizer.ggml.pre".into(), s("gpt-2")),
         (
             "tokenizer.ggml.tokens".into(),
             Value::Array(tokens.iter().map(|t| s(t)).collect()),
