@@ -272,7 +272,7 @@ fn is_zero(n: &usize) -> bool {
 }
 
 /// The tasks whose prompt (after `prefix`) leaves room for at least one answer token within
-/// `positions`, in order, and how many were left out. Every model of a comparison has the same
+/// `positions` (a prompt of at most `positions` tokens), in order, and how many were left out. Every model of a comparison has the same
 /// positions (they share a seed), so every method is scored on the same tasks.
 pub fn fitting_tasks(
     tasks: Vec<Task>,
@@ -283,7 +283,9 @@ pub fn fitting_tasks(
     let n = tasks.len();
     let mut keep = Vec::with_capacity(n);
     for t in tasks {
-        if tok.encode(&format!("{prefix}{}", t.prompt))?.len() < positions {
+        // (The last position's logits give the first answer token, which is never fed back:
+        // a prompt filling every position still has room for one.)
+        if tok.encode(&format!("{prefix}{}", t.prompt))?.len() <= positions {
             keep.push(t);
         }
     }
@@ -534,7 +536,7 @@ mod fit_tests {
         let long = "word ".repeat(200);
         let tasks = vec![task("a b"), task(&long), task("c d")];
         let n = |p: &str| tok.encode(p).unwrap().len();
-        let positions = n("a b").max(n("c d")) + 1;
+        let positions = n("a b").max(n("c d"));
         let (kept, unfit) = fitting_tasks(tasks, &tok, "", positions).unwrap();
         assert_eq!(unfit, 1);
         assert_eq!(
@@ -542,7 +544,7 @@ mod fit_tests {
             ["a b", "c d"]
         );
         // With no room at all, nothing is kept.
-        let (kept, unfit) = fitting_tasks(vec![task("a b")], &tok, "", n("a b")).unwrap();
+        let (kept, unfit) = fitting_tasks(vec![task("a b")], &tok, "", n("a b") - 1).unwrap();
         assert!(kept.is_empty() && unfit == 1);
     }
 }

@@ -1,6 +1,7 @@
 //! Text generation with a KV cache: batched (left-padded) prompts, greedy or temperature +
 //! nucleus (top-p) sampling, per-row stopping.
 
+use crate::error::ModelError;
 use crate::model::forward::{ForwardOpts, KvCache};
 use crate::model::Model;
 use crate::to_vec;
@@ -212,11 +213,47 @@ pub fn generate(
     max_new: usize,
     sampling: &Sampling,
     eos: Option<i64>,
-    mut stop: impl FnMut(usize, &[i64]) -> bool,
+    stop: impl FnMut(usize, &[i64]) -> bool,
 ) -> Vec<Vec<i64>> {
+    generate_inner(model, prompts, max_new, sampling, eos, stop).0
+}
+
+/// [`generate`], refusing logits that are not finite: a token sampled from NaN (argmax of NaN
+/// is token 0; top-p over NaN is anything) would be printed as the model's answer.
+pub fn generate_checked(
+    model: &Model,
+    prompts: &[Vec<i64>],
+    max_new: usize,
+    sampling: &Sampling,
+    eos: Option<i64>,
+    stop: impl FnMut(usize, &[i64]) -> bool,
+) -> crate::error::Result<Vec<Vec<i64>>> {
+    let (out, bad) = generate_inner(model, prompts, max_new, sampling, eos, stop);
+    match bad {
+        None => Ok(out),
+        Some(k) => Err(ModelError::refused(
+            format!(
+                "the model's logits are not finite at generated token {} (NaN or overflowing weights, or a config value that makes them so)",
+                k + 1
+            ),
+            "check the model with `btx eval` or `btx forward`; nothing was generated from them",
+        )),
+    }
+}
+
+/// The generation; the index of the first step whose logits were not finite, if one was (the
+/// generation stops there).
+fn generate_inner(
+    model: &Model,
+    prompts: &[Vec<i64>],
+    max_new: usize,
+    sampling: &Sampling,
+    eos: Option<i64>,
+    mut stop: impl FnMut(usize, &[i64]) -> bool,
+) -> (Vec<Vec<i64>>, Option<usize>) {
     let b = prompts.len();
     if b == 0 || max_new == 0 {
-        return vec![vec![]; b];
+        return (vec![vec![]; b], None);
     }
     let (ids, pads, len) = left_pad(prompts);
     let max_new = max_new.min(room(model, len));
@@ -227,9 +264,12 @@ pub fn generate(
     let mut active = Active::new(pads);
     let mut input = ids;
     let mut t = len;
-    for _ in 0..max_new {
+    for step in 0..max_new {
         let n = active.rows.len();
         let host = to_vec(model.next_logits(&input, n, t, &active.opts(), Some(&mut cache)));
+        if host.iter().any(|x| !x.is_finite()) {
+            return (rows.out, Some(step));
+        }
         let mut next = Vec::with_capacity(n);
         for (i, &r) in active.rows.iter().enumerate() {
             let tok = sample(&host[i * v..(i + 1) * v], sampling, &mut rng);
@@ -242,5 +282,5 @@ pub fn generate(
         input = active.retain(&rows.done, next, std::slice::from_mut(&mut cache));
         t = 1;
     }
-    rows.out
+    (rows.out, None)
 }

@@ -323,3 +323,29 @@ fn a_checkpoint_with_a_non_finite_weight_is_refused_at_load() {
         "{e}"
     );
 }
+
+/// Found by probing: generation from a model whose logits overflow to NaN (finite weights,
+/// so loading accepts it) printed tokens sampled from NaN (argmax of NaN is token 0) with exit
+/// 0. `generate_checked`, what `btx generate` calls, refuses them.
+#[test]
+fn generation_from_non_finite_logits_is_refused() {
+    let c = ModelConfig::llama(32, 16, 24, 1, 2, 2, 64);
+    let m = Model::init(&c, 3, &Device::flex()).unwrap();
+    let m = m.map(|name, t| {
+        if name.ends_with("mlp.up_proj.weight") {
+            t.sign() * 3e38
+        } else {
+            t
+        }
+    });
+    let s = btx_model::generate::Sampling::default();
+    let e = btx_model::generate::generate_checked(&m, &[vec![1, 2, 3]], 4, &s, None, |_, _| false)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("not finite") && e.contains("\nhint: "), "{e}");
+    let sound = Model::init(&c, 3, &Device::flex()).unwrap();
+    let out =
+        btx_model::generate::generate_checked(&sound, &[vec![1, 2, 3]], 4, &s, None, |_, _| false)
+            .unwrap();
+    assert_eq!(out[0].len(), 4);
+}

@@ -34,10 +34,8 @@ impl TensorReader {
         let index_path = path.join(INDEX_FILE);
         if single.is_file() {
             if index_path.is_file() {
-                // btx-model has no logger of its own (no new dependency); stderr is where the
-                // btx binary's warnings go too.
-                eprintln!(
-                    "warning: {} holds both {SINGLE_FILE} and {INDEX_FILE}; reading {SINGLE_FILE} and ignoring the index and its shards, as transformers does",
+                tracing::warn!(
+                    "{} holds both {SINGLE_FILE} and {INDEX_FILE}; reading {SINGLE_FILE} and ignoring the index and its shards, as transformers does",
                     path.display()
                 );
             }

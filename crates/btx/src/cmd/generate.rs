@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use btx_data::Tok;
 use btx_model::burn::prelude::Device;
-use btx_model::generate::{generate, room, Sampling};
+use btx_model::generate::{generate_checked, room, Sampling};
 use btx_model::Model;
 
 #[derive(clap::Args)]
@@ -112,14 +112,14 @@ pub fn run(a: Args, dev: &Device) -> Result<()> {
         );
     }
     let t0 = std::time::Instant::now();
-    let outs = generate(
+    let outs = generate_checked(
         &model,
         &prompts,
         a.max_tokens,
         &s,
         Some(tok.eos_id() as i64),
         |_, _| false,
-    );
+    )?;
     let n: usize = outs.iter().map(Vec::len).sum();
     for (i, (p, o)) in a.prompt.iter().zip(&outs).enumerate() {
         if i > 0 {
