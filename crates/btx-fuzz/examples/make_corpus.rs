@@ -60,6 +60,8 @@ fn main() {
             Value::F32(1e-5),
         ),
         ("tokenizer.ggml.model".into(), s("gpt2")),
+        // (The importer refuses a pre-tokenizer it does not reproduce, and a missing one.)
+        ("tokenizer.ggml.pre".into(), s("gpt-2")),
         ("tokenizer.ggml.tokens".into(), Value::Array(tokens)),
         ("tokenizer.ggml.merges".into(), Value::Array(vec![s("a b")])),
         ("tokenizer.ggml.eos_token_id".into(), Value::U32(3)),

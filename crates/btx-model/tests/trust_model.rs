@@ -349,3 +349,26 @@ fn generation_from_non_finite_logits_is_refused() {
             .unwrap();
     assert_eq!(out[0].len(), 4);
 }
+
+/// Found by probing: a config.json claiming 1e8 layers over a small checkpoint listed its
+/// parameters (gigabytes) before naming the first missing tensor, and aborted on allocation.
+/// The count is compared by arithmetic first.
+#[test]
+fn a_config_describing_more_than_the_files_hold_is_refused_at_once() {
+    let c = ModelConfig::llama(32, 16, 24, 1, 2, 2, 64);
+    let d = Scratch::new("trust-layers");
+    Model::init(&c, 3, &Device::flex())
+        .unwrap()
+        .save(&d, usize::MAX)
+        .unwrap();
+    let mut big = c.clone();
+    big.num_layers = 100_000_000;
+    big.save(&d.join("config.json")).unwrap();
+    let t0 = std::time::Instant::now();
+    let e = Model::load(&d, &Device::flex()).unwrap_err().to_string();
+    assert!(t0.elapsed().as_secs_f64() < 1.0, "{:?}", t0.elapsed());
+    assert!(
+        e.contains("describes") && e.contains("100000000 layers") && e.contains("\nhint: "),
+        "{e}"
+    );
+}

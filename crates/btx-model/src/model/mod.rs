@@ -61,6 +61,24 @@ pub struct Model {
 /// (with `tie_word_embeddings`) a stored `lm_head.weight` that differs from the embeddings.
 /// Every reader of a checkpoint (loading, mixing, averaging) runs it.
 pub fn check_tensors(cfg: &ModelConfig, reader: &TensorReader) -> Result<()> {
+    // By arithmetic first: a config.json that describes more parameters than the files hold
+    // cannot be these weights, and listing the parameters of an absurd one (1e8 layers) would
+    // exhaust the memory before the first missing tensor is named.
+    let held: u128 = reader
+        .names()
+        .filter_map(|n| reader.shape(n))
+        .map(|s| s.iter().map(|&d| d as u128).product::<u128>())
+        .sum();
+    let described = cfg.total_params() as u128;
+    if described > held {
+        return Err(ModelError::refused(
+            format!(
+                "config.json describes {described} parameters ({} layers, hidden size {}), but the weights files hold {held} values",
+                cfg.num_layers, cfg.hidden_size
+            ),
+            "is config.json the one that belongs to these weights?",
+        ));
+    }
     let specs = param_specs(cfg);
     let known: std::collections::HashSet<&str> = specs.iter().map(|s| s.name.as_str()).collect();
     for name in reader.names() {
