@@ -117,6 +117,9 @@ fn config_difference(a: &ModelConfig, b: &ModelConfig) -> Option<(&'static str, 
     // Destructured without `..`: a new field fails to compile here until it is compared (or
     // listed below as one that cannot differ between dense inputs).
     let ModelConfig {
+        family,
+        qkv_bias,
+        qk_norm,
         vocab_size,
         hidden_size,
         intermediate_size,
@@ -126,6 +129,7 @@ fn config_difference(a: &ModelConfig, b: &ModelConfig) -> Option<(&'static str, 
         head_dim,
         rms_norm_eps,
         rope_theta,
+        rope_scaling,
         max_position_embeddings,
         tie_word_embeddings,
         bos_token_id,
@@ -144,7 +148,11 @@ fn config_difference(a: &ModelConfig, b: &ModelConfig) -> Option<(&'static str, 
     fn show<T: serde::Serialize>(x: &T) -> String {
         serde_json::to_string(x).unwrap_or_default()
     }
-    let fields: [(&str, String, String); 17] = [
+    let fields: [(&str, String, String); 21] = [
+        ("model_type (family)", show(family), show(&b.family)),
+        ("qkv_bias", show(qkv_bias), show(&b.qkv_bias)),
+        ("q/k norms", show(qk_norm), show(&b.qk_norm)),
+        ("rope_parameters", show(rope_scaling), show(&b.rope_scaling)),
         ("vocab_size", show(vocab_size), show(&b.vocab_size)),
         ("hidden_size", show(hidden_size), show(&b.hidden_size)),
         (

@@ -11,8 +11,9 @@ pub use crate::ops::{rms_norm, rms_norm_composite, Residual};
 /// left padding `[B, 1, T, head_dim/2]` where row b's positions start `pads[b]` later (so its
 /// first real token sits at position 0, as transformers does with `position_ids`).
 ///
-/// Computed in f32 the way transformers does (`inv_freq = 1 / theta^(2j/d)`, angle = inv_freq x pos)
-/// so that positions far from 0 round the same way.
+/// Computed in f32 the way transformers does (`inv_freq` from [`crate::config::RopeScaling`],
+/// angle = inv_freq x pos, cos and sin times its attention factor) so that positions far from 0
+/// round the same way.
 pub fn rope_tables(
     cfg: &ModelConfig,
     pos0: usize,
@@ -21,10 +22,9 @@ pub fn rope_tables(
     dev: &Device,
 ) -> (Tensor<4>, Tensor<4>) {
     let half = cfg.head_dim / 2;
-    let theta = cfg.rope_theta as f32;
-    let inv: Vec<f32> = (0..half)
-        .map(|j| 1.0 / theta.powf((2 * j) as f32 / cfg.head_dim as f32))
-        .collect();
+    let inv = cfg.rope_scaling.inv_freq(cfg.rope_theta, cfg.head_dim);
+    // transformers multiplies cos and sin by the scaling's attention factor (YaRN's).
+    let scale = cfg.rope_scaling.attention_scaling();
     let zero = [0usize];
     let rows = pads.unwrap_or(&zero);
     let mut cos = Vec::with_capacity(rows.len() * t * half);
@@ -34,8 +34,13 @@ pub fn rope_tables(
             let p = p.saturating_sub(pad);
             for f in &inv {
                 let a = f * p as f32;
-                cos.push(a.cos());
-                sin.push(a.sin());
+                if scale == 1.0 {
+                    cos.push(a.cos());
+                    sin.push(a.sin());
+                } else {
+                    cos.push(a.cos() * scale);
+                    sin.push(a.sin() * scale);
+                }
             }
         }
     }
@@ -88,6 +93,39 @@ pub struct AttnWeights<'a> {
     pub k: &'a Tensor<2>,
     pub v: &'a Tensor<2>,
     pub o: &'a Tensor<2>,
+    /// Qwen2's q, k and v biases (`[1, out]`).
+    pub bias: Option<&'a [Tensor<2>; 3]>,
+    /// Qwen3's q and k head norms (`[1, head_dim]`).
+    pub qk_norm: Option<&'a [Tensor<2>; 2]>,
+}
+
+impl AttnWeights<'_> {
+    /// The family's additions to the q, k and v projections `[B*T, heads*hd]`, in
+    /// transformers' order: Qwen2's biases, then Qwen3's RMSNorm over each head (before RoPE,
+    /// which the attention applies). Llama's projections pass through untouched.
+    fn finish_qkv(
+        &self,
+        cfg: &ModelConfig,
+        mut q: Tensor<2>,
+        mut k: Tensor<2>,
+        mut v: Tensor<2>,
+    ) -> [Tensor<2>; 3] {
+        if let Some([bq, bk, bv]) = self.bias {
+            q = q + bq.clone();
+            k = k + bk.clone();
+            v = v + bv.clone();
+        }
+        if let Some([nq, nk]) = self.qk_norm {
+            let per_head = |x: Tensor<2>, w: &Tensor<2>| {
+                let [n, width] = x.dims();
+                let hd = cfg.head_dim;
+                rms_norm(x.reshape([n * width / hd, hd]), w, cfg.rms_norm_eps).reshape([n, width])
+            };
+            q = per_head(q, nq);
+            k = per_head(k, nk);
+        }
+        [q, k, v]
+    }
 }
 
 /// Additive mask `[1 or B, 1, t, pos0 + t]`: query i (absolute position pos0 + i) sees keys
@@ -133,14 +171,13 @@ pub fn self_attention_composite(
     seq: &SeqInfo<'_>,
     cache: Option<&mut LayerCache>,
 ) -> Tensor<2> {
-    let q = crate::linear(x.clone(), w.q);
-    let kv = cached_kv(
+    let [q, k, v] = w.finish_qkv(
         cfg,
+        crate::linear(x.clone(), w.q),
         crate::linear(x.clone(), w.k),
         crate::linear(x, w.v),
-        seq,
-        cache,
     );
+    let kv = cached_kv(cfg, k, v, seq, cache);
     let y = attend_composite(cfg, q, kv, seq);
     crate::linear(y, w.o)
 }
@@ -224,6 +261,7 @@ pub fn self_attention_fused(
     let [q, k, v]: [Tensor<2>; 3] = crate::linears(x, &[w.q, w.k, w.v])
         .try_into()
         .expect("three projections");
+    let [q, k, v] = w.finish_qkv(cfg, q, k, v);
     let y = attend_fused(cfg, q, k, v, b, t, &table);
     crate::linear(y, w.o)
 }

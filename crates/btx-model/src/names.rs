@@ -78,6 +78,16 @@ pub fn attn_name(layer: usize, expert: Option<usize>, proj: &str) -> String {
     }
 }
 
+/// The bias of a dense attention projection (Qwen2's `q_proj`, `k_proj`, `v_proj`).
+pub fn attn_bias_name(layer: usize, proj: &str) -> String {
+    format!("{}.self_attn.{proj}.bias", layer_prefix(layer))
+}
+
+/// Qwen3's RMSNorm weight over each query (`which` = `q_norm`) or key (`k_norm`) head.
+pub fn qk_norm_name(layer: usize, which: &str) -> String {
+    format!("{}.self_attn.{which}.weight", layer_prefix(layer))
+}
+
 pub fn attn_router_name(layer: usize) -> String {
     format!("{}.self_attn.router.weight", layer_prefix(layer))
 }
@@ -147,6 +157,18 @@ pub fn param_specs(cfg: &ModelConfig) -> Vec<ParamSpec> {
             None => {
                 for proj in ATTN_PROJS {
                     v.push(ParamSpec::new(attn_name(l, None, proj), &shape(proj)));
+                }
+                // Qwen2's biases, then Qwen3's per-head norms (ModelConfig::validate keeps
+                // both away from attention experts).
+                if cfg.qkv_bias {
+                    for proj in ["q_proj", "k_proj", "v_proj"] {
+                        v.push(ParamSpec::new(attn_bias_name(l, proj), &[shape(proj)[0]]));
+                    }
+                }
+                if cfg.qk_norm {
+                    for which in ["q_norm", "k_norm"] {
+                        v.push(ParamSpec::new(qk_norm_name(l, which), &[cfg.head_dim]));
+                    }
                 }
             }
             // The router, the shared K/V (if any), then each expert's own projections.

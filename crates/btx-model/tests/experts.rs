@@ -61,7 +61,7 @@ fn identical_experts(dense: &Model, shared_kv: bool) -> Model {
             router: random([E, 32], 1.0),
             experts: vec![mlp; E],
         });
-        let Attn::Dense { q, k, v, o } = layer.attn.clone() else {
+        let Attn::Dense { q, k, v, o, .. } = layer.attn.clone() else {
             unreachable!()
         };
         let kv = if shared_kv { 1 } else { E };
@@ -312,6 +312,8 @@ fn attention_experts_compute_the_gate_weighted_sum_of_their_attentions() {
                 k: &moa.k[s],
                 v: &moa.v[s],
                 o: &moa.o[e],
+                bias: None,
+                qk_norm: None,
             };
             let y = to_vec(self_attention_composite(&cfg, w, x.clone(), &seq, None));
             for (i, out) in want.iter_mut().enumerate() {

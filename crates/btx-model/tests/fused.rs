@@ -54,6 +54,8 @@ fn fused_attention_matches_composite_forward_and_gradients() {
             k: &wk,
             v: &wv,
             o: &wo,
+            bias: None,
+            qk_norm: None,
         };
         let seq = SeqInfo {
             b,
@@ -76,6 +78,8 @@ fn fused_attention_matches_composite_forward_and_gradients() {
                         k: &wk,
                         v: &wv,
                         o: &wo,
+                        bias: None,
+                        qk_norm: None,
                     },
                     x.clone(),
                     &seq,

@@ -94,3 +94,46 @@ fn unseen_checkpoints_match_transformers() {
         run(&d);
     }
 }
+
+/// The families btx reads beyond Llama and Mixtral, made by scripts/hf_families.py with
+/// transformers 5.25: Llama 3 RoPE (both bands and the smoothing between them), linear
+/// (written in transformers 4.x's spelling), dynamic (within max_position_embeddings), YaRN
+/// (derived and given attention factors, truncated and not), Mistral's window, Qwen2's q/k/v
+/// biases (tied and untied, bf16, sharded) and Qwen3's per-head q/k norms with a head_dim of its
+/// own. Logits, loss and every gradient as above, and greedy cached generation token for token.
+#[test]
+fn families_match_transformers() {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(testdata().join("hf-family"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    dirs.sort();
+    assert!(dirs.len() >= 11, "{dirs:?}");
+    for d in dirs {
+        assert_eq!(run(&d), 0, "{}", d.display());
+        generates_as_transformers(&d);
+    }
+}
+
+fn generates_as_transformers(dir: &std::path::Path) {
+    let refp = dir.join("reference.safetensors");
+    let r = TensorReader::open(&refp).unwrap();
+    let (_, prompt) = r.read_i64("gen.prompt").unwrap();
+    let (_, want) = r.read_i64("gen.tokens").unwrap();
+    let model = Model::load(&dir.join("model"), &Device::flex()).unwrap();
+    let greedy = btx_model::generate::Sampling {
+        temperature: 0.0,
+        top_p: 1.0,
+        seed: 0,
+    };
+    let got = btx_model::generate::generate_checked(
+        &model,
+        &[prompt],
+        want.len(),
+        &greedy,
+        None,
+        |_, _| false,
+    )
+    .unwrap();
+    assert_eq!(got[0], want, "{}: greedy cached generation", dir.display());
+}

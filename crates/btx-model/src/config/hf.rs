@@ -6,58 +6,111 @@ use std::path::Path;
 
 use serde_json::{json, Map, Value};
 
-use super::{ModelConfig, MoeConfig, Routing, BTX_MOA_ARCH, BTX_MOA_TYPE, DEFAULT_TOP_K};
+use super::{
+    yarn_mscale, Family, ModelConfig, MoeConfig, RopeScaling, Routing, BTX_MOA_ARCH, BTX_MOA_TYPE,
+    DEFAULT_TOP_K,
+};
 use crate::error::{ModelError, Result};
 
-/// The model families btx reads, as transformers tells them apart (by `model_type`, or the
+/// The config classes btx reads, as transformers tells them apart (by `model_type`, or the
 /// class in `architectures`): their configs default differently.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Family {
+enum Class {
     Llama,
     Mistral,
     Mixtral,
+    Qwen2,
+    Qwen2Moe,
+    Qwen3,
+    Qwen3Moe,
     BtxMoa,
 }
 
-impl Family {
+impl Class {
     fn of(name: &str) -> Option<Self> {
         Some(match name {
-            "LlamaForCausalLM" | "llama" => Family::Llama,
-            "MistralForCausalLM" | "mistral" => Family::Mistral,
-            "MixtralForCausalLM" | "mixtral" => Family::Mixtral,
-            BTX_MOA_ARCH | BTX_MOA_TYPE => Family::BtxMoa,
+            "LlamaForCausalLM" | "llama" => Class::Llama,
+            "MistralForCausalLM" | "mistral" => Class::Mistral,
+            "MixtralForCausalLM" | "mixtral" => Class::Mixtral,
+            "Qwen2ForCausalLM" | "qwen2" => Class::Qwen2,
+            "Qwen2MoeForCausalLM" | "qwen2_moe" => Class::Qwen2Moe,
+            "Qwen3ForCausalLM" | "qwen3" => Class::Qwen3,
+            "Qwen3MoeForCausalLM" | "qwen3_moe" => Class::Qwen3Moe,
+            BTX_MOA_ARCH | BTX_MOA_TYPE => Class::BtxMoa,
             _ => return None,
         })
     }
 
-    // transformers' defaults (LlamaConfig, MistralConfig, MixtralConfig; 4.x and 5.x agree).
+    fn family(self) -> Family {
+        match self {
+            Class::Llama | Class::Mistral | Class::Mixtral | Class::BtxMoa => Family::Llama,
+            Class::Qwen2 | Class::Qwen2Moe => Family::Qwen2,
+            Class::Qwen3 | Class::Qwen3Moe => Family::Qwen3,
+        }
+    }
+
+    fn is_moe_class(self) -> bool {
+        matches!(self, Class::Mixtral | Class::Qwen2Moe | Class::Qwen3Moe)
+    }
+
+    // transformers' defaults (its config classes; testdata/hf-defaults holds what 5.25 builds).
     fn default_rope_theta(self) -> f64 {
         match self {
-            Family::Mixtral => 1e6,
+            Class::Mixtral => 1e6,
             _ => 10000.0,
         }
     }
 
     fn default_rms_norm_eps(self) -> f64 {
         match self {
-            Family::Mixtral => 1e-5,
+            Class::Mixtral => 1e-5,
             _ => 1e-6,
         }
     }
 
     fn default_max_positions(self) -> usize {
         match self {
-            Family::Mistral | Family::Mixtral => 4096 * 32,
-            Family::Llama | Family::BtxMoa => 2048,
+            Class::Mistral | Class::Mixtral => 4096 * 32,
+            Class::Qwen2 | Class::Qwen2Moe | Class::Qwen3 | Class::Qwen3Moe => 32768,
+            Class::Llama | Class::BtxMoa => 2048,
         }
     }
 
     /// `None`: as many as the query heads.
     fn default_kv_heads(self) -> Option<usize> {
         match self {
-            Family::Mistral | Family::Mixtral => Some(8),
-            Family::Llama | Family::BtxMoa => None,
+            Class::Mistral | Class::Mixtral => Some(8),
+            Class::Qwen2 | Class::Qwen3 => Some(32),
+            Class::Qwen2Moe => Some(16),
+            Class::Qwen3Moe => Some(4),
+            Class::Llama | Class::BtxMoa => None,
         }
+    }
+
+    /// `None`: hidden_size / num_attention_heads.
+    fn default_head_dim(self) -> Option<usize> {
+        match self {
+            Class::Qwen3 => Some(128),
+            _ => None,
+        }
+    }
+}
+
+/// The classes transformers loads a model of `family` as (architectures, model_type).
+fn class_names(cfg: &ModelConfig) -> (&'static str, &'static str) {
+    if cfg.attn_experts.is_some() {
+        return (BTX_MOA_ARCH, BTX_MOA_TYPE);
+    }
+    match (cfg.family, cfg.is_moe()) {
+        (Family::Llama, true) => ("MixtralForCausalLM", "mixtral"),
+        // A dense model with a sliding window is a Mistral: transformers' Llama ignores the
+        // key, and would attend past the window.
+        (Family::Llama, false) if cfg.sliding_window.is_some() => ("MistralForCausalLM", "mistral"),
+        (Family::Llama, false) => ("LlamaForCausalLM", "llama"),
+        (Family::Qwen2, false) => ("Qwen2ForCausalLM", "qwen2"),
+        (Family::Qwen2, true) => ("Qwen2MoeForCausalLM", "qwen2_moe"),
+        (Family::Qwen3, false) => ("Qwen3ForCausalLM", "qwen3"),
+        (Family::Qwen3, true) => ("Qwen3MoeForCausalLM", "qwen3_moe"),
     }
 }
 
@@ -79,16 +132,20 @@ impl Family {
 /// it; a file with `rope_parameters` is one only transformers 5 writes and is read as 5 reads
 /// it (btx's own writer adds an equal top-level `rope_theta` for 4.x); every file on which the
 /// two would disagree, or which either cannot build, is refused by name.
-fn rope_theta(obj: &Map<String, Value>, family: Family) -> std::result::Result<f64, String> {
+fn rope(
+    obj: &Map<String, Value>,
+    class: Class,
+    max_positions: usize,
+) -> std::result::Result<(f64, RopeScaling), String> {
     let object = |key: &str| match obj.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Object(m)) => Ok(Some(m)),
         Some(other) => Err(format!("{key} must be an object or null, found {other}")),
     };
-    let top = theta_in(obj, "", family)?;
-    let default = family.default_rope_theta();
+    let top = theta_in(obj, "", class)?;
+    let default = class.default_rope_theta();
     let (key, m) = match (object("rope_parameters")?, object("rope_scaling")?) {
-        (None, None) => return Ok(top.unwrap_or(default)),
+        (None, None) => return Ok((top.unwrap_or(default), RopeScaling::Default)),
         (Some(m), None) => ("rope_parameters", m),
         (None, Some(m)) => ("rope_scaling", m),
         (Some(_), Some(_)) => {
@@ -117,21 +174,17 @@ fn rope_theta(obj: &Map<String, Value>, family: Family) -> std::result::Result<f
         (Some(t), _) | (None, Some(t)) => Some(t),
         (None, None) => None,
     };
-    match t {
-        Some(Value::String(t)) if t == "default" => {}
-        None if key == "rope_parameters" => {}
+    let rope_type = match t {
+        Some(Value::String(t)) => t.as_str(),
+        None if key == "rope_parameters" => "default",
         None => {
             return Err(
                 "rope_scaling names no rope type: transformers 4.x cannot build RoPE from it (transformers 5 takes the default)\nhint: remove rope_scaling (or set it to null) for the default RoPE, or write \"rope_type\": \"default\" in it"
                     .into(),
             )
         }
-        Some(t) => {
-            return Err(format!(
-                "{key}: rope type {t} is not supported (only the default rotate-half RoPE)"
-            ))
-        }
-    }
+        Some(t) => return Err(format!("{key}: rope type {t} must be a string")),
+    };
     // transformers 5 reads a partial rotary factor from the chosen dict (4.x from the top
     // level only); either way btx rotates whole heads, so anything but 1 is refused.
     match m.get("partial_rotary_factor") {
@@ -143,7 +196,7 @@ fn rope_theta(obj: &Map<String, Value>, family: Family) -> std::result::Result<f
             ))
         }
     }
-    let nested = theta_in(m, &format!("{key}."), family)?;
+    let nested = theta_in(m, &format!("{key}."), class)?;
     if key == "rope_scaling" {
         // transformers 5 takes RoPE's base from rope_scaling, 4.x from the top level only.
         return match (nested, top) {
@@ -155,7 +208,8 @@ fn rope_theta(obj: &Map<String, Value>, family: Family) -> std::result::Result<f
                 }
             )),
             _ => Ok(top.unwrap_or(default)),
-        };
+        }
+        .and_then(|theta| Ok((theta, scaling(obj, key, m, rope_type, max_positions)?)));
     }
     if let (Some(a), Some(b)) = (nested, top) {
         if a != b {
@@ -164,7 +218,119 @@ fn rope_theta(obj: &Map<String, Value>, family: Family) -> std::result::Result<f
             ));
         }
     }
-    Ok(nested.or(top).unwrap_or(default))
+    let theta = nested.or(top).unwrap_or(default);
+    Ok((theta, scaling(obj, key, m, rope_type, max_positions)?))
+}
+
+/// The frequency scaling of `rope_type`, with its parameters from `m` (the dict at `key`), as
+/// transformers 5.25's `modeling_rope_utils` reads them; every type it cannot build, or that
+/// btx does not implement (`longrope`, per-layer types), is refused by name.
+fn scaling(
+    obj: &Map<String, Value>,
+    key: &str,
+    m: &Map<String, Value>,
+    rope_type: &str,
+    max_positions: usize,
+) -> std::result::Result<RopeScaling, String> {
+    let num = |k: &str| -> std::result::Result<Option<f64>, String> {
+        match m.get(k) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => v
+                .as_f64()
+                .map(Some)
+                .ok_or_else(|| format!("{key}.{k} must be a number, found {v}")),
+        }
+    };
+    let need = |k: &str| -> std::result::Result<f64, String> {
+        num(k)?.ok_or_else(|| {
+            format!("{key} of rope type {rope_type:?} needs {k}, from which transformers builds it")
+        })
+    };
+    // transformers 5 (`standardize_rope_params`) gives llama3 and yarn the pretraining length
+    // from a top-level original_max_position_embeddings first, then the dict's, then
+    // max_position_embeddings; transformers 4.x reads the dict's only. Where both are given
+    // and differ, the two versions build different frequencies.
+    let int = |v: &Value, at: &str| {
+        v.as_u64().map(|x| x as usize).ok_or_else(|| {
+            format!("{at}original_max_position_embeddings must be a positive integer, found {v}")
+        })
+    };
+    let original = || -> std::result::Result<(usize, bool), String> {
+        let top = match obj.get("original_max_position_embeddings") {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(int(v, "")?),
+        };
+        let inner = match m.get("original_max_position_embeddings") {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(int(v, &format!("{key}."))?),
+        };
+        match (top, inner) {
+            (Some(a), Some(b)) if a != b => Err(format!(
+                "original_max_position_embeddings = {a} at the top level but {b} in {key}: transformers 5 takes the top-level one, 4.x the one in {key}\nhint: keep one of them"
+            )),
+            (Some(a), _) => Ok((a, true)),
+            (None, Some(b)) => Ok((b, true)),
+            (None, None) => Ok((max_positions, false)),
+        }
+    };
+    Ok(match rope_type {
+        "default" => RopeScaling::Default,
+        "linear" => RopeScaling::Linear {
+            factor: need("factor")?,
+        },
+        "dynamic" => RopeScaling::Dynamic {
+            factor: need("factor")?,
+        },
+        "llama3" => RopeScaling::Llama3 {
+            factor: need("factor")?,
+            low_freq_factor: need("low_freq_factor")?,
+            high_freq_factor: need("high_freq_factor")?,
+            original_max_position_embeddings: original()?.0,
+        },
+        "yarn" => {
+            let (original, given) = original()?;
+            let ratio = max_positions as f64 / original as f64;
+            let factor = num("factor")?.unwrap_or(ratio);
+            // transformers 4.x (from its source, not run here) takes factor =
+            // max_position_embeddings / original_max_position_embeddings whenever rope_scaling
+            // gives the original length, whatever `factor` says; 5 takes `factor`.
+            if key == "rope_scaling" && given && factor != ratio {
+                return Err(format!(
+                    "rope_scaling of type yarn has factor {factor} but max_position_embeddings / original_max_position_embeddings = {}: transformers 4.x scales by the latter, transformers 5 by factor\nhint: set max_position_embeddings to factor x original_max_position_embeddings ({}), or write the parameters as rope_parameters (transformers 5's spelling)",
+                    ratio,
+                    factor * original as f64
+                ));
+            }
+            let attention_factor = match num("attention_factor")? {
+                Some(a) => a,
+                None => match (num("mscale")?, num("mscale_all_dim")?) {
+                    (Some(a), Some(b)) if a != 0.0 && b != 0.0 => {
+                        yarn_mscale(factor, a) / yarn_mscale(factor, b)
+                    }
+                    _ => yarn_mscale(factor, 1.0),
+                },
+            };
+            let truncate = match m.get("truncate") {
+                None | Some(Value::Null) => true,
+                Some(Value::Bool(b)) => *b,
+                Some(v) => return Err(format!("{key}.truncate must be true or false, found {v}")),
+            };
+            RopeScaling::Yarn {
+                factor,
+                original_max_position_embeddings: original,
+                // transformers: `get("beta_fast") or 32` (a 0 is the default too).
+                beta_fast: num("beta_fast")?.filter(|&b| b != 0.0).unwrap_or(32.0),
+                beta_slow: num("beta_slow")?.filter(|&b| b != 0.0).unwrap_or(1.0),
+                attention_factor,
+                truncate,
+            }
+        }
+        other => {
+            return Err(format!(
+                "{key}: rope type {other:?} is not supported (btx implements default, linear, dynamic, llama3 and yarn)"
+            ))
+        }
+    })
 }
 
 /// `rope_theta` in `m` (`at` prefixes its key in messages). A theta given as null reaches
@@ -173,19 +339,156 @@ fn rope_theta(obj: &Map<String, Value>, family: Family) -> std::result::Result<f
 fn theta_in(
     m: &Map<String, Value>,
     at: &str,
-    family: Family,
+    class: Class,
 ) -> std::result::Result<Option<f64>, String> {
     match m.get("rope_theta") {
         None => Ok(None),
         Some(Value::Null) => Err(format!(
             "{at}rope_theta is null, from which transformers cannot build RoPE\nhint: remove the key for the architecture's default ({}), or give RoPE's base as a number",
-            family.default_rope_theta()
+            class.default_rope_theta()
         )),
         Some(v) => v
             .as_f64()
             .map(Some)
             .ok_or_else(|| format!("{at}rope_theta must be a number, found {v}")),
     }
+}
+
+/// The sliding window of a Qwen2 / Qwen3 (-MoE) config as transformers 5.25 applies it: the
+/// `sliding_window` key only when `use_sliding_window`, and only on the layers `layer_types`
+/// (or, without it, `max_window_layers`) marks as sliding. btx applies one window to the whole
+/// model (and refuses sequences past it), so a window on some layers only is refused.
+fn qwen_window(
+    obj: &Map<String, Value>,
+    class: Class,
+    num_layers: usize,
+) -> std::result::Result<Option<usize>, String> {
+    let use_window = match obj.get("use_sliding_window") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(v) => {
+            return Err(format!(
+                "use_sliding_window must be true or false, found {v}"
+            ))
+        }
+    };
+    let listed = match obj.get("layer_types") {
+        None | Some(Value::Null) => None,
+        Some(Value::Array(a)) => {
+            let mut sliding = Vec::with_capacity(a.len());
+            for t in a {
+                sliding.push(match t.as_str() {
+                    Some("sliding_attention") => true,
+                    Some("full_attention") => false,
+                    _ => {
+                        return Err(format!(
+                            "layer_types holds {t}, which btx does not know (full_attention, sliding_attention)"
+                        ))
+                    }
+                });
+            }
+            if sliding.len() != num_layers {
+                return Err(format!(
+                    "layer_types names {} layers but num_hidden_layers is {num_layers}",
+                    sliding.len()
+                ));
+            }
+            Some(sliding)
+        }
+        Some(v) => return Err(format!("layer_types must be a list, found {v}")),
+    };
+    if !use_window {
+        if listed.as_ref().is_some_and(|l| l.iter().any(|&s| s)) {
+            return Err(
+                "layer_types marks sliding_attention layers but use_sliding_window is false (transformers then has no window to apply)\nhint: set use_sliding_window, or mark every layer full_attention".into(),
+            );
+        }
+        return Ok(None);
+    }
+    let window = match obj.get("sliding_window") {
+        None => 4096,
+        Some(Value::Null) => return Ok(None),
+        Some(v) => v
+            .as_u64()
+            .ok_or_else(|| format!("sliding_window must be a non-negative integer, found {v}"))?
+            as usize,
+    };
+    let max_window_layers = match obj.get("max_window_layers") {
+        None | Some(Value::Null) => 28,
+        Some(v) => v
+            .as_u64()
+            .ok_or_else(|| format!("max_window_layers must be a non-negative integer, found {v}"))?
+            as usize,
+    };
+    let sliding: Vec<bool> = match (class, listed) {
+        // Qwen3-MoE has no layer types: the window is on every layer.
+        (Class::Qwen3Moe, _) => vec![true; num_layers],
+        (_, Some(l)) => l,
+        // Qwen2-MoE: every other layer below max_window_layers.
+        (Class::Qwen2Moe, None) => (0..num_layers)
+            .map(|i| i % 2 == 0 && i < max_window_layers)
+            .collect(),
+        (_, None) => (0..num_layers).map(|i| i >= max_window_layers).collect(),
+    };
+    match sliding.iter().filter(|&&s| s).count() {
+        0 => Ok(None),
+        n if n == num_layers => Ok(Some(window)),
+        n => Err(format!(
+            "the sliding window of {window} is on {n} of the {num_layers} layers (use_sliding_window with layer_types / max_window_layers): btx applies a window to every layer or to none\nhint: set use_sliding_window to false if sequences stay within {window} positions anyway"
+        )),
+    }
+}
+
+/// Refuses a Qwen2-MoE / Qwen3-MoE layout btx's MoE does not compute: dense layers among the
+/// sparse ones, Qwen2-MoE's shared expert, or top-k weights that are not renormalised.
+fn qwen_moe_layout(
+    obj: &Map<String, Value>,
+    class: Class,
+    top_k: usize,
+    num_experts: usize,
+) -> std::result::Result<(), String> {
+    let uint = |k: &str| match obj.get(k) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v
+            .as_u64()
+            .map(Some)
+            .ok_or_else(|| format!("{k} must be a non-negative integer, found {v}")),
+    };
+    if let Some(step) = uint("decoder_sparse_step")? {
+        if step != 1 {
+            return Err(format!(
+                "decoder_sparse_step = {step}: only every {step}th layer is a MoE, and btx's MoE models have experts in every layer"
+            ));
+        }
+    }
+    match obj.get("mlp_only_layers") {
+        None | Some(Value::Null) => {}
+        Some(Value::Array(a)) if a.is_empty() => {}
+        Some(v) => {
+            return Err(format!(
+                "mlp_only_layers = {v}: dense layers among the MoE ones are not supported (btx's MoE models have experts in every layer)"
+            ))
+        }
+    }
+    if class == Class::Qwen2Moe {
+        let shared = uint("shared_expert_intermediate_size")?.unwrap_or(5632);
+        if shared != 0 {
+            return Err(format!(
+                "shared_expert_intermediate_size = {shared}: Qwen2-MoE's shared expert is not supported (btx writes Qwen2-MoE with a shared expert of size 0)"
+            ));
+        }
+    }
+    let norm = match obj.get("norm_topk_prob") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(v) => return Err(format!("norm_topk_prob must be true or false, found {v}")),
+    };
+    if !norm && top_k < num_experts {
+        return Err(format!(
+            "norm_topk_prob is false: the top-{top_k} experts are weighted by their softmax over all {num_experts}, while btx renormalises the top-k weights (Mixtral's routing)\nhint: a model btx wrote has norm_topk_prob = true"
+        ));
+    }
+    Ok(())
 }
 
 impl ModelConfig {
@@ -296,13 +599,13 @@ impl ModelConfig {
                 "unsupported architecture {other:?}; btx reads LlamaForCausalLM, MistralForCausalLM, MixtralForCausalLM and its own {BTX_MOA_ARCH}"
             ))
         };
-        let family = match (arch_name, model_type) {
+        let class = match (arch_name, model_type) {
             (None, None) => return Err(unsupported("")),
-            (Some(a), None) => Family::of(a).ok_or_else(|| unsupported(a))?,
-            (None, Some(t)) => Family::of(t).ok_or_else(|| unsupported(t))?,
+            (Some(a), None) => Class::of(a).ok_or_else(|| unsupported(a))?,
+            (None, Some(t)) => Class::of(t).ok_or_else(|| unsupported(t))?,
             (Some(a), Some(t)) => {
-                let fa = Family::of(a).ok_or_else(|| unsupported(a))?;
-                let ft = Family::of(t).ok_or_else(|| unsupported(t))?;
+                let fa = Class::of(a).ok_or_else(|| unsupported(a))?;
+                let ft = Class::of(t).ok_or_else(|| unsupported(t))?;
                 if fa != ft {
                     return Err(cfg_err(format!(
                         "architectures names {a:?} but model_type is {t:?}: transformers would build a {t} model\nhint: make the two agree"
@@ -311,11 +614,9 @@ impl ModelConfig {
                 fa
             }
         };
-        let is_moe = match family {
-            Family::Llama | Family::Mistral => false,
-            Family::Mixtral => true,
-            Family::BtxMoa => obj.contains_key("num_local_experts"),
-        };
+        let family = class.family();
+        let is_moe = class.is_moe_class()
+            || (class == Class::BtxMoa && obj.contains_key("num_local_experts"));
 
         if let Some(act) = str_of("hidden_act")? {
             // transformers' ACT2FN maps both names to SiLU.
@@ -325,17 +626,28 @@ impl ModelConfig {
                 )));
             }
         }
-        // Llama has biases when asked; Mistral's and Mixtral's projections never do, whatever
-        // the keys say (transformers ignores them there).
-        if matches!(family, Family::Llama | Family::BtxMoa) {
-            for key in ["attention_bias", "mlp_bias"] {
-                if bool_of(key)? == Some(true) {
-                    return Err(cfg_err(format!(
-                        "{key} = true is not supported (btx's projections have no bias)"
-                    )));
-                }
+        // Which projections have biases, per class as transformers builds them: Llama's and
+        // Qwen3's when attention_bias / mlp_bias ask (all four attention projections: not
+        // implemented), Qwen2's q/k/v always, Qwen2-MoE's q/k/v when qkv_bias (default true);
+        // Mistral's and Mixtral's never, whatever the keys say (transformers ignores them).
+        let bias_keys: &[&str] = match class {
+            Class::Llama | Class::BtxMoa => &["attention_bias", "mlp_bias"],
+            Class::Qwen3 | Class::Qwen3Moe => &["attention_bias"],
+            _ => &[],
+        };
+        for key in bias_keys {
+            if bool_of(key)? == Some(true) {
+                return Err(cfg_err(format!(
+                    "{key} = true is not supported for {} (btx's attention has biases on q, k and v only, as Qwen2's)",
+                    arch_name.or(model_type).unwrap_or("")
+                )));
             }
         }
+        let qkv_bias = match class {
+            Class::Qwen2 => true,
+            Class::Qwen2Moe => bool_of("qkv_bias")?.unwrap_or(true),
+            _ => false,
+        };
         if present("quantization_config").is_some() {
             return Err(cfg_err(
                 "quantization_config: btx reads unquantized float checkpoints only\nhint: use the unquantized model".into(),
@@ -357,7 +669,7 @@ impl ModelConfig {
             }
         }
         // A partial rotary factor rotates only part of each head: not implemented. (Inside
-        // rope_parameters or rope_scaling it is checked by rope_theta().)
+        // rope_parameters or rope_scaling it is checked by rope().)
         if let Some(f) = f64_of("partial_rotary_factor")? {
             if f != 1.0 {
                 return Err(cfg_err(format!(
@@ -365,7 +677,10 @@ impl ModelConfig {
                 )));
             }
         }
-        let rope_theta = rope_theta(obj, family).map_err(cfg_err)?;
+        let max_position_embeddings =
+            usize_of("max_position_embeddings")?.unwrap_or(class.default_max_positions());
+        let (rope_theta, rope_scaling) =
+            rope(obj, class, max_position_embeddings).map_err(cfg_err)?;
         if !is_moe && present("btx_routing").is_some() {
             return Err(cfg_err(
                 "btx_routing is set but the model has no experts (no num_local_experts)".into(),
@@ -374,22 +689,49 @@ impl ModelConfig {
 
         let hidden_size = need("hidden_size")?;
         let num_heads = need("num_attention_heads")?;
-        let head_dim = usize_of("head_dim")?.unwrap_or(hidden_size / num_heads.max(1));
+        let num_layers = need("num_hidden_layers")?;
+        // Qwen3's head_dim defaults to 128 whatever the sizes; a null there reaches its
+        // attention as None, which it cannot build.
+        let head_dim = match (class.default_head_dim(), obj.get("head_dim")) {
+            (Some(_), Some(Value::Null)) => {
+                return Err(cfg_err(
+                    "head_dim is null, from which transformers cannot build this model's attention\nhint: give head_dim as a number".into(),
+                ))
+            }
+            (default, _) => usize_of("head_dim")?
+                .or(default)
+                .unwrap_or(hidden_size / num_heads.max(1)),
+        };
         // Missing and null differ: a missing key takes the architecture's default (8 for
-        // Mistral and Mixtral), null means "as many as the query heads".
+        // Mistral and Mixtral, 32 for Qwen2 and Qwen3), null means "as many as the query heads".
         let num_kv_heads = match obj.get("num_key_value_heads") {
-            None => family.default_kv_heads().unwrap_or(num_heads),
+            None => class.default_kv_heads().unwrap_or(num_heads),
             Some(_) => usize_of("num_key_value_heads")?.unwrap_or(num_heads),
         };
-        // Llama does not read sliding_window; Mistral's default window is 4096 (null: none).
-        let sliding_window = match family {
-            Family::Llama => None,
-            Family::Mistral if !obj.contains_key("sliding_window") => Some(4096),
-            Family::Mistral | Family::Mixtral | Family::BtxMoa => usize_of("sliding_window")?,
+        let sliding_window = match class {
+            // Llama does not read sliding_window; Mistral's default window is 4096 (null: none).
+            Class::Llama => None,
+            Class::Mistral if !obj.contains_key("sliding_window") => Some(4096),
+            Class::Mistral | Class::Mixtral | Class::BtxMoa => usize_of("sliding_window")?,
+            _ => qwen_window(obj, class, num_layers).map_err(cfg_err)?,
         };
         let moe = if is_moe {
-            let num_experts = usize_of("num_local_experts")?.unwrap_or(8);
-            let top_k = usize_of("num_experts_per_tok")?.unwrap_or(DEFAULT_TOP_K);
+            let experts_key = match class {
+                Class::Qwen2Moe => "num_experts",
+                // Qwen3-MoE's config maps num_experts onto num_local_experts.
+                Class::Qwen3Moe if present("num_local_experts").is_none() => "num_experts",
+                _ => "num_local_experts",
+            };
+            let (default_experts, default_k) = match class {
+                Class::Qwen2Moe => (60, 4),
+                Class::Qwen3Moe => (128, 8),
+                _ => (8, DEFAULT_TOP_K),
+            };
+            let num_experts = usize_of(experts_key)?.unwrap_or(default_experts);
+            let top_k = usize_of("num_experts_per_tok")?.unwrap_or(default_k);
+            if matches!(class, Class::Qwen2Moe | Class::Qwen3Moe) {
+                qwen_moe_layout(obj, class, top_k, num_experts).map_err(cfg_err)?;
+            }
             let routing = match present("btx_routing") {
                 None => Routing::TopK,
                 Some(r) => serde_json::from_value(r.clone())
@@ -403,6 +745,13 @@ impl ModelConfig {
         } else {
             None
         };
+        // Qwen-MoE experts are moe_intermediate_size wide (intermediate_size is the width of
+        // dense layers, which btx's MoE layouts do not have).
+        let intermediate_size = match class {
+            Class::Qwen2Moe | Class::Qwen3Moe => usize_of("moe_intermediate_size")?
+                .unwrap_or(if class == Class::Qwen2Moe { 1408 } else { 768 }),
+            _ => need("intermediate_size")?,
+        };
         let attn_experts = match present("btx_attention_experts") {
             None => None,
             Some(a) => Some(
@@ -410,7 +759,7 @@ impl ModelConfig {
                     .map_err(|e| cfg_err(format!("btx_attention_experts: {e}")))?,
             ),
         };
-        if attn_experts.is_some() != (family == Family::BtxMoa) {
+        if attn_experts.is_some() != (class == Class::BtxMoa) {
             return Err(cfg_err(format!(
                 "btx_attention_experts goes with architecture {BTX_MOA_ARCH} (found {:?})",
                 arch_name.or(model_type).unwrap_or("")
@@ -468,17 +817,20 @@ impl ModelConfig {
         };
 
         let cfg = ModelConfig {
+            family,
+            qkv_bias,
+            qk_norm: family == Family::Qwen3,
             vocab_size,
             hidden_size,
-            intermediate_size: need("intermediate_size")?,
-            num_layers: need("num_hidden_layers")?,
+            intermediate_size,
+            num_layers,
             num_heads,
             num_kv_heads,
             head_dim,
-            rms_norm_eps: f64_of("rms_norm_eps")?.unwrap_or(family.default_rms_norm_eps()),
+            rms_norm_eps: f64_of("rms_norm_eps")?.unwrap_or(class.default_rms_norm_eps()),
             rope_theta,
-            max_position_embeddings: usize_of("max_position_embeddings")?
-                .unwrap_or(family.default_max_positions()),
+            rope_scaling,
+            max_position_embeddings,
             tie_word_embeddings: bool_of("tie_word_embeddings")?.unwrap_or(false),
             bos_token_id: token_id("bos_token_id")?,
             eos_token_id: token_id("eos_token_id")?,
@@ -486,7 +838,7 @@ impl ModelConfig {
             sliding_window,
             attention_dropout: f64_of("attention_dropout")?.unwrap_or(0.0),
             // Only Mixtral's router reads it.
-            router_jitter_noise: if is_moe {
+            router_jitter_noise: if class == Class::Mixtral || class == Class::BtxMoa {
                 f64_of("router_jitter_noise")?.unwrap_or(0.0)
             } else {
                 0.0
@@ -499,21 +851,40 @@ impl ModelConfig {
         Ok(cfg)
     }
 
-    /// The `config.json` that `transformers` loads as `LlamaForCausalLM` or `MixtralForCausalLM`.
-    /// Writes `rope_theta` both at top level (transformers 4.x) and in `rope_parameters` (5.x).
+    /// RoPE's parameters as transformers 5 writes them (`rope_parameters`).
+    fn rope_json(&self) -> Value {
+        let mut r = match serde_json::to_value(&self.rope_scaling).expect("rope serialises") {
+            Value::Object(m) => m,
+            _ => unreachable!("an enum with a tag serialises as an object"),
+        };
+        r.insert("rope_theta".into(), json!(self.rope_theta));
+        Value::Object(r)
+    }
+
+    /// Whether transformers 4.x reads `rope_scaling` as 5 reads `rope_parameters`: not for a
+    /// YaRN whose factor is not max_position_embeddings / original (4.x takes the ratio).
+    fn rope_v4_agrees(&self) -> bool {
+        match self.rope_scaling {
+            RopeScaling::Yarn {
+                factor,
+                original_max_position_embeddings,
+                ..
+            } => {
+                factor
+                    == self.max_position_embeddings as f64 / original_max_position_embeddings as f64
+            }
+            _ => true,
+        }
+    }
+
+    /// The `config.json` that `transformers` loads as the family's class ([`class_names`]):
+    /// `LlamaForCausalLM`, `MistralForCausalLM`, `MixtralForCausalLM`, `Qwen2ForCausalLM`,
+    /// `Qwen2MoeForCausalLM`, `Qwen3ForCausalLM` or `Qwen3MoeForCausalLM`. RoPE is written for
+    /// both transformers 4.x (top-level `rope_theta`, and `rope_scaling` when scaled) and 5.x
+    /// (`rope_parameters`).
     pub fn to_hf_json(&self) -> Value {
         let mut m = Map::new();
-        // A dense model with a sliding window is a Mistral: transformers' Llama ignores the key,
-        // and would attend past the window.
-        let (arch, model_type) = if self.attn_experts.is_some() {
-            (BTX_MOA_ARCH, BTX_MOA_TYPE)
-        } else if self.is_moe() {
-            ("MixtralForCausalLM", "mixtral")
-        } else if self.sliding_window.is_some() {
-            ("MistralForCausalLM", "mistral")
-        } else {
-            ("LlamaForCausalLM", "llama")
-        };
+        let (arch, model_type) = class_names(self);
         m.insert("architectures".into(), json!([arch]));
         m.insert("model_type".into(), json!(model_type));
         m.insert("vocab_size".into(), json!(self.vocab_size));
@@ -526,10 +897,10 @@ impl ModelConfig {
         m.insert("hidden_act".into(), json!("silu"));
         m.insert("rms_norm_eps".into(), json!(self.rms_norm_eps));
         m.insert("rope_theta".into(), json!(self.rope_theta));
-        m.insert(
-            "rope_parameters".into(),
-            json!({"rope_theta": self.rope_theta, "rope_type": "default"}),
-        );
+        m.insert("rope_parameters".into(), self.rope_json());
+        if self.rope_scaling != RopeScaling::Default && self.rope_v4_agrees() {
+            m.insert("rope_scaling".into(), self.rope_json());
+        }
         m.insert(
             "max_position_embeddings".into(),
             json!(self.max_position_embeddings),
@@ -553,14 +924,34 @@ impl ModelConfig {
                 Routing::Soft => moe.num_experts,
                 Routing::Switch { .. } | Routing::SampleTop1 { .. } => 1,
             };
-            m.insert("num_local_experts".into(), json!(moe.num_experts));
+            let experts_key = match self.family {
+                Family::Llama => "num_local_experts",
+                Family::Qwen2 | Family::Qwen3 => "num_experts",
+            };
+            m.insert(experts_key.into(), json!(moe.num_experts));
             m.insert("num_experts_per_tok".into(), json!(k));
             m.insert("router_aux_loss_coef".into(), json!(0.01));
-            m.insert(
-                "router_jitter_noise".into(),
-                json!(self.router_jitter_noise),
-            );
             m.insert("output_router_logits".into(), json!(false));
+            if self.family == Family::Llama {
+                m.insert(
+                    "router_jitter_noise".into(),
+                    json!(self.router_jitter_noise),
+                );
+            } else {
+                // Every layer a MoE of moe_intermediate_size experts whose top-k weights are
+                // renormalised (Mixtral's routing), and for Qwen2-MoE a shared expert of size 0.
+                m.insert(
+                    "moe_intermediate_size".into(),
+                    json!(self.intermediate_size),
+                );
+                m.insert("norm_topk_prob".into(), json!(true));
+                m.insert("decoder_sparse_step".into(), json!(1));
+                m.insert("mlp_only_layers".into(), json!([]));
+                if self.family == Family::Qwen2 {
+                    m.insert("shared_expert_intermediate_size".into(), json!(0));
+                    m.insert("qkv_bias".into(), json!(self.qkv_bias));
+                }
+            }
             if moe.routing != Routing::TopK {
                 m.insert(
                     "btx_routing".into(),
@@ -581,9 +972,32 @@ impl ModelConfig {
             m.insert("mlp_bias".into(), json!(false));
             m.insert("pretraining_tp".into(), json!(1));
         }
-        if model_type != "llama" {
-            // Written even when null: a Mistral without the key would get a 4096 window.
-            m.insert("sliding_window".into(), json!(self.sliding_window));
+        match self.family {
+            Family::Llama if model_type != "llama" => {
+                // Written even when null: a Mistral without the key would get a 4096 window.
+                m.insert("sliding_window".into(), json!(self.sliding_window));
+            }
+            Family::Llama => {}
+            Family::Qwen2 | Family::Qwen3 => {
+                // One window on every layer, or none (what the reader accepts).
+                let kind = if self.sliding_window.is_some() {
+                    "sliding_attention"
+                } else {
+                    "full_attention"
+                };
+                m.insert(
+                    "use_sliding_window".into(),
+                    json!(self.sliding_window.is_some()),
+                );
+                m.insert("sliding_window".into(), json!(self.sliding_window));
+                m.insert("max_window_layers".into(), json!(0));
+                if !(self.family == Family::Qwen3 && self.is_moe()) {
+                    m.insert("layer_types".into(), json!(vec![kind; self.num_layers]));
+                }
+                if self.family == Family::Qwen3 {
+                    m.insert("attention_bias".into(), json!(false));
+                }
+            }
         }
         Value::Object(m)
     }

@@ -8,6 +8,34 @@ use serde::{Deserialize, Serialize};
 use crate::error::{ModelError, Result};
 
 mod hf;
+mod rope;
+
+pub use rope::{yarn_mscale, RopeScaling};
+
+/// The decoder family: which weights a layer has beyond Llama's and which transformers classes
+/// the model is written as. Mistral and Mixtral are Llama's math (plus, for Mistral, a sliding
+/// window, which [`ModelConfig::sliding_window`] carries).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Family {
+    /// Llama, Mistral, Mixtral (and btx's attention-experts layout).
+    Llama,
+    /// Qwen2 / Qwen2.5 (dense) and Qwen2-MoE: biases on the q, k and v projections.
+    Qwen2,
+    /// Qwen3 and Qwen3-MoE: an RMSNorm over each query and key head before RoPE, and a
+    /// `head_dim` of its own.
+    Qwen3,
+}
+
+impl Family {
+    pub fn name(self) -> &'static str {
+        match self {
+            Family::Llama => "llama",
+            Family::Qwen2 => "qwen2",
+            Family::Qwen3 => "qwen3",
+        }
+    }
+}
 
 /// How a MoE layer routes tokens to experts. Mixtral itself only knows top-k; the other modes are
 /// the BTX paper's variants and are recorded in `config.json` under the `btx_routing` key.
@@ -141,6 +169,12 @@ pub fn expert_name_problem(name: &str) -> Option<String> {
 /// The validated model shape. Every tensor shape in the crate is derived from this.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ModelConfig {
+    pub family: Family,
+    /// Biases on the query, key and value projections (Qwen2's; none on the output one).
+    pub qkv_bias: bool,
+    /// Qwen3's RMSNorm over each query and key head (weights `[head_dim]`, eps
+    /// `rms_norm_eps`), applied after the projection and before RoPE.
+    pub qk_norm: bool,
     pub vocab_size: usize,
     pub hidden_size: usize,
     pub intermediate_size: usize,
@@ -150,6 +184,8 @@ pub struct ModelConfig {
     pub head_dim: usize,
     pub rms_norm_eps: f64,
     pub rope_theta: f64,
+    /// RoPE's frequency scaling (`rope_scaling` / `rope_parameters.rope_type`).
+    pub rope_scaling: RopeScaling,
     pub max_position_embeddings: usize,
     pub tie_word_embeddings: bool,
     pub bos_token_id: Option<u32>,
@@ -192,6 +228,9 @@ impl ModelConfig {
         max_position_embeddings: usize,
     ) -> Self {
         Self {
+            family: Family::Llama,
+            qkv_bias: false,
+            qk_norm: false,
             vocab_size,
             hidden_size,
             intermediate_size,
@@ -201,6 +240,7 @@ impl ModelConfig {
             head_dim: hidden_size / num_heads.max(1),
             rms_norm_eps: 1e-5,
             rope_theta: 10000.0,
+            rope_scaling: RopeScaling::Default,
             max_position_embeddings,
             tie_word_embeddings: false,
             bos_token_id: None,
@@ -252,6 +292,16 @@ impl ModelConfig {
                     if name == "rms_norm_eps" { "1e-6" } else { "10000.0" }
                 ));
             }
+        }
+        self.rope_scaling
+            .validate()
+            .map_err(|msg| ModelError::Config { msg })?;
+        if self.attn_experts.is_some() && (self.qkv_bias || self.qk_norm) {
+            return bad(format!(
+                "attention experts are not supported for the {} family (its attention has {})",
+                self.family.name(),
+                if self.qkv_bias { "biases" } else { "q/k norms" }
+            ));
         }
         if self.max_position_embeddings == 0 {
             return bad("max_position_embeddings must be > 0".into());
@@ -549,8 +599,13 @@ impl ModelConfig {
     fn param_count(&self, experts: usize) -> usize {
         let d = self.hidden_size;
         // Attention experts route softly: every one of them is active for every token.
+        let extras = if self.qkv_bias {
+            self.q_dim() + 2 * self.kv_dim()
+        } else {
+            0
+        } + if self.qk_norm { 2 * self.head_dim } else { 0 };
         let attn = match &self.attn_experts {
-            None => d * self.q_dim() * 2 + d * self.kv_dim() * 2,
+            None => d * self.q_dim() * 2 + d * self.kv_dim() * 2 + extras,
             Some(a) => {
                 a.num_experts * (d * self.q_dim() * 2 + d) + a.kv_sets() * d * self.kv_dim() * 2
             }

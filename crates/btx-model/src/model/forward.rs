@@ -228,9 +228,27 @@ impl Model {
                 pads,
             };
             let a = match &layer.attn {
-                Attn::Dense { q, k, v, o } => {
-                    self_attention(cfg, AttnWeights { q, k, v, o }, h, &seq, lc)
-                }
+                Attn::Dense {
+                    q,
+                    k,
+                    v,
+                    o,
+                    bias,
+                    qk_norm,
+                } => self_attention(
+                    cfg,
+                    AttnWeights {
+                        q,
+                        k,
+                        v,
+                        o,
+                        bias: bias.as_ref(),
+                        qk_norm: qk_norm.as_ref(),
+                    },
+                    h,
+                    &seq,
+                    lc,
+                ),
                 Attn::Experts(m) => {
                     let (a, aux) = m.forward(cfg, h, &seq, lc);
                     attn_routers.push(aux);

@@ -11,7 +11,8 @@ use crate::io::{write_checkpoint, HostTensor, TensorReader};
 use crate::moa::MoA;
 use crate::moe::{Mlp, Moe};
 use crate::names::{
-    attn_name, attn_router_name, ffn_name, layer_prefix, param_specs, router_name, ParamSpec,
+    attn_bias_name, attn_name, attn_router_name, ffn_name, layer_prefix, param_specs, qk_norm_name,
+    router_name, ParamSpec,
 };
 use btx_core::rng::Rng;
 
@@ -34,6 +35,10 @@ pub enum Attn {
         k: Tensor<2>,
         v: Tensor<2>,
         o: Tensor<2>,
+        /// Qwen2's q, k and v biases, `[1, out]` rows.
+        bias: Option<[Tensor<2>; 3]>,
+        /// Qwen3's q and k head norms, `[1, head_dim]` rows.
+        qk_norm: Option<[Tensor<2>; 2]>,
     },
     Experts(MoA),
 }
@@ -201,7 +206,24 @@ impl Model {
             let attn = match &cfg.attn_experts {
                 None => {
                     let (q, k, v, o) = (next()?, next()?, next()?, next()?);
-                    Attn::Dense { q, k, v, o }
+                    let bias = if cfg.qkv_bias {
+                        Some([next()?, next()?, next()?])
+                    } else {
+                        None
+                    };
+                    let qk_norm = if cfg.qk_norm {
+                        Some([next()?, next()?])
+                    } else {
+                        None
+                    };
+                    Attn::Dense {
+                        q,
+                        k,
+                        v,
+                        o,
+                        bias,
+                        qk_norm,
+                    }
                 }
                 // In param_specs' order: router, shared K/V, then each expert's projections.
                 Some(a) => {
@@ -269,7 +291,9 @@ impl Model {
         let out_std = 0.02 / (2.0 * cfg.num_layers as f64).sqrt();
         Self::from_fn(cfg, dev, |s| {
             let n = s.numel();
-            let data = if s.shape.len() == 1 {
+            let data = if s.name.ends_with(".bias") {
+                vec![0.0; n]
+            } else if s.shape.len() == 1 {
                 vec![1.0; n]
             } else {
                 let std = if s.name.ends_with("o_proj.weight")
@@ -322,9 +346,25 @@ impl Model {
             let p = layer_prefix(l);
             f(&format!("{p}.input_layernorm.weight"), &layer.input_norm);
             match &layer.attn {
-                Attn::Dense { q, k, v, o } => {
+                Attn::Dense {
+                    q,
+                    k,
+                    v,
+                    o,
+                    bias,
+                    qk_norm,
+                } => {
                     for (proj, t) in [("q_proj", q), ("k_proj", k), ("v_proj", v), ("o_proj", o)] {
                         f(&attn_name(l, None, proj), t);
+                    }
+                    for (proj, t) in ["q_proj", "k_proj", "v_proj"]
+                        .iter()
+                        .zip(bias.iter().flatten())
+                    {
+                        f(&attn_bias_name(l, proj), t);
+                    }
+                    for (which, t) in ["q_norm", "k_norm"].iter().zip(qk_norm.iter().flatten()) {
+                        f(&qk_norm_name(l, which), t);
                     }
                 }
                 Attn::Experts(m) => {
@@ -378,9 +418,28 @@ impl Model {
                 &mut layer.input_norm,
             );
             match &mut layer.attn {
-                Attn::Dense { q, k, v, o } => {
+                Attn::Dense {
+                    q,
+                    k,
+                    v,
+                    o,
+                    bias,
+                    qk_norm,
+                } => {
                     for (proj, t) in [("q_proj", q), ("k_proj", k), ("v_proj", v), ("o_proj", o)] {
                         g(&attn_name(l, None, proj), t);
+                    }
+                    for (proj, t) in ["q_proj", "k_proj", "v_proj"]
+                        .iter()
+                        .zip(bias.iter_mut().flatten())
+                    {
+                        g(&attn_bias_name(l, proj), t);
+                    }
+                    for (which, t) in ["q_norm", "k_norm"]
+                        .iter()
+                        .zip(qk_norm.iter_mut().flatten())
+                    {
+                        g(&qk_norm_name(l, which), t);
                     }
                 }
                 Attn::Experts(m) => {
