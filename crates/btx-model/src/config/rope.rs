@@ -155,8 +155,9 @@ impl RopeScaling {
                         } else {
                             f
                         };
-                        let medium =
-                            !(wavelen < high_freq_wavelen) && !(wavelen > low_freq_wavelen);
+                        // transformers: ~(wavelen < high) * ~(wavelen > low); wavelen is never NaN here
+                        // (the frequencies are finite and > 0), so both bounds count as medium.
+                        let medium = wavelen >= high_freq_wavelen && wavelen <= low_freq_wavelen;
                         if medium {
                             let smooth = ((old as f32) / wavelen - low_freq_factor as f32)
                                 / (high_freq_factor as f32 - low_freq_factor as f32);
