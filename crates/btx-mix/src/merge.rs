@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use btx_core::outdir::OutDir;
 use btx_core::rng::Rng;
-use btx_model::io::{write_checkpoint_with, TensorSink};
+use btx_model::io::{write_model_checkpoint, TensorSink};
 use btx_model::names::{attn_name, ffn_name, param_kind, param_specs, ParamKind};
 use serde::{Deserialize, Serialize};
 
@@ -114,7 +114,7 @@ pub fn mix(seed: &Path, experts: &[PathBuf], opts: &MixOptions, out: &Path) -> R
     // Every check above refuses before anything is written.
     let staged = OutDir::create(out, &inputs, opts.existing)?;
     let dir = staged.path();
-    write_checkpoint_with(dir, &specs, 4 << 30, |i, sink| {
+    write_model_checkpoint(dir, &cfg, &specs, 4 << 30, |i, sink| {
         let (name, _) = &specs[i];
         match param_kind(name) {
             ParamKind::Shared => match &non_ffn_src {

@@ -22,7 +22,7 @@ pub struct Source {
 impl Source {
     pub fn open(dir: &Path) -> Result<Self> {
         let cfg = ModelConfig::load(&dir.join("config.json"))?;
-        let reader = TensorReader::open(dir)?;
+        let reader = TensorReader::open_for(dir, &cfg)?;
         // What loading the model refuses, a merge refuses too: tensors the config does not
         // explain, and a stored head that a tied config would silently replace.
         btx_model::model::check_tensors(&cfg, &reader)?;

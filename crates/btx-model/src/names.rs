@@ -1,7 +1,7 @@
 //! Hugging Face tensor names and shapes, derived from the config: the single name map used by
 //! loading, saving, gradients, freezing and merging.
 
-use crate::config::ModelConfig;
+use crate::config::{Family, ModelConfig};
 
 /// One parameter as Hugging Face names and shapes it (`[out, in]` for linear weights).
 #[derive(Clone, Debug, PartialEq)]
@@ -134,6 +134,112 @@ pub fn param_kind(name: &str) -> ParamKind {
         return ParamKind::Ffn { layer, expert };
     }
     ParamKind::Shared
+}
+
+/// Qwen2-MoE and Qwen3-MoE name their experts and router as `mlp.experts.E.{gate,up,down}_proj`
+/// and `mlp.gate` where btx (and Mixtral) say `block_sparse_moe.experts.E.w{1,3,2}` and
+/// `block_sparse_moe.gate`: btx keeps one set of names inside (freezing globs, merging, `grad.*`)
+/// and renames at the checkpoint's edge, on reading ([`from_disk`]) and writing ([`disk_name`]).
+fn qwen_moe(cfg: &ModelConfig) -> bool {
+    cfg.is_moe() && cfg.family != Family::Llama
+}
+
+/// The name `name` (btx's) has in the checkpoint files of a model with this config.
+pub fn disk_name(cfg: &ModelConfig, name: &str) -> String {
+    if !qwen_moe(cfg) {
+        return name.to_string();
+    }
+    let Some((head, rest)) = name.split_once(".block_sparse_moe.") else {
+        return name.to_string();
+    };
+    if rest == "gate.weight" {
+        return format!("{head}.mlp.gate.weight");
+    }
+    if let Some(e) = rest.strip_prefix("experts.") {
+        if let Some((e, w)) = e.split_once('.') {
+            let proj = match w {
+                "w1.weight" => "gate_proj",
+                "w2.weight" => "down_proj",
+                "w3.weight" => "up_proj",
+                _ => return name.to_string(),
+            };
+            return format!("{head}.mlp.experts.{e}.{proj}.weight");
+        }
+    }
+    name.to_string()
+}
+
+/// What a tensor of the files is to btx: one of its parameters (by btx's name), or a tensor that
+/// contributes nothing and is left unread: Qwen2-MoE's shared expert of size 0 (whose output
+/// is zero whatever its gate).
+#[derive(Clone, Debug, PartialEq)]
+pub enum OnDisk {
+    Param(String),
+    Inert,
+}
+
+/// Reads a file's tensor name as btx's ([`disk_name`]'s inverse); `shape` tells the inert
+/// shared expert (size 0, which the config reader requires) from a real one.
+pub fn from_disk(cfg: &ModelConfig, name: &str, shape: &[usize]) -> OnDisk {
+    if !qwen_moe(cfg) {
+        return OnDisk::Param(name.to_string());
+    }
+    let Some((head, rest)) = name.split_once(".mlp.") else {
+        return OnDisk::Param(name.to_string());
+    };
+    if cfg.family == Family::Qwen2 {
+        let zero_size = shape.contains(&0);
+        let inert = match rest {
+            "shared_expert.gate_proj.weight"
+            | "shared_expert.up_proj.weight"
+            | "shared_expert.down_proj.weight" => zero_size,
+            "shared_expert_gate.weight" => shape == [1, cfg.hidden_size],
+            _ => false,
+        };
+        if inert {
+            return OnDisk::Inert;
+        }
+    }
+    if rest == "gate.weight" {
+        return OnDisk::Param(format!("{head}.block_sparse_moe.gate.weight"));
+    }
+    if let Some(e) = rest.strip_prefix("experts.") {
+        if let Some((e, proj)) = e.split_once('.') {
+            let w = match proj {
+                "gate_proj.weight" => "w1",
+                "down_proj.weight" => "w2",
+                "up_proj.weight" => "w3",
+                _ => return OnDisk::Param(name.to_string()),
+            };
+            return OnDisk::Param(format!("{head}.block_sparse_moe.experts.{e}.{w}.weight"));
+        }
+    }
+    OnDisk::Param(name.to_string())
+}
+
+/// Tensors the family's class has that btx's model does not, written with zeros so that
+/// transformers finds every parameter it builds: Qwen2-MoE's shared expert of size 0 and its
+/// gate, per layer.
+pub fn disk_extras(cfg: &ModelConfig) -> Vec<(String, Vec<usize>)> {
+    if !(qwen_moe(cfg) && cfg.family == Family::Qwen2) {
+        return vec![];
+    }
+    let d = cfg.hidden_size;
+    let mut v = vec![];
+    for l in 0..cfg.num_layers {
+        let p = layer_prefix(l);
+        v.push((
+            format!("{p}.mlp.shared_expert.gate_proj.weight"),
+            vec![0, d],
+        ));
+        v.push((format!("{p}.mlp.shared_expert.up_proj.weight"), vec![0, d]));
+        v.push((
+            format!("{p}.mlp.shared_expert.down_proj.weight"),
+            vec![d, 0],
+        ));
+        v.push((format!("{p}.mlp.shared_expert_gate.weight"), vec![1, d]));
+    }
+    v
 }
 
 /// All parameters of a model with this config, in a fixed order (the order of checkpoints,

@@ -131,7 +131,7 @@ fn fields_that_change_the_math_are_refused_by_name() {
             ",\"rope_parameters\":{\"rope_type\":\"default\",\"rope_theta\":1e4,\"partial_rotary_factor\":0.5}",
             "rope_parameters.partial_rotary_factor",
         ),
-        (",\"rope_scaling\":{\"type\":\"linear\",\"factor\":2.0}", "rope_scaling"),
+        (",\"rope_scaling\":{\"type\":\"longrope\",\"factor\":2.0}", "rope type \"longrope\" is not supported"),
         (
             ",\"rope_theta\":5e5,\"rope_parameters\":{\"rope_type\":\"default\",\"rope_theta\":1e4}",
             "rope_theta",

@@ -148,9 +148,12 @@ fn rope(
         (None, None) => return Ok((top.unwrap_or(default), RopeScaling::Default)),
         (Some(m), None) => ("rope_parameters", m),
         (None, Some(m)) => ("rope_scaling", m),
+        // As btx writes a scaled RoPE for both versions: the same dict twice, which both read
+        // alike (5 takes rope_scaling in place of rope_parameters).
+        (Some(a), Some(b)) if a == b => ("rope_scaling", b),
         (Some(_), Some(_)) => {
             return Err(
-                "rope_scaling and rope_parameters are both set: transformers 5 reads rope_scaling in place of rope_parameters, transformers 4.x reads rope_scaling and top-level rope_theta and ignores rope_parameters\nhint: keep one: rope_parameters (as transformers 5 writes it), or rope_scaling with rope_theta at top level (as 4.x writes it)"
+                "rope_scaling and rope_parameters are both set and differ: transformers 5 reads rope_scaling in place of rope_parameters, transformers 4.x reads rope_scaling and top-level rope_theta and ignores rope_parameters\nhint: keep one: rope_parameters (as transformers 5 writes it), or rope_scaling with rope_theta at top level (as 4.x writes it)"
                     .into(),
             )
         }

@@ -9,8 +9,8 @@ mod write;
 pub use read::{read_all, TensorReader};
 pub use tensor::{HostTensor, INDEX_FILE, SINGLE_FILE};
 pub use write::{
-    plan_shards, write_checkpoint, write_checkpoint_with, write_tensors, OutDtype, StreamWriter,
-    TensorSink,
+    plan_shards, write_checkpoint, write_checkpoint_with, write_model_checkpoint, write_tensors,
+    OutDtype, StreamWriter, TensorSink,
 };
 
 #[cfg(test)]

@@ -135,6 +135,29 @@ impl TensorReader {
         Ok(Self { files, index })
     }
 
+    /// Opens `path` like [`TensorReader::open`] and reads its tensor names as btx names them
+    /// for a model with `cfg` ([`crate::names::from_disk`]: Qwen-MoE experts renamed, their
+    /// size-0 shared expert left out). Every reader of a model's weights opens it this way.
+    pub fn open_for(path: &Path, cfg: &crate::config::ModelConfig) -> Result<Self> {
+        let mut r = Self::open(path)?;
+        let index = std::mem::take(&mut r.index);
+        for (name, entry) in index {
+            match crate::names::from_disk(cfg, &name, &entry.2) {
+                crate::names::OnDisk::Inert => {}
+                crate::names::OnDisk::Param(ours) => {
+                    if let Some((other, ..)) = r.index.insert(ours.clone(), entry) {
+                        return Err(ModelError::DuplicateTensor {
+                            path: r.files[other].0.clone(),
+                            other: r.files[other].0.clone(),
+                            name: ours,
+                        });
+                    }
+                }
+            }
+        }
+        Ok(r)
+    }
+
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.index.keys().map(String::as_str)
     }

@@ -293,6 +293,33 @@ pub fn write_checkpoint(
     })
 }
 
+/// Writes a model's parameters (`specs` in btx's names, `produce(i, sink)` filling spec i) as
+/// the checkpoint of `cfg`'s family: each tensor under its name on disk
+/// ([`crate::names::disk_name`]), then the family's extra tensors as zeros
+/// ([`crate::names::disk_extras`]).
+pub fn write_model_checkpoint(
+    dir: &Path,
+    cfg: &crate::config::ModelConfig,
+    specs: &[(String, Vec<usize>)],
+    max_shard_bytes: usize,
+    mut produce: impl FnMut(usize, &mut TensorSink<'_>) -> Result<()>,
+) -> Result<()> {
+    let n = specs.len();
+    let mut disk: Vec<(String, Vec<usize>)> = specs
+        .iter()
+        .map(|(name, shape)| (crate::names::disk_name(cfg, name), shape.clone()))
+        .collect();
+    disk.extend(crate::names::disk_extras(cfg));
+    let extra_shapes: Vec<usize> = disk[n..].iter().map(|(_, s)| s.iter().product()).collect();
+    write_checkpoint_with(dir, &disk, max_shard_bytes, |i, sink| {
+        if i < n {
+            produce(i, sink)
+        } else {
+            sink.f32(&vec![0.0; extra_shapes[i - n]])
+        }
+    })
+}
+
 /// Like [`write_checkpoint`], but `produce(i, sink)` pushes tensor i's values into the sink in
 /// pieces, so not even one whole tensor needs to be in memory.
 pub fn write_checkpoint_with(

@@ -7,7 +7,7 @@ use burn::prelude::*;
 
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
-use crate::io::{write_checkpoint, HostTensor, TensorReader};
+use crate::io::{write_model_checkpoint, HostTensor, TensorReader};
 use crate::moa::MoA;
 use crate::moe::{Mlp, Moe};
 use crate::names::{
@@ -314,7 +314,7 @@ impl Model {
     /// tensor's name and shape and refusing tensors the config does not explain.
     pub fn load(dir: &Path, dev: &Device) -> Result<Self> {
         let cfg = ModelConfig::load(&dir.join("config.json"))?;
-        let reader = TensorReader::open(dir)?;
+        let reader = TensorReader::open_for(dir, &cfg)?;
         Self::load_with(&cfg, &reader, dev)
     }
 
@@ -557,8 +557,8 @@ impl Model {
             .collect();
         let mut tensors = Vec::with_capacity(specs.len());
         self.visit(|_, t| tensors.push(t.clone()));
-        write_checkpoint(dir, &specs, max_shard_bytes, |i| {
-            Ok(crate::to_vec(tensors[i].clone()))
+        write_model_checkpoint(dir, &self.cfg, &specs, max_shard_bytes, |i, sink| {
+            sink.f32(&crate::to_vec(tensors[i].clone()))
         })?;
         self.cfg.save(&dir.join("config.json"))
     }

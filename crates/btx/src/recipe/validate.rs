@@ -271,7 +271,7 @@ fn preflight(
 /// header no longer matches its length), and holding every tensor config.json implies with its
 /// shape. Loading the weights themselves is the seed stage's work.
 fn check_weights(dir: &Path, cfg: &btx_model::ModelConfig) -> Result<()> {
-    let reader = btx_model::io::TensorReader::open(dir)?;
+    let reader = btx_model::io::TensorReader::open_for(dir, cfg)?;
     for spec in btx_model::names::param_specs(cfg) {
         match reader.shape(&spec.name) {
             None => bail!(
