@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{ModelConfig, MoeConfig, Routing};
+use crate::config::{Family, ModelConfig, MoeConfig, Routing};
 use crate::error::Result;
 
 fn d_hidden() -> usize {
@@ -27,6 +27,12 @@ fn d_eps() -> f64 {
 fn d_maxpos() -> usize {
     2048
 }
+fn d_family() -> Family {
+    Family::Llama
+}
+fn is_llama(f: &Family) -> bool {
+    *f == Family::Llama
+}
 fn d_topk() -> usize {
     crate::config::DEFAULT_TOP_K
 }
@@ -34,6 +40,10 @@ fn d_topk() -> usize {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelSpec {
+    /// The decoder family: "llama" (default), "qwen2" (q/k/v biases, zeros at init) or
+    /// "qwen3" (per-head q/k norms); a MoE of the family is written as its MoE class.
+    #[serde(default = "d_family", skip_serializing_if = "is_llama")]
+    pub family: Family,
     /// Model width. Default 256.
     #[serde(default = "d_hidden")]
     pub hidden_size: usize,
@@ -84,6 +94,7 @@ impl Default for ModelSpec {
 
 fn toml_default() -> ModelSpec {
     ModelSpec {
+        family: d_family(),
         hidden_size: d_hidden(),
         intermediate_size: d_ffn(),
         num_layers: d_layers(),
@@ -180,6 +191,9 @@ impl ModelSpec {
         if let Some(h) = self.head_dim {
             c.head_dim = h;
         }
+        c.family = self.family;
+        c.qkv_bias = self.family == Family::Qwen2;
+        c.qk_norm = self.family == Family::Qwen3;
         c.rope_theta = self.rope_theta;
         c.rms_norm_eps = self.rms_norm_eps;
         c.tie_word_embeddings = self.tie_word_embeddings;
