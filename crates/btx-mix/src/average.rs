@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use btx_core::outdir::{Existing, OutDir};
-use btx_model::io::write_checkpoint_with;
+use btx_model::io::write_model_checkpoint;
 use btx_model::names::param_specs;
 
 use crate::error::{MixError, Result};
@@ -61,11 +61,16 @@ pub fn average(
         .into_iter()
         .map(|s| (s.name, s.shape))
         .collect();
-    write_checkpoint_with(dir, &specs, 4 << 30, |i, sink| {
+    // In the first model's dtype (the mean is taken in f32 and rounded once).
+    let save = btx_model::io::SaveOpts {
+        dtype: sources[0].reader.weights_dtype(),
+        ..Default::default()
+    };
+    write_model_checkpoint(dir, &cfg, &specs, &save, |i, sink| {
         let (name, shape) = &specs[i];
         mean_into(&sources, name, shape, &w, sink).map_err(into_model_err)
     })?;
-    cfg.save(&dir.join("config.json"))?;
+    cfg.save_as(&dir.join("config.json"), save.dtype)?;
     copy_tokenizer(&sources[0].dir, dir)?;
     let summary = MixSummary {
         models: models.to_vec(),

@@ -53,6 +53,12 @@ pub fn mix(seed: &Path, experts: &[PathBuf], opts: &MixOptions, out: &Path) -> R
         .collect();
     btx_core::outdir::check_not_an_input(out, &inputs)?;
     let seed_src = Source::open(seed)?;
+    let save = btx_model::io::SaveOpts {
+        dtype: opts
+            .dtype
+            .unwrap_or_else(|| seed_src.reader.weights_dtype()),
+        max_shard_bytes: opts.max_shard_bytes,
+    };
     // The seed once more, alone, when it is the source of the non-FFN weights.
     let non_ffn_src = match opts.spec.non_ffn {
         NonFfn::Average => None,
@@ -114,7 +120,7 @@ pub fn mix(seed: &Path, experts: &[PathBuf], opts: &MixOptions, out: &Path) -> R
     // Every check above refuses before anything is written.
     let staged = OutDir::create(out, &inputs, opts.existing)?;
     let dir = staged.path();
-    write_model_checkpoint(dir, &cfg, &specs, 4 << 30, |i, sink| {
+    write_model_checkpoint(dir, &cfg, &specs, &save, |i, sink| {
         let (name, _) = &specs[i];
         match param_kind(name) {
             ParamKind::Shared => match &non_ffn_src {
@@ -180,7 +186,7 @@ pub fn mix(seed: &Path, experts: &[PathBuf], opts: &MixOptions, out: &Path) -> R
             },
         }
     })?;
-    cfg.save(&dir.join("config.json"))?;
+    cfg.save_as(&dir.join("config.json"), save.dtype)?;
     copy_tokenizer(&sources[0].dir, dir)?;
     let summary = MixSummary {
         models: sources.iter().map(|s| s.dir.clone()).collect(),

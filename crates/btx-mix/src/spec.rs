@@ -329,6 +329,11 @@ pub struct MixOptions {
     pub labels: Option<Vec<String>>,
     /// What to do when `out` exists and is not empty.
     pub existing: Existing,
+    /// The output's float dtype; `None`: the seed's (its embeddings' stored dtype). The
+    /// merge computes in f32 and rounds once.
+    pub dtype: Option<btx_model::io::OutDtype>,
+    /// Largest shard of the output (transformers' default, 5 GB).
+    pub max_shard_bytes: usize,
 }
 
 impl Default for MixOptions {
@@ -344,6 +349,8 @@ impl Default for MixOptions {
             router_init: RouterInit::Random { std: 0.02, seed: 0 },
             labels: None,
             existing: Existing::Refuse,
+            dtype: None,
+            max_shard_bytes: btx_model::io::DEFAULT_MAX_SHARD_BYTES,
         }
     }
 }

@@ -137,3 +137,21 @@ fn generates_as_transformers(dir: &std::path::Path) {
     .unwrap();
     assert_eq!(got[0], want, "{}: greedy cached generation", dir.display());
 }
+
+/// btx's own MiX of each family (made by scripts/hf_moe_check.py with `btx mix`: two perturbed
+/// experts and the seed), loaded by transformers 5.25 as MixtralForCausalLM,
+/// Qwen2MoeForCausalLM or Qwen3MoeForCausalLM without remote code: its logits, losses, router
+/// logits, every gradient and greedy cached generation are btx's.
+#[test]
+fn family_moes_written_by_btx_match_transformers() {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(testdata().join("hf-moe"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    dirs.sort();
+    assert!(dirs.len() >= 4, "{dirs:?}");
+    for d in dirs {
+        run(&d);
+        generates_as_transformers(&d);
+    }
+}

@@ -30,6 +30,8 @@ pub struct TrainOpts {
     pub label: String,
     /// Stop (with a checkpoint) after this many steps in this process; for tests of resume.
     pub max_steps_this_run: Option<usize>,
+    /// How the final model is written (dtype, shards); checkpoints stay f32, whole.
+    pub save: btx_model::io::SaveOpts,
 }
 
 impl Default for TrainOpts {
@@ -40,6 +42,7 @@ impl Default for TrainOpts {
             progress: true,
             label: "train".into(),
             max_steps_this_run: None,
+            save: Default::default(),
         }
     }
 }
@@ -282,7 +285,7 @@ pub fn train(
         if last_saved != trainer.step {
             save(&trainer, &*data, tokens, elapsed)?;
         }
-        write_final_model(&trainer.model, &model_dir)?;
+        write_final_model(&trainer.model, &model_dir, &opts.save)?;
     }
     Ok(TrainOutcome {
         steps: trainer.step,
@@ -296,10 +299,14 @@ pub fn train(
 
 /// `out/model/` via a staging directory and a rename, so it is complete or absent (a trainer
 /// owns its output directory, so an older export is replaced).
-fn write_final_model(model: &Model, dir: &Path) -> Result<(), TrainError> {
+fn write_final_model(
+    model: &Model,
+    dir: &Path,
+    save: &btx_model::io::SaveOpts,
+) -> Result<(), TrainError> {
     checkpoint::check_finite(model, dir)?;
     let staged = btx_core::outdir::OutDir::create(dir, &[], btx_core::outdir::Existing::Replace)?;
-    model.save(staged.path(), 4 << 30)?;
+    model.save_as(staged.path(), save)?;
     staged.commit()?;
     Ok(())
 }

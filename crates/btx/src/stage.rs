@@ -273,6 +273,14 @@ fn execute(
                 progress: true,
                 label: stage.name.clone(),
                 max_steps_this_run: None,
+                // The final model in its starting point's dtype (f32 from scratch).
+                save: btx_model::io::SaveOpts {
+                    dtype: match from_dir.as_deref() {
+                        Some(d) => btx_model::io::stored_dtype(d)?,
+                        None => btx_model::io::OutDtype::F32,
+                    },
+                    ..Default::default()
+                },
             };
             let out = jobs::train::train(init, &data_dir, &mix, &tc, dir, &opts)?;
             if out.stopped_early {
@@ -312,6 +320,8 @@ fn execute(
                 // A stage owns its directory; a retried stage replaces its own earlier output.
                 existing: Existing::Replace,
                 out: &model_out,
+                dtype: None,
+                max_shard_bytes: btx_model::io::DEFAULT_MAX_SHARD_BYTES,
             })?;
             let cfg = ModelConfig::load(&model_out.join("config.json"))?;
             let mut c = params_compute(&cfg);

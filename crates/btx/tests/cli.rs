@@ -121,7 +121,21 @@ fn selftest_passes_the_fixtures_and_fails_a_model_that_differs() {
         "{text}{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(text.contains("6 parity fixtures, 1 golden"), "{text}");
+    // Every fixture directory the repository holds (model/ beside reference.safetensors).
+    let mut fixtures = 0;
+    for set in std::fs::read_dir(repo().join("testdata")).unwrap() {
+        let set = set.unwrap().path();
+        for case in std::fs::read_dir(&set).into_iter().flatten() {
+            let case = case.unwrap().path();
+            fixtures += (case.join("model").is_dir()
+                && case.join("reference.safetensors").is_file()) as usize;
+        }
+    }
+    assert!(fixtures >= 21, "{fixtures}");
+    assert!(
+        text.contains(&format!("{fixtures} parity fixtures, 1 golden")),
+        "{text}"
+    );
     assert!(
         text.contains("hf-tiny/mixtral") && text.contains("PASS"),
         "{text}"

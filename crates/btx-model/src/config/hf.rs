@@ -1006,7 +1006,16 @@ impl ModelConfig {
     }
 
     pub fn save(&self, path: &Path) -> Result<()> {
-        let text = serde_json::to_string_pretty(&self.to_hf_json()).expect("json");
+        self.save_as(path, crate::io::OutDtype::F32)
+    }
+
+    /// [`ModelConfig::save`] for weights stored in `dtype` (config.json's `dtype` /
+    /// `torch_dtype`, which transformers loads them as by default).
+    pub fn save_as(&self, path: &Path, dtype: crate::io::OutDtype) -> Result<()> {
+        let mut j = self.to_hf_json();
+        j["dtype"] = json!(dtype.torch_name());
+        j["torch_dtype"] = json!(dtype.torch_name());
+        let text = serde_json::to_string_pretty(&j).expect("json");
         std::fs::write(path, text + "\n").map_err(|e| ModelError::io(path, e))
     }
 }

@@ -9,9 +9,17 @@ mod write;
 pub use read::{read_all, TensorReader};
 pub use tensor::{HostTensor, INDEX_FILE, SINGLE_FILE};
 pub use write::{
-    plan_shards, write_checkpoint, write_checkpoint_with, write_model_checkpoint, write_tensors,
-    OutDtype, StreamWriter, TensorSink,
+    parse_size, plan_shards, write_checkpoint, write_checkpoint_as, write_checkpoint_with,
+    write_model_checkpoint, write_tensors, OutDtype, SaveOpts, StreamWriter, TensorSink,
+    DEFAULT_MAX_SHARD_BYTES,
 };
+
+/// The float dtype of the model in `dir` (see [`TensorReader::weights_dtype`]), read from its
+/// config and headers only.
+pub fn stored_dtype(dir: &std::path::Path) -> crate::error::Result<OutDtype> {
+    let cfg = crate::config::ModelConfig::load(&dir.join("config.json"))?;
+    Ok(TensorReader::open_for(dir, &cfg)?.weights_dtype())
+}
 
 #[cfg(test)]
 mod tests {

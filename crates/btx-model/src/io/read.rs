@@ -158,6 +158,16 @@ impl TensorReader {
         Ok(r)
     }
 
+    /// The float dtype btx writes this checkpoint's weights in by default: the embeddings'
+    /// stored dtype (bf16, f16, else f32).
+    pub fn weights_dtype(&self) -> crate::io::OutDtype {
+        self.index
+            .get("model.embed_tokens.weight")
+            .map_or(crate::io::OutDtype::F32, |e| {
+                crate::io::OutDtype::of_stored(e.1)
+            })
+    }
+
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.index.keys().map(String::as_str)
     }

@@ -11,10 +11,13 @@ use serde_json::{json, Value};
 use super::tensor::{HostTensor, INDEX_FILE, SINGLE_FILE};
 use crate::error::{ModelError, Result};
 
-/// Element types the writer emits.
+/// Element types the writer emits. Float tensors are given as f32 and stored in their dtype,
+/// rounded once to nearest-even (as torch's `.to(torch.bfloat16)` / `.half()`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OutDtype {
     F32,
+    BF16,
+    F16,
     I64,
 }
 
@@ -22,15 +25,129 @@ impl OutDtype {
     fn name(self) -> &'static str {
         match self {
             OutDtype::F32 => "F32",
+            OutDtype::BF16 => "BF16",
+            OutDtype::F16 => "F16",
             OutDtype::I64 => "I64",
         }
     }
-    fn size(self) -> usize {
+
+    pub fn size(self) -> usize {
         match self {
             OutDtype::F32 => 4,
+            OutDtype::BF16 | OutDtype::F16 => 2,
             OutDtype::I64 => 8,
         }
     }
+
+    fn is_float(self) -> bool {
+        self != OutDtype::I64
+    }
+
+    /// The float dtype a CLI or config names: `f32`/`float32`, `bf16`/`bfloat16`,
+    /// `f16`/`float16`.
+    pub fn parse_float(name: &str) -> std::result::Result<Self, String> {
+        Ok(match name {
+            "f32" | "float32" => OutDtype::F32,
+            "bf16" | "bfloat16" => OutDtype::BF16,
+            "f16" | "float16" => OutDtype::F16,
+            other => return Err(format!("unknown dtype {other:?} (f32, bf16, f16)")),
+        })
+    }
+
+    /// transformers' name (`config.json`'s `dtype` / `torch_dtype`).
+    pub fn torch_name(self) -> &'static str {
+        match self {
+            OutDtype::F32 => "float32",
+            OutDtype::BF16 => "bfloat16",
+            OutDtype::F16 => "float16",
+            OutDtype::I64 => "int64",
+        }
+    }
+
+    /// The float dtype a stored tensor has, as btx writes it again (F32 for anything else).
+    pub fn of_stored(d: safetensors::Dtype) -> Self {
+        match d {
+            safetensors::Dtype::BF16 => OutDtype::BF16,
+            safetensors::Dtype::F16 => OutDtype::F16,
+            _ => OutDtype::F32,
+        }
+    }
+
+    /// `data` as little-endian bytes of this float dtype.
+    fn encode(self, data: &[f32]) -> Vec<u8> {
+        let mut buf = Vec::with_capacity(data.len() * self.size());
+        match self {
+            OutDtype::BF16 => {
+                for x in data {
+                    buf.extend_from_slice(&half::bf16::from_f32(*x).to_le_bytes());
+                }
+            }
+            OutDtype::F16 => {
+                for x in data {
+                    buf.extend_from_slice(&half::f16::from_f32(*x).to_le_bytes());
+                }
+            }
+            _ => {
+                for x in data {
+                    buf.extend_from_slice(&x.to_le_bytes());
+                }
+            }
+        }
+        buf
+    }
+}
+
+/// How a model checkpoint is written: its float dtype and the largest shard.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SaveOpts {
+    pub dtype: OutDtype,
+    pub max_shard_bytes: usize,
+}
+
+/// transformers' default `max_shard_size` ("5GB", decimal).
+pub const DEFAULT_MAX_SHARD_BYTES: usize = 5_000_000_000;
+
+impl Default for SaveOpts {
+    fn default() -> Self {
+        Self {
+            dtype: OutDtype::F32,
+            max_shard_bytes: DEFAULT_MAX_SHARD_BYTES,
+        }
+    }
+}
+
+/// A shard size as transformers spells it: `5GB`, `500MB`, `100KB` (decimal), `2GiB`,
+/// `512MiB` (binary), or plain bytes.
+pub fn parse_size(text: &str) -> std::result::Result<usize, String> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let mult: f64 = match unit.trim().to_ascii_uppercase().as_str() {
+        "" | "B" => 1.0,
+        "KB" => 1e3,
+        "MB" => 1e6,
+        "GB" => 1e9,
+        "TB" => 1e12,
+        "KIB" => 1024.0,
+        "MIB" => 1024f64.powi(2),
+        "GIB" => 1024f64.powi(3),
+        "TIB" => 1024f64.powi(4),
+        _ => {
+            return Err(format!(
+                "{text:?}: unknown size unit (e.g. 5GB, 500MB, 2GiB)"
+            ))
+        }
+    };
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size (e.g. 5GB, 500MB, 2GiB)"))?;
+    let bytes = n * mult;
+    if !(bytes.is_finite() && bytes >= 1.0) {
+        return Err(format!("{text:?}: a shard size must be at least 1 byte"));
+    }
+    Ok(bytes as usize)
 }
 
 /// Writes one safetensors file whose tensor list is known in advance; tensors must then be
@@ -79,7 +196,8 @@ impl StreamWriter {
                 msg: format!("{}: extra tensor {name:?} written", self.path.display()),
             });
         };
-        if n != name || *d != dt || shape.iter().product::<usize>() != numel {
+        let kind_ok = *d == dt || (d.is_float() && dt.is_float());
+        if n != name || !kind_ok || shape.iter().product::<usize>() != numel {
             return Err(ModelError::Invalid {
                 msg: format!(
                     "{}: expected tensor {n:?} ({d:?}, {shape:?}) next, got {name:?} ({dt:?}, {numel} values)",
@@ -100,11 +218,13 @@ impl StreamWriter {
         fill: impl FnOnce(&mut TensorSink<'_>) -> Result<()>,
     ) -> Result<()> {
         self.expect(name, OutDtype::F32, numel)?;
+        let dtype = self.entries[self.next - 1].1;
         let mut sink = TensorSink {
             out: &mut self.out,
             path: &self.path,
             name,
             remaining: numel,
+            dtype,
         };
         fill(&mut sink)?;
         if sink.remaining != 0 {
@@ -120,15 +240,7 @@ impl StreamWriter {
     }
 
     pub fn write_f32(&mut self, name: &str, data: &[f32]) -> Result<()> {
-        self.expect(name, OutDtype::F32, data.len())?;
-        finite(&self.path, name, data.iter().copied())?;
-        let mut buf = Vec::with_capacity(data.len() * 4);
-        for x in data {
-            buf.extend_from_slice(&x.to_le_bytes());
-        }
-        self.out
-            .write_all(&buf)
-            .map_err(|e| ModelError::io(&self.path, e))
+        self.write_f32_with(name, data.len(), |sink| sink.f32(data))
     }
 
     pub fn write_i64(&mut self, name: &str, data: &[i64]) -> Result<()> {
@@ -192,6 +304,8 @@ pub struct TensorSink<'a> {
     path: &'a Path,
     name: &'a str,
     remaining: usize,
+    /// The stored dtype (a float one); values arrive as f32.
+    dtype: OutDtype,
 }
 
 impl TensorSink<'_> {
@@ -208,9 +322,19 @@ impl TensorSink<'_> {
     pub fn f32(&mut self, data: &[f32]) -> Result<()> {
         self.take(data.len())?;
         finite(self.path, self.name, data.iter().copied())?;
-        let mut buf = Vec::with_capacity(data.len() * 4);
-        for x in data {
-            buf.extend_from_slice(&x.to_le_bytes());
+        let buf = self.dtype.encode(data);
+        if self.dtype == OutDtype::F16 {
+            // f16 tops out at 65504: a larger weight would be stored as infinity.
+            if let Some((i, x)) = data.iter().enumerate().find(|(_, x)| x.abs() > 65504.0) {
+                return Err(ModelError::refused(
+                    format!(
+                        "{}: tensor {:?} holds {x} at {i}, beyond float16's range (65504)",
+                        self.path.display(),
+                        self.name
+                    ),
+                    "write it as bf16 or f32 (--dtype bf16)",
+                ));
+            }
         }
         self.out
             .write_all(&buf)
@@ -219,6 +343,13 @@ impl TensorSink<'_> {
 
     /// Values already encoded as little-endian f32 bytes (copied through untouched).
     pub fn f32_le_bytes(&mut self, bytes: &[u8]) -> Result<()> {
+        if self.dtype != OutDtype::F32 {
+            let v: Vec<f32> = bytes
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect();
+            return self.f32(&v);
+        }
         self.take(bytes.len() / 4)?;
         finite(
             self.path,
@@ -264,10 +395,19 @@ pub fn write_tensors(path: &Path, tensors: &[(String, HostTensor)]) -> Result<()
 /// `max_shard_bytes` (a single larger tensor gets a shard of its own). One group means one
 /// `model.safetensors` without an index.
 pub fn plan_shards(specs: &[(String, Vec<usize>)], max_shard_bytes: usize) -> Vec<Vec<usize>> {
+    plan_shards_of(specs, max_shard_bytes, 4)
+}
+
+/// [`plan_shards`] for elements of `elem` bytes.
+pub fn plan_shards_of(
+    specs: &[(String, Vec<usize>)],
+    max_shard_bytes: usize,
+    elem: usize,
+) -> Vec<Vec<usize>> {
     let mut groups: Vec<Vec<usize>> = vec![vec![]];
     let mut cur = 0usize;
     for (i, (_, shape)) in specs.iter().enumerate() {
-        let n = shape.iter().product::<usize>() * 4;
+        let n = shape.iter().product::<usize>() * elem;
         if cur > 0 && cur + n > max_shard_bytes {
             groups.push(vec![]);
             cur = 0;
@@ -301,7 +441,7 @@ pub fn write_model_checkpoint(
     dir: &Path,
     cfg: &crate::config::ModelConfig,
     specs: &[(String, Vec<usize>)],
-    max_shard_bytes: usize,
+    save: &SaveOpts,
     mut produce: impl FnMut(usize, &mut TensorSink<'_>) -> Result<()>,
 ) -> Result<()> {
     let n = specs.len();
@@ -311,7 +451,7 @@ pub fn write_model_checkpoint(
         .collect();
     disk.extend(crate::names::disk_extras(cfg));
     let extra_shapes: Vec<usize> = disk[n..].iter().map(|(_, s)| s.iter().product()).collect();
-    write_checkpoint_with(dir, &disk, max_shard_bytes, |i, sink| {
+    write_checkpoint_as(dir, &disk, save, |i, sink| {
         if i < n {
             produce(i, sink)
         } else {
@@ -326,10 +466,25 @@ pub fn write_checkpoint_with(
     dir: &Path,
     specs: &[(String, Vec<usize>)],
     max_shard_bytes: usize,
+    produce: impl FnMut(usize, &mut TensorSink<'_>) -> Result<()>,
+) -> Result<()> {
+    let save = SaveOpts {
+        dtype: OutDtype::F32,
+        max_shard_bytes,
+    };
+    write_checkpoint_as(dir, specs, &save, produce)
+}
+
+/// [`write_checkpoint_with`] in `save.dtype`, cut at `save.max_shard_bytes` of that dtype.
+pub fn write_checkpoint_as(
+    dir: &Path,
+    specs: &[(String, Vec<usize>)],
+    save: &SaveOpts,
     mut produce: impl FnMut(usize, &mut TensorSink<'_>) -> Result<()>,
 ) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
-    let groups = plan_shards(specs, max_shard_bytes);
+    let elem = save.dtype.size();
+    let groups = plan_shards_of(specs, save.max_shard_bytes, elem);
     let n = groups.len();
     let mut weight_map = serde_json::Map::new();
     let mut total = 0usize;
@@ -341,12 +496,12 @@ pub fn write_checkpoint_with(
         };
         let entries = g
             .iter()
-            .map(|&i| (specs[i].0.clone(), OutDtype::F32, specs[i].1.clone()))
+            .map(|&i| (specs[i].0.clone(), save.dtype, specs[i].1.clone()))
             .collect();
         let mut w = StreamWriter::create(&dir.join(&file), entries)?;
         for &i in g {
             let numel: usize = specs[i].1.iter().product();
-            total += numel * 4;
+            total += numel * elem;
             w.write_f32_with(&specs[i].0, numel, |sink| produce(i, sink))?;
             weight_map.insert(specs[i].0.clone(), json!(file));
         }

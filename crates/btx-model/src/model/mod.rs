@@ -7,7 +7,7 @@ use burn::prelude::*;
 
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
-use crate::io::{write_model_checkpoint, HostTensor, TensorReader};
+use crate::io::{write_model_checkpoint, HostTensor, OutDtype, SaveOpts, TensorReader};
 use crate::moa::MoA;
 use crate::moe::{Mlp, Moe};
 use crate::names::{
@@ -548,8 +548,20 @@ impl Model {
         out
     }
 
-    /// Writes `config.json` + `model.safetensors` (sharded above `max_shard_bytes`).
+    /// Writes `config.json` + `model.safetensors` in f32 (sharded above `max_shard_bytes`).
     pub fn save(&self, dir: &Path, max_shard_bytes: usize) -> Result<()> {
+        self.save_as(
+            dir,
+            &SaveOpts {
+                dtype: OutDtype::F32,
+                max_shard_bytes,
+            },
+        )
+    }
+
+    /// Writes `config.json` + the weights in `save.dtype` (rounded once from f32), sharded
+    /// above `save.max_shard_bytes`, under the family's tensor names.
+    pub fn save_as(&self, dir: &Path, save: &SaveOpts) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
         let specs: Vec<(String, Vec<usize>)> = param_specs(&self.cfg)
             .into_iter()
@@ -557,10 +569,10 @@ impl Model {
             .collect();
         let mut tensors = Vec::with_capacity(specs.len());
         self.visit(|_, t| tensors.push(t.clone()));
-        write_model_checkpoint(dir, &self.cfg, &specs, max_shard_bytes, |i, sink| {
+        write_model_checkpoint(dir, &self.cfg, &specs, save, |i, sink| {
             sink.f32(&crate::to_vec(tensors[i].clone()))
         })?;
-        self.cfg.save(&dir.join("config.json"))
+        self.cfg.save_as(&dir.join("config.json"), save.dtype)
     }
 
     pub fn device(&self) -> Device {

@@ -109,9 +109,10 @@ pub struct ExportArgs {
     /// The model directory to export.
     #[arg(long)]
     model: PathBuf,
-    /// `hf-mixtral`: what transformers loads (LlamaForCausalLM or MixtralForCausalLM); `btx`:
-    /// btx's own layout, which also holds attention experts.
-    #[arg(long, default_value = "hf-mixtral")]
+    /// `hf` (also `hf-mixtral`): what transformers loads, as the family's class (Llama,
+    /// Mistral, Mixtral, Qwen2, Qwen2-MoE, Qwen3, Qwen3-MoE); `btx`: btx's own layout, which
+    /// also holds attention experts.
+    #[arg(long, default_value = "hf")]
     format: String,
     /// Output model directory (written beside it and renamed into place when complete).
     #[arg(long)]
@@ -124,18 +125,22 @@ pub struct ExportArgs {
     /// limit; sample-top1's soft first layer becomes top-1). Without it such a model is refused.
     #[arg(long)]
     allow_routing_change: bool,
+    #[command(flatten)]
+    save: super::SaveArgs,
 }
 
 pub fn run_export(a: ExportArgs) -> Result<()> {
-    if !["hf-mixtral", "btx"].contains(&a.format.as_str()) {
+    if !["hf", "hf-mixtral", "btx"].contains(&a.format.as_str()) {
         bail!(
-            "--format {:?}: hf-mixtral or btx\nhint: hf-mixtral is what transformers loads",
+            "--format {:?}: hf (or its old name hf-mixtral) or btx\nhint: hf is what transformers loads",
             a.format
         );
     }
+    let save = a.save.resolve(Some(&a.model))?;
     let m = Model::load(&a.model, &Device::flex())
         .with_context(|| format!("loading model from {}", a.model.display()))?;
-    if a.format == "hf-mixtral" {
+    let hf = a.format != "btx";
+    if hf {
         if let Some(att) = &m.cfg.attn_experts {
             bail!(
                 "{} has {} attention experts{} (BAM), which a Mixtral cannot hold: transformers has no attention experts\nhint: the nearest exportable model mixes the same experts with attention = \"average\" (the paper's MiX: `btx mix --attention average`, or the run's `btx` variant); or keep this one in btx's layout with --format btx (btx eval and generate read it)",
@@ -145,7 +150,7 @@ pub fn run_export(a: ExportArgs) -> Result<()> {
             );
         }
     }
-    if a.format == "hf-mixtral" && !a.allow_routing_change {
+    if hf && !a.allow_routing_change {
         if let Some(moe) = &m.cfg.moe {
             use btx_model::Routing;
             if matches!(
@@ -161,13 +166,14 @@ pub fn run_export(a: ExportArgs) -> Result<()> {
         }
     }
     let staged = OutDir::create(&a.out, &[&a.model], Existing::replace_if(a.force))?;
-    m.save(staged.path(), 4 << 30)?;
+    m.save_as(staged.path(), &save)?;
     copy_tokenizer(&a.model, staged.path())?;
     staged.commit()?;
     outln!(
-        "exported {} as {} ({}): {}",
+        "exported {} as {} ({}, {}): {}",
         a.model.display(),
         a.format,
+        save.dtype.torch_name(),
         m.cfg.to_hf_json()["architectures"][0]
             .as_str()
             .unwrap_or("?"),

@@ -96,6 +96,8 @@ pub struct MixArgs {
     /// Replace an existing non-empty --out (atomically).
     #[arg(long)]
     force: bool,
+    #[command(flatten)]
+    save: super::SaveArgs,
 }
 
 #[derive(clap::Args)]
@@ -149,6 +151,8 @@ pub fn run_mix(a: MixArgs) -> Result<()> {
         router_seed: a.route.router_seed,
         existing: Existing::replace_if(a.force),
         out: &a.out,
+        dtype: a.save.dtype,
+        max_shard_bytes: a.save.max_shard_size,
     })?;
     outln!(
         "mixed {} models into {} with {} experts {:?} (d_ff {}, top-{} {}) in {:.2}s: {}",

@@ -32,6 +32,10 @@ pub struct Args {
     /// Stop (with a checkpoint) after this many steps in this process.
     #[arg(long, hide = true, value_parser = clap::value_parser!(u64).range(1..))]
     max_steps_this_run: Option<u64>,
+    /// How the final model is written (checkpoints stay f32); the default dtype is
+    /// [model] path's, f32 for a new model.
+    #[command(flatten)]
+    save: super::SaveArgs,
 }
 
 /// `[model]`: start from a checkpoint, or initialise a new model.
@@ -240,6 +244,10 @@ pub fn run(a: Args, dev: &Device) -> Result<()> {
     if file.model.path.is_some() && file.model.init.is_some() {
         bail!("[model]: give either path or init, not both");
     }
+    // The final model's dtype defaults to [model] path's (read before any write).
+    let save = a
+        .save
+        .resolve(file.model.path.as_ref().map(|p| abs(&base, p)).as_deref())?;
     if std::fs::symlink_metadata(&a.out).is_ok() && !a.out.is_dir() {
         bail!(
             "{} exists and is not a directory\nhint: choose another --out",
@@ -331,6 +339,7 @@ pub fn run(a: Args, dev: &Device) -> Result<()> {
         progress: true,
         label: "train".into(),
         max_steps_this_run: a.max_steps_this_run.map(|n| n as usize),
+        save,
     };
     let outcome = jobs::train::train(model, &data, &mix, &cfg, &a.out, &opts)?;
     drop(lock);

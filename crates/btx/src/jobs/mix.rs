@@ -27,6 +27,9 @@ pub struct MixJob<'a> {
     pub router_seed: u64,
     pub existing: Existing,
     pub out: &'a Path,
+    /// The output's dtype (`None`: the seed's) and largest shard.
+    pub dtype: Option<btx_model::io::OutDtype>,
+    pub max_shard_bytes: usize,
 }
 
 /// BTX's MiX (see [`btx_mix::mix`]), its routers started as the spec says.
@@ -59,6 +62,8 @@ pub fn mix(j: &MixJob) -> Result<MixSummary> {
         router_init,
         labels: j.domains.map(<[String]>::to_vec),
         existing: j.existing,
+        dtype: j.dtype,
+        max_shard_bytes: j.max_shard_bytes,
     };
     btx_mix::mix(j.seed, j.experts, &opts, j.out).context("mix")
 }
@@ -81,6 +86,7 @@ pub fn upcycle(
         router_init,
         labels: None,
         existing,
+        ..MixOptions::default()
     };
     Ok(btx_mix::upcycle(seed, n, &opts, out)?)
 }
