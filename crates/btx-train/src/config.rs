@@ -138,6 +138,27 @@ pub struct TrainerConfig {
     pub moe: MoeLossConfig,
 }
 
+/// Refuses a freeze pattern that matches no parameter of `model` (a typo would silently train
+/// what was meant to stay frozen).
+pub fn check_freeze(
+    freeze: &[String],
+    model: &btx_model::ModelConfig,
+) -> Result<(), crate::TrainError> {
+    if freeze.is_empty() {
+        return Ok(());
+    }
+    let specs = btx_model::names::param_specs(model);
+    for pat in freeze {
+        if !specs.iter().any(|s| glob_match(pat, &s.name)) {
+            return Err(crate::TrainError::Config(format!(
+                "freeze pattern {pat:?} matches no parameter (names are Hugging Face's, e.g. {:?})",
+                specs.last().map(|s| s.name.as_str()).unwrap_or("")
+            )));
+        }
+    }
+    Ok(())
+}
+
 impl TrainerConfig {
     /// Every value that cannot train, or would train into NaN, refused with its key: an eps of
     /// 0 divides by zero where a moment is 0, a negative weight decay grows the weights, a
@@ -261,6 +282,7 @@ impl TrainerConfig {
     pub fn preflight(&self, model: &btx_model::ModelConfig) -> Result<(), crate::TrainError> {
         self.validate().map_err(crate::TrainError::Config)?;
         let t = &self.train;
+        check_freeze(&t.freeze, model)?;
         model.check_positions(
             t.seq_len,
             &format!("train.seq_len {}", t.seq_len),

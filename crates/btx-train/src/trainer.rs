@@ -57,14 +57,7 @@ impl Trainer {
             dev.clone().autodiff()
         };
         let specs = param_specs(&model.cfg);
-        for pat in &cfg.train.freeze {
-            if !specs.iter().any(|s| glob_match(pat, &s.name)) {
-                return Err(TrainError::Config(format!(
-                    "freeze pattern {pat:?} matches no parameter (names are Hugging Face's, e.g. {:?})",
-                    specs.last().map(|s| s.name.as_str()).unwrap_or("")
-                )));
-            }
-        }
+        crate::config::check_freeze(&cfg.train.freeze, &model.cfg)?;
         let is_frozen = |n: &str| cfg.train.freeze.iter().any(|p| glob_match(p, n));
         let trainable: Vec<bool> = specs.iter().map(|s| !is_frozen(&s.name)).collect();
         let decay = specs.iter().map(|s| s.shape.len() >= 2).collect();

@@ -737,9 +737,37 @@ impl ModelConfig {
             }
             let routing = match present("btx_routing") {
                 None => Routing::TopK,
-                Some(r) => serde_json::from_value(r.clone())
-                    .map_err(|e| cfg_err(format!("btx_routing: {e}")))?,
+                Some(r) => {
+                    let routing: Routing = serde_json::from_value(r.clone())
+                        .map_err(|e| cfg_err(format!("btx_routing: {e}")))?;
+                    // serde lets unknown keys through beside a mode without parameters.
+                    let known = serde_json::to_value(&routing).expect("routing serialises");
+                    if let (Some(given), Some(known)) = (r.as_object(), known.as_object()) {
+                        if let Some(k) = given.keys().find(|k| !known.contains_key(*k)) {
+                            return Err(cfg_err(format!(
+                                "btx_routing: unknown key {k:?} for mode {:?}",
+                                routing.name()
+                            )));
+                        }
+                    }
+                    routing
+                }
             };
+            // btx writes the top-k transformers computes each mode as (soft: every expert,
+            // renormalised, which is soft routing exactly; switch and sample-top1: 1); a file
+            // whose top-k says otherwise would give transformers other logits than btx.
+            let want_k = match routing {
+                Routing::TopK => None,
+                Routing::Soft => Some(num_experts),
+                Routing::Switch { .. } | Routing::SampleTop1 { .. } => Some(1),
+            };
+            if let Some(k) = want_k.filter(|&k| k != top_k) {
+                return Err(cfg_err(format!(
+                    "btx_routing mode {:?} goes with num_experts_per_tok = {k}, but config.json has {top_k}: transformers would route top-{top_k}, btx {}\nhint: set num_experts_per_tok to {k} (what btx writes for this mode)",
+                    routing.name(),
+                    routing.name()
+                )));
+            }
             Some(MoeConfig {
                 num_experts,
                 top_k,

@@ -158,6 +158,10 @@ pub fn expert_name_problem(name: &str) -> Option<String> {
     if name.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Some("an expert name must not contain spaces or control characters".into());
     }
+    // Names become directory and stage names (experts/<name>, eval:expert:<name>).
+    if name.contains(['/', '\\']) || name == "." || name == ".." {
+        return Some("an expert name must not contain a path separator or be . or ..".into());
+    }
     if name.parse::<i128>().is_ok() {
         return Some(
             "an expert name must not be a number (numbers address experts by position)".into(),
@@ -278,6 +282,22 @@ impl ModelConfig {
             if v == 0 {
                 return bad(format!("{name} must be > 0"));
             }
+        }
+        // Sizes whose products overflow (2^62 heads of 2^62 values) would wrap into small
+        // shapes: refused before any shape is derived.
+        let fits = [
+            self.num_heads.checked_mul(self.head_dim),
+            self.num_kv_heads.checked_mul(self.head_dim),
+            self.vocab_size.checked_mul(self.hidden_size),
+            self.intermediate_size.checked_mul(self.hidden_size),
+        ]
+        .iter()
+        .all(|p| p.is_some_and(|n| n.checked_mul(self.hidden_size.max(1)).is_some()));
+        if !fits {
+            return bad(
+                "the sizes in config.json overflow when multiplied into tensor shapes\nhint: check hidden_size, num_attention_heads, head_dim, intermediate_size and vocab_size"
+                    .into(),
+            );
         }
         // Values that make NaN or nonsense without failing anything on the way: a negative eps
         // makes RMSNorm divide by the root of a negative number, theta <= 0 makes RoPE's

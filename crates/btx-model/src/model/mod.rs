@@ -89,6 +89,44 @@ pub fn check_tensors(cfg: &ModelConfig, reader: &TensorReader) -> Result<()> {
             "is config.json the one that belongs to these weights?",
         ));
     }
+    // Experts likewise (FFN and attention experts): a config claiming 1e8 of them would list
+    // 3e8 names per layer before the first missing one is named.
+    let held = |marker: &str| {
+        reader
+            .names()
+            .filter_map(|n| {
+                n.split_once(marker)?
+                    .1
+                    .split('.')
+                    .next()?
+                    .parse::<usize>()
+                    .ok()
+            })
+            .max()
+            .map_or(0, |e| e + 1)
+    };
+    for (what, claimed, marker) in [
+        (
+            "FFN experts",
+            cfg.moe.as_ref().map_or(0, |m| m.num_experts),
+            ".block_sparse_moe.experts.",
+        ),
+        (
+            "attention experts",
+            cfg.attn_experts.map_or(0, |a| a.num_experts),
+            ".self_attn.experts.",
+        ),
+    ] {
+        let in_files = held(marker);
+        if claimed > 2 * in_files + 8 {
+            return Err(ModelError::refused(
+                format!(
+                    "config.json describes {claimed} {what} per layer, but the weights files hold {in_files}"
+                ),
+                "is config.json the one that belongs to these weights?",
+            ));
+        }
+    }
     let specs = param_specs(cfg);
     let known: std::collections::HashSet<&str> = specs.iter().map(|s| s.name.as_str()).collect();
     for name in reader.names() {

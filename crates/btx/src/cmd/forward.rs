@@ -75,8 +75,19 @@ pub fn run(a: Args, dev: &Device) -> Result<()> {
     }
     let vocab = model.cfg.vocab_size as i64;
     if let Some(bad) = ids.iter().find(|&&x| x < 0 || x >= vocab) {
-        bail!("input_ids holds {bad}, outside the vocabulary 0..{vocab}");
+        bail!(
+            "{}: input_ids holds {bad}, outside the model's vocabulary 0..{vocab}\nhint: were the ids made with this model's tokenizer?",
+            a.input.display()
+        );
     }
+    // The reference is read before --out is written: a missing one refuses the command whole.
+    let reference = match &a.compare {
+        Some(r) => Some(
+            read_all(r)
+                .with_context(|| format!("reading the --compare reference {}", r.display()))?,
+        ),
+        None => None,
+    };
     let model = if a.backward {
         model.to_device(&dev.clone().autodiff())
     } else {
@@ -85,8 +96,7 @@ pub fn run(a: Args, dev: &Device) -> Result<()> {
     let outs = probe(&model, &ids, b, t, a.backward, a.lb_coef);
     write_tensors(&a.out, &outs).with_context(|| format!("writing {}", a.out.display()))?;
     errln!("wrote {} tensors to {}", outs.len(), a.out.display());
-    if let Some(r) = a.compare {
-        let reference = read_all(&r).with_context(|| format!("reading {}", r.display()))?;
+    if let Some(reference) = reference {
         let (diffs, errors) = compare_all(&outs, &reference);
         outln!("{:<60} {:>12} {:>12}", "tensor", "max_abs", "rel_to_norm");
         for d in &diffs {

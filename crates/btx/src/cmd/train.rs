@@ -302,6 +302,19 @@ pub fn run(a: Args, dev: &Device) -> Result<()> {
     // honour, the memory of a step) before a weight is allocated.
     let shape = model_shape(&file.model, &base, &data)?;
     cfg.preflight(&shape)?;
+    // The data mixture's weights name the data's domains: checked on the (staged) data
+    // before it moves into --out and before config.resolved.toml is written.
+    let mix = MixConfig {
+        weights: file.data.weights.clone(),
+        split: file.data.split.clone(),
+    };
+    btx_data::mixture::Mixture::new(
+        &data,
+        &mix,
+        cfg.train.batch_size,
+        cfg.train.seq_len,
+        cfg.train.seed,
+    )?;
     let model = resolve_model(&file.model, &base, &data, file.train.seed)?;
     if let Some(dir) = &resumed_from {
         // The checkpoint's weights are what a resume trains: a config that describes another
@@ -329,10 +342,6 @@ pub fn run(a: Args, dev: &Device) -> Result<()> {
         &a.out.join("config.resolved.toml"),
         toml::to_string_pretty(&raw).unwrap_or_default().as_bytes(),
     )?;
-    let mix = MixConfig {
-        weights: file.data.weights.clone(),
-        split: file.data.split.clone(),
-    };
     let opts = TrainOpts {
         device: dev.clone(),
         resume: a.resume,

@@ -57,11 +57,9 @@ pub fn train(
     tracing::info!(
         "{}: training {} ({:.2}M params, {:.2}M active) on {:?} for {} steps of {} tokens",
         opts.label,
-        if model.cfg.is_moe() {
-            "a Mixtral"
-        } else {
-            "a Llama"
-        },
+        model.cfg.to_hf_json()["architectures"][0]
+            .as_str()
+            .unwrap_or("a model"),
         model.cfg.total_params() as f64 / 1e6,
         model.cfg.active_params() as f64 / 1e6,
         source.domain_names(),
