@@ -12,6 +12,7 @@
 use std::path::Path;
 
 use btx_core::outdir::{Existing, OutDir};
+use btx_model::config::{Family, RopeScaling};
 use btx_model::io::write_checkpoint;
 use btx_model::names::param_specs;
 use btx_model::ModelConfig;
@@ -21,7 +22,7 @@ use btx_data::error::{file_err, DataError, Result};
 use btx_data::gguf::{GgufFile, Value};
 use btx_data::Tok;
 
-/// The GGUF tensor that holds an HF parameter.
+/// The GGUF tensor that holds an HF parameter (llama.cpp's names for llama, qwen2 and qwen3).
 fn gguf_name(hf: &str) -> Option<String> {
     match hf {
         "model.embed_tokens.weight" => return Some("token_embd.weight".into()),
@@ -32,18 +33,36 @@ fn gguf_name(hf: &str) -> Option<String> {
     let rest = hf.strip_prefix("model.layers.")?;
     let (l, rest) = rest.split_once('.')?;
     let g = match rest {
-        "input_layernorm.weight" => "attn_norm",
-        "self_attn.q_proj.weight" => "attn_q",
-        "self_attn.k_proj.weight" => "attn_k",
-        "self_attn.v_proj.weight" => "attn_v",
-        "self_attn.o_proj.weight" => "attn_output",
-        "post_attention_layernorm.weight" => "ffn_norm",
-        "mlp.gate_proj.weight" => "ffn_gate",
-        "mlp.up_proj.weight" => "ffn_up",
-        "mlp.down_proj.weight" => "ffn_down",
+        "input_layernorm.weight" => "attn_norm.weight",
+        "self_attn.q_proj.weight" => "attn_q.weight",
+        "self_attn.k_proj.weight" => "attn_k.weight",
+        "self_attn.v_proj.weight" => "attn_v.weight",
+        "self_attn.o_proj.weight" => "attn_output.weight",
+        // Qwen2's projection biases and Qwen3's per-head norms.
+        "self_attn.q_proj.bias" => "attn_q.bias",
+        "self_attn.k_proj.bias" => "attn_k.bias",
+        "self_attn.v_proj.bias" => "attn_v.bias",
+        "self_attn.q_norm.weight" => "attn_q_norm.weight",
+        "self_attn.k_norm.weight" => "attn_k_norm.weight",
+        "post_attention_layernorm.weight" => "ffn_norm.weight",
+        "mlp.gate_proj.weight" => "ffn_gate.weight",
+        "mlp.up_proj.weight" => "ffn_up.weight",
+        "mlp.down_proj.weight" => "ffn_down.weight",
         _ => return None,
     };
-    Some(format!("blk.{l}.{g}.weight"))
+    Some(format!("blk.{l}.{g}"))
+}
+
+/// The GGUF architectures btx imports, with the family each is: `llama` (whose converter
+/// permutes the Q/K rows for llama.cpp's interleaved RoPE), `qwen2` (q/k/v biases) and `qwen3`
+/// (per-head q/k norms); the Qwen graphs use rotate-half RoPE, so their rows are as in HF.
+fn family_of(arch: &str) -> Option<Family> {
+    Some(match arch {
+        "llama" => Family::Llama,
+        "qwen2" => Family::Qwen2,
+        "qwen3" => Family::Qwen3,
+        _ => return None,
+    })
 }
 
 /// Undoes llama.cpp's `permute(w, n_head)`: within each head, GGUF row 2i is HF row i and GGUF
@@ -82,13 +101,13 @@ pub fn permute_rows(w: &[f32], rows: usize, cols: usize, n_head: usize) -> Vec<f
 }
 
 /// `hint:` for a file btx cannot import exactly because of what the model computes.
-const HINT_UNSUPPORTED: &str = "btx imports plain dense Llama GGUFs exactly or not at all; if the model has a Hugging Face checkpoint, use that as the seed ([seed] path), where btx checks config.json key by key";
+const HINT_UNSUPPORTED: &str = "btx imports dense llama, qwen2 and qwen3 GGUFs exactly or not at all; if the model has a Hugging Face checkpoint, use that as the seed ([seed] path), where btx checks config.json key by key";
 
 /// `hint:` for a file that is not what llama.cpp's converter writes for a Llama.
 const HINT_RECONVERT: &str = "the file is not what llama.cpp's convert_hf_to_gguf.py writes for a Llama; convert the model again with a current llama.cpp";
 
 /// `hint:` for a key llama.cpp cannot load the model without.
-const HINT_MISSING: &str = "llama.cpp's convert_hf_to_gguf.py writes this key for every Llama, and llama.cpp cannot load the model without it; convert the model again with a current llama.cpp";
+const HINT_MISSING: &str = "llama.cpp's convert_hf_to_gguf.py writes this key for every model of the architecture, and llama.cpp cannot load the model without it; convert the model again with a current llama.cpp";
 
 fn refuse(g: &GgufFile, msg: impl std::fmt::Display, hint: &str) -> DataError {
     file_err(&g.path, format!("{msg}\nhint: {hint}"))
@@ -265,7 +284,7 @@ const LLAMA_KEYS_NEUTRAL: &[(&str, Neutral, &str)] = &[
 /// Refuses every file-level and `llama.*` key that would make llama.cpp compute something other
 /// than the dense Llama btx builds. Keys of other namespaces (`general.*` aside from those below,
 /// `quantize.*`, another architecture's) are not read by llama.cpp for a llama model.
-fn check_keys(g: &GgufFile) -> Result<()> {
+fn check_keys(g: &GgufFile, arch: &str) -> Result<()> {
     let m = Meta(g);
     if let Some(t) = m.string("general.type")? {
         if t != "model" {
@@ -286,7 +305,7 @@ fn check_keys(g: &GgufFile) -> Result<()> {
         }
     }
     for (key, v) in &g.meta {
-        let Some(rest) = key.strip_prefix("llama.") else {
+        let Some(rest) = key.strip_prefix(arch).and_then(|k| k.strip_prefix('.')) else {
             continue;
         };
         if LLAMA_KEYS_READ.contains(&rest) || LLAMA_KEYS_INFORMATIONAL.contains(&rest) {
@@ -322,53 +341,55 @@ pub fn config_from_gguf(g: &GgufFile) -> Result<ModelConfig> {
     let arch = m
         .string("general.architecture")?
         .ok_or_else(|| m.missing("general.architecture"))?;
-    if arch != "llama" {
+    let Some(family) = family_of(arch) else {
         return Err(refuse(
             g,
-            format!("general.architecture is {arch:?}; btx imports llama GGUFs"),
-            "btx builds Llama-shaped models; a model of another architecture cannot be imported",
+            format!("general.architecture is {arch:?}; btx imports llama, qwen2 and qwen3 GGUFs"),
+            "btx builds Llama-, Qwen2- and Qwen3-shaped models; a model of another architecture cannot be imported",
         ));
-    }
-    check_keys(g)?;
-    let layers = m.need_uint("llama.block_count")?;
+    };
+    check_keys(g, arch)?;
+    // Every key of the architecture's namespace: "llama.block_count", "qwen3.block_count", ...
+    let k = |key: &str| format!("{arch}.{key}");
+    let layers = m.need_uint(&k("block_count"))?;
     // A llama layer is 9 tensors of the file: a count past what it holds can only be wrong, and
     // believed it would have btx list (and allocate for) billions of layers before any check.
     if layers == 0 || layers.saturating_mul(9) > g.tensors.len() {
         return Err(refuse(
             g,
             format!(
-                "metadata llama.block_count is {layers}, but the file holds {} tensors (a llama layer has 9)",
+                "metadata {arch}.block_count is {layers}, but the file holds {} tensors (a layer has at least 9)",
                 g.tensors.len()
             ),
             HINT_RECONVERT,
         ));
     }
-    let hidden = m.need_uint("llama.embedding_length")?;
+    let hidden = m.need_uint(&k("embedding_length"))?;
     let heads = m
-        .per_layer("llama.attention.head_count", layers)?
-        .ok_or_else(|| m.missing("llama.attention.head_count"))?;
+        .per_layer(&k("attention.head_count"), layers)?
+        .ok_or_else(|| m.missing(&k("attention.head_count")))?;
     if heads == 0 {
         return Err(refuse(
             g,
-            "metadata llama.attention.head_count is 0",
+            format!("metadata {arch}.attention.head_count is 0"),
             HINT_RECONVERT,
         ));
     }
     // llama.cpp's defaults where a key is absent: as many KV heads as heads, heads of
     // embedding_length / head_count values, RoPE over the whole key head, theta 10000.
     let kv_heads = m
-        .per_layer("llama.attention.head_count_kv", layers)?
+        .per_layer(&k("attention.head_count_kv"), layers)?
         .unwrap_or(heads);
     let ff = m
-        .per_layer("llama.feed_forward_length", layers)?
-        .ok_or_else(|| m.missing("llama.feed_forward_length"))?;
+        .per_layer(&k("feed_forward_length"), layers)?
+        .ok_or_else(|| m.missing(&k("feed_forward_length")))?;
     let key_len = m
-        .uint("llama.attention.key_length")?
+        .uint(&k("attention.key_length"))?
         .unwrap_or(hidden / heads);
     // llama.cpp's value default is embedding_length / head_count, not key_length, and its
     // llama graph asserts the two are equal.
     let value_len = m
-        .uint("llama.attention.value_length")?
+        .uint(&k("attention.value_length"))?
         .unwrap_or(hidden / heads);
     if value_len != key_len {
         return Err(refuse(
@@ -377,50 +398,52 @@ pub fn config_from_gguf(g: &GgufFile) -> Result<ModelConfig> {
             HINT_UNSUPPORTED,
         ));
     }
-    let rot = m.uint("llama.rope.dimension_count")?.unwrap_or(key_len);
+    let rot = m.uint(&k("rope.dimension_count"))?.unwrap_or(key_len);
     if rot != key_len {
         return Err(refuse(
             g,
-            format!("llama.rope.dimension_count is {rot}, but heads have {key_len} values: partial RoPE, which btx does not implement (and llama.cpp refuses for llama models)"),
+            format!("{arch}.rope.dimension_count is {rot}, but heads have {key_len} values: partial RoPE, which btx does not implement (and llama.cpp refuses for llama models)"),
             HINT_UNSUPPORTED,
         ));
     }
     // llama.cpp: the scaling type defaults to linear, the factor comes from
     // rope.scaling.factor or else the older rope.scale_linear, and 0 means none; type none
     // never scales, whatever the factor.
-    let scaling = m.string("llama.rope.scaling.type")?.unwrap_or("linear");
-    let factor_key = if g.meta.contains_key("llama.rope.scaling.factor") {
-        "llama.rope.scaling.factor"
+    let scaling = m.string(&k("rope.scaling.type"))?.unwrap_or("linear");
+    let factor_key = if g.meta.contains_key(&k("rope.scaling.factor")) {
+        k("rope.scaling.factor")
     } else {
-        "llama.rope.scale_linear"
+        k("rope.scale_linear")
     };
-    let factor = m.float(factor_key)?.unwrap_or(0.0);
-    match scaling {
-        "none" => {}
-        "linear" if factor == 0.0 || factor == 1.0 => {}
+    let factor = m.float(&factor_key)?.unwrap_or(0.0);
+    // llama.cpp divides every frequency by the factor: transformers' linear scaling.
+    let rope_scaling = match scaling {
+        "none" => RopeScaling::Default,
+        "linear" if factor == 0.0 || factor == 1.0 => RopeScaling::Default,
+        "linear" if factor.is_finite() && factor > 0.0 => RopeScaling::Linear { factor },
         "linear" => {
             return Err(refuse(
                 g,
-                format!("{factor_key} is {factor}: linear RoPE scaling (positions divided by {factor}), which btx does not implement"),
-                HINT_UNSUPPORTED,
+                format!("{factor_key} is {factor}, not a finite number > 0"),
+                HINT_RECONVERT,
             ))
         }
         other => {
             return Err(refuse(
                 g,
-                format!("llama.rope.scaling.type is {other:?}: RoPE scaling btx does not implement (only none, or linear with factor 1)"),
+                format!("{arch}.rope.scaling.type is {other:?}: RoPE scaling btx does not import from GGUF (none and linear; Llama 3's comes as rope_freqs.weight)"),
                 HINT_UNSUPPORTED,
             ))
         }
-    }
+    };
     let eps = m
-        .float("llama.attention.layer_norm_rms_epsilon")?
-        .ok_or_else(|| m.missing("llama.attention.layer_norm_rms_epsilon"))?;
-    let theta = m.float("llama.rope.freq_base")?.unwrap_or(10000.0);
+        .float(&k("attention.layer_norm_rms_epsilon"))?
+        .ok_or_else(|| m.missing(&k("attention.layer_norm_rms_epsilon")))?;
+    let theta = m.float(&k("rope.freq_base"))?.unwrap_or(10000.0);
     // Named by their GGUF keys here rather than by config.json's names in validate().
     for (key, v) in [
-        ("llama.attention.layer_norm_rms_epsilon", eps),
-        ("llama.rope.freq_base", theta),
+        (k("attention.layer_norm_rms_epsilon"), eps),
+        (k("rope.freq_base"), theta),
     ] {
         if !(v.is_finite() && v > 0.0) {
             return Err(refuse(
@@ -430,7 +453,7 @@ pub fn config_from_gguf(g: &GgufFile) -> Result<ModelConfig> {
             ));
         }
     }
-    let ctx = m.need_uint("llama.context_length")?;
+    let ctx = m.need_uint(&k("context_length"))?;
     let emb = g.tensor("token_embd.weight").ok_or_else(|| {
         refuse(
             g,
@@ -444,7 +467,7 @@ pub fn config_from_gguf(g: &GgufFile) -> Result<ModelConfig> {
             return Err(refuse(
                 g,
                 format!(
-                    "tensor token_embd.weight has shape {:?}, expected [vocabulary, {hidden}] (llama.embedding_length)",
+                    "tensor token_embd.weight has shape {:?}, expected [vocabulary, {hidden}] ({arch}.embedding_length)",
                     emb.shape()
                 ),
                 HINT_RECONVERT,
@@ -467,6 +490,49 @@ pub fn config_from_gguf(g: &GgufFile) -> Result<ModelConfig> {
     }
     let mut c = ModelConfig::llama(vocab, hidden, ff, layers, heads, kv_heads, ctx);
     c.head_dim = key_len;
+    c.family = family;
+    c.qkv_bias = family == Family::Qwen2;
+    c.qk_norm = family == Family::Qwen3;
+    c.rope_scaling = rope_scaling;
+    // Llama 3.1-style scaling arrives as per-frequency divisors; all ones is no scaling (and
+    // is checked as inert with the other tensors).
+    if let Some(t) = g.tensor("rope_freqs.weight") {
+        if family != Family::Llama {
+            return Err(refuse(
+                g,
+                format!("tensor rope_freqs.weight in a {arch} model: RoPE frequency factors btx does not import for this architecture"),
+                HINT_UNSUPPORTED,
+            ));
+        }
+        if t.shape() != [key_len / 2] {
+            return Err(refuse(
+                g,
+                format!(
+                    "tensor rope_freqs.weight has shape {:?}, expected [{}]",
+                    t.shape(),
+                    key_len / 2
+                ),
+                HINT_RECONVERT,
+            ));
+        }
+        let f = g.dequantize(t)?;
+        if f.iter().any(|&x| x != 1.0) {
+            if c.rope_scaling != RopeScaling::Default {
+                return Err(refuse(
+                    g,
+                    "both rope_freqs.weight and a RoPE scaling type are given; llama.cpp applies both, transformers one",
+                    HINT_UNSUPPORTED,
+                ));
+            }
+            c.rope_scaling = llama3_from_factors(&f, theta, key_len, ctx).ok_or_else(|| {
+                refuse(
+                    g,
+                    "tensor \"rope_freqs.weight\" is not supported: it holds RoPE frequency factors that no Llama 3 rope scaling (factor, low/high frequency factors, original context) gives, so btx cannot write them as a transformers config",
+                    HINT_UNSUPPORTED,
+                )
+            })?;
+        }
+    }
     // GGUF stores f32 metadata; round through f32 text so 1e-5 stays 1e-5, not 9.99999974e-6.
     c.rms_norm_eps = format!("{}", eps as f32).parse().unwrap_or(eps);
     c.rope_theta = theta;
@@ -491,6 +557,47 @@ pub fn config_from_gguf(g: &GgufFile) -> Result<ModelConfig> {
 /// ASCII classes (case-insensitive matching would also take e.g. U+017F for `s`).
 const LLAMA3_SPLIT: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
+/// Llama 3.1's RoPE scaling from the `rope_freqs.weight` llama.cpp's converter writes for it
+/// (GGUF keeps the per-frequency divisors, not the parameters they came from): the
+/// parameters among Llama 3's usual ones whose divisors are the file's, to f32 precision, or
+/// None. llama.cpp divides each angle by the stored divisor; transformers computes the same
+/// frequencies from the parameters (the two agree to f32 rounding).
+fn llama3_from_factors(
+    factors: &[f32],
+    theta: f64,
+    head_dim: usize,
+    ctx: usize,
+) -> Option<RopeScaling> {
+    let factor = factors.iter().copied().fold(f32::MIN, f32::max) as f64;
+    if !(factor.is_finite() && factor > 1.0) {
+        return None;
+    }
+    let plain = RopeScaling::Default.inv_freq(theta, head_dim);
+    for original in [8192, 4096, 2048, 16384, 32768, 65536, 131072, ctx] {
+        for (low, high) in [(1.0, 4.0), (1.0, 2.0), (2.0, 4.0), (1.0, 8.0)] {
+            let cand = RopeScaling::Llama3 {
+                factor,
+                low_freq_factor: low,
+                high_freq_factor: high,
+                original_max_position_embeddings: original,
+            };
+            let scaled = cand.inv_freq(theta, head_dim);
+            let same = plain.iter().zip(&scaled).zip(factors).all(|((p, s), f)| {
+                let want = p / s;
+                (want - f).abs() <= 1e-5 * f.abs()
+            });
+            if same {
+                return Some(cand);
+            }
+        }
+    }
+    None
+}
+
+/// llama.cpp's regex for its `qwen2` pre-tokenizer: Llama 3's with single digits (`\p{N}`),
+/// the case-insensitive contractions spelt out the same way.
+const QWEN2_SPLIT: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
 /// The `tokenizers` pre-tokenizer that splits text as llama.cpp's pre-tokenizer `pre` does, whether
 /// llama.cpp's BPE takes a whole word found in the vocabulary without merging (`ignore_merges`),
 /// and whether it adds BOS when no `add_bos_token` says. None for the types btx cannot reproduce.
@@ -504,6 +611,15 @@ fn pre_tokenizer(pre: &str) -> Option<(Json, bool, bool)> {
         "gpt-2" | "phi-2" | "mpt" | "olmo" => (gpt2, false, false),
         "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "pixtral" => (llama3, true, true),
         "dbrx" | "smaug-bpe" => (llama3, false, false),
+        // llama.cpp's qwen2 type: its own regex, merges applied to every word (only llama3
+        // ignores them), no BOS unless add_bos_token says so.
+        "qwen2" | "deepseek-r1-qwen" => (
+            json!({"type": "Sequence", "pretokenizers": [
+                {"type": "Split", "pattern": {"Regex": QWEN2_SPLIT}, "behavior": "Isolated", "invert": false},
+                {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": false}]}),
+            false,
+            false,
+        ),
         // llama.cpp splits every \p{N} off first, then applies GPT-2's regex.
         "starcoder" | "refact" | "smollm" | "command-r" | "codeshell" | "exaone" | "minerva-7b" => {
             (
@@ -791,7 +907,10 @@ pub fn import_gguf(path: &Path, out: &Path, existing: Existing) -> Result<ModelC
     // loads: a tensor btx does not map would be a part of the model left out.
     let mut unmapped = vec![];
     for t in &g.tensors {
-        if mapped.contains(&t.name) {
+        // Read into the config's RoPE scaling (see config_from_gguf).
+        let rope_read =
+            t.name == "rope_freqs.weight" && matches!(cfg.rope_scaling, RopeScaling::Llama3 { .. });
+        if mapped.contains(&t.name) || rope_read {
             continue;
         }
         match inert_tensor(&t.name, &cfg) {
@@ -884,9 +1003,11 @@ pub fn import_gguf(path: &Path, out: &Path, existing: Existing) -> Result<ModelC
             Ok(w)
         };
         let w = read().map_err(|e| btx_model::ModelError::Invalid { msg: e.to_string() })?;
-        Ok(if name.ends_with(q_suffix) {
+        // Only the llama converter permutes Q/K (for llama.cpp's interleaved RoPE).
+        let permuted = cfg.family == Family::Llama;
+        Ok(if permuted && name.ends_with(q_suffix) {
             unpermute_rows(&w, shape[0], shape[1], cfg.num_heads)
-        } else if name.ends_with(k_suffix) {
+        } else if permuted && name.ends_with(k_suffix) {
             unpermute_rows(&w, shape[0], shape[1], cfg.num_kv_heads)
         } else {
             w

@@ -324,21 +324,11 @@ fn metadata_that_changes_the_math_is_refused_by_key() {
             "llama.rope.scaling.type",
             vec![("llama.rope.scaling.type", s("longrope"))],
         ),
-        // No type means linear, in llama.cpp.
+        // Linear scaling is imported (see linear_rope_scaling_is_imported); a factor that
+        // cannot scale is not.
         (
             "llama.rope.scaling.factor",
-            vec![("llama.rope.scaling.factor", f(4.0))],
-        ),
-        (
-            "llama.rope.scaling.factor",
-            vec![
-                ("llama.rope.scaling.type", s("linear")),
-                ("llama.rope.scaling.factor", f(8.0)),
-            ],
-        ),
-        (
-            "llama.rope.scale_linear",
-            vec![("llama.rope.scale_linear", f(2.0))],
+            vec![("llama.rope.scaling.factor", f(-4.0))],
         ),
         (
             "llama.rope.dimension_count",
@@ -455,7 +445,7 @@ fn metadata_that_changes_the_math_is_refused_by_key() {
         ("split.count", vec![("split.count", Value::U16(3))]),
         (
             "general.architecture",
-            vec![("general.architecture", s("qwen2"))],
+            vec![("general.architecture", s("gemma2"))],
         ),
     ];
     for (i, (key, kvs)) in cases.into_iter().enumerate() {
@@ -479,6 +469,37 @@ fn metadata_that_changes_the_math_is_refused_by_key() {
     ] {
         let e = refused(&dir, &base().without(key), key);
         assert!(e.contains(key) && e.contains("missing"), "{key}: {e}");
+    }
+}
+
+/// llama.cpp's linear scaling (type linear or none given, factor f; or the old
+/// rope.scale_linear) divides every frequency by f: transformers' linear rope scaling.
+#[test]
+fn linear_rope_scaling_is_imported() {
+    let dir = tmp("linear");
+    let f = Value::F32;
+    let s = |x: &str| Value::Str(x.into());
+    for (i, kvs) in [
+        vec![("llama.rope.scaling.factor", f(4.0))],
+        vec![
+            ("llama.rope.scaling.type", s("linear")),
+            ("llama.rope.scaling.factor", f(4.0)),
+        ],
+        vec![("llama.rope.scale_linear", f(4.0))],
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut spec = base();
+        for (k, v) in kvs {
+            spec = spec.set(k, v);
+        }
+        let p = spec.write(&dir.join(format!("lin{i}.gguf")));
+        let c = import_gguf(&p, &dir.join(format!("out{i}")), Existing::Refuse).unwrap();
+        assert_eq!(
+            c.rope_scaling,
+            btx_model::config::RopeScaling::Linear { factor: 4.0 }
+        );
     }
 }
 
@@ -660,7 +681,6 @@ fn the_tokenizer_splits_text_as_llama_cpp_does() {
         ("tokenizer.ggml.pre", base().without("tokenizer.ggml.pre")),
         ("tokenizer.ggml.pre", with_pre("default")),
         ("tokenizer.ggml.pre", with_pre("deepseek-coder")),
-        ("tokenizer.ggml.pre", with_pre("qwen2")),
         ("tokenizer.ggml.pre", with_pre("tekken")),
         (
             "tokenizer.ggml.model",
@@ -861,8 +881,8 @@ fn the_cli_exits_1_with_the_reason_and_a_hint() {
     for (file, spec, want) in [
         (
             "rope.gguf",
-            Some(base().set("llama.rope.scaling.factor", Value::F32(8.0))),
-            "llama.rope.scaling.factor",
+            Some(base().set("llama.rope.scaling.type", Value::Str("yarn".into()))),
+            "llama.rope.scaling.type",
         ),
         (
             "nan.gguf",
