@@ -1,6 +1,6 @@
 //! BTX end to end from a seed of each family beyond Llama (whose runs every other test covers):
 //! a seed of the family pretrained by btx, then a second run that takes that checkpoint as its
-//! `[seed] path`, as a user brings theirs. The MiX, the finetuned BTX model and the upcycled
+//! `[seed] path`, as a user brings theirs (bf16, sharded). The MiX, the finetuned BTX model and the upcycled
 //! baseline come out as the family's own MoE class, with its tensor names.
 
 use std::path::Path;
@@ -68,8 +68,22 @@ fn btx_runs_from_qwen2_and_qwen3_seeds_into_their_moe_classes() {
             "--set",
             &format!("seed.pretrain.init.family={family}"),
         ]);
-        let seed = first.join("seed/model");
-        assert_eq!(arch(&seed), dense);
+        let pretrained = first.join("seed/model");
+        assert_eq!(arch(&pretrained), dense);
+        // The seed as users download it: bf16, sharded.
+        let seed = s.path().join("seed-bf16");
+        run(&[
+            "export",
+            "--model",
+            pretrained.to_str().unwrap(),
+            "--out",
+            seed.to_str().unwrap(),
+            "--dtype",
+            "bf16",
+            "--max-shard-size",
+            "8KB",
+        ]);
+        assert!(seed.join("model.safetensors.index.json").is_file());
 
         let recipe2 = s.path().join("from-seed.toml");
         std::fs::write(&recipe2, with_seed_path(&seed)).unwrap();
@@ -87,6 +101,13 @@ fn btx_runs_from_qwen2_and_qwen3_seeds_into_their_moe_classes() {
             assert_eq!(c["norm_topk_prob"], true, "{out}");
             assert_eq!(c["num_experts"], 3, "{out}");
             let header = btx_model::TensorReader::open(&dir).unwrap();
+            // The seed's dtype all the way (each stage computes in f32, rounds its output).
+            assert_eq!(
+                header.weights_dtype(),
+                btx_model::io::OutDtype::BF16,
+                "{out}"
+            );
+            assert_eq!(c["torch_dtype"], "bfloat16", "{out}");
             let names: Vec<&str> = header.names().collect();
             assert!(
                 names.contains(&"model.layers.0.mlp.experts.2.gate_proj.weight")
