@@ -138,3 +138,62 @@ fn btx_runs_from_qwen2_and_qwen3_seeds_into_their_moe_classes() {
         assert_eq!(m.cfg.family.name(), family);
     }
 }
+
+/// A Mistral seed (sliding window) and a Llama 3 seed (llama3 RoPE scaling): BTX from each
+/// gives Mixtral MoEs that keep the window and the scaling (and the RoPE frequencies they mean).
+#[test]
+fn btx_runs_from_mistral_and_llama3_seeds_into_mixtral_keeping_window_and_rope() {
+    let s = Scratch::new("families-llama");
+    let recipe = s.path().join("tiny.toml");
+    std::fs::write(&recipe, TINY).unwrap();
+    let first = s.path().join("first");
+    run(&[
+        "run",
+        recipe.to_str().unwrap(),
+        "--out",
+        first.to_str().unwrap(),
+    ]);
+    let pretrained = first.join("seed/model");
+    for (name, edit) in [
+        (
+            "mistral",
+            serde_json::json!({"architectures": ["MistralForCausalLM"], "model_type": "mistral",
+                "sliding_window": 4096}),
+        ),
+        (
+            "llama3",
+            serde_json::json!({"rope_parameters": {"rope_type": "llama3", "rope_theta": 10000.0,
+                "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 16}}),
+        ),
+    ] {
+        let seed = s.path().join(format!("seed-{name}"));
+        std::fs::create_dir_all(&seed).unwrap();
+        for f in ["model.safetensors", "tokenizer.json"] {
+            std::fs::copy(pretrained.join(f), seed.join(f)).unwrap();
+        }
+        let mut c = config(&pretrained);
+        for (k, v) in edit.as_object().unwrap() {
+            c[k] = v.clone();
+        }
+        std::fs::write(seed.join("config.json"), c.to_string()).unwrap();
+        let want = btx_model::ModelConfig::load(&seed.join("config.json")).unwrap();
+        let recipe2 = s.path().join(format!("{name}.toml"));
+        std::fs::write(&recipe2, with_seed_path(&seed)).unwrap();
+        let out = s.path().join(name);
+        run(&[
+            "run",
+            recipe2.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        for stage in ["mix/btx/model", "finetune/btx/model"] {
+            let dir = out.join(stage);
+            assert_eq!(arch(&dir), "MixtralForCausalLM", "{name} {stage}");
+            let got = btx_model::ModelConfig::load(&dir.join("config.json")).unwrap();
+            assert_eq!(got.sliding_window, want.sliding_window, "{name} {stage}");
+            assert_eq!(got.rope_scaling, want.rope_scaling, "{name} {stage}");
+            assert_eq!(got.rope_theta, want.rope_theta, "{name} {stage}");
+        }
+    }
+}
