@@ -184,3 +184,47 @@ fn jobs_0_is_refused_before_writing() {
     );
     assert!(!out.exists());
 }
+
+/// Regression (probe item 2a): a validation shard with a token id outside the vocabulary made
+/// `btx eval` panic in the forward pass; it is now an error naming the shard.
+#[test]
+fn eval_names_a_shard_with_a_token_outside_the_vocabulary() {
+    let d = Scratch::new("probe-eval");
+    let (_, run) = finished_run(&d);
+    let model = run.join("seed/model");
+    // A copy of the run's data with one token of math's validation split past the vocabulary.
+    let bad = d.join("bad-data");
+    let mut stack = vec![(run.join("data/tokens"), bad.clone())];
+    while let Some((from, to)) = stack.pop() {
+        std::fs::create_dir_all(&to).unwrap();
+        for e in std::fs::read_dir(&from).unwrap() {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_dir() {
+                stack.push((e.path(), to.join(e.file_name())));
+            } else {
+                std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+            }
+        }
+    }
+    let eval = |data: &Path| {
+        let mut c = btx();
+        c.arg("eval")
+            .arg("--model")
+            .arg(&model)
+            .arg("--data")
+            .arg(data)
+            .args(["--seq-len", "32", "--tasks", "0"]);
+        c
+    };
+    ok(&mut eval(&bad));
+    let shard = bad.join("math/val.tok");
+    let mut bytes = std::fs::read(&shard).unwrap();
+    // Header of 128 bytes, then 2-byte ids (a vocabulary of 300): the 5th token.
+    bytes[128 + 8] = 0xff;
+    bytes[128 + 9] = 0xff;
+    std::fs::write(&shard, bytes).unwrap();
+    let t = refused(&mut eval(&bad), "token id 65535");
+    assert!(t.contains("val.tok") && t.contains("outside"), "{t}");
+    // One line of error, one of hint.
+    assert!(t.trim().lines().count() <= 3, "{t}");
+}
