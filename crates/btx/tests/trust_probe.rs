@@ -228,3 +228,74 @@ fn eval_names_a_shard_with_a_token_outside_the_vocabulary() {
     // One line of error, one of hint.
     assert!(t.trim().lines().count() <= 3, "{t}");
 }
+
+/// Regression (probe item 3): upcycling into 1e8 experts and generating 1e11 documents grew
+/// until the machine ran out of memory; each is refused up front with the estimate, writing
+/// nothing.
+#[test]
+fn requests_that_cannot_fit_are_refused_with_an_estimate() {
+    let d = Scratch::new("probe-memory");
+    let (r, run) = finished_run(&d);
+    let seed = run.join("seed/model");
+
+    let out = d.join("up");
+    let t = refused(
+        btx()
+            .args(["upcycle", "--seed"])
+            .arg(&seed)
+            .args(["--num-experts", "1000000000000", "--out"])
+            .arg(&out),
+        "of memory",
+    );
+    assert!(t.contains("--num-experts") && t.contains("GiB"), "{t}");
+    assert!(!out.exists());
+    refused(
+        btx()
+            .args(["upcycle", "--seed"])
+            .arg(&seed)
+            .args(["--num-experts", "0", "--out"])
+            .arg(&out),
+        "0 experts",
+    );
+    assert!(!out.exists());
+    // A sane count still upcycles.
+    ok(btx()
+        .args(["upcycle", "--seed"])
+        .arg(&seed)
+        .args(["--num-experts", "3", "--out"])
+        .arg(&out));
+
+    let cfg = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/data-builtin.toml"
+    );
+    let data = d.join("data");
+    let t = refused(
+        btx()
+            .args(["data", "prepare", "--config", cfg])
+            .args(["--set", "domains.1.docs=100000000000", "--out"])
+            .arg(&data),
+        "of memory",
+    );
+    assert!(t.contains("\"code\""), "{t}");
+    assert!(!data.exists());
+    let t = refused(
+        btx()
+            .args(["data", "prepare", "--config", cfg])
+            .args(["--set", "domains.0.tasks=100000000000", "--out"])
+            .arg(&data),
+        "of memory",
+    );
+    assert!(t.contains("\"math\""), "{t}");
+    assert!(!data.exists());
+    let dry = d.join("dry");
+    refused(
+        run_cmd(&r, &dry).args([
+            "--dry-run",
+            "--set",
+            "data.prepare.domains.0.docs=100000000000",
+        ]),
+        "of memory",
+    );
+    assert!(!dry.exists());
+}
