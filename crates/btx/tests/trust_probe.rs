@@ -229,6 +229,65 @@ fn eval_names_a_shard_with_a_token_outside_the_vocabulary() {
     assert!(t.trim().lines().count() <= 3, "{t}");
 }
 
+/// Regression (probe items 2b, 2c, 3, 4): zero counts made `bench` index an empty list; a NaN
+/// or negative peak printed "MFU NaN%"; `--batch 0` was blamed on --tokens; `--batch 1e11`
+/// ran out of memory drawing its prompts.
+#[test]
+fn bench_refuses_zero_and_meaningless_counts_by_name() {
+    let d = Scratch::new("probe-zero");
+    refused(
+        btx().args(["bench", "train", "--preset", "S", "--steps", "0"]),
+        "--steps 0",
+    );
+    for p in ["nan", "-1", "0", "inf"] {
+        refused(
+            btx().args([
+                "bench",
+                "train",
+                "--preset",
+                "S",
+                &format!("--peak-tflops={p}"),
+            ]),
+            "--peak-tflops",
+        );
+    }
+    refused(
+        btx().args(["bench", "compare", "--peak-tflops=nan"]),
+        "--peak-tflops",
+    );
+    let dir = d.join("mix-bench");
+    refused(
+        btx()
+            .args(["bench", "mix", "--experts", "0", "--dir"])
+            .arg(&dir),
+        "--experts 0",
+    );
+    assert!(!dir.exists());
+    let t = refused(
+        btx().args(["bench", "generate", "--batch", "0"]),
+        "--batch 0",
+    );
+    assert!(!t.contains("--tokens"), "{t}");
+    refused(
+        btx().args(["bench", "generate", "--tokens", "0"]),
+        "--tokens 0",
+    );
+
+    // More rows than the machine holds: refused with the estimate, before any is drawn.
+    let t = refused(
+        btx().args([
+            "bench",
+            "generate",
+            "--tokens",
+            "5",
+            "--batch",
+            "100000000000",
+        ]),
+        "of memory",
+    );
+    assert!(t.contains("--batch") && t.contains("GiB"), "{t}");
+}
+
 /// Regression (probe item 3): upcycling into 1e8 experts and generating 1e11 documents grew
 /// until the machine ran out of memory; each is refused up front with the estimate, writing
 /// nothing.
