@@ -358,3 +358,22 @@ fn requests_that_cannot_fit_are_refused_with_an_estimate() {
     );
     assert!(!dry.exists());
 }
+
+/// Regression (probe item 4): `btx data prepare --help` named an example that does not exist.
+#[test]
+fn the_examples_help_names_exist() {
+    let t = ok(btx().args(["data", "prepare", "--help"]));
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let named: Vec<&str> = t
+        .split(|c: char| c.is_whitespace() || c == '(' || c == ')' || c == ',')
+        .filter(|w| w.starts_with("examples/"))
+        .map(|w| w.trim_end_matches('.'))
+        .collect();
+    assert!(!named.is_empty(), "{t}");
+    for n in named {
+        assert!(
+            root.join(n).is_file(),
+            "--help names {n}, which does not exist"
+        );
+    }
+}
