@@ -3,6 +3,7 @@
 //! depends on no other btx crate.
 
 pub mod atomic;
+pub mod memory;
 pub mod outdir;
 pub mod record;
 pub mod rng;

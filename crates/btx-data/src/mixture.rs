@@ -171,18 +171,7 @@ impl DataDir {
                         ),
                     ));
                 }
-                if let Some(m) = s
-                    .max_id()
-                    .filter(|&m| m as usize >= self.manifest.vocab_size)
-                {
-                    return Err(file_err(
-                        &s.path,
-                        format!(
-                            "holds token id {m}, outside the tokenizer's {} entries\nhint: the shard is corrupt; prepare the data again",
-                            self.manifest.vocab_size
-                        ),
-                    ));
-                }
+                s.check_ids(self.manifest.vocab_size, "the tokenizer's vocabulary")?;
                 counts[i] = (s.len() as u64, s.docs());
             }
             let tasks = self.tasks(name)?.len();

@@ -222,6 +222,32 @@ impl PrepareConfig {
         if !(0.0..1.0).contains(&self.val_fraction) {
             return Err(DataError::Invalid("val_fraction must be in [0, 1)".into()));
         }
+        self.check_memory()
+    }
+
+    /// Built-in domains are generated whole in memory: refuses counts of documents and tasks
+    /// that cannot fit in this machine, with the estimate, before generating any.
+    fn check_memory(&self) -> Result<()> {
+        let Some(total) = btx_core::memory::machine_memory() else {
+            return Ok(());
+        };
+        let mut need = 0.0;
+        for d in &self.domains {
+            let Some(b) = &d.builtin else { continue };
+            need += builtin::memory_estimate(b, self.seed, d.docs, d.tasks).unwrap_or(0.0);
+            if need > total as f64 {
+                return Err(DataError::Invalid(format!(
+                    "domain {:?} (docs = {}, tasks = {}): the built-in domains' documents and tasks need at least {} of memory to prepare, but this machine has {}\nhint: fewer docs (or tasks) per domain; the default is {} docs and {} tasks",
+                    d.name,
+                    d.docs,
+                    d.tasks,
+                    btx_core::memory::gib(need),
+                    btx_core::memory::gib(total as f64),
+                    default_docs(),
+                    default_tasks()
+                )));
+            }
+        }
         Ok(())
     }
 

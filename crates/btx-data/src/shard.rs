@@ -197,6 +197,21 @@ impl Shard {
         (0..self.len).map(|i| self.get(i)).max()
     }
 
+    /// Fails, naming the shard, when it holds a token id of `vocab` or more (a full scan): ids
+    /// a model with `vocab` embeddings cannot look up. `whose` names that vocabulary, e.g.
+    /// "the model's vocabulary".
+    pub fn check_ids(&self, vocab: usize, whose: &str) -> Result<()> {
+        match self.max_id().filter(|&m| m as usize >= vocab) {
+            Some(m) => Err(file_err(
+                &self.path,
+                format!(
+                    "holds token id {m}, outside {whose} of {vocab}\nhint: the shard is corrupt or was made with another tokenizer; prepare the data again (`btx data info` checks a data directory)"
+                ),
+            )),
+            None => Ok(()),
+        }
+    }
+
     pub fn get(&self, i: usize) -> u32 {
         let o = HEADER + i * self.width;
         if self.width == 2 {

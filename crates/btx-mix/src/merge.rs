@@ -365,6 +365,32 @@ fn expert_into(
 /// Sparse upcycling: `n` copies of the seed's FFN as experts, the seed's other weights, a
 /// random router.
 pub fn upcycle(seed: &Path, n: usize, opts: &MixOptions, out: &Path) -> Result<MixSummary> {
+    if n == 0 {
+        return Err(MixError::Incompatible {
+            msg: "upcycling into 0 experts leaves no FFN".into(),
+            hint: "--num-experts 2 or more (e.g. the number of domains)".into(),
+        });
+    }
+    // The shape of what n copies make, before the n copies are opened: a model that cannot be
+    // loaded on this machine is refused, not written over hours (or grown in memory here).
+    let base = Source::open(seed)?.cfg;
+    let cfg = opts.spec.resolve(&base, n)?;
+    // In f64: the exact count (`total_params`) can overflow usize for an absurd n. Every
+    // weight but the FFNs, then each expert's FFN and router row in every layer.
+    let (d, layers) = (base.hidden_size as f64, base.num_layers as f64);
+    let ffn = |f: usize| 3.0 * d * f as f64;
+    let params = base.total_params() as f64 - layers * ffn(base.intermediate_size)
+        + n as f64 * layers * (ffn(cfg.intermediate_size) + d);
+    if let Some(total) = btx_model::budget::machine_memory() {
+        btx_model::budget::check_fits(
+            4.0 * params,
+            total,
+            &format!(
+                "the upcycled model of {n} experts ({params:.3e} parameters, in f32 once loaded)"
+            ),
+            "fewer --num-experts",
+        )?;
+    }
     let copies = vec![seed.to_path_buf(); n];
     let o = MixOptions {
         spec: crate::MixSpec {

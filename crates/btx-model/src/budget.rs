@@ -10,14 +10,8 @@ use crate::error::{ModelError, Result};
 
 const F32: f64 = 4.0;
 
-/// Total physical memory (`MemTotal` in /proc/meminfo), in bytes; `None` where it cannot be
-/// read (not Linux, a sandbox without /proc).
-pub fn machine_memory() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
-}
+use btx_core::memory::gib;
+pub use btx_core::memory::machine_memory;
 
 /// FFN experts each token passes through (1 for a dense model).
 fn active_experts(cfg: &ModelConfig) -> f64 {
@@ -68,8 +62,14 @@ pub fn eval_forward_bytes(cfg: &ModelConfig, batch: usize, seq_len: usize) -> f6
     (cfg.total_params() as f64 + logits + layer) * F32
 }
 
-fn gib(bytes: f64) -> String {
-    format!("{:.1} GiB", bytes / (1u64 << 30) as f64)
+/// Bytes of batched KV-cache decoding of `batch` rows up to `ctx` positions each: the weights,
+/// each row's KV cache at full length, its `[V]` logits and their probabilities, and one
+/// layer's activations of a prompt token.
+pub fn generate_bytes(cfg: &ModelConfig, batch: usize, ctx: usize) -> f64 {
+    let per_row = ctx as f64 * cfg.kv_cache_floats_per_token() as f64
+        + 2.0 * cfg.vocab_size as f64
+        + per_token_layer_floats(cfg, ctx);
+    (cfg.total_params() as f64 + batch as f64 * per_row) * F32
 }
 
 /// Refuses `estimate` bytes for `what` when it is more than `total`, the machine's memory

@@ -109,6 +109,89 @@ fn clear_stale(stale: &[Stale]) -> Result<()> {
     Ok(())
 }
 
+/// The files and directories a recipe reads from outside its run directory: the seed
+/// (`[seed] path` or `gguf`), the data directory, and what `[data.prepare]` reads (corpora,
+/// task files, the tokenizer). Relative paths start at `base`, the recipe's directory.
+pub fn recipe_inputs(r: &Recipe, base: &Path) -> Vec<PathBuf> {
+    let at = |p: &Path| {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            base.join(p)
+        }
+    };
+    let mut v: Vec<PathBuf> = [&r.seed.path, &r.seed.gguf, &r.data.dir]
+        .into_iter()
+        .flatten()
+        .map(|p| at(p))
+        .collect();
+    if let Some(prep) = &r.data.prepare {
+        v.extend(prep.tokenizer.path.iter().map(|p| at(p)));
+        for d in &prep.domains {
+            for pat in &d.paths {
+                if pat.contains(['*', '?', '[']) {
+                    // A glob: the files it matches (validation made sure there are some).
+                    v.extend(
+                        btx_data::corpus::expand_paths(std::slice::from_ref(pat), base)
+                            .unwrap_or_default(),
+                    );
+                } else {
+                    v.push(at(Path::new(pat)));
+                }
+            }
+            v.extend(d.tasks_file.iter().map(|p| at(p)));
+        }
+    }
+    v
+}
+
+/// Entries a run directory may hold before its plan.json is written: the lock, a writer's
+/// leftovers (`.NAME.tmp-HOST-PID`, `.NAME.partial-HOST-PID`), and the recipe itself when it
+/// lies there (`btx demo` writes its recipe into the run directory first).
+fn is_own_entry(entry: &Path, recipe: &Path) -> bool {
+    let name = entry
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
+    name == ".lock"
+        || (name.starts_with('.') && (name.contains(".tmp-") || name.contains(".partial-")))
+        || btx_core::outdir::resolve(entry) == btx_core::outdir::resolve(recipe)
+}
+
+/// Refuses a `--out` that a run must not write into, before anything is written: something
+/// other than a directory; a non-empty directory that is not a btx run directory (no
+/// plan.json: a user's directory, another run's model); one that is, contains or lies inside
+/// an input of the recipe (see [`recipe_inputs`]).
+pub fn check_out(out: &Path, recipe: &Recipe, base: &Path, recipe_file: &Path) -> Result<()> {
+    if std::fs::symlink_metadata(out).is_ok() && !out.is_dir() {
+        bail!(
+            "{} exists and is not a directory\nhint: choose another --out",
+            out.display()
+        );
+    }
+    let inputs = recipe_inputs(recipe, base);
+    let inputs: Vec<&Path> = inputs.iter().map(PathBuf::as_path).collect();
+    btx_core::outdir::check_not_an_input(out, &inputs)?;
+    if out.is_dir() && !out.join(crate::plan::PLAN_FILE).is_file() {
+        let entries = std::fs::read_dir(out)
+            .with_context(|| format!("reading {}", out.display()))?
+            .collect::<std::io::Result<Vec<_>>>()
+            .with_context(|| format!("reading {}", out.display()))?;
+        if let Some(e) = entries
+            .iter()
+            .find(|e| !is_own_entry(&e.path(), recipe_file))
+        {
+            bail!(
+                "{}: exists, is not empty (it holds {}) and is not a btx run directory (no {})\nhint: choose a new --out (a run writes a whole directory tree); an existing run directory is continued",
+                out.display(),
+                e.path().display(),
+                crate::plan::PLAN_FILE
+            );
+        }
+    }
+    Ok(())
+}
+
 pub fn run(a: Args, device: &str) -> Result<()> {
     // Local stages run here: open the device now, so that a missing GPU is one error up front.
     // Slurm stages run elsewhere: this node may have none.
@@ -121,6 +204,9 @@ pub fn run(a: Args, device: &str) -> Result<()> {
         bail!(
             "--gpus spreads local stages over GPUs: it needs --device cuda and the local executor\nhint: on Slurm, ask for GPUs per stage in the recipe ([slurm.experts] / [slurm.train] gres = \"gpu:1\")"
         );
+    }
+    if a.jobs == 0 {
+        bail!("--jobs 0 would run no stage\nhint: --jobs 1 (the default) or more: stages at once");
     }
     let (recipe, raw) = Recipe::load(&a.recipe, &a.sets)?;
     let base = a
@@ -163,12 +249,7 @@ pub fn run(a: Args, device: &str) -> Result<()> {
             "--executor {other:?} is not an executor\nhint: --executor local (child processes, the default) or slurm (batch jobs)"
         ),
     };
-    if std::fs::symlink_metadata(&a.out).is_ok() && !a.out.is_dir() {
-        bail!(
-            "{} exists and is not a directory\nhint: choose another --out",
-            a.out.display()
-        );
-    }
+    check_out(&a.out, &recipe, &base, &a.recipe)?;
     if a.dry_run {
         // A dry run writes nothing and takes no lock: it reads what is there (plan.json and
         // every manifest are replaced atomically, so it never sees one half-written).
@@ -192,12 +273,14 @@ pub fn run(a: Args, device: &str) -> Result<()> {
     let (states, stale) = prepare_states(&plan, &out)?;
     let recipe_text =
         std::fs::read(&a.recipe).with_context(|| format!("reading {}", a.recipe.display()))?;
+    // plan.json first: it is what makes the directory a run directory (see `check_out`), so a
+    // run killed right after it is continued, not refused, by the next `btx run`.
+    plan.save(&out)?;
     btx_core::atomic::write_file(&out.join("recipe.toml"), &recipe_text)?;
     btx_core::atomic::write_file(
         &out.join("recipe.resolved.toml"),
         toml::to_string_pretty(&raw)?.as_bytes(),
     )?;
-    plan.save(&out)?;
     clear_stale(&stale)?;
     for (name, st) in &states {
         if let State::Redo(why) = st {

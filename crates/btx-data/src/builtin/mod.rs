@@ -47,6 +47,21 @@ pub fn docs(domain: &str, seed: u64, n: usize) -> Option<Vec<String>> {
     })
 }
 
+/// Bytes at least that `docs` documents and `tasks` tasks of a built-in domain take while
+/// `btx data prepare` holds them: each document's text twice (the document, and the joined
+/// training text its tasks are checked against) at the mean length of a sample, its two
+/// strings' headers, and each task's. `None` for an unknown domain.
+pub fn memory_estimate(domain: &str, seed: u64, docs_n: usize, tasks_n: usize) -> Option<f64> {
+    const SAMPLE: usize = 16;
+    let sample = docs(domain, seed, SAMPLE)?;
+    let mean = sample.iter().map(String::len).sum::<usize>() as f64 / SAMPLE as f64;
+    let header = std::mem::size_of::<String>() as f64;
+    Some(
+        docs_n as f64 * (2.0 * mean + 2.0 * header)
+            + tasks_n as f64 * std::mem::size_of::<Task>() as f64,
+    )
+}
+
 /// A source of candidate tasks (None = exhausted or not a task).
 type TaskGen = Box<dyn FnMut(&mut Rng) -> Option<Task>>;
 
@@ -71,7 +86,8 @@ pub fn tasks(domain: &str, seed: u64, n: usize, train_text: &str) -> Option<Vec<
         }
         _ => return None,
     };
-    let mut out = Vec::with_capacity(n);
+    // (Grown as found: a domain may hold far fewer distinct tasks than asked for.)
+    let mut out = Vec::with_capacity(n.min(1 << 12));
     let mut seen = std::collections::HashSet::new();
     let mut misses = 0;
     while out.len() < n && misses < 50 * n + 100 {

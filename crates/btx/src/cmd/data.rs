@@ -13,7 +13,8 @@ use crate::overrides;
 pub enum DataCmd {
     /// Tokenize domains (built-in generators or corpora) into token shards + task sets.
     Prepare {
-        /// Prepare config (TOML), see examples/data-builtin.toml and examples/data-files.toml.
+        /// Prepare config (TOML), see examples/data-builtin.toml (built-in domains) and
+        /// examples/data-corpora.toml (files: text or JSONL).
         #[arg(long)]
         config: PathBuf,
         /// Override a config value, e.g. --set val_fraction=0.02 --set tokenizer.vocab_size=4096.
@@ -39,6 +40,7 @@ pub enum TokenizerCmd {
         inputs: Vec<String>,
         #[arg(long, default_value_t = 4096)]
         vocab_size: usize,
+        /// Merge only pairs seen at least this often (0 and 1 alike: any pair seen once).
         #[arg(long, default_value_t = 2)]
         min_frequency: u64,
         /// `text` or `jsonl`.

@@ -61,18 +61,17 @@ pub fn run(a: Args, device: &str) -> Result<()> {
         })
     });
     let text = if a.quick { QUICK } else { DEMO };
+    if a.jobs == Some(0) {
+        anyhow::bail!("--jobs 0 would run no stage\nhint: --jobs 1 or more (default: one per core, at most 4)");
+    }
     // The recipe and its overrides are checked before anything is written.
     let (r, _): (crate::recipe::Recipe, _) =
         crate::overrides::load_str(text, "the demo recipe", &a.sets)?;
     r.validate(std::path::Path::new("."))?;
-    if std::fs::symlink_metadata(&out).is_ok() && !out.is_dir() {
-        anyhow::bail!(
-            "{} exists and is not a directory\nhint: choose another --out",
-            out.display()
-        );
-    }
-    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    // The run reads its recipe from the run directory: relative paths start there.
     let recipe = out.join("demo-recipe.toml");
+    runner::check_out(&out, &r, &out, &recipe)?;
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     btx_core::atomic::write_file(&recipe, text.as_bytes())?;
     let jobs = a
         .jobs

@@ -117,6 +117,18 @@ pub fn domain_mean_init(
         let shard = data.shard(d, "train")?;
         // Windows of 128 tokens, or as many as the model computes exactly (its window).
         let windows = eval_windows(&shard, 128.min(model.cfg.max_positions()), 16);
+        let v = model.cfg.vocab_size;
+        if let Some(bad) = windows
+            .iter()
+            .flatten()
+            .find(|&&i| i < 0 || i as usize >= v)
+        {
+            bail!(
+                "{}: holds token id {bad}, outside the vocabulary of {v} of {}\nhint: the shard is corrupt or was made with another tokenizer; prepare the data again (`btx data info` checks a data directory)",
+                shard.path.display(),
+                e.display()
+            );
+        }
         let m = mean_inputs(&model, &windows)?;
         // Split experts share their model's row (each chunk of the FFN sees the same inputs).
         ffn.extend(std::iter::repeat_n(Some(m.ffn), split));

@@ -124,6 +124,24 @@ fn parse_precision(s: &str) -> Result<Precision> {
     }
 }
 
+/// `--peak-tflops`, when given, is a positive number (an MFU of NaN% or below zero says nothing).
+fn check_peak(peak: Option<f64>) -> Result<()> {
+    match peak {
+        Some(p) if !(p.is_finite() && p > 0.0) => bail!(
+            "--peak-tflops {p}: must be a positive number\nhint: the device's peak TFLOP/s in this precision, e.g. --peak-tflops 989 for an H100's bf16"
+        ),
+        _ => Ok(()),
+    }
+}
+
+/// A count that must be at least 1 (`what` is the flag, `why` what 0 would mean).
+fn at_least_one(n: usize, what: &str, why: &str, hint: &str) -> Result<()> {
+    if n == 0 {
+        bail!("{what} 0: {why}\nhint: {hint}");
+    }
+    Ok(())
+}
+
 /// (model shape, batch, seq) of a preset.
 pub fn preset(name: &str) -> Result<(ModelConfig, usize, usize)> {
     let s = |hidden, ffn, layers, heads, experts| ModelSpec {
@@ -180,7 +198,15 @@ fn random_batches(vocab: usize, batch: usize, seq: usize, n: usize) -> Vec<Batch
 pub fn run(cmd: BenchCmd, dev: &Device, device: &str) -> Result<()> {
     let threads = rayon::current_num_threads();
     match cmd {
-        BenchCmd::Mix { dir, experts, json } => run_mix_bench(&dir, experts, json)?,
+        BenchCmd::Mix { dir, experts, json } => {
+            at_least_one(
+                experts,
+                "--experts",
+                "there is nothing to mix",
+                "--experts 4 (the default; the mergekit-moe reference mixes four)",
+            )?;
+            run_mix_bench(&dir, experts, json)?
+        }
         BenchCmd::Compare {
             presets,
             threads,
@@ -192,19 +218,28 @@ pub fn run(cmd: BenchCmd, dev: &Device, device: &str) -> Result<()> {
             json,
             peak_tflops,
             precision,
-        } => compare(
-            &presets,
-            &threads,
-            Sweep {
+        } => {
+            check_peak(peak_tflops)?;
+            at_least_one(
                 steps,
-                rounds: rounds.max(1),
-                device: device.to_string(),
-                peak_tflops,
-                precision: parse_precision(&precision).map(|_| precision.to_lowercase())?,
-            },
-            (&python, &script, !torch_default_malloc),
-            json,
-        )?,
+                "--steps",
+                "no step would be timed",
+                "--steps 6 (the default)",
+            )?;
+            compare(
+                &presets,
+                &threads,
+                Sweep {
+                    steps,
+                    rounds: rounds.max(1),
+                    device: device.to_string(),
+                    peak_tflops,
+                    precision: parse_precision(&precision).map(|_| precision.to_lowercase())?,
+                },
+                (&python, &script, !torch_default_malloc),
+                json,
+            )?
+        }
         BenchCmd::Train {
             preset: name,
             steps,
@@ -216,6 +251,13 @@ pub fn run(cmd: BenchCmd, dev: &Device, device: &str) -> Result<()> {
             precision,
         } => {
             let precision = parse_precision(&precision)?;
+            check_peak(peak_tflops)?;
+            at_least_one(
+                steps,
+                "--steps",
+                "no step would be timed",
+                "--steps 10 (the default): the median of the timed steps is reported",
+            )?;
             // The matmul floor and the product clock are the CPU kernels' instruments (f32).
             let on_gpu = device != "cpu" && device != "flex";
             let fused = !on_gpu && precision.is_f32();
@@ -349,20 +391,49 @@ pub fn run(cmd: BenchCmd, dev: &Device, device: &str) -> Result<()> {
             batch,
             json,
         } => {
-            let (model, name) = match &dir {
-                Some(d) => (
-                    Model::load(d, dev).with_context(|| format!("loading {}", d.display()))?,
-                    d.display().to_string(),
-                ),
-                None => (Model::init(&preset(&name)?.0, 0, dev)?, name),
+            at_least_one(
+                batch,
+                "--batch",
+                "no row would be decoded",
+                "--batch 1 (the default) or more: rows decoded together",
+            )?;
+            at_least_one(
+                tokens,
+                "--tokens",
+                "no token would be decoded",
+                "--tokens 128 (the default): tokens decoded per row",
+            )?;
+            // The shape first: every check below runs before the model's weights exist.
+            let cfg = match &dir {
+                Some(d) => ModelConfig::load(&d.join("config.json"))
+                    .with_context(|| format!("loading {}", d.display()))?,
+                None => preset(&name)?.0,
             };
-            let cfg = model.cfg.clone();
-            if tokens + 16 > cfg.max_position_embeddings {
+            if tokens.saturating_add(16) > cfg.max_position_embeddings {
                 bail!(
                     "--tokens {tokens} after a 16-token prompt exceeds the model's {} positions\nhint: fewer --tokens",
                     cfg.max_position_embeddings
                 );
             }
+            if let Some(total) = btx_model::budget::machine_memory() {
+                btx_model::budget::check_fits(
+                    btx_model::budget::generate_bytes(&cfg, batch, 16 + tokens),
+                    total,
+                    &format!(
+                        "decoding {batch} row(s) of {} tokens (the KV cache and logits of every row)",
+                        16 + tokens
+                    ),
+                    "a smaller --batch",
+                )?;
+            }
+            let (model, name) = match &dir {
+                Some(d) => (
+                    Model::load(d, dev).with_context(|| format!("loading {}", d.display()))?,
+                    d.display().to_string(),
+                ),
+                None => (Model::init(&cfg, 0, dev)?, name),
+            };
+            let cfg = model.cfg.clone();
             let prompts: Vec<Vec<i64>> = random_batches(cfg.vocab_size, batch, 16, 1)[0]
                 .ids
                 .chunks(16)
