@@ -54,6 +54,17 @@ pub struct DataDir {
 }
 
 impl DataDir {
+    /// Fails, naming the shard, when it holds a token id outside the model's vocabulary of
+    /// `model_vocab` or this data's tokenizer (whichever is smaller).
+    pub fn check_vocab(&self, shard: &crate::shard::Shard, model_vocab: usize) -> Result<()> {
+        let data_vocab = self.manifest.vocab_size;
+        if model_vocab <= data_vocab {
+            shard.check_ids(model_vocab, "the model's vocabulary")
+        } else {
+            shard.check_ids(data_vocab, "the data's tokenizer vocabulary")
+        }
+    }
+
     pub fn open(root: &Path) -> Result<Self> {
         let mp = root.join(MANIFEST);
         let text = std::fs::read_to_string(&mp).map_err(|e| {

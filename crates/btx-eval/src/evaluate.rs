@@ -318,21 +318,6 @@ pub fn shots_prefix(data: &DataDir, domain: &str, k: usize) -> btx_data::Result<
     Ok(docs.join("\n\n") + "\n\n")
 }
 
-/// Fails, naming the shard, when it holds a token id outside the model's vocabulary of
-/// `model_vocab` or the data's tokenizer (whichever is smaller).
-pub fn check_vocab(
-    shard: &btx_data::shard::Shard,
-    data: &DataDir,
-    model_vocab: usize,
-) -> btx_data::Result<()> {
-    let data_vocab = data.manifest.vocab_size;
-    if model_vocab <= data_vocab {
-        shard.check_ids(model_vocab, "the model's vocabulary")
-    } else {
-        shard.check_ids(data_vocab, "the data's tokenizer vocabulary")
-    }
-}
-
 fn refused(msg: String) -> btx_data::DataError {
     btx_data::DataError::Invalid(msg)
 }
@@ -377,7 +362,7 @@ fn preflight(
     for d in domains {
         let val = data.shard(d, "val")?;
         // An id the embedding cannot look up would stop the forward pass with a panic.
-        check_vocab(&val, data, cfgs[0].vocab_size)?;
+        data.check_vocab(&val, cfgs[0].vocab_size)?;
         if val.len() < 2 {
             return Err(refused(format!(
                 "eval: domain {d:?}: the validation split holds {} token(s); a held-out loss needs at least 2\nhint: prepare the data with a larger val_fraction (or more documents)",

@@ -156,7 +156,7 @@ pub fn analyze(
     };
     for d in domains {
         let val = data.shard(d, "val")?;
-        crate::evaluate::check_vocab(&val, data, model.cfg.vocab_size)?;
+        data.check_vocab(&val, model.cfg.vocab_size)?;
         let seq = seq.min(val.len());
         let ws = eval_windows(&val, seq, windows);
         let mut acc = DomainRouting::default();

@@ -282,7 +282,6 @@ impl TrainerConfig {
     pub fn preflight(&self, model: &btx_model::ModelConfig) -> Result<(), crate::TrainError> {
         self.validate().map_err(crate::TrainError::Config)?;
         let t = &self.train;
-        check_freeze(&t.freeze, model)?;
         model.check_positions(
             t.seq_len,
             &format!("train.seq_len {}", t.seq_len),

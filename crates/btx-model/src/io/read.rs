@@ -160,11 +160,11 @@ impl TensorReader {
 
     /// The float dtype btx writes this checkpoint's weights in by default: the embeddings'
     /// stored dtype (bf16, f16, else f32).
-    pub fn weights_dtype(&self) -> crate::io::OutDtype {
+    pub fn weights_dtype(&self) -> super::write::OutDtype {
         self.index
             .get("model.embed_tokens.weight")
-            .map_or(crate::io::OutDtype::F32, |e| {
-                crate::io::OutDtype::of_stored(e.1)
+            .map_or(super::write::OutDtype::F32, |e| {
+                super::write::OutDtype::of_stored(e.1)
             })
     }
 

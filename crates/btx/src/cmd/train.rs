@@ -302,6 +302,7 @@ pub fn run(a: Args, dev: &Device) -> Result<()> {
     // honour, the memory of a step) before a weight is allocated.
     let shape = model_shape(&file.model, &base, &data)?;
     cfg.preflight(&shape)?;
+    btx_train::config::check_freeze(&cfg.train.freeze, &shape)?;
     // The data mixture's weights name the data's domains: checked on the (staged) data
     // before it moves into --out and before config.resolved.toml is written.
     let mix = MixConfig {
