@@ -469,18 +469,25 @@ pub fn evaluate(
             },
         );
     }
-    let nd = out.len().max(1) as f64;
-    let accs: Vec<f64> = out.values().filter_map(|e| e.accuracy).collect();
-    Ok(EvalResult {
-        average: Average {
-            loss: out.values().map(|e| e.loss).sum::<f64>() / nd,
-            accuracy: (!accs.is_empty()).then(|| accs.iter().sum::<f64>() / accs.len() as f64),
-        },
-        domains: out,
-        forward_passes_per_token: lm.forward_passes(),
-        active_params: lm.active_params(),
-        total_params: lm.total_params(),
-    })
+    Ok(EvalResult::from_domains(out, lm))
+}
+
+impl EvalResult {
+    /// The result of per-domain evaluations of `lm` (the averages over those domains).
+    pub fn from_domains(domains: BTreeMap<String, DomainEval>, lm: &dyn Lm) -> Self {
+        let nd = domains.len().max(1) as f64;
+        let accs: Vec<f64> = domains.values().filter_map(|e| e.accuracy).collect();
+        EvalResult {
+            average: Average {
+                loss: domains.values().map(|e| e.loss).sum::<f64>() / nd,
+                accuracy: (!accs.is_empty()).then(|| accs.iter().sum::<f64>() / accs.len() as f64),
+            },
+            domains,
+            forward_passes_per_token: lm.forward_passes(),
+            active_params: lm.active_params(),
+            total_params: lm.total_params(),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -50,6 +50,10 @@ pub struct Args {
     out: Option<PathBuf>,
     #[command(flatten)]
     without: super::experts::Without,
+    /// Oracle routing (a diagnostic): every token of a domain goes to that domain's expert
+    /// (and, for top-2, the generalist), as a perfect router would send it.
+    #[arg(long, conflicts_with_all = ["ensemble", "names"])]
+    route_by_domain: bool,
 }
 
 fn weighting(s: &str) -> Result<Weighting> {
@@ -110,7 +114,11 @@ pub fn run(a: Args, dev: &Device) -> Result<()> {
         bail!("several --model need --ensemble");
     }
     let ensemble = a.ensemble.as_deref().map(weighting).transpose()?;
-    let me = jobs::eval::eval(&a.name, models, ensemble, &data, &domains, &spec, true)?;
+    let me = if a.route_by_domain {
+        jobs::eval::oracle(&a.name, &models[0], &data, &domains, &spec)?
+    } else {
+        jobs::eval::eval(&a.name, models, ensemble, &data, &domains, &spec, true)?
+    };
     let result = &me.result;
     outln!(
         "{:<14} {:>8} {:>10} {:>9}",

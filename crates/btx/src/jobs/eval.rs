@@ -102,3 +102,68 @@ pub fn opt_out(
         removed,
     })
 }
+
+/// The experts a token of `domain` reaches under oracle routing: the experts labelled
+/// `domain` (all chunks of a split FFN), and with top-k >= 2 the generalist's as its second
+/// choice. Every other expert is removed, so the router's top-k (renormalised) picks among
+/// exactly these.
+pub fn oracle_keep(m: &Model, domain: &str) -> Result<Vec<usize>> {
+    let labels = &m.cfg.expert_labels;
+    let Some(moe) = &m.cfg.moe else {
+        bail!("routing by domain needs a MoE model\nhint: give a model from btx mix or a finetuned BTX model");
+    };
+    if labels.is_empty() {
+        bail!("routing by domain needs expert names (btx_experts in config.json) to know which expert is a domain's\nhint: models from btx mix carry them; pass --domains to btx mix");
+    }
+    let mut keep: Vec<usize> = (0..labels.len()).filter(|&i| labels[i] == domain).collect();
+    if keep.is_empty() {
+        let mut known = labels.clone();
+        known.dedup();
+        bail!(
+            "no expert of domain {domain:?} to route its tokens to (the model's experts are {known:?})\nhint: evaluate the domains the model has experts for (--domains)"
+        );
+    }
+    if moe.top_k >= 2 {
+        keep.extend((0..labels.len()).filter(|&i| labels[i] == btx_model::config::GENERALIST));
+    }
+    Ok(keep)
+}
+
+/// Oracle routing (a diagnostic): each domain evaluated with every token routed to its own
+/// expert (and the generalist as the second choice of a top-2 model), as if the router were
+/// perfect; the upper bound of what any router can keep of the experts' gains, on the same
+/// windows as every other method.
+pub fn oracle(
+    method: &str,
+    m: &Model,
+    data: &DataDir,
+    domains: &[String],
+    spec: &EvalSpec,
+) -> Result<MethodEval> {
+    let mut out = std::collections::BTreeMap::new();
+    for d in domains {
+        let keep = oracle_keep(m, d)?;
+        let drop: Vec<usize> = (0..m.cfg.num_experts())
+            .filter(|i| !keep.contains(i))
+            .collect();
+        let routed = if drop.is_empty() {
+            m.clone()
+        } else {
+            m.without_experts(&drop)?
+        };
+        tracing::info!(
+            "{method}: {d} routed to {:?}",
+            keep.iter()
+                .map(|&i| &m.cfg.expert_labels[i])
+                .collect::<Vec<_>>()
+        );
+        let r = evaluate(&routed, data, std::slice::from_ref(d), spec)
+            .with_context(|| format!("evaluating {method} on {d} with oracle routing"))?;
+        out.extend(r.domains);
+    }
+    Ok(MethodEval {
+        method: method.into(),
+        result: btx_eval::evaluate::EvalResult::from_domains(out, m),
+        routing: None,
+    })
+}

@@ -1,0 +1,110 @@
+//! Oracle routing (`btx eval --route-by-domain`, issue 30's diagnostic): each domain's tokens go
+//! to that domain's expert (and the generalist, for top-2), which is exactly the model without
+//! every other expert; what it refuses.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use btx_testkit::Scratch;
+
+const TINY: &str = include_str!("../../../testdata/recipes/tiny.toml");
+
+fn btx() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_btx"));
+    c.env("BTX_LOG", "warn").args(["--threads", "2"]);
+    c
+}
+
+fn ok(o: Output) -> String {
+    let t = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(o.status.success(), "{t}");
+    t
+}
+
+fn eval(model: &Path, data: &Path, extra: &[&str], out: &Path) -> serde_json::Value {
+    ok(btx()
+        .args(["eval", "--model"])
+        .arg(model)
+        .arg("--data")
+        .arg(data)
+        .args(["--seq-len", "32", "--windows", "6", "--tasks", "0", "--out"])
+        .arg(out)
+        .args(extra)
+        .output()
+        .unwrap());
+    serde_json::from_str(&std::fs::read_to_string(out).unwrap()).unwrap()
+}
+
+#[test]
+fn routing_by_domain_is_each_domain_with_only_its_expert_and_the_generalist() {
+    let s = Scratch::new("oracle");
+    let recipe = s.path().join("tiny.toml");
+    std::fs::write(&recipe, TINY).unwrap();
+    let run = s.path().join("run");
+    ok(btx()
+        .arg("run")
+        .arg(&recipe)
+        .arg("--out")
+        .arg(&run)
+        .output()
+        .unwrap());
+    let data = run.join("data/tokens");
+    for model in ["mix/btx/model", "finetune/btx/model"] {
+        let m = run.join(model);
+        let oracle = eval(&m, &data, &["--route-by-domain"], &s.path().join("o.json"));
+        let plain = eval(&m, &data, &[], &s.path().join("p.json"));
+        for (d, other) in [("math", "code"), ("code", "math")] {
+            // Top-2 with the generalist: the domain's expert and the generalist are left.
+            let without = eval(
+                &m,
+                &data,
+                &["--domains", d, "--without-expert", other],
+                &s.path().join("w.json"),
+            );
+            let got = &oracle["result"]["domains"][d];
+            let want = &without["result"]["domains"][d];
+            assert_eq!(got["window_losses"], want["window_losses"], "{model} {d}");
+            // Routing changes something: the oracle is not the plain model.
+            assert_ne!(
+                got["window_losses"], plain["result"]["domains"][d]["window_losses"],
+                "{model} {d}"
+            );
+        }
+    }
+    // A dense model has no experts to route to; a model without the domain's expert neither.
+    let o = btx()
+        .args(["eval", "--route-by-domain", "--model"])
+        .arg(run.join("seed/model"))
+        .arg("--data")
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("needs a MoE model"));
+    let pruned = s.path().join("pruned");
+    ok(btx()
+        .args(["prune-experts", "--model"])
+        .arg(run.join("mix/btx/model"))
+        .args(["--drop", "math", "--out"])
+        .arg(&pruned)
+        .output()
+        .unwrap());
+    let o = btx()
+        .args(["eval", "--route-by-domain", "--model"])
+        .arg(&pruned)
+        .arg("--data")
+        .arg(&data)
+        .args(["--seq-len", "32"])
+        .output()
+        .unwrap();
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{e}");
+    assert!(
+        e.contains("no expert of domain \"math\"") && e.contains("hint"),
+        "{e}"
+    );
+}
