@@ -64,8 +64,12 @@ pub enum RouterInitKind {
     /// Each expert's row is its domain's mean FFN input, scaled to `router_scale` logits
     /// (measured on domain data: see `btx_mix::router`).
     DomainMean,
+    /// Rows fitted in closed form (ridge regression from each layer's FFN inputs, measured on
+    /// each expert's domain, to the expert that should take the token), scaled by
+    /// `router_scale` (see `btx_mix::router::fit_rows`).
+    Fit,
 }
-named_enum!(RouterInitKind, "router_init", Random => "random", Zero => "zero", DomainMean => "domain-mean");
+named_enum!(RouterInitKind, "router_init", Random => "random", Zero => "zero", DomainMean => "domain-mean", Fit => "fit");
 
 /// What a MiX does with the mixed models' attention.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -289,7 +293,7 @@ impl MixSpec {
     }
 
     /// The router start this spec asks for, for a random router seeded with `seed`; `None`
-    /// for `domain-mean`, whose rows must be measured on data first.
+    /// for `domain-mean` and `fit`, whose rows must be measured on data first.
     pub fn simple_router_init(&self, seed: u64) -> Option<RouterInit> {
         match self.router_init {
             RouterInitKind::Random => Some(RouterInit::Random {
@@ -297,7 +301,7 @@ impl MixSpec {
                 seed,
             }),
             RouterInitKind::Zero => Some(RouterInit::Zero),
-            RouterInitKind::DomainMean => None,
+            RouterInitKind::DomainMean | RouterInitKind::Fit => None,
         }
     }
 }
@@ -420,6 +424,7 @@ mod tests {
             RouterInitKind::Random,
             RouterInitKind::Zero,
             RouterInitKind::DomainMean,
+            RouterInitKind::Fit,
         ] {
             assert_eq!(k.name().parse::<RouterInitKind>().unwrap(), k);
         }

@@ -12,7 +12,8 @@ use crate::jobs::mix::{self as job, MixJob};
 /// Router and routing options shared by `mix` and `upcycle` (defaults: [`MixSpec`]'s).
 #[derive(clap::Args, Clone, Debug)]
 pub struct RouteArgs {
-    /// Router initialisation: random, zero or domain-mean (needs --domain-data and --domains).
+    /// Router initialisation: random, zero, domain-mean or fit (ridge regression in closed form;
+    /// domain-mean and fit need --domain-data and --domains).
     #[arg(long, value_enum, default_value_t = MixSpec::default().router_init)]
     pub router_init: RouterInitKind,
     /// Std of a random router.
@@ -21,7 +22,7 @@ pub struct RouteArgs {
     /// Seed of a random router.
     #[arg(long, default_value_t = 0)]
     pub router_seed: u64,
-    /// Logit scale of a domain-mean router.
+    /// Logit scale of a domain-mean or fitted router.
     #[arg(long, default_value_t = MixSpec::default().router_scale)]
     pub router_scale: f64,
     /// Experts per token.
@@ -158,7 +159,13 @@ pub fn run_mix(a: MixArgs) -> Result<()> {
         "mixed {} models into {} with {} experts {:?} (d_ff {}, top-{} {}) in {:.2}s: {}",
         s.models.len(),
         match s.attention {
-            AttnMix::Average => "a Mixtral".to_string(),
+            // The family's MoE class, as written in config.json.
+            AttnMix::Average => btx_model::ModelConfig::load(&a.out.join("config.json"))
+                .map(|c| c.to_hf_json()["architectures"][0]
+                    .as_str()
+                    .unwrap_or("a MoE")
+                    .to_string())
+                .unwrap_or_else(|_| "a MoE".into()),
             other => format!("a btx MoA model (attention: {})", other.name()),
         },
         s.num_experts,

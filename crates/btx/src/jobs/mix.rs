@@ -6,7 +6,8 @@ use anyhow::{bail, Context, Result};
 use btx_core::outdir::Existing;
 use btx_data::mixture::eval_windows;
 use btx_data::DataDir;
-use btx_mix::router::{domain_mean_rows, mean_inputs};
+use btx_mix::router::{domain_mean_rows, fit_rows, mean_inputs, token_inputs};
+use btx_mix::RouterInitKind;
 use btx_mix::{MixOptions, MixSpec, MixSummary, RouterInit};
 use btx_model::burn::prelude::Device;
 use btx_model::Model;
@@ -49,12 +50,15 @@ pub fn mix(j: &MixJob) -> Result<MixSummary> {
         Some(i) => i,
         None => {
             let data = j.domain_data.context(
-                "router_init domain-mean needs prepared domain data (--domain-data DIR)",
+                "router_init domain-mean and fit need prepared domain data (--domain-data DIR)",
             )?;
             let domains = j
                 .domains
-                .context("router_init domain-mean needs the experts' domains (--domains)")?;
-            domain_mean_init(j.experts, domains, j.spec, data)?
+                .context("router_init domain-mean and fit need the experts' domains (--domains)")?;
+            match j.spec.router_init {
+                RouterInitKind::Fit => fit_init(j.experts, domains, j.spec, data)?,
+                _ => domain_mean_init(j.experts, domains, j.spec, data)?,
+            }
         }
     };
     let opts = MixOptions {
@@ -91,6 +95,72 @@ pub fn upcycle(
     Ok(btx_mix::upcycle(seed, n, &opts, out)?)
 }
 
+/// Expert `e`'s model and a sample of its domain `d` (16 training windows of 128 tokens, or
+/// as many as the model computes exactly), each token id checked against its vocabulary.
+fn domain_sample(e: &Path, d: &str, data: &DataDir) -> Result<(Model, Vec<Vec<i64>>)> {
+    let model =
+        Model::load(e, &Device::flex()).with_context(|| format!("loading {}", e.display()))?;
+    data.check_model(e, model.cfg.vocab_size)?;
+    let shard = data.shard(d, "train")?;
+    let windows = eval_windows(&shard, 128.min(model.cfg.max_positions()), 16);
+    let v = model.cfg.vocab_size;
+    if let Some(bad) = windows
+        .iter()
+        .flatten()
+        .find(|&&i| i < 0 || i as usize >= v)
+    {
+        bail!(
+            "{}: holds token id {bad}, outside the vocabulary of {v} of {}\nhint: the shard is corrupt or was made with another tokenizer; prepare the data again (`btx data info` checks a data directory)",
+            shard.path.display(),
+            e.display()
+        );
+    }
+    Ok((model, windows))
+}
+
+/// Ridge regression above for the rows of a MiX's routers (see [`btx_mix::router::fit_rows`]).
+const FIT_RIDGE: f64 = 1e-3;
+
+/// Router rows fitted in closed form from every token of each expert's model on a sample of
+/// its own domain (FFN inputs for the MoE routers, attention inputs for attention experts'):
+/// a ridge regression to the expert that should take the token. The generalist (the seed,
+/// with `spec.generalist`) has no domain: no target, a zero row. Deterministic, no gradient
+/// steps.
+pub fn fit_init(
+    experts: &[PathBuf],
+    domains: &[String],
+    spec: &MixSpec,
+    data: &Path,
+) -> Result<RouterInit> {
+    if domains.len() != experts.len() {
+        bail!(
+            "fit router init needs one domain per expert ({} experts, {} domains)",
+            experts.len(),
+            domains.len()
+        );
+    }
+    let split = spec.split.max(1);
+    let data = DataDir::open(data)?;
+    let (mut ffn, mut attn) = (vec![], vec![]);
+    let mut d = 0;
+    for (e, dom) in experts.iter().zip(domains) {
+        let (model, windows) = domain_sample(e, dom, &data)?;
+        d = model.cfg.hidden_size;
+        let t = token_inputs(&model, &windows)?;
+        // The chunks of a split FFN see the same tokens: their rows come out equal.
+        ffn.extend(std::iter::repeat_n(Some(t.ffn), split));
+        attn.push(Some(t.attn));
+    }
+    if spec.generalist {
+        ffn.extend(std::iter::repeat_n(None, split));
+        attn.push(None);
+    }
+    Ok(RouterInit::Rows {
+        ffn: fit_rows(&ffn, d, FIT_RIDGE, spec.router_scale),
+        attn: fit_rows(&attn, d, FIT_RIDGE, spec.router_scale),
+    })
+}
+
 /// Router rows from each expert's mean FFN input on a sample of its domain, and for attention
 /// experts' routers from its mean attention input (see btx_mix::router). The generalist (the
 /// seed, with `spec.generalist`) gets no row of its own: it starts at zero.
@@ -111,24 +181,7 @@ pub fn domain_mean_init(
     let data = DataDir::open(data)?;
     let (mut ffn, mut attn) = (vec![], vec![]);
     for (e, d) in experts.iter().zip(domains) {
-        let model =
-            Model::load(e, &Device::flex()).with_context(|| format!("loading {}", e.display()))?;
-        data.check_model(e, model.cfg.vocab_size)?;
-        let shard = data.shard(d, "train")?;
-        // Windows of 128 tokens, or as many as the model computes exactly (its window).
-        let windows = eval_windows(&shard, 128.min(model.cfg.max_positions()), 16);
-        let v = model.cfg.vocab_size;
-        if let Some(bad) = windows
-            .iter()
-            .flatten()
-            .find(|&&i| i < 0 || i as usize >= v)
-        {
-            bail!(
-                "{}: holds token id {bad}, outside the vocabulary of {v} of {}\nhint: the shard is corrupt or was made with another tokenizer; prepare the data again (`btx data info` checks a data directory)",
-                shard.path.display(),
-                e.display()
-            );
-        }
+        let (model, windows) = domain_sample(e, d, &data)?;
         let m = mean_inputs(&model, &windows)?;
         // Split experts share their model's row (each chunk of the FFN sees the same inputs).
         ffn.extend(std::iter::repeat_n(Some(m.ffn), split));

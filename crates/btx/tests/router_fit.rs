@@ -1,0 +1,109 @@
+//! `btx mix --router-init fit`: routers solved in closed form (ridge regression from each
+//! layer's FFN inputs on each expert's domain to that expert), deterministic, with the
+//! generalist's row at zero; routes each domain's tokens to its own expert more than a random
+//! router does.
+
+use std::path::Path;
+use std::process::Command;
+
+use btx_testkit::Scratch;
+
+const TINY: &str = include_str!("../../../testdata/recipes/tiny.toml");
+
+fn btx() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_btx"));
+    c.env("BTX_LOG", "warn").args(["--threads", "2"]);
+    c
+}
+
+fn ok(c: &mut Command) -> String {
+    let o = c.output().unwrap();
+    let t = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(o.status.success(), "{t}");
+    t
+}
+
+fn mix(run: &Path, out: &Path, init: &[&str]) -> Command {
+    let mut c = btx();
+    c.args(["mix", "--seed"])
+        .arg(run.join("seed/model"))
+        .arg("--experts")
+        .arg(run.join("experts/math/model"))
+        .arg(run.join("experts/code/model"))
+        .args(["--domains", "math", "code", "--generalist", "--out"])
+        .arg(out)
+        .args(init);
+    c
+}
+
+/// Mean over domains of the share of the domain's tokens whose top-1 expert is its own.
+fn own_share(model: &Path, data: &Path, out: &Path) -> f64 {
+    ok(btx()
+        .args(["eval", "--model"])
+        .arg(model)
+        .arg("--data")
+        .arg(data)
+        .args(["--seq-len", "32", "--windows", "8", "--tasks", "0", "--out"])
+        .arg(out));
+    let j: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out).unwrap()).unwrap();
+    let r = &j["routing"]["domains"];
+    let share = |d: &str, e: usize| r[d]["top1_share"][0][e].as_f64().unwrap();
+    (share("math", 0) + share("code", 1)) / 2.0
+}
+
+#[test]
+fn fitted_routers_are_deterministic_and_route_domains_to_their_experts() {
+    let s = Scratch::new("router-fit");
+    let recipe = s.path().join("tiny.toml");
+    std::fs::write(&recipe, TINY).unwrap();
+    let run = s.path().join("run");
+    ok(btx().arg("run").arg(&recipe).arg("--out").arg(&run));
+    let data = run.join("data/tokens");
+    let fit = |out: &Path| {
+        let mut c = mix(&run, out, &["--router-init", "fit", "--domain-data"]);
+        c.arg(&data);
+        c
+    };
+    let (a, b) = (s.path().join("fit-a"), s.path().join("fit-b"));
+    ok(&mut fit(&a));
+    ok(&mut fit(&b));
+    let bytes = |d: &Path| std::fs::read(d.join("model.safetensors")).unwrap();
+    assert!(bytes(&a) == bytes(&b), "two fits differ");
+    let m = btx_model::Model::load(&a, &btx_model::burn::prelude::Device::flex()).unwrap();
+    let router = m
+        .host_params()
+        .into_iter()
+        .find(|(n, _)| n == "model.layers.0.block_sparse_moe.gate.weight")
+        .unwrap()
+        .1;
+    let d = m.cfg.hidden_size;
+    assert_eq!(router.shape, vec![3, d]);
+    assert!(
+        router.data[2 * d..].iter().all(|&x| x == 0.0),
+        "generalist row"
+    );
+    assert!(router.data[..2 * d].iter().any(|&x| x != 0.0));
+    let random = s.path().join("random");
+    ok(&mut mix(&run, &random, &[]));
+    let (f, r) = (
+        own_share(&a, &data, &s.path().join("f.json")),
+        own_share(&random, &data, &s.path().join("r.json")),
+    );
+    assert!(
+        f > r,
+        "fit routes {f} of its domains' tokens to their experts, random {r}"
+    );
+    // Without domain data there is nothing to fit.
+    let o = mix(&run, &s.path().join("x"), &["--router-init", "fit"])
+        .output()
+        .unwrap();
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{e}");
+    assert!(e.contains("--domain-data"), "{e}");
+    assert!(!s.path().join("x").exists());
+}
