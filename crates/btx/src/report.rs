@@ -41,6 +41,10 @@ fn training_stages<'a>(plan: &'a Plan, method: &str, sfx: &str) -> Vec<&'a Stage
     if method == names::SEED {
         return find(names::SEED).into_iter().collect();
     }
+    // An oracle evaluation routes another method's model differently: it cost what it did.
+    if let Some(inner) = method.strip_prefix("oracle:") {
+        return training_stages(plan, inner, sfx);
+    }
     // Expert families (`expert`, `expert-ffn`, `expert-anchored[-<groups>]`); rescaled ones
     // (`expert-x<f>`) are not evaluated alone.
     if names::expert_domain(method).is_some() {

@@ -354,21 +354,34 @@ fn execute(
             data,
             spec,
             routing,
+            oracle,
         } => {
             let data_dir = DataDir::open(&data_root(run, plan.stage(data)?))?;
             let loaded = models
                 .iter()
                 .map(|m| jobs::eval::load(&model_of(m)?, &data_dir, dev))
                 .collect::<Result<Vec<_>>>()?;
-            let me = jobs::eval::eval(
-                method,
-                loaded,
-                *ensemble,
-                &data_dir,
-                &data_dir.domains(),
-                spec,
-                *routing,
-            )?;
+            let me = if *oracle {
+                let mut m = loaded
+                    .into_iter()
+                    .next()
+                    .context("an oracle evaluates one model")?;
+                if m.cfg.expert_labels.is_empty() {
+                    // A MiX from before btx_experts: the plan knows the expert order.
+                    m.cfg.expert_labels = plan.expert_labels(m.cfg.num_experts());
+                }
+                jobs::eval::oracle(method, &m, &data_dir, &data_dir.domains(), spec)?
+            } else {
+                jobs::eval::eval(
+                    method,
+                    loaded,
+                    *ensemble,
+                    &data_dir,
+                    &data_dir.domains(),
+                    spec,
+                    *routing,
+                )?
+            };
             btx_core::atomic::write_file(
                 &dir.join("eval.json"),
                 serde_json::to_string_pretty(&me)?.as_bytes(),

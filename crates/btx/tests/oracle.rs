@@ -98,7 +98,32 @@ fn routing_by_domain_is_each_domain_with_only_its_expert_and_the_generalist() {
         .arg(&pruned)
         .arg("--data")
         .arg(&data)
-        .args(["--seq-len", "32"])
+        .args(["--seq-len", "32", "--tasks", "0"])
+        .output()
+        .unwrap();
+    let e = String::from_utf8_lossy(&o.stderr);
+    // The pruned MiX still has its generalist: a domain without an expert is routed there.
+    assert!(o.status.success(), "{e}");
+    let pruned_all = s.path().join("pruned-all");
+    ok(btx()
+        .args(["prune-experts", "--model"])
+        .arg(run.join("mix/btx/model"))
+        .args([
+            "--drop",
+            "math",
+            "generalist",
+            "--allow-generalist",
+            "--out",
+        ])
+        .arg(&pruned_all)
+        .output()
+        .unwrap());
+    let o = btx()
+        .args(["eval", "--route-by-domain", "--model"])
+        .arg(&pruned_all)
+        .arg("--data")
+        .arg(&data)
+        .args(["--seq-len", "32", "--tasks", "0"])
         .output()
         .unwrap();
     let e = String::from_utf8_lossy(&o.stderr);

@@ -64,6 +64,25 @@ pub fn diagnosis(st: &Stats) -> String {
             stages.join(", ")
         ));
     }
+    // Oracle routing (`oracle:<method>`: each token to its domain's expert) bounds what any
+    // router can keep with these experts: the gap to it is the router's, the rest is the MiX's.
+    let oracles: Vec<String> = st
+        .methods()
+        .filter_map(|m| {
+            let inner = m.name.strip_prefix("oracle:")?;
+            let k = mean_kept(&m.name)?;
+            let routed = mean_kept(inner).map_or(String::new(), |r| {
+                format!(" (its own router: {:.0}%)", 100.0 * r)
+            });
+            Some(format!("{inner} {:.0}%{routed}", 100.0 * k))
+        })
+        .collect();
+    if !oracles.is_empty() {
+        s.push(format!(
+            "With oracle routing (every token sent to its domain's expert: the most any router can keep with these experts) they keep: {}.",
+            oracles.join(", ")
+        ));
+    }
     if let (Some(mix), Some(g)) = (
         &primary_mix,
         primary_mix

@@ -230,7 +230,7 @@ pub fn markdown(st: &Stats, verdicts: &[Verdict]) -> String {
             unfit.join(", ")
         );
     }
-    s.push_str("\nMethods: `seed` the starting model; `expert:<d>` trained on domain d only; `dense*` continued training of the seed on the finetune mixture; `upcycle-*` sparse upcycling (copies of the seed FFN) trained on the same mixture; `btm-top1/2` Branch-Train-Merge ensembles of the experts (and the generalist seed) weighted by the domain posterior of the context; `merge-avg` the weight average of those models; `mix:<v>` the MiX before any finetuning; `btx` Branch-Train-MiX (top-2, load balancing) and `btx:<v>` its variants. `-data` = as many training tokens as BTX, `-compute` = as many training FLOPs.\n\n");
+    s.push_str("\nMethods: `seed` the starting model; `expert:<d>` trained on domain d only; `dense*` continued training of the seed on the finetune mixture; `upcycle-*` sparse upcycling (copies of the seed FFN) trained on the same mixture; `btm-top1/2` Branch-Train-Merge ensembles of the experts (and the generalist seed) weighted by the domain posterior of the context; `merge-avg` the weight average of those models; `mix:<v>` the MiX before any finetuning; `btx` Branch-Train-MiX (top-2, load balancing) and `btx:<v>` its variants; `oracle:<m>` method m with oracle routing (each domain's tokens to its own expert), a diagnostic bound, not a method one can run. `-data` = as many training tokens as BTX, `-compute` = as many training FLOPs.\n\n");
 
     s.push_str("## Compute\n\n| method | train tokens | train FLOPs | train wall s | total params | active params | inference passes/token | inference FLOPs/token |\n|---|---:|---:|---:|---:|---:|---:|---:|\n");
     for m in ms {

@@ -105,8 +105,8 @@ pub fn opt_out(
 
 /// The experts a token of `domain` reaches under oracle routing: the experts labelled
 /// `domain` (all chunks of a split FFN), and with top-k >= 2 the generalist's as its second
-/// choice. Every other expert is removed, so the router's top-k (renormalised) picks among
-/// exactly these.
+/// choice; a domain without an expert of its own goes to the generalist alone. Every other
+/// expert is removed, so the router's top-k (renormalised) picks among exactly these.
 pub fn oracle_keep(m: &Model, domain: &str) -> Result<Vec<usize>> {
     let labels = &m.cfg.expert_labels;
     let Some(moe) = &m.cfg.moe else {
@@ -115,16 +115,23 @@ pub fn oracle_keep(m: &Model, domain: &str) -> Result<Vec<usize>> {
     if labels.is_empty() {
         bail!("routing by domain needs expert names (btx_experts in config.json) to know which expert is a domain's\nhint: models from btx mix carry them; pass --domains to btx mix");
     }
+    let generalist: Vec<usize> = (0..labels.len())
+        .filter(|&i| labels[i] == btx_model::config::GENERALIST)
+        .collect();
     let mut keep: Vec<usize> = (0..labels.len()).filter(|&i| labels[i] == domain).collect();
     if keep.is_empty() {
+        // A domain no expert was trained on: its oracle is the generalist (the seed's FFN).
+        if !generalist.is_empty() {
+            return Ok(generalist);
+        }
         let mut known = labels.clone();
         known.dedup();
         bail!(
-            "no expert of domain {domain:?} to route its tokens to (the model's experts are {known:?})\nhint: evaluate the domains the model has experts for (--domains)"
+            "no expert of domain {domain:?} to route its tokens to, and no generalist (the model's experts are {known:?})\nhint: evaluate the domains the model has experts for (--domains)"
         );
     }
     if moe.top_k >= 2 {
-        keep.extend((0..labels.len()).filter(|&i| labels[i] == btx_model::config::GENERALIST));
+        keep.extend(generalist);
     }
     Ok(keep)
 }

@@ -179,6 +179,26 @@ impl<'a> Planner<'a> {
 
     /// An evaluation of `method` (one model, or an ensemble of several).
     fn eval(&mut self, method: &str, sfx: &str, models: Vec<String>, ensemble: Option<Weighting>) {
+        self.eval_as(method, sfx, models, ensemble, false);
+    }
+
+    /// The oracle-routing evaluation of a MoE `model` (method `oracle:<method>`), at the main
+    /// budget when `[eval] oracle` asks for it.
+    fn oracle(&mut self, at: &At, method: &str, model: &str) {
+        if self.r.eval.oracle && at.scale == self.primary_scale {
+            let name = format!("oracle:{method}");
+            self.eval_as(&name, &at.sfx, vec![model.to_string()], None, true);
+        }
+    }
+
+    fn eval_as(
+        &mut self,
+        method: &str,
+        sfx: &str,
+        models: Vec<String>,
+        ensemble: Option<Weighting>,
+        oracle: bool,
+    ) {
         let mut deps = models.clone();
         deps.push(names::DATA.into());
         self.b.push(
@@ -195,7 +215,9 @@ impl<'a> Planner<'a> {
                 ensemble,
                 data: names::DATA.into(),
                 spec: self.r.eval.spec(),
-                routing: self.r.eval.routing,
+                // The oracle's routing is set by the domains, not the router.
+                routing: self.r.eval.routing && !oracle,
+                oracle,
             },
             false,
         );
@@ -371,6 +393,7 @@ impl<'a> Planner<'a> {
                             vec![mix_name.clone()],
                             None,
                         );
+                        self.oracle(at, &format!("mix:{}", v.name), &mix_name);
                     }
                     mixes.push((fam, spec, mix_name.clone()));
                     mix_name
@@ -386,6 +409,7 @@ impl<'a> Planner<'a> {
             );
             let method = method_of(&ft_name, &self.primary().name);
             self.eval(&method, sfx, vec![ft_name.clone()], None);
+            self.oracle(at, &method, &ft_name);
             if at.scale == self.primary_scale && r.eval.opt_out {
                 let spec = btx_eval::EvalSpec {
                     tasks: 0,

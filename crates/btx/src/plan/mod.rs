@@ -69,6 +69,9 @@ pub enum StageKind {
         data: String,
         spec: btx_eval::EvalSpec,
         routing: bool,
+        /// Oracle routing (`btx eval --route-by-domain`) instead of the model's router.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        oracle: bool,
     },
     /// The opt-out cost of a BTX model: its held-out loss with each expert removed
     /// (`optout.json`; loss only, no tasks).

@@ -187,6 +187,12 @@ pub struct EvalSection {
     /// (`btx prune-experts`), at the main budget. Default true.
     #[serde(default = "d_true")]
     pub opt_out: bool,
+    /// Oracle routing at the main budget (a diagnostic): each variant's MiX and finetuned BTX
+    /// model evaluated with every token of a domain sent to that domain's expert (and the
+    /// generalist for top-2), as methods `oracle:mix:<variant>` and `oracle:btx[:<variant>]`:
+    /// the most any router can keep of the experts' gains. Default true.
+    #[serde(default = "d_true")]
+    pub oracle: bool,
 }
 
 impl EvalSection {
