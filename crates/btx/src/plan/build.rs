@@ -214,7 +214,12 @@ impl<'a> Planner<'a> {
                 models,
                 ensemble,
                 data: names::DATA.into(),
-                spec: self.r.eval.spec(),
+                // The oracle bounds the share of the experts' loss gains a router can keep:
+                // loss only (task generation would double the demo's time).
+                spec: btx_eval::EvalSpec {
+                    tasks: if oracle { 0 } else { self.r.eval.spec().tasks },
+                    ..self.r.eval.spec()
+                },
                 // The oracle's routing is set by the domains, not the router.
                 routing: self.r.eval.routing && !oracle,
                 oracle,
