@@ -22,16 +22,9 @@ pub struct BlockInputs {
     pub ffn: Vec<Vec<f64>>,
 }
 
-/// Every token's attention and FFN inputs, per layer (`[layer]` → `[N * d]`, row-major), of
-/// `model` over `windows` (checked as [`mean_inputs`] checks them): the features a fitted
-/// router is solved from.
-pub struct TokenInputs {
-    pub attn: Vec<Vec<f32>>,
-    pub ffn: Vec<Vec<f32>>,
-}
-
-pub fn token_inputs(model: &Model, windows: &[Vec<i64>]) -> crate::Result<TokenInputs> {
-    // The same refusals as mean_inputs (positions, vocabulary), before any forward pass.
+/// Refuses, before any forward pass, a window `model` cannot compute as transformers does
+/// (past its sliding window or its positions) or holding a token id outside its vocabulary.
+fn check_windows(model: &Model, windows: &[Vec<i64>]) -> crate::Result<()> {
     let v = model.cfg.vocab_size;
     for w in windows {
         model.cfg.check_positions(
@@ -45,6 +38,19 @@ pub fn token_inputs(model: &Model, windows: &[Vec<i64>]) -> crate::Result<TokenI
             )));
         }
     }
+    Ok(())
+}
+
+/// Every token's attention and FFN inputs, per layer (`[layer]` → `[N * d]`, row-major), of
+/// `model` over `windows` (checked as [`mean_inputs`] checks them): the features a fitted
+/// router is solved from.
+pub struct TokenInputs {
+    pub attn: Vec<Vec<f32>>,
+    pub ffn: Vec<Vec<f32>>,
+}
+
+pub fn token_inputs(model: &Model, windows: &[Vec<i64>]) -> crate::Result<TokenInputs> {
+    check_windows(model, windows)?;
     let l = model.cfg.num_layers;
     let (mut attn, mut ffn) = (vec![vec![]; l], vec![vec![]; l]);
     let opts = ForwardOpts {
@@ -160,19 +166,7 @@ fn cholesky_solve(a: &mut [f64], b: &[f64], n: usize, m: usize) -> Vec<f64> {
 /// transformers does (past its sliding window or its positions) and token ids outside its
 /// vocabulary.
 pub fn mean_inputs(model: &Model, windows: &[Vec<i64>]) -> crate::Result<BlockInputs> {
-    let v = model.cfg.vocab_size;
-    for w in windows {
-        model.cfg.check_positions(
-            w.len(),
-            &format!("a router-initialisation window of {} tokens", w.len()),
-            "use shorter windows",
-        )?;
-        if let Some(bad) = w.iter().find(|&&i| i < 0 || i as usize >= v) {
-            return Err(crate::MixError::Options(format!(
-                "router initialisation: token id {bad} is outside the model's vocabulary of {v} (the domain data was tokenized with another tokenizer)"
-            )));
-        }
-    }
+    check_windows(model, windows)?;
     let l = model.cfg.num_layers;
     let d = model.cfg.hidden_size;
     let mut attn = vec![vec![0f64; d]; l];

@@ -118,6 +118,43 @@ fn domain_sample(e: &Path, d: &str, data: &DataDir) -> Result<(Model, Vec<Vec<i6
     Ok((model, windows))
 }
 
+/// What each router row is measured from: per expert model, its (FFN, attention) statistic
+/// over a sample of its own domain, in router order (chunks of a split FFN share their
+/// model's; the generalist, with `spec.generalist`, has none: `None`).
+type Measured<T> = (Vec<Option<T>>, Vec<Option<T>>);
+
+fn measure_experts<T: Clone>(
+    what: &str,
+    experts: &[PathBuf],
+    domains: &[String],
+    spec: &MixSpec,
+    data: &Path,
+    mut measure: impl FnMut(&Model, &[Vec<i64>]) -> Result<(T, T)>,
+) -> Result<Measured<T>> {
+    if domains.len() != experts.len() {
+        bail!(
+            "{what} router init needs one domain per expert ({} experts, {} domains)",
+            experts.len(),
+            domains.len()
+        );
+    }
+    let split = spec.split.max(1);
+    let data = DataDir::open(data)?;
+    let (mut ffn, mut attn) = (vec![], vec![]);
+    for (e, d) in experts.iter().zip(domains) {
+        let (model, windows) = domain_sample(e, d, &data)?;
+        let (f, a) = measure(&model, &windows)?;
+        // Split experts share their model's row (each chunk of the FFN sees the same inputs).
+        ffn.extend(std::iter::repeat_n(Some(f), split));
+        attn.push(Some(a));
+    }
+    if spec.generalist {
+        ffn.extend(std::iter::repeat_n(None, split));
+        attn.push(None);
+    }
+    Ok((ffn, attn))
+}
+
 /// Ridge regression above for the rows of a MiX's routers (see [`btx_mix::router::fit_rows`]).
 const FIT_RIDGE: f64 = 1e-3;
 
@@ -132,29 +169,12 @@ pub fn fit_init(
     spec: &MixSpec,
     data: &Path,
 ) -> Result<RouterInit> {
-    if domains.len() != experts.len() {
-        bail!(
-            "fit router init needs one domain per expert ({} experts, {} domains)",
-            experts.len(),
-            domains.len()
-        );
-    }
-    let split = spec.split.max(1);
-    let data = DataDir::open(data)?;
-    let (mut ffn, mut attn) = (vec![], vec![]);
     let mut d = 0;
-    for (e, dom) in experts.iter().zip(domains) {
-        let (model, windows) = domain_sample(e, dom, &data)?;
+    let (ffn, attn) = measure_experts("fit", experts, domains, spec, data, |model, windows| {
         d = model.cfg.hidden_size;
-        let t = token_inputs(&model, &windows)?;
-        // The chunks of a split FFN see the same tokens: their rows come out equal.
-        ffn.extend(std::iter::repeat_n(Some(t.ffn), split));
-        attn.push(Some(t.attn));
-    }
-    if spec.generalist {
-        ffn.extend(std::iter::repeat_n(None, split));
-        attn.push(None);
-    }
+        let t = token_inputs(model, windows)?;
+        Ok((t.ffn, t.attn))
+    })?;
     Ok(RouterInit::Rows {
         ffn: fit_rows(&ffn, d, FIT_RIDGE, spec.router_scale),
         attn: fit_rows(&attn, d, FIT_RIDGE, spec.router_scale),
@@ -170,27 +190,17 @@ pub fn domain_mean_init(
     spec: &MixSpec,
     data: &Path,
 ) -> Result<RouterInit> {
-    if domains.len() != experts.len() {
-        bail!(
-            "domain-mean router init needs one domain per expert ({} experts, {} domains)",
-            experts.len(),
-            domains.len()
-        );
-    }
-    let split = spec.split.max(1);
-    let data = DataDir::open(data)?;
-    let (mut ffn, mut attn) = (vec![], vec![]);
-    for (e, d) in experts.iter().zip(domains) {
-        let (model, windows) = domain_sample(e, d, &data)?;
-        let m = mean_inputs(&model, &windows)?;
-        // Split experts share their model's row (each chunk of the FFN sees the same inputs).
-        ffn.extend(std::iter::repeat_n(Some(m.ffn), split));
-        attn.push(Some(m.attn));
-    }
-    if spec.generalist {
-        ffn.extend(std::iter::repeat_n(None, split));
-        attn.push(None);
-    }
+    let (ffn, attn) = measure_experts(
+        "domain-mean",
+        experts,
+        domains,
+        spec,
+        data,
+        |model, windows| {
+            let m = mean_inputs(model, windows)?;
+            Ok((m.ffn, m.attn))
+        },
+    )?;
     Ok(RouterInit::Rows {
         ffn: domain_mean_rows(&ffn, spec.router_scale),
         attn: domain_mean_rows(&attn, spec.router_scale),
