@@ -4,27 +4,15 @@
 //! baseline come out as the family's own MoE class, with its tensor names.
 
 use std::path::Path;
-use std::process::Command;
 
 use btx_testkit::Scratch;
+
+mod common;
+use common::{btx, ok, TINY};
 use serde_json::Value;
 
-const TINY: &str = include_str!("../../../testdata/recipes/tiny.toml");
-
-fn btx() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_btx"));
-    c.env("BTX_LOG", "warn").args(["--threads", "2"]);
-    c
-}
-
 fn run(args: &[&str]) {
-    let o = btx().args(args).output().unwrap();
-    assert!(
-        o.status.success(),
-        "btx {args:?} failed:\n{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
+    ok(btx().args(args));
 }
 
 fn config(dir: &Path) -> Value {

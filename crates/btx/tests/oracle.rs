@@ -3,27 +3,11 @@
 //! every other expert; what it refuses.
 
 use std::path::Path;
-use std::process::{Command, Output};
 
 use btx_testkit::Scratch;
 
-const TINY: &str = include_str!("../../../testdata/recipes/tiny.toml");
-
-fn btx() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_btx"));
-    c.env("BTX_LOG", "warn").args(["--threads", "2"]);
-    c
-}
-
-fn ok(o: Output) -> String {
-    let t = format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    assert!(o.status.success(), "{t}");
-    t
-}
+mod common;
+use common::{btx, ok, TINY};
 
 fn eval(model: &Path, data: &Path, extra: &[&str], out: &Path) -> serde_json::Value {
     ok(btx()
@@ -33,9 +17,7 @@ fn eval(model: &Path, data: &Path, extra: &[&str], out: &Path) -> serde_json::Va
         .arg(data)
         .args(["--seq-len", "32", "--windows", "6", "--tasks", "0", "--out"])
         .arg(out)
-        .args(extra)
-        .output()
-        .unwrap());
+        .args(extra));
     serde_json::from_str(&std::fs::read_to_string(out).unwrap()).unwrap()
 }
 
@@ -45,13 +27,7 @@ fn routing_by_domain_is_each_domain_with_only_its_expert_and_the_generalist() {
     let recipe = s.path().join("tiny.toml");
     std::fs::write(&recipe, TINY).unwrap();
     let run = s.path().join("run");
-    ok(btx()
-        .arg("run")
-        .arg(&recipe)
-        .arg("--out")
-        .arg(&run)
-        .output()
-        .unwrap());
+    ok(btx().arg("run").arg(&recipe).arg("--out").arg(&run));
     let data = run.join("data/tokens");
     for model in ["mix/btx/model", "finetune/btx/model"] {
         let m = run.join(model);
@@ -90,9 +66,7 @@ fn routing_by_domain_is_each_domain_with_only_its_expert_and_the_generalist() {
         .args(["prune-experts", "--model"])
         .arg(run.join("mix/btx/model"))
         .args(["--drop", "math", "--out"])
-        .arg(&pruned)
-        .output()
-        .unwrap());
+        .arg(&pruned));
     let o = btx()
         .args(["eval", "--route-by-domain", "--model"])
         .arg(&pruned)
@@ -115,9 +89,7 @@ fn routing_by_domain_is_each_domain_with_only_its_expert_and_the_generalist() {
             "--allow-generalist",
             "--out",
         ])
-        .arg(&pruned_all)
-        .output()
-        .unwrap());
+        .arg(&pruned_all));
     let o = btx()
         .args(["eval", "--route-by-domain", "--model"])
         .arg(&pruned_all)

@@ -8,24 +8,8 @@ use std::process::Command;
 
 use btx_testkit::Scratch;
 
-const TINY: &str = include_str!("../../../testdata/recipes/tiny.toml");
-
-fn btx() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_btx"));
-    c.env("BTX_LOG", "warn").args(["--threads", "2"]);
-    c
-}
-
-fn ok(c: &mut Command) -> String {
-    let o = c.output().unwrap();
-    let t = format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    assert!(o.status.success(), "{t}");
-    t
-}
+mod common;
+use common::{btx, ok, TINY};
 
 fn mix(run: &Path, out: &Path, init: &[&str]) -> Command {
     let mut c = btx();

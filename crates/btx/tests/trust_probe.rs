@@ -5,44 +5,13 @@
 //! 1, and nothing written.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::SystemTime;
 
 use btx_testkit::Scratch;
 
-const TINY: &str = include_str!("../../../testdata/recipes/tiny.toml");
-
-fn btx() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_btx"));
-    c.env("BTX_LOG", "warn").args(["--threads", "2"]);
-    c
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn ok(c: &mut Command) -> String {
-    let o = c.output().unwrap();
-    let t = text(&o);
-    assert!(o.status.success(), "btx failed:\n{t}");
-    t
-}
-
-/// A clear refusal: exit code 1, a message holding `needle`, a hint, no panic.
-fn refused(c: &mut Command, needle: &str) -> String {
-    let o = c.output().unwrap();
-    let t = text(&o);
-    assert_eq!(o.status.code(), Some(1), "{t}");
-    assert!(t.contains(needle), "wanted {needle:?} in:\n{t}");
-    assert!(t.contains("hint"), "no hint in:\n{t}");
-    assert!(!t.contains("panicked"), "{t}");
-    t
-}
+mod common;
+use common::{btx, ok, refused, TINY};
 
 fn recipe(d: &Path, text: &str) -> PathBuf {
     let p = d.join("recipe.toml");

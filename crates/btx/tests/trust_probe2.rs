@@ -2,33 +2,13 @@
 //! a write to --out, and models written in another dtype by `btx export`.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::SystemTime;
 
 use btx_testkit::Scratch;
 
-fn btx() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_btx"));
-    c.env("BTX_LOG", "warn").args(["--threads", "2"]);
-    c
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn refused(c: &mut Command, needle: &str) -> String {
-    let o = c.output().unwrap();
-    let t = text(&o);
-    assert_eq!(o.status.code(), Some(1), "{t}");
-    assert!(t.contains(needle), "wanted {needle:?} in:\n{t}");
-    assert!(!t.contains("panicked"), "{t}");
-    t
-}
+mod common;
+use common::{btx, refused, repo, text};
 
 fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>, SystemTime)> {
     let mut out = vec![];
@@ -51,10 +31,6 @@ fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>, SystemTime)> {
     }
     out.sort_by(|a, b| a.0.cmp(&b.0));
     out
-}
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
 fn train(cfg: &Path, out: &Path, sets: &[&str]) -> Command {
