@@ -1,6 +1,6 @@
 //! Oracle routing (`btx eval --route-by-domain`, issue 30's diagnostic): each domain's tokens go
-//! to that domain's expert (and the generalist, for top-2), which is exactly the model without
-//! every other expert; what it refuses.
+//! to that domain's expert alone, which is exactly the model without every other expert and
+//! without the generalist; what it refuses.
 
 use std::path::Path;
 
@@ -22,7 +22,7 @@ fn eval(model: &Path, data: &Path, extra: &[&str], out: &Path) -> serde_json::Va
 }
 
 #[test]
-fn routing_by_domain_is_each_domain_with_only_its_expert_and_the_generalist() {
+fn routing_by_domain_is_each_domain_with_only_its_expert() {
     let s = Scratch::new("oracle");
     let recipe = s.path().join("tiny.toml");
     std::fs::write(&recipe, TINY).unwrap();
@@ -34,11 +34,19 @@ fn routing_by_domain_is_each_domain_with_only_its_expert_and_the_generalist() {
         let oracle = eval(&m, &data, &["--route-by-domain"], &s.path().join("o.json"));
         let plain = eval(&m, &data, &[], &s.path().join("p.json"));
         for (d, other) in [("math", "code"), ("code", "math")] {
-            // Top-2 with the generalist: the domain's expert and the generalist are left.
+            // Only the domain's expert is left (top-2 renormalised over one expert: weight 1).
             let without = eval(
                 &m,
                 &data,
-                &["--domains", d, "--without-expert", other],
+                &[
+                    "--domains",
+                    d,
+                    "--without-expert",
+                    other,
+                    "--without-expert",
+                    "generalist",
+                    "--allow-generalist",
+                ],
                 &s.path().join("w.json"),
             );
             let got = &oracle["result"]["domains"][d];

@@ -104,21 +104,24 @@ pub fn opt_out(
 }
 
 /// The experts a token of `domain` reaches under oracle routing: the experts labelled
-/// `domain` (all chunks of a split FFN), and with top-k >= 2 the generalist's as its second
-/// choice; a domain without an expert of its own goes to the generalist alone. Every other
-/// expert is removed, so the router's top-k (renormalised) picks among exactly these.
+/// `domain` (all chunks of a split FFN) and nothing else, so the domain's expert gets the
+/// token's whole weight whatever the router says; a domain without an expert of its own goes
+/// to the generalist alone. Not the generalist as a top-2 second choice: its weight would come
+/// from the router under diagnosis (a random MiX router splits it about evenly and halves what
+/// the oracle shows). Every other expert is removed, so the router's top-k (renormalised)
+/// picks among exactly these.
 pub fn oracle_keep(m: &Model, domain: &str) -> Result<Vec<usize>> {
     let labels = &m.cfg.expert_labels;
-    let Some(moe) = &m.cfg.moe else {
+    if m.cfg.moe.is_none() {
         bail!("routing by domain needs a MoE model\nhint: give a model from btx mix or a finetuned BTX model");
-    };
+    }
     if labels.is_empty() {
         bail!("routing by domain needs expert names (btx_experts in config.json) to know which expert is a domain's\nhint: models from btx mix carry them; pass --domains to btx mix");
     }
     let generalist: Vec<usize> = (0..labels.len())
         .filter(|&i| labels[i] == btx_model::config::GENERALIST)
         .collect();
-    let mut keep: Vec<usize> = (0..labels.len()).filter(|&i| labels[i] == domain).collect();
+    let keep: Vec<usize> = (0..labels.len()).filter(|&i| labels[i] == domain).collect();
     if keep.is_empty() {
         // A domain no expert was trained on: its oracle is the generalist (the seed's FFN).
         if !generalist.is_empty() {
@@ -130,16 +133,12 @@ pub fn oracle_keep(m: &Model, domain: &str) -> Result<Vec<usize>> {
             "no expert of domain {domain:?} to route its tokens to, and no generalist (the model's experts are {known:?})\nhint: evaluate the domains the model has experts for (--domains)"
         );
     }
-    if moe.top_k >= 2 {
-        keep.extend(generalist);
-    }
     Ok(keep)
 }
 
 /// Oracle routing (a diagnostic): each domain evaluated with every token routed to its own
-/// expert (and the generalist as the second choice of a top-2 model), as if the router were
-/// perfect; the upper bound of what any router can keep of the experts' gains, on the same
-/// windows as every other method.
+/// expert alone, as if the router knew the document's domain; what the MiX keeps of each
+/// expert's gain when routing is not the problem, on the same windows as every other method.
 pub fn oracle(
     method: &str,
     m: &Model,
