@@ -167,24 +167,17 @@ impl OutDir {
         Self::start(target, Existing::Replace, true)
     }
 
+    /// What [`OutDir::create`] would refuse, checked without writing anything: for a writer
+    /// that has slow work to do before it creates its output (a fitted router's forward
+    /// passes), so that a refusal comes first.
+    pub fn precheck(target: &Path, inputs: &[&Path], existing: Existing) -> Result<()> {
+        check_not_an_input(target, inputs)?;
+        let target = follow_dir_link(target)?;
+        check_target(&target, existing, false)
+    }
+
     fn start(target: &Path, existing: Existing, owned: bool) -> Result<Self> {
-        let meta = fs::symlink_metadata(target);
-        if let Ok(m) = &meta {
-            if !m.is_dir() && !owned {
-                return Err(OutputError::Refused {
-                    path: target.to_path_buf(),
-                    msg: "exists and is not a directory".into(),
-                    hint: "choose another --out".into(),
-                });
-            }
-            if existing == Existing::Refuse && !is_empty_dir(target) {
-                return Err(OutputError::Refused {
-                    path: target.to_path_buf(),
-                    msg: "exists and is not empty".into(),
-                    hint: "choose a new --out, or pass --force to replace it (the old contents stay until the new ones are complete)".into(),
-                });
-            }
-        }
+        check_target(target, existing, owned)?;
         let name = target
             .file_name()
             .ok_or_else(|| OutputError::Refused {
@@ -228,6 +221,62 @@ impl OutDir {
         move_into_place(&self.staging, &self.target)?;
         self.committed = true;
         Ok(self.target.clone())
+    }
+}
+
+fn check_target(target: &Path, existing: Existing, owned: bool) -> Result<()> {
+    if let Ok(m) = fs::symlink_metadata(target) {
+        if !m.is_dir() && !owned {
+            return Err(OutputError::Refused {
+                path: target.to_path_buf(),
+                msg: "exists and is not a directory".into(),
+                hint: "choose another --out".into(),
+            });
+        }
+        if existing == Existing::Refuse && !is_empty_dir(target) {
+            return Err(OutputError::Refused {
+                path: target.to_path_buf(),
+                msg: "exists and is not empty".into(),
+                hint: "choose a new --out, or pass --force to replace it (the old contents stay until the new ones are complete)".into(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// A hidden working directory beside `target` (`.NAME.scratch-HOST-PID`), removed when dropped
+/// (and by [`sweep_leftovers`] when its writer was killed): for intermediate files a writer
+/// needs on the output's filesystem and never leaves behind.
+#[derive(Debug)]
+pub struct ScratchDir(PathBuf);
+
+impl ScratchDir {
+    pub fn beside(target: &Path) -> Result<Self> {
+        let name = target
+            .file_name()
+            .map_or_else(|| "out".into(), |n| n.to_string_lossy().to_string());
+        let parent = match target.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        fs::create_dir_all(&parent).map_err(|e| OutputError::io(&parent, e))?;
+        sweep_leftovers(target);
+        let p = parent.join(leftover_name(&name, "scratch"));
+        if p.exists() {
+            fs::remove_dir_all(&p).map_err(|e| OutputError::io(&p, e))?;
+        }
+        fs::create_dir(&p).map_err(|e| OutputError::io(&p, e))?;
+        Ok(Self(p))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
     }
 }
 
@@ -312,7 +361,8 @@ pub fn host_tag() -> String {
 }
 
 /// The hidden name this process uses beside `name` for `kind` (`partial`: a directory being
-/// written; `old`: the replaced one; `tmp`: a file being written): `.NAME.KIND-HOST-PID`.
+/// written; `old`: the replaced one; `tmp`: a file being written; `scratch`: a
+/// [`ScratchDir`]): `.NAME.KIND-HOST-PID`.
 pub fn leftover_name(name: &str, kind: &str) -> String {
     format!(".{name}.{kind}-{}-{}", host_tag(), std::process::id())
 }
@@ -353,7 +403,7 @@ pub fn sweep_leftovers(target: &Path) {
         let Some((kind, tail)) = rest.split_once('-') else {
             continue;
         };
-        if !matches!(kind, "partial" | "old" | "tmp") {
+        if !matches!(kind, "partial" | "old" | "tmp" | "scratch") {
             continue;
         }
         // `HOST-PID` (host may itself hold dashes), or a bare `PID`.

@@ -85,6 +85,7 @@ pub fn average(
         non_ffn: NonFfn::Average,
         attention: AttnMix::Average,
         labels: vec![],
+        router_fit: vec![],
         seconds: t0.elapsed().as_secs_f64(),
     };
     write_json(&dir.join("mix.json"), &summary)?;

@@ -1,8 +1,10 @@
 //! `btx-mix`: building MoE models from dense ones — BTX MiX (with split, blend and router
 //! initialisation), sparse upcycling, and weight averaging.
 
+pub mod add;
 pub mod average;
 pub mod error;
+pub mod fit;
 pub mod merge;
 pub mod router;
 pub mod source;
@@ -13,4 +15,6 @@ pub use btx_core::outdir::Existing;
 pub use error::{MixError, Result};
 pub use merge::{check_expert_names, mix, upcycle, MixSummary};
 pub use source::check_compatible;
-pub use spec::{AttnMix, ExpertShape, MixOptions, MixSpec, NonFfn, RouterInit, RouterInitKind};
+pub use spec::{
+    AttnMix, ExpertShape, FitTarget, MixOptions, MixSpec, NonFfn, RouterInit, RouterInitKind,
+};

@@ -37,6 +37,9 @@ pub struct MixSummary {
     /// The experts' names (`btx_experts`).
     #[serde(default)]
     pub labels: Vec<String>,
+    /// With a fitted router: each router's fit (tokens, agreement with its targets).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub router_fit: Vec<crate::fit::LayerFit>,
     pub seconds: f64,
 }
 
@@ -201,6 +204,7 @@ pub fn mix(seed: &Path, experts: &[PathBuf], opts: &MixOptions, out: &Path) -> R
         non_ffn: spec.non_ffn,
         attention: spec.attention,
         labels: cfg.expert_labels.clone(),
+        router_fit: opts.router_fit.clone(),
         seconds: t0.elapsed().as_secs_f64(),
     };
     write_json(&dir.join("mix.json"), &summary)?;

@@ -113,7 +113,10 @@ pub fn check_compatible(sources: &[&Source]) -> Result<()> {
 }
 
 /// The first field (its config.json key and both values) in which two dense configs differ.
-fn config_difference(a: &ModelConfig, b: &ModelConfig) -> Option<(&'static str, String, String)> {
+pub(crate) fn config_difference(
+    a: &ModelConfig,
+    b: &ModelConfig,
+) -> Option<(&'static str, String, String)> {
     // Destructured without `..`: a new field fails to compile here until it is compared (or
     // listed below as one that cannot differ between dense inputs).
     let ModelConfig {

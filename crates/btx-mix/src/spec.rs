@@ -64,12 +64,34 @@ pub enum RouterInitKind {
     /// Each expert's row is its domain's mean FFN input, scaled to `router_scale` logits
     /// (measured on domain data: see `btx_mix::router`).
     DomainMean,
-    /// Rows fitted in closed form (ridge regression from each layer's FFN inputs, measured on
-    /// each expert's domain, to the expert that should take the token), scaled by
-    /// `router_scale` (see `btx_mix::router::fit_rows`).
+    /// Rows fitted in closed form on the MiX itself, layer by layer (ridge regression from each
+    /// layer's router inputs over a sample of every expert's domain to `fit_target`), scaled
+    /// by `router_scale` (see `btx_mix::fit`).
     Fit,
 }
 named_enum!(RouterInitKind, "router_init", Random => "random", Zero => "zero", DomainMean => "domain-mean", Fit => "fit");
+
+/// What a fitted router (`router_init = "fit"`) is regressed onto, per token.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+#[serde(rename_all = "kebab-case")]
+pub enum FitTarget {
+    /// One-hot: the expert of the token's document's domain (the generalist is nobody's: it
+    /// gets a zero row).
+    #[default]
+    Domain,
+    /// Each mixed model's measured advantage on the token: the mean over the models of their
+    /// next-token loss minus its own (nats; the generalist, the seed, included), so that the
+    /// router ranks experts by how well each predicts this token.
+    Advantage,
+}
+named_enum!(FitTarget, "fit_target", Domain => "domain", Advantage => "advantage");
+
+impl FitTarget {
+    pub fn is_domain(&self) -> bool {
+        *self == FitTarget::Domain
+    }
+}
 
 /// What a MiX does with the mixed models' attention.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -115,11 +137,14 @@ named_enum!(NonFfn, "non-FFN source", Average => "average", Seed => "seed");
 pub struct MixSpec {
     /// Add the seed as the last expert (the paper's "generalist"). Default true.
     pub generalist: bool,
-    /// `random` (default), `zero` or `domain-mean`.
+    /// `random` (default), `zero`, `domain-mean` or `fit`.
     pub router_init: RouterInitKind,
+    /// With `router_init = "fit"`: `domain` (default) or `advantage` (see [`FitTarget`]).
+    #[serde(skip_serializing_if = "FitTarget::is_domain")]
+    pub fit_target: FitTarget,
     /// Std of a random router. Default 0.02.
     pub router_std: f64,
-    /// Logit scale of a domain-mean router. Default 4.
+    /// Logit scale of a domain-mean or fitted router. Default 4.
     pub router_scale: f64,
     /// Cut each FFN into this many experts. Default 1.
     pub split: usize,
@@ -144,6 +169,7 @@ impl Default for MixSpec {
         Self {
             generalist: true,
             router_init: RouterInitKind::Random,
+            fit_target: FitTarget::Domain,
             router_std: 0.02,
             router_scale: 4.0,
             split: 1,
@@ -212,6 +238,23 @@ impl MixSpec {
             if !(v.is_finite() && v >= 0.0) {
                 p.push(format!("{key} must be a finite number >= 0, got {v}"));
             }
+        }
+        if !self.fit_target.is_domain() && self.router_init != RouterInitKind::Fit {
+            p.push(format!(
+                "fit_target = {:?} applies to a fitted router only: set router_init = \"fit\" too",
+                self.fit_target.name()
+            ));
+        }
+        if self.blend
+            && matches!(
+                self.router_init,
+                RouterInitKind::Fit | RouterInitKind::DomainMean
+            )
+        {
+            p.push(format!(
+                "router_init = {:?} gives each mixed model's experts its domain's row; blend builds every expert from every model: use split, or a random router",
+                self.router_init.name()
+            ));
         }
         if !self.attention.is_average() {
             if self.split != 1 || self.blend {
@@ -338,6 +381,8 @@ pub struct MixOptions {
     pub dtype: Option<btx_model::io::OutDtype>,
     /// Largest shard of the output (transformers' default, 5 GB).
     pub max_shard_bytes: usize,
+    /// How each router's fit went, with `router_init = "fit"` (recorded in `mix.json`).
+    pub router_fit: Vec<crate::fit::LayerFit>,
 }
 
 impl Default for MixOptions {
@@ -355,6 +400,7 @@ impl Default for MixOptions {
             existing: Existing::Refuse,
             dtype: None,
             max_shard_bytes: btx_model::io::DEFAULT_MAX_SHARD_BYTES,
+            router_fit: vec![],
         }
     }
 }

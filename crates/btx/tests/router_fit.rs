@@ -1,7 +1,8 @@
-//! `btx mix --router-init fit`: routers solved in closed form (ridge regression from each
-//! layer's FFN inputs on each expert's domain to that expert), deterministic, with the
-//! generalist's row at zero; routes each domain's tokens to its own expert more than a random
-//! router does.
+//! `btx mix --router-init fit`: routers solved in closed form on the MiX, layer by layer (ridge
+//! regression from each layer's FFN inputs over each expert's domain to that expert, or to
+//! every model's loss advantage), deterministic, with the generalist's row at zero for domain
+//! targets; routes each domain's tokens to its own expert more than a random router does;
+//! records each router's fit in mix.json; leaves no scratch behind; refuses before fitting.
 
 use std::path::Path;
 use std::process::Command;
@@ -82,6 +83,71 @@ fn fitted_routers_are_deterministic_and_route_domains_to_their_experts() {
         f > r,
         "fit routes {f} of its domains' tokens to their experts, random {r}"
     );
+    // Each router's fit is recorded (2 layers, the FFN routers), and nothing is left beside
+    // the output.
+    let fits = |d: &Path| -> Vec<serde_json::Value> {
+        let j: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(d.join("mix.json")).unwrap()).unwrap();
+        j["router_fit"].as_array().unwrap().clone()
+    };
+    let fa = fits(&a);
+    assert_eq!(fa.len(), m.cfg.num_layers, "{fa:?}");
+    for (l, f) in fa.iter().enumerate() {
+        assert_eq!(f["layer"], l);
+        assert_eq!(f["router"], "ffn");
+        assert!(f["tokens"].as_u64().unwrap() > 100, "{f}");
+        let agree = f["agree"].as_f64().unwrap();
+        assert!((0.5..=1.0).contains(&agree), "{f}");
+    }
+    let leftovers: Vec<_> = std::fs::read_dir(s.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    // Advantage targets: deterministic too, and the generalist (the seed) gets a row of its own.
+    let adv = |out: &Path| {
+        let mut c = fit(out);
+        c.args(["--fit-target", "advantage"]);
+        c
+    };
+    let (c1, c2) = (s.path().join("adv-a"), s.path().join("adv-b"));
+    ok(&mut adv(&c1));
+    ok(&mut adv(&c2));
+    assert!(bytes(&c1) == bytes(&c2), "two advantage fits differ");
+    let m = btx_model::Model::load(&c1, &btx_model::burn::prelude::Device::flex()).unwrap();
+    let router = m
+        .host_params()
+        .into_iter()
+        .find(|(n, _)| n == "model.layers.0.block_sparse_moe.gate.weight")
+        .unwrap()
+        .1;
+    assert!(router.data[2 * d..].iter().any(|&x| x != 0.0));
+    assert_ne!(bytes(&c1), bytes(&a));
+    assert_eq!(fits(&c1).len(), m.cfg.num_layers);
+    // A target without a fit would be ignored: refused by name, nothing written.
+    let o = mix(
+        &run,
+        &s.path().join("y"),
+        &["--fit-target", "advantage", "--domain-data"],
+    )
+    .arg(&data)
+    .output()
+    .unwrap();
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{e}");
+    assert!(e.contains("fit_target"), "{e}");
+    assert!(!s.path().join("y").exists());
+    // An output the merge would refuse is refused before the fit runs: nothing is created
+    // beside it, what it holds is unchanged.
+    let before = bytes(&a);
+    let o = fit(&a).output().unwrap();
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{e}");
+    assert!(e.contains("not empty"), "{e}");
+    assert!(!e.contains("router fit"), "{e}");
+    assert_eq!(bytes(&a), before);
     // Without domain data there is nothing to fit.
     let o = mix(&run, &s.path().join("x"), &["--router-init", "fit"])
         .output()

@@ -442,6 +442,33 @@ impl Model {
         }
     }
 
+    /// This model with the parameter `name` replaced by `t` of the same shape (a fitted
+    /// router's rows, set layer by layer).
+    pub fn with_param(self, name: &str, t: &HostTensor) -> Result<Self> {
+        let dev = self.device();
+        let mut had = None;
+        let m = self.map(|n, old| {
+            if n == name {
+                had = Some(old.dims());
+                tensor_from_host(t, &dev)
+            } else {
+                old
+            }
+        });
+        match had {
+            None => Err(ModelError::Invalid {
+                msg: format!("the model has no parameter {name}"),
+            }),
+            Some(dims) if dims.as_slice() != t.shape.as_slice() => Err(ModelError::Invalid {
+                msg: format!(
+                    "{name}: the model holds {dims:?}, the new tensor is {:?}",
+                    t.shape
+                ),
+            }),
+            Some(_) => Ok(m),
+        }
+    }
+
     /// Replaces every parameter by `f(name, tensor)`, in checkpoint order.
     pub fn map(mut self, mut f: impl FnMut(&str, Tensor<2>) -> Tensor<2>) -> Self {
         let mut g = |name: &str, t: &mut Tensor<2>| {

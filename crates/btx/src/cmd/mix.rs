@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use btx_core::outdir::Existing;
-use btx_mix::{average, AttnMix, MixSpec, NonFfn, RouterInitKind};
+use btx_mix::{average, AttnMix, FitTarget, MixSpec, NonFfn, RouterInitKind};
 use btx_model::Routing;
 
 use crate::jobs::mix::{self as job, MixJob};
@@ -16,6 +16,10 @@ pub struct RouteArgs {
     /// domain-mean and fit need --domain-data and --domains).
     #[arg(long, value_enum, default_value_t = MixSpec::default().router_init)]
     pub router_init: RouterInitKind,
+    /// With --router-init fit: regress each token onto its domain's expert (`domain`) or onto
+    /// every mixed model's measured loss advantage on it (`advantage`).
+    #[arg(long, value_enum, default_value_t = FitTarget::Domain)]
+    pub fit_target: FitTarget,
     /// Std of a random router.
     #[arg(long, default_value_t = MixSpec::default().router_std)]
     pub router_std: f64,
@@ -41,6 +45,7 @@ impl RouteArgs {
     fn spec(&self, base: MixSpec) -> Result<MixSpec> {
         Ok(MixSpec {
             router_init: self.router_init,
+            fit_target: self.fit_target,
             router_std: self.router_std,
             router_scale: self.router_scale,
             top_k: self.top_k,
@@ -83,12 +88,12 @@ pub struct MixArgs {
     attention: AttnMix,
     #[command(flatten)]
     route: RouteArgs,
-    /// Prepared data for --router-init domain-mean.
+    /// Prepared data for --router-init domain-mean or fit.
     #[arg(long)]
     domain_data: Option<PathBuf>,
     /// The domain of each expert (same order as --experts): its name in config.json
-    /// (`btx_experts`, what --without-expert and prune-experts take) and, for domain-mean, the
-    /// data it is measured on. Default: the directories' names.
+    /// (`btx_experts`, what --without-expert and prune-experts take) and, for domain-mean and
+    /// fit, the data it is measured on. Default: the directories' names.
     #[arg(long, num_args = 1..)]
     domains: Vec<String>,
     /// Output model directory (written beside it and renamed into place when complete).

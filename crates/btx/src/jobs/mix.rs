@@ -3,11 +3,12 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use btx_core::outdir::Existing;
+use btx_core::outdir::{Existing, OutDir, ScratchDir};
 use btx_data::mixture::eval_windows;
 use btx_data::DataDir;
-use btx_mix::router::{domain_mean_rows, fit_rows, mean_inputs, token_inputs};
-use btx_mix::RouterInitKind;
+use btx_mix::fit::{fit_layerwise, token_losses, FitSample, LayerFit};
+use btx_mix::router::{domain_mean_rows, mean_inputs};
+use btx_mix::{FitTarget, RouterInitKind};
 use btx_mix::{MixOptions, MixSpec, MixSummary, RouterInit};
 use btx_model::burn::prelude::Device;
 use btx_model::Model;
@@ -46,6 +47,7 @@ pub fn mix(j: &MixJob) -> Result<MixSummary> {
         }
         btx_mix::check_expert_names(d, j.spec.generalist)?;
     }
+    let mut router_fit = vec![];
     let router_init = match j.spec.simple_router_init(j.router_seed) {
         Some(i) => i,
         None => {
@@ -56,7 +58,11 @@ pub fn mix(j: &MixJob) -> Result<MixSummary> {
                 .domains
                 .context("router_init domain-mean and fit need the experts' domains (--domains)")?;
             match j.spec.router_init {
-                RouterInitKind::Fit => fit_init(j.experts, domains, j.spec, data)?,
+                RouterInitKind::Fit => {
+                    let (init, fit) = fit_init(j, domains, data)?;
+                    router_fit = fit;
+                    init
+                }
                 _ => domain_mean_init(j.experts, domains, j.spec, data)?,
             }
         }
@@ -68,6 +74,7 @@ pub fn mix(j: &MixJob) -> Result<MixSummary> {
         existing: j.existing,
         dtype: j.dtype,
         max_shard_bytes: j.max_shard_bytes,
+        router_fit,
     };
     btx_mix::mix(j.seed, j.experts, &opts, j.out).context("mix")
 }
@@ -95,15 +102,19 @@ pub fn upcycle(
     Ok(btx_mix::upcycle(seed, n, &opts, out)?)
 }
 
-/// Expert `e`'s model and a sample of its domain `d` (16 training windows of 128 tokens, or
-/// as many as the model computes exactly), each token id checked against its vocabulary.
-fn domain_sample(e: &Path, d: &str, data: &DataDir) -> Result<(Model, Vec<Vec<i64>>)> {
-    let model =
-        Model::load(e, &Device::flex()).with_context(|| format!("loading {}", e.display()))?;
-    data.check_model(e, model.cfg.vocab_size)?;
+/// A sample of domain `d` (16 training windows of 128 tokens, or as many as a model of
+/// `max_positions` computes exactly), each token id checked against the vocabulary of `v`
+/// (of the model at `model`).
+pub(crate) fn domain_windows(
+    data: &DataDir,
+    d: &str,
+    model: &Path,
+    v: usize,
+    max_positions: usize,
+) -> Result<Vec<Vec<i64>>> {
+    data.check_model(model, v)?;
     let shard = data.shard(d, "train")?;
-    let windows = eval_windows(&shard, 128.min(model.cfg.max_positions()), 16);
-    let v = model.cfg.vocab_size;
+    let windows = eval_windows(&shard, 128.min(max_positions), 16);
     if let Some(bad) = windows
         .iter()
         .flatten()
@@ -112,9 +123,17 @@ fn domain_sample(e: &Path, d: &str, data: &DataDir) -> Result<(Model, Vec<Vec<i6
         bail!(
             "{}: holds token id {bad}, outside the vocabulary of {v} of {}\nhint: the shard is corrupt or was made with another tokenizer; prepare the data again (`btx data info` checks a data directory)",
             shard.path.display(),
-            e.display()
+            model.display()
         );
     }
+    Ok(windows)
+}
+
+/// Expert `e`'s model and a sample of its domain `d` (see [`domain_windows`]).
+fn domain_sample(e: &Path, d: &str, data: &DataDir) -> Result<(Model, Vec<Vec<i64>>)> {
+    let model =
+        Model::load(e, &Device::flex()).with_context(|| format!("loading {}", e.display()))?;
+    let windows = domain_windows(data, d, e, model.cfg.vocab_size, model.cfg.max_positions())?;
     Ok((model, windows))
 }
 
@@ -155,30 +174,77 @@ fn measure_experts<T: Clone>(
     Ok((ffn, attn))
 }
 
-/// Ridge regression above for the rows of a MiX's routers (see [`btx_mix::router::fit_rows`]).
-const FIT_RIDGE: f64 = 1e-3;
+/// Ridge of a fitted router (see [`btx_mix::fit`]): λ = this × the mean diagonal of XᵀX.
+pub(crate) const FIT_RIDGE: f64 = 1e-3;
 
-/// Router rows fitted in closed form from every token of each expert's model on a sample of
-/// its own domain (FFN inputs for the MoE routers, attention inputs for attention experts'):
-/// a ridge regression to the expert that should take the token. The generalist (the seed,
-/// with `spec.generalist`) has no domain: no target, a zero row. Deterministic, no gradient
-/// steps.
-pub fn fit_init(
-    experts: &[PathBuf],
-    domains: &[String],
-    spec: &MixSpec,
-    data: &Path,
-) -> Result<RouterInit> {
-    let mut d = 0;
-    let (ffn, attn) = measure_experts("fit", experts, domains, spec, data, |model, windows| {
-        d = model.cfg.hidden_size;
-        let t = token_inputs(model, windows)?;
-        Ok((t.ffn, t.attn))
-    })?;
-    Ok(RouterInit::Rows {
-        ffn: fit_rows(&ffn, d, FIT_RIDGE, spec.router_scale),
-        attn: fit_rows(&attn, d, FIT_RIDGE, spec.router_scale),
-    })
+/// Router rows fitted in closed form on the MiX itself, layer by layer (see
+/// [`btx_mix::fit`]), on a sample of each expert's domain: the MiX is built first with zero
+/// routers in a scratch directory beside the output (removed after), then each layer's routers
+/// are solved on its hidden states. Targets as `spec.fit_target` says: each token's domain
+/// expert, or every mixed model's measured loss advantage on it (each model, the seed as
+/// generalist included, is run over the whole sample). Deterministic, no gradient steps.
+fn fit_init(j: &MixJob, domains: &[String], data: &Path) -> Result<(RouterInit, Vec<LayerFit>)> {
+    // What the final merge would refuse of the output comes before minutes of forward passes.
+    let inputs: Vec<&Path> = std::iter::once(j.seed)
+        .chain(j.experts.iter().map(PathBuf::as_path))
+        .collect();
+    OutDir::precheck(j.out, &inputs, j.existing)?;
+    let data = DataDir::open(data)?;
+    let seed_cfg = btx_model::ModelConfig::load(&j.seed.join("config.json"))
+        .with_context(|| format!("reading {}", j.seed.display()))?;
+    let (mut windows, mut owner) = (vec![], vec![]);
+    for (i, (e, d)) in j.experts.iter().zip(domains).enumerate() {
+        let w = domain_windows(&data, d, e, seed_cfg.vocab_size, seed_cfg.max_positions())?;
+        owner.extend(std::iter::repeat_n(i, w.len()));
+        windows.extend(w);
+    }
+    let mut models: Vec<&Path> = j.experts.iter().map(PathBuf::as_path).collect();
+    if j.spec.generalist {
+        models.push(j.seed);
+    }
+    let scratch = ScratchDir::beside(j.out)?;
+    let zero = scratch.path().join("mix");
+    let opts = MixOptions {
+        spec: j.spec.clone(),
+        router_init: RouterInit::Zero,
+        labels: Some(domains.to_vec()),
+        existing: Existing::Refuse,
+        dtype: Some(btx_model::io::OutDtype::F32),
+        ..MixOptions::default()
+    };
+    btx_mix::mix(j.seed, j.experts, &opts, &zero).context("the MiX a router is fitted on")?;
+    let sample = match j.spec.fit_target {
+        FitTarget::Domain => FitSample::domain(windows, &owner, models.len()),
+        FitTarget::Advantage => {
+            let mut losses = vec![];
+            for m in &models {
+                let model = Model::load(m, &Device::flex())
+                    .with_context(|| format!("loading {}", m.display()))?;
+                tracing::info!("router fit: {} on {} windows", m.display(), windows.len());
+                losses.push(windows.iter().map(|w| token_losses(&model, w)).collect());
+            }
+            FitSample::advantage(windows, &losses)
+        }
+    };
+    let mix = Model::load(&zero, &Device::flex()).context("loading the MiX to fit")?;
+    let fitted = fit_layerwise(mix, &sample, j.spec.split, FIT_RIDGE, j.spec.router_scale)?;
+    for f in &fitted.layers {
+        tracing::info!(
+            "router fit ({}): layer {} {} router, {} tokens, {:.1}% agree with their targets",
+            j.spec.fit_target,
+            f.layer,
+            f.router,
+            f.tokens,
+            100.0 * f.agree
+        );
+    }
+    Ok((
+        RouterInit::Rows {
+            ffn: fitted.ffn,
+            attn: fitted.attn,
+        },
+        fitted.layers,
+    ))
 }
 
 /// Router rows from each expert's mean FFN input on a sample of its domain, and for attention

@@ -94,6 +94,9 @@ pub struct Variant {
     pub top_k: Option<usize>,
     #[serde(default)]
     pub router_init: Option<btx_mix::RouterInitKind>,
+    /// With `router_init = "fit"`: `domain` or `advantage` (see [`btx_mix::FitTarget`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fit_target: Option<btx_mix::FitTarget>,
     #[serde(default)]
     pub split: Option<usize>,
     #[serde(default)]
@@ -154,6 +157,9 @@ impl Variant {
         }
         if let Some(r) = self.router_init {
             m.router_init = r;
+        }
+        if let Some(t) = self.fit_target {
+            m.fit_target = t;
         }
         if let Some(s) = self.split {
             m.split = s;
