@@ -54,6 +54,9 @@ enum Command {
     Average(cmd::mix::AverageArgs),
     /// Remove experts (and their router rows) from a BTX model: FlexOlmo's opt-out.
     PruneExperts(cmd::experts::PruneArgs),
+    /// Add a dense branch of the seed as one more expert of a BTX model (FlexOlmo / Nexus):
+    /// every weight the model had unchanged, the new router rows fitted on the new domain.
+    AddExpert(cmd::experts::AddArgs),
     /// Write a model in a given format (hf-mixtral for transformers, or btx's own layout).
     Export(cmd::experts::ExportArgs),
     /// Import a llama.cpp GGUF file (Llama architecture) as a Hugging Face checkpoint.
@@ -134,6 +137,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Upcycle(a) => cmd::mix::run_upcycle(a),
             Command::Average(a) => cmd::mix::run_average(a),
             Command::PruneExperts(a) => cmd::experts::run_prune(a),
+            Command::AddExpert(a) => cmd::experts::run_add(a),
             Command::Export(a) => cmd::experts::run_export(a),
             Command::ImportGguf(a) => cmd::import::run(a),
             Command::Bench(c) => cmd::bench::run(c, &dev, &cli.device),

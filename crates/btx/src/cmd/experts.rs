@@ -105,6 +105,70 @@ pub fn run_prune(a: PruneArgs) -> Result<()> {
 }
 
 #[derive(clap::Args)]
+pub struct AddArgs {
+    /// A BTX model directory (a MiX or a finetuned one, top-k routing, without split/blend).
+    #[arg(long)]
+    model: PathBuf,
+    /// The dense model whose FFN (and, for attention-expert models, attention) becomes the new
+    /// expert: a branch of the MoE's seed (same config and tokenizer, shared weights close to
+    /// the MoE's).
+    #[arg(long)]
+    expert: PathBuf,
+    /// The new expert's name (in `btx_experts`): its domain in --data.
+    #[arg(long)]
+    domain: String,
+    /// Prepared data holding the new domain and the MoE's experts' domains: the new router rows
+    /// are fitted on them.
+    #[arg(long)]
+    data: PathBuf,
+    /// Logit margin of the new expert's fitted rows above the best other expert on its domain
+    /// and below the top-k's last elsewhere.
+    #[arg(long, default_value_t = 4.0)]
+    router_margin: f64,
+    /// Largest relative distance ||expert - model|| / ||model|| of the shared weights
+    /// (embeddings, norms, non-expert attention) accepted.
+    #[arg(long, default_value_t = 0.5)]
+    max_distance: f64,
+    /// Output model directory (written beside it and renamed into place when complete).
+    #[arg(long)]
+    out: PathBuf,
+    /// Replace an existing non-empty --out (atomically).
+    #[arg(long)]
+    force: bool,
+    #[command(flatten)]
+    save: super::SaveArgs,
+}
+
+/// `btx add-expert`: see [`crate::jobs::add`].
+pub fn run_add(a: AddArgs) -> Result<()> {
+    let dtype = match a.save.dtype {
+        Some(d) => Some(d),
+        None => Some(btx_model::io::stored_dtype(&a.model)?),
+    };
+    let s = crate::jobs::add::add_expert(&crate::jobs::add::AddJob {
+        moe: &a.model,
+        dense: &a.expert,
+        name: &a.domain,
+        data: &a.data,
+        margin: a.router_margin,
+        max_distance: a.max_distance,
+        existing: Existing::replace_if(a.force),
+        dtype,
+        max_shard_bytes: a.save.max_shard_size,
+        out: &a.out,
+    })?;
+    outln!(
+        "added {} as expert {} of {} (shared weights {:.3} from the model's, relative): {}",
+        s.name,
+        s.index,
+        s.num_experts,
+        s.distance,
+        a.out.display()
+    );
+    Ok(())
+}
+
+#[derive(clap::Args)]
 pub struct ExportArgs {
     /// The model directory to export.
     #[arg(long)]
