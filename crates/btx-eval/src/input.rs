@@ -50,4 +50,8 @@ pub struct ReportInput {
     pub setup: Vec<String>,
     /// Opt-out evaluations of each finetuned BTX method, in replica order.
     pub opt_out: BTreeMap<String, Vec<crate::evaluate::OptOutEval>>,
+    /// The experts a method mixes, where they are not `expert:<d>` (FFN-only, anchored):
+    /// method → domain → the experts' own method (`expert-ffn:<d>`). A share of "the experts'
+    /// gain" is a share of these experts' gain.
+    pub experts_of: BTreeMap<String, BTreeMap<String, String>>,
 }

@@ -195,6 +195,27 @@ pub fn build(plan: &Plan, run: &Path) -> Result<()> {
     } else {
         format!("BTX report: {}", plan.name)
     };
+    let experts_of = replicas
+        .first()
+        .map(|r| {
+            r.iter()
+                .filter_map(|m| {
+                    let own: BTreeMap<String, String> = training_stages(plan, &m.name, "")
+                        .into_iter()
+                        .filter(|s| {
+                            names::expert_domain(&s.name).is_some()
+                                && !s.name.starts_with("expert:")
+                        })
+                        .filter_map(|s| {
+                            Some((names::expert_domain(&s.name)?.to_string(), s.name.clone()))
+                        })
+                        .collect();
+                    (!own.is_empty() && names::expert_domain(&m.name).is_none())
+                        .then(|| (m.name.clone(), own))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
     let mut input = ReportInput {
         title,
         domains: domains.clone(),
@@ -206,6 +227,7 @@ pub fn build(plan: &Plan, run: &Path) -> Result<()> {
         plots: vec![],
         setup: vec![],
         opt_out: opt_outs(plan, run)?,
+        experts_of,
     };
     let others: Vec<(f64, Stats)> = other_inputs
         .iter()

@@ -55,7 +55,7 @@ pub fn diagnosis(st: &Stats) -> String {
         .chain(["btx".to_string()])
     {
         if let Some(k) = mean_kept(&m) {
-            stages.push(format!("{m} {:.0}%", 100.0 * k));
+            stages.push(format!("{m} {:.0}%{}", 100.0 * k, st.kept_basis(&m)));
         }
     }
     if !stages.is_empty() {
@@ -64,22 +64,35 @@ pub fn diagnosis(st: &Stats) -> String {
             stages.join(", ")
         ));
     }
-    // Oracle routing (`oracle:<method>`: each token to its domain's expert) bounds what any
-    // router can keep with these experts: the gap to it is the router's, the rest is the MiX's.
+    // Oracle routing (`oracle:<method>`: each token to its domain's expert alone) separates
+    // the two losses: the gap between a method and its oracle is its router's, the oracle's
+    // own shortfall is the MiX's (averaged weights the experts' FFNs no longer match).
     let oracles: Vec<String> = st
         .methods()
         .filter_map(|m| {
             let inner = m.name.strip_prefix("oracle:")?;
             let k = mean_kept(&m.name)?;
             let routed = mean_kept(inner).map_or(String::new(), |r| {
-                format!(" (its own router: {:.0}%)", 100.0 * r)
+                let gap =
+                    st.loss_gap(&m.name, inner, &input.expert_domains)
+                        .map_or(String::new(), |g| {
+                            format!(
+                                "; its loss − the oracle's {:+.4} [{:+.4}, {:+.4}]",
+                                g.value, g.ci[0], g.ci[1]
+                            )
+                        });
+                format!(" (its own router: {:.0}%{gap})", 100.0 * r)
             });
-            Some(format!("{inner} {:.0}%{routed}", 100.0 * k))
+            Some(format!(
+                "{inner} {:.0}%{}{routed}",
+                100.0 * k,
+                st.kept_basis(inner)
+            ))
         })
         .collect();
     if !oracles.is_empty() {
         s.push(format!(
-            "With oracle routing (every token sent to its domain's expert: the most any router can keep with these experts) they keep: {}.",
+            "With oracle routing (every token of an expert's domain sent to that expert alone: what the MiX keeps when the router is not the problem) they keep: {}.",
             oracles.join(", ")
         ));
     }
@@ -108,7 +121,14 @@ pub fn diagnosis(st: &Stats) -> String {
     let other_mixes: Vec<String> = st
         .methods()
         .filter(|m| m.name.starts_with("mix:") && Some(&m.name) != primary_mix.as_ref())
-        .filter_map(|m| Some(format!("{} {:.0}%", m.name, 100.0 * mean_kept(&m.name)?)))
+        .filter_map(|m| {
+            Some(format!(
+                "{} {:.0}%{}",
+                m.name,
+                100.0 * mean_kept(&m.name)?,
+                st.kept_basis(&m.name)
+            ))
+        })
         .collect();
     if let (Some(mix), false) = (&primary_mix, other_mixes.is_empty()) {
         if let Some(k) = mean_kept(mix) {

@@ -130,6 +130,38 @@ mod tests {
         assert!(diagnosis(&st).contains("btx 50%"), "{}", diagnosis(&st));
     }
 
+    /// A method that mixes other experts (FFN-only) keeps a share of *their* gain, said so; an
+    /// oracle's sentence carries the paired difference to the method's own router.
+    #[test]
+    fn kept_gain_is_measured_against_the_experts_a_method_mixes() {
+        let mut i = input(0.0);
+        i.replicas[0].extend([
+            method("expert-ffn:a", &[("a", 1.8), ("b", 2.0)], 0.0),
+            method("expert-ffn:b", &[("a", 2.0), ("b", 1.8)], 0.0),
+            method("mix:ffn", &[("a", 1.9), ("b", 1.9)], 0.0),
+            method("oracle:mix:ffn", &[("a", 1.8), ("b", 1.8)], 0.0),
+        ]);
+        for m in ["mix:ffn", "oracle:mix:ffn"] {
+            i.experts_of.insert(
+                m.into(),
+                [("a", "expert-ffn:a"), ("b", "expert-ffn:b")]
+                    .iter()
+                    .map(|(d, e)| (d.to_string(), e.to_string()))
+                    .collect(),
+            );
+        }
+        let st = Stats::new(&i);
+        // seed 2.0, expert-ffn 1.8, mix 1.9: half of the FFN-only experts' gain (a tenth of
+        // the full experts').
+        let k = st.gain_kept("mix:ffn", "a").unwrap();
+        assert!((k.value - 0.5).abs() < 2e-3, "{k}");
+        assert!((st.gain_kept("oracle:mix:ffn", "a").unwrap().value - 1.0).abs() < 2e-3);
+        assert_eq!(st.kept_basis("mix:ffn"), " of expert-ffn's");
+        assert_eq!(st.kept_basis("btx"), "");
+        let d = diagnosis(&st);
+        assert!(d.contains("mix:ffn 100% of expert-ffn's (its own router: 50%; its loss − the oracle's +0.1000"), "{d}");
+    }
+
     /// Routing of two replicas over domains a, b (one layer, experts a and b): `share(d, w)`
     /// is the share of expert a among domain d's tokens in window w (top-1 and top-k alike).
     fn routed(share: impl Fn(usize, usize) -> f64, per_window: bool) -> Vec<RoutingReport> {

@@ -189,11 +189,35 @@ impl<'a> Stats<'a> {
         self.loss.as_ref()?.diff(a, b, &idx)
     }
 
-    /// The share of expert:d's in-domain loss gain over the seed that method `x` reaches on d.
+    /// The share of the in-domain loss gain over the seed of the expert of d that method `x`
+    /// mixes (`expert:d`, or its own experts: see [`ReportInput::experts_of`]) that `x`
+    /// reaches on d.
     pub fn gain_kept(&self, x: &str, d: &str) -> Option<Estimate> {
-        self.loss
-            .as_ref()?
-            .share("seed", &format!("expert:{d}"), x, self.index(d)?)
+        let e = self.expert_of(x, d);
+        self.loss.as_ref()?.share("seed", &e, x, self.index(d)?)
+    }
+
+    /// " of expert-ffn's" when method `x`'s gains kept are measured against experts other than
+    /// `expert:<d>` (see [`ReportInput::experts_of`]), else "".
+    pub fn kept_basis(&self, x: &str) -> String {
+        let d = self.input.expert_domains.first();
+        match d.map(|d| self.expert_of(x, d)) {
+            Some(e) if !e.starts_with("expert:") => {
+                format!(" of {}'s", e.split(':').next().unwrap_or(&e))
+            }
+            _ => String::new(),
+        }
+    }
+
+    /// The method name of the expert of domain d whose gain method `x` is measured against.
+    pub fn expert_of(&self, x: &str, d: &str) -> String {
+        self.input
+            .experts_of
+            .get(x)
+            .and_then(|m| m.get(d))
+            .filter(|e| self.has(e))
+            .cloned()
+            .unwrap_or_else(|| format!("expert:{d}"))
     }
 
     /// Mean over replicas of a method's plain average loss (for runs without intervals).

@@ -135,7 +135,13 @@ fn diagnosis_tables(st: &Stats) -> String {
                 })
             })
             .collect();
-        let _ = writeln!(s, "| {} | {} |", m.name, cells.join(" | "));
+        let _ = writeln!(
+            s,
+            "| {}{} | {} |",
+            m.name,
+            st.kept_basis(&m.name),
+            cells.join(" | ")
+        );
         rows += 1;
     }
     if rows == 0 {
