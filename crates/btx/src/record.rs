@@ -16,7 +16,8 @@ pub fn outputs(stage: &Stage) -> (Vec<String>, Vec<String>) {
         | StageKind::SeedGguf { .. }
         | StageKind::Mix { .. }
         | StageKind::Upcycle { .. }
-        | StageKind::Average { .. } => (vec![at("model")], vec![at("model")]),
+        | StageKind::Average { .. }
+        | StageKind::AddExpert { .. } => (vec![at("model")], vec![at("model")]),
         // The loss curve is the report's; a redone trainer's timings differ, its model need not.
         StageKind::Train { .. } => (vec![at("model"), at("metrics.jsonl")], vec![at("model")]),
         StageKind::Eval { .. } => (vec![at("eval.json")], vec![at("eval.json")]),
@@ -40,6 +41,7 @@ pub fn required(stage: &Stage) -> Vec<Vec<String>> {
         | StageKind::Mix { .. }
         | StageKind::Upcycle { .. }
         | StageKind::Average { .. }
+        | StageKind::AddExpert { .. }
         | StageKind::Train { .. } => vec![
             vec![at("model/config.json")],
             vec![

@@ -45,6 +45,18 @@ fn training_stages<'a>(plan: &'a Plan, method: &str, sfx: &str) -> Vec<&'a Stage
     if let Some(inner) = method.strip_prefix("oracle:") {
         return training_stages(plan, inner, sfx);
     }
+    // A finetuned variant with an expert added after: the variant's cost and that expert's.
+    if let Some((inner, _)) = names::split_added(method) {
+        let mut s = training_stages(plan, inner, sfx);
+        if let Some(v) = names::btx_variant(inner, &plan.variants[0]) {
+            if let Some(StageKind::AddExpert { expert, .. }) =
+                find(&names::add_expert(v, sfx)).map(|s| &s.kind)
+            {
+                s.extend(find(expert));
+            }
+        }
+        return s;
+    }
     // Expert families (`expert`, `expert-ffn`, `expert-anchored[-<groups>]`); rescaled ones
     // (`expert-x<f>`) are not evaluated alone.
     if names::expert_domain(method).is_some() {

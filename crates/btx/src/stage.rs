@@ -310,6 +310,7 @@ fn execute(
                 .iter()
                 .map(|e| model_of(e))
                 .collect::<Result<Vec<_>>>()?;
+            let t0 = std::time::Instant::now();
             let s = jobs::mix::mix(&MixJob {
                 seed: &model_of(seed)?,
                 experts: &expert_dirs,
@@ -325,7 +326,8 @@ fn execute(
             })?;
             let cfg = ModelConfig::load(&model_out.join("config.json"))?;
             let mut c = params_compute(&cfg);
-            c.wall_seconds = s.seconds;
+            // The whole stage: a measured or fitted router start is part of what the MiX costs.
+            c.wall_seconds = t0.elapsed().as_secs_f64();
             Ok((c, serde_json::to_value(&s)?))
         }
         StageKind::Upcycle {
@@ -433,6 +435,33 @@ fn execute(
             let cfg = ModelConfig::load(&model_out.join("config.json"))?;
             let mut c = params_compute(&cfg);
             c.wall_seconds = s.seconds;
+            Ok((c, serde_json::to_value(&s)?))
+        }
+        StageKind::AddExpert {
+            model,
+            expert,
+            domain,
+            data,
+        } => {
+            let t0 = std::time::Instant::now();
+            let (moe, dense) = (model_of(model)?, model_of(expert)?);
+            let data = data_root(run, plan.stage(data)?);
+            let s = jobs::add::add_expert(&jobs::add::AddJob {
+                moe: &moe,
+                dense: &dense,
+                name: domain,
+                data: &data,
+                margin: jobs::add::DEFAULT_MARGIN,
+                max_distance: jobs::add::DEFAULT_MAX_DISTANCE,
+                // A stage owns its directory; a retried stage replaces its own earlier output.
+                existing: Existing::Replace,
+                dtype: None,
+                max_shard_bytes: btx_model::io::DEFAULT_MAX_SHARD_BYTES,
+                out: &model_out,
+            })?;
+            let cfg = ModelConfig::load(&model_out.join("config.json"))?;
+            let mut c = params_compute(&cfg);
+            c.wall_seconds = t0.elapsed().as_secs_f64();
             Ok((c, serde_json::to_value(&s)?))
         }
     }

@@ -246,3 +246,81 @@ fn an_attention_expert_model_gets_the_new_attention_too() {
     // One attention router and one FFN router per layer.
     assert_eq!(j["router_fit"].as_array().unwrap().len(), 2);
 }
+
+/// The recipe variant: `add_expert = "code"` leaves code's expert out of the variant's MiX and
+/// finetune, then adds it (stage `add-expert:<v>`); the report states what the addition did to
+/// each domain. The refusals come before anything runs.
+#[test]
+fn a_recipe_variant_adds_an_expert_after_its_finetune() {
+    let s = Scratch::new("add-expert-recipe");
+    let recipe = s.path().join("tiny.toml");
+    let text = format!(
+        "{TINY}\n[[finetune.variants]]\nname = \"btx\"\n[[finetune.variants]]\nname = \"late\"\nadd_expert = \"code\"\n"
+    );
+    std::fs::write(&recipe, &text).unwrap();
+    let run = s.path().join("run");
+    ok(btx().arg("run").arg(&recipe).arg("--out").arg(&run));
+    let mix: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(run.join("mix/late/model/mix.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(mix["labels"], serde_json::json!(["math", "generalist"]));
+    let added = run.join("added/late/model");
+    let cfg = Model::load(&added, &Device::flex()).unwrap().cfg;
+    assert_eq!(cfg.expert_labels, ["math", "generalist", "code"]);
+    // The finetune never saw code.
+    let resolved = std::fs::read_to_string(run.join("plan.json")).unwrap();
+    let plan: serde_json::Value = serde_json::from_str(&resolved).unwrap();
+    let ft = plan["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "finetune:late")
+        .unwrap();
+    assert_eq!(
+        ft["kind"]["spec"]["weights"],
+        serde_json::json!({"math": 0.5})
+    );
+    let report = std::fs::read_to_string(run.join("report.md")).unwrap();
+    assert!(report.contains("| btx:late+code |"), "{report}");
+    assert!(
+        report.contains("Adding code's expert to btx:late after its finetune"),
+        "{report}"
+    );
+    // Refused before anything runs.
+    for (variant, needle) in [
+        ("add_expert = \"history\"", "is not one of experts.domains"),
+        (
+            "add_expert = \"code\"\nrouting = { mode = \"soft\" }",
+            "add_expert needs top-k routing",
+        ),
+        (
+            "add_expert = \"code\"\ncompute_matched = true",
+            "cannot go with finetune_share or compute_matched",
+        ),
+    ] {
+        let bad = s.path().join("bad.toml");
+        std::fs::write(
+            &bad,
+            format!("{TINY}\n[[finetune.variants]]\nname = \"btx\"\n[[finetune.variants]]\nname = \"late\"\n{variant}\n"),
+        )
+        .unwrap();
+        let out = s.path().join("bad-run");
+        refused(btx().arg("run").arg(&bad).arg("--out").arg(&out), needle);
+        assert!(!out.exists());
+    }
+    let bad = s.path().join("first.toml");
+    std::fs::write(
+        &bad,
+        format!("{TINY}\n[[finetune.variants]]\nname = \"late\"\nadd_expert = \"code\"\n"),
+    )
+    .unwrap();
+    refused(
+        btx()
+            .arg("run")
+            .arg(&bad)
+            .arg("--out")
+            .arg(s.path().join("x")),
+        "the first variant is btx itself",
+    );
+}

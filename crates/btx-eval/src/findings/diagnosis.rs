@@ -191,5 +191,59 @@ pub fn diagnosis(st: &Stats) -> String {
             ));
         }
     }
+    s.extend(added(st));
     s.join(" ")
+}
+
+/// `btx:<v>+<d>`: the finetuned variant with d's expert added after, with no retraining. Per
+/// domain, the paired change the addition makes (its own domain should gain, every other
+/// stay within noise), and where it lands against btx, which mixed that expert from the start.
+fn added(st: &Stats) -> Vec<String> {
+    let mut out = vec![];
+    for m in st.methods() {
+        let Some((before, d)) = m.name.rsplit_once('+') else {
+            continue;
+        };
+        if !st.has(before) {
+            continue;
+        }
+        // loss(after) − loss(before) on one domain, with its finding.
+        let change = |a: &str, b: &str, dom: &str| -> Option<String> {
+            let g = st.loss_gap(b, a, &[dom.to_string()])?;
+            Some(format!(
+                "{dom} {:+.4} [{:+.4}, {:+.4}] ({})",
+                g.value,
+                g.ci[0],
+                g.ci[1],
+                match Finding::of_positive(&g) {
+                    Finding::Holds => "higher beyond noise",
+                    Finding::DoesNotHold => "lower beyond noise",
+                    Finding::WithinNoise => "within noise",
+                }
+            ))
+        };
+        let own = change(&m.name, before, d);
+        let others: Vec<String> = st
+            .input
+            .domains
+            .iter()
+            .filter(|x| *x != d)
+            .filter_map(|x| change(&m.name, before, x))
+            .collect();
+        let Some(own) = own else { continue };
+        let mut line = format!(
+            "Adding {d}'s expert to {before} after its finetune, with no retraining ({}): {own}; every other domain: {}.",
+            m.name,
+            others.join(", ")
+        );
+        if st.has("btx") {
+            if let Some(vs) = change(&m.name, "btx", d) {
+                line.push_str(&format!(
+                    " Against btx, which mixed {d}'s expert from the start: {vs}."
+                ));
+            }
+        }
+        out.push(line);
+    }
+    out
 }

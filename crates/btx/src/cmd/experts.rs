@@ -123,11 +123,11 @@ pub struct AddArgs {
     data: PathBuf,
     /// Logit margin of the new expert's fitted rows above the best other expert on its domain
     /// and below the top-k's last elsewhere.
-    #[arg(long, default_value_t = 4.0)]
+    #[arg(long, default_value_t = crate::jobs::add::DEFAULT_MARGIN)]
     router_margin: f64,
     /// Largest relative distance ||expert - model|| / ||model|| of the shared weights
     /// (embeddings, norms, non-expert attention) accepted.
-    #[arg(long, default_value_t = 0.5)]
+    #[arg(long, default_value_t = crate::jobs::add::DEFAULT_MAX_DISTANCE)]
     max_distance: f64,
     /// Output model directory (written beside it and renamed into place when complete).
     #[arg(long)]

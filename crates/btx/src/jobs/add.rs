@@ -14,6 +14,13 @@ use btx_model::Model;
 
 use super::mix::{domain_windows, FIT_RIDGE};
 
+/// `btx add-expert`'s default `--router-margin` (about 98% of a top-2 token's weight).
+pub const DEFAULT_MARGIN: f64 = 4.0;
+/// `btx add-expert`'s default `--max-distance`: a branch trained a few hundred steps from the
+/// seed measured 0.2 from a MiX of its siblings; two independent draws of one distribution
+/// are about √2 ≈ 1.4 apart.
+pub const DEFAULT_MAX_DISTANCE: f64 = 0.5;
+
 pub struct AddJob<'a> {
     /// The BTX model.
     pub moe: &'a Path,

@@ -85,7 +85,10 @@ impl<'a> Planner<'a> {
         let n_models = r.experts.domains.len() + r.mix.generalist as usize;
         let moe_of = variants
             .iter()
-            .map(|v| Ok((v.name.clone(), v.mix(&r.mix).resolve(&seed_cfg, n_models)?)))
+            .map(|v| {
+                let n = n_models - v.add_expert.is_some() as usize;
+                Ok((v.name.clone(), v.mix(&r.mix).resolve(&seed_cfg, n)?))
+            })
             .collect::<Result<HashMap<String, ModelConfig>>>()?;
         let primary = &variants[0];
         let up_spec = MixSpec {
@@ -361,19 +364,27 @@ impl<'a> Planner<'a> {
     ) {
         let r = self.r;
         let sfx = &at.sfx;
-        let mut mixes: Vec<(Family, MixSpec, String)> = vec![];
+        // A MiX is shared by the variants that mix the same experts the same way.
+        type MixKey = (Family, MixSpec, Option<String>);
+        let mut mixes: Vec<(MixKey, String)> = vec![];
         for v in variants {
             let spec = v.mix(&r.mix);
             let fam = self.family(v, &at.budget);
-            let shared = mixes
+            let key = (fam, spec.clone(), v.add_expert.clone());
+            let shared = mixes.iter().find(|(k, _)| *k == key).map(|x| x.1.clone());
+            // The experts this variant mixes: all but the one it adds after its finetune.
+            let domains = v.mixed_domains(&self.domains);
+            let mixed: Vec<String> = self
+                .domains
                 .iter()
-                .find(|(k, m, _)| *k == fam && *m == spec)
-                .map(|x| x.2.clone());
+                .zip(&experts_of[&fam])
+                .filter(|(d, _)| domains.contains(d))
+                .map(|(_, e)| e.clone())
+                .collect();
             let mix_name = match shared {
                 Some(name) => name,
                 None => {
                     let mix_name = names::mix(&v.name, sfx);
-                    let mixed = experts_of[&fam].clone();
                     let mut deps = vec![names::SEED.to_string(), names::DATA.to_string()];
                     deps.extend(mixed.iter().cloned());
                     self.b.push(
@@ -383,7 +394,7 @@ impl<'a> Planner<'a> {
                         StageKind::Mix {
                             seed: names::SEED.into(),
                             experts: mixed,
-                            domains: self.domains.clone(),
+                            domains,
                             spec: spec.clone(),
                             data: names::DATA.into(),
                             router_seed: at.rep as u64,
@@ -400,7 +411,7 @@ impl<'a> Planner<'a> {
                         );
                         self.oracle(at, &format!("mix:{}", v.name), &mix_name);
                     }
-                    mixes.push((fam, spec, mix_name.clone()));
+                    mixes.push((key, mix_name.clone()));
                     mix_name
                 }
             };
@@ -415,6 +426,25 @@ impl<'a> Planner<'a> {
             let method = method_of(&ft_name, &self.primary().name);
             self.eval(&method, sfx, vec![ft_name.clone()], None);
             self.oracle(at, &method, &ft_name);
+            if let Some(d) = &v.add_expert {
+                // The expert of d, trained with the others, added to the finetuned model.
+                let i = self.domains.iter().position(|x| x == d).expect("validated");
+                let expert = experts_of[&fam][i].clone();
+                let name = names::add_expert(&v.name, sfx);
+                self.b.push(
+                    name.clone(),
+                    format!("{}added/{}", at.pre, v.name),
+                    vec![ft_name.clone(), expert.clone(), names::DATA.into()],
+                    StageKind::AddExpert {
+                        model: ft_name.clone(),
+                        expert,
+                        domain: d.clone(),
+                        data: names::DATA.into(),
+                    },
+                    false,
+                );
+                self.eval(&names::added_method(&method, d), sfx, vec![name], None);
+            }
             if at.scale == self.primary_scale && r.eval.opt_out {
                 let spec = btx_eval::EvalSpec {
                     tasks: 0,

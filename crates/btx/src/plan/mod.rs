@@ -61,6 +61,14 @@ pub enum StageKind {
     },
     /// Weight average of dense models.
     Average { models: Vec<String> },
+    /// A dense expert added to a BTX model (`btx add-expert`), its router rows fitted on the
+    /// data of its domain and the model's other experts'.
+    AddExpert {
+        model: String,
+        expert: String,
+        domain: String,
+        data: String,
+    },
     /// Evaluate one method: a model, or an ensemble of models (BTM).
     Eval {
         method: String,

@@ -1,7 +1,7 @@
 //! Stage identity: every stage name is built and read here, nowhere else. A name is
 //! `<kind>[:<what>]<suffix>`: `data`, `seed`, `report`, `expert[-ffn|-anchored…][-x<f>]:<domain>`,
-//! `mix:<variant>`, `finetune:<variant>`, `baseline:<tag>`, `upcycle`, `eval:<method>`,
-//! `opt-out:<method>`; the suffix is a budget tag (`#x0.5`, none for the primary budget) and a
+//! `mix:<variant>`, `finetune:<variant>`, `add-expert:<variant>`, `baseline:<tag>`, `upcycle`,
+//! `eval:<method>`, `opt-out:<method>`; the suffix is a budget tag (`#x0.5`, none for the primary budget) and a
 //! replica tag (`@2`, none for replica 0). Names are the keys of plan.json and of every run
 //! directory's state, so their spelling is a format.
 
@@ -20,6 +20,21 @@ pub fn mix(variant: &str, sfx: &str) -> String {
 
 pub fn finetune(variant: &str, sfx: &str) -> String {
     format!("finetune:{variant}{sfx}")
+}
+
+/// A variant's finetuned model with its `add_expert` domain's expert added.
+pub fn add_expert(variant: &str, sfx: &str) -> String {
+    format!("add-expert:{variant}{sfx}")
+}
+
+/// The method of a finetuned variant (`btx:<v>`) with `domain`'s expert added after.
+pub fn added_method(method: &str, domain: &str) -> String {
+    format!("{method}+{domain}")
+}
+
+/// The finetuned method and the added domain of an [`added_method`] name.
+pub fn split_added(method: &str) -> Option<(&str, &str)> {
+    method.rsplit_once('+')
 }
 
 pub fn baseline(tag: &str, sfx: &str) -> String {

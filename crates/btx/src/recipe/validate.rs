@@ -233,6 +233,46 @@ impl Recipe {
                     "{at}: compute_matched chooses the finetune's steps: drop steps and finetune_share"
                 ));
             }
+            let mut models = models;
+            if let Some(d) = &v.add_expert {
+                models -= 1;
+                if !self.experts.domains.contains(d) {
+                    p.push(format!(
+                        "{at}: add_expert {d:?} is not one of experts.domains {:?} (its expert trains with them)",
+                        self.experts.domains
+                    ));
+                }
+                if self.experts.domains.len() < 2 {
+                    p.push(format!("{at}: add_expert needs at least two expert domains (one to add, one to mix)"));
+                }
+                if self.variants().first().map(|f| &f.name) == Some(&v.name) {
+                    p.push(format!(
+                        "{at}: the first variant is btx itself; add an expert in a later variant"
+                    ));
+                }
+                if v.finetune_share.is_some() || v.compute_matched {
+                    p.push(format!(
+                        "{at}: add_expert cannot go with finetune_share or compute_matched"
+                    ));
+                }
+                if self.finetune.weights.is_empty() {
+                    p.push(format!("{at}: add_expert needs [finetune] weights, so that this variant's finetune mixture can leave {d:?} out"));
+                } else if self
+                    .finetune
+                    .weights
+                    .iter()
+                    .filter(|(k, _)| *k != d)
+                    .map(|(_, w)| w)
+                    .sum::<f64>()
+                    <= 0.0
+                {
+                    p.push(format!("{at}: without {d:?} the finetune weights sum to 0"));
+                }
+                let m = v.mix(&self.mix);
+                if m.routing != btx_model::Routing::TopK || m.split > 1 || m.blend {
+                    p.push(format!("{at}: add_expert needs top-k routing without split or blend (one more expert would change every token's routing, or would not be one of the MoE's experts)"));
+                }
+            }
             let m = v.mix(&self.mix);
             let mix_problems = m.problems(models, seed_cfg.as_ref().map(|c| c.intermediate_size));
             p.extend(mix_problems.iter().map(|e| format!("{at}: {e}")));

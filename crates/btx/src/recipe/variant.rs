@@ -134,6 +134,12 @@ pub struct Variant {
     /// is compared at equal compute rather than equal steps.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub compute_matched: bool,
+    /// A domain whose expert trains like the others but is left out of this variant's MiX and
+    /// finetune (whose mixture drops the domain), then added to the finetuned model with no
+    /// retraining (`btx add-expert`, stage `add-expert:<variant>`): method
+    /// `btx:<variant>+<domain>` beside `btx:<variant>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub add_expert: Option<String>,
 }
 
 impl Variant {
@@ -145,6 +151,15 @@ impl Variant {
                 .and_then(|a| Anchor::parse(a).ok())
                 .unwrap_or(Anchor::DEFAULT)
         })
+    }
+
+    /// The domains this variant mixes from `all` (the experts' domains): all but the one it
+    /// adds later.
+    pub fn mixed_domains(&self, all: &[String]) -> Vec<String> {
+        all.iter()
+            .filter(|d| Some(*d) != self.add_expert.as_ref())
+            .cloned()
+            .collect()
     }
 
     pub fn mix(&self, base: &MixSpec) -> MixSpec {
@@ -186,6 +201,10 @@ impl Variant {
         }
         if let Some(s) = self.steps {
             f.train.steps = s;
+        }
+        if let Some(d) = &self.add_expert {
+            // The domain comes later, with its expert: the finetune never sees it.
+            f.weights.remove(d);
         }
         if self.freeze_experts {
             f.train
