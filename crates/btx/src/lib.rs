@@ -33,6 +33,7 @@ pub mod plan;
 pub mod recipe;
 pub mod record;
 pub mod report;
+mod report_summary;
 pub mod runner;
 pub mod runtime;
 pub mod sections;

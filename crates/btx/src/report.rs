@@ -445,8 +445,18 @@ fn draw_plots(
         ),
     );
     // Average loss against the training FLOPs each method spent after the seed.
+    // One line per method run at every budget (the paper's view: btx, its MiX and the
+    // baselines); the variants and oracle evaluations, run at the main budget only, are in the
+    // forest plot instead of crowding one column of points here.
+    let primary_mix = format!("mix:{}", plan.variants[0]);
     let points: Vec<(String, Vec<(f64, plots::WithCi)>)> = curves
         .iter()
+        .filter(|c| {
+            let m = c.method.as_str();
+            !m.starts_with("oracle:")
+                && !m.starts_with("btx:")
+                && (!m.starts_with("mix:") || m == primary_mix)
+        })
         .map(|c| {
             (
                 c.method.clone(),
@@ -549,6 +559,9 @@ fn draw_plots(
                 &dir.join(&file),
             ),
         );
+    }
+    for (file, caption, r) in crate::report_summary::summary_plots(plan, st, dir) {
+        try_plot(file, caption, r);
     }
     match failed {
         Some(e) => Err(e),

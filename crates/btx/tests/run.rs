@@ -212,6 +212,8 @@ fn runs_skips_finished_stages_and_redoes_only_what_changed() {
             "loss.png",
             "loss_finetune.png",
             "routing_btx.png",
+            "forest.png",
+            "gain_kept.png",
         ] {
             let bytes = std::fs::read(run.join("plots").join(p)).unwrap();
             assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "{p}");

@@ -10,6 +10,8 @@ use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 use plotters::style::FontStyle;
 
+pub mod summary;
+
 use crate::report::fmt_big;
 use crate::routing::RoutingReport;
 
@@ -451,9 +453,14 @@ pub fn loss_vs_flops(
         .map(|p| p.1 .1[1])
         .fold(f64::NEG_INFINITY, f64::max);
     let (ymin, ymax) = zoomed(lo, hi);
-    let root = BitMapBackend::new(path, (1000, 560)).into_drawing_area();
+    // The legend goes beside the chart, not over the points: a study has twenty methods.
+    let legend_w = 260u32;
+    let rows = series.len() as u32;
+    let root =
+        BitMapBackend::new(path, (1000 + legend_w, 560.max(60 + 20 * rows))).into_drawing_area();
     root.fill(&WHITE)?;
-    let mut chart = ChartBuilder::on(&root)
+    let (main, side) = root.split_horizontally(1000);
+    let mut chart = ChartBuilder::on(&main)
         .caption(title, ("sans-serif", 20))
         .margin(12)
         .x_label_area_size(40)
@@ -474,19 +481,38 @@ pub fn loss_vs_flops(
         for &(x, (_, ci)) in &s {
             error_bar(&mut chart, x, cap, ci)?;
         }
-        chart.draw_series(LineSeries::new(
-            s.iter().map(|&(x, (y, _))| (x, y)),
-            c.stroke_width(2),
-        ))?;
-        chart
-            .draw_series(
-                s.iter()
-                    .map(|&(x, (y, _))| Circle::new((x, y), 5, c.filled())),
-            )?
-            .label(name.clone())
-            .legend(move |(x, y)| Circle::new((x + 8, y), 5, c.filled()));
+        // A line joins a method's budgets; a method run at one budget is a point.
+        if s.len() > 1 {
+            chart.draw_series(LineSeries::new(
+                s.iter().map(|&(x, (y, _))| (x, y)),
+                c.stroke_width(2),
+            ))?;
+        }
+        chart.draw_series(
+            s.iter()
+                .map(|&(x, (y, _))| Circle::new((x, y), 5, c.filled())),
+        )?;
+        let ly = 50 + 20 * i as i32;
+        side.draw(&Circle::new((14, ly + 7), 5, c.filled()))?;
+        if s.len() > 1 {
+            side.draw(&PathElement::new(
+                vec![(4, ly + 7), (24, ly + 7)],
+                c.stroke_width(2),
+            ))?;
+        }
+        side.draw_text(
+            &format!(
+                "{name}{}",
+                if s.len() > 1 {
+                    format!(" ({} budgets)", s.len())
+                } else {
+                    String::new()
+                }
+            ),
+            &("sans-serif", 13).into_font().color(&BLACK),
+            (30, ly),
+        )?;
     }
-    legend(&mut chart, SeriesLabelPosition::UpperRight)?;
     root.present()?;
     Ok(())
 }
