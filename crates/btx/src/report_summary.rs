@@ -75,16 +75,15 @@ fn grouped<'a>(plan: &Plan, st: &'a Stats, oracles: bool) -> Vec<(&'static str, 
     v
 }
 
-/// The forest plot and the gain-kept heatmap: (file, caption, result) each.
-pub fn summary_plots(
-    plan: &Plan,
-    st: &Stats,
-    dir: &Path,
-) -> Vec<(
+/// A drawn plot: its file, caption and how drawing went.
+pub type SummaryPlot = (
     &'static str,
     &'static str,
     Result<(), Box<dyn std::error::Error>>,
-)> {
+);
+
+/// The forest plot and the gain-kept heatmap: (file, caption, result) each.
+pub fn summary_plots(plan: &Plan, st: &Stats, dir: &Path) -> Vec<SummaryPlot> {
     let refs: Vec<String> = ["btx", "dense-compute"]
         .iter()
         .filter(|r| st.has(r))
