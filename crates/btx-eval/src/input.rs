@@ -20,6 +20,13 @@ pub struct MethodCompute {
     pub inference_forward_passes: usize,
     /// ≈ 2 x active parameters x forward passes.
     pub inference_flops_per_token: f64,
+    /// Wall seconds with the method's independent branches (BTX's experts) side by side, as
+    /// `btx run --jobs N` runs them when N covers them: the slowest branch plus the rest.
+    #[serde(default)]
+    pub wall_parallel_seconds: f64,
+    /// The training stages as the cost model sees them (see [`crate::cost`]).
+    #[serde(default)]
+    pub work: Vec<crate::cost::StageWork>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -1,6 +1,7 @@
 //! `btx-eval`: how good is a model on each domain — held-out loss, exact-match tasks,
 //! Branch-Train-Merge ensembles, routing analysis, plots and the report.
 
+pub mod cost;
 pub mod evaluate;
 pub mod findings;
 pub mod input;

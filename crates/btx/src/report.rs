@@ -76,6 +76,40 @@ fn training_stages<'a>(plan: &'a Plan, method: &str, sfx: &str) -> Vec<&'a Stage
     find(&names::baseline(method, sfx)).into_iter().collect()
 }
 
+/// A training stage as the cost model sees it (see [`btx_eval::cost`]): its measured FLOPs,
+/// optimizer steps, the values all-reduced per step (everything outside MoE experts) and sent
+/// through all-to-all (4 passes per MoE layer of k copies of every token's hidden state); an
+/// expert stage is a branch. `None` for stages that do not train.
+fn stage_work(run: &Path, s: &Stage, flops: f64) -> Option<btx_eval::cost::StageWork> {
+    let StageKind::Train { spec, .. } = &s.kind else {
+        return None;
+    };
+    let cfg = btx_model::ModelConfig::load(&run.join(&s.dir).join("model/config.json")).ok()?;
+    let (mut synced, mut expert) = (0f64, 0f64);
+    for p in btx_model::names::param_specs(&cfg) {
+        match btx_model::names::param_kind(&p.name) {
+            btx_model::names::ParamKind::Ffn {
+                expert: Some(_), ..
+            } => expert += p.numel() as f64,
+            _ => synced += p.numel() as f64,
+        }
+    }
+    let a2a = match &cfg.moe {
+        Some(m) if expert > 0.0 => {
+            4.0 * (cfg.num_layers * m.top_k * cfg.hidden_size) as f64
+                * spec.tokens_per_step() as f64
+        }
+        _ => 0.0,
+    };
+    Some(btx_eval::cost::StageWork {
+        flops,
+        steps: spec.train.steps as f64,
+        synced_params: synced,
+        a2a_values: a2a,
+        branch: names::expert_domain(&s.name).is_some(),
+    })
+}
+
 /// The opt-out evaluations at the main budget, by method, in replica order.
 fn opt_outs(plan: &Plan, run: &Path) -> Result<BTreeMap<String, Vec<OptOutEval>>> {
     let mut out: BTreeMap<String, Vec<OptOutEval>> = BTreeMap::new();
@@ -134,12 +168,20 @@ pub fn build(plan: &Plan, run: &Path) -> Result<()> {
         let (btag, rep) = crate::plan::tags_of(&s.name);
         let sfx = names::suffix(&s.name).to_string();
         let mut c = MethodCompute::default();
+        let mut slowest_branch = 0f64;
         for t in training_stages(plan, method, &sfx) {
             let x = compute_of(run, t);
             c.train_tokens += x.train_tokens;
             c.train_flops += x.train_flops;
             c.wall_seconds += x.wall_seconds;
+            let w = stage_work(run, t, x.train_flops);
+            match &w {
+                Some(w) if w.branch => slowest_branch = slowest_branch.max(x.wall_seconds),
+                _ => c.wall_parallel_seconds += x.wall_seconds,
+            }
+            c.work.extend(w);
         }
+        c.wall_parallel_seconds += slowest_branch;
         c.active_params = me.result.active_params as u64;
         c.total_params = me.result.total_params as u64;
         c.inference_forward_passes = me.result.forward_passes_per_token;

@@ -255,6 +255,7 @@ pub fn markdown(st: &Stats, verdicts: &[Verdict]) -> String {
         );
     }
     s.push_str("\nTraining compute of a method counts what it trains after the seed: BTX = its experts + MoE-finetune; BTM, merge-avg and mix = the experts; the seed's pretraining is shared by all and listed on its own row.\n\n");
+    s.push_str(&cost_section(ms));
 
     let diag = diagnosis(st);
     if !diag.is_empty() {
@@ -412,6 +413,96 @@ pub fn markdown(st: &Stats, verdicts: &[Verdict]) -> String {
     s
 }
 
+/// Seconds as a reader wants them: 1.23 s, 45.6 ms, 789 µs, 2.1 h.
+fn fmt_secs(t: f64) -> String {
+    if t >= 7200.0 {
+        format!("{:.1} h", t / 3600.0)
+    } else if t >= 1.0 {
+        format!("{t:.3} s")
+    } else if t >= 1e-3 {
+        format!("{:.1} ms", t * 1e3)
+    } else {
+        format!("{:.0} µs", t * 1e6)
+    }
+}
+
+/// Equal FLOPs is not equal wall-clock: each method's training time as run (its stages one
+/// after another, and with its branches side by side) and on N workers in the cost model
+/// ([`crate::cost`]), with the sentence that compares btx with dense training at equal FLOPs.
+fn cost_section(ms: &[MethodResult]) -> String {
+    use crate::cost::{seconds, H100_CLUSTER, WORKERS};
+    let rows: Vec<&MethodResult> = ms
+        .iter()
+        .filter(|m| {
+            !m.compute.work.is_empty()
+                && !m.name.starts_with("oracle:")
+                && !m.name.starts_with("expert")
+                && m.name != "seed"
+        })
+        .collect();
+    if rows.is_empty() {
+        return String::new();
+    }
+    let hw = H100_CLUSTER;
+    let mut s = String::from("## Where BTX's advantage lives: time, not FLOPs\n\n");
+    let _ = write!(
+        s,
+        "| method | train FLOPs | wall s as run, stages in sequence | wall s, branches side by side |"
+    );
+    for n in WORKERS {
+        let _ = write!(s, " model: time on {n} |");
+    }
+    s.push_str("\n|---|---:|---:|---:|");
+    for _ in WORKERS {
+        s.push_str("---:|");
+    }
+    s.push('\n');
+    for m in &rows {
+        let c = &m.compute;
+        let _ = write!(
+            s,
+            "| {} | {} | {:.0} | {:.0} |",
+            m.name,
+            fmt_big(c.train_flops),
+            c.wall_seconds,
+            c.wall_parallel_seconds
+        );
+        for n in WORKERS {
+            let _ = write!(s, " {} |", fmt_secs(seconds(&c.work, n, &hw)));
+        }
+        s.push('\n');
+    }
+    let _ = write!(
+        s,
+        "\nThe model's workers each sustain {} FLOP/s and send {} B/s (an H100 at 40% of its bf16 peak on one 400 Gb/s link), values of {} bytes. A dense stage trains data-parallel with a ring all-reduce of every gradient per step; a MoE stage all-reduces the weights outside its experts and sends each token's hidden state to its k experts and back in every MoE layer, forward and backward; BTX's experts train side by side on N/E workers each with nothing between them (README: \"Cost model\"). It ignores latency and the overlap of communication with compute.",
+        fmt_big(hw.flops),
+        fmt_big(hw.bandwidth),
+        hw.value_bytes
+    );
+    let find = |n: &str| rows.iter().find(|m| m.name == n);
+    if let (Some(b), Some(d)) = (find("btx"), find("dense-compute")) {
+        let ratio: Vec<String> = WORKERS
+            .iter()
+            .map(|&n| {
+                let (tb, td) = (
+                    seconds(&b.compute.work, n, &hw),
+                    seconds(&d.compute.work, n, &hw),
+                );
+                format!("{:.2}x on {n}", td / tb.max(1e-30))
+            })
+            .collect();
+        let _ = write!(
+            s,
+            " At equal FLOPs (btx {}, dense-compute {}) the model gives dense-compute's time over btx's as {}: above 1, BTX finishes first and the same wall-clock buys it more training.",
+            fmt_big(b.compute.train_flops),
+            fmt_big(d.compute.train_flops),
+            ratio.join(", ")
+        );
+    }
+    s.push_str("\n\n");
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -419,6 +510,52 @@ mod tests {
     use crate::findings::verdicts;
     use serde_json::json;
     use std::collections::BTreeMap;
+
+    /// The cost section: btx's experts side by side beat dense data-parallel training of
+    /// the same FLOPs once there are workers to share, and the sentence says by how much.
+    #[test]
+    fn the_cost_section_compares_time_at_equal_flops() {
+        use crate::cost::StageWork;
+        let mut btx = method("btx", &[("a", 1.0)], 0);
+        let expert = StageWork {
+            flops: 1e15,
+            steps: 100.0,
+            synced_params: 1e8,
+            branch: true,
+            ..Default::default()
+        };
+        btx.compute.train_flops = 4e15;
+        btx.compute.work = vec![
+            expert.clone(),
+            expert.clone(),
+            StageWork {
+                flops: 2e15,
+                branch: false,
+                a2a_values: 1e9,
+                ..expert
+            },
+        ];
+        let mut dense = method("dense-compute", &[("a", 1.0)], 0);
+        dense.compute.train_flops = 4e15;
+        dense.compute.work = vec![StageWork {
+            flops: 4e15,
+            steps: 400.0,
+            synced_params: 1e8,
+            ..Default::default()
+        }];
+        let s = cost_section(&[btx, dense]);
+        assert!(s.contains("| btx | 4000.00T |"), "{s}");
+        assert!(s.contains("1.00x on 1"), "{s}");
+        let r8: f64 = s
+            .split("x on 8")
+            .next()
+            .and_then(|h| h.rsplit(' ').next())
+            .and_then(|x| x.parse().ok())
+            .unwrap();
+        assert!(r8 > 1.0, "{s}");
+        assert_eq!(fmt_secs(0.0123), "12.3 ms");
+        assert_eq!(fmt_secs(9000.0), "2.5 h");
+    }
 
     fn method(name: &str, losses: &[(&str, f64)], correct: usize) -> MethodResult {
         let domains = losses
