@@ -187,17 +187,7 @@ impl OutDir {
             })?
             .to_string_lossy()
             .to_string();
-        let parent = match target.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        fs::create_dir_all(&parent).map_err(|e| OutputError::io(&parent, e))?;
-        sweep_leftovers(target);
-        let staging = parent.join(leftover_name(&name, "partial"));
-        if staging.exists() {
-            fs::remove_dir_all(&staging).map_err(|e| OutputError::io(&staging, e))?;
-        }
-        fs::create_dir(&staging).map_err(|e| OutputError::io(&staging, e))?;
+        let staging = fresh_beside(target, &name, "partial")?;
         Ok(Self {
             target: target.to_path_buf(),
             staging,
@@ -244,6 +234,23 @@ fn check_target(target: &Path, existing: Existing, owned: bool) -> Result<()> {
     Ok(())
 }
 
+/// A new empty hidden directory `.NAME.KIND-HOST-PID` beside `target` (its parent created,
+/// what killed writers of `target` left there swept first).
+fn fresh_beside(target: &Path, name: &str, kind: &str) -> Result<PathBuf> {
+    let parent = match target.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    fs::create_dir_all(&parent).map_err(|e| OutputError::io(&parent, e))?;
+    sweep_leftovers(target);
+    let p = parent.join(leftover_name(name, kind));
+    if p.exists() {
+        fs::remove_dir_all(&p).map_err(|e| OutputError::io(&p, e))?;
+    }
+    fs::create_dir(&p).map_err(|e| OutputError::io(&p, e))?;
+    Ok(p)
+}
+
 /// A hidden working directory beside `target` (`.NAME.scratch-HOST-PID`), removed when dropped
 /// (and by [`sweep_leftovers`] when its writer was killed): for intermediate files a writer
 /// needs on the output's filesystem and never leaves behind.
@@ -255,18 +262,7 @@ impl ScratchDir {
         let name = target
             .file_name()
             .map_or_else(|| "out".into(), |n| n.to_string_lossy().to_string());
-        let parent = match target.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        fs::create_dir_all(&parent).map_err(|e| OutputError::io(&parent, e))?;
-        sweep_leftovers(target);
-        let p = parent.join(leftover_name(&name, "scratch"));
-        if p.exists() {
-            fs::remove_dir_all(&p).map_err(|e| OutputError::io(&p, e))?;
-        }
-        fs::create_dir(&p).map_err(|e| OutputError::io(&p, e))?;
-        Ok(Self(p))
+        Ok(Self(fresh_beside(target, &name, "scratch")?))
     }
 
     pub fn path(&self) -> &Path {

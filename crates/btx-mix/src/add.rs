@@ -21,6 +21,7 @@ use btx_model::{AttnExpertsConfig, ModelConfig, MoeConfig, Routing};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{MixError, Result};
+pub use crate::fit::NewRows;
 use crate::source::{
     config_difference, copy_tokenizer, f32_at, into_model_err, mean_into, write_json, Source,
 };
@@ -270,14 +271,6 @@ impl AddPlan {
         staged.commit()?;
         Ok(summary)
     }
-}
-
-/// The new expert's router rows per layer (`[d]` each).
-#[derive(Clone, Debug, Default)]
-pub struct NewRows {
-    pub ffn: Vec<Vec<f32>>,
-    /// The attention experts' router's (empty without attention experts).
-    pub attn: Vec<Vec<f32>>,
 }
 
 /// How to write the output.

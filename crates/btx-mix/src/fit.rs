@@ -84,6 +84,14 @@ pub fn token_losses(model: &Model, window: &[i64]) -> Vec<f32> {
     to_vec(token_nll(flat, &window[1..]))
 }
 
+/// A new expert's router rows per layer (`[d]` each), from [`fit_new_expert`].
+#[derive(Clone, Debug, Default)]
+pub struct NewRows {
+    pub ffn: Vec<Vec<f32>>,
+    /// The attention experts' router's (empty without attention experts).
+    pub attn: Vec<Vec<f32>>,
+}
+
 /// How one router's fit went.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct LayerFit {
@@ -166,7 +174,7 @@ pub fn fit_layerwise(
 }
 
 /// Router rows for a new expert, the last of `model` (and its last attention expert), which
-/// `model` holds with zero rows (see [`crate::add`]): layer by layer as [`fit_layerwise`], only
+/// `model` holds with zero rows (`btx_mix::add` builds it): layer by layer as [`fit_layerwise`], only
 /// the new row is solved, every other row stays as it is. Its target on a token of `own` (the
 /// new expert's domain) is the largest of the other rows' logits plus `margin`, so that it
 /// takes the token first; on a token of `others` (the other experts' domains) the k-th largest
@@ -178,7 +186,7 @@ pub fn fit_new_expert(
     others: &[Vec<i64>],
     ridge: f64,
     margin: f64,
-) -> Result<(crate::add::NewRows, Vec<LayerFit>)> {
+) -> Result<(NewRows, Vec<LayerFit>)> {
     let windows: Vec<Vec<i64>> = own.iter().chain(others).cloned().collect();
     check_windows(&model, &windows)?;
     let cfg = model.cfg.clone();
@@ -187,7 +195,7 @@ pub fn fit_new_expert(
     };
     let d = cfg.hidden_size;
     let own_tokens: usize = own.iter().map(Vec::len).sum();
-    let mut rows = crate::add::NewRows::default();
+    let mut rows = NewRows::default();
     let mut fits = vec![];
     let sample = FitSample {
         windows,

@@ -25,6 +25,18 @@ fn mix(run: &Path, out: &Path, init: &[&str]) -> Command {
     c
 }
 
+/// The model at `dir` and its first layer's router rows.
+fn router0(dir: &Path) -> (btx_model::Model, btx_model::HostTensor) {
+    let m = btx_model::Model::load(dir, &btx_model::burn::prelude::Device::flex()).unwrap();
+    let router = m
+        .host_params()
+        .into_iter()
+        .find(|(n, _)| n == "model.layers.0.block_sparse_moe.gate.weight")
+        .unwrap()
+        .1;
+    (m, router)
+}
+
 /// Mean over domains of the share of the domain's tokens whose top-1 expert is its own.
 fn own_share(model: &Path, data: &Path, out: &Path) -> f64 {
     ok(btx()
@@ -59,13 +71,7 @@ fn fitted_routers_are_deterministic_and_route_domains_to_their_experts() {
     ok(&mut fit(&b));
     let bytes = |d: &Path| std::fs::read(d.join("model.safetensors")).unwrap();
     assert!(bytes(&a) == bytes(&b), "two fits differ");
-    let m = btx_model::Model::load(&a, &btx_model::burn::prelude::Device::flex()).unwrap();
-    let router = m
-        .host_params()
-        .into_iter()
-        .find(|(n, _)| n == "model.layers.0.block_sparse_moe.gate.weight")
-        .unwrap()
-        .1;
+    let (m, router) = router0(&a);
     let d = m.cfg.hidden_size;
     assert_eq!(router.shape, vec![3, d]);
     assert!(
@@ -116,13 +122,7 @@ fn fitted_routers_are_deterministic_and_route_domains_to_their_experts() {
     ok(&mut adv(&c1));
     ok(&mut adv(&c2));
     assert!(bytes(&c1) == bytes(&c2), "two advantage fits differ");
-    let m = btx_model::Model::load(&c1, &btx_model::burn::prelude::Device::flex()).unwrap();
-    let router = m
-        .host_params()
-        .into_iter()
-        .find(|(n, _)| n == "model.layers.0.block_sparse_moe.gate.weight")
-        .unwrap()
-        .1;
+    let (m, router) = router0(&c1);
     assert!(router.data[2 * d..].iter().any(|&x| x != 0.0));
     assert_ne!(bytes(&c1), bytes(&a));
     assert_eq!(fits(&c1).len(), m.cfg.num_layers);

@@ -51,7 +51,7 @@ pub struct Args {
     #[command(flatten)]
     without: super::experts::Without,
     /// Oracle routing (a diagnostic): every token of a domain goes to that domain's expert
-    /// (and, for top-2, the generalist), as a perfect router would send it.
+    /// alone, with its whole weight (a domain without an expert to the generalist).
     #[arg(long, conflicts_with_all = ["ensemble", "names"])]
     route_by_domain: bool,
 }
