@@ -373,7 +373,7 @@ fn pid_alive(pid: u32) -> bool {
     rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
-/// Removes what killed writers of `target` left beside it: `.NAME.{partial,old,tmp}-HOST-PID`
+/// Removes what killed writers of `target` left beside it: `.NAME.{partial,old,tmp,scratch}-HOST-PID`
 /// of this host whose pid is no longer alive (and the older `.NAME.partial-PID` spelling, which
 /// had no host: taken as this host's). Another host's leftovers, and live writers', are kept:
 /// on a shared filesystem they may be another machine's work in progress. Best effort.

@@ -5,10 +5,11 @@
 //!
 //! - a dense stage trains data-parallel on all N workers: FLOPs / (N·R), plus per step a ring
 //!   all-reduce of every gradient, 2·(N−1)/N · bytes / B;
-//! - a MoE stage (BTX's finetune, upcycling) is the same with expert parallelism: only the
-//!   weights outside the experts are all-reduced, and per step each MoE layer sends every
-//!   token's hidden state to its k experts and back, forward and backward (4·L·k·T·d·g bytes
-//!   over the batch, each worker sending (N−1)/N of its share);
+//! - a MoE stage (BTX's finetune, upcycling) is the same with expert parallelism: the weights
+//!   outside the experts are all-reduced over all N workers, each expert's over its N/E
+//!   replicas when N > E, and per step each MoE layer sends every token's hidden state to its
+//!   k experts and back, forward and backward (4·L·k·T·d·g bytes over the batch, each worker
+//!   sending (N−1)/N of its share);
 //! - BTX's E experts train at the same time, N/E workers each (data-parallel within an expert,
 //!   nothing between experts); with fewer workers than experts, in ceil(E/N) rounds.
 //!
@@ -48,6 +49,12 @@ pub struct StageWork {
     /// Values one step sends through all-to-all over the whole batch (4·L·k·T·d for a MoE,
     /// 0 for a dense model).
     pub a2a_values: f64,
+    /// A MoE's expert parameters (all experts) and how many experts share them: with more
+    /// workers than experts each expert is replicated and its gradients all-reduced.
+    #[serde(default)]
+    pub expert_params: f64,
+    #[serde(default)]
+    pub experts: usize,
     /// Set for one of several branches trained independently at the same time (BTX's experts).
     pub branch: bool,
 }
@@ -68,7 +75,17 @@ fn stage_seconds(s: &StageWork, n: f64, hw: &Hardware) -> f64 {
     } else {
         0.0
     };
-    compute + s.steps * (ring(s.synced_params, n, hw) + a2a)
+    let replicas = if s.experts > 0 {
+        n / s.experts as f64
+    } else {
+        0.0
+    };
+    let expert_sync = if replicas > 1.0 {
+        ring(s.expert_params / s.experts as f64, replicas, hw)
+    } else {
+        0.0
+    };
+    compute + s.steps * (ring(s.synced_params, n, hw) + a2a + expert_sync)
 }
 
 /// Seconds a method's training stages take on `n` workers: its branches side by side (see
@@ -146,15 +163,25 @@ mod tests {
     }
 
     #[test]
-    fn a_moe_stage_pays_its_all_to_all() {
+    fn a_moe_stage_pays_its_all_to_all_and_replicated_experts_their_all_reduce() {
         let moe = StageWork {
             flops: 0.0,
             steps: 1.0,
-            synced_params: 0.0,
             a2a_values: 8e9,
-            branch: false,
+            ..Default::default()
         };
         // 8e9 values over 8 workers: each sends 1e9 · 7/8 values of 2 bytes at 1e9 B/s.
-        assert!((seconds(&[moe], 8, &HW) - 1.75).abs() < 1e-9);
+        assert!((seconds(std::slice::from_ref(&moe), 8, &HW) - 1.75).abs() < 1e-9);
+        // Four experts of 1e8 values each on 8 workers: two replicas each, a ring between them.
+        let replicated = StageWork {
+            a2a_values: 0.0,
+            expert_params: 4e8,
+            experts: 4,
+            ..moe.clone()
+        };
+        let want = 2.0 * 0.5 * 1e8 * 2.0 / 1e9;
+        assert!((seconds(std::slice::from_ref(&replicated), 8, &HW) - want).abs() < 1e-9);
+        // As many workers as experts: nothing to all-reduce.
+        assert_eq!(seconds(&[replicated], 4, &HW), 0.0);
     }
 }

@@ -61,4 +61,8 @@ pub struct ReportInput {
     /// method → domain → the experts' own method (`expert-ffn:<d>`). A share of "the experts'
     /// gain" is a share of these experts' gain.
     pub experts_of: BTreeMap<String, BTreeMap<String, String>>,
+    /// For a method with an expert added after its finetune (`btx:<v>+<d>`), the variant that
+    /// is the same but mixed d's expert from the start, where the run has one: the reference
+    /// that isolates adding late.
+    pub added_twin: BTreeMap<String, String>,
 }

@@ -4,7 +4,10 @@
 //! of its own per layer. Every weight the MoE had is copied bit for bit (routers included: the
 //! new rows are appended), so the experts already there compute what they computed, and with
 //! top-k routing a token whose new logit stays below its k-th largest is routed exactly as
-//! before.
+//! before. Attention experts (BAM) are mixed softly over all of them: there the new attention
+//! expert takes a small weight on every token (its fitted logit sits a margin below the
+//! smallest of the others on their domains), so other domains change slightly, not exactly
+//! nothing.
 //!
 //! Refused before anything is written: a dense model that is not a branch of the MoE's seed
 //! (config, tokenizer, or shared weights — embeddings, norms, non-expert attention — further

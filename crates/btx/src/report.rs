@@ -22,13 +22,16 @@ fn compute_of(run: &Path, s: &Stage) -> Compute {
 /// Training stages that make up a method (after the shared seed), for one replica suffix.
 fn training_stages<'a>(plan: &'a Plan, method: &str, sfx: &str) -> Vec<&'a Stage> {
     let find = |n: &str| plan.stages.iter().find(|s| s.name == n);
-    // The experts a variant's MiX is made of (full or FFN-only).
+    // The experts a variant's MiX is made of (full or FFN-only), and the MiX itself (no
+    // training FLOPs, but its wall time: a fitted router's forward passes).
     let mixed = |v: &str| -> Vec<&'a Stage> {
         let mix = find(&names::mix(v, sfx)).or_else(|| plan.mix_of(v, sfx));
-        match mix.map(|s| &s.kind) {
-            Some(StageKind::Mix { experts, .. }) => {
-                experts.iter().filter_map(|e| find(e)).collect()
-            }
+        match mix.map(|s| (s, &s.kind)) {
+            Some((m, StageKind::Mix { experts, .. })) => experts
+                .iter()
+                .filter_map(|e| find(e))
+                .chain(std::iter::once(m))
+                .collect(),
             _ => vec![],
         }
     };
@@ -49,10 +52,11 @@ fn training_stages<'a>(plan: &'a Plan, method: &str, sfx: &str) -> Vec<&'a Stage
     if let Some((inner, _)) = names::split_added(method) {
         let mut s = training_stages(plan, inner, sfx);
         if let Some(v) = names::btx_variant(inner, &plan.variants[0]) {
-            if let Some(StageKind::AddExpert { expert, .. }) =
-                find(&names::add_expert(v, sfx)).map(|s| &s.kind)
-            {
-                s.extend(find(expert));
+            if let Some(add) = find(&names::add_expert(v, sfx)) {
+                if let StageKind::AddExpert { expert, .. } = &add.kind {
+                    s.extend(find(expert));
+                }
+                s.push(add);
             }
         }
         return s;
@@ -74,6 +78,62 @@ fn training_stages<'a>(plan: &'a Plan, method: &str, sfx: &str) -> Vec<&'a Stage
         return experts();
     }
     find(&names::baseline(method, sfx)).into_iter().collect()
+}
+
+/// For each variant that adds an expert after its finetune (`btx:<v>+<d>`), the variant whose
+/// MiX is the same spec over the same family of experts with d's among them: the reference that
+/// isolates adding late (main budget, replica 0).
+fn added_twins(plan: &Plan) -> BTreeMap<String, String> {
+    let primary = &plan.variants[0];
+    let family = |experts: &[String]| {
+        experts
+            .first()
+            .and_then(|e| e.split_once(':'))
+            .map(|(f, _)| f.to_string())
+    };
+    let mix_of = |v: &str| match plan
+        .stages
+        .iter()
+        .find(|s| s.name == names::mix(v, ""))
+        .or_else(|| plan.mix_of(v, ""))
+        .map(|s| &s.kind)
+    {
+        Some(StageKind::Mix {
+            spec,
+            experts,
+            domains,
+            ..
+        }) => Some((spec.clone(), family(experts), domains.clone())),
+        _ => None,
+    };
+    let mut out = BTreeMap::new();
+    for s in &plan.stages {
+        let StageKind::AddExpert { model, domain, .. } = &s.kind else {
+            continue;
+        };
+        if !names::suffix(&s.name).is_empty() {
+            continue;
+        }
+        let Some(v) = model.strip_prefix("finetune:") else {
+            continue;
+        };
+        let Some((spec, fam, _)) = mix_of(v) else {
+            continue;
+        };
+        let twin = plan.variants.iter().find(|w| {
+            *w != v
+                && mix_of(w)
+                    .is_some_and(|(ws, wf, wd)| ws == spec && wf == fam && wd.contains(domain))
+        });
+        if let Some(w) = twin {
+            let method = method_of(&names::finetune(v, ""), primary);
+            out.insert(
+                names::added_method(&method, domain),
+                method_of(&names::finetune(w, ""), primary),
+            );
+        }
+    }
+    out
 }
 
 /// A training stage as the cost model sees it (see [`btx_eval::cost`]): its measured FLOPs,
@@ -106,6 +166,8 @@ fn stage_work(run: &Path, s: &Stage, flops: f64) -> Option<btx_eval::cost::Stage
         steps: spec.train.steps as f64,
         synced_params: synced,
         a2a_values: a2a,
+        expert_params: expert,
+        experts: cfg.moe.as_ref().map_or(0, |m| m.num_experts),
         branch: names::expert_domain(&s.name).is_some(),
     })
 }
@@ -270,6 +332,7 @@ pub fn build(plan: &Plan, run: &Path) -> Result<()> {
                 .collect()
         })
         .unwrap_or_default();
+    let added_twin = added_twins(plan);
     let mut input = ReportInput {
         title,
         domains: domains.clone(),
@@ -282,6 +345,7 @@ pub fn build(plan: &Plan, run: &Path) -> Result<()> {
         setup: vec![],
         opt_out: opt_outs(plan, run)?,
         experts_of,
+        added_twin,
     };
     let others: Vec<(f64, Stats)> = other_inputs
         .iter()

@@ -14,7 +14,7 @@ const PAPER: &str = "the paper (BTX)";
 const ABLATIONS: &str = "ablations (one of the paper's choices changed)";
 const BEYOND: &str = "beyond the paper";
 const BASELINES: &str = "baselines";
-const ORACLE: &str = "oracle routing (a diagnostic bound)";
+const ORACLE: &str = "oracle routing (a diagnostic)";
 const ORDER: [&str; 5] = [PAPER, ABLATIONS, BEYOND, BASELINES, ORACLE];
 
 /// The group a method is listed under; `None` for the seed and the experts (and, without

@@ -178,6 +178,14 @@ fn an_added_expert_leaves_every_weight_as_it_was_and_takes_its_domain() {
         add(&moe, &code, "code", &data, &no).args(["--router-margin", "nan"]),
         "--router-margin",
     );
+    refused(
+        add(&moe, &code, "code", &data, &no).args(["--dtype", "bf16"]),
+        "would re-round every weight",
+    );
+    refused(
+        &mut add(&moe, &code, "c++", &data, &no),
+        "must not contain +",
+    );
     // Another tokenizer: token ids would mean other things.
     let other_tok = work.join("other-tok");
     std::fs::create_dir(&other_tok).unwrap();
@@ -287,6 +295,13 @@ fn a_recipe_variant_adds_an_expert_after_its_finetune() {
         report.contains("Adding code's expert to btx:late after its finetune"),
         "{report}"
     );
+    // btx mixes the same experts the same way, code's included: the reference that isolates
+    // adding late.
+    assert!(
+        report
+            .contains("Against btx, which mixed code's expert from the start, otherwise the same"),
+        "{report}"
+    );
     // Refused before anything runs.
     for (variant, needle) in [
         ("add_expert = \"history\"", "is not one of experts.domains"),
@@ -297,6 +312,10 @@ fn a_recipe_variant_adds_an_expert_after_its_finetune() {
         (
             "add_expert = \"code\"\ncompute_matched = true",
             "cannot go with finetune_share or compute_matched",
+        ),
+        (
+            "add_expert = \"code\"\n[mix]\ngeneralist = false",
+            "keep the generalist or set [eval] oracle = false",
         ),
     ] {
         let bad = s.path().join("bad.toml");
@@ -309,6 +328,21 @@ fn a_recipe_variant_adds_an_expert_after_its_finetune() {
         refused(btx().arg("run").arg(&bad).arg("--out").arg(&out), needle);
         assert!(!out.exists());
     }
+    // `+` joins a method and an added domain: refused in variant names.
+    let bad = s.path().join("plus.toml");
+    std::fs::write(
+        &bad,
+        format!("{TINY}\n[[finetune.variants]]\nname = \"btx\"\n[[finetune.variants]]\nname = \"a+b\"\n"),
+    )
+    .unwrap();
+    refused(
+        btx()
+            .arg("run")
+            .arg(&bad)
+            .arg("--out")
+            .arg(s.path().join("x")),
+        "without spaces, slashes, colons, #, @ or +",
+    );
     let bad = s.path().join("first.toml");
     std::fs::write(
         &bad,

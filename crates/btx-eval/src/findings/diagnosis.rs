@@ -236,10 +236,16 @@ fn added(st: &Stats) -> Vec<String> {
             m.name,
             others.join(", ")
         );
-        if st.has("btx") {
-            if let Some(vs) = change(&m.name, "btx", d) {
+        // The same variant with d's expert mixed from the start isolates adding it late;
+        // without one in the run, btx (whose experts and router may differ) is the reference.
+        let (twin, same) = match st.input.added_twin.get(&m.name).filter(|t| st.has(t)) {
+            Some(t) => (t.as_str(), ", otherwise the same"),
+            None => ("btx", ""),
+        };
+        if st.has(twin) {
+            if let Some(vs) = change(&m.name, twin, d) {
                 line.push_str(&format!(
-                    " Against btx, which mixed {d}'s expert from the start: {vs}."
+                    " Against {twin}, which mixed {d}'s expert from the start{same}: {vs}."
                 ));
             }
         }

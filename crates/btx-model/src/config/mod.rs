@@ -162,6 +162,13 @@ pub fn expert_name_problem(name: &str) -> Option<String> {
     if name.contains(['/', '\\']) || name == "." || name == ".." {
         return Some("an expert name must not contain a path separator or be . or ..".into());
     }
+    // `+` joins a BTX method and the domain whose expert was added to it (`btx:v+law`).
+    if name.contains('+') {
+        return Some(
+            "an expert name must not contain + (it joins a method and an added expert's domain)"
+                .into(),
+        );
+    }
     if name.parse::<i128>().is_ok() {
         return Some(
             "an expert name must not be a number (numbers address experts by position)".into(),

@@ -141,10 +141,18 @@ pub struct AddArgs {
 
 /// `btx add-expert`: see [`crate::jobs::add`].
 pub fn run_add(a: AddArgs) -> Result<()> {
-    let dtype = match a.save.dtype {
-        Some(d) => Some(d),
-        None => Some(btx_model::io::stored_dtype(&a.model)?),
-    };
+    // Every weight the model had is kept bit for bit: in its own dtype, never re-rounded.
+    let stored = btx_model::io::stored_dtype(&a.model)?;
+    if let Some(d) = a.save.dtype.filter(|d| *d != stored) {
+        bail!(
+            "--dtype {} would re-round every weight of {}, which is stored as {}; add-expert keeps them bit for bit\nhint: add the expert in the model's dtype, then `btx export --dtype {}`",
+            d.torch_name(),
+            a.model.display(),
+            stored.torch_name(),
+            d.torch_name()
+        );
+    }
+    let dtype = Some(stored);
     let s = crate::jobs::add::add_expert(&crate::jobs::add::AddJob {
         moe: &a.model,
         dense: &a.expert,

@@ -104,8 +104,9 @@ pub fn opt_out(
 }
 
 /// The experts a token of `domain` reaches under oracle routing: the experts labelled
-/// `domain` (all chunks of a split FFN) and nothing else, so the domain's expert gets the
-/// token's whole weight whatever the router says; a domain without an expert of its own goes
+/// `domain` (all chunks of a split FFN, which the router still weighs among themselves) and
+/// nothing else, so the domain's expert gets the token's whole weight; a domain without an
+/// expert of its own goes
 /// to the generalist alone. Not the generalist as a top-2 second choice: its weight would come
 /// from the router under diagnosis (a random MiX router splits it about evenly and halves what
 /// the oracle shows). Every other expert is removed, so the router's top-k (renormalised)

@@ -48,6 +48,15 @@ pub fn mix(j: &MixJob) -> Result<MixSummary> {
         btx_mix::check_expert_names(d, j.spec.generalist)?;
     }
     let mut router_fit = vec![];
+    // What the merge would refuse of the spec, before minutes of measuring or fitting.
+    let models = j.experts.len() + j.spec.generalist as usize;
+    let problems = j.spec.problems(models, None);
+    if !problems.is_empty() {
+        bail!(
+            "{}\nhint: `btx mix --help` describes each option",
+            problems.join("; ")
+        );
+    }
     let router_init = match j.spec.simple_router_init(j.router_seed) {
         Some(i) => i,
         None => {
@@ -114,7 +123,14 @@ pub(crate) fn domain_windows(
 ) -> Result<Vec<Vec<i64>>> {
     data.check_model(model, v)?;
     let shard = data.shard(d, "train")?;
-    let windows = eval_windows(&shard, 128.min(max_positions), 16);
+    let seq = 128.min(max_positions);
+    let windows = eval_windows(&shard, seq, 16);
+    if windows.is_empty() {
+        bail!(
+            "{}: domain {d:?} holds fewer than {seq} training tokens: nothing to measure a router on\nhint: prepare more of the domain's text (btx data info shows each shard's tokens)",
+            shard.path.display()
+        );
+    }
     if let Some(bad) = windows
         .iter()
         .flatten()

@@ -160,10 +160,26 @@ impl Plan {
     }
 }
 
+/// What a stage kind computes beyond what its serialised config shows, where that changed:
+/// outputs made under an earlier rule get another fingerprint and are redone. Empty for every
+/// stage whose rule never changed (their fingerprints stay as they were).
+fn rule(kind: &StageKind) -> &'static str {
+    match kind {
+        // Until 2026-12-06 an oracle also gave top-2 models the generalist as second choice.
+        StageKind::Eval { oracle: true, .. } => "oracle: the domain's expert alone",
+        // Until 2026-12-06 a fitted router was solved on each dense expert's own inputs.
+        StageKind::Mix { spec, .. } if spec.router_init == btx_mix::RouterInitKind::Fit => {
+            "fit: on the MiX, layer by layer"
+        }
+        _ => "",
+    }
+}
+
 fn fingerprint(kind: &StageKind, dep_fps: &[&str]) -> String {
     let mut h = Sha256::new();
     h.update(PLAN_VERSION);
     h.update(serde_json::to_string(kind).expect("json"));
+    h.update(rule(kind));
     for d in dep_fps {
         h.update(d);
     }
@@ -234,6 +250,53 @@ pub fn model_dir(run: &Path, stage: &Stage) -> PathBuf {
 mod tests {
     use super::*;
     use crate::recipe::Recipe;
+
+    /// Stages whose rule changed (oracle evaluations, fitted MiXes) get new fingerprints, so
+    /// outputs made under the old rule are redone; every other stage keeps its fingerprint.
+    #[test]
+    fn a_changed_rule_changes_only_its_stages_fingerprints() {
+        let r: Recipe = toml::from_str(include_str!("../../../../examples/demo.toml")).unwrap();
+        let plan = Plan::from_recipe(&r, Path::new("examples")).unwrap();
+        let plain = |k: &StageKind| {
+            let mut h = Sha256::new();
+            h.update(PLAN_VERSION);
+            h.update(serde_json::to_string(k).expect("json"));
+            format!("{:x}", h.finalize())[..16].to_string()
+        };
+        let (mut ruled, mut kept) = (0, 0);
+        for s in plan
+            .stages
+            .iter()
+            .filter(|s| s.deps.is_empty() || s.name == "seed")
+        {
+            assert_eq!(rule(&s.kind), "", "{}", s.name);
+        }
+        for s in &plan.stages {
+            let r = rule(&s.kind);
+            let fp = fingerprint(&s.kind, &[]);
+            if r.is_empty() {
+                assert_eq!(fp, plain(&s.kind), "{}", s.name);
+                kept += 1;
+            } else {
+                assert_ne!(fp, plain(&s.kind), "{}", s.name);
+                assert!(
+                    s.name.starts_with("eval:oracle:") || s.name.starts_with("mix:"),
+                    "{}",
+                    s.name
+                );
+                ruled += 1;
+            }
+        }
+        assert!(ruled > 0 && kept > ruled, "{ruled} {kept}");
+        assert!(plan
+            .stages
+            .iter()
+            .any(|s| s.name == "mix:fit" && !rule(&s.kind).is_empty()));
+        assert!(plan
+            .stages
+            .iter()
+            .any(|s| s.name == "mix:btx" && rule(&s.kind).is_empty()));
+    }
 
     /// examples/study.toml compiles into the study it promises: three budgets of three
     /// replicas, the ablations at the base budget only, one family of experts per kind of

@@ -188,9 +188,10 @@ pub struct EvalSection {
     #[serde(default = "d_true")]
     pub opt_out: bool,
     /// Oracle routing at the main budget (a diagnostic): each variant's MiX and finetuned BTX
-    /// model evaluated with every token of a domain sent to that domain's expert (and the
-    /// generalist for top-2), as methods `oracle:mix:<variant>` and `oracle:btx[:<variant>]`:
-    /// the most any router can keep of the experts' gains. Default true.
+    /// model evaluated with every token of a domain sent to that domain's expert alone (a
+    /// domain without one to the generalist), as methods `oracle:mix:<variant>` and
+    /// `oracle:btx[:<variant>]`: what the experts keep when the router is not the problem.
+    /// Default true.
     #[serde(default = "d_true")]
     pub oracle: bool,
 }

@@ -203,9 +203,10 @@ impl Recipe {
         for v in self.variants() {
             let at = format!("finetune variant {:?}", v.name);
             // (`#` and `@` start a stage name's budget and replica tags: see plan::names.)
-            if v.name.is_empty() || v.name.contains(['/', ' ', ':', '#', '@']) {
+            // (`+` joins a variant's method and the domain it adds: `btx:<v>+<domain>`.)
+            if v.name.is_empty() || v.name.contains(['/', ' ', ':', '#', '@', '+']) {
                 p.push(format!(
-                    "{at}: the name must be non-empty, without spaces, slashes, colons, # or @"
+                    "{at}: the name must be non-empty, without spaces, slashes, colons, #, @ or +"
                 ));
             }
             if !names.insert(v.name.clone()) {
@@ -271,6 +272,20 @@ impl Recipe {
                 let m = v.mix(&self.mix);
                 if m.routing != btx_model::Routing::TopK || m.split > 1 || m.blend {
                     p.push(format!("{at}: add_expert needs top-k routing without split or blend (one more expert would change every token's routing, or would not be one of the MoE's experts)"));
+                }
+            }
+            // Oracle routing sends a domain without an expert to the generalist; without one it
+            // has nowhere to send it.
+            if self.eval.oracle && !self.mix.generalist {
+                if let Some(known) = &domains {
+                    let mixed = v.mixed_domains(&self.experts.domains);
+                    let orphans: Vec<&String> =
+                        known.iter().filter(|d| !mixed.contains(d)).collect();
+                    if !orphans.is_empty() {
+                        p.push(format!(
+                            "{at}: [eval] oracle routes {orphans:?} (no expert of theirs in this MiX) to the generalist, and [mix] generalist = false; keep the generalist or set [eval] oracle = false"
+                        ));
+                    }
                 }
             }
             let m = v.mix(&self.mix);
