@@ -177,7 +177,7 @@ pub fn fit_layerwise(
 /// `model` holds with zero rows (`btx_mix::add` builds it): layer by layer as [`fit_layerwise`], only
 /// the new row is solved, every other row stays as it is. Its target on a token of `own` (the
 /// new expert's domain) is the largest of the other rows' logits plus `margin`, so that it
-/// takes the token first; on a token of `others` (the other experts' domains) the k-th largest
+/// takes the token first; on a token of `others` (every other domain: the other experts' and general text) the k-th largest
 /// minus `margin` (k = top-k; for the soft attention mixture the smallest), so that top-k
 /// leaves those tokens exactly as they were.
 pub fn fit_new_expert(

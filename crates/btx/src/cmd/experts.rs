@@ -117,8 +117,8 @@ pub struct AddArgs {
     /// The new expert's name (in `btx_experts`): its domain in --data.
     #[arg(long)]
     domain: String,
-    /// Prepared data holding the new domain and the MoE's experts' domains: the new router rows
-    /// are fitted on them.
+    /// Prepared data holding the new domain and others (the MoE's experts', general text): the
+    /// new router rows are fitted to take the first and leave the rest alone.
     #[arg(long)]
     data: PathBuf,
     /// Logit margin of the new expert's fitted rows above the best other expert on its domain

@@ -60,20 +60,18 @@ pub fn add_expert(j: &AddJob) -> Result<AddSummary> {
         );
     }
     let own = domain_windows(&data, j.name, j.dense, v, maxp)?;
+    // Every other domain of the data is text the new expert must leave alone: the other
+    // experts' and the generalist's (general text has no expert of its own).
+    let other_names: Vec<String> = domains.iter().filter(|d| *d != j.name).cloned().collect();
     let mut others = vec![];
-    let mut other_names = vec![];
-    for l in &plan.cfg.expert_labels[..plan.new_expert()] {
-        if domains.contains(l) && !other_names.contains(l) {
-            others.extend(domain_windows(&data, l, j.moe, v, maxp)?);
-            other_names.push(l.clone());
-        }
+    for d in &other_names {
+        others.extend(domain_windows(&data, d, j.moe, v, maxp)?);
     }
     if others.is_empty() {
         bail!(
-            "{} holds none of the domains of {}'s experts ({:?}): the new expert's rows would have no text to keep away from\nhint: give --data a directory prepared with the other experts' domains too",
+            "{} holds only the domain {:?}: the new expert's rows would have no text to keep away from\nhint: give --data a directory prepared with the other domains too (the MoE's experts' and general text)",
             j.data.display(),
-            j.moe.display(),
-            &plan.cfg.expert_labels[..plan.new_expert()]
+            j.name
         );
     }
     tracing::info!(
