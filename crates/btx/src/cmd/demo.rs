@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 
 use crate::runner;
 
-/// The default demo (examples/demo.toml): under 10 minutes on 2 cores.
+/// The default demo (examples/demo.toml; README: its measured time on 2 cores).
 pub const DEMO: &str = include_str!("../../../../examples/demo.toml");
 /// `--quick` (examples/quick.toml): about a minute, one replica.
 pub const QUICK: &str = include_str!("../../../../examples/quick.toml");
