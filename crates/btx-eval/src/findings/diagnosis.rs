@@ -123,14 +123,12 @@ pub fn diagnosis(st: &Stats) -> String {
         .filter(|m| m.name.starts_with("mix:") && Some(&m.name) != primary_mix.as_ref())
         .filter_map(|m| {
             // A MiX with no finetune against the finetuned btx, paired: does it need one?
-            let vs_btx = st
-                .loss_gap("btx", &m.name, &[])
-                .map_or(String::new(), |g| {
-                    format!(
-                        " (its loss − btx's {:+.4} [{:+.4}, {:+.4}])",
-                        g.value, g.ci[0], g.ci[1]
-                    )
-                });
+            let vs_btx = st.loss_gap("btx", &m.name, &[]).map_or(String::new(), |g| {
+                format!(
+                    " (its loss − btx's {:+.4} [{:+.4}, {:+.4}])",
+                    g.value, g.ci[0], g.ci[1]
+                )
+            });
             Some(format!(
                 "{} {:.0}%{}{vs_btx}",
                 m.name,
