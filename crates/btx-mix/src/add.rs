@@ -240,12 +240,7 @@ impl AddPlan {
                     layer,
                     expert: Some(e),
                 } if e == old => {
-                    let w = name
-                        .rsplit('.')
-                        .nth(1)
-                        .and_then(|x| x.strip_prefix('w'))
-                        .and_then(|x| x.parse::<usize>().ok())
-                        .expect("w1/w2/w3");
+                    let w = crate::source::ffn_w(name);
                     copy(dense, &ffn_name(layer, None, w), sink)
                 }
                 ParamKind::AttnExpert {

@@ -146,12 +146,7 @@ pub fn mix(seed: &Path, experts: &[PathBuf], opts: &MixOptions, out: &Path) -> R
                 layer,
                 expert: Some(e),
             } => {
-                let wi = name
-                    .rsplit('.')
-                    .nth(1)
-                    .and_then(|x| x.strip_prefix('w'))
-                    .and_then(|x| x.parse::<usize>().ok())
-                    .expect("w1/w2/w3");
+                let wi = crate::source::ffn_w(name);
                 let plan = ExpertPlan {
                     blend: spec.blend,
                     split: spec.split,

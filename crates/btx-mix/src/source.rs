@@ -209,6 +209,16 @@ pub(crate) fn config_difference(
 /// Elements per piece when streaming a mean (bounded memory whatever the tensor size).
 pub(crate) const PIECE: usize = 1 << 16;
 
+/// Mixtral's matrix number of an expert FFN tensor name (`...experts.E.w1.weight` → 1). The
+/// names come from `param_specs` of a MoE config, never from user input: always w1, w2 or w3.
+pub(crate) fn ffn_w(name: &str) -> usize {
+    name.rsplit('.')
+        .nth(1)
+        .and_then(|x| x.strip_prefix('w'))
+        .and_then(|x| x.parse::<usize>().ok())
+        .expect("param_specs names expert FFN matrices w1, w2, w3")
+}
+
 pub(crate) fn f32_at(b: &[u8], i: usize) -> f32 {
     f32::from_le_bytes([b[4 * i], b[4 * i + 1], b[4 * i + 2], b[4 * i + 3]])
 }

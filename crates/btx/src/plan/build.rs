@@ -426,9 +426,13 @@ impl<'a> Planner<'a> {
             let method = method_of(&ft_name, &self.primary().name);
             self.eval(&method, sfx, vec![ft_name.clone()], None);
             self.oracle(at, &method, &ft_name);
-            if let Some(d) = &v.add_expert {
+            // (A domain that is not an expert's is refused by the recipe's validation.)
+            let added = v
+                .add_expert
+                .as_ref()
+                .and_then(|d| Some((d, self.domains.iter().position(|x| x == d)?)));
+            if let Some((d, i)) = added {
                 // The expert of d, trained with the others, added to the finetuned model.
-                let i = self.domains.iter().position(|x| x == d).expect("validated");
                 let expert = experts_of[&fam][i].clone();
                 let name = names::add_expert(&v.name, sfx);
                 self.b.push(
