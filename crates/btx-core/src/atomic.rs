@@ -26,29 +26,69 @@ fn temp_path(target: &Path) -> Result<PathBuf> {
 
 /// Writes `bytes` to `path` atomically (see the module's doc). The parent directory must exist.
 pub fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = temp_path(path)?;
-    sweep_leftovers(path);
-    let result = (|| -> std::io::Result<()> {
-        let mut f = fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()
-    })();
-    if let Err(e) = result {
-        let _ = fs::remove_file(&tmp);
-        return Err(OutputError::io(path, e));
+    let mut f = AtomicFile::create(path)?;
+    f.write_all(bytes)?;
+    f.commit()
+}
+
+/// A file written piece by piece (a multi-gigabyte export streamed tensor by tensor) that
+/// appears whole or not at all: the pieces go to the hidden temporary beside the target, which
+/// [`AtomicFile::commit`] fsyncs and renames over it; dropped uncommitted (an error on the
+/// way), the temporary is removed and the target stays as it was.
+pub struct AtomicFile {
+    target: PathBuf,
+    tmp: PathBuf,
+    file: Option<std::io::BufWriter<fs::File>>,
+}
+
+impl AtomicFile {
+    /// Starts writing `path` (its parent must exist); what a killed writer left is swept first.
+    pub fn create(path: &Path) -> Result<Self> {
+        let tmp = temp_path(path)?;
+        sweep_leftovers(path);
+        let f = fs::File::create(&tmp).map_err(|e| OutputError::io(path, e))?;
+        Ok(Self {
+            target: path.to_path_buf(),
+            tmp,
+            file: Some(std::io::BufWriter::with_capacity(1 << 20, f)),
+        })
     }
-    if let Err(e) = fs::rename(&tmp, path) {
-        let _ = fs::remove_file(&tmp);
-        return Err(OutputError::io(path, e));
+
+    pub fn write_all(&mut self, bytes: &[u8]) -> Result<()> {
+        let f = self.file.as_mut().expect("written after commit");
+        f.write_all(bytes)
+            .map_err(|e| OutputError::io(&self.target, e))
     }
-    if let Some(p) = path.parent() {
-        fsync_dir(if p.as_os_str().is_empty() {
-            Path::new(".")
-        } else {
-            p
-        });
+
+    /// Flushes, fsyncs and renames the file into place, then fsyncs its directory.
+    pub fn commit(mut self) -> Result<()> {
+        let f = self.file.take().expect("committed twice");
+        let synced = f
+            .into_inner()
+            .map_err(|e| e.into_error())
+            .and_then(|f| f.sync_all());
+        if let Err(e) = synced {
+            return Err(OutputError::io(&self.target, e));
+        }
+        fs::rename(&self.tmp, &self.target).map_err(|e| OutputError::io(&self.target, e))?;
+        if let Some(p) = self.target.parent() {
+            fsync_dir(if p.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                p
+            });
+        }
+        Ok(())
     }
-    Ok(())
+}
+
+impl Drop for AtomicFile {
+    fn drop(&mut self) {
+        if self.file.is_some() {
+            self.file = None;
+            let _ = fs::remove_file(&self.tmp);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -67,5 +107,25 @@ mod tests {
         let e = write_file(&d.join("missing/x.json"), b"{}").unwrap_err();
         assert!(e.to_string().contains("missing/x.json"), "{e}");
         assert_eq!(fs::read(&p).unwrap(), b"two");
+    }
+
+    #[test]
+    fn an_uncommitted_file_leaves_the_old_one_and_no_temporary() {
+        let d = btx_testkit::Scratch::new("atomic-stream");
+        let p = d.join("model.gguf");
+        write_file(&p, b"old").unwrap();
+        {
+            let mut f = AtomicFile::create(&p).unwrap();
+            f.write_all(b"half of a new").unwrap();
+            assert_eq!(fs::read_dir(d.path()).unwrap().count(), 2);
+        }
+        assert_eq!(fs::read(&p).unwrap(), b"old");
+        assert_eq!(fs::read_dir(d.path()).unwrap().count(), 1);
+        let mut f = AtomicFile::create(&p).unwrap();
+        f.write_all(b"new, ").unwrap();
+        f.write_all(b"whole").unwrap();
+        f.commit().unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"new, whole");
+        assert_eq!(fs::read_dir(d.path()).unwrap().count(), 1);
     }
 }

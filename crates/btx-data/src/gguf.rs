@@ -581,13 +581,21 @@ pub fn quantize(ty: GgmlType, x: &[f32]) -> Vec<u8> {
     out
 }
 
-/// Writes a GGUF v3 file: metadata, then tensors given as (name, row-major shape, type, f32
-/// values to quantise).
-pub fn write(
-    path: &Path,
-    meta: &[(String, Value)],
-    tensors: &[(String, Vec<usize>, GgmlType, Vec<f32>)],
-) -> Result<()> {
+/// The alignment of tensor data btx writes (GGUF's default; `general.alignment` unset).
+pub const ALIGN: usize = 32;
+
+/// One tensor's entry in a GGUF header: its name, row-major shape (written with ne[0], the
+/// last dimension, first), type and offset from the start of the data section.
+pub struct TensorHeader<'a> {
+    pub name: &'a str,
+    pub shape: &'a [usize],
+    pub ty: GgmlType,
+    pub offset: u64,
+}
+
+/// A GGUF v3 header: magic, version, counts, metadata, tensor infos, padded to [`ALIGN`] so
+/// that the data section starts right after it.
+pub fn encode_header(meta: &[(String, Value)], tensors: &[TensorHeader]) -> Vec<u8> {
     fn string(out: &mut Vec<u8>, s: &str) {
         out.extend((s.len() as u64).to_le_bytes());
         out.extend(s.as_bytes());
@@ -631,7 +639,6 @@ pub fn write(
             Value::F64(x) => out.extend(x.to_le_bytes()),
         }
     }
-    const ALIGN: usize = 32;
     let mut head = b"GGUF".to_vec();
     head.extend(3u32.to_le_bytes());
     head.extend((tensors.len() as u64).to_le_bytes());
@@ -641,20 +648,44 @@ pub fn write(
         head.extend(type_id(v).to_le_bytes());
         value(&mut head, v);
     }
-    let mut data = vec![];
-    for (name, shape, ty, vals) in tensors {
-        let q = quantize(*ty, vals);
-        string(&mut head, name);
-        head.extend((shape.len() as u32).to_le_bytes());
-        for d in shape.iter().rev() {
+    for t in tensors {
+        string(&mut head, t.name);
+        head.extend((t.shape.len() as u32).to_le_bytes());
+        for d in t.shape.iter().rev() {
             head.extend((*d as u64).to_le_bytes());
         }
-        head.extend(ty.id().to_le_bytes());
-        head.extend((data.len() as u64).to_le_bytes());
-        data.extend(q);
-        data.resize(data.len().div_ceil(ALIGN) * ALIGN, 0);
+        head.extend(t.ty.id().to_le_bytes());
+        head.extend(t.offset.to_le_bytes());
     }
     head.resize(head.len().div_ceil(ALIGN) * ALIGN, 0);
+    head
+}
+
+/// Writes a small GGUF v3 file in memory (tests): metadata, then tensors given as (name,
+/// row-major shape, type, f32 values to quantise).
+pub fn write(
+    path: &Path,
+    meta: &[(String, Value)],
+    tensors: &[(String, Vec<usize>, GgmlType, Vec<f32>)],
+) -> Result<()> {
+    let mut data = vec![];
+    let mut offsets = vec![];
+    for (_, _, ty, vals) in tensors {
+        offsets.push(data.len() as u64);
+        data.extend(quantize(*ty, vals));
+        data.resize(data.len().div_ceil(ALIGN) * ALIGN, 0);
+    }
+    let infos: Vec<TensorHeader> = tensors
+        .iter()
+        .zip(&offsets)
+        .map(|((name, shape, ty, _), &offset)| TensorHeader {
+            name,
+            shape,
+            ty: *ty,
+            offset,
+        })
+        .collect();
+    let head = encode_header(meta, &infos);
     let mut f = File::create(path).map_err(|e| io_err(path, e))?;
     f.write_all(&head)
         .and_then(|_| f.write_all(&data))

@@ -58,8 +58,8 @@ pub fn gguf(data: &[u8]) {
     let Ok(g) = btx_data::gguf::GgufFile::open(&p) else {
         return;
     };
-    let _ = btx::gguf_import::config_from_gguf(&g);
-    let _ = btx::gguf_import::tokenizer_from_gguf(&g);
+    let _ = btx_gguf::import::config_from_gguf(&g);
+    let _ = btx_gguf::import::tokenizer_from_gguf(&g);
     for t in &g.tensors {
         let _ = t.shape();
         if t.dims

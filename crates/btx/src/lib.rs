@@ -23,7 +23,6 @@ macro_rules! errln {
 
 pub mod cmd;
 pub mod executor;
-pub mod gguf_import;
 pub mod jobs;
 pub mod local;
 pub mod lock;

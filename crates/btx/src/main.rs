@@ -57,8 +57,8 @@ enum Command {
     /// Add a dense branch of the seed as one more expert of a BTX model (FlexOlmo / Nexus):
     /// every weight the model had unchanged, the new router rows fitted on the new domain.
     AddExpert(cmd::experts::AddArgs),
-    /// Write a model in a given format (hf-mixtral for transformers, or btx's own layout).
-    Export(cmd::experts::ExportArgs),
+    /// Write a model in a given format: hf for transformers, gguf for llama.cpp, btx for its own layout.
+    Export(cmd::export::ExportArgs),
     /// Import a llama.cpp GGUF file (Llama architecture) as a Hugging Face checkpoint.
     ImportGguf(cmd::import::Args),
     /// Check this build on this device against the transformers fixtures and the golden
@@ -138,7 +138,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Average(a) => cmd::mix::run_average(a),
             Command::PruneExperts(a) => cmd::experts::run_prune(a),
             Command::AddExpert(a) => cmd::experts::run_add(a),
-            Command::Export(a) => cmd::experts::run_export(a),
+            Command::Export(a) => cmd::export::run_export(a),
             Command::ImportGguf(a) => cmd::import::run(a),
             Command::Bench(c) => cmd::bench::run(c, &dev, &cli.device),
             Command::Selftest(a) => cmd::selftest::run(a, &dev, &cli.device),

@@ -246,7 +246,7 @@ fn execute(
             Ok((params_compute(&cfg), json!({"source": path})))
         }
         StageKind::SeedGguf { path } => {
-            let cfg = crate::gguf_import::import_gguf(path, &model_out, Existing::Replace)?;
+            let cfg = btx_gguf::import::import_gguf(path, &model_out, Existing::Replace)?;
             Ok((params_compute(&cfg), json!({"source": path})))
         }
         StageKind::Train { from, spec, data } => {

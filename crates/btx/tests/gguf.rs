@@ -1,10 +1,10 @@
 //! GGUF import on a tiny file the test writes itself: a random Llama quantised (Q8_0
 //! embeddings, Q4_1 matrices, F32 norms) with llama.cpp's Q/K permutation, and a BPE vocabulary.
 
-use btx::gguf_import::{import_gguf, permute_rows, unpermute_rows};
 use btx_core::outdir::Existing;
 use btx_data::gguf::{self, GgmlType, Value};
 use btx_data::Tok;
+use btx_gguf::import::{import_gguf, permute_rows, unpermute_rows};
 use btx_model::burn::prelude::Device;
 use btx_model::{to_vec, ForwardOpts, Model, ModelConfig};
 use btx_testkit::Scratch;

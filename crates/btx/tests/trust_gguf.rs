@@ -7,10 +7,10 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use btx::gguf_import::import_gguf;
 use btx_core::outdir::Existing;
 use btx_data::gguf::{self, GgmlType, GgufFile, Value};
 use btx_data::Tok;
+use btx_gguf::import::import_gguf;
 use btx_testkit::Scratch;
 
 const HIDDEN: usize = 64;

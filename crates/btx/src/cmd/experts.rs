@@ -1,8 +1,7 @@
 //! Removing experts (FlexOlmo's opt-out): `btx prune-experts` writes a model without them,
 //! `--without-expert` (eval, generate) drops them in memory. Either way the experts' FFNs,
 //! attention experts and router rows go; every other weight stays, so the experts left compute
-//! what they did and the routers renormalise over them. And `btx export`: a model in the
-//! format a user asks for, refused where that format cannot hold it.
+//! what they did and the routers renormalise over them.
 
 use std::path::PathBuf;
 
@@ -176,85 +175,7 @@ pub fn run_add(a: AddArgs) -> Result<()> {
     Ok(())
 }
 
-#[derive(clap::Args)]
-pub struct ExportArgs {
-    /// The model directory to export.
-    #[arg(long)]
-    model: PathBuf,
-    /// `hf` (also `hf-mixtral`): what transformers loads, as the family's class (Llama,
-    /// Mistral, Mixtral, Qwen2, Qwen2-MoE, Qwen3, Qwen3-MoE); `btx`: btx's own layout, which
-    /// also holds attention experts.
-    #[arg(long, default_value = "hf")]
-    format: String,
-    /// Output model directory (written beside it and renamed into place when complete).
-    #[arg(long)]
-    out: PathBuf,
-    /// Replace an existing non-empty --out (atomically).
-    #[arg(long)]
-    force: bool,
-    /// With hf-mixtral: export a switch or sample-top1 model as plain Mixtral top-1 even though
-    /// transformers then computes other logits (the gate is 1 instead of p_i, no capacity
-    /// limit; sample-top1's soft first layer becomes top-1). Without it such a model is refused.
-    #[arg(long)]
-    allow_routing_change: bool,
-    #[command(flatten)]
-    save: super::SaveArgs,
-}
-
-pub fn run_export(a: ExportArgs) -> Result<()> {
-    if !["hf", "hf-mixtral", "btx"].contains(&a.format.as_str()) {
-        bail!(
-            "--format {:?}: hf (or its old name hf-mixtral) or btx\nhint: hf is what transformers loads",
-            a.format
-        );
-    }
-    let save = a.save.resolve(Some(&a.model))?;
-    let m = Model::load(&a.model, &Device::flex())
-        .with_context(|| format!("loading model from {}", a.model.display()))?;
-    let hf = a.format != "btx";
-    if hf {
-        if let Some(att) = &m.cfg.attn_experts {
-            bail!(
-                "{} has {} attention experts{} (BAM), which a Mixtral cannot hold: transformers has no attention experts\nhint: the nearest exportable model mixes the same experts with attention = \"average\" (the paper's MiX: `btx mix --attention average`, or the run's `btx` variant); or keep this one in btx's layout with --format btx (btx eval and generate read it)",
-                a.model.display(),
-                att.num_experts,
-                if att.shared_kv { " sharing keys and values" } else { "" }
-            );
-        }
-    }
-    if hf && !a.allow_routing_change {
-        if let Some(moe) = &m.cfg.moe {
-            use btx_model::Routing;
-            if matches!(
-                moe.routing,
-                Routing::Switch { .. } | Routing::SampleTop1 { .. }
-            ) {
-                bail!(
-                    "{} routes with {}, which transformers' Mixtral does not compute: it would run the export as plain top-1 and give other logits\nhint: the exact export is a top-k model (mix or finetune with routing = \"top-k\"); --allow-routing-change exports this one anyway as Mixtral top-1 (see the README's routing table for what differs)",
-                    a.model.display(),
-                    moe.routing.name()
-                );
-            }
-        }
-    }
-    let staged = OutDir::create(&a.out, &[&a.model], Existing::replace_if(a.force))?;
-    m.save_as(staged.path(), &save)?;
-    copy_tokenizer(&a.model, staged.path())?;
-    staged.commit()?;
-    outln!(
-        "exported {} as {} ({}, {}): {}",
-        a.model.display(),
-        a.format,
-        save.dtype.torch_name(),
-        m.cfg.to_hf_json()["architectures"][0]
-            .as_str()
-            .unwrap_or("?"),
-        a.out.display()
-    );
-    Ok(())
-}
-
-fn copy_tokenizer(from: &std::path::Path, to: &std::path::Path) -> Result<()> {
+pub(crate) fn copy_tokenizer(from: &std::path::Path, to: &std::path::Path) -> Result<()> {
     let t = from.join("tokenizer.json");
     if t.exists() {
         std::fs::copy(&t, to.join("tokenizer.json"))

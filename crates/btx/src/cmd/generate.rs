@@ -30,6 +30,10 @@ pub struct Args {
     /// tokenizer.json to use (default: the model directory's).
     #[arg(long)]
     tokenizer: Option<PathBuf>,
+    /// Also print the generated token ids (`ids: 1 2 3`), e.g. to compare with another
+    /// runtime token for token.
+    #[arg(long)]
+    show_ids: bool,
     #[command(flatten)]
     without: super::experts::Without,
 }
@@ -127,6 +131,10 @@ pub fn run(a: Args, dev: &Device) -> Result<()> {
         }
         let ids: Vec<u32> = o.iter().map(|&x| x as u32).collect();
         outln!("{p}{}", tok.decode(&ids)?);
+        if a.show_ids {
+            let list: Vec<String> = ids.iter().map(u32::to_string).collect();
+            outln!("ids: {}", list.join(" "));
+        }
     }
     let dt = t0.elapsed().as_secs_f64();
     errln!("{n} tokens in {dt:.2}s ({:.1} tok/s)", n as f64 / dt);

@@ -3,9 +3,9 @@
 
 use std::path::PathBuf;
 
-use crate::gguf_import::import_gguf;
 use anyhow::{Context, Result};
 use btx_core::outdir::Existing;
+use btx_gguf::import::import_gguf;
 
 #[derive(clap::Args)]
 pub struct Args {

@@ -3,6 +3,7 @@ pub mod data;
 pub mod demo;
 pub mod eval;
 pub mod experts;
+pub mod export;
 pub mod forward;
 pub mod generate;
 pub mod import;

@@ -33,7 +33,7 @@ pub(super) fn seed_config(r: &Recipe, base: &Path) -> Result<ModelConfig> {
     }
     if let Some(g) = &r.seed.gguf {
         let f = btx_data::gguf::GgufFile::open(&abs(g))?;
-        return Ok(crate::gguf_import::config_from_gguf(&f)?);
+        return Ok(btx_gguf::import::config_from_gguf(&f)?);
     }
     let spec = r
         .seed

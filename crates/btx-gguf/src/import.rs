@@ -23,7 +23,7 @@ use btx_data::gguf::{GgufFile, Value};
 use btx_data::Tok;
 
 /// The GGUF tensor that holds an HF parameter (llama.cpp's names for llama, qwen2 and qwen3).
-fn gguf_name(hf: &str) -> Option<String> {
+pub(crate) fn gguf_name(hf: &str) -> Option<String> {
     match hf {
         "model.embed_tokens.weight" => return Some("token_embd.weight".into()),
         "model.norm.weight" => return Some("output_norm.weight".into()),
@@ -555,7 +555,7 @@ pub fn config_from_gguf(g: &GgufFile) -> Result<ModelConfig> {
 
 /// llama.cpp's regex for its `llama3` pre-tokenizer: Llama 3's, with `(?i:'s|...)` spelt out as
 /// ASCII classes (case-insensitive matching would also take e.g. U+017F for `s`).
-const LLAMA3_SPLIT: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+pub(crate) const LLAMA3_SPLIT: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 /// Llama 3.1's RoPE scaling from the `rope_freqs.weight` llama.cpp's converter writes for it
 /// (GGUF keeps the per-frequency divisors, not the parameters they came from): the
@@ -596,7 +596,7 @@ fn llama3_from_factors(
 
 /// llama.cpp's regex for its `qwen2` pre-tokenizer: Llama 3's with single digits (`\p{N}`),
 /// the case-insensitive contractions spelt out the same way.
-const QWEN2_SPLIT: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+pub(crate) const QWEN2_SPLIT: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 /// The `tokenizers` pre-tokenizer that splits text as llama.cpp's pre-tokenizer `pre` does, whether
 /// llama.cpp's BPE takes a whole word found in the vocabulary without merging (`ignore_merges`),
