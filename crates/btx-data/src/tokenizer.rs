@@ -130,6 +130,16 @@ impl Tok {
             .to_vec())
     }
 
+    /// The BOS token the tokenizer's post-processor puts before a text when asked to add
+    /// special tokens (Llama 3's), if it does: what llama.cpp adds to every prompt of the
+    /// model (btx itself never adds it).
+    pub fn added_bos(&self) -> Option<u32> {
+        let with = self.inner.encode_fast("a", true).ok()?;
+        let without = self.inner.encode_fast("a", false).ok()?;
+        let (w, wo) = (with.get_ids(), without.get_ids());
+        (w.len() > wo.len() && w.first() != wo.first()).then(|| w[0])
+    }
+
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
         self.inner.decode(ids, false).map_err(tk_err)
     }

@@ -11,6 +11,7 @@ pub mod plots;
 pub mod report;
 pub mod routing;
 pub mod stats;
+pub mod text;
 
 pub use evaluate::{evaluate, EvalResult, EvalSpec};
 pub use lm::{Ensemble, Lm, Weighting};

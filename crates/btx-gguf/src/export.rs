@@ -157,11 +157,7 @@ fn architecture(cfg: &ModelConfig, model: &Path) -> Result<&'static str> {
 }
 
 /// The RoPE metadata and `rope_freqs.weight` values for the config's scaling, or the refusal.
-fn rope(
-    cfg: &ModelConfig,
-    arch: &str,
-    model: &Path,
-) -> Result<(Meta, Option<Vec<f32>>)> {
+fn rope(cfg: &ModelConfig, arch: &str, model: &Path) -> Result<(Meta, Option<Vec<f32>>)> {
     let k = |key: &str| format!("{arch}.{key}");
     match &cfg.rope_scaling {
         RopeScaling::Default => Ok((vec![], None)),

@@ -17,8 +17,16 @@ pub struct Args {
     #[arg(long, required = true)]
     model: Vec<PathBuf>,
     /// Prepared data directory (validation splits and task sets).
-    #[arg(long)]
-    data: PathBuf,
+    #[arg(long, required_unless_present = "text")]
+    data: Option<PathBuf>,
+    /// Instead of --data: the perplexity of this text file as llama.cpp's llama-perplexity
+    /// computes it (the whole text tokenised with the model's tokenizer.json, chunks of
+    /// --seq-len tokens, the second half of each chunk scored), to compare the two runtimes.
+    #[arg(long, conflicts_with_all = ["data", "ensemble", "domains", "route_by_domain"])]
+    text: Option<PathBuf>,
+    /// With --text: chunks to score at most (llama-perplexity's --chunks; default all).
+    #[arg(long, requires = "text")]
+    chunks: Option<usize>,
     /// Ensemble the models (BTM): posterior-top1, posterior-top2, ... or uniform.
     #[arg(long)]
     ensemble: Option<String>,
@@ -74,7 +82,8 @@ pub fn run(a: Args, dev: &Device) -> Result<()> {
     // The output is written last: refuse one that cannot be written before evaluating.
     if let Some(out) = &a.out {
         let mut inputs: Vec<&std::path::Path> = a.model.iter().map(PathBuf::as_path).collect();
-        inputs.push(&a.data);
+        inputs.extend(a.data.as_deref());
+        inputs.extend(a.text.as_deref());
         btx_core::outdir::check_not_an_input(out, &inputs)?;
         if out.is_dir() {
             bail!(
@@ -91,7 +100,14 @@ pub fn run(a: Args, dev: &Device) -> Result<()> {
             );
         }
     }
-    let data = DataDir::open(&a.data)?;
+    if let Some(text) = &a.text {
+        return run_text(&a, text, dev);
+    }
+    let data = DataDir::open(
+        a.data
+            .as_deref()
+            .expect("clap requires --data without --text"),
+    )?;
     let models = a
         .model
         .iter()
@@ -149,6 +165,57 @@ pub fn run(a: Args, dev: &Device) -> Result<()> {
     );
     if let Some(out) = a.out {
         btx_core::atomic::write_file(&out, serde_json::to_string_pretty(&me)?.as_bytes())?;
+    }
+    Ok(())
+}
+
+/// `--text`: llama-perplexity's protocol on one model (see [`btx_eval::text`]).
+fn run_text(a: &Args, text: &std::path::Path, dev: &Device) -> Result<()> {
+    if a.model.len() != 1 {
+        bail!("--text evaluates one --model");
+    }
+    let dir = &a.model[0];
+    let tok = btx_data::Tok::load(&dir.join("tokenizer.json"))
+        .with_context(|| format!("the tokenizer of {}", dir.display()))?;
+    let body =
+        std::fs::read_to_string(text).with_context(|| format!("reading {}", text.display()))?;
+    let model = a.without.apply(
+        btx_model::Model::load(dir, dev).with_context(|| format!("loading {}", dir.display()))?,
+    )?;
+    if tok.vocab_size() > model.cfg.vocab_size {
+        bail!(
+            "{}: the tokenizer has {} tokens but the model {} embedding rows\nhint: use the model's own tokenizer.json",
+            dir.display(),
+            tok.vocab_size(),
+            model.cfg.vocab_size
+        );
+    }
+    let ids = tok.encode(&body)?;
+    let r = btx_eval::text::text_perplexity(
+        &model,
+        &ids,
+        a.seq_len,
+        a.chunks,
+        tok.added_bos(),
+        a.batch,
+    )
+    .map_err(|e| {
+        anyhow::anyhow!(
+            "{}: {e}\nhint: a longer text, or a smaller --seq-len",
+            text.display()
+        )
+    })?;
+    outln!(
+        "{}: perplexity {:.4} (loss {:.5}) over {} tokens: {} chunks of {}, second halves scored",
+        text.display(),
+        r.perplexity,
+        r.loss,
+        r.scored,
+        r.chunks,
+        r.ctx
+    );
+    if let Some(out) = &a.out {
+        btx_core::atomic::write_file(out, serde_json::to_string_pretty(&r)?.as_bytes())?;
     }
     Ok(())
 }
