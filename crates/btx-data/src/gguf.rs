@@ -420,6 +420,20 @@ impl GgufFile {
         Ok(dequantize(t.ty, self.raw(t)?, t.numel()))
     }
 
+    /// Values `from..to` of a tensor as f32 (both whole blocks of its type: one expert of a
+    /// stacked `ffn_*_exps`, whose rows are whole blocks), so that a part of a large tensor is
+    /// read without dequantising the rest.
+    pub fn dequantize_range(&self, t: &TensorInfo, from: usize, to: usize) -> Result<Vec<f32>> {
+        let raw = self.raw(t)?;
+        let (e, b) = t.ty.block().expect("raw() checked the type");
+        assert!(
+            from.is_multiple_of(e) && to.is_multiple_of(e) && from <= to && to <= t.numel(),
+            "range {from}..{to} of {} is not whole blocks of {e}",
+            t.name
+        );
+        Ok(dequantize(t.ty, &raw[from / e * b..to / e * b], to - from))
+    }
+
     /// The index of the first value of `t` that dequantises to NaN or ±infinity, without
     /// dequantising it (see [`first_non_finite`]).
     pub fn first_non_finite(&self, t: &TensorInfo) -> Result<Option<usize>> {

@@ -1,4 +1,4 @@
-//! GGUF Llama → Hugging Face checkpoint: dequantised f32 weights under HF names (with the Q/K
+//! GGUF (llama, Mixtral, qwen2, qwen3, qwen3moe) → Hugging Face checkpoint: dequantised f32 weights under HF names (with the Q/K
 //! row permutation that llama.cpp's converter applies for its RoPE undone), `config.json`, and a
 //! `tokenizer.json` rebuilt from the GGUF vocabulary and merges.
 //!
@@ -12,8 +12,8 @@
 use std::path::Path;
 
 use btx_core::outdir::{Existing, OutDir};
-use btx_model::config::{Family, RopeScaling};
-use btx_model::io::write_checkpoint;
+use btx_model::config::{Family, MoeConfig, RopeScaling};
+use btx_model::io::{write_model_checkpoint, OutDtype, SaveOpts};
 use btx_model::names::param_specs;
 use btx_model::ModelConfig;
 use serde_json::{json, Value as Json};
@@ -53,14 +53,38 @@ pub(crate) fn gguf_name(hf: &str) -> Option<String> {
     Some(format!("blk.{l}.{g}"))
 }
 
-/// The GGUF architectures btx imports, with the family each is: `llama` (whose converter
-/// permutes the Q/K rows for llama.cpp's interleaved RoPE), `qwen2` (q/k/v biases) and `qwen3`
-/// (per-head q/k norms); the Qwen graphs use rotate-half RoPE, so their rows are as in HF.
+/// Where an HF parameter lives in a GGUF: the tensor, and for one expert of a MoE its index
+/// along the stacked `ffn_*_exps` tensor's first dimension (llama.cpp's converter stacks the
+/// experts of a layer into one tensor per matrix).
+pub(crate) fn gguf_source(hf: &str) -> Option<(String, Option<usize>)> {
+    use btx_model::names::{param_kind, ParamKind};
+    match param_kind(hf) {
+        ParamKind::Router { layer } => Some((format!("blk.{layer}.ffn_gate_inp.weight"), None)),
+        ParamKind::Ffn {
+            layer,
+            expert: Some(e),
+        } => {
+            let g = match hf.rsplit('.').nth(1)? {
+                "w1" => "ffn_gate_exps",
+                "w2" => "ffn_down_exps",
+                "w3" => "ffn_up_exps",
+                _ => return None,
+            };
+            Some((format!("blk.{layer}.{g}.weight"), Some(e)))
+        }
+        _ => gguf_name(hf).map(|g| (g, None)),
+    }
+}
+
+/// The GGUF architectures btx imports, with the family each is: `llama` (dense, or Mixtral
+/// with `llama.expert_count`; its converter permutes the Q/K rows for llama.cpp's interleaved
+/// RoPE), `qwen2` (q/k/v biases), `qwen3` (per-head q/k norms) and `qwen3moe` (Qwen3-MoE); the
+/// Qwen graphs use rotate-half RoPE, so their rows are as in HF.
 fn family_of(arch: &str) -> Option<Family> {
     Some(match arch {
         "llama" => Family::Llama,
         "qwen2" => Family::Qwen2,
-        "qwen3" => Family::Qwen3,
+        "qwen3" | "qwen3moe" => Family::Qwen3,
         _ => return None,
     })
 }
@@ -101,7 +125,7 @@ pub fn permute_rows(w: &[f32], rows: usize, cols: usize, n_head: usize) -> Vec<f
 }
 
 /// `hint:` for a file btx cannot import exactly because of what the model computes.
-const HINT_UNSUPPORTED: &str = "btx imports dense llama, qwen2 and qwen3 GGUFs exactly or not at all; if the model has a Hugging Face checkpoint, use that as the seed ([seed] path), where btx checks config.json key by key";
+const HINT_UNSUPPORTED: &str = "btx imports llama (dense and Mixtral), qwen2, qwen3 and qwen3moe GGUFs exactly or not at all; if the model has a Hugging Face checkpoint, use that as the seed ([seed] path), where btx checks config.json key by key";
 
 /// `hint:` for a file that is not what llama.cpp's converter writes for a Llama.
 const HINT_RECONVERT: &str = "the file is not what llama.cpp's convert_hf_to_gguf.py writes for a Llama; convert the model again with a current llama.cpp";
@@ -238,6 +262,9 @@ const LLAMA_KEYS_READ: &[&str] = &[
     "rope.scaling.type",
     "rope.scaling.factor",
     "rope.scale_linear",
+    "expert_count",
+    "expert_used_count",
+    "expert_feed_forward_length",
 ];
 
 /// `llama.*` keys that do not enter what llama.cpp computes for a llama model btx accepts:
@@ -262,11 +289,9 @@ enum Neutral {
 /// hold the value listed, at which the model computes exactly what btx does. Any other value is
 /// refused; so is any `llama.*` key in none of these lists, since btx cannot know what it does.
 const LLAMA_KEYS_NEUTRAL: &[(&str, Neutral, &str)] = &[
-    ("expert_count", Neutral::Num(0.0), "a mixture-of-experts FFN (Mixtral-style), and btx imports dense Llama GGUFs only"),
-    ("expert_used_count", Neutral::Num(0.0), "a mixture-of-experts FFN (Mixtral-style), and btx imports dense Llama GGUFs only"),
-    ("expert_shared_count", Neutral::Num(0.0), "shared experts, and btx imports dense Llama GGUFs only"),
-    ("expert_group_count", Neutral::Num(0.0), "grouped expert routing, and btx imports dense Llama GGUFs only"),
-    ("expert_group_used_count", Neutral::Num(0.0), "grouped expert routing, and btx imports dense Llama GGUFs only"),
+    ("expert_shared_count", Neutral::Num(0.0), "shared experts, which btx's MoE does not have"),
+    ("expert_group_count", Neutral::Num(0.0), "grouped expert routing, which btx does not implement"),
+    ("expert_group_used_count", Neutral::Num(0.0), "grouped expert routing, which btx does not implement"),
     ("attention.sliding_window", Neutral::Num(0.0), "sliding-window attention: llama.cpp attends to every earlier position of a llama model while the model was made to mask keys past the window, and btx will not pick one of the two"),
     ("rope.scaling.attn_factor", Neutral::Num(1.0), "a factor on RoPE's cos/sin (llama.cpp multiplies its attention factor by it), which btx does not implement"),
     ("attention.clamp_kqv", Neutral::Num(0.0), "clamping of Q, K and V, which btx does not implement"),
@@ -282,7 +307,7 @@ const LLAMA_KEYS_NEUTRAL: &[(&str, Neutral, &str)] = &[
 ];
 
 /// Refuses every file-level and `llama.*` key that would make llama.cpp compute something other
-/// than the dense Llama btx builds. Keys of other namespaces (`general.*` aside from those below,
+/// than the Llama (or Mixtral) btx builds. Keys of other namespaces (`general.*` aside from those below,
 /// `quantize.*`, another architecture's) are not read by llama.cpp for a llama model.
 fn check_keys(g: &GgufFile, arch: &str) -> Result<()> {
     let m = Meta(g);
@@ -494,6 +519,19 @@ pub fn config_from_gguf(g: &GgufFile) -> Result<ModelConfig> {
     c.qkv_bias = family == Family::Qwen2;
     c.qk_norm = family == Family::Qwen3;
     c.rope_scaling = rope_scaling;
+    c.moe = moe_from_gguf(g, arch, layers)?;
+    if c.moe.is_some() && arch == "qwen3moe" {
+        c.intermediate_size = m.need_uint(&k("expert_feed_forward_length"))?;
+    }
+    // What btx's export records of the experts' domains (llama.cpp ignores the key).
+    if let (Some(moe), Some(Value::Array(a))) = (&c.moe, g.meta.get("btx.expert_labels")) {
+        let labels: Vec<String> = a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect();
+        if labels.len() == moe.num_experts
+            && labels.iter().all(|l| btx_model::expert_name_problem(l).is_none())
+        {
+            c.expert_labels = labels;
+        }
+    }
     // Llama 3.1-style scaling arrives as per-frequency divisors; all ones is no scaling (and
     // is checked as inert with the other tensors).
     if let Some(t) = g.tensor("rope_freqs.weight") {
@@ -551,6 +589,50 @@ pub fn config_from_gguf(g: &GgufFile) -> Result<ModelConfig> {
     c.validate()
         .map_err(|e| refuse(g, e.to_string().replace("\nhint: ", "; "), HINT_RECONVERT))?;
     Ok(c)
+}
+
+/// The MoE shape from `{arch}.expert_count` and `expert_used_count`: llama.cpp's llama and
+/// qwen3moe graphs weigh the top-k experts by the softmax of their router logits (renormalised
+/// over the k), which is Mixtral's top-k routing. A dense architecture must have none, qwen3moe
+/// must have some.
+fn moe_from_gguf(g: &GgufFile, arch: &str, layers: usize) -> Result<Option<MoeConfig>> {
+    let m = Meta(g);
+    let k = |key: &str| format!("{arch}.{key}");
+    let experts = m.uint(&k("expert_count"))?.unwrap_or(0);
+    let used = m.per_layer(&k("expert_used_count"), layers)?.unwrap_or(0);
+    let moe_arch = matches!(arch, "llama" | "qwen3moe");
+    if experts == 0 {
+        if arch == "qwen3moe" {
+            return Err(m.missing(&k("expert_count")));
+        }
+        if used != 0 {
+            return Err(refuse(
+                g,
+                format!("metadata {arch}.expert_used_count is {used} without experts ({arch}.expert_count is 0 or missing)"),
+                HINT_RECONVERT,
+            ));
+        }
+        return Ok(None);
+    }
+    if !moe_arch {
+        return Err(refuse(
+            g,
+            format!("metadata {arch}.expert_count is {experts}: a {arch} model has no experts"),
+            HINT_UNSUPPORTED,
+        ));
+    }
+    if used == 0 || used > experts {
+        return Err(refuse(
+            g,
+            format!("metadata {arch}.expert_used_count is {used}, expected 1 to {experts} ({arch}.expert_count)"),
+            HINT_RECONVERT,
+        ));
+    }
+    Ok(Some(MoeConfig {
+        num_experts: experts,
+        top_k: used,
+        routing: btx_model::Routing::TopK,
+    }))
 }
 
 /// llama.cpp's regex for its `llama3` pre-tokenizer: Llama 3's, with `(?i:'s|...)` spelt out as
@@ -874,7 +956,7 @@ fn unmapped_what(name: &str) -> &'static str {
     let base = name.rsplit_once('.').map_or(name, |x| x.0);
     let base = base.rsplit('.').next().unwrap_or(base);
     if base.contains("exps") || base.contains("shexp") || base == "ffn_gate_inp" {
-        "a mixture-of-experts tensor, and btx imports dense Llama GGUFs only"
+        "a mixture-of-experts tensor btx does not map (a shared expert, expert biases or scales, or experts the metadata does not declare with expert_count)"
     } else if base == "attn_qkv" {
         "fused Q/K/V, which btx does not split"
     } else if base.starts_with("rope_factors") {
@@ -888,7 +970,7 @@ fn unmapped_what(name: &str) -> &'static str {
 
 /// Writes `out/{config.json, model.safetensors, tokenizer.json}` from a llama GGUF file. Every
 /// metadata key and tensor is checked before anything is written: the keys and tensors must
-/// describe exactly the dense Llama btx builds (anything else is refused by name), and every
+/// describe exactly the model btx builds (anything else is refused by name), and every
 /// tensor must be present, of the right shape, of a type btx can dequantise, inside the file and
 /// finite. The output appears whole or not at all (see [`OutDir`]).
 pub fn import_gguf(path: &Path, out: &Path, existing: Existing) -> Result<ModelConfig> {
@@ -899,10 +981,9 @@ pub fn import_gguf(path: &Path, out: &Path, existing: Existing) -> Result<ModelC
         .into_iter()
         .map(|s| (s.name, s.shape))
         .collect();
-    let mapped: std::collections::HashSet<String> = specs
-        .iter()
-        .map(|(n, _)| gguf_name(n).expect("every llama parameter has a GGUF name"))
-        .collect();
+    let source = |name: &str| gguf_source(name).expect("every parameter has a GGUF name");
+    let mapped: std::collections::HashSet<String> =
+        specs.iter().map(|(n, _)| source(n).0).collect();
     // llama.cpp refuses a file with a tensor its graph does not load, and uses every one it
     // loads: a tensor btx does not map would be a part of the model left out.
     let mut unmapped = vec![];
@@ -955,8 +1036,18 @@ pub fn import_gguf(path: &Path, out: &Path, existing: Existing) -> Result<ModelC
             HINT_UNSUPPORTED,
         ));
     }
-    let tensor_of = |name: &str, shape: &[usize]| -> Result<&btx_data::gguf::TensorInfo> {
-        let gname = gguf_name(name).expect("every llama parameter has a GGUF name");
+    // A parameter's tensor, checked to have the shape the metadata gives it (for one expert,
+    // the stacked shape [experts, rows, cols]), and the expert's index in it.
+    let tensor_of = |name: &str,
+                     shape: &[usize]|
+     -> Result<(&btx_data::gguf::TensorInfo, Option<usize>)> {
+        let (gname, expert) = source(name);
+        let shape: Vec<usize> = match (expert, &cfg.moe) {
+            (Some(_), Some(moe)) => std::iter::once(moe.num_experts)
+                .chain(shape.iter().copied())
+                .collect(),
+            _ => shape.to_vec(),
+        };
         let t = g.tensor(&gname).ok_or_else(|| {
             refuse(
                 &g,
@@ -974,10 +1065,13 @@ pub fn import_gguf(path: &Path, out: &Path, existing: Existing) -> Result<ModelC
                 HINT_RECONVERT,
             ));
         }
-        Ok(t)
+        Ok((t, expert))
     };
     for (name, shape) in &specs {
-        let t = tensor_of(name, shape)?;
+        let (t, expert) = tensor_of(name, shape)?;
+        if expert.is_some_and(|e| e > 0) {
+            continue; // the stacked tensor was checked with expert 0
+        }
         g.check_readable(t)?;
         // Found here, before the first write, from the bytes that decide it (see
         // first_non_finite): btx never writes a model it would refuse to run.
@@ -989,11 +1083,21 @@ pub fn import_gguf(path: &Path, out: &Path, existing: Existing) -> Result<ModelC
     let dir = staged.path();
     let q_suffix = ".self_attn.q_proj.weight";
     let k_suffix = ".self_attn.k_proj.weight";
-    write_checkpoint(dir, &specs, 4 << 30, |i| {
+    let save = SaveOpts {
+        dtype: OutDtype::F32,
+        max_shard_bytes: 4 << 30,
+    };
+    write_model_checkpoint(dir, &cfg, &specs, &save, |i, sink| {
         let (name, shape) = &specs[i];
         let read = || -> Result<Vec<f32>> {
-            let t = tensor_of(name, shape)?;
-            let w = g.dequantize(t)?;
+            let (t, expert) = tensor_of(name, shape)?;
+            let w = match expert {
+                Some(e) => {
+                    let n: usize = shape.iter().product();
+                    g.dequantize_range(t, e * n, (e + 1) * n)?
+                }
+                None => g.dequantize(t)?,
+            };
             // Checked above already; kept because it costs one pass over values about to be
             // written, and a non-finite model must never appear (an error here leaves only the
             // staging directory, which OutDir removes).
@@ -1005,13 +1109,14 @@ pub fn import_gguf(path: &Path, out: &Path, existing: Existing) -> Result<ModelC
         let w = read().map_err(|e| btx_model::ModelError::Invalid { msg: e.to_string() })?;
         // Only the llama converter permutes Q/K (for llama.cpp's interleaved RoPE).
         let permuted = cfg.family == Family::Llama;
-        Ok(if permuted && name.ends_with(q_suffix) {
+        let w = if permuted && name.ends_with(q_suffix) {
             unpermute_rows(&w, shape[0], shape[1], cfg.num_heads)
         } else if permuted && name.ends_with(k_suffix) {
             unpermute_rows(&w, shape[0], shape[1], cfg.num_kv_heads)
         } else {
             w
-        })
+        };
+        sink.f32(&w)
     })
     .map_err(|e| DataError::Invalid(e.to_string()))?;
     cfg.save(&dir.join("config.json"))
