@@ -170,7 +170,10 @@ fn rope(cfg: &ModelConfig, arch: &str, model: &Path) -> Result<(Meta, Option<Vec
             None,
         )),
         // llama.cpp divides each frequency by its stored factor (what the converter writes).
-        RopeScaling::Llama3 { .. } if cfg.family == Family::Llama => {
+        RopeScaling::Llama3 {
+            original_max_position_embeddings,
+            ..
+        } if cfg.family == Family::Llama => {
             let plain = RopeScaling::Default.inv_freq(cfg.rope_theta, cfg.head_dim);
             let scaled = cfg.rope_scaling.inv_freq(cfg.rope_theta, cfg.head_dim);
             let f = plain
@@ -178,7 +181,12 @@ fn rope(cfg: &ModelConfig, arch: &str, model: &Path) -> Result<(Meta, Option<Vec
                 .zip(&scaled)
                 .map(|(p, s)| (*p as f64 / *s as f64) as f32)
                 .collect();
-            Ok((vec![], Some(f)))
+            // Read back by btx's import (llama.cpp reads this key only for YaRN).
+            let original = (
+                k("rope.scaling.original_context_length"),
+                Value::U32(*original_max_position_embeddings as u32),
+            );
+            Ok((vec![original], Some(f)))
         }
         other => Err(refuse(
             model,

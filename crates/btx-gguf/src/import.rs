@@ -525,9 +525,14 @@ pub fn config_from_gguf(g: &GgufFile) -> Result<ModelConfig> {
     }
     // What btx's export records of the experts' domains (llama.cpp ignores the key).
     if let (Some(moe), Some(Value::Array(a))) = (&c.moe, g.meta.get("btx.expert_labels")) {
-        let labels: Vec<String> = a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect();
+        let labels: Vec<String> = a
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect();
         if labels.len() == moe.num_experts
-            && labels.iter().all(|l| btx_model::expert_name_problem(l).is_none())
+            && labels
+                .iter()
+                .all(|l| btx_model::expert_name_problem(l).is_none())
         {
             c.expert_labels = labels;
         }
@@ -562,7 +567,8 @@ pub fn config_from_gguf(g: &GgufFile) -> Result<ModelConfig> {
                     HINT_UNSUPPORTED,
                 ));
             }
-            c.rope_scaling = llama3_from_factors(&f, theta, key_len, ctx).ok_or_else(|| {
+            let original = m.uint(&k("rope.scaling.original_context_length"))?;
+            c.rope_scaling = llama3_from_factors(&f, theta, key_len, ctx, original).ok_or_else(|| {
                 refuse(
                     g,
                     "tensor \"rope_freqs.weight\" is not supported: it holds RoPE frequency factors that no Llama 3 rope scaling (factor, low/high frequency factors, original context) gives, so btx cannot write them as a transformers config",
@@ -649,13 +655,19 @@ fn llama3_from_factors(
     theta: f64,
     head_dim: usize,
     ctx: usize,
+    original: Option<usize>,
 ) -> Option<RopeScaling> {
     let factor = factors.iter().copied().fold(f32::MIN, f32::max) as f64;
     if !(factor.is_finite() && factor > 1.0) {
         return None;
     }
     let plain = RopeScaling::Default.inv_freq(theta, head_dim);
-    for original in [8192, 4096, 2048, 16384, 32768, 65536, 131072, ctx] {
+    // The file's own original context first (btx's export writes it; llama.cpp reads it only
+    // for YaRN), then the usual ones.
+    for original in original
+        .into_iter()
+        .chain([8192, 4096, 2048, 16384, 32768, 65536, 131072, ctx])
+    {
         for (low, high) in [(1.0, 4.0), (1.0, 2.0), (2.0, 4.0), (1.0, 8.0)] {
             let cand = RopeScaling::Llama3 {
                 factor,

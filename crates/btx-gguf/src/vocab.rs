@@ -282,3 +282,59 @@ fn short(j: &Json) -> String {
         None => s,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn split(re: &str) -> Json {
+        json!({"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": re}, "behavior": "Isolated", "invert": false},
+            {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": false}]})
+    }
+
+    /// Each tokenizer family's own pre_tokenizer (and the one btx's import writes) is named as
+    /// llama.cpp names it, with llama.cpp's merge rule; anything else is not guessed.
+    #[test]
+    fn pre_tokenizers_are_named_as_llama_cpp_names_them() {
+        let bl =
+            |re: bool| json!({"type": "ByteLevel", "add_prefix_space": false, "use_regex": re});
+        assert_eq!(pre_name(&bl(true)), Some(("gpt-2", false)));
+        assert_eq!(pre_name(&bl(false)), None, "no split at all");
+        let digits = json!({"type": "Sequence", "pretokenizers": [
+            {"type": "Digits", "individual_digits": true}, bl(true)]});
+        assert_eq!(pre_name(&digits), Some(("smollm", false)));
+        for re in [LLAMA3_SPLIT, LLAMA3_SPLIT_HF] {
+            assert_eq!(pre_name(&split(re)), Some(("llama-bpe", true)));
+        }
+        for re in [QWEN2_SPLIT, QWEN2_SPLIT_HF] {
+            assert_eq!(pre_name(&split(re)), Some(("qwen2", false)));
+        }
+        assert_eq!(pre_name(&split(r"\s+")), None);
+        let prefix = json!({"type": "ByteLevel", "add_prefix_space": true, "use_regex": true});
+        assert_eq!(
+            pre_name(&prefix),
+            None,
+            "a prefix space llama.cpp does not add"
+        );
+    }
+
+    #[test]
+    fn bos_and_eos_are_read_from_the_template() {
+        let p = Path::new("tokenizer.json");
+        let tpl = |single: Json| json!({"type": "TemplateProcessing", "single": single});
+        let bos = json!({"SpecialToken": {"id": "<s>", "type_id": 0}});
+        let eos = json!({"SpecialToken": {"id": "</s>", "type_id": 0}});
+        let seq = json!({"Sequence": {"id": "A", "type_id": 0}});
+        let f = |post: &Json| added_specials(p, post, Some("<s>"), Some("</s>"));
+        assert_eq!(f(&Json::Null).unwrap(), (false, false));
+        assert_eq!(f(&tpl(json!([bos, seq]))).unwrap(), (true, false));
+        assert_eq!(f(&tpl(json!([bos, seq, eos]))).unwrap(), (true, true));
+        let e = f(&tpl(json!([eos, seq]))).unwrap_err().to_string();
+        assert!(
+            e.contains("llama.cpp can add only") && e.contains("hint"),
+            "{e}"
+        );
+    }
+}

@@ -338,12 +338,17 @@ fn metadata_that_changes_the_math_is_refused_by_key() {
             "llama.attention.sliding_window",
             vec![("llama.attention.sliding_window", u(4096))],
         ),
+        // Experts are imported (a Mixtral); counts that cannot route are not.
         (
-            "llama.expert_count",
+            "llama.expert_used_count",
             vec![
-                ("llama.expert_count", u(8)),
-                ("llama.expert_used_count", u(2)),
+                ("llama.expert_count", u(2)),
+                ("llama.expert_used_count", u(3)),
             ],
+        ),
+        (
+            "llama.expert_used_count",
+            vec![("llama.expert_used_count", u(2))],
         ),
         (
             "llama.rope.scaling.attn_factor",

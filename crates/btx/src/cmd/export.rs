@@ -112,7 +112,11 @@ pub fn run_export(a: ExportArgs) -> Result<()> {
 /// `--format gguf`: streamed from the checkpoint, never loaded as a model.
 fn run_gguf(a: &ExportArgs) -> Result<()> {
     let quant = match &a.dtype {
-        Some(d) => Quant::parse(d).map_err(|e| anyhow::anyhow!("--dtype: {e}"))?,
+        Some(d) => Quant::parse(d).map_err(|e| {
+            anyhow::anyhow!(
+                "--dtype: {e}\nhint: f32 is exact; f16/bf16 halve the file; q8_0 quarters it"
+            )
+        })?,
         None => match btx_model::io::stored_dtype(&a.model)? {
             btx_model::io::OutDtype::BF16 => Quant::Bf16,
             btx_model::io::OutDtype::F16 => Quant::F16,
