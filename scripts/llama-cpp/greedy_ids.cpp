@@ -4,7 +4,8 @@
 //
 // usage: greedy_ids MODEL.gguf N_TOKENS THREADS PROMPT
 // prints: "prompt: ID ..." then "ids: ID ..." (the prompt tokenised as the GGUF says:
-// BOS only when tokenizer.ggml.add_bos_token is true; no parsing of special tokens).
+// BOS only when tokenizer.ggml.add_bos_token is true; no parsing of special tokens), and
+// "stop: ID" when an end-of-generation token ended the output.
 #include "llama.h"
 
 #include <cstdio>
@@ -64,8 +65,13 @@ int main(int argc, char ** argv) {
         for (int v = 1; v < n_vocab; v++) {
             if (logits[v] > logits[next]) next = v;
         }
+        // An end-of-generation token ends the output unprinted (as btx generate does), named
+        // on its own line so that a comparison can tell why the output ended.
+        if (llama_vocab_is_eog(vocab, next)) {
+            printf("\nstop: %d", next);
+            break;
+        }
         printf(" %d", next);
-        if (llama_vocab_is_eog(vocab, next)) break;
         batch = llama_batch_get_one(&next, 1);
     }
     printf("\n");

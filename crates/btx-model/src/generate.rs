@@ -264,23 +264,28 @@ fn generate_inner(
     let mut active = Active::new(pads);
     let mut input = ids;
     let mut t = len;
-    for step in 0..max_new {
-        let n = active.rows.len();
-        let host = to_vec(model.next_logits(&input, n, t, &active.opts(), Some(&mut cache)));
-        if host.iter().any(|x| !x.is_finite()) {
-            return (rows.out, Some(step));
+    // Decoding is hundreds of short parallel products per token with serial work between them
+    // (sampling, the cache's bookkeeping): the pool's other workers poll instead of sleeping
+    // (see `awake`), as they do through a train step.
+    crate::fused::kernels::awake::awake(|| {
+        for step in 0..max_new {
+            let n = active.rows.len();
+            let host = to_vec(model.next_logits(&input, n, t, &active.opts(), Some(&mut cache)));
+            if host.iter().any(|x| !x.is_finite()) {
+                return (std::mem::take(&mut rows.out), Some(step));
+            }
+            let mut next = Vec::with_capacity(n);
+            for (i, &r) in active.rows.iter().enumerate() {
+                let tok = sample(&host[i * v..(i + 1) * v], sampling, &mut rng);
+                rows.push(r, tok, eos, &mut stop);
+                next.push(tok);
+            }
+            if rows.all_done() {
+                break;
+            }
+            input = active.retain(&rows.done, next, std::slice::from_mut(&mut cache));
+            t = 1;
         }
-        let mut next = Vec::with_capacity(n);
-        for (i, &r) in active.rows.iter().enumerate() {
-            let tok = sample(&host[i * v..(i + 1) * v], sampling, &mut rng);
-            rows.push(r, tok, eos, &mut stop);
-            next.push(tok);
-        }
-        if rows.all_done() {
-            break;
-        }
-        input = active.retain(&rows.done, next, std::slice::from_mut(&mut cache));
-        t = 1;
-    }
-    (rows.out, None)
+        (rows.out, None)
+    })
 }

@@ -10,6 +10,7 @@
 use std::mem::MaybeUninit;
 
 use super::kernels::gemm::{weight_grad_cols, write_product, Dst, GRAD_BLOCK, MIN_SPLIT};
+use super::kernels::gemv::{gemv_serial, GEMV_ROWS};
 use super::kernels::vexp;
 use super::{autodiff_flex, contiguous, f32_slice, plain_flex, SharedPtr as Ptr};
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
@@ -115,7 +116,7 @@ fn uninit_ptr(v: &mut [MaybeUninit<f32>]) -> Ptr {
 /// block's scratch: the backward makes it again from g and u, which it reads anyway, instead of
 /// keeping 11.5 MB per MoE-S layer from the forward to the backward (written out to memory and
 /// read back).
-fn forward(x: &[f32], w: &Weights, s: &Shapes) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+fn forward(x: &[f32], w: &Weights, s: &Shapes, inference: bool) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let (d, f, m) = (s.d, s.f, s.rows());
     let (mut y, mut g, mut u) = (
         super::uninit(m * d),
@@ -128,6 +129,23 @@ fn forward(x: &[f32], w: &Weights, s: &Shapes) -> (Vec<f32>, Vec<f32>, Vec<f32>)
         let xb = &x[r0 * d..(r0 + n) * d];
         hs.clear();
         hs.reserve(n * f);
+        // Decoding's few rows per expert, outside training: one pass over each weight, as
+        // the dense layers' inference products (see `gemv`); this task's rows only.
+        if inference && n <= GEMV_ROWS {
+            let gv = gemv_serial(xb, gate, n, d, f);
+            let uv = gemv_serial(xb, up, n, d, f);
+            vexp::swiglu(&gv, &uv, &mut hs.spare_capacity_mut()[..n * f]);
+            // SAFETY: swiglu wrote all n * f elements; this task alone writes rows r0..r0+n
+            // of y, g and u (blocks are disjoint).
+            unsafe {
+                hs.set_len(n * f);
+                let yv = gemv_serial(hs, down, n, f, d);
+                std::ptr::copy_nonoverlapping(gv.as_ptr(), pg.row(r0, f), n * f);
+                std::ptr::copy_nonoverlapping(uv.as_ptr(), pu.row(r0, f), n * f);
+                std::ptr::copy_nonoverlapping(yv.as_ptr(), py.row(r0, d), n * d);
+            }
+            return;
+        }
         // SAFETY: this task alone writes rows r0..r0+n of y, g and u (blocks are disjoint);
         // the products write them whole before the slices below read them, and `swiglu`
         // writes all n * f elements of the scratch.
@@ -455,7 +473,7 @@ fn run<const N: usize>(
             .iter()
             .map(|[g, u, dn]| (f32_slice(g), f32_slice(u), f32_slice(dn)))
             .collect();
-        let (y, ..) = forward(f32_slice(&xc), &w, &shapes);
+        let (y, ..) = forward(f32_slice(&xc), &w, &shapes, true);
         return Some(Tensor::from_primitive::<Flex>(FlexTensor::from_data(
             TensorData::new(y, [m, d]),
         )));
@@ -482,7 +500,7 @@ fn run<const N: usize>(
             .iter()
             .map(|[g, u, dn]| (f32_slice(g), f32_slice(u), f32_slice(dn)))
             .collect();
-        forward(f32_slice(&xc), &w, &shapes)
+        forward(f32_slice(&xc), &w, &shapes, false)
     };
     let out = FlexTensor::from_data(TensorData::new(y, [m, d]));
     let t = match ExpertsBackward::<N>

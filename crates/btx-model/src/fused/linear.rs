@@ -19,6 +19,7 @@ use burn::prelude::*;
 use std::sync::Arc;
 
 use super::kernels::gemm::{both_grads, forward, spread_product, weight_grad};
+use super::kernels::gemv::{gemv, GEMV_ROWS};
 
 #[derive(Debug)]
 struct LinearBackward;
@@ -106,7 +107,12 @@ fn linear_into(x: Tensor<2>, w: Tensor<2>, fan: Option<Arc<FanIn>>) -> Option<Te
         Some(Tensor::from_primitive::<Autodiff<Flex>>(t))
     } else {
         let (x, w) = (plain_flex(x), plain_flex(w));
-        let y = forward(f32_slice(&x), f32_slice(&w), m, k, n);
+        // Inference on a few rows (decoding): one pass over the weight, no packing.
+        let y = if m <= GEMV_ROWS {
+            gemv(f32_slice(&x), f32_slice(&w), m, k, n)
+        } else {
+            forward(f32_slice(&x), f32_slice(&w), m, k, n)
+        };
         Some(Tensor::from_primitive::<Flex>(FlexTensor::from_data(
             TensorData::new(y, [m, n]),
         )))

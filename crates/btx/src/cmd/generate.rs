@@ -115,15 +115,27 @@ pub fn run(a: Args, dev: &Device) -> Result<()> {
             model.cfg.max_position_embeddings
         );
     }
+    // A row ends at the model's end-of-sequence token (an instruct model's `<|im_end|>`, where
+    // transformers' generate stops) and at the tokenizer's end of text.
+    let eos = model
+        .cfg
+        .eos_token_id
+        .map_or(tok.eos_id() as i64, i64::from);
+    let end_of_text = Some(tok.eos_id() as i64).filter(|&e| e != eos);
     let t0 = std::time::Instant::now();
-    let outs = generate_checked(
-        &model,
-        &prompts,
-        a.max_tokens,
-        &s,
-        Some(tok.eos_id() as i64),
-        |_, _| false,
-    )?;
+    let outs = generate_checked(&model, &prompts, a.max_tokens, &s, Some(eos), |_, out| {
+        out.last() == end_of_text.as_ref()
+    })?;
+    // The tokenizer's end of text ends a row as the model's EOS does, and is not printed either.
+    let outs: Vec<Vec<i64>> = outs
+        .into_iter()
+        .map(|mut o| {
+            if o.last() == end_of_text.as_ref() {
+                o.pop();
+            }
+            o
+        })
+        .collect();
     let n: usize = outs.iter().map(Vec::len).sum();
     for (i, (p, o)) in a.prompt.iter().zip(&outs).enumerate() {
         if i > 0 {

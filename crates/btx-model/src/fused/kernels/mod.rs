@@ -5,6 +5,7 @@
 pub mod attention;
 pub mod awake;
 pub mod gemm;
+pub mod gemv;
 pub mod reduce;
 pub mod simd;
 pub mod tile_mm;
