@@ -16,7 +16,7 @@ pub use error::{DataError, Result};
 pub use mixture::{prepare_verified, DataDir, MixConfig, Mixture};
 pub use prepare::{prepare, DataManifest, PrepareConfig};
 pub use source::{Batch, BatchSource, FixedBatches};
-pub use tokenizer::Tok;
+pub use tokenizer::{copy_tokenizer_config, Tok, TOKENIZER_CONFIG};
 
 /// The first 12 characters of a hash, for messages (char-safe: a corrupt file can hold anything).
 pub fn short_hash(h: &str) -> String {

@@ -447,6 +447,12 @@ pub fn prepare_fresh(
         }
     };
     tok.save(&out.join("tokenizer.json"))?;
+    // The given tokenizer's chat template and settings go with it (to the models trained here).
+    if let Some(dir) = cfg.tokenizer.path.as_ref().map(|p| base.join(p)) {
+        if let Some(parent) = dir.parent() {
+            crate::tokenizer::copy_tokenizer_config(parent, out)?;
+        }
+    }
     let mut domains = BTreeMap::new();
     for (d, docs, is_val, sources) in per_domain {
         let dir = out.join(&d.name);

@@ -27,6 +27,20 @@ fn tk_err(e: impl std::fmt::Display) -> DataError {
     DataError::Tokenizer(e.to_string())
 }
 
+/// The file beside `tokenizer.json` that holds what transformers' tokenizer class reads
+/// besides the vocabulary, the chat template above all; it travels with `tokenizer.json` from
+/// the seed through every model btx writes (and into a GGUF's `tokenizer.chat_template`).
+pub const TOKENIZER_CONFIG: &str = "tokenizer_config.json";
+
+/// Copies `from/tokenizer_config.json` into `to` when there is one.
+pub fn copy_tokenizer_config(from: &Path, to: &Path) -> Result<()> {
+    let src = from.join(TOKENIZER_CONFIG);
+    if src.is_file() {
+        std::fs::copy(&src, to.join(TOKENIZER_CONFIG)).map_err(|e| io_err(&src, e))?;
+    }
+    Ok(())
+}
+
 impl Tok {
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| io_err(path, e))?;

@@ -1134,6 +1134,14 @@ pub fn import_gguf(path: &Path, out: &Path, existing: Existing) -> Result<ModelC
     cfg.save(&dir.join("config.json"))
         .map_err(|e| DataError::Invalid(e.to_string()))?;
     tok.save(&dir.join("tokenizer.json"))?;
+    // The chat template, where transformers (and btx's export back to GGUF) look for it.
+    if let Some(t) = Meta(&g).string("tokenizer.chat_template")? {
+        let j = json!({ "chat_template": t });
+        btx_core::atomic::write_file(
+            &dir.join(btx_data::TOKENIZER_CONFIG),
+            serde_json::to_string_pretty(&j).expect("json").as_bytes(),
+        )?;
+    }
     staged.commit()?;
     Ok(cfg)
 }

@@ -271,7 +271,31 @@ pub fn tokenizer_meta(path: &Path, cfg: &ModelConfig) -> Result<Vec<(String, Val
     }
     meta.push(("tokenizer.ggml.add_bos_token".into(), Value::Bool(add_bos)));
     meta.push(("tokenizer.ggml.add_eos_token".into(), Value::Bool(add_eos)));
+    if let Some(t) = chat_template(path)? {
+        meta.push(("tokenizer.chat_template".into(), Value::Str(t)));
+    }
     Ok(meta)
+}
+
+/// The chat template of `tokenizer_config.json` beside `tokenizer.json`, if there is one (a
+/// string; transformers' list of named templates gives its `default`). Without one llama.cpp
+/// chats in ChatML.
+fn chat_template(tokenizer: &Path) -> Result<Option<String>> {
+    let p = tokenizer.with_file_name(btx_data::TOKENIZER_CONFIG);
+    let Ok(text) = std::fs::read_to_string(&p) else {
+        return Ok(None);
+    };
+    let j: Json =
+        serde_json::from_str(&text).map_err(|e| file_err(&p, format!("not JSON: {e}")))?;
+    Ok(match &j["chat_template"] {
+        Json::String(s) => Some(s.clone()),
+        Json::Array(list) => list
+            .iter()
+            .find(|t| t["name"] == "default")
+            .and_then(|t| t["template"].as_str())
+            .map(str::to_string),
+        _ => None,
+    })
 }
 
 /// A JSON value for a message, cut short.

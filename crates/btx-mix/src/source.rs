@@ -295,6 +295,11 @@ pub(crate) fn copy_tokenizer(from: &Path, to: &Path) -> Result<()> {
     if t.exists() {
         std::fs::copy(&t, to.join("tokenizer.json")).map_err(|e| MixError::io(&t, e))?;
     }
+    // btx_data::TOKENIZER_CONFIG (the chat template), which goes wherever tokenizer.json goes.
+    let c = from.join("tokenizer_config.json");
+    if c.is_file() {
+        std::fs::copy(&c, to.join("tokenizer_config.json")).map_err(|e| MixError::io(&c, e))?;
+    }
     Ok(())
 }
 

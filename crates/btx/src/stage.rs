@@ -41,6 +41,7 @@ fn copy_dir_files(from: &Path, to: &Path) -> Result<()> {
         let name = e.file_name().to_string_lossy().to_string();
         let keep = name == "config.json"
             || name == "tokenizer.json"
+            || name == btx_data::TOKENIZER_CONFIG
             || name.ends_with(".safetensors")
             || name == "model.safetensors.index.json";
         if keep && e.path().is_file() {

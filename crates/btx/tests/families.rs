@@ -160,6 +160,9 @@ fn btx_runs_from_mistral_and_llama3_seeds_into_mixtral_keeping_window_and_rope()
         for f in ["model.safetensors", "tokenizer.json"] {
             std::fs::copy(pretrained.join(f), seed.join(f)).unwrap();
         }
+        // The seed's chat template travels with its tokenizer to every model of the run.
+        let tc = r#"{"chat_template": "{{ messages }}"}"#;
+        std::fs::write(seed.join("tokenizer_config.json"), tc).unwrap();
         let mut c = config(&pretrained);
         for (k, v) in edit.as_object().unwrap() {
             c[k] = v.clone();
@@ -182,6 +185,11 @@ fn btx_runs_from_mistral_and_llama3_seeds_into_mixtral_keeping_window_and_rope()
             assert_eq!(got.sliding_window, want.sliding_window, "{name} {stage}");
             assert_eq!(got.rope_scaling, want.rope_scaling, "{name} {stage}");
             assert_eq!(got.rope_theta, want.rope_theta, "{name} {stage}");
+            assert_eq!(
+                std::fs::read_to_string(dir.join("tokenizer_config.json")).unwrap(),
+                tc,
+                "{name} {stage}"
+            );
         }
     }
 }

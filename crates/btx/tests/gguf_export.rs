@@ -145,6 +145,13 @@ fn the_file_holds_what_llama_cpp_reads_for_a_mixtral() {
     let run = tiny_run(&s);
     let model = run.join("finetune/btx/model");
     let gguf = s.path().join("moe.gguf");
+    // A chat template (the seed's, carried along by the pipeline) goes into the GGUF.
+    let template = "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}{% endfor %}";
+    std::fs::write(
+        model.join("tokenizer_config.json"),
+        serde_json::json!({ "chat_template": template }).to_string(),
+    )
+    .unwrap();
     export(&model, &gguf, None);
     let (cfg, r) = reader(&model);
     let moe = cfg.moe.clone().unwrap();
@@ -174,6 +181,16 @@ fn the_file_holds_what_llama_cpp_reads_for_a_mixtral() {
         Value::I32(3)
     );
     assert_eq!(g.meta["tokenizer.ggml.add_bos_token"], Value::Bool(false));
+    assert_eq!(g.meta_str("tokenizer.chat_template"), Some(template));
+    let back = s.path().join("back");
+    import(&gguf, &back);
+    let tc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(back.join("tokenizer_config.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        tc["chat_template"], template,
+        "the import keeps it where transformers looks"
+    );
     let labels = g.meta["btx.expert_labels"].as_array().unwrap();
     assert_eq!(labels.len(), moe.num_experts);
 

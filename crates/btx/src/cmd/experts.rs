@@ -181,5 +181,6 @@ pub(crate) fn copy_tokenizer(from: &std::path::Path, to: &std::path::Path) -> Re
         std::fs::copy(&t, to.join("tokenizer.json"))
             .with_context(|| format!("copying {}", t.display()))?;
     }
+    btx_data::copy_tokenizer_config(from, to)?;
     Ok(())
 }
