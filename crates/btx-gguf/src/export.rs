@@ -43,7 +43,11 @@ impl Quant {
             "f16" | "float16" => Quant::F16,
             "bf16" | "bfloat16" => Quant::Bf16,
             "q8_0" | "q8" => Quant::Q8_0,
-            _ => return Err(format!("dtype {s:?} is not one of f32, f16, bf16, q8_0")),
+            _ => {
+                return Err(format!(
+                    "unknown dtype {s:?} (f32, bf16, f16; q8_0 for gguf)"
+                ))
+            }
         })
     }
 

@@ -442,14 +442,17 @@ fn models_llama_cpp_would_compute_otherwise_are_refused_before_any_write() {
             .arg(seed.join("m.gguf")),
         "inside",
     );
-    refused(
-        btx()
-            .args(["export", "--format", "gguf", "--dtype", "q4_0", "--model"])
-            .arg(&seed)
-            .arg("--out")
-            .arg(s.path().join("y.gguf")),
-        "q8_0",
-    );
+    // An unknown type is a usage error (exit 2), before anything is read or written.
+    let o = btx()
+        .args(["export", "--format", "gguf", "--dtype", "q4_0", "--model"])
+        .arg(&seed)
+        .arg("--out")
+        .arg(s.path().join("y.gguf"))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(common::text(&o).contains("unknown dtype \"q4_0\""));
+    assert!(!s.path().join("y.gguf").exists());
     refused(
         btx()
             .args(["export", "--format", "hf", "--dtype", "q8_0", "--model"])

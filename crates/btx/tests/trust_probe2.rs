@@ -179,6 +179,6 @@ fn export_writes_the_dtype_asked_for_and_keeps_the_inputs_by_default() {
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(2));
-    assert!(text(&o).contains("unknown dtype \"fp8\" (f32, bf16, f16)"));
+    assert!(text(&o).contains("unknown dtype \"fp8\" (f32, bf16, f16; q8_0 for gguf)"));
     assert!(!s.path().join("x").exists());
 }

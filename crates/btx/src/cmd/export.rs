@@ -36,8 +36,8 @@ pub struct ExportArgs {
     allow_routing_change: bool,
     /// Float type of the written weights: f32, bf16 or f16, and with --format gguf also q8_0
     /// (blocks of 32 with an f16 scale, as llama.cpp quantises). Default: the model's.
-    #[arg(long)]
-    dtype: Option<String>,
+    #[arg(long, value_parser = Quant::parse)]
+    dtype: Option<Quant>,
     /// Largest safetensors shard (hf and btx formats), as transformers spells it (5GB, 2GiB).
     #[arg(long, default_value = "5GB", value_parser = btx_model::io::parse_size)]
     max_shard_size: usize,
@@ -53,10 +53,12 @@ pub fn run_export(a: ExportArgs) -> Result<()> {
     if a.format == "gguf" {
         return run_gguf(&a);
     }
-    let dtype = match &a.dtype {
-        Some(d) => Some(btx_model::io::OutDtype::parse_float(d).map_err(|e| {
-            anyhow::anyhow!("--dtype: {e}\nhint: q8_0 is a GGUF type: --format gguf --dtype q8_0")
-        })?),
+    let dtype = match a.dtype {
+        Some(Quant::Q8_0) => bail!(
+            "--dtype q8_0 with --format {}: q8_0 is a GGUF type\nhint: --format gguf --dtype q8_0, or f32, bf16 or f16 here",
+            a.format
+        ),
+        Some(q) => Some(btx_model::io::OutDtype::parse_float(q.name()).expect("f32, f16, bf16")),
         None => None,
     };
     let save = super::SaveArgs {
@@ -111,12 +113,8 @@ pub fn run_export(a: ExportArgs) -> Result<()> {
 
 /// `--format gguf`: streamed from the checkpoint, never loaded as a model.
 fn run_gguf(a: &ExportArgs) -> Result<()> {
-    let quant = match &a.dtype {
-        Some(d) => Quant::parse(d).map_err(|e| {
-            anyhow::anyhow!(
-                "--dtype: {e}\nhint: f32 is exact; f16/bf16 halve the file; q8_0 quarters it"
-            )
-        })?,
+    let quant = match a.dtype {
+        Some(q) => q,
         None => match btx_model::io::stored_dtype(&a.model)? {
             btx_model::io::OutDtype::BF16 => Quant::Bf16,
             btx_model::io::OutDtype::F16 => Quant::F16,
