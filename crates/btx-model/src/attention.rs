@@ -221,6 +221,17 @@ pub fn attend_composite(
     let dev = q.device();
     let q = apply_rope(q.reshape([b, t, h, hd]).swap_dims(1, 2), &rope.0, &rope.1);
     let tk = pos0 + t;
+    let scale = 1.0 / (hd as f64).sqrt();
+    if kvh != h && t == 1 && pads.is_none() {
+        // Decoding one token: the `rep` query heads of a KV head are rows of one product with
+        // that head's keys and values (nothing to mask: every cached position is visible), so
+        // the keys and values are read as cached instead of copied once per query head.
+        let rep = h / kvh;
+        let scores =
+            crate::precision::matmul(q.reshape([b, kvh, rep, hd]), k.swap_dims(2, 3)) * scale;
+        let p = crate::softmax_rows(scores.reshape([b * h, tk])).reshape([b, kvh, rep, tk]);
+        return crate::precision::matmul(p, v).reshape([b, h * hd]);
+    }
     if kvh != h {
         // Query head j reads KV head j / (h / kvh), as transformers' repeat_kv does.
         let rep = h / kvh;
@@ -233,7 +244,6 @@ pub fn attend_composite(
             .expand([b, kvh, rep, tk, hd])
             .reshape([b, h, tk, hd]);
     }
-    let scale = 1.0 / (hd as f64).sqrt();
     let mut scores = crate::precision::matmul(q, k.swap_dims(2, 3)) * scale;
     if t > 1 || pads.is_some() {
         scores = scores + attention_mask(pos0, t, pads, &dev);

@@ -11,7 +11,7 @@ use std::process::Command;
 
 use btx_model::{ModelConfig, TensorReader};
 use btx_testkit::Scratch;
-use common::{btx, ok, repo, TINY};
+use common::{btx, fixture, ok, repo, tiny_run};
 
 fn python() -> PathBuf {
     PathBuf::from(std::env::var("BTX_GGUF_PYTHON").expect(
@@ -48,15 +48,7 @@ fn export(model: &Path, out: &Path, dtype: &str) {
 #[ignore = "needs BTX_GGUF_PYTHON, a Python with llama.cpp's gguf package (.ci/run sets it up)"]
 fn llama_cpp_gguf_package_reads_the_exports_as_its_converter_would_write_them() {
     let s = Scratch::new("gguf-python");
-    let recipe = s.path().join("tiny.toml");
-    std::fs::write(&recipe, TINY).unwrap();
-    let run = s.path().join("run");
-    ok(btx().args([
-        "run",
-        recipe.to_str().unwrap(),
-        "--out",
-        run.to_str().unwrap(),
-    ]));
+    let run = tiny_run(&s);
     let mut models = vec![
         ("seed".to_string(), run.join("seed/model")),
         ("moe".to_string(), run.join("finetune/btx/model")),
@@ -109,35 +101,4 @@ fn llama_cpp_gguf_package_reads_the_exports_as_its_converter_would_write_them() 
         !passed && text.contains("blk.0.attn_q.weight: values differ"),
         "{text}"
     );
-}
-
-/// A copy of a testdata fixture with a byte-level tokenizer.json of its vocabulary size.
-fn fixture(s: &Scratch, rel: &str) -> PathBuf {
-    let src = repo().join("testdata").join(rel).join("model");
-    let dst = s.path().join(rel.replace('/', "-"));
-    std::fs::create_dir_all(&dst).unwrap();
-    for e in std::fs::read_dir(&src).unwrap() {
-        let p = e.unwrap().path();
-        std::fs::copy(&p, dst.join(p.file_name().unwrap())).unwrap();
-    }
-    let n = ModelConfig::load(&dst.join("config.json"))
-        .unwrap()
-        .vocab_size;
-    let vocab: serde_json::Map<String, serde_json::Value> = (0..n - 1)
-        .map(|i| (format!("t{i}"), serde_json::json!(i)))
-        .chain([("<|endoftext|>".to_string(), serde_json::json!(n - 1))])
-        .collect();
-    let tok = serde_json::json!({
-        "version": "1.0", "truncation": null, "padding": null,
-        "added_tokens": [{"id": n - 1, "content": "<|endoftext|>", "single_word": false,
-            "lstrip": false, "rstrip": false, "normalized": false, "special": true}],
-        "normalizer": null,
-        "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true},
-        "post_processor": null, "decoder": {"type": "ByteLevel"},
-        "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
-            "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false,
-            "ignore_merges": false, "vocab": vocab, "merges": []}
-    });
-    std::fs::write(dst.join("tokenizer.json"), tok.to_string()).unwrap();
-    dst
 }

@@ -19,28 +19,13 @@ const TASK_BYTES: usize = 128 << 10;
 /// Products below this many multiply-adds run on the calling thread.
 const PARALLEL_MACS: usize = 1 << 16;
 
-const LANES: usize = 16;
-
-/// One dot product in the lanes' order: `LANES` partial sums over the whole chunks, summed
-/// in lane order, then the remainder (what every output element of [`block`] is).
-#[inline(always)]
-fn dot(x: &[f32], w: &[f32]) -> f32 {
-    let mut acc = [0f32; LANES];
-    let (cx, cw) = (x.chunks_exact(LANES), w.chunks_exact(LANES));
-    let (rx, rw) = (cx.remainder(), cw.remainder());
-    for (a, b) in cx.zip(cw) {
-        for l in 0..LANES {
-            acc[l] += a[l] * b[l];
-        }
-    }
-    let s: f32 = acc.iter().sum();
-    s + rx.iter().zip(rw).map(|(a, b)| a * b).sum::<f32>()
-}
+// The lanes of `reduce::dot`: every output is that dot product, in its order.
+use super::reduce::{dot, LANES};
 
 simd_fn! {
 /// `out[j * m + i] = x_i · w_j` for the `out.len() / m` rows `w_j` of `w` (row length `k`).
 /// Four weight rows at a time share each load of x and keep four streams from memory in
-/// flight; each output is still [`dot`]'s sum, in [`dot`]'s order.
+/// flight; each output is still `reduce::dot`'s sum, in its order.
 fn block(x: &[f32], w: &[f32], k: usize, m: usize, out: &mut [f32]) {
     let quads = w.chunks_exact(4 * k).zip(out.chunks_exact_mut(4 * m));
     let whole = (w.len() / k) / 4 * 4;
@@ -102,7 +87,8 @@ fn gemv_on(x: &[f32], w: &[f32], [m, k, n]: [usize; 3], spread: bool) -> Vec<f32
     if !spread || m * n * k < PARALLEL_MACS {
         block(x, w, k, m, &mut yt);
     } else {
-        let rows = (TASK_BYTES / 4 / k).max(1);
+        // Whole groups of four rows per task (the kernel's step), about TASK_BYTES of weight.
+        let rows = (TASK_BYTES / 4 / k / 4 * 4).max(4);
         yt.par_chunks_mut(rows * m)
             .zip(w.par_chunks(rows * k))
             .with_max_len(1)
@@ -158,6 +144,9 @@ mod tests {
                     let scale: f64 = (0..k)
                         .map(|l| (x[i * k + l] as f64 * w[j * k + l] as f64).abs())
                         .sum();
+                    // Four-row blocks and single rows give `dot`'s bits.
+                    let d = dot(&x[i * k..(i + 1) * k], &w[j * k..(j + 1) * k]);
+                    assert_eq!(y[i * n + j].to_bits(), d.to_bits(), "{m}x{k}x{n} [{i},{j}]");
                     let got = y[i * n + j] as f64;
                     assert!(
                         (got - want).abs() <= 1e-6 * scale.max(1.0),

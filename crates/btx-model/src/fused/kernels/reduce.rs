@@ -6,7 +6,7 @@
 
 use super::simd::simd_fn;
 
-const LANES: usize = 16;
+pub(crate) const LANES: usize = 16;
 
 simd_fn! {
 /// The largest element (NaNs ignored, as `f32::max` does); `-inf` for an empty slice.
