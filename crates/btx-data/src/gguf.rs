@@ -643,7 +643,9 @@ pub fn encode_header(meta: &[(String, Value)], tensors: &[TensorHeader]) -> Vec<
             Value::Bool(x) => out.push(*x as u8),
             Value::Str(s) => string(out, s),
             Value::Array(a) => {
-                let inner = a.first().map_or(4, type_id);
+                // An empty array is written as one of strings: the only empty array btx
+                // writes is a vocabulary's merges, which llama.cpp requires to be strings.
+                let inner = a.first().map_or(8, type_id);
                 out.extend(inner.to_le_bytes());
                 out.extend((a.len() as u64).to_le_bytes());
                 a.iter().for_each(|x| value(out, x));

@@ -23,9 +23,7 @@ use btx_model::names::{param_kind, param_specs, ParamKind};
 use btx_model::ModelConfig;
 
 use crate::import::{gguf_name, permute_rows};
-
-/// GGUF metadata, in the order written.
-type Meta = Vec<(String, Value)>;
+use crate::vocab::Meta;
 
 /// The element type of an export's weight matrices (`--dtype`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -373,8 +371,7 @@ pub fn export_gguf(
             "put the seed's tokenizer.json beside config.json (btx's own outputs carry it)",
         ));
     }
-    let tok_meta = crate::vocab::tokenizer_meta(&tok_path, &cfg)?;
-    let mut notes = vec![];
+    let (tok_meta, mut notes) = crate::vocab::tokenizer_meta(&tok_path, &cfg)?;
     // btx refuses positions past a sliding window (it does not mask); llama.cpp's llama graph
     // attends to every position. Within the window the two agree, so the file says the window
     // is as far as the model was made to see.
@@ -442,6 +439,19 @@ pub fn export_gguf(
                 ));
             }
             let b = quantize(p.ty, v);
+            // A finite f32 past the type's range (|x| > 65504 in f16, a q8_0 block scale past
+            // it) would be written as infinity.
+            if let Some(i) = btx_data::gguf::first_non_finite(p.ty, &b) {
+                return Err(refuse(
+                    model,
+                    format!(
+                        "tensor {} has values (near element {i} of a piece) past what {} can hold",
+                        p.name,
+                        quant.name()
+                    ),
+                    "export with --dtype bf16 (f32's range) or f32",
+                ));
+            }
             written += b.len();
             f.write_all(&b)?;
             Ok(())

@@ -17,6 +17,9 @@ use crate::import::{LLAMA3_SPLIT, QWEN2_SPLIT};
 /// `hint:` for a tokenizer llama.cpp cannot be told to reproduce.
 const HINT: &str = "btx exports byte-level BPE tokenizers (GPT-2, SmolLM/StarCoder, Llama 3, Qwen2/Qwen3 splitting); export with --format hf and convert with llama.cpp's convert_hf_to_gguf.py, which knows more tokenizers by their hashes";
 
+/// GGUF metadata, in the order written.
+pub type Meta = Vec<(String, Value)>;
+
 /// llama.cpp's token types.
 const NORMAL: i32 = 1;
 const CONTROL: i32 = 3;
@@ -122,8 +125,8 @@ fn added_specials(
 }
 
 /// The `tokenizer.ggml.*` metadata for the `tokenizer.json` at `path`, for a model with
-/// `cfg.vocab_size` embedding rows.
-pub fn tokenizer_meta(path: &Path, cfg: &ModelConfig) -> Result<Vec<(String, Value)>> {
+/// `cfg.vocab_size` embedding rows, and notes for the user on what may differ.
+pub fn tokenizer_meta(path: &Path, cfg: &ModelConfig) -> Result<(Meta, Vec<String>)> {
     let text = std::fs::read_to_string(path).map_err(|e| btx_data::error::io_err(path, e))?;
     let j: Json =
         serde_json::from_str(&text).map_err(|e| file_err(path, format!("not JSON: {e}")))?;
@@ -150,14 +153,21 @@ pub fn tokenizer_meta(path: &Path, cfg: &ModelConfig) -> Result<Vec<(String, Val
             ));
         }
     }
-    if !j["normalizer"].is_null() {
-        return Err(refuse(
-            path,
-            format!(
-                "the tokenizer normalizes text first ({}), which llama.cpp does not",
-                j["normalizer"]
-            ),
-        ));
+    // Qwen2/Qwen3's tokenizers normalise to NFC first; llama.cpp does not (nor does its
+    // converter keep it), so the two agree on text already in NFC (as most text is) and only
+    // there: said in a note, not refused, or no Qwen could be exported.
+    let mut notes = vec![];
+    match &j["normalizer"] {
+        Json::Null => {}
+        n if n["type"] == "NFC" => notes.push(
+            "the tokenizer normalises text to NFC first and llama.cpp does not: the two tokenise text already in NFC (most text) alike, other text may differ".to_string(),
+        ),
+        n => {
+            return Err(refuse(
+                path,
+                format!("the tokenizer normalizes text first ({n}), which llama.cpp does not"),
+            ))
+        }
     }
     let (pre, ignore_merges) = pre_name(&j["pre_tokenizer"]).ok_or_else(|| {
         refuse(
@@ -274,7 +284,7 @@ pub fn tokenizer_meta(path: &Path, cfg: &ModelConfig) -> Result<Vec<(String, Val
     if let Some(t) = chat_template(path)? {
         meta.push(("tokenizer.chat_template".into(), Value::Str(t)));
     }
-    Ok(meta)
+    Ok((meta, notes))
 }
 
 /// The chat template of `tokenizer_config.json` beside `tokenizer.json`, if there is one (a

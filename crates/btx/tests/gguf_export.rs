@@ -348,6 +348,52 @@ fn models_llama_cpp_would_compute_otherwise_are_refused_before_any_write() {
     try_export(&odd, "pre_tokenizer");
     std::fs::remove_file(odd.join("tokenizer.json")).unwrap();
     try_export(&odd, "no tokenizer.json");
+    // A weight f16 cannot hold (|x| > 65504) is refused in f16, not written as infinity;
+    // bf16 (f32's range) takes it.
+    let big = s.path().join("big");
+    copy_dir(&run.join("seed/model"), &big);
+    let cfg = btx_model::ModelConfig::load(&big.join("config.json")).unwrap();
+    let r = btx_model::TensorReader::open_for(&big, &cfg).unwrap();
+    let mut tensors: Vec<(String, Vec<usize>, Vec<f32>)> = r
+        .names()
+        .map(|n| {
+            let t = r.read(n).unwrap();
+            (n.to_string(), t.shape, t.data)
+        })
+        .collect();
+    drop(r);
+    let v = tensors
+        .iter_mut()
+        .find(|t| t.0.ends_with("v_proj.weight"))
+        .unwrap();
+    v.2[3] = 1e5;
+    let refs: Vec<(&str, Vec<usize>, Vec<f32>)> = tensors
+        .iter()
+        .map(|(n, sh, d)| (n.as_str(), sh.clone(), d.clone()))
+        .collect();
+    btx_testkit::write_raw_f32_safetensors(&big.join("model.safetensors"), &refs);
+    let f16 = s.path().join("big-f16.gguf");
+    refused(
+        btx()
+            .args(["export", "--format", "gguf", "--dtype", "f16", "--model"])
+            .arg(&big)
+            .arg("--out")
+            .arg(&f16),
+        "past what f16 can hold",
+    );
+    assert!(!f16.exists());
+    export(&big, &s.path().join("big-bf16.gguf"), Some("bf16"));
+    // `btx eval --text` refuses a context the model cannot hold before computing anything.
+    let text = s.path().join("text.txt");
+    std::fs::write(&text, "one two three four ".repeat(200)).unwrap();
+    refused(
+        btx()
+            .args(["eval", "--text"])
+            .arg(&text)
+            .args(["--seq-len", "128", "--model"])
+            .arg(run.join("seed/model")),
+        "positions",
+    );
     // Outputs: an existing file is kept without --force and replaced with it; a directory,
     // a path inside the model and an unknown type are refused.
     let seed = run.join("seed/model");

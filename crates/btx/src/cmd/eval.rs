@@ -182,6 +182,11 @@ fn run_text(a: &Args, text: &std::path::Path, dev: &Device) -> Result<()> {
     let model = a.without.apply(
         btx_model::Model::load(dir, dev).with_context(|| format!("loading {}", dir.display()))?,
     )?;
+    model.cfg.check_positions(
+        a.seq_len,
+        &format!("--seq-len {}", a.seq_len),
+        "a smaller --seq-len (llama-perplexity's -c)",
+    )?;
     if tok.vocab_size() > model.cfg.vocab_size {
         bail!(
             "{}: the tokenizer has {} tokens but the model {} embedding rows\nhint: use the model's own tokenizer.json",
