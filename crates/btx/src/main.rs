@@ -106,7 +106,9 @@ fn main() {
                 "hint: `btx <command> --help` describes each option; the README each config key"
             );
         }
-        std::process::exit(runtime::exit_code(&e));
+        // Every failure is exit code 1 (a usage error is clap's 2, a run stopped by a signal
+        // with its checkpoint written exits EXIT_STOPPED where it stops).
+        std::process::exit(1);
     }
 }
 

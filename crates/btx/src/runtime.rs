@@ -167,10 +167,6 @@ pub fn device_label(device: &str) -> String {
 /// so schedulers can tell "requeue me" from "failed".
 pub const EXIT_STOPPED: i32 = 75;
 
-pub fn exit_code(_e: &anyhow::Error) -> i32 {
-    1
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -337,6 +337,21 @@ fn models_llama_cpp_would_compute_otherwise_are_refused_before_any_write() {
         ])
         .arg(&bam));
     try_export(&bam, "attention experts");
+    // (Beside the point here, but this test has the models: `btx mix --capacity-factor` means
+    // something to switch routing only, and is refused with any other rather than ignored.)
+    let top_k = s.path().join("top-k");
+    refused(
+        btx()
+            .args(["mix", "--seed"])
+            .arg(run.join("seed/model"))
+            .arg("--experts")
+            .arg(run.join("experts/math/model"))
+            .arg(run.join("experts/code/model"))
+            .args(["--capacity-factor", "2", "--out"])
+            .arg(&top_k),
+        "only switch routing has a capacity",
+    );
+    assert!(!top_k.exists());
     // A tokenizer llama.cpp cannot be told to reproduce, and none at all.
     let odd = s.path().join("odd-tokenizer");
     copy_dir(&run.join("seed/model"), &odd);

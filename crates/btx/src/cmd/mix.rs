@@ -35,21 +35,29 @@ pub struct RouteArgs {
     /// top-k, switch, soft or sample-top1 (recorded in config.json as btx_routing).
     #[arg(long, default_value = "top-k")]
     pub routing: String,
-    /// Switch capacity factor.
-    #[arg(long, default_value_t = 1.5)]
-    pub capacity_factor: f64,
+    /// Switch capacity factor (default 1.5); only with --routing switch.
+    #[arg(long)]
+    pub capacity_factor: Option<f64>,
 }
 
 impl RouteArgs {
     /// These flags over `base`.
     fn spec(&self, base: MixSpec) -> Result<MixSpec> {
+        // A capacity factor means something to switch routing only: given with another, it
+        // would be silently ignored.
+        if let Some(cf) = self.capacity_factor.filter(|_| self.routing != "switch") {
+            anyhow::bail!(
+                "--capacity-factor {cf} with --routing {}: only switch routing has a capacity\nhint: --routing switch --capacity-factor {cf}, or drop --capacity-factor",
+                self.routing
+            );
+        }
         Ok(MixSpec {
             router_init: self.router_init,
             fit_target: self.fit_target,
             router_std: self.router_std,
             router_scale: self.router_scale,
             top_k: self.top_k,
-            routing: Routing::from_name(&self.routing, self.capacity_factor)
+            routing: Routing::from_name(&self.routing, self.capacity_factor.unwrap_or(1.5))
                 .map_err(anyhow::Error::msg)?,
             ..base
         })
