@@ -19,10 +19,10 @@ use btx_data::error::{file_err, DataError, Result};
 use btx_data::gguf::{encode_header, quantize, GgmlType, TensorHeader, Value, ALIGN};
 use btx_model::config::{Family, RopeScaling, Routing};
 use btx_model::io::TensorReader;
-use btx_model::names::{param_kind, param_specs, ParamKind};
+use btx_model::names::param_specs;
 use btx_model::ModelConfig;
 
-use crate::import::{gguf_name, permute_rows};
+use crate::import::{gguf_source, permute_rows};
 use crate::vocab::Meta;
 
 /// The element type of an export's weight matrices (`--dtype`).
@@ -252,72 +252,56 @@ fn plan(
             src: Src::Values(f),
         });
     }
+    // Where each parameter goes is the import's map (one source of truth for both ways); the
+    // experts of a layer share one stacked tensor, [experts, rows, cols], in expert order.
     for spec in param_specs(cfg) {
         let (name, shape) = (spec.name, spec.shape);
-        match param_kind(&name) {
-            ParamKind::Ffn {
-                layer,
-                expert: Some(e),
-            } => {
-                // Stacked once, at expert 0: [experts, rows, cols].
-                if e != 0 {
-                    continue;
-                }
-                let n = cfg.moe.as_ref().map_or(0, |m| m.num_experts);
-                let (w, g) = match name.rsplit('.').nth(1) {
-                    Some("w1") => (1, "ffn_gate_exps"),
-                    Some("w2") => (2, "ffn_down_exps"),
-                    _ => (3, "ffn_up_exps"),
-                };
-                let names = (0..n)
-                    .map(|e| btx_model::names::ffn_name(layer, Some(e), w))
-                    .collect();
-                out.push(Planned {
-                    name: format!("blk.{layer}.{g}.weight"),
-                    shape: vec![n, shape[0], shape[1]],
-                    ty: matrix(shape[1]),
+        let (g, expert) = gguf_source(&name)
+            .ok_or_else(|| refuse(model, format!("tensor {name} has no GGUF name"), HINT_HF))?;
+        if expert.is_some() {
+            match out.iter_mut().find(|p: &&mut Planned| p.name == g) {
+                Some(Planned {
                     src: Src::Stacked(names),
-                });
-            }
-            ParamKind::Router { layer } => out.push(Planned {
-                name: format!("blk.{layer}.ffn_gate_inp.weight"),
-                shape,
-                ty: GgmlType::F32,
-                src: Src::Param(name),
-            }),
-            ParamKind::Shared | ParamKind::Ffn { expert: None, .. } => {
-                let g = gguf_name(&name).ok_or_else(|| {
-                    refuse(model, format!("tensor {name} has no GGUF name"), HINT_HF)
-                })?;
-                let ty = if shape.len() == 1 {
-                    GgmlType::F32
-                } else {
-                    matrix(shape[1])
-                };
-                let src = if permute && name.ends_with(".self_attn.q_proj.weight") {
-                    Src::Permuted {
-                        name,
-                        heads: cfg.num_heads,
-                    }
-                } else if permute && name.ends_with(".self_attn.k_proj.weight") {
-                    Src::Permuted {
-                        name,
-                        heads: cfg.num_kv_heads,
-                    }
-                } else {
-                    Src::Param(name)
-                };
-                out.push(Planned {
+                    shape: stacked,
+                    ..
+                }) => {
+                    names.push(name);
+                    stacked[0] += 1;
+                }
+                _ => out.push(Planned {
                     name: g,
-                    shape,
-                    ty,
-                    src,
-                });
+                    shape: vec![1, shape[0], shape[1]],
+                    ty: matrix(shape[1]),
+                    src: Src::Stacked(vec![name]),
+                }),
             }
-            ParamKind::AttnExpert { .. } | ParamKind::AttnRouter { .. } => {
-                unreachable!("attention experts are refused by architecture()")
-            }
+            continue;
         }
+        // Vectors (norms, biases) and the router stay f32, as the converter keeps them.
+        let ty = if shape.len() == 1 || g.ends_with("ffn_gate_inp.weight") {
+            GgmlType::F32
+        } else {
+            matrix(shape[1])
+        };
+        let src = if permute && name.ends_with(".self_attn.q_proj.weight") {
+            Src::Permuted {
+                name,
+                heads: cfg.num_heads,
+            }
+        } else if permute && name.ends_with(".self_attn.k_proj.weight") {
+            Src::Permuted {
+                name,
+                heads: cfg.num_kv_heads,
+            }
+        } else {
+            Src::Param(name)
+        };
+        out.push(Planned {
+            name: g,
+            shape,
+            ty,
+            src,
+        });
     }
     Ok(out)
 }

@@ -7,6 +7,7 @@ use anyhow::{bail, Context, Result};
 use btx_core::outdir::{Existing, OutDir};
 use btx_gguf::export::{export_gguf, Quant};
 use btx_model::burn::prelude::Device;
+use btx_model::io::OutDtype;
 use btx_model::Model;
 
 use super::experts::copy_tokenizer;
@@ -58,7 +59,9 @@ pub fn run_export(a: ExportArgs) -> Result<()> {
             "--dtype q8_0 with --format {}: q8_0 is a GGUF type\nhint: --format gguf --dtype q8_0, or f32, bf16 or f16 here",
             a.format
         ),
-        Some(q) => Some(btx_model::io::OutDtype::parse_float(q.name()).expect("f32, f16, bf16")),
+        Some(Quant::F32) => Some(OutDtype::F32),
+        Some(Quant::F16) => Some(OutDtype::F16),
+        Some(Quant::Bf16) => Some(OutDtype::BF16),
         None => None,
     };
     let save = super::SaveArgs {
@@ -116,8 +119,8 @@ fn run_gguf(a: &ExportArgs) -> Result<()> {
     let quant = match a.dtype {
         Some(q) => q,
         None => match btx_model::io::stored_dtype(&a.model)? {
-            btx_model::io::OutDtype::BF16 => Quant::Bf16,
-            btx_model::io::OutDtype::F16 => Quant::F16,
+            OutDtype::BF16 => Quant::Bf16,
+            OutDtype::F16 => Quant::F16,
             _ => Quant::F32,
         },
     };

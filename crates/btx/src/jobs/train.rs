@@ -69,8 +69,8 @@ pub fn train(
     let outcome = btx_train::train(model, &mut source, cfg, out, opts)?;
     if !outcome.stopped_early {
         tok.save(&outcome.model_dir.join("tokenizer.json"))?;
-        let data_dir = data.tokenizer_path();
-        if let Some(d) = data_dir.parent() {
+        // The tokenizer's chat template goes with it (`data prepare` keeps it beside it).
+        if let Some(d) = data.tokenizer_path().parent() {
             btx_data::copy_tokenizer_config(d, &outcome.model_dir)?;
         }
     }
