@@ -102,7 +102,7 @@ pub fn hf_config(data: &[u8]) {
 /// A `btx run` recipe: parsed, validated against its (absent) files, and compiled into a plan.
 pub fn recipe(data: &[u8]) {
     let p = file_with("recipe.toml", data);
-    if let Ok((r, _)) = btx::recipe::Recipe::load(&p, &[]) {
-        let _ = btx::plan::Plan::from_recipe(&r, p.parent().unwrap_or(Path::new(".")));
+    if let Ok((r, _)) = btx_pipeline::recipe::Recipe::load(&p, &[]) {
+        let _ = btx_pipeline::plan::Plan::from_recipe(&r, p.parent().unwrap_or(Path::new(".")));
     }
 }

@@ -1,6 +1,8 @@
 //! `btx`: Branch-Train-MiX from the command line.
 
-use btx::{cmd, errln, runner, runtime, stage, status};
+use btx::cmd;
+use btx_core::errln;
+use btx_pipeline::runtime;
 use clap::{Parser, Subcommand};
 
 // Training allocates and frees the same large activation buffers every step; glibc malloc hands
@@ -39,13 +41,13 @@ enum Command {
     /// The whole BTX experiment on built-in data with an embedded recipe, ending with the report.
     Demo(cmd::demo::Args),
     /// Run a whole BTX experiment from a recipe (resumable; finished stages are skipped).
-    Run(runner::Args),
+    Run(cmd::run::Args),
     /// Every stage of a run directory: state, Slurm job, elapsed time, progress, failures.
-    Status(status::Args),
+    Status(cmd::status::Args),
     /// Cancel what is still queued or running in a run directory.
-    Cancel(status::CancelArgs),
+    Cancel(cmd::status::CancelArgs),
     /// Run one stage of a run directory's plan (what `btx run` executes per stage).
-    Stage(stage::Args),
+    Stage(cmd::stage::Args),
     /// MiX: dense experts (+ the seed as generalist) → one Mixtral MoE checkpoint.
     Mix(cmd::mix::MixArgs),
     /// Sparse upcycling: N copies of the seed's FFN as experts, random router.
@@ -131,10 +133,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Generate(a) => cmd::generate::run(a, &dev),
             Command::Eval(a) => cmd::eval::run(a, &dev),
             Command::Demo(a) => cmd::demo::run(a, &cli.device),
-            Command::Run(a) => runner::run(a, &cli.device),
-            Command::Status(a) => status::run(a),
-            Command::Cancel(a) => status::cancel(a),
-            Command::Stage(a) => stage::run(a, &dev, &cli.device),
+            Command::Run(a) => cmd::run::run(a, &cli.device),
+            Command::Status(a) => cmd::status::status(a),
+            Command::Cancel(a) => cmd::status::cancel(a),
+            Command::Stage(a) => cmd::stage::run(a, &dev, &cli.device),
             Command::Mix(a) => cmd::mix::run_mix(a),
             Command::Upcycle(a) => cmd::mix::run_upcycle(a),
             Command::Average(a) => cmd::mix::run_average(a),

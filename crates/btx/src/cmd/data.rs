@@ -7,7 +7,7 @@ use btx_core::outdir::Existing;
 use btx_data::corpus::{read_docs, DocSplit, Format};
 use btx_data::{DataDir, PrepareConfig, Tok};
 
-use crate::overrides;
+use btx_pipeline::recipe::overrides;
 
 #[derive(clap::Subcommand)]
 pub enum DataCmd {

@@ -5,8 +5,6 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 
-use crate::runner;
-
 /// The default demo (examples/demo.toml; README: its measured time on 2 cores).
 pub const DEMO: &str = include_str!("../../../../examples/demo.toml");
 /// `--quick` (examples/quick.toml): about a minute, one replica.
@@ -65,12 +63,12 @@ pub fn run(a: Args, device: &str) -> Result<()> {
         anyhow::bail!("--jobs 0 would run no stage\nhint: --jobs 1 or more (default: one per core, at most 4)");
     }
     // The recipe and its overrides are checked before anything is written.
-    let (r, _): (crate::recipe::Recipe, _) =
-        crate::overrides::load_str(text, "the demo recipe", &a.sets)?;
+    let (r, _): (btx_pipeline::recipe::Recipe, _) =
+        btx_pipeline::recipe::overrides::load_str(text, "the demo recipe", &a.sets)?;
     r.validate(std::path::Path::new("."))?;
     // The run reads its recipe from the run directory: relative paths start there.
     let recipe = out.join("demo-recipe.toml");
-    runner::check_out(&out, &r, &out, &recipe)?;
+    btx_pipeline::run::check_out(&out, &r, &out, &recipe)?;
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     btx_core::atomic::write_file(&recipe, text.as_bytes())?;
     let jobs = a
@@ -82,14 +80,14 @@ pub fn run(a: Args, device: &str) -> Result<()> {
         out.display()
     );
     let t0 = std::time::Instant::now();
-    runner::run(
-        runner::Args {
+    btx_pipeline::run::run(
+        btx_pipeline::run::RunOptions {
             recipe,
             out: out.clone(),
             jobs,
             sets: a.sets,
             dry_run: false,
-            executor: "local".into(),
+            executor: btx_pipeline::run::ExecutorKind::Local,
             wait: false,
             gpus: None,
         },

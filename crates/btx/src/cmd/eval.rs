@@ -9,7 +9,7 @@ use btx_data::DataDir;
 use btx_eval::{EvalSpec, Weighting};
 use btx_model::burn::prelude::Device;
 
-use crate::jobs;
+use btx_pipeline::jobs;
 
 #[derive(clap::Args)]
 pub struct Args {

@@ -122,11 +122,11 @@ pub struct AddArgs {
     data: PathBuf,
     /// Logit margin of the new expert's fitted rows above the best other expert on its domain
     /// and below the top-k's last elsewhere.
-    #[arg(long, default_value_t = crate::jobs::add::DEFAULT_MARGIN)]
+    #[arg(long, default_value_t = btx_pipeline::jobs::add::DEFAULT_MARGIN)]
     router_margin: f64,
     /// Largest relative distance ||expert - model|| / ||model|| of the shared weights
     /// (embeddings, norms, non-expert attention) accepted.
-    #[arg(long, default_value_t = crate::jobs::add::DEFAULT_MAX_DISTANCE)]
+    #[arg(long, default_value_t = btx_pipeline::jobs::add::DEFAULT_MAX_DISTANCE)]
     max_distance: f64,
     /// Output model directory (written beside it and renamed into place when complete).
     #[arg(long)]
@@ -138,7 +138,7 @@ pub struct AddArgs {
     save: super::SaveArgs,
 }
 
-/// `btx add-expert`: see [`crate::jobs::add`].
+/// `btx add-expert`: see [`btx_pipeline::jobs::add`].
 pub fn run_add(a: AddArgs) -> Result<()> {
     // Every weight the model had is kept bit for bit: in its own dtype, never re-rounded.
     let stored = btx_model::io::stored_dtype(&a.model)?;
@@ -152,7 +152,7 @@ pub fn run_add(a: AddArgs) -> Result<()> {
         );
     }
     let dtype = Some(stored);
-    let s = crate::jobs::add::add_expert(&crate::jobs::add::AddJob {
+    let s = btx_pipeline::jobs::add::add_expert(&btx_pipeline::jobs::add::AddJob {
         moe: &a.model,
         dense: &a.expert,
         name: &a.domain,

@@ -7,7 +7,7 @@ use btx_core::outdir::Existing;
 use btx_mix::{average, AttnMix, FitTarget, MixSpec, NonFfn, RouterInitKind};
 use btx_model::Routing;
 
-use crate::jobs::mix::{self as job, MixJob};
+use btx_pipeline::jobs::mix::{self as job, MixJob};
 
 /// Router and routing options shared by `mix` and `upcycle` (defaults: [`MixSpec`]'s).
 #[derive(clap::Args, Clone, Debug)]

@@ -8,7 +8,10 @@ pub mod forward;
 pub mod generate;
 pub mod import;
 pub mod mix;
+pub mod run;
 pub mod selftest;
+pub mod stage;
+pub mod status;
 pub mod train;
 
 /// How a command writes a model: `--dtype` and `--max-shard-size`, the same on every command

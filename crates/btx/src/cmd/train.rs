@@ -1,6 +1,6 @@
 //! `btx train --config FILE.toml [--set k=v ...] [--resume] --out DIR`.
 
-use crate::sections::DataSection;
+use btx_pipeline::recipe::sections::DataSection;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -11,9 +11,9 @@ use btx_model::{Model, ModelSpec};
 use btx_train::{LoopConfig, MoeLossConfig, OptimConfig, TrainOpts, TrainerConfig};
 use serde::{Deserialize, Serialize};
 
-use crate::jobs;
-use crate::overrides;
-use crate::runtime::EXIT_STOPPED;
+use btx_pipeline::jobs;
+use btx_pipeline::recipe::overrides;
+use btx_pipeline::runtime::EXIT_STOPPED;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -157,7 +157,7 @@ fn check_out_is_a_trainers(out: &Path) -> Result<()> {
         .map(|e| e.file_name().to_string_lossy().to_string())
         // (the lock, and what a killed trainer may have left while writing)
         .filter(|n| {
-            n != crate::lock::LOCK
+            n != btx_pipeline::run::lock::LOCK
                 && !(n.starts_with('.')
                     && [".partial-", ".tmp-", ".old-"]
                         .iter()
@@ -259,7 +259,7 @@ pub fn run(a: Args, dev: &Device) -> Result<()> {
     };
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     // One trainer per output directory (its checkpoints, metrics and model).
-    let lock = crate::lock::DirLock::acquire(&a.out, "btx train")?;
+    let lock = btx_pipeline::run::lock::DirLock::acquire(&a.out, "btx train")?;
     check_out_is_a_trainers(&a.out)?;
     let latest = btx_train::checkpoint::find_latest(&a.out.join("checkpoints"));
     let resumed_from = match (&latest, a.resume) {

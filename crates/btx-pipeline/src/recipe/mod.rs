@@ -8,8 +8,10 @@ use anyhow::{anyhow, Result};
 use btx_train::{LoopConfig, MoeLossConfig, OptimConfig};
 use serde::{Deserialize, Serialize};
 
-use crate::sections::DataSection;
+use crate::recipe::sections::DataSection;
 
+pub mod overrides;
+pub mod sections;
 mod train;
 mod validate;
 mod variant;
@@ -260,7 +262,7 @@ pub struct Recipe {
     pub budgets: Vec<f64>,
     /// Resources of the Slurm executor (`btx run --executor slurm`).
     #[serde(default)]
-    pub slurm: crate::sections::SlurmSection,
+    pub slurm: crate::recipe::sections::SlurmSection,
 }
 
 /// Overlays `over` onto `base` (tables merge key by key, other values replace).
@@ -290,7 +292,7 @@ impl Recipe {
     }
 
     pub fn load(path: &Path, sets: &[String]) -> Result<(Self, toml::Value)> {
-        let (r, raw): (Recipe, toml::Value) = crate::overrides::load(Some(path), sets)?;
+        let (r, raw): (Recipe, toml::Value) = crate::recipe::overrides::load(Some(path), sets)?;
         let base = match path.parent() {
             Some(p) if !p.as_os_str().is_empty() => p,
             _ => Path::new("."),

@@ -8,8 +8,8 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::recipe::sections::DataSection;
 use crate::recipe::{MixSpec, TrainSpec};
-use crate::sections::DataSection;
 use btx_eval::Weighting;
 
 mod build;

@@ -1,6 +1,8 @@
 //! The report stage: gathers every eval stage's `eval.json`, the stage manifests (compute) and
 //! training curves of a run directory, and writes `report.md`, `results.json` and `plots/`.
 
+mod summary;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -10,8 +12,8 @@ use btx_eval::findings::{verdicts, Stats};
 use btx_eval::plots;
 use btx_eval::report::{markdown, results_json, MethodCompute, MethodResult, ReportInput};
 
-use crate::manifest::{read_manifest, Compute};
 use crate::plan::{method_of, names, Plan, Stage, StageKind};
+use crate::run::manifest::{read_manifest, Compute};
 
 fn compute_of(run: &Path, s: &Stage) -> Compute {
     read_manifest(&run.join(&s.dir))
@@ -666,7 +668,7 @@ fn draw_plots(
             ),
         );
     }
-    for (file, caption, r) in crate::report_summary::summary_plots(plan, st, dir) {
+    for (file, caption, r) in crate::report::summary::summary_plots(plan, st, dir) {
         try_plot(file, caption, r);
     }
     match failed {

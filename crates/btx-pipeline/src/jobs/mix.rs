@@ -13,6 +13,9 @@ use btx_mix::{MixOptions, MixSpec, MixSummary, RouterInit};
 use btx_model::burn::prelude::Device;
 use btx_model::Model;
 
+use super::{written_model, JobOutcome, StageCtx};
+use crate::plan::StageKind;
+
 /// A MiX to run: the models, the spec, and what a router start or the output needs.
 pub struct MixJob<'a> {
     pub seed: &'a Path,
@@ -287,4 +290,74 @@ pub fn domain_mean_init(
         ffn: domain_mean_rows(&ffn, spec.router_scale),
         attn: domain_mean_rows(&attn, spec.router_scale),
     })
+}
+
+/// The MiX stage: the plan's experts (+ the seed as generalist) into one MoE.
+pub(super) fn mix_stage(ctx: &StageCtx) -> Result<JobOutcome> {
+    let StageKind::Mix {
+        seed,
+        experts,
+        domains,
+        spec,
+        data,
+        router_seed,
+    } = &ctx.stage.kind
+    else {
+        bail!("stage {} is not a MiX", ctx.stage.name);
+    };
+    let expert_dirs = experts
+        .iter()
+        .map(|e| ctx.model_of(e))
+        .collect::<Result<Vec<_>>>()?;
+    let t0 = std::time::Instant::now();
+    let model_out = ctx.model_out();
+    let s = mix(&MixJob {
+        seed: &ctx.model_of(seed)?,
+        experts: &expert_dirs,
+        spec,
+        domains: Some(domains),
+        domain_data: Some(&ctx.data_of(data)?),
+        router_seed: *router_seed,
+        // A stage owns its directory; a retried stage replaces its own earlier output.
+        existing: Existing::Replace,
+        out: &model_out,
+        dtype: None,
+        max_shard_bytes: btx_model::io::DEFAULT_MAX_SHARD_BYTES,
+    })?;
+    // The whole stage: a measured or fitted router start is part of what the MiX costs.
+    let c = written_model(&model_out, t0.elapsed().as_secs_f64())?;
+    JobOutcome::done(c, serde_json::to_value(&s)?)
+}
+
+/// The upcycling stage (the sparse-upcycling baseline's start).
+pub(super) fn upcycle_stage(
+    ctx: &StageCtx,
+    seed: &str,
+    num_experts: usize,
+    spec: &MixSpec,
+    router_seed: u64,
+) -> Result<JobOutcome> {
+    let model_out = ctx.model_out();
+    let s = upcycle(
+        &ctx.model_of(seed)?,
+        num_experts,
+        spec,
+        1000 + router_seed,
+        Existing::Replace,
+        &model_out,
+    )?;
+    let c = written_model(&model_out, s.seconds)?;
+    JobOutcome::done(c, serde_json::to_value(&s)?)
+}
+
+/// The weight-average stage (the model-soup baseline).
+pub(super) fn average_stage(ctx: &StageCtx, models: &[String]) -> Result<JobOutcome> {
+    let dirs = models
+        .iter()
+        .map(|m| ctx.model_of(m))
+        .collect::<Result<Vec<_>>>()?;
+    let model_out = ctx.model_out();
+    let s = btx_mix::average(&dirs, None, &model_out, Existing::Replace)?;
+    let c = written_model(&model_out, s.seconds)?;
+    JobOutcome::done(c, serde_json::to_value(&s)?)
 }

@@ -25,7 +25,7 @@ pub struct Holder {
 
 impl Holder {
     pub fn describe(&self) -> String {
-        let ago = crate::manifest::now_unix().saturating_sub(self.since_unix);
+        let ago = crate::run::manifest::now_unix().saturating_sub(self.since_unix);
         format!(
             "{} (pid {} on {}, for {ago}s)",
             self.what, self.pid, self.host
@@ -112,7 +112,7 @@ impl DirLock {
             what: what.into(),
             host: hostname(),
             pid: std::process::id(),
-            since_unix: crate::manifest::now_unix(),
+            since_unix: crate::run::manifest::now_unix(),
         };
         f.set_len(0)?;
         f.seek(SeekFrom::Start(0))?;

@@ -13,9 +13,9 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::executor::{Executor, Outcome, State};
+use crate::exec::{Executor, Outcome, State};
 use crate::plan::{Plan, Stage};
-use crate::sections::{Resources, SlurmSection};
+use crate::recipe::sections::{Resources, SlurmSection};
 
 /// `DIR/slurm/jobs.json`: the job (or array task) of each stage.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -338,7 +338,7 @@ impl Executor for SlurmExecutor {
                 .filter_map(|d| live.get(d).cloned())
                 .collect()
         };
-        let now = crate::manifest::now_unix();
+        let now = crate::run::manifest::now_unix();
         let mut submitted = vec![];
         let mut i = 0;
         while i < plan.stages.len() {
@@ -434,7 +434,7 @@ impl Executor for SlurmExecutor {
         }
         for name in live.keys() {
             let s = plan.stage(name)?;
-            let done = crate::manifest::check(plan, run, s).is_done();
+            let done = crate::run::manifest::check(plan, run, s).is_done();
             let o = if done {
                 Outcome::Done { seconds: 0.0 }
             } else {

@@ -3,11 +3,15 @@
 
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use btx_data::{DataDir, MixConfig, Mixture};
 use btx_model::burn::prelude::Device;
 use btx_model::{Model, ModelSpec};
 use btx_train::{TrainOpts, TrainOutcome, TrainerConfig};
+use serde_json::json;
+
+use super::{params_compute, JobOutcome, StageCtx};
+use crate::recipe::TrainSpec;
 
 /// The model a run starts from: the checkpoint in `from` (whose tokenizer must be the data's),
 /// or a new model shaped as `init` says (the default shape when `None`), its vocabulary the
@@ -75,4 +79,58 @@ pub fn train(
         }
     }
     Ok(outcome)
+}
+
+/// The training stages (seed pretraining, experts, finetunes, dense and upcycled baselines):
+/// from stage `from`'s model, or a new one of `spec.init`'s shape, on stage `data`'s tokens.
+/// Resumes from the stage's checkpoint; a signal stops it with a checkpoint written
+/// ([`JobOutcome::Stopped`]).
+pub(super) fn stage(
+    ctx: &StageCtx,
+    from: Option<&str>,
+    spec: &TrainSpec,
+    data: &str,
+) -> Result<JobOutcome> {
+    let data_dir = DataDir::open(&ctx.data_of(data)?)?;
+    let from_dir = from.map(|f| ctx.model_of(f)).transpose()?;
+    if from_dir.is_none() && spec.init.is_none() {
+        bail!("a new model needs an init shape");
+    }
+    let init = initial_model(
+        from_dir.as_deref(),
+        spec.init.as_ref(),
+        &data_dir,
+        spec.train.seed,
+    )?;
+    let cfg = init.cfg.clone();
+    let tc = spec.trainer();
+    let mix = MixConfig {
+        weights: spec.weights.clone(),
+        split: None,
+    };
+    let opts = TrainOpts {
+        device: ctx.dev.clone(),
+        resume: true,
+        progress: true,
+        label: ctx.stage.name.clone(),
+        max_steps_this_run: None,
+        // The final model in its starting point's dtype (f32 from scratch).
+        save: btx_model::io::SaveOpts {
+            dtype: match from_dir.as_deref() {
+                Some(d) => btx_model::io::stored_dtype(d)?,
+                None => btx_model::io::OutDtype::F32,
+            },
+            ..Default::default()
+        },
+    };
+    let out = train(init, &data_dir, &mix, &tc, ctx.dir, &opts)?;
+    if out.stopped_early {
+        return Ok(JobOutcome::Stopped { steps: out.steps });
+    }
+    let mut c = params_compute(&cfg);
+    c.train_tokens = out.tokens;
+    c.train_flops = out.tokens as f64 * cfg.train_flops_per_token(tc.train.seq_len);
+    c.wall_seconds = out.wall_s;
+    c.tokens_per_s = out.tokens as f64 / out.wall_s.max(1e-9);
+    JobOutcome::done(c, json!({"final_loss": out.final_loss, "steps": out.steps}))
 }

@@ -1,6 +1,10 @@
 //! What an executor is: something that runs the stages of a plan that are not done and says how
 //! each ended. Two implement it: local processes (`runner`) and Slurm jobs (`slurm`).
 
+pub mod local;
+pub mod slurm;
+pub mod status;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 

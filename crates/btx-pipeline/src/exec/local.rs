@@ -10,11 +10,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use crate::executor::{Executor, Outcome, State};
-use crate::manifest;
+use crate::exec::status::{progress_of, tail};
+use crate::exec::{Executor, Outcome, State};
 use crate::plan::{Plan, Stage};
+use crate::run::manifest;
 use crate::runtime::EXIT_STOPPED;
-use crate::status::{progress_of, tail};
 
 pub struct LocalExecutor {
     pub jobs: usize,

@@ -1,46 +1,62 @@
 //! `btx run RECIPE --out DIR [--jobs N]`: compile the recipe into a plan, decide which stages
 //! are finished, stale or half-done, and hand the rest to an executor (`local.rs`, `slurm.rs`).
 
+pub mod lock;
+pub mod manifest;
+pub mod record;
+pub mod stage;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
-use crate::executor::{Executor, Outcome, State};
-use crate::local::{gpu_ids, LocalExecutor};
-use crate::manifest;
+use crate::exec::local::{gpu_ids, LocalExecutor};
+use crate::exec::{Executor, Outcome, State};
 use crate::plan::Plan;
 use crate::recipe::Recipe;
 
-#[derive(clap::Args)]
-pub struct Args {
-    /// The experiment recipe (TOML); see examples/quick.toml.
+/// What `btx run` was asked to do (the command line's flags, parsed).
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// The experiment recipe (TOML).
     pub recipe: PathBuf,
     /// Run directory (created; re-running continues it).
-    #[arg(long)]
     pub out: PathBuf,
-    /// Stages to run at once (training stages share the cores).
-    #[arg(long, default_value_t = 1)]
+    /// Stages to run at once.
     pub jobs: usize,
-    /// Override a recipe value, e.g. --set experts.train.steps=100.
-    #[arg(long = "set", value_name = "KEY=VALUE")]
+    /// Recipe overrides, `KEY=VALUE`.
     pub sets: Vec<String>,
     /// Only plan: print the stages and their states; run nothing.
-    #[arg(long)]
     pub dry_run: bool,
-    /// `local` (child processes, default) or `slurm` (batch jobs; see the README).
-    #[arg(long, default_value = "local")]
-    pub executor: String,
-    /// With `--executor slurm`: wait until every job has ended.
-    #[arg(long)]
+    pub executor: ExecutorKind,
+    /// With the Slurm executor: wait until every job has ended.
     pub wait: bool,
     /// With `--device cuda` and the local executor: the GPUs to spread stages over, as a count
-    /// (`4` = GPUs 0-3) or a list of ids (`0,2,5`). Each stage process sees one GPU
-    /// (`CUDA_VISIBLE_DEVICES`), the least busy; with `--jobs` = the GPU count the experts
-    /// train at once, one GPU each. Default: CUDA_VISIBLE_DEVICES, else every GPU nvidia-smi
-    /// lists, else GPU 0.
-    #[arg(long, value_name = "N|IDS")]
+    /// or a list of ids (see [`gpu_ids`]).
     pub gpus: Option<String>,
+}
+
+/// Which executor runs the stages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExecutorKind {
+    /// Child processes on this machine.
+    Local,
+    /// Slurm batch jobs.
+    Slurm,
+}
+
+impl std::str::FromStr for ExecutorKind {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "local" => Ok(Self::Local),
+            "slurm" => Ok(Self::Slurm),
+            other => bail!(
+                "--executor {other:?} is not an executor\nhint: --executor local (child processes, the default) or slurm (batch jobs)"
+            ),
+        }
+    }
 }
 
 /// A stage whose configuration changed (its name, its directory), cleared before the run.
@@ -55,7 +71,7 @@ pub fn prepare_states(plan: &Plan, run: &Path) -> Result<(BTreeMap<String, State
     for s in &plan.stages {
         let dir = run.join(&s.dir);
         let verdict = manifest::check(plan, run, s);
-        let upstream = crate::record::reads(plan, s)
+        let upstream = crate::run::record::reads(plan, s)
             .into_iter()
             .find(|(up, _)| states.get(&up.name).is_some_and(|st| *st != State::Done))
             .map(|(up, _)| up.name.clone());
@@ -69,7 +85,7 @@ pub fn prepare_states(plan: &Plan, run: &Path) -> Result<(BTreeMap<String, State
                 let same =
                     manifest::read_started(&dir).is_some_and(|x| x.fingerprint == s.fingerprint);
                 if std::fs::symlink_metadata(&dir).is_ok() && !same {
-                    if let Some(h) = crate::lock::holder(&dir) {
+                    if let Some(h) = crate::run::lock::holder(&dir) {
                         bail!(
                             "stage {} changed configuration but {} is still in use by {}\nhint: stop it first (`btx cancel {}`), then run again",
                             s.name,
@@ -192,15 +208,15 @@ pub fn check_out(out: &Path, recipe: &Recipe, base: &Path, recipe_file: &Path) -
     Ok(())
 }
 
-pub fn run(a: Args, device: &str) -> Result<()> {
+pub fn run(a: RunOptions, device: &str) -> Result<()> {
     // Local stages run here: open the device now, so that a missing GPU is one error up front.
     // Slurm stages run elsewhere: this node may have none.
-    if a.executor == "local" {
+    if a.executor == ExecutorKind::Local {
         crate::runtime::device(device)?;
     } else {
         crate::runtime::check_device_name(device)?;
     }
-    if a.gpus.is_some() && (device != "cuda" || a.executor != "local") {
+    if a.gpus.is_some() && (device != "cuda" || a.executor != ExecutorKind::Local) {
         bail!(
             "--gpus spreads local stages over GPUs: it needs --device cuda and the local executor\nhint: on Slurm, ask for GPUs per stage in the recipe ([slurm.experts] / [slurm.train] gres = \"gpu:1\")"
         );
@@ -224,8 +240,8 @@ pub fn run(a: Args, device: &str) -> Result<()> {
     let plan = Plan::from_recipe(&recipe, &base)?;
     // Everything that can refuse is checked before the first write (the executor and what it
     // needs included: a refused run must not have cleared a stage).
-    let mut exec: Box<dyn Executor> = match a.executor.as_str() {
-        "local" => Box::new(LocalExecutor {
+    let mut exec: Box<dyn Executor> = match a.executor {
+        ExecutorKind::Local => Box::new(LocalExecutor {
             jobs: a.jobs,
             total_threads: rayon::current_num_threads(),
             device: device.into(),
@@ -235,19 +251,16 @@ pub fn run(a: Args, device: &str) -> Result<()> {
                 vec![]
             },
         }),
-        "slurm" => {
+        ExecutorKind::Slurm => {
             if !a.dry_run {
-                crate::slurm::check_installed()?;
+                crate::exec::slurm::check_installed()?;
             }
-            Box::new(crate::slurm::SlurmExecutor {
+            Box::new(crate::exec::slurm::SlurmExecutor {
                 section: recipe.slurm.clone(),
                 wait: a.wait,
                 device: device.into(),
             })
         }
-        other => bail!(
-            "--executor {other:?} is not an executor\nhint: --executor local (child processes, the default) or slurm (batch jobs)"
-        ),
     };
     check_out(&a.out, &recipe, &base, &a.recipe)?;
     if a.dry_run {
@@ -269,7 +282,7 @@ pub fn run(a: Args, device: &str) -> Result<()> {
         .canonicalize()
         .with_context(|| format!("resolving {}", a.out.display()))?;
     // One `btx run` per run directory, for as long as it runs.
-    let _lock = crate::lock::DirLock::acquire(&out, "btx run")?;
+    let _lock = crate::run::lock::DirLock::acquire(&out, "btx run")?;
     let (states, stale) = prepare_states(&plan, &out)?;
     let recipe_text =
         std::fs::read(&a.recipe).with_context(|| format!("reading {}", a.recipe.display()))?;
@@ -316,7 +329,7 @@ pub fn run(a: Args, device: &str) -> Result<()> {
     Ok(())
 }
 
-fn print_dry_run(a: &Args, plan: &Plan, states: &BTreeMap<String, State>) -> Result<()> {
+fn print_dry_run(a: &RunOptions, plan: &Plan, states: &BTreeMap<String, State>) -> Result<()> {
     let todo = states.values().filter(|s| **s != State::Done).count();
     errln!(
         "btx run {}: {} stages, {} to run ({} done) [dry run]",

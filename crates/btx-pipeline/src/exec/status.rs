@@ -6,27 +6,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
 
-use crate::manifest;
+use crate::exec::slurm::{is_live, job_info, load_jobs, JobInfo};
 use crate::plan::{Plan, Stage};
-use crate::slurm::{is_live, job_info, load_jobs, JobInfo};
-
-#[derive(clap::Args)]
-pub struct Args {
-    /// The run directory.
-    pub run: PathBuf,
-    /// Print one JSON object per stage instead of a table.
-    #[arg(long)]
-    pub json: bool,
-}
-
-#[derive(clap::Args)]
-pub struct CancelArgs {
-    /// The run directory.
-    pub run: PathBuf,
-    /// Seconds to wait for each stopped process to exit (a trainer writes a checkpoint first).
-    #[arg(long, default_value_t = 120)]
-    pub wait: u64,
-}
+use crate::run::manifest;
 
 /// One stage as `btx status` sees it.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -67,7 +49,7 @@ pub fn stage_status(
     plan: &Plan,
     run: &std::path::Path,
     s: &Stage,
-    jobs: &crate::slurm::JobTable,
+    jobs: &crate::exec::slurm::JobTable,
 ) -> StageStatus {
     let dir = run.join(&s.dir);
     let job = jobs.jobs.get(&s.name);
@@ -139,9 +121,9 @@ pub fn stage_status(
     } else if let Some(sj) = &started {
         // Local run, or a Slurm job Slurm has forgotten.
         // Running means a live process holds the stage's lock; a pid alone can be reused.
-        let holder = crate::lock::holder(&dir);
+        let holder = crate::run::lock::holder(&dir);
         st.state = if let Some(h) = &holder {
-            if h.host == crate::lock::hostname() && proc_state(h.pid) == Some('T') {
+            if h.host == crate::run::lock::hostname() && proc_state(h.pid) == Some('T') {
                 st.detail.push(format!(
                     "pid {} is suspended (SIGSTOP or Ctrl-Z): `kill -CONT {}` lets it go on, `btx cancel {}` ends it",
                     h.pid,
@@ -177,15 +159,16 @@ pub fn stage_status(
     st
 }
 
-pub fn run(a: Args) -> Result<()> {
-    let plan = Plan::load(&a.run)?;
-    let jobs = load_jobs(&a.run);
+/// `btx status`: a table (or, with `json`, one JSON object per line) of every stage of `run`.
+pub fn print_status(run: &Path, json: bool) -> Result<()> {
+    let plan = Plan::load(run)?;
+    let jobs = load_jobs(run);
     let all: Vec<StageStatus> = plan
         .stages
         .iter()
-        .map(|s| stage_status(&plan, &a.run, s, &jobs))
+        .map(|s| stage_status(&plan, run, s, &jobs))
         .collect();
-    if a.json {
+    if json {
         for s in &all {
             outln!("{}", serde_json::to_string(s)?);
         }
@@ -241,9 +224,11 @@ struct Target {
     dir: PathBuf,
 }
 
-pub fn cancel(a: CancelArgs) -> Result<()> {
-    let plan = Plan::load(&a.run)?;
-    let jobs = load_jobs(&a.run);
+/// `btx cancel`: stops what is queued or running in `run`, waiting up to `wait_s` seconds for
+/// each stopped process to exit.
+pub fn cancel(run: &Path, wait_s: u64) -> Result<()> {
+    let plan = Plan::load(run)?;
+    let jobs = load_jobs(run);
     let mut n = 0;
     for (stage, j) in &jobs.jobs {
         if job_info(&j.id()).is_some_and(|i| is_live(&i.state)) {
@@ -258,11 +243,11 @@ pub fn cancel(a: CancelArgs) -> Result<()> {
             }
         }
     }
-    let me = crate::lock::hostname();
+    let me = crate::run::lock::hostname();
     let mut targets: Vec<Target> = vec![];
     let mut left: Vec<String> = vec![];
     // The `btx run` (or `btx demo`) driving a local run first, so that it starts nothing new.
-    if let Some(h) = crate::lock::holder(&a.run) {
+    if let Some(h) = crate::run::lock::holder(run) {
         if h.host != me {
             left.push(format!(
                 "{} runs on {} (pid {}): run `btx cancel` there",
@@ -272,7 +257,7 @@ pub fn cancel(a: CancelArgs) -> Result<()> {
             targets.push(Target {
                 what: h.what.clone(),
                 pid: h.pid,
-                dir: a.run.clone(),
+                dir: run.to_path_buf(),
             });
         }
     }
@@ -281,10 +266,11 @@ pub fn cancel(a: CancelArgs) -> Result<()> {
         if jobs.jobs.contains_key(&s.name) {
             continue;
         }
-        let dir = a.run.join(&s.dir);
+        let dir = run.join(&s.dir);
         // Signal only a process verified to be this stage: it holds the stage's lock, on this
         // host, under the pid stage.json names (a stale pid may belong to anyone by now).
-        let (Some(h), Some(sj)) = (crate::lock::holder(&dir), manifest::read_started(&dir)) else {
+        let (Some(h), Some(sj)) = (crate::run::lock::holder(&dir), manifest::read_started(&dir))
+        else {
             continue;
         };
         if h.host != me {
@@ -318,8 +304,8 @@ pub fn cancel(a: CancelArgs) -> Result<()> {
         }
     }
     // Gone means the lock it held is free: checked, not assumed.
-    let alive = |t: &Target| crate::lock::holder(&t.dir).is_some_and(|h| h.pid == t.pid);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(a.wait);
+    let alive = |t: &Target| crate::run::lock::holder(&t.dir).is_some_and(|h| h.pid == t.pid);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(wait_s);
     while targets.iter().any(alive) && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
@@ -329,7 +315,7 @@ pub fn cancel(a: CancelArgs) -> Result<()> {
                 "{} (pid {}) is still running {}s after SIGTERM{}",
                 t.what,
                 t.pid,
-                a.wait,
+                wait_s,
                 match proc_state(t.pid) {
                     Some('T') => " and is suspended again",
                     Some('D') => " in uninterruptible I/O",

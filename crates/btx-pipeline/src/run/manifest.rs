@@ -9,7 +9,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 
 use crate::plan::{Plan, Stage};
-use crate::record::{self, OutputRecord};
+use crate::run::record::{self, OutputRecord};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 

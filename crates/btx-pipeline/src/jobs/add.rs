@@ -13,6 +13,7 @@ use btx_model::burn::prelude::Device;
 use btx_model::Model;
 
 use super::mix::{domain_windows, FIT_RIDGE};
+use super::{written_model, JobOutcome, StageCtx};
 
 /// `btx add-expert`'s default `--router-margin` (about 98% of a top-2 token's weight).
 pub const DEFAULT_MARGIN: f64 = 4.0;
@@ -109,4 +110,34 @@ pub fn add_expert(j: &AddJob) -> Result<AddSummary> {
         router_fit: fits,
     };
     Ok(plan.write(Some(&rows), &opts, j.out)?)
+}
+
+/// The add-expert stage: stage `expert`'s dense model added to stage `model`'s MoE as the
+/// expert of `domain`, its router rows fitted on stage `data`'s tokens.
+pub(super) fn stage(
+    ctx: &StageCtx,
+    model: &str,
+    expert: &str,
+    domain: &str,
+    data: &str,
+) -> Result<JobOutcome> {
+    let t0 = std::time::Instant::now();
+    let (moe, dense) = (ctx.model_of(model)?, ctx.model_of(expert)?);
+    let data = ctx.data_of(data)?;
+    let model_out = ctx.model_out();
+    let s = add_expert(&AddJob {
+        moe: &moe,
+        dense: &dense,
+        name: domain,
+        data: &data,
+        margin: DEFAULT_MARGIN,
+        max_distance: DEFAULT_MAX_DISTANCE,
+        // A stage owns its directory; a retried stage replaces its own earlier output.
+        existing: Existing::Replace,
+        dtype: None,
+        max_shard_bytes: btx_model::io::DEFAULT_MAX_SHARD_BYTES,
+        out: &model_out,
+    })?;
+    let c = written_model(&model_out, t0.elapsed().as_secs_f64())?;
+    JobOutcome::done(c, serde_json::to_value(&s)?)
 }

@@ -9,6 +9,11 @@ use btx_eval::routing::analyze;
 use btx_eval::{evaluate, Ensemble, EvalSpec, Weighting};
 use btx_model::burn::prelude::Device;
 use btx_model::Model;
+use serde_json::json;
+
+use super::{JobOutcome, StageCtx};
+use crate::plan::StageKind;
+use crate::run::manifest::Compute;
 
 /// Share of tokens below which the routing analysis calls an expert dead.
 const DEAD_SHARE: f64 = 0.01;
@@ -173,4 +178,88 @@ pub fn oracle(
         result: btx_eval::evaluate::EvalResult::from_domains(out, m),
         routing: None,
     })
+}
+
+/// The eval stage: one method (a model, or an ensemble of models), with the model's router or
+/// oracle routing; writes `eval.json`.
+pub(super) fn eval_stage(ctx: &StageCtx) -> Result<JobOutcome> {
+    let StageKind::Eval {
+        method,
+        models,
+        ensemble,
+        data,
+        spec,
+        routing,
+        oracle: by_domain,
+    } = &ctx.stage.kind
+    else {
+        bail!("stage {} is not an eval", ctx.stage.name);
+    };
+    let data_dir = DataDir::open(&ctx.data_of(data)?)?;
+    let loaded = models
+        .iter()
+        .map(|m| load(&ctx.model_of(m)?, &data_dir, ctx.dev))
+        .collect::<Result<Vec<_>>>()?;
+    let me = if *by_domain {
+        let mut m = loaded
+            .into_iter()
+            .next()
+            .context("an oracle evaluates one model")?;
+        with_plan_labels(ctx, &mut m);
+        oracle(method, &m, &data_dir, &data_dir.domains(), spec)?
+    } else {
+        eval(
+            method,
+            loaded,
+            *ensemble,
+            &data_dir,
+            &data_dir.domains(),
+            spec,
+            *routing,
+        )?
+    };
+    btx_core::atomic::write_file(
+        &ctx.dir.join("eval.json"),
+        serde_json::to_string_pretty(&me)?.as_bytes(),
+    )?;
+    JobOutcome::done(
+        Compute::default(),
+        json!({"method": method, "average": me.result.average}),
+    )
+}
+
+/// The opt-out stage: a BTX model's held-out loss with each expert removed (`optout.json`).
+pub(super) fn opt_out_stage(
+    ctx: &StageCtx,
+    method: &str,
+    model: &str,
+    data: &str,
+    spec: &EvalSpec,
+) -> Result<JobOutcome> {
+    let data_dir = DataDir::open(&ctx.data_of(data)?)?;
+    let domains = data_dir.domains();
+    let d = ctx.model_of(model)?;
+    let mut m = Model::load(&d, ctx.dev).with_context(|| format!("loading {}", d.display()))?;
+    with_plan_labels(ctx, &mut m);
+    let o = opt_out(method, &m, &data_dir, &domains, spec)?;
+    btx_core::atomic::write_file(
+        &ctx.dir.join("optout.json"),
+        serde_json::to_string_pretty(&o)?.as_bytes(),
+    )?;
+    let cost: serde_json::Map<String, serde_json::Value> = o
+        .removed
+        .iter()
+        .map(|(l, r)| (l.clone(), json!(r.average.loss - o.full.average.loss)))
+        .collect();
+    JobOutcome::done(
+        Compute::default(),
+        json!({"method": method, "average_loss_increase": cost}),
+    )
+}
+
+/// A MiX from before `btx_experts` names no experts: the plan knows their order.
+fn with_plan_labels(ctx: &StageCtx, m: &mut Model) {
+    if m.cfg.expert_labels.is_empty() {
+        m.cfg.expert_labels = ctx.plan.expert_labels(m.cfg.num_experts());
+    }
 }
