@@ -105,7 +105,7 @@ fn main() {
         // Every error ends with what to do; the generic one only where nothing better was said.
         if !e.chain().any(|c| c.to_string().contains("hint:")) {
             errln!(
-                "hint: `btx <command> --help` describes each option; the README each config key"
+                "hint: `btx <command> --help` describes each option; the README and examples/*.toml each config key"
             );
         }
         // Every failure is exit code 1 (a usage error is clap's 2, a run stopped by a signal

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 
-/// The default demo (examples/demo.toml; README: its measured time on 2 cores).
+/// The default demo (examples/demo.toml; its measured time on 2 cores: docs/study.md).
 pub const DEMO: &str = include_str!("../../../../examples/demo.toml");
 /// `--quick` (examples/quick.toml): about a minute, one replica.
 pub const QUICK: &str = include_str!("../../../../examples/quick.toml");
