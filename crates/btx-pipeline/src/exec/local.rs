@@ -12,7 +12,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::exec::status::{progress_of, tail};
 use crate::exec::{Executor, Outcome, State};
-use crate::plan::{Plan, Stage};
+use crate::plan::{Plan, Stage, StageId};
 use crate::run::manifest;
 use crate::runtime::EXIT_STOPPED;
 
@@ -26,7 +26,7 @@ pub struct LocalExecutor {
 }
 
 struct Running {
-    name: String,
+    name: StageId,
     child: Child,
     start: Instant,
     /// Index into `LocalExecutor::gpus`.
@@ -131,7 +131,7 @@ fn spawn_stage(
         .arg("--device")
         .arg(device)
         .arg("stage")
-        .arg(&stage.name)
+        .arg(stage.name.as_str())
         .arg("--run")
         .arg(run)
         .stdin(Stdio::null())
@@ -146,11 +146,11 @@ impl Executor for LocalExecutor {
         &mut self,
         plan: &Plan,
         run: &Path,
-        states: &BTreeMap<String, State>,
-    ) -> Result<BTreeMap<String, Outcome>> {
+        states: &BTreeMap<StageId, State>,
+    ) -> Result<BTreeMap<StageId, Outcome>> {
         let jobs = self.jobs.max(1);
-        let mut outcomes: BTreeMap<String, Outcome> = BTreeMap::new();
-        let mut done: HashSet<String> = HashSet::new();
+        let mut outcomes: BTreeMap<StageId, Outcome> = BTreeMap::new();
+        let mut done: HashSet<StageId> = HashSet::new();
         let mut pending: Vec<&Stage> = vec![];
         for s in &plan.stages {
             if states.get(&s.name) == Some(&State::Done) {
@@ -181,7 +181,7 @@ impl Executor for LocalExecutor {
                         t0.elapsed().as_secs_f64(),
                         s.name
                     );
-                    outcomes.insert(s.name.clone(), Outcome::Blocked { by: b.clone() });
+                    outcomes.insert(s.name.clone(), Outcome::Blocked { by: b.to_string() });
                 } else {
                     i += 1;
                 }
@@ -286,7 +286,7 @@ impl Executor for LocalExecutor {
                         let s = plan.stage(&r.name).expect("planned");
                         match progress_of(run, s) {
                             Some(p) => format!("{} {p}", r.name),
-                            None => r.name.clone(),
+                            None => r.name.to_string(),
                         }
                     })
                     .collect();
@@ -322,7 +322,7 @@ mod tests {
         assert_eq!(gpus_given(None, &[]).unwrap(), None);
         let child = || Command::new("true").spawn().unwrap();
         let on = |gpu| Running {
-            name: String::new(),
+            name: StageId::data(),
             child: child(),
             start: Instant::now(),
             gpu,

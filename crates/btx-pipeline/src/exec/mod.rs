@@ -10,7 +10,7 @@ use std::path::Path;
 
 use anyhow::Result;
 
-use crate::plan::Plan;
+use crate::plan::{Plan, StageId};
 
 /// Where a stage stands before this invocation.
 #[derive(Clone, Debug, PartialEq)]
@@ -53,6 +53,6 @@ pub trait Executor {
         &mut self,
         plan: &Plan,
         run: &Path,
-        states: &BTreeMap<String, State>,
-    ) -> Result<BTreeMap<String, Outcome>>;
+        states: &BTreeMap<StageId, State>,
+    ) -> Result<BTreeMap<StageId, Outcome>>;
 }

@@ -14,7 +14,7 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::exec::{Executor, Outcome, State};
-use crate::plan::{Plan, Stage};
+use crate::plan::{Plan, Stage, StageId};
 use crate::recipe::sections::{Resources, SlurmSection};
 
 /// `DIR/slurm/jobs.json`: the job (or array task) of each stage.
@@ -222,7 +222,7 @@ exit $RC
 
 impl SlurmExecutor {
     fn resources(&self, stage: &Stage) -> &Resources {
-        if crate::plan::expert_group(&stage.name).is_some() {
+        if stage.name.expert_group().is_some() {
             self.section.experts.as_ref().unwrap_or(&self.section.train)
         } else if stage.heavy {
             &self.section.train
@@ -309,8 +309,8 @@ impl Executor for SlurmExecutor {
         &mut self,
         plan: &Plan,
         run: &Path,
-        states: &BTreeMap<String, State>,
-    ) -> Result<BTreeMap<String, Outcome>> {
+        states: &BTreeMap<StageId, State>,
+    ) -> Result<BTreeMap<StageId, Outcome>> {
         let btx = match &self.section.btx {
             Some(p) => p.clone(),
             None => std::env::current_exe()?,
@@ -318,20 +318,20 @@ impl Executor for SlurmExecutor {
         let mut table = load_jobs(run);
         let mut outcomes = BTreeMap::new();
         // Stages with a job that is still pending or running keep it.
-        let mut live: BTreeMap<String, String> = BTreeMap::new();
+        let mut live: BTreeMap<StageId, String> = BTreeMap::new();
         for s in &plan.stages {
             if states.get(&s.name) == Some(&State::Done) {
                 outcomes.insert(s.name.clone(), Outcome::AlreadyDone);
                 continue;
             }
-            if let Some(j) = table.jobs.get(&s.name) {
+            if let Some(j) = table.jobs.get(s.name.as_str()) {
                 if job_info(&j.id()).is_some_and(|i| is_live(&i.state)) {
                     live.insert(s.name.clone(), j.id());
                 }
             }
         }
         let already = live.len();
-        let dep_ids = |s: &Stage, live: &BTreeMap<String, String>| -> Vec<String> {
+        let dep_ids = |s: &Stage, live: &BTreeMap<StageId, String>| -> Vec<String> {
             s.deps
                 .iter()
                 .filter(|d| states.get(*d) != Some(&State::Done))
@@ -350,17 +350,15 @@ impl Executor for SlurmExecutor {
                 i += 1;
                 continue;
             }
-            if let Some(key) = crate::plan::expert_group(&s.name) {
+            if let Some(key) = s.name.expert_group() {
                 // All pending experts of this family, budget and replica in one array.
                 let sfx = format!("{}{}", &key.0["expert".len()..], key.1);
                 let group: Vec<&Stage> = plan
                     .stages
                     .iter()
-                    .filter(|x| {
-                        crate::plan::expert_group(&x.name).as_ref() == Some(&key) && todo(x)
-                    })
+                    .filter(|x| x.name.expert_group().as_ref() == Some(&key) && todo(x))
                     .collect();
-                let names: Vec<String> = group.iter().map(|x| x.name.clone()).collect();
+                let names: Vec<StageId> = group.iter().map(|x| x.name.clone()).collect();
                 let mut deps: Vec<String> = group.iter().flat_map(|x| dep_ids(x, &live)).collect();
                 deps.sort();
                 deps.dedup();
@@ -379,7 +377,7 @@ impl Executor for SlurmExecutor {
                         submitted_unix: now,
                     };
                     live.insert(n.clone(), r.id());
-                    table.jobs.insert(n.clone(), r);
+                    table.jobs.insert(n.to_string(), r);
                 }
                 submitted.push(format!("{label} (array of {}) -> job {id}", names.len()));
             } else {
@@ -391,14 +389,14 @@ impl Executor for SlurmExecutor {
                     &self.device,
                     &[(s.name.as_str(), run.join(&s.dir))],
                 );
-                let id = self.sbatch(run, &s.name, &script, &res, &deps, None)?;
+                let id = self.sbatch(run, s.name.as_str(), &script, &res, &deps, None)?;
                 let r = JobRef {
                     job_id: id.clone(),
                     array_index: None,
                     submitted_unix: now,
                 };
                 live.insert(s.name.clone(), r.id());
-                table.jobs.insert(s.name.clone(), r);
+                table.jobs.insert(s.name.to_string(), r);
                 submitted.push(format!("{} -> job {id}", s.name));
             }
             save_jobs(run, &table)?;
@@ -422,7 +420,7 @@ impl Executor for SlurmExecutor {
         }
         // Wait for every job to leave the queue, then read the outcome from the run directory.
         loop {
-            let pending: Vec<&String> = live
+            let pending: Vec<&StageId> = live
                 .iter()
                 .filter(|(_, id)| job_info(id).is_some_and(|i| is_live(&i.state)))
                 .map(|(n, _)| n)
@@ -438,7 +436,10 @@ impl Executor for SlurmExecutor {
             let o = if done {
                 Outcome::Done { seconds: 0.0 }
             } else {
-                let info = table.jobs.get(name).and_then(|j| job_info(&j.id()));
+                let info = table
+                    .jobs
+                    .get(name.as_str())
+                    .and_then(|j| job_info(&j.id()));
                 match info.as_ref().map(|i| i.state.as_str()) {
                     Some("CANCELLED") => Outcome::Blocked {
                         by: info.map(|i| i.reason).unwrap_or_default(),

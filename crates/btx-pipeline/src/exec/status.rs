@@ -52,11 +52,11 @@ pub fn stage_status(
     jobs: &crate::exec::slurm::JobTable,
 ) -> StageStatus {
     let dir = run.join(&s.dir);
-    let job = jobs.jobs.get(&s.name);
+    let job = jobs.jobs.get(s.name.as_str());
     let info: Option<JobInfo> = job.and_then(|j| job_info(&j.id()));
     let progress = progress_of(run, s);
     let mut st = StageStatus {
-        stage: s.name.clone(),
+        stage: s.name.to_string(),
         state: "pending".into(),
         job: job.map(|j| j.id()),
         elapsed: String::new(),
@@ -263,7 +263,7 @@ pub fn cancel(run: &Path, wait_s: u64) -> Result<()> {
     }
     // Local stage processes (a trainer writes a checkpoint and exits).
     for s in &plan.stages {
-        if jobs.jobs.contains_key(&s.name) {
+        if jobs.jobs.contains_key(s.name.as_str()) {
             continue;
         }
         let dir = run.join(&s.dir);
@@ -290,7 +290,7 @@ pub fn cancel(run: &Path, wait_s: u64) -> Result<()> {
             continue;
         }
         targets.push(Target {
-            what: s.name.clone(),
+            what: s.name.to_string(),
             pid: h.pid,
             dir,
         });

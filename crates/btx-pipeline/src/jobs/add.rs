@@ -14,6 +14,7 @@ use btx_model::Model;
 
 use super::mix::{domain_windows, FIT_RIDGE};
 use super::{written_model, JobOutcome, StageCtx};
+use crate::plan::StageId;
 
 /// `btx add-expert`'s default `--router-margin` (about 98% of a top-2 token's weight).
 pub const DEFAULT_MARGIN: f64 = 4.0;
@@ -116,10 +117,10 @@ pub fn add_expert(j: &AddJob) -> Result<AddSummary> {
 /// expert of `domain`, its router rows fitted on stage `data`'s tokens.
 pub(super) fn stage(
     ctx: &StageCtx,
-    model: &str,
-    expert: &str,
+    model: &StageId,
+    expert: &StageId,
     domain: &str,
-    data: &str,
+    data: &StageId,
 ) -> Result<JobOutcome> {
     let t0 = std::time::Instant::now();
     let (moe, dense) = (ctx.model_of(model)?, ctx.model_of(expert)?);

@@ -7,6 +7,7 @@ use btx_core::outdir::Existing;
 use btx_data::DataDir;
 
 use super::{data_root, JobOutcome, StageCtx};
+use crate::plan::StageId;
 use crate::recipe::sections::DataSection;
 use crate::run::manifest::Compute;
 
@@ -17,7 +18,7 @@ pub(super) fn data(
     ctx: &StageCtx,
     section: &DataSection,
     base: &Path,
-    tokenizer_from: Option<&str>,
+    tokenizer_from: Option<&StageId>,
 ) -> Result<JobOutcome> {
     let root = data_root(ctx.run, ctx.stage);
     match (&section.dir, &section.prepare) {

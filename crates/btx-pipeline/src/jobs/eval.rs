@@ -12,7 +12,7 @@ use btx_model::Model;
 use serde_json::json;
 
 use super::{JobOutcome, StageCtx};
-use crate::plan::StageKind;
+use crate::plan::{StageId, StageKind};
 use crate::run::manifest::Compute;
 
 /// Share of tokens below which the routing analysis calls an expert dead.
@@ -232,8 +232,8 @@ pub(super) fn eval_stage(ctx: &StageCtx) -> Result<JobOutcome> {
 pub(super) fn opt_out_stage(
     ctx: &StageCtx,
     method: &str,
-    model: &str,
-    data: &str,
+    model: &StageId,
+    data: &StageId,
     spec: &EvalSpec,
 ) -> Result<JobOutcome> {
     let data_dir = DataDir::open(&ctx.data_of(data)?)?;

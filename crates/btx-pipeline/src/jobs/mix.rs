@@ -14,7 +14,7 @@ use btx_model::burn::prelude::Device;
 use btx_model::Model;
 
 use super::{written_model, JobOutcome, StageCtx};
-use crate::plan::StageKind;
+use crate::plan::{StageId, StageKind};
 
 /// A MiX to run: the models, the spec, and what a router start or the output needs.
 pub struct MixJob<'a> {
@@ -332,7 +332,7 @@ pub(super) fn mix_stage(ctx: &StageCtx) -> Result<JobOutcome> {
 /// The upcycling stage (the sparse-upcycling baseline's start).
 pub(super) fn upcycle_stage(
     ctx: &StageCtx,
-    seed: &str,
+    seed: &StageId,
     num_experts: usize,
     spec: &MixSpec,
     router_seed: u64,
@@ -351,7 +351,7 @@ pub(super) fn upcycle_stage(
 }
 
 /// The weight-average stage (the model-soup baseline).
-pub(super) fn average_stage(ctx: &StageCtx, models: &[String]) -> Result<JobOutcome> {
+pub(super) fn average_stage(ctx: &StageCtx, models: &[StageId]) -> Result<JobOutcome> {
     let dirs = models
         .iter()
         .map(|m| ctx.model_of(m))

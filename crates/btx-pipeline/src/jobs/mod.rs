@@ -17,7 +17,7 @@ use btx_model::burn::prelude::Device;
 use btx_model::ModelConfig;
 use serde_json::json;
 
-use crate::plan::{model_dir, Plan, Stage, StageKind};
+use crate::plan::{model_dir, Plan, Stage, StageId, StageKind};
 use crate::run::manifest::Compute;
 
 /// How a job ended.
@@ -51,12 +51,12 @@ pub struct StageCtx<'a> {
 
 impl StageCtx<'_> {
     /// The `model/` directory of an upstream stage.
-    fn model_of(&self, name: &str) -> Result<PathBuf> {
+    fn model_of(&self, name: &StageId) -> Result<PathBuf> {
         Ok(model_dir(self.run, self.plan.stage(name)?))
     }
 
     /// The prepared data (`tokens/`) of an upstream data stage.
-    fn data_of(&self, name: &str) -> Result<PathBuf> {
+    fn data_of(&self, name: &StageId) -> Result<PathBuf> {
         Ok(data_root(self.run, self.plan.stage(name)?))
     }
 
@@ -78,10 +78,10 @@ pub fn run(ctx: &StageCtx) -> Result<JobOutcome> {
             section,
             base,
             tokenizer_from,
-        } => data::data(ctx, section, base, tokenizer_from.as_deref()),
+        } => data::data(ctx, section, base, tokenizer_from.as_ref()),
         StageKind::SeedCopy { path } => seed::copy(ctx, path),
         StageKind::SeedGguf { path } => seed::gguf(ctx, path),
-        StageKind::Train { from, spec, data } => train::stage(ctx, from.as_deref(), spec, data),
+        StageKind::Train { from, spec, data } => train::stage(ctx, from.as_ref(), spec, data),
         StageKind::Mix { .. } => mix::mix_stage(ctx),
         StageKind::Upcycle {
             seed,

@@ -11,6 +11,7 @@ use btx_train::{TrainOpts, TrainOutcome, TrainerConfig};
 use serde_json::json;
 
 use super::{params_compute, JobOutcome, StageCtx};
+use crate::plan::StageId;
 use crate::recipe::TrainSpec;
 
 /// The model a run starts from: the checkpoint in `from` (whose tokenizer must be the data's),
@@ -87,9 +88,9 @@ pub fn train(
 /// ([`JobOutcome::Stopped`]).
 pub(super) fn stage(
     ctx: &StageCtx,
-    from: Option<&str>,
+    from: Option<&StageId>,
     spec: &TrainSpec,
-    data: &str,
+    data: &StageId,
 ) -> Result<JobOutcome> {
     let data_dir = DataDir::open(&ctx.data_of(data)?)?;
     let from_dir = from.map(|f| ctx.model_of(f)).transpose()?;
@@ -112,7 +113,7 @@ pub(super) fn stage(
         device: ctx.dev.clone(),
         resume: true,
         progress: true,
-        label: ctx.stage.name.clone(),
+        label: ctx.stage.name.to_string(),
         max_steps_this_run: None,
         // The final model in its starting point's dtype (f32 from scratch).
         save: btx_model::io::SaveOpts {

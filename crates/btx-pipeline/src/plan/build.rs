@@ -11,8 +11,8 @@ use btx_model::ModelConfig;
 
 use super::builder::{scaled, seed_config, Builder};
 use super::family::{frozen_params, Family};
-use super::names::{self, budget_tags, method_of, primary_budget, replica_tags};
-use super::{Budget, Plan, StageKind};
+use super::names::{self, budget_tags, primary_budget, replica_tags};
+use super::{Budget, Plan, StageId, StageKind};
 use crate::recipe::{ExpertTraining, MixSpec, Recipe, TrainSpec, Variant};
 
 /// One budget scale and replica: the suffix of its stage names, the prefix of its directories.
@@ -56,7 +56,7 @@ impl Plan {
     pub fn from_recipe(r: &Recipe, base: &Path) -> Result<Self> {
         let mut p = Planner::new(r, base)?;
         p.seed_and_data(base);
-        p.eval("seed", "", vec![names::SEED.into()], None);
+        p.eval("seed", "", vec![StageId::seed()], None);
         let mut budgets = vec![];
         for &scale in &r.budgets {
             let budget = p.budget_at(scale)?;
@@ -181,16 +181,16 @@ impl<'a> Planner<'a> {
     }
 
     /// An evaluation of `method` (one model, or an ensemble of several).
-    fn eval(&mut self, method: &str, sfx: &str, models: Vec<String>, ensemble: Option<Weighting>) {
+    fn eval(&mut self, method: &str, sfx: &str, models: Vec<StageId>, ensemble: Option<Weighting>) {
         self.eval_as(method, sfx, models, ensemble, false);
     }
 
     /// The oracle-routing evaluation of a MoE `model` (method `oracle:<method>`), at the main
     /// budget when `[eval] oracle` asks for it.
-    fn oracle(&mut self, at: &At, method: &str, model: &str) {
+    fn oracle(&mut self, at: &At, method: &str, model: &StageId) {
         if self.r.eval.oracle && at.scale == self.primary_scale {
             let name = format!("oracle:{method}");
-            self.eval_as(&name, &at.sfx, vec![model.to_string()], None, true);
+            self.eval_as(&name, &at.sfx, vec![model.clone()], None, true);
         }
     }
 
@@ -198,14 +198,14 @@ impl<'a> Planner<'a> {
         &mut self,
         method: &str,
         sfx: &str,
-        models: Vec<String>,
+        models: Vec<StageId>,
         ensemble: Option<Weighting>,
         oracle: bool,
     ) {
         let mut deps = models.clone();
-        deps.push(names::DATA.into());
+        deps.push(StageId::data());
         self.b.push(
-            names::eval(method, sfx),
+            StageId::eval(method, sfx),
             format!(
                 "eval/{}{}",
                 method.replace(':', "-"),
@@ -216,7 +216,7 @@ impl<'a> Planner<'a> {
                 method: method.into(),
                 models,
                 ensemble,
-                data: names::DATA.into(),
+                data: StageId::data(),
                 // The oracle bounds the share of the experts' loss gains a router can keep:
                 // loss only (task generation would double the demo's time).
                 spec: btx_eval::EvalSpec {
@@ -242,12 +242,12 @@ impl<'a> Planner<'a> {
                 base.join(p)
             }
         };
-        let data = |tokenizer_from: Option<String>| StageKind::Data {
+        let data = |tokenizer_from: Option<StageId>| StageKind::Data {
             section: r.data.clone(),
             base: base.to_path_buf(),
             tokenizer_from,
         };
-        let (seed, data_stage) = (names::SEED.to_string(), names::DATA.to_string());
+        let (seed, data_stage) = (StageId::seed(), StageId::data());
         match &r.seed.pretrain {
             None => {
                 let kind = match (&r.seed.path, &r.seed.gguf) {
@@ -255,7 +255,8 @@ impl<'a> Planner<'a> {
                     (_, Some(g)) => StageKind::SeedGguf { path: abs(g) },
                     _ => unreachable!("validated"),
                 };
-                self.b.push(seed.clone(), seed.clone(), vec![], kind, false);
+                self.b
+                    .push(seed.clone(), seed.to_string(), vec![], kind, false);
                 let uses_seed_tok = r
                     .data
                     .prepare
@@ -263,7 +264,7 @@ impl<'a> Planner<'a> {
                     .is_some_and(|p| p.tokenizer.path.is_none());
                 self.b.push(
                     data_stage.clone(),
-                    data_stage,
+                    data_stage.to_string(),
                     if uses_seed_tok {
                         vec![seed.clone()]
                     } else {
@@ -276,14 +277,14 @@ impl<'a> Planner<'a> {
             Some(pretrain) => {
                 self.b.push(
                     data_stage.clone(),
-                    data_stage.clone(),
+                    data_stage.to_string(),
                     vec![],
                     data(None),
                     false,
                 );
                 self.b.push(
                     seed.clone(),
-                    seed,
+                    seed.to_string(),
                     vec![data_stage.clone()],
                     StageKind::Train {
                         from: None,
@@ -310,7 +311,7 @@ impl<'a> Planner<'a> {
         self.baselines(at);
         let mut members = experts_of[&Family::new(ExpertTraining::Full, 1.0)].clone();
         if self.r.mix.generalist {
-            members.push(names::SEED.into());
+            members.push(StageId::seed());
         }
         self.ensembles(at, members);
         Ok(())
@@ -319,7 +320,7 @@ impl<'a> Planner<'a> {
     /// The experts: fully trained ones always (BTM, merge-avg and most variants use them),
     /// FFN-only or anchored ones when a variant asks for them, and ones with fewer or more
     /// steps for a variant that gives the finetune another share of the budget.
-    fn experts(&mut self, at: &At, variants: &[Variant]) -> Result<BTreeMap<Family, Vec<String>>> {
+    fn experts(&mut self, at: &At, variants: &[Variant]) -> Result<BTreeMap<Family, Vec<StageId>>> {
         let mut families = vec![Family::new(ExpertTraining::Full, 1.0)];
         for v in variants {
             let f = self.family(v, &at.budget);
@@ -332,7 +333,7 @@ impl<'a> Planner<'a> {
             let prefix = fam.prefix();
             let mut stages = vec![];
             for d in &self.domains.clone() {
-                let name = names::expert(&prefix, d, &at.sfx);
+                let name = StageId::expert(&prefix, d, &at.sfx);
                 let mut spec = scaled(self.r.expert_spec(d)?, at.scale * fam.factor());
                 spec.train
                     .freeze
@@ -340,7 +341,7 @@ impl<'a> Planner<'a> {
                 self.b.train_from(
                     name.clone(),
                     format!("{}{}/{d}", at.pre, fam.dir()),
-                    names::SEED.into(),
+                    StageId::seed(),
                     at.reseed(spec),
                 );
                 // Rescaled experts only serve their variant's MiX: not evaluated alone.
@@ -360,13 +361,13 @@ impl<'a> Planner<'a> {
         &mut self,
         at: &At,
         variants: &[Variant],
-        experts_of: &BTreeMap<Family, Vec<String>>,
+        experts_of: &BTreeMap<Family, Vec<StageId>>,
     ) {
         let r = self.r;
         let sfx = &at.sfx;
         // A MiX is shared by the variants that mix the same experts the same way.
         type MixKey = (Family, MixSpec, Option<String>);
-        let mut mixes: Vec<(MixKey, String)> = vec![];
+        let mut mixes: Vec<(MixKey, StageId)> = vec![];
         for v in variants {
             let spec = v.mix(&r.mix);
             let fam = self.family(v, &at.budget);
@@ -374,7 +375,7 @@ impl<'a> Planner<'a> {
             let shared = mixes.iter().find(|(k, _)| *k == key).map(|x| x.1.clone());
             // The experts this variant mixes: all but the one it adds after its finetune.
             let domains = v.mixed_domains(&self.domains);
-            let mixed: Vec<String> = self
+            let mixed: Vec<StageId> = self
                 .domains
                 .iter()
                 .zip(&experts_of[&fam])
@@ -384,19 +385,19 @@ impl<'a> Planner<'a> {
             let mix_name = match shared {
                 Some(name) => name,
                 None => {
-                    let mix_name = names::mix(&v.name, sfx);
-                    let mut deps = vec![names::SEED.to_string(), names::DATA.to_string()];
+                    let mix_name = StageId::mix(&v.name, sfx);
+                    let mut deps = vec![StageId::seed(), StageId::data()];
                     deps.extend(mixed.iter().cloned());
                     self.b.push(
                         mix_name.clone(),
                         format!("{}mix/{}", at.pre, v.name),
                         deps,
                         StageKind::Mix {
-                            seed: names::SEED.into(),
+                            seed: StageId::seed(),
                             experts: mixed,
                             domains,
                             spec: spec.clone(),
-                            data: names::DATA.into(),
+                            data: StageId::data(),
                             router_seed: at.rep as u64,
                         },
                         false,
@@ -415,7 +416,7 @@ impl<'a> Planner<'a> {
                     mix_name
                 }
             };
-            let ft_name = names::finetune(&v.name, sfx);
+            let ft_name = StageId::finetune(&v.name, sfx);
             let ft_spec = at.reseed(self.finetune_spec(v, &at.budget));
             self.b.train_from(
                 ft_name.clone(),
@@ -423,7 +424,7 @@ impl<'a> Planner<'a> {
                 mix_name,
                 ft_spec,
             );
-            let method = method_of(&ft_name, &self.primary().name);
+            let method = ft_name.method(&self.primary().name);
             self.eval(&method, sfx, vec![ft_name.clone()], None);
             self.oracle(at, &method, &ft_name);
             // (A domain that is not an expert's is refused by the recipe's validation.)
@@ -434,16 +435,16 @@ impl<'a> Planner<'a> {
             if let Some((d, i)) = added {
                 // The expert of d, trained with the others, added to the finetuned model.
                 let expert = experts_of[&fam][i].clone();
-                let name = names::add_expert(&v.name, sfx);
+                let name = StageId::add_expert(&v.name, sfx);
                 self.b.push(
                     name.clone(),
                     format!("{}added/{}", at.pre, v.name),
-                    vec![ft_name.clone(), expert.clone(), names::DATA.into()],
+                    vec![ft_name.clone(), expert.clone(), StageId::data()],
                     StageKind::AddExpert {
                         model: ft_name.clone(),
                         expert,
                         domain: d.clone(),
-                        data: names::DATA.into(),
+                        data: StageId::data(),
                     },
                     false,
                 );
@@ -455,13 +456,13 @@ impl<'a> Planner<'a> {
                     ..r.eval.spec()
                 };
                 self.b.push(
-                    names::opt_out(&method, sfx),
+                    StageId::opt_out(&method, sfx),
                     format!("{}opt-out/{}", at.pre, v.name),
-                    vec![ft_name.clone(), names::DATA.into()],
+                    vec![ft_name.clone(), StageId::data()],
                     StageKind::OptOut {
                         method,
                         model: ft_name,
-                        data: names::DATA.into(),
+                        data: StageId::data(),
                         spec,
                     },
                     false,
@@ -485,11 +486,11 @@ impl<'a> Planner<'a> {
             } else {
                 format!("dense-{m}")
             };
-            let name = names::baseline(&tag, sfx);
+            let name = StageId::baseline(&tag, sfx);
             self.b.train_from(
                 name.clone(),
                 format!("{}baselines/{tag}", at.pre),
-                names::SEED.into(),
+                StageId::seed(),
                 at.reseed(spec),
             );
             self.eval(&tag, sfx, vec![name], None);
@@ -498,13 +499,13 @@ impl<'a> Planner<'a> {
         if up_list.is_empty() {
             return;
         }
-        let up_name = names::upcycle(sfx);
+        let up_name = StageId::upcycle(sfx);
         self.b.push(
             up_name.clone(),
             format!("{}upcycle", at.pre),
-            vec![names::SEED.into()],
+            vec![StageId::seed()],
             StageKind::Upcycle {
-                seed: names::SEED.into(),
+                seed: StageId::seed(),
                 num_experts: self.moe_of[&self.primary().name].num_experts(),
                 spec: self.up_spec.clone(),
                 router_seed: at.rep as u64,
@@ -516,7 +517,7 @@ impl<'a> Planner<'a> {
             spec.train.freeze.clear();
             spec.train.steps = self.matched_steps(&at.budget, m, &self.up_cfg);
             let tag = format!("upcycle-{m}");
-            let name = names::baseline(&tag, sfx);
+            let name = StageId::baseline(&tag, sfx);
             self.b.train_from(
                 name.clone(),
                 format!("{}baselines/{tag}", at.pre),
@@ -528,10 +529,10 @@ impl<'a> Planner<'a> {
     }
 
     /// What needs no training beyond the experts: their weight average and the BTM ensembles.
-    fn ensembles(&mut self, at: &At, members: Vec<String>) {
+    fn ensembles(&mut self, at: &At, members: Vec<StageId>) {
         let sfx = &at.sfx;
         if self.r.baselines.merge_avg {
-            let name = names::baseline("merge-avg", sfx);
+            let name = StageId::baseline("merge-avg", sfx);
             self.b.push(
                 name.clone(),
                 format!("{}baselines/merge-avg", at.pre),
@@ -557,16 +558,16 @@ impl<'a> Planner<'a> {
 
     /// The report, after every evaluation.
     fn finish(mut self, budgets: Vec<Budget>) -> Plan {
-        let evals: Vec<String> = self
+        let evals: Vec<StageId> = self
             .b
             .stages
             .iter()
-            .filter(|s| names::feeds_report(&s.name))
+            .filter(|s| s.name.feeds_report())
             .map(|s| s.name.clone())
             .collect();
         self.b.push(
-            names::REPORT.into(),
-            names::REPORT.into(),
+            StageId::report(),
+            StageId::report().to_string(),
             evals,
             StageKind::Report,
             false,

@@ -6,7 +6,7 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use btx_model::ModelConfig;
 
-use super::{fingerprint, Stage, StageKind};
+use super::{fingerprint, Stage, StageId, StageKind};
 use crate::recipe::{Recipe, TrainSpec};
 
 /// `spec` with its step count multiplied by `f` (at least one step; warmup at most half).
@@ -58,15 +58,21 @@ pub(super) struct Builder {
 impl Builder {
     /// A training stage that continues `from` on the prepared data (experts, finetunes,
     /// baselines).
-    pub(super) fn train_from(&mut self, name: String, dir: String, from: String, spec: TrainSpec) {
+    pub(super) fn train_from(
+        &mut self,
+        name: StageId,
+        dir: String,
+        from: StageId,
+        spec: TrainSpec,
+    ) {
         self.push(
             name,
             dir,
-            vec![from.clone(), "data".into()],
+            vec![from.clone(), StageId::data()],
             StageKind::Train {
                 from: Some(from),
                 spec,
-                data: "data".into(),
+                data: StageId::data(),
             },
             true,
         );
@@ -74,9 +80,9 @@ impl Builder {
 
     pub(super) fn push(
         &mut self,
-        name: String,
+        name: StageId,
         dir: String,
-        deps: Vec<String>,
+        deps: Vec<StageId>,
         kind: StageKind,
         heavy: bool,
     ) {

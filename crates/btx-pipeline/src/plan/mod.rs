@@ -15,9 +15,11 @@ use btx_eval::Weighting;
 mod build;
 mod builder;
 mod family;
+mod id;
 pub mod names;
 
-pub use names::{budget_tags, expert_group, method_of, primary_budget, tags_of};
+pub use id::{BadStageId, Kind, StageId};
+pub use names::{budget_tags, primary_budget};
 
 pub const PLAN_FILE: &str = "plan.json";
 /// Bumped when a stage's behaviour changes in a way old outputs should not survive.
@@ -31,7 +33,7 @@ pub enum StageKind {
     Data {
         section: DataSection,
         base: PathBuf,
-        tokenizer_from: Option<String>,
+        tokenizer_from: Option<StageId>,
     },
     /// Adopt a Hugging Face seed directory.
     SeedCopy { path: PathBuf },
@@ -39,42 +41,42 @@ pub enum StageKind {
     SeedGguf { path: PathBuf },
     /// Train a model: from another stage's `model/`, or a new one (`spec.init`).
     Train {
-        from: Option<String>,
+        from: Option<StageId>,
         spec: TrainSpec,
-        data: String,
+        data: StageId,
     },
     /// BTX MiX of the experts (+ the seed as generalist).
     Mix {
-        seed: String,
-        experts: Vec<String>,
+        seed: StageId,
+        experts: Vec<StageId>,
         domains: Vec<String>,
         spec: MixSpec,
-        data: String,
+        data: StageId,
         router_seed: u64,
     },
     /// Sparse upcycling of the seed.
     Upcycle {
-        seed: String,
+        seed: StageId,
         num_experts: usize,
         spec: MixSpec,
         router_seed: u64,
     },
     /// Weight average of dense models.
-    Average { models: Vec<String> },
+    Average { models: Vec<StageId> },
     /// A dense expert added to a BTX model (`btx add-expert`), its router rows fitted on the
     /// data of its domain and the model's other experts'.
     AddExpert {
-        model: String,
-        expert: String,
+        model: StageId,
+        expert: StageId,
         domain: String,
-        data: String,
+        data: StageId,
     },
     /// Evaluate one method: a model, or an ensemble of models (BTM).
     Eval {
         method: String,
-        models: Vec<String>,
+        models: Vec<StageId>,
         ensemble: Option<Weighting>,
-        data: String,
+        data: StageId,
         spec: btx_eval::EvalSpec,
         routing: bool,
         /// Oracle routing (`btx eval --route-by-domain`) instead of the model's router.
@@ -85,8 +87,8 @@ pub enum StageKind {
     /// (`optout.json`; loss only, no tasks).
     OptOut {
         method: String,
-        model: String,
-        data: String,
+        model: StageId,
+        data: StageId,
         spec: btx_eval::EvalSpec,
     },
     /// `report.md`, `results.json` and `plots/` at the top of the run directory.
@@ -96,11 +98,11 @@ pub enum StageKind {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Stage {
     /// `data`, `seed`, `expert:<domain>`, `mix:<variant>`, `finetune:<variant>`,
-    /// `upcycle`, `baseline:<name>`.
-    pub name: String,
+    /// `upcycle`, `baseline:<name>`, … (see [`StageId`]).
+    pub name: StageId,
     /// Directory relative to the run directory.
     pub dir: String,
-    pub deps: Vec<String>,
+    pub deps: Vec<StageId>,
     pub kind: StageKind,
     pub fingerprint: String,
     /// Trains a model (long, wants cores); the rest are quick.
@@ -192,7 +194,7 @@ impl Plan {
         let ft = self
             .stages
             .iter()
-            .find(|s| s.name == names::finetune(variant, sfx))?;
+            .find(|s| s.name == StageId::finetune(variant, sfx))?;
         match &ft.kind {
             StageKind::Train {
                 from: Some(from), ..
@@ -201,7 +203,8 @@ impl Plan {
         }
     }
 
-    pub fn stage(&self, name: &str) -> Result<&Stage> {
+    pub fn stage<N: AsRef<str> + ?Sized>(&self, name: &N) -> Result<&Stage> {
+        let name = name.as_ref();
         self.stages
             .iter()
             .find(|s| s.name == name)
@@ -280,7 +283,7 @@ mod tests {
             } else {
                 assert_ne!(fp, plain(&s.kind), "{}", s.name);
                 assert!(
-                    s.name.starts_with("eval:oracle:") || s.name.starts_with("mix:"),
+                    s.name.as_str().starts_with("eval:oracle:") || s.name.kind() == Kind::Mix,
                     "{}",
                     s.name
                 );
@@ -346,8 +349,8 @@ mod tests {
             StageKind::Mix { experts, .. } => experts[0].clone(),
             _ => unreachable!(),
         };
-        assert!(steps(&fam("ft10")) > steps("expert:code"));
-        assert!(steps(&fam("ft50")) < steps("expert:code"));
+        assert!(steps(fam("ft10").as_str()) > steps("expert:code"));
+        assert!(steps(fam("ft50").as_str()) < steps("expert:code"));
         assert!(steps("finetune:ft10") < steps("finetune:btx"));
         assert!(steps("finetune:ft50") > steps("finetune:btx"));
         // Budgets scale every step count after the seed, baselines included.

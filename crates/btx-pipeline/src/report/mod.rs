@@ -12,7 +12,7 @@ use btx_eval::findings::{verdicts, Stats};
 use btx_eval::plots;
 use btx_eval::report::{markdown, results_json, MethodCompute, MethodResult, ReportInput};
 
-use crate::plan::{method_of, names, Plan, Stage, StageKind};
+use crate::plan::{names, Kind, Plan, Stage, StageId, StageKind};
 use crate::run::manifest::{read_manifest, Compute};
 
 fn compute_of(run: &Path, s: &Stage) -> Compute {
@@ -23,15 +23,15 @@ fn compute_of(run: &Path, s: &Stage) -> Compute {
 
 /// Training stages that make up a method (after the shared seed), for one replica suffix.
 fn training_stages<'a>(plan: &'a Plan, method: &str, sfx: &str) -> Vec<&'a Stage> {
-    let find = |n: &str| plan.stages.iter().find(|s| s.name == n);
+    let find = |n: &StageId| plan.stages.iter().find(|s| s.name == *n);
     // The experts a variant's MiX is made of (full or FFN-only), and the MiX itself (no
     // training FLOPs, but its wall time: a fitted router's forward passes).
     let mixed = |v: &str| -> Vec<&'a Stage> {
-        let mix = find(&names::mix(v, sfx)).or_else(|| plan.mix_of(v, sfx));
+        let mix = find(&StageId::mix(v, sfx)).or_else(|| plan.mix_of(v, sfx));
         match mix.map(|s| (s, &s.kind)) {
             Some((m, StageKind::Mix { experts, .. })) => experts
                 .iter()
-                .filter_map(|e| find(e))
+                .filter_map(&find)
                 .chain(std::iter::once(m))
                 .collect(),
             _ => vec![],
@@ -40,11 +40,11 @@ fn training_stages<'a>(plan: &'a Plan, method: &str, sfx: &str) -> Vec<&'a Stage
     let experts = || -> Vec<&Stage> {
         plan.domains
             .iter()
-            .filter_map(|d| find(&names::expert("expert", d, sfx)))
+            .filter_map(|d| find(&StageId::expert("expert", d, sfx)))
             .collect()
     };
     if method == names::SEED {
-        return find(names::SEED).into_iter().collect();
+        return find(&StageId::seed()).into_iter().collect();
     }
     // An oracle evaluation routes another method's model differently: it cost what it did.
     if let Some(inner) = method.strip_prefix("oracle:") {
@@ -54,7 +54,7 @@ fn training_stages<'a>(plan: &'a Plan, method: &str, sfx: &str) -> Vec<&'a Stage
     if let Some((inner, _)) = names::split_added(method) {
         let mut s = training_stages(plan, inner, sfx);
         if let Some(v) = names::btx_variant(inner, &plan.variants[0]) {
-            if let Some(add) = find(&names::add_expert(v, sfx)) {
+            if let Some(add) = find(&StageId::add_expert(v, sfx)) {
                 if let StageKind::AddExpert { expert, .. } = &add.kind {
                     s.extend(find(expert));
                 }
@@ -66,20 +66,21 @@ fn training_stages<'a>(plan: &'a Plan, method: &str, sfx: &str) -> Vec<&'a Stage
     // Expert families (`expert`, `expert-ffn`, `expert-anchored[-<groups>]`); rescaled ones
     // (`expert-x<f>`) are not evaluated alone.
     if names::expert_domain(method).is_some() {
-        return find(&format!("{method}{sfx}")).into_iter().collect();
+        let id = format!("{method}{sfx}").parse::<StageId>().ok();
+        return id.and_then(|id| find(&id)).into_iter().collect();
     }
     if let Some(v) = names::mix_variant(method) {
         return mixed(v);
     }
     if let Some(v) = names::btx_variant(method, &plan.variants[0]) {
         let mut s = mixed(v);
-        s.extend(find(&names::finetune(v, sfx)));
+        s.extend(find(&StageId::finetune(v, sfx)));
         return s;
     }
     if method.starts_with("btm-") || method == "merge-avg" {
         return experts();
     }
-    find(&names::baseline(method, sfx)).into_iter().collect()
+    find(&StageId::baseline(method, sfx)).into_iter().collect()
 }
 
 /// For each variant that adds an expert after its finetune (`btx:<v>+<d>`), the variant whose
@@ -87,16 +88,14 @@ fn training_stages<'a>(plan: &'a Plan, method: &str, sfx: &str) -> Vec<&'a Stage
 /// isolates adding late (main budget, replica 0).
 fn added_twins(plan: &Plan) -> BTreeMap<String, String> {
     let primary = &plan.variants[0];
-    let family = |experts: &[String]| {
-        experts
-            .first()
-            .and_then(|e| e.split_once(':'))
-            .map(|(f, _)| f.to_string())
+    let family = |experts: &[StageId]| match experts.first().map(StageId::kind) {
+        Some(Kind::Expert { family }) => Some(family.to_string()),
+        _ => None,
     };
     let mix_of = |v: &str| match plan
         .stages
         .iter()
-        .find(|s| s.name == names::mix(v, ""))
+        .find(|s| s.name == StageId::mix(v, ""))
         .or_else(|| plan.mix_of(v, ""))
         .map(|s| &s.kind)
     {
@@ -113,10 +112,10 @@ fn added_twins(plan: &Plan) -> BTreeMap<String, String> {
         let StageKind::AddExpert { model, domain, .. } = &s.kind else {
             continue;
         };
-        if !names::suffix(&s.name).is_empty() {
+        if !s.name.suffix().is_empty() {
             continue;
         }
-        let Some(v) = model.strip_prefix("finetune:") else {
+        let (Kind::Finetune, Some(v)) = (model.kind(), model.what()) else {
             continue;
         };
         let Some((spec, fam, _)) = mix_of(v) else {
@@ -128,10 +127,10 @@ fn added_twins(plan: &Plan) -> BTreeMap<String, String> {
                     .is_some_and(|(ws, wf, wd)| ws == spec && wf == fam && wd.contains(domain))
         });
         if let Some(w) = twin {
-            let method = method_of(&names::finetune(v, ""), primary);
+            let method = StageId::finetune(v, "").method(primary);
             out.insert(
                 names::added_method(&method, domain),
-                method_of(&names::finetune(w, ""), primary),
+                StageId::finetune(w, "").method(primary),
             );
         }
     }
@@ -170,7 +169,7 @@ fn stage_work(run: &Path, s: &Stage, flops: f64) -> Option<btx_eval::cost::Stage
         a2a_values: a2a,
         expert_params: expert,
         experts: cfg.moe.as_ref().map_or(0, |m| m.num_experts),
-        branch: names::expert_domain(&s.name).is_some(),
+        branch: s.name.expert_domain().is_some(),
     })
 }
 
@@ -181,7 +180,7 @@ fn opt_outs(plan: &Plan, run: &Path) -> Result<BTreeMap<String, Vec<OptOutEval>>
         let StageKind::OptOut { method, .. } = &s.kind else {
             continue;
         };
-        if !crate::plan::tags_of(&s.name).0.is_empty() {
+        if !s.name.tags().0.is_empty() {
             continue;
         }
         let p = run.join(&s.dir).join("optout.json");
@@ -229,8 +228,8 @@ pub fn build(plan: &Plan, run: &Path) -> Result<()> {
         if domains.is_empty() {
             domains = me.result.domains.keys().cloned().collect();
         }
-        let (btag, rep) = crate::plan::tags_of(&s.name);
-        let sfx = names::suffix(&s.name).to_string();
+        let (btag, rep) = s.name.tags();
+        let sfx = s.name.suffix().to_string();
         let mut c = MethodCompute::default();
         let mut slowest_branch = 0f64;
         for t in training_stages(plan, method, &sfx) {
@@ -321,11 +320,10 @@ pub fn build(plan: &Plan, run: &Path) -> Result<()> {
                     let own: BTreeMap<String, String> = training_stages(plan, &m.name, "")
                         .into_iter()
                         .filter(|s| {
-                            names::expert_domain(&s.name).is_some()
-                                && !s.name.starts_with("expert:")
+                            matches!(s.name.kind(), Kind::Expert { family } if family != "expert")
                         })
                         .filter_map(|s| {
-                            Some((names::expert_domain(&s.name)?.to_string(), s.name.clone()))
+                            Some((s.name.expert_domain()?.to_string(), s.name.to_string()))
                         })
                         .collect();
                     (!own.is_empty() && names::expert_domain(&m.name).is_none())
@@ -589,18 +587,18 @@ fn draw_plots(
     let mut branch = vec![];
     let mut final_stage = vec![];
     for s in &plan.stages {
-        if s.name.contains('@') || !matches!(s.kind, StageKind::Train { .. }) {
+        if s.name.tags().1 > 0 || !matches!(s.kind, StageKind::Train { .. }) {
             continue;
         }
         let c = curve(run, s);
         if c.is_empty() {
             continue;
         }
-        if names::is_seed_or_expert(&s.name) {
-            branch.push((s.name.clone(), c));
+        if s.name.is_seed_or_expert() {
+            branch.push((s.name.to_string(), c));
             continue;
         }
-        let method = method_of(&s.name, &plan.variants[0]);
+        let method = s.name.method(&plan.variants[0]);
         let stages = training_stages(plan, &method, "");
         let before: f64 = stages
             .iter()

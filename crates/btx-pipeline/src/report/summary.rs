@@ -8,7 +8,7 @@ use btx_eval::findings::Stats;
 use btx_eval::plots::summary::{forest, kept_heatmap, Row};
 use btx_mix::RouterInitKind;
 
-use crate::plan::{names, Plan, StageKind};
+use crate::plan::{names, Kind, Plan, StageId, StageKind};
 
 const PAPER: &str = "the paper (BTX)";
 const ABLATIONS: &str = "ablations (one of the paper's choices changed)";
@@ -45,7 +45,7 @@ fn group_of(plan: &Plan, method: &str, oracles: bool) -> Option<&'static str> {
     let mix = plan
         .stages
         .iter()
-        .find(|s| s.name == names::mix(v, ""))
+        .find(|s| s.name == StageId::mix(v, ""))
         .or_else(|| plan.mix_of(v, ""));
     let beyond = added
         || match mix.map(|s| &s.kind) {
@@ -54,11 +54,13 @@ fn group_of(plan: &Plan, method: &str, oracles: bool) -> Option<&'static str> {
                     spec.router_init,
                     RouterInitKind::Fit | RouterInitKind::DomainMean
                 ) || !spec.attention.is_average()
-                    || experts.iter().any(|e| e.starts_with("expert-anchored"))
+                    || experts.iter().any(|e| {
+                        matches!(e.kind(), Kind::Expert { family } if family.starts_with("expert-anchored"))
+                    })
                     || plan
                         .stages
                         .iter()
-                        .any(|s| s.name == names::add_expert(v, ""))
+                        .any(|s| s.name == StageId::add_expert(v, ""))
             }
             _ => false,
         };

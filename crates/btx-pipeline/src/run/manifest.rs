@@ -147,7 +147,7 @@ pub fn check(plan: &Plan, run: &Path, stage: &Stage) -> Verdict {
         let now = read_manifest(&run.join(&up.dir))
             .filter(|u| u.fingerprint == up.fingerprint)
             .map(|u| record::digest_of(up, u.files.as_ref(), full));
-        if now.is_some() && m.reads.get(&up.name) != now.as_ref() {
+        if now.is_some() && m.reads.get(up.name.as_str()) != now.as_ref() {
             return Verdict::Stale(format!("{} changed since this stage read it", up.name));
         }
     }
@@ -165,7 +165,7 @@ pub fn reads_now(
         .filter_map(|(up, full)| {
             let m = read_manifest(&run.join(&up.dir))?;
             Some((
-                up.name.clone(),
+                up.name.to_string(),
                 record::digest_of(up, m.files.as_ref(), full),
             ))
         })

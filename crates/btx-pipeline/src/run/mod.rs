@@ -13,7 +13,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::exec::local::{gpu_ids, LocalExecutor};
 use crate::exec::{Executor, Outcome, State};
-use crate::plan::Plan;
+use crate::plan::{Plan, StageId};
 use crate::recipe::Recipe;
 
 /// What `btx run` was asked to do (the command line's flags, parsed).
@@ -60,13 +60,13 @@ impl std::str::FromStr for ExecutorKind {
 }
 
 /// A stage whose configuration changed (its name, its directory), cleared before the run.
-pub type Stale = (String, PathBuf);
+pub type Stale = (StageId, PathBuf);
 
 /// Classifies every stage, after checking each DONE (see `manifest::check`). Stages come in
 /// dependency order. Also returns the directories of stages whose configuration changed (to
 /// clear before running); refuses, before anything is written, when one is in use.
-pub fn prepare_states(plan: &Plan, run: &Path) -> Result<(BTreeMap<String, State>, Vec<Stale>)> {
-    let mut states: BTreeMap<String, State> = BTreeMap::new();
+pub fn prepare_states(plan: &Plan, run: &Path) -> Result<(BTreeMap<StageId, State>, Vec<Stale>)> {
+    let mut states: BTreeMap<StageId, State> = BTreeMap::new();
     let mut stale = vec![];
     for s in &plan.stages {
         let dir = run.join(&s.dir);
@@ -313,7 +313,7 @@ pub fn run(a: RunOptions, device: &str) -> Result<()> {
         return Ok(());
     }
     print_summary(&plan, &out, &outcomes);
-    let failed: Vec<&String> = outcomes
+    let failed: Vec<&StageId> = outcomes
         .iter()
         .filter(|(_, o)| !matches!(o, Outcome::Done { .. } | Outcome::AlreadyDone))
         .map(|(n, _)| n)
@@ -329,7 +329,7 @@ pub fn run(a: RunOptions, device: &str) -> Result<()> {
     Ok(())
 }
 
-fn print_dry_run(a: &RunOptions, plan: &Plan, states: &BTreeMap<String, State>) -> Result<()> {
+fn print_dry_run(a: &RunOptions, plan: &Plan, states: &BTreeMap<StageId, State>) -> Result<()> {
     let todo = states.values().filter(|s| **s != State::Done).count();
     errln!(
         "btx run {}: {} stages, {} to run ({} done) [dry run]",
@@ -350,7 +350,7 @@ fn print_dry_run(a: &RunOptions, plan: &Plan, states: &BTreeMap<String, State>) 
     Ok(())
 }
 
-fn print_summary(plan: &Plan, run: &Path, outcomes: &BTreeMap<String, Outcome>) {
+fn print_summary(plan: &Plan, run: &Path, outcomes: &BTreeMap<StageId, Outcome>) {
     outln!(
         "{:<26} {:<16} {:>9} {:>12} {:>10}",
         "stage",

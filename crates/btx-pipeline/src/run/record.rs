@@ -2,7 +2,7 @@
 //! in its `manifest.json` (a [`OutputRecord`], checked before DONE is believed; see
 //! `manifest::check`) and, for each stage whose outputs it read, a digest of that part.
 
-use crate::plan::{Plan, Stage, StageKind};
+use crate::plan::{Plan, Stage, StageId, StageKind};
 pub use btx_core::record::OutputRecord;
 
 /// A stage's outputs, relative to the run directory: everything it promises (checked before
@@ -70,17 +70,17 @@ pub const REPORT_FILES: [&str; 3] = ["report.md", "results.json", "plots"];
 /// report, which also reads the manifests and loss curves of every stage upstream of it) or
 /// only what they hand on (its direct dependencies).
 pub fn reads<'a>(plan: &'a Plan, stage: &Stage) -> Vec<(&'a Stage, bool)> {
-    let find = |n: &str| plan.stages.iter().find(|s| s.name == n);
+    let find = |n: &StageId| plan.stages.iter().find(|s| s.name == *n);
     match stage.kind {
         StageKind::Report => {
             // Everything upstream, in plan order: never a stage that may still be running
             // beside it.
             let mut seen = std::collections::BTreeSet::new();
-            let mut todo: Vec<&str> = stage.deps.iter().map(String::as_str).collect();
+            let mut todo: Vec<&StageId> = stage.deps.iter().collect();
             while let Some(n) = todo.pop() {
-                if seen.insert(n.to_string()) {
+                if seen.insert(n) {
                     if let Some(s) = find(n) {
-                        todo.extend(s.deps.iter().map(String::as_str));
+                        todo.extend(s.deps.iter());
                     }
                 }
             }
@@ -93,7 +93,7 @@ pub fn reads<'a>(plan: &'a Plan, stage: &Stage) -> Vec<(&'a Stage, bool)> {
         _ => stage
             .deps
             .iter()
-            .filter_map(|d| find(d))
+            .filter_map(&find)
             .map(|s| (s, false))
             .collect(),
     }

@@ -75,7 +75,7 @@ pub fn run_stage(run: &Path, name: &str, dev: &Device, device_name: &str) -> Res
         }
     }
     let started = Started {
-        stage: stage.name.clone(),
+        stage: stage.name.to_string(),
         fingerprint: stage.fingerprint.clone(),
         started_unix: manifest::now_unix(),
         host: crate::run::lock::hostname(),
@@ -110,7 +110,7 @@ pub fn run_stage(run: &Path, name: &str, dev: &Device, device_name: &str) -> Res
         .iter()
         .map(|d| {
             (
-                d.clone(),
+                d.to_string(),
                 plan.stage(d)
                     .map(|s| s.fingerprint.clone())
                     .unwrap_or_default(),
@@ -119,7 +119,7 @@ pub fn run_stage(run: &Path, name: &str, dev: &Device, device_name: &str) -> Res
         .collect();
     let files = crate::run::record::OutputRecord::of(run, &crate::run::record::outputs(&stage).0)?;
     let m = Manifest {
-        stage: stage.name.clone(),
+        stage: stage.name.to_string(),
         fingerprint: stage.fingerprint.clone(),
         inputs,
         config: serde_json::to_value(&stage.kind)?,
