@@ -16,5 +16,6 @@ pub use error::{MixError, Result};
 pub use merge::{check_expert_names, mix, upcycle, MixSummary};
 pub use source::check_compatible;
 pub use spec::{
-    AttnMix, ExpertShape, FitTarget, MixOptions, MixSpec, NonFfn, RouterInit, RouterInitKind,
+    AttnMix, ExpertShape, FitTarget, MixOptions, MixPatch, MixSpec, NonFfn, RouterInit,
+    RouterInitKind, RoutingMode,
 };

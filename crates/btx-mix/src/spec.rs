@@ -183,6 +183,78 @@ impl Default for MixSpec {
     }
 }
 
+/// Some of a [`MixSpec`]'s keys, laid over another spec: a finetune variant's MiX over the
+/// recipe's `[mix]`. Written as `[mix]` writes them (any of its keys; a value replaces the
+/// base's whole, `routing` included) and checked against [`MixSpec`]'s keys and types when
+/// read, so a variant can override exactly what `[mix]` can set, with no list of its own.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[serde(transparent)]
+pub struct MixPatch(serde_json::Map<String, serde_json::Value>);
+
+impl MixPatch {
+    /// `base` with this patch's keys replaced.
+    pub fn apply(&self, base: &MixSpec) -> Result<MixSpec> {
+        let mut v = serde_json::to_value(base).map_err(|e| MixError::Options(e.to_string()))?;
+        let m = v.as_object_mut().expect("a MixSpec serialises as a map");
+        for (k, x) in &self.0 {
+            m.insert(k.clone(), x.clone());
+        }
+        serde_json::from_value(v).map_err(|e| MixError::Options(e.to_string()))
+    }
+
+    /// Whether the patch sets `key`.
+    pub fn sets(&self, key: &str) -> bool {
+        self.0.contains_key(key)
+    }
+}
+
+impl<'de> Deserialize<'de> for MixPatch {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let p = MixPatch(serde_json::Map::deserialize(d)?);
+        // Checked now, where the file is read: a key that is not a MixSpec key, or a value of
+        // the wrong type, is refused with the file's location.
+        p.apply(&MixSpec::default()).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "{e}: a variant takes its own keys and any key of [mix]"
+            ))
+        })?;
+        Ok(p)
+    }
+}
+
+/// The routing a CLI flag names (`--routing`), with the paper's settings for what the name
+/// leaves open: a switch capacity factor given apart, sample-top1 annealing at 1e-4 down to a
+/// temperature of 0.5. A recipe writes the whole [`Routing`] (`{mode = "switch", ...}`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+pub enum RoutingMode {
+    /// Mixtral's: softmax over the top-k router logits.
+    #[default]
+    #[cfg_attr(feature = "clap", value(alias = "topk"))]
+    TopK,
+    /// Top-1 with a per-expert capacity.
+    Switch,
+    /// Every expert, weighted by the softmax.
+    Soft,
+    /// A Gumbel-softmax sample (argmax at inference).
+    SampleTop1,
+}
+named_enum!(RoutingMode, "routing", TopK => "top-k", Switch => "switch", Soft => "soft", SampleTop1 => "sample-top1");
+
+impl RoutingMode {
+    pub fn routing(self, capacity_factor: f64) -> Routing {
+        match self {
+            RoutingMode::TopK => Routing::TopK,
+            RoutingMode::Switch => Routing::Switch { capacity_factor },
+            RoutingMode::Soft => Routing::Soft,
+            RoutingMode::SampleTop1 => Routing::SampleTop1 {
+                anneal_rate: 1e-4,
+                min_tau: 0.5,
+            },
+        }
+    }
+}
+
 /// The experts a spec cuts from `n_models` mixed models of inner width `d_ff`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ExpertShape {

@@ -342,7 +342,7 @@ pub fn progress_of(run: &Path, stage: &Stage) -> Option<String> {
     let text = std::fs::read_to_string(run.join(&stage.dir).join("metrics.jsonl")).ok()?;
     let last: serde_json::Value = serde_json::from_str(text.lines().last()?).ok()?;
     let total = match &stage.kind {
-        crate::plan::StageKind::Train { spec, .. } => spec.train.steps,
+        crate::plan::StageKind::Train { spec, .. } => spec.trainer.train.steps,
         _ => 0,
     };
     Some(format!(

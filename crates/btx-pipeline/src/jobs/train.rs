@@ -101,10 +101,10 @@ pub(super) fn stage(
         from_dir.as_deref(),
         spec.init.as_ref(),
         &data_dir,
-        spec.train.seed,
+        spec.trainer.train.seed,
     )?;
     let cfg = init.cfg.clone();
-    let tc = spec.trainer();
+    let tc = &spec.trainer;
     let mix = MixConfig {
         weights: spec.weights.clone(),
         split: None,
@@ -124,7 +124,7 @@ pub(super) fn stage(
             ..Default::default()
         },
     };
-    let out = train(init, &data_dir, &mix, &tc, ctx.dir, &opts)?;
+    let out = train(init, &data_dir, &mix, tc, ctx.dir, &opts)?;
     if out.stopped_early {
         return Ok(JobOutcome::Stopped { steps: out.steps });
     }

@@ -27,7 +27,7 @@ struct At {
 impl At {
     /// `s` with this replica's training seed (replica 0 keeps the recipe's).
     fn reseed(&self, mut s: TrainSpec) -> TrainSpec {
-        s.train.seed += 1000 * self.rep as u64;
+        s.trainer.train.seed += 1000 * self.rep as u64;
         s
     }
 }
@@ -131,13 +131,13 @@ impl<'a> Planner<'a> {
             let s = scaled(self.r.expert_spec(d)?, scale);
             budget.expert_tokens += s.tokens();
             budget.expert_flops +=
-                s.tokens() as f64 * self.seed_cfg.train_flops_per_token(s.train.seq_len);
+                s.tokens() as f64 * self.seed_cfg.train_flops_per_token(s.trainer.train.seq_len);
         }
         let f = scaled(self.primary().finetune(&self.ft), scale);
         let moe = &self.moe_of[&self.primary().name];
         budget.finetune_tokens = f.tokens();
-        budget.btx_flops =
-            budget.expert_flops + f.tokens() as f64 * moe.train_flops_per_token(f.train.seq_len);
+        budget.btx_flops = budget.expert_flops
+            + f.tokens() as f64 * moe.train_flops_per_token(f.trainer.train.seq_len);
         budget.btx_tokens = budget.expert_tokens + budget.finetune_tokens;
         Ok(budget)
     }
@@ -148,7 +148,9 @@ impl<'a> Planner<'a> {
         let steps_for = |tokens: f64| ((tokens / tps as f64).ceil() as usize).max(1);
         match m {
             "data" => steps_for(budget.btx_tokens as f64),
-            _ => steps_for(budget.btx_flops / cfg.train_flops_per_token(self.ft.train.seq_len)),
+            _ => steps_for(
+                budget.btx_flops / cfg.train_flops_per_token(self.ft.trainer.train.seq_len),
+            ),
         }
     }
 
@@ -157,16 +159,19 @@ impl<'a> Planner<'a> {
     fn finetune_spec(&self, v: &Variant, budget: &Budget) -> TrainSpec {
         let mut f = scaled(v.finetune(&self.ft), budget.scale);
         let cfg = &self.moe_of[&v.name];
-        let per_step = f.tokens_per_step() as f64 * cfg.train_flops_per_token(f.train.seq_len);
+        let per_step =
+            f.tokens_per_step() as f64 * cfg.train_flops_per_token(f.trainer.train.seq_len);
         if v.compute_matched {
             // The same experts as the primary variant; the finetune gets what is left.
             let left = budget.btx_flops - budget.expert_flops;
-            f.train.steps = ((left / per_step).round() as usize).max(1);
-            f.optim.warmup_steps = f.optim.warmup_steps.min(f.train.steps / 2);
+            f.trainer.train.steps = ((left / per_step).round() as usize).max(1);
+            f.trainer.optim.warmup_steps =
+                f.trainer.optim.warmup_steps.min(f.trainer.train.steps / 2);
         }
         if let Some(share) = v.finetune_share {
-            f.train.steps = ((share * budget.btx_flops / per_step).round() as usize).max(1);
-            f.optim.warmup_steps = f.optim.warmup_steps.min(f.train.steps / 2);
+            f.trainer.train.steps = ((share * budget.btx_flops / per_step).round() as usize).max(1);
+            f.trainer.optim.warmup_steps =
+                f.trainer.optim.warmup_steps.min(f.trainer.train.steps / 2);
         }
         f
     }
@@ -335,7 +340,8 @@ impl<'a> Planner<'a> {
             for d in &self.domains.clone() {
                 let name = StageId::expert(&prefix, d, &at.sfx);
                 let mut spec = scaled(self.r.expert_spec(d)?, at.scale * fam.factor());
-                spec.train
+                spec.trainer
+                    .train
                     .freeze
                     .extend(frozen_params(&self.seed_cfg, &fam));
                 self.b.train_from(
@@ -478,8 +484,8 @@ impl<'a> Planner<'a> {
         let dense_list = r.baselines.dense.list();
         for m in &dense_list {
             let mut spec = self.ft.clone();
-            spec.moe = Default::default();
-            spec.train.steps = self.matched_steps(&at.budget, m, &self.seed_cfg);
+            spec.trainer.moe = Default::default();
+            spec.trainer.train.steps = self.matched_steps(&at.budget, m, &self.seed_cfg);
             // A lone data-matched run is plain `dense`; a compute-matched one always says so.
             let tag = if dense_list.len() == 1 && *m == "data" {
                 "dense".to_string()
@@ -514,8 +520,8 @@ impl<'a> Planner<'a> {
         );
         for m in &up_list {
             let mut spec = self.primary().finetune(&self.ft);
-            spec.train.freeze.clear();
-            spec.train.steps = self.matched_steps(&at.budget, m, &self.up_cfg);
+            spec.trainer.train.freeze.clear();
+            spec.trainer.train.steps = self.matched_steps(&at.budget, m, &self.up_cfg);
             let tag = format!("upcycle-{m}");
             let name = StageId::baseline(&tag, sfx);
             self.b.train_from(

@@ -12,8 +12,12 @@ use crate::recipe::{Recipe, TrainSpec};
 /// `spec` with its step count multiplied by `f` (at least one step; warmup at most half).
 pub(super) fn scaled(mut spec: TrainSpec, f: f64) -> TrainSpec {
     if f != 1.0 {
-        spec.train.steps = ((spec.train.steps as f64 * f).round() as usize).max(1);
-        spec.optim.warmup_steps = spec.optim.warmup_steps.min(spec.train.steps / 2);
+        spec.trainer.train.steps = ((spec.trainer.train.steps as f64 * f).round() as usize).max(1);
+        spec.trainer.optim.warmup_steps = spec
+            .trainer
+            .optim
+            .warmup_steps
+            .min(spec.trainer.train.steps / 2);
     }
     spec
 }

@@ -342,7 +342,7 @@ mod tests {
         assert!(has("eval:mix:btx@1"));
         // The finetune-share variants train rescaled experts: more for ft10, fewer for ft50.
         let steps = |n: &str| match &plan.stage(n).unwrap().kind {
-            StageKind::Train { spec, .. } => spec.train.steps,
+            StageKind::Train { spec, .. } => spec.trainer.train.steps,
             _ => unreachable!(),
         };
         let fam = |v: &str| match &plan.mix_of(v, "").unwrap().kind {
@@ -370,7 +370,7 @@ mod tests {
         assert!(steps("finetune:bam") < steps("finetune:btx"));
         assert!(has("opt-out:btx@2") && has("opt-out:btx:anchored") && !has("opt-out:btx#x2"));
         let frozen = |n: &str| match &plan.stage(n).unwrap().kind {
-            StageKind::Train { spec, .. } => spec.train.freeze.clone(),
+            StageKind::Train { spec, .. } => spec.trainer.train.freeze.clone(),
             _ => unreachable!(),
         };
         let f = frozen("expert-anchored:math");
@@ -404,7 +404,7 @@ mod tests {
         let StageKind::Train { spec, .. } = &s.kind else {
             unreachable!()
         };
-        let f = &spec.train.freeze;
+        let f = &spec.trainer.train.freeze;
         assert!(f.iter().any(|n| n.ends_with("input_layernorm.weight")));
         assert!(f.iter().any(|n| n.contains(".self_attn.")));
         assert!(

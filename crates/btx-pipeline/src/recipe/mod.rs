@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, Result};
-use btx_train::{LoopConfig, MoeLossConfig, OptimConfig};
+use btx_train::TrainerConfig;
 use serde::{Deserialize, Serialize};
 
 use crate::recipe::sections::DataSection;
@@ -41,10 +41,9 @@ pub struct SeedSection {
 pub struct ExpertsSection {
     /// Domains to train experts on (names in the data directory).
     pub domains: Vec<String>,
-    #[serde(default)]
-    pub optim: OptimConfig,
-    #[serde(default)]
-    pub train: LoopConfig,
+    /// `[experts.optim]`, `[experts.train]` (`[experts.moe]` is refused: experts are dense).
+    #[serde(flatten)]
+    pub trainer: TrainerConfig,
     /// Per-domain overrides of optim/train, e.g. `[experts.override.math.train] steps = 400`.
     #[serde(default, rename = "override")]
     pub overrides: BTreeMap<String, toml::Value>,
@@ -58,12 +57,9 @@ pub struct FinetuneSection {
     /// 10.30, generalist 19.23 %).
     #[serde(default)]
     pub weights: BTreeMap<String, f64>,
-    #[serde(default)]
-    pub optim: OptimConfig,
-    #[serde(default)]
-    pub train: LoopConfig,
-    #[serde(default)]
-    pub moe: MoeLossConfig,
+    /// `[finetune.optim]`, `[finetune.train]`, `[finetune.moe]`.
+    #[serde(flatten)]
+    pub trainer: TrainerConfig,
     /// Variants to run; default one, `btx` (the paper's top-2 with load balancing).
     #[serde(default)]
     pub variants: Vec<Variant>,
@@ -74,9 +70,7 @@ impl FinetuneSection {
         TrainSpec {
             init: None,
             weights: self.weights.clone(),
-            optim: self.optim.clone(),
-            train: self.train.clone(),
-            moe: self.moe.clone(),
+            trainer: self.trainer.clone(),
         }
     }
 }
@@ -318,9 +312,7 @@ impl Recipe {
         let base = TrainSpec {
             init: None,
             weights: [(domain.to_string(), 1.0)].into(),
-            optim: self.experts.optim.clone(),
-            train: self.experts.train.clone(),
-            moe: MoeLossConfig::default(),
+            trainer: self.experts.trainer.clone(),
         };
         let Some(over) = self.experts.overrides.get(domain) else {
             return Ok(base);
@@ -355,5 +347,67 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("unknown matching \"compute\""), "{e}");
+    }
+
+    const QUICK: &str = include_str!("../../../../examples/quick.toml");
+
+    fn quick(sets: &[&str]) -> Result<Recipe> {
+        let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+        let (r, _): (Recipe, _) = overrides::load_str(QUICK, "quick.toml", &sets)?;
+        Ok(r)
+    }
+
+    #[test]
+    fn a_variant_lays_any_mix_key_over_the_recipes_mix_and_refuses_other_keys() {
+        let r = quick(&[
+            "mix.router_scale=3.0",
+            "finetune.variants=[{name=\"a\", top_k=1, router_scale=8, routing={mode=\"switch\", capacity_factor=2.0}, lb_coef=0.0}]",
+        ])
+        .unwrap();
+        let v = &r.variants()[0];
+        let m = v.mix(&r.mix);
+        assert_eq!((m.top_k, m.router_scale), (1, 8.0));
+        assert_eq!(
+            m.routing,
+            btx_model::Routing::Switch {
+                capacity_factor: 2.0
+            }
+        );
+        // Keys the variant leaves alone are `[mix]`'s; its own keys are not MiX keys.
+        assert_eq!(
+            (m.router_std, m.generalist),
+            (r.mix.router_std, r.mix.generalist)
+        );
+        assert_eq!(v.finetune(&r.finetune.spec()).trainer.moe.lb_coef, 0.0);
+        for (set, needle) in [
+            ("finetune.variants=[{name=\"a\", lb_coeff=0.1}]", "lb_coeff"),
+            (
+                "finetune.variants=[{name=\"a\", top_k=\"two\"}]",
+                "expected usize",
+            ),
+        ] {
+            let e = format!("{:#}", quick(&[set]).unwrap_err());
+            assert!(e.contains(needle) && e.contains("any key of [mix]"), "{e}");
+        }
+    }
+
+    #[test]
+    fn moe_losses_for_dense_experts_are_refused_by_name() {
+        let base = Path::new(".");
+        assert!(quick(&[]).unwrap().validate(base).is_ok());
+        for (set, needle) in [
+            ("experts.moe.lb_coef=0.1", "[experts.moe]"),
+            (
+                "experts.override.math.moe.z_loss_coef=0.1",
+                "[experts.override.math.moe]",
+            ),
+        ] {
+            let e = quick(&[set])
+                .unwrap()
+                .validate(base)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(needle) && e.contains("[finetune.moe]"), "{e}");
+        }
     }
 }

@@ -4,10 +4,13 @@
 use std::collections::BTreeMap;
 
 use btx_model::ModelSpec;
-use btx_train::{LoopConfig, MoeLossConfig, OptimConfig, TrainerConfig};
+use btx_train::TrainerConfig;
 use serde::{Deserialize, Serialize};
 
-/// A training job's settings: model shape (for new models), data mixture, optimizer, loop.
+/// A training job's settings: model shape (for new models), data mixture, and the training
+/// loop's own settings ([`TrainerConfig`], declared once in btx-train: `[optim]`, `[train]`,
+/// `[moe]` beside `init` and `weights`, as `btx train`'s file and the recipe's `[experts]` and
+/// `[finetune]` write them).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrainSpec {
@@ -17,31 +20,21 @@ pub struct TrainSpec {
     /// Domain weights; empty = all domains equally.
     #[serde(default)]
     pub weights: BTreeMap<String, f64>,
-    #[serde(default)]
-    pub optim: OptimConfig,
-    #[serde(default)]
-    pub train: LoopConfig,
-    #[serde(default)]
-    pub moe: MoeLossConfig,
+    /// Serialised flat, after `init` and `weights`: the same JSON as when the three were
+    /// fields here, so stage fingerprints did not change.
+    #[serde(flatten)]
+    pub trainer: TrainerConfig,
 }
 
 impl TrainSpec {
-    pub fn trainer(&self) -> TrainerConfig {
-        TrainerConfig {
-            optim: self.optim.clone(),
-            train: self.train.clone(),
-            moe: self.moe.clone(),
-        }
-    }
-
     /// Tokens one run of this spec trains on.
     pub fn tokens(&self) -> u64 {
-        let t = &self.train;
+        let t = &self.trainer.train;
         (t.steps * t.batch_size * t.seq_len * t.grad_accum) as u64
     }
 
     pub fn tokens_per_step(&self) -> u64 {
-        let t = &self.train;
+        let t = &self.trainer.train;
         (t.batch_size * t.seq_len * t.grad_accum) as u64
     }
 }

@@ -111,13 +111,17 @@ impl Recipe {
                 None => p.push("[seed.pretrain] needs an [seed.pretrain.init] model shape".into()),
                 Some(init) => match init.to_config(vocab, None) {
                     Ok(c) => {
-                        p.extend(freeze_problems("seed.pretrain", &sp.train.freeze, &c));
+                        p.extend(freeze_problems(
+                            "seed.pretrain",
+                            &sp.trainer.train.freeze,
+                            &c,
+                        ));
                         seed_cfg = Some(c);
                     }
                     Err(e) => p.push(format!("[seed.pretrain.init]: {e}")),
                 },
             }
-            if let Err(e) = preflight(&sp.trainer(), seed_cfg.as_ref()) {
+            if let Err(e) = preflight(&sp.trainer, seed_cfg.as_ref()) {
                 p.push(format!("[seed.pretrain]: {e}"));
             }
         }
@@ -166,6 +170,14 @@ impl Recipe {
         if self.experts.domains.is_empty() {
             p.push("[experts] domains is empty".into());
         }
+        // BTX mixes dense experts (a MoE expert is refused by the MiX): an `[moe]` table for
+        // them would be read by nothing.
+        if self.experts.trainer.moe != btx_train::MoeLossConfig::default() {
+            p.push(
+                "[experts.moe] sets MoE losses, but experts are dense models; MoE losses belong in [finetune.moe]"
+                    .into(),
+            );
+        }
         let mut seen = std::collections::HashSet::new();
         for d in &self.experts.domains {
             if !seen.insert(d) {
@@ -173,13 +185,18 @@ impl Recipe {
             }
             match self.expert_spec(d) {
                 Ok(spec) => {
-                    if let Err(e) = preflight(&spec.trainer(), seed_cfg.as_ref()) {
+                    if spec.trainer.moe != self.experts.trainer.moe {
+                        p.push(format!(
+                            "[experts.override.{d}.moe] sets MoE losses, but experts are dense models; MoE losses belong in [finetune.moe]"
+                        ));
+                    }
+                    if let Err(e) = preflight(&spec.trainer, seed_cfg.as_ref()) {
                         p.push(format!("expert {d}: {e}"));
                     }
                     if let Some(c) = &seed_cfg {
                         p.extend(freeze_problems(
                             &format!("expert {d}"),
-                            &spec.train.freeze,
+                            &spec.trainer.train.freeze,
                             c,
                         ));
                     }
@@ -295,9 +312,9 @@ impl Recipe {
             // (resolve refuses a spec with problems: those are listed above.)
             let moe = seed_cfg.as_ref().and_then(|c| m.resolve(c, models).ok());
             if let Some(moe) = &moe {
-                p.extend(freeze_problems(&at, &ft.train.freeze, moe));
+                p.extend(freeze_problems(&at, &ft.trainer.train.freeze, moe));
             }
-            if let Err(e) = preflight(&ft.trainer(), moe.as_ref()) {
+            if let Err(e) = preflight(&ft.trainer, moe.as_ref()) {
                 p.push(format!("{at}: {e}"));
             }
         }

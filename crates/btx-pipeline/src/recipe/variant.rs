@@ -1,8 +1,7 @@
 //! Finetune variants (`[[finetune.variants]]`): which experts a variant mixes, how (overrides of
 //! `[mix]`), and how its finetune differs from `[finetune]`.
 
-use btx_mix::MixSpec;
-use btx_model::Routing;
+use btx_mix::{MixPatch, MixSpec};
 use serde::{Deserialize, Serialize};
 
 use super::train::TrainSpec;
@@ -83,30 +82,17 @@ impl ExpertTraining {
 }
 
 /// One MoE-finetune run: overrides of the mix and of the finetune settings.
+// No `deny_unknown_fields`: every key that is not the variant's own goes to `mix`, which
+// refuses what is not a `[mix]` key either.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Variant {
     /// Name (directory `finetune/<name>`, method `btx` or `btx:<name>` in the report).
     pub name: String,
-    #[serde(default)]
-    pub routing: Option<Routing>,
-    #[serde(default)]
-    pub top_k: Option<usize>,
-    #[serde(default)]
-    pub router_init: Option<btx_mix::RouterInitKind>,
-    /// With `router_init = "fit"`: `domain` or `advantage` (see [`btx_mix::FitTarget`]).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub fit_target: Option<btx_mix::FitTarget>,
-    #[serde(default)]
-    pub split: Option<usize>,
-    #[serde(default)]
-    pub blend: Option<bool>,
-    /// `average` or `seed`: where the MiX takes the non-FFN weights from.
-    #[serde(default)]
-    pub non_ffn: Option<btx_mix::NonFfn>,
-    /// `average`, `experts` or `experts-shared-kv`: the MiX's attention (see [`MixSpec`]).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub attention: Option<btx_mix::AttnMix>,
+    /// What this variant's MiX changes of the recipe's `[mix]`: any of its keys (`routing`,
+    /// `top_k`, `router_init`, `fit_target`, `split`, `blend`, `non_ffn`, `attention`, ...),
+    /// written beside the variant's own keys.
+    #[serde(flatten)]
+    pub mix: MixPatch,
     /// `full` (default), `ffn-only` or `anchored`: which experts this variant mixes (see
     /// [`ExpertTraining`]).
     #[serde(default)]
@@ -162,52 +148,32 @@ impl Variant {
             .collect()
     }
 
+    /// This variant's MiX: `[mix]` with the variant's keys laid over it (checked when the
+    /// recipe was read).
     pub fn mix(&self, base: &MixSpec) -> MixSpec {
-        let mut m = base.clone();
-        if let Some(r) = &self.routing {
-            m.routing = r.clone();
-        }
-        if let Some(k) = self.top_k {
-            m.top_k = k;
-        }
-        if let Some(r) = self.router_init {
-            m.router_init = r;
-        }
-        if let Some(t) = self.fit_target {
-            m.fit_target = t;
-        }
-        if let Some(s) = self.split {
-            m.split = s;
-        }
-        if let Some(b) = self.blend {
-            m.blend = b;
-        }
-        if let Some(n) = self.non_ffn {
-            m.non_ffn = n;
-        }
-        if let Some(a) = self.attention {
-            m.attention = a;
-        }
-        m
+        self.mix
+            .apply(base)
+            .expect("a variant's MiX keys are checked when the recipe is read")
     }
 
     pub fn finetune(&self, base: &TrainSpec) -> TrainSpec {
         let mut f = base.clone();
         if let Some(c) = self.lb_coef {
-            f.moe.lb_coef = c;
+            f.trainer.moe.lb_coef = c;
         }
         if let Some(c) = self.z_loss_coef {
-            f.moe.z_loss_coef = c;
+            f.trainer.moe.z_loss_coef = c;
         }
         if let Some(s) = self.steps {
-            f.train.steps = s;
+            f.trainer.train.steps = s;
         }
         if let Some(d) = &self.add_expert {
             // The domain comes later, with its expert: the finetune never sees it.
             f.weights.remove(d);
         }
         if self.freeze_experts {
-            f.train
+            f.trainer
+                .train
                 .freeze
                 .push("model.layers.*.block_sparse_moe.experts.*".into());
         }

@@ -164,7 +164,7 @@ fn stage_work(run: &Path, s: &Stage, flops: f64) -> Option<btx_eval::cost::Stage
     };
     Some(btx_eval::cost::StageWork {
         flops,
-        steps: spec.train.steps as f64,
+        steps: spec.trainer.train.steps as f64,
         synced_params: synced,
         a2a_values: a2a,
         expert_params: expert,

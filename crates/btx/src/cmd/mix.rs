@@ -4,8 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use btx_core::outdir::Existing;
-use btx_mix::{average, AttnMix, FitTarget, MixSpec, NonFfn, RouterInitKind};
-use btx_model::Routing;
+use btx_mix::{average, AttnMix, FitTarget, MixSpec, NonFfn, RouterInitKind, RoutingMode};
 
 use btx_pipeline::jobs::mix::{self as job, MixJob};
 
@@ -32,9 +31,10 @@ pub struct RouteArgs {
     /// Experts per token.
     #[arg(long, default_value_t = MixSpec::default().top_k)]
     pub top_k: usize,
-    /// top-k, switch, soft or sample-top1 (recorded in config.json as btx_routing).
-    #[arg(long, default_value = "top-k")]
-    pub routing: String,
+    /// Routing (recorded in config.json as btx_routing); sample-top1 anneals at 1e-4 down to
+    /// a temperature of 0.5.
+    #[arg(long, value_enum, default_value_t = RoutingMode::TopK)]
+    pub routing: RoutingMode,
     /// Switch capacity factor (default 1.5); only with --routing switch.
     #[arg(long)]
     pub capacity_factor: Option<f64>,
@@ -45,7 +45,10 @@ impl RouteArgs {
     fn spec(&self, base: MixSpec) -> Result<MixSpec> {
         // A capacity factor means something to switch routing only: given with another, it
         // would be silently ignored.
-        if let Some(cf) = self.capacity_factor.filter(|_| self.routing != "switch") {
+        if let Some(cf) = self
+            .capacity_factor
+            .filter(|_| self.routing != RoutingMode::Switch)
+        {
             anyhow::bail!(
                 "--capacity-factor {cf} with --routing {}: only switch routing has a capacity\nhint: --routing switch --capacity-factor {cf}, or drop --capacity-factor",
                 self.routing
@@ -57,8 +60,7 @@ impl RouteArgs {
             router_std: self.router_std,
             router_scale: self.router_scale,
             top_k: self.top_k,
-            routing: Routing::from_name(&self.routing, self.capacity_factor.unwrap_or(1.5))
-                .map_err(anyhow::Error::msg)?,
+            routing: self.routing.routing(self.capacity_factor.unwrap_or(1.5)),
             ..base
         })
     }

@@ -8,7 +8,7 @@ use btx_core::outdir::Existing;
 use btx_data::{prepare, DataDir, MixConfig};
 use btx_model::burn::prelude::Device;
 use btx_model::{Model, ModelSpec};
-use btx_train::{LoopConfig, MoeLossConfig, OptimConfig, TrainOpts, TrainerConfig};
+use btx_train::{TrainOpts, TrainerConfig};
 use serde::{Deserialize, Serialize};
 
 use btx_pipeline::jobs;
@@ -50,6 +50,8 @@ pub struct ModelSource {
     pub init: Option<ModelSpec>,
 }
 
+/// `btx train`'s config file: the model, the data, and the training loop's settings
+/// (`[optim]`, `[train]`, `[moe]`: [`TrainerConfig`], the same type the recipe's stages use).
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrainFile {
@@ -57,22 +59,8 @@ pub struct TrainFile {
     pub model: ModelSource,
     #[serde(default)]
     pub data: DataSection,
-    #[serde(default)]
-    pub optim: OptimConfig,
-    #[serde(default)]
-    pub train: LoopConfig,
-    #[serde(default)]
-    pub moe: MoeLossConfig,
-}
-
-impl TrainFile {
-    pub fn trainer(&self) -> TrainerConfig {
-        TrainerConfig {
-            optim: self.optim.clone(),
-            train: self.train.clone(),
-            moe: self.moe.clone(),
-        }
-    }
+    #[serde(flatten)]
+    pub trainer: TrainerConfig,
 }
 
 /// Where a `btx train` gets its data: a prepared directory (`[data] dir`, or `OUT/data` already
@@ -236,7 +224,7 @@ pub fn run(a: Args, dev: &Device) -> Result<()> {
         .and_then(Path::parent)
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("."));
-    let cfg = file.trainer();
+    let cfg = file.trainer.clone();
     // Every check that can refuse runs before the first write to --out.
     cfg.validate().map_err(|e| {
         anyhow!("invalid training config: {e}\nhint: fix it in the config file or with --set")
@@ -316,7 +304,7 @@ pub fn run(a: Args, dev: &Device) -> Result<()> {
         cfg.train.seq_len,
         cfg.train.seed,
     )?;
-    let model = resolve_model(&file.model, &base, &data, file.train.seed)?;
+    let model = resolve_model(&file.model, &base, &data, file.trainer.train.seed)?;
     if let Some(dir) = &resumed_from {
         // The checkpoint's weights are what a resume trains: a config that describes another
         // model is another run, not this one continued.
