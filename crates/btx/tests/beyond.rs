@@ -12,83 +12,27 @@ use btx_model::io::read_all;
 use btx_model::ModelConfig;
 use btx_testkit::Scratch;
 
-const RECIPE: &str = r#"
-name = "tiny-beyond"
-[data.prepare]
-seed = 2
-[data.prepare.tokenizer]
-vocab_size = 400
-[[data.prepare.domains]]
-name = "math"
-builtin = "math"
-docs = 200
-tasks = 4
-[[data.prepare.domains]]
-name = "code"
-builtin = "code"
-docs = 200
-tasks = 4
+mod common;
 
-[seed.pretrain.init]
-hidden_size = 32
-intermediate_size = 64
-num_layers = 2
-num_heads = 2
-max_position_embeddings = 64
-[seed.pretrain.optim]
-warmup_steps = 2
-[seed.pretrain.train]
-steps = 10
-batch_size = 4
-seq_len = 32
-checkpoint_every = 5
-
-[experts]
-domains = ["math", "code"]
-[experts.optim]
-warmup_steps = 2
-[experts.train]
-steps = 8
-batch_size = 4
-seq_len = 32
-checkpoint_every = 4
-
-[finetune]
-weights = { math = 0.5, code = 0.5 }
-[finetune.optim]
-warmup_steps = 2
-[finetune.train]
-steps = 6
-batch_size = 4
-seq_len = 32
-checkpoint_every = 3
-[[finetune.variants]]
-name = "btx"
-[[finetune.variants]]
-name = "bam"
-attention = "experts"
-compute_matched = true
-[[finetune.variants]]
-name = "bam-shared-kv"
-attention = "experts-shared-kv"
-router_init = "domain-mean"
-compute_matched = true
-[[finetune.variants]]
-name = "anchored"
-experts = "anchored"
-router_init = "domain-mean"
-
-[baselines]
-dense = "none"
-upcycle = "none"
-merge_avg = false
-
-[eval]
-seq_len = 32
-windows = 8
-tasks = 4
-btm = false
-"#;
+/// The pipeline tests' small recipe (testdata/recipes/small.toml) with this binary's
+/// differences.
+const SETS: &[&str] = &[
+    r#"name="tiny-beyond""#,
+    r#"data.prepare.seed=2"#,
+    r#"data.prepare.domains=[{name = "math", builtin = "math", docs = 200, tasks = 4}, {name = "code", builtin = "code", docs = 200, tasks = 4}]"#,
+    r#"seed.pretrain.init.max_position_embeddings=64"#,
+    r#"experts.train.steps=8"#,
+    r#"experts.train.checkpoint_every=4"#,
+    r#"finetune.weights={math = 0.5, code = 0.5}"#,
+    r#"finetune.variants=[{name = "btx"}, {name = "bam", attention = "experts", compute_matched = true}, {name = "bam-shared-kv", attention = "experts-shared-kv", router_init = "domain-mean", compute_matched = true}, {name = "anchored", experts = "anchored", router_init = "domain-mean"}]"#,
+    r#"baselines.dense="none""#,
+    r#"baselines.upcycle="none""#,
+    r#"baselines.merge_avg=false"#,
+    r#"eval.seq_len=32"#,
+    r#"eval.windows=8"#,
+    r#"eval.tasks=4"#,
+    r#"eval.btm=false"#,
+];
 
 fn tensors(dir: &Path) -> HashMap<String, Vec<f32>> {
     read_all(&dir.join("model.safetensors"))
@@ -126,7 +70,7 @@ fn refused(o: &Output) -> String {
 #[test]
 fn attention_experts_anchored_experts_and_opt_out_through_the_pipeline() {
     let d = Scratch::new("beyond");
-    std::fs::write(d.join("recipe.toml"), RECIPE).unwrap();
+    std::fs::write(d.join("recipe.toml"), common::small_recipe(SETS)).unwrap();
     let run = d.join("run");
     let s = |p: &Path| p.to_str().unwrap().to_string();
     ok(&btx(&[

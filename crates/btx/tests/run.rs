@@ -7,74 +7,11 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-const RECIPE: &str = r#"
-name = "tiny"
-[data.prepare]
-seed = 1
-[data.prepare.tokenizer]
-vocab_size = 400
-[[data.prepare.domains]]
-name = "math"
-builtin = "math"
-docs = 200
-tasks = 5
-[[data.prepare.domains]]
-name = "code"
-builtin = "code"
-docs = 200
-tasks = 5
-[[data.prepare.domains]]
-name = "general"
-builtin = "general"
-docs = 200
-tasks = 5
-
-[seed.pretrain.init]
-hidden_size = 32
-intermediate_size = 64
-num_layers = 2
-num_heads = 2
-max_position_embeddings = 256
-[seed.pretrain.optim]
-warmup_steps = 2
-[seed.pretrain.train]
-steps = 10
-batch_size = 4
-seq_len = 32
-checkpoint_every = 5
-
-[experts]
-domains = ["math", "code"]
-[experts.optim]
-warmup_steps = 2
-[experts.train]
-steps = 10
-batch_size = 4
-seq_len = 32
-checkpoint_every = 2
-
-[finetune]
-weights = { math = 0.4, code = 0.4, general = 0.2 }
-[finetune.optim]
-warmup_steps = 2
-[finetune.train]
-steps = 6
-batch_size = 4
-seq_len = 32
-checkpoint_every = 3
-
-[baselines]
-dense = "data-matched"
-upcycle = "data-matched"
-merge_avg = true
-
-[eval]
-seq_len = 64
-"#;
+mod common;
 
 fn tmp(tag: &str) -> Scratch {
     let d = Scratch::new(&format!("run-{tag}"));
-    std::fs::write(d.join("recipe.toml"), RECIPE).unwrap();
+    std::fs::write(d.join("recipe.toml"), common::small_recipe(&[])).unwrap();
     d
 }
 

@@ -10,89 +10,30 @@ use std::process::Command;
 use btx_model::io::read_all;
 use btx_testkit::Scratch;
 
-const RECIPE: &str = r#"
-name = "tiny-study"
-replicas = 2
-budgets = [0.5, 1.0]
-[data.prepare]
-seed = 1
-[data.prepare.tokenizer]
-vocab_size = 400
-[[data.prepare.domains]]
-name = "math"
-builtin = "math"
-docs = 200
-tasks = 8
-[[data.prepare.domains]]
-name = "code"
-builtin = "code"
-docs = 200
-tasks = 8
-# A corpus without a task set: cloze items from its validation documents, as the study's
-# real corpora get them.
-[[data.prepare.domains]]
-name = "general"
-paths = ["general"]
-cloze = 8
+mod common;
 
-[seed.pretrain.init]
-hidden_size = 32
-intermediate_size = 64
-num_layers = 2
-num_heads = 2
-max_position_embeddings = 64
-[seed.pretrain.optim]
-warmup_steps = 2
-[seed.pretrain.train]
-steps = 10
-batch_size = 4
-seq_len = 32
-checkpoint_every = 5
-
-[experts]
-domains = ["math", "code"]
-[experts.optim]
-warmup_steps = 2
-[experts.train]
-steps = 8
-batch_size = 4
-seq_len = 32
-checkpoint_every = 4
-
-[finetune]
-weights = { math = 0.4, code = 0.4, general = 0.2 }
-[finetune.optim]
-warmup_steps = 2
-[finetune.train]
-steps = 4
-batch_size = 4
-seq_len = 32
-checkpoint_every = 2
-[[finetune.variants]]
-name = "btx"
-[[finetune.variants]]
-name = "no-lb"
-lb_coef = 0.0
-[[finetune.variants]]
-name = "seed-non-ffn"
-non_ffn = "seed"
-[[finetune.variants]]
-name = "ffn-only"
-experts = "ffn-only"
-[[finetune.variants]]
-name = "ft-half"
-finetune_share = 0.5
-
-[baselines]
-dense = "compute-matched"
-upcycle = "none"
-merge_avg = false
-
-[eval]
-seq_len = 32
-windows = 8
-tasks = 8
-"#;
+/// The pipeline tests' small recipe (testdata/recipes/small.toml) with this binary's
+/// differences.
+const SETS: &[&str] = &[
+    r#"name="tiny-study""#,
+    r#"replicas=2"#,
+    r#"budgets=[0.5, 1.0]"#,
+    // A corpus without a task set: cloze items from its validation documents, as the study's
+    // real corpora get them.
+    r#"data.prepare.domains=[{name = "math", builtin = "math", docs = 200, tasks = 8}, {name = "code", builtin = "code", docs = 200, tasks = 8}, {name = "general", paths = ["general"], cloze = 8}]"#,
+    r#"seed.pretrain.init.max_position_embeddings=64"#,
+    r#"experts.train.steps=8"#,
+    r#"experts.train.checkpoint_every=4"#,
+    r#"finetune.train.steps=4"#,
+    r#"finetune.train.checkpoint_every=2"#,
+    r#"finetune.variants=[{name = "btx"}, {name = "no-lb", lb_coef = 0.0}, {name = "seed-non-ffn", non_ffn = "seed"}, {name = "ffn-only", experts = "ffn-only"}, {name = "ft-half", finetune_share = 0.5}]"#,
+    r#"baselines.dense="compute-matched""#,
+    r#"baselines.upcycle="none""#,
+    r#"baselines.merge_avg=false"#,
+    r#"eval.seq_len=32"#,
+    r#"eval.windows=8"#,
+    r#"eval.tasks=8"#,
+];
 
 fn tensors(dir: &Path) -> HashMap<String, Vec<f32>> {
     read_all(&dir.join("model.safetensors"))
@@ -105,7 +46,7 @@ fn tensors(dir: &Path) -> HashMap<String, Vec<f32>> {
 #[test]
 fn diagnosis_runs_and_every_number_has_its_interval() {
     let d = Scratch::new("study");
-    std::fs::write(d.join("recipe.toml"), RECIPE).unwrap();
+    std::fs::write(d.join("recipe.toml"), common::small_recipe(SETS)).unwrap();
     std::fs::create_dir_all(d.join("general")).unwrap();
     let (who, what) = (["miller", "sailor", "weaver"], ["bread", "rope", "cloth"]);
     for i in 0..60 {

@@ -9,6 +9,18 @@ use std::process::{Command, Output};
 /// The smallest whole BTX experiment (~3 s): `testdata/recipes/tiny.toml`.
 pub const TINY: &str = include_str!("../../../../testdata/recipes/tiny.toml");
 
+/// The pipeline tests' base recipe: `testdata/recipes/small.toml`.
+pub const SMALL: &str = include_str!("../../../../testdata/recipes/small.toml");
+
+/// [`SMALL`] with `sets` laid over it as `btx run --set` lays them (each replaces the value at
+/// its dotted path), as TOML text.
+pub fn small_recipe(sets: &[&str]) -> String {
+    let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+    let (v, _): (toml::Value, _) =
+        btx_pipeline::recipe::overrides::load_str(SMALL, "small.toml", &sets).unwrap();
+    toml::to_string(&v).unwrap()
+}
+
 /// The repository root.
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
