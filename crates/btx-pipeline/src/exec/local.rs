@@ -141,6 +141,45 @@ fn spawn_stage(
         .with_context(|| format!("starting stage {}", stage.name))
 }
 
+/// How a stage process that exited with `status` ended, said on stderr (a failure with the
+/// end of its log): done only when its DONE holds.
+fn ended(
+    plan: &Plan,
+    run: &Path,
+    r: &Running,
+    status: std::process::ExitStatus,
+    t0: Instant,
+) -> Result<Outcome> {
+    let stage = plan.stage(&r.name)?;
+    let secs = r.start.elapsed().as_secs_f64();
+    let ok = status.success() && manifest::check(plan, run, stage).is_done();
+    let outcome = if ok {
+        Outcome::Done { seconds: secs }
+    } else if status.code() == Some(EXIT_STOPPED) {
+        Outcome::Stopped
+    } else {
+        Outcome::Failed {
+            code: status.code(),
+        }
+    };
+    let what = match &outcome {
+        Outcome::Done { .. } => "finished".to_string(),
+        Outcome::Stopped => "stopped with a checkpoint".to_string(),
+        _ => format!("FAILED ({})", status),
+    };
+    errln!(
+        "[{:>7.1}s] {what} {} in {secs:.1}s",
+        t0.elapsed().as_secs_f64(),
+        r.name
+    );
+    if matches!(outcome, Outcome::Failed { .. }) {
+        for l in tail(&run.join(&stage.dir).join("log.txt"), 5) {
+            errln!("           | {l}");
+        }
+    }
+    Ok(outcome)
+}
+
 impl Executor for LocalExecutor {
     fn execute(
         &mut self,
@@ -244,33 +283,9 @@ impl Executor for LocalExecutor {
             while i < running.len() {
                 if let Some(status) = running[i].child.try_wait()? {
                     let r = running.remove(i);
-                    let stage = plan.stage(&r.name)?;
-                    let secs = r.start.elapsed().as_secs_f64();
-                    let ok = status.success() && manifest::check(plan, run, stage).is_done();
-                    let outcome = if ok {
+                    let outcome = ended(plan, run, &r, status, t0)?;
+                    if matches!(outcome, Outcome::Done { .. }) {
                         done.insert(r.name.clone());
-                        Outcome::Done { seconds: secs }
-                    } else if status.code() == Some(EXIT_STOPPED) {
-                        Outcome::Stopped
-                    } else {
-                        Outcome::Failed {
-                            code: status.code(),
-                        }
-                    };
-                    let what = match &outcome {
-                        Outcome::Done { .. } => "finished".to_string(),
-                        Outcome::Stopped => "stopped with a checkpoint".to_string(),
-                        _ => format!("FAILED ({})", status),
-                    };
-                    errln!(
-                        "[{:>7.1}s] {what} {} in {secs:.1}s",
-                        t0.elapsed().as_secs_f64(),
-                        r.name
-                    );
-                    if matches!(outcome, Outcome::Failed { .. }) {
-                        for l in tail(&run.join(&stage.dir).join("log.txt"), 5) {
-                            errln!("           | {l}");
-                        }
                     }
                     outcomes.insert(r.name.clone(), outcome);
                 } else {

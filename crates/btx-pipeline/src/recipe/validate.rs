@@ -1,11 +1,12 @@
 //! Every problem of a recipe, found before anything runs and reported at once.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
 
-use super::variant::{Anchor, ExpertTraining};
+use super::variant::{Anchor, ExpertTraining, Variant};
 use super::Recipe;
 
 impl Recipe {
@@ -38,36 +39,66 @@ impl Recipe {
                 base.join(x)
             }
         };
+        let (domains, vocab) = self.data_problems(base, &path_of, &mut p);
+        self.weight_problems(domains.as_deref(), &mut p);
+        let seed_cfg = self.seed_problems(vocab, &path_of, &mut p);
+        self.budget_problems(&mut p);
+        self.expert_problems(seed_cfg.as_ref(), &mut p);
+        // Mix and finetune, per variant.
+        let models = self.experts.domains.len() + self.mix.generalist as usize;
+        let mut names = HashSet::new();
+        for v in self.variants() {
+            let seed = seed_cfg.as_ref();
+            self.variant_problems(&v, models, domains.as_deref(), seed, &mut names, &mut p);
+        }
+        let positions = seed_cfg.as_ref().map_or(usize::MAX, |c| c.max_positions());
+        if let Err(e) = self.eval.spec().validate(positions) {
+            p.push(format!("[eval]: {e}"));
+        }
+        p
+    }
+
+    /// `[data]`: which domains exist and how large the vocabulary is (None and 256 when the
+    /// data cannot be read).
+    fn data_problems(
+        &self,
+        base: &Path,
+        path_of: &dyn Fn(&Path) -> PathBuf,
+        p: &mut Vec<String>,
+    ) -> (Option<Vec<String>>, usize) {
         // The data: which domains exist, how large the vocabulary is.
         if !self.data.weights.is_empty() || self.data.split.is_some() {
             p.push("[data] weights and split are `btx train` settings; a recipe sets weights per stage ([seed.pretrain] weights, [finetune] weights) and always trains on the train split".into());
         }
-        let (domains, vocab): (Option<Vec<String>>, usize) =
-            match (&self.data.dir, &self.data.prepare) {
-                (Some(d), None) => match btx_data::DataDir::open(&path_of(d)) {
-                    Ok(dd) => (Some(dd.domains()), dd.manifest.vocab_size),
-                    Err(e) => {
-                        p.push(format!("[data] dir: {e}"));
-                        (None, 256)
-                    }
-                },
-                (None, Some(prep)) => {
-                    if let Err(e) = prep.validate() {
-                        p.push(format!("[data.prepare]: {e}"));
-                    }
-                    if let Err(e) = prep.check_inputs(base) {
-                        p.push(format!("[data.prepare]: {e}"));
-                    }
-                    (
-                        Some(prep.domains.iter().map(|d| d.name.clone()).collect()),
-                        prep.tokenizer.vocab_size.max(1),
-                    )
-                }
-                _ => {
-                    p.push("[data] needs exactly one of dir or [data.prepare]".into());
+        match (&self.data.dir, &self.data.prepare) {
+            (Some(d), None) => match btx_data::DataDir::open(&path_of(d)) {
+                Ok(dd) => (Some(dd.domains()), dd.manifest.vocab_size),
+                Err(e) => {
+                    p.push(format!("[data] dir: {e}"));
                     (None, 256)
                 }
-            };
+            },
+            (None, Some(prep)) => {
+                if let Err(e) = prep.validate() {
+                    p.push(format!("[data.prepare]: {e}"));
+                }
+                if let Err(e) = prep.check_inputs(base) {
+                    p.push(format!("[data.prepare]: {e}"));
+                }
+                (
+                    Some(prep.domains.iter().map(|d| d.name.clone()).collect()),
+                    prep.tokenizer.vocab_size.max(1),
+                )
+            }
+            _ => {
+                p.push("[data] needs exactly one of dir or [data.prepare]".into());
+                (None, 256)
+            }
+        }
+    }
+
+    /// The mixture weights, and that every domain a section names is in the data.
+    fn weight_problems(&self, domains: Option<&[String]>, p: &mut Vec<String>) {
         // Mixture weights: finite (the config reader refuses nan and inf), >= 0, some > 0.
         let mut weights: Vec<(&str, &BTreeMap<String, f64>)> =
             vec![("finetune.weights", &self.finetune.weights)];
@@ -99,6 +130,16 @@ impl Recipe {
         if let Some(sp) = &self.seed.pretrain {
             check_domains("seed.pretrain.weights", &mut sp.weights.keys());
         }
+    }
+
+    /// `[seed]`: exactly one source, and the seed's shape when it can be known before anything
+    /// runs.
+    fn seed_problems(
+        &self,
+        vocab: usize,
+        path_of: &dyn Fn(&Path) -> PathBuf,
+        p: &mut Vec<String>,
+    ) -> Option<btx_model::ModelConfig> {
         // The seed.
         let s = &self.seed;
         let n = s.path.is_some() as u8 + s.gguf.is_some() as u8 + s.pretrain.is_some() as u8;
@@ -151,6 +192,11 @@ impl Recipe {
                 ));
             }
         }
+        seed_cfg
+    }
+
+    /// `replicas` and `budgets`.
+    fn budget_problems(&self, p: &mut Vec<String>) {
         if self.replicas == 0 {
             p.push("replicas must be >= 1".into());
         }
@@ -166,6 +212,10 @@ impl Recipe {
         if sorted.len() != self.budgets.len() {
             p.push(format!("budgets {:?} lists a factor twice", self.budgets));
         }
+    }
+
+    /// `[experts]`: the domains, each expert's training spec (with its override).
+    fn expert_problems(&self, seed_cfg: Option<&btx_model::ModelConfig>, p: &mut Vec<String>) {
         // The experts.
         if self.experts.domains.is_empty() {
             p.push("[experts] domains is empty".into());
@@ -190,10 +240,10 @@ impl Recipe {
                             "[experts.override.{d}.moe] sets MoE losses, but experts are dense models; MoE losses belong in [finetune.moe]"
                         ));
                     }
-                    if let Err(e) = preflight(&spec.trainer, seed_cfg.as_ref()) {
+                    if let Err(e) = preflight(&spec.trainer, seed_cfg) {
                         p.push(format!("expert {d}: {e}"));
                     }
-                    if let Some(c) = &seed_cfg {
+                    if let Some(c) = seed_cfg {
                         p.extend(freeze_problems(
                             &format!("expert {d}"),
                             &spec.trainer.train.freeze,
@@ -214,115 +264,118 @@ impl Recipe {
                 ));
             }
         }
-        // Mix and finetune, per variant.
-        let models = self.experts.domains.len() + self.mix.generalist as usize;
-        let mut names = std::collections::HashSet::new();
-        for v in self.variants() {
-            let at = format!("finetune variant {:?}", v.name);
-            // (`#` and `@` start a stage name's budget and replica tags: see plan::names.)
-            // (`+` joins a variant's method and the domain it adds: `btx:<v>+<domain>`.)
-            if v.name.is_empty() || v.name.contains(['/', ' ', ':', '#', '@', '+']) {
+    }
+
+    /// One finetune variant: its name and keys, its MiX and its finetune.
+    fn variant_problems(
+        &self,
+        v: &Variant,
+        models: usize,
+        domains: Option<&[String]>,
+        seed_cfg: Option<&btx_model::ModelConfig>,
+        names: &mut HashSet<String>,
+        p: &mut Vec<String>,
+    ) {
+        let at = format!("finetune variant {:?}", v.name);
+        // (`#` and `@` start a stage name's budget and replica tags: see plan::names.)
+        // (`+` joins a variant's method and the domain it adds: `btx:<v>+<domain>`.)
+        if v.name.is_empty() || v.name.contains(['/', ' ', ':', '#', '@', '+']) {
+            p.push(format!(
+                "{at}: the name must be non-empty, without spaces, slashes, colons, #, @ or +"
+            ));
+        }
+        if !names.insert(v.name.clone()) {
+            p.push(format!("{at} is listed twice"));
+        }
+        if let Some(share) = v.finetune_share {
+            if !(share > 0.0 && share < 1.0) {
+                p.push(format!("{at}: finetune_share {share} must be in (0, 1)"));
+            }
+            if v.steps.is_some() {
                 p.push(format!(
-                    "{at}: the name must be non-empty, without spaces, slashes, colons, #, @ or +"
+                    "{at}: set either steps or finetune_share, not both"
                 ));
             }
-            if !names.insert(v.name.clone()) {
-                p.push(format!("{at} is listed twice"));
-            }
-            if let Some(share) = v.finetune_share {
-                if !(share > 0.0 && share < 1.0) {
-                    p.push(format!("{at}: finetune_share {share} must be in (0, 1)"));
-                }
-                if v.steps.is_some() {
-                    p.push(format!(
-                        "{at}: set either steps or finetune_share, not both"
-                    ));
-                }
-            }
-            if let Some(a) = &v.anchor {
-                if v.experts != ExpertTraining::Anchored {
-                    p.push(format!("{at}: anchor goes with experts = \"anchored\""));
-                } else if let Err(e) = Anchor::parse(a) {
-                    p.push(format!("{at}: {e}"));
-                }
-            }
-            if v.compute_matched && (v.steps.is_some() || v.finetune_share.is_some()) {
-                p.push(format!(
-                    "{at}: compute_matched chooses the finetune's steps: drop steps and finetune_share"
-                ));
-            }
-            let mut models = models;
-            if let Some(d) = &v.add_expert {
-                models -= 1;
-                if !self.experts.domains.contains(d) {
-                    p.push(format!(
-                        "{at}: add_expert {d:?} is not one of experts.domains {:?} (its expert trains with them)",
-                        self.experts.domains
-                    ));
-                }
-                if self.experts.domains.len() < 2 {
-                    p.push(format!("{at}: add_expert needs at least two expert domains (one to add, one to mix)"));
-                }
-                if self.variants().first().map(|f| &f.name) == Some(&v.name) {
-                    p.push(format!(
-                        "{at}: the first variant is btx itself; add an expert in a later variant"
-                    ));
-                }
-                if v.finetune_share.is_some() || v.compute_matched {
-                    p.push(format!(
-                        "{at}: add_expert cannot go with finetune_share or compute_matched"
-                    ));
-                }
-                if self.finetune.weights.is_empty() {
-                    p.push(format!("{at}: add_expert needs [finetune] weights, so that this variant's finetune mixture can leave {d:?} out"));
-                } else if self
-                    .finetune
-                    .weights
-                    .iter()
-                    .filter(|(k, _)| *k != d)
-                    .map(|(_, w)| w)
-                    .sum::<f64>()
-                    <= 0.0
-                {
-                    p.push(format!("{at}: without {d:?} the finetune weights sum to 0"));
-                }
-                let m = v.mix(&self.mix);
-                if m.routing != btx_model::Routing::TopK || m.split > 1 || m.blend {
-                    p.push(format!("{at}: add_expert needs top-k routing without split or blend (one more expert would change every token's routing, or would not be one of the MoE's experts)"));
-                }
-            }
-            // Oracle routing sends a domain without an expert to the generalist; without one it
-            // has nowhere to send it.
-            if self.eval.oracle && !self.mix.generalist {
-                if let Some(known) = &domains {
-                    let mixed = v.mixed_domains(&self.experts.domains);
-                    let orphans: Vec<&String> =
-                        known.iter().filter(|d| !mixed.contains(d)).collect();
-                    if !orphans.is_empty() {
-                        p.push(format!(
-                            "{at}: [eval] oracle routes {orphans:?} (no expert of theirs in this MiX) to the generalist, and [mix] generalist = false; keep the generalist or set [eval] oracle = false"
-                        ));
-                    }
-                }
-            }
-            let m = v.mix(&self.mix);
-            let mix_problems = m.problems(models, seed_cfg.as_ref().map(|c| c.intermediate_size));
-            p.extend(mix_problems.iter().map(|e| format!("{at}: {e}")));
-            let ft = v.finetune(&self.finetune.spec());
-            // (resolve refuses a spec with problems: those are listed above.)
-            let moe = seed_cfg.as_ref().and_then(|c| m.resolve(c, models).ok());
-            if let Some(moe) = &moe {
-                p.extend(freeze_problems(&at, &ft.trainer.train.freeze, moe));
-            }
-            if let Err(e) = preflight(&ft.trainer, moe.as_ref()) {
+        }
+        if let Some(a) = &v.anchor {
+            if v.experts != ExpertTraining::Anchored {
+                p.push(format!("{at}: anchor goes with experts = \"anchored\""));
+            } else if let Err(e) = Anchor::parse(a) {
                 p.push(format!("{at}: {e}"));
             }
         }
-        let positions = seed_cfg.as_ref().map_or(usize::MAX, |c| c.max_positions());
-        if let Err(e) = self.eval.spec().validate(positions) {
-            p.push(format!("[eval]: {e}"));
+        if v.compute_matched && (v.steps.is_some() || v.finetune_share.is_some()) {
+            p.push(format!(
+                "{at}: compute_matched chooses the finetune's steps: drop steps and finetune_share"
+            ));
         }
-        p
+        let mut models = models;
+        if let Some(d) = &v.add_expert {
+            models -= 1;
+            if !self.experts.domains.contains(d) {
+                p.push(format!(
+                    "{at}: add_expert {d:?} is not one of experts.domains {:?} (its expert trains with them)",
+                    self.experts.domains
+                ));
+            }
+            if self.experts.domains.len() < 2 {
+                p.push(format!(
+                    "{at}: add_expert needs at least two expert domains (one to add, one to mix)"
+                ));
+            }
+            if self.variants().first().map(|f| &f.name) == Some(&v.name) {
+                p.push(format!(
+                    "{at}: the first variant is btx itself; add an expert in a later variant"
+                ));
+            }
+            if v.finetune_share.is_some() || v.compute_matched {
+                p.push(format!(
+                    "{at}: add_expert cannot go with finetune_share or compute_matched"
+                ));
+            }
+            if self.finetune.weights.is_empty() {
+                p.push(format!("{at}: add_expert needs [finetune] weights, so that this variant's finetune mixture can leave {d:?} out"));
+            } else if self
+                .finetune
+                .weights
+                .iter()
+                .filter(|(k, _)| *k != d)
+                .map(|(_, w)| w)
+                .sum::<f64>()
+                <= 0.0
+            {
+                p.push(format!("{at}: without {d:?} the finetune weights sum to 0"));
+            }
+            let m = v.mix(&self.mix);
+            if m.routing != btx_model::Routing::TopK || m.split > 1 || m.blend {
+                p.push(format!("{at}: add_expert needs top-k routing without split or blend (one more expert would change every token's routing, or would not be one of the MoE's experts)"));
+            }
+        }
+        // Oracle routing sends a domain without an expert to the generalist; without one it
+        // has nowhere to send it.
+        if self.eval.oracle && !self.mix.generalist {
+            if let Some(known) = &domains {
+                let mixed = v.mixed_domains(&self.experts.domains);
+                let orphans: Vec<&String> = known.iter().filter(|d| !mixed.contains(d)).collect();
+                if !orphans.is_empty() {
+                    p.push(format!(
+                        "{at}: [eval] oracle routes {orphans:?} (no expert of theirs in this MiX) to the generalist, and [mix] generalist = false; keep the generalist or set [eval] oracle = false"
+                    ));
+                }
+            }
+        }
+        let m = v.mix(&self.mix);
+        let mix_problems = m.problems(models, seed_cfg.map(|c| c.intermediate_size));
+        p.extend(mix_problems.iter().map(|e| format!("{at}: {e}")));
+        let ft = v.finetune(&self.finetune.spec());
+        // (resolve refuses a spec with problems: those are listed above.)
+        let moe = seed_cfg.and_then(|c| m.resolve(c, models).ok());
+        if let Some(moe) = &moe {
+            p.extend(freeze_problems(&at, &ft.trainer.train.freeze, moe));
+        }
+        if let Err(e) = preflight(&ft.trainer, moe.as_ref()) {
+            p.push(format!("{at}: {e}"));
+        }
     }
 }
 

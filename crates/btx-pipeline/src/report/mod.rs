@@ -218,7 +218,7 @@ pub fn build(plan: &Plan, run: &Path) -> Result<()> {
     let mut routing_replicas: BTreeMap<String, Vec<_>> = BTreeMap::new();
     let mut domains: Vec<String> = vec![];
     for s in &plan.stages {
-        let StageKind::Eval { method, models, .. } = &s.kind else {
+        let StageKind::Eval { method, .. } = &s.kind else {
             continue;
         };
         let p = run.join(&s.dir).join("eval.json");
@@ -230,26 +230,7 @@ pub fn build(plan: &Plan, run: &Path) -> Result<()> {
         }
         let (btag, rep) = s.name.tags();
         let sfx = s.name.suffix().to_string();
-        let mut c = MethodCompute::default();
-        let mut slowest_branch = 0f64;
-        for t in training_stages(plan, method, &sfx) {
-            let x = compute_of(run, t);
-            c.train_tokens += x.train_tokens;
-            c.train_flops += x.train_flops;
-            c.wall_seconds += x.wall_seconds;
-            let w = stage_work(run, t, x.train_flops);
-            match &w {
-                Some(w) if w.branch => slowest_branch = slowest_branch.max(x.wall_seconds),
-                _ => c.wall_parallel_seconds += x.wall_seconds,
-            }
-            c.work.extend(w);
-        }
-        c.wall_parallel_seconds += slowest_branch;
-        c.active_params = me.result.active_params as u64;
-        c.total_params = me.result.total_params as u64;
-        c.inference_forward_passes = me.result.forward_passes_per_token;
-        c.inference_flops_per_token = 2.0 * me.result.active_params as f64;
-        let _ = models;
+        let c = method_compute(plan, run, method, &sfx, &me);
         if let Some(r) = me.routing.as_ref().filter(|_| btag.is_empty()) {
             if rep == 0 {
                 routing.insert(method.clone(), r.clone());
@@ -312,26 +293,7 @@ pub fn build(plan: &Plan, run: &Path) -> Result<()> {
     } else {
         format!("BTX report: {}", plan.name)
     };
-    let experts_of = replicas
-        .first()
-        .map(|r| {
-            r.iter()
-                .filter_map(|m| {
-                    let own: BTreeMap<String, String> = training_stages(plan, &m.name, "")
-                        .into_iter()
-                        .filter(|s| {
-                            matches!(s.name.kind(), Kind::Expert { family } if family != "expert")
-                        })
-                        .filter_map(|s| {
-                            Some((s.name.expert_domain()?.to_string(), s.name.to_string()))
-                        })
-                        .collect();
-                    (!own.is_empty() && names::expert_domain(&m.name).is_none())
-                        .then(|| (m.name.clone(), own))
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+    let experts_of = experts_of(plan, replicas.first());
     let added_twin = added_twins(plan);
     let mut input = ReportInput {
         title,
@@ -362,6 +324,81 @@ pub fn build(plan: &Plan, run: &Path) -> Result<()> {
     if input.plots.is_empty() && !plots::font_available() {
         tracing::warn!("no plots: no TrueType font found (set BTX_FONT)");
     }
+    let setup = setup_lines(plan, run, &input.domains);
+    input.setup = setup;
+    let st = Stats::new(&input);
+    let v = verdicts(&st);
+    let mut results = results_json(&st, &v);
+    results["budgets"] = serde_json::to_value(&curves)?;
+    if !st.input.opt_out.is_empty() {
+        results["opt_out"] = btx_eval::optout::json(&st.input.opt_out, &st.input.domains);
+    }
+    let results = serde_json::to_string_pretty(&results)?;
+    let md = markdown(&st, &v);
+    plots_out.commit()?;
+    write_texts(run, &[("results.json", &results), ("report.md", &md)])
+}
+
+/// What a method cost: its training stages' tokens, FLOPs and wall time (the branches' in
+/// parallel: the slowest of them), and its size and inference cost from its evaluation.
+fn method_compute(
+    plan: &Plan,
+    run: &Path,
+    method: &str,
+    sfx: &str,
+    me: &MethodEval,
+) -> MethodCompute {
+    let mut c = MethodCompute::default();
+    let mut slowest_branch = 0f64;
+    for t in training_stages(plan, method, sfx) {
+        let x = compute_of(run, t);
+        c.train_tokens += x.train_tokens;
+        c.train_flops += x.train_flops;
+        c.wall_seconds += x.wall_seconds;
+        let w = stage_work(run, t, x.train_flops);
+        match &w {
+            Some(w) if w.branch => slowest_branch = slowest_branch.max(x.wall_seconds),
+            _ => c.wall_parallel_seconds += x.wall_seconds,
+        }
+        c.work.extend(w);
+    }
+    c.wall_parallel_seconds += slowest_branch;
+    c.active_params = me.result.active_params as u64;
+    c.total_params = me.result.total_params as u64;
+    c.inference_forward_passes = me.result.forward_passes_per_token;
+    c.inference_flops_per_token = 2.0 * me.result.active_params as f64;
+    c
+}
+
+/// For each method whose model mixes experts other than the plain ones (FFN-only, anchored,
+/// rescaled), its experts by domain (replica 0).
+fn experts_of(
+    plan: &Plan,
+    replica: Option<&Vec<MethodResult>>,
+) -> BTreeMap<String, BTreeMap<String, String>> {
+    replica
+        .map(|r| {
+            r.iter()
+                .filter_map(|m| {
+                    let own: BTreeMap<String, String> = training_stages(plan, &m.name, "")
+                        .into_iter()
+                        .filter(|s| {
+                            matches!(s.name.kind(), Kind::Expert { family } if family != "expert")
+                        })
+                        .filter_map(|s| {
+                            Some((s.name.expert_domain()?.to_string(), s.name.to_string()))
+                        })
+                        .collect();
+                    (!own.is_empty() && names::expert_domain(&m.name).is_none())
+                        .then(|| (m.name.clone(), own))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The report's setup lines: the seed, the budget, the domains, the replicas.
+fn setup_lines(plan: &Plan, run: &Path, domains: &[String]) -> Vec<String> {
     let seed_stage = plan.stages.iter().find(|s| s.name == names::SEED);
     let mut setup = vec![];
     if let Some(s) = seed_stage {
@@ -384,25 +421,19 @@ pub fn build(plan: &Plan, run: &Path) -> Result<()> {
         plan.budget.btx_tokens,
         plan.budget.btx_flops
     ));
-    setup.push(format!("domains evaluated: {}", input.domains.join(", ")));
+    setup.push(format!("domains evaluated: {}", domains.join(", ")));
     if plan.replicas > 1 {
         setup.push(format!(
             "{} replicas: everything after the seed repeated with different training seeds; tables show means over them with 95% intervals, the seed-spread section each run, routing tables the first",
             plan.replicas
         ));
     }
-    input.setup = setup;
-    let st = Stats::new(&input);
-    let v = verdicts(&st);
-    let mut results = results_json(&st, &v);
-    results["budgets"] = serde_json::to_value(&curves)?;
-    if !st.input.opt_out.is_empty() {
-        results["opt_out"] = btx_eval::optout::json(&st.input.opt_out, &st.input.domains);
-    }
-    let results = serde_json::to_string_pretty(&results)?;
-    let md = markdown(&st, &v);
-    plots_out.commit()?;
-    for (file, text) in [("results.json", &results), ("report.md", &md)] {
+    setup
+}
+
+/// Writes each `(file, text)` at the top of the run directory, atomically.
+fn write_texts(run: &Path, files: &[(&str, &String)]) -> Result<()> {
+    for (file, text) in files {
         let p = run.join(file);
         // A directory in the report's place (a file rename cannot replace one) goes first.
         if std::fs::symlink_metadata(&p).is_ok_and(|m| m.is_dir()) {
@@ -482,6 +513,72 @@ fn expert_names(plan: &Plan, method: &str, labels: &[String], n: usize) -> Vec<S
     }
 }
 
+/// The loss-vs-FLOPs lines: one per method run at every budget (the paper's view: btx, its
+/// MiX and the baselines); the variants and oracle evaluations, run at the main budget only,
+/// are in the forest plot instead of crowding one column of points here.
+fn flops_points(plan: &Plan, curves: &[BudgetCurve]) -> Vec<(String, Vec<(f64, plots::WithCi)>)> {
+    let primary_mix = format!("mix:{}", plan.variants[0]);
+    curves
+        .iter()
+        .filter(|c| {
+            let m = c.method.as_str();
+            !m.starts_with("oracle:")
+                && !m.starts_with("btx:")
+                && (!m.starts_with("mix:") || m == primary_mix)
+        })
+        .map(|c| {
+            (
+                c.method.clone(),
+                c.points
+                    .iter()
+                    .map(|p| (p.train_flops, (p.loss, p.loss_ci)))
+                    .collect(),
+            )
+        })
+        .collect()
+}
+
+/// Named loss curves: (name, [(x, loss)]).
+type Curves = Vec<(String, Vec<(f64, f64)>)>;
+
+/// Training curves of replica 0: the branches (seed, experts) on their own steps; the final
+/// stages on the FLOPs their method has spent so far (BTX's finetune starts after its
+/// experts' FLOPs).
+fn training_curves(plan: &Plan, run: &Path) -> (Curves, Curves) {
+    let mut branch = vec![];
+    let mut final_stage = vec![];
+    for s in &plan.stages {
+        if s.name.tags().1 > 0 || !matches!(s.kind, StageKind::Train { .. }) {
+            continue;
+        }
+        let c = curve(run, s);
+        if c.is_empty() {
+            continue;
+        }
+        if s.name.is_seed_or_expert() {
+            branch.push((s.name.to_string(), c));
+            continue;
+        }
+        let method = s.name.method(&plan.variants[0]);
+        let stages = training_stages(plan, &method, "");
+        let before: f64 = stages
+            .iter()
+            .filter(|t| t.name != s.name)
+            .map(|t| compute_of(run, t).train_flops)
+            .sum();
+        let own = compute_of(run, s);
+        let last = c.last().map_or(1.0, |p| p.0).max(1.0);
+        let per_step = own.train_flops / last;
+        final_stage.push((
+            method,
+            c.into_iter()
+                .map(|(step, l)| (before + step * per_step, l))
+                .collect(),
+        ));
+    }
+    (branch, final_stage)
+}
+
 /// Writes every plot; returns (caption, link) of those written.
 fn draw_plots(
     plan: &Plan,
@@ -551,28 +648,7 @@ fn draw_plots(
         ),
     );
     // Average loss against the training FLOPs each method spent after the seed.
-    // One line per method run at every budget (the paper's view: btx, its MiX and the
-    // baselines); the variants and oracle evaluations, run at the main budget only, are in the
-    // forest plot instead of crowding one column of points here.
-    let primary_mix = format!("mix:{}", plan.variants[0]);
-    let points: Vec<(String, Vec<(f64, plots::WithCi)>)> = curves
-        .iter()
-        .filter(|c| {
-            let m = c.method.as_str();
-            !m.starts_with("oracle:")
-                && !m.starts_with("btx:")
-                && (!m.starts_with("mix:") || m == primary_mix)
-        })
-        .map(|c| {
-            (
-                c.method.clone(),
-                c.points
-                    .iter()
-                    .map(|p| (p.train_flops, (p.loss, p.loss_ci)))
-                    .collect(),
-            )
-        })
-        .collect();
+    let points = flops_points(plan, curves);
     try_plot(
         "loss_vs_flops.png",
         "Average held-out loss against training FLOPs after the seed (95% intervals)",
@@ -582,39 +658,7 @@ fn draw_plots(
             &dir.join("loss_vs_flops.png"),
         ),
     );
-    // Training curves of replica 0: the branches on their own steps; the final stages on the
-    // FLOPs their method has spent so far (BTX's finetune starts after its experts' FLOPs).
-    let mut branch = vec![];
-    let mut final_stage = vec![];
-    for s in &plan.stages {
-        if s.name.tags().1 > 0 || !matches!(s.kind, StageKind::Train { .. }) {
-            continue;
-        }
-        let c = curve(run, s);
-        if c.is_empty() {
-            continue;
-        }
-        if s.name.is_seed_or_expert() {
-            branch.push((s.name.to_string(), c));
-            continue;
-        }
-        let method = s.name.method(&plan.variants[0]);
-        let stages = training_stages(plan, &method, "");
-        let before: f64 = stages
-            .iter()
-            .filter(|t| t.name != s.name)
-            .map(|t| compute_of(run, t).train_flops)
-            .sum();
-        let own = compute_of(run, s);
-        let last = c.last().map_or(1.0, |p| p.0).max(1.0);
-        let per_step = own.train_flops / last;
-        final_stage.push((
-            method,
-            c.into_iter()
-                .map(|(step, l)| (before + step * per_step, l))
-                .collect(),
-        ));
-    }
+    let (branch, final_stage) = training_curves(plan, run);
     try_plot(
         "loss_branch_train.png",
         "Training loss: seed pretraining and expert training",
