@@ -120,12 +120,12 @@ impl Moe {
     /// Expert outputs for the rows `toks[e]` of `x`, grouped by expert in expert order:
     /// one gather and the fused all-experts FFN on flex, else expert by expert.
     /// With `fan`, the gather shares x's gradient with the router (see
-    /// [`crate::fused::fan_in::FanIn`]).
+    /// [`btx_kernels::fan_in::FanIn`]).
     fn experts_forward(
         &self,
         x: Tensor<2>,
         toks: &[Vec<i64>],
-        fan: Option<&std::sync::Arc<crate::fused::fan_in::FanIn>>,
+        fan: Option<&std::sync::Arc<btx_kernels::fan_in::FanIn>>,
     ) -> Tensor<2> {
         let dev = x.device();
         let mut bounds = vec![0usize];
@@ -161,7 +161,7 @@ impl Moe {
         let [n, _] = x.dims();
         let e = self.num_experts();
         // The router and the experts' gather both read x: one summed gradient on flex.
-        let fan = crate::fused::on_flex(&x).then(crate::fused::fan_in::FanIn::new);
+        let fan = crate::fused::on_flex(&x).then(btx_kernels::fan_in::FanIn::new);
         let logits = match &fan {
             Some(f) => crate::fused::linear::linear_shared(x.clone(), self.router.clone(), f)
                 .expect("on flex"),

@@ -27,10 +27,10 @@ pub fn softmax_rows(x: Tensor<2>) -> Tensor<2> {
 
 /// [`linear`] of one input by several weights (q, k, v; an MLP's gate and up). On flex the
 /// input's gradient is summed inside the products' backward passes (see
-/// [`fused::fan_in::FanIn`]) rather than by burn, one serial add per extra weight.
+/// [`btx_kernels::fan_in::FanIn`]) rather than by burn, one serial add per extra weight.
 pub fn linears(x: Tensor<2>, ws: &[&Tensor<2>]) -> Vec<Tensor<2>> {
     if fused::on_flex(&x) {
-        let fan = fused::fan_in::FanIn::new();
+        let fan = btx_kernels::fan_in::FanIn::new();
         return ws
             .iter()
             .map(|w| fused::linear::linear_shared(x.clone(), (*w).clone(), &fan).expect("on flex"))
@@ -78,18 +78,18 @@ pub fn rms_norm(x: Tensor<2>, w: &Tensor<2>, eps: f64) -> Tensor<2> {
 }
 
 /// A pre-norm residual block's two reads of the stream `x`: its RMSNorm, and (after the block)
-/// `x + delta`. On flex the two share x's gradient (see [`fused::fan_in::FanIn`]) so
+/// `x + delta`. On flex the two share x's gradient (see [`btx_kernels::fan_in::FanIn`]) so
 /// that burn does not add them in a serial pass; elsewhere plain composite ops.
 pub struct Residual {
     x: Tensor<2>,
-    fan: Option<std::sync::Arc<fused::fan_in::FanIn>>,
+    fan: Option<std::sync::Arc<btx_kernels::fan_in::FanIn>>,
 }
 
 impl Residual {
     /// The block's input `x` and `rms_norm(x, w)`.
     pub fn norm(x: Tensor<2>, w: &Tensor<2>, eps: f64) -> (Self, Tensor<2>) {
         if fused::on_flex(&x) {
-            let fan = fused::fan_in::FanIn::new();
+            let fan = btx_kernels::fan_in::FanIn::new();
             let h = fused::elementwise::rms_norm(x.clone(), w.clone(), eps, Some(&fan))
                 .expect("on flex");
             return (Self { x, fan: Some(fan) }, h);

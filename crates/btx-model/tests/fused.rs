@@ -447,7 +447,7 @@ fn linear_layer_is_bit_identical_on_one_two_and_three_threads() {
 /// among threads: a product must come out bit-identical on 1 and on 2 threads.
 #[test]
 fn products_are_bit_identical_on_one_and_two_threads() {
-    use btx_model::fused::kernels::gemm::product;
+    use btx_kernels::gemm::product;
     for &(m, k, n) in &[(300, 257, 190), (2048, 256, 704), (704, 2048, 256)] {
         let a: Vec<f32> = (0..m * k)
             .map(|i| ((i * 7919) % 1000) as f32 * 1e-3 - 0.5)

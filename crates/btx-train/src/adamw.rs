@@ -1,8 +1,8 @@
 //! AdamW in one pass over each tensor: reads parameter, gradient and both moments once and
 //! writes the three results, instead of ten element-wise tensor ops. Same arithmetic, in the same
 //! order and precision, as the composite update in [`crate::optim`]. The optimizer lives with
-//! the trainer; the SIMD dispatch (`simd_fn!`) and the flex buffers come from btx-model's
-//! kernels.
+//! the trainer; the SIMD dispatch (`simd_fn!`) is btx-kernels', the flex buffers btx-model's
+//! `fused`.
 
 use btx_model::burn::backend::flex::FlexTensor;
 use btx_model::burn::backend::Flex;
@@ -11,7 +11,7 @@ use btx_model::fused::{contiguous, f32_slice, on_flex};
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
-use btx_model::simd_fn;
+use btx_kernels::simd_fn;
 
 /// The scalars of one AdamW step (computed in f64, applied in f32 like tensor-scalar ops).
 #[derive(Clone, Copy, Debug)]

@@ -1,5 +1,5 @@
 //! Fused causal self-attention as a burn op: the forward and backward kernels
-//! ([`super::kernels::attention`]) wrapped with autodiff, the probabilities kept for the
+//! ([`btx_kernels::attention`]) wrapped with autodiff, the probabilities kept for the
 //! backward.
 
 use super::{autodiff_flex, contiguous, f32_slice};
@@ -11,8 +11,8 @@ use burn::backend::flex::FlexTensor;
 use burn::backend::{Autodiff, Flex};
 use burn::prelude::*;
 
-use super::kernels::attention::{backward, forward};
-pub use super::kernels::attention::{Dims, Rope};
+use btx_kernels::attention::{backward, forward};
+pub use btx_kernels::attention::{Dims, Rope};
 
 #[derive(Debug)]
 struct AttnBackward;

@@ -12,7 +12,7 @@ use burn::backend::{Autodiff, Flex};
 use burn::prelude::*;
 use rayon::prelude::*;
 
-use super::kernels::vexp::exp_sub_sum;
+use btx_kernels::vexp::exp_sub_sum;
 
 /// Rows per rayon task (a row is a whole vocabulary, so few are enough).
 const ROWS_PER_TASK: usize = 8;
@@ -29,7 +29,7 @@ fn forward(logits: &[f32], v: usize, targets: &[i64]) -> (Vec<f32>, f64) {
             for (j, o) in out.iter_mut().enumerate() {
                 let r = c * ROWS_PER_TASK + j;
                 let row = &logits[r * v..(r + 1) * v];
-                let m = super::kernels::reduce::max(row);
+                let m = btx_kernels::reduce::max(row);
                 buf.copy_from_slice(row);
                 let z = exp_sub_sum(&mut buf, m);
                 *o = m + z.ln();

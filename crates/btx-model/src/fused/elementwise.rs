@@ -2,9 +2,10 @@
 //! One pass over the data forward and one backward, split over the cores, instead of the chain
 //! of element-wise tensor ops (each its own pass and allocation) the composite versions run.
 
-use super::fan_in::{share, FanIn};
-use super::kernels::gemm::Dst;
+use super::announce_if_tracked;
 use super::{autodiff_flex, contiguous, f32_slice, plain_flex};
+use btx_kernels::fan_in::{share, FanIn};
+use btx_kernels::gemm::Dst;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
@@ -15,8 +16,8 @@ use burn::prelude::*;
 use rayon::prelude::*;
 use std::sync::Arc;
 
-use super::kernels::simd::simd_fn;
-use super::kernels::vexp;
+use btx_kernels::simd::simd_fn;
+use btx_kernels::vexp;
 use std::mem::MaybeUninit;
 
 const CHUNK: usize = 1 << 13;
@@ -115,7 +116,7 @@ simd_fn! {
 fn rms_rows(x: &[f32], w: &[f32], eps: f32, y: &mut [MaybeUninit<f32>], r: &mut [f32]) {
     let d = w.len();
     for ((row, yr), rr) in x.chunks(d).zip(y.chunks_mut(d)).zip(r.iter_mut()) {
-        let ms = super::kernels::reduce::dot(row, row) / d as f32;
+        let ms = btx_kernels::reduce::dot(row, row) / d as f32;
         *rr = 1.0 / (ms + eps).sqrt();
         for k in 0..d {
             yr[k].write(row[k] * *rr * w[k]);
@@ -138,7 +139,7 @@ fn rms_back_rows(
 ) {
     let d = w.len();
     for (((xr, gr), &ri), dxr) in x.chunks(d).zip(g.chunks(d)).zip(r).zip(dx.chunks_mut(d)) {
-        let dot = super::kernels::reduce::dot3(gr, w, xr);
+        let dot = btx_kernels::reduce::dot3(gr, w, xr);
         for k in 0..d {
             dw[k] += gr[k] * xr[k] * ri;
         }
@@ -196,7 +197,9 @@ impl Backward<Flex, 2> for RmsBackward {
                 .collect();
         };
         // (dx is computed even when x needs no gradient: dw comes from the same pass.)
-        let dx = share(fan.as_deref().filter(|_| px.is_some()), n * d, write);
+        // SAFETY: `write` writes (or adds into) every one of the n*d rows' elements, no more:
+        // `rms_back_rows` fills each chunk whole.
+        let dx = unsafe { share(fan.as_deref().filter(|_| px.is_some()), n * d, write) };
         let mut dw = vec![0f32; d];
         for p in &dw_parts {
             for (a, b) in dw.iter_mut().zip(p) {
@@ -227,7 +230,7 @@ pub fn rms_norm(
     let eps = eps as f32;
     if x.is_autodiff() || w.is_autodiff() {
         let (x, w) = (autodiff_flex(x), autodiff_flex(w));
-        let fan = fan.filter(|f| f.expect(&x));
+        let fan = fan.filter(|f| announce_if_tracked(f, &x));
         let (xc, wc) = (contiguous(x.primitive()), contiguous(w.primitive()));
         let (y, r) = rms_forward(f32_slice(&xc), f32_slice(&wc), d, eps);
         let out = flex2(y, [n, d]);
@@ -261,7 +264,9 @@ impl Backward<Flex, 2> for ResidualBackward {
         match (px, fan) {
             (Some(node), Some(fan)) => {
                 let gs = f32_slice(&g);
-                if let Some(dx) = fan.add(gs.len(), |dst, mode| add_into(dst, mode, gs)) {
+                // SAFETY: `add_into` writes (or adds into) exactly `gs.len()` elements.
+                if let Some(dx) = unsafe { fan.add(gs.len(), |dst, mode| add_into(dst, mode, gs)) }
+                {
                     grads.register::<Flex>(node.id, flex2(dx, shape));
                 }
             }
@@ -313,7 +318,7 @@ pub fn residual_add(x: Tensor<2>, delta: Tensor<2>, fan: &Arc<FanIn>) -> Option<
     };
     if x.is_autodiff() || delta.is_autodiff() {
         let (x, d) = (autodiff_flex(x), autodiff_flex(delta));
-        let fan = fan.expect(&x).then(|| fan.clone());
+        let fan = announce_if_tracked(fan, &x).then(|| fan.clone());
         let out = sum(
             f32_slice(&contiguous(x.primitive())),
             f32_slice(&contiguous(d.primitive())),
@@ -343,7 +348,7 @@ fn softmax_forward(x: &[f32], e: usize) -> Vec<f32> {
     let mut y = x.to_vec();
     y.par_chunks_mut(SOFTMAX_ROWS * e).for_each(|c| {
         for row in c.chunks_exact_mut(e) {
-            let m = super::kernels::reduce::max(row);
+            let m = btx_kernels::reduce::max(row);
             let inv = 1.0 / vexp::exp_sub_sum(row, m);
             row.iter_mut().for_each(|v| *v *= inv);
         }
@@ -370,7 +375,7 @@ impl Backward<Flex, 1> for SoftmaxBackward {
             .zip(y.par_chunks(SOFTMAX_ROWS * e))
             .for_each(|(d, y)| {
                 for (dr, yr) in d.chunks_exact_mut(e).zip(y.chunks_exact(e)) {
-                    let dot = super::kernels::reduce::dot(yr, dr);
+                    let dot = btx_kernels::reduce::dot(yr, dr);
                     for (a, &b) in dr.iter_mut().zip(yr) {
                         *a = b * (*a - dot);
                     }

@@ -9,10 +9,10 @@
 
 use std::mem::MaybeUninit;
 
-use super::kernels::gemm::{weight_grad_cols, write_product, Dst, GRAD_BLOCK, MIN_SPLIT};
-use super::kernels::gemv::{gemv_serial, GEMV_ROWS};
-use super::kernels::vexp;
 use super::{autodiff_flex, contiguous, f32_slice, plain_flex, SharedPtr as Ptr};
+use btx_kernels::gemm::{weight_grad_cols, write_product, Dst, GRAD_BLOCK, MIN_SPLIT};
+use btx_kernels::gemv::{gemv_serial, GEMV_ROWS};
+use btx_kernels::vexp;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;

@@ -7,8 +7,9 @@
 //! gradient arrives as a transposed view that the optimizer has to copy back to `[out, in]`.
 //! Here outputs are written once, and dW is produced in the weight's own layout.
 
-use super::fan_in::{share, FanIn};
+use super::announce_if_tracked;
 use super::{autodiff_flex, contiguous, f32_slice, plain_flex};
+use btx_kernels::fan_in::{share, FanIn};
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
@@ -18,8 +19,8 @@ use burn::backend::{Autodiff, Flex};
 use burn::prelude::*;
 use std::sync::Arc;
 
-use super::kernels::gemm::{both_grads, forward, spread_product, weight_grad};
-use super::kernels::gemv::{gemv, GEMV_ROWS};
+use btx_kernels::gemm::{both_grads, forward, spread_product, weight_grad};
+use btx_kernels::gemv::{gemv, GEMV_ROWS};
 
 #[derive(Debug)]
 struct LinearBackward;
@@ -38,22 +39,26 @@ impl Backward<Flex, 2> for LinearBackward {
         let (dx, dw) = match (px.is_some(), pw.is_some()) {
             (true, true) => {
                 let mut dw = None;
-                let dx = share(fan, m * k, |dst, mode| {
+                let write = |dst, mode| {
                     // SAFETY: `share` hands over m*k writable elements in the mode given.
                     dw = Some(unsafe { both_grads(g, w, x, [m, k, n], (dst, mode)) });
-                });
+                };
+                // SAFETY: `both_grads` writes (or adds into) all m*k elements of dX, no more.
+                let dx = unsafe { share(fan, m * k, write) };
                 (dx, dw)
             }
             // One product: spread over the pool.
             (want_dx, want_dw) => (
                 want_dx
                     .then(|| {
-                        share(fan, m * k, |dst, mode| {
+                        let write = |dst, mode| {
                             // SAFETY: as above; every element of dX written (or added to).
                             unsafe {
                                 spread_product(dst, k, [m, k, n], (g, n, 1), (w, k, 1), 1.0, mode)
                             }
-                        })
+                        };
+                        // SAFETY: the product writes (or adds into) every element of dX, no more.
+                        unsafe { share(fan, m * k, write) }
                     })
                     .flatten(),
                 want_dw.then(|| weight_grad(g, x, [m, k, n])),
@@ -90,7 +95,7 @@ fn linear_into(x: Tensor<2>, w: Tensor<2>, fan: Option<Arc<FanIn>>) -> Option<Te
     );
     if x.is_autodiff() || w.is_autodiff() {
         let (x, w) = (autodiff_flex(x), autodiff_flex(w));
-        let fan = fan.filter(|f| f.expect(&x));
+        let fan = fan.filter(|f| announce_if_tracked(f, &x));
         let (xc, wc) = (contiguous(x.primitive()), contiguous(w.primitive()));
         let y = FlexTensor::from_data(TensorData::new(
             forward(f32_slice(&xc), f32_slice(&wc), m, k, n),

@@ -10,10 +10,10 @@
 //! only scales them by the incoming scalar. Blocks run in order (each gemm uses all threads) and
 //! per-row losses are summed serially, so results are bit-identical on any number of threads.
 
-use super::kernels::gemm::{spread_product, Dst};
-use super::kernels::simd::simd_fn;
-use super::kernels::vexp::exp_sub_sum;
 use super::{autodiff_flex, contiguous, f32_slice, plain_flex};
+use btx_kernels::gemm::{spread_product, Dst};
+use btx_kernels::simd::simd_fn;
+use btx_kernels::vexp::exp_sub_sum;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
@@ -75,7 +75,7 @@ fn loss_row(row: &mut [f32], t: i64, grad: bool, inv_count: f32) -> f64 {
     }
     let t = t as usize;
     let zt = row[t];
-    let m = super::kernels::reduce::max(row);
+    let m = btx_kernels::reduce::max(row);
     let s = exp_sub_sum(row, m);
     if grad {
         let k = inv_count / s;

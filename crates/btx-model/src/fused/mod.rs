@@ -3,12 +3,10 @@
 //! back to the composite ops (the reference implementation, and what other backends run).
 //! `BTX_COMPOSITE=1` forces the composite path everywhere (for comparisons).
 //!
-//! Three layers, each importing only the ones below it:
-//! - [`kernels`]: raw SIMD and gemm kernels on `f32` slices and raw pointers, no burn types;
-//!   every `unsafe fn` documents its contract under `# Safety`.
-//! - [`instrument`]: what `btx bench` reads (time inside products, the FMA peak); off, it costs
-//!   a relaxed atomic load per product.
-//! - the ops in this module's files: burn tensors in, burn tensors out, a backward each.
+//! The ops here take burn tensors in and give burn tensors out, a backward each; the raw
+//! kernels they run on `f32` slices (SIMD, gemm, attention, the gradient fan-in's bookkeeping)
+//! are the btx-kernels crate's, which has no burn types. The gemm clock and FMA peak that
+//! `btx bench` reads live there too, beside the products they time.
 
 // The ops: burn autograd ops with handwritten backward passes, over the kernels. (The fused
 // AdamW update is the optimizer's: btx-train's `adamw`.)
@@ -16,16 +14,18 @@ pub mod attention;
 pub mod cross_entropy;
 pub mod elementwise;
 pub mod experts;
-pub mod fan_in;
 pub mod linear;
 pub mod lm_head;
 pub mod moe;
 
-pub mod instrument;
-pub mod kernels;
+pub(crate) use btx_kernels::{assume_init, uninit, zeroed, SharedPtr};
 
-pub(crate) use kernels::{assume_init, uninit, zeroed, SharedPtr};
-
+use btx_kernels::fan_in::FanIn;
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::{Autodiff, Flex};
 use burn::prelude::*;
 
 /// True when `t` lives on a flex device (with or without autodiff) and fused kernels are on.
@@ -74,4 +74,34 @@ pub(crate) fn plain_flex<const D: usize>(t: Tensor<D>) -> burn::backend::flex::F
         &t.try_into_primitive::<burn::backend::Flex>()
             .expect("flex tensor"),
     )
+}
+
+/// Announces to `fan` one more consumer whose backward pass will add a share, if `x` (its
+/// input) needs a gradient; returns whether it does. (btx-kernels' [`FanIn`] keeps the count;
+/// whether an input is tracked is the autodiff graph's to say.)
+pub(crate) fn announce_if_tracked(
+    fan: &FanIn,
+    x: &<Autodiff<Flex> as burn::backend::BackendTypes>::FloatTensorPrimitive,
+) -> bool {
+    let tracked = matches!(
+        Probe
+            .prepare::<NoCheckpointing>([x.node()])
+            .compute_bound()
+            .stateful(),
+        OpsKind::Tracked(_)
+    );
+    if tracked {
+        fan.announce();
+    }
+    tracked
+}
+
+/// An op that is never finished: preparing it tells whether its input needs a gradient.
+#[derive(Debug)]
+struct Probe;
+
+impl Backward<Flex, 1> for Probe {
+    type State = ();
+
+    fn backward(self, _: Ops<(), 1>, _: &mut Gradients, _: &mut Checkpointer) {}
 }

@@ -8,9 +8,10 @@
 
 use std::sync::Arc;
 
-use super::fan_in::{share, FanIn};
-use super::kernels::gemm::Dst;
+use super::announce_if_tracked;
 use super::{autodiff_flex, contiguous, f32_slice, plain_flex};
+use btx_kernels::fan_in::{share, FanIn};
+use btx_kernels::gemm::Dst;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
@@ -104,7 +105,7 @@ impl Backward<Flex, 2> for CombineBackward {
                         for (o, &x) in dyr.iter_mut().zip(gr) {
                             o.write(g[r] * x);
                         }
-                        *dgr = super::kernels::reduce::dot(yr, gr);
+                        *dgr = btx_kernels::reduce::dot(yr, gr);
                     }
                 });
         }
@@ -219,7 +220,8 @@ impl Backward<Flex, 1> for GatherBackward {
                     }
                 });
         };
-        if let Some(dx) = share(fan.as_deref(), n * d, write) {
+        // SAFETY: `write` zero-fills (in write mode) and then adds into exactly the n*d elements.
+        if let Some(dx) = unsafe { share(fan.as_deref(), n * d, write) } {
             grads.register::<Flex>(node.id, FlexTensor::from_data(TensorData::new(dx, [n, d])));
         }
     }
@@ -255,7 +257,7 @@ pub fn gather_skipping(
     let shape = [routes.tok.len(), d];
     if x.is_autodiff() {
         let x = autodiff_flex(x);
-        let fan = fan.filter(|f| f.expect(&x)).cloned();
+        let fan = fan.filter(|f| announce_if_tracked(f, &x)).cloned();
         let xc = contiguous(x.primitive());
         let out = FlexTensor::from_data(TensorData::new(
             gather_forward(f32_slice(&xc), &routes, d),
