@@ -7,7 +7,8 @@
 use btx_model::burn::backend::flex::FlexTensor;
 use btx_model::burn::backend::Flex;
 use btx_model::burn::prelude::*;
-use btx_model::fused::{contiguous, f32_slice, on_flex};
+use btx_model::fused::{contiguous, f32_slice};
+use btx_model::ops::fused_available;
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
@@ -78,7 +79,7 @@ pub fn adamw(
     v: Tensor<2>,
     s: AdamWScalars,
 ) -> Result<(Tensor<2>, Tensor<2>, Tensor<2>), Box<AdamWInputs>> {
-    if !on_flex(&p) || p.is_autodiff() || g.is_autodiff() || m.is_autodiff() {
+    if !fused_available(&p) || p.is_autodiff() || g.is_autodiff() || m.is_autodiff() {
         return Err(Box::new((p, g, m, v)));
     }
     let shape = p.dims();
@@ -185,7 +186,7 @@ fn sum_squares_chunk(c: &[f32]) -> f64 {
 /// Sum of squares of a gradient, for the global norm: f32 squares accumulated in f64 per chunk,
 /// chunks combined in order (the same number for any thread count). `None` off flex.
 pub fn sum_squares(g: &Tensor<2>) -> Option<f64> {
-    if !on_flex(g) || g.is_autodiff() {
+    if !fused_available(g) || g.is_autodiff() {
         return None;
     }
     let f = flex(g.clone());

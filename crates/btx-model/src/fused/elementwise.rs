@@ -69,11 +69,8 @@ impl Backward<Flex, 2> for SwigluBackward {
     }
 }
 
-/// `silu(a) * b` for `[N, F]` tensors; `None` off flex.
-pub fn swiglu(a: Tensor<2>, b: Tensor<2>) -> Option<Tensor<2>> {
-    if !super::on_flex(&a) {
-        return None;
-    }
+/// `silu(a) * b` for `[N, F]` tensors.
+pub fn swiglu(a: Tensor<2>, b: Tensor<2>) -> Tensor<2> {
     let shape = a.dims();
     if a.is_autodiff() {
         let (a, b) = (autodiff_flex(a), autodiff_flex(b));
@@ -87,11 +84,11 @@ pub fn swiglu(a: Tensor<2>, b: Tensor<2>) -> Option<Tensor<2>> {
             OpsKind::Tracked(prep) => prep.finish((ac, bc, shape), out),
             OpsKind::UnTracked(prep) => prep.finish(out),
         };
-        Some(Tensor::from_primitive::<Autodiff<Flex>>(t))
+        Tensor::from_primitive::<Autodiff<Flex>>(t)
     } else {
         let (a, b) = (plain_flex(a), plain_flex(b));
         let out = flex2(swiglu_forward(f32_slice(&a), f32_slice(&b)), shape);
-        Some(Tensor::from_primitive::<Flex>(out))
+        Tensor::from_primitive::<Flex>(out)
     }
 }
 
@@ -215,17 +212,8 @@ impl Backward<Flex, 2> for RmsBackward {
     }
 }
 
-/// RMSNorm of `x: [N, d]` with weight `w: [1, d]`; `None` off flex. With `fan`, x's
-/// gradient is summed there (x is read by other ops built with the same [`FanIn`]).
-pub fn rms_norm(
-    x: Tensor<2>,
-    w: Tensor<2>,
-    eps: f64,
-    fan: Option<&Arc<FanIn>>,
-) -> Option<Tensor<2>> {
-    if !super::on_flex(&x) {
-        return None;
-    }
+/// RMSNorm of `x: [N, d]` with weight `w: [1, d]`. With `fan`, x's gradient is summed there (x is read by other ops built with the same [`FanIn`]).
+pub fn rms_norm(x: Tensor<2>, w: Tensor<2>, eps: f64, fan: Option<&Arc<FanIn>>) -> Tensor<2> {
     let [n, d] = x.dims();
     let eps = eps as f32;
     if x.is_autodiff() || w.is_autodiff() {
@@ -242,11 +230,11 @@ pub fn rms_norm(
             OpsKind::Tracked(prep) => prep.finish((xc, wc, r, [n, d], fan.cloned()), out),
             OpsKind::UnTracked(prep) => prep.finish(out),
         };
-        Some(Tensor::from_primitive::<Autodiff<Flex>>(t))
+        Tensor::from_primitive::<Autodiff<Flex>>(t)
     } else {
         let (x, w) = (plain_flex(x), plain_flex(w));
         let (y, _) = rms_forward(f32_slice(&x), f32_slice(&w), d, eps);
-        Some(Tensor::from_primitive::<Flex>(flex2(y, [n, d])))
+        Tensor::from_primitive::<Flex>(flex2(y, [n, d]))
     }
 }
 
@@ -298,11 +286,8 @@ fn add_into(dst: *mut f32, mode: Dst, src: &[f32]) {
 }
 
 /// The residual connection `x + delta` (`[N, d]` each), x's gradient summed in `fan` (where
-/// the RMSNorm that also reads x adds its share inside its own kernel); `None` off flex.
-pub fn residual_add(x: Tensor<2>, delta: Tensor<2>, fan: &Arc<FanIn>) -> Option<Tensor<2>> {
-    if !super::on_flex(&x) {
-        return None;
-    }
+/// the RMSNorm that also reads x adds its share inside its own kernel).
+pub fn residual_add(x: Tensor<2>, delta: Tensor<2>, fan: &Arc<FanIn>) -> Tensor<2> {
     let shape = x.dims();
     assert_eq!(shape, delta.dims(), "residual_add: shapes differ");
     let sum = |x: &[f32], d: &[f32]| {
@@ -331,13 +316,10 @@ pub fn residual_add(x: Tensor<2>, delta: Tensor<2>, fan: &Arc<FanIn>) -> Option<
             OpsKind::Tracked(prep) => prep.finish((shape, fan), out),
             OpsKind::UnTracked(prep) => prep.finish(out),
         };
-        Some(Tensor::from_primitive::<Autodiff<Flex>>(t))
+        Tensor::from_primitive::<Autodiff<Flex>>(t)
     } else {
         let (x, d) = (plain_flex(x), plain_flex(delta));
-        Some(Tensor::from_primitive::<Flex>(sum(
-            f32_slice(&x),
-            f32_slice(&d),
-        )))
+        Tensor::from_primitive::<Flex>(sum(f32_slice(&x), f32_slice(&d)))
     }
 }
 
@@ -387,15 +369,10 @@ impl Backward<Flex, 1> for SoftmaxBackward {
 
 /// Softmax over the last dim of `x: [N, E]` in one op (the router's probabilities and top-k
 /// gates: burn's composite softmax is five small ops forward and more backward, each a pass on
-/// the calling thread); `None` off flex.
-pub fn softmax_rows(x: Tensor<2>) -> Option<Tensor<2>> {
-    if !super::on_flex(&x) {
-        return None;
-    }
+/// the calling thread). Rows of length 0 are the composite softmax's (`ops::softmax_rows`).
+pub fn softmax_rows(x: Tensor<2>) -> Tensor<2> {
     let shape = x.dims();
-    if shape[1] == 0 {
-        return None;
-    }
+    assert!(shape[1] > 0, "softmax_rows: rows of length 0");
     if x.is_autodiff() {
         let x = autodiff_flex(x);
         let y = flex2(
@@ -410,12 +387,9 @@ pub fn softmax_rows(x: Tensor<2>) -> Option<Tensor<2>> {
             OpsKind::Tracked(prep) => prep.finish((y.clone(), shape), y),
             OpsKind::UnTracked(prep) => prep.finish(y),
         };
-        Some(Tensor::from_primitive::<Autodiff<Flex>>(t))
+        Tensor::from_primitive::<Autodiff<Flex>>(t)
     } else {
         let x = plain_flex(x);
-        Some(Tensor::from_primitive::<Flex>(flex2(
-            softmax_forward(f32_slice(&x), shape[1]),
-            shape,
-        )))
+        Tensor::from_primitive::<Flex>(flex2(softmax_forward(f32_slice(&x), shape[1]), shape))
     }
 }

@@ -425,23 +425,20 @@ impl<const N: usize> Backward<Flex, N> for ExpertsBackward<N> {
 pub const MAX_EXPERTS: usize = 16;
 
 /// Expert e's SwiGLU FFN on rows `bounds[e]..bounds[e + 1]` of `x: [M, d]`, for every e;
-/// `experts[e] = (gate [f, d], up [f, d], down [d, f])`. `None` off flex or for more than
-/// [`MAX_EXPERTS`] experts (the composite per-expert path then runs).
+/// `experts[e] = (gate [f, d], up [f, d], down [d, f])`, 1 to [`MAX_EXPERTS`] experts (for
+/// more, `ops` runs the composite per-expert path).
 pub fn experts_ffn(
     x: Tensor<2>,
     bounds: &[usize],
     experts: &[(&Tensor<2>, &Tensor<2>, &Tensor<2>)],
-) -> Option<Tensor<2>> {
+) -> Tensor<2> {
     macro_rules! dispatch {
         ($($e:literal => $n:literal),*) => {
             match experts.len() {
                 $($e => run::<$n>(x, bounds, experts),)*
-                _ => None,
+                n => panic!("experts_ffn takes 1 to {MAX_EXPERTS} experts, not {n}"),
             }
         };
-    }
-    if !super::on_flex(&x) {
-        return None;
     }
     dispatch!(1 => 4, 2 => 7, 3 => 10, 4 => 13, 5 => 16, 6 => 19, 7 => 22, 8 => 25,
         9 => 28, 10 => 31, 11 => 34, 12 => 37, 13 => 40, 14 => 43, 15 => 46, 16 => 49)
@@ -452,7 +449,7 @@ fn run<const N: usize>(
     x: Tensor<2>,
     bounds: &[usize],
     experts: &[(&Tensor<2>, &Tensor<2>, &Tensor<2>)],
-) -> Option<Tensor<2>> {
+) -> Tensor<2> {
     let [m, d] = x.dims();
     let f = experts[0].0.dims()[0];
     assert_eq!(bounds.len(), experts.len() + 1, "one row range per expert");
@@ -474,9 +471,7 @@ fn run<const N: usize>(
             .map(|[g, u, dn]| (f32_slice(g), f32_slice(u), f32_slice(dn)))
             .collect();
         let (y, ..) = forward(f32_slice(&xc), &w, &shapes, true);
-        return Some(Tensor::from_primitive::<Flex>(FlexTensor::from_data(
-            TensorData::new(y, [m, d]),
-        )));
+        return Tensor::from_primitive::<Flex>(FlexTensor::from_data(TensorData::new(y, [m, d])));
     }
     let xa = autodiff_flex(x);
     let wa: Vec<_> = experts
@@ -520,7 +515,7 @@ fn run<const N: usize>(
         ),
         OpsKind::UnTracked(prep) => prep.finish(out),
     };
-    Some(Tensor::from_primitive::<Autodiff<Flex>>(t))
+    Tensor::from_primitive::<Autodiff<Flex>>(t)
 }
 
 #[cfg(test)]

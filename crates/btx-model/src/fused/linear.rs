@@ -73,21 +73,18 @@ impl Backward<Flex, 2> for LinearBackward {
     }
 }
 
-/// `x [m, k] · wᵀ` for `w [n, k]` on flex; `None` when the tensors are not on a flex device.
-pub fn linear(x: Tensor<2>, w: Tensor<2>) -> Option<Tensor<2>> {
+/// `x [m, k] · wᵀ` for `w [n, k]`.
+pub fn linear(x: Tensor<2>, w: Tensor<2>) -> Tensor<2> {
     linear_into(x, w, None)
 }
 
 /// [`linear`] for one of the ops built with `fan` that read the same `x`: x's gradient is
 /// summed in `fan` (see [`FanIn`]) instead of by burn.
-pub fn linear_shared(x: Tensor<2>, w: Tensor<2>, fan: &Arc<FanIn>) -> Option<Tensor<2>> {
+pub fn linear_shared(x: Tensor<2>, w: Tensor<2>, fan: &Arc<FanIn>) -> Tensor<2> {
     linear_into(x, w, Some(fan.clone()))
 }
 
-fn linear_into(x: Tensor<2>, w: Tensor<2>, fan: Option<Arc<FanIn>>) -> Option<Tensor<2>> {
-    if !super::on_flex(&x) {
-        return None;
-    }
+fn linear_into(x: Tensor<2>, w: Tensor<2>, fan: Option<Arc<FanIn>>) -> Tensor<2> {
     let ([m, k], [n, kw]) = (x.dims(), w.dims());
     assert_eq!(
         k, kw,
@@ -109,7 +106,7 @@ fn linear_into(x: Tensor<2>, w: Tensor<2>, fan: Option<Arc<FanIn>>) -> Option<Te
             OpsKind::Tracked(prep) => prep.finish((xc, wc, [m, k, n], fan), y),
             OpsKind::UnTracked(prep) => prep.finish(y),
         };
-        Some(Tensor::from_primitive::<Autodiff<Flex>>(t))
+        Tensor::from_primitive::<Autodiff<Flex>>(t)
     } else {
         let (x, w) = (plain_flex(x), plain_flex(w));
         // Inference on a few rows (decoding): one pass over the weight, no packing.
@@ -118,8 +115,6 @@ fn linear_into(x: Tensor<2>, w: Tensor<2>, fan: Option<Arc<FanIn>>) -> Option<Te
         } else {
             forward(f32_slice(&x), f32_slice(&w), m, k, n)
         };
-        Some(Tensor::from_primitive::<Flex>(FlexTensor::from_data(
-            TensorData::new(y, [m, n]),
-        )))
+        Tensor::from_primitive::<Flex>(FlexTensor::from_data(TensorData::new(y, [m, n])))
     }
 }

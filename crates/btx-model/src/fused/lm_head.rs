@@ -239,11 +239,8 @@ impl Backward<Flex, 2> for HeadLossBackward {
 }
 
 /// Mean cross-entropy of `h [N, d] · wᵀ` (`w: [V, d]`, the head in Hugging Face's layout)
-/// against `targets` (one per row; negative = ignored). `None` off the flex device.
-pub fn head_cross_entropy(h: Tensor<2>, w: Tensor<2>, targets: &[i64]) -> Option<Tensor<1>> {
-    if !super::on_flex(&h) {
-        return None;
-    }
+/// against `targets` (one per row; negative = ignored).
+pub fn head_cross_entropy(h: Tensor<2>, w: Tensor<2>, targets: &[i64]) -> Tensor<1> {
     let ([n, d], [v, dw]) = (h.dims(), w.dims());
     assert_eq!(
         d, dw,
@@ -275,10 +272,10 @@ pub fn head_cross_entropy(h: Tensor<2>, w: Tensor<2>, targets: &[i64]) -> Option
                 prep.finish(scalar(nll))
             }
         };
-        Some(Tensor::from_primitive::<Autodiff<Flex>>(t))
+        Tensor::from_primitive::<Autodiff<Flex>>(t)
     } else {
         let (h, w) = (plain_flex(h), plain_flex(w));
         let nll = Head::new(&h, &w, targets, d, v).loss_only();
-        Some(Tensor::from_primitive::<Flex>(scalar(nll)))
+        Tensor::from_primitive::<Flex>(scalar(nll))
     }
 }
