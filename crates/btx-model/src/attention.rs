@@ -1,6 +1,7 @@
-//! RoPE (Hugging Face rotate-half) and grouped-query causal self-attention, written with
-//! composite burn ops so that autodiff derives every gradient (the fused kernel on flex).
-//! RMSNorm and the residual stream are in [`crate::ops`].
+//! RoPE (Hugging Face rotate-half) and grouped-query causal self-attention, both ways: in
+//! composite burn ops, so that autodiff derives every gradient, and around the fused flex
+//! kernel. [`crate::ops::attention`] picks one; RMSNorm and the residual stream are in
+//! [`crate::ops`].
 
 use burn::prelude::*;
 
@@ -148,22 +149,9 @@ fn attention_mask(pos0: usize, t: usize, pads: Option<&[usize]>, dev: &Device) -
     Tensor::from_data(TensorData::new(m, [rows.len(), 1, t, tk]), dev)
 }
 
-/// Causal GQA self-attention over `x: [B*T, d]`, returning `[B*T, d]` after `o_proj`.
-pub fn self_attention(
-    cfg: &ModelConfig,
-    w: AttnWeights<'_>,
-    x: Tensor<2>,
-    seq: &SeqInfo<'_>,
-    cache: Option<&mut LayerCache>,
-) -> Tensor<2> {
-    let SeqInfo { b, t, rope, pads } = *seq;
-    if cache.is_none() && pads.is_none() && crate::fused::on_flex(&x) {
-        return self_attention_fused(cfg, &w, x, b, t, rope);
-    }
-    self_attention_composite(cfg, w, x, seq, cache)
-}
-
-/// The composite reference of [`self_attention`] (burn ops only; every backend runs it).
+/// Causal GQA self-attention over `x: [B*T, d]`, returning `[B*T, d]` after `o_proj`, in
+/// composite ops (every backend runs it; the reference of [`self_attention_fused`]).
+/// `crate::ops::attention::self_attention` picks between the two.
 pub fn self_attention_composite(
     cfg: &ModelConfig,
     w: AttnWeights<'_>,
@@ -299,5 +287,4 @@ pub fn attend_fused(
     let (h, kvh, hd) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
     let dims = crate::fused::attention::Dims { b, t, h, kvh, hd };
     crate::fused::attention::causal_attention(q, k, v, dims, Some(table.clone()))
-        .expect("checked on_flex")
 }

@@ -267,7 +267,7 @@ fn generate_inner(
     // Decoding is hundreds of short parallel products per token with serial work between them
     // (sampling, the cache's bookkeeping): the pool's other workers poll instead of sleeping
     // (see `awake`), as they do through a train step.
-    crate::fused::kernels::awake::awake(|| {
+    btx_kernels::awake::awake(|| {
         for step in 0..max_new {
             let n = active.rows.len();
             let host = to_vec(model.next_logits(&input, n, t, &active.opts(), Some(&mut cache)));

@@ -30,25 +30,20 @@ pub fn shifted_targets(ids: &[i64], b: usize, t: usize) -> (Vec<i64>, Vec<i64>) 
 
 /// Mean cross-entropy of `logits[:, :-1]` against `ids[:, 1:]` — transformers' `loss`.
 /// On the flex backend a fused kernel does it in one pass; elsewhere (and with
-/// `BTX_COMPOSITE=1`) the composite ops below.
+/// `BTX_COMPOSITE=1`) the composite ops ([`crate::ops::cross_entropy`]).
 pub fn lm_loss(logits: Tensor<3>, ids: &[i64]) -> Tensor<1> {
     let [b, t, v] = logits.dims();
     assert!(
         t >= 2,
         "a sequence needs at least 2 tokens for a next-token loss"
     );
-    let flat = logits.reshape([b * t, v]);
-    if let Some(l) =
-        crate::fused::cross_entropy::mean_cross_entropy(flat.clone(), &row_targets(ids, b, t))
-    {
-        return l;
-    }
-    lm_loss_composite(flat, ids, b, t)
+    crate::ops::cross_entropy(logits.reshape([b * t, v]), &row_targets(ids, b, t))
 }
 
 /// [`lm_loss`] of the output head applied to `hidden: [B*T, d]` (the final norm's output),
 /// `head: [V, d]`. On flex one fused kernel computes head, loss and their gradients block by
-/// block, so training never holds the `[B*T, V]` logits; elsewhere `lm_loss(linear(..))`.
+/// block, so training never holds the `[B*T, V]` logits; elsewhere `lm_loss(linear(..))`
+/// ([`crate::ops::head_cross_entropy`]).
 pub fn lm_head_loss(
     hidden: Tensor<2>,
     head: &Tensor<2>,
@@ -60,14 +55,7 @@ pub fn lm_head_loss(
         t >= 2,
         "a sequence needs at least 2 tokens for a next-token loss"
     );
-    let targets = row_targets(ids, b, t);
-    if let Some(l) =
-        crate::fused::lm_head::head_cross_entropy(hidden.clone(), head.clone(), &targets)
-    {
-        return l;
-    }
-    let v = head.dims()[0];
-    lm_loss(crate::linear(hidden, head).reshape([b, t, v]), ids)
+    crate::ops::head_cross_entropy(hidden, head, &row_targets(ids, b, t))
 }
 
 /// One target per row of a `[B*T, ..]` flattening: the next id, or -1 (ignored) for the last
@@ -78,13 +66,9 @@ fn row_targets(ids: &[i64], b: usize, t: usize) -> Vec<i64> {
         .collect()
 }
 
-/// The composite reference of [`lm_loss`] over `[B*T, V]` logits.
+/// The composite reference of [`lm_loss`] over `[B*T, V]` logits (what runs off flex).
 pub fn lm_loss_composite(flat: Tensor<2>, ids: &[i64], b: usize, t: usize) -> Tensor<1> {
-    let (pos, tgt) = shifted_targets(ids, b, t);
-    let dev = flat.device();
-    let n = pos.len();
-    let rows = flat.select(0, Tensor::from_data(TensorData::new(pos, [n]), &dev));
-    token_nll(rows, &tgt).mean()
+    crate::ops::cross_entropy_composite(flat, &row_targets(ids, b, t))
 }
 
 /// The paper's load balancing for one layer, without alpha: `E * sum_i u_i p_i`, with `u_i` the

@@ -6,9 +6,7 @@
 
 use burn::prelude::*;
 
-use crate::attention::{
-    attend_composite, attend_fused, cached_kv, rope_table, LayerCache, SeqInfo,
-};
+use crate::attention::{LayerCache, SeqInfo};
 use crate::config::ModelConfig;
 
 /// One layer's attention experts, in expert order. `k` and `v` hold one projection each when
@@ -128,13 +126,7 @@ impl MoA {
             }
         };
         let q = regroup(q, [e, cfg.num_kv_heads]);
-        let y = if cache.is_none() && seq.pads.is_none() && crate::fused::on_flex(&x) {
-            let table = rope_table(seq.rope);
-            attend_fused(&wide, q, k, v, seq.b, seq.t, &table)
-        } else {
-            let kv = cached_kv(&wide, k, v, seq, cache);
-            attend_composite(&wide, q, kv, seq)
-        };
+        let y = crate::ops::attention::attend(&wide, q, k, v, seq, cache);
         let y = regroup(y, [cfg.num_kv_heads, e]);
         // Each expert's block of y weighted by its gate, then one output projection.
         let gates = probs

@@ -25,10 +25,7 @@ pub struct Mlp {
 
 impl Mlp {
     pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
-        let [g, u]: [Tensor<2>; 2] = crate::linears(x, &[&self.gate, &self.up])
-            .try_into()
-            .expect("two projections");
-        crate::ops::linear(crate::ops::swiglu(g, u), &self.down)
+        crate::ops::mlp(x, &self.gate, &self.up, &self.down)
     }
 }
 
@@ -117,56 +114,14 @@ impl Moe {
         self.experts.len()
     }
 
-    /// Expert outputs for the rows `toks[e]` of `x`, grouped by expert in expert order:
-    /// one gather and the fused all-experts FFN on flex, else expert by expert.
-    /// With `fan`, the gather shares x's gradient with the router (see
-    /// [`crate::fused::fan_in::FanIn`]).
-    fn experts_forward(
-        &self,
-        x: Tensor<2>,
-        toks: &[Vec<i64>],
-        fan: Option<&std::sync::Arc<crate::fused::fan_in::FanIn>>,
-    ) -> Tensor<2> {
-        let dev = x.device();
-        let mut bounds = vec![0usize];
-        for t in toks {
-            bounds.push(bounds.last().expect("bounds") + t.len());
-        }
-        let weights: Vec<_> = self
-            .experts
-            .iter()
-            .map(|m| (&m.gate, &m.up, &m.down))
-            .collect();
-        // (A gather whose rows went unused would leave the fan-in short.)
-        if crate::fused::on_flex(&x) && self.experts.len() <= crate::fused::experts::MAX_EXPERTS {
-            let rows: Vec<usize> = toks.iter().flatten().map(|&t| t as usize).collect();
-            let routes = std::sync::Arc::new(crate::fused::moe::Routes::new(rows, x.dims()[0]));
-            let xg = crate::fused::moe::gather(x.clone(), routes, fan).expect("on flex");
-            return crate::fused::experts::experts_ffn(xg, &bounds, &weights)
-                .expect("fused experts on flex");
-        }
-        let ys: Vec<Tensor<2>> = self
-            .experts
-            .iter()
-            .zip(toks)
-            .filter(|(_, t)| !t.is_empty())
-            .map(|(mlp, t)| mlp.forward(x.clone().select(0, int1(t.clone(), &dev))))
-            .collect();
-        Tensor::cat(ys, 0)
-    }
-
     /// `x: [N, d]` → (`[N, d]`, routing aux). `first_layer` selects soft routing for sample-top1.
     pub fn forward(&self, x: Tensor<2>, opts: &RouteOpts, layer: usize) -> (Tensor<2>, RouterAux) {
         let dev = x.device();
         let [n, _] = x.dims();
         let e = self.num_experts();
         // The router and the experts' gather both read x: one summed gradient on flex.
-        let fan = crate::fused::on_flex(&x).then(crate::fused::fan_in::FanIn::new);
-        let logits = match &fan {
-            Some(f) => crate::fused::linear::linear_shared(x.clone(), self.router.clone(), f)
-                .expect("on flex"),
-            None => crate::linear(x.clone(), &self.router),
-        };
+        let input = crate::ops::MoeInput::new(x.clone());
+        let logits = input.router(&self.router);
         let probs = softmax_rows(logits.clone());
         let host: Vec<f32> = crate::to_vec(logits.clone().detach());
         let topk_ids = topk_rows(&host, e, opts.top_k.min(e));
@@ -259,7 +214,12 @@ impl Moe {
         let out = if row_tok.is_empty() {
             Tensor::<2>::zeros([n, d], &dev)
         } else {
-            let y = self.experts_forward(x.clone(), &toks, fan.as_ref());
+            let weights: Vec<_> = self
+                .experts
+                .iter()
+                .map(|m| (&m.gate, &m.up, &m.down))
+                .collect();
+            let y = input.experts(&toks, &weights);
             let g = gates.reshape([n * c]).select(0, int1(row_slot, &dev));
             let routes = std::sync::Arc::new(crate::fused::moe::Routes::new(row_tok, n));
             crate::ops::combine(y, g, routes)

@@ -10,7 +10,7 @@ fn the_composite_lookup_skips_the_pad_row_as_torch_does() {
     use btx_model::burn::prelude::*;
     let probe = Tensor::<2>::zeros([1, 1], &Device::flex());
     assert!(
-        !btx_model::fused::on_flex(&probe),
+        !btx_model::ops::fused_available(&probe),
         "the composite path is on"
     );
     pad::untied_pad_row_gets_no_gradient();

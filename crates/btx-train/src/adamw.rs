@@ -1,17 +1,18 @@
 //! AdamW in one pass over each tensor: reads parameter, gradient and both moments once and
 //! writes the three results, instead of ten element-wise tensor ops. Same arithmetic, in the same
 //! order and precision, as the composite update in [`crate::optim`]. The optimizer lives with
-//! the trainer; the SIMD dispatch (`simd_fn!`) and the flex buffers come from btx-model's
-//! kernels.
+//! the trainer; the SIMD dispatch (`simd_fn!`) is btx-kernels', the flex buffers btx-model's
+//! `fused`.
 
 use btx_model::burn::backend::flex::FlexTensor;
 use btx_model::burn::backend::Flex;
 use btx_model::burn::prelude::*;
-use btx_model::fused::{contiguous, f32_slice, on_flex};
+use btx_model::fused::{contiguous, f32_slice};
+use btx_model::ops::fused_available;
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
-use btx_model::simd_fn;
+use btx_kernels::simd_fn;
 
 /// The scalars of one AdamW step (computed in f64, applied in f32 like tensor-scalar ops).
 #[derive(Clone, Copy, Debug)]
@@ -78,7 +79,7 @@ pub fn adamw(
     v: Tensor<2>,
     s: AdamWScalars,
 ) -> Result<(Tensor<2>, Tensor<2>, Tensor<2>), Box<AdamWInputs>> {
-    if !on_flex(&p) || p.is_autodiff() || g.is_autodiff() || m.is_autodiff() {
+    if !fused_available(&p) || p.is_autodiff() || g.is_autodiff() || m.is_autodiff() {
         return Err(Box::new((p, g, m, v)));
     }
     let shape = p.dims();
@@ -185,7 +186,7 @@ fn sum_squares_chunk(c: &[f32]) -> f64 {
 /// Sum of squares of a gradient, for the global norm: f32 squares accumulated in f64 per chunk,
 /// chunks combined in order (the same number for any thread count). `None` off flex.
 pub fn sum_squares(g: &Tensor<2>) -> Option<f64> {
-    if !on_flex(g) || g.is_autodiff() {
+    if !fused_available(g) || g.is_autodiff() {
         return None;
     }
     let f = flex(g.clone());

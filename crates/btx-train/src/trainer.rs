@@ -145,7 +145,7 @@ impl Trainer {
 
     /// One optimizer step over `grad_accum` micro-batches pulled from `data`.
     pub fn step(&mut self, data: &mut dyn BatchSource) -> Result<StepStats, TrainError> {
-        btx_model::fused::kernels::awake::awake(|| self.step_inner(data))
+        btx_kernels::awake::awake(|| self.step_inner(data))
     }
 
     fn step_inner(&mut self, data: &mut dyn BatchSource) -> Result<StepStats, TrainError> {

@@ -5,7 +5,7 @@
 //! operation on small numbers, and longer programs (straight-line code, functions, loops,
 //! branches, lists). With the last level alone every model of the demo's size stayed at chance
 //! (seed 7%, chance 10%): the levels put a small seed above chance and far from the ceiling,
-//! with room for its code expert to gain (measured in the README).
+//! with room for its code expert to gain (measured: docs/study.md).
 
 use super::{pick, range, Task};
 use btx_core::rng::Rng;

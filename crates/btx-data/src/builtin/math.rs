@@ -4,7 +4,7 @@
 //! arithmetic), one operation on small numbers, two operations on numbers up to 40. With the
 //! two-step level alone every model of the demo's size stayed at chance (seed 7%, chance 10%):
 //! the levels put a small seed above chance and far from the ceiling, with room for its math
-//! expert to gain (measured in the README).
+//! expert to gain (measured: docs/study.md).
 
 use super::words::{capitalize, pronoun, NAMES};
 use super::{pick, range, Task};

@@ -1,5 +1,5 @@
 //! Fused causal self-attention as a burn op: the forward and backward kernels
-//! ([`super::kernels::attention`]) wrapped with autodiff, the probabilities kept for the
+//! ([`btx_kernels::attention`]) wrapped with autodiff, the probabilities kept for the
 //! backward.
 
 use super::{autodiff_flex, contiguous, f32_slice};
@@ -11,8 +11,8 @@ use burn::backend::flex::FlexTensor;
 use burn::backend::{Autodiff, Flex};
 use burn::prelude::*;
 
-use super::kernels::attention::{backward, forward};
-pub use super::kernels::attention::{Dims, Rope};
+use btx_kernels::attention::{backward, forward};
+pub use btx_kernels::attention::{Dims, Rope};
 
 #[derive(Debug)]
 struct AttnBackward;
@@ -61,17 +61,14 @@ impl Backward<Flex, 3> for AttnBackward {
 
 /// Causal GQA attention of `q: [B*T, H*hd]`, `k, v: [B*T, KV*hd]`, returning `[B*T, H*hd]`;
 /// with `rope`, q and k are rotated first (and the rotation's gradient folded into the
-/// backward), else they must arrive rotated. `None` when the tensors are not on a flex device.
+/// backward), else they must arrive rotated.
 pub fn causal_attention(
     q: Tensor<2>,
     k: Tensor<2>,
     v: Tensor<2>,
     d: Dims,
     rope: Option<std::sync::Arc<Rope>>,
-) -> Option<Tensor<2>> {
-    if !super::on_flex(&q) {
-        return None;
-    }
+) -> Tensor<2> {
     let shape = [d.b * d.t, d.qd()];
     // Rotated copies (fresh buffers: the inputs may be shared).
     let rotated = |x: &FlexTensor, cols: usize| -> FlexTensor {
@@ -104,14 +101,12 @@ pub fn causal_attention(
             }
             OpsKind::UnTracked(prep) => prep.finish(o),
         };
-        Some(Tensor::from_primitive::<Autodiff<Flex>>(out))
+        Tensor::from_primitive::<Autodiff<Flex>>(out)
     } else {
         let fl = |t: Tensor<2>| t.try_into_primitive::<Flex>().expect("flex tensor");
         let (q, k, v) = (fl(q), fl(k), fl(v));
         let (q, k, v) = (rotated(&q, d.qd()), rotated(&k, d.kd()), contiguous(&v));
         let (o, _) = forward(f32_slice(&q), f32_slice(&k), f32_slice(&v), d);
-        Some(Tensor::from_primitive::<Flex>(FlexTensor::from_data(
-            TensorData::new(o, shape),
-        )))
+        Tensor::from_primitive::<Flex>(FlexTensor::from_data(TensorData::new(o, shape)))
     }
 }

@@ -12,7 +12,7 @@ use burn::backend::{Autodiff, Flex};
 use burn::prelude::*;
 use rayon::prelude::*;
 
-use super::kernels::vexp::exp_sub_sum;
+use btx_kernels::vexp::exp_sub_sum;
 
 /// Rows per rayon task (a row is a whole vocabulary, so few are enough).
 const ROWS_PER_TASK: usize = 8;
@@ -29,7 +29,7 @@ fn forward(logits: &[f32], v: usize, targets: &[i64]) -> (Vec<f32>, f64) {
             for (j, o) in out.iter_mut().enumerate() {
                 let r = c * ROWS_PER_TASK + j;
                 let row = &logits[r * v..(r + 1) * v];
-                let m = super::kernels::reduce::max(row);
+                let m = btx_kernels::reduce::max(row);
                 buf.copy_from_slice(row);
                 let z = exp_sub_sum(&mut buf, m);
                 *o = m + z.ln();
@@ -86,11 +86,7 @@ impl Backward<Flex, 1> for CeBackward {
 }
 
 /// Mean cross-entropy of `logits: [M, V]` against `targets` (one per row; negative = ignore).
-/// `None` when the logits are not on a flex device (use the composite path).
-pub fn mean_cross_entropy(logits: Tensor<2>, targets: &[i64]) -> Option<Tensor<1>> {
-    if !super::on_flex(&logits) {
-        return None;
-    }
+pub fn mean_cross_entropy(logits: Tensor<2>, targets: &[i64]) -> Tensor<1> {
     let [m, v] = logits.dims();
     assert_eq!(m, targets.len(), "one target per row");
     let count = targets.iter().filter(|t| **t >= 0).count();
@@ -112,7 +108,7 @@ pub fn mean_cross_entropy(logits: Tensor<2>, targets: &[i64]) -> Option<Tensor<1
             OpsKind::Tracked(prep) => prep.finish((x, lse, targets.to_vec(), count), out),
             OpsKind::UnTracked(prep) => prep.finish(out),
         };
-        Some(Tensor::from_primitive::<Autodiff<Flex>>(t))
+        Tensor::from_primitive::<Autodiff<Flex>>(t)
     } else {
         let p = logits.try_into_primitive::<Flex>().expect("flex tensor");
         let x = contiguous(&p);
@@ -121,6 +117,6 @@ pub fn mean_cross_entropy(logits: Tensor<2>, targets: &[i64]) -> Option<Tensor<1
             vec![(nll / count.max(1) as f64) as f32],
             [1],
         ));
-        Some(Tensor::from_primitive::<Flex>(out))
+        Tensor::from_primitive::<Flex>(out)
     }
 }

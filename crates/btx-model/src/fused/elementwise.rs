@@ -2,9 +2,10 @@
 //! One pass over the data forward and one backward, split over the cores, instead of the chain
 //! of element-wise tensor ops (each its own pass and allocation) the composite versions run.
 
-use super::fan_in::{share, FanIn};
-use super::kernels::gemm::Dst;
+use super::announce_if_tracked;
 use super::{autodiff_flex, contiguous, f32_slice, plain_flex};
+use btx_kernels::fan_in::{share, FanIn};
+use btx_kernels::gemm::Dst;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
@@ -15,8 +16,8 @@ use burn::prelude::*;
 use rayon::prelude::*;
 use std::sync::Arc;
 
-use super::kernels::simd::simd_fn;
-use super::kernels::vexp;
+use btx_kernels::simd::simd_fn;
+use btx_kernels::vexp;
 use std::mem::MaybeUninit;
 
 const CHUNK: usize = 1 << 13;
@@ -68,11 +69,8 @@ impl Backward<Flex, 2> for SwigluBackward {
     }
 }
 
-/// `silu(a) * b` for `[N, F]` tensors; `None` off flex.
-pub fn swiglu(a: Tensor<2>, b: Tensor<2>) -> Option<Tensor<2>> {
-    if !super::on_flex(&a) {
-        return None;
-    }
+/// `silu(a) * b` for `[N, F]` tensors.
+pub fn swiglu(a: Tensor<2>, b: Tensor<2>) -> Tensor<2> {
     let shape = a.dims();
     if a.is_autodiff() {
         let (a, b) = (autodiff_flex(a), autodiff_flex(b));
@@ -86,11 +84,11 @@ pub fn swiglu(a: Tensor<2>, b: Tensor<2>) -> Option<Tensor<2>> {
             OpsKind::Tracked(prep) => prep.finish((ac, bc, shape), out),
             OpsKind::UnTracked(prep) => prep.finish(out),
         };
-        Some(Tensor::from_primitive::<Autodiff<Flex>>(t))
+        Tensor::from_primitive::<Autodiff<Flex>>(t)
     } else {
         let (a, b) = (plain_flex(a), plain_flex(b));
         let out = flex2(swiglu_forward(f32_slice(&a), f32_slice(&b)), shape);
-        Some(Tensor::from_primitive::<Flex>(out))
+        Tensor::from_primitive::<Flex>(out)
     }
 }
 
@@ -115,7 +113,7 @@ simd_fn! {
 fn rms_rows(x: &[f32], w: &[f32], eps: f32, y: &mut [MaybeUninit<f32>], r: &mut [f32]) {
     let d = w.len();
     for ((row, yr), rr) in x.chunks(d).zip(y.chunks_mut(d)).zip(r.iter_mut()) {
-        let ms = super::kernels::reduce::dot(row, row) / d as f32;
+        let ms = btx_kernels::reduce::dot(row, row) / d as f32;
         *rr = 1.0 / (ms + eps).sqrt();
         for k in 0..d {
             yr[k].write(row[k] * *rr * w[k]);
@@ -138,7 +136,7 @@ fn rms_back_rows(
 ) {
     let d = w.len();
     for (((xr, gr), &ri), dxr) in x.chunks(d).zip(g.chunks(d)).zip(r).zip(dx.chunks_mut(d)) {
-        let dot = super::kernels::reduce::dot3(gr, w, xr);
+        let dot = btx_kernels::reduce::dot3(gr, w, xr);
         for k in 0..d {
             dw[k] += gr[k] * xr[k] * ri;
         }
@@ -196,7 +194,9 @@ impl Backward<Flex, 2> for RmsBackward {
                 .collect();
         };
         // (dx is computed even when x needs no gradient: dw comes from the same pass.)
-        let dx = share(fan.as_deref().filter(|_| px.is_some()), n * d, write);
+        // SAFETY: `write` writes (or adds into) every one of the n*d rows' elements, no more:
+        // `rms_back_rows` fills each chunk whole.
+        let dx = unsafe { share(fan.as_deref().filter(|_| px.is_some()), n * d, write) };
         let mut dw = vec![0f32; d];
         for p in &dw_parts {
             for (a, b) in dw.iter_mut().zip(p) {
@@ -212,22 +212,13 @@ impl Backward<Flex, 2> for RmsBackward {
     }
 }
 
-/// RMSNorm of `x: [N, d]` with weight `w: [1, d]`; `None` off flex. With `fan`, x's
-/// gradient is summed there (x is read by other ops built with the same [`FanIn`]).
-pub fn rms_norm(
-    x: Tensor<2>,
-    w: Tensor<2>,
-    eps: f64,
-    fan: Option<&Arc<FanIn>>,
-) -> Option<Tensor<2>> {
-    if !super::on_flex(&x) {
-        return None;
-    }
+/// RMSNorm of `x: [N, d]` with weight `w: [1, d]`. With `fan`, x's gradient is summed there (x is read by other ops built with the same [`FanIn`]).
+pub fn rms_norm(x: Tensor<2>, w: Tensor<2>, eps: f64, fan: Option<&Arc<FanIn>>) -> Tensor<2> {
     let [n, d] = x.dims();
     let eps = eps as f32;
     if x.is_autodiff() || w.is_autodiff() {
         let (x, w) = (autodiff_flex(x), autodiff_flex(w));
-        let fan = fan.filter(|f| f.expect(&x));
+        let fan = fan.filter(|f| announce_if_tracked(f, &x));
         let (xc, wc) = (contiguous(x.primitive()), contiguous(w.primitive()));
         let (y, r) = rms_forward(f32_slice(&xc), f32_slice(&wc), d, eps);
         let out = flex2(y, [n, d]);
@@ -239,11 +230,11 @@ pub fn rms_norm(
             OpsKind::Tracked(prep) => prep.finish((xc, wc, r, [n, d], fan.cloned()), out),
             OpsKind::UnTracked(prep) => prep.finish(out),
         };
-        Some(Tensor::from_primitive::<Autodiff<Flex>>(t))
+        Tensor::from_primitive::<Autodiff<Flex>>(t)
     } else {
         let (x, w) = (plain_flex(x), plain_flex(w));
         let (y, _) = rms_forward(f32_slice(&x), f32_slice(&w), d, eps);
-        Some(Tensor::from_primitive::<Flex>(flex2(y, [n, d])))
+        Tensor::from_primitive::<Flex>(flex2(y, [n, d]))
     }
 }
 
@@ -261,7 +252,9 @@ impl Backward<Flex, 2> for ResidualBackward {
         match (px, fan) {
             (Some(node), Some(fan)) => {
                 let gs = f32_slice(&g);
-                if let Some(dx) = fan.add(gs.len(), |dst, mode| add_into(dst, mode, gs)) {
+                // SAFETY: `add_into` writes (or adds into) exactly `gs.len()` elements.
+                if let Some(dx) = unsafe { fan.add(gs.len(), |dst, mode| add_into(dst, mode, gs)) }
+                {
                     grads.register::<Flex>(node.id, flex2(dx, shape));
                 }
             }
@@ -293,11 +286,8 @@ fn add_into(dst: *mut f32, mode: Dst, src: &[f32]) {
 }
 
 /// The residual connection `x + delta` (`[N, d]` each), x's gradient summed in `fan` (where
-/// the RMSNorm that also reads x adds its share inside its own kernel); `None` off flex.
-pub fn residual_add(x: Tensor<2>, delta: Tensor<2>, fan: &Arc<FanIn>) -> Option<Tensor<2>> {
-    if !super::on_flex(&x) {
-        return None;
-    }
+/// the RMSNorm that also reads x adds its share inside its own kernel).
+pub fn residual_add(x: Tensor<2>, delta: Tensor<2>, fan: &Arc<FanIn>) -> Tensor<2> {
     let shape = x.dims();
     assert_eq!(shape, delta.dims(), "residual_add: shapes differ");
     let sum = |x: &[f32], d: &[f32]| {
@@ -313,7 +303,7 @@ pub fn residual_add(x: Tensor<2>, delta: Tensor<2>, fan: &Arc<FanIn>) -> Option<
     };
     if x.is_autodiff() || delta.is_autodiff() {
         let (x, d) = (autodiff_flex(x), autodiff_flex(delta));
-        let fan = fan.expect(&x).then(|| fan.clone());
+        let fan = announce_if_tracked(fan, &x).then(|| fan.clone());
         let out = sum(
             f32_slice(&contiguous(x.primitive())),
             f32_slice(&contiguous(d.primitive())),
@@ -326,13 +316,10 @@ pub fn residual_add(x: Tensor<2>, delta: Tensor<2>, fan: &Arc<FanIn>) -> Option<
             OpsKind::Tracked(prep) => prep.finish((shape, fan), out),
             OpsKind::UnTracked(prep) => prep.finish(out),
         };
-        Some(Tensor::from_primitive::<Autodiff<Flex>>(t))
+        Tensor::from_primitive::<Autodiff<Flex>>(t)
     } else {
         let (x, d) = (plain_flex(x), plain_flex(delta));
-        Some(Tensor::from_primitive::<Flex>(sum(
-            f32_slice(&x),
-            f32_slice(&d),
-        )))
+        Tensor::from_primitive::<Flex>(sum(f32_slice(&x), f32_slice(&d)))
     }
 }
 
@@ -343,7 +330,7 @@ fn softmax_forward(x: &[f32], e: usize) -> Vec<f32> {
     let mut y = x.to_vec();
     y.par_chunks_mut(SOFTMAX_ROWS * e).for_each(|c| {
         for row in c.chunks_exact_mut(e) {
-            let m = super::kernels::reduce::max(row);
+            let m = btx_kernels::reduce::max(row);
             let inv = 1.0 / vexp::exp_sub_sum(row, m);
             row.iter_mut().for_each(|v| *v *= inv);
         }
@@ -370,7 +357,7 @@ impl Backward<Flex, 1> for SoftmaxBackward {
             .zip(y.par_chunks(SOFTMAX_ROWS * e))
             .for_each(|(d, y)| {
                 for (dr, yr) in d.chunks_exact_mut(e).zip(y.chunks_exact(e)) {
-                    let dot = super::kernels::reduce::dot(yr, dr);
+                    let dot = btx_kernels::reduce::dot(yr, dr);
                     for (a, &b) in dr.iter_mut().zip(yr) {
                         *a = b * (*a - dot);
                     }
@@ -382,15 +369,10 @@ impl Backward<Flex, 1> for SoftmaxBackward {
 
 /// Softmax over the last dim of `x: [N, E]` in one op (the router's probabilities and top-k
 /// gates: burn's composite softmax is five small ops forward and more backward, each a pass on
-/// the calling thread); `None` off flex.
-pub fn softmax_rows(x: Tensor<2>) -> Option<Tensor<2>> {
-    if !super::on_flex(&x) {
-        return None;
-    }
+/// the calling thread). Rows of length 0 are the composite softmax's (`ops::softmax_rows`).
+pub fn softmax_rows(x: Tensor<2>) -> Tensor<2> {
     let shape = x.dims();
-    if shape[1] == 0 {
-        return None;
-    }
+    assert!(shape[1] > 0, "softmax_rows: rows of length 0");
     if x.is_autodiff() {
         let x = autodiff_flex(x);
         let y = flex2(
@@ -405,12 +387,9 @@ pub fn softmax_rows(x: Tensor<2>) -> Option<Tensor<2>> {
             OpsKind::Tracked(prep) => prep.finish((y.clone(), shape), y),
             OpsKind::UnTracked(prep) => prep.finish(y),
         };
-        Some(Tensor::from_primitive::<Autodiff<Flex>>(t))
+        Tensor::from_primitive::<Autodiff<Flex>>(t)
     } else {
         let x = plain_flex(x);
-        Some(Tensor::from_primitive::<Flex>(flex2(
-            softmax_forward(f32_slice(&x), shape[1]),
-            shape,
-        )))
+        Tensor::from_primitive::<Flex>(flex2(softmax_forward(f32_slice(&x), shape[1]), shape))
     }
 }

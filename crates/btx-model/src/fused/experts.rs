@@ -9,10 +9,10 @@
 
 use std::mem::MaybeUninit;
 
-use super::kernels::gemm::{weight_grad_cols, write_product, Dst, GRAD_BLOCK, MIN_SPLIT};
-use super::kernels::gemv::{gemv_serial, GEMV_ROWS};
-use super::kernels::vexp;
 use super::{autodiff_flex, contiguous, f32_slice, plain_flex, SharedPtr as Ptr};
+use btx_kernels::gemm::{weight_grad_cols, write_product, Dst, GRAD_BLOCK, MIN_SPLIT};
+use btx_kernels::gemv::{gemv_serial, GEMV_ROWS};
+use btx_kernels::vexp;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
@@ -325,52 +325,7 @@ fn backward(st: &State, dy: &[f32], want: &[[bool; 3]]) -> (Vec<f32>, WeightGrad
             .par_iter()
             .zip(scratch.par_iter_mut())
             .for_each(|(part, dh)| part.iter().filter(|b| b.0 == e).for_each(|b| run(dh, b)));
-        // Each gradient in column blocks of GRAD_BLOCK (a cut that, like the row blocks,
-        // depends on the shapes alone); the blocks shared out by their work (which part runs a
-        // block does not change its result). Every part computes its share of the columns of
-        // every one (splitting columns leaves each element's sum as it was).
-        let rows = s.bounds[e + 1] - s.bounds[e];
-        let pieces: Vec<(usize, usize, std::ops::Range<usize>)> = tasks
-            .iter()
-            .enumerate()
-            .filter(|(_, &(te, _))| te == e)
-            .flat_map(|(t, &(_, k))| {
-                let (zw, bw) = (operands(e, k).1, operands(e, k).3);
-                (0..bw.div_ceil(GRAD_BLOCK).max(1)).map(move |b| {
-                    let c = b * GRAD_BLOCK..((b + 1) * GRAD_BLOCK).min(bw);
-                    (t, zw * c.len() * rows, c)
-                })
-            })
-            .collect();
-        // Per part: its pieces as (task, columns).
-        let mut lists: Vec<Vec<(usize, std::ops::Range<usize>)>> = vec![vec![]; parts()];
-        let works: Vec<usize> = pieces.iter().map(|p| p.1).collect();
-        for ((t, _, c), part) in pieces.into_iter().zip(share(&works, parts())) {
-            lists[part].push((t, c));
-        }
-        lists.par_iter().for_each(|list| {
-            for (t, c) in list {
-                let ((e, k), dst) = (tasks[*t], ptrs[*t]);
-                let rows = s.bounds[e + 1] - s.bounds[e];
-                let (z, zw, b, bw) = operands(e, k);
-                // SAFETY: each piece writes its own columns of one output; together the pieces
-                // write all `d * f` elements of every output (zeros when the expert has no
-                // rows). Z and B (this expert's dG / dU / H written whole by its row blocks
-                // above, or its rows of x / dY) are read only.
-                unsafe {
-                    weight_grad_cols(
-                        dst.get(),
-                        bw,
-                        [zw, rows],
-                        (std::slice::from_raw_parts(z, rows * zw), zw),
-                        (std::slice::from_raw_parts(b, rows * bw), bw),
-                        c.clone(),
-                        1.0,
-                        Dst::Write,
-                    );
-                }
-            }
-        });
+        expert_weight_grads(e, s, &tasks, &ptrs, &operands);
     }
     // SAFETY: the blocks cover all rows; every task wrote its rows of dX whole.
     let dx = unsafe { super::assume_init(dx) };
@@ -386,6 +341,64 @@ fn backward(st: &State, dy: &[f32], want: &[[bool; 3]]) -> (Vec<f32>, WeightGrad
         per_expert[e][k] = Some(g);
     }
     (dx, per_expert)
+}
+
+/// Expert e's weight gradients (the `tasks` of expert e, each written to its `ptrs` entry):
+/// `operands(e, k)` gives Z and B of gradient k (see `backward`), which must hold the expert's
+/// dG / dU / H from its row blocks already.
+fn expert_weight_grads(
+    e: usize,
+    s: &Shapes,
+    tasks: &[(usize, usize)],
+    ptrs: &[Ptr],
+    operands: &(impl Fn(usize, usize) -> (*const f32, usize, *const f32, usize) + Sync),
+) {
+    // Each gradient in column blocks of GRAD_BLOCK (a cut that, like the row blocks,
+    // depends on the shapes alone); the blocks shared out by their work (which part runs a
+    // block does not change its result). Every part computes its share of the columns of
+    // every one (splitting columns leaves each element's sum as it was).
+    let rows = s.bounds[e + 1] - s.bounds[e];
+    let pieces: Vec<(usize, usize, std::ops::Range<usize>)> = tasks
+        .iter()
+        .enumerate()
+        .filter(|(_, &(te, _))| te == e)
+        .flat_map(|(t, &(_, k))| {
+            let (zw, bw) = (operands(e, k).1, operands(e, k).3);
+            (0..bw.div_ceil(GRAD_BLOCK).max(1)).map(move |b| {
+                let c = b * GRAD_BLOCK..((b + 1) * GRAD_BLOCK).min(bw);
+                (t, zw * c.len() * rows, c)
+            })
+        })
+        .collect();
+    // Per part: its pieces as (task, columns).
+    let mut lists: Vec<Vec<(usize, std::ops::Range<usize>)>> = vec![vec![]; parts()];
+    let works: Vec<usize> = pieces.iter().map(|p| p.1).collect();
+    for ((t, _, c), part) in pieces.into_iter().zip(share(&works, parts())) {
+        lists[part].push((t, c));
+    }
+    lists.par_iter().for_each(|list| {
+        for (t, c) in list {
+            let ((e, k), dst) = (tasks[*t], ptrs[*t]);
+            let rows = s.bounds[e + 1] - s.bounds[e];
+            let (z, zw, b, bw) = operands(e, k);
+            // SAFETY: each piece writes its own columns of one output (`ptrs` holds room for
+            // `d * f` each); together the pieces write all of it (zeros when the expert has
+            // no rows). Z and B (this expert's dG / dU / H, written whole by its row blocks
+            // before this call, or its rows of x / dY) are read only.
+            unsafe {
+                weight_grad_cols(
+                    dst.get(),
+                    bw,
+                    [zw, rows],
+                    (std::slice::from_raw_parts(z, rows * zw), zw),
+                    (std::slice::from_raw_parts(b, rows * bw), bw),
+                    c.clone(),
+                    1.0,
+                    Dst::Write,
+                );
+            }
+        }
+    });
 }
 
 #[derive(Debug)]
@@ -425,23 +438,20 @@ impl<const N: usize> Backward<Flex, N> for ExpertsBackward<N> {
 pub const MAX_EXPERTS: usize = 16;
 
 /// Expert e's SwiGLU FFN on rows `bounds[e]..bounds[e + 1]` of `x: [M, d]`, for every e;
-/// `experts[e] = (gate [f, d], up [f, d], down [d, f])`. `None` off flex or for more than
-/// [`MAX_EXPERTS`] experts (the composite per-expert path then runs).
+/// `experts[e] = (gate [f, d], up [f, d], down [d, f])`, 1 to [`MAX_EXPERTS`] experts (for
+/// more, `ops` runs the composite per-expert path).
 pub fn experts_ffn(
     x: Tensor<2>,
     bounds: &[usize],
     experts: &[(&Tensor<2>, &Tensor<2>, &Tensor<2>)],
-) -> Option<Tensor<2>> {
+) -> Tensor<2> {
     macro_rules! dispatch {
         ($($e:literal => $n:literal),*) => {
             match experts.len() {
                 $($e => run::<$n>(x, bounds, experts),)*
-                _ => None,
+                n => panic!("experts_ffn takes 1 to {MAX_EXPERTS} experts, not {n}"),
             }
         };
-    }
-    if !super::on_flex(&x) {
-        return None;
     }
     dispatch!(1 => 4, 2 => 7, 3 => 10, 4 => 13, 5 => 16, 6 => 19, 7 => 22, 8 => 25,
         9 => 28, 10 => 31, 11 => 34, 12 => 37, 13 => 40, 14 => 43, 15 => 46, 16 => 49)
@@ -452,7 +462,7 @@ fn run<const N: usize>(
     x: Tensor<2>,
     bounds: &[usize],
     experts: &[(&Tensor<2>, &Tensor<2>, &Tensor<2>)],
-) -> Option<Tensor<2>> {
+) -> Tensor<2> {
     let [m, d] = x.dims();
     let f = experts[0].0.dims()[0];
     assert_eq!(bounds.len(), experts.len() + 1, "one row range per expert");
@@ -474,9 +484,7 @@ fn run<const N: usize>(
             .map(|[g, u, dn]| (f32_slice(g), f32_slice(u), f32_slice(dn)))
             .collect();
         let (y, ..) = forward(f32_slice(&xc), &w, &shapes, true);
-        return Some(Tensor::from_primitive::<Flex>(FlexTensor::from_data(
-            TensorData::new(y, [m, d]),
-        )));
+        return Tensor::from_primitive::<Flex>(FlexTensor::from_data(TensorData::new(y, [m, d])));
     }
     let xa = autodiff_flex(x);
     let wa: Vec<_> = experts
@@ -520,7 +528,7 @@ fn run<const N: usize>(
         ),
         OpsKind::UnTracked(prep) => prep.finish(out),
     };
-    Some(Tensor::from_primitive::<Autodiff<Flex>>(t))
+    Tensor::from_primitive::<Autodiff<Flex>>(t)
 }
 
 #[cfg(test)]

@@ -7,8 +7,9 @@
 //! gradient arrives as a transposed view that the optimizer has to copy back to `[out, in]`.
 //! Here outputs are written once, and dW is produced in the weight's own layout.
 
-use super::fan_in::{share, FanIn};
+use super::announce_if_tracked;
 use super::{autodiff_flex, contiguous, f32_slice, plain_flex};
+use btx_kernels::fan_in::{share, FanIn};
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
@@ -18,8 +19,8 @@ use burn::backend::{Autodiff, Flex};
 use burn::prelude::*;
 use std::sync::Arc;
 
-use super::kernels::gemm::{both_grads, forward, spread_product, weight_grad};
-use super::kernels::gemv::{gemv, GEMV_ROWS};
+use btx_kernels::gemm::{both_grads, forward, spread_product, weight_grad};
+use btx_kernels::gemv::{gemv, GEMV_ROWS};
 
 #[derive(Debug)]
 struct LinearBackward;
@@ -38,22 +39,26 @@ impl Backward<Flex, 2> for LinearBackward {
         let (dx, dw) = match (px.is_some(), pw.is_some()) {
             (true, true) => {
                 let mut dw = None;
-                let dx = share(fan, m * k, |dst, mode| {
+                let write = |dst, mode| {
                     // SAFETY: `share` hands over m*k writable elements in the mode given.
                     dw = Some(unsafe { both_grads(g, w, x, [m, k, n], (dst, mode)) });
-                });
+                };
+                // SAFETY: `both_grads` writes (or adds into) all m*k elements of dX, no more.
+                let dx = unsafe { share(fan, m * k, write) };
                 (dx, dw)
             }
             // One product: spread over the pool.
             (want_dx, want_dw) => (
                 want_dx
                     .then(|| {
-                        share(fan, m * k, |dst, mode| {
+                        let write = |dst, mode| {
                             // SAFETY: as above; every element of dX written (or added to).
                             unsafe {
                                 spread_product(dst, k, [m, k, n], (g, n, 1), (w, k, 1), 1.0, mode)
                             }
-                        })
+                        };
+                        // SAFETY: the product writes (or adds into) every element of dX, no more.
+                        unsafe { share(fan, m * k, write) }
                     })
                     .flatten(),
                 want_dw.then(|| weight_grad(g, x, [m, k, n])),
@@ -68,21 +73,18 @@ impl Backward<Flex, 2> for LinearBackward {
     }
 }
 
-/// `x [m, k] · wᵀ` for `w [n, k]` on flex; `None` when the tensors are not on a flex device.
-pub fn linear(x: Tensor<2>, w: Tensor<2>) -> Option<Tensor<2>> {
+/// `x [m, k] · wᵀ` for `w [n, k]`.
+pub fn linear(x: Tensor<2>, w: Tensor<2>) -> Tensor<2> {
     linear_into(x, w, None)
 }
 
 /// [`linear`] for one of the ops built with `fan` that read the same `x`: x's gradient is
 /// summed in `fan` (see [`FanIn`]) instead of by burn.
-pub fn linear_shared(x: Tensor<2>, w: Tensor<2>, fan: &Arc<FanIn>) -> Option<Tensor<2>> {
+pub fn linear_shared(x: Tensor<2>, w: Tensor<2>, fan: &Arc<FanIn>) -> Tensor<2> {
     linear_into(x, w, Some(fan.clone()))
 }
 
-fn linear_into(x: Tensor<2>, w: Tensor<2>, fan: Option<Arc<FanIn>>) -> Option<Tensor<2>> {
-    if !super::on_flex(&x) {
-        return None;
-    }
+fn linear_into(x: Tensor<2>, w: Tensor<2>, fan: Option<Arc<FanIn>>) -> Tensor<2> {
     let ([m, k], [n, kw]) = (x.dims(), w.dims());
     assert_eq!(
         k, kw,
@@ -90,7 +92,7 @@ fn linear_into(x: Tensor<2>, w: Tensor<2>, fan: Option<Arc<FanIn>>) -> Option<Te
     );
     if x.is_autodiff() || w.is_autodiff() {
         let (x, w) = (autodiff_flex(x), autodiff_flex(w));
-        let fan = fan.filter(|f| f.expect(&x));
+        let fan = fan.filter(|f| announce_if_tracked(f, &x));
         let (xc, wc) = (contiguous(x.primitive()), contiguous(w.primitive()));
         let y = FlexTensor::from_data(TensorData::new(
             forward(f32_slice(&xc), f32_slice(&wc), m, k, n),
@@ -104,7 +106,7 @@ fn linear_into(x: Tensor<2>, w: Tensor<2>, fan: Option<Arc<FanIn>>) -> Option<Te
             OpsKind::Tracked(prep) => prep.finish((xc, wc, [m, k, n], fan), y),
             OpsKind::UnTracked(prep) => prep.finish(y),
         };
-        Some(Tensor::from_primitive::<Autodiff<Flex>>(t))
+        Tensor::from_primitive::<Autodiff<Flex>>(t)
     } else {
         let (x, w) = (plain_flex(x), plain_flex(w));
         // Inference on a few rows (decoding): one pass over the weight, no packing.
@@ -113,8 +115,6 @@ fn linear_into(x: Tensor<2>, w: Tensor<2>, fan: Option<Arc<FanIn>>) -> Option<Te
         } else {
             forward(f32_slice(&x), f32_slice(&w), m, k, n)
         };
-        Some(Tensor::from_primitive::<Flex>(FlexTensor::from_data(
-            TensorData::new(y, [m, n]),
-        )))
+        Tensor::from_primitive::<Flex>(FlexTensor::from_data(TensorData::new(y, [m, n])))
     }
 }

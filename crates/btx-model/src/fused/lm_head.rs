@@ -10,10 +10,10 @@
 //! only scales them by the incoming scalar. Blocks run in order (each gemm uses all threads) and
 //! per-row losses are summed serially, so results are bit-identical on any number of threads.
 
-use super::kernels::gemm::{spread_product, Dst};
-use super::kernels::simd::simd_fn;
-use super::kernels::vexp::exp_sub_sum;
 use super::{autodiff_flex, contiguous, f32_slice, plain_flex};
+use btx_kernels::gemm::{spread_product, Dst};
+use btx_kernels::simd::simd_fn;
+use btx_kernels::vexp::exp_sub_sum;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
@@ -75,7 +75,7 @@ fn loss_row(row: &mut [f32], t: i64, grad: bool, inv_count: f32) -> f64 {
     }
     let t = t as usize;
     let zt = row[t];
-    let m = super::kernels::reduce::max(row);
+    let m = btx_kernels::reduce::max(row);
     let s = exp_sub_sum(row, m);
     if grad {
         let k = inv_count / s;
@@ -239,11 +239,8 @@ impl Backward<Flex, 2> for HeadLossBackward {
 }
 
 /// Mean cross-entropy of `h [N, d] · wᵀ` (`w: [V, d]`, the head in Hugging Face's layout)
-/// against `targets` (one per row; negative = ignored). `None` off the flex device.
-pub fn head_cross_entropy(h: Tensor<2>, w: Tensor<2>, targets: &[i64]) -> Option<Tensor<1>> {
-    if !super::on_flex(&h) {
-        return None;
-    }
+/// against `targets` (one per row; negative = ignored).
+pub fn head_cross_entropy(h: Tensor<2>, w: Tensor<2>, targets: &[i64]) -> Tensor<1> {
     let ([n, d], [v, dw]) = (h.dims(), w.dims());
     assert_eq!(
         d, dw,
@@ -275,10 +272,10 @@ pub fn head_cross_entropy(h: Tensor<2>, w: Tensor<2>, targets: &[i64]) -> Option
                 prep.finish(scalar(nll))
             }
         };
-        Some(Tensor::from_primitive::<Autodiff<Flex>>(t))
+        Tensor::from_primitive::<Autodiff<Flex>>(t)
     } else {
         let (h, w) = (plain_flex(h), plain_flex(w));
         let nll = Head::new(&h, &w, targets, d, v).loss_only();
-        Some(Tensor::from_primitive::<Flex>(scalar(nll)))
+        Tensor::from_primitive::<Flex>(scalar(nll))
     }
 }

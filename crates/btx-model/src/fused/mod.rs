@@ -1,14 +1,13 @@
-//! Fused CPU kernels with handwritten backward passes for the `flex` backend. Each op checks at
-//! run time that its inputs live on a flex device and otherwise returns `None`, so callers fall
-//! back to the composite ops (the reference implementation, and what other backends run).
-//! `BTX_COMPOSITE=1` forces the composite path everywhere (for comparisons).
+//! Fused CPU ops with handwritten backward passes for the `flex` backend in f32: burn tensors
+//! in, burn tensors out, a backward each, over the raw kernels of the btx-kernels crate (plain
+//! `f32` slices, no burn types; the gemm clock and FMA peak `btx bench` reads live there too).
 //!
-//! Three layers, each importing only the ones below it:
-//! - [`kernels`]: raw SIMD and gemm kernels on `f32` slices and raw pointers, no burn types;
-//!   every `unsafe fn` documents its contract under `# Safety`.
-//! - [`instrument`]: what `btx bench` reads (time inside products, the FMA peak); off, it costs
-//!   a relaxed atomic load per product.
-//! - the ops in this module's files: burn tensors in, burn tensors out, a backward each.
+//! Whether an op runs is not decided here: [`crate::ops`] calls each one only where its one
+//! predicate, `ops::fused_available`, holds, and runs the composite burn ops (the reference
+//! implementation, and what other backends run) elsewhere. An op handed a tensor that is not
+//! on flex, or not f32, panics when it takes the flex primitive (`autodiff_flex`,
+//! `plain_flex`) or its slice ([`f32_slice`]): it never reads memory of another kind. The ops
+//! are public for the tests that hold each against its composite reference (tests/fused.rs).
 
 // The ops: burn autograd ops with handwritten backward passes, over the kernels. (The fused
 // AdamW update is the optimizer's: btx-train's `adamw`.)
@@ -16,28 +15,19 @@ pub mod attention;
 pub mod cross_entropy;
 pub mod elementwise;
 pub mod experts;
-pub mod fan_in;
 pub mod linear;
 pub mod lm_head;
 pub mod moe;
 
-pub mod instrument;
-pub mod kernels;
+pub(crate) use btx_kernels::{assume_init, uninit, zeroed, SharedPtr};
 
-pub(crate) use kernels::{assume_init, uninit, zeroed, SharedPtr};
-
+use btx_kernels::fan_in::FanIn;
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::{Autodiff, Flex};
 use burn::prelude::*;
-
-/// True when `t` lives on a flex device (with or without autodiff) and fused kernels are on.
-pub fn on_flex<const D: usize>(t: &Tensor<D>) -> bool {
-    use burn::backend::DispatchDevice;
-    // bf16 matmuls: the composite ops, which every backend runs in bf16 (the kernels here are
-    // f32 only).
-    if composite_forced() || !crate::precision::current().is_f32() {
-        return false;
-    }
-    matches!(t.device().inner().as_dispatch(), DispatchDevice::Flex(_))
-}
 
 /// `t` itself when contiguous, else a contiguous copy (kernels read plain row-major slices).
 pub fn contiguous(t: &burn::backend::flex::FlexTensor) -> burn::backend::flex::FlexTensor {
@@ -48,14 +38,9 @@ pub fn contiguous(t: &burn::backend::flex::FlexTensor) -> burn::backend::flex::F
     }
 }
 
-/// The f32 elements of a contiguous flex tensor.
+/// The f32 elements of a contiguous flex tensor (panics for another dtype: the slice is typed).
 pub fn f32_slice(t: &burn::backend::flex::FlexTensor) -> &[f32] {
     t.as_slice::<f32>().expect("contiguous f32")
-}
-
-fn composite_forced() -> bool {
-    static FORCED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *FORCED.get_or_init(|| std::env::var_os("BTX_COMPOSITE").is_some_and(|v| v != "0"))
 }
 
 /// The flex autodiff primitive of `t` (a tensor off the graph joins it untracked), for ops
@@ -74,4 +59,34 @@ pub(crate) fn plain_flex<const D: usize>(t: Tensor<D>) -> burn::backend::flex::F
         &t.try_into_primitive::<burn::backend::Flex>()
             .expect("flex tensor"),
     )
+}
+
+/// Announces to `fan` one more consumer whose backward pass will add a share, if `x` (its
+/// input) needs a gradient; returns whether it does. (btx-kernels' [`FanIn`] keeps the count;
+/// whether an input is tracked is the autodiff graph's to say.)
+pub(crate) fn announce_if_tracked(
+    fan: &FanIn,
+    x: &<Autodiff<Flex> as burn::backend::BackendTypes>::FloatTensorPrimitive,
+) -> bool {
+    let tracked = matches!(
+        Probe
+            .prepare::<NoCheckpointing>([x.node()])
+            .compute_bound()
+            .stateful(),
+        OpsKind::Tracked(_)
+    );
+    if tracked {
+        fan.announce();
+    }
+    tracked
+}
+
+/// An op that is never finished: preparing it tells whether its input needs a gradient.
+#[derive(Debug)]
+struct Probe;
+
+impl Backward<Flex, 1> for Probe {
+    type State = ();
+
+    fn backward(self, _: Ops<(), 1>, _: &mut Gradients, _: &mut Checkpointer) {}
 }

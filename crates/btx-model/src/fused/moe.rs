@@ -8,9 +8,10 @@
 
 use std::sync::Arc;
 
-use super::fan_in::{share, FanIn};
-use super::kernels::gemm::Dst;
+use super::announce_if_tracked;
 use super::{autodiff_flex, contiguous, f32_slice, plain_flex};
+use btx_kernels::fan_in::{share, FanIn};
+use btx_kernels::gemm::Dst;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
@@ -104,7 +105,7 @@ impl Backward<Flex, 2> for CombineBackward {
                         for (o, &x) in dyr.iter_mut().zip(gr) {
                             o.write(g[r] * x);
                         }
-                        *dgr = super::kernels::reduce::dot(yr, gr);
+                        *dgr = btx_kernels::reduce::dot(yr, gr);
                     }
                 });
         }
@@ -121,11 +122,8 @@ impl Backward<Flex, 2> for CombineBackward {
 }
 
 /// `out [n, d]` with `out[i] = Σ_{r: tok[r] = i} g[r] · y[r]` for expert outputs `y [m, d]` and
-/// gate values `g [m]`; `None` off flex.
-pub fn combine(y: Tensor<2>, g: Tensor<1>, routes: Arc<Routes>) -> Option<Tensor<2>> {
-    if !super::on_flex(&y) {
-        return None;
-    }
+/// gate values `g [m]`.
+pub fn combine(y: Tensor<2>, g: Tensor<1>, routes: Arc<Routes>) -> Tensor<2> {
     let [m, d] = y.dims();
     assert_eq!(
         m,
@@ -149,13 +147,11 @@ pub fn combine(y: Tensor<2>, g: Tensor<1>, routes: Arc<Routes>) -> Option<Tensor
             OpsKind::Tracked(prep) => prep.finish((yc, gc, routes), out),
             OpsKind::UnTracked(prep) => prep.finish(out),
         };
-        Some(Tensor::from_primitive::<Autodiff<Flex>>(t))
+        Tensor::from_primitive::<Autodiff<Flex>>(t)
     } else {
         let (y, g) = (plain_flex(y), plain_flex(g));
         let out = forward(f32_slice(&y), f32_slice(&g), &routes, d);
-        Some(Tensor::from_primitive::<Flex>(FlexTensor::from_data(
-            TensorData::new(out, shape),
-        )))
+        Tensor::from_primitive::<Flex>(FlexTensor::from_data(TensorData::new(out, shape)))
     }
 }
 
@@ -219,7 +215,8 @@ impl Backward<Flex, 1> for GatherBackward {
                     }
                 });
         };
-        if let Some(dx) = share(fan.as_deref(), n * d, write) {
+        // SAFETY: `write` zero-fills (in write mode) and then adds into exactly the n*d elements.
+        if let Some(dx) = unsafe { share(fan.as_deref(), n * d, write) } {
             grads.register::<Flex>(node.id, FlexTensor::from_data(TensorData::new(dx, [n, d])));
         }
     }
@@ -227,9 +224,8 @@ impl Backward<Flex, 1> for GatherBackward {
 
 /// `out [m, d]` with `out[r] = x[tok[r]]` (the rows sent to the experts, in `routes`' row
 /// order; or, with x the embedding table, the token embeddings), with the backward summing
-/// each token's row gradients; `None` off flex. With `fan`,
-/// x's gradient is summed there (x is read by other ops built with the same [`FanIn`]).
-pub fn gather(x: Tensor<2>, routes: Arc<Routes>, fan: Option<&Arc<FanIn>>) -> Option<Tensor<2>> {
+/// each token's row gradients. With `fan`, x's gradient is summed there (x is read by other ops built with the same [`FanIn`]).
+pub fn gather(x: Tensor<2>, routes: Arc<Routes>, fan: Option<&Arc<FanIn>>) -> Tensor<2> {
     gather_skipping(x, routes, fan, None)
 }
 
@@ -241,10 +237,7 @@ pub fn gather_skipping(
     routes: Arc<Routes>,
     fan: Option<&Arc<FanIn>>,
     skip: Option<usize>,
-) -> Option<Tensor<2>> {
-    if !super::on_flex(&x) {
-        return None;
-    }
+) -> Tensor<2> {
     let [n, d] = x.dims();
     assert_eq!(
         n,
@@ -255,7 +248,7 @@ pub fn gather_skipping(
     let shape = [routes.tok.len(), d];
     if x.is_autodiff() {
         let x = autodiff_flex(x);
-        let fan = fan.filter(|f| f.expect(&x)).cloned();
+        let fan = fan.filter(|f| announce_if_tracked(f, &x)).cloned();
         let xc = contiguous(x.primitive());
         let out = FlexTensor::from_data(TensorData::new(
             gather_forward(f32_slice(&xc), &routes, d),
@@ -269,12 +262,10 @@ pub fn gather_skipping(
             OpsKind::Tracked(prep) => prep.finish((routes, d, fan, skip), out),
             OpsKind::UnTracked(prep) => prep.finish(out),
         };
-        Some(Tensor::from_primitive::<Autodiff<Flex>>(t))
+        Tensor::from_primitive::<Autodiff<Flex>>(t)
     } else {
         let x = plain_flex(x);
         let out = gather_forward(f32_slice(&x), &routes, d);
-        Some(Tensor::from_primitive::<Flex>(FlexTensor::from_data(
-            TensorData::new(out, shape),
-        )))
+        Tensor::from_primitive::<Flex>(FlexTensor::from_data(TensorData::new(out, shape)))
     }
 }

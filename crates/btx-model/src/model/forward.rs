@@ -4,9 +4,7 @@
 use burn::prelude::*;
 
 use super::{Attn, Ffn, Model};
-use crate::attention::{
-    rms_norm, rope_tables, self_attention, AttnWeights, LayerCache, Residual, SeqInfo,
-};
+use crate::attention::{rms_norm, rope_tables, AttnWeights, LayerCache, Residual, SeqInfo};
 use crate::config::Routing;
 use crate::moa::AttnRouterAux;
 use crate::moe::{RouteOpts, RouterAux};
@@ -136,36 +134,12 @@ impl Model {
     /// row (only the lookup's part is dropped). Only a batch that holds the pad id on the
     /// autodiff graph takes the masked path: other batches cost what they did.
     pub fn embed_lookup(&self, ids: &[i64]) -> Tensor<2> {
-        let v = self.cfg.vocab_size;
         let pad = self
             .cfg
             .pad_token_id
             .map(|p| p as i64)
             .filter(|p| self.embed.is_autodiff() && ids.contains(p));
-        // The lookup as the fused row gather on flex: rows copied in parallel, and the
-        // embedding gradient summed per vocabulary row in parallel (burn's select backward
-        // zero-fills the [V, d] gradient and scatter-adds on one core), with the same bits;
-        // its backward skips the pad row itself.
-        if crate::fused::on_flex(&self.embed) {
-            let rows = ids.iter().map(|&i| i as usize).collect();
-            let routes = std::sync::Arc::new(crate::fused::moe::Routes::new(rows, v));
-            let skip = pad.map(|p| p as usize);
-            return crate::fused::moe::gather_skipping(self.embed.clone(), routes, None, skip)
-                .expect("on flex");
-        }
-        let dev = self.device();
-        let n = ids.len();
-        let idx = Tensor::<1, Int>::from_data(TensorData::new(ids.to_vec(), [n]), &dev);
-        let x = self.embed.clone().select(0, idx.clone());
-        let Some(pad) = pad else { return x };
-        // Off flex: the rows at pad positions are taken from the detached table, the others
-        // from the tracked one. Values are unchanged (x·1 + x·0 and x·0 + x·1), and the
-        // lookup's gradient reaches only the rows of non-pad positions.
-        let is_pad: Vec<f32> = ids.iter().map(|&i| f32::from(i == pad)).collect();
-        let is_pad = Tensor::<2>::from_data(TensorData::new(is_pad, [n, 1]), &dev);
-        let keep = is_pad.clone().neg().add_scalar(1.0);
-        let fixed = self.embed.clone().detach().select(0, idx);
-        x * keep + fixed * is_pad
+        crate::ops::embed(&self.embed, ids, pad)
     }
 
     /// The output head's weight `[V, d]` (the embedding when tied).
@@ -235,7 +209,7 @@ impl Model {
                     o,
                     bias,
                     qk_norm,
-                } => self_attention(
+                } => crate::ops::attention::self_attention(
                     cfg,
                     AttnWeights {
                         q,

@@ -4,8 +4,8 @@
 use anyhow::{bail, Context, Result};
 use btx_core::rng::Rng;
 use btx_data::{Batch, BatchSource, FixedBatches};
+use btx_kernels::instrument::gemm_clock;
 use btx_model::burn::prelude::Device;
-use btx_model::fused::instrument::gemm_clock;
 
 mod compare;
 mod mix;
@@ -330,7 +330,7 @@ pub fn run(cmd: BenchCmd, dev: &Device, device: &str) -> Result<()> {
                     median(&mut floors),
                     median(&mut ratios),
                     matmul_floor(&cfg, batch, seq, Caches::Cold),
-                    btx_model::fused::instrument::peak::fma_gflops(0.25).unwrap_or(f64::NAN) * 1e9,
+                    btx_kernels::instrument::peak::fma_gflops(0.25).unwrap_or(f64::NAN) * 1e9,
                 )
             };
             // The floor's FLOPs at the FMA peak: how close the floor (and the step) is to what

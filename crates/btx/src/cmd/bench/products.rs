@@ -4,8 +4,8 @@
 
 use std::time::Instant;
 
-use btx_model::fused::instrument::gemm_clock::{self, Call};
-use btx_model::fused::kernels::{gemm, tile_mm};
+use btx_kernels::instrument::gemm_clock::{self, Call};
+use btx_kernels::{gemm, tile_mm};
 use btx_model::ModelConfig;
 
 /// The middle of `v` (sorted in place; the upper middle for an even count).

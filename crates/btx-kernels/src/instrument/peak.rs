@@ -6,7 +6,7 @@ use rayon::prelude::*;
 /// GFLOP/s of independent FMA chains on every thread of the current pool at once (an FMA is
 /// two FLOPs), each running for about `seconds`. `None` without AVX2 + FMA.
 pub fn fma_gflops(seconds: f64) -> Option<f64> {
-    use crate::fused::kernels::simd::{level, Level};
+    use crate::simd::{level, Level};
     if level() == Level::Base {
         return None;
     }
@@ -30,7 +30,7 @@ pub fn fma_gflops(seconds: f64) -> Option<f64> {
 fn chains(iters: usize) -> f64 {
     #[cfg(target_arch = "x86_64")]
     {
-        use crate::fused::kernels::simd::{level, Level};
+        use crate::simd::{level, Level};
         match level() {
             // SAFETY: the CPU has the features.
             Level::V4 => return unsafe { x86::chains16(iters) },
@@ -89,7 +89,7 @@ mod tests {
     /// kernel, no loop that never reaches its time), and never where there are none.
     #[test]
     fn peak_measured_where_there_are_fmas() {
-        use crate::fused::kernels::simd::{level, Level};
+        use crate::simd::{level, Level};
         match (level(), super::fma_gflops(0.01)) {
             (Level::Base, r) => assert_eq!(r, None),
             (_, Some(r)) => assert!(r.is_finite() && r > 0.0, "{r}"),

@@ -98,12 +98,12 @@ macro_rules! simd_fn {
                 unsafe fn v3($($arg: $ty),*) $(-> $ret)? {
                     body($($arg),*)
                 }
-                match $crate::fused::kernels::simd::level() {
+                match $crate::simd::level() {
                     // SAFETY: `level` reports only instruction sets this CPU has.
-                    $crate::fused::kernels::simd::Level::V4 => return unsafe { v4($($arg),*) },
+                    $crate::simd::Level::V4 => return unsafe { v4($($arg),*) },
                     // SAFETY: as above.
-                    $crate::fused::kernels::simd::Level::V3 => return unsafe { v3($($arg),*) },
-                    $crate::fused::kernels::simd::Level::Base => {}
+                    $crate::simd::Level::V3 => return unsafe { v3($($arg),*) },
+                    $crate::simd::Level::Base => {}
                 }
             }
             body($($arg),*)

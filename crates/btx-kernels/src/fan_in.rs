@@ -7,21 +7,18 @@
 //! [`FanIn`] instead write their share of the gradient straight into one buffer inside their
 //! own parallel kernels (the first overwrites it, the others add into it, as a product's
 //! accumulate mode does for free), and the last one hands the sum to burn.
+//!
+//! The bookkeeping only: whether an op's input needs a gradient at all is burn's to say, so
+//! btx-model's `fused` asks the graph and then calls [`FanIn::announce`].
 
 use std::sync::{Arc, Mutex};
 
-use burn::backend::autodiff::checkpoint::base::Checkpointer;
-use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
-use burn::backend::autodiff::grads::Gradients;
-use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
-use burn::backend::{Autodiff, Flex};
-
-use super::kernels::gemm::Dst;
+use crate::gemm::Dst;
 
 /// The summed input gradient of a tensor read by several ops built with this `FanIn`.
 ///
 /// Each such op whose input needs a gradient announces itself when it is built
-/// ([`FanIn::expect`]) and adds its share in its backward pass; the last share hands the sum
+/// ([`FanIn::announce`]) and adds its share in its backward pass; the last share hands the sum
 /// to burn. So a consumer that is built but whose output never reaches the loss would leave
 /// the sum unregistered: every op built with a `FanIn` must feed the loss (the model's blocks
 /// do by construction). Dropping a `FanIn` with some but not all shares in reports it.
@@ -32,7 +29,7 @@ pub struct FanIn {
 
 #[derive(Debug, Default)]
 struct State {
-    /// Consumers announced by [`FanIn::expect`].
+    /// Consumers announced by [`FanIn::announce`].
     expected: usize,
     /// Consumers whose share is in `buf`.
     seen: usize,
@@ -44,29 +41,20 @@ impl FanIn {
         Arc::new(Self::default())
     }
 
-    /// Announces one more consumer whose backward pass will add a share, if `x` (its input)
-    /// needs a gradient; returns whether it does.
-    pub(crate) fn expect(
-        &self,
-        x: &<Autodiff<Flex> as burn::backend::BackendTypes>::FloatTensorPrimitive,
-    ) -> bool {
-        let tracked = matches!(
-            Probe
-                .prepare::<NoCheckpointing>([x.node()])
-                .compute_bound()
-                .stateful(),
-            OpsKind::Tracked(_)
-        );
-        if tracked {
-            self.state.lock().expect("FanIn lock").expected += 1;
-        }
-        tracked
+    /// Announces one more consumer whose backward pass will add a share (call it only for a
+    /// consumer whose input needs a gradient: the sum is handed over when every announced
+    /// share is in).
+    pub fn announce(&self) {
+        self.state.lock().expect("FanIn lock").expected += 1;
     }
 
-    /// Adds one consumer's share: `write(dst, mode)` must write (`Dst::Write`, the first
-    /// consumer: `dst` is uninitialised) or add into (`Dst::Accumulate`) all `len` elements at
-    /// `dst`. Returns the finished sum to the last consumer.
-    pub(crate) fn add(&self, len: usize, write: impl FnOnce(*mut f32, Dst)) -> Option<Vec<f32>> {
+    /// Adds one consumer's share through `write(dst, mode)`. Returns the finished sum to the
+    /// last consumer.
+    ///
+    /// # Safety
+    /// `write` must write (`Dst::Write`, the first consumer: `dst` is uninitialised) or add into
+    /// (`Dst::Accumulate`) all `len` elements at `dst`, and nothing past them.
+    pub unsafe fn add(&self, len: usize, write: impl FnOnce(*mut f32, Dst)) -> Option<Vec<f32>> {
         let mut st = self.state.lock().expect("FanIn lock");
         let mode = if st.seen == 0 {
             st.buf = Vec::with_capacity(len);
@@ -80,7 +68,8 @@ impl FanIn {
             Dst::Accumulate
         };
         write(st.buf.as_mut_ptr(), mode);
-        // SAFETY: `write` initialised all `len` elements (the first time; later they already were).
+        // SAFETY: per the contract, `write` initialised all `len` elements (the first time;
+        // later they already were).
         unsafe { st.buf.set_len(len) };
         st.seen += 1;
         assert!(
@@ -92,18 +81,22 @@ impl FanIn {
 }
 
 /// One consumer's share of an input gradient: into `fan` when there is one (returning the sum
-/// to the last consumer), else into a fresh buffer. `write` as for [`FanIn::add`].
-pub(crate) fn share(
+/// to the last consumer), else into a fresh buffer.
+///
+/// # Safety
+/// As for [`FanIn::add`]: `write` writes or adds into exactly the `len` elements at `dst`.
+pub unsafe fn share(
     fan: Option<&FanIn>,
     len: usize,
     write: impl FnOnce(*mut f32, Dst),
 ) -> Option<Vec<f32>> {
     match fan {
-        Some(fan) => fan.add(len, write),
+        // SAFETY: the caller's contract is `add`'s.
+        Some(fan) => unsafe { fan.add(len, write) },
         None => {
             let mut buf: Vec<f32> = Vec::with_capacity(len);
             write(buf.as_mut_ptr(), Dst::Write);
-            // SAFETY: `write` initialised every element.
+            // SAFETY: per the contract, `write` initialised every element.
             unsafe { buf.set_len(len) };
             Some(buf)
         }
@@ -128,14 +121,4 @@ impl Drop for FanIn {
             }
         }
     }
-}
-
-/// An op that is never finished: preparing it tells whether its input needs a gradient.
-#[derive(Debug)]
-struct Probe;
-
-impl Backward<Flex, 1> for Probe {
-    type State = ();
-
-    fn backward(self, _: Ops<(), 1>, _: &mut Gradients, _: &mut Checkpointer) {}
 }

@@ -1,11 +1,27 @@
-//! Raw kernels: SIMD dispatch, vectorised exp and reductions, gemm products and the AVX-512
-//! tile product, the pool's keep-awake loop, and the buffers they write. Plain `f32` slices and
-//! pointers only (no burn types), so each can be tested and benchmarked alone.
+//! `btx-kernels`: the raw half of btx's CPU fast path. Plain `f32` slices and pointers only (no
+//! burn types), so each kernel can be tested and benchmarked alone; every `unsafe fn` documents
+//! its contract under `# Safety`.
+//!
+//! - [`simd`]: run-time choice of vector width (`simd_fn!`); [`vexp`] and [`reduce`]: the
+//!   vectorised exp (softmax, SwiGLU) and row reductions.
+//! - [`gemm`] and [`gemv`]: matrix products (the `gemm` crate's microkernels, and one pass over
+//!   the weight for a few rows); [`tile_mm`]: the AVX-512 register-tiled product;
+//!   [`attention`]: causal GQA attention forward and backward.
+//! - [`fan_in`]: one input gradient summed inside the kernels of several consumers.
+//! - [`awake`]: the pool's other workers kept polling through a train step.
+//! - [`instrument`]: what `btx bench` reads (time inside products, the FMA peak).
+//! - the output buffers below ([`zeroed`], [`uninit`]) and [`SharedPtr`].
+//!
+//! btx-model's `fused` wraps these in burn ops with handwritten backward passes, and its `ops`
+//! alone decides when those run instead of the composite burn ops. Nothing here depends back
+//! on btx-model, so the kernels build (and are tested) without burn.
 
 pub mod attention;
 pub mod awake;
+pub mod fan_in;
 pub mod gemm;
 pub mod gemv;
+pub mod instrument;
 pub mod reduce;
 pub mod simd;
 pub mod tile_mm;
@@ -14,7 +30,7 @@ pub mod vexp;
 /// A zero-filled buffer for a kernel's output, zeroed by all the pool's threads in the chunks
 /// they will most likely fill (`vec![0; n]` zeroes on the calling thread alone, a serial pass
 /// the other cores wait through).
-pub(crate) fn zeroed(n: usize) -> Vec<f32> {
+pub fn zeroed(n: usize) -> Vec<f32> {
     use rayon::prelude::*;
     const CHUNK: usize = 1 << 14;
     if n < 4 * CHUNK {
@@ -34,7 +50,7 @@ pub(crate) fn zeroed(n: usize) -> Vec<f32> {
 /// pass [`zeroed`] costs.
 /// Debug builds fill it with NaN, so that an element a kernel forgot shows up in the tests
 /// (`cargo test` without `--release`) as a NaN in its output.
-pub(crate) fn uninit(n: usize) -> Vec<std::mem::MaybeUninit<f32>> {
+pub fn uninit(n: usize) -> Vec<std::mem::MaybeUninit<f32>> {
     if cfg!(debug_assertions) {
         return vec![std::mem::MaybeUninit::new(f32::NAN); n];
     }
@@ -48,7 +64,7 @@ pub(crate) fn uninit(n: usize) -> Vec<std::mem::MaybeUninit<f32>> {
 ///
 /// # Safety
 /// Every element must have been written.
-pub(crate) unsafe fn assume_init(v: Vec<std::mem::MaybeUninit<f32>>) -> Vec<f32> {
+pub unsafe fn assume_init(v: Vec<std::mem::MaybeUninit<f32>>) -> Vec<f32> {
     let mut v = std::mem::ManuallyDrop::new(v);
     // SAFETY: same allocation, layout-compatible element type, and (per the caller) every
     // element initialised.
@@ -58,7 +74,7 @@ pub(crate) unsafe fn assume_init(v: Vec<std::mem::MaybeUninit<f32>>) -> Vec<f32>
 /// A raw output pointer that rayon tasks may share; each task writes a disjoint set of elements
 /// (documented at each use).
 #[derive(Clone, Copy)]
-pub(crate) struct SharedPtr(pub(crate) *mut f32);
+pub struct SharedPtr(pub *mut f32);
 // SAFETY: used only for writes to disjoint regions (each use says which), so no two threads
 // touch the same element.
 unsafe impl Send for SharedPtr {}
@@ -67,12 +83,12 @@ unsafe impl Sync for SharedPtr {}
 
 impl SharedPtr {
     /// Through a method, so closures capture the `Send` wrapper, not the raw field.
-    pub(crate) fn get(self) -> *mut f32 {
+    pub fn get(self) -> *mut f32 {
         self.0
     }
 
     /// Row `r` of a buffer of rows `width` wide.
-    pub(crate) fn row(self, r: usize, width: usize) -> *mut f32 {
+    pub fn row(self, r: usize, width: usize) -> *mut f32 {
         self.0.wrapping_add(r * width)
     }
 }

@@ -7,7 +7,7 @@
 //! futex calls per MoE-S step at 2 threads). [`awake`] runs a closure while every other worker
 //! of the pool polls for work instead, executing whatever it steals, as OpenMP runtimes spin
 //! between parallel regions. Measured at 2 threads: futex calls per MoE-S step 173 → ~0; step
-//! time M −2.1%, S −0.8%, MoE-S within noise (README, Performance).
+//! time M −2.1%, S −0.8%, MoE-S within noise (docs/performance.md).
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

@@ -1,13 +1,13 @@
 //! Matrix products on plain `f32` slices (gemm's microkernels), the raw half of the fused
 //! linear layer and of every op that multiplies: a product into a fresh buffer, into a strided
 //! destination (written or accumulated), spread over the pool in blocks, and a weight gradient
-//! in fixed column blocks. No burn types: the ops in `fused/` wrap these.
+//! in fixed column blocks. No burn types: the ops in btx-model's `fused` wrap these.
 
 use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 
 use super::SharedPtr;
-use crate::fused::instrument::gemm_clock;
+use crate::instrument::gemm_clock;
 
 /// Below this many multiply-adds one core does the product (as burn-flex decides).
 const PARALLEL_MACS: usize = 192 * 192 * 192;
@@ -76,7 +76,7 @@ fn fresh(
 ///
 /// # Safety
 /// As for [`write_product_strided`].
-pub(crate) unsafe fn spread_product(
+pub unsafe fn spread_product(
     dst: *mut f32,
     dst_rs: usize,
     [m, n, k]: [usize; 3],
@@ -141,7 +141,7 @@ pub enum Dst {
 ///
 /// # Safety
 /// `dst` must be valid for `m * n` writes of `f32`, and initialised for `Dst::Accumulate`.
-pub(crate) unsafe fn write_product(
+pub unsafe fn write_product(
     dst: *mut f32,
     [m, n, k]: [usize; 3],
     a: (&[f32], usize, usize),
@@ -238,7 +238,7 @@ pub unsafe fn write_product_strided(
 }
 
 /// `x [m, k] · wᵀ` for `w [n, k]`.
-pub(crate) fn forward(x: &[f32], w: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
+pub fn forward(x: &[f32], w: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
     product(m, n, k, x, k, 1, w, 1, k)
 }
 
@@ -247,10 +247,10 @@ pub(crate) fn forward(x: &[f32], w: &[f32], m: usize, k: usize, n: usize) -> Vec
 /// contiguous floor once the gradient is wider than 128 columns (widths 256-1408 over
 /// 1024-2048 rows: 2048x512 -> 512 1.13x, 2048x704 -> 256 1.09x, as two halves), and within
 /// about 2% of it in blocks of 128 (blocks of 96, 176 or 256 are 5-20% slower again).
-pub(crate) const GRAD_BLOCK: usize = 128;
+pub const GRAD_BLOCK: usize = 128;
 
 /// The column cut nearest `cols / 2` that falls on a [`GRAD_BLOCK`] boundary.
-pub(crate) fn grad_cut(cols: usize) -> usize {
+pub fn grad_cut(cols: usize) -> usize {
     ((cols + GRAD_BLOCK) / (2 * GRAD_BLOCK) * GRAD_BLOCK).min(cols)
 }
 
@@ -262,7 +262,7 @@ pub(crate) fn grad_cut(cols: usize) -> usize {
 /// # Safety
 /// `dst` must be valid for the written elements (initialised for `Dst::Accumulate`).
 #[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn weight_grad_cols(
+pub unsafe fn weight_grad_cols(
     dst: *mut f32,
     dst_rs: usize,
     [n, rows]: [usize; 2],
@@ -306,7 +306,7 @@ pub(crate) unsafe fn weight_grad_cols(
 ///
 /// # Safety
 /// `dx` must be valid for `m * k` writes (initialised for `Dst::Accumulate`).
-pub(crate) unsafe fn both_grads(
+pub unsafe fn both_grads(
     g: &[f32],
     w: &[f32],
     x: &[f32],
@@ -352,7 +352,7 @@ pub(crate) unsafe fn both_grads(
 }
 
 /// dW `[n, k]` = dYᵀ · X alone: its columns in two parts cut on a [`GRAD_BLOCK`] boundary.
-pub(crate) fn weight_grad(g: &[f32], x: &[f32], [m, k, n]: [usize; 3]) -> Vec<f32> {
+pub fn weight_grad(g: &[f32], x: &[f32], [m, k, n]: [usize; 3]) -> Vec<f32> {
     let mut dw: Vec<f32> = Vec::with_capacity(n * k);
     let dwp = SharedPtr(dw.as_mut_ptr());
     let c = grad_cut(k);
@@ -367,4 +367,4 @@ pub(crate) fn weight_grad(g: &[f32], x: &[f32], [m, k, n]: [usize; 3]) -> Vec<f3
 }
 
 /// Fewest rows (or columns) in a piece of a product that is cut for the cores.
-pub(crate) const MIN_SPLIT: usize = 32;
+pub const MIN_SPLIT: usize = 32;

@@ -141,19 +141,17 @@ unsafe fn mm(
         return;
     }
     let tile = b_cs == 1 && tile_mm::available();
-    let _clock = crate::fused::instrument::gemm_clock::Timer::start(
-        crate::fused::instrument::gemm_clock::Call {
-            m,
-            n,
-            k,
-            dst_rs,
-            a: (a_rs, a_cs),
-            b: (b_rs, b_cs),
-            acc,
-            parallel: false,
-            tile,
-        },
-    );
+    let _clock = crate::instrument::gemm_clock::Timer::start(crate::instrument::gemm_clock::Call {
+        m,
+        n,
+        k,
+        dst_rs,
+        a: (a_rs, a_cs),
+        b: (b_rs, b_cs),
+        acc,
+        parallel: false,
+        tile,
+    });
     if tile {
         // SAFETY: the caller's contract; AVX-512 checked, B's rows contiguous.
         unsafe {
