@@ -1,6 +1,7 @@
 //! `btx-eval`: how good is a model on each domain — held-out loss, exact-match tasks,
 //! Branch-Train-Merge ensembles, routing analysis, plots and the report.
 
+pub mod bootstrap;
 pub mod cost;
 pub mod evaluate;
 pub mod findings;
@@ -10,8 +11,11 @@ pub mod optout;
 pub mod plots;
 pub mod report;
 pub mod routing;
-pub mod stats;
 pub mod text;
 
 pub use evaluate::{evaluate, EvalResult, EvalSpec};
 pub use lm::{Ensemble, Lm, Weighting};
+
+/// The bootstrap's old module name, kept only until crates/btx/src/report.rs says
+/// `btx_eval::bootstrap::Estimate`; then remove.
+pub use bootstrap as stats;

@@ -1,9 +1,9 @@
 //! The diagnosis: how much of each expert's gain survives in each method, forgetting, and what
 //! the ablations change.
 
-use crate::stats::{Estimate, Finding};
+use crate::bootstrap::{Estimate, Finding};
 
-use super::stats::Stats;
+use super::estimates::Stats;
 
 /// The diagnosis paragraph: why BTX lands where it does, from the numbers.
 pub fn diagnosis(st: &Stats) -> String {

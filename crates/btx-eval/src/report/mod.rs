@@ -9,9 +9,9 @@ use crate::findings::{diagnosis, Stats, Verdict};
 mod common;
 mod json;
 
+use crate::bootstrap::{Estimate, DRAWS};
 pub use crate::input::{MethodCompute, MethodResult, ReportInput};
 use crate::routing::DomainRouting;
-use crate::stats::{Estimate, DRAWS};
 pub(crate) use common::fmt_big;
 use common::{avg_loss, get, half_range};
 pub use json::results_json;
