@@ -379,7 +379,7 @@ pub fn prepare(
     if let Ok(text) = std::fs::read_to_string(out.join(MANIFEST)) {
         if let Ok(m) = serde_json::from_str::<DataManifest>(&text) {
             if m.fingerprint == fp {
-                // (Believed by its manifest: `mixture::prepare_verified` reads it back first.)
+                // (Believed by its manifest: `datadir::prepare_verified` reads it back first.)
                 tracing::info!("data in {} is up to date", out.display());
                 return Ok(m);
             }
