@@ -691,6 +691,43 @@ fn refuse_unimplemented(keys: Keys) -> Result<()> {
     Ok(())
 }
 
+/// The attention's head size, its number of KV heads and its sliding window (if any).
+fn attention_shape(
+    keys: Keys,
+    class: Class,
+    hidden_size: usize,
+    num_heads: usize,
+    num_layers: usize,
+) -> Result<(usize, usize, Option<usize>)> {
+    // Qwen3's head_dim defaults to 128 whatever the sizes; a null there reaches its
+    // attention as None, which it cannot build.
+    let head_dim = match (class.default_head_dim(), keys.0.get("head_dim")) {
+        (Some(_), Some(Value::Null)) => {
+            return Err(cfg_err(
+                "head_dim is null, from which transformers cannot build this model's attention\nhint: give head_dim as a number".into(),
+            ))
+        }
+        (default, _) => keys
+            .usize_of("head_dim")?
+            .or(default)
+            .unwrap_or(hidden_size / num_heads.max(1)),
+    };
+    // Missing and null differ: a missing key takes the architecture's default (8 for
+    // Mistral and Mixtral, 32 for Qwen2 and Qwen3), null means "as many as the query heads".
+    let num_kv_heads = match keys.0.get("num_key_value_heads") {
+        None => class.default_kv_heads().unwrap_or(num_heads),
+        Some(_) => keys.usize_of("num_key_value_heads")?.unwrap_or(num_heads),
+    };
+    let sliding_window = match class {
+        // Llama does not read sliding_window; Mistral's default window is 4096 (null: none).
+        Class::Llama => None,
+        Class::Mistral if !keys.0.contains_key("sliding_window") => Some(4096),
+        Class::Mistral | Class::Mixtral | Class::BtxMoa => keys.usize_of("sliding_window")?,
+        _ => qwen_window(keys.0, class, num_layers).map_err(cfg_err)?,
+    };
+    Ok((head_dim, num_kv_heads, sliding_window))
+}
+
 /// The experts of a MoE config: how many, top-k and btx's routing mode.
 fn moe_of(keys: Keys, class: Class) -> Result<MoeConfig> {
     let experts_key = match class {
@@ -845,32 +882,8 @@ impl ModelConfig {
         let hidden_size = keys.need("hidden_size")?;
         let num_heads = keys.need("num_attention_heads")?;
         let num_layers = keys.need("num_hidden_layers")?;
-        // Qwen3's head_dim defaults to 128 whatever the sizes; a null there reaches its
-        // attention as None, which it cannot build.
-        let head_dim = match (class.default_head_dim(), obj.get("head_dim")) {
-            (Some(_), Some(Value::Null)) => {
-                return Err(cfg_err(
-                    "head_dim is null, from which transformers cannot build this model's attention\nhint: give head_dim as a number".into(),
-                ))
-            }
-            (default, _) => keys
-                .usize_of("head_dim")?
-                .or(default)
-                .unwrap_or(hidden_size / num_heads.max(1)),
-        };
-        // Missing and null differ: a missing key takes the architecture's default (8 for
-        // Mistral and Mixtral, 32 for Qwen2 and Qwen3), null means "as many as the query heads".
-        let num_kv_heads = match obj.get("num_key_value_heads") {
-            None => class.default_kv_heads().unwrap_or(num_heads),
-            Some(_) => keys.usize_of("num_key_value_heads")?.unwrap_or(num_heads),
-        };
-        let sliding_window = match class {
-            // Llama does not read sliding_window; Mistral's default window is 4096 (null: none).
-            Class::Llama => None,
-            Class::Mistral if !obj.contains_key("sliding_window") => Some(4096),
-            Class::Mistral | Class::Mixtral | Class::BtxMoa => keys.usize_of("sliding_window")?,
-            _ => qwen_window(obj, class, num_layers).map_err(cfg_err)?,
-        };
+        let (head_dim, num_kv_heads, sliding_window) =
+            attention_shape(keys, class, hidden_size, num_heads, num_layers)?;
         let moe = if is_moe {
             Some(moe_of(keys, class)?)
         } else {
