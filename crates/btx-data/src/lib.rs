@@ -3,6 +3,7 @@
 pub mod builtin;
 pub mod cloze;
 pub mod corpus;
+pub mod datadir;
 pub mod error;
 pub mod gguf;
 pub mod inputs;
@@ -12,8 +13,9 @@ pub mod shard;
 pub mod source;
 pub mod tokenizer;
 
+pub use datadir::{prepare_verified, DataDir};
 pub use error::{DataError, Result};
-pub use mixture::{prepare_verified, DataDir, MixConfig, Mixture};
+pub use mixture::{MixConfig, Mixture};
 pub use prepare::{prepare, DataManifest, PrepareConfig};
 pub use source::{Batch, BatchSource, FixedBatches};
 pub use tokenizer::{copy_tokenizer_config, Tok, TOKENIZER_CONFIG};

@@ -379,7 +379,7 @@ pub fn prepare(
     if let Ok(text) = std::fs::read_to_string(out.join(MANIFEST)) {
         if let Ok(m) = serde_json::from_str::<DataManifest>(&text) {
             if m.fingerprint == fp {
-                // (Believed by its manifest: `mixture::prepare_verified` reads it back first.)
+                // (Believed by its manifest: `datadir::prepare_verified` reads it back first.)
                 tracing::info!("data in {} is up to date", out.display());
                 return Ok(m);
             }
@@ -411,41 +411,14 @@ pub fn prepare_fresh(
         let (docs, sources) = load_domain_docs(d, cfg.seed, base)?;
         let is_val = split_docs(docs.len(), cfg.val_fraction, cfg.seed, &d.name)?;
         tracing::info!("domain {}: {} documents", d.name, docs.len());
-        per_domain.push((d, docs, is_val, sources));
+        per_domain.push(DomainDocs {
+            d,
+            docs,
+            is_val,
+            sources,
+        });
     }
-    let tok = match &cfg.tokenizer.path {
-        Some(p) => {
-            let p = if p.is_absolute() {
-                p.clone()
-            } else {
-                base.join(p)
-            };
-            Tok::load(&p)?
-        }
-        None => {
-            let n = cfg.tokenizer.docs_per_domain;
-            let sample: Vec<&str> = per_domain
-                .iter()
-                .flat_map(|(_, docs, is_val, _)| {
-                    docs.iter()
-                        .zip(is_val)
-                        .filter(|(_, v)| !**v)
-                        .take(n)
-                        .map(|(d, _)| d.text.as_str())
-                })
-                .collect();
-            tracing::info!(
-                "training a byte-level BPE ({} entries) on {} documents",
-                cfg.tokenizer.vocab_size,
-                sample.len()
-            );
-            Tok::train_bpe(
-                sample.into_iter(),
-                cfg.tokenizer.vocab_size,
-                cfg.tokenizer.min_frequency,
-            )?
-        }
-    };
+    let tok = data_tokenizer(cfg, base, &per_domain)?;
     tok.save(&out.join("tokenizer.json"))?;
     // The given tokenizer's chat template and settings go with it (to the models trained here).
     if let Some(dir) = cfg.tokenizer.path.as_ref().map(|p| base.join(p)) {
@@ -454,93 +427,9 @@ pub fn prepare_fresh(
         }
     }
     let mut domains = BTreeMap::new();
-    for (d, docs, is_val, sources) in per_domain {
-        let dir = out.join(&d.name);
-        std::fs::create_dir_all(&dir).map_err(|e| io_err(&dir, e))?;
-        let mut w = [
-            ShardWriter::create(
-                &dir.join("train.tok"),
-                tok.vocab_size(),
-                tok.hash(),
-                tok.eos_id(),
-            )?,
-            ShardWriter::create(
-                &dir.join("val.tok"),
-                tok.vocab_size(),
-                tok.hash(),
-                tok.eos_id(),
-            )?,
-        ];
-        for (doc, v) in docs.iter().zip(&is_val) {
-            let ids = tok
-                .encode(&doc.text)
-                .map_err(|e| DataError::Invalid(format!("{}: {e}", doc.origin)))?;
-            w[*v as usize].push_doc(&ids)?;
-        }
-        let [wt, wv] = w;
-        let (tt, td) = wt.finish()?;
-        let (vt, vd) = wv.finish()?;
-        let tasks = match (&d.builtin, &d.tasks_file) {
-            (_, Some(f)) => {
-                let f = if f.is_absolute() {
-                    f.clone()
-                } else {
-                    base.join(f)
-                };
-                read_tasks_file(&f)?
-            }
-            (Some(b), None) => {
-                let train_text: String = docs
-                    .iter()
-                    .zip(&is_val)
-                    .filter(|(_, v)| !**v)
-                    .map(|(d, _)| d.text.as_str())
-                    .collect::<Vec<_>>()
-                    .join("\n");
-                builtin::tasks(b, cfg.seed, d.tasks, &train_text).expect("validated builtin")
-            }
-            (None, None) if d.cloze > 0 => {
-                let val: Vec<&str> = docs
-                    .iter()
-                    .zip(&is_val)
-                    .filter(|(_, v)| **v)
-                    .map(|(d, _)| d.text.as_str())
-                    .collect();
-                let tasks = crate::cloze::cloze_tasks(&val, d.cloze, cfg.seed, &d.name);
-                if tasks.len() < d.cloze {
-                    tracing::warn!(
-                        "domain {}: {} cloze tasks asked, its {} validation documents hold {}",
-                        d.name,
-                        d.cloze,
-                        val.len(),
-                        tasks.len()
-                    );
-                }
-                tasks
-            }
-            (None, None) => vec![],
-        };
-        write_tasks(&dir.join("tasks.jsonl"), &tasks)?;
-        tracing::info!(
-            "domain {}: train {tt} tokens / {td} docs, val {vt} tokens / {vd} docs, {} tasks",
-            d.name,
-            tasks.len()
-        );
-        domains.insert(
-            d.name.clone(),
-            DomainStats {
-                train: SplitStats {
-                    docs: td,
-                    tokens: tt,
-                },
-                val: SplitStats {
-                    docs: vd,
-                    tokens: vt,
-                },
-                tasks: tasks.len(),
-                sources,
-            },
-        );
+    for dd in per_domain {
+        let name = dd.d.name.clone();
+        domains.insert(name, write_domain(cfg, base, &tok, out, dd)?);
     }
     let m = DataManifest {
         version: 1,
@@ -556,6 +445,144 @@ pub fn prepare_fresh(
     staged.commit()?;
     tracing::info!("data written to {}", final_out.display());
     Ok(m)
+}
+
+/// One domain's documents, which of them are held out, and where they came from.
+struct DomainDocs<'a> {
+    d: &'a DomainConfig,
+    docs: Vec<Doc>,
+    is_val: Vec<bool>,
+    sources: Vec<String>,
+}
+
+impl DomainDocs<'_> {
+    /// The texts of the training (`val` false) or validation (`val` true) documents.
+    fn texts(&self, val: bool) -> impl Iterator<Item = &str> {
+        self.docs
+            .iter()
+            .zip(&self.is_val)
+            .filter(move |(_, v)| **v == val)
+            .map(|(d, _)| d.text.as_str())
+    }
+}
+
+/// The tokenizer `[tokenizer] path` names, or else a byte-level BPE trained on the first
+/// `docs_per_domain` training documents of each domain.
+fn data_tokenizer(cfg: &PrepareConfig, base: &Path, per_domain: &[DomainDocs]) -> Result<Tok> {
+    if let Some(p) = &cfg.tokenizer.path {
+        let p = if p.is_absolute() {
+            p.clone()
+        } else {
+            base.join(p)
+        };
+        return Tok::load(&p);
+    }
+    let n = cfg.tokenizer.docs_per_domain;
+    let sample: Vec<&str> = per_domain
+        .iter()
+        .flat_map(|dd| dd.texts(false).take(n))
+        .collect();
+    tracing::info!(
+        "training a byte-level BPE ({} entries) on {} documents",
+        cfg.tokenizer.vocab_size,
+        sample.len()
+    );
+    Tok::train_bpe(
+        sample.into_iter(),
+        cfg.tokenizer.vocab_size,
+        cfg.tokenizer.min_frequency,
+    )
+}
+
+/// Writes a domain's `train.tok`, `val.tok` and `tasks.jsonl` under `out/<domain>`, and
+/// returns its counts.
+fn write_domain(
+    cfg: &PrepareConfig,
+    base: &Path,
+    tok: &Tok,
+    out: &Path,
+    dd: DomainDocs,
+) -> Result<DomainStats> {
+    let d = dd.d;
+    let dir = out.join(&d.name);
+    std::fs::create_dir_all(&dir).map_err(|e| io_err(&dir, e))?;
+    let mut w = [
+        ShardWriter::create(
+            &dir.join("train.tok"),
+            tok.vocab_size(),
+            tok.hash(),
+            tok.eos_id(),
+        )?,
+        ShardWriter::create(
+            &dir.join("val.tok"),
+            tok.vocab_size(),
+            tok.hash(),
+            tok.eos_id(),
+        )?,
+    ];
+    for (doc, v) in dd.docs.iter().zip(&dd.is_val) {
+        let ids = tok
+            .encode(&doc.text)
+            .map_err(|e| DataError::Invalid(format!("{}: {e}", doc.origin)))?;
+        w[*v as usize].push_doc(&ids)?;
+    }
+    let [wt, wv] = w;
+    let (tt, td) = wt.finish()?;
+    let (vt, vd) = wv.finish()?;
+    let tasks = domain_tasks(cfg, base, &dd)?;
+    write_tasks(&dir.join("tasks.jsonl"), &tasks)?;
+    tracing::info!(
+        "domain {}: train {tt} tokens / {td} docs, val {vt} tokens / {vd} docs, {} tasks",
+        d.name,
+        tasks.len()
+    );
+    Ok(DomainStats {
+        train: SplitStats {
+            docs: td,
+            tokens: tt,
+        },
+        val: SplitStats {
+            docs: vd,
+            tokens: vt,
+        },
+        tasks: tasks.len(),
+        sources: dd.sources,
+    })
+}
+
+/// A domain's tasks: from its tasks file, else its builtin's (made from its training text),
+/// else cloze tasks from its validation documents when asked for.
+fn domain_tasks(cfg: &PrepareConfig, base: &Path, dd: &DomainDocs) -> Result<Vec<Task>> {
+    let d = dd.d;
+    Ok(match (&d.builtin, &d.tasks_file) {
+        (_, Some(f)) => {
+            let f = if f.is_absolute() {
+                f.clone()
+            } else {
+                base.join(f)
+            };
+            read_tasks_file(&f)?
+        }
+        (Some(b), None) => {
+            let train_text: String = dd.texts(false).collect::<Vec<_>>().join("\n");
+            builtin::tasks(b, cfg.seed, d.tasks, &train_text).expect("validated builtin")
+        }
+        (None, None) if d.cloze > 0 => {
+            let val: Vec<&str> = dd.texts(true).collect();
+            let tasks = crate::cloze::cloze_tasks(&val, d.cloze, cfg.seed, &d.name);
+            if tasks.len() < d.cloze {
+                tracing::warn!(
+                    "domain {}: {} cloze tasks asked, its {} validation documents hold {}",
+                    d.name,
+                    d.cloze,
+                    val.len(),
+                    tasks.len()
+                );
+            }
+            tasks
+        }
+        (None, None) => vec![],
+    })
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! `btx-eval`: how good is a model on each domain — held-out loss, exact-match tasks,
 //! Branch-Train-Merge ensembles, routing analysis, plots and the report.
 
+pub mod bootstrap;
 pub mod cost;
 pub mod evaluate;
 pub mod findings;
@@ -10,7 +11,6 @@ pub mod optout;
 pub mod plots;
 pub mod report;
 pub mod routing;
-pub mod stats;
 pub mod text;
 
 pub use evaluate::{evaluate, EvalResult, EvalSpec};

@@ -7,8 +7,8 @@ use std::fmt::Write;
 
 use serde_json::{json, Value};
 
+use crate::bootstrap::{Bootstrap, Draw, Estimate, Obs};
 use crate::evaluate::OptOutEval;
-use crate::stats::{Bootstrap, Draw, Estimate, Obs};
 
 /// Per-window loss differences, `[replica][domain]`, of the model without `label`.
 struct Deltas {

@@ -376,6 +376,70 @@ pub fn config_from_gguf(g: &GgufFile) -> Result<ModelConfig> {
     check_keys(g, arch)?;
     // Every key of the architecture's namespace: "llama.block_count", "qwen3.block_count", ...
     let k = |key: &str| format!("{arch}.{key}");
+    let s = shape_from_gguf(g, arch)?;
+    let rope_scaling = rope_scaling_from_gguf(g, arch)?;
+    let (eps, theta) = eps_and_theta(g, arch)?;
+    let ctx = m.need_uint(&k("context_length"))?;
+    let vocab = vocab_from_gguf(g, arch, s.hidden)?;
+    let mut c = ModelConfig::llama(vocab, s.hidden, s.ff, s.layers, s.heads, s.kv_heads, ctx);
+    c.head_dim = s.head_dim;
+    c.family = family;
+    c.qkv_bias = family == Family::Qwen2;
+    c.qk_norm = family == Family::Qwen3;
+    c.rope_scaling = rope_scaling;
+    c.moe = moe_from_gguf(g, arch, s.layers)?;
+    if c.moe.is_some() && arch == "qwen3moe" {
+        c.intermediate_size = m.need_uint(&k("expert_feed_forward_length"))?;
+    }
+    // What btx's export records of the experts' domains (llama.cpp ignores the key).
+    if let (Some(moe), Some(Value::Array(a))) = (&c.moe, g.meta.get("btx.expert_labels")) {
+        let labels: Vec<String> = a
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect();
+        if labels.len() == moe.num_experts
+            && labels
+                .iter()
+                .all(|l| btx_model::expert_name_problem(l).is_none())
+        {
+            c.expert_labels = labels;
+        }
+    }
+    read_rope_freqs(g, arch, &mut c, theta, ctx)?;
+    // GGUF stores f32 metadata; round through f32 text so 1e-5 stays 1e-5, not 9.99999974e-6.
+    c.rms_norm_eps = format!("{}", eps as f32).parse().unwrap_or(eps);
+    c.rope_theta = theta;
+    c.tie_word_embeddings = g.tensor("output.weight").is_none();
+    for key in ["tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id"] {
+        if let Some(id) = m.uint(key)?.filter(|&id| id >= vocab) {
+            return Err(refuse(
+                g,
+                format!("metadata {key} is {id}, outside the vocabulary of {vocab} tokens"),
+                HINT_RECONVERT,
+            ));
+        }
+    }
+    c.bos_token_id = m.uint("tokenizer.ggml.bos_token_id")?.map(|x| x as u32);
+    c.eos_token_id = m.uint("tokenizer.ggml.eos_token_id")?.map(|x| x as u32);
+    c.validate()
+        .map_err(|e| refuse(g, e.to_string().replace("\nhint: ", "; "), HINT_RECONVERT))?;
+    Ok(c)
+}
+
+/// The sizes of a model's layers, from GGUF metadata.
+struct Shape {
+    layers: usize,
+    hidden: usize,
+    heads: usize,
+    kv_heads: usize,
+    ff: usize,
+    head_dim: usize,
+}
+
+/// The layer sizes from `{arch}.*` metadata, with llama.cpp's defaults where a key is absent.
+fn shape_from_gguf(g: &GgufFile, arch: &str) -> Result<Shape> {
+    let m = Meta(g);
+    let k = |key: &str| format!("{arch}.{key}");
     let layers = m.need_uint(&k("block_count"))?;
     // A llama layer is 9 tensors of the file: a count past what it holds can only be wrong, and
     // believed it would have btx list (and allocate for) billions of layers before any check.
@@ -431,6 +495,21 @@ pub fn config_from_gguf(g: &GgufFile) -> Result<ModelConfig> {
             HINT_UNSUPPORTED,
         ));
     }
+    Ok(Shape {
+        layers,
+        hidden,
+        heads,
+        kv_heads,
+        ff,
+        head_dim: key_len,
+    })
+}
+
+/// RoPE's scaling from `{arch}.rope.scaling.*` (Llama 3's comes as a tensor instead, see
+/// [`read_rope_freqs`]).
+fn rope_scaling_from_gguf(g: &GgufFile, arch: &str) -> Result<RopeScaling> {
+    let m = Meta(g);
+    let k = |key: &str| format!("{arch}.{key}");
     // llama.cpp: the scaling type defaults to linear, the factor comes from
     // rope.scaling.factor or else the older rope.scale_linear, and 0 means none; type none
     // never scales, whatever the factor.
@@ -442,7 +521,7 @@ pub fn config_from_gguf(g: &GgufFile) -> Result<ModelConfig> {
     };
     let factor = m.float(&factor_key)?.unwrap_or(0.0);
     // llama.cpp divides every frequency by the factor: transformers' linear scaling.
-    let rope_scaling = match scaling {
+    Ok(match scaling {
         "none" => RopeScaling::Default,
         "linear" if factor == 0.0 || factor == 1.0 => RopeScaling::Default,
         "linear" if factor.is_finite() && factor > 0.0 => RopeScaling::Linear { factor },
@@ -460,7 +539,13 @@ pub fn config_from_gguf(g: &GgufFile) -> Result<ModelConfig> {
                 HINT_UNSUPPORTED,
             ))
         }
-    };
+    })
+}
+
+/// RMSNorm's epsilon and RoPE's base, each a finite number > 0.
+fn eps_and_theta(g: &GgufFile, arch: &str) -> Result<(f64, f64)> {
+    let m = Meta(g);
+    let k = |key: &str| format!("{arch}.{key}");
     let eps = m
         .float(&k("attention.layer_norm_rms_epsilon"))?
         .ok_or_else(|| m.missing(&k("attention.layer_norm_rms_epsilon")))?;
@@ -478,7 +563,11 @@ pub fn config_from_gguf(g: &GgufFile) -> Result<ModelConfig> {
             ));
         }
     }
-    let ctx = m.need_uint(&k("context_length"))?;
+    Ok((eps, theta))
+}
+
+/// The vocabulary size: the rows of `token_embd.weight`, which must agree with the token list.
+fn vocab_from_gguf(g: &GgufFile, arch: &str, hidden: usize) -> Result<usize> {
     let emb = g.tensor("token_embd.weight").ok_or_else(|| {
         refuse(
             g,
@@ -513,88 +602,59 @@ pub fn config_from_gguf(g: &GgufFile) -> Result<ModelConfig> {
             ));
         }
     }
-    let mut c = ModelConfig::llama(vocab, hidden, ff, layers, heads, kv_heads, ctx);
-    c.head_dim = key_len;
-    c.family = family;
-    c.qkv_bias = family == Family::Qwen2;
-    c.qk_norm = family == Family::Qwen3;
-    c.rope_scaling = rope_scaling;
-    c.moe = moe_from_gguf(g, arch, layers)?;
-    if c.moe.is_some() && arch == "qwen3moe" {
-        c.intermediate_size = m.need_uint(&k("expert_feed_forward_length"))?;
+    Ok(vocab)
+}
+
+/// Llama 3.1-style scaling arrives as per-frequency divisors (`rope_freqs.weight`), read into
+/// `c.rope_scaling`; all ones is no scaling (and is checked as inert with the other tensors).
+fn read_rope_freqs(
+    g: &GgufFile,
+    arch: &str,
+    c: &mut ModelConfig,
+    theta: f64,
+    ctx: usize,
+) -> Result<()> {
+    let Some(t) = g.tensor("rope_freqs.weight") else {
+        return Ok(());
+    };
+    let key_len = c.head_dim;
+    if c.family != Family::Llama {
+        return Err(refuse(
+            g,
+            format!("tensor rope_freqs.weight in a {arch} model: RoPE frequency factors btx does not import for this architecture"),
+            HINT_UNSUPPORTED,
+        ));
     }
-    // What btx's export records of the experts' domains (llama.cpp ignores the key).
-    if let (Some(moe), Some(Value::Array(a))) = (&c.moe, g.meta.get("btx.expert_labels")) {
-        let labels: Vec<String> = a
-            .iter()
-            .filter_map(|v| v.as_str().map(str::to_string))
-            .collect();
-        if labels.len() == moe.num_experts
-            && labels
-                .iter()
-                .all(|l| btx_model::expert_name_problem(l).is_none())
-        {
-            c.expert_labels = labels;
-        }
+    if t.shape() != [key_len / 2] {
+        return Err(refuse(
+            g,
+            format!(
+                "tensor rope_freqs.weight has shape {:?}, expected [{}]",
+                t.shape(),
+                key_len / 2
+            ),
+            HINT_RECONVERT,
+        ));
     }
-    // Llama 3.1-style scaling arrives as per-frequency divisors; all ones is no scaling (and
-    // is checked as inert with the other tensors).
-    if let Some(t) = g.tensor("rope_freqs.weight") {
-        if family != Family::Llama {
+    let f = g.dequantize(t)?;
+    if f.iter().any(|&x| x != 1.0) {
+        if c.rope_scaling != RopeScaling::Default {
             return Err(refuse(
                 g,
-                format!("tensor rope_freqs.weight in a {arch} model: RoPE frequency factors btx does not import for this architecture"),
+                "both rope_freqs.weight and a RoPE scaling type are given; llama.cpp applies both, transformers one",
                 HINT_UNSUPPORTED,
             ));
         }
-        if t.shape() != [key_len / 2] {
-            return Err(refuse(
+        let original = Meta(g).uint(&format!("{arch}.rope.scaling.original_context_length"))?;
+        c.rope_scaling = llama3_from_factors(&f, theta, key_len, ctx, original).ok_or_else(|| {
+            refuse(
                 g,
-                format!(
-                    "tensor rope_freqs.weight has shape {:?}, expected [{}]",
-                    t.shape(),
-                    key_len / 2
-                ),
-                HINT_RECONVERT,
-            ));
-        }
-        let f = g.dequantize(t)?;
-        if f.iter().any(|&x| x != 1.0) {
-            if c.rope_scaling != RopeScaling::Default {
-                return Err(refuse(
-                    g,
-                    "both rope_freqs.weight and a RoPE scaling type are given; llama.cpp applies both, transformers one",
-                    HINT_UNSUPPORTED,
-                ));
-            }
-            let original = m.uint(&k("rope.scaling.original_context_length"))?;
-            c.rope_scaling = llama3_from_factors(&f, theta, key_len, ctx, original).ok_or_else(|| {
-                refuse(
-                    g,
-                    "tensor \"rope_freqs.weight\" is not supported: it holds RoPE frequency factors that no Llama 3 rope scaling (factor, low/high frequency factors, original context) gives, so btx cannot write them as a transformers config",
-                    HINT_UNSUPPORTED,
-                )
-            })?;
-        }
+                "tensor \"rope_freqs.weight\" is not supported: it holds RoPE frequency factors that no Llama 3 rope scaling (factor, low/high frequency factors, original context) gives, so btx cannot write them as a transformers config",
+                HINT_UNSUPPORTED,
+            )
+        })?;
     }
-    // GGUF stores f32 metadata; round through f32 text so 1e-5 stays 1e-5, not 9.99999974e-6.
-    c.rms_norm_eps = format!("{}", eps as f32).parse().unwrap_or(eps);
-    c.rope_theta = theta;
-    c.tie_word_embeddings = g.tensor("output.weight").is_none();
-    for key in ["tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id"] {
-        if let Some(id) = m.uint(key)?.filter(|&id| id >= vocab) {
-            return Err(refuse(
-                g,
-                format!("metadata {key} is {id}, outside the vocabulary of {vocab} tokens"),
-                HINT_RECONVERT,
-            ));
-        }
-    }
-    c.bos_token_id = m.uint("tokenizer.ggml.bos_token_id")?.map(|x| x as u32);
-    c.eos_token_id = m.uint("tokenizer.ggml.eos_token_id")?.map(|x| x as u32);
-    c.validate()
-        .map_err(|e| refuse(g, e.to_string().replace("\nhint: ", "; "), HINT_RECONVERT))?;
-    Ok(c)
+    Ok(())
 }
 
 /// The MoE shape from `{arch}.expert_count` and `expert_used_count`: llama.cpp's llama and
@@ -731,75 +791,10 @@ fn pre_tokenizer(pre: &str) -> Option<(Json, bool, bool)> {
 /// llama.cpp does for the file's `tokenizer.ggml.pre`; anything that would make it tokenise
 /// differently from llama.cpp is refused by key.
 pub fn tokenizer_from_gguf(g: &GgufFile) -> Result<Tok> {
-    let m = Meta(g);
-    let model = m.string("tokenizer.ggml.model")?.unwrap_or("");
-    if model != "gpt2" {
-        return Err(refuse(
-            g,
-            format!("tokenizer.ggml.model is {model:?}; btx rebuilds byte-level BPE (\"gpt2\") tokenizers only"),
-            "a SentencePiece (\"llama\") vocabulary cannot be imported from GGUF; use the model's Hugging Face checkpoint as the seed ([seed] path)",
-        ));
-    }
-    let pre_name = m.string("tokenizer.ggml.pre")?.ok_or_else(|| {
-        refuse(
-            g,
-            "metadata tokenizer.ggml.pre is missing: llama.cpp then splits text with its \"default\" pre-tokenizer (and warns that generation quality will be degraded), which btx does not reproduce",
-            HINT_RECONVERT,
-        )
-    })?;
-    let (pre, ignore_merges, bos_default) = pre_tokenizer(pre_name).ok_or_else(|| {
-        refuse(
-            g,
-            format!("tokenizer.ggml.pre is {pre_name:?}, a pre-tokenizer btx does not reproduce exactly (it does gpt-2, llama-bpe/llama3, smollm/starcoder and their aliases)"),
-            HINT_UNSUPPORTED,
-        )
-    })?;
-    let strs = |key: &str| -> Result<Vec<String>> {
-        let a = match g.meta.get(key) {
-            None => return Err(m.missing(key)),
-            Some(v) => v
-                .as_array()
-                .ok_or_else(|| m.bad(key, v, "an array of strings"))?,
-        };
-        a.iter()
-            .enumerate()
-            .map(|(i, v)| {
-                v.as_str()
-                    .map(str::to_string)
-                    .ok_or_else(|| m.bad(&format!("{key}[{i}]"), v, "a string"))
-            })
-            .collect()
-    };
-    let tokens = strs("tokenizer.ggml.tokens")?;
-    let merges = strs("tokenizer.ggml.merges")?;
-    // Token types (llama.cpp): 1 normal, 2 unknown, 3 control, 4 user-defined, 5 unused,
-    // 6 byte (SentencePiece only).
-    let types: Vec<u64> = match g.meta.get("tokenizer.ggml.token_type") {
-        None => vec![1; tokens.len()],
-        Some(v) => {
-            let a = v
-                .as_array()
-                .filter(|a| a.len() == tokens.len())
-                .ok_or_else(|| {
-                    m.bad(
-                        "tokenizer.ggml.token_type",
-                        v,
-                        &format!("one type per token ({} values)", tokens.len()),
-                    )
-                })?;
-            a.iter()
-                .enumerate()
-                .map(|(i, v)| match v.as_u64() {
-                    Some(t @ 1..=5) => Ok(t),
-                    _ => Err(refuse(
-                        g,
-                        format!("tokenizer.ggml.token_type[{i}] ({:?}) is {v:?}, not a type a BPE vocabulary has (1 normal, 2 unknown, 3 control, 4 user-defined, 5 unused)", tokens[i]),
-                        HINT_RECONVERT,
-                    )),
-                })
-                .collect::<Result<_>>()?
-        }
-    };
+    let (pre, ignore_merges, bos_default) = bpe_pre_tokenizer(g)?;
+    let tokens = string_array(g, "tokenizer.ggml.tokens")?;
+    let merges = string_array(g, "tokenizer.ggml.merges")?;
+    let types = token_types(g, &tokens)?;
     let mut vocab = serde_json::Map::new();
     let mut added = vec![];
     for (i, t) in tokens.iter().enumerate() {
@@ -819,9 +814,108 @@ pub fn tokenizer_from_gguf(g: &GgufFile) -> Result<Tok> {
             );
         }
     }
-    // llama.cpp splits a merge at its first space after the first byte (a merge's left part
-    // may itself be a space).
-    let merges: Vec<Json> = merges
+    let merges = merge_pairs(g, &merges)?;
+    let post = post_processor(g, &tokens, bos_default)?;
+    let j = json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": added,
+        "normalizer": null, "pre_tokenizer": pre, "post_processor": post,
+        "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+        "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+            "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false,
+            "ignore_merges": ignore_merges, "vocab": vocab, "merges": merges}
+    });
+    Tok::from_json(&j.to_string()).map_err(|e| {
+        refuse(
+            g,
+            format!(
+                "the GGUF vocabulary (tokenizer.ggml.*) does not make a tokenizer: {}",
+                e.to_string().replace('\n', "; ")
+            ),
+            HINT_RECONVERT,
+        )
+    })
+}
+
+/// The pre-tokenizer of a byte-level BPE vocabulary (`tokenizer.ggml.model` "gpt2"), with
+/// [`pre_tokenizer`]'s flags; any other model or pre-tokenizer is refused.
+fn bpe_pre_tokenizer(g: &GgufFile) -> Result<(Json, bool, bool)> {
+    let m = Meta(g);
+    let model = m.string("tokenizer.ggml.model")?.unwrap_or("");
+    if model != "gpt2" {
+        return Err(refuse(
+            g,
+            format!("tokenizer.ggml.model is {model:?}; btx rebuilds byte-level BPE (\"gpt2\") tokenizers only"),
+            "a SentencePiece (\"llama\") vocabulary cannot be imported from GGUF; use the model's Hugging Face checkpoint as the seed ([seed] path)",
+        ));
+    }
+    let pre_name = m.string("tokenizer.ggml.pre")?.ok_or_else(|| {
+        refuse(
+            g,
+            "metadata tokenizer.ggml.pre is missing: llama.cpp then splits text with its \"default\" pre-tokenizer (and warns that generation quality will be degraded), which btx does not reproduce",
+            HINT_RECONVERT,
+        )
+    })?;
+    pre_tokenizer(pre_name).ok_or_else(|| {
+        refuse(
+            g,
+            format!("tokenizer.ggml.pre is {pre_name:?}, a pre-tokenizer btx does not reproduce exactly (it does gpt-2, llama-bpe/llama3, smollm/starcoder and their aliases)"),
+            HINT_UNSUPPORTED,
+        )
+    })
+}
+
+/// A metadata array of strings that must be present.
+fn string_array(g: &GgufFile, key: &str) -> Result<Vec<String>> {
+    let m = Meta(g);
+    let a = match g.meta.get(key) {
+        None => return Err(m.missing(key)),
+        Some(v) => v
+            .as_array()
+            .ok_or_else(|| m.bad(key, v, "an array of strings"))?,
+    };
+    a.iter()
+        .enumerate()
+        .map(|(i, v)| {
+            v.as_str()
+                .map(str::to_string)
+                .ok_or_else(|| m.bad(&format!("{key}[{i}]"), v, "a string"))
+        })
+        .collect()
+}
+
+/// Each token's type (llama.cpp): 1 normal, 2 unknown, 3 control, 4 user-defined, 5 unused,
+/// 6 byte (SentencePiece only). All normal without `tokenizer.ggml.token_type`.
+fn token_types(g: &GgufFile, tokens: &[String]) -> Result<Vec<u64>> {
+    let Some(v) = g.meta.get("tokenizer.ggml.token_type") else {
+        return Ok(vec![1; tokens.len()]);
+    };
+    let a = v
+        .as_array()
+        .filter(|a| a.len() == tokens.len())
+        .ok_or_else(|| {
+            Meta(g).bad(
+                "tokenizer.ggml.token_type",
+                v,
+                &format!("one type per token ({} values)", tokens.len()),
+            )
+        })?;
+    a.iter()
+        .enumerate()
+        .map(|(i, v)| match v.as_u64() {
+            Some(t @ 1..=5) => Ok(t),
+            _ => Err(refuse(
+                g,
+                format!("tokenizer.ggml.token_type[{i}] ({:?}) is {v:?}, not a type a BPE vocabulary has (1 normal, 2 unknown, 3 control, 4 user-defined, 5 unused)", tokens[i]),
+                HINT_RECONVERT,
+            )),
+        })
+        .collect()
+}
+
+/// The merges as `tokenizers` pairs. llama.cpp splits a merge at its first space after the
+/// first byte (a merge's left part may itself be a space).
+fn merge_pairs(g: &GgufFile, merges: &[String]) -> Result<Vec<Json>> {
+    merges
         .iter()
         .enumerate()
         .map(|(i, mg)| {
@@ -837,10 +931,15 @@ pub fn tokenizer_from_gguf(g: &GgufFile) -> Result<Tok> {
                 )),
             }
         })
-        .collect::<Result<_>>()?;
-    // BOS/EOS that llama.cpp adds when it tokenises a prompt. btx itself never adds special
-    // tokens (its data and evals separate documents by EOS), as for any Hugging Face tokenizer;
-    // the template makes tokenizer.json say what llama.cpp does, for whoever else uses it.
+        .collect()
+}
+
+/// The post-processor that adds the BOS/EOS llama.cpp adds when it tokenises a prompt (null
+/// when it adds neither). btx itself never adds special tokens (its data and evals separate
+/// documents by EOS), as for any Hugging Face tokenizer; the template makes tokenizer.json say
+/// what llama.cpp does, for whoever else uses it.
+fn post_processor(g: &GgufFile, tokens: &[String], bos_default: bool) -> Result<Json> {
+    let m = Meta(g);
     let add_bos = m
         .boolean("tokenizer.ggml.add_bos_token")?
         .unwrap_or(bos_default);
@@ -885,47 +984,30 @@ pub fn tokenizer_from_gguf(g: &GgufFile) -> Result<Tok> {
     } else {
         None
     };
-    let post = if bos.is_none() && eos.is_none() {
-        Json::Null
-    } else {
-        let mut special_tokens = serde_json::Map::new();
-        let piece = |seq: &str, type_id: u32| {
-            let mut v = vec![];
-            if let Some((_, t)) = &bos {
-                v.push(json!({"SpecialToken": {"id": t, "type_id": type_id}}));
-            }
-            v.push(json!({"Sequence": {"id": seq, "type_id": type_id}}));
-            if let Some((_, t)) = &eos {
-                v.push(json!({"SpecialToken": {"id": t, "type_id": type_id}}));
-            }
-            v
-        };
-        for (id, t) in bos.iter().chain(eos.iter()) {
-            special_tokens.insert(t.clone(), json!({"id": t, "ids": [id], "tokens": [t]}));
+    if bos.is_none() && eos.is_none() {
+        return Ok(Json::Null);
+    }
+    let mut special_tokens = serde_json::Map::new();
+    let piece = |seq: &str, type_id: u32| {
+        let mut v = vec![];
+        if let Some((_, t)) = &bos {
+            v.push(json!({"SpecialToken": {"id": t, "type_id": type_id}}));
         }
-        let mut pair = piece("A", 0);
-        pair.extend(piece("B", 1));
-        json!({"type": "TemplateProcessing", "single": piece("A", 0), "pair": pair,
-            "special_tokens": special_tokens})
+        v.push(json!({"Sequence": {"id": seq, "type_id": type_id}}));
+        if let Some((_, t)) = &eos {
+            v.push(json!({"SpecialToken": {"id": t, "type_id": type_id}}));
+        }
+        v
     };
-    let j = json!({
-        "version": "1.0", "truncation": null, "padding": null, "added_tokens": added,
-        "normalizer": null, "pre_tokenizer": pre, "post_processor": post,
-        "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
-        "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
-            "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false,
-            "ignore_merges": ignore_merges, "vocab": vocab, "merges": merges}
-    });
-    Tok::from_json(&j.to_string()).map_err(|e| {
-        refuse(
-            g,
-            format!(
-                "the GGUF vocabulary (tokenizer.ggml.*) does not make a tokenizer: {}",
-                e.to_string().replace('\n', "; ")
-            ),
-            HINT_RECONVERT,
-        )
-    })
+    for (id, t) in bos.iter().chain(eos.iter()) {
+        special_tokens.insert(t.clone(), json!({"id": t, "ids": [id], "tokens": [t]}));
+    }
+    let mut pair = piece("A", 0);
+    pair.extend(piece("B", 1));
+    Ok(
+        json!({"type": "TemplateProcessing", "single": piece("A", 0), "pair": pair,
+        "special_tokens": special_tokens}),
+    )
 }
 
 /// Tensors llama.cpp's llama graph uses that btx has no place for, but which are provably
@@ -993,94 +1075,9 @@ pub fn import_gguf(path: &Path, out: &Path, existing: Existing) -> Result<ModelC
         .into_iter()
         .map(|s| (s.name, s.shape))
         .collect();
-    let source = |name: &str| gguf_source(name).expect("every parameter has a GGUF name");
-    let mapped: std::collections::HashSet<String> =
-        specs.iter().map(|(n, _)| source(n).0).collect();
-    // llama.cpp refuses a file with a tensor its graph does not load, and uses every one it
-    // loads: a tensor btx does not map would be a part of the model left out.
-    let mut unmapped = vec![];
-    for t in &g.tensors {
-        // Read into the config's RoPE scaling (see config_from_gguf).
-        let rope_read =
-            t.name == "rope_freqs.weight" && matches!(cfg.rope_scaling, RopeScaling::Llama3 { .. });
-        if mapped.contains(&t.name) || rope_read {
-            continue;
-        }
-        match inert_tensor(&t.name, &cfg) {
-            Some((shape, neutral, what)) => {
-                if t.shape() != shape {
-                    return Err(refuse(
-                        &g,
-                        format!(
-                            "tensor {:?} has shape {:?}, expected {shape:?}",
-                            t.name,
-                            t.shape()
-                        ),
-                        HINT_RECONVERT,
-                    ));
-                }
-                let v = g.dequantize(t)?;
-                if let Some(x) = v.iter().find(|&&x| x != neutral) {
-                    return Err(refuse(
-                        &g,
-                        format!(
-                            "tensor {:?} is not supported: it holds {what} (it has {x}; only all {neutral} changes nothing)",
-                            t.name
-                        ),
-                        HINT_UNSUPPORTED,
-                    ));
-                }
-            }
-            None => unmapped.push(&t.name),
-        }
-    }
-    if let Some(first) = unmapped.first() {
-        let more = match unmapped.len() {
-            1 => String::new(),
-            n => format!(" (and {} more tensors btx does not map)", n - 1),
-        };
-        return Err(refuse(
-            &g,
-            format!(
-                "tensor {first:?} is not supported: {}{more}",
-                unmapped_what(first)
-            ),
-            HINT_UNSUPPORTED,
-        ));
-    }
-    // A parameter's tensor, checked to have the shape the metadata gives it (for one expert,
-    // the stacked shape [experts, rows, cols]), and the expert's index in it.
-    let tensor_of = |name: &str,
-                     shape: &[usize]|
-     -> Result<(&btx_data::gguf::TensorInfo, Option<usize>)> {
-        let (gname, expert) = source(name);
-        let shape: Vec<usize> = match (expert, &cfg.moe) {
-            (Some(_), Some(moe)) => std::iter::once(moe.num_experts)
-                .chain(shape.iter().copied())
-                .collect(),
-            _ => shape.to_vec(),
-        };
-        let t = g.tensor(&gname).ok_or_else(|| {
-            refuse(
-                &g,
-                format!("tensor {gname:?} is missing (needed for {name})"),
-                "is this a complete Llama GGUF? (a file of llama.cpp's split format holds part of the tensors)",
-            )
-        })?;
-        if t.shape() != shape {
-            return Err(refuse(
-                &g,
-                format!(
-                    "tensor {gname:?} has shape {:?}, expected {shape:?} from the file's metadata",
-                    t.shape()
-                ),
-                HINT_RECONVERT,
-            ));
-        }
-        Ok((t, expert))
-    };
+    check_unmapped(&g, &cfg, &specs)?;
     for (name, shape) in &specs {
-        let (t, expert) = tensor_of(name, shape)?;
+        let (t, expert) = param_tensor(&g, &cfg, name, shape)?;
         if expert.is_some_and(|e| e > 0) {
             continue; // the stacked tensor was checked with expert 0
         }
@@ -1101,24 +1098,8 @@ pub fn import_gguf(path: &Path, out: &Path, existing: Existing) -> Result<ModelC
     };
     write_model_checkpoint(dir, &cfg, &specs, &save, |i, sink| {
         let (name, shape) = &specs[i];
-        let read = || -> Result<Vec<f32>> {
-            let (t, expert) = tensor_of(name, shape)?;
-            let w = match expert {
-                Some(e) => {
-                    let n: usize = shape.iter().product();
-                    g.dequantize_range(t, e * n, (e + 1) * n)?
-                }
-                None => g.dequantize(t)?,
-            };
-            // Checked above already; kept because it costs one pass over values about to be
-            // written, and a non-finite model must never appear (an error here leaves only the
-            // staging directory, which OutDir removes).
-            if let Some(i) = w.iter().position(|x| !x.is_finite()) {
-                return Err(non_finite(&g, &t.name, i, w.len()));
-            }
-            Ok(w)
-        };
-        let w = read().map_err(|e| btx_model::ModelError::Invalid { msg: e.to_string() })?;
+        let w = param_values(&g, &cfg, name, shape)
+            .map_err(|e| btx_model::ModelError::Invalid { msg: e.to_string() })?;
         // Only the llama converter permutes Q/K (for llama.cpp's interleaved RoPE).
         let permuted = cfg.family == Family::Llama;
         let w = if permuted && name.ends_with(q_suffix) {
@@ -1144,6 +1125,124 @@ pub fn import_gguf(path: &Path, out: &Path, existing: Existing) -> Result<ModelC
     }
     staged.commit()?;
     Ok(cfg)
+}
+
+/// The GGUF tensor of a parameter, and for one expert its index in the stacked tensor.
+fn source(name: &str) -> (String, Option<usize>) {
+    gguf_source(name).expect("every parameter has a GGUF name")
+}
+
+/// Refuses a tensor that no parameter maps to, unless it is inert ([`inert_tensor`]) at the
+/// value it holds. llama.cpp refuses a file with a tensor its graph does not load, and uses
+/// every one it loads: a tensor btx does not map would be a part of the model left out.
+fn check_unmapped(g: &GgufFile, cfg: &ModelConfig, specs: &[(String, Vec<usize>)]) -> Result<()> {
+    let mapped: std::collections::HashSet<String> =
+        specs.iter().map(|(n, _)| source(n).0).collect();
+    let mut unmapped = vec![];
+    for t in &g.tensors {
+        // Read into the config's RoPE scaling (see config_from_gguf).
+        let rope_read =
+            t.name == "rope_freqs.weight" && matches!(cfg.rope_scaling, RopeScaling::Llama3 { .. });
+        if mapped.contains(&t.name) || rope_read {
+            continue;
+        }
+        match inert_tensor(&t.name, cfg) {
+            Some((shape, neutral, what)) => {
+                if t.shape() != shape {
+                    return Err(refuse(
+                        g,
+                        format!(
+                            "tensor {:?} has shape {:?}, expected {shape:?}",
+                            t.name,
+                            t.shape()
+                        ),
+                        HINT_RECONVERT,
+                    ));
+                }
+                let v = g.dequantize(t)?;
+                if let Some(x) = v.iter().find(|&&x| x != neutral) {
+                    return Err(refuse(
+                        g,
+                        format!(
+                            "tensor {:?} is not supported: it holds {what} (it has {x}; only all {neutral} changes nothing)",
+                            t.name
+                        ),
+                        HINT_UNSUPPORTED,
+                    ));
+                }
+            }
+            None => unmapped.push(&t.name),
+        }
+    }
+    if let Some(first) = unmapped.first() {
+        let more = match unmapped.len() {
+            1 => String::new(),
+            n => format!(" (and {} more tensors btx does not map)", n - 1),
+        };
+        return Err(refuse(
+            g,
+            format!(
+                "tensor {first:?} is not supported: {}{more}",
+                unmapped_what(first)
+            ),
+            HINT_UNSUPPORTED,
+        ));
+    }
+    Ok(())
+}
+
+/// A parameter's tensor, checked to have the shape the metadata gives it (for one expert,
+/// the stacked shape [experts, rows, cols]), and the expert's index in it.
+fn param_tensor<'g>(
+    g: &'g GgufFile,
+    cfg: &ModelConfig,
+    name: &str,
+    shape: &[usize],
+) -> Result<(&'g btx_data::gguf::TensorInfo, Option<usize>)> {
+    let (gname, expert) = source(name);
+    let shape: Vec<usize> = match (expert, &cfg.moe) {
+        (Some(_), Some(moe)) => std::iter::once(moe.num_experts)
+            .chain(shape.iter().copied())
+            .collect(),
+        _ => shape.to_vec(),
+    };
+    let t = g.tensor(&gname).ok_or_else(|| {
+        refuse(
+            g,
+            format!("tensor {gname:?} is missing (needed for {name})"),
+            "is this a complete Llama GGUF? (a file of llama.cpp's split format holds part of the tensors)",
+        )
+    })?;
+    if t.shape() != shape {
+        return Err(refuse(
+            g,
+            format!(
+                "tensor {gname:?} has shape {:?}, expected {shape:?} from the file's metadata",
+                t.shape()
+            ),
+            HINT_RECONVERT,
+        ));
+    }
+    Ok((t, expert))
+}
+
+/// A parameter's values, dequantised (one expert's slice of a stacked tensor).
+fn param_values(g: &GgufFile, cfg: &ModelConfig, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+    let (t, expert) = param_tensor(g, cfg, name, shape)?;
+    let w = match expert {
+        Some(e) => {
+            let n: usize = shape.iter().product();
+            g.dequantize_range(t, e * n, (e + 1) * n)?
+        }
+        None => g.dequantize(t)?,
+    };
+    // Checked in import_gguf already; kept because it costs one pass over values about to be
+    // written, and a non-finite model must never appear (an error here leaves only the
+    // staging directory, which OutDir removes).
+    if let Some(i) = w.iter().position(|x| !x.is_finite()) {
+        return Err(non_finite(g, &t.name, i, w.len()));
+    }
+    Ok(w)
 }
 
 fn non_finite(g: &GgufFile, tensor: &str, i: usize, n: usize) -> DataError {

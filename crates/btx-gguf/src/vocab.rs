@@ -131,103 +131,10 @@ pub fn tokenizer_meta(path: &Path, cfg: &ModelConfig) -> Result<(Meta, Vec<Strin
     let j: Json =
         serde_json::from_str(&text).map_err(|e| file_err(path, format!("not JSON: {e}")))?;
     let model = &j["model"];
-    if model["type"] != "BPE" {
-        return Err(refuse(
-            path,
-            format!("the tokenizer model is {}, not BPE", model["type"]),
-        ));
-    }
-    for (key, ok) in [
-        ("byte_fallback", model["byte_fallback"] != true),
-        ("dropout", model["dropout"].is_null()),
-        (
-            "continuing_subword_prefix",
-            model["continuing_subword_prefix"].is_null(),
-        ),
-        ("end_of_word_suffix", model["end_of_word_suffix"].is_null()),
-    ] {
-        if !ok {
-            return Err(refuse(
-                path,
-                format!("model.{key} is {}: not a byte-level BPE as llama.cpp's gpt2 tokenizer runs it (a SentencePiece-style vocabulary, such as Llama 2's or Mistral's, is not exported yet)", model[key]),
-            ));
-        }
-    }
-    // Qwen2/Qwen3's tokenizers normalise to NFC first; llama.cpp does not (nor does its
-    // converter keep it), so the two agree on text already in NFC (as most text is) and only
-    // there: said in a note, not refused, or no Qwen could be exported.
-    let mut notes = vec![];
-    match &j["normalizer"] {
-        Json::Null => {}
-        n if n["type"] == "NFC" => notes.push(
-            "the tokenizer normalises text to NFC first and llama.cpp does not: the two tokenise text already in NFC (most text) alike, other text may differ".to_string(),
-        ),
-        n => {
-            return Err(refuse(
-                path,
-                format!("the tokenizer normalizes text first ({n}), which llama.cpp does not"),
-            ))
-        }
-    }
-    let (pre, ignore_merges) = pre_name(&j["pre_tokenizer"]).ok_or_else(|| {
-        refuse(
-            path,
-            format!(
-                "pre_tokenizer {} splits text in a way btx cannot name as a llama.cpp pre-tokenizer",
-                short(&j["pre_tokenizer"])
-            ),
-        )
-    })?;
-    if model["ignore_merges"].as_bool().unwrap_or(false) != ignore_merges {
-        return Err(refuse(
-            path,
-            format!("model.ignore_merges is {}, but llama.cpp's {pre:?} pre-tokenizer {} merges for words in the vocabulary", model["ignore_merges"], if ignore_merges { "ignores" } else { "applies" }),
-        ));
-    }
-    // Tokens by id: the vocabulary, then added tokens (which may lie past it).
-    let mut tokens: Vec<Option<(String, i32)>> = vec![];
-    let mut put = |id: usize, t: &str, ty: i32| -> Result<()> {
-        if id >= cfg.vocab_size {
-            return Err(refuse(
-                path,
-                format!(
-                    "token {t:?} has id {id}, past the model's {} embedding rows",
-                    cfg.vocab_size
-                ),
-            ));
-        }
-        if tokens.len() <= id {
-            tokens.resize(id + 1, None);
-        }
-        tokens[id] = Some((t.to_string(), ty));
-        Ok(())
-    };
-    let vocab = model["vocab"]
-        .as_object()
-        .ok_or_else(|| refuse(path, "model.vocab is not an object"))?;
-    for (t, id) in vocab {
-        let id = id
-            .as_u64()
-            .ok_or_else(|| refuse(path, format!("vocab id of {t:?} is not an integer")))?;
-        put(id as usize, t, NORMAL)?;
-    }
-    for a in j["added_tokens"].as_array().into_iter().flatten() {
-        let (Some(id), Some(t)) = (a["id"].as_u64(), a["content"].as_str()) else {
-            return Err(refuse(
-                path,
-                format!("added token {a} has no id or content"),
-            ));
-        };
-        put(
-            id as usize,
-            t,
-            if a["special"] == true {
-                CONTROL
-            } else {
-                USER_DEFINED
-            },
-        )?;
-    }
+    check_byte_level_bpe(path, model)?;
+    let notes = normalizer_notes(path, &j["normalizer"])?;
+    let pre = llama_cpp_pre(path, &j["pre_tokenizer"], model)?;
+    let tokens = tokens_by_id(path, &j, cfg.vocab_size)?;
     let (mut texts, mut types) = (vec![], vec![]);
     for i in 0..cfg.vocab_size {
         let (t, ty) = tokens
@@ -238,21 +145,7 @@ pub fn tokenizer_meta(path: &Path, cfg: &ModelConfig) -> Result<(Meta, Vec<Strin
         texts.push(Value::Str(t));
         types.push(Value::I32(ty));
     }
-    let merges = model["merges"]
-        .as_array()
-        .ok_or_else(|| refuse(path, "model.merges is not a list"))?
-        .iter()
-        .map(|m| match m {
-            Json::String(s) => Ok(s.clone()),
-            Json::Array(p) if p.len() == 2 && p.iter().all(Json::is_string) => Ok(format!(
-                "{} {}",
-                p[0].as_str().unwrap(),
-                p[1].as_str().unwrap()
-            )),
-            other => Err(refuse(path, format!("merge {other} is not two tokens"))),
-        })
-        .map(|r| r.map(Value::Str))
-        .collect::<Result<Vec<_>>>()?;
+    let merges = merges_of(path, model)?;
     let name_of = |id: Option<u32>| -> Option<String> {
         id.and_then(|i| tokens.get(i as usize).cloned().flatten())
             .map(|(t, _)| t)
@@ -285,6 +178,140 @@ pub fn tokenizer_meta(path: &Path, cfg: &ModelConfig) -> Result<(Meta, Vec<Strin
         meta.push(("tokenizer.chat_template".into(), Value::Str(t)));
     }
     Ok((meta, notes))
+}
+
+/// Refuses a tokenizer model that is not a byte-level BPE as llama.cpp's gpt2 tokenizer runs it.
+fn check_byte_level_bpe(path: &Path, model: &Json) -> Result<()> {
+    if model["type"] != "BPE" {
+        return Err(refuse(
+            path,
+            format!("the tokenizer model is {}, not BPE", model["type"]),
+        ));
+    }
+    for (key, ok) in [
+        ("byte_fallback", model["byte_fallback"] != true),
+        ("dropout", model["dropout"].is_null()),
+        (
+            "continuing_subword_prefix",
+            model["continuing_subword_prefix"].is_null(),
+        ),
+        ("end_of_word_suffix", model["end_of_word_suffix"].is_null()),
+    ] {
+        if !ok {
+            return Err(refuse(
+                path,
+                format!("model.{key} is {}: not a byte-level BPE as llama.cpp's gpt2 tokenizer runs it (a SentencePiece-style vocabulary, such as Llama 2's or Mistral's, is not exported yet)", model[key]),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The notes on the tokenizer's `normalizer`, or its refusal. Qwen2/Qwen3's tokenizers
+/// normalise to NFC first; llama.cpp does not (nor does its converter keep it), so the two
+/// agree on text already in NFC (as most text is) and only there: said in a note, not
+/// refused, or no Qwen could be exported.
+fn normalizer_notes(path: &Path, normalizer: &Json) -> Result<Vec<String>> {
+    let mut notes = vec![];
+    match normalizer {
+        Json::Null => {}
+        n if n["type"] == "NFC" => notes.push(
+            "the tokenizer normalises text to NFC first and llama.cpp does not: the two tokenise text already in NFC (most text) alike, other text may differ".to_string(),
+        ),
+        n => {
+            return Err(refuse(
+                path,
+                format!("the tokenizer normalizes text first ({n}), which llama.cpp does not"),
+            ))
+        }
+    }
+    Ok(notes)
+}
+
+/// llama.cpp's pre-tokenizer name for the `pre_tokenizer`, which must agree with the model's
+/// `ignore_merges`.
+fn llama_cpp_pre(path: &Path, pre_tokenizer: &Json, model: &Json) -> Result<&'static str> {
+    let (pre, ignore_merges) = pre_name(pre_tokenizer).ok_or_else(|| {
+        refuse(
+            path,
+            format!(
+                "pre_tokenizer {} splits text in a way btx cannot name as a llama.cpp pre-tokenizer",
+                short(pre_tokenizer)
+            ),
+        )
+    })?;
+    if model["ignore_merges"].as_bool().unwrap_or(false) != ignore_merges {
+        return Err(refuse(
+            path,
+            format!("model.ignore_merges is {}, but llama.cpp's {pre:?} pre-tokenizer {} merges for words in the vocabulary", model["ignore_merges"], if ignore_merges { "ignores" } else { "applies" }),
+        ));
+    }
+    Ok(pre)
+}
+
+/// Tokens by id, with their llama.cpp types: the vocabulary, then added tokens (which may lie
+/// past it). Every id must be a row of the model's `vocab_size`.
+fn tokens_by_id(path: &Path, j: &Json, vocab_size: usize) -> Result<Vec<Option<(String, i32)>>> {
+    let mut tokens: Vec<Option<(String, i32)>> = vec![];
+    let mut put = |id: usize, t: &str, ty: i32| -> Result<()> {
+        if id >= vocab_size {
+            return Err(refuse(
+                path,
+                format!("token {t:?} has id {id}, past the model's {vocab_size} embedding rows"),
+            ));
+        }
+        if tokens.len() <= id {
+            tokens.resize(id + 1, None);
+        }
+        tokens[id] = Some((t.to_string(), ty));
+        Ok(())
+    };
+    let vocab = j["model"]["vocab"]
+        .as_object()
+        .ok_or_else(|| refuse(path, "model.vocab is not an object"))?;
+    for (t, id) in vocab {
+        let id = id
+            .as_u64()
+            .ok_or_else(|| refuse(path, format!("vocab id of {t:?} is not an integer")))?;
+        put(id as usize, t, NORMAL)?;
+    }
+    for a in j["added_tokens"].as_array().into_iter().flatten() {
+        let (Some(id), Some(t)) = (a["id"].as_u64(), a["content"].as_str()) else {
+            return Err(refuse(
+                path,
+                format!("added token {a} has no id or content"),
+            ));
+        };
+        put(
+            id as usize,
+            t,
+            if a["special"] == true {
+                CONTROL
+            } else {
+                USER_DEFINED
+            },
+        )?;
+    }
+    Ok(tokens)
+}
+
+/// The merges as llama.cpp writes them: "left right" (`tokenizers` writes either that or a pair).
+fn merges_of(path: &Path, model: &Json) -> Result<Vec<Value>> {
+    model["merges"]
+        .as_array()
+        .ok_or_else(|| refuse(path, "model.merges is not a list"))?
+        .iter()
+        .map(|m| match m {
+            Json::String(s) => Ok(s.clone()),
+            Json::Array(p) if p.len() == 2 && p.iter().all(Json::is_string) => Ok(format!(
+                "{} {}",
+                p[0].as_str().unwrap(),
+                p[1].as_str().unwrap()
+            )),
+            other => Err(refuse(path, format!("merge {other} is not two tokens"))),
+        })
+        .map(|r| r.map(Value::Str))
+        .collect::<Result<Vec<_>>>()
 }
 
 /// The chat template of `tokenizer_config.json` beside `tokenizer.json`, if there is one (a

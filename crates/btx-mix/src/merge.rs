@@ -55,27 +55,7 @@ pub fn mix(seed: &Path, experts: &[PathBuf], opts: &MixOptions, out: &Path) -> R
         .chain(experts.iter().map(PathBuf::as_path))
         .collect();
     btx_core::outdir::check_not_an_input(out, &inputs)?;
-    let seed_src = Source::open(seed)?;
-    let save = btx_model::io::SaveOpts {
-        dtype: opts
-            .dtype
-            .unwrap_or_else(|| seed_src.reader.weights_dtype()),
-        max_shard_bytes: opts.max_shard_bytes,
-    };
-    // The seed once more, alone, when it is the source of the non-FFN weights.
-    let non_ffn_src = match opts.spec.non_ffn {
-        NonFfn::Average => None,
-        NonFfn::Seed => Some(vec![Source::open(seed)?]),
-    };
-    let mut sources = experts
-        .iter()
-        .map(|d| Source::open(d))
-        .collect::<Result<Vec<_>>>()?;
-    let all: Vec<&Source> = std::iter::once(&seed_src).chain(sources.iter()).collect();
-    check_compatible(&all)?;
-    if opts.spec.generalist {
-        sources.push(seed_src);
-    }
+    let (sources, non_ffn_src, save) = open_sources(seed, experts, opts)?;
     let m = sources.len();
     let spec = &opts.spec;
     let base = sources[0].cfg.clone();
@@ -84,38 +64,15 @@ pub fn mix(seed: &Path, experts: &[PathBuf], opts: &MixOptions, out: &Path) -> R
     let w = spec.weights_for(m);
     let (num_experts, expert_f) = (cfg.num_experts(), cfg.intermediate_size);
     cfg.expert_labels = expert_labels(experts, opts, num_experts)?;
-    if let RouterInit::Rows { ffn: r, attn } = &opts.router_init {
-        if !attn.is_empty()
-            && (attn.len() != cfg.num_layers
-                || attn.iter().any(|t| t.shape != [m, cfg.hidden_size]))
-        {
-            return Err(MixError::Options(format!(
-                "attention router rows must be {} tensors of [{m}, {}]",
-                cfg.num_layers, cfg.hidden_size
-            )));
-        }
-        if r.len() != cfg.num_layers || r.iter().any(|t| t.shape != [num_experts, cfg.hidden_size])
-        {
-            return Err(MixError::Options(format!(
-                "router rows must be {} tensors of [{num_experts}, {}]",
-                cfg.num_layers, cfg.hidden_size
-            )));
-        }
-    }
+    check_router_rows(&opts.router_init, &cfg, m)?;
     let specs: Vec<(String, Vec<usize>)> = param_specs(&cfg)
         .into_iter()
         .map(|s| (s.name, s.shape))
         .collect();
     let d = cfg.hidden_size;
-    let mut rng = match &opts.router_init {
-        RouterInit::Random { seed, .. } => Some(Rng::derive(*seed, "router-init")),
-        _ => None,
-    };
+    let mut rng = router_rng(&opts.router_init, "router-init");
     // Its own stream, so that adding attention experts leaves the FFN routers' draws alone.
-    let mut attn_rng = match &opts.router_init {
-        RouterInit::Random { seed, .. } => Some(Rng::derive(*seed, "attn-router-init")),
-        _ => None,
-    };
+    let mut attn_rng = router_rng(&opts.router_init, "attn-router-init");
     let base_specs: std::collections::HashMap<String, Vec<usize>> = param_specs(&base)
         .into_iter()
         .map(|s| (s.name, s.shape))
@@ -131,17 +88,13 @@ pub fn mix(seed: &Path, experts: &[PathBuf], opts: &MixOptions, out: &Path) -> R
                 Some(seed) => mean_into(seed, name, &base_specs[name], &[1.0], sink),
             }
             .map_err(into_model_err),
-            ParamKind::Router { layer } => match &opts.router_init {
-                RouterInit::Zero => sink.f32(&vec![0.0; num_experts * d]),
-                RouterInit::Random { std, .. } => {
-                    let r = rng.as_mut().expect("rng for random init");
-                    let v: Vec<f32> = (0..num_experts * d)
-                        .map(|_| (r.normal() * std) as f32)
-                        .collect();
-                    sink.f32(&v)
-                }
-                RouterInit::Rows { ffn, .. } => sink.f32(&ffn[layer].data),
-            },
+            ParamKind::Router { layer } => ffn_router_into(
+                &opts.router_init,
+                rng.as_mut(),
+                layer,
+                num_experts * d,
+                sink,
+            ),
             ParamKind::Ffn {
                 layer,
                 expert: Some(e),
@@ -172,16 +125,9 @@ pub fn mix(seed: &Path, experts: &[PathBuf], opts: &MixOptions, out: &Path) -> R
                 )
                 .map_err(into_model_err)
             }
-            ParamKind::AttnRouter { layer } => match &opts.router_init {
-                RouterInit::Random { std, .. } => {
-                    let r = attn_rng.as_mut().expect("rng for random init");
-                    let v: Vec<f32> = (0..m * d).map(|_| (r.normal() * std) as f32).collect();
-                    sink.f32(&v)
-                }
-                RouterInit::Rows { attn, .. } if !attn.is_empty() => sink.f32(&attn[layer].data),
-                // No rows for them: a uniform mixture (every attention expert weighted 1/E).
-                RouterInit::Zero | RouterInit::Rows { .. } => sink.f32(&vec![0.0; m * d]),
-            },
+            ParamKind::AttnRouter { layer } => {
+                attn_router_into(&opts.router_init, attn_rng.as_mut(), layer, m * d, sink)
+            }
         }
     })?;
     cfg.save_as(&dir.join("config.json"), save.dtype)?;
@@ -206,6 +152,110 @@ pub fn mix(seed: &Path, experts: &[PathBuf], opts: &MixOptions, out: &Path) -> R
     drop(sources);
     staged.commit()?;
     Ok(summary)
+}
+
+/// The mixed models, checked compatible (the experts in order, then the seed with
+/// `generalist`); the seed alone when it is the source of the non-FFN weights; and how the
+/// output is saved (in the seed's dtype unless `opts.dtype` says).
+fn open_sources(
+    seed: &Path,
+    experts: &[PathBuf],
+    opts: &MixOptions,
+) -> Result<(Vec<Source>, Option<Vec<Source>>, btx_model::io::SaveOpts)> {
+    let seed_src = Source::open(seed)?;
+    let save = btx_model::io::SaveOpts {
+        dtype: opts
+            .dtype
+            .unwrap_or_else(|| seed_src.reader.weights_dtype()),
+        max_shard_bytes: opts.max_shard_bytes,
+    };
+    // The seed once more, alone, when it is the source of the non-FFN weights.
+    let non_ffn_src = match opts.spec.non_ffn {
+        NonFfn::Average => None,
+        NonFfn::Seed => Some(vec![Source::open(seed)?]),
+    };
+    let mut sources = experts
+        .iter()
+        .map(|d| Source::open(d))
+        .collect::<Result<Vec<_>>>()?;
+    let all: Vec<&Source> = std::iter::once(&seed_src).chain(sources.iter()).collect();
+    check_compatible(&all)?;
+    if opts.spec.generalist {
+        sources.push(seed_src);
+    }
+    Ok((sources, non_ffn_src, save))
+}
+
+/// Refuses router rows (`RouterInit::Rows`) of the wrong count or shape for `cfg`, whose
+/// MoE mixes `m` models.
+fn check_router_rows(init: &RouterInit, cfg: &btx_model::ModelConfig, m: usize) -> Result<()> {
+    let RouterInit::Rows { ffn: r, attn } = init else {
+        return Ok(());
+    };
+    let num_experts = cfg.num_experts();
+    if !attn.is_empty()
+        && (attn.len() != cfg.num_layers || attn.iter().any(|t| t.shape != [m, cfg.hidden_size]))
+    {
+        return Err(MixError::Options(format!(
+            "attention router rows must be {} tensors of [{m}, {}]",
+            cfg.num_layers, cfg.hidden_size
+        )));
+    }
+    if r.len() != cfg.num_layers || r.iter().any(|t| t.shape != [num_experts, cfg.hidden_size]) {
+        return Err(MixError::Options(format!(
+            "router rows must be {} tensors of [{num_experts}, {}]",
+            cfg.num_layers, cfg.hidden_size
+        )));
+    }
+    Ok(())
+}
+
+/// The random stream `name` of a random router init; None for the other inits.
+fn router_rng(init: &RouterInit, name: &str) -> Option<Rng> {
+    match init {
+        RouterInit::Random { seed, .. } => Some(Rng::derive(*seed, name)),
+        _ => None,
+    }
+}
+
+/// FFN router `layer`'s `n` weights as `init` starts them (`rng`: its stream, with random init).
+fn ffn_router_into(
+    init: &RouterInit,
+    rng: Option<&mut Rng>,
+    layer: usize,
+    n: usize,
+    sink: &mut TensorSink<'_>,
+) -> btx_model::Result<()> {
+    match init {
+        RouterInit::Zero => sink.f32(&vec![0.0; n]),
+        RouterInit::Random { std, .. } => {
+            let r = rng.expect("rng for random init");
+            let v: Vec<f32> = (0..n).map(|_| (r.normal() * std) as f32).collect();
+            sink.f32(&v)
+        }
+        RouterInit::Rows { ffn, .. } => sink.f32(&ffn[layer].data),
+    }
+}
+
+/// Attention router `layer`'s `n` weights as `init` starts them (`rng`: its stream, with
+/// random init).
+fn attn_router_into(
+    init: &RouterInit,
+    rng: Option<&mut Rng>,
+    layer: usize,
+    n: usize,
+    sink: &mut TensorSink<'_>,
+) -> btx_model::Result<()> {
+    match init {
+        RouterInit::Random { std, .. } => {
+            let r = rng.expect("rng for random init");
+            let v: Vec<f32> = (0..n).map(|_| (r.normal() * std) as f32).collect();
+            sink.f32(&v)
+        }
+        RouterInit::Rows { attn, .. } if !attn.is_empty() => sink.f32(&attn[layer].data),
+        // No rows for them: a uniform mixture (every attention expert weighted 1/E).
+        RouterInit::Zero | RouterInit::Rows { .. } => sink.f32(&vec![0.0; n]),
+    }
 }
 
 /// Refuses expert names that `--drop`/`--without-expert` could not tell apart or would read

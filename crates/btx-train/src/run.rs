@@ -15,7 +15,7 @@ use crate::config::TrainerConfig;
 use crate::error::{io_err, TrainError};
 use crate::metrics::{MetricsLog, Progress};
 use crate::signal;
-use crate::trainer::Trainer;
+use crate::trainer::{StepStats, Trainer};
 
 /// How to run (not what to learn: that is [`TrainerConfig`]).
 #[derive(Clone, Debug)]
@@ -75,95 +75,19 @@ pub fn train(
     signal::install();
     let ckpt_root = out.join("checkpoints");
     let total_steps = cfg.train.steps;
-    let latest = if opts.resume {
-        checkpoint::load_latest(&ckpt_root, &Device::flex()).map(Some)
-    } else {
-        checkpoint::find_latest(&ckpt_root).map(|_| None)
+    let (mut trainer, mut tokens, mut elapsed) = start(init, data, cfg, out, opts, &ckpt_root)?;
+    let mut log = StepLog {
+        metrics: MetricsLog::open(&out.join("metrics.jsonl"), trainer.step)?,
+        progress: Progress::new(&opts.label, total_steps, trainer.step, opts.progress),
+        cfg,
+        label: &opts.label,
     };
-    let mut trainer;
-    let (mut tokens, mut elapsed) = (0u64, 0f64);
-    match latest {
-        Some(Some((dir, loaded))) => {
-            let changes = checkpoint::resume_changes(&dir, &loaded.state, cfg)?;
-            for (key, old, new) in &changes {
-                tracing::warn!(
-                    "{}: resuming with {key} changed: {old} -> {new}",
-                    opts.label
-                );
-            }
-            if loaded.state.step > total_steps {
-                return Err(TrainError::ConfigChanged {
-                    dir: dir.clone(),
-                    what: format!(
-                        "the checkpoint is at step {}, beyond train.steps {total_steps}; resume with train.steps >= {}",
-                        loaded.state.step, loaded.state.step
-                    ),
-                });
-            }
-            trainer = Trainer::new(loaded.model, cfg.clone(), &opts.device)?;
-            let shapes: BTreeMap<String, [usize; 2]> = {
-                let mut m = BTreeMap::new();
-                trainer.model.visit(|n, t| {
-                    m.insert(n.to_string(), t.dims());
-                });
-                m
-            };
-            let dev = trainer.device().inner();
-            trainer
-                .opt
-                .import(loaded.state.optimizer_t, &loaded.moments, &shapes, &dev)
-                .map_err(|msg| TrainError::Corrupt {
-                    path: dir.join("optimizer.safetensors"),
-                    msg,
-                })?;
-            data.restore(&loaded.state.data_cursor)
-                .map_err(|msg| TrainError::Corrupt {
-                    path: dir.join("state.json"),
-                    msg,
-                })?;
-            trainer.step = loaded.state.step;
-            tokens = loaded.state.tokens;
-            elapsed = loaded.state.elapsed_s;
-            tracing::info!(
-                "{}: resuming from {} (step {}/{})",
-                opts.label,
-                dir.display(),
-                trainer.step,
-                total_steps
-            );
-        }
-        Some(None) => {
-            return Err(TrainError::AlreadyStarted {
-                dir: out.to_path_buf(),
-            })
-        }
-        None => {
-            trainer = Trainer::new(init, cfg.clone(), &opts.device)?;
-        }
-    }
-    let mut metrics = MetricsLog::open(&out.join("metrics.jsonl"), trainer.step)?;
-    let progress = Progress::new(&opts.label, total_steps, trainer.step, opts.progress);
-    let log_every = cfg.train.log_every.max(1);
     let save = |tr: &Trainer, data: &dyn BatchSource, tokens: u64, elapsed: f64| {
-        let state = CheckpointState {
-            step: tr.step,
-            optimizer_t: tr.opt.t,
-            data_cursor: data.cursor(),
-            tokens,
-            elapsed_s: elapsed,
-            config: checkpoint::config_json(cfg),
-        };
-        checkpoint::save(
-            &ckpt_root,
-            &tr.model,
-            &tr.opt,
-            &state,
-            cfg.train.keep_checkpoints,
-        )
+        save_checkpoint(&ckpt_root, cfg, tr, data, tokens, elapsed)
     };
     // A resume that has no step left to take (a finished run resumed) reports the loss its log
     // recorded for the last step, not NaN.
-    let mut last_loss = metrics.resumed_loss().unwrap_or(f64::NAN);
+    let mut last_loss = log.metrics.resumed_loss().unwrap_or(f64::NAN);
     let mut last_saved = trainer.step;
     let mut steps_here = 0;
     let mut stopped_early = false;
@@ -184,29 +108,10 @@ pub fn train(
         }
         if st.skipped {
             nonfinite_run += 1;
-            let what = if st.total_loss.is_finite() {
-                format!("gradient norm ({})", st.grad_norm)
-            } else {
-                format!("loss ({})", st.total_loss)
-            };
-            tracing::warn!(
-                "{} step {}: non-finite {what}; update skipped ({nonfinite_run} of at most {} in a row)",
-                opts.label,
-                trainer.step,
-                cfg.train.max_nonfinite_steps
-            );
-            metrics.write(&json!({"step": trainer.step, "skipped": true, "loss": st.loss, "grad_norm": st.grad_norm}))?;
+            let what = log.skipped(&st, trainer.step, nonfinite_run)?;
             if nonfinite_run >= cfg.train.max_nonfinite_steps {
-                progress.finish();
-                return Err(TrainError::Diverged {
-                    step: trainer.step,
-                    steps: nonfinite_run,
-                    what,
-                    last_good: checkpoint::find_latest(&ckpt_root)
-                        .map_or("none (no checkpoint was written yet)".into(), |(_, p)| {
-                            p.display().to_string()
-                        }),
-                });
+                log.progress.finish();
+                return Err(diverged(&ckpt_root, trainer.step, nonfinite_run, what));
             }
             continue;
         }
@@ -219,40 +124,9 @@ pub fn train(
         steps_here += 1;
         let s = trainer.step;
         let tok_s = step_tokens as f64 / dt.max(1e-9);
-        let mut rec = json!({
-            "step": s, "loss": st.loss, "lr": st.lr, "grad_norm": st.grad_norm,
-            "tokens": tokens, "tokens_per_s": tok_s, "step_s": dt, "elapsed_s": elapsed,
-        });
-        if trainer.model.cfg.is_moe() {
-            rec["lb_loss"] = json!(st.lb_loss);
-            rec["z_loss"] = json!(st.z_loss);
-            rec["total_loss"] = json!(st.total_loss);
-            if st.dropped_tokens > 0 {
-                rec["dropped_tokens"] = json!(st.dropped_tokens);
-            }
-        }
-        let log_now = s % log_every == 0 || s == total_steps;
-        if log_now && !st.expert_load.is_empty() {
-            rec["expert_load"] = json!(st.expert_load);
-            warn_dead_experts(
-                &opts.label,
-                s,
-                &st.expert_load,
-                cfg.moe.dead_expert_threshold,
-            );
-        }
-        metrics.write(&rec)?;
-        progress.update(s, st.loss, tok_s);
-        if log_now && !progress.is_bar() {
-            tracing::info!(
-                "{} step {s}/{total_steps} loss {:.4} lr {:.2e} gnorm {:.3} {:.0} tok/s",
-                opts.label,
-                st.loss,
-                st.lr,
-                st.grad_norm,
-                tok_s
-            );
-        }
+        let moe = trainer.model.cfg.is_moe();
+        let rec = step_record(&st, s, tokens, tok_s, dt, elapsed, moe);
+        log.completed(&st, rec, s, tok_s)?;
         let every = cfg.train.checkpoint_every;
         let stop =
             signal::stop_requested() || opts.max_steps_this_run.is_some_and(|m| steps_here >= m);
@@ -266,19 +140,12 @@ pub fn train(
             break;
         }
     }
-    progress.finish();
+    log.progress.finish();
     if nonfinite_run > 0 && !stopped_early {
         // The run ended on skipped steps (fewer than max_nonfinite_steps of them): what it
         // would call its final model is not what its last steps trained.
-        return Err(TrainError::Diverged {
-            step: trainer.step,
-            steps: nonfinite_run,
-            what: "loss or gradient norm".into(),
-            last_good: checkpoint::find_latest(&ckpt_root)
-                .map_or("none (no checkpoint was written yet)".into(), |(_, p)| {
-                    p.display().to_string()
-                }),
-        });
+        let what = "loss or gradient norm".into();
+        return Err(diverged(&ckpt_root, trainer.step, nonfinite_run, what));
     }
     let model_dir = out.join("model");
     if !stopped_early {
@@ -295,6 +162,226 @@ pub fn train(
         stopped_early,
         model_dir,
     })
+}
+
+/// The trainer to run, with the tokens and seconds the run has spent: with `opts.resume`
+/// from the newest complete checkpoint if there is one, else new from `init`. Without
+/// `opts.resume`, an existing checkpoint refuses the run.
+fn start(
+    init: Model,
+    data: &mut dyn BatchSource,
+    cfg: &TrainerConfig,
+    out: &Path,
+    opts: &TrainOpts,
+    ckpt_root: &Path,
+) -> Result<(Trainer, u64, f64), TrainError> {
+    let latest = if opts.resume {
+        checkpoint::load_latest(ckpt_root, &Device::flex()).map(Some)
+    } else {
+        checkpoint::find_latest(ckpt_root).map(|_| None)
+    };
+    match latest {
+        Some(Some((dir, loaded))) => resume(&dir, loaded, data, cfg, opts),
+        Some(None) => Err(TrainError::AlreadyStarted {
+            dir: out.to_path_buf(),
+        }),
+        None => Ok((Trainer::new(init, cfg.clone(), &opts.device)?, 0, 0.0)),
+    }
+}
+
+/// The trainer, tokens and seconds of the checkpoint `loaded` (read from `dir`), with its
+/// optimizer state and the data source's cursor restored.
+fn resume(
+    dir: &Path,
+    loaded: checkpoint::Loaded,
+    data: &mut dyn BatchSource,
+    cfg: &TrainerConfig,
+    opts: &TrainOpts,
+) -> Result<(Trainer, u64, f64), TrainError> {
+    let total_steps = cfg.train.steps;
+    let changes = checkpoint::resume_changes(dir, &loaded.state, cfg)?;
+    for (key, old, new) in &changes {
+        tracing::warn!(
+            "{}: resuming with {key} changed: {old} -> {new}",
+            opts.label
+        );
+    }
+    if loaded.state.step > total_steps {
+        return Err(TrainError::ConfigChanged {
+            dir: dir.to_path_buf(),
+            what: format!(
+                "the checkpoint is at step {}, beyond train.steps {total_steps}; resume with train.steps >= {}",
+                loaded.state.step, loaded.state.step
+            ),
+        });
+    }
+    let mut trainer = Trainer::new(loaded.model, cfg.clone(), &opts.device)?;
+    let shapes: BTreeMap<String, [usize; 2]> = {
+        let mut m = BTreeMap::new();
+        trainer.model.visit(|n, t| {
+            m.insert(n.to_string(), t.dims());
+        });
+        m
+    };
+    let dev = trainer.device().inner();
+    trainer
+        .opt
+        .import(loaded.state.optimizer_t, &loaded.moments, &shapes, &dev)
+        .map_err(|msg| TrainError::Corrupt {
+            path: dir.join("optimizer.safetensors"),
+            msg,
+        })?;
+    data.restore(&loaded.state.data_cursor)
+        .map_err(|msg| TrainError::Corrupt {
+            path: dir.join("state.json"),
+            msg,
+        })?;
+    trainer.step = loaded.state.step;
+    tracing::info!(
+        "{}: resuming from {} (step {}/{})",
+        opts.label,
+        dir.display(),
+        trainer.step,
+        total_steps
+    );
+    Ok((trainer, loaded.state.tokens, loaded.state.elapsed_s))
+}
+
+/// Where a run reports its steps: `metrics.jsonl`, the progress bar and the log.
+struct StepLog<'a> {
+    metrics: MetricsLog,
+    progress: Progress,
+    cfg: &'a TrainerConfig,
+    label: &'a str,
+}
+
+impl StepLog<'_> {
+    /// A step skipped for a non-finite loss or gradient norm (the `nonfinite_run`th in a
+    /// row), and what was not finite.
+    fn skipped(
+        &mut self,
+        st: &StepStats,
+        step: usize,
+        nonfinite_run: usize,
+    ) -> Result<String, TrainError> {
+        let what = if st.total_loss.is_finite() {
+            format!("gradient norm ({})", st.grad_norm)
+        } else {
+            format!("loss ({})", st.total_loss)
+        };
+        tracing::warn!(
+            "{} step {}: non-finite {what}; update skipped ({nonfinite_run} of at most {} in a row)",
+            self.label,
+            step,
+            self.cfg.train.max_nonfinite_steps
+        );
+        self.metrics.write(
+            &json!({"step": step, "skipped": true, "loss": st.loss, "grad_norm": st.grad_norm}),
+        )?;
+        Ok(what)
+    }
+
+    /// Step `s` done, with its record `rec`: the expert load (and dead experts) every
+    /// `log_every` steps and at the last, the record, the progress bar, and a log line where
+    /// there is no bar.
+    fn completed(
+        &mut self,
+        st: &StepStats,
+        mut rec: serde_json::Value,
+        s: usize,
+        tok_s: f64,
+    ) -> Result<(), TrainError> {
+        let total_steps = self.cfg.train.steps;
+        let log_every = self.cfg.train.log_every.max(1);
+        let log_now = s.is_multiple_of(log_every) || s == total_steps;
+        if log_now && !st.expert_load.is_empty() {
+            rec["expert_load"] = json!(st.expert_load);
+            warn_dead_experts(
+                self.label,
+                s,
+                &st.expert_load,
+                self.cfg.moe.dead_expert_threshold,
+            );
+        }
+        self.metrics.write(&rec)?;
+        self.progress.update(s, st.loss, tok_s);
+        if log_now && !self.progress.is_bar() {
+            tracing::info!(
+                "{} step {s}/{total_steps} loss {:.4} lr {:.2e} gnorm {:.3} {:.0} tok/s",
+                self.label,
+                st.loss,
+                st.lr,
+                st.grad_norm,
+                tok_s
+            );
+        }
+        Ok(())
+    }
+}
+
+/// A checkpoint of the trainer at its current step, with the data cursor and the run's totals.
+fn save_checkpoint(
+    ckpt_root: &Path,
+    cfg: &TrainerConfig,
+    tr: &Trainer,
+    data: &dyn BatchSource,
+    tokens: u64,
+    elapsed: f64,
+) -> Result<PathBuf, TrainError> {
+    let state = CheckpointState {
+        step: tr.step,
+        optimizer_t: tr.opt.t,
+        data_cursor: data.cursor(),
+        tokens,
+        elapsed_s: elapsed,
+        config: checkpoint::config_json(cfg),
+    };
+    checkpoint::save(
+        ckpt_root,
+        &tr.model,
+        &tr.opt,
+        &state,
+        cfg.train.keep_checkpoints,
+    )
+}
+
+/// The run diverged: `steps` non-finite steps in a row up to `step`, of `what`.
+fn diverged(ckpt_root: &Path, step: usize, steps: usize, what: String) -> TrainError {
+    TrainError::Diverged {
+        step,
+        steps,
+        what,
+        last_good: checkpoint::find_latest(ckpt_root)
+            .map_or("none (no checkpoint was written yet)".into(), |(_, p)| {
+                p.display().to_string()
+            }),
+    }
+}
+
+/// A step's `metrics.jsonl` record (without the expert load, which is logged every
+/// `log_every` steps only).
+fn step_record(
+    st: &StepStats,
+    step: usize,
+    tokens: u64,
+    tok_s: f64,
+    dt: f64,
+    elapsed: f64,
+    moe: bool,
+) -> serde_json::Value {
+    let mut rec = json!({
+        "step": step, "loss": st.loss, "lr": st.lr, "grad_norm": st.grad_norm,
+        "tokens": tokens, "tokens_per_s": tok_s, "step_s": dt, "elapsed_s": elapsed,
+    });
+    if moe {
+        rec["lb_loss"] = json!(st.lb_loss);
+        rec["z_loss"] = json!(st.z_loss);
+        rec["total_loss"] = json!(st.total_loss);
+        if st.dropped_tokens > 0 {
+            rec["dropped_tokens"] = json!(st.dropped_tokens);
+        }
+    }
+    rec
 }
 
 /// `out/model/` via a staging directory and a rename, so it is complete or absent (a trainer

@@ -1,14 +1,14 @@
 //! What a run's evaluations support: every method's loss and accuracy with 95% intervals
-//! (bootstrap over evaluation windows or task items and replicas, `stats`), paired
+//! (bootstrap over evaluation windows or task items and replicas, `crate::bootstrap`), paired
 //! differences between methods, the verdict on each of the paper's claims, and the diagnosis
 //! (how much of each expert's gain survives in each method, forgetting, ablations).
 
 mod diagnosis;
-mod stats;
+mod estimates;
 mod verdicts;
 
 pub use diagnosis::diagnosis;
-pub use stats::Stats;
+pub use estimates::Stats;
 pub use verdicts::{own_share, verdicts, Verdict};
 
 #[cfg(test)]

@@ -1,10 +1,10 @@
 //! The verdict on each of the paper's claims, from intervals (and the routing's own).
 
+use crate::bootstrap::{Bootstrap, Estimate, Finding};
 use crate::input::ReportInput;
 use crate::routing::{RoutingReport, WindowShares};
-use crate::stats::{Bootstrap, Estimate, Finding};
 
-use super::stats::{pcts, Stats, BOOTSTRAP_SEED};
+use super::estimates::{pcts, Stats, BOOTSTRAP_SEED};
 
 /// One verdict line: a claim, what the intervals say about it, and the numbers.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]

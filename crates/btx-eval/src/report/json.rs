@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use serde_json::{json, Value};
 
 use super::common::{avg_loss, get};
+use crate::bootstrap::{Estimate, DRAWS, LEVEL};
 use crate::findings::{diagnosis, Stats, Verdict};
-use crate::stats::{Estimate, DRAWS, LEVEL};
 
 fn est_json(e: Option<Estimate>, scale: f64) -> (Value, Value) {
     match e {

@@ -9,9 +9,9 @@ use crate::findings::{diagnosis, Stats, Verdict};
 mod common;
 mod json;
 
+use crate::bootstrap::{Estimate, DRAWS};
 pub use crate::input::{MethodCompute, MethodResult, ReportInput};
 use crate::routing::DomainRouting;
-use crate::stats::{Estimate, DRAWS};
 pub(crate) use common::fmt_big;
 use common::{avg_loss, get, half_range};
 pub use json::results_json;
@@ -170,6 +170,7 @@ fn diagnosis_tables(st: &Stats) -> String {
     )
 }
 
+/// `report.md`: every section, in the order a reader wants them.
 pub fn markdown(st: &Stats, verdicts: &[Verdict]) -> String {
     let input = st.input;
     let ms = &input.replicas[0];
@@ -181,6 +182,45 @@ pub fn markdown(st: &Stats, verdicts: &[Verdict]) -> String {
         }
         s.push('\n');
     }
+    results_section(st, &mut s);
+    compute_section(ms, &mut s);
+
+    let diag = diagnosis(st);
+    if !diag.is_empty() {
+        s.push_str("## Diagnosis\n\n");
+        s.push_str(&diag);
+        s.push_str("\n\n");
+        s.push_str(&diagnosis_tables(st));
+        s.push('\n');
+    }
+
+    if input.replicas.len() > 1 {
+        seed_spread_section(input, &mut s);
+    }
+    if !input.routing.is_empty() {
+        routing_section(input, &mut s);
+    }
+
+    s.push_str(&crate::optout::section(&input.opt_out, &input.domains));
+
+    if !input.plots.is_empty() {
+        s.push_str("## Plots\n\n");
+        for (cap, link) in &input.plots {
+            let _ = writeln!(s, "**{cap}**\n\n![{cap}]({link})\n");
+        }
+    }
+
+    verdict_section(input, verdicts, &mut s);
+    if let Some(btx) = get(ms, "btx") {
+        samples_section(btx, &mut s);
+    }
+    s
+}
+
+/// The results: the main table, its intervals, chance levels, tasks left out, and what each
+/// method is.
+fn results_section(st: &Stats, s: &mut String) {
+    let input = st.input;
     s.push_str("## Results (held-out loss, lower is better; exact-match accuracy)\n\n");
     s.push_str(&main_table(st));
     let _ = writeln!(
@@ -237,7 +277,10 @@ pub fn markdown(st: &Stats, verdicts: &[Verdict]) -> String {
         );
     }
     s.push_str("\nMethods: `seed` the starting model; `expert:<d>` trained on domain d only; `dense*` continued training of the seed on the finetune mixture; `upcycle-*` sparse upcycling (copies of the seed FFN) trained on the same mixture; `btm-top1/2` Branch-Train-Merge ensembles of the experts (and the generalist seed) weighted by the domain posterior of the context; `merge-avg` the weight average of those models; `mix:<v>` the MiX before any finetuning; `btx` Branch-Train-MiX (top-2, load balancing) and `btx:<v>` its variants; `oracle:<m>` method m with oracle routing (each domain's tokens to its own expert alone), a diagnostic, not a method one can run. `-data` = as many training tokens as BTX, `-compute` = as many training FLOPs.\n\n");
+}
 
+/// The compute each method trains and infers with, and its training time as run.
+fn compute_section(ms: &[MethodResult], s: &mut String) {
     s.push_str("## Compute\n\n| method | train tokens | train FLOPs | train wall s | total params | active params | inference passes/token | inference FLOPs/token |\n|---|---:|---:|---:|---:|---:|---:|---:|\n");
     for m in ms {
         let c = &m.compute;
@@ -256,126 +299,114 @@ pub fn markdown(st: &Stats, verdicts: &[Verdict]) -> String {
     }
     s.push_str("\nTraining compute of a method counts what it trains after the seed: BTX = its experts + MoE-finetune; BTM, merge-avg and mix = the experts; the seed's pretraining is shared by all and listed on its own row.\n\n");
     s.push_str(&cost_section(ms));
+}
 
-    let diag = diagnosis(st);
-    if !diag.is_empty() {
-        s.push_str("## Diagnosis\n\n");
-        s.push_str(&diag);
-        s.push_str("\n\n");
-        s.push_str(&diagnosis_tables(st));
-        s.push('\n');
-    }
-
-    if input.replicas.len() > 1 {
+/// Each method's average per replica, with the half-range.
+fn seed_spread_section(input: &ReportInput, s: &mut String) {
+    let ms = &input.replicas[0];
+    let _ = writeln!(
+        s,
+        "## Seed spread ({} runs with different training seeds)\n",
+        input.replicas.len()
+    );
+    s.push_str("| method | average loss per run | ± half-range | average accuracy % per run |\n|---|---|---:|---|\n");
+    for m in ms {
+        let l: Vec<String> = input
+            .replicas
+            .iter()
+            .filter_map(|r| avg_loss(r, &m.name))
+            .map(|x| format!("{x:.3}"))
+            .collect();
+        let a: Vec<String> = input
+            .replicas
+            .iter()
+            .filter_map(|r| get(r, &m.name))
+            .map(|x| {
+                x.eval
+                    .average
+                    .accuracy
+                    .map_or("–".into(), |a| format!("{:.1}", 100.0 * a))
+            })
+            .collect();
         let _ = writeln!(
             s,
-            "## Seed spread ({} runs with different training seeds)\n",
-            input.replicas.len()
+            "| {} | {} | {:.3} | {} |",
+            m.name,
+            l.join(", "),
+            half_range(input, &m.name),
+            a.join(", ")
         );
-        s.push_str("| method | average loss per run | ± half-range | average accuracy % per run |\n|---|---|---:|---|\n");
-        for m in ms {
-            let l: Vec<String> = input
-                .replicas
-                .iter()
-                .filter_map(|r| avg_loss(r, &m.name))
-                .map(|x| format!("{x:.3}"))
-                .collect();
-            let a: Vec<String> = input
-                .replicas
-                .iter()
-                .filter_map(|r| get(r, &m.name))
-                .map(|x| {
-                    x.eval
-                        .average
-                        .accuracy
-                        .map_or("–".into(), |a| format!("{:.1}", 100.0 * a))
-                })
-                .collect();
-            let _ = writeln!(
-                s,
-                "| {} | {} | {:.3} | {} |",
-                m.name,
-                l.join(", "),
-                half_range(input, &m.name),
-                a.join(", ")
-            );
-        }
-        s.push('\n');
     }
+    s.push('\n');
+}
 
-    if !input.routing.is_empty() {
-        s.push_str("## Routing\n\n");
-        for (name, r) in &input.routing {
+/// Each routed model's shares of each domain's tokens per expert, and its dead experts.
+fn routing_section(input: &ReportInput, s: &mut String) {
+    s.push_str("## Routing\n\n");
+    for (name, r) in &input.routing {
+        let _ = writeln!(
+            s,
+            "**{name}** ({} experts, top-{}, replica 0): share of each domain's held-out tokens routed to each expert (top-k slots), averaged over layers; router entropy in nats (max ln {} = {:.2}).\n",
+            r.num_experts,
+            r.top_k,
+            r.num_experts,
+            (r.num_experts as f64).ln()
+        );
+        // The FFN routers' top-k shares, and the attention routers' mean weights.
+        let rows = |shares: Shares| {
+            r.domains
+                .iter()
+                .map(|(d, dr)| {
+                    let (share, ent) = shares(dr);
+                    let layers = share.len().max(1) as f64;
+                    let per: Vec<f64> = (0..r.num_experts)
+                        .map(|e| {
+                            share
+                                .iter()
+                                .map(|l| l.get(e).copied().unwrap_or(0.0))
+                                .sum::<f64>()
+                                / layers
+                        })
+                        .collect();
+                    (d.as_str(), per, ent.iter().sum::<f64>() / layers)
+                })
+                .collect::<Vec<_>>()
+        };
+        s.push_str(&share_table(
+            input,
+            r.num_experts,
+            &rows(|dr| (&dr.topk_share, &dr.entropy)),
+        ));
+        if r.domains.values().any(|dr| !dr.attn_share.is_empty()) {
             let _ = writeln!(
                 s,
-                "**{name}** ({} experts, top-{}, replica 0): share of each domain's held-out tokens routed to each expert (top-k slots), averaged over layers; router entropy in nats (max ln {} = {:.2}).\n",
-                r.num_experts,
-                r.top_k,
-                r.num_experts,
-                (r.num_experts as f64).ln()
+                "\nAttention experts: mean weight the attention router gives each attention expert (soft: all run), averaged over layers; entropy in nats.\n"
             );
-            // The FFN routers' top-k shares, and the attention routers' mean weights.
-            let rows = |shares: Shares| {
-                r.domains
-                    .iter()
-                    .map(|(d, dr)| {
-                        let (share, ent) = shares(dr);
-                        let layers = share.len().max(1) as f64;
-                        let per: Vec<f64> = (0..r.num_experts)
-                            .map(|e| {
-                                share
-                                    .iter()
-                                    .map(|l| l.get(e).copied().unwrap_or(0.0))
-                                    .sum::<f64>()
-                                    / layers
-                            })
-                            .collect();
-                        (d.as_str(), per, ent.iter().sum::<f64>() / layers)
-                    })
-                    .collect::<Vec<_>>()
-            };
             s.push_str(&share_table(
                 input,
                 r.num_experts,
-                &rows(|dr| (&dr.topk_share, &dr.entropy)),
+                &rows(|dr| (&dr.attn_share, &dr.attn_entropy)),
             ));
-            if r.domains.values().any(|dr| !dr.attn_share.is_empty()) {
-                let _ = writeln!(
-                    s,
-                    "\nAttention experts: mean weight the attention router gives each attention expert (soft: all run), averaged over layers; entropy in nats.\n"
-                );
-                s.push_str(&share_table(
-                    input,
-                    r.num_experts,
-                    &rows(|dr| (&dr.attn_share, &dr.attn_entropy)),
-                ));
+        }
+        let _ = writeln!(
+            s,
+            "\nDead experts (< {:.0}% of tokens in a layer): {}\n",
+            100.0 * r.dead_threshold,
+            if r.dead_experts.is_empty() {
+                "none".to_string()
+            } else {
+                r.dead_experts
+                    .iter()
+                    .map(|(l, e)| format!("layer {l} expert {e}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             }
-            let _ = writeln!(
-                s,
-                "\nDead experts (< {:.0}% of tokens in a layer): {}\n",
-                100.0 * r.dead_threshold,
-                if r.dead_experts.is_empty() {
-                    "none".to_string()
-                } else {
-                    r.dead_experts
-                        .iter()
-                        .map(|(l, e)| format!("layer {l} expert {e}"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                }
-            );
-        }
+        );
     }
+}
 
-    s.push_str(&crate::optout::section(&input.opt_out, &input.domains));
-
-    if !input.plots.is_empty() {
-        s.push_str("## Plots\n\n");
-        for (cap, link) in &input.plots {
-            let _ = writeln!(s, "**{cap}**\n\n![{cap}]({link})\n");
-        }
-    }
-
+/// The verdict on each of the paper's claims, and what the verdicts mean.
+fn verdict_section(input: &ReportInput, verdicts: &[Verdict], s: &mut String) {
     s.push_str("## Verdict on the paper's claims\n\n");
     for v in verdicts {
         let _ = writeln!(s, "- **{}** — *{}*. {}", v.claim, v.status, v.evidence);
@@ -389,28 +420,28 @@ pub fn markdown(st: &Stats, verdicts: &[Verdict]) -> String {
             "; with one replica, training noise is not measured (set `replicas = 3` in the recipe)"
         }
     );
+}
 
-    if let Some(btx) = get(ms, "btx") {
-        s.push_str("## Sample generations (BTX)\n\n");
-        for (d, e) in &btx.eval.domains {
-            for smp in e.samples.iter().take(2) {
-                let _ = writeln!(
-                    s,
-                    "- *{d}* {} — expected `{}`, generated `{}`",
-                    if smp.correct { "✓" } else { "✗" },
-                    smp.answer,
-                    smp.generated
-                        .trim()
-                        .replace('\n', "⏎")
-                        .chars()
-                        .take(80)
-                        .collect::<String>()
-                );
-            }
+/// A few of BTX's generations on each domain's tasks.
+fn samples_section(btx: &MethodResult, s: &mut String) {
+    s.push_str("## Sample generations (BTX)\n\n");
+    for (d, e) in &btx.eval.domains {
+        for smp in e.samples.iter().take(2) {
+            let _ = writeln!(
+                s,
+                "- *{d}* {} — expected `{}`, generated `{}`",
+                if smp.correct { "✓" } else { "✗" },
+                smp.answer,
+                smp.generated
+                    .trim()
+                    .replace('\n', "⏎")
+                    .chars()
+                    .take(80)
+                    .collect::<String>()
+            );
         }
-        s.push('\n');
     }
-    s
+    s.push('\n');
 }
 
 /// Seconds as a reader wants them: 1.23 s, 45.6 ms, 789 µs, 2.1 h.

@@ -7,8 +7,8 @@ use std::path::Path;
 use serde_json::{json, Map, Value};
 
 use super::{
-    yarn_mscale, Family, ModelConfig, MoeConfig, RopeScaling, Routing, BTX_MOA_ARCH, BTX_MOA_TYPE,
-    DEFAULT_TOP_K,
+    yarn_mscale, AttnExpertsConfig, Family, ModelConfig, MoeConfig, RopeScaling, Routing,
+    BTX_MOA_ARCH, BTX_MOA_TYPE, DEFAULT_TOP_K,
 };
 use crate::error::{ModelError, Result};
 
@@ -494,6 +494,341 @@ fn qwen_moe_layout(
     Ok(())
 }
 
+fn cfg_err(msg: String) -> ModelError {
+    ModelError::Config { msg }
+}
+
+/// `config.json`'s top-level keys, read by type. A key given as null counts as missing. A
+/// value of the wrong type is an error, never the default: `"rms_norm_eps": "1e-5"` silently
+/// read as 1e-6 would be a wrong number.
+#[derive(Clone, Copy)]
+struct Keys<'a>(&'a Map<String, Value>);
+
+impl<'a> Keys<'a> {
+    fn present(self, key: &str) -> Option<&'a Value> {
+        self.0.get(key).filter(|v| !v.is_null())
+    }
+
+    fn usize_of(self, key: &str) -> Result<Option<usize>> {
+        match self.present(key) {
+            None => Ok(None),
+            Some(v) => v
+                .as_u64()
+                .map(|x| Some(x as usize))
+                .ok_or_else(|| cfg_err(format!("{key} must be a non-negative integer, found {v}"))),
+        }
+    }
+
+    fn need(self, key: &str) -> Result<usize> {
+        self.usize_of(key)?
+            .ok_or_else(|| cfg_err(format!("missing required key {key:?}")))
+    }
+
+    fn f64_of(self, key: &str) -> Result<Option<f64>> {
+        match self.present(key) {
+            None => Ok(None),
+            Some(v) => v
+                .as_f64()
+                .map(Some)
+                .ok_or_else(|| cfg_err(format!("{key} must be a number, found {v}"))),
+        }
+    }
+
+    fn bool_of(self, key: &str) -> Result<Option<bool>> {
+        match self.present(key) {
+            None => Ok(None),
+            Some(v) => v
+                .as_bool()
+                .map(Some)
+                .ok_or_else(|| cfg_err(format!("{key} must be true or false, found {v}"))),
+        }
+    }
+
+    fn str_of(self, key: &str) -> Result<Option<&'a str>> {
+        match self.present(key) {
+            None => Ok(None),
+            Some(v) => v
+                .as_str()
+                .map(Some)
+                .ok_or_else(|| cfg_err(format!("{key} must be a string, found {v}"))),
+        }
+    }
+
+    /// The first id of a token-id key (one id or a list of them), the one btx keeps. Every id
+    /// of a list is checked against the vocabulary, not only the first; a single id is
+    /// range-checked by validate(), with the others.
+    fn token_id(self, key: &str, vocab_size: usize) -> Result<Option<u32>> {
+        let one = |x: &Value| {
+            x.as_u64()
+                .filter(|&i| i <= u32::MAX as u64)
+                .map(|i| i as u32)
+        };
+        let ids: Vec<u32> = match self.present(key) {
+            None => return Ok(None),
+            Some(Value::Array(a)) if a.iter().all(|x| one(x).is_some()) => {
+                a.iter().filter_map(one).collect()
+            }
+            Some(x) => one(x).map(|i| vec![i]).ok_or_else(|| {
+                cfg_err(format!(
+                    "{key} must be a token id or a list of them, found {x}"
+                ))
+            })?,
+        };
+        if ids.len() > 1 {
+            if let Some((i, id)) = ids
+                .iter()
+                .enumerate()
+                .find(|(_, &id)| id as usize >= vocab_size)
+            {
+                return Err(cfg_err(format!(
+                    "{key}[{i}] {id} is outside the vocabulary 0..{vocab_size}\nhint: is vocab_size right for this tokenizer?"
+                )));
+            }
+        }
+        Ok(ids.first().copied())
+    }
+}
+
+/// The config class and the name the file gives it (for messages). transformers' AutoModel
+/// picks the class from model_type; `architectures` names it too. Both must mean the same
+/// family, or the file means two different models.
+fn class_of<'a>(keys: Keys<'a>) -> Result<(Class, &'a str)> {
+    let arch_name = match keys.present("architectures") {
+        None => None,
+        Some(Value::Array(a)) if a.is_empty() => None,
+        Some(a) => Some(
+            a.as_array()
+                .and_then(|a| a.first())
+                .and_then(|a| a.as_str())
+                .ok_or_else(|| {
+                    cfg_err(format!(
+                        "architectures must be a list of class names, found {a}"
+                    ))
+                })?,
+        ),
+    };
+    let model_type = keys.str_of("model_type")?;
+    let unsupported = |other: &str| {
+        cfg_err(format!(
+            "unsupported architecture {other:?}; btx reads LlamaForCausalLM, MistralForCausalLM, MixtralForCausalLM and its own {BTX_MOA_ARCH}"
+        ))
+    };
+    let class = match (arch_name, model_type) {
+        (None, None) => return Err(unsupported("")),
+        (Some(a), None) => Class::of(a).ok_or_else(|| unsupported(a))?,
+        (None, Some(t)) => Class::of(t).ok_or_else(|| unsupported(t))?,
+        (Some(a), Some(t)) => {
+            let fa = Class::of(a).ok_or_else(|| unsupported(a))?;
+            let ft = Class::of(t).ok_or_else(|| unsupported(t))?;
+            if fa != ft {
+                return Err(cfg_err(format!(
+                    "architectures names {a:?} but model_type is {t:?}: transformers would build a {t} model\nhint: make the two agree"
+                )));
+            }
+            fa
+        }
+    };
+    Ok((class, arch_name.or(model_type).unwrap_or("")))
+}
+
+/// Whether q, k and v have biases. Which projections have biases, per class as transformers
+/// builds them: Llama's and Qwen3's when attention_bias / mlp_bias ask (all four attention
+/// projections: not implemented, refused), Qwen2's q/k/v always, Qwen2-MoE's q/k/v when
+/// qkv_bias (default true); Mistral's and Mixtral's never, whatever the keys say
+/// (transformers ignores them).
+fn qkv_bias(keys: Keys, class: Class, name: &str) -> Result<bool> {
+    let bias_keys: &[&str] = match class {
+        Class::Llama | Class::BtxMoa => &["attention_bias", "mlp_bias"],
+        Class::Qwen3 | Class::Qwen3Moe => &["attention_bias"],
+        _ => &[],
+    };
+    for key in bias_keys {
+        if keys.bool_of(key)? == Some(true) {
+            return Err(cfg_err(format!(
+                "{key} = true is not supported for {name} (btx's attention has biases on q, k and v only, as Qwen2's)"
+            )));
+        }
+    }
+    Ok(match class {
+        Class::Qwen2 => true,
+        Class::Qwen2Moe => keys.bool_of("qkv_bias")?.unwrap_or(true),
+        _ => false,
+    })
+}
+
+/// Refuses quantized weights, weights in a file other than model.safetensors, and a partial
+/// rotary factor.
+fn refuse_unimplemented(keys: Keys) -> Result<()> {
+    if keys.present("quantization_config").is_some() {
+        return Err(cfg_err(
+            "quantization_config: btx reads unquantized float checkpoints only\nhint: use the unquantized model".into(),
+        ));
+    }
+    // transformers (`_get_resolved_checkpoint_files`, assumed from its source) loads the
+    // weights from the file this key names instead of model.safetensors; btx reads
+    // model.safetensors (or the index's shards), so only that default name is accepted.
+    match keys.0.get("transformers_weights") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(f)) if f == crate::io::SINGLE_FILE => {}
+        Some(v) => {
+            return Err(cfg_err(format!(
+                "transformers_weights = {v}: transformers loads the weights from that file, btx reads {} (or the shards {} lists)\nhint: rename the weights file to {} and remove transformers_weights",
+                crate::io::SINGLE_FILE,
+                crate::io::INDEX_FILE,
+                crate::io::SINGLE_FILE
+            )))
+        }
+    }
+    // A partial rotary factor rotates only part of each head: not implemented. (Inside
+    // rope_parameters or rope_scaling it is checked by rope().)
+    if let Some(f) = keys.f64_of("partial_rotary_factor")? {
+        if f != 1.0 {
+            return Err(cfg_err(format!(
+                "partial_rotary_factor = {f} is not supported (btx rotates whole heads)"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The attention's head size, its number of KV heads and its sliding window (if any).
+fn attention_shape(
+    keys: Keys,
+    class: Class,
+    hidden_size: usize,
+    num_heads: usize,
+    num_layers: usize,
+) -> Result<(usize, usize, Option<usize>)> {
+    // Qwen3's head_dim defaults to 128 whatever the sizes; a null there reaches its
+    // attention as None, which it cannot build.
+    let head_dim = match (class.default_head_dim(), keys.0.get("head_dim")) {
+        (Some(_), Some(Value::Null)) => {
+            return Err(cfg_err(
+                "head_dim is null, from which transformers cannot build this model's attention\nhint: give head_dim as a number".into(),
+            ))
+        }
+        (default, _) => keys
+            .usize_of("head_dim")?
+            .or(default)
+            .unwrap_or(hidden_size / num_heads.max(1)),
+    };
+    // Missing and null differ: a missing key takes the architecture's default (8 for
+    // Mistral and Mixtral, 32 for Qwen2 and Qwen3), null means "as many as the query heads".
+    let num_kv_heads = match keys.0.get("num_key_value_heads") {
+        None => class.default_kv_heads().unwrap_or(num_heads),
+        Some(_) => keys.usize_of("num_key_value_heads")?.unwrap_or(num_heads),
+    };
+    let sliding_window = match class {
+        // Llama does not read sliding_window; Mistral's default window is 4096 (null: none).
+        Class::Llama => None,
+        Class::Mistral if !keys.0.contains_key("sliding_window") => Some(4096),
+        Class::Mistral | Class::Mixtral | Class::BtxMoa => keys.usize_of("sliding_window")?,
+        _ => qwen_window(keys.0, class, num_layers).map_err(cfg_err)?,
+    };
+    Ok((head_dim, num_kv_heads, sliding_window))
+}
+
+/// The experts of a MoE config: how many, top-k and btx's routing mode.
+fn moe_of(keys: Keys, class: Class) -> Result<MoeConfig> {
+    let experts_key = match class {
+        Class::Qwen2Moe => "num_experts",
+        // Qwen3-MoE's config maps num_experts onto num_local_experts.
+        Class::Qwen3Moe if keys.present("num_local_experts").is_none() => "num_experts",
+        _ => "num_local_experts",
+    };
+    let (default_experts, default_k) = match class {
+        Class::Qwen2Moe => (60, 4),
+        Class::Qwen3Moe => (128, 8),
+        _ => (8, DEFAULT_TOP_K),
+    };
+    let num_experts = keys.usize_of(experts_key)?.unwrap_or(default_experts);
+    let top_k = keys.usize_of("num_experts_per_tok")?.unwrap_or(default_k);
+    if matches!(class, Class::Qwen2Moe | Class::Qwen3Moe) {
+        qwen_moe_layout(keys.0, class, top_k, num_experts).map_err(cfg_err)?;
+    }
+    let routing = routing_of(keys)?;
+    // btx writes the top-k transformers computes each mode as (soft: every expert,
+    // renormalised, which is soft routing exactly; switch and sample-top1: 1); a file
+    // whose top-k says otherwise would give transformers other logits than btx.
+    let want_k = match routing {
+        Routing::TopK => None,
+        Routing::Soft => Some(num_experts),
+        Routing::Switch { .. } | Routing::SampleTop1 { .. } => Some(1),
+    };
+    if let Some(k) = want_k.filter(|&k| k != top_k) {
+        return Err(cfg_err(format!(
+            "btx_routing mode {:?} goes with num_experts_per_tok = {k}, but config.json has {top_k}: transformers would route top-{top_k}, btx {}\nhint: set num_experts_per_tok to {k} (what btx writes for this mode)",
+            routing.name(),
+            routing.name()
+        )));
+    }
+    Ok(MoeConfig {
+        num_experts,
+        top_k,
+        routing,
+    })
+}
+
+/// btx's routing mode (`btx_routing`; top-k without it).
+fn routing_of(keys: Keys) -> Result<Routing> {
+    let Some(r) = keys.present("btx_routing") else {
+        return Ok(Routing::TopK);
+    };
+    let routing: Routing =
+        serde_json::from_value(r.clone()).map_err(|e| cfg_err(format!("btx_routing: {e}")))?;
+    // serde lets unknown keys through beside a mode without parameters.
+    let known = serde_json::to_value(&routing).expect("routing serialises");
+    if let (Some(given), Some(known)) = (r.as_object(), known.as_object()) {
+        if let Some(k) = given.keys().find(|k| !known.contains_key(*k)) {
+            return Err(cfg_err(format!(
+                "btx_routing: unknown key {k:?} for mode {:?}",
+                routing.name()
+            )));
+        }
+    }
+    Ok(routing)
+}
+
+/// btx's attention experts (`btx_attention_experts`), which go with its own architecture only.
+fn attn_experts_of(keys: Keys, class: Class, name: &str) -> Result<Option<AttnExpertsConfig>> {
+    let attn_experts = match keys.present("btx_attention_experts") {
+        None => None,
+        Some(a) => Some(
+            serde_json::from_value(a.clone())
+                .map_err(|e| cfg_err(format!("btx_attention_experts: {e}")))?,
+        ),
+    };
+    if attn_experts.is_some() != (class == Class::BtxMoa) {
+        return Err(cfg_err(format!(
+            "btx_attention_experts goes with architecture {BTX_MOA_ARCH} (found {name:?})"
+        )));
+    }
+    Ok(attn_experts)
+}
+
+/// transformers passes pad_token_id to nn.Embedding as padding_idx: one index, never a list.
+/// torch takes a negative one as counted from the end (vocab_size + id); btx keeps ids as
+/// they index the table, so it asks for that spelling instead of guessing.
+fn pad_token_id_of(keys: Keys, vocab_size: usize) -> Result<Option<u32>> {
+    let Some(v) = keys.present("pad_token_id") else {
+        return Ok(None);
+    };
+    match v.as_i64() {
+        Some(i) if i < 0 && vocab_size as i64 + i >= 0 => Err(cfg_err(format!(
+            "pad_token_id {i} is negative: transformers' nn.Embedding takes it as row {} of the vocabulary of {vocab_size}\nhint: write that row as pad_token_id ({}), or null for no padding token",
+            vocab_size as i64 + i,
+            vocab_size as i64 + i
+        ))),
+        Some(i) if i < 0 => Err(cfg_err(format!(
+            "pad_token_id {i} is outside the vocabulary of {vocab_size} (transformers cannot build nn.Embedding with this padding_idx)\nhint: set pad_token_id to a token of the vocabulary, or null"
+        ))),
+        Some(i) if i <= u32::MAX as i64 => Ok(Some(i as u32)),
+        _ => Err(cfg_err(format!(
+            "pad_token_id must be one token id (or null), found {v}"
+        ))),
+    }
+}
+
 impl ModelConfig {
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?;
@@ -517,111 +852,13 @@ impl ModelConfig {
         let obj = v.as_object().ok_or_else(|| ModelError::Config {
             msg: "config.json must be a JSON object".into(),
         })?;
-        let cfg_err = |msg: String| ModelError::Config { msg };
-        let present = |key: &str| obj.get(key).filter(|v| !v.is_null());
-        let usize_of = |key: &str| -> Result<Option<usize>> {
-            match present(key) {
-                None => Ok(None),
-                Some(v) => v.as_u64().map(|x| Some(x as usize)).ok_or_else(|| {
-                    cfg_err(format!("{key} must be a non-negative integer, found {v}"))
-                }),
-            }
-        };
-        let need = |key: &str| -> Result<usize> {
-            usize_of(key)?.ok_or_else(|| cfg_err(format!("missing required key {key:?}")))
-        };
-        // A value of the wrong type is an error, never the default: `"rms_norm_eps": "1e-5"`
-        // silently read as 1e-6 would be a wrong number.
-        let f64_in = |m: &Map<String, Value>, key: &str, at: &str| -> Result<Option<f64>> {
-            match m.get(key).filter(|v| !v.is_null()) {
-                None => Ok(None),
-                Some(v) => v
-                    .as_f64()
-                    .map(Some)
-                    .ok_or_else(|| cfg_err(format!("{at}{key} must be a number, found {v}"))),
-            }
-        };
-        let f64_of = |key: &str| f64_in(obj, key, "");
-        let bool_of = |key: &str| -> Result<Option<bool>> {
-            match present(key) {
-                None => Ok(None),
-                Some(v) => v
-                    .as_bool()
-                    .map(Some)
-                    .ok_or_else(|| cfg_err(format!("{key} must be true or false, found {v}"))),
-            }
-        };
-        let str_of = |key: &str| -> Result<Option<&str>> {
-            match present(key) {
-                None => Ok(None),
-                Some(v) => v
-                    .as_str()
-                    .map(Some)
-                    .ok_or_else(|| cfg_err(format!("{key} must be a string, found {v}"))),
-            }
-        };
-        // Every id of a list is checked against the vocabulary (below), not only the first,
-        // which is the one btx keeps.
-        let token_ids = |key: &str| -> Result<Option<Vec<u32>>> {
-            let one = |x: &Value| {
-                x.as_u64()
-                    .filter(|&i| i <= u32::MAX as u64)
-                    .map(|i| i as u32)
-            };
-            match present(key) {
-                None => Ok(None),
-                Some(Value::Array(a)) if a.iter().all(|x| one(x).is_some()) => {
-                    Ok(Some(a.iter().filter_map(one).collect()))
-                }
-                Some(x) => one(x).map(|i| Some(vec![i])).ok_or_else(|| {
-                    cfg_err(format!(
-                        "{key} must be a token id or a list of them, found {x}"
-                    ))
-                }),
-            }
-        };
-        // transformers' AutoModel picks the class from model_type; `architectures` names it
-        // too. Both must mean the same family, or the file means two different models.
-        let arch_name = match present("architectures") {
-            None => None,
-            Some(Value::Array(a)) if a.is_empty() => None,
-            Some(a) => Some(
-                a.as_array()
-                    .and_then(|a| a.first())
-                    .and_then(|a| a.as_str())
-                    .ok_or_else(|| {
-                        cfg_err(format!(
-                            "architectures must be a list of class names, found {a}"
-                        ))
-                    })?,
-            ),
-        };
-        let model_type = str_of("model_type")?;
-        let unsupported = |other: &str| {
-            cfg_err(format!(
-                "unsupported architecture {other:?}; btx reads LlamaForCausalLM, MistralForCausalLM, MixtralForCausalLM and its own {BTX_MOA_ARCH}"
-            ))
-        };
-        let class = match (arch_name, model_type) {
-            (None, None) => return Err(unsupported("")),
-            (Some(a), None) => Class::of(a).ok_or_else(|| unsupported(a))?,
-            (None, Some(t)) => Class::of(t).ok_or_else(|| unsupported(t))?,
-            (Some(a), Some(t)) => {
-                let fa = Class::of(a).ok_or_else(|| unsupported(a))?;
-                let ft = Class::of(t).ok_or_else(|| unsupported(t))?;
-                if fa != ft {
-                    return Err(cfg_err(format!(
-                        "architectures names {a:?} but model_type is {t:?}: transformers would build a {t} model\nhint: make the two agree"
-                    )));
-                }
-                fa
-            }
-        };
+        let keys = Keys(obj);
+        let (class, name) = class_of(keys)?;
         let family = class.family();
         let is_moe = class.is_moe_class()
             || (class == Class::BtxMoa && obj.contains_key("num_local_experts"));
 
-        if let Some(act) = str_of("hidden_act")? {
+        if let Some(act) = keys.str_of("hidden_act")? {
             // transformers' ACT2FN maps both names to SiLU.
             if act != "silu" && act != "swish" {
                 return Err(cfg_err(format!(
@@ -629,223 +866,45 @@ impl ModelConfig {
                 )));
             }
         }
-        // Which projections have biases, per class as transformers builds them: Llama's and
-        // Qwen3's when attention_bias / mlp_bias ask (all four attention projections: not
-        // implemented), Qwen2's q/k/v always, Qwen2-MoE's q/k/v when qkv_bias (default true);
-        // Mistral's and Mixtral's never, whatever the keys say (transformers ignores them).
-        let bias_keys: &[&str] = match class {
-            Class::Llama | Class::BtxMoa => &["attention_bias", "mlp_bias"],
-            Class::Qwen3 | Class::Qwen3Moe => &["attention_bias"],
-            _ => &[],
-        };
-        for key in bias_keys {
-            if bool_of(key)? == Some(true) {
-                return Err(cfg_err(format!(
-                    "{key} = true is not supported for {} (btx's attention has biases on q, k and v only, as Qwen2's)",
-                    arch_name.or(model_type).unwrap_or("")
-                )));
-            }
-        }
-        let qkv_bias = match class {
-            Class::Qwen2 => true,
-            Class::Qwen2Moe => bool_of("qkv_bias")?.unwrap_or(true),
-            _ => false,
-        };
-        if present("quantization_config").is_some() {
-            return Err(cfg_err(
-                "quantization_config: btx reads unquantized float checkpoints only\nhint: use the unquantized model".into(),
-            ));
-        }
-        // transformers (`_get_resolved_checkpoint_files`, assumed from its source) loads the
-        // weights from the file this key names instead of model.safetensors; btx reads
-        // model.safetensors (or the index's shards), so only that default name is accepted.
-        match obj.get("transformers_weights") {
-            None | Some(Value::Null) => {}
-            Some(Value::String(f)) if f == crate::io::SINGLE_FILE => {}
-            Some(v) => {
-                return Err(cfg_err(format!(
-                    "transformers_weights = {v}: transformers loads the weights from that file, btx reads {} (or the shards {} lists)\nhint: rename the weights file to {} and remove transformers_weights",
-                    crate::io::SINGLE_FILE,
-                    crate::io::INDEX_FILE,
-                    crate::io::SINGLE_FILE
-                )))
-            }
-        }
-        // A partial rotary factor rotates only part of each head: not implemented. (Inside
-        // rope_parameters or rope_scaling it is checked by rope().)
-        if let Some(f) = f64_of("partial_rotary_factor")? {
-            if f != 1.0 {
-                return Err(cfg_err(format!(
-                    "partial_rotary_factor = {f} is not supported (btx rotates whole heads)"
-                )));
-            }
-        }
-        let max_position_embeddings =
-            usize_of("max_position_embeddings")?.unwrap_or(class.default_max_positions());
+        let qkv_bias = qkv_bias(keys, class, name)?;
+        refuse_unimplemented(keys)?;
+        let max_position_embeddings = keys
+            .usize_of("max_position_embeddings")?
+            .unwrap_or(class.default_max_positions());
         let (rope_theta, rope_scaling) =
             rope(obj, class, max_position_embeddings).map_err(cfg_err)?;
-        if !is_moe && present("btx_routing").is_some() {
+        if !is_moe && keys.present("btx_routing").is_some() {
             return Err(cfg_err(
                 "btx_routing is set but the model has no experts (no num_local_experts)".into(),
             ));
         }
 
-        let hidden_size = need("hidden_size")?;
-        let num_heads = need("num_attention_heads")?;
-        let num_layers = need("num_hidden_layers")?;
-        // Qwen3's head_dim defaults to 128 whatever the sizes; a null there reaches its
-        // attention as None, which it cannot build.
-        let head_dim = match (class.default_head_dim(), obj.get("head_dim")) {
-            (Some(_), Some(Value::Null)) => {
-                return Err(cfg_err(
-                    "head_dim is null, from which transformers cannot build this model's attention\nhint: give head_dim as a number".into(),
-                ))
-            }
-            (default, _) => usize_of("head_dim")?
-                .or(default)
-                .unwrap_or(hidden_size / num_heads.max(1)),
-        };
-        // Missing and null differ: a missing key takes the architecture's default (8 for
-        // Mistral and Mixtral, 32 for Qwen2 and Qwen3), null means "as many as the query heads".
-        let num_kv_heads = match obj.get("num_key_value_heads") {
-            None => class.default_kv_heads().unwrap_or(num_heads),
-            Some(_) => usize_of("num_key_value_heads")?.unwrap_or(num_heads),
-        };
-        let sliding_window = match class {
-            // Llama does not read sliding_window; Mistral's default window is 4096 (null: none).
-            Class::Llama => None,
-            Class::Mistral if !obj.contains_key("sliding_window") => Some(4096),
-            Class::Mistral | Class::Mixtral | Class::BtxMoa => usize_of("sliding_window")?,
-            _ => qwen_window(obj, class, num_layers).map_err(cfg_err)?,
-        };
+        let hidden_size = keys.need("hidden_size")?;
+        let num_heads = keys.need("num_attention_heads")?;
+        let num_layers = keys.need("num_hidden_layers")?;
+        let (head_dim, num_kv_heads, sliding_window) =
+            attention_shape(keys, class, hidden_size, num_heads, num_layers)?;
         let moe = if is_moe {
-            let experts_key = match class {
-                Class::Qwen2Moe => "num_experts",
-                // Qwen3-MoE's config maps num_experts onto num_local_experts.
-                Class::Qwen3Moe if present("num_local_experts").is_none() => "num_experts",
-                _ => "num_local_experts",
-            };
-            let (default_experts, default_k) = match class {
-                Class::Qwen2Moe => (60, 4),
-                Class::Qwen3Moe => (128, 8),
-                _ => (8, DEFAULT_TOP_K),
-            };
-            let num_experts = usize_of(experts_key)?.unwrap_or(default_experts);
-            let top_k = usize_of("num_experts_per_tok")?.unwrap_or(default_k);
-            if matches!(class, Class::Qwen2Moe | Class::Qwen3Moe) {
-                qwen_moe_layout(obj, class, top_k, num_experts).map_err(cfg_err)?;
-            }
-            let routing = match present("btx_routing") {
-                None => Routing::TopK,
-                Some(r) => {
-                    let routing: Routing = serde_json::from_value(r.clone())
-                        .map_err(|e| cfg_err(format!("btx_routing: {e}")))?;
-                    // serde lets unknown keys through beside a mode without parameters.
-                    let known = serde_json::to_value(&routing).expect("routing serialises");
-                    if let (Some(given), Some(known)) = (r.as_object(), known.as_object()) {
-                        if let Some(k) = given.keys().find(|k| !known.contains_key(*k)) {
-                            return Err(cfg_err(format!(
-                                "btx_routing: unknown key {k:?} for mode {:?}",
-                                routing.name()
-                            )));
-                        }
-                    }
-                    routing
-                }
-            };
-            // btx writes the top-k transformers computes each mode as (soft: every expert,
-            // renormalised, which is soft routing exactly; switch and sample-top1: 1); a file
-            // whose top-k says otherwise would give transformers other logits than btx.
-            let want_k = match routing {
-                Routing::TopK => None,
-                Routing::Soft => Some(num_experts),
-                Routing::Switch { .. } | Routing::SampleTop1 { .. } => Some(1),
-            };
-            if let Some(k) = want_k.filter(|&k| k != top_k) {
-                return Err(cfg_err(format!(
-                    "btx_routing mode {:?} goes with num_experts_per_tok = {k}, but config.json has {top_k}: transformers would route top-{top_k}, btx {}\nhint: set num_experts_per_tok to {k} (what btx writes for this mode)",
-                    routing.name(),
-                    routing.name()
-                )));
-            }
-            Some(MoeConfig {
-                num_experts,
-                top_k,
-                routing,
-            })
+            Some(moe_of(keys, class)?)
         } else {
             None
         };
         // Qwen-MoE experts are moe_intermediate_size wide (intermediate_size is the width of
         // dense layers, which btx's MoE layouts do not have).
         let intermediate_size = match class {
-            Class::Qwen2Moe | Class::Qwen3Moe => usize_of("moe_intermediate_size")?
+            Class::Qwen2Moe | Class::Qwen3Moe => keys
+                .usize_of("moe_intermediate_size")?
                 .unwrap_or(if class == Class::Qwen2Moe { 1408 } else { 768 }),
-            _ => need("intermediate_size")?,
+            _ => keys.need("intermediate_size")?,
         };
-        let attn_experts = match present("btx_attention_experts") {
-            None => None,
-            Some(a) => Some(
-                serde_json::from_value(a.clone())
-                    .map_err(|e| cfg_err(format!("btx_attention_experts: {e}")))?,
-            ),
-        };
-        if attn_experts.is_some() != (class == Class::BtxMoa) {
-            return Err(cfg_err(format!(
-                "btx_attention_experts goes with architecture {BTX_MOA_ARCH} (found {:?})",
-                arch_name.or(model_type).unwrap_or("")
-            )));
-        }
-        let expert_labels = match present("btx_experts") {
+        let attn_experts = attn_experts_of(keys, class, name)?;
+        let expert_labels = match keys.present("btx_experts") {
             None => vec![],
             Some(l) => serde_json::from_value(l.clone())
                 .map_err(|e| cfg_err(format!("btx_experts must be a list of names: {e}")))?,
         };
-        let vocab_size = need("vocab_size")?;
-        let token_id = |key: &str| -> Result<Option<u32>> {
-            let Some(ids) = token_ids(key)? else {
-                return Ok(None);
-            };
-            if ids.len() > 1 {
-                if let Some((i, id)) = ids
-                    .iter()
-                    .enumerate()
-                    .find(|(_, &id)| id as usize >= vocab_size)
-                {
-                    return Err(cfg_err(format!(
-                        "{key}[{i}] {id} is outside the vocabulary 0..{vocab_size}\nhint: is vocab_size right for this tokenizer?"
-                    )));
-                }
-            }
-            // A single id is range-checked by validate(), with the others.
-            Ok(ids.first().copied())
-        };
-        // transformers passes pad_token_id to nn.Embedding as padding_idx: one index, never a
-        // list. torch takes a negative one as counted from the end (vocab_size + id); btx keeps
-        // ids as they index the table, so it asks for that spelling instead of guessing.
-        let pad_token_id = match present("pad_token_id") {
-            None => None,
-            Some(v) => match v.as_i64() {
-                Some(i) if i < 0 && vocab_size as i64 + i >= 0 => {
-                    return Err(cfg_err(format!(
-                        "pad_token_id {i} is negative: transformers' nn.Embedding takes it as row {} of the vocabulary of {vocab_size}\nhint: write that row as pad_token_id ({}), or null for no padding token",
-                        vocab_size as i64 + i,
-                        vocab_size as i64 + i
-                    )))
-                }
-                Some(i) if i < 0 => {
-                    return Err(cfg_err(format!(
-                        "pad_token_id {i} is outside the vocabulary of {vocab_size} (transformers cannot build nn.Embedding with this padding_idx)\nhint: set pad_token_id to a token of the vocabulary, or null"
-                    )))
-                }
-                Some(i) if i <= u32::MAX as i64 => Some(i as u32),
-                _ => {
-                    return Err(cfg_err(format!(
-                        "pad_token_id must be one token id (or null), found {v}"
-                    )))
-                }
-            },
-        };
+        let vocab_size = keys.need("vocab_size")?;
+        let pad_token_id = pad_token_id_of(keys, vocab_size)?;
 
         let cfg = ModelConfig {
             family,
@@ -858,19 +917,21 @@ impl ModelConfig {
             num_heads,
             num_kv_heads,
             head_dim,
-            rms_norm_eps: f64_of("rms_norm_eps")?.unwrap_or(class.default_rms_norm_eps()),
+            rms_norm_eps: keys
+                .f64_of("rms_norm_eps")?
+                .unwrap_or(class.default_rms_norm_eps()),
             rope_theta,
             rope_scaling,
             max_position_embeddings,
-            tie_word_embeddings: bool_of("tie_word_embeddings")?.unwrap_or(false),
-            bos_token_id: token_id("bos_token_id")?,
-            eos_token_id: token_id("eos_token_id")?,
+            tie_word_embeddings: keys.bool_of("tie_word_embeddings")?.unwrap_or(false),
+            bos_token_id: keys.token_id("bos_token_id", vocab_size)?,
+            eos_token_id: keys.token_id("eos_token_id", vocab_size)?,
             pad_token_id,
             sliding_window,
-            attention_dropout: f64_of("attention_dropout")?.unwrap_or(0.0),
+            attention_dropout: keys.f64_of("attention_dropout")?.unwrap_or(0.0),
             // Only Mixtral's router reads it.
             router_jitter_noise: if class == Class::Mixtral || class == Class::BtxMoa {
-                f64_of("router_jitter_noise")?.unwrap_or(0.0)
+                keys.f64_of("router_jitter_noise")?.unwrap_or(0.0)
             } else {
                 0.0
             },

@@ -226,6 +226,11 @@ pub struct ModelConfig {
     pub expert_labels: Vec<String>,
 }
 
+/// A config error, for `validate`'s checks.
+fn bad(msg: String) -> Result<()> {
+    Err(ModelError::Config { msg })
+}
+
 impl ModelConfig {
     /// A Llama-shaped config with the usual defaults (head_dim = hidden / heads, eps 1e-5).
     #[allow(clippy::too_many_arguments)]
@@ -276,7 +281,26 @@ impl ModelConfig {
 
     /// Checks the relations between sizes that the forward pass relies on.
     pub fn validate(&self) -> Result<()> {
-        let bad = |msg: String| Err(ModelError::Config { msg });
+        self.validate_sizes()?;
+        self.validate_values()?;
+        self.validate_token_ids()?;
+        if !self.num_heads.is_multiple_of(self.num_kv_heads) {
+            return bad(format!(
+                "num_attention_heads ({}) must be a multiple of num_key_value_heads ({})",
+                self.num_heads, self.num_kv_heads
+            ));
+        }
+        if !self.head_dim.is_multiple_of(2) {
+            return bad(format!(
+                "head_dim ({}) must be even for RoPE",
+                self.head_dim
+            ));
+        }
+        self.validate_experts()
+    }
+
+    /// Sizes: none is 0, and their products fit in a usize.
+    fn validate_sizes(&self) -> Result<()> {
         for (name, v) in [
             ("vocab_size", self.vocab_size),
             ("hidden_size", self.hidden_size),
@@ -306,6 +330,11 @@ impl ModelConfig {
                     .into(),
             );
         }
+        Ok(())
+    }
+
+    /// The numbers that have no shape: RMSNorm's eps, RoPE, windows, dropout and jitter.
+    fn validate_values(&self) -> Result<()> {
         // Values that make NaN or nonsense without failing anything on the way: a negative eps
         // makes RMSNorm divide by the root of a negative number, theta <= 0 makes RoPE's
         // frequencies NaN or infinite.
@@ -351,6 +380,11 @@ impl ModelConfig {
                 self.router_jitter_noise
             ));
         }
+        Ok(())
+    }
+
+    /// The special tokens are in the vocabulary.
+    fn validate_token_ids(&self) -> Result<()> {
         for (name, id) in [
             ("bos_token_id", self.bos_token_id),
             ("eos_token_id", self.eos_token_id),
@@ -372,18 +406,11 @@ impl ModelConfig {
                 }
             }
         }
-        if !self.num_heads.is_multiple_of(self.num_kv_heads) {
-            return bad(format!(
-                "num_attention_heads ({}) must be a multiple of num_key_value_heads ({})",
-                self.num_heads, self.num_kv_heads
-            ));
-        }
-        if !self.head_dim.is_multiple_of(2) {
-            return bad(format!(
-                "head_dim ({}) must be even for RoPE",
-                self.head_dim
-            ));
-        }
+        Ok(())
+    }
+
+    /// The FFN and attention experts, and the names of the experts.
+    fn validate_experts(&self) -> Result<()> {
         if let Some(m) = &self.moe {
             if m.num_experts == 0 {
                 return bad("num_local_experts must be > 0".into());

@@ -3,9 +3,9 @@
 
 use std::collections::BTreeMap;
 
+use crate::bootstrap::{Bootstrap, Estimate, Obs};
 use crate::evaluate::DomainEval;
 use crate::input::{MethodResult, ReportInput};
-use crate::stats::{Bootstrap, Estimate, Obs};
 
 /// Fixed so the same evaluations always give the same report.
 pub(super) const BOOTSTRAP_SEED: u64 = 2024;
