@@ -17,5 +17,5 @@ pub use merge::{check_expert_names, mix, upcycle, MixSummary};
 pub use source::check_compatible;
 pub use spec::{
     AttnMix, ExpertShape, FitTarget, MixOptions, MixPatch, MixSpec, NonFfn, RouterInit,
-    RouterInitKind, RoutingMode,
+    RouterInitKind, RouterRows, RoutingMode,
 };

@@ -14,7 +14,7 @@ use crate::error::{MixError, Result};
 use crate::source::{
     check_compatible, copy_tokenizer, into_model_err, mean_into, write_json, Source,
 };
-use crate::spec::{AttnMix, MixOptions, NonFfn, RouterInit};
+use crate::spec::{AttnMix, MixOptions, NonFfn, RouterInit, RouterRows};
 
 /// What a merge did (written as `mix.json` beside the model).
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -45,7 +45,7 @@ pub struct MixSummary {
 
 /// BTX MiX: each model's FFN becomes an expert of every layer's MoE (experts in order, the seed
 /// last with `generalist`); every other tensor is the (weighted) mean over the mixed models;
-/// routers start as `opts.router_init` says. Writes a Mixtral checkpoint to `out`.
+/// routers start as `opts.router_init()` says. Writes a Mixtral checkpoint to `out`.
 pub fn mix(seed: &Path, experts: &[PathBuf], opts: &MixOptions, out: &Path) -> Result<MixSummary> {
     let t0 = std::time::Instant::now();
     if experts.is_empty() {
@@ -64,15 +64,16 @@ pub fn mix(seed: &Path, experts: &[PathBuf], opts: &MixOptions, out: &Path) -> R
     let w = spec.weights_for(m);
     let (num_experts, expert_f) = (cfg.num_experts(), cfg.intermediate_size);
     cfg.expert_labels = expert_labels(experts, opts, num_experts)?;
-    check_router_rows(&opts.router_init, &cfg, m)?;
+    let init = opts.router_init()?;
+    check_router_rows(&init, &cfg, m)?;
     let specs: Vec<(String, Vec<usize>)> = param_specs(&cfg)
         .into_iter()
         .map(|s| (s.name, s.shape))
         .collect();
     let d = cfg.hidden_size;
-    let mut rng = router_rng(&opts.router_init, "router-init");
+    let mut rng = router_rng(&init, "router-init");
     // Its own stream, so that adding attention experts leaves the FFN routers' draws alone.
-    let mut attn_rng = router_rng(&opts.router_init, "attn-router-init");
+    let mut attn_rng = router_rng(&init, "attn-router-init");
     let base_specs: std::collections::HashMap<String, Vec<usize>> = param_specs(&base)
         .into_iter()
         .map(|s| (s.name, s.shape))
@@ -88,13 +89,9 @@ pub fn mix(seed: &Path, experts: &[PathBuf], opts: &MixOptions, out: &Path) -> R
                 Some(seed) => mean_into(seed, name, &base_specs[name], &[1.0], sink),
             }
             .map_err(into_model_err),
-            ParamKind::Router { layer } => ffn_router_into(
-                &opts.router_init,
-                rng.as_mut(),
-                layer,
-                num_experts * d,
-                sink,
-            ),
+            ParamKind::Router { layer } => {
+                ffn_router_into(&init, rng.as_mut(), layer, num_experts * d, sink)
+            }
             ParamKind::Ffn {
                 layer,
                 expert: Some(e),
@@ -126,7 +123,7 @@ pub fn mix(seed: &Path, experts: &[PathBuf], opts: &MixOptions, out: &Path) -> R
                 .map_err(into_model_err)
             }
             ParamKind::AttnRouter { layer } => {
-                attn_router_into(&opts.router_init, attn_rng.as_mut(), layer, m * d, sink)
+                attn_router_into(&init, attn_rng.as_mut(), layer, m * d, sink)
             }
         }
     })?;
@@ -186,10 +183,10 @@ fn open_sources(
     Ok((sources, non_ffn_src, save))
 }
 
-/// Refuses router rows (`RouterInit::Rows`) of the wrong count or shape for `cfg`, whose
+/// Refuses router rows ([`RouterInit::Rows`]) of the wrong count or shape for `cfg`, whose
 /// MoE mixes `m` models.
 fn check_router_rows(init: &RouterInit, cfg: &btx_model::ModelConfig, m: usize) -> Result<()> {
-    let RouterInit::Rows { ffn: r, attn } = init else {
+    let RouterInit::Rows(RouterRows { ffn: r, attn }) = init else {
         return Ok(());
     };
     let num_experts = cfg.num_experts();
@@ -233,7 +230,7 @@ fn ffn_router_into(
             let v: Vec<f32> = (0..n).map(|_| (r.normal() * std) as f32).collect();
             sink.f32(&v)
         }
-        RouterInit::Rows { ffn, .. } => sink.f32(&ffn[layer].data),
+        RouterInit::Rows(RouterRows { ffn, .. }) => sink.f32(&ffn[layer].data),
     }
 }
 
@@ -252,9 +249,11 @@ fn attn_router_into(
             let v: Vec<f32> = (0..n).map(|_| (r.normal() * std) as f32).collect();
             sink.f32(&v)
         }
-        RouterInit::Rows { attn, .. } if !attn.is_empty() => sink.f32(&attn[layer].data),
+        RouterInit::Rows(RouterRows { attn, .. }) if !attn.is_empty() => {
+            sink.f32(&attn[layer].data)
+        }
         // No rows for them: a uniform mixture (every attention expert weighted 1/E).
-        RouterInit::Zero | RouterInit::Rows { .. } => sink.f32(&vec![0.0; n]),
+        RouterInit::Zero | RouterInit::Rows(_) => sink.f32(&vec![0.0; n]),
     }
 }
 

@@ -407,42 +407,48 @@ impl MixSpec {
         }
     }
 
-    /// The router start this spec asks for, for a random router seeded with `seed`; `None`
-    /// for `domain-mean` and `fit`, whose rows must be measured on data first.
-    pub fn simple_router_init(&self, seed: u64) -> Option<RouterInit> {
-        match self.router_init {
-            RouterInitKind::Random => Some(RouterInit::Random {
-                std: self.router_std,
-                seed,
-            }),
-            RouterInitKind::Zero => Some(RouterInit::Zero),
-            RouterInitKind::DomainMean | RouterInitKind::Fit => None,
-        }
+    /// Whether this spec's routers start from rows measured or fitted on data
+    /// (`domain-mean`, `fit`), which the merge's caller must give it ([`MixOptions::router_rows`]).
+    pub fn needs_router_rows(&self) -> bool {
+        matches!(
+            self.router_init,
+            RouterInitKind::DomainMean | RouterInitKind::Fit
+        )
     }
 }
 
-/// How the new routers start, resolved (a random seed, or measured rows).
+/// How the new routers start, resolved from a [`MixOptions`] (see [`MixOptions::router_init`]).
 #[derive(Clone, Debug, PartialEq)]
 pub enum RouterInit {
     /// Normal(0, std), deterministic in `seed`.
     Random { std: f64, seed: u64 },
     /// All zeros: uniform routing until the router learns.
     Zero,
-    /// Given rows per layer (`[E, hidden]` each), e.g. from [`crate::router::domain_mean_rows`]:
-    /// for the MoE routers, and for attention experts' routers (`[models, hidden]`; empty: they
-    /// start at zero, a uniform mixture).
-    Rows {
-        ffn: Vec<HostTensor>,
-        attn: Vec<HostTensor>,
-    },
+    /// Rows measured or fitted on data.
+    Rows(RouterRows),
 }
 
-/// A merge's inputs besides the models: the spec, the resolved router start, the experts' names
-/// and what to do with an existing output.
+/// Router rows per layer (`[E, hidden]` each), e.g. from [`crate::router::domain_mean_rows`] or
+/// a fit: for the MoE routers, and for attention experts' routers (`[models, hidden]`; empty:
+/// they start at zero, a uniform mixture).
+#[derive(Clone, Debug, PartialEq)]
+pub struct RouterRows {
+    pub ffn: Vec<HostTensor>,
+    pub attn: Vec<HostTensor>,
+}
+
+/// A merge's inputs besides the models: the spec (the one truth of how the routers start:
+/// `spec.router_init`, with `router_std` for a random start), what the spec cannot hold (a
+/// random router's seed, rows measured on data), the experts' names and what to do with an
+/// existing output.
 #[derive(Clone, Debug)]
 pub struct MixOptions {
     pub spec: MixSpec,
-    pub router_init: RouterInit,
+    /// Seed of a random router (`spec.router_init = "random"`).
+    pub router_seed: u64,
+    /// The rows of a `domain-mean` or `fit` router (`spec.router_init` says which), and only
+    /// of those.
+    pub router_rows: Option<RouterRows>,
     /// A name per expert model (in order), recorded as `btx_experts`; `None` takes the
     /// directories' names. The seed as generalist is always `generalist`.
     pub labels: Option<Vec<String>>,
@@ -457,6 +463,36 @@ pub struct MixOptions {
     pub router_fit: Vec<crate::fit::LayerFit>,
 }
 
+impl MixOptions {
+    /// How the routers start: the spec's `router_init`, with this seed or these rows. Refuses
+    /// rows the spec does not ask for, and a measured start without its rows.
+    pub fn router_init(&self) -> Result<RouterInit> {
+        let kind = self.spec.router_init;
+        match (kind, &self.router_rows) {
+            (RouterInitKind::Random, None) => Ok(RouterInit::Random {
+                std: self.spec.router_std,
+                seed: self.router_seed,
+            }),
+            (RouterInitKind::Zero, None) => Ok(RouterInit::Zero),
+            (RouterInitKind::DomainMean | RouterInitKind::Fit, Some(r)) => {
+                Ok(RouterInit::Rows(r.clone()))
+            }
+            (RouterInitKind::DomainMean | RouterInitKind::Fit, None) => {
+                Err(MixError::Options(format!(
+                    "router_init {:?} starts the routers from rows measured on data, and none were given",
+                    kind.name()
+                )))
+            }
+            (RouterInitKind::Random | RouterInitKind::Zero, Some(_)) => {
+                Err(MixError::Options(format!(
+                    "router rows were given, but router_init is {:?}: rows go with domain-mean or fit",
+                    kind.name()
+                )))
+            }
+        }
+    }
+}
+
 impl Default for MixOptions {
     /// `btx mix`'s defaults: the models it is given and no generalist (a recipe's `[mix]`
     /// adds the seed unless told not to), a random router (seed 0), and an existing output
@@ -467,7 +503,8 @@ impl Default for MixOptions {
                 generalist: false,
                 ..MixSpec::default()
             },
-            router_init: RouterInit::Random { std: 0.02, seed: 0 },
+            router_seed: 0,
+            router_rows: None,
             labels: None,
             existing: Existing::Refuse,
             dtype: None,

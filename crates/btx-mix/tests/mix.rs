@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use btx_core::outdir::Existing;
 use btx_mix::router::domain_mean_rows;
-use btx_mix::{average, mix, upcycle, AttnMix, MixOptions, MixSpec, RouterInit};
+use btx_mix::{average, mix, upcycle, AttnMix, MixOptions, MixSpec, RouterInitKind};
 use btx_model::burn::prelude::Device;
 use btx_model::io::HostTensor;
 use btx_model::{to_vec, ForwardOpts, Model, ModelConfig, Routing};
@@ -61,9 +61,9 @@ fn averages_shared_tensors_and_orders_experts() {
     let opts = MixOptions {
         spec: MixSpec {
             generalist: true,
+            router_init: RouterInitKind::Zero,
             ..MixOptions::default().spec
         },
-        router_init: RouterInit::Zero,
         ..Default::default()
     };
     let out = d.join("mixed");
@@ -137,7 +137,11 @@ fn random_router_init_is_seeded_with_the_given_std() {
         make(&d.join("e2"), 2, &cfg()),
     ];
     let opts = |s| MixOptions {
-        router_init: RouterInit::Random { std: 0.5, seed: s },
+        spec: MixSpec {
+            router_std: 0.5,
+            ..MixOptions::default().spec
+        },
+        router_seed: s,
         ..Default::default()
     };
     mix(&seed, &experts, &opts(7), &d.join("a")).unwrap();
@@ -164,9 +168,9 @@ fn split_cuts_each_ffn_into_chunks_that_sum_to_it() {
         spec: MixSpec {
             split: 2,
             top_k: 4,
+            router_init: RouterInitKind::Zero,
             ..MixOptions::default().spec
         },
-        router_init: RouterInit::Zero,
         ..Default::default()
     };
     let s = mix(&seed, &experts, &opts, &d.join("out")).unwrap();
@@ -198,9 +202,9 @@ fn split_cuts_each_ffn_into_chunks_that_sum_to_it() {
             split: 2,
             top_k: 4,
             routing: Routing::Soft,
+            router_init: RouterInitKind::Zero,
             ..MixOptions::default().spec
         },
-        router_init: RouterInit::Zero,
         ..Default::default()
     };
     mix(&seed, &copies, &o, &d.join("copies")).unwrap();
@@ -236,9 +240,9 @@ fn blend_builds_expert_n_from_the_nth_chunk_of_every_ffn() {
     let opts = MixOptions {
         spec: MixSpec {
             blend: true,
+            router_init: RouterInitKind::Zero,
             ..MixOptions::default().spec
         },
-        router_init: RouterInit::Zero,
         ..Default::default()
     };
     let s = mix(&seed, &experts, &opts, &d.join("out")).unwrap();
@@ -303,9 +307,10 @@ fn mixing_identical_copies_of_the_seed_gives_the_seeds_logits() {
                 generalist,
                 top_k: k,
                 attention,
+                router_std: 1.0,
                 ..MixOptions::default().spec
             },
-            router_init: RouterInit::Random { std: 1.0, seed: 3 },
+            router_seed: 3,
             ..Default::default()
         };
         mix(&seed, &copies, &opts, &out).unwrap();
@@ -546,7 +551,11 @@ fn outputs_never_touch_inputs_and_replace_only_when_asked_and_whole() {
 
     // With replace, a new output takes the old one's place whole.
     let other = MixOptions {
-        router_init: RouterInit::Random { std: 0.5, seed: 9 },
+        spec: MixSpec {
+            router_std: 0.5,
+            ..replace.spec.clone()
+        },
+        router_seed: 9,
         ..replace
     };
     mix(&seed, std::slice::from_ref(&e1), &other, &out).unwrap();
@@ -592,4 +601,47 @@ fn attention_experts_refuse_what_cannot_pair_one_per_model() {
     mix(&seed, &[e], &opts, &d.join("ok")).unwrap();
     let c = ModelConfig::load(&d.join("ok/config.json")).unwrap();
     assert_eq!(c.expert_labels, ["math", "generalist"]);
+}
+
+/// One truth of how the routers start: the spec's `router_init` (with `router_std`), the
+/// options adding only a random router's seed or measured rows, and rows only for a measured
+/// start.
+#[test]
+fn the_spec_says_how_routers_start_and_rows_go_only_with_a_measured_start() {
+    use btx_mix::{RouterInit, RouterRows};
+    let rows = RouterRows {
+        ffn: vec![],
+        attn: vec![],
+    };
+    let start = |kind, rows: Option<RouterRows>| {
+        MixOptions {
+            spec: MixSpec {
+                router_init: kind,
+                router_std: 0.3,
+                ..MixOptions::default().spec
+            },
+            router_seed: 5,
+            router_rows: rows,
+            ..Default::default()
+        }
+        .router_init()
+    };
+    assert_eq!(
+        start(RouterInitKind::Random, None).unwrap(),
+        RouterInit::Random { std: 0.3, seed: 5 }
+    );
+    assert_eq!(start(RouterInitKind::Zero, None).unwrap(), RouterInit::Zero);
+    assert_eq!(
+        start(RouterInitKind::Fit, Some(rows.clone())).unwrap(),
+        RouterInit::Rows(rows.clone())
+    );
+    for (kind, r) in [
+        (RouterInitKind::Fit, None),
+        (RouterInitKind::DomainMean, None),
+        (RouterInitKind::Random, Some(rows.clone())),
+        (RouterInitKind::Zero, Some(rows)),
+    ] {
+        let e = start(kind, r).unwrap_err().to_string();
+        assert!(e.contains("rows"), "{kind:?}: {e}");
+    }
 }

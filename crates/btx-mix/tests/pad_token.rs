@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use btx_mix::{average, mix, MixOptions, RouterInit};
+use btx_mix::{average, mix, MixOptions, MixSpec, RouterInitKind};
 use btx_model::burn::prelude::Device;
 use btx_model::{Model, ModelConfig};
 use btx_testkit::Scratch;
@@ -24,7 +24,10 @@ fn make(dir: &Path, seed: u64, cfg: &ModelConfig) -> PathBuf {
 
 fn opts() -> MixOptions {
     MixOptions {
-        router_init: RouterInit::Zero,
+        spec: MixSpec {
+            router_init: RouterInitKind::Zero,
+            ..MixOptions::default().spec
+        },
         ..Default::default()
     }
 }

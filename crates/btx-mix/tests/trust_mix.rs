@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use btx_mix::router::mean_inputs;
-use btx_mix::{average, mix, MixOptions, MixSpec, RouterInit};
+use btx_mix::{average, mix, MixOptions, MixSpec, RouterInitKind};
 use btx_model::burn::prelude::Device;
 use btx_model::{Model, ModelConfig};
 use btx_testkit::Scratch;
@@ -25,9 +25,9 @@ fn opts(labels: Option<&[&str]>, generalist: bool) -> MixOptions {
     MixOptions {
         spec: MixSpec {
             generalist,
+            router_init: RouterInitKind::Zero,
             ..MixOptions::default().spec
         },
-        router_init: RouterInit::Zero,
         labels: labels.map(|l| l.iter().map(|s| s.to_string()).collect()),
         ..Default::default()
     }

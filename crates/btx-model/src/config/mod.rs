@@ -73,26 +73,6 @@ impl Routing {
         }
     }
 
-    /// The routing a CLI flag names, with the paper's settings for what the name leaves open
-    /// (a switch capacity factor of `capacity_factor`; sample-top1 annealing at 1e-4 down to
-    /// a temperature of 0.5).
-    pub fn from_name(name: &str, capacity_factor: f64) -> std::result::Result<Self, String> {
-        Ok(match name {
-            "top-k" | "topk" => Routing::TopK,
-            "switch" => Routing::Switch { capacity_factor },
-            "soft" => Routing::Soft,
-            "sample-top1" => Routing::SampleTop1 {
-                anneal_rate: 1e-4,
-                min_tau: 0.5,
-            },
-            other => {
-                return Err(format!(
-                    "unknown routing {other:?} (top-k, switch, soft, sample-top1)"
-                ))
-            }
-        })
-    }
-
     pub fn name(&self) -> &'static str {
         match self {
             Routing::TopK => "top-k",

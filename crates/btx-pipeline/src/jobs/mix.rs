@@ -9,7 +9,7 @@ use btx_data::DataDir;
 use btx_mix::fit::{fit_layerwise, token_losses, FitSample, LayerFit};
 use btx_mix::router::{domain_mean_rows, mean_inputs};
 use btx_mix::{FitTarget, RouterInitKind};
-use btx_mix::{MixOptions, MixSpec, MixSummary, RouterInit};
+use btx_mix::{MixOptions, MixSpec, MixSummary, RouterRows};
 use btx_model::burn::prelude::Device;
 use btx_model::Model;
 
@@ -60,28 +60,29 @@ pub fn mix(j: &MixJob) -> Result<MixSummary> {
             problems.join("; ")
         );
     }
-    let router_init = match j.spec.simple_router_init(j.router_seed) {
-        Some(i) => i,
-        None => {
-            let data = j.domain_data.context(
-                "router_init domain-mean and fit need prepared domain data (--domain-data DIR)",
-            )?;
-            let domains = j
-                .domains
-                .context("router_init domain-mean and fit need the experts' domains (--domains)")?;
-            match j.spec.router_init {
-                RouterInitKind::Fit => {
-                    let (init, fit) = fit_init(j, domains, data)?;
-                    router_fit = fit;
-                    init
-                }
-                _ => domain_mean_init(j.experts, domains, j.spec, data)?,
+    // A measured or fitted start needs its rows first; a random or zero one is the spec's.
+    let router_rows = if j.spec.needs_router_rows() {
+        let data = j.domain_data.context(
+            "router_init domain-mean and fit need prepared domain data (--domain-data DIR)",
+        )?;
+        let domains = j
+            .domains
+            .context("router_init domain-mean and fit need the experts' domains (--domains)")?;
+        Some(match j.spec.router_init {
+            RouterInitKind::Fit => {
+                let (rows, fit) = fit_init(j, domains, data)?;
+                router_fit = fit;
+                rows
             }
-        }
+            _ => domain_mean_init(j.experts, domains, j.spec, data)?,
+        })
+    } else {
+        None
     };
     let opts = MixOptions {
         spec: j.spec.clone(),
-        router_init,
+        router_seed: j.router_seed,
+        router_rows,
         labels: j.domains.map(<[String]>::to_vec),
         existing: j.existing,
         dtype: j.dtype,
@@ -101,12 +102,12 @@ pub fn upcycle(
     existing: Existing,
     out: &Path,
 ) -> Result<MixSummary> {
-    let router_init = spec.simple_router_init(router_seed).context(
-        "upcycling starts from a random or zero router (domain-mean needs experts trained on domains)",
-    )?;
+    if spec.needs_router_rows() {
+        bail!("upcycling starts from a random or zero router (domain-mean needs experts trained on domains)");
+    }
     let opts = MixOptions {
         spec: spec.clone(),
-        router_init,
+        router_seed,
         labels: None,
         existing,
         ..MixOptions::default()
@@ -202,7 +203,7 @@ pub(crate) const FIT_RIDGE: f64 = 1e-3;
 /// are solved on its hidden states. Targets as `spec.fit_target` says: each token's domain
 /// expert, or every mixed model's measured loss advantage on it (each model, the seed as
 /// generalist included, is run over the whole sample). Deterministic, no gradient steps.
-fn fit_init(j: &MixJob, domains: &[String], data: &Path) -> Result<(RouterInit, Vec<LayerFit>)> {
+fn fit_init(j: &MixJob, domains: &[String], data: &Path) -> Result<(RouterRows, Vec<LayerFit>)> {
     // What the final merge would refuse of the output comes before minutes of forward passes.
     let inputs: Vec<&Path> = std::iter::once(j.seed)
         .chain(j.experts.iter().map(PathBuf::as_path))
@@ -223,9 +224,13 @@ fn fit_init(j: &MixJob, domains: &[String], data: &Path) -> Result<(RouterInit, 
     }
     let scratch = ScratchDir::beside(j.out)?;
     let zero = scratch.path().join("mix");
+    // The MiX the routers are fitted on starts them at zero (the fit replaces them).
     let opts = MixOptions {
-        spec: j.spec.clone(),
-        router_init: RouterInit::Zero,
+        spec: MixSpec {
+            router_init: RouterInitKind::Zero,
+            fit_target: FitTarget::Domain,
+            ..j.spec.clone()
+        },
         labels: Some(domains.to_vec()),
         existing: Existing::Refuse,
         dtype: Some(btx_model::io::OutDtype::F32),
@@ -258,7 +263,7 @@ fn fit_init(j: &MixJob, domains: &[String], data: &Path) -> Result<(RouterInit, 
         );
     }
     Ok((
-        RouterInit::Rows {
+        RouterRows {
             ffn: fitted.ffn,
             attn: fitted.attn,
         },
@@ -274,7 +279,7 @@ pub fn domain_mean_init(
     domains: &[String],
     spec: &MixSpec,
     data: &Path,
-) -> Result<RouterInit> {
+) -> Result<RouterRows> {
     let (ffn, attn) = measure_experts(
         "domain-mean",
         experts,
@@ -286,7 +291,7 @@ pub fn domain_mean_init(
             Ok((m.ffn, m.attn))
         },
     )?;
-    Ok(RouterInit::Rows {
+    Ok(RouterRows {
         ffn: domain_mean_rows(&ffn, spec.router_scale),
         attn: domain_mean_rows(&attn, spec.router_scale),
     })

@@ -609,7 +609,8 @@ fn draw_plots(
             }
         };
     let names: Vec<String> = st.methods().map(|m| m.name.clone()).collect();
-    let per_domain = |f: &dyn Fn(&str, &str) -> Option<btx_eval::bootstrap::Estimate>, scale: f64| {
+    let per_domain = |f: &dyn Fn(&str, &str) -> Option<btx_eval::bootstrap::Estimate>,
+                      scale: f64| {
         names
             .iter()
             .map(|m| {
