@@ -9,7 +9,7 @@ pub mod input;
 pub mod lm;
 pub mod optout;
 pub mod plots;
-pub mod report;
+pub mod render;
 pub mod routing;
 pub mod text;
 

@@ -12,7 +12,7 @@ use plotters::style::FontStyle;
 
 pub mod summary;
 
-use crate::report::fmt_big;
+use crate::render::fmt_big;
 use crate::routing::RoutingReport;
 
 const FONT_PATHS: [&str; 6] = [

@@ -1,4 +1,5 @@
-//! The report of a BTX run: `results.json` (schema in the README) and `report.md` — the
+//! Rendering the report of a BTX run (the pipeline's report stage gathers what goes in):
+//! `results.json` (schema in the README) and `report.md` — the
 //! paper-style table with 95% intervals, compute, the diagnosis, seed spread, routing and the
 //! verdict on the paper's claims (the numbers and verdicts come from `findings`).
 

@@ -163,7 +163,7 @@ mod tests {
     /// paper, dense and upcycled training and BTM baselines; the seed and experts are in none.
     #[test]
     fn methods_are_grouped_by_what_they_change() {
-        let r: Recipe = toml::from_str(include_str!("../../../../examples/demo.toml")).unwrap();
+        let r: Recipe = toml::from_str(include_str!("../../../../../examples/demo.toml")).unwrap();
         let plan = Plan::from_recipe(&r, Path::new("examples")).unwrap();
         for (m, want) in [
             ("btx", Some(PAPER)),

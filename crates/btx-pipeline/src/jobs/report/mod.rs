@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use btx_eval::evaluate::{MethodEval, OptOutEval};
 use btx_eval::findings::{verdicts, Stats};
 use btx_eval::plots;
-use btx_eval::report::{markdown, results_json, MethodCompute, MethodResult, ReportInput};
+use btx_eval::render::{markdown, results_json, MethodCompute, MethodResult, ReportInput};
 
 use crate::plan::{names, Kind, Plan, Stage, StageId, StageKind};
 use crate::run::manifest::{read_manifest, Compute};
@@ -711,7 +711,7 @@ fn draw_plots(
             ),
         );
     }
-    for (file, caption, r) in crate::report::summary::summary_plots(plan, st, dir) {
+    for (file, caption, r) in summary::summary_plots(plan, st, dir) {
         try_plot(file, caption, r);
     }
     match failed {
