@@ -16,7 +16,7 @@ pub mod tokenizer;
 pub use datadir::{prepare_verified, DataDir};
 pub use error::{DataError, Result};
 pub use mixture::{MixConfig, Mixture};
-pub use prepare::{prepare, DataManifest, PrepareConfig};
+pub use prepare::{domain_name_problem, prepare, DataManifest, PrepareConfig};
 pub use source::{Batch, BatchSource, FixedBatches};
 pub use tokenizer::{copy_tokenizer_config, Tok, TOKENIZER_CONFIG};
 

@@ -131,6 +131,26 @@ pub struct PrepareConfig {
     pub domains: Vec<DomainConfig>,
 }
 
+/// Why `name` cannot name a domain (with a hint), if it cannot. A domain's name is a
+/// directory, part of stage names (where `#` and `@` mark tags) and an expert's name (where a
+/// number would read as a position).
+pub fn domain_name_problem(name: &str) -> Option<String> {
+    if name.is_empty()
+        || name.contains(['/', '\\', ':', '#', '@'])
+        || name.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
+        return Some(format!(
+            "domain name {name:?} must be non-empty, without spaces, slashes, colons, '#' or '@'\nhint: e.g. name = \"math\""
+        ));
+    }
+    if name.parse::<i128>().is_ok() {
+        return Some(format!(
+            "domain name {name:?} is a number; domains name experts, and expert numbers are positions\nhint: give it a word, e.g. \"domain-{name}\""
+        ));
+    }
+    None
+}
+
 impl PrepareConfig {
     /// The four built-in domains with `docs` documents each and a `vocab`-sized BPE.
     pub fn builtin(docs: usize, tasks: usize, vocab: usize, seed: u64) -> Self {
@@ -165,22 +185,8 @@ impl PrepareConfig {
         }
         let mut names = std::collections::HashSet::new();
         for d in &self.domains {
-            // A domain's name is a directory, part of stage names (where `#` and `@` mark
-            // tags) and an expert's name (where a number would read as a position).
-            if d.name.is_empty()
-                || d.name.contains(['/', '\\', ':', '#', '@'])
-                || d.name.chars().any(|c| c.is_whitespace() || c.is_control())
-            {
-                return Err(DataError::Invalid(format!(
-                    "domain name {:?} must be non-empty, without spaces, slashes, colons, '#' or '@'\nhint: e.g. name = \"math\"",
-                    d.name
-                )));
-            }
-            if d.name.parse::<i128>().is_ok() {
-                return Err(DataError::Invalid(format!(
-                    "domain name {:?} is a number; domains name experts, and expert numbers are positions\nhint: give it a word, e.g. \"domain-{}\"",
-                    d.name, d.name
-                )));
+            if let Some(problem) = domain_name_problem(&d.name) {
+                return Err(DataError::Invalid(problem));
             }
             if !names.insert(&d.name) {
                 return Err(DataError::Invalid(format!(

@@ -213,11 +213,8 @@ impl<'de> Deserialize<'de> for MixPatch {
         let p = MixPatch(serde_json::Map::deserialize(d)?);
         // Checked now, where the file is read: a key that is not a MixSpec key, or a value of
         // the wrong type, is refused with the file's location.
-        p.apply(&MixSpec::default()).map_err(|e| {
-            serde::de::Error::custom(format!(
-                "{e}: a variant takes its own keys and any key of [mix]"
-            ))
-        })?;
+        p.apply(&MixSpec::default())
+            .map_err(|e| serde::de::Error::custom(format!("{e} (the keys of [mix])")))?;
         Ok(p)
     }
 }

@@ -14,20 +14,6 @@ pub fn token_nll(logits: Tensor<2>, targets: &[i64]) -> Tensor<1> {
     log_softmax(logits, 1).gather(1, t).reshape([n]).neg()
 }
 
-/// Next-token targets of a `[B, T]` id batch: position t predicts id t+1 (the HF shift), so
-/// the last position of each row has no target. Returns (row-major positions kept, targets).
-pub fn shifted_targets(ids: &[i64], b: usize, t: usize) -> (Vec<i64>, Vec<i64>) {
-    let mut pos = Vec::with_capacity(b * (t - 1));
-    let mut tgt = Vec::with_capacity(b * (t - 1));
-    for r in 0..b {
-        for c in 0..t - 1 {
-            pos.push((r * t + c) as i64);
-            tgt.push(ids[r * t + c + 1]);
-        }
-    }
-    (pos, tgt)
-}
-
 /// Mean cross-entropy of `logits[:, :-1]` against `ids[:, 1:]` — transformers' `loss`.
 /// On the flex backend a fused kernel does it in one pass; elsewhere (and with
 /// `BTX_COMPOSITE=1`) the composite ops ([`crate::ops::cross_entropy`]).

@@ -1,5 +1,5 @@
 //! What an executor is: something that runs the stages of a plan that are not done and says how
-//! each ended. Two implement it: local processes (`runner`) and Slurm jobs (`slurm`).
+//! each ended. Two implement it: local processes (`local`) and Slurm jobs (`slurm`).
 
 pub mod local;
 pub mod slurm;

@@ -193,7 +193,7 @@ pub(super) fn eval_stage(ctx: &StageCtx) -> Result<JobOutcome> {
         oracle: by_domain,
     } = &ctx.stage.kind
     else {
-        bail!("stage {} is not an eval", ctx.stage.name);
+        unreachable!("jobs::run hands eval_stage eval stages only")
     };
     let data_dir = DataDir::open(&ctx.data_of(data)?)?;
     let loaded = models

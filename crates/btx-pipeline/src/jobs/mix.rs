@@ -14,7 +14,7 @@ use btx_model::burn::prelude::Device;
 use btx_model::Model;
 
 use super::{written_model, JobOutcome, StageCtx};
-use crate::plan::{StageId, StageKind};
+use crate::plan::StageId;
 
 /// A MiX to run: the models, the spec, and what a router start or the output needs.
 pub struct MixJob<'a> {
@@ -298,18 +298,15 @@ pub fn domain_mean_init(
 }
 
 /// The MiX stage: the plan's experts (+ the seed as generalist) into one MoE.
-pub(super) fn mix_stage(ctx: &StageCtx) -> Result<JobOutcome> {
-    let StageKind::Mix {
-        seed,
-        experts,
-        domains,
-        spec,
-        data,
-        router_seed,
-    } = &ctx.stage.kind
-    else {
-        bail!("stage {} is not a MiX", ctx.stage.name);
-    };
+pub(super) fn mix_stage(
+    ctx: &StageCtx,
+    seed: &StageId,
+    experts: &[StageId],
+    domains: &[String],
+    spec: &MixSpec,
+    data: &StageId,
+    router_seed: u64,
+) -> Result<JobOutcome> {
     let expert_dirs = experts
         .iter()
         .map(|e| ctx.model_of(e))
@@ -322,7 +319,7 @@ pub(super) fn mix_stage(ctx: &StageCtx) -> Result<JobOutcome> {
         spec,
         domains: Some(domains),
         domain_data: Some(&ctx.data_of(data)?),
-        router_seed: *router_seed,
+        router_seed,
         // A stage owns its directory; a retried stage replaces its own earlier output.
         existing: Existing::Replace,
         out: &model_out,

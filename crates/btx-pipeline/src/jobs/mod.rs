@@ -7,6 +7,7 @@ pub mod add;
 mod data;
 pub mod eval;
 pub mod mix;
+mod report;
 mod seed;
 pub mod train;
 
@@ -67,7 +68,7 @@ impl StageCtx<'_> {
 }
 
 /// Root of the prepared data a data stage produced.
-pub fn data_root(run: &Path, data_stage: &Stage) -> PathBuf {
+fn data_root(run: &Path, data_stage: &Stage) -> PathBuf {
     run.join(&data_stage.dir).join("tokens")
 }
 
@@ -82,7 +83,14 @@ pub fn run(ctx: &StageCtx) -> Result<JobOutcome> {
         StageKind::SeedCopy { path } => seed::copy(ctx, path),
         StageKind::SeedGguf { path } => seed::gguf(ctx, path),
         StageKind::Train { from, spec, data } => train::stage(ctx, from.as_ref(), spec, data),
-        StageKind::Mix { .. } => mix::mix_stage(ctx),
+        StageKind::Mix {
+            seed,
+            experts,
+            domains,
+            spec,
+            data,
+            router_seed,
+        } => mix::mix_stage(ctx, seed, experts, domains, spec, data, *router_seed),
         StageKind::Upcycle {
             seed,
             num_experts,
@@ -104,7 +112,7 @@ pub fn run(ctx: &StageCtx) -> Result<JobOutcome> {
             spec,
         } => eval::opt_out_stage(ctx, method, model, data, spec),
         StageKind::Report => {
-            crate::report::build(ctx.plan, ctx.run)?;
+            report::build(ctx.plan, ctx.run)?;
             JobOutcome::done(
                 Compute::default(),
                 json!({"report": ctx.run.join("report.md")}),

@@ -74,7 +74,18 @@ impl Plan {
                 p.replica(&at)?;
             }
         }
-        Ok(p.finish(budgets))
+        let plan = p.finish(budgets);
+        // Every name must read back as it was built (plan.json is read by name): a name made
+        // of a part that breaks the format (a domain of an adopted data directory named with
+        // `#` or `@`) is refused now, not when `btx stage` reads the plan.
+        for s in &plan.stages {
+            if let Err(e) = s.name.as_str().parse::<StageId>() {
+                anyhow::bail!(
+                    "{e}\nhint: domain and variant names must not contain '#', '@' or ':' (they mark a stage name's parts)"
+                );
+            }
+        }
+        Ok(plan)
     }
 }
 

@@ -41,9 +41,13 @@ pub struct SeedSection {
 pub struct ExpertsSection {
     /// Domains to train experts on (names in the data directory).
     pub domains: Vec<String>,
-    /// `[experts.optim]`, `[experts.train]` (`[experts.moe]` is refused: experts are dense).
+    /// `[experts.optim]`, `[experts.train]`.
     #[serde(flatten)]
     pub trainer: TrainerConfig,
+    /// `[experts.moe]`, read only to refuse it by name (experts are dense models): taken here
+    /// before `trainer` sees it.
+    #[serde(default, skip_serializing)]
+    pub moe: Option<toml::Value>,
     /// Per-domain overrides of optim/train, e.g. `[experts.override.math.train] steps = 400`.
     #[serde(default, rename = "override")]
     pub overrides: BTreeMap<String, toml::Value>,
@@ -387,19 +391,57 @@ mod tests {
             ),
         ] {
             let e = format!("{:#}", quick(&[set]).unwrap_err());
-            assert!(e.contains(needle) && e.contains("any key of [mix]"), "{e}");
+            assert!(
+                e.contains(needle) && e.contains("the keys of [mix]") && e.contains("lb_coef"),
+                "{e}"
+            );
         }
     }
 
+    /// The variant's own keys that its `[mix]` refusal names are the variant's fields.
     #[test]
-    fn moe_losses_for_dense_experts_are_refused_by_name() {
+    fn variant_keys_are_the_variants_fields() {
+        let v = Variant {
+            name: "v".into(),
+            experts: ExpertTraining::Anchored,
+            anchor: Some(vec!["head".into()]),
+            lb_coef: Some(0.0),
+            z_loss_coef: Some(0.0),
+            freeze_experts: true,
+            steps: Some(1),
+            finetune_share: Some(0.5),
+            compute_matched: true,
+            add_expert: Some("math".into()),
+            ..Default::default()
+        };
+        let t = toml::Value::try_from(&v).unwrap();
+        let mut keys: Vec<&str> = t.as_table().unwrap().keys().map(String::as_str).collect();
+        let mut want = variant::VARIANT_KEYS.to_vec();
+        keys.sort();
+        want.sort();
+        assert_eq!(keys, want);
+    }
+
+    #[test]
+    fn keys_nothing_would_honour_are_refused_by_name() {
         let base = Path::new(".");
         assert!(quick(&[]).unwrap().validate(base).is_ok());
         for (set, needle) in [
-            ("experts.moe.lb_coef=0.1", "[experts.moe]"),
+            // Presence, not value: a default value is read by nothing either.
+            ("experts.moe.lb_coef=0.01", "[experts.moe] sets MoE losses"),
             (
                 "experts.override.math.moe.z_loss_coef=0.1",
-                "[experts.override.math.moe]",
+                "[experts.override.math.moe] sets MoE losses",
+            ),
+            // The generalist is the plan's, not a variant's.
+            (
+                "finetune.variants=[{name=\"btx\"}, {name=\"a\", generalist=false}]",
+                "generalist is recipe-wide",
+            ),
+            // A name that would break the stage names' format.
+            (
+                "experts.domains=[\"ma@th\", \"code\"]",
+                "without spaces, slashes",
             ),
         ] {
             let e = quick(&[set])
@@ -407,7 +449,7 @@ mod tests {
                 .validate(base)
                 .unwrap_err()
                 .to_string();
-            assert!(e.contains(needle) && e.contains("[finetune.moe]"), "{e}");
+            assert!(e.contains(needle), "{set}: {e}");
         }
     }
 }

@@ -102,10 +102,50 @@ pub fn load_str<T: DeserializeOwned>(
     }
     let cfg = T::deserialize(root.clone()).map_err(|e| {
         // toml's message spans lines ("...\nin `optim`\n"): one line, then the hint.
-        let e = e.to_string().split_whitespace().collect::<Vec<_>>().join(" ");
+        let mut e = e.to_string().split_whitespace().collect::<Vec<_>>().join(" ");
+        // A section that nests another one's keys (`[experts]` holding `[experts.train]`)
+        // names only itself: say where the unknown key is.
+        if let Some(key) = e
+            .strip_prefix("unknown field `")
+            .and_then(|r| r.split('`').next())
+        {
+            let paths = key_paths(&root, key, "");
+            if !paths.is_empty() {
+                e = format!("{e} (at {})", paths.join(", "));
+            }
+        }
         anyhow!("{what}: {e}\nhint: check the key's name and its value's type against the examples/ configs and the README (unknown keys are refused by name)")
     })?;
     Ok((cfg, root))
+}
+
+/// The dotted paths of every key named `key` in `v`.
+fn key_paths(v: &Value, key: &str, at: &str) -> Vec<String> {
+    let join = |k: &str| {
+        if at.is_empty() {
+            k.to_string()
+        } else {
+            format!("{at}.{k}")
+        }
+    };
+    match v {
+        Value::Table(t) => t
+            .iter()
+            .flat_map(|(k, x)| {
+                let mut here = key_paths(x, key, &join(k));
+                if k == key {
+                    here.insert(0, format!("`{}`", join(k)));
+                }
+                here
+            })
+            .collect(),
+        Value::Array(a) => a
+            .iter()
+            .enumerate()
+            .flat_map(|(i, x)| key_paths(x, key, &join(&i.to_string())))
+            .collect(),
+        _ => vec![],
+    }
 }
 
 /// The dotted key of the first float in `v` that is NaN or infinite.
@@ -150,6 +190,42 @@ mod tests {
         assert_eq!(v["name"].as_str(), Some("hello world"));
         assert_eq!(v["list"].as_array().unwrap().len(), 2);
         assert!(apply(&mut v, "novalue").is_err());
+    }
+
+    #[test]
+    fn an_unknown_key_is_named_with_where_it_is() {
+        #[derive(Debug, serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Inner {
+            #[allow(dead_code)]
+            #[serde(default)]
+            steps: u32,
+        }
+        #[derive(Debug, serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Flat {
+            #[allow(dead_code)]
+            #[serde(default)]
+            train: Option<Inner>,
+        }
+        #[derive(Debug, serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Outer {
+            #[allow(dead_code)]
+            #[serde(flatten)]
+            flat: Flat,
+        }
+        let e = load_str::<Outer>("[train]\nstepz = 1\n", "c.toml", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("unknown field `stepz`") && e.contains("(at `train.stepz`)"),
+            "{e}"
+        );
+        let e = load_str::<Outer>("trian = 1\n", "c.toml", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("(at `trian`)"), "{e}");
     }
 
     #[test]

@@ -222,7 +222,7 @@ impl Recipe {
         }
         // BTX mixes dense experts (a MoE expert is refused by the MiX): an `[moe]` table for
         // them would be read by nothing.
-        if self.experts.trainer.moe != btx_train::MoeLossConfig::default() {
+        if self.experts.moe.is_some() {
             p.push(
                 "[experts.moe] sets MoE losses, but experts are dense models; MoE losses belong in [finetune.moe]"
                     .into(),
@@ -230,12 +230,17 @@ impl Recipe {
         }
         let mut seen = std::collections::HashSet::new();
         for d in &self.experts.domains {
+            // (Also an adopted [data] dir's: its names become stage names and directories.)
+            if let Some(problem) = btx_data::domain_name_problem(d) {
+                p.push(format!("experts.domains: {problem}"));
+            }
             if !seen.insert(d) {
                 p.push(format!("experts.domains lists {d:?} twice"));
             }
             match self.expert_spec(d) {
                 Ok(spec) => {
-                    if spec.trainer.moe != self.experts.trainer.moe {
+                    let over = self.experts.overrides.get(d.as_str());
+                    if over.is_some_and(|o| o.get("moe").is_some()) {
                         p.push(format!(
                             "[experts.override.{d}.moe] sets MoE losses, but experts are dense models; MoE losses belong in [finetune.moe]"
                         ));
@@ -277,7 +282,17 @@ impl Recipe {
         p: &mut Vec<String>,
     ) {
         let at = format!("finetune variant {:?}", v.name);
-        // (`#` and `@` start a stage name's budget and replica tags: see plan::names.)
+        // The plan, the oracle and the report count the generalist for every variant alike.
+        if v.mix.0.sets("generalist") {
+            p.push(format!(
+                "{at}: generalist is recipe-wide; set it in [mix] (every variant mixes the seed, or none does)"
+            ));
+        }
+        if let Err(e) = v.mix.0.apply(&self.mix) {
+            p.push(format!("{at}: {e}"));
+            return;
+        }
+        // (`#` and `@` start a stage name's budget and replica tags: see plan::StageId.)
         // (`+` joins a variant's method and the domain it adds: `btx:<v>+<domain>`.)
         if v.name.is_empty() || v.name.contains(['/', ' ', ':', '#', '@', '+']) {
             p.push(format!(

@@ -92,7 +92,7 @@ pub struct Variant {
     /// `top_k`, `router_init`, `fit_target`, `split`, `blend`, `non_ffn`, `attention`, ...),
     /// written beside the variant's own keys.
     #[serde(flatten)]
-    pub mix: MixPatch,
+    pub mix: VariantMix,
     /// `full` (default), `ffn-only` or `anchored`: which experts this variant mixes (see
     /// [`ExpertTraining`]).
     #[serde(default)]
@@ -128,6 +128,38 @@ pub struct Variant {
     pub add_expert: Option<String>,
 }
 
+/// A variant's own keys (every other key of a variant is a `[mix]` key).
+pub const VARIANT_KEYS: &[&str] = &[
+    "name",
+    "experts",
+    "anchor",
+    "lb_coef",
+    "z_loss_coef",
+    "freeze_experts",
+    "steps",
+    "finetune_share",
+    "compute_matched",
+    "add_expert",
+];
+
+/// The `[mix]` keys of a variant: a [`MixPatch`] whose refusal also names the variant's own
+/// keys (a typo in `lb_coef` is not a `[mix]` key either).
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[serde(transparent)]
+pub struct VariantMix(pub MixPatch);
+
+impl<'de> Deserialize<'de> for VariantMix {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        MixPatch::deserialize(d).map(VariantMix).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "{}; nor a finetune variant's own ({})",
+                e.to_string().trim(),
+                VARIANT_KEYS.join(", ")
+            ))
+        })
+    }
+}
+
 impl Variant {
     /// The anchored groups of this variant's experts (None unless `experts = "anchored"`).
     pub fn anchor(&self) -> Option<Anchor> {
@@ -152,6 +184,7 @@ impl Variant {
     /// recipe was read).
     pub fn mix(&self, base: &MixSpec) -> MixSpec {
         self.mix
+            .0
             .apply(base)
             .expect("a variant's MiX keys are checked when the recipe is read")
     }
