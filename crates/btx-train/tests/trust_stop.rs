@@ -54,8 +54,18 @@ impl BatchSource for StopAt {
     }
 }
 
+/// The stop flag is process-wide and the test harness runs tests on threads side by side: a
+/// stop raised by one test stopped the other's run (seen 1-2 times in 25). Each test holds
+/// this for its whole run.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn alone() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 #[test]
 fn a_stop_inside_a_step_abandons_it_and_the_resume_is_exact() {
+    let _alone = alone();
     let d = Scratch::new("stop-accum");
     let init = Model::init(&tiny::cfg(false), 3, &Device::flex()).unwrap();
     let cfg = config(1e-3, 3, 4);
@@ -90,6 +100,7 @@ fn a_stop_inside_a_step_abandons_it_and_the_resume_is_exact() {
 
 #[test]
 fn a_run_that_ends_on_skipped_steps_is_an_error() {
+    let _alone = alone();
     let d = Scratch::new("stop-skipped");
     let init = Model::init(&tiny::cfg(false), 3, &Device::flex()).unwrap();
     train(
