@@ -245,7 +245,8 @@ pub fn cross_entropy(logits: Tensor<2>, targets: &[i64]) -> Tensor<1> {
 }
 
 /// The composite reference of [`cross_entropy`]: the rows with a target, their log-softmax at
-/// the target, negated, averaged.
+/// the target, negated, averaged. (`loss::token_nll` computes the same per row, but `loss`
+/// imports `moe`, which imports `ops`: calling it from here would close an import circle.)
 pub fn cross_entropy_composite(logits: Tensor<2>, targets: &[i64]) -> Tensor<1> {
     let (pos, tgt): (Vec<i64>, Vec<i64>) = (0..)
         .zip(targets)
