@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use btx_kernels::fan_in::FanIn;
 use burn::prelude::*;
-use burn::tensor::activation::silu;
+use burn::tensor::activation::{log_softmax, silu};
 
 use crate::{fused, precision};
 
@@ -256,7 +256,12 @@ pub fn cross_entropy_composite(logits: Tensor<2>, targets: &[i64]) -> Tensor<1> 
     let dev = logits.device();
     let n = pos.len();
     let rows = logits.select(0, Tensor::from_data(TensorData::new(pos, [n]), &dev));
-    crate::loss::token_nll(rows, &tgt).mean()
+    let tgt = Tensor::<2, Int>::from_data(TensorData::new(tgt, [n, 1]), &dev);
+    log_softmax(rows, 1)
+        .gather(1, tgt)
+        .reshape([n])
+        .neg()
+        .mean()
 }
 
 /// [`cross_entropy`] of the output head applied to `hidden: [N, d]` (`head: [V, d]`): on flex one
