@@ -215,6 +215,13 @@ fn router_rng(init: &RouterInit, name: &str) -> Option<Rng> {
     }
 }
 
+/// `n` draws of Normal(0, `std`) from a random router's stream (`router_rng` gives one exactly
+/// when the init is random).
+fn normal_rows(rng: Option<&mut Rng>, std: f64, n: usize) -> Vec<f32> {
+    let r = rng.expect("router_rng gives a random init its stream");
+    (0..n).map(|_| (r.normal() * std) as f32).collect()
+}
+
 /// FFN router `layer`'s `n` weights as `init` starts them (`rng`: its stream, with random init).
 fn ffn_router_into(
     init: &RouterInit,
@@ -225,11 +232,7 @@ fn ffn_router_into(
 ) -> btx_model::Result<()> {
     match init {
         RouterInit::Zero => sink.f32(&vec![0.0; n]),
-        RouterInit::Random { std, .. } => {
-            let r = rng.expect("rng for random init");
-            let v: Vec<f32> = (0..n).map(|_| (r.normal() * std) as f32).collect();
-            sink.f32(&v)
-        }
+        RouterInit::Random { std, .. } => sink.f32(&normal_rows(rng, *std, n)),
         RouterInit::Rows(RouterRows { ffn, .. }) => sink.f32(&ffn[layer].data),
     }
 }
@@ -244,11 +247,7 @@ fn attn_router_into(
     sink: &mut TensorSink<'_>,
 ) -> btx_model::Result<()> {
     match init {
-        RouterInit::Random { std, .. } => {
-            let r = rng.expect("rng for random init");
-            let v: Vec<f32> = (0..n).map(|_| (r.normal() * std) as f32).collect();
-            sink.f32(&v)
-        }
+        RouterInit::Random { std, .. } => sink.f32(&normal_rows(rng, *std, n)),
         RouterInit::Rows(RouterRows { attn, .. }) if !attn.is_empty() => {
             sink.f32(&attn[layer].data)
         }
